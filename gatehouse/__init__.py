@@ -1,0 +1,1 @@
+"""gatehouse command line and launcher (starts NATS and the four services on one machine)."""

@@ -1,0 +1,1 @@
+"""gatehouse services: ingress, guard, router and accounting, each its own process."""

@@ -1,0 +1,194 @@
+"""The contract every provider translator follows; translators are pure (no I/O, no clock, no env).
+
+A provider module `services/router/providers/<name>.py` exposes a `Translator` subclass. The router
+resolves a deployment into a `Target`, asks the translator for an `UpstreamRequest`, sends it with
+httpx, and feeds the answer back: a whole body to `parse_chat`, or SSE events one by one to the
+`ChatStream` that `open_stream` returned. Everything handed back to the router is OpenAI-shaped:
+`chat.completion` dicts, `chat.completion.chunk` dicts, `GatewayError`s.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import msgspec
+
+from shared.errors import GatewayError, InvalidRequestError, error_for_status
+from shared.schemas.chat import Usage
+
+JsonObj = dict[str, object]
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """A resolved deployment: everything a translator needs to address one provider model."""
+
+    provider: str  # provider name from the config
+    kind: str  # wire format: openai, azure, anthropic, gemini, mistral, cohere, mock
+    model: str  # the provider's model id
+    api_base: str
+    api_key: str | None = None
+    api_version: str | None = None
+    region: str | None = None
+    headers: Mapping[str, str] = field(default_factory=dict)
+    params: Mapping[str, object] = field(default_factory=dict)  # default request params (client wins)
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamRequest:
+    method: str
+    url: str
+    headers: dict[str, str]
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class SseEvent:
+    """One server-sent event: `event:` name ('' when absent) and the joined `data:` lines."""
+
+    event: str
+    data: bytes
+
+
+class ChatStream:
+    """Turns one provider stream into OpenAI `chat.completion.chunk` dicts; one instance per response."""
+
+    def __init__(self, target: Target, response_id: str, created: int) -> None:
+        self.target = target
+        self.response_id = response_id
+        self.created = created
+        self.usage: Usage | None = None
+        self.finish_reason: str = ""
+
+    def feed(self, event: SseEvent) -> list[JsonObj | bytes]:
+        """Chunks for one upstream event (often none or one); bytes are chunk JSON already encoded.
+
+        Raises GatewayError for an error the provider reports inside the stream.
+        """
+        raise NotImplementedError
+
+    def finish(self) -> list[JsonObj | bytes]:
+        """Chunks still owed when the upstream stream ended (e.g. a final usage chunk)."""
+        return []
+
+    def done(self) -> bool:
+        """True once the provider signalled the end of the stream (e.g. `[DONE]`, `message_stop`)."""
+        return False
+
+
+class Translator:
+    """Stateless translator of one wire format. Subclasses override what their provider supports."""
+
+    kind: str = ""
+    supports_embeddings: bool = False
+
+    def chat_request(self, body: JsonObj, target: Target, *, stream: bool) -> UpstreamRequest:
+        raise NotImplementedError
+
+    def parse_chat(self, data: bytes, target: Target, response_id: str, created: int) -> JsonObj | bytes:
+        """A successful non-stream body → an OpenAI `chat.completion` (a dict, or its JSON as bytes)."""
+        raise NotImplementedError
+
+    def open_stream(self, target: Target, response_id: str, created: int) -> ChatStream:
+        raise NotImplementedError
+
+    def embeddings_request(self, body: JsonObj, target: Target) -> UpstreamRequest:
+        raise InvalidRequestError(f"provider kind {self.kind!r} does not serve embeddings", param="model")
+
+    def usage_of(self, completion: JsonObj | bytes) -> Usage | None:
+        """Usage of a parsed completion (OpenAI `usage` object)."""
+        return openai_usage(completion)
+
+    def parse_embeddings(self, data: bytes, target: Target) -> JsonObj | bytes:
+        raise NotImplementedError
+
+    def parse_error(self, status: int, data: bytes, headers: Mapping[str, str]) -> GatewayError:
+        """A non-2xx answer → the taxonomy error with the same meaning, Retry-After carried through."""
+        message = f"upstream returned HTTP {status}"
+        try:
+            payload = msgspec.json.decode(data)
+        except msgspec.DecodeError:
+            payload = None
+        if isinstance(payload, dict):
+            err = payload.get("error", payload)
+            if isinstance(err, dict) and isinstance(err.get("message"), str):
+                message = err["message"]
+            elif isinstance(err, str):
+                message = err
+            elif isinstance(payload.get("message"), str):
+                message = payload["message"]
+        return error_for_status(status)(message, retry_after=retry_after_seconds(headers))
+
+
+def retry_after_seconds(headers: Mapping[str, str]) -> float | None:
+    """`Retry-After` (seconds form) or `retry-after-ms`, as seconds."""
+    ms = headers.get("retry-after-ms")
+    if ms:
+        try:
+            return float(ms) / 1000.0
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if value:
+        try:
+            return float(value)
+        except ValueError:
+            return None
+    return None
+
+
+def merge_params(body: JsonObj, target: Target) -> JsonObj:
+    """Deployment default params under the client's body (the client's values win), model replaced."""
+    merged: JsonObj = dict(target.params)
+    merged.update(body)
+    merged["model"] = target.model
+    return merged
+
+
+class _PromptDetails(msgspec.Struct):
+    cached_tokens: int | None = 0
+
+
+class _CompletionDetails(msgspec.Struct):
+    reasoning_tokens: int | None = 0
+
+
+class _OpenAIUsage(msgspec.Struct):
+    prompt_tokens: int | None = 0
+    completion_tokens: int | None = 0
+    prompt_tokens_details: _PromptDetails | None = None
+    completion_tokens_details: _CompletionDetails | None = None
+
+
+class _WithUsage(msgspec.Struct):
+    usage: _OpenAIUsage | None = None
+
+
+_USAGE_DECODER = msgspec.json.Decoder(_WithUsage)
+
+
+def openai_usage(obj: JsonObj | bytes) -> Usage | None:
+    """The `usage` of an OpenAI completion or chunk (dict or JSON bytes), in gatehouse's form."""
+    if isinstance(obj, bytes):
+        if b'"usage"' not in obj:
+            return None
+        try:
+            u = _USAGE_DECODER.decode(obj).usage
+        except msgspec.DecodeError:
+            return None
+    else:
+        raw = obj.get("usage")
+        if not isinstance(raw, dict):
+            return None
+        u = msgspec.convert(raw, _OpenAIUsage)
+    if u is None:
+        return None
+    return Usage(
+        input_tokens=u.prompt_tokens or 0,
+        output_tokens=u.completion_tokens or 0,
+        cached_tokens=(u.prompt_tokens_details.cached_tokens or 0) if u.prompt_tokens_details else 0,
+        reasoning_tokens=(
+            (u.completion_tokens_details.reasoning_tokens or 0) if u.completion_tokens_details else 0
+        ),
+    )

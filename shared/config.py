@@ -1,0 +1,203 @@
+"""The gatehouse YAML config: pydantic models that reject unknown keys, and a loader that names file and line."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError, model_validator
+
+from shared.guard_config import GuardrailsConfig
+
+ProviderKind = Literal["mock", "openai", "azure", "anthropic", "gemini", "mistral", "bedrock", "cohere"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ServerConfig(_Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    max_body_bytes: int = Field(default=4 * 1024 * 1024, gt=0)
+    request_timeout_s: float = Field(default=600.0, gt=0)
+    # how long ingress waits for the first reply from the pipeline before answering 504
+    first_reply_timeout_s: float = Field(default=120.0, gt=0)
+
+
+class ProviderConfig(_Strict):
+    """A provider account: its wire format, where it is, and which env var holds its key."""
+
+    kind: ProviderKind
+    api_base: str | None = None
+    api_key_env: str | None = None
+    api_version: str | None = None
+    region: str | None = None
+    headers: dict[str, str] = Field(default_factory=dict)
+    timeout_s: float = Field(default=120.0, gt=0)
+    connect_timeout_s: float = Field(default=5.0, gt=0)
+    # mock provider only: simulated latency before the first token, and between stream chunks
+    mock_latency_ms: float = Field(default=0.0, ge=0)
+    mock_chunk_delay_ms: float = Field(default=0.0, ge=0)
+
+
+class DeploymentConfig(_Strict):
+    """One place a model can be served from; fields left out come from the provider."""
+
+    provider: str
+    model: str
+    name: str = ""
+    api_base: str | None = None
+    api_key_env: str | None = None
+    api_version: str | None = None
+    headers: dict[str, str] = Field(default_factory=dict)
+    timeout_s: float | None = Field(default=None, gt=0)
+    params: dict[str, JsonValue] = Field(default_factory=dict)
+    weight: int = Field(default=1, ge=1)
+
+    @property
+    def id(self) -> str:
+        return self.name or f"{self.provider}/{self.model}"
+
+
+class ModelConfig(_Strict):
+    """A client-facing model name and the ordered deployments that serve it."""
+
+    name: str
+    aliases: list[str] = Field(default_factory=list)
+    kind: Literal["chat", "embeddings"] = "chat"
+    deployments: list[DeploymentConfig] = Field(min_length=1)
+    owned_by: str = "gatehouse"
+
+
+class KeyConfig(_Strict):
+    """A static API key; stored as its SHA-256, or read from an environment variable at startup."""
+
+    id: str
+    sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+    env: str | None = None
+    team: str = ""
+    project: str = ""
+    user: str = ""
+    policy: str = ""
+    models: list[str] = Field(default_factory=list, description="allowed model names; empty allows all")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> KeyConfig:
+        if (self.sha256 is None) == (self.env is None):
+            raise ValueError("give exactly one of `sha256` or `env`")
+        return self
+
+
+class AccountingConfig(_Strict):
+    clickhouse_dsn: str = "chdb://.gatehouse/clickhouse"
+    batch_size: int = Field(default=5000, gt=0)
+    flush_interval_s: float = Field(default=0.5, gt=0)
+
+
+class GatehouseConfig(_Strict):
+    server: ServerConfig = Field(default_factory=ServerConfig)
+    keys: list[KeyConfig] = Field(default_factory=list)
+    providers: dict[str, ProviderConfig] = Field(default_factory=dict)
+    models: list[ModelConfig] = Field(default_factory=list)
+    guardrails: GuardrailsConfig = Field(default_factory=GuardrailsConfig)
+    accounting: AccountingConfig = Field(default_factory=AccountingConfig)
+
+    @model_validator(mode="after")
+    def _references(self) -> GatehouseConfig:
+        seen: set[str] = set()
+        for i, model in enumerate(self.models):
+            for name in (model.name, *model.aliases):
+                if name in seen:
+                    raise ValueError(f"models[{i}]: model name or alias {name!r} is defined twice")
+                seen.add(name)
+            for j, dep in enumerate(model.deployments):
+                if dep.provider not in self.providers:
+                    raise ValueError(
+                        f"models[{i}].deployments[{j}].provider: unknown provider {dep.provider!r} "
+                        f"(known: {', '.join(sorted(self.providers)) or 'none'})"
+                    )
+        ids = [k.id for k in self.keys]
+        if len(ids) != len(set(ids)):
+            raise ValueError("keys: every key needs a distinct `id`")
+        for k in self.keys:
+            if k.policy and k.policy not in self.guardrails.policies:
+                raise ValueError(f"keys[{k.id}].policy: unknown guardrail policy {k.policy!r}")
+        return self
+
+    def model_index(self) -> dict[str, ModelConfig]:
+        """Every client-facing name (model names and aliases) → its model."""
+        index: dict[str, ModelConfig] = {}
+        for model in self.models:
+            for name in (model.name, *model.aliases):
+                index[name] = model
+        return index
+
+    def key_hashes(self, environ: dict[str, str] | None = None) -> dict[str, KeyConfig]:
+        """SHA-256 of every usable key → its config (env-sourced keys whose variable is unset are skipped)."""
+        env = os.environ if environ is None else environ
+        out: dict[str, KeyConfig] = {}
+        for k in self.keys:
+            if k.sha256:
+                out[k.sha256] = k
+            elif k.env and env.get(k.env):
+                out[hash_key(env[k.env])] = k
+        return out
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+class ConfigError(Exception):
+    """The config file is missing, not YAML, or does not validate; the message names file, line and field."""
+
+
+def _line_map(node: yaml.Node, path: tuple[str | int, ...], out: dict[tuple[str | int, ...], int]) -> None:
+    out[path] = node.start_mark.line + 1
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            key = key_node.value
+            out[(*path, key)] = key_node.start_mark.line + 1
+            _line_map(value_node, (*path, key), out)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _line_map(item, (*path, i), out)
+
+
+def parse_config(text: str, source: str = "<config>") -> GatehouseConfig:
+    """Validate config text; every problem is reported as ``source:line: field: message``."""
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{source}: not valid YAML: {exc}") from exc
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}:1: the config must be a mapping at the top level")
+    lines: dict[tuple[str | int, ...], int] = {}
+    if node is not None:
+        _line_map(node, (), lines)
+    try:
+        return GatehouseConfig.model_validate(data)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            loc = tuple(err["loc"])
+            line = next((lines[loc[:n]] for n in range(len(loc), -1, -1) if loc[:n] in lines), 1)
+            field = ".".join(str(p) for p in loc) or "(top level)"
+            problems.append(f"{source}:{line}: {field}: {err['msg']}")
+        raise ConfigError("invalid config:\n  " + "\n  ".join(problems)) from exc
+
+
+def load_config(path: str | Path) -> GatehouseConfig:
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {p}: {exc.strerror}") from exc
+    return parse_config(text, str(p))
