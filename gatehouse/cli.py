@@ -1,0 +1,153 @@
+"""The `gatehouse` command: `up` runs the stack, `sql` queries the request record, `hash-key` for config."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="gatehouse: an event-driven LLM gateway.")
+console = Console()
+err = Console(stderr=True)
+
+REPO_CONFIG = Path(__file__).resolve().parents[1] / "deploy" / "gatehouse.yaml"
+
+
+def _config_path(config: Path | None) -> Path:
+    if config is not None:
+        return config.resolve()
+    local = Path("deploy/gatehouse.yaml")
+    return (local if local.exists() else REPO_CONFIG).resolve()
+
+
+def _parse_replicas(spec: str) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        name, _, count = part.partition("=")
+        if name not in ("ingress", "guard", "router", "accounting") or not count.isdigit() or int(count) < 1:
+            raise typer.BadParameter(f"bad replica spec {part!r}; use e.g. router=2,guard=2")
+        out[name] = int(count)
+    return out
+
+
+@app.command()
+def up(
+    config: Annotated[Path | None, typer.Option(help="config file (default deploy/gatehouse.yaml)")] = None,
+    data_dir: Annotated[Path, typer.Option(help="where NATS and ClickHouse keep data, and logs")] = Path(".gatehouse"),
+    host: Annotated[str | None, typer.Option(help="ingress host (default from config)")] = None,
+    port: Annotated[int | None, typer.Option(help="ingress port (default from config)")] = None,
+    nats_port: Annotated[int, typer.Option(help="NATS port (a free one is used if taken)")] = 4222,
+    replicas: Annotated[str, typer.Option(help="replicas per service, e.g. router=2,guard=2")] = "",
+    prefix: Annotated[str, typer.Option(help="NATS subject prefix")] = "gh",
+) -> None:
+    """Start nats-server, embedded ClickHouse and all four services; Ctrl-C stops everything."""
+    from gatehouse.launcher import Stack
+    from shared.config import ConfigError, load_config
+
+    cfg_path = _config_path(config)
+    try:
+        cfg = load_config(cfg_path)
+    except ConfigError as exc:
+        err.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from exc
+    stack = Stack(
+        config=cfg_path,
+        data_dir=data_dir.resolve(),
+        host=host or cfg.server.host,
+        port=port if port is not None else cfg.server.port,
+        prefix=prefix,
+        nats_port=nats_port,
+        replicas=_parse_replicas(replicas),
+    )
+    stopping = False
+
+    def _stop(*_: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, _stop)
+    signal.signal(signal.SIGTERM, _stop)
+    console.print(f"gatehouse: starting with config {cfg_path}")
+    stack.start()
+    try:
+        if not stack.wait_ready():
+            err.print(f"[red]gatehouse did not become ready; logs in {stack.data_dir / 'logs'}[/red]")
+            for child in stack.dead():
+                err.print(f"  {child.name} exited ({child.log_path})")
+            raise typer.Exit(1)
+        assert stack.nats is not None
+        console.print(f"[green]gatehouse is up[/green]  OpenAI-compatible API: {stack.ingress_url}/v1")
+        console.print(f"  NATS: {stack.nats.url}   data and logs: {stack.data_dir}")
+        console.print(f"  services: {', '.join(c.name for c in stack.children)}")
+        console.print(f"  try: curl {stack.ingress_url}/v1/chat/completions -H 'Authorization: Bearer sk-gatehouse-dev' "
+                      "-H 'Content-Type: application/json' -d '{\"model\":\"mock-1\",\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}'")
+        console.print("  analytics: gatehouse sql \"SELECT model, count() FROM requests GROUP BY model\"   (Ctrl-C stops)")
+        while not stopping:
+            for note in stack.supervise_once():
+                err.print(f"[yellow]{note}[/yellow]")
+            time.sleep(0.5)
+    finally:
+        console.print("gatehouse: stopping…")
+        stack.stop()
+        console.print("gatehouse: stopped")
+
+
+@app.command()
+def sql(
+    query: Annotated[str, typer.Argument(help="a read-only ClickHouse query, e.g. SELECT count() FROM requests")],
+    data_dir: Annotated[Path, typer.Option(help="the data dir of the running stack")] = Path(".gatehouse"),
+    nats_url: Annotated[str | None, typer.Option(help="NATS URL (default: from the running stack)")] = None,
+    prefix: Annotated[str | None, typer.Option(help="NATS subject prefix")] = None,
+    fmt: Annotated[str, typer.Option("--format", help="table | json | tsv")] = "table",
+    timeout: Annotated[float, typer.Option(help="seconds to wait for the answer")] = 30.0,
+) -> None:
+    """Run an analytics query against the request record (answered by the accounting service)."""
+    from gatehouse.launcher import read_state
+    from gatehouse.query import run_sql
+
+    if nats_url is None or prefix is None:
+        try:
+            state = read_state(data_dir.resolve())
+        except FileNotFoundError as exc:
+            err.print(f"[red]{exc}[/red]")
+            raise typer.Exit(2) from exc
+        nats_url = nats_url or state["nats_url"]
+        prefix = prefix or state["subject_prefix"]
+    try:
+        result = asyncio.run(run_sql(nats_url, prefix, query, timeout))
+    except Exception as exc:
+        err.print(f"[red]query failed: {exc}[/red]")
+        raise typer.Exit(1) from exc
+    if result.error:
+        err.print(f"[red]{result.error}[/red]")
+        raise typer.Exit(1)
+    if fmt == "json":
+        console.print_json(json.dumps([dict(zip(result.columns, row, strict=True)) for row in result.rows]))
+    elif fmt == "tsv":
+        sys.stdout.write("\t".join(result.columns) + "\n")
+        for row in result.rows:
+            sys.stdout.write("\t".join("" if v is None else str(v) for v in row) + "\n")
+    else:
+        table = Table(*result.columns)
+        for row in result.rows:
+            table.add_row(*("" if v is None else str(v) for v in row))
+        console.print(table)
+
+
+@app.command("hash-key")
+def hash_key(key: str) -> None:
+    """Print the SHA-256 of an API key, for the `keys[].sha256` field of the config."""
+    console.print(hashlib.sha256(key.encode()).hexdigest())
+
+
+def main() -> None:
+    app()

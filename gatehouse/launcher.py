@@ -1,0 +1,170 @@
+"""Run the whole stack on one machine: nats-server (JetStream on a local dir) and every service process."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from gatehouse.natsserver import NatsServer, free_port, start_nats
+
+SERVICES = ("accounting", "router", "guard", "ingress")
+# stop order: stop taking requests first, then the stages behind, accounting last so it flushes everything
+STOP_ORDER = ("ingress", "guard", "router", "accounting")
+
+
+@dataclass
+class Child:
+    service: str
+    index: int
+    env: dict[str, str]
+    log_path: Path
+    process: subprocess.Popen[bytes] | None = None
+    restarts: int = 0
+    last_start: float = 0.0
+
+    def start(self) -> None:
+        log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child process
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", f"services.{self.service}"],
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # Ctrl-C reaches the launcher only; it stops children in order
+        )
+        log.close()
+        self.last_start = time.monotonic()
+
+    @property
+    def name(self) -> str:
+        return f"{self.service}-{self.index}"
+
+
+@dataclass
+class Stack:
+    config: Path
+    data_dir: Path
+    host: str
+    port: int
+    prefix: str = "gh"
+    nats_port: int | None = None
+    replicas: dict[str, int] = field(default_factory=dict)
+    nats: NatsServer | None = None
+    children: list[Child] = field(default_factory=list)
+
+    @property
+    def ingress_url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def start(self) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        logs = self.data_dir / "logs"
+        logs.mkdir(exist_ok=True)
+        port = self.nats_port or 4222
+        if not _port_free(port):
+            port = free_port()
+        self.nats = start_nats(self.data_dir / "nats", port=port, log_file=logs / "nats-server.log")
+        env = {
+            **os.environ,
+            "GATEHOUSE_NATS_URL": self.nats.url,
+            "GATEHOUSE_CONFIG": str(self.config),
+            "GATEHOUSE_SUBJECT_PREFIX": self.prefix,
+            "GATEHOUSE_INGRESS_HOST": self.host,
+            "GATEHOUSE_INGRESS_PORT": str(self.port),
+            # the accounting service's own settings use their own prefix
+            "GATEHOUSE_ACCOUNTING_NATS_URL": self.nats.url,
+            "GATEHOUSE_ACCOUNTING_CONFIG": str(self.config),
+            "GATEHOUSE_ACCOUNTING_SUBJECT_PREFIX": self.prefix,
+            "GATEHOUSE_ACCOUNTING_CLICKHOUSE_DSN": os.environ.get(
+                "GATEHOUSE_ACCOUNTING_CLICKHOUSE_DSN", f"chdb://{(self.data_dir / 'clickhouse').resolve()}"
+            ),
+        }
+        for service in SERVICES:
+            for i in range(self.replicas.get(service, 1)):
+                child = Child(service, i, env, logs / f"{service}-{i}.log")
+                child.start()
+                self.children.append(child)
+        self._write_state()
+
+    def _write_state(self) -> None:
+        assert self.nats is not None
+        state = {
+            "nats_url": self.nats.url,
+            "ingress_url": self.ingress_url,
+            "subject_prefix": self.prefix,
+            "pid": os.getpid(),
+        }
+        (self.data_dir / "state.json").write_text(json.dumps(state, indent=2))
+
+    def wait_ready(self, timeout: float = 60.0) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.dead():
+                return False
+            try:
+                with urllib.request.urlopen(f"{self.ingress_url}/readyz", timeout=1) as resp:  # noqa: S310
+                    if resp.status == 200:
+                        return True
+            except OSError:
+                pass
+            time.sleep(0.2)
+        return False
+
+    def dead(self) -> list[Child]:
+        return [c for c in self.children if c.process is not None and c.process.poll() is not None]
+
+    def supervise_once(self) -> list[str]:
+        """Restart children that exited; returns what happened, for the console."""
+        notes = []
+        for child in self.dead():
+            code = child.process.returncode if child.process else None
+            if time.monotonic() - child.last_start < 2.0 and child.restarts >= 5:
+                continue  # crash loop: leave it down, the log says why
+            child.restarts += 1
+            notes.append(f"{child.name} exited with {code}; restarting (see {child.log_path})")
+            child.start()
+        return notes
+
+    def stop(self) -> None:
+        for service in STOP_ORDER:
+            group = [c for c in self.children if c.service == service and c.process and c.process.poll() is None]
+            for child in group:
+                assert child.process is not None
+                child.process.send_signal(signal.SIGTERM)
+            for child in group:
+                assert child.process is not None
+                try:
+                    child.process.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    child.process.kill()
+                    child.process.wait()
+        if self.nats is not None:
+            self.nats.stop()
+        state = self.data_dir / "state.json"
+        if state.exists():
+            state.unlink()
+
+
+def _port_free(port: int, host: str = "127.0.0.1") -> bool:
+    import socket
+
+    with socket.socket() as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+        return True
+
+
+def read_state(data_dir: Path) -> dict[str, str]:
+    path = data_dir / "state.json"
+    if not path.exists():
+        raise FileNotFoundError(f"no running stack found ({path} is missing); start one with `gatehouse up`")
+    data: dict[str, str] = json.loads(path.read_text())
+    return data

@@ -1,0 +1,84 @@
+"""guard: `<p>.guard.chat` (ChatRequest) → `<p>.router.chat` (same reply inbox) | Result(error) to the inbox;
+every verdict → `<p>.events.guard` (JetStream).
+
+Scans each request with the policy attached to its key (or model), then forwards it, redacted where
+the policy says so, or answers the ingress inbox directly with a block.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+
+from faststream import FastStream
+from faststream.nats import NatsBroker, NatsMessage
+
+from shared.bus import ensure_events_stream, publish_event
+from shared.config import load_config
+from shared.schemas.chat import Outcome, Result
+from shared.schemas.events import GuardEvent
+from shared.subjects import Subjects, encode
+from services.guard.core import Guard
+from services.guard.settings import GuardSettings
+
+log = logging.getLogger("gatehouse.guard")
+
+
+def create_app(settings: GuardSettings) -> FastStream:
+    config = load_config(settings.config)
+    subjects = Subjects(settings.subject_prefix)
+    broker = NatsBroker(settings.nats_url, log_level=logging.DEBUG, name="gatehouse-guard")
+    guard = Guard(config)
+    chat_in, chat_out, events = subjects.guard_chat, subjects.router_chat, subjects.events_guard
+    pending: set[asyncio.Task[None]] = set()
+
+    async def emit(event: GuardEvent) -> None:
+        for delay in (0.0, 0.2, 1.0, 3.0):
+            await asyncio.sleep(delay)
+            try:
+                await publish_event(broker.config.connection_state.stream, events.name, event, event.event_id)
+                return
+            except Exception as exc:  # JetStream briefly unavailable: retry, then give up loudly
+                last = exc
+        log.error("guard event %s for request %s not stored: %r", event.event_id, event.request_id, last)
+
+    @broker.subscriber(chat_in.name, queue=chat_in.queue, max_workers=settings.guard_max_concurrency, no_reply=True)
+    async def on_request(body: bytes, msg: NatsMessage) -> None:
+        reply_to = msg.reply_to
+        if not reply_to:
+            log.warning("request without reply inbox dropped")
+            return
+        req = chat_in.decode(body)
+        verdict = guard.check(req)
+        nc = broker.connection
+        if verdict.error is not None:
+            await nc.publish(reply_to, encode(Result(outcome=Outcome(), error=verdict.error, guard=verdict.summary)))
+        else:
+            await nc.publish(chat_out.name, encode(verdict.request), reply=reply_to, headers=msg.headers or None)
+        event = GuardEvent(
+            event_id=uuid.uuid4().hex,
+            request_id=req.request_id,
+            policy=verdict.summary.policy,
+            action=verdict.summary.action,
+            findings=verdict.summary.findings,
+            scan_us=verdict.summary.scan_us,
+            at=time.time(),
+        )
+        task = asyncio.create_task(emit(event))
+        pending.add(task)
+        task.add_done_callback(pending.discard)
+
+    app = FastStream(broker, logger=log)
+
+    @app.after_startup
+    async def _streams() -> None:
+        await ensure_events_stream(broker.config.connection_state.stream, subjects)
+
+    @app.on_shutdown
+    async def _drain() -> None:
+        if pending:
+            await asyncio.wait(pending, timeout=5)
+
+    return app

@@ -1,0 +1,33 @@
+"""`python -m services.ingress`: run one ingress replica (uvicorn + uvloop + httptools)."""
+
+from __future__ import annotations
+
+import uvicorn
+
+from shared.config import load_config
+from shared.logs import setup_logging
+from shared.subjects import Subjects
+from services.ingress.app import create_app
+from services.ingress.settings import IngressSettings
+
+
+def main() -> None:
+    settings = IngressSettings()
+    setup_logging("ingress", settings.log_level)
+    config = load_config(settings.config)
+    app = create_app(config, settings.nats_url, Subjects(settings.subject_prefix))
+    uvicorn.run(
+        app,
+        host=settings.ingress_host or config.server.host,
+        port=settings.ingress_port if settings.ingress_port is not None else config.server.port,
+        loop="uvloop",
+        http="httptools",
+        access_log=False,
+        log_level="warning",
+        server_header=False,
+        timeout_graceful_shutdown=10,
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,333 @@
+"""ingress: HTTP (OpenAI-compatible) → `<p>.guard.chat` with reply inbox `<p>.inbox.<id>.<request>`;
+Chunk…/Result from the inbox → HTTP response or SSE; one RequestEvent per request → `<p>.events.request`.
+
+The only HTTP surface and the only writer of HTTP errors. Authenticates the key, validates the body,
+publishes the request, relays the reply, and records every request, failed ones included.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+import msgspec
+from faststream.nats import NatsBroker
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from shared.bus import REQUEST_ID, TRACEPARENT, ensure_events_stream
+from shared.config import GatehouseConfig
+from shared.errors import (
+    ErrorInfo,
+    GatewayError,
+    GatewayTimeoutError,
+    InvalidRequestError,
+    NotFoundError,
+    PayloadTooLargeError,
+    error_body,
+)
+from shared.schemas.chat import ChatRequest, Chunk, Result
+from shared.subjects import Subjects, encode
+from services.ingress.auth import KeyRing, allows
+from services.ingress.inbox import Inbox, next_reply
+from services.ingress.records import RecordPublisher, RequestRecord, new_request_id
+from services.ingress.validate import chat_fields, embeddings_model
+
+log = logging.getLogger("gatehouse.ingress")
+
+_SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
+_DONE = b"data: [DONE]\n\n"
+
+
+def error_response(info: ErrorInfo, request_id: str = "") -> JSONResponse:
+    headers = {"x-request-id": request_id} if request_id else {}
+    if info.retry_after is not None:
+        headers["retry-after"] = str(max(int(info.retry_after + 0.999), 0))
+    return JSONResponse(error_body(info), status_code=info.status, headers=headers)
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLargeError(f"The request body is {declared} bytes; the limit is {limit} bytes.")
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise PayloadTooLargeError(f"The request body exceeds the limit of {limit} bytes.")
+            chunks.append(chunk)
+    except ClientDisconnect as exc:
+        raise InvalidRequestError("The client closed the connection before sending the whole body.") from exc
+    return b"".join(chunks)
+
+
+class Gateway:
+    """The request path of one ingress process."""
+
+    def __init__(self, config: GatehouseConfig, broker: NatsBroker, subjects: Subjects) -> None:
+        self.config = config
+        self.broker = broker
+        self.subjects = subjects
+        self.keys = KeyRing(config.key_hashes())
+        self.models = config.model_index()
+        self.inbox = Inbox(subjects)
+        self.records = RecordPublisher(subjects)
+        self.limit = config.server.max_body_bytes
+        self.timeout = config.server.request_timeout_s
+        self.first_timeout = min(config.server.first_reply_timeout_s, self.timeout)
+
+    # ---- lifecycle -------------------------------------------------------------------------
+    async def start(self) -> None:
+        await self.broker.start()
+        js = self.broker.config.connection_state.stream
+        await ensure_events_stream(js, self.subjects)
+        self.records.bind(js)
+        await self.inbox.start(self.broker.connection)
+
+    async def stop(self) -> None:
+        await self.inbox.stop()
+        await self.records.drain()
+        await self.broker.stop()
+
+    def ready(self) -> bool:
+        conn = self.broker.config.connection_state
+        return bool(conn) and self.broker.connection.is_connected
+
+    # ---- endpoints -------------------------------------------------------------------------
+    async def chat_completions(self, request: Request) -> Response:
+        return await self._serve(request, "chat")
+
+    async def embeddings(self, request: Request) -> Response:
+        return await self._serve(request, "embeddings")
+
+    async def list_models(self, request: Request) -> Response:
+        rid = new_request_id()
+        try:
+            _, key = self.keys.authenticate(request.headers.get("authorization"), request.headers.get("x-api-key"))
+        except GatewayError as exc:
+            return error_response(exc.info(), rid)
+        data = [
+            {"id": m.name, "object": "model", "created": 0, "owned_by": m.owned_by}
+            for m in self.config.models
+            if allows(key, m.name, m.name)
+        ]
+        return JSONResponse({"object": "list", "data": data}, headers={"x-request-id": rid})
+
+    async def retrieve_model(self, request: Request) -> Response:
+        rid = new_request_id()
+        name = request.path_params["model"]
+        try:
+            _, key = self.keys.authenticate(request.headers.get("authorization"), request.headers.get("x-api-key"))
+            model = self.models.get(name)
+            if model is None or not allows(key, name, model.name):
+                raise NotFoundError(f"The model `{name}` does not exist or you do not have access to it.", param="model")
+        except GatewayError as exc:
+            return error_response(exc.info(), rid)
+        return JSONResponse(
+            {"id": name, "object": "model", "created": 0, "owned_by": model.owned_by}, headers={"x-request-id": rid}
+        )
+
+    # ---- the request path ------------------------------------------------------------------
+    async def _serve(self, request: Request, api: str) -> Response:
+        record = RequestRecord(
+            request_id=new_request_id(),
+            api=api,
+            received_at=time.time(),
+            started=time.monotonic(),
+            trace_id=request.headers.get(TRACEPARENT, ""),
+        )
+        try:
+            caller, key = self.keys.authenticate(
+                request.headers.get("authorization"), request.headers.get("x-api-key")
+            )
+            record.caller = caller
+            raw = await read_body(request, self.limit)
+            record.request_bytes = len(raw)
+            if api == "chat":
+                fields = chat_fields(raw)
+                model, stream, include_usage = fields.model, fields.stream, fields.include_usage
+            else:
+                model, stream, include_usage = embeddings_model(raw), False, False
+            record.model, record.stream = model, stream
+            target = self.models.get(model)
+            if target is None or not allows(key, model, target.name):
+                raise NotFoundError(f"The model `{model}` does not exist or you do not have access to it.", param="model")
+            record.tags = _tags(request)
+            req = ChatRequest(
+                request_id=record.request_id,
+                api=api,
+                model=model,
+                body=raw,
+                caller=caller,
+                stream=stream,
+                include_usage=include_usage,
+                received_at=record.received_at,
+                deadline_s=self.timeout,
+                trace_id=record.trace_id,
+                tags=record.tags,
+            )
+            return await self._dispatch(req, record)
+        except GatewayError as exc:
+            record.fail(exc.info())
+            self.records.submit(record)
+            return error_response(exc.info(), record.request_id)
+
+    async def _dispatch(self, req: ChatRequest, record: RequestRecord) -> Response:
+        inbox, queue = self.inbox.open(req.request_id)
+        headers = {REQUEST_ID: req.request_id}
+        if req.trace_id:
+            headers[TRACEPARENT] = req.trace_id
+        handed_over = False
+        try:
+            await self.broker.connection.publish(
+                self.subjects.guard_chat.name, encode(req), reply=inbox, headers=headers
+            )
+            try:
+                first = await next_reply(queue, self.first_timeout, "guard")
+            except TimeoutError:
+                raise GatewayTimeoutError(
+                    f"No answer from the gateway pipeline within {self.first_timeout:g}s."
+                ) from None
+            if isinstance(first, Result):
+                return self._finish(first, record)
+            handed_over = True
+            return StreamingResponse(
+                self._relay(first, queue, record),
+                media_type="text/event-stream",
+                headers={**_SSE_HEADERS, "x-request-id": req.request_id},
+            )
+        finally:
+            if not handed_over:
+                self.inbox.close(req.request_id)
+
+    def _finish(self, result: Result, record: RequestRecord) -> Response:
+        record.outcome = result.outcome
+        record.guard = result.guard
+        record.first_byte_ms = (time.monotonic() - record.started) * 1000
+        if result.error is not None:
+            record.fail(result.error)
+            self.records.submit(record)
+            return error_response(result.error, record.request_id)
+        record.response_bytes = len(result.body)
+        self.records.submit(record)
+        return Response(
+            result.body, media_type="application/json", headers={"x-request-id": record.request_id}
+        )
+
+    async def _relay(self, first: Chunk, queue: asyncio.Queue, record: RequestRecord) -> AsyncIterator[bytes]:  # type: ignore[type-arg]
+        """SSE bytes for a stream; ends with [DONE], or with an error event if the stream broke."""
+        record.first_byte_ms = (time.monotonic() - record.started) * 1000
+        sent = 0
+        try:
+            item: Chunk | Result = first
+            while True:
+                if isinstance(item, Chunk):
+                    out = b"data: " + item.data + b"\n\n"
+                    sent += len(out)
+                    yield out
+                else:
+                    record.outcome = item.outcome
+                    record.guard = item.guard or record.guard
+                    if item.error is not None:
+                        record.fail(item.error)
+                        yield b"data: " + msgspec.json.encode(error_body(item.error)) + b"\n\n"
+                    yield _DONE
+                    sent += len(_DONE)
+                    return
+                try:
+                    item = await next_reply(queue, self.timeout, "router")
+                except (TimeoutError, GatewayError) as exc:
+                    info = (
+                        exc.info()
+                        if isinstance(exc, GatewayError)
+                        else GatewayTimeoutError(f"The stream stalled for more than {self.timeout:g}s.").info()
+                    )
+                    record.fail(info)
+                    yield b"data: " + msgspec.json.encode(error_body(info)) + b"\n\n"
+                    return
+        except (asyncio.CancelledError, GeneratorExit):
+            # the client went away mid-stream
+            record.status = 499
+            raise
+        finally:
+            record.response_bytes = sent
+            self.inbox.close(record.request_id)
+            self.records.submit(record)
+
+
+def _tags(request: Request) -> dict[str, str]:
+    """Client metadata tags: `x-gatehouse-tag-<name>: <value>` headers (bounded)."""
+    tags: dict[str, str] = {}
+    for name, value in request.headers.items():
+        if name.startswith("x-gatehouse-tag-") and len(tags) < 16:
+            tags[name[16:][:64]] = value[:256]
+    return tags
+
+
+def create_app(config: GatehouseConfig, nats_url: str, subjects: Subjects) -> Starlette:
+    broker = NatsBroker(nats_url, log_level=logging.DEBUG, name="gatehouse-ingress")
+    gw = Gateway(config, broker, subjects)
+
+    @asynccontextmanager
+    async def lifespan(_: Starlette) -> AsyncIterator[None]:
+        await gw.start()
+        try:
+            yield
+        finally:
+            await gw.stop()
+
+    async def healthz(_: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def readyz(_: Request) -> Response:
+        if gw.ready():
+            return JSONResponse({"status": "ready"})
+        return JSONResponse({"status": "not ready"}, status_code=503)
+
+    def guarded(handler: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
+        async def wrapper(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except Exception:
+                log.exception("unhandled error on %s", request.url.path)
+                return error_response(GatewayError("The gateway hit an internal error.").info())
+
+        return wrapper
+
+    routes = [
+        Route("/v1/chat/completions", guarded(gw.chat_completions), methods=["POST"]),
+        Route("/chat/completions", guarded(gw.chat_completions), methods=["POST"]),
+        Route("/v1/embeddings", guarded(gw.embeddings), methods=["POST"]),
+        Route("/v1/models", guarded(gw.list_models), methods=["GET"]),
+        Route("/v1/models/{model:path}", guarded(gw.retrieve_model), methods=["GET"]),
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/readyz", readyz, methods=["GET"]),
+    ]
+
+    async def http_error(_: Request, exc: Exception) -> Response:
+        status = exc.status_code if isinstance(exc, HTTPException) else 500
+        if status == 404:
+            info = InvalidRequestError("Unknown endpoint.", code="unknown_url").info()
+            info = msgspec.structs.replace(info, status=404)
+        elif status == 405:
+            info = msgspec.structs.replace(
+                InvalidRequestError("Method not allowed for this endpoint.", code="method_not_allowed").info(),
+                status=405,
+            )
+        else:
+            info = GatewayError("The gateway hit an internal error.").info()
+        return error_response(info)
+
+    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={HTTPException: http_error, 500: http_error})
+    app.state.gateway = gw
+    return app
+
+

@@ -1,0 +1,11 @@
+"""Ingress settings: the common GATEHOUSE_* ones plus GATEHOUSE_INGRESS_*."""
+
+from __future__ import annotations
+
+from shared.settings import ServiceSettings
+
+
+class IngressSettings(ServiceSettings):
+    # host/port override the config file's server section when set (the launcher uses them)
+    ingress_host: str | None = None
+    ingress_port: int | None = None

@@ -1,0 +1,57 @@
+"""router: `<p>.router.chat` (ChatRequest) → provider HTTP → Chunk…/Result on the request's reply inbox.
+
+Resolves the model to its deployments, calls them in order with failover on retryable errors, and
+streams translated chunks straight to the ingress inbox that the request carried as reply_to.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from faststream import FastStream
+from faststream.nats import NatsBroker, NatsMessage
+
+from shared.config import load_config
+from shared.schemas.chat import Reply
+from shared.subjects import Subjects, encode
+from services.router.core import build_routes
+from services.router.dispatch import Dispatcher
+from services.router.providers.registry import translators
+from services.router.settings import RouterSettings
+from services.router.upstream import Upstream
+
+log = logging.getLogger("gatehouse.router")
+
+
+def create_app(settings: RouterSettings) -> FastStream:
+    config = load_config(settings.config)
+    subjects = Subjects(settings.subject_prefix)
+    # per-message log lines are emitted at DEBUG so they cost nothing at the default level
+    broker = NatsBroker(settings.nats_url, log_level=logging.DEBUG, name="gatehouse-router")
+    upstream = Upstream(max_connections=settings.router_max_connections)
+    dispatcher = Dispatcher(build_routes(config, os.environ), upstream, translators())
+    chat = subjects.router_chat
+
+    @broker.subscriber(chat.name, queue=chat.queue, max_workers=settings.router_max_concurrency, no_reply=True)
+    async def on_request(body: bytes, msg: NatsMessage) -> None:
+        reply_to = msg.reply_to
+        if not reply_to:
+            log.warning("request without reply inbox dropped")
+            return
+        nc = broker.connection
+
+        async def send(reply: Reply) -> None:
+            await nc.publish(reply_to, encode(reply))
+
+        await dispatcher.serve(chat.decode(body), send)
+
+    app = FastStream(broker, logger=log)
+
+    @app.after_shutdown
+    async def _close() -> None:
+        await upstream.aclose()
+
+    return app
+
+

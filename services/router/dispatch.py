@@ -1,0 +1,205 @@
+"""Serve one request: try each deployment of its route in order, translate, and reply chunk by chunk."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+
+import msgspec
+
+from shared.errors import GatewayError, GatewayTimeoutError, InvalidRequestError
+from shared.schemas.chat import Attempt, ChatRequest, Chunk, Outcome, Reply, Result, Usage
+from services.router.core import Deployment, Route, resolve, should_fail_over
+from services.router.providers import mock
+from services.router.providers.base import JsonObj, Translator, openai_usage
+from services.router.sse import SseParser
+from services.router.upstream import Upstream
+
+log = logging.getLogger(__name__)
+
+Send = Callable[[Reply], Awaitable[None]]
+_JSON = msgspec.json.Encoder()
+
+
+def _is_usage_only(chunk: JsonObj | bytes) -> bool:
+    if isinstance(chunk, bytes):
+        return b'"usage"' in chunk and (b'"choices":[]' in chunk or b'"choices": []' in chunk)
+    return not chunk.get("choices") and "usage" in chunk
+
+
+class _Progress:
+    """What one attempt has learnt so far (shared with the stream loop)."""
+
+    __slots__ = ("finish_reason", "sent", "ttft_ms", "usage")
+
+    def __init__(self) -> None:
+        self.sent = 0
+        self.ttft_ms = 0.0
+        self.usage: Usage | None = None
+        self.finish_reason = ""
+
+
+class Dispatcher:
+    def __init__(self, routes: Mapping[str, Route], upstream: Upstream, translators: Mapping[str, Translator]) -> None:
+        self._routes = routes
+        self._upstream = upstream
+        self._translators = translators
+
+    async def serve(self, req: ChatRequest, send: Send) -> None:
+        started = time.monotonic()
+        attempts: list[Attempt] = []
+        try:
+            route = resolve(self._routes, req.model, req.api)
+            body = msgspec.json.decode(req.body)
+            if not isinstance(body, dict):
+                raise InvalidRequestError("The request body must be a JSON object.")
+        except (GatewayError, msgspec.DecodeError) as exc:
+            err = exc if isinstance(exc, GatewayError) else InvalidRequestError("The request body is not valid JSON.")
+            await send(Result(outcome=Outcome(), error=err.info()))
+            return
+        last: GatewayError | None = None
+        last_dep = route.deployments[0]
+        for dep in route.deployments:
+            last_dep = dep
+            t0 = time.monotonic()
+            progress = _Progress()
+            try:
+                result = await asyncio.wait_for(
+                    self._attempt(req, body, dep, send, progress, started), timeout=dep.timeout_s + 1.0
+                )
+            except TimeoutError:
+                last = GatewayTimeoutError(f"Deployment {dep.id} did not finish within {dep.timeout_s:g}s.")
+            except GatewayError as exc:
+                last = exc
+            except Exception as exc:  # a translator bug must not leave the client hanging
+                log.exception("request %s: attempt on %s failed unexpectedly", req.request_id, dep.id)
+                last = GatewayError(f"Internal error while calling {dep.id}: {type(exc).__name__}")
+            else:
+                attempts.append(Attempt(provider=dep.target.provider, deployment=dep.id, status=200,
+                                        latency_ms=(time.monotonic() - t0) * 1000))
+                outcome = self._outcome(dep, progress, attempts, started)
+                await send(Result(outcome=outcome, body=result))
+                return
+            attempts.append(Attempt(provider=dep.target.provider, deployment=dep.id, status=last.status,
+                                    latency_ms=(time.monotonic() - t0) * 1000, error_code=last.info().code))
+            if progress.sent or not should_fail_over(last):
+                break
+        error = last.info() if last else GatewayError("No deployment could serve the request.").info()
+        await send(Result(outcome=self._outcome(last_dep, _Progress(), attempts, started), error=error))
+
+    def _outcome(self, dep: Deployment, progress: _Progress, attempts: list[Attempt], started: float) -> Outcome:
+        return Outcome(
+            provider=dep.target.provider,
+            deployment=dep.id,
+            provider_model=dep.target.model,
+            usage=progress.usage,
+            finish_reason=progress.finish_reason,
+            attempts=attempts,
+            upstream_ms=(time.monotonic() - started) * 1000,
+            ttft_ms=progress.ttft_ms,
+        )
+
+    async def _attempt(
+        self, req: ChatRequest, body: JsonObj, dep: Deployment, send: Send, progress: _Progress, started: float
+    ) -> bytes:
+        """Run one deployment; returns the whole body (non-stream) or b'' after streaming all chunks."""
+        response_id = f"chatcmpl-{req.request_id}"
+        created = int(time.time())
+        if dep.target.kind == "mock":
+            return await self._mock(req, body, dep, send, progress, started, response_id, created)
+        translator = self._translators.get(dep.target.kind)
+        if translator is None:
+            raise GatewayError(f"Provider kind {dep.target.kind!r} is not available in this router.")
+        if req.api == "embeddings":
+            ureq = translator.embeddings_request(body, dep.target)
+            resp = await self._upstream.send(ureq, dep.timeout_s, dep.connect_timeout_s)
+            if resp.status >= 400:
+                raise translator.parse_error(resp.status, resp.body, resp.headers)
+            parsed = translator.parse_embeddings(resp.body, dep.target)
+            progress.usage = openai_usage(parsed)
+            return parsed if isinstance(parsed, bytes) else _JSON.encode(parsed)
+        if not req.stream:
+            ureq = translator.chat_request(body, dep.target, stream=False)
+            resp = await self._upstream.send(ureq, dep.timeout_s, dep.connect_timeout_s)
+            if resp.status >= 400:
+                raise translator.parse_error(resp.status, resp.body, resp.headers)
+            completion = translator.parse_chat(resp.body, dep.target, response_id, created)
+            progress.usage = translator.usage_of(completion)
+            progress.finish_reason = _finish_reason(completion)
+            return completion if isinstance(completion, bytes) else _JSON.encode(completion)
+        ureq = translator.chat_request(body, dep.target, stream=True)
+        async with self._upstream.stream(ureq, dep.timeout_s, dep.connect_timeout_s) as upstream:
+            if upstream.status >= 400:
+                raise translator.parse_error(upstream.status, await upstream.read(), upstream.headers)
+            stream = translator.open_stream(dep.target, response_id, created)
+            parser = SseParser()
+            async for raw in upstream.chunks():
+                for event in parser.feed(raw):
+                    for chunk in stream.feed(event):
+                        await self._emit(req, chunk, send, progress, started)
+                if stream.done():
+                    break
+            for event in parser.close():
+                for chunk in stream.feed(event):
+                    await self._emit(req, chunk, send, progress, started)
+            for chunk in stream.finish():
+                await self._emit(req, chunk, send, progress, started)
+            progress.usage = stream.usage or progress.usage
+            progress.finish_reason = stream.finish_reason
+        return b""
+
+    async def _emit(
+        self, req: ChatRequest, chunk: JsonObj | bytes, send: Send, progress: _Progress, started: float
+    ) -> None:
+        if _is_usage_only(chunk):
+            progress.usage = openai_usage(chunk) or progress.usage
+            if not req.include_usage:
+                return
+        if not progress.sent:
+            progress.ttft_ms = (time.monotonic() - started) * 1000
+        progress.sent += 1
+        await send(Chunk(chunk if isinstance(chunk, bytes) else _JSON.encode(chunk)))
+
+    async def _mock(
+        self,
+        req: ChatRequest,
+        body: JsonObj,
+        dep: Deployment,
+        send: Send,
+        progress: _Progress,
+        started: float,
+        response_id: str,
+        created: int,
+    ) -> bytes:
+        cfg = dep.provider_config
+        if cfg.mock_latency_ms:
+            await asyncio.sleep(cfg.mock_latency_ms / 1000)
+        if req.api == "embeddings":
+            result = mock.embeddings(body, dep.target.model)
+            progress.usage = openai_usage(result)
+            return _JSON.encode(result)
+        if not req.stream:
+            result = mock.completion(body, dep.target.model, response_id, created)
+            progress.usage = openai_usage(result)
+            progress.finish_reason = _finish_reason(result)
+            return _JSON.encode(result)
+        for i, chunk in enumerate(mock.chunks(body, dep.target.model, response_id, created)):
+            if i and cfg.mock_chunk_delay_ms:
+                await asyncio.sleep(cfg.mock_chunk_delay_ms / 1000)
+            finish = _finish_reason(chunk)
+            if finish:
+                progress.finish_reason = finish
+            await self._emit(req, chunk, send, progress, started)
+        return b""
+
+
+def _finish_reason(completion: JsonObj | bytes) -> str:
+    obj = msgspec.json.decode(completion) if isinstance(completion, bytes) else completion
+    if not isinstance(obj, dict):
+        return ""
+    for choice in obj.get("choices") or []:
+        if isinstance(choice, dict) and choice.get("finish_reason"):
+            return str(choice["finish_reason"])
+    return ""

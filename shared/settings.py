@@ -1,0 +1,18 @@
+"""Settings every service reads at startup (env prefix per service), passed down from there."""
+
+from __future__ import annotations
+
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ServiceSettings(BaseSettings):
+    """Common to all services; each service subclasses it with its own env prefix."""
+
+    model_config = SettingsConfigDict(env_prefix="GATEHOUSE_", extra="ignore", frozen=True)
+
+    nats_url: str = "nats://127.0.0.1:4222"
+    config: str = "deploy/gatehouse.yaml"
+    subject_prefix: str = "gh"
+    log_level: str = "INFO"
+    # NATS request/publish timeouts default to 0.5 s in the clients; every hop sets its own
+    nats_timeout_s: float = 5.0
