@@ -45,7 +45,7 @@ def up(
     data_dir: Annotated[Path, typer.Option(help="where NATS and ClickHouse keep data, and logs")] = Path(".gatehouse"),
     host: Annotated[str | None, typer.Option(help="ingress host (default from config)")] = None,
     port: Annotated[int | None, typer.Option(help="ingress port (default from config)")] = None,
-    nats_port: Annotated[int, typer.Option(help="NATS port (a free one is used if taken)")] = 4222,
+    nats_port: Annotated[int, typer.Option(help="NATS port (0 or taken: a free one)")] = 4222,
     replicas: Annotated[str, typer.Option(help="replicas per service, e.g. router=2,guard=2")] = "",
     prefix: Annotated[str, typer.Option(help="NATS subject prefix")] = "gh",
 ) -> None:
@@ -151,3 +151,7 @@ def hash_key(key: str) -> None:
 
 def main() -> None:
     app()
+
+
+if __name__ == "__main__":
+    main()

@@ -66,8 +66,8 @@ class Stack:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         logs = self.data_dir / "logs"
         logs.mkdir(exist_ok=True)
-        port = self.nats_port or 4222
-        if not _port_free(port):
+        port = 4222 if self.nats_port is None else self.nats_port
+        if port == 0 or not _port_free(port):
             port = free_port()
         self.nats = start_nats(self.data_dir / "nats", port=port, log_file=logs / "nats-server.log")
         env = {

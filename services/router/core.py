@@ -28,6 +28,7 @@ class Deployment:
     timeout_s: float
     connect_timeout_s: float
     provider_config: ProviderConfig
+    api_key_env: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +57,7 @@ def _deployment(dep: DeploymentConfig, provider: ProviderConfig, environ: Mappin
         timeout_s=dep.timeout_s or provider.timeout_s,
         connect_timeout_s=provider.connect_timeout_s,
         provider_config=provider,
+        api_key_env=key_env,
     )
 
 

@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable, Mapping
 
 import msgspec
 
-from shared.errors import GatewayError, GatewayTimeoutError, InvalidRequestError
+from shared.errors import GatewayError, GatewayTimeoutError, InvalidRequestError, ServiceUnavailableError
 from shared.schemas.chat import Attempt, ChatRequest, Chunk, Outcome, Reply, Result, Usage
 from services.router.core import Deployment, Route, resolve, should_fail_over
 from services.router.providers import mock
@@ -112,6 +112,12 @@ class Dispatcher:
         translator = self._translators.get(dep.target.kind)
         if translator is None:
             raise GatewayError(f"Provider kind {dep.target.kind!r} is not available in this router.")
+        key_env = dep.api_key_env
+        if key_env and not dep.target.api_key:
+            # a gateway misconfiguration, not the client's fault: fail fast and let failover try the next one
+            raise ServiceUnavailableError(
+                f"Provider {dep.target.provider!r} has no API key configured ({key_env} is not set)."
+            )
         if req.api == "embeddings":
             ureq = translator.embeddings_request(body, dep.target)
             resp = await self._upstream.send(ureq, dep.timeout_s, dep.connect_timeout_s)

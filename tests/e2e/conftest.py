@@ -1,0 +1,125 @@
+"""The running stack for end-to-end tests: the real launcher (nats-server + four service processes, chDB)
+in a temp dir, with provider emulators on loopback ports."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from starlette.applications import Starlette
+
+from gatehouse.launcher import Stack
+from gatehouse.natsserver import free_port
+from gatehouse.query import run_sql
+from shared.config import hash_key
+from shared.schemas.admin import SqlResult
+from tests.emulators import openai as openai_emu
+from tests.servers import serve_in_thread
+
+API_KEY = "sk-e2e-test-key"
+LIMITED_KEY = "sk-e2e-limited"
+
+
+@dataclass
+class RunningStack:
+    stack: Stack
+    base_url: str
+    emulators: dict[str, Starlette]
+
+    def sql(self, query: str, timeout: float = 30.0) -> SqlResult:
+        assert self.stack.nats is not None
+        return asyncio.run(run_sql(self.stack.nats.url, self.stack.prefix, query, timeout))
+
+    def wait_rows(self, query: str, count: int, timeout: float = 30.0) -> SqlResult:
+        """Poll until `query` returns `count` rows (events reach ClickHouse asynchronously)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            result = self.sql(query)
+            assert not result.error, result.error
+            if len(result.rows) >= count or time.monotonic() > deadline:
+                return result
+            time.sleep(0.3)
+
+
+def _config(openai_url: str, dead_url: str) -> str:
+    return f"""
+server:
+  host: 127.0.0.1
+  port: 0
+  max_body_bytes: 1048576
+  request_timeout_s: 30
+keys:
+  - id: e2e
+    sha256: {hash_key(API_KEY)}
+    team: qa
+    project: gatehouse-tests
+  - id: limited
+    sha256: {hash_key(LIMITED_KEY)}
+    models: [mock-1]
+providers:
+  mock:
+    kind: mock
+  emu-openai:
+    kind: openai
+    api_base: {openai_url}/v1
+    api_key_env: E2E_EMU_OPENAI_KEY
+  dead:
+    kind: openai
+    api_base: {dead_url}/v1
+    api_key_env: E2E_EMU_OPENAI_KEY
+    connect_timeout_s: 1
+  keyless:
+    kind: openai
+    api_base: {openai_url}/v1
+    api_key_env: E2E_UNSET_KEY_VARIABLE
+models:
+  - name: mock-1
+    deployments: [{{provider: mock, model: mock-1}}]
+  - name: mock-embed
+    kind: embeddings
+    deployments: [{{provider: mock, model: mock-embed}}]
+  - name: gpt-emu
+    deployments: [{{provider: emu-openai, model: gpt-emu}}]
+  - name: emu-embed
+    kind: embeddings
+    deployments: [{{provider: emu-openai, model: text-embedding-emu}}]
+  - name: emu-429
+    deployments: [{{provider: emu-openai, model: err-429}}]
+  - name: emu-500
+    deployments: [{{provider: emu-openai, model: err-500}}]
+  - name: emu-slow
+    deployments: [{{provider: emu-openai, model: slow-3000, timeout_s: 1}}]
+  - name: down
+    deployments: [{{provider: dead, model: gpt-emu}}]
+  - name: failover
+    deployments:
+      - {{provider: keyless, model: gpt-emu}}
+      - {{provider: emu-openai, model: err-503}}
+      - {{provider: emu-openai, model: gpt-emu}}
+"""
+
+
+@pytest.fixture(scope="session")
+def running_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]:
+    tmp: Path = tmp_path_factory.mktemp("stack")
+    emulators = {"openai": openai_emu.create_app()}
+    dead_port = free_port()  # nothing listens here
+    os.environ["E2E_EMU_OPENAI_KEY"] = openai_emu.API_KEY
+    with serve_in_thread(emulators["openai"]) as openai_url:
+        config = tmp / "gatehouse.yaml"
+        config.write_text(_config(openai_url, f"http://127.0.0.1:{dead_port}"))
+        stack = Stack(config=config, data_dir=tmp / "data", host="127.0.0.1", port=free_port(),
+                      prefix="e2e", nats_port=free_port())
+        stack.start()
+        try:
+            if not stack.wait_ready(90):
+                logs = "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}" for p in (tmp / "data" / "logs").glob("*.log"))
+                pytest.fail(f"stack did not become ready:\n{logs}")
+            yield RunningStack(stack, f"{stack.ingress_url}/v1", emulators)
+        finally:
+            stack.stop()
