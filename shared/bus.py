@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
 from nats.js.errors import BadRequestError
@@ -47,3 +52,52 @@ async def ensure_events_stream(js: JetStreamContext, subjects: Subjects) -> None
 async def publish_event(js: JetStreamContext, subject: str, event: object, event_id: str) -> None:
     """Publish an event to JetStream with Nats-Msg-Id, so a retried publish is stored once."""
     await js.publish(subject, encode(event), timeout=PUBLISH_TIMEOUT_S, headers={MSG_ID: event_id})
+
+
+class QueueWorker:
+    """Serve a queue-group subscription on a raw nats-py connection, each message in its own task.
+
+    The interactive hop uses this instead of a FastStream subscriber: measured here, FastStream's
+    per-message pipeline (context, dependency injection, middlewares) added ~0.4-0.9 ms per hop on a
+    2-core machine, which is most of the gateway's latency budget. Lifecycle stays with the FastStream app.
+    """
+
+    def __init__(
+        self,
+        subject: str,
+        queue: str,
+        handler: Callable[[Msg], Awaitable[None]],
+        max_concurrency: int,
+    ) -> None:
+        self.subject = subject
+        self.queue = queue
+        self._handler = handler
+        self._slots = asyncio.Semaphore(max_concurrency)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._sub: Subscription | None = None
+
+    async def start(self, nc: Client) -> None:
+        self._sub = await nc.subscribe(self.subject, queue=self.queue, cb=self._on_msg, pending_msgs_limit=1_000_000,
+                                       pending_bytes_limit=1 << 30)
+
+    async def _on_msg(self, msg: Msg) -> None:
+        await self._slots.acquire()
+        task = asyncio.create_task(self._run(msg))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _run(self, msg: Msg) -> None:
+        try:
+            await self._handler(msg)
+        except Exception:
+            log.exception("handler for %s failed", self.subject)
+        finally:
+            self._slots.release()
+
+    async def stop(self, timeout: float = 10.0) -> None:
+        """Stop taking messages, then let in-flight ones finish."""
+        if self._sub is not None:
+            await self._sub.unsubscribe()
+            self._sub = None
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=timeout)

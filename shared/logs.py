@@ -35,3 +35,5 @@ def setup_logging(service: str, level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    # httpx logs every request at INFO; per-request lines belong in ClickHouse, not the log
+    logging.getLogger("httpx").setLevel(logging.WARNING)

@@ -13,9 +13,10 @@ import time
 import uuid
 
 from faststream import FastStream
-from faststream.nats import NatsBroker, NatsMessage
+from faststream.nats import NatsBroker
+from nats.aio.msg import Msg
 
-from shared.bus import ensure_events_stream, publish_event
+from shared.bus import QueueWorker, ensure_events_stream, publish_event
 from shared.config import load_config
 from shared.schemas.chat import Outcome, Result
 from shared.schemas.events import GuardEvent
@@ -44,13 +45,12 @@ def create_app(settings: GuardSettings) -> FastStream:
                 last = exc
         log.error("guard event %s for request %s not stored: %r", event.event_id, event.request_id, last)
 
-    @broker.subscriber(chat_in.name, queue=chat_in.queue, max_workers=settings.guard_max_concurrency, no_reply=True)
-    async def on_request(body: bytes, msg: NatsMessage) -> None:
-        reply_to = msg.reply_to
+    async def on_request(msg: Msg) -> None:
+        reply_to = msg.reply
         if not reply_to:
             log.warning("request without reply inbox dropped")
             return
-        req = chat_in.decode(body)
+        req = chat_in.decode(msg.data)
         verdict = guard.check(req)
         nc = broker.connection
         if verdict.error is not None:
@@ -70,14 +70,17 @@ def create_app(settings: GuardSettings) -> FastStream:
         pending.add(task)
         task.add_done_callback(pending.discard)
 
+    worker = QueueWorker(chat_in.name, chat_in.queue, on_request, settings.guard_max_concurrency)
     app = FastStream(broker, logger=log)
 
     @app.after_startup
-    async def _streams() -> None:
+    async def _start() -> None:
         await ensure_events_stream(broker.config.connection_state.stream, subjects)
+        await worker.start(broker.connection)
 
     @app.on_shutdown
     async def _drain() -> None:
+        await worker.stop()
         if pending:
             await asyncio.wait(pending, timeout=5)
 

@@ -10,8 +10,10 @@ import logging
 import os
 
 from faststream import FastStream
-from faststream.nats import NatsBroker, NatsMessage
+from faststream.nats import NatsBroker
+from nats.aio.msg import Msg
 
+from shared.bus import QueueWorker
 from shared.config import load_config
 from shared.schemas.chat import Reply
 from shared.subjects import Subjects, encode
@@ -33,20 +35,28 @@ def create_app(settings: RouterSettings) -> FastStream:
     dispatcher = Dispatcher(build_routes(config, os.environ), upstream, translators())
     chat = subjects.router_chat
 
-    @broker.subscriber(chat.name, queue=chat.queue, max_workers=settings.router_max_concurrency, no_reply=True)
-    async def on_request(body: bytes, msg: NatsMessage) -> None:
-        reply_to = msg.reply_to
+    async def on_request(msg: Msg) -> None:
+        reply_to = msg.reply
         if not reply_to:
             log.warning("request without reply inbox dropped")
             return
-        nc = broker.connection
+        publish = broker.connection.publish
 
         async def send(reply: Reply) -> None:
-            await nc.publish(reply_to, encode(reply))
+            await publish(reply_to, encode(reply))
 
-        await dispatcher.serve(chat.decode(body), send)
+        await dispatcher.serve(chat.decode(msg.data), send)
 
+    worker = QueueWorker(chat.name, chat.queue, on_request, settings.router_max_concurrency)
     app = FastStream(broker, logger=log)
+
+    @app.after_startup
+    async def _subscribe() -> None:
+        await worker.start(broker.connection)
+
+    @app.on_shutdown
+    async def _drain() -> None:
+        await worker.stop()
 
     @app.after_shutdown
     async def _close() -> None:

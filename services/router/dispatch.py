@@ -66,9 +66,9 @@ class Dispatcher:
             t0 = time.monotonic()
             progress = _Progress()
             try:
-                result = await asyncio.wait_for(
-                    self._attempt(req, body, dep, send, progress, started), timeout=dep.timeout_s + 1.0
-                )
+                # a hard stop per attempt (asyncio.timeout creates no extra task, unlike wait_for)
+                async with asyncio.timeout(dep.timeout_s + 1.0):
+                    result = await self._attempt(req, body, dep, send, progress, started)
             except TimeoutError:
                 last = GatewayTimeoutError(f"Deployment {dep.id} did not finish within {dep.timeout_s:g}s.")
             except GatewayError as exc:
