@@ -16,3 +16,8 @@ class ServiceSettings(BaseSettings):
     log_level: str = "INFO"
     # NATS request/publish timeouts default to 0.5 s in the clients; every hop sets its own
     nats_timeout_s: float = 5.0
+
+    @property
+    def nats_servers(self) -> list[str]:
+        """`nats_url` may list several cluster members, comma-separated."""
+        return [u.strip() for u in self.nats_url.split(",") if u.strip()]

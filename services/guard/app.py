@@ -30,7 +30,7 @@ log = logging.getLogger("gatehouse.guard")
 def create_app(settings: GuardSettings) -> FastStream:
     config = load_config(settings.config)
     subjects = Subjects(settings.subject_prefix)
-    broker = NatsBroker(settings.nats_url, log_level=logging.DEBUG, name="gatehouse-guard")
+    broker = NatsBroker(settings.nats_servers, log_level=logging.DEBUG, name="gatehouse-guard")
     guard = Guard(config)
     chat_in, chat_out, events = subjects.guard_chat, subjects.router_chat, subjects.events_guard
     pending: set[asyncio.Task[None]] = set()

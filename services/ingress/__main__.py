@@ -15,7 +15,7 @@ def main() -> None:
     settings = IngressSettings()
     setup_logging("ingress", settings.log_level)
     config = load_config(settings.config)
-    app = create_app(config, settings.nats_url, Subjects(settings.subject_prefix))
+    app = create_app(config, settings.nats_servers, Subjects(settings.subject_prefix))
     uvicorn.run(
         app,
         host=settings.ingress_host or config.server.host,

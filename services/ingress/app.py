@@ -272,8 +272,8 @@ def _tags(request: Request) -> dict[str, str]:
     return tags
 
 
-def create_app(config: GatehouseConfig, nats_url: str, subjects: Subjects) -> Starlette:
-    broker = NatsBroker(nats_url, log_level=logging.DEBUG, name="gatehouse-ingress")
+def create_app(config: GatehouseConfig, nats_servers: str | list[str], subjects: Subjects) -> Starlette:
+    broker = NatsBroker(nats_servers, log_level=logging.DEBUG, name="gatehouse-ingress")
     gw = Gateway(config, broker, subjects)
 
     @asynccontextmanager

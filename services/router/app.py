@@ -30,7 +30,7 @@ def create_app(settings: RouterSettings) -> FastStream:
     config = load_config(settings.config)
     subjects = Subjects(settings.subject_prefix)
     # per-message log lines are emitted at DEBUG so they cost nothing at the default level
-    broker = NatsBroker(settings.nats_url, log_level=logging.DEBUG, name="gatehouse-router")
+    broker = NatsBroker(settings.nats_servers, log_level=logging.DEBUG, name="gatehouse-router")
     upstream = Upstream(max_connections=settings.router_max_connections)
     dispatcher = Dispatcher(build_routes(config, os.environ), upstream, translators())
     chat = subjects.router_chat

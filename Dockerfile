@@ -1,0 +1,12 @@
+# One image for every gatehouse service; the command picks the service (python -m services.<name>).
+FROM python:3.11-slim
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY shared ./shared
+COPY services ./services
+COPY gatehouse ./gatehouse
+COPY deploy ./deploy
+RUN pip install --no-cache-dir . && useradd --uid 10001 gatehouse
+USER gatehouse
+ENV GATEHOUSE_CONFIG=/app/deploy/gatehouse.yaml
+CMD ["python", "-m", "services.ingress"]
