@@ -88,9 +88,14 @@ def up(
         console.print(f"[green]gatehouse is up[/green]  OpenAI-compatible API: {stack.ingress_url}/v1")
         console.print(f"  NATS: {stack.nats.url}   data and logs: {stack.data_dir}")
         console.print(f"  services: {', '.join(c.name for c in stack.children)}")
-        console.print(f"  try: curl {stack.ingress_url}/v1/chat/completions -H 'Authorization: Bearer sk-gatehouse-dev' "
-                      "-H 'Content-Type: application/json' -d '{\"model\":\"mock-1\",\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}'")
-        console.print("  analytics: gatehouse sql \"SELECT model, count() FROM requests GROUP BY model\"   (Ctrl-C stops)")
+        console.print(
+            f"  try: curl {stack.ingress_url}/v1/chat/completions -H 'Authorization: Bearer sk-gatehouse-dev' "
+            "-H 'Content-Type: application/json' "
+            '-d \'{"model":"mock-1","messages":[{"role":"user","content":"hi"}]}\''
+        )
+        console.print(
+            '  analytics: gatehouse sql "SELECT model, count() FROM requests GROUP BY model"   (Ctrl-C stops)'
+        )
         while not stopping:
             for note in stack.supervise_once():
                 err.print(f"[yellow]{note}[/yellow]")

@@ -30,7 +30,7 @@ class Child:
     last_start: float = 0.0
 
     def start(self) -> None:
-        log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child process
+        log = open(self.log_path, "ab")
         self.process = subprocess.Popen(
             [sys.executable, "-m", f"services.{self.service}"],
             env=self.env,

@@ -76,7 +76,7 @@ def start_nats(
     store.mkdir(parents=True, exist_ok=True)
     port = port or free_port(host)
     args = [nats_server_binary(), "-a", host, "-p", str(port), "-js", "-sd", str(store)]
-    out = open(log_file, "ab") if log_file else subprocess.DEVNULL  # noqa: SIM115 - handed to the child
+    out = open(log_file, "ab") if log_file else subprocess.DEVNULL
     proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=os.environ.copy())
     try:
         wait_for_port(host, port)

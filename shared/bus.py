@@ -77,8 +77,9 @@ class QueueWorker:
         self._sub: Subscription | None = None
 
     async def start(self, nc: Client) -> None:
-        self._sub = await nc.subscribe(self.subject, queue=self.queue, cb=self._on_msg, pending_msgs_limit=1_000_000,
-                                       pending_bytes_limit=1 << 30)
+        self._sub = await nc.subscribe(
+            self.subject, queue=self.queue, cb=self._on_msg, pending_msgs_limit=1_000_000, pending_bytes_limit=1 << 30
+        )
 
     async def _on_msg(self, msg: Msg) -> None:
         await self._slots.acquire()

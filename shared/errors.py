@@ -1,19 +1,19 @@
 """The one error taxonomy of gatehouse; errors cross NATS as `ErrorInfo` data and only ingress writes HTTP.
 
-    GatewayError                      500 api_error            internal_error
-    ├── InvalidRequestError           400 invalid_request_error invalid_request
-    │   ├── ContentPolicyViolation    400 invalid_request_error content_policy_violation
-    │   └── ContextLengthExceeded     400 invalid_request_error context_length_exceeded
-    ├── AuthenticationError           401 invalid_request_error invalid_api_key
-    ├── PermissionDeniedError         403 permission_error      permission_denied
-    ├── NotFoundError                 404 invalid_request_error model_not_found
-    ├── RequestTimeoutError           408 timeout_error         request_timeout        (retryable)
-    ├── PayloadTooLargeError          413 invalid_request_error request_too_large
-    ├── UnprocessableEntityError      422 invalid_request_error unprocessable_entity
-    ├── RateLimitError                429 rate_limit_error      rate_limit_exceeded    (retryable)
-    ├── UpstreamError                 502 api_error             bad_gateway            (retryable)
-    ├── ServiceUnavailableError       503 api_error             service_unavailable    (retryable)
-    └── GatewayTimeoutError           504 timeout_error         gateway_timeout        (retryable)
+GatewayError                      500 api_error            internal_error
+├── InvalidRequestError           400 invalid_request_error invalid_request
+│   ├── ContentPolicyViolation    400 invalid_request_error content_policy_violation
+│   └── ContextLengthExceeded     400 invalid_request_error context_length_exceeded
+├── AuthenticationError           401 invalid_request_error invalid_api_key
+├── PermissionDeniedError         403 permission_error      permission_denied
+├── NotFoundError                 404 invalid_request_error model_not_found
+├── RequestTimeoutError           408 timeout_error         request_timeout        (retryable)
+├── PayloadTooLargeError          413 invalid_request_error request_too_large
+├── UnprocessableEntityError      422 invalid_request_error unprocessable_entity
+├── RateLimitError                429 rate_limit_error      rate_limit_exceeded    (retryable)
+├── UpstreamError                 502 api_error             bad_gateway            (retryable)
+├── ServiceUnavailableError       503 api_error             service_unavailable    (retryable)
+└── GatewayTimeoutError           504 timeout_error         gateway_timeout        (retryable)
 """
 
 from __future__ import annotations

@@ -41,7 +41,7 @@ class Subject(Generic[T]):
 
 
 _ENCODER = msgspec.msgpack.Encoder()
-_REPLY_DECODER: msgspec.msgpack.Decoder[Reply] = msgspec.msgpack.Decoder(Reply)  # type: ignore[arg-type]
+_REPLY_DECODER: msgspec.msgpack.Decoder[Reply] = msgspec.msgpack.Decoder(Reply)
 
 
 def encode(msg: object) -> bytes:

@@ -16,13 +16,13 @@ from faststream import FastStream
 from faststream.nats import NatsBroker
 from nats.aio.msg import Msg
 
+from services.guard.core import Guard
+from services.guard.settings import GuardSettings
 from shared.bus import QueueWorker, ensure_events_stream, publish_event
 from shared.config import load_config
 from shared.schemas.chat import Outcome, Result
 from shared.schemas.events import GuardEvent
 from shared.subjects import Subjects, encode
-from services.guard.core import Guard
-from services.guard.settings import GuardSettings
 
 log = logging.getLogger("gatehouse.guard")
 

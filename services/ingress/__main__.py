@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import uvicorn
 
+from services.ingress.app import create_app
+from services.ingress.settings import IngressSettings
 from shared.config import load_config
 from shared.logs import setup_logging
 from shared.subjects import Subjects
-from services.ingress.app import create_app
-from services.ingress.settings import IngressSettings
 
 
 def main() -> None:

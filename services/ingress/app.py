@@ -21,6 +21,10 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from services.ingress.auth import KeyRing, allows
+from services.ingress.inbox import Inbox, next_reply
+from services.ingress.records import RecordPublisher, RequestRecord, new_request_id
+from services.ingress.validate import chat_fields, embeddings_model
 from shared.bus import REQUEST_ID, TRACEPARENT, ensure_events_stream
 from shared.config import GatehouseConfig
 from shared.errors import (
@@ -34,10 +38,6 @@ from shared.errors import (
 )
 from shared.schemas.chat import ChatRequest, Chunk, Result
 from shared.subjects import Subjects, encode
-from services.ingress.auth import KeyRing, allows
-from services.ingress.inbox import Inbox, next_reply
-from services.ingress.records import RecordPublisher, RequestRecord, new_request_id
-from services.ingress.validate import chat_fields, embeddings_model
 
 log = logging.getLogger("gatehouse.ingress")
 
@@ -128,7 +128,9 @@ class Gateway:
             _, key = self.keys.authenticate(request.headers.get("authorization"), request.headers.get("x-api-key"))
             model = self.models.get(name)
             if model is None or not allows(key, name, model.name):
-                raise NotFoundError(f"The model `{name}` does not exist or you do not have access to it.", param="model")
+                raise NotFoundError(
+                    f"The model `{name}` does not exist or you do not have access to it.", param="model"
+                )
         except GatewayError as exc:
             return error_response(exc.info(), rid)
         return JSONResponse(
@@ -145,9 +147,7 @@ class Gateway:
             trace_id=request.headers.get(TRACEPARENT, ""),
         )
         try:
-            caller, key = self.keys.authenticate(
-                request.headers.get("authorization"), request.headers.get("x-api-key")
-            )
+            caller, key = self.keys.authenticate(request.headers.get("authorization"), request.headers.get("x-api-key"))
             record.caller = caller
             raw = await read_body(request, self.limit)
             record.request_bytes = len(raw)
@@ -159,7 +159,9 @@ class Gateway:
             record.model, record.stream = model, stream
             target = self.models.get(model)
             if target is None or not allows(key, model, target.name):
-                raise NotFoundError(f"The model `{model}` does not exist or you do not have access to it.", param="model")
+                raise NotFoundError(
+                    f"The model `{model}` does not exist or you do not have access to it.", param="model"
+                )
             record.tags = _tags(request)
             req = ChatRequest(
                 request_id=record.request_id,
@@ -218,9 +220,7 @@ class Gateway:
             return error_response(result.error, record.request_id)
         record.response_bytes = len(result.body)
         self.records.submit(record)
-        return Response(
-            result.body, media_type="application/json", headers={"x-request-id": record.request_id}
-        )
+        return Response(result.body, media_type="application/json", headers={"x-request-id": record.request_id})
 
     async def _relay(self, first: Chunk, queue: asyncio.Queue, record: RequestRecord) -> AsyncIterator[bytes]:  # type: ignore[type-arg]
         """SSE bytes for a stream; ends with [DONE], or with an error event if the stream broke."""
@@ -329,5 +329,3 @@ def create_app(config: GatehouseConfig, nats_servers: str | list[str], subjects:
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={HTTPException: http_error, 500: http_error})
     app.state.gateway = gw
     return app
-
-

@@ -48,8 +48,7 @@ def _invalid(exc: msgspec.MsgspecError) -> InvalidRequestError:
     text = str(exc)
     if isinstance(exc, msgspec.DecodeError) and not isinstance(exc, msgspec.ValidationError):
         return InvalidRequestError(
-            "We could not parse the JSON body of your request. The body must be valid JSON "
-            f"({text.rstrip('.')})."
+            f"We could not parse the JSON body of your request. The body must be valid JSON ({text.rstrip('.')})."
         )
     match = _PATH.search(text)
     param = match.group(1) if match else None
@@ -57,7 +56,9 @@ def _invalid(exc: msgspec.MsgspecError) -> InvalidRequestError:
     missing = re.match(r"Object missing required field `([^`]+)`", message)
     if missing:
         field = f"{param}.{missing.group(1)}" if param else missing.group(1)
-        return InvalidRequestError(f"Missing required parameter: '{field}'.", param=field, code="missing_required_parameter")
+        return InvalidRequestError(
+            f"Missing required parameter: '{field}'.", param=field, code="missing_required_parameter"
+        )
     where = f" at '{param}'" if param else ""
     return InvalidRequestError(f"Invalid request{where}: {message}.", param=param)
 
@@ -94,6 +95,6 @@ def embeddings_model(body: bytes) -> str:
         raise _invalid(exc) from exc
     if not parsed.model:
         raise InvalidRequestError("Missing required parameter: 'model'.", param="model")
-    if isinstance(parsed.input, list) and not parsed.input or parsed.input == "":
+    if (isinstance(parsed.input, list) and not parsed.input) or parsed.input == "":
         raise InvalidRequestError("'input' cannot be empty.", param="input")
     return parsed.model

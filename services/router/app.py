@@ -13,15 +13,15 @@ from faststream import FastStream
 from faststream.nats import NatsBroker
 from nats.aio.msg import Msg
 
-from shared.bus import QueueWorker
-from shared.config import load_config
-from shared.schemas.chat import Reply
-from shared.subjects import Subjects, encode
 from services.router.core import build_routes
 from services.router.dispatch import Dispatcher
 from services.router.providers.registry import translators
 from services.router.settings import RouterSettings
 from services.router.upstream import Upstream
+from shared.bus import QueueWorker
+from shared.config import load_config
+from shared.schemas.chat import Reply
+from shared.subjects import Subjects, encode
 
 log = logging.getLogger("gatehouse.router")
 
@@ -63,5 +63,3 @@ def create_app(settings: RouterSettings) -> FastStream:
         await upstream.aclose()
 
     return app
-
-

@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from services.router.providers.base import Target
 from shared.config import DeploymentConfig, GatehouseConfig, ModelConfig, ProviderConfig
 from shared.errors import GatewayError, InvalidRequestError, NotFoundError
-from services.router.providers.base import Target
 
 DEFAULT_API_BASE: dict[str, str] = {
     "openai": "https://api.openai.com/v1",
@@ -67,9 +67,7 @@ def build_routes(config: GatehouseConfig, environ: Mapping[str, str]) -> dict[st
     for model in config.models:
         route = Route(
             model=model,
-            deployments=tuple(
-                _deployment(dep, config.providers[dep.provider], environ) for dep in model.deployments
-            ),
+            deployments=tuple(_deployment(dep, config.providers[dep.provider], environ) for dep in model.deployments),
         )
         for name in (model.name, *model.aliases):
             routes[name] = route

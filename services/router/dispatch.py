@@ -9,13 +9,13 @@ from collections.abc import Awaitable, Callable, Mapping
 
 import msgspec
 
-from shared.errors import GatewayError, GatewayTimeoutError, InvalidRequestError, ServiceUnavailableError
-from shared.schemas.chat import Attempt, ChatRequest, Chunk, Outcome, Reply, Result, Usage
 from services.router.core import Deployment, Route, resolve, should_fail_over
 from services.router.providers import mock
 from services.router.providers.base import JsonObj, Translator, openai_usage
 from services.router.sse import SseParser
 from services.router.upstream import Upstream
+from shared.errors import GatewayError, GatewayTimeoutError, InvalidRequestError, ServiceUnavailableError
+from shared.schemas.chat import Attempt, ChatRequest, Chunk, Outcome, Reply, Result, Usage
 
 log = logging.getLogger(__name__)
 
@@ -77,13 +77,26 @@ class Dispatcher:
                 log.exception("request %s: attempt on %s failed unexpectedly", req.request_id, dep.id)
                 last = GatewayError(f"Internal error while calling {dep.id}: {type(exc).__name__}")
             else:
-                attempts.append(Attempt(provider=dep.target.provider, deployment=dep.id, status=200,
-                                        latency_ms=(time.monotonic() - t0) * 1000))
+                attempts.append(
+                    Attempt(
+                        provider=dep.target.provider,
+                        deployment=dep.id,
+                        status=200,
+                        latency_ms=(time.monotonic() - t0) * 1000,
+                    )
+                )
                 outcome = self._outcome(dep, progress, attempts, started)
                 await send(Result(outcome=outcome, body=result))
                 return
-            attempts.append(Attempt(provider=dep.target.provider, deployment=dep.id, status=last.status,
-                                    latency_ms=(time.monotonic() - t0) * 1000, error_code=last.info().code))
+            attempts.append(
+                Attempt(
+                    provider=dep.target.provider,
+                    deployment=dep.id,
+                    status=last.status,
+                    latency_ms=(time.monotonic() - t0) * 1000,
+                    error_code=last.info().code,
+                )
+            )
             if progress.sent or not should_fail_over(last):
                 break
         error = last.info() if last else GatewayError("No deployment could serve the request.").info()
@@ -205,7 +218,8 @@ def _finish_reason(completion: JsonObj | bytes) -> str:
     obj = msgspec.json.decode(completion) if isinstance(completion, bytes) else completion
     if not isinstance(obj, dict):
         return ""
-    for choice in obj.get("choices") or []:
+    choices = obj.get("choices")
+    for choice in choices if isinstance(choices, list) else []:
         if isinstance(choice, dict) and choice.get("finish_reason"):
             return str(choice["finish_reason"])
     return ""

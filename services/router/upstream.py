@@ -9,8 +9,8 @@ from dataclasses import dataclass
 import httpx
 from httpx_aiohttp import AiohttpTransport
 
-from shared.errors import GatewayTimeoutError, UpstreamError
 from services.router.providers.base import UpstreamRequest
+from shared.errors import GatewayTimeoutError, UpstreamError
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,7 +53,8 @@ def _convert(exc: httpx.HTTPError) -> UpstreamError | GatewayTimeoutError:
 class Upstream:
     def __init__(self, max_connections: int = 512) -> None:
         limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
-        self._client = httpx.AsyncClient(transport=AiohttpTransport(limits=limits), timeout=None)
+        # no client-wide timeout: every request passes the timeout of its deployment
+        self._client = httpx.AsyncClient(transport=AiohttpTransport(limits=limits), timeout=None)  # noqa: S113
 
     @staticmethod
     def _timeout(timeout_s: float, connect_s: float) -> httpx.Timeout:

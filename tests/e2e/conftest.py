@@ -113,12 +113,20 @@ def running_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningS
     with serve_in_thread(emulators["openai"]) as openai_url:
         config = tmp / "gatehouse.yaml"
         config.write_text(_config(openai_url, f"http://127.0.0.1:{dead_port}"))
-        stack = Stack(config=config, data_dir=tmp / "data", host="127.0.0.1", port=free_port(),
-                      prefix="e2e", nats_port=free_port())
+        stack = Stack(
+            config=config,
+            data_dir=tmp / "data",
+            host="127.0.0.1",
+            port=free_port(),
+            prefix="e2e",
+            nats_port=free_port(),
+        )
         stack.start()
         try:
             if not stack.wait_ready(90):
-                logs = "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}" for p in (tmp / "data" / "logs").glob("*.log"))
+                logs = "\n".join(
+                    f"--- {p.name}\n{p.read_text()[-3000:]}" for p in (tmp / "data" / "logs").glob("*.log")
+                )
                 pytest.fail(f"stack did not become ready:\n{logs}")
             yield RunningStack(stack, f"{stack.ingress_url}/v1", emulators)
         finally:

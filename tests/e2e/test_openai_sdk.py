@@ -90,8 +90,15 @@ async def test_async_non_stream_and_stream(running_stack: RunningStack) -> None:
 
 
 def test_streamed_tool_calls_round_trip(running_stack: RunningStack) -> None:
-    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {
-        "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}]
+    tools = [
+        {
+            "type": "function",
+            "function": {
+                "name": "get_weather",
+                "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+            },
+        }
+    ]
     messages = [{"role": "user", "content": "What's the weather in both cities?"}]
     with client(running_stack).chat.completions.stream(model="gpt-emu", messages=messages, tools=tools) as s:
         final = s.get_final_completion()

@@ -25,8 +25,14 @@ API_KEY = "sk-emulator-openai"
 ROLES = {"system", "developer", "user", "assistant", "tool", "function"}
 
 
-def _error(status: int, message: str, etype: str = "invalid_request_error", code: str | None = None,
-           param: str | None = None, headers: dict[str, str] | None = None) -> JSONResponse:
+def _error(
+    status: int,
+    message: str,
+    etype: str = "invalid_request_error",
+    code: str | None = None,
+    param: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
     body = {"error": {"message": message, "type": etype, "param": param, "code": code}}
     return JSONResponse(body, status_code=status, headers=headers)
 
@@ -50,8 +56,12 @@ def _usage(messages: list[dict[str, Any]], text: str) -> dict[str, Any]:
         "completion_tokens": completion,
         "total_tokens": prompt + completion,
         "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
-        "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0,
-                                      "accepted_prediction_tokens": 0, "rejected_prediction_tokens": 0},
+        "completion_tokens_details": {
+            "reasoning_tokens": 0,
+            "audio_tokens": 0,
+            "accepted_prediction_tokens": 0,
+            "rejected_prediction_tokens": 0,
+        },
     }
 
 
@@ -62,8 +72,7 @@ def _tool_calls(body: dict[str, Any], prompt: str) -> list[dict[str, Any]] | Non
     name = tools[0]["function"]["name"]
     cities = ["Paris", "Tokyo"] if "both" in prompt.lower() else ["Paris"]
     return [
-        {"id": f"call_{i}abc", "type": "function",
-         "function": {"name": name, "arguments": json.dumps({"city": city})}}
+        {"id": f"call_{i}abc", "type": "function", "function": {"name": name, "arguments": json.dumps({"city": city})}}
         for i, city in enumerate(cities)
     ]
 
@@ -89,8 +98,9 @@ def create_app() -> Starlette:
                 return _error(400, f"Invalid value for 'messages[{i}].role'.", param=f"messages[{i}].role")
         stream = bool(body.get("stream"))
         if body.get("stream_options") is not None and not stream:
-            return _error(400, "The 'stream_options' parameter is only allowed when 'stream' is enabled.",
-                          param="stream_options")
+            return _error(
+                400, "The 'stream_options' parameter is only allowed when 'stream' is enabled.", param="stream_options"
+            )
         if model.startswith("err-"):
             status = int(model[4:])
             headers = {"retry-after": "7"} if status == 429 else None
@@ -107,18 +117,34 @@ def create_app() -> Starlette:
             message: dict[str, Any] = {"role": "assistant", "content": None if calls else text, "refusal": None}
             if calls:
                 message["tool_calls"] = calls
-            return JSONResponse({
-                "id": cid, "object": "chat.completion", "created": created, "model": model,
-                "choices": [{"index": 0, "message": message, "logprobs": None,
-                             "finish_reason": "tool_calls" if calls else "stop"}],
-                "usage": _usage(messages, "" if calls else text),
-                "system_fingerprint": "fp_emulator",
-            })
+            return JSONResponse(
+                {
+                    "id": cid,
+                    "object": "chat.completion",
+                    "created": created,
+                    "model": model,
+                    "choices": [
+                        {
+                            "index": 0,
+                            "message": message,
+                            "logprobs": None,
+                            "finish_reason": "tool_calls" if calls else "stop",
+                        }
+                    ],
+                    "usage": _usage(messages, "" if calls else text),
+                    "system_fingerprint": "fp_emulator",
+                }
+            )
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
 
         async def events() -> AsyncIterator[bytes]:
-            base = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
-                    "system_fingerprint": "fp_emulator"}
+            base = {
+                "id": cid,
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": model,
+                "system_fingerprint": "fp_emulator",
+            }
 
             def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
                 obj = {**base, "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}
@@ -130,10 +156,20 @@ def create_app() -> Starlette:
             if calls:
                 for i, call in enumerate(calls):
                     args = call["function"]["arguments"]
-                    yield chunk({"tool_calls": [{"index": i, "id": call["id"], "type": "function",
-                                                 "function": {"name": call["function"]["name"], "arguments": ""}}]})
+                    yield chunk(
+                        {
+                            "tool_calls": [
+                                {
+                                    "index": i,
+                                    "id": call["id"],
+                                    "type": "function",
+                                    "function": {"name": call["function"]["name"], "arguments": ""},
+                                }
+                            ]
+                        }
+                    )
                     for j in range(0, len(args), 5):
-                        yield chunk({"tool_calls": [{"index": i, "function": {"arguments": args[j:j + 5]}}]})
+                        yield chunk({"tool_calls": [{"index": i, "function": {"arguments": args[j : j + 5]}}]})
             else:
                 words = text.split(" ")
                 for k, word in enumerate(words):
@@ -158,17 +194,26 @@ def create_app() -> Starlette:
             return _error(400, "'input' cannot be empty.", param="input")
         data = [{"object": "embedding", "index": i, "embedding": [0.1 * (i + 1)] * 8} for i in range(len(inputs))]
         tokens = sum(len(str(x).split()) for x in inputs)
-        return JSONResponse({"object": "list", "data": data, "model": body.get("model"),
-                             "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
+        return JSONResponse(
+            {
+                "object": "list",
+                "data": data,
+                "model": body.get("model"),
+                "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+            }
+        )
 
     async def models(_: Request) -> Response:
-        return JSONResponse({"object": "list", "data": [{"id": "gpt-emu", "object": "model", "created": 0,
-                                                         "owned_by": "emulator"}]})
+        return JSONResponse(
+            {"object": "list", "data": [{"id": "gpt-emu", "object": "model", "created": 0, "owned_by": "emulator"}]}
+        )
 
-    app = Starlette(routes=[
-        Route("/v1/chat/completions", chat, methods=["POST"]),
-        Route("/v1/embeddings", embeddings, methods=["POST"]),
-        Route("/v1/models", models, methods=["GET"]),
-    ])
+    app = Starlette(
+        routes=[
+            Route("/v1/chat/completions", chat, methods=["POST"]),
+            Route("/v1/embeddings", embeddings, methods=["POST"]),
+            Route("/v1/models", models, methods=["GET"]),
+        ]
+    )
     app.state.requests = []
     return app

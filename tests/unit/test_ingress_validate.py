@@ -21,7 +21,11 @@ from shared.errors import AuthenticationError, InvalidRequestError
         (b'{"model":"m","messages":[{"role":"robot"}]}', "messages[0].role", "robot"),
         (b'{"model":"m","messages":[{"content":"x"}]}', "messages[0].role", "Missing required"),
         (b'{"model":5,"messages":[{"role":"user"}]}', "model", "Expected `str`"),
-        (b'{"model":"m","messages":[{"role":"user"}],"stream_options":{"include_usage":true}}', "stream_options", "only allowed"),
+        (
+            b'{"model":"m","messages":[{"role":"user"}],"stream_options":{"include_usage":true}}',
+            "stream_options",
+            "only allowed",
+        ),
     ],
 )
 def test_bad_chat_bodies(body: bytes, param: str | None, fragment: str) -> None:
@@ -32,8 +36,10 @@ def test_bad_chat_bodies(body: bytes, param: str | None, fragment: str) -> None:
 
 
 def test_good_chat_body_extracts_stream_flags() -> None:
-    f = chat_fields(b'{"model":"m","messages":[{"role":"user","content":"x"}],"stream":true,'
-                    b'"stream_options":{"include_usage":true},"seed":3}')
+    f = chat_fields(
+        b'{"model":"m","messages":[{"role":"user","content":"x"}],"stream":true,'
+        b'"stream_options":{"include_usage":true},"seed":3}'
+    )
     assert (f.model, f.stream, f.include_usage) == ("m", True, True)
     assert chat_fields(b'{"model":"m","messages":[{"role":"user"}]}').stream is False
 

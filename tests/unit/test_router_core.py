@@ -58,7 +58,7 @@ def test_failover_policy() -> None:
 
 def test_sse_parser_handles_split_lines_crlf_and_multiline_data() -> None:
     p = SseParser()
-    events = p.feed(b"event: a\r\ndata: {\"x\"")
+    events = p.feed(b'event: a\r\ndata: {"x"')
     assert events == []
     events = p.feed(b": 1}\r\n\r\ndata: one\ndata: two\n\n: comment\n\ndata: [DONE]")
     assert events == [SseEvent("a", b'{"x": 1}'), SseEvent("", b"one\ntwo")]
@@ -67,8 +67,14 @@ def test_sse_parser_handles_split_lines_crlf_and_multiline_data() -> None:
 
 def test_openai_translator_merges_params_and_forces_usage_on_streams() -> None:
     t = OpenAITranslator()
-    target = Target(provider="oa", kind="openai", model="gpt-x", api_base="http://h/v1/", api_key="k",
-                    params={"temperature": 0.1, "top_p": 0.5})
+    target = Target(
+        provider="oa",
+        kind="openai",
+        model="gpt-x",
+        api_base="http://h/v1/",
+        api_key="k",
+        params={"temperature": 0.1, "top_p": 0.5},
+    )
     req = t.chat_request({"model": "chat", "messages": [], "top_p": 0.9, "stream": True}, target, stream=True)
     body = msgspec.json.decode(req.body)
     assert req.url == "http://h/v1/chat/completions"
@@ -81,13 +87,23 @@ def test_openai_stream_reads_usage_and_finish_and_done() -> None:
     t = OpenAITranslator()
     s = t.open_stream(Target(provider="oa", kind="openai", model="m", api_base="x"), "id", 0)
     assert s.feed(SseEvent("", b'{"choices":[{"index":0,"delta":{},"finish_reason":"length"}]}'))
-    s.feed(SseEvent("", b'{"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":4,'
-                        b'"prompt_tokens_details":{"cached_tokens":2},'
-                        b'"completion_tokens_details":{"reasoning_tokens":1}}}'))
+    s.feed(
+        SseEvent(
+            "",
+            b'{"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":4,'
+            b'"prompt_tokens_details":{"cached_tokens":2},'
+            b'"completion_tokens_details":{"reasoning_tokens":1}}}',
+        )
+    )
     assert s.feed(SseEvent("", b"[DONE]")) == [] and s.done()
     assert s.finish_reason == "length"
     assert s.usage is not None
-    assert (s.usage.input_tokens, s.usage.output_tokens, s.usage.cached_tokens, s.usage.reasoning_tokens) == (3, 4, 2, 1)
+    assert (s.usage.input_tokens, s.usage.output_tokens, s.usage.cached_tokens, s.usage.reasoning_tokens) == (
+        3,
+        4,
+        2,
+        1,
+    )
 
 
 def test_openai_errors_map_to_taxonomy_with_retry_after() -> None:

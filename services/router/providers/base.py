@@ -188,7 +188,5 @@ def openai_usage(obj: JsonObj | bytes) -> Usage | None:
         input_tokens=u.prompt_tokens or 0,
         output_tokens=u.completion_tokens or 0,
         cached_tokens=(u.prompt_tokens_details.cached_tokens or 0) if u.prompt_tokens_details else 0,
-        reasoning_tokens=(
-            (u.completion_tokens_details.reasoning_tokens or 0) if u.completion_tokens_details else 0
-        ),
+        reasoning_tokens=((u.completion_tokens_details.reasoning_tokens or 0) if u.completion_tokens_details else 0),
     )

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import msgspec
 
-from shared.errors import UpstreamError
 from services.router.providers.base import (
     ChatStream,
     JsonObj,
@@ -19,6 +18,7 @@ from services.router.providers.base import (
     merge_params,
     openai_usage,
 )
+from shared.errors import UpstreamError
 
 _ENC = msgspec.json.Encoder()
 
