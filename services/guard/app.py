@@ -57,6 +57,10 @@ def create_app(settings: GuardSettings) -> FastStream:
             await nc.publish(reply_to, encode(Result(outcome=Outcome(), error=verdict.error, guard=verdict.summary)))
         else:
             await nc.publish(chat_out.name, encode(verdict.request), reply=reply_to, headers=msg.headers or None)
+        if not verdict.summary.findings and verdict.error is None:
+            # a clean pass is recorded on the request's own row (guard_action, guard_policy); a separate
+            # event per clean request would double the JetStream traffic for nothing
+            return
         event = GuardEvent(
             event_id=uuid.uuid4().hex,
             request_id=req.request_id,

@@ -25,6 +25,7 @@ def main() -> None:
         access_log=False,
         log_level="warning",
         server_header=False,
+        proxy_headers=False,
         timeout_graceful_shutdown=10,
     )
 

@@ -56,7 +56,8 @@ class Inbox:
 
 async def next_reply(queue: asyncio.Queue[Reply | NoResponders], timeout: float, stage: str) -> Reply:
     """The next reply, or ServiceUnavailable if no stage replica is up, or TimeoutError."""
-    item = await asyncio.wait_for(queue.get(), timeout)
+    async with asyncio.timeout(timeout):  # no extra task per wait, unlike wait_for
+        item = await queue.get()
     if isinstance(item, NoResponders):
         raise ServiceUnavailableError(f"The {stage} stage has no running replica; try again shortly.")
     return item

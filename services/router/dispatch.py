@@ -57,7 +57,7 @@ class Dispatcher:
                 raise InvalidRequestError("The request body must be a JSON object.")
         except (GatewayError, msgspec.DecodeError) as exc:
             err = exc if isinstance(exc, GatewayError) else InvalidRequestError("The request body is not valid JSON.")
-            await send(Result(outcome=Outcome(), error=err.info()))
+            await send(Result(outcome=Outcome(), error=err.info(), guard=req.guard))
             return
         last: GatewayError | None = None
         last_dep = route.deployments[0]
@@ -86,7 +86,7 @@ class Dispatcher:
                     )
                 )
                 outcome = self._outcome(dep, progress, attempts, started)
-                await send(Result(outcome=outcome, body=result))
+                await send(Result(outcome=outcome, body=result, guard=req.guard))
                 return
             attempts.append(
                 Attempt(
@@ -100,7 +100,9 @@ class Dispatcher:
             if progress.sent or not should_fail_over(last):
                 break
         error = last.info() if last else GatewayError("No deployment could serve the request.").info()
-        await send(Result(outcome=self._outcome(last_dep, _Progress(), attempts, started), error=error))
+        await send(
+            Result(outcome=self._outcome(last_dep, _Progress(), attempts, started), error=error, guard=req.guard)
+        )
 
     def _outcome(self, dep: Deployment, progress: _Progress, attempts: list[Attempt], started: float) -> Outcome:
         return Outcome(
