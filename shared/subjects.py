@@ -11,7 +11,7 @@ from typing import Generic, TypeVar
 
 import msgspec
 
-from shared.schemas.admin import SqlQuery, SqlResult
+from shared.schemas.admin import ScanRequest, ScanResult, SqlQuery, SqlResult
 from shared.schemas.chat import ChatRequest, Reply
 from shared.schemas.events import GuardEvent, RequestEvent
 
@@ -89,6 +89,20 @@ class Subjects:
     def sql_result(self) -> Subject[SqlResult]:
         """The reply schema of `accounting_sql`."""
         return Subject(f"{self.prefix}.accounting.sql.result", SqlResult)
+
+    @cached_property
+    def guard_scan(self) -> Subject[ScanRequest]:
+        """anyone → guard (request/reply, answered with ScanResult): scan one text with a policy."""
+        return Subject(f"{self.prefix}.guard.scan", ScanRequest, queue="guard")
+
+    @cached_property
+    def scan_result(self) -> Subject[ScanResult]:
+        """The reply schema of `guard_scan`."""
+        return Subject(f"{self.prefix}.guard.scan.result", ScanResult)
+
+    def guard_output(self, instance: str) -> str:
+        """Wildcard reply subject of one guard process that scans responses on their way back."""
+        return f"{self.prefix}.guardout.{instance}"
 
     @property
     def events_wildcard(self) -> str:

@@ -14,3 +14,30 @@ class SqlResult(msgspec.Struct, frozen=True, kw_only=True):
     columns: list[str] = []
     rows: list[list[str | int | float | bool | None]] = []
     error: str = ""
+
+
+class ScanRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """Scan one text with a named guard policy (any stage may ask, e.g. for tool arguments/results)."""
+
+    text: str
+    policy: str = ""
+    direction: str = "input"  # input | output
+    request_id: str = ""
+
+
+class ScanFinding(msgspec.Struct, frozen=True, kw_only=True):
+    scanner: str
+    rule: str
+    severity: str
+    action: str
+    start: int
+    end: int
+
+
+class ScanResult(msgspec.Struct, frozen=True, kw_only=True):
+    policy: str
+    action: str  # allow | flag | redact | block
+    findings: list[ScanFinding] = []
+    text: str = ""  # the text after redaction (equal to the input unless action is redact)
+    scan_us: int = 0
+    error: str = ""
