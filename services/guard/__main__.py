@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import uvloop
 
-from shared.logs import setup_logging
 from services.guard.app import create_app
 from services.guard.settings import GuardSettings
+from shared.logs import setup_logging
 
 
 def main() -> None:

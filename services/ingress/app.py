@@ -22,7 +22,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from services.ingress.auth import KeyRing, allows
-from services.ingress.inbox import Inbox, next_reply
+from services.ingress.inbox import Inbox, NoResponders, next_reply
 from services.ingress.records import RecordPublisher, RequestRecord, new_request_id
 from services.ingress.validate import chat_fields, embeddings_model
 from shared.bus import REQUEST_ID, TRACEPARENT, ensure_events_stream
@@ -36,7 +36,7 @@ from shared.errors import (
     PayloadTooLargeError,
     error_body,
 )
-from shared.schemas.chat import ChatRequest, Chunk, Result
+from shared.schemas.chat import ChatRequest, Chunk, ChunkBatch, Reply, Result
 from shared.subjects import Subjects, encode
 
 log = logging.getLogger("gatehouse.ingress")
@@ -222,26 +222,31 @@ class Gateway:
         self.records.submit(record)
         return Response(result.body, media_type="application/json", headers={"x-request-id": record.request_id})
 
-    async def _relay(self, first: Chunk, queue: asyncio.Queue, record: RequestRecord) -> AsyncIterator[bytes]:  # type: ignore[type-arg]
+    async def _relay(
+        self, first: Chunk | ChunkBatch, queue: asyncio.Queue[Reply | NoResponders], record: RequestRecord
+    ) -> AsyncIterator[bytes]:
         """SSE bytes for a stream; ends with [DONE], or with an error event if the stream broke."""
         record.first_byte_ms = (time.monotonic() - record.started) * 1000
         sent = 0
         try:
-            item: Chunk | Result = first
+            item: Reply = first
             while True:
                 if isinstance(item, Chunk):
                     out = b"data: " + item.data + b"\n\n"
-                    sent += len(out)
-                    yield out
+                elif isinstance(item, ChunkBatch):
+                    out = b"".join(b"data: " + data + b"\n\n" for data in item.items)
                 else:
                     record.outcome = item.outcome
                     record.guard = item.guard or record.guard
+                    out = b""
                     if item.error is not None:
                         record.fail(item.error)
-                        yield b"data: " + msgspec.json.encode(error_body(item.error)) + b"\n\n"
-                    yield _DONE
-                    sent += len(_DONE)
+                        out = b"data: " + msgspec.json.encode(error_body(item.error)) + b"\n\n"
+                    sent += len(out) + len(_DONE)
+                    yield out + _DONE
                     return
+                sent += len(out)
+                yield out
                 try:
                     item = await next_reply(queue, self.timeout, "router")
                 except (TimeoutError, GatewayError) as exc:

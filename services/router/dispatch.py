@@ -15,7 +15,7 @@ from services.router.providers.base import JsonObj, Translator, openai_usage
 from services.router.sse import SseParser
 from services.router.upstream import Upstream
 from shared.errors import GatewayError, GatewayTimeoutError, InvalidRequestError, ServiceUnavailableError
-from shared.schemas.chat import Attempt, ChatRequest, Chunk, Outcome, Reply, Result, Usage
+from shared.schemas.chat import Attempt, ChatRequest, Chunk, ChunkBatch, Outcome, Reply, Result, Usage
 
 log = logging.getLogger(__name__)
 
@@ -157,31 +157,32 @@ class Dispatcher:
             stream = translator.open_stream(dep.target, response_id, created)
             parser = SseParser()
             async for raw in upstream.chunks():
-                for event in parser.feed(raw):
-                    for chunk in stream.feed(event):
-                        await self._emit(req, chunk, send, progress, started)
+                # everything one network read carried goes to the client in one message
+                await self._emit(req, [c for e in parser.feed(raw) for c in stream.feed(e)], send, progress, started)
                 if stream.done():
                     break
-            for event in parser.close():
-                for chunk in stream.feed(event):
-                    await self._emit(req, chunk, send, progress, started)
-            for chunk in stream.finish():
-                await self._emit(req, chunk, send, progress, started)
+            tail = [c for e in parser.close() for c in stream.feed(e)]
+            await self._emit(req, tail + stream.finish(), send, progress, started)
             progress.usage = stream.usage or progress.usage
             progress.finish_reason = stream.finish_reason
         return b""
 
     async def _emit(
-        self, req: ChatRequest, chunk: JsonObj | bytes, send: Send, progress: _Progress, started: float
+        self, req: ChatRequest, chunks: list[JsonObj | bytes], send: Send, progress: _Progress, started: float
     ) -> None:
-        if _is_usage_only(chunk):
-            progress.usage = openai_usage(chunk) or progress.usage
-            if not req.include_usage:
-                return
+        out: list[bytes] = []
+        for chunk in chunks:
+            if _is_usage_only(chunk):
+                progress.usage = openai_usage(chunk) or progress.usage
+                if not req.include_usage:
+                    continue
+            out.append(chunk if isinstance(chunk, bytes) else _JSON.encode(chunk))
+        if not out:
+            return
         if not progress.sent:
             progress.ttft_ms = (time.monotonic() - started) * 1000
-        progress.sent += 1
-        await send(Chunk(chunk if isinstance(chunk, bytes) else _JSON.encode(chunk)))
+        progress.sent += len(out)
+        await send(Chunk(out[0]) if len(out) == 1 else ChunkBatch(out))
 
     async def _mock(
         self,
@@ -212,7 +213,7 @@ class Dispatcher:
             finish = _finish_reason(chunk)
             if finish:
                 progress.finish_reason = finish
-            await self._emit(req, chunk, send, progress, started)
+            await self._emit(req, [chunk], send, progress, started)
         return b""
 
 

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 import httpx
 from httpx_aiohttp import AiohttpTransport
 
-from shared.errors import GatewayTimeoutError, UpstreamError
 from services.router.providers.base import UpstreamRequest
+from shared.errors import GatewayTimeoutError, UpstreamError
 
 
 @dataclass(frozen=True, slots=True)

@@ -99,6 +99,12 @@ class Chunk(msgspec.Struct, frozen=True, tag="c"):
     data: bytes
 
 
+class ChunkBatch(msgspec.Struct, frozen=True, tag="b"):
+    """Several stream chunks that arrived from the provider together, relayed in one message."""
+
+    items: list[bytes]
+
+
 class Result(msgspec.Struct, frozen=True, kw_only=True, tag="r"):
     """The last reply for a request: the whole body (non-stream), or the end of a stream, or an error."""
 
@@ -108,4 +114,4 @@ class Result(msgspec.Struct, frozen=True, kw_only=True, tag="r"):
     guard: GuardSummary | None = None
 
 
-Reply = Chunk | Result
+Reply = Chunk | ChunkBatch | Result
