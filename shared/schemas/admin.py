@@ -12,7 +12,8 @@ class SqlQuery(msgspec.Struct, frozen=True, kw_only=True):
 
 class SqlResult(msgspec.Struct, frozen=True, kw_only=True):
     columns: list[str] = []
-    rows: list[list[str | int | float | bool | None]] = []
+    # values are JSON-like: str, int, float, bool, None, and lists/maps of them (ClickHouse arrays, maps)
+    rows: list[list[object]] = []
     error: str = ""
 
 
