@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
+import aiohttp
 import httpx
 from httpx_aiohttp import AiohttpTransport
 
@@ -47,6 +48,11 @@ class UpstreamStream:
 
 
 def _convert(exc: httpx.HTTPError) -> UpstreamError | GatewayTimeoutError:
+    # the aiohttp transport reports a refused connection as ConnectTimeout; the cause tells them apart
+    if isinstance(exc.__cause__, aiohttp.ClientConnectorError) and not isinstance(
+        exc.__cause__, aiohttp.ServerTimeoutError
+    ):
+        return UpstreamError("The upstream provider could not be reached.")
     if isinstance(exc, httpx.TimeoutException):
         return GatewayTimeoutError("The upstream provider did not answer in time.")
     if isinstance(exc, httpx.ConnectError):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import httpx
 import openai
 import pytest
@@ -13,8 +15,25 @@ pytestmark = pytest.mark.e2e
 HELLO = [{"role": "user", "content": "hello from the e2e suite"}]
 
 
+_CLIENTS: dict[tuple[str, str], openai.OpenAI] = {}
+
+
 def client(stack: RunningStack, key: str = API_KEY) -> openai.OpenAI:
-    return openai.OpenAI(base_url=stack.base_url, api_key=key, max_retries=0, timeout=20)
+    """One SDK client per key for the whole module, as an application would hold it."""
+    found = _CLIENTS.get((stack.base_url, key))
+    if found is None:
+        found = _CLIENTS[(stack.base_url, key)] = openai.OpenAI(
+            base_url=stack.base_url, api_key=key, max_retries=0, timeout=20
+        )
+    return found
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _close_clients() -> Iterator[None]:
+    yield
+    for c in _CLIENTS.values():
+        c.close()
+    _CLIENTS.clear()
 
 
 def aclient(stack: RunningStack) -> openai.AsyncOpenAI:
