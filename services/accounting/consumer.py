@@ -104,8 +104,9 @@ class EventConsumer:
                 # a malformed event can never be stored; terminate it instead of retrying forever
                 log.error("undecodable event on %s dropped: %s", m.subject, exc)
                 await m.term()
-        self.stored += await self._sink.insert_new("requests", REQUEST_COLUMNS, requests)
-        self.stored += await self._sink.insert_new("guard_verdicts", GUARD_COLUMNS, verdicts)
+        redelivered = any(m.metadata.num_delivered > 1 for m in msgs)
+        self.stored += await self._sink.insert_new("requests", REQUEST_COLUMNS, requests, redelivered=redelivered)
+        self.stored += await self._sink.insert_new("guard_verdicts", GUARD_COLUMNS, verdicts, redelivered=redelivered)
 
     def stop(self) -> None:
         self._stopping.set()

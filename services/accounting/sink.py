@@ -24,6 +24,7 @@ from services.accounting.core import sql_literal_list
 log = logging.getLogger("gatehouse.accounting.sink")
 T = TypeVar("T")
 
+
 def _plain(value: object) -> object:
     """A ClickHouse value as plain JSON-like data (arrays → lists, maps → dicts, dates → ISO strings)."""
     if value is None or isinstance(value, str | int | float | bool):
@@ -84,16 +85,22 @@ class ClickHouseSink:
         return await self._run(self._migrate)
 
     # ---- inserts -----------------------------------------------------------------------------
-    def _insert_new(self, table: str, columns: Sequence[str], rows: list[list[object]]) -> int:
-        """Insert the rows whose event_id (column 0) is not stored yet; returns how many were new."""
+    def _insert_new(self, table: str, columns: Sequence[str], rows: list[list[object]], redelivered: bool) -> int:
+        """Insert the rows whose event_id (column 0) is not stored yet; returns how many were inserted.
+
+        Only a batch holding redelivered events (a previous insert may have succeeded without its ack)
+        pays for the look-up of existing ids; first deliveries cannot be stored already.
+        """
         client = self._connect()
-        ids = [str(r[0]) for r in rows]
-        existing = {
-            r[0]
-            for r in client.query(
-                f"SELECT event_id FROM {table} WHERE event_id IN ({sql_literal_list(ids)})"  # noqa: S608
-            ).result_rows
-        }
+        existing: set[str] = set()
+        if redelivered:
+            ids = [str(r[0]) for r in rows]
+            existing = {
+                r[0]
+                for r in client.query(
+                    f"SELECT event_id FROM {table} WHERE event_id IN ({sql_literal_list(ids)})"  # noqa: S608
+                ).result_rows
+            }
         seen: set[str] = set()
         fresh = []
         for row in rows:
@@ -106,10 +113,12 @@ class ClickHouseSink:
             client.insert(table, fresh, column_names=list(columns))
         return len(fresh)
 
-    async def insert_new(self, table: str, columns: Sequence[str], rows: list[list[object]]) -> int:
+    async def insert_new(
+        self, table: str, columns: Sequence[str], rows: list[list[object]], *, redelivered: bool = True
+    ) -> int:
         if not rows:
             return 0
-        return await self._run(self._insert_new, table, columns, rows)
+        return await self._run(self._insert_new, table, columns, rows, redelivered)
 
     # ---- analytics ---------------------------------------------------------------------------
     def _query(self, sql: str, max_rows: int) -> tuple[list[str], list[list[object]]]:
