@@ -1,0 +1,1 @@
+"""Rule data shipped with the guard (YAML), loaded once at startup."""
