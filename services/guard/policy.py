@@ -1,0 +1,306 @@
+"""Compiled guard policies (pure): run a policy's scanners over texts and decide block / redact / flag / allow.
+
+Build once at startup, then scan per request::
+
+    guardrails = Guardrails.from_config(config)          # every policy compiled; raises on a bad one
+    policy = guardrails.resolve(key_policy=req.caller.policy, model=req.model)
+    result = policy.scan_texts(["system prompt", "user message"])   # or policy.scan(text)
+    result.action        # "block" > "redact" > "flag" > "allow"
+    result.decisions     # each Finding with its action and the index of the text it was found in
+    result.texts         # the texts to forward (placeholders in place of redacted values)
+    result.restore(s)    # put the originals back into a response; result.placeholders is the map
+
+Per finding, the action is the scanner section's `rules[rule]` if set (`off` drops it), else the
+section's `action`; findings below the section's (or policy's) `min_severity` are dropped, or
+flagged when the policy says `below_min: flag`. PII, secrets and custom rules scan the original text
+(so spans index it) and, when the text hides characters (zero-width, full-width, tag characters),
+the de-obfuscated copy too, with its spans mapped back. The injection scanner gets the original text
+and normalises for itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Literal
+
+from services.guard.redaction import Span, Vault, redact
+from services.guard.scanners.base import SEVERITY_RANK, Finding, Scanner
+from services.guard.scanners.custom import size_finding
+from services.guard.scanners.registry import ScannerRegistry, ScannerUnavailable
+from services.guard.textmap import MappedText, deobfuscate
+from shared.config import GatehouseConfig
+from shared.guard_config import Action, GuardrailsConfig, PolicyConfig, RuleAction, ScannerConfig
+from shared.schemas.chat import GuardFinding
+
+Verdict = Literal["allow", "flag", "redact", "block"]
+VERDICT_RANK: dict[str, int] = {"allow": 0, "flag": 1, "redact": 2, "block": 3}
+
+
+class PolicyError(ValueError):
+    """A policy cannot be built (e.g. it requires a scanner that is not installed)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """A finding and what the policy does about it; `part` indexes the scanned texts."""
+
+    finding: Finding
+    action: Action
+    part: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyResult:
+    policy: str
+    action: Verdict
+    decisions: tuple[Decision, ...]
+    texts: tuple[str, ...]  # as given, or redacted when action == "redact"
+    vault: Vault
+
+    @property
+    def text(self) -> str:
+        return self.texts[0] if self.texts else ""
+
+    @property
+    def findings(self) -> tuple[Finding, ...]:
+        return tuple(d.finding for d in self.decisions)
+
+    @property
+    def placeholders(self) -> dict[str, str]:
+        """placeholder → original; in-flight only, never to be logged or stored."""
+        return self.vault.mapping
+
+    def restore(self, text: str) -> str:
+        return self.vault.restore(text)
+
+
+@dataclass(frozen=True, slots=True)
+class _Step:
+    scanner: Scanner
+    action: Action
+    rules: Mapping[str, RuleAction]
+    min_rank: int
+    rescan_cleaned: bool
+
+
+def _label(scanner: Scanner, rule: str) -> str:
+    label = getattr(scanner, "label", None)
+    if callable(label):
+        return _clean(str(label(rule)))
+    return _clean(scanner.name)
+
+
+def _clean(name: str) -> str:
+    return "".join(c if c.isascii() and c.isalnum() else "_" for c in name.upper()).strip("_") or "REDACTED"
+
+
+class Policy:
+    """One compiled policy. Thread-safe and stateless between calls; a Vault carries per-request state."""
+
+    def __init__(
+        self,
+        name: str,
+        steps: Sequence[_Step],
+        *,
+        description: str = "",
+        max_prompt_chars: int = 0,
+        below_min: Literal["ignore", "flag"] = "ignore",
+        output_policy: str = "",
+        unavailable: Sequence[str] = (),
+    ) -> None:
+        self.name = name
+        self.description = description
+        self.max_prompt_chars = max_prompt_chars
+        self.output_policy = output_policy
+        self.unavailable = tuple(unavailable)  # scanners the config asked for but that are not installed
+        self._steps = tuple(steps)
+        self._by_name = {s.scanner.name: s.scanner for s in steps}
+        self._below_min = below_min
+        self._rescan = any(s.rescan_cleaned for s in steps)
+
+    @property
+    def scanners(self) -> tuple[str, ...]:
+        return tuple(s.scanner.name for s in self._steps)
+
+    def label(self, finding: Finding) -> str:
+        """The placeholder label for a redacted finding (EMAIL, SECRET, ...)."""
+        scanner = self._by_name.get(finding.scanner)
+        return _label(scanner, finding.rule) if scanner is not None else _clean(finding.scanner)
+
+    def decide(self, text: str, part: int = 0) -> list[Decision]:
+        """Every finding in `text` that the policy acts on, with its action (no redaction, no size check)."""
+        out: list[Decision] = []
+        cleaned: MappedText | None = deobfuscate(text) if self._rescan else None
+        for step in self._steps:
+            findings = step.scanner.scan(text)
+            if cleaned is not None and step.rescan_cleaned:
+                findings = _with_cleaned(findings, step.scanner.scan(cleaned.text), cleaned)
+            for finding in findings:
+                action = self._action(step, finding)
+                if action is not None:
+                    out.append(Decision(finding, action, part))
+        return out
+
+    def _action(self, step: _Step, finding: Finding) -> Action | None:
+        chosen = step.rules.get(finding.rule, step.action)
+        if chosen == "off":
+            return None
+        if SEVERITY_RANK.get(finding.severity, 0) < step.min_rank:
+            return "flag" if self._below_min == "flag" else None
+        return chosen
+
+    def scan(self, text: str, vault: Vault | None = None) -> PolicyResult:
+        return self.scan_texts((text,), vault)
+
+    def scan_texts(self, texts: Sequence[str], vault: Vault | None = None) -> PolicyResult:
+        """Scan the texts of one request together: one verdict, one size limit, one placeholder map."""
+        vault = Vault() if vault is None else vault
+        decisions: list[Decision] = []
+        too_big = size_finding(sum(len(t) for t in texts), self.max_prompt_chars)
+        if too_big is not None:
+            # refuse before scanning: a huge prompt must not cost scan time
+            decisions.append(Decision(too_big, "block", 0))
+        else:
+            for i, text in enumerate(texts):
+                decisions.extend(self.decide(text, i))
+        verdict: Verdict = "allow"
+        for d in decisions:
+            if VERDICT_RANK[d.action] > VERDICT_RANK[verdict]:
+                verdict = d.action
+        out = tuple(texts)
+        if verdict == "redact":
+            avoid = "\x00".join(texts)
+            spans: dict[int, list[Span]] = {}
+            for d in decisions:
+                if d.action == "redact":
+                    f = d.finding
+                    spans.setdefault(d.part, []).append(Span(f.start, f.end, self.label(f)))
+            out = tuple(redact(t, spans.get(i, ()), vault, avoid) for i, t in enumerate(texts))
+        return PolicyResult(self.name, verdict, tuple(decisions), out, vault)
+
+
+def _with_cleaned(found: list[Finding], extra: list[Finding], cleaned: MappedText) -> list[Finding]:
+    seen = {(f.rule, f.start, f.end) for f in found}
+    out = list(found)
+    for f in extra:
+        start, end = cleaned.to_original(f.start, f.end)
+        if (f.rule, start, end) not in seen:
+            seen.add((f.rule, start, end))
+            out.append(replace(f, start=start, end=end))
+    return out
+
+
+def _step(scanner: Scanner, section: ScannerConfig, policy: PolicyConfig, rescan: bool) -> _Step:
+    floor = section.min_severity or policy.min_severity
+    return _Step(scanner, section.action, dict(section.rules), SEVERITY_RANK[floor], rescan)
+
+
+def build_policy(name: str, cfg: PolicyConfig, registry: ScannerRegistry | None = None) -> Policy:
+    """Compile one policy config; scanners come from the registry (shared across policies)."""
+    registry = ScannerRegistry() if registry is None else registry
+    steps: list[_Step] = []
+    unavailable: list[str] = []
+    sections: list[tuple[str, ScannerConfig | None]] = [
+        ("secrets", cfg.secrets),
+        ("pii", cfg.pii),
+        ("injection", cfg.injection),
+    ]
+    for section_name, section in sections:
+        if section is None:
+            continue
+        try:
+            scanner = registry.create(section_name, cfg)
+        except ScannerUnavailable as exc:
+            if getattr(section, "required", False):
+                raise PolicyError(f"policy {name!r} requires the {section_name} scanner: {exc}") from exc
+            unavailable.append(section_name)
+            continue
+        steps.append(_step(scanner, section, cfg, registry.factory(section_name).rescan_cleaned))
+    floor = SEVERITY_RANK[cfg.min_severity]
+    if cfg.keywords or cfg.regexes or cfg.topics:
+        rules: dict[str, RuleAction] = {k.name: k.action for k in cfg.keywords}
+        rules |= {r.name: r.action for r in cfg.regexes}
+        rules |= {t.name: t.action for t in cfg.topics}
+        steps.append(_Step(registry.create("custom", cfg), "block", rules, floor, True))
+    if cfg.language is not None:
+        steps.append(_Step(registry.create("language", cfg), cfg.language.action, {}, floor, False))
+    return Policy(
+        name,
+        steps,
+        description=cfg.description,
+        max_prompt_chars=cfg.max_prompt_chars,
+        below_min=cfg.below_min,
+        output_policy=cfg.output_policy,
+        unavailable=unavailable,
+    )
+
+
+class Guardrails:
+    """Every policy of the config, compiled, and the rule that picks one for a request."""
+
+    def __init__(
+        self,
+        config: GuardrailsConfig,
+        *,
+        model_names: Mapping[str, Sequence[str]] | None = None,
+        registry: ScannerRegistry | None = None,
+    ) -> None:
+        """`model_names`: model name → its aliases; when given, model_policies must name known models."""
+        registry = ScannerRegistry() if registry is None else registry
+        self.config = config
+        self.policies = {name: build_policy(name, cfg, registry) for name, cfg in config.policies.items()}
+        self.default = self.policies[config.default_policy]
+        self.stream_holdback_chars = config.stream_holdback_chars
+        self._by_model: dict[str, Policy] = {}
+        for model, policy in config.model_policies.items():
+            names: Sequence[str] = (model,)
+            if model_names is not None:
+                canonical = next((m for m, aliases in model_names.items() if model == m or model in aliases), None)
+                if canonical is None:
+                    raise PolicyError(f"guardrails.model_policies: unknown model {model!r}")
+                names = (canonical, *model_names[canonical])
+            for n in names:
+                self._by_model[n] = self.policies[policy]
+
+    @classmethod
+    def from_config(cls, config: GatehouseConfig, registry: ScannerRegistry | None = None) -> Guardrails:
+        models = {m.name: tuple(m.aliases) for m in config.models}
+        return cls(config.guardrails, model_names=models, registry=registry)
+
+    @property
+    def unavailable(self) -> dict[str, tuple[str, ...]]:
+        """policy → scanners it names that are not installed (log these at startup)."""
+        return {name: p.unavailable for name, p in self.policies.items() if p.unavailable}
+
+    def policy(self, name: str) -> Policy:
+        return self.policies[name]
+
+    def resolve(self, *, key_policy: str = "", model: str = "") -> Policy:
+        """The key's policy, else the model's, else the default."""
+        if key_policy:
+            return self.policies[key_policy]
+        return self._by_model.get(model, self.default)
+
+    def output_policy(self, policy: Policy) -> Policy | None:
+        """The policy that scans this policy's responses, if any."""
+        return self.policies.get(policy.output_policy) if policy.output_policy else None
+
+
+def guard_findings(
+    result: PolicyResult, *, direction: str = "input", locations: Sequence[str] = ()
+) -> list[GuardFinding]:
+    """The bus form of a result's findings (never the matched values); `locations[part]` names each text."""
+    return [
+        GuardFinding(
+            scanner=d.finding.scanner,
+            rule=d.finding.rule,
+            action=d.action,
+            severity=d.finding.severity,
+            start=d.finding.start,
+            end=d.finding.end,
+            direction=direction,
+            location=locations[d.part] if d.part < len(locations) else "",
+        )
+        for d in result.decisions
+    ]
