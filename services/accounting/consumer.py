@@ -64,12 +64,12 @@ class EventConsumer:
         delay = self._retry[0]
         while not self._stopping.is_set():
             try:
-                msgs = await psub.fetch(self._batch, timeout=self._interval)
-            except (TimeoutError, NatsTimeoutError):
-                continue
+                msgs = await self._collect(psub)
             except Exception as exc:  # connection trouble: the client reconnects; try again shortly
                 log.warning("fetch failed: %r", exc)
                 await asyncio.sleep(delay)
+                continue
+            if not msgs:
                 continue
             try:
                 await self._store(msgs)
@@ -83,6 +83,30 @@ class EventConsumer:
             delay = self._retry[0]
             for m in msgs:
                 await m.ack()
+
+    async def _collect(self, psub: JetStreamContext.PullSubscription) -> list[Msg]:
+        """One batch: up to batch_size events, or what arrived within flush_interval of the first one.
+
+        A pull returns as soon as any message is there, so batches are gathered over several pulls;
+        each ClickHouse insert has a fixed cost, and one insert per event would cost a core at low rates.
+        """
+        batch: list[Msg] = []
+        loop = asyncio.get_running_loop()
+        deadline = 0.0
+        while len(batch) < self._batch and not self._stopping.is_set():
+            wait = self._interval if not batch else deadline - loop.time()
+            if batch and wait <= 0:
+                break
+            try:
+                got = await psub.fetch(self._batch - len(batch), timeout=max(wait, 0.01))
+            except (TimeoutError, NatsTimeoutError):
+                if batch:
+                    break
+                continue
+            if not batch:
+                deadline = loop.time() + self._interval
+            batch.extend(got)
+        return batch
 
     async def _store(self, msgs: list[Msg]) -> None:
         requests: list[list[object]] = []
