@@ -21,10 +21,10 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from services.ingress import apis
 from services.ingress.auth import KeyRing, allows
 from services.ingress.inbox import Inbox, NoResponders, next_reply
 from services.ingress.records import RecordPublisher, RequestRecord, new_request_id
-from services.ingress.validate import chat_fields, embeddings_model
 from shared.bus import REQUEST_ID, TRACEPARENT, ensure_events_stream
 from shared.config import GatehouseConfig
 from shared.errors import (
@@ -42,7 +42,6 @@ from shared.subjects import Subjects, encode
 log = logging.getLogger("gatehouse.ingress")
 
 _SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
-_DONE = b"data: [DONE]\n\n"
 
 
 def error_response(info: ErrorInfo, request_id: str = "") -> JSONResponse:
@@ -103,10 +102,16 @@ class Gateway:
 
     # ---- endpoints -------------------------------------------------------------------------
     async def chat_completions(self, request: Request) -> Response:
-        return await self._serve(request, "chat")
+        return await self._serve(request, apis.CHAT)
 
     async def embeddings(self, request: Request) -> Response:
-        return await self._serve(request, "embeddings")
+        return await self._serve(request, apis.EMBEDDINGS)
+
+    async def messages(self, request: Request) -> Response:
+        return await self._serve(request, apis.MESSAGES)
+
+    async def responses(self, request: Request) -> Response:
+        return await self._serve(request, apis.RESPONSES)
 
     async def list_models(self, request: Request) -> Response:
         rid = new_request_id()
@@ -138,10 +143,10 @@ class Gateway:
         )
 
     # ---- the request path ------------------------------------------------------------------
-    async def _serve(self, request: Request, api: str) -> Response:
+    async def _serve(self, request: Request, api: apis.Api) -> Response:
         record = RequestRecord(
             request_id=new_request_id(),
-            api=api,
+            api=api.name,
             received_at=time.time(),
             started=time.monotonic(),
             trace_id=request.headers.get(TRACEPARENT, ""),
@@ -151,38 +156,40 @@ class Gateway:
             record.caller = caller
             raw = await read_body(request, self.limit)
             record.request_bytes = len(raw)
-            if api == "chat":
-                fields = chat_fields(raw)
-                model, stream, include_usage = fields.model, fields.stream, fields.include_usage
-            else:
-                model, stream, include_usage = embeddings_model(raw), False, False
-            record.model, record.stream = model, stream
-            target = self.models.get(model)
-            if target is None or not allows(key, model, target.name):
+            parsed = api.parse(raw)
+            record.model, record.stream = parsed.model, parsed.stream
+            target = self.models.get(parsed.model)
+            if target is None or not allows(key, parsed.model, target.name):
                 raise NotFoundError(
-                    f"The model `{model}` does not exist or you do not have access to it.", param="model"
+                    f"The model `{parsed.model}` does not exist or you do not have access to it.", param="model"
                 )
             record.tags = _tags(request)
             req = ChatRequest(
                 request_id=record.request_id,
-                api=api,
-                model=model,
-                body=raw,
+                api=api.bus_api,
+                model=parsed.model,
+                body=parsed.body,
                 caller=caller,
-                stream=stream,
-                include_usage=include_usage,
+                stream=parsed.stream,
+                include_usage=parsed.include_usage,
                 received_at=record.received_at,
                 deadline_s=self.timeout,
                 trace_id=record.trace_id,
                 tags=record.tags,
             )
-            return await self._dispatch(req, record)
+            return await self._dispatch(req, record, api, parsed)
         except GatewayError as exc:
-            record.fail(exc.info())
-            self.records.submit(record)
-            return error_response(exc.info(), record.request_id)
+            return self._fail(api, record, exc.info())
 
-    async def _dispatch(self, req: ChatRequest, record: RequestRecord) -> Response:
+    def _fail(self, api: apis.Api, record: RequestRecord, info: ErrorInfo) -> Response:
+        record.fail(info)
+        self.records.submit(record)
+        headers = {"x-request-id": record.request_id}
+        if info.retry_after is not None:
+            headers["retry-after"] = str(max(int(info.retry_after + 0.999), 0))
+        return api.error(info, headers)
+
+    async def _dispatch(self, req: ChatRequest, record: RequestRecord, api: apis.Api, parsed: apis.Parsed) -> Response:
         inbox, queue = self.inbox.open(req.request_id)
         headers = {REQUEST_ID: req.request_id}
         if req.trace_id:
@@ -199,10 +206,18 @@ class Gateway:
                     f"No answer from the gateway pipeline within {self.first_timeout:g}s."
                 ) from None
             if isinstance(first, Result):
-                return self._finish(first, record)
+                record.outcome = first.outcome
+                record.guard = first.guard
+                record.first_byte_ms = (time.monotonic() - record.started) * 1000
+                if first.error is not None:
+                    return self._fail(api, record, first.error)
+                body = api.completion(first.body, parsed)
+                record.response_bytes = len(body)
+                self.records.submit(record)
+                return Response(body, media_type="application/json", headers={"x-request-id": record.request_id})
             handed_over = True
             return StreamingResponse(
-                self._relay(first, queue, record),
+                self._relay(first, queue, record, api.writer(parsed)),
                 media_type="text/event-stream",
                 headers={**_SSE_HEADERS, "x-request-id": req.request_id},
             )
@@ -210,43 +225,37 @@ class Gateway:
             if not handed_over:
                 self.inbox.close(req.request_id)
 
-    def _finish(self, result: Result, record: RequestRecord) -> Response:
-        record.outcome = result.outcome
-        record.guard = result.guard
-        record.first_byte_ms = (time.monotonic() - record.started) * 1000
-        if result.error is not None:
-            record.fail(result.error)
-            self.records.submit(record)
-            return error_response(result.error, record.request_id)
-        record.response_bytes = len(result.body)
-        self.records.submit(record)
-        return Response(result.body, media_type="application/json", headers={"x-request-id": record.request_id})
-
     async def _relay(
-        self, first: Chunk | ChunkBatch, queue: asyncio.Queue[Reply | NoResponders], record: RequestRecord
+        self,
+        first: Chunk | ChunkBatch,
+        queue: asyncio.Queue[Reply | NoResponders],
+        record: RequestRecord,
+        writer: apis.StreamWriter,
     ) -> AsyncIterator[bytes]:
-        """SSE bytes for a stream; ends with [DONE], or with an error event if the stream broke."""
+        """The stream in the client's API; ends properly, or with an error event if it broke."""
         record.first_byte_ms = (time.monotonic() - record.started) * 1000
         sent = 0
         try:
             item: Reply = first
             while True:
                 if isinstance(item, Chunk):
-                    out = b"data: " + item.data + b"\n\n"
+                    out = writer.feed(item.data)
                 elif isinstance(item, ChunkBatch):
-                    out = b"".join(b"data: " + data + b"\n\n" for data in item.items)
+                    out = b"".join(writer.feed(data) for data in item.items)
                 else:
                     record.outcome = item.outcome
                     record.guard = item.guard or record.guard
-                    out = b""
                     if item.error is not None:
                         record.fail(item.error)
-                        out = b"data: " + msgspec.json.encode(error_body(item.error)) + b"\n\n"
-                    sent += len(out) + len(_DONE)
-                    yield out + _DONE
+                        out = writer.fail(item.error)
+                    else:
+                        out = writer.end()
+                    sent += len(out)
+                    yield out
                     return
-                sent += len(out)
-                yield out
+                if out:
+                    sent += len(out)
+                    yield out
                 try:
                     item = await next_reply(queue, self.timeout, "router")
                 except (TimeoutError, GatewayError) as exc:
@@ -256,7 +265,7 @@ class Gateway:
                         else GatewayTimeoutError(f"The stream stalled for more than {self.timeout:g}s.").info()
                     )
                     record.fail(info)
-                    yield b"data: " + msgspec.json.encode(error_body(info)) + b"\n\n"
+                    yield writer.fail(info, finished=False)
                     return
         except (asyncio.CancelledError, GeneratorExit):
             # the client went away mid-stream
@@ -311,6 +320,8 @@ def create_app(config: GatehouseConfig, nats_servers: str | list[str], subjects:
         Route("/v1/chat/completions", guarded(gw.chat_completions), methods=["POST"]),
         Route("/chat/completions", guarded(gw.chat_completions), methods=["POST"]),
         Route("/v1/embeddings", guarded(gw.embeddings), methods=["POST"]),
+        Route("/v1/messages", guarded(gw.messages), methods=["POST"]),
+        Route("/v1/responses", guarded(gw.responses), methods=["POST"]),
         Route("/v1/models", guarded(gw.list_models), methods=["GET"]),
         Route("/v1/models/{model:path}", guarded(gw.retrieve_model), methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),

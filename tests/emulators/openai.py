@@ -69,6 +69,8 @@ def _tool_calls(body: dict[str, Any], prompt: str) -> list[dict[str, Any]] | Non
     tools = body.get("tools") or []
     if not tools or "weather" not in prompt.lower() or body.get("tool_choice") == "none":
         return None
+    if body["messages"][-1].get("role") == "tool":
+        return None  # the tool results are in: answer in text
     name = tools[0]["function"]["name"]
     cities = ["Paris", "Tokyo"] if "both" in prompt.lower() else ["Paris"]
     return [
@@ -110,6 +112,8 @@ def create_app() -> Starlette:
             await asyncio.sleep(int(model[5:]) / 1000)
         prompt = _last_user(messages)
         text = "Emulated OpenAI reply to: " + " ".join(prompt.split()[:20])
+        if messages[-1].get("role") == "tool":
+            text = "Emulated OpenAI answer from the tool result: " + str(messages[-1].get("content"))
         calls = _tool_calls(body, prompt)
         created = int(time.time())
         cid = f"chatcmpl-emu{created}"

@@ -1,0 +1,149 @@
+"""The client-facing API surfaces ingress serves, each as: parse → canonical chat body, and writers
+that turn the router's OpenAI-shaped replies back into that surface's responses, streams and errors."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import msgspec
+from starlette.responses import JSONResponse, Response
+
+from services.ingress.surfaces import anthropic_messages, openai_responses
+from services.ingress.validate import chat_fields, embeddings_model
+from shared.errors import ErrorInfo, InvalidRequestError, error_body
+
+_JSON = msgspec.json.Encoder()
+_DONE = b"data: [DONE]\n\n"
+
+
+@dataclass(frozen=True, slots=True)
+class Parsed:
+    """A request in canonical (OpenAI chat/embeddings) form, with what ingress needs to route it."""
+
+    body: bytes
+    model: str
+    stream: bool
+    include_usage: bool
+    original: dict[str, object] | None = None  # the surface's own request, where its responses echo it
+
+
+class StreamWriter:
+    """OpenAI chat SSE: each chunk as `data:`, `[DONE]` at the end, an error object if the stream broke."""
+
+    def feed(self, chunk: bytes) -> bytes:
+        return b"data: " + chunk + b"\n\n"
+
+    def end(self) -> bytes:
+        return _DONE
+
+    def fail(self, info: ErrorInfo, *, finished: bool = True) -> bytes:
+        out = b"data: " + _JSON.encode(error_body(info)) + b"\n\n"
+        return out + _DONE if finished else out
+
+
+class Api:
+    """OpenAI Chat Completions, the canonical form: everything passes through unchanged."""
+
+    name = "chat"
+    bus_api = "chat"
+
+    def parse(self, raw: bytes) -> Parsed:
+        f = chat_fields(raw)
+        return Parsed(body=raw, model=f.model, stream=f.stream, include_usage=f.include_usage)
+
+    def completion(self, body: bytes, parsed: Parsed) -> bytes:
+        return body
+
+    def writer(self, parsed: Parsed) -> StreamWriter:
+        return StreamWriter()
+
+    def error(self, info: ErrorInfo, headers: dict[str, str]) -> Response:
+        return JSONResponse(error_body(info), status_code=info.status, headers=headers)
+
+
+class EmbeddingsApi(Api):
+    name = "embeddings"
+    bus_api = "embeddings"
+
+    def parse(self, raw: bytes) -> Parsed:
+        return Parsed(body=raw, model=embeddings_model(raw), stream=False, include_usage=False)
+
+
+def _object(raw: bytes) -> dict[str, object]:
+    try:
+        obj = msgspec.json.decode(raw)
+    except msgspec.DecodeError as exc:
+        raise InvalidRequestError(
+            "We could not parse the JSON body of your request. The body must be valid JSON."
+        ) from exc
+    if not isinstance(obj, dict):
+        raise InvalidRequestError("The request body must be a JSON object.")
+    return obj
+
+
+class _SurfaceWriter(StreamWriter):
+    def __init__(self, stream: anthropic_messages.MessagesStream | openai_responses.ResponsesStream) -> None:
+        self._stream = stream
+
+    def feed(self, chunk: bytes) -> bytes:
+        return self._stream.feed(chunk)
+
+    def end(self) -> bytes:
+        return self._stream.finish()
+
+    def fail(self, info: ErrorInfo, *, finished: bool = True) -> bytes:
+        return self._stream.error(info)
+
+
+class AnthropicMessagesApi(Api):
+    """Anthropic `POST /v1/messages`, so the official anthropic SDK works with any backend model."""
+
+    name = "messages"
+
+    def parse(self, raw: bytes) -> Parsed:
+        original = _object(raw)
+        chat = anthropic_messages.to_chat(original)
+        stream = bool(chat.get("stream"))
+        if stream:
+            chat["stream_options"] = {"include_usage": True}
+        model = str(chat["model"])
+        return Parsed(body=_JSON.encode(chat), model=model, stream=stream, include_usage=stream, original=original)
+
+    def completion(self, body: bytes, parsed: Parsed) -> bytes:
+        return _JSON.encode(anthropic_messages.from_chat(msgspec.json.decode(body), parsed.model))
+
+    def writer(self, parsed: Parsed) -> StreamWriter:
+        return _SurfaceWriter(anthropic_messages.MessagesStream(parsed.model))
+
+    def error(self, info: ErrorInfo, headers: dict[str, str]) -> Response:
+        return JSONResponse(anthropic_messages.error_body(info), status_code=info.status, headers=headers)
+
+
+class ResponsesApi(Api):
+    """OpenAI Responses `POST /v1/responses` (text and function tools, stream and non-stream)."""
+
+    name = "responses"
+
+    def parse(self, raw: bytes) -> Parsed:
+        original = _object(raw)
+        chat = openai_responses.to_chat(original)
+        stream = bool(chat.get("stream"))
+        if stream:
+            chat["stream_options"] = {"include_usage": True}
+        return Parsed(
+            body=_JSON.encode(chat), model=str(chat["model"]), stream=stream, include_usage=stream, original=original
+        )
+
+    def completion(self, body: bytes, parsed: Parsed) -> bytes:
+        return _JSON.encode(
+            openai_responses.from_chat(msgspec.json.decode(body), parsed.model, request=parsed.original)
+        )
+
+    def writer(self, parsed: Parsed) -> StreamWriter:
+        return _SurfaceWriter(openai_responses.ResponsesStream(parsed.model, request=parsed.original))
+
+
+CHAT = Api()
+EMBEDDINGS = EmbeddingsApi()
+MESSAGES = AnthropicMessagesApi()
+RESPONSES = ResponsesApi()
