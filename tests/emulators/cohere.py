@@ -213,7 +213,7 @@ def _answer(
             )
         return "", f"I will look up the weather for {' and '.join(cities)}.", calls, "TOOL_CALL"
     if last["role"] == "tool":
-        results = []
+        results: list[str] = []
         for m in reversed(messages):
             if m["role"] != "tool":
                 break

@@ -177,7 +177,7 @@ def _part(obj: Any, role: str, where: str) -> dict[str, Any]:
 def _contents(raw: Any) -> list[dict[str, Any]]:
     if not isinstance(raw, list) or not raw:
         raise _Bad(400, "* GenerateContentRequest.contents: contents is not specified\n")
-    contents = []
+    contents: list[dict[str, Any]] = []
     for i, c in enumerate(raw):
         content = _fields(c, _CONTENT_KEYS, f"contents[{i}]")
         role = content.get("role") or "user"

@@ -360,6 +360,11 @@ class MistralStream(ChatStream):
             out.append(self._chunks.usage(obj))
         return out
 
+    def finish(self) -> list[JsonObj | bytes]:
+        if not self.finish_reason:
+            raise UpstreamError("Mistral's stream ended before the model finished its answer.")
+        return []
+
     def done(self) -> bool:
         return self._done
 

@@ -9,7 +9,8 @@ import httpx
 import pytest
 
 from services.router.providers.base import SseEvent, Target
-from services.router.providers.cohere import CohereTranslator, build_request
+from services.router.providers.cohere import CohereTranslator
+from services.router.providers.cohere import build_request as _build_request
 from shared.errors import (
     AuthenticationError,
     ContextLengthExceeded,
@@ -45,6 +46,11 @@ def _target(model: str) -> Target:
     return Target(
         provider="cohere", kind="cohere", model=model, api_base="http://cohere.test", api_key=emulator.API_KEY
     )
+
+
+def build_request(payload: dict[str, Any], model: str, *, stream: bool) -> dict[str, Any]:
+    """The translator's request body, typed for the assertions."""
+    return _build_request(payload, model, stream=stream)
 
 
 # --- requests ---------------------------------------------------------------------------------------

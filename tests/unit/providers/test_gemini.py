@@ -10,7 +10,8 @@ import msgspec
 import pytest
 
 from services.router.providers.base import SseEvent, Target
-from services.router.providers.gemini import PLACEHOLDER_SIGNATURE, GeminiTranslator, build_request
+from services.router.providers.gemini import PLACEHOLDER_SIGNATURE, GeminiTranslator
+from services.router.providers.gemini import build_request as _build_request
 from services.router.providers.gemini_schema import to_gemini
 from shared.errors import (
     AuthenticationError,
@@ -56,7 +57,13 @@ WEATHER = {
 
 
 def _body(req: Any) -> dict[str, Any]:
-    return json.loads(req.body)
+    body: dict[str, Any] = json.loads(req.body)
+    return body
+
+
+def build_request(payload: dict[str, Any], model: str) -> dict[str, Any]:
+    """The translator's request body, typed for the assertions."""
+    return _build_request(payload, model)
 
 
 # --- requests ---------------------------------------------------------------------------------------
@@ -527,9 +534,8 @@ def test_embeddings_request_and_parse() -> None:
     assert [r["model"] for r in _body(many)["requests"]] == ["models/gemini-2.5-flash"] * 2
     with pytest.raises(InvalidRequestError):
         T.embeddings_request({"model": "e", "input": [[1, 2, 3]]}, TARGET)
-    parsed = T.parse_embeddings(b'{"embeddings": [{"values": [0.1, 0.2]}, {"values": [0.3, 0.4]}]}', TARGET)
-    assert isinstance(parsed, dict)
-    assert [d["embedding"] for d in parsed["data"]] == [[0.1, 0.2], [0.3, 0.4]]  # type: ignore[index]
+    parsed: Any = T.parse_embeddings(b'{"embeddings": [{"values": [0.1, 0.2]}, {"values": [0.3, 0.4]}]}', TARGET)
+    assert [d["embedding"] for d in parsed["data"]] == [[0.1, 0.2], [0.3, 0.4]]
 
 
 # --- against the emulator ---------------------------------------------------------------------------

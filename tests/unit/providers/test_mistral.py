@@ -10,7 +10,8 @@ import httpx
 import pytest
 
 from services.router.providers.base import SseEvent, Target
-from services.router.providers.mistral import MistralTranslator, build_request, mistral_id
+from services.router.providers.mistral import MistralTranslator, mistral_id
+from services.router.providers.mistral import build_request as _build_request
 from shared.errors import (
     AuthenticationError,
     ContextLengthExceeded,
@@ -45,6 +46,11 @@ def _target(model: str) -> Target:
     return Target(
         provider="mistral", kind="mistral", model=model, api_base="http://mistral.test", api_key=emulator.API_KEY
     )
+
+
+def build_request(payload: dict[str, Any], model: str, *, stream: bool) -> dict[str, Any]:
+    """The translator's request body, typed for the assertions."""
+    return _build_request(payload, model, stream=stream)
 
 
 # --- requests ---------------------------------------------------------------------------------------
@@ -245,7 +251,7 @@ def test_parse_tool_calls_thinking_chunks_and_usage() -> None:
 
 
 def test_finish_reasons_and_errors_in_body() -> None:
-    def reason(r: str) -> str:
+    def reason(r: str) -> Any:
         return _parse({"choices": [{"index": 0, "message": {"content": "x"}, "finish_reason": r}]})["choices"][0][
             "finish_reason"
         ]
@@ -298,8 +304,13 @@ def test_stream_chunks_are_normalised() -> None:
     assert all(
         tc["type"] == "function" for c in chunks for ch in c["choices"] for tc in ch["delta"].get("tool_calls", [])
     )
+    assert stream.finish() == []
     with pytest.raises(UpstreamError):
         stream.feed(SseEvent("", b'{"object": "error", "message": "overloaded"}'))
+    cut = T.open_stream(TARGET, rt.RESPONSE_ID, rt.CREATED)
+    cut.feed(SseEvent("", json.dumps(events[1]).encode()))
+    with pytest.raises(UpstreamError):
+        cut.finish()
 
 
 def test_parse_error_taxonomy() -> None:
