@@ -71,7 +71,7 @@ PATTERNS: tuple[tuple[str, str], ...] = (
     ("ssn", r"(?i)\b(?:ssn|social\s+security(?:\s+(?:number|no\.?|#))?)\b[^0-9\n]{0,20}(?P<s>[0-9]{9})\b"),
     (
         "email",
-        r"\b(?P<s>[A-Za-z0-9][A-Za-z0-9._%+-]{0,63}@(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.){1,8}"
+        r"(?P<u>://(?:[^\s/@:]{0,64}:)?)?\b(?P<s>[A-Za-z0-9][A-Za-z0-9._%+-]{0,63}@(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.){1,8}"
         r"[A-Za-z]{2,24})\b:?",
     ),
     ("phone", r"(?:^|[^\w+])(?P<s>\+[1-9](?:[ .()/-]{0,2}[0-9]){6,14})\b"),
@@ -100,6 +100,8 @@ def _email_ok(value: str, whole: str) -> bool:
     local, _, domain = value.partition("@")
     if whole.endswith(":"):  # user@host:path is an scp/git remote, not a mailbox
         return False
+    if whole.startswith("://"):  # scheme://user[:password]@host is a URL's userinfo, not a mailbox
+        return False
     if local.endswith(".") or ".." in local or ".." in domain:
         return False
     return domain.rsplit(".", 1)[-1].lower() not in _FILE_TLDS
@@ -108,8 +110,12 @@ def _email_ok(value: str, whole: str) -> bool:
 def _ip_ok(value: str, whole: str) -> bool:
     if len(whole) > len(value):  # the optional "version " prefix matched: 1.2.3.4 is a version here
         return False
-    if "." in value and value.count(".") != 3:
-        return False
+    if "." in value:
+        octets = value.split(".")
+        if len(octets) != 4:
+            return False
+        if all(len(o) == 1 for o in octets):  # 2.4.1.0 is a version; 1.1.1.1-style resolvers are not personal
+            return False
     return public_ip(value.rstrip(":"))
 
 

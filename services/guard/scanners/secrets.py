@@ -71,6 +71,13 @@ def _password_ok(value: str, _whole: str) -> bool:
     return not_placeholder(value)
 
 
+def _strict_password_ok(value: str, _whole: str) -> bool:
+    """In prose, a password must look like one: letters plus a digit or a symbol ("is incorrect" is not)."""
+    has_alpha = any(c.isalpha() for c in value)
+    has_other = any(not c.isalpha() for c in value)
+    return has_alpha and has_other and not_placeholder(value)
+
+
 def _random_ok(min_entropy: float, value: str, whole: str) -> bool:
     if _UUID.match(value) is not None:
         return False
@@ -97,6 +104,7 @@ def _compose(rule: SecretRule, generic_min_entropy: float) -> Check | None:
         "jwt": lambda v, _w: jwt_ok(v),
         "pem": _pem_ok,
         "password": _password_ok,
+        "strict_password": _strict_password_ok,
         "random": partial(_random_ok, generic_min_entropy),
         "mixed_case": _mixed_case,
         "not_uuid": lambda v, _w: _UUID.match(v) is None,

@@ -7,6 +7,7 @@ import binascii
 import ipaddress
 import json
 import math
+import re
 from collections import Counter
 from datetime import date
 
@@ -55,7 +56,7 @@ def card_brand(digits: str) -> str | None:
         return "diners"
     if two == 62 and 16 <= n <= 19:
         return "unionpay"
-    if (two == 50 or 56 <= two <= 69) and 12 <= n <= 19:
+    if (two == 50 or 56 <= two <= 69) and 12 <= n <= 19 and n != 13:  # 13 digits: far more often an EAN barcode
         return "maestro"
     return None
 
@@ -105,24 +106,45 @@ def shannon_entropy(value: str) -> float:
     return -sum(c / n * math.log2(c / n) for c in Counter(value).values())
 
 
+def random_floor(value: str) -> float:
+    """Entropy that 99% of truly random strings of this length and alphabet exceed (fitted by simulation).
+
+    Short random strings cannot reach a fixed bar like 3.5 bits: 16 random hex digits average 3.2.
+    """
+    n = max(len(value), 2)
+    if all(c in "0123456789abcdefABCDEF" for c in value):
+        return 4.0 - 24.0 / n
+    return math.log2(n) - 0.9
+
+
 def looks_random(value: str, min_entropy: float) -> bool:
     """A token that is plausibly machine-generated: entropy above the bar and a mix of character classes."""
-    if shannon_entropy(value) < min_entropy:
+    if shannon_entropy(value) < min(min_entropy, random_floor(value)):
         return False
     has_digit = any(c.isdigit() for c in value)
     has_alpha = any(c.isalpha() for c in value)
-    if not (has_digit and has_alpha):
+    mixed_case = any(c.isupper() for c in value) and any(c.islower() for c in value)
+    if not ((has_digit and has_alpha) or (mixed_case and len(value) >= 16)):
         return False
     # identifiers in code (snake_case / CamelCase words) are long and varied but not random
     return not _is_wordish(value)
 
 
+_RUNS = re.compile(r"[A-Z]?[a-z]+|[A-Z]+(?![a-z])|[0-9]+")
+
+
 def _is_wordish(value: str) -> bool:
-    parts = [p for p in value.replace("-", "_").replace(".", "_").split("_") if p]
-    if len(parts) >= 3 and all(p.isalpha() for p in parts):
+    """Identifiers, paths and names (getUserToken, my-app-db-credentials, projects/1/secrets/x) are not keys.
+
+    Random tokens switch between upper case, lower case and digits every one or two characters;
+    words and numbers in identifiers come in runs of four or more on average.
+    """
+    runs = _RUNS.findall(value)
+    if not runs:
         return True
-    digits = sum(c.isdigit() for c in value)
-    return digits == 1 and value[-1].isdigit() and value[:-1].replace("_", "").isalpha()
+    letters = sum(c.isalpha() for c in value)
+    average = sum(len(r) for r in runs) / len(runs)
+    return average >= 4.0 and letters >= len(value) / 2
 
 
 _PLACEHOLDER_WORDS = {
@@ -141,7 +163,7 @@ def not_placeholder(value: str) -> bool:
     low = v.lower()
     if len(v) < 4 or low in _PLACEHOLDER_WORDS:
         return False
-    if any(mark in low for mark in _TEMPLATE_MARKS) or v.startswith(("$", "%", ":")):
+    if any(mark in low for mark in _TEMPLATE_MARKS) or v.startswith(("$", "%", ":")) or "://" in v:
         return False
     if len(set(low.replace("-", "").replace("_", ""))) <= 2:  # ****, xxxxxx, 000000, ...
         return False
