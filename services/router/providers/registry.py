@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from services.router.providers.base import Translator
+from services.router.providers.cohere import CohereTranslator
+from services.router.providers.gemini import GeminiTranslator
+from services.router.providers.mistral import MistralTranslator
 from services.router.providers.openai import OpenAITranslator
 
 
 def translators() -> dict[str, Translator]:
-    found: list[Translator] = [OpenAITranslator()]
+    found: list[Translator] = [OpenAITranslator(), GeminiTranslator(), MistralTranslator(), CohereTranslator()]
     return {t.kind: t for t in found}
