@@ -4,6 +4,7 @@ in a temp dir, with provider emulators on loopback ports."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import time
 from collections.abc import Iterator
@@ -18,10 +19,20 @@ from gatehouse.natsserver import free_port
 from gatehouse.query import run_sql
 from shared.config import hash_key
 from shared.schemas.admin import SqlResult
+from tests.emulators import cohere as cohere_emu
+from tests.emulators import gemini as gemini_emu
+from tests.emulators import mistral as mistral_emu
 from tests.emulators import openai as openai_emu
 from tests.servers import serve_in_thread
 
 API_KEY = "sk-e2e-test-key"
+
+# backend name → (provider kind, emulator module, provider model id, api_base suffix)
+BACKENDS: dict[str, tuple[str, object, str, str]] = {
+    "gemini": ("gemini", gemini_emu, "gemini-2.5-flash", ""),
+    "mistral": ("mistral", mistral_emu, "mistral-small-latest", ""),
+    "cohere": ("cohere", cohere_emu, "command-a-03-2025", ""),
+}
 LIMITED_KEY = "sk-e2e-limited"
 
 
@@ -46,7 +57,22 @@ class RunningStack:
             time.sleep(0.3)
 
 
-def _config(openai_url: str, dead_url: str) -> str:
+def _backend_config(urls: dict[str, str]) -> tuple[str, str]:
+    """Provider and model entries for every emulated backend: `<name>-chat` and `<name>-429`."""
+    providers, models = [], []
+    for name, (kind, module, model, suffix) in BACKENDS.items():
+        env = f"E2E_{name.upper()}_KEY"
+        os.environ[env] = module.API_KEY  # type: ignore[attr-defined]
+        providers.append(
+            f"  emu-{name}:\n    kind: {kind}\n    api_base: {urls[name]}{suffix}\n    api_key_env: {env}\n"
+        )
+        models.append(f"  - name: {name}-chat\n    deployments: [{{provider: emu-{name}, model: {model}}}]\n")
+        models.append(f"  - name: {name}-429\n    deployments: [{{provider: emu-{name}, model: err-429}}]\n")
+    return "".join(providers), "".join(models)
+
+
+def _config(openai_url: str, dead_url: str, backend_urls: dict[str, str]) -> str:
+    extra_providers, extra_models = _backend_config(backend_urls)
     return f"""
 server:
   host: 127.0.0.1
@@ -77,7 +103,7 @@ providers:
     kind: openai
     api_base: {openai_url}/v1
     api_key_env: E2E_UNSET_KEY_VARIABLE
-models:
+{extra_providers}models:
   - name: mock-1
     deployments: [{{provider: mock, model: mock-1}}]
   - name: mock-embed
@@ -101,18 +127,20 @@ models:
       - {{provider: keyless, model: gpt-emu}}
       - {{provider: emu-openai, model: err-503}}
       - {{provider: emu-openai, model: gpt-emu}}
-"""
+{extra_models}"""
 
 
 @pytest.fixture(scope="session")
 def running_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]:
     tmp: Path = tmp_path_factory.mktemp("stack")
-    emulators = {"openai": openai_emu.create_app()}
+    emulators: dict[str, Starlette] = {"openai": openai_emu.create_app()}
+    emulators.update({name: spec[1].create_app() for name, spec in BACKENDS.items()})  # type: ignore[attr-defined]
     dead_port = free_port()  # nothing listens here
     os.environ["E2E_EMU_OPENAI_KEY"] = openai_emu.API_KEY
-    with serve_in_thread(emulators["openai"]) as openai_url:
+    with contextlib.ExitStack() as servers:
+        urls = {name: servers.enter_context(serve_in_thread(app)) for name, app in emulators.items()}
         config = tmp / "gatehouse.yaml"
-        config.write_text(_config(openai_url, f"http://127.0.0.1:{dead_port}"))
+        config.write_text(_config(urls["openai"], f"http://127.0.0.1:{dead_port}", urls))
         stack = Stack(
             config=config,
             data_dir=tmp / "data",
