@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from services.router.providers.anthropic import AnthropicTranslator
+from services.router.providers.azure import AzureTranslator
 from services.router.providers.base import Translator
 from services.router.providers.cohere import CohereTranslator
 from services.router.providers.gemini import GeminiTranslator
@@ -10,5 +12,12 @@ from services.router.providers.openai import OpenAITranslator
 
 
 def translators() -> dict[str, Translator]:
-    found: list[Translator] = [OpenAITranslator(), GeminiTranslator(), MistralTranslator(), CohereTranslator()]
+    found: list[Translator] = [
+        OpenAITranslator(),
+        AzureTranslator(),
+        AnthropicTranslator(),
+        GeminiTranslator(),
+        MistralTranslator(),
+        CohereTranslator(),
+    ]
     return {t.kind: t for t in found}
