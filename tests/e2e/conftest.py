@@ -19,6 +19,8 @@ from gatehouse.natsserver import free_port
 from gatehouse.query import run_sql
 from shared.config import hash_key
 from shared.schemas.admin import SqlResult
+from tests.emulators import anthropic as anthropic_emu
+from tests.emulators import azure as azure_emu
 from tests.emulators import cohere as cohere_emu
 from tests.emulators import gemini as gemini_emu
 from tests.emulators import mistral as mistral_emu
@@ -32,6 +34,8 @@ BACKENDS: dict[str, tuple[str, object, str, str]] = {
     "gemini": ("gemini", gemini_emu, "gemini-2.5-flash", ""),
     "mistral": ("mistral", mistral_emu, "mistral-small-latest", ""),
     "cohere": ("cohere", cohere_emu, "command-a-03-2025", ""),
+    "anthropic": ("anthropic", anthropic_emu, "claude-sonnet-4-5", ""),
+    "azure": ("azure", azure_emu, "gpt-4o", ""),
 }
 LIMITED_KEY = "sk-e2e-limited"
 
