@@ -91,7 +91,9 @@ _FOLD = _FoldTable()
 _ASCII_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _SPACED = re.compile(r"(?<![a-z0-9@$])(?:[a-z0-9@$][ ._*\-]){3,}[a-z0-9@$](?![a-z0-9@$])")
 _SPACED_SEP = re.compile(r"[ ._*\-]")
-_LEET_TOKEN = re.compile(r"[a-z0-9@$]*(?:[a-z][0-9@$]|[0-9@$][a-z])[a-z0-9@$]*")
+# anchored at a token start, one look-ahead over the token, then a possessive run: linear time
+# (an unanchored version of this pattern is quadratic on a long run of letters)
+_LEET_TOKEN = re.compile(r"(?<![a-z0-9@$])(?=[a-z0-9@$]*?(?:[a-z][0-9@$]|[0-9@$][a-z]))[a-z0-9@$]++")
 _LEET = str.maketrans({"0": "o", "1": "i", "3": "e", "4": "a", "5": "s", "6": "g", "7": "t", "8": "b", "9": "g",
                        "@": "a", "$": "s"})  # fmt: skip
 _BASE64 = re.compile(r"(?<![A-Za-z0-9+/_-])[A-Za-z0-9+/_-]{16,}={0,2}")
