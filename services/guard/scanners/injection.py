@@ -50,7 +50,7 @@ class InjectionScanner:
         classifier: bool = True,
         threshold: float | None = None,
         classifier_severity: Severity = "medium",
-        strong_threshold: float = 0.99,
+        strong_threshold: float = 0.95,
         model: LinearModel | None = None,
         model_path: Path = MODEL_PATH,
         decode: bool = True,
@@ -105,6 +105,7 @@ class InjectionScanner:
         view = fold_leet(collapse_spaced(canon))
         found: list[Finding] = []
         seen: set[str] = set()
+        mapping: list[tuple[str, list[int]]] = []  # mapped_view(text), built on the first hit that needs it
         if self._set is not None:
             hits = set(self._set.Match(canon) or ())
             if view != canon:
@@ -114,7 +115,7 @@ class InjectionScanner:
                 if rule.id in seen:
                     continue
                 seen.add(rule.id)
-                start, end = self._span(text, view, index, segment)
+                start, end = self._span(text, view, index, segment, mapping)
                 found.append(Finding(self.name, rule.id, rule.severity, start, end, 1.0))
         if self._model is not None:
             best = self._model.score(view)
@@ -125,7 +126,7 @@ class InjectionScanner:
                 elif best.first_token == 0 and best.end_token >= best.token_count:
                     start, end = 0, len(text)
                 else:
-                    start, end = self._window_span(text, best.first_token, best.end_token)
+                    start, end = self._window_span(text, best.first_token, best.end_token, mapping)
                 found.append(Finding(self.name, CLASSIFIER_RULE, severity, start, end, round(best.probability, 4)))
         if self._decode and depth > 0:
             for inner in decoded_segments(text):
@@ -136,7 +137,9 @@ class InjectionScanner:
                         found.append(f)
         return _dedupe(found)
 
-    def _span(self, text: str, view: str, index: int, segment: Segment | None) -> tuple[int, int]:
+    def _span(
+        self, text: str, view: str, index: int, segment: Segment | None, mapping: list[tuple[str, list[int]]]
+    ) -> tuple[int, int]:
         """Where rule ``index`` matched, in the original text (the encoded run for decoded text)."""
         if segment is not None:
             return segment.start, segment.end
@@ -145,18 +148,24 @@ class InjectionScanner:
             m = pattern.search(view)  # ASCII folding is length-preserving: offsets are the original's
             if m is not None:
                 return m.start(), m.end()
-        mapped, origin = mapped_view(text)
+        mapped, origin = _mapped(text, mapping)
         m = pattern.search(mapped)
         if m is None:  # matched only in the canonical (un-collapsed) view: report the whole text
             return 0, len(text)
         return to_original(origin, m.start(), m.end(), len(text))
 
-    def _window_span(self, text: str, first: int, end: int) -> tuple[int, int]:
-        mapped, origin = mapped_view(text)
+    def _window_span(self, text: str, first: int, end: int, mapping: list[tuple[str, list[int]]]) -> tuple[int, int]:
+        mapped, origin = _mapped(text, mapping)
         spans = token_spans(mapped)
         if not spans or first >= len(spans):
             return 0, len(text)
         return to_original(origin, spans[first][0], spans[min(end, len(spans)) - 1][1], len(text))
+
+
+def _mapped(text: str, memo: list[tuple[str, list[int]]]) -> tuple[str, list[int]]:
+    if not memo:
+        memo.append(mapped_view(text))
+    return memo[0]
 
 
 def _dedupe(findings: list[Finding]) -> list[Finding]:

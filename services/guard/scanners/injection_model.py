@@ -90,20 +90,21 @@ class LinearModel:
         self.bigrams: dict[str, float] = dict(data["bigrams"])  # type: ignore[call-overload]
         self.chars: dict[str, float] = dict(data["chars"])  # type: ignore[call-overload]
         self.meta: dict[str, object] = dict(data.get("meta", {}))  # type: ignore[call-overload]
-        self._token_cache: dict[str, tuple[float, int]] = {}
+        self._token_cache: dict[str, tuple[float, float, int]] = {}
 
     @classmethod
     def load(cls, path: Path = MODEL_PATH) -> LinearModel:
         with path.open(encoding="utf-8") as fh:
             return cls(json.load(fh))
 
-    def _token_chars(self, token: str) -> tuple[float, int]:
+    def _token(self, token: str) -> tuple[float, float, int]:
+        """A token's word weight, the sum of its char-gram weights, and its number of char grams."""
         hit = self._token_cache.get(token)
         if hit is not None:
             return hit
         grams = char_grams(token, self.low, self.high)
         get = self.chars.get
-        value = (math.fsum(get(g, 0.0) for g in grams), len(grams))
+        value = (self.words.get(token, 0.0), math.fsum(get(g, 0.0) for g in grams), len(grams))
         if len(self._token_cache) >= _CACHE_LIMIT:
             self._token_cache.clear()
         self._token_cache[token] = value
@@ -127,15 +128,14 @@ class LinearModel:
         return WindowScore(_sigmoid(logits[best]), spans[best][0], spans[best][1], n)
 
     def _logits(self, toks: list[str], spans: list[tuple[int, int]]) -> list[float]:
-        wget, bget = self.words.get, self.bigrams.get
-        word_w = [wget(t, 0.0) for t in toks]
+        per_token = [self._token(t) for t in toks]
+        bget = self.bigrams.get
         # bigram k joins tokens k-1 and k; position 0 has none
         big_w = [0.0, *(bget(f"{a} {b}", 0.0) for a, b in pairwise(toks))]
-        per_token = [self._token_chars(t) for t in toks]
-        word_cum = [0.0, *accumulate(word_w)]
+        word_cum = [0.0, *accumulate(c[0] for c in per_token)]
         big_cum = [0.0, *accumulate(big_w)]
-        char_cum = [0.0, *accumulate(c[0] for c in per_token)]
-        count_cum = [0, *accumulate(c[1] for c in per_token)]
+        char_cum = [0.0, *accumulate(c[1] for c in per_token)]
+        count_cum = [0, *accumulate(c[2] for c in per_token)]
         out: list[float] = []
         for i, j in spans:
             value = self.bias
