@@ -29,6 +29,7 @@ Shape (every key optional; unknown keys are rejected with file and line)::
           injection:
             action: block
             required: false            # true: refuse to start when the injection scanner is missing
+            threshold: 0.9             # classifier probability that flags (unset: the model's own)
           keywords:
             - {name: project-names, words: [bluebird, "project falcon"], action: redact}
           regexes:
@@ -66,6 +67,7 @@ ALL_PII: tuple[PiiEntity, ...] = (
     "street_address",
 )
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+MAX_REGEX_PROGRAM = 20_000  # RE2 program size; bigger user regexes could exhaust the scan Set's DFA memory
 
 
 class _Strict(BaseModel):
@@ -100,6 +102,9 @@ class PiiConfig(ScannerConfig):
 
 class InjectionConfig(ScannerConfig):
     required: bool = Field(default=False, description="fail at startup when the injection scanner is missing")
+    threshold: float | None = Field(
+        default=None, ge=0.0, le=1.0, description="classifier probability that flags; unset: the model's own"
+    )
 
 
 class KeywordListConfig(_Strict):
@@ -136,6 +141,11 @@ class RegexRuleConfig(_Strict):
             raise ValueError(f"not a valid RE2 regex: {exc}") from exc
         if compiled.search("") is not None:
             raise ValueError("the regex matches the empty string")
+        if compiled.programsize > MAX_REGEX_PROGRAM:
+            raise ValueError(
+                f"the regex is too complex ({compiled.programsize} RE2 instructions, limit {MAX_REGEX_PROGRAM}); "
+                "avoid counted repetition of large classes such as [\\pL]{0,60}"
+            )
         return value
 
 

@@ -18,6 +18,8 @@ from services.guard.language import detect_language
 from services.guard.scanners.base import Finding, Severity
 from services.guard.scanners.ruleset import Rule, RuleSet
 
+_KEYWORD_PROGRAM = 2_000_000  # a keyword list is a literal alternation: large lists are fine for the DFA
+
 
 @dataclass(frozen=True, slots=True)
 class KeywordList:
@@ -74,13 +76,17 @@ class CustomScanner:
     ) -> None:
         rules: list[Rule] = []
         for k in keywords:
-            rules.append(Rule(k.name, keyword_pattern(k.words), k.severity, _label(k.name)))
+            rules.append(
+                Rule(k.name, keyword_pattern(k.words), k.severity, _label(k.name), max_program=_KEYWORD_PROGRAM)
+            )
         for r in regexes:
             pattern = f"(?i:{r.pattern})" if r.case_insensitive else r.pattern
             rules.append(Rule(r.name, pattern, r.severity, _label(r.name)))
         self._topics = {t.name: t for t in topics}
         for t in topics:
-            rules.append(Rule(t.name, keyword_pattern(t.keywords), t.severity, _label(t.name)))
+            rules.append(
+                Rule(t.name, keyword_pattern(t.keywords), t.severity, _label(t.name), max_program=_KEYWORD_PROGRAM)
+            )
         self._rules = RuleSet(rules)
         self._labels = {r.id: r.label for r in rules}
 

@@ -14,6 +14,7 @@ e-mail addresses written with " at " / " dot ", are not detected.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
+from functools import cache
 
 import phonenumbers
 
@@ -71,8 +72,8 @@ PATTERNS: tuple[tuple[str, str], ...] = (
     ("ssn", r"(?i)\b(?:ssn|social\s+security(?:\s+(?:number|no\.?|#))?)\b[^0-9\n]{0,20}(?P<s>[0-9]{9})\b"),
     (
         "email",
-        r"(?P<u>://(?:[^\s/@:]{0,64}:)?)?\b(?P<s>[A-Za-z0-9][A-Za-z0-9._%+-]{0,63}@(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.){1,8}"
-        r"[A-Za-z]{2,24})\b:?",
+        r"(?:(?P<u>://(?:[^\s/@:]{0,64}:)?)|^|[^\pL\pN._%+-])"
+        r"(?P<s>[\pL\pN][\pL\pN._%+-]*@(?:[\pL\pN][\pL\pN-]*\.)+[A-Za-z]{2,24})\b:?",
     ),
     ("phone", r"(?:^|[^\w+])(?P<s>\+[1-9](?:[ .()/-]{0,2}[0-9]){6,14})\b"),
     ("phone", r"(?P<s>(?:\([2-9][0-9]{2}\)[ .-]?|\b[2-9][0-9]{2}[ .-])[0-9]{3}[ .-][0-9]{4})\b"),
@@ -102,7 +103,9 @@ def _email_ok(value: str, whole: str) -> bool:
         return False
     if whole.startswith("://"):  # scheme://user[:password]@host is a URL's userinfo, not a mailbox
         return False
-    if local.endswith(".") or ".." in local or ".." in domain:
+    if len(local) > 64 or local.endswith(".") or ".." in local or len(domain) > 253:
+        return False
+    if any(len(label) > 63 or label.endswith("-") for label in domain.split(".")):
         return False
     return domain.rsplit(".", 1)[-1].lower() not in _FILE_TLDS
 
@@ -220,12 +223,17 @@ def _first_wins(matches: list[Match]) -> list[Match]:
     return kept
 
 
-def _warm_up_phone_metadata(regions: Sequence[str]) -> None:
-    """Load libphonenumber metadata at startup, so the first request does not pay ~2 ms per country."""
+@cache
+def _load_phone_metadata() -> None:
+    """Load libphonenumber metadata once per process, so no request pays ~2 ms per new country."""
     for region in phonenumbers.SUPPORTED_REGIONS:
         example = phonenumbers.example_number(region)
         if example is not None:
             phonenumbers.is_valid_number(example)
+
+
+def _warm_up_phone_metadata(regions: Sequence[str]) -> None:
+    _load_phone_metadata()
     for region in regions:
         if region not in phonenumbers.SUPPORTED_REGIONS:
             raise ValueError(f"unknown phone region {region!r}")

@@ -1,9 +1,9 @@
 """Scanners by name: how each policy section becomes a scanner, and where optional scanners plug in.
 
 `secrets`, `pii`, `custom` and `language` are built in. `injection` is looked up at policy build time
-in `services.guard.scanners.injection` (class `InjectionScanner`, no-argument constructor); while that
-module does not exist the scanner is reported unavailable and a policy that does not mark it
-`required` simply runs without it. `register()` replaces or adds a factory (tests, plug-ins).
+in `services.guard.scanners.injection` (class `InjectionScanner`; `threshold` is passed when set);
+while that module does not exist the scanner is reported unavailable and a policy that does not mark
+it `required` simply runs without it. `register()` replaces or adds a factory (tests, plug-ins).
 Scanners are built once per distinct configuration and shared between policies.
 """
 
@@ -63,7 +63,7 @@ def _language(cfg: PolicyConfig) -> Scanner:
     return LanguageScanner(lang.allow, lang.deny, lang.severity, lang.min_letters)
 
 
-def _injection(_cfg: PolicyConfig) -> Scanner:
+def _injection(cfg: PolicyConfig) -> Scanner:
     try:
         module = importlib.import_module(INJECTION_MODULE)
     except ModuleNotFoundError as exc:
@@ -73,7 +73,10 @@ def _injection(_cfg: PolicyConfig) -> Scanner:
     cls = getattr(module, "InjectionScanner", None)
     if cls is None:
         raise ScannerUnavailable(f"{INJECTION_MODULE} has no InjectionScanner")
-    scanner: Scanner = cls()
+    options: dict[str, float] = {}
+    if cfg.injection is not None and cfg.injection.threshold is not None:
+        options["threshold"] = cfg.injection.threshold
+    scanner: Scanner = cls(**options)
     return scanner
 
 
@@ -96,6 +99,10 @@ def _language_key(cfg: PolicyConfig) -> str:
     return cfg.language.model_dump_json()
 
 
+def _injection_key(cfg: PolicyConfig) -> str:
+    return str(cfg.injection.threshold) if cfg.injection is not None else ""
+
+
 def _custom_key(cfg: PolicyConfig) -> str:
     return cfg.model_dump_json(include={"keywords", "regexes", "topics"})
 
@@ -109,7 +116,7 @@ class ScannerRegistry:
             "pii": ScannerFactory(_pii, _pii_key),
             "custom": ScannerFactory(_custom, _custom_key),
             "language": ScannerFactory(_language, _language_key),
-            "injection": ScannerFactory(_injection, lambda _cfg: "", rescan_cleaned=False),
+            "injection": ScannerFactory(_injection, _injection_key, rescan_cleaned=False),
         }
         self._built: dict[tuple[str, str], Scanner] = {}
 

@@ -15,9 +15,12 @@ import re2
 from services.guard.scanners.base import Severity
 
 # RE2 gives each compiled program a memory budget; the Set's DFA over a few dozen secret rules
-# needs more than the 8 MiB default on long inputs, and a DFA that runs out of memory fails the match.
+# needs more than the 8 MiB default on long inputs. A DFA that runs out of memory makes a Set match
+# fail (which reads as "no rule matched"), so programs are kept small: counted repetitions of large
+# classes (`[\pL]{0,63}`) blow up, and a rule bigger than MAX_PROGRAM_SIZE is refused at startup.
 _SET_MAX_MEM = 256 << 20
 _RULE_MAX_MEM = 32 << 20
+MAX_PROGRAM_SIZE = 20_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +35,8 @@ class Rule:
     severity: Severity
     label: str
     validate: Callable[[str, str], bool] | None = None
+    # literal alternations (keyword lists) grow with the list but stay cheap for the DFA
+    max_program: int = 0  # 0: MAX_PROGRAM_SIZE
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,10 +62,16 @@ class RuleSet:
         self._compiled: list[tuple[re2._Regexp, int]] = []
         for rule in self.rules:
             try:
-                self._gate.Add(rule.pattern)
                 regex = re2.compile(rule.pattern, _options(_RULE_MAX_MEM))
+                self._gate.Add(rule.pattern)
             except re2.error as exc:
                 raise ValueError(f"rule {rule.id!r}: invalid RE2 pattern: {exc}") from exc
+            limit = rule.max_program or MAX_PROGRAM_SIZE
+            if regex.programsize > limit:
+                raise ValueError(
+                    f"rule {rule.id!r}: pattern too complex ({regex.programsize} RE2 instructions, "
+                    f"limit {limit}); avoid counted repetition of large classes such as [\\pL]{{0,60}}"
+                )
             self._compiled.append((regex, regex.groupindex.get("s", 0)))
         if self.rules:
             self._gate.Compile()

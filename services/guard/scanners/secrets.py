@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections.abc import Callable, Sequence
-from functools import partial
+from functools import cache, partial
 from pathlib import Path
 
 import re2
@@ -44,13 +44,15 @@ class _RuleFile(BaseModel):
     rules: list[SecretRule]
 
 
-def load_rules(path: Path = RULES_FILE) -> list[SecretRule]:
+@cache
+def load_rules(path: Path = RULES_FILE) -> tuple[SecretRule, ...]:
+    """The rule file, parsed and checked once per process."""
     data = yaml.safe_load(path.read_text(encoding="utf-8"))
     rules = _RuleFile.model_validate(data).rules
     ids = [r.id for r in rules]
     if len(ids) != len(set(ids)):
         raise ValueError(f"{path}: rule ids must be unique")
-    return rules
+    return tuple(rules)
 
 
 _UUID = re2.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
