@@ -1,0 +1,1 @@
+"""Offline labelled evaluation set for the guard scanners (see generate.py)."""
