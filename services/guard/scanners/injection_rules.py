@@ -144,7 +144,7 @@ RULES: tuple[Rule, ...] = (
     Rule(
         "injection.you_are_now",
         "medium",
-        rf"\byou{S}are{S}now{S}(?:a|an|the|my|called|named|going to be|free|no longer|in|{_JAIL_PERSONA})\b"
+        rf"\byou{S}are{S}now{S}(?:called|named|going to (?:be|pretend|act)|free|no longer|in charge|(?:an?{S})?{_JAIL_PERSONA})\b"
         rf"|\bfrom{S}now{S}on,?{S}you{S}(?:are|will|must|shall|'ll|should|can|have)\b",
     ),
     Rule(
@@ -200,8 +200,8 @@ RULES: tuple[Rule, ...] = (
     Rule(
         "injection.fake_authority",
         "high",
-        rf"\b(?:admin|administrator|system|developer|root|sudo|security|emergency|maintenance){S}(?:override|bypass|"
-        rf"access granted|command|authori[sz]ation code|unlock code)\b",
+        rf"\b(?:admin|administrator|system|developer|root|sudo|security|emergency|maintenance){S}(?:override|"
+        rf"access granted|authori[sz]ation code|unlock code)\b",
     ),
     Rule(
         "injection.fake_authority",
