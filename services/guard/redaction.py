@@ -27,6 +27,18 @@ class Vault:
         self._counts: Counter[str] = Counter()
         self._prefix = prefix
 
+    @classmethod
+    def from_mapping(cls, mapping: dict[str, str]) -> Vault:
+        """Rebuild a vault from its placeholder map (e.g. `GuardSummary.restore` after a bus hop)."""
+        vault = cls()
+        for token, value in mapping.items():
+            vault.mapping[token] = value
+            vault._by_value.setdefault(value, token)
+            label, _, number = token.strip("<>").rpartition("_")
+            if number.isdigit():
+                vault._counts[label] = max(vault._counts[label], int(number))
+        return vault
+
     def __len__(self) -> int:
         return len(self.mapping)
 

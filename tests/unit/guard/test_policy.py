@@ -317,3 +317,12 @@ def test_commented_example_policy_in_the_shipped_config_is_valid() -> None:
     policy = guardrails.resolve(model="gpt-4o-mini")
     assert policy.scanners == ("secrets", "pii", "injection", "custom", "language")
     assert policy.scan("my card is 4111 1111 1111 1111").text == "my card is <CREDIT_CARD_1>"
+
+
+def test_vault_survives_a_bus_hop_as_its_mapping() -> None:
+    policy = build_policy("p", pii_policy())
+    first = policy.scan("bob@example.com and eve@example.com")
+    rebuilt = Vault.from_mapping(dict(first.placeholders))
+    assert rebuilt.restore("hi <EMAIL_2>") == "hi eve@example.com"
+    later = policy.scan("eve@example.com and zoe@example.com", rebuilt)
+    assert later.text == "<EMAIL_2> and <EMAIL_3>"
