@@ -94,6 +94,7 @@ _FOLD = _FoldTable()
 # Python patterns with look-arounds only run after an RE2 pre-check has found a candidate.
 _ASCII_CONTROL = re2.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _ASCII_CONTROL_SUB = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+_NOT_PLAIN = re.compile(r"[^\t\n\r\x20-\x7e]")
 _SPACED_HINT = re2.compile(r"(?:[a-z0-9@$][ ._*\-]){3,}[a-z0-9@$]")
 _SPACED = re.compile(r"(?<![a-z0-9@$])(?:[a-z0-9@$][ ._*\-]){3,}[a-z0-9@$](?![a-z0-9@$])")
 _SPACED_SEP = re.compile(r"[ ._*\-]")
@@ -137,13 +138,21 @@ def mapped_view(text: str) -> tuple[str, list[int]]:
     if text.isascii() and _ASCII_CONTROL.search(text) is None:
         view, origin = text.lower(), list(range(len(text)))  # lower() keeps ASCII offsets
     else:
-        chars: list[str] = []
+        # printable ASCII runs keep their offsets; only the other characters go through the table
+        pieces: list[str] = []
         origin = []
-        for i, ch in enumerate(text):
-            folded = _FOLD[ord(ch)]
-            chars.extend(folded)
+        pos = 0
+        for m in _NOT_PLAIN.finditer(text):
+            i = m.start()
+            pieces.append(text[pos:i].lower())
+            origin.extend(range(pos, i))
+            folded = _FOLD[ord(text[i])]
+            pieces.append(folded)
             origin.extend([i] * len(folded))
-        view = "".join(chars)
+            pos = i + 1
+        pieces.append(text[pos:].lower())
+        origin.extend(range(pos, len(text)))
+        view = "".join(pieces)
     if _SPACED_HINT.search(view) is not None and _SPACED.search(view) is not None:
         kept: list[str] = []
         kept_origin: list[int] = []

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import codecs
+import random
 
 import pytest
 
@@ -135,3 +136,14 @@ def test_rot13_and_reversed_only_when_mentioned() -> None:
 )
 def test_random_looking_runs_are_not_decoded(text: str) -> None:
     assert decoded_segments(text) == []
+
+
+def test_mapped_view_agrees_with_match_view_on_random_mixtures() -> None:
+    rng = random.Random(1)
+    alphabet = "abc ABC 1gn0r3 .-_*\t\n\x00\x07 іgnоrе ＩＧＮ 𝐢𝐠 ßﬁ ì̵ \u200b\ufeff 你好 🙂 \U000e0069"
+    for _ in range(2000):
+        text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 60)))
+        view, origin = mapped_view(text)
+        assert view == match_view(text), text
+        assert len(origin) == len(view)
+        assert origin == sorted(origin)
