@@ -106,6 +106,7 @@ _BASE64 = re2.compile(r"[A-Za-z0-9+/_-]{16,}={0,2}")
 _HEX = re2.compile(r"(?:[0-9A-Fa-f]{2}[ :]?){10,}|(?:\\x[0-9A-Fa-f]{2}){6,}")
 _ROT13_HINT = re2.compile(r"(?i)rot[\s_-]?13|caesar")
 _REVERSE_HINT = re2.compile(r"(?i)revers|backwards")
+_HINT_BEFORE, _HINT_AFTER = 1_000, 3_000  # characters around a ROT13/reverse mention that get decoded
 
 
 def canonical(text: str) -> str:
@@ -238,8 +239,14 @@ def decoded_segments(text: str) -> list[Segment]:
         decoded = _decode_hex(m.group())
         if decoded is not None:
             found.append(Segment("hex", m.start(), m.end(), decoded))
-    if _ROT13_HINT.search(text):
-        found.append(Segment("rot13", 0, len(text), codecs.encode(text, "rot13")))
-    if _REVERSE_HINT.search(text):
-        found.append(Segment("reversed", 0, len(text), text[::-1]))
+    # ROT13 and reversed text cannot be spotted, only guessed from a mention: decode the stretch
+    # around the first mention (not the whole prompt, which would triple the cost of a long one)
+    hint = _ROT13_HINT.search(text)
+    if hint is not None:
+        start, end = max(0, hint.start() - _HINT_BEFORE), min(len(text), hint.end() + _HINT_AFTER)
+        found.append(Segment("rot13", start, end, codecs.encode(text[start:end], "rot13")))
+    hint = _REVERSE_HINT.search(text)
+    if hint is not None:
+        start, end = max(0, hint.start() - _HINT_BEFORE), min(len(text), hint.end() + _HINT_AFTER)
+        found.append(Segment("reversed", start, end, text[start:end][::-1]))
     return found
