@@ -150,7 +150,7 @@ def main() -> None:
 
     meta: dict[str, object] = {
         "trained_on": f"{WHEEL_NAME} (sha256 {WHEEL_SHA256[:16]}…): S-Labs, neuralchemy core, yanismiraoui, "
-        "plus bench/data/injection_benign_train.txt; see bench/data/README.md",
+        "plus bench/data/injection_benign_train.txt and stdlib docstrings (train half); see bench/data/README.md",
         "train_size": len(train),
         "validation_size": len(val),
         "l2": lam,
