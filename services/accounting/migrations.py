@@ -1,4 +1,9 @@
-"""Versioned ClickHouse schema migrations (deploy/clickhouse/migrations/NNNN_name.sql), each applied once."""
+"""Versioned ClickHouse schema migrations (deploy/clickhouse/migrations/NNNN_name.sql), each applied once.
+
+Applied versions are recorded in `schema_migrations`. Every statement must be idempotent
+(`IF NOT EXISTS`): a crash between a migration's statements and its ledger row, or two replicas
+starting at once against one ClickHouse server, runs a migration again.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +19,7 @@ LEDGER_DDL = (
     "(version UInt32, name String, applied_at DateTime64(3, 'UTC') DEFAULT now64(3)) "
     "ENGINE = MergeTree ORDER BY version"
 )
+APPLIED_SQL = "SELECT DISTINCT version FROM schema_migrations"
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,24 +28,28 @@ class Migration:
     name: str
     statements: tuple[str, ...]
 
+    @property
+    def label(self) -> str:
+        return f"{self.version:04d}_{self.name}"
+
 
 def split_statements(sql: str) -> tuple[str, ...]:
-    """Statements of a migration file: `;` at the end of a line ends one; `--` comment lines are dropped."""
-    lines = [line for line in sql.splitlines() if not line.lstrip().startswith("--")]
-    statements, current = [], []
-    for line in lines:
+    """Statements of a migration file: a `;` at the end of a line ends one; `--` comment lines are dropped."""
+    statements: list[str] = []
+    current: list[str] = []
+    for line in sql.splitlines():
+        if line.lstrip().startswith("--"):
+            continue
         current.append(line)
         if line.rstrip().endswith(";"):
             statements.append("\n".join(current).strip().rstrip(";").strip())
             current = []
-    tail = "\n".join(current).strip()
-    if tail:
-        statements.append(tail)
+    statements.append("\n".join(current).strip())
     return tuple(s for s in statements if s)
 
 
 def load(directory: Path = MIGRATIONS_DIR) -> list[Migration]:
-    """All migrations in version order; a malformed name or a repeated version is an error."""
+    """All migrations in version order; a malformed name, a repeated version or an empty file is an error."""
     found: dict[int, Migration] = {}
     for path in sorted(directory.glob("*.sql")):
         match = _NAME.match(path.name)
@@ -47,10 +57,16 @@ def load(directory: Path = MIGRATIONS_DIR) -> list[Migration]:
             raise ValueError(f"migration file {path.name} does not match NNNN_name.sql")
         version = int(match.group(1))
         if version in found:
-            raise ValueError(f"migration version {version} appears twice")
-        found[version] = Migration(version, match.group(2), split_statements(path.read_text()))
+            raise ValueError(f"migration version {version} appears twice ({found[version].label}, {path.name})")
+        statements = split_statements(path.read_text(encoding="utf-8"))
+        if not statements:
+            raise ValueError(f"migration file {path.name} has no statements")
+        found[version] = Migration(version, match.group(2), statements)
+    if not found:
+        raise ValueError(f"no migrations found in {directory}")
     return [found[v] for v in sorted(found)]
 
 
 def pending(all_migrations: list[Migration], applied: set[int]) -> list[Migration]:
+    """The migrations still to apply, in version order."""
     return [m for m in all_migrations if m.version not in applied]
