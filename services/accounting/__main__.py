@@ -2,17 +2,30 @@
 
 from __future__ import annotations
 
+import logging
+import sys
+
 import uvloop
+from pydantic import ValidationError
 
 from services.accounting.app import create_app
 from services.accounting.settings import AccountingSettings
+from shared.config import ConfigError
 from shared.logs import setup_logging
 
 
 def main() -> None:
-    settings = AccountingSettings()
+    try:
+        settings = AccountingSettings()
+    except ValidationError as exc:
+        sys.exit(f"accounting: invalid GATEHOUSE_ACCOUNTING_* settings:\n{exc}")
     setup_logging("accounting", settings.log_level)
-    uvloop.run(create_app(settings).run())
+    try:
+        app = create_app(settings)
+    except (ConfigError, ValueError) as exc:  # a bad config file or migrations folder: say which, then stop
+        logging.getLogger("gatehouse.accounting").error("cannot start: %s", exc)
+        sys.exit(2)
+    uvloop.run(app.run())
 
 
 if __name__ == "__main__":

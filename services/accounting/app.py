@@ -1,91 +1,104 @@
-"""accounting: `<p>.events.>` (JetStream, durable pull consumer) → ClickHouse rows, acked after the insert;
-`<p>.accounting.sql` (SqlQuery) → SqlResult.
+"""accounting: `<p>.events.>` (JetStream, one durable pull consumer) → ClickHouse rows, acked after the insert;
+`<p>.accounting.sql` (SqlQuery, queue group `accounting`) → SqlResult.
 
-Owns the ClickHouse schema (migrations at startup), prices usage, and answers analytics queries for
-the other processes (an embedded chDB path can be opened by one process only).
+Owns the ClickHouse schema (migrations at startup), prices usage, and answers read-only analytics
+queries for the other processes (an embedded chDB path can be opened by one process only).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
+from pathlib import Path
 
 from faststream import FastStream
 from faststream.nats import NatsBroker
 
+from services.accounting import migrations
 from services.accounting.consumer import EventConsumer
-from services.accounting.core import check_read_only
+from services.accounting.readonly import check_read_only
 from services.accounting.settings import AccountingSettings
-from services.accounting.sink import ClickHouseSink
+from services.accounting.sink import ClickHouseSink, redact_dsn
 from shared.bus import ensure_events_stream
 from shared.config import load_config
 from shared.schemas.admin import SqlQuery, SqlResult
-from shared.subjects import Subjects, encode
+from shared.subjects import Subject, Subjects, encode
 
 log = logging.getLogger("gatehouse.accounting")
 
 
 def create_app(settings: AccountingSettings) -> FastStream:
     config = load_config(settings.config)
+    schema = migrations.load(Path(settings.migrations_dir) if settings.migrations_dir else migrations.MIGRATIONS_DIR)
     subjects = Subjects(settings.subject_prefix)
+    # log_level is the level FastStream logs each message at: DEBUG keeps them out of an INFO log
     broker = NatsBroker(settings.nats_servers, log_level=logging.DEBUG, name="gatehouse-accounting")
-    sink = ClickHouseSink(settings.accounting_clickhouse_dsn or config.accounting.clickhouse_dsn)
-    kinds: dict[str, str] = {name: p.kind for name, p in config.providers.items()}
-    state: dict[str, object] = {}
+    sink = ClickHouseSink(
+        settings.clickhouse_dsn or config.accounting.clickhouse_dsn,
+        query_timeout_s=settings.query_timeout_s,
+        query_max_rows=settings.query_max_rows,
+    )
+    kinds = {name: p.kind for name, p in config.providers.items()}
+    running: list[tuple[EventConsumer, asyncio.Task[None]]] = []
     sql = subjects.accounting_sql
 
     @broker.subscriber(sql.name, queue=sql.queue)
     async def on_sql(body: bytes) -> bytes:
-        try:
-            query: SqlQuery = sql.decode(body)
-        except Exception:
-            return encode(SqlResult(error="malformed query message"))
-        refused = check_read_only(query.sql)
-        if refused:
-            return encode(SqlResult(error=f"query refused: {refused}"))
-        try:
-            columns, rows = await sink.query(query.sql, query.max_rows)
-        except Exception as exc:
-            return encode(SqlResult(error=f"query failed: {str(exc).strip().splitlines()[0][:500]}"))
-        return encode(SqlResult(columns=columns, rows=rows))
+        return encode(await answer(sink, sql, body))
 
     app = FastStream(broker, logger=log)
 
     @app.after_startup
     async def _start() -> None:
-        applied = await sink.migrate()
-        if applied:
-            log.info("applied migrations: %s", ", ".join(applied))
-        js = broker.config.connection_state.stream
-        await ensure_events_stream(js, subjects)
+        state = broker.config.connection_state
+        await ensure_events_stream(state.stream, subjects)
         consumer = EventConsumer(
-            js,
+            state.connection,
+            state.stream,
             subjects,
             sink,
+            schema,
             kinds,
-            durable=settings.accounting_durable,
+            durable=settings.durable,
             batch_size=config.accounting.batch_size,
             flush_interval_s=config.accounting.flush_interval_s,
-            ack_wait_s=settings.accounting_ack_wait_s,
-            retry_s=settings.accounting_retry_s,
-            retry_max_s=settings.accounting_retry_max_s,
+            ack_wait_s=settings.ack_wait_s,
+            max_deliver=settings.max_deliver,
+            retry_s=settings.retry_s,
+            retry_max_s=settings.retry_max_s,
         )
-        state["consumer"] = consumer
-        state["task"] = asyncio.create_task(consumer.run())
-        log.info("storing events from %s into %s", subjects.events_stream, sink.dsn.split("@")[-1])
+        running.append((consumer, asyncio.create_task(consumer.run(), name="accounting-consumer")))
+        log.info("accounting writes to %s", redact_dsn(sink.dsn))
 
     @app.on_shutdown
     async def _stop() -> None:
-        consumer = state.get("consumer")
-        task = state.get("task")
-        if isinstance(consumer, EventConsumer) and isinstance(task, asyncio.Task):
-            consumer.stop()  # the current batch finishes (insert + ack) before the loop ends
-            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
-                await asyncio.wait_for(task, timeout=15)
+        for consumer, task in running:
+            consumer.stop()  # the batch in hand is stored and acked (or handed back) first
+            done, _ = await asyncio.wait({task}, timeout=settings.shutdown_timeout_s)
+            if not done:
+                log.warning("the in-flight batch did not finish in time; it will be redelivered")
+                task.cancel()
 
     @app.after_shutdown
     async def _close() -> None:
         await sink.close()
 
     return app
+
+
+async def answer(sink: ClickHouseSink, subject: Subject[SqlQuery], body: bytes) -> SqlResult:
+    """The reply to one analytics query message: rows, or an error string; never an exception."""
+    try:
+        query = subject.decode(body)
+    except Exception:
+        return SqlResult(error="malformed query message (expected a msgpack SqlQuery)")
+    refused = check_read_only(query.sql)
+    if refused:
+        return SqlResult(error=f"query refused: {refused}")
+    try:
+        columns, rows = await sink.query(query.sql, query.max_rows)
+        encode(rows)  # anything msgpack cannot carry fails here, as a query error, not a lost reply
+    except Exception as exc:
+        text = str(exc).strip()
+        return SqlResult(error=f"query failed: {text.splitlines()[0][:500] if text else type(exc).__name__}")
+    return SqlResult(columns=columns, rows=rows)

@@ -1,17 +1,23 @@
-"""Pure accounting decisions: an event becomes a ClickHouse row (with its price), and which SQL is read-only."""
+"""Pure accounting decisions: an event on the bus becomes a ClickHouse row, priced at list price."""
 
 from __future__ import annotations
 
-import re
+import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 from importlib.metadata import PackageNotFoundError, version
 
+import msgspec
 from genai_prices import Usage as PriceUsage
 from genai_prices import calc_price
 
 from shared.schemas.events import GuardEvent, RequestEvent
+from shared.subjects import Subjects
+
+REQUESTS = "requests"
+GUARD_VERDICTS = "guard_verdicts"
 
 REQUEST_COLUMNS = (
     "event_id", "request_id", "trace_id", "batch_id", "api", "key_id", "team", "project", "user",
@@ -32,13 +38,32 @@ GUARD_COLUMNS = (
     "findings.start", "findings.end", "findings.location", "scan_us", "at",
 )  # fmt: skip
 
-# provider kinds whose names genai-prices knows under another id
-_PRICE_PROVIDER = {"azure": "azure", "gemini": "google", "mock": ""}
+# every table the consumer writes, with its columns; column 0 is always the event id
+COLUMNS: dict[str, tuple[str, ...]] = {REQUESTS: REQUEST_COLUMNS, GUARD_VERDICTS: GUARD_COLUMNS}
+
+# provider kinds (config) → provider ids in genai-prices
+_PRICE_PROVIDER = {
+    "openai": "openai",
+    "azure": "azure",
+    "anthropic": "anthropic",
+    "gemini": "google",
+    "mistral": "mistral",
+    "bedrock": "aws",
+    "cohere": "cohere",
+}
 
 try:
     PRICES_VERSION = f"genai-prices {version('genai-prices')}"
 except PackageNotFoundError:  # pragma: no cover - the package is a dependency
-    PRICES_VERSION = "genai-prices unknown"
+    PRICES_VERSION = "genai-prices ?"
+
+_U16, _U32, _I32 = 2**16 - 1, 2**32 - 1, 2**31 - 1
+# DateTime64(3) holds 1900..2299; a clock that far off is a bug upstream, but the record is still kept
+_MAX_TS = 7_258_118_399.0  # 2199-12-31
+
+
+class BadEvent(ValueError):
+    """An event that can never be stored (undecodable, or on a subject accounting does not know)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,34 +73,49 @@ class Price:
 
 
 def price(event: RequestEvent, provider_kind: str = "") -> Price:
-    """Cost of a request's usage at list price; None (with the reason in `version`) when it is unknown."""
+    """List price of a request's usage at the time it was received; None (and why, in `version`) if unknown.
+
+    Token counts follow the OpenAI convention gatehouse normalises to: input includes cached input.
+    """
     usage = event.usage
-    if usage is None or not (usage.input_tokens or usage.output_tokens):
-        return Price(0.0 if usage is not None else None, PRICES_VERSION)
-    provider = _PRICE_PROVIDER.get(provider_kind, provider_kind) or None
     if provider_kind == "mock":
         return Price(0.0, "mock")
+    if usage is None:
+        return Price(None, "no usage reported")
+    if usage.input_tokens <= 0 and usage.output_tokens <= 0:
+        return Price(0.0, PRICES_VERSION)
     model = event.provider_model or event.requested_model
+    input_tokens = max(usage.input_tokens, 0)
     try:
         calc = calc_price(
             PriceUsage(
-                input_tokens=usage.input_tokens,
-                output_tokens=usage.output_tokens,
-                cache_read_tokens=usage.cached_tokens or None,
+                input_tokens=input_tokens,
+                output_tokens=max(usage.output_tokens, 0),
+                cache_read_tokens=min(max(usage.cached_tokens, 0), input_tokens) or None,
             ),
             model_ref=model,
-            provider_id=provider,
+            provider_id=_PRICE_PROVIDER.get(provider_kind),
+            genai_request_timestamp=_ts(event.received_at),
         )
     except LookupError:
-        return Price(None, f"{PRICES_VERSION}; unknown model {model}")
-    return Price(float(Decimal(calc.total_price)), PRICES_VERSION)
+        return Price(None, f"{PRICES_VERSION}: unknown model")
+    except (ValueError, ArithmeticError) as exc:  # a pricing rule that cannot apply to this usage
+        return Price(None, f"{PRICES_VERSION}: {type(exc).__name__}")
+    return Price(float(Decimal(calc.total_price)), f"{PRICES_VERSION}: {calc.provider.id}/{calc.model.id}")
 
 
 def _ts(unix: float) -> datetime:
-    return datetime.fromtimestamp(unix, tz=UTC)
+    if not math.isfinite(unix):
+        unix = 0.0
+    return datetime.fromtimestamp(min(max(unix, 0.0), _MAX_TS), tz=UTC)
+
+
+def _clamp(value: int, high: int, low: int = 0) -> int:
+    return min(max(value, low), high)
 
 
 def request_row(event: RequestEvent, provider_kind: str = "") -> list[object]:
+    """The `requests` row of an event, in REQUEST_COLUMNS order; integers are clamped to their column types."""
     u = event.usage
     err = event.error
     c = event.caller
@@ -85,46 +125,53 @@ def request_row(event: RequestEvent, provider_kind: str = "") -> list[object]:
     return [
         event.event_id, event.request_id, event.trace_id, event.batch_id, event.api,
         c.key_id, c.team, c.project, c.user,
-        event.requested_model, event.provider, event.deployment, event.provider_model, event.stream, event.status,
+        event.requested_model, event.provider, event.deployment, event.provider_model, event.stream,
+        _clamp(event.status, _U16),
         err.type if err else "", err.code if err else "", err.message if err else "",
-        u.input_tokens if u else 0, u.output_tokens if u else 0, u.cached_tokens if u else 0,
-        u.reasoning_tokens if u else 0, event.finish_reason,
-        [x.provider for x in a], [x.deployment for x in a], [x.status for x in a],
+        _clamp(u.input_tokens, _U32) if u else 0, _clamp(u.output_tokens, _U32) if u else 0,
+        _clamp(u.cached_tokens, _U32) if u else 0, _clamp(u.reasoning_tokens, _U32) if u else 0,
+        event.finish_reason,
+        [x.provider for x in a], [x.deployment for x in a], [_clamp(x.status, _U16) for x in a],
         [x.latency_ms for x in a], [x.error_code for x in a],
         event.guard_action, event.guard_policy,
         [f.scanner for f in g], [f.rule for f in g], [f.action for f in g], [f.severity for f in g],
-        [f.start for f in g], [f.end for f in g], [f.direction for f in g],
+        [_clamp(f.start, _I32, -_I32) for f in g], [_clamp(f.end, _I32, -_I32) for f in g],
+        [f.direction for f in g],
         _ts(event.received_at), _ts(event.finished_at), event.latency_ms, event.ttft_ms, event.upstream_ms,
-        event.request_bytes, event.response_bytes, dict(event.tags),
+        _clamp(event.request_bytes, _U32), _clamp(event.response_bytes, _U32), dict(event.tags),
+        # nothing is reserved yet (budgets settle later); what is settled is the list price
         p.cost_usd, p.version, None, p.cost_usd,
     ]  # fmt: skip
 
 
 def guard_row(event: GuardEvent) -> list[object]:
+    """The `guard_verdicts` row of an event, in GUARD_COLUMNS order (rule ids and offsets, never the text)."""
     f = event.findings
     return [
         event.event_id, event.request_id, event.policy, event.action, event.direction,
         [x.scanner for x in f], [x.rule for x in f], [x.action for x in f], [x.severity for x in f],
-        [x.start for x in f], [x.end for x in f], [x.location for x in f], event.scan_us, _ts(event.at),
+        [_clamp(x.start, _I32, -_I32) for x in f], [_clamp(x.end, _I32, -_I32) for x in f],
+        [x.location for x in f], _clamp(event.scan_us, _U32), _ts(event.at),
     ]  # fmt: skip
 
 
-_READ_ONLY = re.compile(r"^\s*(SELECT|WITH|SHOW|DESCRIBE|DESC|EXPLAIN|EXISTS)\b", re.IGNORECASE)
-_COMMENT = re.compile(r"--[^\n]*|/\*.*?\*/", re.DOTALL)
+def event_row(
+    subjects: Subjects, subject: str, data: bytes, provider_kinds: Mapping[str, str]
+) -> tuple[str, list[object]]:
+    """(table, row) for one message of the event stream; BadEvent if it can never be stored."""
+    try:
+        if subject == subjects.events_request.name:
+            request = subjects.events_request.decode(data)
+            return REQUESTS, request_row(request, provider_kinds.get(request.provider, ""))
+        if subject == subjects.events_guard.name:
+            return GUARD_VERDICTS, guard_row(subjects.events_guard.decode(data))
+    except msgspec.DecodeError as exc:
+        raise BadEvent(f"undecodable event on {subject}: {exc}") from exc
+    except (ValueError, TypeError, OverflowError) as exc:
+        raise BadEvent(f"event on {subject} cannot be mapped to a row: {exc!r}") from exc
+    raise BadEvent(f"no table for events on {subject}")
 
 
-def check_read_only(sql: str) -> str | None:
-    """None when `sql` is a single read-only statement, else the reason it is refused."""
-    body = _COMMENT.sub(" ", sql).strip().rstrip(";").strip()
-    if not body:
-        return "empty query"
-    if ";" in body:
-        return "only one statement per query"
-    if not _READ_ONLY.match(body):
-        return "only read-only queries (SELECT, WITH, SHOW, DESCRIBE, EXPLAIN) are allowed"
-    return None
-
-
-def sql_literal_list(values: list[str]) -> str:
-    """A ClickHouse tuple of string literals, escaped."""
+def sql_string_list(values: list[str]) -> str:
+    """Comma-separated ClickHouse string literals, escaped."""
     return ", ".join("'" + v.replace("\\", "\\\\").replace("'", "\\'") + "'" for v in values)

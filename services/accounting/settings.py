@@ -1,16 +1,46 @@
-"""Accounting settings: the common GATEHOUSE_* ones plus GATEHOUSE_ACCOUNTING_*."""
+"""Accounting settings: GATEHOUSE_ACCOUNTING_* (the common GATEHOUSE_* names are accepted as a fallback)."""
 
 from __future__ import annotations
 
-from shared.settings import ServiceSettings
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+_P = "GATEHOUSE_ACCOUNTING_"
 
 
-class AccountingSettings(ServiceSettings):
+def _env(name: str) -> AliasChoices:
+    """The service's own variable first, then the one every service reads (the launcher sets both)."""
+    return AliasChoices(f"{_P}{name}", f"GATEHOUSE_{name}")
+
+
+class AccountingSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix=_P, extra="ignore", frozen=True, populate_by_name=True)
+
+    nats_url: str = Field(default="nats://127.0.0.1:4222", validation_alias=_env("NATS_URL"))
+    config: str = Field(default="deploy/gatehouse.yaml", validation_alias=_env("CONFIG"))
+    subject_prefix: str = Field(default="gh", validation_alias=_env("SUBJECT_PREFIX"))
+    log_level: str = Field(default="INFO", validation_alias=_env("LOG_LEVEL"))
     # overrides the config file's accounting.clickhouse_dsn when set
-    accounting_clickhouse_dsn: str | None = None
-    accounting_durable: str = "accounting"
-    # an event not acked this long after delivery (e.g. accounting died mid-batch) is delivered again
-    accounting_ack_wait_s: float = 30.0
+    clickhouse_dsn: str | None = None
+    # where the NNNN_name.sql migrations live; empty means deploy/clickhouse/migrations of this checkout
+    migrations_dir: str = ""
+    durable: str = "accounting"
+    # an event not acked this long after delivery (accounting died mid-batch) goes to another replica;
+    # a live replica holding a batch (waiting for ClickHouse) keeps extending it, so this only bounds crashes
+    ack_wait_s: float = Field(default=15.0, gt=1)
+    # deliveries of one event before JetStream parks it (it stays in the stream and an advisory is logged);
+    # only crashes and shutdowns with ClickHouse down count: a live replica retries without redelivery
+    max_deliver: int = Field(default=50, ge=2)
     # pause before retrying a batch whose insert failed (ClickHouse down); doubles up to the max
-    accounting_retry_s: float = 0.5
-    accounting_retry_max_s: float = 15.0
+    retry_s: float = Field(default=0.5, gt=0)
+    retry_max_s: float = Field(default=15.0, gt=0)
+    # analytics queries: wall-clock limit and the most rows a reply carries
+    query_timeout_s: float = Field(default=20.0, gt=0)
+    query_max_rows: int = Field(default=100_000, gt=0)
+    # how long a graceful stop waits for the in-flight batch to be stored
+    shutdown_timeout_s: float = Field(default=20.0, gt=0)
+
+    @property
+    def nats_servers(self) -> list[str]:
+        """`nats_url` may list several cluster members, comma-separated."""
+        return [u.strip() for u in self.nats_url.split(",") if u.strip()]

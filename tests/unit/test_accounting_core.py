@@ -1,32 +1,37 @@
-"""Accounting's pure parts: event → row, pricing, the read-only SQL gate, migrations."""
+"""Accounting's pure core: an event becomes a row lined up with its columns, priced honestly."""
 
 from __future__ import annotations
 
-from pathlib import Path
+from datetime import UTC, datetime
 
+import msgspec
 import pytest
 
-from services.accounting import migrations
 from services.accounting.core import (
+    COLUMNS,
     GUARD_COLUMNS,
+    GUARD_VERDICTS,
     REQUEST_COLUMNS,
-    check_read_only,
+    REQUESTS,
+    BadEvent,
+    event_row,
     guard_row,
     price,
     request_row,
-    sql_literal_list,
+    sql_string_list,
 )
 from shared.errors import RateLimitError
 from shared.schemas.chat import Attempt, Caller, GuardFinding, Usage
 from shared.schemas.events import GuardEvent, RequestEvent
+from shared.subjects import Subjects, encode
 
 
 def event(**kw: object) -> RequestEvent:
     base: dict[str, object] = {
         "event_id": "e1",
-        "request_id": "e1",
+        "request_id": "r1",
         "api": "chat",
-        "caller": Caller(key_id="k", team="t"),
+        "caller": Caller(key_id="k", team="t", project="p", user="u"),
         "requested_model": "gpt-4o-mini",
         "provider": "openai",
         "provider_model": "gpt-4o-mini",
@@ -40,70 +45,123 @@ def event(**kw: object) -> RequestEvent:
     return RequestEvent(**base)  # type: ignore[arg-type]
 
 
+def as_dict(ev: RequestEvent, kind: str = "openai") -> dict[str, object]:
+    return dict(zip(REQUEST_COLUMNS, request_row(ev, kind), strict=True))
+
+
 def test_request_row_lines_up_with_the_columns() -> None:
     e = event(
-        attempts=[Attempt(provider="a", deployment="a/m", status=429, latency_ms=3, error_code="rate_limit_exceeded"),
-                  Attempt(provider="b", deployment="b/m", status=200, latency_ms=9)],
+        trace_id="tr",
+        batch_id="b",
+        attempts=[
+            Attempt(provider="a", deployment="a/m", status=429, latency_ms=3, error_code="rate_limit_exceeded"),
+            Attempt(provider="b", deployment="b/m", status=200, latency_ms=9),
+        ],
+        guard_action="redact",
+        guard_policy="strict",
         guard_findings=[GuardFinding(scanner="secrets", rule="openai-key", action="redact", start=3, end=40)],
-        error=None,
         tags={"feature": "search"},
+        stream=True,
+        ttft_ms=12.0,
+        request_bytes=300,
     )
-    row = dict(zip(REQUEST_COLUMNS, request_row(e, "openai"), strict=True))
-    assert row["key_id"] == "k" and row["team"] == "t"
-    assert row["attempts.status"] == [429, 200]
-    assert row["guard_findings.rule"] == ["openai-key"]
-    assert row["tags"] == {"feature": "search"}
-    assert row["received_at"].timestamp() == 1_700_000_000.0  # type: ignore[attr-defined]
-    # gpt-4o-mini: $0.15 / MTok in, $0.60 / MTok out
+    row = as_dict(e)
+    assert (row["event_id"], row["request_id"], row["trace_id"], row["batch_id"]) == ("e1", "r1", "tr", "b")
+    assert (row["key_id"], row["team"], row["project"], row["user"]) == ("k", "t", "p", "u")
+    assert row["attempts.provider"] == ["a", "b"] and row["attempts.status"] == [429, 200]
+    assert row["attempts.error_code"] == ["rate_limit_exceeded", ""]
+    assert row["guard_findings.rule"] == ["openai-key"] and row["guard_findings.end"] == [40]
+    assert row["guard_action"] == "redact" and row["guard_policy"] == "strict"
+    assert row["tags"] == {"feature": "search"} and row["stream"] is True and row["request_bytes"] == 300
+    assert row["received_at"] == datetime(2023, 11, 14, 22, 13, 20, tzinfo=UTC)
+    assert row["error_type"] == "" and row["input_tokens"] == 1000 and row["reserved_cost_usd"] is None
+    # gpt-4o-mini: $0.15 / MTok in, $0.60 / MTok out; what is settled is the list price
     assert row["cost_usd"] == pytest.approx(1000 * 0.15e-6 + 100 * 0.6e-6)
-    assert str(row["price_version"]).startswith("genai-prices")
+    assert row["settled_cost_usd"] == row["cost_usd"]
+    assert row["price_version"] == f"{price(e, 'openai').version}"
+    assert str(row["price_version"]).startswith("genai-prices ") and "openai/gpt-4o-mini" in str(row["price_version"])
 
 
-def test_errors_and_unknown_models_are_priced_honestly() -> None:
-    failed = event(status=429, usage=None, error=RateLimitError("slow").info())
-    row = dict(zip(REQUEST_COLUMNS, request_row(failed, "openai"), strict=True))
-    assert row["error_code"] == "rate_limit_exceeded" and row["cost_usd"] is None
-    unknown = price(event(provider_model="no-such-model-xyz", requested_model="x"), "openai")
+def test_errors_keep_their_taxonomy_and_no_usage_means_no_price() -> None:
+    row = as_dict(event(status=429, usage=None, error=RateLimitError("slow").info()))
+    assert (row["status"], row["error_type"], row["error_code"]) == (429, "rate_limit_error", "rate_limit_exceeded")
+    assert row["error_message"] == "slow"
+    assert row["cost_usd"] is None and row["price_version"] == "no usage reported"
+    assert row["input_tokens"] == 0 and row["output_tokens"] == 0
+
+
+def test_unknown_models_are_unpriced_not_guessed() -> None:
+    unknown = price(event(provider_model="no-such-model-xyz", requested_model="alias"), "openai")
     assert unknown.cost_usd is None and "unknown model" in unknown.version
+    assert price(event(), "mock") == price(event(usage=None), "mock")
     assert price(event(), "mock").cost_usd == 0.0
+    assert price(event(usage=Usage()), "openai").cost_usd == 0.0
 
 
-def test_guard_row_lines_up() -> None:
-    g = GuardEvent(event_id="g", request_id="r", policy="p", action="block", at=1.0,
-                   findings=[GuardFinding(scanner="s", rule="r1", action="block", start=1, end=2)])
+def test_cached_input_is_priced_at_the_cache_rate() -> None:
+    full = price(event(usage=Usage(input_tokens=1000, output_tokens=0)), "openai").cost_usd
+    cached = price(event(usage=Usage(input_tokens=1000, output_tokens=0, cached_tokens=800)), "openai").cost_usd
+    assert full is not None and cached is not None and cached < full
+    assert cached == pytest.approx(200 * 0.15e-6 + 800 * 0.075e-6)
+    # a provider reporting more cached than total input does not make the price negative or crash it
+    odd = price(event(usage=Usage(input_tokens=10, output_tokens=0, cached_tokens=50)), "openai").cost_usd
+    assert odd is not None and odd >= 0
+
+
+def test_provider_kinds_map_to_the_price_list() -> None:
+    gemini = price(event(provider_model="gemini-2.0-flash", requested_model="flash"), "gemini")
+    assert gemini.cost_usd and "google/" in gemini.version
+
+
+def test_out_of_range_values_are_clamped_so_the_record_is_still_stored() -> None:
+    row = as_dict(
+        event(
+            status=70_000,
+            usage=Usage(input_tokens=-5, output_tokens=2**40),
+            received_at=float("nan"),
+            finished_at=1e13,
+            response_bytes=-1,
+        )
+    )
+    assert row["status"] == 65_535 and row["input_tokens"] == 0 and row["output_tokens"] == 2**32 - 1
+    assert row["received_at"] == datetime(1970, 1, 1, tzinfo=UTC)
+    assert row["finished_at"].year == 2199  # type: ignore[attr-defined]
+    assert row["response_bytes"] == 0
+
+
+def test_guard_row_lines_up_and_carries_no_text() -> None:
+    g = GuardEvent(
+        event_id="g",
+        request_id="r",
+        policy="p",
+        action="block",
+        direction="output",
+        at=1.0,
+        scan_us=120,
+        findings=[GuardFinding(scanner="s", rule="r1", action="block", start=1, end=2, location="messages[1].content")],
+    )
     row = dict(zip(GUARD_COLUMNS, guard_row(g), strict=True))
-    assert row["findings.rule"] == ["r1"] and row["action"] == "block"
+    assert row["findings.rule"] == ["r1"] and row["action"] == "block" and row["direction"] == "output"
+    assert row["findings.location"] == ["messages[1].content"] and row["scan_us"] == 120
 
 
-@pytest.mark.parametrize(
-    "sql",
-    ["SELECT 1", "  with x as (select 1) select * from x", "SHOW TABLES", "DESCRIBE requests",
-     "SELECT 1; -- trailing comment"],
-)
-def test_read_only_queries_pass(sql: str) -> None:
-    assert check_read_only(sql) is None
+def test_event_row_picks_the_table_by_subject_and_refuses_what_it_cannot_store() -> None:
+    subjects = Subjects("px")
+    table, row = event_row(subjects, "px.events.request", encode(event()), {"openai": "openai"})
+    assert table == REQUESTS and len(row) == len(COLUMNS[REQUESTS])
+    verdict = GuardEvent(event_id="g", request_id="r", policy="p", action="flag", at=2.0)
+    table, row = event_row(subjects, "px.events.guard", encode(verdict), {})
+    assert table == GUARD_VERDICTS and row[0] == "g"
+    # the provider name is looked up in the config to know its price list
+    _, priced = event_row(subjects, "px.events.request", encode(event(provider="main")), {"main": "mock"})
+    assert priced[REQUEST_COLUMNS.index("price_version")] == "mock"
+    with pytest.raises(BadEvent, match="undecodable"):
+        event_row(subjects, "px.events.request", b"\x93garbage", {})
+    with pytest.raises(BadEvent, match="undecodable"):
+        event_row(subjects, "px.events.request", msgspec.msgpack.encode({"event_id": "x"}), {})
+    with pytest.raises(BadEvent, match="no table"):
+        event_row(subjects, "px.events.other", encode(event()), {})
 
 
-@pytest.mark.parametrize(
-    "sql", ["DROP TABLE requests", "INSERT INTO requests VALUES (1)", "SELECT 1; DROP TABLE requests",
-            "/* hi */ ALTER TABLE requests DELETE WHERE 1", ""],
-)
-def test_writes_and_multiple_statements_are_refused(sql: str) -> None:
-    assert check_read_only(sql) is not None
-
-
-def test_literal_list_escapes() -> None:
-    assert sql_literal_list(["a", "b'c", "d\\e"]) == "'a', 'b\\'c', 'd\\\\e'"
-
-
-def test_shipped_migrations_are_ordered_and_split(tmp_path: Path) -> None:
-    found = migrations.load()
-    assert [m.version for m in found] == sorted(m.version for m in found)
-    assert found[0].name == "requests"
-    rollup = next(m for m in found if m.name == "rollup_minute")
-    assert len(rollup.statements) == 2  # the target table and its materialized view
-    assert migrations.pending(found, {1}) == found[1:]
-    (tmp_path / "0001_a.sql").write_text("SELECT 1;")
-    (tmp_path / "1_b.sql").write_text("SELECT 2;")
-    with pytest.raises(ValueError, match="NNNN_name"):
-        migrations.load(tmp_path)
+def test_event_ids_are_escaped_in_lookups() -> None:
+    assert sql_string_list(["a", "b'c", "d\\e"]) == "'a', 'b\\'c', 'd\\\\e'"

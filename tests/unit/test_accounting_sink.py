@@ -1,0 +1,43 @@
+"""The sink's pure helpers: query values made msgpack-safe, chDB paths made absolute, passwords kept out of logs."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from decimal import Decimal
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from services.accounting.sink import normalise_dsn, plain, redact_dsn
+
+
+def test_plain_stringifies_what_msgpack_cannot_carry_as_is() -> None:
+    u = uuid.UUID(int=1)
+    value = {
+        "a": [dt.datetime(2025, 1, 2, 3, 4, 5, 6000), dt.date(2025, 1, 2)],
+        1: (Decimal("1.50"), u, b"\xffok", 2**70, -(2**70), 2**64 - 1),
+        "n": [None, True, 1.5, "s"],
+    }
+    assert plain(value) == {
+        "a": ["2025-01-02T03:04:05.006000", "2025-01-02"],
+        "1": ["1.50", str(u), "\ufffdok", str(2**70), str(-(2**70)), 2**64 - 1],
+        "n": [None, True, 1.5, "s"],
+    }
+    msgspec.msgpack.encode(plain(value))  # must not raise
+
+
+def test_relative_chdb_paths_become_absolute(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert normalise_dsn("chdb://.gatehouse/clickhouse") == f"chdb://{tmp_path / '.gatehouse' / 'clickhouse'}"
+    assert (tmp_path / ".gatehouse" / "clickhouse").is_dir()
+    assert normalise_dsn(f"chdb://{tmp_path / 'abs'}") == f"chdb://{tmp_path / 'abs'}"
+    assert normalise_dsn("http://u:p@host:8123/db") == "http://u:p@host:8123/db"
+
+
+def test_passwords_stay_out_of_logs() -> None:
+    assert redact_dsn("http://gatehouse:s3cret@clickhouse:8123/gatehouse") == (
+        "http://gatehouse:***@clickhouse:8123/gatehouse"
+    )
+    assert redact_dsn("chdb:///data/clickhouse") == "chdb:///data/clickhouse"
