@@ -1,197 +1,200 @@
-"""Accounting against a real nats-server and chDB: rows land once, SQL is read-only, and a SIGKILL
-mid-traffic loses and duplicates nothing."""
+"""Accounting as a process against a real nats-server and chDB: every event becomes one row, duplicates
+never show, rollups follow, and the SQL subject answers read-only queries only."""
 
 from __future__ import annotations
 
-import asyncio
-import os
-import signal
-import subprocess
-import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import nats
 import pytest
+from nats.js import JetStreamContext
 
 from gatehouse.natsserver import NatsServer
 from gatehouse.query import run_sql
-from shared.bus import ensure_events_stream, publish_event
-from shared.schemas.chat import Caller, GuardFinding, Usage
-from shared.schemas.events import GuardEvent, RequestEvent
-from shared.subjects import Subjects
+from shared.bus import MSG_ID, ensure_events_stream, publish_event
+from shared.errors import RateLimitError
+from shared.schemas.chat import Attempt, Caller, GuardFinding, Usage
+from shared.schemas.events import GuardEvent
+from shared.subjects import Subjects, encode
+from tests.integration.accounting_support import AccountingProcess, make_event, sql, wait_count
 
-REPO = Path(__file__).resolve().parents[2]
-
-
-def make_event(event_id: str, **kw: object) -> RequestEvent:
-    now = time.time()
-    fields: dict[str, object] = {
-        "event_id": event_id,
-        "request_id": event_id,
-        "api": "chat",
-        "caller": Caller(key_id="k1", team="t1"),
-        "requested_model": "mock-1",
-        "provider": "mock",
-        "deployment": "mock/mock-1",
-        "provider_model": "mock-1",
-        "status": 200,
-        "usage": Usage(input_tokens=5, output_tokens=7),
-        "received_at": now,
-        "finished_at": now + 0.01,
-        "latency_ms": 10.0,
-    }
-    fields.update(kw)
-    return RequestEvent(**fields)  # type: ignore[arg-type]
-
-
-class Accounting:
-    """`python -m services.accounting` as a child process, as the launcher runs it."""
-
-    def __init__(self, nats_url: str, subjects: Subjects, data: Path) -> None:
-        self.env = {
-            **os.environ,
-            "GATEHOUSE_NATS_URL": nats_url,
-            "GATEHOUSE_CONFIG": str(REPO / "deploy" / "gatehouse.yaml"),
-            "GATEHOUSE_SUBJECT_PREFIX": subjects.prefix,
-            "GATEHOUSE_ACCOUNTING_CLICKHOUSE_DSN": f"chdb://{data / 'clickhouse'}",
-            "GATEHOUSE_ACCOUNTING_ACK_WAIT_S": "2",
-        }
-        self.log = data / "accounting.log"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        with open(self.log, "ab") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "services.accounting"], env=self.env, cwd=REPO, stdout=out, stderr=out
-            )
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(10)
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+pytestmark = pytest.mark.timeout(90)
 
 
 @pytest.fixture
-def accounting(nats_server: NatsServer, subjects: Subjects, tmp_path: Path) -> Iterator[Accounting]:
-    acct = Accounting(nats_server.url, subjects, tmp_path)
-    acct.start()
-    yield acct
-    acct.stop()
-
-
-async def sql(url: str, subjects: Subjects, query: str, timeout: float = 30) -> list[list[object]]:
-    """Run a query through the accounting service, waiting until it answers (it may be starting)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            result = await run_sql(url, subjects.prefix, query, timeout=5)
-        except Exception:
-            if time.monotonic() > deadline:
-                raise
-            await asyncio.sleep(0.3)
-            continue
-        assert not result.error, result.error
-        return result.rows  # type: ignore[return-value]
-
-
-async def wait_count(url: str, subjects: Subjects, query: str, expected: int, timeout: float = 60) -> int:
-    deadline = time.monotonic() + timeout
-    while True:
-        count = int((await sql(url, subjects, query))[0][0])  # type: ignore[call-overload]
-        if count >= expected or time.monotonic() > deadline:
-            return count
-        await asyncio.sleep(0.3)
-
-
-async def test_events_become_rows_once_and_sql_is_read_only(
-    nats_server: NatsServer, subjects: Subjects, accounting: Accounting
-) -> None:
+async def js(nats_server: NatsServer, subjects: Subjects) -> AsyncIterator[JetStreamContext]:
     nc = await nats.connect(nats_server.url)
     js = nc.jetstream()
     await ensure_events_stream(js, subjects)
-    ids = [uuid.uuid4().hex for _ in range(50)]
-    rollup_query = "SELECT sum(requests), sum(output_tokens) FROM requests_per_minute"
+    yield js
+    await nc.close()
+
+
+@pytest.fixture
+def accounting(nats_server: NatsServer, subjects: Subjects, tmp_path: Path) -> AccountingProcess:
+    return AccountingProcess(nats_server.url, subjects, tmp_path)
+
+
+async def test_events_become_one_row_each_with_their_fields(
+    nats_server: NatsServer, subjects: Subjects, js: JetStreamContext, accounting: AccountingProcess
+) -> None:
+    url = nats_server.url
+    subject = subjects.events_request.name
+    ids = [f"ev-{n:03d}-{uuid.uuid4().hex[:8]}" for n in range(50)]
+    # published before accounting runs: the stream keeps them until they are stored
     for i in ids:
-        await publish_event(js, subjects.events_request.name, make_event(i), i)
-    # the same events again: JetStream drops these on Nats-Msg-Id
+        await publish_event(js, subject, make_event(i), i)
+    detailed = make_event(
+        "ev-detailed",
+        caller=Caller(key_id="k2", team="t2", project="p2", user="u2"),
+        requested_model="gpt-4o-mini",
+        provider="openai",
+        deployment="openai/gpt-4o-mini",
+        provider_model="gpt-4o-mini",
+        status=429,
+        error=RateLimitError("slow down").info(),
+        usage=Usage(input_tokens=1000, output_tokens=100, cached_tokens=0, reasoning_tokens=3),
+        attempts=[
+            Attempt(provider="openai", deployment="openai/gpt-4o-mini", status=429, latency_ms=12.5,
+                    error_code="rate_limit_exceeded"),
+            Attempt(provider="backup", deployment="backup/m", status=200, latency_ms=30.0),
+        ],
+        guard_action="redact",
+        guard_policy="default",
+        guard_findings=[GuardFinding(scanner="pii", rule="email", action="redact", start=3, end=20)],
+        stream=True,
+        ttft_ms=42.0,
+        tags={"feature": "search"},
+        received_at=1_750_000_000.25,
+        finished_at=1_750_000_001.5,
+    )  # fmt: skip
+    await publish_event(js, subject, detailed, "ev-detailed")
+    accounting.start()
+    try:
+        assert await wait_count(url, subjects, "SELECT count() FROM requests", 51) == 51
+
+        rows = await sql(url, subjects, "SELECT count(), uniqExact(event_id), sum(output_tokens) FROM requests")
+        assert rows == [[51, 51, 50 * 7 + 100]]
+        [row] = await sql(
+            url,
+            subjects,
+            "SELECT key_id, team, project, user, requested_model, provider, status, error_type, error_code, "
+            "input_tokens, reasoning_tokens, attempts.status, attempts.error_code, guard_findings.rule, stream, "
+            "ttft_ms, tags['feature'], received_at, cost_usd, price_version, settled_cost_usd, reserved_cost_usd "
+            "FROM requests WHERE event_id = 'ev-detailed'",
+        )
+        assert row[:17] == [
+            "k2", "t2", "p2", "u2", "gpt-4o-mini", "openai", 429, "rate_limit_error", "rate_limit_exceeded",
+            1000, 3, [429, 200], ["rate_limit_exceeded", ""], ["email"], True, 42.0, "search",
+        ]  # fmt: skip
+        assert str(row[17]).startswith("2025-06-15T15:06:40.250")
+        assert row[18] == pytest.approx(1000 * 0.15e-6 + 100 * 0.6e-6)  # gpt-4o-mini list price
+        assert str(row[19]).startswith("genai-prices") and row[20] == row[18] and row[21] is None
+        # the mock provider costs nothing, and says so
+        assert await sql(
+            url, subjects, f"SELECT cost_usd, price_version FROM requests WHERE event_id = '{ids[0]}'"
+        ) == [[0.0, "mock"]]
+        # rollups are materialized views: they saw every row exactly once
+        assert await sql(url, subjects, "SELECT sum(requests), sum(errors) FROM requests_per_minute") == [[51, 1]]
+        assert await sql(url, subjects, "SELECT sum(requests), sum(reasoning_tokens) FROM requests_per_hour") == [
+            [51, 3]
+        ]
+        migrations = await sql(url, subjects, "SELECT version FROM schema_migrations ORDER BY version")
+        assert migrations == [[1], [2], [3], [4]]
+    finally:
+        assert accounting.stop() == 0
+
+
+async def test_duplicates_never_show_and_migrations_run_once(
+    nats_server: NatsServer, subjects: Subjects, js: JetStreamContext, accounting: AccountingProcess
+) -> None:
+    url = nats_server.url
+    subject = subjects.events_request.name
+    accounting.start()
+    ids = [uuid.uuid4().hex for _ in range(40)]
+    for i in ids:
+        await publish_event(js, subject, make_event(i), i)
+    assert await wait_count(url, subjects, "SELECT count() FROM requests", 40) == 40
+
+    # a retried publish (same Nats-Msg-Id): JetStream itself stores it once
     for i in ids[:10]:
-        await publish_event(js, subjects.events_request.name, make_event(i), i)
-    finding = GuardFinding(scanner="secrets", rule="aws-access-key", action="block", start=4, end=24)
+        await publish_event(js, subject, make_event(i), i)
+    # a publisher that retried past the duplicate window, or an event redelivered after a crash between
+    # insert and ack: a new message with the same event_id reaches accounting, which must skip it
+    for i in ids[10:20]:
+        await js.publish(subject, encode(make_event(i)), headers={MSG_ID: uuid.uuid4().hex}, timeout=5)
+    # ... including twice inside one batch
+    for _ in range(2):
+        await js.publish(subject, encode(make_event(ids[20])), headers={MSG_ID: uuid.uuid4().hex}, timeout=5)
+    marker = uuid.uuid4().hex  # published last: once it is stored, everything before it has been handled
+    await publish_event(js, subject, make_event(marker), marker)
+    assert await wait_count(url, subjects, f"SELECT count() FROM requests WHERE event_id = '{marker}'", 1) == 1
+
+    # not merged away later by ReplacingMergeTree: never inserted, so exact without FINAL, rollups included
+    rows = await sql(url, subjects, "SELECT count(), uniqExact(event_id) FROM requests")
+    assert rows == [[41, 41]]
+    assert await sql(url, subjects, "SELECT sum(requests) FROM requests_per_minute") == [[41]]
+
+    # a restart on the same data applies no migration twice
+    assert accounting.stop() == 0
+    accounting.start()
+    assert await sql(url, subjects, "SELECT version, count() FROM schema_migrations GROUP BY version ORDER BY 1") == [
+        [1, 1], [2, 1], [3, 1], [4, 1]
+    ]  # fmt: skip
+    assert accounting.stop() == 0
+
+
+async def test_guard_verdicts_are_stored_without_the_matched_text(
+    nats_server: NatsServer, subjects: Subjects, js: JetStreamContext, accounting: AccountingProcess
+) -> None:
+    accounting.start()
+    finding = GuardFinding(scanner="secrets", rule="aws-access-key", action="block", start=4, end=24,
+                           location="messages[0].content")  # fmt: skip
     verdict = GuardEvent(
-        event_id="g1", request_id=ids[0], policy="default", action="block", findings=[finding], at=time.time()
+        event_id="g1", request_id="r1", policy="default", action="block", findings=[finding], at=time.time()
     )
     await publish_event(js, subjects.events_guard.name, verdict, "g1")
-
-    assert await wait_count(nats_server.url, subjects, "SELECT count() FROM requests", 50) == 50
-    await asyncio.sleep(1.5)  # give the redelivered copies time to (not) arrive
-    rows = await sql(nats_server.url, subjects, "SELECT count(), uniqExact(event_id), sum(output_tokens) FROM requests")
-    assert rows == [[50, 50, 350]]
-    rows = await sql(nats_server.url, subjects, "SELECT key_id, team, provider, status FROM requests LIMIT 1")
-    assert rows == [["k1", "t1", "mock", 200]]
-    assert await wait_count(nats_server.url, subjects, "SELECT count() FROM guard_verdicts", 1) == 1
-    rows = await sql(nats_server.url, subjects, "SELECT findings.rule, action FROM guard_verdicts")
-    assert rows == [[["aws-access-key"], "block"]]
-    rollup = await sql(nats_server.url, subjects, rollup_query)
-    assert rollup == [[50, 350]]
-    # a publisher that retried past JetStream's duplicate window (new msg id, same event id): the table
-    # collapses such copies on event_id (ReplacingMergeTree), so FINAL and uniqExact stay exact
-    for i in ids[10:20]:
-        await publish_event(js, subjects.events_request.name, make_event(i), uuid.uuid4().hex)
-    await wait_count(nats_server.url, subjects, "SELECT count() FROM requests", 60, timeout=10)
-    rows = await sql(nats_server.url, subjects, "SELECT count(), uniqExact(event_id) FROM requests FINAL")
-    assert rows == [[50, 50]]
-    await nc.close()
-    applied = await sql(nats_server.url, subjects, "SELECT count() FROM schema_migrations")
-    assert int(applied[0][0]) >= 3  # type: ignore[call-overload]
-
-    refused = await run_sql(nats_server.url, subjects.prefix, "DROP TABLE requests")
-    assert refused.error.startswith("query refused")
-    broken = await run_sql(nats_server.url, subjects.prefix, "SELECT nope FROM nowhere")
-    assert broken.error.startswith("query failed")
+    await publish_event(js, subjects.events_guard.name, verdict, "g1")
+    url = nats_server.url
+    assert await wait_count(url, subjects, "SELECT count() FROM guard_verdicts", 1) == 1
+    rows = await sql(url, subjects, "SELECT request_id, action, findings.rule, findings.start, findings.location "
+                                    "FROM guard_verdicts")  # fmt: skip
+    assert rows == [["r1", "block", ["aws-access-key"], [4], ["messages[0].content"]]]
+    assert accounting.stop() == 0
 
 
-async def test_sigkill_mid_traffic_loses_and_duplicates_nothing(
-    nats_server: NatsServer, subjects: Subjects, accounting: Accounting
+async def test_sql_subject_answers_reads_and_refuses_writes(
+    nats_server: NatsServer, subjects: Subjects, js: JetStreamContext, accounting: AccountingProcess
 ) -> None:
-    nc = await nats.connect(nats_server.url)
-    js = nc.jetstream()
-    await ensure_events_stream(js, subjects)
-    total = 2000
-    ids = [uuid.uuid4().hex for _ in range(total)]
-    killed = restarted = False
-    started = time.monotonic()
-    for n, event_id in enumerate(ids):
-        await publish_event(js, subjects.events_request.name, make_event(event_id), event_id)
-        if n % 50 == 0:
-            await asyncio.sleep(0.05)  # ~1000 events/s, a few seconds of traffic
-        if not killed and n == total // 3:
-            accounting.kill()
-            killed = True
-            killed_at = time.monotonic()
-        if killed and not restarted and time.monotonic() - killed_at > 1.0:
-            accounting.start()
-            restarted = True
-    if not restarted:
-        accounting.start()
-    await nc.close()
-    assert killed and time.monotonic() - started < 60
+    accounting.start()
+    url, prefix = nats_server.url, subjects.prefix
+    await publish_event(js, subjects.events_request.name, make_event("only"), "only")
+    assert await wait_count(url, subjects, "SELECT count() FROM requests", 1) == 1
 
-    count = await wait_count(nats_server.url, subjects, "SELECT count() FROM requests", total, timeout=90)
-    await asyncio.sleep(3)  # past the 2 s ack wait: any unacked batch would have been redelivered by now
-    rows = await sql(nats_server.url, subjects, "SELECT count(), uniqExact(event_id) FROM requests")
-    assert count == total
-    assert rows == [[total, total]], "every published event exactly once"
-    stored = {r[0] for r in await sql(nats_server.url, subjects, "SELECT event_id FROM requests")}
-    assert stored == set(ids)
+    ok = await run_sql(url, prefix, "SELECT event_id, received_at, toDecimal64(1.5, 2) AS d, tags FROM requests")
+    assert ok.error == "" and ok.columns == ["event_id", "received_at", "d", "tags"]
+    [[event_id, received_at, decimal, tags]] = ok.rows
+    assert event_id == "only" and isinstance(received_at, str) and decimal == "1.50" and tags == {}
+    assert (await run_sql(url, prefix, "SHOW TABLES")).error == ""
+    limited = await run_sql(url, prefix, "SELECT number FROM system.numbers")  # endless, cut by max_rows
+    assert limited.error == "" and len(limited.rows) == 10_000
+
+    for statement in ("DROP TABLE requests", "SELECT 1; DROP TABLE requests", "INSERT INTO requests (event_id) "
+                      "VALUES ('x')", "SELECT 1 INTO OUTFILE '/tmp/gatehouse-outfile.txt'"):  # fmt: skip
+        refused = await run_sql(url, prefix, statement)
+        assert refused.error.startswith("query refused"), statement
+    # what the gate lets through, ClickHouse's readonly mode stops: no local files through table functions
+    readfile = await run_sql(url, prefix, "SELECT * FROM file('/etc/hostname', 'LineAsString')")
+    assert readfile.error.startswith("query failed") and "readonly" in readfile.error.lower()
+    broken = await run_sql(url, prefix, "SELECT nope FROM nowhere")
+    assert broken.error.startswith("query failed")
+    # still serving, and nothing was dropped
+    assert await sql(url, subjects, "SELECT count() FROM requests") == [[1]]
+    assert accounting.stop() == 0
+    # FastStream logs each message at the broker's log_level (DEBUG here), so none of these queries shows
+    log = accounting.log.read_text()
+    assert "Received" not in log and "Processed" not in log
+    assert "schema up to date" in log
