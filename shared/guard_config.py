@@ -17,6 +17,7 @@ Shape (every key optional; unknown keys are rejected with file and line)::
           below_min: ignore
           max_prompt_chars: 200000     # 0: no limit beyond the server's body limit
           output_policy: pii-redact    # scan responses with this policy ("": responses are not scanned)
+          restore_response: true       # put this request's redacted values back into the response
           secrets:
             action: block              # block | redact | flag
             rules: {generic-secret-assignment: flag, stripe-test-key: off}
@@ -105,6 +106,9 @@ class InjectionConfig(ScannerConfig):
     threshold: float | None = Field(
         default=None, ge=0.0, le=1.0, description="classifier probability that flags; unset: the model's own"
     )
+    # classifier findings at or above this probability are high severity (and so blocked where high blocks);
+    # above 1.0 the classifier only ever reports medium findings
+    strong_threshold: float = Field(default=0.95, ge=0.0, le=1.01)
 
 
 class KeywordListConfig(_Strict):
@@ -193,6 +197,9 @@ class PolicyConfig(_Strict):
     min_severity: Severity = "low"
     below_min: Literal["ignore", "flag"] = "ignore"
     output_policy: str = Field(default="", description="policy for responses; empty: responses are not scanned")
+    restore_response: bool = Field(
+        default=False, description="put redacted values back into the response (the provider never saw them)"
+    )
     secrets: SecretsConfig | None = None
     pii: PiiConfig | None = None
     injection: InjectionConfig | None = None
@@ -214,7 +221,9 @@ def shipped_default_policy() -> PolicyConfig:
     return PolicyConfig(
         description="Blocks secrets and obvious prompt injection.",
         secrets=SecretsConfig(action="block"),
-        injection=InjectionConfig(action="block", min_severity="high"),
+        # rule hits (high severity) block; the classifier only flags, since it misfires on some benign
+        # prose (about 1% of README paragraphs even at 0.95, bench/injection_eval.py)
+        injection=InjectionConfig(action="block", min_severity="high", strong_threshold=1.01),
         below_min="flag",
     )
 

@@ -38,6 +38,8 @@ BACKENDS: dict[str, tuple[str, object, str, str]] = {
     "azure": ("azure", azure_emu, "gpt-4o", ""),
 }
 LIMITED_KEY = "sk-e2e-limited"
+PII_KEY = "sk-e2e-pii-redact"  # policy: redact PII, restore it in the response
+LEAKY_KEY = "sk-e2e-leaky"  # policy: secrets only flagged going in, blocked coming out
 
 
 @dataclass
@@ -91,6 +93,25 @@ keys:
   - id: limited
     sha256: {hash_key(LIMITED_KEY)}
     models: [mock-1]
+  - id: pii
+    sha256: {hash_key(PII_KEY)}
+    policy: pii-redact
+  - id: leaky
+    sha256: {hash_key(LEAKY_KEY)}
+    policy: secrets-out
+guardrails:
+  policies:
+    pii-redact:
+      restore_response: true
+      output_policy: none-out
+      secrets: {{action: block}}
+      pii: {{action: redact, entities: [email, credit_card]}}
+    none-out: {{}}
+    secrets-out:
+      secrets: {{action: flag}}
+      output_policy: block-secrets
+    block-secrets:
+      secrets: {{action: block}}
 providers:
   mock:
     kind: mock

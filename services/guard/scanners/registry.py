@@ -76,6 +76,8 @@ def _injection(cfg: PolicyConfig) -> Scanner:
     options: dict[str, float] = {}
     if cfg.injection is not None and cfg.injection.threshold is not None:
         options["threshold"] = cfg.injection.threshold
+    if cfg.injection is not None:
+        options["strong_threshold"] = cfg.injection.strong_threshold
     scanner: Scanner = cls(**options)
     return scanner
 
@@ -100,7 +102,7 @@ def _language_key(cfg: PolicyConfig) -> str:
 
 
 def _injection_key(cfg: PolicyConfig) -> str:
-    return str(cfg.injection.threshold) if cfg.injection is not None else ""
+    return f"{cfg.injection.threshold}|{cfg.injection.strong_threshold}" if cfg.injection is not None else ""
 
 
 def _custom_key(cfg: PolicyConfig) -> str:
