@@ -94,7 +94,8 @@ def up(
             '-d \'{"model":"mock-1","messages":[{"role":"user","content":"hi"}]}\''
         )
         console.print(
-            '  analytics: gatehouse sql "SELECT model, count() FROM requests GROUP BY model"   (Ctrl-C stops)'
+            '  analytics: gatehouse sql "SELECT requested_model, count() FROM requests GROUP BY requested_model"'
+            "   (Ctrl-C stops)"
         )
         while not stopping:
             for note in stack.supervise_once():

@@ -102,3 +102,13 @@ class QueueWorker:
             self._sub = None
         if self._tasks:
             await asyncio.wait(set(self._tasks), timeout=timeout)
+
+
+async def answer_pings(nc: Client, subject: str, queue: str) -> Subscription:
+    """Reply to readiness probes on `subject` (see Subjects.ping)."""
+
+    async def pong(msg: Msg) -> None:
+        if msg.reply:
+            await nc.publish(msg.reply, b"ok")
+
+    return await nc.subscribe(subject, queue=queue, cb=pong)

@@ -100,6 +100,10 @@ class Subjects:
         """The reply schema of `guard_scan`."""
         return Subject(f"{self.prefix}.guard.scan.result", ScanResult)
 
+    def ping(self, service: str) -> str:
+        """`<p>.<service>.ping` (request/reply, empty body): answered by any replica that is serving."""
+        return f"{self.prefix}.{service}.ping"
+
     def guard_output(self, instance: str) -> str:
         """Wildcard reply subject of one guard process that scans responses on their way back."""
         return f"{self.prefix}.guardout.{instance}"

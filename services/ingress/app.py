@@ -82,6 +82,8 @@ class Gateway:
         self.limit = config.server.max_body_bytes
         self.timeout = config.server.request_timeout_s
         self.first_timeout = min(config.server.first_reply_timeout_s, self.timeout)
+        self._ready_at = -10.0
+        self._ready_reason = "starting"
 
     # ---- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
@@ -96,9 +98,23 @@ class Gateway:
         await self.records.drain()
         await self.broker.stop()
 
-    def ready(self) -> bool:
-        conn = self.broker.config.connection_state
-        return bool(conn) and self.broker.connection.is_connected
+    async def ready(self) -> str:
+        """'' when requests can be served end to end, else what is missing (cached for a second)."""
+        now = time.monotonic()
+        if now - self._ready_at < 1.0:
+            return self._ready_reason
+        reason = ""
+        if not self.broker.connection.is_connected:
+            reason = "not connected to NATS"
+        else:
+            for stage in ("guard", "router"):
+                try:
+                    await self.broker.connection.request(self.subjects.ping(stage), b"", timeout=0.5)
+                except Exception:
+                    reason = f"no {stage} replica answers"
+                    break
+        self._ready_at, self._ready_reason = now, reason
+        return reason
 
     # ---- endpoints -------------------------------------------------------------------------
     async def chat_completions(self, request: Request) -> Response:
@@ -302,9 +318,10 @@ def create_app(config: GatehouseConfig, nats_servers: str | list[str], subjects:
         return JSONResponse({"status": "ok"})
 
     async def readyz(_: Request) -> Response:
-        if gw.ready():
+        reason = await gw.ready()
+        if not reason:
             return JSONResponse({"status": "ready"})
-        return JSONResponse({"status": "not ready"}, status_code=503)
+        return JSONResponse({"status": "not ready", "reason": reason}, status_code=503)
 
     def guarded(handler: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
         async def wrapper(request: Request) -> Response:

@@ -59,5 +59,7 @@ async def next_reply(queue: asyncio.Queue[Reply | NoResponders], timeout: float,
     async with asyncio.timeout(timeout):  # no extra task per wait, unlike wait_for
         item = await queue.get()
     if isinstance(item, NoResponders):
-        raise ServiceUnavailableError(f"The {stage} stage has no running replica; try again shortly.")
+        raise ServiceUnavailableError(
+            f"No replica of the {stage} stage (or a stage behind it) is running; try again shortly."
+        )
     return item

@@ -18,7 +18,7 @@ from services.router.dispatch import Dispatcher
 from services.router.providers.registry import translators
 from services.router.settings import RouterSettings
 from services.router.upstream import Upstream
-from shared.bus import QueueWorker
+from shared.bus import QueueWorker, answer_pings
 from shared.config import load_config
 from shared.schemas.chat import Reply
 from shared.subjects import Subjects, encode
@@ -53,6 +53,8 @@ def create_app(settings: RouterSettings) -> FastStream:
     @app.after_startup
     async def _subscribe() -> None:
         await worker.start(broker.connection)
+        # answered only once the worker listens, so ingress readiness means requests can be served
+        await answer_pings(broker.connection, subjects.ping("router"), chat.queue)
 
     @app.on_shutdown
     async def _drain() -> None:
