@@ -106,6 +106,8 @@ class InjectionConfig(ScannerConfig):
     threshold: float | None = Field(
         default=None, ge=0.0, le=1.0, description="classifier probability that flags; unset: the model's own"
     )
+    # the linear classifier: recall ~0.9 on held-out attacks (rules alone ~0.13) for ~300 µs per 2 KB
+    classifier: bool = True
     # classifier findings at or above this probability are high severity (and so blocked where high blocks);
     # above 1.0 the classifier only ever reports medium findings
     strong_threshold: float = Field(default=0.95, ge=0.0, le=1.01)
@@ -221,9 +223,10 @@ def shipped_default_policy() -> PolicyConfig:
     return PolicyConfig(
         description="Blocks secrets and obvious prompt injection.",
         secrets=SecretsConfig(action="block"),
-        # rule hits (high severity) block; the classifier only flags, since it misfires on some benign
-        # prose (about 1% of README paragraphs even at 0.95, bench/injection_eval.py)
-        injection=InjectionConfig(action="block", min_severity="high", strong_threshold=1.01),
+        # phrase-rule hits (high severity) block. The classifier is left to policies that opt in: it costs
+        # ~300 µs per 2 KB and misfires on some benign prose (bench/injection_eval.py), so by default it
+        # would only ever flag.
+        injection=InjectionConfig(action="block", min_severity="high", classifier=False),
         below_min="flag",
     )
 

@@ -73,11 +73,12 @@ def _injection(cfg: PolicyConfig) -> Scanner:
     cls = getattr(module, "InjectionScanner", None)
     if cls is None:
         raise ScannerUnavailable(f"{INJECTION_MODULE} has no InjectionScanner")
-    options: dict[str, float] = {}
+    options: dict[str, float | bool] = {}
     if cfg.injection is not None and cfg.injection.threshold is not None:
         options["threshold"] = cfg.injection.threshold
     if cfg.injection is not None:
         options["strong_threshold"] = cfg.injection.strong_threshold
+        options["classifier"] = cfg.injection.classifier
     scanner: Scanner = cls(**options)
     return scanner
 
@@ -102,7 +103,9 @@ def _language_key(cfg: PolicyConfig) -> str:
 
 
 def _injection_key(cfg: PolicyConfig) -> str:
-    return f"{cfg.injection.threshold}|{cfg.injection.strong_threshold}" if cfg.injection is not None else ""
+    if cfg.injection is None:
+        return ""
+    return f"{cfg.injection.threshold}|{cfg.injection.strong_threshold}|{cfg.injection.classifier}"
 
 
 def _custom_key(cfg: PolicyConfig) -> str:
