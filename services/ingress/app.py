@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -44,11 +45,16 @@ log = logging.getLogger("gatehouse.ingress")
 _SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 
 
-def error_response(info: ErrorInfo, request_id: str = "") -> JSONResponse:
+def error_headers(info: ErrorInfo, request_id: str = "") -> dict[str, str]:
+    """x-request-id, and Retry-After (whole seconds, rounded up) when the error carries one."""
     headers = {"x-request-id": request_id} if request_id else {}
     if info.retry_after is not None:
-        headers["retry-after"] = str(max(int(info.retry_after + 0.999), 0))
-    return JSONResponse(error_body(info), status_code=info.status, headers=headers)
+        headers["retry-after"] = str(max(math.ceil(info.retry_after), 0))
+    return headers
+
+
+def error_response(info: ErrorInfo, request_id: str = "") -> JSONResponse:
+    return JSONResponse(error_body(info), status_code=info.status, headers=error_headers(info, request_id))
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -200,10 +206,7 @@ class Gateway:
     def _fail(self, api: apis.Api, record: RequestRecord, info: ErrorInfo) -> Response:
         record.fail(info)
         self.records.submit(record)
-        headers = {"x-request-id": record.request_id}
-        if info.retry_after is not None:
-            headers["retry-after"] = str(max(int(info.retry_after + 0.999), 0))
-        return api.error(info, headers)
+        return api.error(info, error_headers(info, record.request_id))
 
     async def _dispatch(self, req: ChatRequest, record: RequestRecord, api: apis.Api, parsed: apis.Parsed) -> Response:
         inbox, queue = self.inbox.open(req.request_id)
