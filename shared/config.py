@@ -26,6 +26,9 @@ class ServerConfig(_Strict):
     request_timeout_s: float = Field(default=600.0, gt=0)
     # how long ingress waits for the first reply from the pipeline before answering 504
     first_reply_timeout_s: float = Field(default=120.0, gt=0)
+    # the router sends a heartbeat every few seconds while it serves a request; silence this long means
+    # the request was lost (e.g. its router replica died) and the client gets a 502 instead of waiting
+    heartbeat_timeout_s: float = Field(default=15.0, gt=0)
 
 
 class ProviderConfig(_Strict):

@@ -11,7 +11,7 @@ import msgspec
 
 from services.guard.output import OutputFilter
 from services.guard.policy import Guardrails
-from shared.schemas.chat import Chunk, ChunkBatch, GuardFinding, GuardSummary, Outcome, Reply, Result
+from shared.schemas.chat import Chunk, ChunkBatch, GuardFinding, GuardSummary, Heartbeat, Outcome, Reply, Result
 from shared.subjects import decode_reply, encode
 
 Publish = Callable[[str, bytes], Awaitable[None]]
@@ -61,6 +61,9 @@ class ResponseRelay:
             return
         out = state.filter
         reply: Reply = decode_reply(data)
+        if isinstance(reply, Heartbeat):
+            await self._publish(state.reply_to, data)
+            return
         if isinstance(reply, Chunk | ChunkBatch):
             items = [reply.data] if isinstance(reply, Chunk) else reply.items
             sends = [c for c in (out.chunk(item) for item in items) if c is not None]

@@ -88,6 +88,7 @@ class Gateway:
         self.limit = config.server.max_body_bytes
         self.timeout = config.server.request_timeout_s
         self.first_timeout = min(config.server.first_reply_timeout_s, self.timeout)
+        self.silence = config.server.heartbeat_timeout_s
         self._ready_at = -10.0
         self._ready_reason = "starting"
 
@@ -219,7 +220,7 @@ class Gateway:
                 self.subjects.guard_chat.name, encode(req), reply=inbox, headers=headers
             )
             try:
-                first = await next_reply(queue, self.first_timeout, "guard")
+                first = await next_reply(queue, self.first_timeout, "guard", self.silence)
             except TimeoutError:
                 raise GatewayTimeoutError(
                     f"No answer from the gateway pipeline within {self.first_timeout:g}s."
@@ -255,7 +256,7 @@ class Gateway:
         record.first_byte_ms = (time.monotonic() - record.started) * 1000
         sent = 0
         try:
-            item: Reply = first
+            item: Chunk | ChunkBatch | Result = first
             while True:
                 if isinstance(item, Chunk):
                     out = writer.feed(item.data)
@@ -276,7 +277,7 @@ class Gateway:
                     sent += len(out)
                     yield out
                 try:
-                    item = await next_reply(queue, self.timeout, "router")
+                    item = await next_reply(queue, self.timeout, "router", self.silence)
                 except (TimeoutError, GatewayError) as exc:
                     info = (
                         exc.info()

@@ -13,8 +13,8 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from shared.errors import ServiceUnavailableError
-from shared.schemas.chat import Reply
+from shared.errors import ServiceUnavailableError, UpstreamError
+from shared.schemas.chat import Chunk, ChunkBatch, Heartbeat, Reply, Result
 from shared.subjects import Subjects, decode_reply
 
 
@@ -54,12 +54,29 @@ class Inbox:
         self._queues.pop(request_id, None)
 
 
-async def next_reply(queue: asyncio.Queue[Reply | NoResponders], timeout: float, stage: str) -> Reply:
-    """The next reply, or ServiceUnavailable if no stage replica is up, or TimeoutError."""
-    async with asyncio.timeout(timeout):  # no extra task per wait, unlike wait_for
-        item = await queue.get()
-    if isinstance(item, NoResponders):
-        raise ServiceUnavailableError(
-            f"No replica of the {stage} stage (or a stage behind it) is running; try again shortly."
-        )
-    return item
+async def next_reply(
+    queue: asyncio.Queue[Reply | NoResponders], timeout: float, stage: str, silence: float
+) -> Chunk | ChunkBatch | Result:
+    """The next reply, skipping heartbeats. ServiceUnavailable if no stage replica is up, UpstreamError
+    if the pipeline went silent for `silence` seconds (not even a heartbeat), TimeoutError after `timeout`."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        remaining = deadline - loop.time()
+        if remaining <= 0:
+            raise TimeoutError
+        try:
+            async with asyncio.timeout(min(remaining, silence)):  # no extra task per wait, unlike wait_for
+                item = await queue.get()
+        except TimeoutError:
+            if loop.time() >= deadline:
+                raise
+            raise UpstreamError(
+                f"The gateway lost this request: the {stage} stage sent nothing for {silence:g}s."
+            ) from None
+        if isinstance(item, NoResponders):
+            raise ServiceUnavailableError(
+                f"No replica of the {stage} stage (or a stage behind it) is running; try again shortly."
+            )
+        if not isinstance(item, Heartbeat):
+            return item

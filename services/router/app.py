@@ -6,6 +6,7 @@ streams translated chunks straight to the ingress inbox that the request carried
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 
@@ -20,10 +21,11 @@ from services.router.settings import RouterSettings
 from services.router.upstream import Upstream
 from shared.bus import QueueWorker, answer_pings
 from shared.config import load_config
-from shared.schemas.chat import Reply
+from shared.schemas.chat import Heartbeat, Reply
 from shared.subjects import Subjects, encode
 
 log = logging.getLogger("gatehouse.router")
+_HEARTBEAT = encode(Heartbeat())
 
 
 def create_app(settings: RouterSettings) -> FastStream:
@@ -45,7 +47,16 @@ def create_app(settings: RouterSettings) -> FastStream:
         async def send(reply: Reply) -> None:
             await publish(reply_to, encode(reply))
 
-        await dispatcher.serve(chat.decode(msg.data), send)
+        async def beat() -> None:
+            while True:
+                await asyncio.sleep(settings.router_heartbeat_s)
+                await publish(reply_to, _HEARTBEAT)
+
+        heartbeat = asyncio.create_task(beat())
+        try:
+            await dispatcher.serve(chat.decode(msg.data), send)
+        finally:
+            heartbeat.cancel()
 
     worker = QueueWorker(chat.name, chat.queue, on_request, settings.router_max_concurrency)
     app = FastStream(broker, logger=log)

@@ -8,3 +8,5 @@ from shared.settings import ServiceSettings
 class RouterSettings(ServiceSettings):
     router_max_concurrency: int = 1024
     router_max_connections: int = 512
+    # while serving a request, tell ingress every this many seconds that it is still in hand
+    router_heartbeat_s: float = 5.0

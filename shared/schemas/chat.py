@@ -114,4 +114,9 @@ class Result(msgspec.Struct, frozen=True, kw_only=True, tag="r"):
     guard: GuardSummary | None = None
 
 
-Reply = Chunk | ChunkBatch | Result
+class Heartbeat(msgspec.Struct, frozen=True, tag="h"):
+    """Sent by the router every few seconds while it works on a request, so ingress can tell a slow
+    provider from a router that died."""
+
+
+Reply = Chunk | ChunkBatch | Result | Heartbeat
