@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import msgspec
 
 from services.guard import texts
-from services.guard.policy import Guardrails, Policy, PolicyResult, guard_findings
+from services.guard.policy import Decision, Guardrails, Policy, guard_findings
 from shared.config import GatehouseConfig
 from shared.errors import ContentPolicyViolation, ErrorInfo, InvalidRequestError, PayloadTooLargeError
 from shared.schemas.chat import ChatRequest, GuardSummary
@@ -24,16 +25,18 @@ class Verdict:
     error: ErrorInfo | None = None
 
 
-def block_error(result: PolicyResult, policy: str) -> ErrorInfo:
+def block_error(decisions: Sequence[Decision], policy: str, *, response: bool = False) -> ErrorInfo:
     """The client-facing error for a block: it names the rules, never the text that matched."""
-    blocking = [d for d in result.decisions if d.action == "block"]
-    if any(d.finding.scanner == "size" for d in blocking):
+    blocking = [d for d in decisions if d.action == "block"]
+    if not response and any(d.finding.scanner == "size" for d in blocking):
         return PayloadTooLargeError(
             f"The prompt exceeds the size allowed by guardrail policy '{policy}'.", param="messages"
         ).info()
     rules = sorted({f"{d.finding.scanner}.{d.finding.rule}" for d in blocking})
+    what = "response" if response else "request"
     return ContentPolicyViolation(
-        f"The request was blocked by guardrail policy '{policy}' (rules: {', '.join(rules)}).", param="messages"
+        f"The {what} was blocked by guardrail policy '{policy}' (rules: {', '.join(rules)}).",
+        param=None if response else "messages",
     ).info()
 
 
@@ -67,7 +70,7 @@ class Guard:
             output_policy=output.name if output else "",
         )
         if result.action == "block":
-            return Verdict(summary, req, block_error(result, policy.name))
+            return Verdict(summary, req, block_error(result.decisions, policy.name))
         forward = req
         if result.action == "redact":
             texts.write(slots, result.texts)

@@ -3,12 +3,15 @@ with a bounded hold-back window) and with this request's redacted values restore
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import msgspec
 
-from services.guard.policy import Decision, Guardrails, Policy, build_policy
+from services.guard.core import block_error
+from services.guard.policy import Decision, Guardrails, Policy, build_policy, decision_findings
 from services.guard.redaction import Vault
 from services.guard.stream import StreamScanner
-from shared.errors import ContentPolicyViolation, ErrorInfo
+from shared.errors import ErrorInfo
 from shared.guard_config import PolicyConfig
 from shared.schemas.chat import GuardFinding, GuardSummary
 
@@ -21,28 +24,12 @@ def needs_output_pass(summary: GuardSummary | None) -> bool:
     return bool(summary and (summary.output_policy or summary.restore))
 
 
-def _findings(decisions: tuple[Decision, ...] | list[Decision]) -> list[GuardFinding]:
-    return [
-        GuardFinding(
-            scanner=d.finding.scanner,
-            rule=d.finding.rule,
-            action=d.action,
-            severity=d.finding.severity,
-            start=d.finding.start,
-            end=d.finding.end,
-            direction="output",
-            location="choices[0].message.content",
-        )
-        for d in decisions
-    ]
+def _findings(decisions: Sequence[Decision]) -> list[GuardFinding]:
+    return decision_findings(decisions, direction="output", location="choices[0].message.content")
 
 
-def _blocked(policy: str, decisions: list[Decision]) -> ErrorInfo:
-    rules = sorted({f"{d.finding.scanner}.{d.finding.rule}" for d in decisions if d.action == "block"})
-    return ContentPolicyViolation(
-        f"The response was blocked by guardrail policy '{policy}' (rules: {', '.join(rules)}).",
-        code="content_policy_violation",
-    ).info()
+def _blocked(policy: str, decisions: Sequence[Decision]) -> ErrorInfo:
+    return block_error(decisions, policy, response=True)
 
 
 class OutputFilter:

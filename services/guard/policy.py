@@ -291,6 +291,13 @@ def guard_findings(
     result: PolicyResult, *, direction: str = "input", locations: Sequence[str] = ()
 ) -> list[GuardFinding]:
     """The bus form of a result's findings (never the matched values); `locations[part]` names each text."""
+    return decision_findings(result.decisions, direction=direction, locations=locations)
+
+
+def decision_findings(
+    decisions: Sequence[Decision], *, direction: str = "input", locations: Sequence[str] = (), location: str = ""
+) -> list[GuardFinding]:
+    """Decisions in bus form; a decision's text is named by `locations[part]`, else by `location`."""
     return [
         GuardFinding(
             scanner=d.finding.scanner,
@@ -300,7 +307,7 @@ def guard_findings(
             start=d.finding.start,
             end=d.finding.end,
             direction=direction,
-            location=locations[d.part] if d.part < len(locations) else "",
+            location=locations[d.part] if d.part < len(locations) else location,
         )
-        for d in result.decisions
+        for d in decisions
     ]
