@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 from nats.js import JetStreamContext
 
-from shared.bus import publish_event
+from shared.bus import publish_event_retrying
 from shared.schemas.chat import GuardFinding, GuardSummary
 from shared.schemas.events import GuardEvent
 
@@ -45,15 +45,9 @@ class VerdictLog:
         task.add_done_callback(self._tasks.discard)
 
     async def _store(self, event: GuardEvent) -> None:
-        last: Exception | None = None
-        for delay in self.RETRY_DELAYS:
-            await asyncio.sleep(delay)
-            try:
-                await publish_event(self._js(), self._subject, event, event.event_id)
-                return
-            except Exception as exc:  # JetStream briefly unavailable: retry, then give up loudly
-                last = exc
-        log.error("guard event %s for request %s not stored: %r", event.event_id, event.request_id, last)
+        error = await publish_event_retrying(self._js, self._subject, event, event.event_id, self.RETRY_DELAYS)
+        if error is not None:
+            log.error("guard event %s for request %s not stored: %r", event.event_id, event.request_id, error)
 
     async def drain(self, timeout: float = 5.0) -> None:
         if self._tasks:

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 from nats.js import JetStreamContext
 
-from shared.bus import publish_event
+from shared.bus import publish_event_retrying
 from shared.errors import ErrorInfo
 from shared.schemas.chat import Caller, GuardSummary, Outcome
 from shared.schemas.events import RequestEvent
@@ -97,19 +97,10 @@ class RecordPublisher:
         task.add_done_callback(self._pending.discard)
 
     async def _publish(self, event: RequestEvent) -> None:
-        last: Exception | None = None
-        for delay in self.RETRY_DELAYS:
-            if delay:
-                await asyncio.sleep(delay)
-            if self._js is None:
-                continue
-            try:
-                # the request id is the event id, so a retried publish is deduplicated by JetStream
-                await publish_event(self._js, self._subject, event, event.event_id)
-                return
-            except Exception as exc:
-                last = exc
-        log.error("request event %s could not be stored: %r", event.event_id, last)
+        # the request id is the event id, so a retried publish is deduplicated by JetStream
+        error = await publish_event_retrying(lambda: self._js, self._subject, event, event.event_id, self.RETRY_DELAYS)
+        if error is not None:
+            log.error("request event %s could not be stored: %r", event.event_id, error)
 
     async def drain(self, timeout: float = 10.0) -> None:
         if self._pending:
