@@ -9,7 +9,7 @@ import msgspec
 from starlette.responses import JSONResponse, Response
 
 from services.ingress.surfaces import anthropic_messages, openai_responses
-from services.ingress.validate import chat_fields, embeddings_model
+from services.ingress.validate import chat_fields, embeddings_model, invalid_body
 from shared.errors import ErrorInfo, InvalidRequestError, error_body
 
 _JSON = msgspec.json.Encoder()
@@ -73,9 +73,7 @@ def _object(raw: bytes) -> dict[str, object]:
     try:
         obj = msgspec.json.decode(raw)
     except msgspec.DecodeError as exc:
-        raise InvalidRequestError(
-            "We could not parse the JSON body of your request. The body must be valid JSON."
-        ) from exc
+        raise invalid_body(exc) from exc
     if not isinstance(obj, dict):
         raise InvalidRequestError("The request body must be a JSON object.")
     return obj

@@ -44,7 +44,8 @@ _CHAT = msgspec.json.Decoder(_ChatBody)
 _EMBED = msgspec.json.Decoder(_EmbeddingsBody)
 
 
-def _invalid(exc: msgspec.MsgspecError) -> InvalidRequestError:
+def invalid_body(exc: msgspec.MsgspecError) -> InvalidRequestError:
+    """The 400 for a body msgspec refused: unparsable JSON, or the field that is missing or wrong."""
     text = str(exc)
     if isinstance(exc, msgspec.DecodeError) and not isinstance(exc, msgspec.ValidationError):
         return InvalidRequestError(
@@ -67,7 +68,7 @@ def chat_fields(body: bytes) -> ChatFields:
     try:
         parsed = _CHAT.decode(body)
     except msgspec.MsgspecError as exc:
-        raise _invalid(exc) from exc
+        raise invalid_body(exc) from exc
     if not parsed.model:
         raise InvalidRequestError("Missing required parameter: 'model'.", param="model")
     if not parsed.messages:
@@ -92,7 +93,7 @@ def embeddings_model(body: bytes) -> str:
     try:
         parsed = _EMBED.decode(body)
     except msgspec.MsgspecError as exc:
-        raise _invalid(exc) from exc
+        raise invalid_body(exc) from exc
     if not parsed.model:
         raise InvalidRequestError("Missing required parameter: 'model'.", param="model")
     if (isinstance(parsed.input, list) and not parsed.input) or parsed.input == "":
