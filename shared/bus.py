@@ -6,6 +6,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 
+import msgspec
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
@@ -13,6 +14,7 @@ from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
 from nats.js.errors import BadRequestError
 
+from shared.schemas.chat import BodyPart, Reply, Result
 from shared.subjects import Subjects, encode
 
 log = logging.getLogger(__name__)
@@ -24,6 +26,19 @@ MSG_ID = "Nats-Msg-Id"
 
 # JetStream publish: how long to wait for the server's ack before retrying
 PUBLISH_TIMEOUT_S = 5.0
+# a response body larger than this crosses the bus in BodyPart pieces (well under any max_payload)
+PART_BYTES = 512 * 1024
+
+
+def split_result(result: Result, part_bytes: int = PART_BYTES) -> list[Reply]:
+    """A Result whose body is too large for one message → BodyParts then the Result with the last piece."""
+    body = result.body
+    if len(body) <= part_bytes:
+        return [result]
+    cut = len(body) - (len(body) % part_bytes or part_bytes)
+    parts: list[Reply] = [BodyPart(body[i : i + part_bytes]) for i in range(0, cut, part_bytes)]
+    parts.append(msgspec.structs.replace(result, body=body[cut:]))
+    return parts
 
 
 def events_stream_config(subjects: Subjects, *, max_age_s: float = 7 * 24 * 3600) -> StreamConfig:

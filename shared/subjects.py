@@ -12,14 +12,17 @@ from typing import Generic, TypeVar
 import msgspec
 
 from shared.schemas.admin import ScanRequest, ScanResult, SqlQuery, SqlResult
-from shared.schemas.chat import ChatRequest, Reply
+from shared.schemas.chat import Cancel, ChatRequest, Reply
 from shared.schemas.events import GuardEvent, RequestEvent
 
 T = TypeVar("T")
+R = TypeVar("R")
+
+_ENCODER = msgspec.msgpack.Encoder()
 
 
 class Subject(Generic[T]):
-    """A subject name with the schema of what travels on it (msgpack-encoded)."""
+    """A subject name bound to the schema of what travels on it (msgpack), both ways typed."""
 
     __slots__ = ("_decoder", "name", "queue", "schema")
 
@@ -29,29 +32,36 @@ class Subject(Generic[T]):
         self.queue = queue
         self._decoder: msgspec.msgpack.Decoder[T] = msgspec.msgpack.Decoder(schema)
 
+    def encode(self, msg: T) -> bytes:
+        return _ENCODER.encode(msg)
+
     def decode(self, data: bytes) -> T:
         return self._decoder.decode(data)
 
-    @staticmethod
-    def encode(msg: object) -> bytes:
+    def __repr__(self) -> str:
+        return f"Subject({self.name!r}, {getattr(self.schema, '__name__', self.schema)})"
+
+
+class Service(Subject[T], Generic[T, R]):
+    """A request/reply subject: requests of schema T, each answered (to its reply inbox) with an R."""
+
+    __slots__ = ("_reply_decoder", "reply_schema")
+
+    def __init__(self, name: str, schema: type[T], reply: type[R], queue: str = "") -> None:
+        super().__init__(name, schema, queue)
+        self.reply_schema = reply
+        self._reply_decoder: msgspec.msgpack.Decoder[R] = msgspec.msgpack.Decoder(reply)
+
+    def encode_reply(self, msg: R) -> bytes:
         return _ENCODER.encode(msg)
 
-    def __repr__(self) -> str:
-        return f"Subject({self.name!r}, {self.schema.__name__})"
-
-
-_ENCODER = msgspec.msgpack.Encoder()
-_REPLY_DECODER: msgspec.msgpack.Decoder[Reply] = msgspec.msgpack.Decoder(Reply)
+    def decode_reply(self, data: bytes) -> R:
+        return self._reply_decoder.decode(data)
 
 
 def encode(msg: object) -> bytes:
-    """msgpack encoding shared by every subject."""
+    """msgpack encoding shared by every subject (for tests and tools that build raw messages)."""
     return _ENCODER.encode(msg)
-
-
-def decode_reply(data: bytes) -> Reply:
-    """Decode a router reply (a stream chunk or the final result) arriving on an ingress inbox."""
-    return _REPLY_DECODER.decode(data)
 
 
 @dataclass(frozen=True)
@@ -71,6 +81,17 @@ class Subjects:
         return Subject(f"{self.prefix}.router.chat", ChatRequest, queue="router")
 
     @cached_property
+    def router_cancel(self) -> Subject[Cancel]:
+        """ingress → every router replica (no queue group): the client went away, stop the request."""
+        return Subject(f"{self.prefix}.router.cancel", Cancel)
+
+    @cached_property
+    def replies(self) -> Subject[Reply]:
+        """router/guard → an ingress inbox (`inbox(...)`) or a guard's output relay (`guard_output(...)`):
+        stream chunks, body parts, heartbeats, the guard's verdict, and the final Result."""
+        return Subject(f"{self.prefix}.inbox.>", Reply)  # type: ignore[arg-type]  # a union, not a class
+
+    @cached_property
     def events_request(self) -> Subject[RequestEvent]:
         """ingress → JetStream: the complete record of one request."""
         return Subject(f"{self.prefix}.events.request", RequestEvent)
@@ -81,24 +102,14 @@ class Subjects:
         return Subject(f"{self.prefix}.events.guard", GuardEvent)
 
     @cached_property
-    def accounting_sql(self) -> Subject[SqlQuery]:
-        """anyone → accounting (request/reply, answered with SqlResult): an analytics query."""
-        return Subject(f"{self.prefix}.accounting.sql", SqlQuery, queue="accounting")
+    def accounting_sql(self) -> Service[SqlQuery, SqlResult]:
+        """admin → accounting (request/reply): an analytics query, answered with SqlResult."""
+        return Service(f"{self.prefix}.accounting.sql", SqlQuery, SqlResult, queue="accounting")
 
     @cached_property
-    def sql_result(self) -> Subject[SqlResult]:
-        """The reply schema of `accounting_sql`."""
-        return Subject(f"{self.prefix}.accounting.sql.result", SqlResult)
-
-    @cached_property
-    def guard_scan(self) -> Subject[ScanRequest]:
-        """anyone → guard (request/reply, answered with ScanResult): scan one text with a policy."""
-        return Subject(f"{self.prefix}.guard.scan", ScanRequest, queue="guard")
-
-    @cached_property
-    def scan_result(self) -> Subject[ScanResult]:
-        """The reply schema of `guard_scan`."""
-        return Subject(f"{self.prefix}.guard.scan.result", ScanResult)
+    def guard_scan(self) -> Service[ScanRequest, ScanResult]:
+        """admin → guard (request/reply): scan one text with a policy, answered with ScanResult."""
+        return Service(f"{self.prefix}.guard.scan", ScanRequest, ScanResult, queue="guard")
 
     def ping(self, service: str) -> str:
         """`<p>.<service>.ping` (request/reply, empty body): answered by any replica that is serving."""

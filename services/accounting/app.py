@@ -22,7 +22,7 @@ from services.accounting.sink import ClickHouseSink, redact_dsn
 from shared.bus import ensure_events_stream
 from shared.config import load_config
 from shared.schemas.admin import SqlQuery, SqlResult
-from shared.subjects import Subject, Subjects, encode
+from shared.subjects import Service, Subjects, encode
 
 log = logging.getLogger("gatehouse.accounting")
 
@@ -44,7 +44,7 @@ def create_app(settings: AccountingSettings) -> FastStream:
 
     @broker.subscriber(sql.name, queue=sql.queue)
     async def on_sql(body: bytes) -> bytes:
-        return encode(await answer(sink, sql, body))
+        return sql.encode_reply(await answer(sink, sql, body))
 
     app = FastStream(broker, logger=log)
 
@@ -86,7 +86,7 @@ def create_app(settings: AccountingSettings) -> FastStream:
     return app
 
 
-async def answer(sink: ClickHouseSink, subject: Subject[SqlQuery], body: bytes) -> SqlResult:
+async def answer(sink: ClickHouseSink, subject: Service[SqlQuery, SqlResult], body: bytes) -> SqlResult:
     """The reply to one analytics query message: rows, or an error string; never an exception."""
     try:
         query = subject.decode(body)

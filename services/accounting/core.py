@@ -162,7 +162,7 @@ def event_row(
     try:
         if subject == subjects.events_request.name:
             request = subjects.events_request.decode(data)
-            return REQUESTS, request_row(request, provider_kinds.get(request.provider, ""))
+            return REQUESTS, request_row(request, request.provider_kind or provider_kinds.get(request.provider, ""))
         if subject == subjects.events_guard.name:
             return GUARD_VERDICTS, guard_row(subjects.events_guard.decode(data))
     except msgspec.DecodeError as exc:

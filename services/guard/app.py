@@ -21,23 +21,22 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from services.guard.core import Guard
-from services.guard.output import needs_output_pass
 from services.guard.relay import ResponseRelay
 from services.guard.settings import GuardSettings
 from services.guard.verdicts import VerdictLog
 from shared.bus import QueueWorker, answer_pings, ensure_events_stream
 from shared.config import load_config
 from shared.schemas.admin import ScanFinding, ScanRequest, ScanResult
-from shared.schemas.chat import Outcome, Result
-from shared.subjects import Subjects, encode
+from shared.schemas.chat import Outcome, Result, Verdict
+from shared.subjects import Service, Subjects
 
 log = logging.getLogger("gatehouse.guard")
 
 
-def scan_answer(guard: Guard, data: bytes, subjects: Subjects) -> ScanResult:
+def scan_answer(guard: Guard, data: bytes, subject: Service[ScanRequest, ScanResult]) -> ScanResult:
     """The answer to a `guard.scan` request (errors come back as data, never raised)."""
     try:
-        req: ScanRequest = subjects.guard_scan.decode(data)
+        req = subject.decode(data)
         policy = guard.rails.policy(req.policy) if req.policy else guard.rails.default
     except msgspec.DecodeError:
         return ScanResult(policy="", action="allow", error="malformed scan request")
@@ -74,7 +73,10 @@ class GuardHandlers:
         self.subjects = subjects
         self.out_prefix = subjects.guard_output(uuid.uuid4().hex[:12])
         self.verdicts = VerdictLog(subjects.events_guard.name, lambda: broker.config.connection_state.stream)
-        self.relay = ResponseRelay(guard.rails, self._publish, self.verdicts.record)
+        self.replies = subjects.replies
+        self.relay = ResponseRelay(
+            subjects.replies, guard.rails.stream_holdback_chars, self._publish, self.verdicts.record
+        )
 
     async def _publish(self, subject: str, data: bytes) -> None:
         await self.broker.connection.publish(subject, data)
@@ -84,20 +86,28 @@ class GuardHandlers:
         if not reply_to:
             log.warning("request without reply inbox dropped")
             return
-        req = self.subjects.guard_chat.decode(msg.data)
+        try:
+            req = self.subjects.guard_chat.decode(msg.data)
+        except msgspec.MsgspecError:
+            log.warning("malformed request on %s dropped", msg.subject)
+            return
         started = time.perf_counter_ns()
-        verdict = self.guard.check(req)
+        checked = self.guard.check(req)
         us = (time.perf_counter_ns() - started) // 1000
-        summary = msgspec.structs.replace(verdict.summary, scan_us=us)
+        summary = msgspec.structs.replace(checked.summary, scan_us=us)
         nc = self.broker.connection
-        if verdict.error is not None:
-            await nc.publish(reply_to, encode(Result(outcome=Outcome(), error=verdict.error, guard=summary)))
+        if checked.error is not None:
+            await nc.publish(
+                reply_to, self.replies.encode(Result(outcome=Outcome(), error=checked.error, guard=summary))
+            )
         else:
-            forward = encode(msgspec.structs.replace(verdict.request, guard=summary))
-            if needs_output_pass(summary):
-                self.relay.track(req.request_id, reply_to, summary)
+            # the verdict goes to ingress for the record; the router gets the request and nothing else
+            await nc.publish(reply_to, self.replies.encode(Verdict(summary)))
+            if checked.output is not None or checked.vault is not None:
+                self.relay.track(req.request_id, reply_to, summary, checked.output, checked.vault)
                 reply_to = f"{self.out_prefix}.{req.request_id}"
-            await nc.publish(self.subjects.router_chat.name, forward, reply=reply_to, headers=msg.headers)
+            router = self.subjects.router_chat
+            await nc.publish(router.name, router.encode(checked.request), reply=reply_to, headers=msg.headers)
         self.verdicts.record(req.request_id, summary, list(summary.findings), "input", us)
 
     async def on_response(self, msg: Msg) -> None:
@@ -105,7 +115,8 @@ class GuardHandlers:
 
     async def on_scan(self, msg: Msg) -> None:
         if msg.reply:
-            await self._publish(msg.reply, encode(scan_answer(self.guard, msg.data, self.subjects)))
+            scan = self.subjects.guard_scan
+            await self._publish(msg.reply, scan.encode_reply(scan_answer(self.guard, msg.data, scan)))
 
 
 def create_app(settings: GuardSettings) -> FastStream:

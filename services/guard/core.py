@@ -10,19 +10,23 @@ import msgspec
 
 from services.guard import texts
 from services.guard.policy import Decision, Guardrails, Policy, guard_findings
+from services.guard.redaction import Vault
 from shared.config import GatehouseConfig
 from shared.errors import ContentPolicyViolation, ErrorInfo, InvalidRequestError, PayloadTooLargeError
 from shared.schemas.chat import ChatRequest, GuardSummary
 
 log = logging.getLogger("gatehouse.guard")
-_JSON = msgspec.json.Encoder()
 
 
 @dataclass(frozen=True, slots=True)
-class Verdict:
+class Checked:
+    """The guard's decision on one request: the verdict, what to forward, or the error that blocks it."""
+
     summary: GuardSummary
-    request: ChatRequest  # what to forward (possibly redacted)
+    request: ChatRequest  # what to forward (redacted in place where the policy redacts)
     error: ErrorInfo | None = None
+    vault: Vault | None = None  # placeholders → originals, kept in this replica to restore the response
+    output: Policy | None = None  # the policy that scans the response, if any
 
 
 def block_error(decisions: Sequence[Decision], policy: str, *, response: bool = False) -> ErrorInfo:
@@ -50,29 +54,27 @@ class Guard:
     def policy_for(self, req: ChatRequest) -> Policy:
         return self.rails.resolve(key_policy=req.caller.policy, model=req.model)
 
-    def check(self, req: ChatRequest) -> Verdict:
+    def check(self, req: ChatRequest) -> Checked:
         policy = self.policy_for(req)
         output = self.rails.output_policy(policy)
-        try:
-            body = msgspec.json.decode(req.body)
-        except msgspec.DecodeError:
-            error = InvalidRequestError("The request body is not valid JSON.").info()
-            return Verdict(GuardSummary(policy=policy.name, action="block"), req, error)
-        slots = texts.text_slots(body, req.api) if isinstance(body, dict) else []
+        if req.chat is not None:
+            slots = texts.chat_slots(req.chat)
+        elif req.embeddings is not None:
+            slots = texts.embeddings_slots(req.embeddings)
+        else:
+            error = InvalidRequestError("The request has no body to route.").info()
+            return Checked(GuardSummary(policy=policy.name, action="block"), req, error)
         result = policy.scan_texts(texts.read(slots))
         findings = guard_findings(result, direction="input", locations=[s.location for s in slots])
-        restore = result.placeholders if result.action == "redact" and self._restore.get(policy.name) else {}
-        summary = GuardSummary(
-            policy=policy.name,
-            action=result.action,
-            findings=findings,
-            restore=dict(restore),
-            output_policy=output.name if output else "",
-        )
+        summary = GuardSummary(policy=policy.name, action=result.action, findings=findings)
         if result.action == "block":
-            return Verdict(summary, req, block_error(result.decisions, policy.name))
+            return Checked(summary, req, block_error(result.decisions, policy.name))
+        vault = result.vault if result.action == "redact" and self._restore.get(policy.name) else None
         forward = req
         if result.action == "redact":
             texts.write(slots, result.texts)
-            forward = msgspec.structs.replace(req, body=_JSON.encode(body))
-        return Verdict(summary, msgspec.structs.replace(forward, guard=summary))
+        if req.native is not None and (result.action == "redact" or output is not None):
+            # the client's own body still holds what was redacted, and a response in its protocol
+            # cannot be scanned on the way back: such a request takes the canonical path
+            forward = msgspec.structs.replace(req, native=None)
+        return Checked(summary, forward, vault=vault if vault and vault.mapping else None, output=output)

@@ -10,9 +10,11 @@ from collections.abc import Awaitable, Callable
 import msgspec
 
 from services.guard.output import OutputFilter
-from services.guard.policy import Guardrails
-from shared.schemas.chat import Chunk, ChunkBatch, GuardFinding, GuardSummary, Heartbeat, Outcome, Reply, Result
-from shared.subjects import decode_reply, encode
+from services.guard.policy import Policy
+from services.guard.redaction import Vault
+from shared.bus import split_result
+from shared.schemas.chat import BodyPart, Chunk, ChunkBatch, GuardFinding, GuardSummary, Outcome, Reply, Result
+from shared.subjects import Subject
 
 Publish = Callable[[str, bytes], Awaitable[None]]
 Record = Callable[[str, GuardSummary, list[GuardFinding], str, int], None]
@@ -20,27 +22,35 @@ _RANK = ("allow", "flag", "redact", "block")
 
 
 class _Pending:
-    __slots__ = ("created", "filter", "reply_to", "summary")
+    __slots__ = ("created", "filter", "parts", "reply_to", "summary")
 
     def __init__(self, reply_to: str, summary: GuardSummary, out: OutputFilter) -> None:
         self.reply_to = reply_to
         self.summary = summary
         self.filter = out
         self.created = time.monotonic()
+        self.parts: list[bytes] = []  # a large completion arriving in pieces, scanned once whole
 
 
 class ResponseRelay:
     """State of the responses in flight through one guard replica (replies arrive on one subscription)."""
 
-    def __init__(self, rails: Guardrails, publish: Publish, record: Record, ttl_s: float = 900.0) -> None:
-        self._rails = rails
+    def __init__(
+        self, replies: Subject[Reply], holdback: int, publish: Publish, record: Record, ttl_s: float = 900.0
+    ) -> None:
+        self._replies = replies
+        self._holdback = holdback
         self._publish = publish
         self._record = record
         self._ttl = ttl_s
         self._pending: dict[str, _Pending] = {}
 
-    def track(self, request_id: str, reply_to: str, summary: GuardSummary) -> None:
-        self._pending[request_id] = _Pending(reply_to, summary, OutputFilter(self._rails, summary))
+    def track(
+        self, request_id: str, reply_to: str, summary: GuardSummary, output: Policy | None, vault: Vault | None
+    ) -> None:
+        """Relay this request's response: scan it with `output`, restore `vault`'s values (which never
+        leave this replica)."""
+        self._pending[request_id] = _Pending(reply_to, summary, OutputFilter(output, vault, self._holdback))
 
     def sweep(self) -> int:
         """Forget responses that never ended (their clients timed out long ago); returns how many."""
@@ -60,18 +70,20 @@ class ResponseRelay:
         if state is None:
             return
         out = state.filter
-        reply: Reply = decode_reply(data)
-        if isinstance(reply, Heartbeat):
-            await self._publish(state.reply_to, data)
+        reply = self._replies.decode(data)
+        if isinstance(reply, BodyPart):
+            state.parts.append(reply.data)
+            return
+        if not isinstance(reply, Chunk | ChunkBatch | Result):
+            await self._publish(state.reply_to, data)  # heartbeats: on as they are
             return
         if isinstance(reply, Chunk | ChunkBatch):
             items = [reply.data] if isinstance(reply, Chunk) else reply.items
             sends = [c for c in (out.chunk(item) for item in items) if c is not None]
             if out.error is None:
                 if sends:
-                    await self._publish(
-                        state.reply_to, encode(Chunk(sends[0]) if len(sends) == 1 else ChunkBatch(sends))
-                    )
+                    reply_out = Chunk(sends[0]) if len(sends) == 1 else ChunkBatch(sends)
+                    await self._publish(state.reply_to, self._replies.encode(reply_out))
                 return
             final = Result(outcome=Outcome(), error=out.error)
         else:
@@ -80,10 +92,10 @@ class ResponseRelay:
         action = "block" if out.error is not None else state.summary.action
         if out.findings and action == "allow":
             action = max((f.action for f in out.findings), key=_RANK.index)
-        summary = msgspec.structs.replace(
-            state.summary, action=action, findings=[*state.summary.findings, *out.findings], restore={}
-        )
-        await self._publish(state.reply_to, encode(msgspec.structs.replace(final, guard=summary)))
+        findings = [*state.summary.findings, *out.findings]
+        summary = msgspec.structs.replace(state.summary, action=action, findings=findings)
+        for piece in split_result(msgspec.structs.replace(final, guard=summary)):
+            await self._publish(state.reply_to, self._replies.encode(piece))
         if out.findings:
             self._record(request_id, msgspec.structs.replace(summary, findings=out.findings), out.findings, "output", 0)
 
@@ -91,12 +103,13 @@ class ResponseRelay:
         out = state.filter
         if reply.error is not None:
             return reply
-        if reply.body:  # a whole completion
-            body = out.completion(reply.body)
+        if reply.body or state.parts:  # a whole completion
+            body = out.completion(b"".join([*state.parts, reply.body]))
+            state.parts.clear()
             if out.error is not None:
                 return msgspec.structs.replace(reply, body=b"", error=out.error)
             return msgspec.structs.replace(reply, body=body)
         tail = out.end()  # the end of a stream: release what was held back
         if tail is not None:
-            await self._publish(state.reply_to, encode(Chunk(tail)))
+            await self._publish(state.reply_to, self._replies.encode(Chunk(tail)))
         return reply if out.error is None else msgspec.structs.replace(reply, error=out.error)

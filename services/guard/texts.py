@@ -1,64 +1,144 @@
-"""Where the scannable text of a request lives, and how to put redacted text back (pure)."""
+"""Where the scannable text of a request lives, and how to put redacted text back (pure).
+
+Reads the canonical request Structs (shared.schemas.openai): every string a model will read is a slot,
+whoever wrote it — message contents and text parts, refusals and reasoning of earlier turns, tool-call
+arguments, tool descriptions and parameter schemas, `response_format` schema, name and description,
+and embeddings inputs.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-JsonObj = dict[str, object]
+from shared.schemas.openai import ChatCompletionRequest, ContentPart, EmbeddingsRequest, Message
+
+# how deep a JSON schema is walked for strings (schemas nest; a hostile one may nest without end)
+MAX_SCHEMA_DEPTH = 32
+# schema keywords whose values are structure, not text a model reads as instructions
+_STRUCTURAL = frozenset({"type", "format", "$ref", "$schema", "$id", "$anchor"})
 
 
 @dataclass(frozen=True, slots=True)
 class TextSlot:
-    """One string inside a request body: its path for reports, and how to reach it."""
+    """One string inside a request: its path for reports, and where it is held (a Struct attribute
+    or a dict/list item) so a redacted text can be written back."""
 
     location: str
-    container: JsonObj | list[object]
+    owner: object
     key: str | int
 
+    def get(self) -> str:
+        owner = self.owner
+        value = owner[self.key] if isinstance(owner, dict | list) else getattr(owner, str(self.key))  # type: ignore[index]
+        return value if isinstance(value, str) else ""
 
-def _get(slot: TextSlot) -> str:
-    value = slot.container[slot.key]  # type: ignore[index]
-    return value if isinstance(value, str) else ""
+    def set(self, text: str) -> None:
+        owner = self.owner
+        if isinstance(owner, dict | list):
+            owner[self.key] = text  # type: ignore[index]
+        else:
+            setattr(owner, str(self.key), text)
 
 
-def text_slots(body: JsonObj, api: str) -> list[TextSlot]:
-    """Every user-controlled string the guard scans: message contents (and text parts), tool results,
-    tool-call arguments of earlier turns, and embeddings inputs."""
+def chat_slots(req: ChatCompletionRequest) -> list[TextSlot]:
     slots: list[TextSlot] = []
-    if api == "embeddings":
-        raw = body.get("input")
-        if isinstance(raw, str):
-            slots.append(TextSlot("input", body, "input"))
-        elif isinstance(raw, list):
-            slots.extend(TextSlot(f"input[{i}]", raw, i) for i, v in enumerate(raw) if isinstance(v, str))
-        return slots
-    messages = body.get("messages")
-    if not isinstance(messages, list):
-        return slots
-    for i, message in enumerate(messages):
-        if not isinstance(message, dict):
-            continue
-        content = message.get("content")
+    for i, message in enumerate(req.messages):
+        _message(message, f"messages[{i}]", slots)
+    for i, tool in enumerate(req.tools or []):
+        where = f"tools[{i}]"
+        fn = tool.function
+        if fn is not None:
+            _attr(fn, "name", f"{where}.function.name", slots)
+            _attr(fn, "description", f"{where}.function.description", slots)
+            if fn.parameters is not None:
+                _schema(fn.parameters, f"{where}.function.parameters", slots, 0)
+        custom = tool.custom
+        if custom is not None:
+            _attr(custom, "name", f"{where}.custom.name", slots)
+            _attr(custom, "description", f"{where}.custom.description", slots)
+    for i, legacy in enumerate(req.functions or []):
+        _attr(legacy, "name", f"functions[{i}].name", slots)
+        _attr(legacy, "description", f"functions[{i}].description", slots)
+        if legacy.parameters is not None:
+            _schema(legacy.parameters, f"functions[{i}].parameters", slots, 0)
+    fmt = req.response_format
+    if fmt is not None and fmt.json_schema is not None:
+        js = fmt.json_schema
+        _attr(js, "name", "response_format.json_schema.name", slots)
+        _attr(js, "description", "response_format.json_schema.description", slots)
+        if js.schema is not None:
+            _schema(js.schema, "response_format.json_schema.schema", slots, 0)
+    if req.prediction is not None:
+        content = req.prediction.content
         if isinstance(content, str):
-            slots.append(TextSlot(f"messages[{i}].content", message, "content"))
-        elif isinstance(content, list):
-            for j, part in enumerate(content):
-                if isinstance(part, dict) and isinstance(part.get("text"), str):
-                    slots.append(TextSlot(f"messages[{i}].content[{j}].text", part, "text"))
-        calls = message.get("tool_calls")
-        if isinstance(calls, list):
-            for j, call in enumerate(calls):
-                fn = call.get("function") if isinstance(call, dict) else None
-                if isinstance(fn, dict) and isinstance(fn.get("arguments"), str):
-                    slots.append(TextSlot(f"messages[{i}].tool_calls[{j}].function.arguments", fn, "arguments"))
+            _attr(req.prediction, "content", "prediction.content", slots)
+        elif content is not None:
+            _parts(content, "prediction.content", slots)
     return slots
 
 
+def embeddings_slots(req: EmbeddingsRequest) -> list[TextSlot]:
+    if isinstance(req.input, str):
+        return [TextSlot("input", req, "input")]
+    return [TextSlot(f"input[{i}]", req.input, i) for i, v in enumerate(req.input) if isinstance(v, str)]
+
+
+def _attr(owner: object, name: str, location: str, slots: list[TextSlot]) -> None:
+    if isinstance(getattr(owner, name, None), str):
+        slots.append(TextSlot(location, owner, name))
+
+
+def _parts(parts: list[ContentPart], where: str, slots: list[TextSlot]) -> None:
+    for j, part in enumerate(parts):
+        _attr(part, "text", f"{where}[{j}].text", slots)
+        _attr(part, "refusal", f"{where}[{j}].refusal", slots)
+
+
+def _message(message: Message, where: str, slots: list[TextSlot]) -> None:
+    content = message.content
+    if isinstance(content, str):
+        slots.append(TextSlot(f"{where}.content", message, "content"))
+    elif content is not None:
+        _parts(content, f"{where}.content", slots)
+    _attr(message, "refusal", f"{where}.refusal", slots)
+    _attr(message, "reasoning_content", f"{where}.reasoning_content", slots)
+    for j, call in enumerate(message.tool_calls or []):
+        if call.function is not None:
+            _attr(call.function, "arguments", f"{where}.tool_calls[{j}].function.arguments", slots)
+        if call.custom is not None:
+            _attr(call.custom, "input", f"{where}.tool_calls[{j}].custom.input", slots)
+    if message.function_call is not None:
+        _attr(message.function_call, "arguments", f"{where}.function_call.arguments", slots)
+    for j, block in enumerate(message.thinking_blocks or []):
+        if isinstance(block.get("thinking"), str):
+            slots.append(TextSlot(f"{where}.thinking_blocks[{j}].thinking", block, "thinking"))
+
+
+def _schema(node: object, where: str, slots: list[TextSlot], depth: int) -> None:
+    """Every string value in a JSON schema (descriptions, titles, enums, defaults, examples)."""
+    if depth > MAX_SCHEMA_DEPTH:
+        return
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if isinstance(value, str):
+                if key in _STRUCTURAL:
+                    continue
+                slots.append(TextSlot(f"{where}.{key}", node, key))
+            else:
+                _schema(value, f"{where}.{key}", slots, depth + 1)
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            if isinstance(value, str):
+                slots.append(TextSlot(f"{where}[{i}]", node, i))
+            else:
+                _schema(value, f"{where}[{i}]", slots, depth + 1)
+
+
 def read(slots: list[TextSlot]) -> list[str]:
-    return [_get(s) for s in slots]
+    return [s.get() for s in slots]
 
 
 def write(slots: list[TextSlot], texts: tuple[str, ...] | list[str]) -> None:
-    """Put (redacted) texts back into the body the slots point into."""
+    """Put (redacted) texts back where the slots point."""
     for slot, text in zip(slots, texts, strict=True):
-        slot.container[slot.key] = text  # type: ignore[index]
+        slot.set(text)

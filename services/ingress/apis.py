@@ -3,16 +3,22 @@ that turn the router's OpenAI-shaped replies back into that surface's responses,
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import msgspec
 from starlette.responses import JSONResponse, Response
 
 from services.ingress.surfaces import anthropic_messages, openai_responses
-from services.ingress.validate import chat_fields, embeddings_model, invalid_body
+from services.ingress.validate import chat_request, check_chat, embeddings_request, include_usage, invalid_body
 from shared.errors import ErrorInfo, InvalidRequestError, error_body
+from shared.schemas.chat import NativeRequest
+from shared.schemas.openai import ChatCompletionRequest, EmbeddingsRequest, chat_from_builtins
 
 _JSON = msgspec.json.Encoder()
+# protocol headers a client sends that a deployment of the same protocol must see
+ANTHROPIC_HEADERS = ("anthropic-beta", "anthropic-version")
+OPENAI_HEADERS = ("openai-beta",)
 _DONE = b"data: [DONE]\n\n"
 
 
@@ -20,10 +26,12 @@ _DONE = b"data: [DONE]\n\n"
 class Parsed:
     """A request in canonical (OpenAI chat/embeddings) form, with what ingress needs to route it."""
 
-    body: bytes
     model: str
     stream: bool
     include_usage: bool
+    chat: ChatCompletionRequest | None = None
+    embeddings: EmbeddingsRequest | None = None
+    native: NativeRequest | None = None  # the client's own body, for a deployment of the same protocol
     original: dict[str, object] | None = None  # the surface's own request, where its responses echo it
 
 
@@ -47,9 +55,9 @@ class Api:
     name = "chat"
     bus_api = "chat"
 
-    def parse(self, raw: bytes) -> Parsed:
-        f = chat_fields(raw)
-        return Parsed(body=raw, model=f.model, stream=f.stream, include_usage=f.include_usage)
+    def parse(self, raw: bytes, headers: Mapping[str, str]) -> Parsed:
+        req = chat_request(raw)
+        return Parsed(model=req.model, stream=bool(req.stream), include_usage=include_usage(req), chat=req)
 
     def completion(self, body: bytes, parsed: Parsed) -> bytes:
         return body
@@ -65,8 +73,24 @@ class EmbeddingsApi(Api):
     name = "embeddings"
     bus_api = "embeddings"
 
-    def parse(self, raw: bytes) -> Parsed:
-        return Parsed(body=raw, model=embeddings_model(raw), stream=False, include_usage=False)
+    def parse(self, raw: bytes, headers: Mapping[str, str]) -> Parsed:
+        req = embeddings_request(raw)
+        return Parsed(model=req.model, stream=False, include_usage=False, embeddings=req)
+
+
+def _canonical(chat: dict[str, object]) -> ChatCompletionRequest:
+    """A surface's translation into chat form → the canonical Struct (a translation bug is a 400, not a 500)."""
+    try:
+        req = chat_from_builtins(chat)
+    except msgspec.ValidationError as exc:
+        raise invalid_body(exc) from exc
+    check_chat(req)
+    return req
+
+
+def _native(protocol: str, raw: bytes, headers: Mapping[str, str], names: tuple[str, ...]) -> NativeRequest:
+    kept = {name: headers[name] for name in names if name in headers}
+    return NativeRequest(protocol=protocol, body=raw, headers=kept)
 
 
 def _object(raw: bytes) -> dict[str, object]:
@@ -98,14 +122,15 @@ class AnthropicMessagesApi(Api):
 
     name = "messages"
 
-    def parse(self, raw: bytes) -> Parsed:
+    def parse(self, raw: bytes, headers: Mapping[str, str]) -> Parsed:
         original = _object(raw)
         chat = anthropic_messages.to_chat(original)
         stream = bool(chat.get("stream"))
         if stream:
             chat["stream_options"] = {"include_usage": True}
-        model = str(chat["model"])
-        return Parsed(body=_JSON.encode(chat), model=model, stream=stream, include_usage=stream, original=original)
+        req = _canonical(chat)
+        native = _native("anthropic-messages", raw, headers, ANTHROPIC_HEADERS)
+        return Parsed(model=req.model, stream=stream, include_usage=stream, chat=req, native=native, original=original)
 
     def completion(self, body: bytes, parsed: Parsed) -> bytes:
         return _JSON.encode(anthropic_messages.from_chat(msgspec.json.decode(body), parsed.model))
@@ -122,15 +147,15 @@ class ResponsesApi(Api):
 
     name = "responses"
 
-    def parse(self, raw: bytes) -> Parsed:
+    def parse(self, raw: bytes, headers: Mapping[str, str]) -> Parsed:
         original = _object(raw)
         chat = openai_responses.to_chat(original)
         stream = bool(chat.get("stream"))
         if stream:
             chat["stream_options"] = {"include_usage": True}
-        return Parsed(
-            body=_JSON.encode(chat), model=str(chat["model"]), stream=stream, include_usage=stream, original=original
-        )
+        req = _canonical(chat)
+        native = _native("openai-responses", raw, headers, OPENAI_HEADERS)
+        return Parsed(model=req.model, stream=stream, include_usage=stream, chat=req, native=native, original=original)
 
     def completion(self, body: bytes, parsed: Parsed) -> bytes:
         return _JSON.encode(

@@ -11,7 +11,7 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import asynccontextmanager
 
 import msgspec
@@ -37,12 +37,28 @@ from shared.errors import (
     PayloadTooLargeError,
     error_body,
 )
-from shared.schemas.chat import ChatRequest, Chunk, ChunkBatch, Reply, Result
-from shared.subjects import Subjects, encode
+from shared.schemas.chat import (
+    BodyPart,
+    Cancel,
+    ChatRequest,
+    Chunk,
+    ChunkBatch,
+    NativeEvents,
+    Reply,
+    Result,
+    Verdict,
+)
+from shared.subjects import Subjects
 
 log = logging.getLogger("gatehouse.ingress")
 
 _SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
+# how long a request whose client left waits for the router's final word (its usage so far)
+CANCEL_GRACE_S = 2.0
+# nginx's convention for "the client closed the request"; recorded, never sent
+CLIENT_CLOSED = ErrorInfo(
+    status=499, type="client_closed", code="client_closed_request", message="The client closed the connection."
+)
 
 
 def error_headers(info: ErrorInfo, request_id: str = "") -> dict[str, str]:
@@ -91,6 +107,7 @@ class Gateway:
         self.silence = config.server.heartbeat_timeout_s
         self._ready_at = -10.0
         self._ready_reason = "starting"
+        self._tasks: set[asyncio.Task[None]] = set()
 
     # ---- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
@@ -101,6 +118,8 @@ class Gateway:
         await self.inbox.start(self.broker.connection)
 
     async def stop(self) -> None:
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=CANCEL_GRACE_S + 1)
         await self.inbox.stop()
         await self.records.drain()
         await self.broker.stop()
@@ -179,7 +198,7 @@ class Gateway:
             record.caller = caller
             raw = await read_body(request, self.limit)
             record.request_bytes = len(raw)
-            parsed = api.parse(raw)
+            parsed = api.parse(raw, request.headers)
             record.model, record.stream = parsed.model, parsed.stream
             target = self.models.get(parsed.model)
             if target is None or not allows(key, parsed.model, target.name):
@@ -191,23 +210,38 @@ class Gateway:
                 request_id=record.request_id,
                 api=api.bus_api,
                 model=parsed.model,
-                body=parsed.body,
                 caller=caller,
+                chat=parsed.chat,
+                embeddings=parsed.embeddings,
+                native=parsed.native,
                 stream=parsed.stream,
                 include_usage=parsed.include_usage,
                 received_at=record.received_at,
-                deadline_s=self.timeout,
+                deadline=record.received_at + self.timeout,
                 trace_id=record.trace_id,
                 tags=record.tags,
             )
             return await self._dispatch(req, record, api, parsed)
         except GatewayError as exc:
             return self._fail(api, record, exc.info())
+        except Exception:
+            # a bug must still give the client an OpenAI error and leave the request's record
+            log.exception("request %s failed unexpectedly", record.request_id)
+            return self._fail(api, record, GatewayError("The gateway hit an internal error.").info())
 
     def _fail(self, api: apis.Api, record: RequestRecord, info: ErrorInfo) -> Response:
         record.fail(info)
         self.records.submit(record)
         return api.error(info, error_headers(info, record.request_id))
+
+    async def _next(self, queue: asyncio.Queue[Reply | NoResponders], record: RequestRecord, stage: str) -> Reply:
+        """The next reply that is not the guard's verdict (which is noted on the record)."""
+        while True:
+            item = await next_reply(queue, self.first_timeout, stage, self.silence)
+            if isinstance(item, Verdict):
+                record.guard = item.summary
+                continue
+            return item
 
     async def _dispatch(self, req: ChatRequest, record: RequestRecord, api: apis.Api, parsed: apis.Parsed) -> Response:
         inbox, queue = self.inbox.open(req.request_id)
@@ -217,21 +251,27 @@ class Gateway:
         handed_over = False
         try:
             await self.broker.connection.publish(
-                self.subjects.guard_chat.name, encode(req), reply=inbox, headers=headers
+                self.subjects.guard_chat.name, self.subjects.guard_chat.encode(req), reply=inbox, headers=headers
             )
             try:
-                first = await next_reply(queue, self.first_timeout, "guard", self.silence)
+                first = await self._next(queue, record, "guard")
+                parts: list[bytes] = []
+                while isinstance(first, BodyPart):
+                    parts.append(first.data)
+                    first = await self._next(queue, record, "router")
             except TimeoutError:
                 raise GatewayTimeoutError(
                     f"No answer from the gateway pipeline within {self.first_timeout:g}s."
                 ) from None
             if isinstance(first, Result):
                 record.outcome = first.outcome
-                record.guard = first.guard
+                record.guard = first.guard or record.guard
                 record.first_byte_ms = (time.monotonic() - record.started) * 1000
                 if first.error is not None:
                     return self._fail(api, record, first.error)
-                body = api.completion(first.body, parsed)
+                body = b"".join(parts) + first.body if parts else first.body
+                if not first.native:
+                    body = api.completion(body, parsed)
                 record.response_bytes = len(body)
                 self.records.submit(record)
                 return Response(body, media_type="application/json", headers={"x-request-id": record.request_id})
@@ -247,7 +287,7 @@ class Gateway:
 
     async def _relay(
         self,
-        first: Chunk | ChunkBatch,
+        first: Reply,
         queue: asyncio.Queue[Reply | NoResponders],
         record: RequestRecord,
         writer: apis.StreamWriter,
@@ -255,29 +295,35 @@ class Gateway:
         """The stream in the client's API; ends properly, or with an error event if it broke."""
         record.first_byte_ms = (time.monotonic() - record.started) * 1000
         sent = 0
+        finished = False
         try:
-            item: Chunk | ChunkBatch | Result = first
+            item: Reply = first
             while True:
                 if isinstance(item, Chunk):
                     out = writer.feed(item.data)
                 elif isinstance(item, ChunkBatch):
                     out = b"".join(writer.feed(data) for data in item.items)
-                else:
+                elif isinstance(item, NativeEvents):
+                    out = b"".join(item.items)
+                elif isinstance(item, Result):
                     record.outcome = item.outcome
                     record.guard = item.guard or record.guard
                     if item.error is not None:
                         record.fail(item.error)
                         out = writer.fail(item.error)
                     else:
-                        out = writer.end()
+                        out = b"" if item.native else writer.end()
                     sent += len(out)
+                    finished = True
                     yield out
                     return
+                else:  # a late verdict or a body part has no place in a stream
+                    out = b""
                 if out:
                     sent += len(out)
                     yield out
                 try:
-                    item = await next_reply(queue, self.timeout, "router", self.silence)
+                    item = await self._next(queue, record, "router")
                 except (TimeoutError, GatewayError) as exc:
                     info = (
                         exc.info()
@@ -285,16 +331,42 @@ class Gateway:
                         else GatewayTimeoutError(f"The stream stalled for more than {self.timeout:g}s.").info()
                     )
                     record.fail(info)
+                    finished = True
                     yield writer.fail(info, finished=False)
                     return
-        except (asyncio.CancelledError, GeneratorExit):
-            # the client went away mid-stream
-            record.status = 499
-            raise
         finally:
             record.response_bytes = sent
+            if finished:
+                self.inbox.close(record.request_id)
+                self.records.submit(record)
+            else:
+                # the client went away mid-stream: stop the upstream call, and record what it cost so far
+                self._spawn(self._abandon(record, queue))
+
+    async def _abandon(self, record: RequestRecord, queue: asyncio.Queue[Reply | NoResponders]) -> None:
+        """Cancel a request whose client left, wait briefly for the router's last word (the usage seen so
+        far), then record it as 499."""
+        try:
+            cancel = self.subjects.router_cancel
+            await self.broker.connection.publish(cancel.name, cancel.encode(Cancel(request_id=record.request_id)))
+            async with asyncio.timeout(CANCEL_GRACE_S):
+                while True:
+                    item = await queue.get()
+                    if isinstance(item, Result):
+                        record.outcome = item.outcome
+                        record.guard = item.guard or record.guard
+                        break
+        except (TimeoutError, Exception):
+            log.debug("request %s: no final word from the router after the client left", record.request_id)
+        finally:
+            record.fail(CLIENT_CLOSED)
             self.inbox.close(record.request_id)
             self.records.submit(record)
+
+    def _spawn(self, coro: Coroutine[object, object, None]) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
 
 def _tags(request: Request) -> dict[str, str]:

@@ -14,8 +14,8 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from shared.errors import ServiceUnavailableError, UpstreamError
-from shared.schemas.chat import Chunk, ChunkBatch, Heartbeat, Reply, Result
-from shared.subjects import Subjects, decode_reply
+from shared.schemas.chat import Heartbeat, Reply
+from shared.subjects import Subjects
 
 
 class NoResponders(Exception):
@@ -25,6 +25,7 @@ class NoResponders(Exception):
 class Inbox:
     def __init__(self, subjects: Subjects) -> None:
         self.prefix = subjects.inbox(uuid.uuid4().hex[:12])
+        self._decode = subjects.replies.decode
         self._queues: dict[str, asyncio.Queue[Reply | NoResponders]] = {}
         self._sub: Subscription | None = None
 
@@ -43,7 +44,7 @@ class Inbox:
         if not msg.data and msg.headers and msg.headers.get("Status") == "503":
             queue.put_nowait(NoResponders())
             return
-        queue.put_nowait(decode_reply(msg.data))
+        queue.put_nowait(self._decode(msg.data))
 
     def open(self, request_id: str) -> tuple[str, asyncio.Queue[Reply | NoResponders]]:
         queue: asyncio.Queue[Reply | NoResponders] = asyncio.Queue()
@@ -54,9 +55,7 @@ class Inbox:
         self._queues.pop(request_id, None)
 
 
-async def next_reply(
-    queue: asyncio.Queue[Reply | NoResponders], timeout: float, stage: str, silence: float
-) -> Chunk | ChunkBatch | Result:
+async def next_reply(queue: asyncio.Queue[Reply | NoResponders], timeout: float, stage: str, silence: float) -> Reply:
     """The next reply, skipping heartbeats. ServiceUnavailable if no stage replica is up, UpstreamError
     if the pipeline went silent for `silence` seconds (not even a heartbeat), TimeoutError after `timeout`."""
     loop = asyncio.get_running_loop()

@@ -74,6 +74,8 @@ class RequestRecord:
             request_bytes=self.request_bytes,
             response_bytes=self.response_bytes,
             tags=self.tags,
+            provider_kind=outcome.provider_kind,
+            usage_estimated=outcome.usage_estimated,
         )
 
 

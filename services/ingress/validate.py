@@ -1,47 +1,16 @@
-"""Pure request validation: raw JSON body → the fields ingress needs, or an OpenAI-style 400."""
+"""Pure request validation: raw JSON body → the canonical request Struct, or an OpenAI-style 400."""
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 
 import msgspec
 
 from shared.errors import InvalidRequestError
+from shared.schemas.openai import ChatCompletionRequest, EmbeddingsRequest, decode_chat, decode_embeddings
 
-_ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 _PATH = re.compile(r"at `\$\.?([^`]*)`")
-
-
-class _StreamOptions(msgspec.Struct):
-    include_usage: bool | None = False
-
-
-class _Message(msgspec.Struct):
-    role: str
-
-
-class _ChatBody(msgspec.Struct):
-    model: str
-    messages: list[_Message]
-    stream: bool | None = False
-    stream_options: _StreamOptions | None = None
-
-
-class _EmbeddingsBody(msgspec.Struct):
-    model: str
-    input: str | list[str | int | list[int]]
-
-
-@dataclass(frozen=True, slots=True)
-class ChatFields:
-    model: str
-    stream: bool
-    include_usage: bool
-
-
-_CHAT = msgspec.json.Decoder(_ChatBody)
-_EMBED = msgspec.json.Decoder(_EmbeddingsBody)
+_ENUM = re.compile(r"Invalid enum value '([^']*)'")
 
 
 def invalid_body(exc: msgspec.MsgspecError) -> InvalidRequestError:
@@ -60,42 +29,50 @@ def invalid_body(exc: msgspec.MsgspecError) -> InvalidRequestError:
         return InvalidRequestError(
             f"Missing required parameter: '{field}'.", param=field, code="missing_required_parameter"
         )
+    enum = _ENUM.search(message)
+    if enum and param and param.endswith("role"):
+        return InvalidRequestError(
+            f"Invalid value: '{enum.group(1)}'. Supported values are: 'system', 'developer', 'user', 'assistant', "
+            "'tool' and 'function'.",
+            param=param,
+        )
     where = f" at '{param}'" if param else ""
     return InvalidRequestError(f"Invalid request{where}: {message}.", param=param)
 
 
-def chat_fields(body: bytes) -> ChatFields:
+def chat_request(body: bytes) -> ChatCompletionRequest:
+    """A chat body → the canonical request (decoded once, here), or the OpenAI-style 400 that names the field."""
     try:
-        parsed = _CHAT.decode(body)
+        req = decode_chat(body)
     except msgspec.MsgspecError as exc:
         raise invalid_body(exc) from exc
-    if not parsed.model:
+    check_chat(req)
+    return req
+
+
+def check_chat(req: ChatCompletionRequest) -> None:
+    """What the types alone do not say: a model name, at least one message, stream options with a stream."""
+    if not req.model:
         raise InvalidRequestError("Missing required parameter: 'model'.", param="model")
-    if not parsed.messages:
+    if not req.messages:
         raise InvalidRequestError("Invalid 'messages': empty array. Expected at least one message.", param="messages")
-    for i, m in enumerate(parsed.messages):
-        if m.role not in _ROLES:
-            raise InvalidRequestError(
-                f"Invalid value: '{m.role}'. Supported values are: 'system', 'developer', 'user', 'assistant', "
-                "'tool' and 'function'.",
-                param=f"messages[{i}].role",
-            )
-    stream = bool(parsed.stream)
-    include = bool(stream and parsed.stream_options and parsed.stream_options.include_usage)
-    if parsed.stream_options is not None and not stream:
+    if req.stream_options is not None and not req.stream:
         raise InvalidRequestError(
             "The 'stream_options' parameter is only allowed when 'stream' is enabled.", param="stream_options"
         )
-    return ChatFields(model=parsed.model, stream=stream, include_usage=include)
 
 
-def embeddings_model(body: bytes) -> str:
+def include_usage(req: ChatCompletionRequest) -> bool:
+    return bool(req.stream and req.stream_options and req.stream_options.include_usage)
+
+
+def embeddings_request(body: bytes) -> EmbeddingsRequest:
     try:
-        parsed = _EMBED.decode(body)
+        req = decode_embeddings(body)
     except msgspec.MsgspecError as exc:
         raise invalid_body(exc) from exc
-    if not parsed.model:
+    if not req.model:
         raise InvalidRequestError("Missing required parameter: 'model'.", param="model")
-    if (isinstance(parsed.input, list) and not parsed.input) or parsed.input == "":
+    if (isinstance(req.input, list) and not req.input) or req.input == "":
         raise InvalidRequestError("'input' cannot be empty.", param="input")
-    return parsed.model
+    return req

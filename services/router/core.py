@@ -6,6 +6,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from services.router.providers.base import Target
+from services.router.providers.mock import SCHEME as MOCK_SCHEME
+from services.router.providers.mock import MockBehaviour
 from shared.config import DeploymentConfig, GatehouseConfig, ModelConfig, ProviderConfig
 from shared.errors import GatewayError, InvalidRequestError, NotFoundError
 
@@ -15,7 +17,6 @@ DEFAULT_API_BASE: dict[str, str] = {
     "gemini": "https://generativelanguage.googleapis.com",
     "mistral": "https://api.mistral.ai",
     "cohere": "https://api.cohere.com",
-    "mock": "mock://",
 }
 
 
@@ -39,7 +40,10 @@ class Route:
 
 def _deployment(dep: DeploymentConfig, provider: ProviderConfig, environ: Mapping[str, str]) -> Deployment:
     key_env = dep.api_key_env or provider.api_key_env
-    api_base = dep.api_base or provider.api_base or DEFAULT_API_BASE.get(provider.kind, "")
+    if provider.kind == "mock":
+        api_base = f"{MOCK_SCHEME}://{dep.provider}"  # the in-process mock server, per provider account
+    else:
+        api_base = dep.api_base or provider.api_base or DEFAULT_API_BASE.get(provider.kind, "")
     target = Target(
         provider=dep.provider,
         kind=provider.kind,
@@ -89,3 +93,12 @@ def resolve(routes: Mapping[str, Route], model: str, api: str) -> Route:
 def should_fail_over(error: GatewayError) -> bool:
     """Try the next deployment after retryable errors (429, 5xx, timeouts) and auth failures of one account."""
     return error.retryable or error.status in (401, 403)
+
+
+def mock_behaviours(config: GatehouseConfig) -> dict[str, MockBehaviour]:
+    """The simulated latency of every mock provider account, by provider name."""
+    return {
+        name: MockBehaviour(latency_ms=p.mock_latency_ms, chunk_delay_ms=p.mock_chunk_delay_ms)
+        for name, p in config.providers.items()
+        if p.kind == "mock"
+    }

@@ -10,17 +10,24 @@ from collections.abc import Awaitable, Callable, Mapping
 import msgspec
 
 from services.router.core import Deployment, Route, resolve, should_fail_over
-from services.router.providers import mock
 from services.router.providers.base import JsonObj, Translator, openai_usage
 from services.router.sse import SseParser
 from services.router.upstream import Upstream
-from shared.errors import GatewayError, GatewayTimeoutError, InvalidRequestError, ServiceUnavailableError
+from shared.bus import split_result
+from shared.errors import ErrorInfo, GatewayError, GatewayTimeoutError, InvalidRequestError
 from shared.schemas.chat import Attempt, ChatRequest, Chunk, ChunkBatch, Outcome, Reply, Result, Usage
+from shared.schemas.openai import COMPLETION
+from shared.tokens import estimate_prompt_tokens
 
 log = logging.getLogger(__name__)
 
 Send = Callable[[Reply], Awaitable[None]]
 _JSON = msgspec.json.Encoder()
+# what the router answers a request whose client went away (ingress records it; nobody reads it)
+CLIENT_CLOSED = ErrorInfo(
+    status=499, type="client_closed", code="client_closed_request", message="The client closed the connection."
+)
+ERROR_MESSAGE_CHARS = 300
 
 
 def _is_usage_only(chunk: JsonObj | bytes) -> bool:
@@ -52,61 +59,58 @@ class Dispatcher:
         attempts: list[Attempt] = []
         try:
             route = resolve(self._routes, req.model, req.api)
-            body = msgspec.json.decode(req.body)
-            if not isinstance(body, dict):
-                raise InvalidRequestError("The request body must be a JSON object.")
-        except (GatewayError, msgspec.DecodeError) as exc:
-            err = exc if isinstance(exc, GatewayError) else InvalidRequestError("The request body is not valid JSON.")
-            await send(Result(outcome=Outcome(), error=err.info(), guard=req.guard))
+            if (req.api == "embeddings" and req.embeddings is None) or (req.api != "embeddings" and req.chat is None):
+                raise InvalidRequestError("The request has no body to route.")
+            if req.deadline and time.time() >= req.deadline:
+                raise GatewayTimeoutError("The request's deadline passed before it could be dispatched.")
+        except GatewayError as exc:
+            await send(Result(outcome=Outcome(), error=exc.info()))
             return
         last: GatewayError | None = None
         last_dep = route.deployments[0]
-        for dep in route.deployments:
-            last_dep = dep
-            t0 = time.monotonic()
-            progress = _Progress()
-            try:
-                # a hard stop per attempt (asyncio.timeout creates no extra task, unlike wait_for)
-                async with asyncio.timeout(dep.timeout_s + 1.0):
-                    result = await self._attempt(req, body, dep, send, progress, started)
-            except TimeoutError:
-                last = GatewayTimeoutError(f"Deployment {dep.id} did not finish within {dep.timeout_s:g}s.")
-            except GatewayError as exc:
-                last = exc
-            except Exception as exc:  # a translator bug must not leave the client hanging
-                log.exception("request %s: attempt on %s failed unexpectedly", req.request_id, dep.id)
-                last = GatewayError(f"Internal error while calling {dep.id}: {type(exc).__name__}")
-            else:
-                attempts.append(
-                    Attempt(
-                        provider=dep.target.provider,
-                        deployment=dep.id,
-                        status=200,
-                        latency_ms=(time.monotonic() - t0) * 1000,
-                    )
-                )
-                outcome = self._outcome(dep, progress, attempts, started)
-                await send(Result(outcome=outcome, body=result, guard=req.guard))
-                return
-            attempts.append(
-                Attempt(
-                    provider=dep.target.provider,
-                    deployment=dep.id,
-                    status=last.status,
-                    latency_ms=(time.monotonic() - t0) * 1000,
-                    error_code=last.info().code,
-                )
-            )
-            if progress.sent or not should_fail_over(last):
-                break
+        progress = _Progress()
+        try:
+            for dep in route.deployments:
+                last_dep = dep
+                t0 = time.monotonic()
+                progress = _Progress()
+                try:
+                    # a hard stop per attempt (asyncio.timeout creates no extra task, unlike wait_for)
+                    async with asyncio.timeout(dep.timeout_s + 1.0):
+                        result = await self._attempt(req, dep, send, progress, started)
+                except TimeoutError:
+                    last = GatewayTimeoutError(f"Deployment {dep.id} did not finish within {dep.timeout_s:g}s.")
+                except GatewayError as exc:
+                    last = exc
+                except Exception as exc:  # a translator bug must not leave the client hanging
+                    log.exception("request %s: attempt on %s failed unexpectedly", req.request_id, dep.id)
+                    last = GatewayError(f"Internal error while calling {dep.id}: {type(exc).__name__}")
+                else:
+                    attempts.append(_attempt_record(dep, 200, t0))
+                    outcome = self._outcome(dep, progress, attempts, started)
+                    for piece in split_result(Result(outcome=outcome, body=result)):
+                        await send(piece)
+                    return
+                attempts.append(_attempt_record(dep, last.status, t0, last))
+                if progress.sent or not should_fail_over(last):
+                    break
+                if req.deadline and time.time() >= req.deadline:
+                    break
+        except asyncio.CancelledError:
+            # the client went away: the upstream call is closed by now; say what it cost so far
+            attempts.append(_attempt_record(last_dep, CLIENT_CLOSED.status, started))
+            outcome = self._outcome(last_dep, progress, attempts, started)
+            if outcome.usage is None:
+                outcome = msgspec.structs.replace(outcome, usage=_estimate(req, progress), usage_estimated=True)
+            await send(Result(outcome=outcome, error=CLIENT_CLOSED))
+            raise
         error = last.info() if last else GatewayError("No deployment could serve the request.").info()
-        await send(
-            Result(outcome=self._outcome(last_dep, _Progress(), attempts, started), error=error, guard=req.guard)
-        )
+        await send(Result(outcome=self._outcome(last_dep, _Progress(), attempts, started), error=error))
 
     def _outcome(self, dep: Deployment, progress: _Progress, attempts: list[Attempt], started: float) -> Outcome:
         return Outcome(
             provider=dep.target.provider,
+            provider_kind=dep.target.kind,
             deployment=dep.id,
             provider_model=dep.target.model,
             usage=progress.usage,
@@ -117,32 +121,25 @@ class Dispatcher:
         )
 
     async def _attempt(
-        self, req: ChatRequest, body: JsonObj, dep: Deployment, send: Send, progress: _Progress, started: float
+        self, req: ChatRequest, dep: Deployment, send: Send, progress: _Progress, started: float
     ) -> bytes:
         """Run one deployment; returns the whole body (non-stream) or b'' after streaming all chunks."""
         response_id = f"chatcmpl-{req.request_id}"
         created = int(time.time())
-        if dep.target.kind == "mock":
-            return await self._mock(req, body, dep, send, progress, started, response_id, created)
         translator = self._translators.get(dep.target.kind)
         if translator is None:
             raise GatewayError(f"Provider kind {dep.target.kind!r} is not available in this router.")
-        key_env = dep.api_key_env
-        if key_env and not dep.target.api_key:
-            # a gateway misconfiguration, not the client's fault: fail fast and let failover try the next one
-            raise ServiceUnavailableError(
-                f"Provider {dep.target.provider!r} has no API key configured ({key_env} is not set)."
-            )
-        if req.api == "embeddings":
-            ureq = translator.embeddings_request(body, dep.target)
+        if req.embeddings is not None:
+            ureq = translator.embeddings_request(req.embeddings, dep.target)
             resp = await self._upstream.send(ureq, dep.timeout_s, dep.connect_timeout_s)
             if resp.status >= 400:
                 raise translator.parse_error(resp.status, resp.body, resp.headers)
             parsed = translator.parse_embeddings(resp.body, dep.target)
             progress.usage = openai_usage(parsed)
             return parsed if isinstance(parsed, bytes) else _JSON.encode(parsed)
+        assert req.chat is not None
         if not req.stream:
-            ureq = translator.chat_request(body, dep.target, stream=False)
+            ureq = translator.chat_request(req.chat, dep.target, stream=False)
             resp = await self._upstream.send(ureq, dep.timeout_s, dep.connect_timeout_s)
             if resp.status >= 400:
                 raise translator.parse_error(resp.status, resp.body, resp.headers)
@@ -150,7 +147,7 @@ class Dispatcher:
             progress.usage = translator.usage_of(completion)
             progress.finish_reason = _finish_reason(completion)
             return completion if isinstance(completion, bytes) else _JSON.encode(completion)
-        ureq = translator.chat_request(body, dep.target, stream=True)
+        ureq = translator.chat_request(req.chat, dep.target, stream=True)
         async with self._upstream.stream(ureq, dep.timeout_s, dep.connect_timeout_s) as upstream:
             if upstream.status >= 400:
                 raise translator.parse_error(upstream.status, await upstream.read(), upstream.headers)
@@ -164,7 +161,7 @@ class Dispatcher:
             tail = [c for e in parser.close() for c in stream.feed(e)]
             await self._emit(req, tail + stream.finish(), send, progress, started)
             progress.usage = stream.usage or progress.usage
-            progress.finish_reason = stream.finish_reason
+            progress.finish_reason = stream.finish_reason or progress.finish_reason
         return b""
 
     async def _emit(
@@ -184,44 +181,33 @@ class Dispatcher:
         progress.sent += len(out)
         await send(Chunk(out[0]) if len(out) == 1 else ChunkBatch(out))
 
-    async def _mock(
-        self,
-        req: ChatRequest,
-        body: JsonObj,
-        dep: Deployment,
-        send: Send,
-        progress: _Progress,
-        started: float,
-        response_id: str,
-        created: int,
-    ) -> bytes:
-        cfg = dep.provider_config
-        if cfg.mock_latency_ms:
-            await asyncio.sleep(cfg.mock_latency_ms / 1000)
-        if req.api == "embeddings":
-            result = mock.embeddings(body, dep.target.model)
-            progress.usage = openai_usage(result)
-            return _JSON.encode(result)
-        if not req.stream:
-            result = mock.completion(body, dep.target.model, response_id, created)
-            progress.usage = openai_usage(result)
-            progress.finish_reason = _finish_reason(result)
-            return _JSON.encode(result)
-        for i, chunk in enumerate(mock.chunks(body, dep.target.model, response_id, created)):
-            if i and cfg.mock_chunk_delay_ms:
-                await asyncio.sleep(cfg.mock_chunk_delay_ms / 1000)
-            finish = _finish_reason(chunk)
-            if finish:
-                progress.finish_reason = finish
-            await self._emit(req, [chunk], send, progress, started)
-        return b""
+
+def _attempt_record(dep: Deployment, status: int, t0: float, error: GatewayError | None = None) -> Attempt:
+    return Attempt(
+        provider=dep.target.provider,
+        deployment=dep.id,
+        status=status,
+        latency_ms=(time.monotonic() - t0) * 1000,
+        error_code=error.info().code if error else "",
+        error_message=error.message[:ERROR_MESSAGE_CHARS] if error else "",
+    )
+
+
+def _estimate(req: ChatRequest, progress: _Progress) -> Usage:
+    """Usage when the provider reported none (the stream was cut): the prompt estimated from its text,
+    one output token per chunk relayed (what OpenAI-style streams send)."""
+    prompt = estimate_prompt_tokens(req.chat) if req.chat is not None else 0
+    return Usage(input_tokens=prompt, output_tokens=progress.sent)
 
 
 def _finish_reason(completion: JsonObj | bytes) -> str:
-    obj = msgspec.json.decode(completion) if isinstance(completion, bytes) else completion
-    if not isinstance(obj, dict):
-        return ""
-    choices = obj.get("choices")
+    if isinstance(completion, bytes):
+        try:
+            parsed = COMPLETION.decode(completion)
+        except msgspec.MsgspecError:
+            return ""
+        return next((c.finish_reason for c in parsed.choices if c.finish_reason), "")
+    choices = completion.get("choices")
     for choice in choices if isinstance(choices, list) else []:
         if isinstance(choice, dict) and choice.get("finish_reason"):
             return str(choice["finish_reason"])

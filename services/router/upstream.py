@@ -61,10 +61,18 @@ def _convert(exc: httpx.HTTPError) -> UpstreamError | GatewayTimeoutError:
 
 
 class Upstream:
-    def __init__(self, max_connections: int = 512) -> None:
+    """Sends provider requests; `mock://` URLs go to the in-process mock provider's transport."""
+
+    def __init__(self, max_connections: int = 512, mock: httpx.AsyncBaseTransport | None = None) -> None:
         limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
-        self._transport = AiohttpTransport(limits=limits)
+        self._network = AiohttpTransport(limits=limits)
+        self._mock = mock
         self._urls: dict[str, httpx.URL] = {}
+
+    def _transport(self, request: httpx.Request) -> httpx.AsyncBaseTransport:
+        if request.url.scheme == "mock" and self._mock is not None:
+            return self._mock
+        return self._network
 
     def _request(self, req: UpstreamRequest, timeout_s: float, connect_s: float) -> httpx.Request:
         url = self._urls.get(req.url)
@@ -82,7 +90,8 @@ class Upstream:
 
     async def send(self, req: UpstreamRequest, timeout_s: float, connect_s: float) -> UpstreamResponse:
         try:
-            resp = await self._transport.handle_async_request(self._request(req, timeout_s, connect_s))
+            request = self._request(req, timeout_s, connect_s)
+            resp = await self._transport(request).handle_async_request(request)
             try:
                 body = await resp.aread()
             finally:
@@ -94,7 +103,8 @@ class Upstream:
     @asynccontextmanager
     async def stream(self, req: UpstreamRequest, timeout_s: float, connect_s: float) -> AsyncIterator[UpstreamStream]:
         try:
-            response = await self._transport.handle_async_request(self._request(req, timeout_s, connect_s))
+            request = self._request(req, timeout_s, connect_s)
+            response = await self._transport(request).handle_async_request(request)
         except httpx.HTTPError as exc:
             raise _convert(exc) from exc
         try:
@@ -103,4 +113,6 @@ class Upstream:
             await response.aclose()
 
     async def aclose(self) -> None:
-        await self._transport.aclose()
+        await self._network.aclose()
+        if self._mock is not None:
+            await self._mock.aclose()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import msgspec
 
 from shared.errors import ErrorInfo
+from shared.schemas.openai import ChatCompletionRequest, EmbeddingsRequest
 
 
 class Usage(msgspec.Struct, frozen=True, kw_only=True):
@@ -31,15 +32,13 @@ class GuardFinding(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class GuardSummary(msgspec.Struct, frozen=True, kw_only=True):
-    """The guard's verdict on a request, carried forward to the router and back into the request record."""
+    """The guard's verdict on a request, as ingress records it. The map that restores redacted values
+    never leaves the guard replica that made it."""
 
     policy: str
     action: str  # allow | flag | redact | block
     findings: list[GuardFinding] = []
     scan_us: int = 0
-    # placeholder → original, kept only in flight so a response can be restored; never stored
-    restore: dict[str, str] = {}
-    output_policy: str = ""
 
 
 class Caller(msgspec.Struct, frozen=True, kw_only=True):
@@ -52,22 +51,45 @@ class Caller(msgspec.Struct, frozen=True, kw_only=True):
     policy: str = ""
 
 
+class NativeRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """The client's own request body, for a deployment that speaks the client's protocol.
+
+    When a client calls `/v1/messages` and the deployment is Anthropic (or `/v1/responses` and the
+    deployment is OpenAI), this body goes upstream unchanged, with the protocol headers the client
+    sent, so fields and block types the canonical form cannot express (prompt caching, thinking,
+    citations, server tools, betas) keep working. `chat` on the request is its canonical translation,
+    which the guard scans and other providers are sent.
+    """
+
+    protocol: str  # anthropic-messages | openai-responses
+    body: bytes  # the client's JSON, unchanged
+    headers: dict[str, str] = {}  # protocol headers the client sent (anthropic-beta, anthropic-version, openai-beta)
+
+
 class ChatRequest(msgspec.Struct, frozen=True, kw_only=True):
-    """A client request in gatehouse's canonical form (an OpenAI request body), published by ingress."""
+    """A client request in gatehouse's canonical form, decoded once by ingress; guard and router read it."""
 
     request_id: str
     api: str  # chat | embeddings
     model: str
-    body: bytes  # the request JSON in OpenAI form
     caller: Caller
+    chat: ChatCompletionRequest | None = None
+    embeddings: EmbeddingsRequest | None = None
+    native: NativeRequest | None = None
     stream: bool = False
     # the client asked for usage on the final stream chunk (stream_options.include_usage)
     include_usage: bool = False
     received_at: float = 0.0
-    deadline_s: float = 600.0
+    # unix time after which nobody waits for the answer: a router does not dispatch after it
+    deadline: float = 0.0
     trace_id: str = ""
     tags: dict[str, str] = {}
-    guard: GuardSummary | None = None
+
+
+class Cancel(msgspec.Struct, frozen=True, kw_only=True):
+    """ingress → every router replica: the client of this request went away; stop working on it."""
+
+    request_id: str
 
 
 class Attempt(msgspec.Struct, frozen=True, kw_only=True):
@@ -78,15 +100,20 @@ class Attempt(msgspec.Struct, frozen=True, kw_only=True):
     status: int
     latency_ms: float
     error_code: str = ""
+    # the provider's own words for a failure, truncated (recorded, never shown to the client)
+    error_message: str = ""
 
 
 class Outcome(msgspec.Struct, frozen=True, kw_only=True):
     """What the router learned while serving a request."""
 
     provider: str = ""
+    provider_kind: str = ""
     deployment: str = ""
     provider_model: str = ""
     usage: Usage | None = None
+    # usage was not reported by the provider (e.g. the client left mid-stream) and was estimated
+    usage_estimated: bool = False
     finish_reason: str = ""
     attempts: list[Attempt] = []
     upstream_ms: float = 0.0
@@ -94,7 +121,8 @@ class Outcome(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class Chunk(msgspec.Struct, frozen=True, tag="c"):
-    """One stream chunk: the JSON of an OpenAI `chat.completion.chunk`."""
+    """One stream chunk: the JSON of an OpenAI `chat.completion.chunk` (shared.schemas.openai), or, for
+    a native stream, one server-sent event of the client's protocol as it goes on the wire."""
 
     data: bytes
 
@@ -105,13 +133,37 @@ class ChunkBatch(msgspec.Struct, frozen=True, tag="b"):
     items: list[bytes]
 
 
+class NativeEvents(msgspec.Struct, frozen=True, tag="n"):
+    """Stream events in the client's own protocol (see NativeRequest), each a complete server-sent
+    event as it goes on the wire (`event: …\ndata: …\n\n`)."""
+
+    items: list[bytes]
+
+
 class Result(msgspec.Struct, frozen=True, kw_only=True, tag="r"):
-    """The last reply for a request: the whole body (non-stream), or the end of a stream, or an error."""
+    """The last reply for a request: the whole body (non-stream), or the end of a stream, or an error.
+
+    `native` says the body (or the stream before it) is in the client's own protocol (see NativeRequest),
+    not canonical chat. `guard` is set only by the guard (a block, or the verdict on the response)."""
 
     outcome: Outcome
     body: bytes = b""
     error: ErrorInfo | None = None
     guard: GuardSummary | None = None
+    native: bool = False
+
+
+class BodyPart(msgspec.Struct, frozen=True, tag="p"):
+    """A piece of a response body too large for one NATS message; the Result that follows carries the
+    rest (parts arrive in order: one publisher, one subscriber)."""
+
+    data: bytes
+
+
+class Verdict(msgspec.Struct, frozen=True, tag="g"):
+    """guard → ingress inbox, before the request goes on: the guard's verdict on the request."""
+
+    summary: GuardSummary
 
 
 class Heartbeat(msgspec.Struct, frozen=True, tag="h"):
@@ -119,4 +171,4 @@ class Heartbeat(msgspec.Struct, frozen=True, tag="h"):
     provider from a router that died."""
 
 
-Reply = Chunk | ChunkBatch | Result | Heartbeat
+Reply = Chunk | ChunkBatch | NativeEvents | Result | Heartbeat | BodyPart | Verdict

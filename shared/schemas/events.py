@@ -38,6 +38,10 @@ class RequestEvent(msgspec.Struct, frozen=True, kw_only=True):
     request_bytes: int = 0
     response_bytes: int = 0
     tags: dict[str, str] = {}
+    # the wire format of the provider that answered (prices need it; accounting reads no routing config)
+    provider_kind: str = ""
+    # the usage was estimated (the client left before the provider reported it)
+    usage_estimated: bool = False
 
 
 class GuardEvent(msgspec.Struct, frozen=True, kw_only=True):

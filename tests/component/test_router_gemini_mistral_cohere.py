@@ -24,6 +24,7 @@ from shared.config import GatehouseConfig
 from shared.schemas.chat import Caller, ChatRequest, Chunk, ChunkBatch, Reply, Result
 from tests.emulators import cohere, gemini, mistral
 from tests.servers import serve_in_thread
+from tests.unit.providers.roundtrip import canonical, canonical_embeddings
 
 WEATHER = {
     "type": "function",
@@ -92,7 +93,8 @@ async def _serve(
         request_id="r1",
         api=api,
         model=model,
-        body=json.dumps({**body, "model": model}).encode(),
+        chat=canonical({**body, "model": model}) if api == "chat" else None,
+        embeddings=canonical_embeddings({**body, "model": model}) if api == "embeddings" else None,
         caller=Caller(key_id="k"),
         stream=stream,
         include_usage=include_usage,

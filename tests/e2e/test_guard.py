@@ -116,7 +116,7 @@ def test_guard_scan_is_a_bus_request(running_stack: RunningStack) -> None:
             await nc.close()
         from shared.subjects import Subjects
 
-        result = Subjects(running_stack.stack.prefix).scan_result.decode(msg.data)
+        result = Subjects(running_stack.stack.prefix).guard_scan.decode_reply(msg.data)
         return result.action, [f.rule for f in result.findings], result.text
 
     action, rules, text = asyncio.run(ask())

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import msgspec
 import pytest
 
 from services.ingress.auth import KeyRing
-from services.ingress.validate import chat_fields, embeddings_model
+from services.ingress.validate import chat_request, embeddings_request, include_usage
 from shared.config import parse_config
 from shared.errors import AuthenticationError, InvalidRequestError
+from shared.schemas.openai import to_json
 
 
 @pytest.mark.parametrize(
@@ -30,26 +32,54 @@ from shared.errors import AuthenticationError, InvalidRequestError
 )
 def test_bad_chat_bodies(body: bytes, param: str | None, fragment: str) -> None:
     with pytest.raises(InvalidRequestError) as exc:
-        chat_fields(body)
+        chat_request(body)
     info = exc.value.info()
     assert info.status == 400 and info.param == param and fragment in info.message
 
 
 def test_good_chat_body_extracts_stream_flags() -> None:
-    f = chat_fields(
+    req = chat_request(
         b'{"model":"m","messages":[{"role":"user","content":"x"}],"stream":true,'
         b'"stream_options":{"include_usage":true},"seed":3}'
     )
-    assert (f.model, f.stream, f.include_usage) == ("m", True, True)
-    assert chat_fields(b'{"model":"m","messages":[{"role":"user"}]}').stream is False
+    assert (req.model, req.stream, include_usage(req), req.seed) == ("m", True, True, 3)
+    assert not chat_request(b'{"model":"m","messages":[{"role":"user"}]}').stream
+
+
+def test_documented_and_unknown_fields_survive_the_round_trip() -> None:
+    """seed, logit_bias, metadata and reasoning_effort are typed; vendor fields ride in `extra`; the body
+    re-encoded for an OpenAI-compatible server carries all of them unchanged."""
+    sent = {
+        "model": "m",
+        "messages": [{"role": "user", "content": "x", "name": "ann"}],
+        "seed": 7,
+        "logit_bias": {"50256": -100, "11": 2.5},
+        "metadata": {"team": "ml"},
+        "reasoning_effort": "low",
+        "temperature": 1,
+        "top_k": 40,
+        "guided_json": {"type": "object"},
+        "chat_template_kwargs": {"enable_thinking": False},
+    }
+    req = chat_request(msgspec.json.encode(sent))
+    assert req.seed == 7 and req.logit_bias == {"50256": -100, "11": 2.5}
+    assert req.metadata == {"team": "ml"} and req.reasoning_effort == "low"
+    assert req.extra == {
+        "top_k": 40,
+        "guided_json": {"type": "object"},
+        "chat_template_kwargs": {"enable_thinking": False},
+    }
+    assert msgspec.json.decode(to_json(req)) == sent
+    assert b'"temperature":1,' in to_json(req)  # an integer stays an integer
 
 
 def test_embeddings_body() -> None:
-    assert embeddings_model(b'{"model":"e","input":["a","b"]}') == "e"
+    assert embeddings_request(b'{"model":"e","input":["a","b"]}').model == "e"
+    assert embeddings_request(b'{"model":"e","input":[[1,2],[3]],"user_tag":"x"}').extra == {"user_tag": "x"}
     with pytest.raises(InvalidRequestError):
-        embeddings_model(b'{"model":"e","input":[]}')
+        embeddings_request(b'{"model":"e","input":[]}')
     with pytest.raises(InvalidRequestError):
-        embeddings_model(b'{"input":"x"}')
+        embeddings_request(b'{"input":"x"}')
 
 
 def test_keyring_accepts_bearer_and_x_api_key_and_masks_bad_keys() -> None:

@@ -18,6 +18,7 @@ from shared.errors import (
     RateLimitError,
     UpstreamError,
 )
+from tests.unit.providers.roundtrip import canonical
 
 CONFIG = parse_config(
     """
@@ -75,7 +76,9 @@ def test_openai_translator_merges_params_and_forces_usage_on_streams() -> None:
         api_key="k",
         params={"temperature": 0.1, "top_p": 0.5},
     )
-    req = t.chat_request({"model": "chat", "messages": [], "top_p": 0.9, "stream": True}, target, stream=True)
+    req = t.chat_request(
+        canonical({"model": "chat", "messages": [], "top_p": 0.9, "stream": True}), target, stream=True
+    )
     body = msgspec.json.decode(req.body)
     assert req.url == "http://h/v1/chat/completions"
     assert req.headers["authorization"] == "Bearer k"

@@ -46,6 +46,7 @@ from shared.errors import (
     error_for_status,
 )
 from shared.schemas.chat import Usage
+from shared.schemas.openai import ChatCompletionRequest
 
 API_VERSION = "2023-06-01"
 _ENC = msgspec.json.Encoder()
@@ -314,12 +315,12 @@ def _headers(target: Target) -> dict[str, str]:
 class AnthropicTranslator(Translator):
     kind = "anthropic"
 
-    def chat_request(self, body: JsonObj, target: Target, *, stream: bool) -> UpstreamRequest:
+    def chat_request(self, req: ChatCompletionRequest, target: Target, *, stream: bool) -> UpstreamRequest:
         # the client's own limit wins over the deployment's default, whichever of the two names either used
-        limit = max_tokens_of(body) or max_tokens_of(target.params)
+        limit = req.max_completion_tokens or req.max_tokens or max_tokens_of(target.params)
         version = target.api_version or API_VERSION
         payload = build_request(
-            merge_params(body, target), target.model, stream=stream, max_tokens=limit, api_version=version
+            merge_params(req, target), target.model, stream=stream, max_tokens=limit, api_version=version
         )
         return UpstreamRequest("POST", _url(target), _headers(target), _ENC.encode(payload))
 

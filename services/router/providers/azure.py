@@ -39,6 +39,7 @@ from shared.errors import (
     NotFoundError,
     error_for_status,
 )
+from shared.schemas.openai import ChatCompletionRequest, EmbeddingsRequest
 
 DEFAULT_API_VERSION = "2024-10-21"
 _STREAM_OPTIONS_SINCE = "2024-09-01"  # stream_options and max_completion_tokens arrived in 2024-09-01-preview
@@ -126,8 +127,8 @@ class AzureTranslator(Translator):
     kind = "azure"
     supports_embeddings = True
 
-    def chat_request(self, body: JsonObj, target: Target, *, stream: bool) -> UpstreamRequest:
-        payload = merge_params(body, target)
+    def chat_request(self, req: ChatCompletionRequest, target: Target, *, stream: bool) -> UpstreamRequest:
+        payload = merge_params(req, target)
         modern = _modern(target)
         if not modern and "max_completion_tokens" in payload:
             limit = payload.pop("max_completion_tokens")
@@ -148,8 +149,8 @@ class AzureTranslator(Translator):
     def open_stream(self, target: Target, response_id: str, created: int) -> ChatStream:
         return AzureStream(target, response_id, created)
 
-    def embeddings_request(self, body: JsonObj, target: Target) -> UpstreamRequest:
-        payload = merge_params(body, target)
+    def embeddings_request(self, req: EmbeddingsRequest, target: Target) -> UpstreamRequest:
+        payload = merge_params(req, target)
         return UpstreamRequest("POST", _url(target, "embeddings"), _headers(target), _ENC.encode(payload))
 
     def parse_embeddings(self, data: bytes, target: Target) -> JsonObj | bytes:

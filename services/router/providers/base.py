@@ -16,6 +16,7 @@ import msgspec
 
 from shared.errors import GatewayError, InvalidRequestError, error_for_status
 from shared.schemas.chat import Usage
+from shared.schemas.openai import ChatCompletionRequest, EmbeddingsRequest, to_builtins
 
 JsonObj = dict[str, object]
 
@@ -83,7 +84,7 @@ class Translator:
     kind: str = ""
     supports_embeddings: bool = False
 
-    def chat_request(self, body: JsonObj, target: Target, *, stream: bool) -> UpstreamRequest:
+    def chat_request(self, req: ChatCompletionRequest, target: Target, *, stream: bool) -> UpstreamRequest:
         raise NotImplementedError
 
     def parse_chat(self, data: bytes, target: Target, response_id: str, created: int) -> JsonObj | bytes:
@@ -93,7 +94,7 @@ class Translator:
     def open_stream(self, target: Target, response_id: str, created: int) -> ChatStream:
         raise NotImplementedError
 
-    def embeddings_request(self, body: JsonObj, target: Target) -> UpstreamRequest:
+    def embeddings_request(self, req: EmbeddingsRequest, target: Target) -> UpstreamRequest:
         raise InvalidRequestError(f"provider kind {self.kind!r} does not serve embeddings", param="model")
 
     def usage_of(self, completion: JsonObj | bytes) -> Usage | None:
@@ -138,10 +139,11 @@ def retry_after_seconds(headers: Mapping[str, str]) -> float | None:
     return None
 
 
-def merge_params(body: JsonObj, target: Target) -> JsonObj:
-    """Deployment default params under the client's body (the client's values win), model replaced."""
+def merge_params(req: ChatCompletionRequest | EmbeddingsRequest, target: Target) -> JsonObj:
+    """The request as JSON values with the deployment's default params under it (the client's values
+    win), model replaced: the input of translators that build another provider's body."""
     merged: JsonObj = dict(target.params)
-    merged.update(body)
+    merged.update(to_builtins(req))
     merged["model"] = target.model
     return merged
 

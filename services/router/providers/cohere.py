@@ -54,6 +54,7 @@ from shared.errors import (
     error_for_status,
 )
 from shared.schemas.chat import Usage
+from shared.schemas.openai import ChatCompletionRequest, EmbeddingsRequest
 
 _ENC = msgspec.json.Encoder()
 _COPY = {
@@ -346,8 +347,8 @@ class CohereTranslator(Translator):
     kind = "cohere"
     supports_embeddings = True
 
-    def chat_request(self, body: JsonObj, target: Target, *, stream: bool) -> UpstreamRequest:
-        payload = merge_params(body, target)
+    def chat_request(self, req: ChatCompletionRequest, target: Target, *, stream: bool) -> UpstreamRequest:
+        payload = merge_params(req, target)
         return UpstreamRequest(
             "POST",
             f"{target.api_base.rstrip('/')}/v2/chat",
@@ -385,9 +386,9 @@ class CohereTranslator(Translator):
     def open_stream(self, target: Target, response_id: str, created: int) -> ChatStream:
         return CohereStream(target, response_id, created)
 
-    def embeddings_request(self, body: JsonObj, target: Target) -> UpstreamRequest:
-        payload = merge_params(body, target)
-        req: JsonObj = {
+    def embeddings_request(self, req: EmbeddingsRequest, target: Target) -> UpstreamRequest:
+        payload = merge_params(req, target)
+        out: JsonObj = {
             "model": target.model,
             "texts": embedding_inputs(payload),
             # OpenAI has no input_type; documents are the common case, and a client can send its own
@@ -395,11 +396,11 @@ class CohereTranslator(Translator):
             "embedding_types": ["float"],
         }
         if isinstance(payload.get("dimensions"), int):
-            req["output_dimension"] = payload["dimensions"]
+            out["output_dimension"] = payload["dimensions"]
         if payload.get("truncate") in {"NONE", "START", "END"}:
-            req["truncate"] = payload["truncate"]
+            out["truncate"] = payload["truncate"]
         return UpstreamRequest(
-            "POST", f"{target.api_base.rstrip('/')}/v2/embed", _headers(target, False), _ENC.encode(req)
+            "POST", f"{target.api_base.rstrip('/')}/v2/embed", _headers(target, False), _ENC.encode(out)
         )
 
     def parse_embeddings(self, data: bytes, target: Target) -> JsonObj | bytes:

@@ -48,6 +48,7 @@ from shared.errors import (
     error_for_status,
 )
 from shared.schemas.chat import Usage
+from shared.schemas.openai import ChatCompletionRequest, EmbeddingsRequest
 
 _ENC = msgspec.json.Encoder()
 _FILTERED = {"SAFETY", "RECITATION", "BLOCKLIST", "PROHIBITED_CONTENT", "SPII", "IMAGE_SAFETY", "LANGUAGE"}
@@ -232,8 +233,8 @@ class GeminiTranslator(Translator):
     kind = "gemini"
     supports_embeddings = True
 
-    def chat_request(self, body: JsonObj, target: Target, *, stream: bool) -> UpstreamRequest:
-        payload = merge_params(body, target)
+    def chat_request(self, req: ChatCompletionRequest, target: Target, *, stream: bool) -> UpstreamRequest:
+        payload = merge_params(req, target)
         action = ":streamGenerateContent?alt=sse" if stream else ":generateContent"
         return UpstreamRequest(
             "POST",
@@ -267,8 +268,8 @@ class GeminiTranslator(Translator):
     def open_stream(self, target: Target, response_id: str, created: int) -> ChatStream:
         return GeminiStream(target, response_id, created)
 
-    def embeddings_request(self, body: JsonObj, target: Target) -> UpstreamRequest:
-        payload = merge_params(body, target)
+    def embeddings_request(self, req: EmbeddingsRequest, target: Target) -> UpstreamRequest:
+        payload = merge_params(req, target)
         inputs = embedding_inputs(payload)
         model = target.model if "/" in target.model else f"models/{target.model}"
         extra: JsonObj = {}
@@ -279,11 +280,11 @@ class GeminiTranslator(Translator):
             extra["taskType"] = task
         if len(inputs) == 1:
             url = _model_path(target) + ":embedContent"
-            req: JsonObj = {"content": {"parts": [{"text": inputs[0]}]}, **extra}
+            out: JsonObj = {"content": {"parts": [{"text": inputs[0]}]}, **extra}
         else:
             url = _model_path(target) + ":batchEmbedContents"
-            req = {"requests": [{"model": model, "content": {"parts": [{"text": t}]}, **extra} for t in inputs]}
-        return UpstreamRequest("POST", url, _headers(target), _ENC.encode(req))
+            out = {"requests": [{"model": model, "content": {"parts": [{"text": t}]}, **extra} for t in inputs]}
+        return UpstreamRequest("POST", url, _headers(target), _ENC.encode(out))
 
     def parse_embeddings(self, data: bytes, target: Target) -> JsonObj | bytes:
         try:

@@ -49,6 +49,7 @@ from services.router.providers.chat_shapes import (
 )
 from shared.errors import ContextLengthExceeded, GatewayError, InvalidRequestError, UpstreamError, error_for_status
 from shared.schemas.chat import Usage
+from shared.schemas.openai import ChatCompletionRequest, EmbeddingsRequest
 
 _ENC = msgspec.json.Encoder()
 _MISTRAL_ID = re.compile(r"[A-Za-z0-9]{9}")
@@ -373,8 +374,8 @@ class MistralTranslator(Translator):
     kind = "mistral"
     supports_embeddings = True
 
-    def chat_request(self, body: JsonObj, target: Target, *, stream: bool) -> UpstreamRequest:
-        payload = merge_params(body, target)
+    def chat_request(self, req: ChatCompletionRequest, target: Target, *, stream: bool) -> UpstreamRequest:
+        payload = merge_params(req, target)
         return UpstreamRequest(
             "POST",
             f"{target.api_base.rstrip('/')}/v1/chat/completions",
@@ -411,21 +412,21 @@ class MistralTranslator(Translator):
     def open_stream(self, target: Target, response_id: str, created: int) -> ChatStream:
         return MistralStream(target, response_id, created)
 
-    def embeddings_request(self, body: JsonObj, target: Target) -> UpstreamRequest:
-        payload = merge_params(body, target)
+    def embeddings_request(self, req: EmbeddingsRequest, target: Target) -> UpstreamRequest:
+        payload = merge_params(req, target)
         inputs = embedding_inputs(payload)
-        req: JsonObj = {
+        out: JsonObj = {
             "model": target.model,
             "input": payload["input"] if isinstance(payload["input"], str) else inputs,
         }
         if isinstance(payload.get("dimensions"), int):
-            req["output_dimension"] = payload["dimensions"]
+            out["output_dimension"] = payload["dimensions"]
         if payload.get("encoding_format") in {"float", "base64"}:
-            req["encoding_format"] = payload["encoding_format"]
+            out["encoding_format"] = payload["encoding_format"]
         if isinstance(payload.get("output_dtype"), str):
-            req["output_dtype"] = payload["output_dtype"]
+            out["output_dtype"] = payload["output_dtype"]
         return UpstreamRequest(
-            "POST", f"{target.api_base.rstrip('/')}/v1/embeddings", _headers(target, False), _ENC.encode(req)
+            "POST", f"{target.api_base.rstrip('/')}/v1/embeddings", _headers(target, False), _ENC.encode(out)
         )
 
     def parse_embeddings(self, data: bytes, target: Target) -> JsonObj | bytes:

@@ -1,17 +1,29 @@
-"""The built-in mock provider: deterministic chat and embeddings with usage, no network, no key.
+"""The built-in mock provider: an in-process OpenAI-compatible server, no network, no key.
 
-It answers in OpenAI form directly, so the whole pipeline (guard, router, accounting) runs with no
-provider account at all. The reply is derived from the last user message; tokens are counted as
-whitespace-separated words, which keeps usage deterministic and easy to check.
+`MockTransport` is an httpx transport that answers `POST …/chat/completions` (JSON, or SSE when the
+body asks for a stream) and `POST …/embeddings` on the OpenAI wire format. The router reaches it
+through the same OpenAI translator, upstream client and SSE parser as a real provider, so the whole
+pipeline runs with no provider account and tests on `mock-1` exercise the code production runs.
+Replies are deterministic: derived from the last user message; tokens are counted as
+whitespace-separated words, which keeps usage easy to check.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import math
 import struct
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+
+import httpx
+import msgspec
 
 from services.router.providers.base import JsonObj
+
+SCHEME = "mock"
+_JSON = msgspec.json.Encoder()
 
 CHUNK_WORDS = 2
 
@@ -153,3 +165,71 @@ def embeddings(body: JsonObj, model: str) -> JsonObj:
         "model": model,
         "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
     }
+
+
+@dataclass(frozen=True, slots=True)
+class MockBehaviour:
+    """Simulated latency of one mock provider account."""
+
+    latency_ms: float = 0.0  # before the answer (or the first chunk)
+    chunk_delay_ms: float = 0.0  # between stream chunks
+
+
+class _SseBody(httpx.AsyncByteStream):
+    def __init__(self, events: list[JsonObj], delay_s: float) -> None:
+        self._events = events
+        self._delay_s = delay_s
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        for i, event in enumerate(self._events):
+            if i and self._delay_s:
+                await asyncio.sleep(self._delay_s)
+            yield b"data: " + _JSON.encode(event) + b"\n\n"
+        yield b"data: [DONE]\n\n"
+
+
+def _error(status: int, message: str) -> httpx.Response:
+    body = {"error": {"message": message, "type": "invalid_request_error", "param": None, "code": None}}
+    return httpx.Response(status, headers={"content-type": "application/json"}, content=_JSON.encode(body))
+
+
+class MockTransport(httpx.AsyncBaseTransport):
+    """OpenAI-compatible answers for `mock://<provider>/…` URLs; `behaviours` holds each provider's latency."""
+
+    def __init__(self, behaviours: Mapping[str, MockBehaviour] | None = None) -> None:
+        self._behaviours = dict(behaviours or {})
+        self._served = 0
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        behaviour = self._behaviours.get(request.url.host, MockBehaviour())
+        body = msgspec.json.decode(await request.aread())
+        if not isinstance(body, dict):
+            return _error(400, "The request body must be a JSON object.")
+        if behaviour.latency_ms:
+            await asyncio.sleep(behaviour.latency_ms / 1000)
+        model = str(body.get("model", ""))
+        path = request.url.path
+        self._served += 1
+        created = 1_700_000_000 + self._served
+        response_id = f"chatcmpl-mock{self._served}"
+        if path.endswith("/embeddings"):
+            return httpx.Response(
+                200, headers={"content-type": "application/json"}, content=_JSON.encode(embeddings(body, model))
+            )
+        if not path.endswith("/chat/completions"):
+            return _error(404, f"Unknown path {path}.")
+        if body.get("stream"):
+            events = chunks(body, model, response_id, created)
+            options = body.get("stream_options")
+            if not (isinstance(options, dict) and options.get("include_usage")):
+                events = events[:-1]
+            return httpx.Response(
+                200,
+                headers={"content-type": "text/event-stream"},
+                stream=_SseBody(events, behaviour.chunk_delay_ms / 1000),
+            )
+        return httpx.Response(
+            200,
+            headers={"content-type": "application/json"},
+            content=_JSON.encode(completion(body, model, response_id, created)),
+        )

@@ -15,10 +15,10 @@ from services.router.providers.base import (
     Target,
     Translator,
     UpstreamRequest,
-    merge_params,
     openai_usage,
 )
 from shared.errors import UpstreamError
+from shared.schemas.openai import ChatCompletionRequest, EmbeddingsRequest, StreamOptions, to_json
 
 _ENC = msgspec.json.Encoder()
 
@@ -69,16 +69,18 @@ class OpenAITranslator(Translator):
     kind = "openai"
     supports_embeddings = True
 
-    def chat_request(self, body: JsonObj, target: Target, *, stream: bool) -> UpstreamRequest:
-        payload = merge_params(body, target)
+    def chat_request(self, req: ChatCompletionRequest, target: Target, *, stream: bool) -> UpstreamRequest:
+        out = msgspec.structs.replace(req, model=target.model)
         if stream:
-            payload["stream"] = True
-            opts = payload.get("stream_options")
-            # usage is always requested so every streamed request is accounted; ingress drops the
+            # usage is always requested so every streamed request is accounted; the router drops the
             # usage chunk again when the client did not ask for it
-            payload["stream_options"] = {**(opts if isinstance(opts, dict) else {}), "include_usage": True}
+            opts = req.stream_options
+            out.stream = True
+            out.stream_options = StreamOptions(
+                include_usage=True, include_obfuscation=opts.include_obfuscation if opts else None
+            )
         return UpstreamRequest(
-            "POST", f"{target.api_base.rstrip('/')}/chat/completions", _headers(target), _ENC.encode(payload)
+            "POST", f"{target.api_base.rstrip('/')}/chat/completions", _headers(target), to_json(out, target.params)
         )
 
     def parse_chat(self, data: bytes, target: Target, response_id: str, created: int) -> JsonObj | bytes:
@@ -87,13 +89,17 @@ class OpenAITranslator(Translator):
     def open_stream(self, target: Target, response_id: str, created: int) -> ChatStream:
         return OpenAIStream(target, response_id, created)
 
-    def embeddings_request(self, body: JsonObj, target: Target) -> UpstreamRequest:
+    def embeddings_request(self, req: EmbeddingsRequest, target: Target) -> UpstreamRequest:
+        out = msgspec.structs.replace(req, model=target.model)
         return UpstreamRequest(
-            "POST",
-            f"{target.api_base.rstrip('/')}/embeddings",
-            _headers(target),
-            _ENC.encode(merge_params(body, target)),
+            "POST", f"{target.api_base.rstrip('/')}/embeddings", _headers(target), to_json(out, target.params)
         )
 
     def parse_embeddings(self, data: bytes, target: Target) -> JsonObj | bytes:
         return data
+
+
+class MockTranslator(OpenAITranslator):
+    """The built-in mock provider speaks the OpenAI wire format (providers/mock.py serves it in process)."""
+
+    kind = "mock"

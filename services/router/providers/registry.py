@@ -8,12 +8,13 @@ from services.router.providers.base import Translator
 from services.router.providers.cohere import CohereTranslator
 from services.router.providers.gemini import GeminiTranslator
 from services.router.providers.mistral import MistralTranslator
-from services.router.providers.openai import OpenAITranslator
+from services.router.providers.openai import MockTranslator, OpenAITranslator
 
 
 def translators() -> dict[str, Translator]:
     found: list[Translator] = [
         OpenAITranslator(),
+        MockTranslator(),
         AzureTranslator(),
         AnthropicTranslator(),
         GeminiTranslator(),

@@ -6,9 +6,11 @@ import msgspec
 
 from services.guard import texts
 from services.guard.core import Guard
-from services.guard.output import OutputFilter, needs_output_pass
+from services.guard.output import OutputFilter
+from services.guard.redaction import Vault
 from shared.config import parse_config
-from shared.schemas.chat import Caller, ChatRequest, GuardSummary
+from shared.schemas.chat import Caller, ChatRequest, NativeRequest
+from shared.schemas.openai import EmbeddingsRequest, chat_from_builtins
 
 CONFIG = parse_config(
     """
@@ -23,83 +25,216 @@ guardrails:
       secrets: {action: block}
     out:
       secrets: {action: block}
+    flag-only:
+      secrets: {action: flag}
 """
 )
 SECRET = "ghp_" + "A1b2C3d4E5f6G7h8I9j0K1l2M3n4O5p6Q7r8"
 
 
-def request(body: dict[str, object], policy: str = "", api: str = "chat") -> ChatRequest:
+def request(body: dict[str, object], policy: str = "", native: NativeRequest | None = None) -> ChatRequest:
     return ChatRequest(
         request_id="r1",
-        api=api,
+        api="chat",
         model="m",
-        body=msgspec.json.encode(body),
+        chat=chat_from_builtins({"model": "m", **body}),
+        native=native,
         caller=Caller(key_id="k", policy=policy),
     )
 
 
-def test_text_slots_cover_contents_parts_tool_arguments_and_embeddings() -> None:
-    body: dict[str, object] = {
-        "messages": [
-            {"role": "system", "content": "sys"},
-            {"role": "user", "content": [{"type": "text", "text": "part"}, {"type": "image_url", "image_url": {}}]},
-            {"role": "assistant", "tool_calls": [{"function": {"name": "f", "arguments": '{"a":1}'}}]},
-        ]
-    }
-    slots = texts.text_slots(body, "chat")
+def test_text_slots_cover_every_text_a_model_reads() -> None:
+    chat = chat_from_builtins(
+        {
+            "model": "m",
+            "messages": [
+                {"role": "system", "content": "sys"},
+                {
+                    "role": "user",
+                    "content": [{"type": "text", "text": "part"}, {"type": "image_url", "image_url": {"url": "u"}}],
+                },
+                {
+                    "role": "assistant",
+                    "refusal": "no",
+                    "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "f", "arguments": '{"a":1}'}}],
+                },
+            ],
+            "tools": [
+                {
+                    "type": "function",
+                    "function": {
+                        "name": "lookup",
+                        "description": "tool text",
+                        "parameters": {
+                            "type": "object",
+                            "properties": {"q": {"type": "string", "description": "desc"}},
+                        },
+                    },
+                }
+            ],
+            "response_format": {
+                "type": "json_schema",
+                "json_schema": {"name": "answer", "schema": {"type": "object", "title": "schema title"}},
+            },
+        }
+    )
+    slots = texts.chat_slots(chat)
     assert [s.location for s in slots] == [
         "messages[0].content",
         "messages[1].content[0].text",
+        "messages[2].refusal",
         "messages[2].tool_calls[0].function.arguments",
+        "tools[0].function.name",
+        "tools[0].function.description",
+        "tools[0].function.parameters.properties.q.description",
+        "response_format.json_schema.name",
+        "response_format.json_schema.schema.title",
     ]
-    texts.write(slots, ["A", "B", "C"])
-    assert body["messages"][1]["content"][0]["text"] == "B"  # type: ignore[index]
-    assert [s.location for s in texts.text_slots({"input": ["x", "y"]}, "embeddings")] == ["input[0]", "input[1]"]
+    texts.write(slots, [str(n) for n in range(len(slots))])
+    assert isinstance(chat.messages[1].content, list) and chat.messages[1].content[0].text == "1"
+    assert chat.tools is not None and chat.tools[0].function is not None
+    assert chat.tools[0].function.parameters == {
+        "type": "object",
+        "properties": {"q": {"type": "string", "description": "6"}},
+    }
+    embed = EmbeddingsRequest(model="e", input=["x", 3, "y"])  # type: ignore[list-item]
+    assert [s.location for s in texts.embeddings_slots(embed)] == ["input[0]", "input[2]"]
 
 
 def test_default_policy_blocks_a_secret_without_echoing_it() -> None:
-    verdict = Guard(CONFIG).check(request({"messages": [{"role": "user", "content": f"token {SECRET}"}]}))
-    assert verdict.error is not None and verdict.error.code == "content_policy_violation"
-    assert SECRET not in verdict.error.message and "secrets." in verdict.error.message
-    assert verdict.summary.action == "block"
-    assert verdict.summary.findings[0].location == "messages[0].content"
+    checked = Guard(CONFIG).check(request({"messages": [{"role": "user", "content": f"token {SECRET}"}]}))
+    assert checked.error is not None and checked.error.code == "content_policy_violation"
+    assert SECRET not in checked.error.message and "secrets." in checked.error.message
+    assert checked.summary.action == "block"
+    assert checked.summary.findings[0].location == "messages[0].content"
 
 
-def test_redaction_rewrites_the_forwarded_body_and_keeps_the_restore_map() -> None:
-    verdict = Guard(CONFIG).check(
-        request({"messages": [{"role": "user", "content": "mail a@example.com"}]}, policy="redact")
+def test_a_secret_in_a_tool_description_or_schema_is_blocked() -> None:
+    tool = {"type": "function", "function": {"name": "f", "description": f"use {SECRET}"}}
+    checked = Guard(CONFIG).check(request({"messages": [{"role": "user", "content": "hi"}], "tools": [tool]}))
+    assert checked.error is not None and checked.summary.findings[0].location == "tools[0].function.description"
+    fmt = {"type": "json_schema", "json_schema": {"name": "x", "schema": {"description": SECRET}}}
+    checked = Guard(CONFIG).check(request({"messages": [{"role": "user", "content": "hi"}], "response_format": fmt}))
+    assert checked.error is not None
+
+
+def test_redaction_rewrites_the_forwarded_request_and_keeps_the_vault_in_the_guard() -> None:
+    native = NativeRequest(protocol="anthropic-messages", body=b"{}")
+    checked = Guard(CONFIG).check(
+        request({"messages": [{"role": "user", "content": "mail a@example.com"}]}, policy="redact", native=native)
     )
-    assert verdict.error is None and verdict.summary.action == "redact"
-    forwarded = msgspec.json.decode(verdict.request.body)
-    assert forwarded["messages"][0]["content"] == "mail <EMAIL_1>"
-    assert verdict.summary.restore == {"<EMAIL_1>": "a@example.com"}
-    assert verdict.summary.output_policy == "out" and needs_output_pass(verdict.summary)
+    assert checked.error is None and checked.summary.action == "redact"
+    assert checked.request.chat is not None and checked.request.chat.messages[0].content == "mail <EMAIL_1>"
+    assert checked.vault is not None and checked.vault.mapping == {"<EMAIL_1>": "a@example.com"}
+    assert checked.output is not None and checked.output.name == "out"
+    # the client's own body still holds the address: it must not reach the provider
+    assert checked.request.native is None
+    # nothing that restores the address travels on the bus
+    assert b"a@example.com" not in msgspec.msgpack.encode(checked.request)
+    assert b"a@example.com" not in msgspec.msgpack.encode(checked.summary)
 
 
-def test_output_filter_restores_and_blocks_whole_completions() -> None:
-    guard = Guard(CONFIG)
-    restore = {"<EMAIL_1>": "a@example.com"}
-    summary = GuardSummary(policy="redact", action="redact", restore=restore, output_policy="out")
-    ok = OutputFilter(guard.rails, summary)
-    body = msgspec.json.encode({"choices": [{"message": {"role": "assistant", "content": "sent to <EMAIL_1>"}}]})
-    assert msgspec.json.decode(ok.completion(body))["choices"][0]["message"]["content"] == "sent to a@example.com"
-    leak = OutputFilter(guard.rails, summary)
-    leak.completion(msgspec.json.encode({"choices": [{"message": {"content": f"here: {SECRET}"}}]}))
-    assert leak.error is not None and leak.findings and leak.findings[0].direction == "output"
+def test_a_native_request_with_nothing_to_change_keeps_its_body() -> None:
+    native = NativeRequest(protocol="anthropic-messages", body=b"{}")
+    checked = Guard(CONFIG).check(request({"messages": [{"role": "user", "content": "hi"}]}, native=native))
+    assert checked.request.native == native and checked.output is None
+
+
+def _policy(name: str) -> OutputFilter:
+    rails = Guard(CONFIG).rails
+    return OutputFilter(rails.policy(name), Vault.from_mapping({"<EMAIL_1>": "a@example.com"}), 64)
+
+
+def test_output_filter_restores_and_blocks_whole_completions_in_every_choice() -> None:
+    ok = _policy("out")
+    body = msgspec.json.encode(
+        {
+            "choices": [
+                {"index": 0, "message": {"role": "assistant", "content": "sent to <EMAIL_1>"}},
+                {"index": 1, "message": {"role": "assistant", "content": "also <EMAIL_1>"}},
+            ]
+        }
+    )
+    out = msgspec.json.decode(ok.completion(body))
+    assert [c["message"]["content"] for c in out["choices"]] == ["sent to a@example.com", "also a@example.com"]
+    second = _policy("out")
+    second.completion(
+        msgspec.json.encode(
+            {"choices": [{"index": 0, "message": {"content": "fine"}}, {"index": 1, "message": {"content": SECRET}}]}
+        )
+    )
+    assert second.error is not None and second.findings[0].location == "choices[1].message.content"
+
+
+def test_output_filter_scans_tool_arguments_refusals_and_reasoning() -> None:
+    for message, location in [
+        (
+            {"tool_calls": [{"id": "c", "function": {"name": "f", "arguments": f'{{"k":"{SECRET}"}}'}}]},
+            "choices[0].message.tool_calls[0].function.arguments",
+        ),
+        ({"content": None, "refusal": f"no {SECRET}"}, "choices[0].message.refusal"),
+        ({"content": "ok", "reasoning_content": f"thinking {SECRET}"}, "choices[0].message.reasoning_content"),
+    ]:
+        out = _policy("out")
+        out.completion(msgspec.json.encode({"choices": [{"index": 0, "message": message}]}))
+        assert out.error is not None, location
+        assert out.findings[0].location == location
+    # restored in tool arguments: the model saw the placeholder, the tool gets the real value
+    ok = _policy("out")
+    call = {"id": "c", "function": {"name": "mail", "arguments": '{"to":"<EMAIL_1>"}'}}
+    body = ok.completion(msgspec.json.encode({"choices": [{"index": 0, "message": {"tool_calls": [call]}}]}))
+    args = msgspec.json.decode(body)["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"]
+    assert args == '{"to":"a@example.com"}'
+
+
+def _chunk(index: int, delta: dict[str, object], finish: str | None = None) -> bytes:
+    return msgspec.json.encode({"id": "x", "choices": [{"index": index, "delta": delta, "finish_reason": finish}]})
 
 
 def test_output_filter_streams_hold_back_and_release_at_the_end() -> None:
-    guard = Guard(CONFIG)
-    out = OutputFilter(guard.rails, GuardSummary(policy="redact", action="redact", output_policy="out"))
+    out = _policy("out")
     released = ""
     words = ("hello " * 100).split(" ")
     for word in words:
-        chunk = {"choices": [{"index": 0, "delta": {"content": word + " "}, "finish_reason": None}]}
-        sent = out.chunk(msgspec.json.encode(chunk))
+        sent = out.chunk(_chunk(0, {"content": word + " "}))
         if sent is not None:
             released += msgspec.json.decode(sent)["choices"][0]["delta"].get("content", "")
     assert 0 < len(released) < len(" ".join(words))  # the tail is still held back
-    final = out.chunk(msgspec.json.encode({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}))
+    final = out.chunk(_chunk(0, {}, "stop"))
     assert final is not None
     released += msgspec.json.decode(final)["choices"][0]["delta"].get("content", "")
     assert released == "".join(w + " " for w in words)
+
+
+def test_streamed_secrets_are_blocked_in_any_choice_and_in_streamed_tool_arguments() -> None:
+    out = _policy("out")
+    assert out.chunk(_chunk(0, {"content": "harmless text " * 10})) is not None  # past the hold-back window
+    for piece in (SECRET[:10], SECRET[10:25], SECRET[25:], " and more text " * 8):
+        out.chunk(_chunk(1, {"content": piece}))
+    assert out.error is not None and out.findings[-1].location == "choices[1].message.content"
+
+    args = _policy("out")
+    start = {"tool_calls": [{"index": 0, "id": "c", "type": "function", "function": {"name": "f", "arguments": ""}}]}
+    assert args.chunk(_chunk(0, start)) is not None  # the call's id and name go out at once
+    for piece in ('{"token": "', SECRET[:12], SECRET[12:], '"}'):
+        args.chunk(_chunk(0, {"tool_calls": [{"index": 0, "function": {"arguments": piece}}]}))
+    args.chunk(_chunk(0, {}, "tool_calls"))
+    assert args.error is not None
+    assert args.findings[0].location == "choices[0].message.tool_calls[0].function.arguments"
+
+
+def test_streamed_tool_arguments_are_restored_and_released_whole() -> None:
+    out = _policy("out")
+    start = {"tool_calls": [{"index": 0, "id": "c", "type": "function", "function": {"name": "mail", "arguments": ""}}]}
+    sent = [out.chunk(_chunk(0, start))]
+    for piece in ('{"to": "<EMA', 'IL_1>"}'):
+        sent.append(out.chunk(_chunk(0, {"tool_calls": [{"index": 0, "function": {"arguments": piece}}]})))
+    sent.append(out.chunk(_chunk(0, {}, "tool_calls")))
+    assert out.error is None
+    args = ""
+    for data in sent:
+        if data is None:
+            continue
+        for call in msgspec.json.decode(data)["choices"][0]["delta"].get("tool_calls") or []:
+            args += call.get("function", {}).get("arguments", "")
+    assert args == '{"to": "a@example.com"}'

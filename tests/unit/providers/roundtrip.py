@@ -11,10 +11,26 @@ from starlette.applications import Starlette
 
 from services.router.providers.base import JsonObj, Target, Translator
 from services.router.sse import SseParser
-from shared.errors import GatewayError
+from shared.errors import GatewayError, InvalidRequestError
+from shared.schemas.openai import EMBEDDINGS_FIELDS, ChatCompletionRequest, EmbeddingsRequest, chat_from_builtins
 
 RESPONSE_ID = "chatcmpl-req0123456789abcdef"
 CREATED = 1_700_000_000
+
+
+def canonical(body: Mapping[str, Any]) -> ChatCompletionRequest:
+    """A test's chat body (model optional) as the canonical request ingress would have decoded."""
+    try:
+        return chat_from_builtins({"model": "m", **body})
+    except msgspec.ValidationError as exc:  # what ingress answers for a body that does not fit the schema
+        raise InvalidRequestError(str(exc)) from exc
+
+
+def canonical_embeddings(body: Mapping[str, Any]) -> EmbeddingsRequest:
+    known = {k: v for k, v in {"model": "m", **body}.items() if k in EMBEDDINGS_FIELDS}
+    req = msgspec.convert(known, EmbeddingsRequest)
+    req.extra = {k: v for k, v in body.items() if k not in EMBEDDINGS_FIELDS}
+    return req
 
 
 def _as_dict(obj: JsonObj | bytes) -> dict[str, Any]:
@@ -29,7 +45,7 @@ async def _send(app: Starlette, method: str, url: str, headers: Mapping[str, str
 
 async def chat(translator: Translator, app: Starlette, body: dict[str, Any], target: Target) -> dict[str, Any]:
     """A non-stream completion; a provider error is raised as the translator maps it."""
-    req = translator.chat_request(body, target, stream=False)
+    req = translator.chat_request(canonical(body), target, stream=False)
     resp = await _send(app, req.method, req.url, req.headers, req.body)
     if resp.status_code >= 400:
         raise translator.parse_error(resp.status_code, resp.content, {k.lower(): v for k, v in resp.headers.items()})
@@ -40,7 +56,7 @@ async def stream(
     translator: Translator, app: Starlette, body: dict[str, Any], target: Target
 ) -> tuple[list[dict[str, Any]], Any]:
     """(chunks, the ChatStream) for a streamed completion, fed in small network-like pieces."""
-    req = translator.chat_request(body, target, stream=True)
+    req = translator.chat_request(canonical(body), target, stream=True)
     resp = await _send(app, req.method, req.url, req.headers, req.body)
     if resp.status_code >= 400:
         raise translator.parse_error(resp.status_code, resp.content, {k.lower(): v for k, v in resp.headers.items()})
@@ -60,7 +76,7 @@ async def stream(
 
 
 async def embeddings(translator: Translator, app: Starlette, body: dict[str, Any], target: Target) -> dict[str, Any]:
-    req = translator.embeddings_request(body, target)
+    req = translator.embeddings_request(canonical_embeddings(body), target)
     resp = await _send(app, req.method, req.url, req.headers, req.body)
     if resp.status_code >= 400:
         raise translator.parse_error(resp.status_code, resp.content, {k.lower(): v for k, v in resp.headers.items()})

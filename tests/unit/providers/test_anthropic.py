@@ -28,6 +28,7 @@ from shared.errors import (
 from tests.emulators import anthropic as emulator
 from tests.servers import serve_in_thread
 from tests.unit.providers import roundtrip as rt
+from tests.unit.providers.roundtrip import canonical
 
 T = AnthropicTranslator()
 TARGET = Target(
@@ -46,7 +47,7 @@ PNG = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAW
 
 
 def _req(body: dict[str, Any], target: Target = TARGET, *, stream: bool = False) -> dict[str, Any]:
-    req = T.chat_request(body, target, stream=stream)
+    req = T.chat_request(canonical(body), target, stream=stream)
     out: dict[str, Any] = json.loads(req.body)
     return out
 
@@ -75,7 +76,7 @@ def test_request_url_headers_system_and_defaults() -> None:
             _user("Hi"),
         ],
     }
-    req = T.chat_request(body, target, stream=True)
+    req = T.chat_request(canonical(body), target, stream=True)
     assert req.url == "https://api.anthropic.com/v1/messages"
     assert req.headers["x-api-key"] == "k"
     assert req.headers["anthropic-version"] == "2023-06-01"
@@ -90,7 +91,8 @@ def test_request_url_headers_system_and_defaults() -> None:
         "stream": True,
     }
     assert (
-        T.chat_request(body, Target("a", "anthropic", "m", "http://h/v1"), stream=False).url == "http://h/v1/messages"
+        T.chat_request(canonical(body), Target("a", "anthropic", "m", "http://h/v1"), stream=False).url
+        == "http://h/v1/messages"
     )
 
 
@@ -746,7 +748,9 @@ async def test_sdk_reads_emulator_messages_streams_and_errors() -> None:
 
 def test_api_version_2026_10_21_drops_sampling_parameters() -> None:
     target = Target("a", "anthropic", "claude", "http://h", api_key="k", api_version="2026-10-21")
-    req = T.chat_request({"messages": [_user("x")], "temperature": 0.5, "top_p": 0.9, "top_k": 3}, target, stream=False)
+    req = T.chat_request(
+        canonical({"messages": [_user("x")], "temperature": 0.5, "top_p": 0.9, "top_k": 3}), target, stream=False
+    )
     assert req.headers["anthropic-version"] == "2026-10-21"
     assert not {"temperature", "top_p", "top_k"} & set(json.loads(req.body))
 
@@ -769,7 +773,7 @@ async def test_emulator_api_version_2026_10_21() -> None:
 def test_emulator_runs_under_uvicorn() -> None:
     with serve_in_thread(emulator.create_app()) as base:
         target = Target("a", "anthropic", "claude", base, api_key=emulator.API_KEY)
-        req = T.chat_request({"messages": [_user("over the network")]}, target, stream=True)
+        req = T.chat_request(canonical({"messages": [_user("over the network")]}), target, stream=True)
         stream = T.open_stream(target, rt.RESPONSE_ID, rt.CREATED)
         parser, chunks = SseParser(), []
         with httpx.Client() as client, client.stream(req.method, req.url, headers=req.headers, content=req.body) as r:

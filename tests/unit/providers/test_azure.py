@@ -25,6 +25,7 @@ from shared.errors import (
 )
 from tests.emulators import azure as emulator
 from tests.unit.providers import roundtrip as rt
+from tests.unit.providers.roundtrip import canonical, canonical_embeddings
 
 T = AzureTranslator()
 BASE = "https://res.openai.azure.com"
@@ -50,37 +51,48 @@ def _target(**kw: Any) -> Target:
 
 
 def test_deployment_url_key_header_and_body() -> None:
-    req = T.chat_request({"model": "alias", "messages": [_user("hi")], "temperature": 0.1}, _target(), stream=False)
+    req = T.chat_request(
+        canonical({"model": "alias", "messages": [_user("hi")], "temperature": 0.1}), _target(), stream=False
+    )
     assert req.url == f"{BASE}/openai/deployments/gpt-4o/chat/completions?api-version={DEFAULT_API_VERSION}"
     assert req.headers["api-key"] == "k" and "authorization" not in req.headers
     assert json.loads(req.body) == {"model": "gpt-4o", "messages": [_user("hi")], "temperature": 0.1}
-    pinned = T.chat_request({"messages": [_user("x")]}, _target(api_version="2025-04-01-preview"), stream=False)
+    pinned = T.chat_request(
+        canonical({"messages": [_user("x")]}), _target(api_version="2025-04-01-preview"), stream=False
+    )
     assert pinned.url.endswith("/openai/deployments/gpt-4o/chat/completions?api-version=2025-04-01-preview")
     entra = _target(api_key=None, headers={"authorization": "Bearer tok"})
-    req = T.chat_request({"messages": [_user("x")]}, entra, stream=False)
+    req = T.chat_request(canonical({"messages": [_user("x")]}), entra, stream=False)
     assert req.headers["authorization"] == "Bearer tok" and "api-key" not in req.headers
-    emb = T.embeddings_request({"model": "e", "input": "x"}, _target(model="text-embedding-3-small"))
+    emb = T.embeddings_request(
+        canonical_embeddings({"model": "e", "input": "x"}), _target(model="text-embedding-3-small")
+    )
     assert emb.url == f"{BASE}/openai/deployments/text-embedding-3-small/embeddings?api-version={DEFAULT_API_VERSION}"
 
 
 def test_v1_api_urls() -> None:
-    v1 = T.chat_request({"messages": [_user("x")]}, _target(api_version="v1"), stream=False)
+    v1 = T.chat_request(canonical({"messages": [_user("x")]}), _target(api_version="v1"), stream=False)
     assert v1.url == f"{BASE}/openai/v1/chat/completions"
     assert json.loads(v1.body)["model"] == "gpt-4o"
-    based = T.chat_request({"messages": [_user("x")]}, _target(api_base=f"{BASE}/openai/v1/"), stream=False)
+    based = T.chat_request(canonical({"messages": [_user("x")]}), _target(api_base=f"{BASE}/openai/v1/"), stream=False)
     assert based.url == f"{BASE}/openai/v1/chat/completions"
-    assert T.embeddings_request({"input": "x"}, _target(api_version="v1")).url == f"{BASE}/openai/v1/embeddings"
+    assert (
+        T.embeddings_request(canonical_embeddings({"input": "x"}), _target(api_version="v1")).url
+        == f"{BASE}/openai/v1/embeddings"
+    )
 
 
 def test_stream_usage_and_version_dependent_fields() -> None:
     body = {"messages": [_user("x")], "stream_options": {"include_obfuscation": False}, "max_completion_tokens": 9}
-    modern = json.loads(T.chat_request(body, _target(), stream=True).body)
+    modern = json.loads(T.chat_request(canonical(body), _target(), stream=True).body)
     assert modern["stream"] is True
     assert modern["stream_options"] == {"include_obfuscation": False, "include_usage": True}
     assert modern["max_completion_tokens"] == 9
-    old = json.loads(T.chat_request(body, _target(api_version="2024-06-01"), stream=True).body)
+    old = json.loads(T.chat_request(canonical(body), _target(api_version="2024-06-01"), stream=True).body)
     assert "stream_options" not in old and old["max_tokens"] == 9 and "max_completion_tokens" not in old
-    assert "stream" not in json.loads(T.chat_request({"messages": [_user("x")]}, _target(), stream=False).body)
+    assert "stream" not in json.loads(
+        T.chat_request(canonical({"messages": [_user("x")]}), _target(), stream=False).body
+    )
 
 
 # --- streams ---------------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ from shared.errors import (
 )
 from tests.emulators import cohere as emulator
 from tests.unit.providers import roundtrip as rt
+from tests.unit.providers.roundtrip import canonical, canonical_embeddings
 
 T = CohereTranslator()
 TARGET = Target(
@@ -58,27 +59,29 @@ def build_request(payload: dict[str, Any], model: str, *, stream: bool) -> dict[
 
 def test_request_maps_fields_and_roles() -> None:
     req = T.chat_request(
-        {
-            "model": "client-name",
-            "messages": [
-                {"role": "developer", "content": "Be brief."},
-                {
-                    "role": "user",
-                    "content": [
-                        {"type": "text", "text": "What is this?"},
-                        {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA", "detail": "low"}},
-                    ],
-                },
-            ],
-            "top_p": 1.0,
-            "max_tokens": 99,
-            "stop": ["\n\n"],
-            "temperature": 0.4,
-            "seed": 5,
-            "user": "dropped",
-            "logit_bias": {"1": 1},
-            "safety_mode": "STRICT",
-        },
+        canonical(
+            {
+                "model": "client-name",
+                "messages": [
+                    {"role": "developer", "content": "Be brief."},
+                    {
+                        "role": "user",
+                        "content": [
+                            {"type": "text", "text": "What is this?"},
+                            {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA", "detail": "low"}},
+                        ],
+                    },
+                ],
+                "top_p": 1.0,
+                "max_tokens": 99,
+                "stop": ["\n\n"],
+                "temperature": 0.4,
+                "seed": 5,
+                "user": "dropped",
+                "logit_bias": {"1": 1},
+                "safety_mode": "STRICT",
+            }
+        ),
         TARGET,
         stream=True,
     )
@@ -347,7 +350,7 @@ def test_parse_error_taxonomy() -> None:
 
 
 def test_embeddings_request_and_parse() -> None:
-    req = T.embeddings_request({"model": "e", "input": "hi", "dimensions": 256}, TARGET)
+    req = T.embeddings_request(canonical_embeddings({"model": "e", "input": "hi", "dimensions": 256}), TARGET)
     assert req.url == "http://cohere.test/v2/embed"
     assert json.loads(req.body) == {
         "model": "command-a-03-2025",
@@ -356,7 +359,9 @@ def test_embeddings_request_and_parse() -> None:
         "embedding_types": ["float"],
         "output_dimension": 256,
     }
-    req = T.embeddings_request({"model": "e", "input": ["a"], "input_type": "search_query"}, TARGET)
+    req = T.embeddings_request(
+        canonical_embeddings({"model": "e", "input": ["a"], "input_type": "search_query"}), TARGET
+    )
     assert json.loads(req.body)["input_type"] == "search_query"
     out = T.parse_embeddings(
         b'{"id":"x","embeddings":{"float":[[0.5,0.25]]},"meta":{"billed_units":{"input_tokens":3}}}', TARGET

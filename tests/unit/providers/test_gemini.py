@@ -26,6 +26,7 @@ from shared.errors import (
 )
 from tests.emulators import gemini as emulator
 from tests.unit.providers import roundtrip as rt
+from tests.unit.providers.roundtrip import canonical, canonical_embeddings
 
 T = GeminiTranslator()
 TARGET = Target(
@@ -72,23 +73,25 @@ def build_request(payload: dict[str, Any], model: str) -> dict[str, Any]:
 
 def test_request_url_headers_system_and_generation_config() -> None:
     req = T.chat_request(
-        {
-            "model": "client-name",
-            "messages": [
-                {"role": "system", "content": "Be brief."},
-                {"role": "developer", "content": "Use metric."},
-                {"role": "user", "content": "Hi"},
-                {"role": "user", "content": [{"type": "text", "text": "there"}]},
-            ],
-            "temperature": 0.3,
-            "top_p": 0.9,
-            "max_completion_tokens": 50,
-            "stop": "END",
-            "n": 2,
-            "seed": 7,
-            "presence_penalty": 0.5,
-            "user": "ignored",
-        },
+        canonical(
+            {
+                "model": "client-name",
+                "messages": [
+                    {"role": "system", "content": "Be brief."},
+                    {"role": "developer", "content": "Use metric."},
+                    {"role": "user", "content": "Hi"},
+                    {"role": "user", "content": [{"type": "text", "text": "there"}]},
+                ],
+                "temperature": 0.3,
+                "top_p": 0.9,
+                "max_completion_tokens": 50,
+                "stop": "END",
+                "n": 2,
+                "seed": 7,
+                "presence_penalty": 0.5,
+                "user": "ignored",
+            }
+        ),
         TARGET,
         stream=False,
     )
@@ -120,7 +123,9 @@ def test_stream_url_and_deployment_params_under_client_values() -> None:
         api_version="v1",
         params={"temperature": 0.1, "max_tokens": 9},
     )
-    req = T.chat_request({"messages": [{"role": "user", "content": "q"}], "temperature": 0.8}, target, stream=True)
+    req = T.chat_request(
+        canonical({"messages": [{"role": "user", "content": "q"}], "temperature": 0.8}), target, stream=True
+    )
     assert req.url == "https://x/v1/tunedModels/mine:streamGenerateContent?alt=sse"
     assert _body(req)["generationConfig"] == {"temperature": 0.8, "maxOutputTokens": 9}
 
@@ -527,14 +532,14 @@ def test_parse_error_taxonomy() -> None:
 
 
 def test_embeddings_request_and_parse() -> None:
-    one = T.embeddings_request({"model": "e", "input": "hello", "dimensions": 4}, TARGET)
+    one = T.embeddings_request(canonical_embeddings({"model": "e", "input": "hello", "dimensions": 4}), TARGET)
     assert one.url.endswith("/v1beta/models/gemini-2.5-flash:embedContent")
     assert _body(one) == {"content": {"parts": [{"text": "hello"}]}, "outputDimensionality": 4}
-    many = T.embeddings_request({"model": "e", "input": ["a", "b"]}, TARGET)
+    many = T.embeddings_request(canonical_embeddings({"model": "e", "input": ["a", "b"]}), TARGET)
     assert many.url.endswith(":batchEmbedContents")
     assert [r["model"] for r in _body(many)["requests"]] == ["models/gemini-2.5-flash"] * 2
     with pytest.raises(InvalidRequestError):
-        T.embeddings_request({"model": "e", "input": [[1, 2, 3]]}, TARGET)
+        T.embeddings_request(canonical_embeddings({"model": "e", "input": [[1, 2, 3]]}), TARGET)
     parsed: Any = T.parse_embeddings(b'{"embeddings": [{"values": [0.1, 0.2]}, {"values": [0.3, 0.4]}]}', TARGET)
     assert [d["embedding"] for d in parsed["data"]] == [[0.1, 0.2], [0.3, 0.4]]
 

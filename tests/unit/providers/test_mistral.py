@@ -23,6 +23,7 @@ from shared.errors import (
 )
 from tests.emulators import mistral as emulator
 from tests.unit.providers import roundtrip as rt
+from tests.unit.providers.roundtrip import canonical, canonical_embeddings
 
 T = MistralTranslator()
 TARGET = Target(
@@ -58,25 +59,27 @@ def build_request(payload: dict[str, Any], model: str, *, stream: bool) -> dict[
 
 def test_request_keeps_only_mistral_fields_and_renames() -> None:
     req = T.chat_request(
-        {
-            "model": "client-name",
-            "messages": [
-                {"role": "developer", "content": "Be brief."},
-                {"role": "user", "content": "Hi", "name": "bob"},
-            ],
-            "seed": 42,
-            "max_completion_tokens": 64,
-            "stop": "END",
-            "temperature": 0.2,
-            "top_p": 0.9,
-            "user": "u-1",
-            "logit_bias": {"1": 2},
-            "store": True,
-            "stream_options": {"include_usage": True},
-            "safe_prompt": True,
-            "parallel_tool_calls": False,
-            "reasoning_effort": "medium",
-        },
+        canonical(
+            {
+                "model": "client-name",
+                "messages": [
+                    {"role": "developer", "content": "Be brief."},
+                    {"role": "user", "content": "Hi", "name": "bob"},
+                ],
+                "seed": 42,
+                "max_completion_tokens": 64,
+                "stop": "END",
+                "temperature": 0.2,
+                "top_p": 0.9,
+                "user": "u-1",
+                "logit_bias": {"1": 2},
+                "store": True,
+                "stream_options": {"include_usage": True},
+                "safe_prompt": True,
+                "parallel_tool_calls": False,
+                "reasoning_effort": "medium",
+            }
+        ),
         TARGET,
         stream=True,
     )
@@ -345,7 +348,10 @@ def test_parse_error_taxonomy() -> None:
 
 def test_embeddings_request_passes_openai_shape_through() -> None:
     req = T.embeddings_request(
-        {"model": "e", "input": ["a", "b"], "dimensions": 256, "encoding_format": "base64", "user": "x"}, TARGET
+        canonical_embeddings(
+            {"model": "e", "input": ["a", "b"], "dimensions": 256, "encoding_format": "base64", "user": "x"}
+        ),
+        TARGET,
     )
     assert req.url == "http://mistral.test/v1/embeddings"
     assert json.loads(req.body) == {

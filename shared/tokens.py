@@ -1,0 +1,47 @@
+"""Token estimates from request text (pure): a conservative guess where no tokenizer's count exists yet.
+
+Used where a count is needed before (or without) the provider's: the usage of a stream the client
+abandoned, and the worst-case cost a budget reserves. Four characters a token is the usual rule of
+thumb for English with BPE tokenizers; images and audio count a fixed amount per part.
+"""
+
+from __future__ import annotations
+
+from shared.schemas.openai import ChatCompletionRequest, ContentPart
+
+CHARS_PER_TOKEN = 4
+# per message: role and separators the chat template adds
+MESSAGE_OVERHEAD = 4
+# a non-text part (image, audio, file) counted at a fixed size: OpenAI bills a high-detail 1024² image ~765
+MEDIA_PART_TOKENS = 800
+
+
+def _text_tokens(text: str) -> int:
+    return (len(text) + CHARS_PER_TOKEN - 1) // CHARS_PER_TOKEN
+
+
+def _part_tokens(part: ContentPart) -> int:
+    if part.text is not None:
+        return _text_tokens(part.text)
+    if part.refusal is not None:
+        return _text_tokens(part.refusal)
+    return MEDIA_PART_TOKENS
+
+
+def estimate_prompt_tokens(req: ChatCompletionRequest) -> int:
+    total = 0
+    for message in req.messages:
+        total += MESSAGE_OVERHEAD
+        content = message.content
+        if isinstance(content, str):
+            total += _text_tokens(content)
+        elif content is not None:
+            total += sum(_part_tokens(p) for p in content)
+        for call in message.tool_calls or []:
+            if call.function is not None:
+                total += _text_tokens(call.function.name) + _text_tokens(call.function.arguments or "")
+    for tool in req.tools or []:
+        if tool.function is not None:
+            fn = tool.function
+            total += _text_tokens(fn.name) + _text_tokens(fn.description or "") + _text_tokens(str(fn.parameters or ""))
+    return max(total, 1)
