@@ -143,6 +143,8 @@ providers:
     deployments: [{{provider: emu-openai, model: err-429}}]
   - name: emu-500
     deployments: [{{provider: emu-openai, model: err-500}}]
+  - name: emu-drip
+    deployments: [{{provider: emu-openai, model: drip-100}}]
   - name: emu-slow
     deployments: [{{provider: emu-openai, model: slow-3000, timeout_s: 1}}]
   - name: down

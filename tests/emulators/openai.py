@@ -5,7 +5,8 @@ It validates what the real API validates that matters to a gateway (bearer auth,
 deterministically, streams `chat.completion.chunk` SSE ending in `data: [DONE]` (with a usage chunk
 when `stream_options.include_usage` is set), emits tool calls when tools are offered and the prompt
 mentions the weather, and simulates failures by model name: `err-<status>` answers that status with
-OpenAI's error JSON (429 also sends Retry-After), `slow-<ms>` waits before answering.
+OpenAI's error JSON (429 also sends Retry-After), `slow-<ms>` waits before answering, `drip-<ms>` streams
+one word every <ms> (a stream the client leaves midway is noted in `app.state.abandoned` with the time).
 """
 
 from __future__ import annotations
@@ -116,7 +117,7 @@ def create_app() -> Starlette:
             text = "Emulated OpenAI answer from the tool result: " + str(messages[-1].get("content"))
         calls = _tool_calls(body, prompt)
         created = int(time.time())
-        cid = f"chatcmpl-emu{created}"
+        cid = f"chatcmpl-emu{created}-{len(request.app.state.requests)}"
         if not stream:
             message: dict[str, Any] = {"role": "assistant", "content": None if calls else text, "refusal": None}
             if calls:
@@ -140,8 +141,23 @@ def create_app() -> Starlette:
                 }
             )
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        drip = int(model[5:]) / 1000 if model.startswith("drip-") else 0.0
+        if drip:
+            text = " ".join(f"word{n}" for n in range(200))
 
         async def events() -> AsyncIterator[bytes]:
+            finished = False
+            try:
+                async for event in _events():
+                    yield event
+                    if drip:
+                        await asyncio.sleep(drip)
+                finished = True
+            finally:
+                if not finished:
+                    request.app.state.abandoned.append((cid, time.monotonic()))
+
+        async def _events() -> AsyncIterator[bytes]:
             base = {
                 "id": cid,
                 "object": "chat.completion.chunk",
@@ -220,4 +236,5 @@ def create_app() -> Starlette:
         ]
     )
     app.state.requests = []
+    app.state.abandoned = []
     return app
