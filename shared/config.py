@@ -47,6 +47,15 @@ class ProviderConfig(_Strict):
     mock_chunk_delay_ms: float = Field(default=0.0, ge=0)
 
 
+class PriceConfig(_Strict):
+    """A negotiated price for a deployment, in USD per million tokens (instead of the list price)."""
+
+    input_per_mtok: float = Field(ge=0)
+    output_per_mtok: float = Field(ge=0)
+    cached_input_per_mtok: float | None = Field(default=None, ge=0)
+    cache_write_per_mtok: float | None = Field(default=None, ge=0)
+
+
 class DeploymentConfig(_Strict):
     """One place a model can be served from; fields left out come from the provider."""
 
@@ -60,6 +69,7 @@ class DeploymentConfig(_Strict):
     timeout_s: float | None = Field(default=None, gt=0)
     params: dict[str, JsonValue] = Field(default_factory=dict)
     weight: int = Field(default=1, ge=1)
+    price: PriceConfig | None = None
 
     @property
     def id(self) -> str:
@@ -74,6 +84,9 @@ class ModelConfig(_Strict):
     kind: Literal["chat", "embeddings"] = "chat"
     deployments: list[DeploymentConfig] = Field(min_length=1)
     owned_by: str = "gatehouse"
+    # the most output tokens one answer can have; the worst case a budget reserves when a request
+    # names no max_tokens (default: what the model's context window leaves)
+    max_output_tokens: int | None = Field(default=None, gt=0)
 
 
 class KeyConfig(_Strict):
@@ -101,6 +114,22 @@ class AccountingConfig(_Strict):
     flush_interval_s: float = Field(default=0.5, gt=0)
 
 
+class GovernanceConfig(_Strict):
+    """Virtual keys, quotas and budgets (the records themselves live in NATS KV; see shared/governance.py)."""
+
+    # the environment variable holding the admin key (the admin API and CLI's master credential)
+    admin_key_env: str = "GATEHOUSE_ADMIN_KEY"
+    # quotas when the counters cannot be reached: open (serve, uncounted) or closed (503); budgets
+    # always fail closed
+    quotas_when_unavailable: Literal["open", "closed"] = "open"
+    # how long a reservation outlives its request's deadline before it is released (a crashed replica)
+    reservation_grace_s: float = Field(default=30.0, gt=0)
+    # the org every team belongs to unless it names another
+    default_org: str = "default"
+    # budget alerts are also POSTed here (JSON, Slack-compatible `text`), when set
+    alert_webhook_url: str | None = None
+
+
 class GatehouseConfig(_Strict):
     server: ServerConfig = Field(default_factory=ServerConfig)
     keys: list[KeyConfig] = Field(default_factory=list)
@@ -108,6 +137,7 @@ class GatehouseConfig(_Strict):
     models: list[ModelConfig] = Field(default_factory=list)
     guardrails: GuardrailsConfig = Field(default_factory=GuardrailsConfig)
     accounting: AccountingConfig = Field(default_factory=AccountingConfig)
+    governance: GovernanceConfig = Field(default_factory=GovernanceConfig)
 
     @model_validator(mode="after")
     def _references(self) -> GatehouseConfig:

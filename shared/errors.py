@@ -11,6 +11,7 @@ GatewayError                      500 api_error            internal_error
 ├── PayloadTooLargeError          413 invalid_request_error request_too_large
 ├── UnprocessableEntityError      422 invalid_request_error unprocessable_entity
 ├── RateLimitError                429 rate_limit_error      rate_limit_exceeded    (retryable)
+├── BudgetExceededError           429 insufficient_quota    budget_exceeded
 ├── UpstreamError                 502 api_error             bad_gateway            (retryable)
 ├── ServiceUnavailableError       503 api_error             service_unavailable    (retryable)
 └── GatewayTimeoutError           504 timeout_error         gateway_timeout        (retryable)
@@ -125,6 +126,15 @@ class RateLimitError(GatewayError):
     type = "rate_limit_error"
     code = "rate_limit_exceeded"
     retryable = True
+
+
+class BudgetExceededError(GatewayError):
+    """A hard budget cannot cover the request's worst-case cost; retrying helps only once the period
+    ends (Retry-After) or the budget is raised."""
+
+    status = 429
+    type = "insufficient_quota"
+    code = "budget_exceeded"
 
 
 class UpstreamError(GatewayError):

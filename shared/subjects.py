@@ -13,7 +13,7 @@ import msgspec
 
 from shared.schemas.admin import ScanRequest, ScanResult, SqlQuery, SqlResult
 from shared.schemas.chat import Cancel, ChatRequest, Reply
-from shared.schemas.events import GuardEvent, RequestEvent
+from shared.schemas.events import AuditEvent, BudgetAlert, GuardEvent, RequestEvent, ReservationState
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -110,6 +110,63 @@ class Subjects:
     def guard_scan(self) -> Service[ScanRequest, ScanResult]:
         """admin → guard (request/reply): scan one text with a policy, answered with ScanResult."""
         return Service(f"{self.prefix}.guard.scan", ScanRequest, ScanResult, queue="guard")
+
+    @cached_property
+    def events_audit(self) -> Subject[AuditEvent]:
+        """ingress (admin API) → JetStream: one admin action."""
+        return Subject(f"{self.prefix}.events.audit", AuditEvent)
+
+    @cached_property
+    def events_alert(self) -> Subject[BudgetAlert]:
+        """accounting → JetStream: a budget crossed an alert threshold."""
+        return Subject(f"{self.prefix}.events.alert", BudgetAlert)
+
+    def reservation(self, request_id: str) -> Subject[ReservationState]:
+        """ingress / accounting → JetStream (`reservations_stream`): the state of one budget reservation."""
+        return Subject(f"{self.prefix}.resv.{request_id}", ReservationState)
+
+    @property
+    def reservations_wildcard(self) -> str:
+        return f"{self.prefix}.resv.*"
+
+    def spend_counter(self, scope: str, period_key: str) -> str:
+        """Budget counter (micro-USD reserved + settled) of one scope (`team.ml`) in one period."""
+        return f"{self.prefix}.ctr.spend.{scope}.{period_key}"
+
+    def concurrency_counter(self, scope: str) -> str:
+        return f"{self.prefix}.ctr.conc.{scope}"
+
+    def quota_counter(self, kind: str, scope: str, window: int) -> str:
+        """Requests (`rpm`) or tokens (`tpm`) of one scope in one UTC minute."""
+        return f"{self.prefix}.quota.{kind}.{scope}.{window}"
+
+    @property
+    def _stream_base(self) -> str:
+        return self.prefix.upper().replace(".", "_").replace("-", "_")
+
+    @property
+    def counters_stream(self) -> str:
+        """JetStream counter stream (`Nats-Incr`) of budgets and concurrency: `<p>.ctr.>`."""
+        return f"{self._stream_base}_COUNTERS"
+
+    @property
+    def quotas_stream(self) -> str:
+        """JetStream counter stream of per-minute quota windows (`<p>.quota.>`), kept a few minutes."""
+        return f"{self._stream_base}_QUOTAS"
+
+    @property
+    def reservations_stream(self) -> str:
+        return f"{self._stream_base}_RESERVATIONS"
+
+    @property
+    def directory_bucket(self) -> str:
+        """KV bucket of orgs, teams, projects, users and virtual keys (shared/governance.py)."""
+        return f"{self._stream_base}_DIRECTORY"
+
+    @property
+    def alerts_bucket(self) -> str:
+        """KV bucket recording which budget alerts were sent (create-only keys: each is sent once)."""
+        return f"{self._stream_base}_ALERTS"
 
     def ping(self, service: str) -> str:
         """`<p>.<service>.ping` (request/reply, empty body): answered by any replica that is serving."""

@@ -49,6 +49,7 @@ class Caller(msgspec.Struct, frozen=True, kw_only=True):
     project: str = ""
     user: str = ""
     policy: str = ""
+    org: str = ""
 
 
 class NativeRequest(msgspec.Struct, frozen=True, kw_only=True):
@@ -64,6 +65,25 @@ class NativeRequest(msgspec.Struct, frozen=True, kw_only=True):
     protocol: str  # anthropic-messages | openai-responses
     body: bytes  # the client's JSON, unchanged
     headers: dict[str, str] = {}  # protocol headers the client sent (anthropic-beta, anthropic-version, openai-beta)
+
+
+class Hold(msgspec.Struct, frozen=True, kw_only=True):
+    """One budget counter a reservation increased: its subject and by how much (micro-USD)."""
+
+    subject: str
+    micro_usd: int
+
+
+class Reservation(msgspec.Struct, frozen=True, kw_only=True):
+    """What ingress reserved before dispatching a request: the worst-case cost on each budget counter,
+    and the concurrency counters it holds. Accounting settles it from the request's record; if the
+    record never comes (a crashed replica), it is released after `expires_at`."""
+
+    request_id: str
+    amount_usd: float = 0.0
+    holds: list[Hold] = []
+    concurrency: list[str] = []
+    expires_at: float = 0.0
 
 
 class ChatRequest(msgspec.Struct, frozen=True, kw_only=True):

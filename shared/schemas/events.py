@@ -5,7 +5,7 @@ from __future__ import annotations
 import msgspec
 
 from shared.errors import ErrorInfo
-from shared.schemas.chat import Attempt, Caller, GuardFinding, Usage
+from shared.schemas.chat import Attempt, Caller, GuardFinding, Reservation, Usage
 
 
 class RequestEvent(msgspec.Struct, frozen=True, kw_only=True):
@@ -42,6 +42,8 @@ class RequestEvent(msgspec.Struct, frozen=True, kw_only=True):
     provider_kind: str = ""
     # the usage was estimated (the client left before the provider reported it)
     usage_estimated: bool = False
+    # the budget reservation made before dispatch, which accounting settles to the actual cost
+    reservation: Reservation | None = None
 
 
 class GuardEvent(msgspec.Struct, frozen=True, kw_only=True):
@@ -55,3 +57,42 @@ class GuardEvent(msgspec.Struct, frozen=True, kw_only=True):
     findings: list[GuardFinding] = []
     scan_us: int = 0
     at: float
+
+
+class ReservationState(msgspec.Struct, frozen=True, kw_only=True):
+    """The last word on a reservation (`<p>.resv.<request_id>`, one message per subject): live while the
+    request runs, then settled (from its record) or released (expired: its replica died)."""
+
+    state: str  # live | settled | released
+    reservation: Reservation
+    at: float
+
+
+class AuditEvent(msgspec.Struct, frozen=True, kw_only=True):
+    """One admin action: who did what to which record, with the record before and after (never a secret)."""
+
+    event_id: str
+    at: float
+    actor: str  # "admin" or "key:<id>" (a team admin)
+    actor_team: str = ""
+    action: str  # e.g. key.create, key.rotate, team.update
+    target_kind: str
+    target_id: str
+    before: str = ""  # JSON of the record, secrets never included (keys store only hashes)
+    after: str = ""
+    request_id: str = ""
+    source_ip: str = ""
+
+
+class BudgetAlert(msgspec.Struct, frozen=True, kw_only=True):
+    """A budget crossed one of its alert thresholds (once per period and threshold)."""
+
+    event_id: str
+    at: float
+    scope: str  # e.g. team.ml
+    period: str
+    period_key: str
+    threshold_pct: int
+    amount_usd: float
+    spent_usd: float
+    hard: bool = True

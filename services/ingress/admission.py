@@ -1,0 +1,278 @@
+"""Quotas and budgets before dispatch: count the request against every level's limits, atomically across
+ingress replicas, and reserve its worst-case cost; after it, give back what it held.
+
+Counters are JetStream counter subjects (shared/counters.py), so the same key counted by two replicas
+is one count. Per request, every increment goes out at once (one round trip in all):
+- requests per minute: +1 on the scope's window counter; the request passes while the total ≤ rpm
+  (so of a burst, exactly `rpm` pass in a window);
+- tokens per minute: read the window's total (tokens are added from real usage after the response);
+- concurrency: +1, given back when the request ends (or when its reservation expires, if the replica died);
+- hard budgets: + the worst-case cost in micro-USD; a total over the amount is given back and refused
+  (or, where the budget says `clamp`, max_tokens is lowered to what the remainder covers).
+Concurrent requests therefore cannot overspend a budget: each sees the others' reservations.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import Awaitable
+from dataclasses import dataclass, field
+
+from services.ingress.directory import Entitlement, Scope
+from services.ingress.pricing import RoutePricing
+from shared.counters import Count, CounterError, Counters
+from shared.errors import BudgetExceededError, RateLimitError, ServiceUnavailableError
+from shared.governance import Budget
+from shared.periods import period_end, period_key, window, window_reset
+from shared.schemas.chat import Hold, Reservation
+from shared.subjects import Subjects
+
+log = logging.getLogger("gatehouse.ingress.admission")
+
+MICRO = 1_000_000
+# a clamped answer shorter than this is not worth sending: refuse instead
+MIN_CLAMPED_TOKENS = 16
+
+
+@dataclass
+class Admitted:
+    """What one admitted request holds, and the rate-limit headers it answers with."""
+
+    headers: dict[str, str] = field(default_factory=dict)
+    reservation: Reservation | None = None
+    concurrency: list[str] = field(default_factory=list)
+    tpm: list[str] = field(default_factory=list)
+    max_tokens: int | None = None  # lowered by a clamping budget
+
+
+@dataclass(frozen=True, slots=True)
+class Estimate:
+    """The request's size before it runs: prompt tokens (estimated) and the most output it can have."""
+
+    input_tokens: int
+    output_tokens: int
+    pricing: RoutePricing
+
+    def cost(self, output_tokens: int | None = None) -> float:
+        return self.pricing.worst_case(
+            self.input_tokens, self.output_tokens if output_tokens is None else output_tokens
+        )
+
+
+def _reset(seconds: float) -> str:
+    """OpenAI's reset format: `1s`, `6m0s`, `20ms`."""
+    if seconds < 1:
+        return f"{max(int(seconds * 1000), 1)}ms"
+    whole = math.ceil(seconds)
+    minutes, secs = divmod(whole, 60)
+    return f"{minutes}m{secs}s" if minutes else f"{secs}s"
+
+
+class Governor:
+    def __init__(
+        self, counters: Counters, subjects: Subjects, *, quotas_fail_open: bool, reservation_grace_s: float
+    ) -> None:
+        self._counters = counters
+        self._subjects = subjects
+        self._fail_open = quotas_fail_open
+        self._grace = reservation_grace_s
+        self._pending: set[asyncio.Task[object]] = set()
+
+    async def admit(self, ent: Entitlement, request_id: str, estimate: Estimate, deadline: float) -> Admitted:
+        now = time.time()
+        admitted = Admitted()
+        if not ent.governed:
+            return admitted
+        minute = window(now)
+        rpm = [(s, q) for s in ent.scopes if (q := s.limits.quotas.rpm) is not None]
+        tpm = [(s, q) for s in ent.scopes if (q := s.limits.quotas.tpm) is not None]
+        conc = [(s, q) for s in ent.scopes if (q := s.limits.quotas.max_concurrency) is not None]
+        budgets = [(s, b) for s in ent.scopes for b in s.limits.budgets if b.hard]
+        worst = estimate.cost() if budgets else 0.0
+        worst_micro = math.ceil(worst * MICRO)
+        ops: list[Awaitable[Count]] = []
+        ops += [self._counters.add(self._subjects.quota_counter("rpm", s.name, minute), 1) for s, _ in rpm]
+        ops += [self._counters.add(self._subjects.quota_counter("tpm", s.name, minute), 0) for s, _ in tpm]
+        ops += [self._counters.add(self._subjects.concurrency_counter(s.name), 1) for s, _ in conc]
+        spend = [self._subjects.spend_counter(s.name, period_key(b.period, now, ent.timezone)) for s, b in budgets]
+        ops += [self._counters.add(subject, worst_micro) for subject in spend]
+        results = await asyncio.gather(*ops, return_exceptions=True)
+        r_rpm = results[: len(rpm)]
+        r_tpm = results[len(rpm) : len(rpm) + len(tpm)]
+        r_conc = results[len(rpm) + len(tpm) : len(rpm) + len(tpm) + len(conc)]
+        r_spend = results[len(rpm) + len(tpm) + len(conc) :]
+        held_conc = [
+            self._subjects.concurrency_counter(s.name)
+            for (s, _), r in zip(conc, r_conc, strict=True)
+            if isinstance(r, Count)
+        ]
+        held_spend = [(subj, worst_micro) for subj, r in zip(spend, r_spend, strict=True) if isinstance(r, Count)]
+        try:
+            self._check_quotas(rpm, r_rpm, tpm, r_tpm, conc, r_conc, now, admitted)
+            max_tokens = await self._check_budgets(budgets, r_spend, held_spend, estimate, now, ent)
+        except BaseException:
+            self._give_back(held_conc, held_spend)
+            raise
+        admitted.concurrency = held_conc
+        admitted.tpm = [self._subjects.quota_counter("tpm", s.name, minute) for s, _ in tpm]
+        admitted.max_tokens = max_tokens
+        if held_spend or held_conc:
+            admitted.reservation = Reservation(
+                request_id=request_id,
+                amount_usd=held_spend[0][1] / MICRO if held_spend else 0.0,
+                holds=[Hold(subject=s, micro_usd=m) for s, m in held_spend],
+                concurrency=held_conc,
+                expires_at=deadline + self._grace,
+            )
+        return admitted
+
+    def _check_quotas(
+        self,
+        rpm: list[tuple[Scope, int]],
+        r_rpm: list[Count | BaseException],
+        tpm: list[tuple[Scope, int]],
+        r_tpm: list[Count | BaseException],
+        conc: list[tuple[Scope, int]],
+        r_conc: list[Count | BaseException],
+        now: float,
+        admitted: Admitted,
+    ) -> None:
+        reset = window_reset(now)
+        remaining_requests: tuple[int, int] | None = None
+        remaining_tokens: tuple[int, int] | None = None
+        for (scope, limit), result in zip(rpm, r_rpm, strict=True):
+            if not isinstance(result, Count):
+                self._unavailable(result)
+                continue
+            if result.value > limit:
+                raise RateLimitError(
+                    f"Rate limit reached for {scope.level} '{scope.id}': {limit} requests per minute.",
+                    retry_after=reset,
+                )
+            left = (limit - result.value, limit)
+            remaining_requests = (
+                left if remaining_requests is None or left[0] < remaining_requests[0] else remaining_requests
+            )
+        for (scope, limit), result in zip(tpm, r_tpm, strict=True):
+            if not isinstance(result, Count):
+                self._unavailable(result)
+                continue
+            if result.value >= limit:
+                raise RateLimitError(
+                    f"Rate limit reached for {scope.level} '{scope.id}': {limit} tokens per minute.", retry_after=reset
+                )
+            left = (limit - result.value, limit)
+            remaining_tokens = left if remaining_tokens is None or left[0] < remaining_tokens[0] else remaining_tokens
+        for (scope, limit), result in zip(conc, r_conc, strict=True):
+            if not isinstance(result, Count):
+                self._unavailable(result)
+                continue
+            if result.value > limit:
+                raise RateLimitError(
+                    f"Too many concurrent requests for {scope.level} '{scope.id}' (limit {limit}).", retry_after=1.0
+                )
+        if remaining_requests is not None:
+            admitted.headers["x-ratelimit-limit-requests"] = str(remaining_requests[1])
+            admitted.headers["x-ratelimit-remaining-requests"] = str(max(remaining_requests[0], 0))
+            admitted.headers["x-ratelimit-reset-requests"] = _reset(reset)
+        if remaining_tokens is not None:
+            admitted.headers["x-ratelimit-limit-tokens"] = str(remaining_tokens[1])
+            admitted.headers["x-ratelimit-remaining-tokens"] = str(max(remaining_tokens[0], 0))
+            admitted.headers["x-ratelimit-reset-tokens"] = _reset(reset)
+
+    def _unavailable(self, error: BaseException) -> None:
+        log.warning("quota counters unavailable: %s", error)
+        if not self._fail_open:
+            raise ServiceUnavailableError("Quota counters are unavailable; try again shortly.", retry_after=1.0)
+
+    async def _check_budgets(
+        self,
+        budgets: list[tuple[Scope, Budget]],
+        results: list[Count | BaseException],
+        held: list[tuple[str, int]],
+        estimate: Estimate,
+        now: float,
+        ent: Entitlement,
+    ) -> int | None:
+        """Check each hard budget's new total; clamp or refuse when it is over. Returns the lowered
+        max_tokens (or None). `held` (subject, micro-USD) is kept current: on an exception the caller
+        gives back exactly what it says."""
+        if not budgets:
+            return None
+        if any(not isinstance(r, Count) for r in results):
+            # budgets fail closed: without the counter nothing proves the spend is covered
+            raise ServiceUnavailableError("Budget counters are unavailable; try again shortly.", retry_after=1.0)
+        worst_micro = held[0][1]
+        totals = [r.value for r in results if isinstance(r, Count)]
+        over = [
+            (scope, budget, total)
+            for (scope, budget), total in zip(budgets, totals, strict=True)
+            if total > round(budget.amount_usd * MICRO)
+        ]
+        if not over:
+            return None
+        scope, budget, _ = over[0]
+        if any(b.on_exceed != "clamp" for _, b, _ in over):
+            raise self._exceeded(scope, budget, now, ent)
+        # clamp: the output the tightest remainder covers, reserved instead of the worst case
+        remainder = min(round(b.amount_usd * MICRO) - (total - worst_micro) for _, b, total in over)
+        tokens = min(
+            estimate.pricing.affordable_output(estimate.input_tokens, remainder / MICRO), estimate.output_tokens
+        )
+        if tokens < MIN_CLAMPED_TOKENS:
+            raise self._exceeded(scope, budget, now, ent)
+        lowered = math.ceil(estimate.cost(tokens) * MICRO)
+        adjusted = await asyncio.gather(
+            *[self._counters.add(subject, lowered - worst_micro) for subject, _ in held], return_exceptions=True
+        )
+        for i, result in enumerate(adjusted):
+            if isinstance(result, Count):
+                held[i] = (held[i][0], lowered)
+        for (s, b), result in zip(budgets, adjusted, strict=True):
+            if not isinstance(result, Count):
+                raise ServiceUnavailableError("Budget counters are unavailable; try again shortly.", retry_after=1.0)
+            if result.value > round(b.amount_usd * MICRO):
+                raise self._exceeded(s, b, now, ent)
+        return tokens
+
+    def _exceeded(self, scope: Scope, budget: Budget, now: float, ent: Entitlement) -> BudgetExceededError:
+        end = period_end(budget.period, now, ent.timezone)
+        when = f"; it resets with the {budget.period} period" if end else ""
+        return BudgetExceededError(
+            f"The {budget.period} budget of {scope.level} '{scope.id}' (${budget.amount_usd:g}) cannot cover "
+            f"this request{when}.",
+            retry_after=(end - now) if end else None,
+        )
+
+    def _give_back(self, concurrency: list[str], holds: list[tuple[str, int]]) -> None:
+        for subject in concurrency:
+            self._spawn(self._counters.add(subject, -1))
+        for subject, micro in holds:
+            self._spawn(self._counters.add(subject, -micro))
+
+    async def finish(self, admitted: Admitted, tokens: int) -> None:
+        """The request ended: give back its concurrency, count its tokens (its spend is settled by accounting)."""
+        for subject in admitted.concurrency:
+            self._spawn(self._counters.add(subject, -1))
+        if tokens > 0:
+            for subject in admitted.tpm:
+                self._spawn(self._counters.add(subject, tokens))
+
+    def _spawn(self, op: Awaitable[Count]) -> None:
+        async def run() -> object:
+            try:
+                return await op
+            except CounterError as exc:
+                log.warning("counter update lost: %s", exc)
+                return None
+
+        task: asyncio.Task[object] = asyncio.ensure_future(run())
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def drain(self, timeout: float = 5.0) -> None:
+        if self._pending:
+            await asyncio.wait(set(self._pending), timeout=timeout)

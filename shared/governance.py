@@ -1,0 +1,142 @@
+"""Who may do what, and how much: organizations, teams, projects, users and virtual keys, with the limits
+each level carries. These records live in a NATS KV bucket (one JSON value per entity) that every
+ingress replica mirrors in memory, and the admin API writes.
+
+Every level may carry `Limits`: allowed models (names, aliases, glob patterns), a guardrail policy (a
+team can lock it so its keys cannot choose another), quotas (requests and tokens per minute,
+concurrent requests), budgets in USD per period, default and maximum request parameters, and tags.
+A key inherits from its project, team and org: every level's model list must allow a model, every
+level's quotas and budgets are enforced (so the tightest wins), the lowest parameter cap wins, and the
+nearest default wins.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+import msgspec
+
+Period = Literal["daily", "weekly", "monthly", "total"]
+Level = Literal["org", "team", "project", "user", "key"]
+KeyRole = Literal["api", "team_admin"]
+LEVELS: tuple[Level, ...] = ("key", "user", "project", "team", "org")
+
+# ids name NATS subjects and KV keys: a conservative alphabet, bounded length
+ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$")
+KEY_PREFIX = "gh-"
+
+
+class Budget(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A spend limit over a period, calendar-aligned in the org's time zone (`total`: forever)."""
+
+    amount_usd: float
+    period: Period = "monthly"
+    # hard: refused (or clamped) before dispatch when the worst case does not fit; soft: alerts only
+    hard: bool = True
+    # percentages of the amount at which an alert is emitted, once per period and threshold
+    alerts: list[int] = [50, 80, 100]
+    # when the remaining budget cannot cover the worst case: refuse (429 budget_exceeded), or lower
+    # max_tokens to what it covers (refused all the same when not even a small answer fits)
+    on_exceed: Literal["refuse", "clamp"] = "refuse"
+
+
+class Quotas(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    rpm: int | None = None  # requests per minute
+    tpm: int | None = None  # tokens per minute, input + output, counted from real usage
+    max_concurrency: int | None = None  # requests in flight at once
+
+
+class ParamPolicy(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Request parameters: defaults filled where the client sent none, and numeric caps."""
+
+    defaults: dict[str, float | int | str | bool] = {}
+    max: dict[str, float] = {}  # e.g. {"max_tokens": 4096, "temperature": 1.0, "n": 1}
+    on_exceed: Literal["clamp", "refuse"] = "clamp"
+
+
+class Limits(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    models: list[str] = []  # allowed names, aliases or globs ("gpt-4o*"); empty: no restriction here
+    policy: str = ""  # guardrail policy
+    lock_policy: bool = False  # levels below cannot pick another policy
+    quotas: Quotas = Quotas()
+    budgets: list[Budget] = []
+    params: ParamPolicy = ParamPolicy()
+    tags: dict[str, str] = {}
+
+
+class Org(msgspec.Struct, frozen=True, kw_only=True):
+    id: str
+    name: str = ""
+    timezone: str = "UTC"  # where budget periods begin
+    limits: Limits = Limits()
+    created_at: float = 0.0
+
+
+class Team(msgspec.Struct, frozen=True, kw_only=True):
+    id: str
+    org: str = "default"
+    name: str = ""
+    limits: Limits = Limits()
+    created_at: float = 0.0
+
+
+class Project(msgspec.Struct, frozen=True, kw_only=True):
+    id: str
+    team: str
+    name: str = ""
+    limits: Limits = Limits()
+    created_at: float = 0.0
+
+
+class User(msgspec.Struct, frozen=True, kw_only=True):
+    id: str
+    team: str
+    email: str = ""
+    limits: Limits = Limits()
+    created_at: float = 0.0
+
+
+class VirtualKey(msgspec.Struct, frozen=True, kw_only=True):
+    """A key as stored: never its secret, only the SHA-256 of it and a display prefix."""
+
+    id: str
+    team: str
+    project: str = ""
+    user: str = ""
+    name: str = ""
+    role: KeyRole = "api"
+    sha256: str
+    display: str = ""  # e.g. "gh-AbCd…wXyZ"
+    limits: Limits = Limits()
+    expires_at: float | None = None
+    disabled: bool = False
+    created_at: float = 0.0
+    # rotation: the previous secret keeps working until `previous_until`
+    previous_sha256: str = ""
+    previous_until: float = 0.0
+
+
+Entity = Org | Team | Project | User | VirtualKey
+KINDS: dict[str, type[Entity]] = {"org": Org, "team": Team, "project": Project, "user": User, "key": VirtualKey}
+
+
+def kv_key(kind: str, entity_id: str) -> str:
+    """The KV key of an entity: `<kind>.<id>`."""
+    return f"{kind}.{entity_id}"
+
+
+def valid_id(entity_id: str) -> bool:
+    return bool(ID_PATTERN.match(entity_id))
+
+
+_ENCODER = msgspec.json.Encoder()
+_DECODERS = {kind: msgspec.json.Decoder(cls) for kind, cls in KINDS.items()}
+
+
+def encode_entity(entity: Entity) -> bytes:
+    return _ENCODER.encode(entity)
+
+
+def decode_entity(kind: str, data: bytes) -> Entity:
+    return _DECODERS[kind].decode(data)
