@@ -14,7 +14,6 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
-import msgspec
 from faststream.nats import NatsBroker
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -33,8 +32,10 @@ from shared.errors import (
     GatewayError,
     GatewayTimeoutError,
     InvalidRequestError,
+    MethodNotAllowedError,
     NotFoundError,
     PayloadTooLargeError,
+    UnknownEndpointError,
     error_body,
 )
 from shared.schemas.chat import ChatRequest, Chunk, ChunkBatch, Reply, Result
@@ -349,19 +350,18 @@ def create_app(config: GatehouseConfig, nats_servers: str | list[str], subjects:
         Route("/readyz", readyz, methods=["GET"]),
     ]
 
-    async def http_error(_: Request, exc: Exception) -> Response:
+    async def http_error(request: Request, exc: Exception) -> Response:
         status = exc.status_code if isinstance(exc, HTTPException) else 500
         if status == 404:
-            info = InvalidRequestError("Unknown endpoint.", code="unknown_url").info()
-            info = msgspec.structs.replace(info, status=404)
+            info = UnknownEndpointError(f"Invalid URL ({request.method[:16]} {request.url.path[:200]}).").info()
         elif status == 405:
-            info = msgspec.structs.replace(
-                InvalidRequestError("Method not allowed for this endpoint.", code="method_not_allowed").info(),
-                status=405,
-            )
+            info = MethodNotAllowedError(f"Method {request.method[:16]} is not allowed for this endpoint.").info()
         else:
             info = GatewayError("The gateway hit an internal error.").info()
-        return error_response(info)
+        response = error_response(info)
+        if isinstance(exc, HTTPException) and exc.headers and "Allow" in exc.headers:
+            response.headers["allow"] = exc.headers["Allow"]
+        return response
 
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={HTTPException: http_error, 500: http_error})
     app.state.gateway = gw
