@@ -78,6 +78,8 @@ class Attempt(msgspec.Struct, frozen=True, kw_only=True):
     status: int
     latency_ms: float
     error_code: str = ""
+    # what went wrong, for operators (e.g. a provider's reason for rejecting the gateway's key); ≤ 300 chars
+    error_message: str = ""
 
 
 class Outcome(msgspec.Struct, frozen=True, kw_only=True):

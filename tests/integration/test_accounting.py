@@ -59,7 +59,7 @@ async def test_events_become_one_row_each_with_their_fields(
         usage=Usage(input_tokens=1000, output_tokens=100, cached_tokens=0, reasoning_tokens=3),
         attempts=[
             Attempt(provider="openai", deployment="openai/gpt-4o-mini", status=429, latency_ms=12.5,
-                    error_code="rate_limit_exceeded"),
+                    error_code="rate_limit_exceeded", error_message="slow down"),
             Attempt(provider="backup", deployment="backup/m", status=200, latency_ms=30.0),
         ],
         guard_action="redact",
@@ -83,7 +83,8 @@ async def test_events_become_one_row_each_with_their_fields(
             subjects,
             "SELECT key_id, team, project, user, requested_model, provider, status, error_type, error_code, "
             "input_tokens, reasoning_tokens, attempts.status, attempts.error_code, guard_findings.rule, stream, "
-            "ttft_ms, tags['feature'], received_at, cost_usd, price_version, settled_cost_usd, reserved_cost_usd "
+            "ttft_ms, tags['feature'], received_at, cost_usd, price_version, settled_cost_usd, reserved_cost_usd, "
+            "attempts.error_message "
             "FROM requests WHERE event_id = 'ev-detailed'",
         )
         assert row[:17] == [
@@ -93,6 +94,7 @@ async def test_events_become_one_row_each_with_their_fields(
         assert str(row[17]).startswith("2025-06-15T15:06:40.250")
         assert row[18] == pytest.approx(1000 * 0.15e-6 + 100 * 0.6e-6)  # gpt-4o-mini list price
         assert str(row[19]).startswith("genai-prices") and row[20] == row[18] and row[21] is None
+        assert row[22] == ["slow down", ""]  # migration 0005: why each attempt failed
         # the mock provider costs nothing, and says so
         assert await sql(
             url, subjects, f"SELECT cost_usd, price_version FROM requests WHERE event_id = '{ids[0]}'"
@@ -103,7 +105,7 @@ async def test_events_become_one_row_each_with_their_fields(
             [51, 3]
         ]
         migrations = await sql(url, subjects, "SELECT version FROM schema_migrations ORDER BY version")
-        assert migrations == [[1], [2], [3], [4]]
+        assert migrations == [[1], [2], [3], [4], [5]]
     finally:
         assert accounting.stop() == 0
 
@@ -142,7 +144,7 @@ async def test_duplicates_never_show_and_migrations_run_once(
     assert accounting.stop() == 0
     accounting.start()
     assert await sql(url, subjects, "SELECT version, count() FROM schema_migrations GROUP BY version ORDER BY 1") == [
-        [1, 1], [2, 1], [3, 1], [4, 1]
+        [1, 1], [2, 1], [3, 1], [4, 1], [5, 1]
     ]  # fmt: skip
     assert accounting.stop() == 0
 
