@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable, Mapping
 
 import msgspec
 
-from services.router.core import Deployment, Route, resolve, should_fail_over
+from services.router.core import Deployment, Route, attempt_error, attempt_message, resolve, should_fail_over
 from services.router.providers import mock
 from services.router.providers.base import JsonObj, Translator, openai_usage
 from services.router.sse import SseParser
@@ -72,7 +72,7 @@ class Dispatcher:
             except TimeoutError:
                 last = GatewayTimeoutError(f"Deployment {dep.id} did not finish within {dep.timeout_s:g}s.")
             except GatewayError as exc:
-                last = exc
+                last = attempt_error(exc, dep.target.provider)
             except Exception as exc:  # a translator bug must not leave the client hanging
                 log.exception("request %s: attempt on %s failed unexpectedly", req.request_id, dep.id)
                 last = GatewayError(f"Internal error while calling {dep.id}: {type(exc).__name__}")
@@ -95,6 +95,7 @@ class Dispatcher:
                     status=last.status,
                     latency_ms=(time.monotonic() - t0) * 1000,
                     error_code=last.info().code,
+                    error_message=attempt_message(last),
                 )
             )
             if progress.sent or not should_fail_over(last):
@@ -135,7 +136,7 @@ class Dispatcher:
             )
         if req.api == "embeddings":
             ureq = translator.embeddings_request(body, dep.target)
-            resp = await self._upstream.send(ureq, dep.timeout_s, dep.connect_timeout_s)
+            resp = await self._upstream.send(ureq, dep.timeout_s, dep.connect_timeout_s, dep.limits)
             if resp.status >= 400:
                 raise translator.parse_error(resp.status, resp.body, resp.headers)
             parsed = translator.parse_embeddings(resp.body, dep.target)
@@ -143,7 +144,7 @@ class Dispatcher:
             return parsed if isinstance(parsed, bytes) else _JSON.encode(parsed)
         if not req.stream:
             ureq = translator.chat_request(body, dep.target, stream=False)
-            resp = await self._upstream.send(ureq, dep.timeout_s, dep.connect_timeout_s)
+            resp = await self._upstream.send(ureq, dep.timeout_s, dep.connect_timeout_s, dep.limits)
             if resp.status >= 400:
                 raise translator.parse_error(resp.status, resp.body, resp.headers)
             completion = translator.parse_chat(resp.body, dep.target, response_id, created)
@@ -151,11 +152,11 @@ class Dispatcher:
             progress.finish_reason = _finish_reason(completion)
             return completion if isinstance(completion, bytes) else _JSON.encode(completion)
         ureq = translator.chat_request(body, dep.target, stream=True)
-        async with self._upstream.stream(ureq, dep.timeout_s, dep.connect_timeout_s) as upstream:
+        async with self._upstream.stream(ureq, dep.timeout_s, dep.connect_timeout_s, dep.limits) as upstream:
             if upstream.status >= 400:
                 raise translator.parse_error(upstream.status, await upstream.read(), upstream.headers)
             stream = translator.open_stream(dep.target, response_id, created)
-            parser = SseParser()
+            parser = SseParser(dep.limits.max_event_bytes)
             async for raw in upstream.chunks():
                 # everything one network read carried goes to the client in one message
                 await self._emit(req, [c for e in parser.feed(raw) for c in stream.feed(e)], send, progress, started)
