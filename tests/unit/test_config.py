@@ -121,3 +121,19 @@ def test_response_limits_are_validated() -> None:
         parse_config("providers:\n  p: {kind: openai, max_response_bytes: 0}\n", "gh.yaml")
     with pytest.raises(ConfigError, match="max_sse_event_bytes cannot exceed max_response_bytes"):
         parse_config("providers:\n  p: {kind: openai, max_response_bytes: 10, max_sse_event_bytes: 11}\n")
+
+
+def test_gatehouse_up_refuses_a_missing_key_before_starting_anything(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    from gatehouse.cli import app
+
+    config = tmp_path / "gh.yaml"
+    config.write_text(PROVIDERS)
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    result = CliRunner().invoke(app, ["up", "--config", str(config), "--data-dir", str(tmp_path / "data")])
+    assert result.exit_code == 2
+    assert "environment variable OPENAI_API_KEY is not set" in result.output.replace("\n", "")
+    assert not (tmp_path / "data").exists()  # nothing was started
