@@ -78,14 +78,14 @@ async def read_body(request: Request, limit: int) -> bytes:
 class Gateway:
     """The request path of one ingress process."""
 
-    def __init__(self, config: GatehouseConfig, broker: NatsBroker, subjects: Subjects) -> None:
+    def __init__(self, config: GatehouseConfig, broker: NatsBroker, subjects: Subjects, nats_timeout_s: float) -> None:
         self.config = config
         self.broker = broker
         self.subjects = subjects
         self.keys = KeyRing(config.key_hashes())
         self.models = config.model_index()
         self.inbox = Inbox(subjects)
-        self.records = RecordPublisher(subjects)
+        self.records = RecordPublisher(subjects, nats_timeout_s)
         self.limit = config.server.max_body_bytes
         self.timeout = config.server.request_timeout_s
         self.first_timeout = min(config.server.first_reply_timeout_s, self.timeout)
@@ -307,9 +307,11 @@ def _tags(request: Request) -> dict[str, str]:
     return tags
 
 
-def create_app(config: GatehouseConfig, nats_servers: str | list[str], subjects: Subjects) -> Starlette:
+def create_app(
+    config: GatehouseConfig, nats_servers: str | list[str], subjects: Subjects, *, nats_timeout_s: float
+) -> Starlette:
     broker = NatsBroker(nats_servers, log_level=logging.DEBUG, name="gatehouse-ingress")
-    gw = Gateway(config, broker, subjects)
+    gw = Gateway(config, broker, subjects, nats_timeout_s)
 
     @asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:

@@ -12,7 +12,7 @@ from shared.subjects import Subjects
 
 def _client() -> TestClient:
     # no `with`: the lifespan (the NATS connection) never starts, and routing needs none of it
-    return TestClient(create_app(GatehouseConfig(), "nats://127.0.0.1:1", Subjects("t")))
+    return TestClient(create_app(GatehouseConfig(), "nats://127.0.0.1:1", Subjects("t"), nats_timeout_s=5.0))
 
 
 def test_unknown_endpoint_is_a_taxonomy_404() -> None:
