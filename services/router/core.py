@@ -116,24 +116,32 @@ def require_translators(config: GatehouseConfig, kinds: Collection[str]) -> None
             raise ConfigError(f"provider {name!r}: kind {provider.kind!r} has no translator in this router")
 
 
-def attempt_error(error: GatewayError, provider: str) -> GatewayError:
-    """An error from one provider attempt as the client may see it.
+def attempt_error(error: GatewayError, target: Target) -> GatewayError:
+    """An error from one provider attempt as the client may see it and the attempt record may keep it.
 
     The provider's 401/403 (its verdict on the gateway's key, not on the client) becomes a retryable
-    UpstreamAuthError naming only the provider; its own words move to `detail`. Other messages are bounded.
+    UpstreamAuthError naming only the provider; its own words move to `detail`. Messages are bounded,
+    and a provider that echoes the deployment's key gets it masked (it would reach the client or ClickHouse).
     """
     if isinstance(error, AuthenticationError | PermissionDeniedError):
         converted = UpstreamAuthError(
-            f"The gateway's credentials for provider {provider!r} were rejected.",
-            detail=f"{error.info().code}: {error.message}"[:ATTEMPT_MESSAGE_CHARS],
+            f"The gateway's credentials for provider {target.provider!r} were rejected.",
+            detail=_masked(f"{error.info().code}: {error.message}", target.api_key)[:ATTEMPT_MESSAGE_CHARS],
         )
         converted.__cause__ = error
         return converted
-    if len(error.message) <= CLIENT_MESSAGE_CHARS:
+    message = _masked(error.message, target.api_key)
+    if len(message) > CLIENT_MESSAGE_CHARS:
+        message = message[: CLIENT_MESSAGE_CHARS - 1] + "…"
+    if message == error.message:
         return error
     bounded = copy.copy(error)
-    bounded.message = error.message[: CLIENT_MESSAGE_CHARS - 1] + "…"
+    bounded.message = message
     return bounded
+
+
+def _masked(text: str, key: str | None) -> str:
+    return text.replace(key, "[provider key]") if key and len(key) >= 8 and key in text else text
 
 
 def attempt_message(error: GatewayError) -> str:

@@ -72,7 +72,7 @@ class Dispatcher:
             except TimeoutError:
                 last = GatewayTimeoutError(f"Deployment {dep.id} did not finish within {dep.timeout_s:g}s.")
             except GatewayError as exc:
-                last = attempt_error(exc, dep.target.provider)
+                last = attempt_error(exc, dep.target)
             except Exception as exc:  # a translator bug must not leave the client hanging
                 log.exception("request %s: attempt on %s failed unexpectedly", req.request_id, dep.id)
                 last = GatewayError(f"Internal error while calling {dep.id}: {type(exc).__name__}")

@@ -11,17 +11,18 @@ import pytest
 from services.router.core import attempt_error, attempt_message, build_routes, should_fail_over
 from services.router.dispatch import Dispatcher
 from services.router.providers.anthropic import AnthropicTranslator
-from services.router.providers.base import Translator
+from services.router.providers.base import Target, Translator
 from services.router.providers.cohere import CohereTranslator
 from services.router.providers.gemini import GeminiTranslator
 from services.router.providers.openai import OpenAITranslator
 from services.router.upstream import Upstream
 from shared.config import GatehouseConfig
-from shared.errors import ContextLengthExceeded, RateLimitError, UpstreamAuthError
+from shared.errors import AuthenticationError, ContextLengthExceeded, RateLimitError, UpstreamAuthError
 from shared.schemas.chat import Caller, ChatRequest, Reply, Result
 from tests.emulators import openai as openai_emu
 from tests.servers import serve_in_thread
 
+ACME = Target(provider="acme", kind="openai", model="m", api_base="http://acme", api_key="sk-acme-secret-123")
 GEMINI_BAD_KEY = json.dumps(
     {
         "error": {
@@ -47,7 +48,7 @@ GEMINI_BAD_KEY = json.dumps(
 def test_provider_auth_failures_become_retryable_upstream_auth_errors(
     translator: Translator, status: int, body: bytes
 ) -> None:
-    err = attempt_error(translator.parse_error(status, body, {}), "acme")
+    err = attempt_error(translator.parse_error(status, body, {}), ACME)
     assert isinstance(err, UpstreamAuthError)
     info = err.info()
     assert (info.status, info.type, info.code, info.retryable) == (502, "api_error", "upstream_auth_error", True)
@@ -58,10 +59,18 @@ def test_provider_auth_failures_become_retryable_upstream_auth_errors(
 
 def test_other_provider_errors_pass_through_with_bounded_messages() -> None:
     limited = RateLimitError("slow down", retry_after=2)
-    assert attempt_error(limited, "acme") is limited
-    long = attempt_error(ContextLengthExceeded("z" * 50_000), "acme")
+    assert attempt_error(limited, ACME) is limited
+    long = attempt_error(ContextLengthExceeded("z" * 50_000), ACME)
     assert isinstance(long, ContextLengthExceeded) and len(long.message) == 1000 and long.message.endswith("…")
     assert len(attempt_message(long)) == 300
+
+
+def test_a_provider_echoing_the_key_never_gets_it_through() -> None:
+    echoed = attempt_error(RateLimitError("key sk-acme-secret-123 is over quota", retry_after=2), ACME)
+    assert echoed.message == "key [provider key] is over quota" and echoed.retry_after == 2
+    assert isinstance(echoed, RateLimitError)
+    rejected = attempt_error(AuthenticationError("bad key sk-acme-secret-123"), ACME)
+    assert "sk-acme-secret-123" not in attempt_message(rejected) + rejected.message
 
 
 @pytest.fixture(scope="module")
