@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import os
 import signal
 import sys
 import time
@@ -55,7 +56,8 @@ def up(
 
     cfg_path = _config_path(config)
     try:
-        cfg = load_config(cfg_path)
+        # the router inherits this environment: a provider key a model needs is checked here, before anything starts
+        cfg = load_config(cfg_path, environ=os.environ)
     except ConfigError as exc:
         err.print(f"[red]{exc}[/red]")
         raise typer.Exit(2) from exc

@@ -24,8 +24,6 @@ REQUEST_ID = "Gh-Request-Id"
 TRACEPARENT = "traceparent"
 MSG_ID = "Nats-Msg-Id"
 
-# JetStream publish: how long to wait for the server's ack before retrying
-PUBLISH_TIMEOUT_S = 5.0
 # a response body larger than this crosses the bus in BodyPart pieces (well under any max_payload)
 PART_BYTES = 512 * 1024
 
@@ -64,9 +62,12 @@ async def ensure_events_stream(js: JetStreamContext, subjects: Subjects) -> None
         log.info("event stream %s exists with a different config; leaving it", config.name)
 
 
-async def publish_event(js: JetStreamContext, subject: str, event: object, event_id: str) -> None:
-    """Publish an event to JetStream with Nats-Msg-Id, so a retried publish is stored once."""
-    await js.publish(subject, encode(event), timeout=PUBLISH_TIMEOUT_S, headers={MSG_ID: event_id})
+async def publish_event(js: JetStreamContext, subject: str, event: object, event_id: str, *, timeout_s: float) -> None:
+    """Publish an event to JetStream with Nats-Msg-Id, so a retried publish is stored once.
+
+    `timeout_s` is how long to wait for the server's ack (the service's `nats_timeout_s` setting).
+    """
+    await js.publish(subject, encode(event), timeout=timeout_s, headers={MSG_ID: event_id})
 
 
 async def publish_event_retrying(
@@ -75,6 +76,8 @@ async def publish_event_retrying(
     event: object,
     event_id: str,
     delays: Sequence[float],
+    *,
+    timeout_s: float,
 ) -> Exception | None:
     """`publish_event`, tried again after each delay while JetStream is away (or not connected yet);
     None once stored, else the last error. The msg id makes the retries safe."""
@@ -86,7 +89,7 @@ async def publish_event_retrying(
         if context is None:
             continue
         try:
-            await publish_event(context, subject, event, event_id)
+            await publish_event(context, subject, event, event_id, timeout_s=timeout_s)
             return None
         except Exception as exc:
             last = exc

@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError, field_validator, model_validator
 
 from shared.guard_config import GuardrailsConfig
 
 ProviderKind = Literal["mock", "openai", "azure", "anthropic", "gemini", "mistral", "bedrock", "cohere"]
+# named kinds whose translator does not exist yet: refused at load, not at the first request
+_UNIMPLEMENTED_KINDS = frozenset({"bedrock"})
+
+MiB = 1024 * 1024
 
 
 class _Strict(BaseModel):
@@ -40,11 +45,33 @@ class ProviderConfig(_Strict):
     api_version: str | None = None
     region: str | None = None
     headers: dict[str, str] = Field(default_factory=dict)
+    # true: the key variable may be unset (e.g. in dev); its deployments then fail over with 503 at
+    # request time. false (the default): a model using this provider without its key fails startup.
+    optional: bool = False
     timeout_s: float = Field(default=120.0, gt=0)
     connect_timeout_s: float = Field(default=5.0, gt=0)
+    # a body the router buffers (non-stream answers, error bodies) may not decode to more than this
+    max_response_bytes: int = Field(default=32 * MiB, gt=0, le=1024 * MiB)
+    # one server-sent event (or one line of one) of a stream; a stream as a whole is bounded by timeout_s
+    max_sse_event_bytes: int = Field(default=1 * MiB, gt=0, le=64 * MiB)
+    # gzip/deflate answers may not inflate more than this many times their compressed size (past 1 MiB)
+    max_inflate_ratio: int = Field(default=100, ge=1, le=100_000)
     # mock provider only: simulated latency before the first token, and between stream chunks
     mock_latency_ms: float = Field(default=0.0, ge=0)
     mock_chunk_delay_ms: float = Field(default=0.0, ge=0)
+
+    @field_validator("kind")
+    @classmethod
+    def _implemented(cls, kind: str) -> str:
+        if kind in _UNIMPLEMENTED_KINDS:
+            raise ValueError(f"provider kind {kind!r} has no translator in this version of gatehouse")
+        return kind
+
+    @model_validator(mode="after")
+    def _event_within_body(self) -> ProviderConfig:
+        if self.max_sse_event_bytes > self.max_response_bytes:
+            raise ValueError("max_sse_event_bytes cannot exceed max_response_bytes")
+        return self
 
 
 class PriceConfig(_Strict):
@@ -169,6 +196,28 @@ class GatehouseConfig(_Strict):
                 index[name] = model
         return index
 
+    def missing_provider_keys(self, environ: Mapping[str, str]) -> list[tuple[tuple[str | int, ...], str]]:
+        """(config location, message) for every key variable a model needs that `environ` lacks or has empty.
+
+        Only providers some model deploys to count, and `optional` providers never do: a key that nothing
+        calls cannot break a request, and an optional one is allowed to be absent.
+        """
+        problems: list[tuple[tuple[str | int, ...], str]] = []
+        seen: set[tuple[str, str]] = set()
+        for i, model in enumerate(self.models):
+            for j, dep in enumerate(model.deployments):
+                provider = self.providers[dep.provider]
+                env = dep.api_key_env or provider.api_key_env
+                if not env or provider.optional or environ.get(env) or (dep.provider, env) in seen:
+                    continue
+                seen.add((dep.provider, env))
+                if dep.api_key_env:
+                    loc: tuple[str | int, ...] = ("models", i, "deployments", j, "api_key_env")
+                else:
+                    loc = ("providers", dep.provider, "api_key_env")
+                problems.append((loc, f"provider {dep.provider!r}: environment variable {env} is not set"))
+        return problems
+
     def key_hashes(self, environ: dict[str, str] | None = None) -> dict[str, KeyConfig]:
         """SHA-256 of every usable key → its config (env-sourced keys whose variable is unset are skipped)."""
         env = os.environ if environ is None else environ
@@ -201,8 +250,15 @@ def _line_map(node: yaml.Node, path: tuple[str | int, ...], out: dict[tuple[str 
             _line_map(item, (*path, i), out)
 
 
-def parse_config(text: str, source: str = "<config>") -> GatehouseConfig:
-    """Validate config text; every problem is reported as ``source:line: field: message``."""
+def _where(lines: dict[tuple[str | int, ...], int], loc: tuple[str | int, ...]) -> int:
+    return next((lines[loc[:n]] for n in range(len(loc), -1, -1) if loc[:n] in lines), 1)
+
+
+def parse_config(text: str, source: str = "<config>", environ: Mapping[str, str] | None = None) -> GatehouseConfig:
+    """Validate config text; every problem is reported as ``source:line: field: message``.
+
+    With `environ` (the router, which holds provider keys), every key variable a model needs must be set.
+    """
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
         data = yaml.safe_load(text)
@@ -216,21 +272,26 @@ def parse_config(text: str, source: str = "<config>") -> GatehouseConfig:
     if node is not None:
         _line_map(node, (), lines)
     try:
-        return GatehouseConfig.model_validate(data)
+        config = GatehouseConfig.model_validate(data)
     except ValidationError as exc:
         problems = []
         for err in exc.errors():
             loc = tuple(err["loc"])
-            line = next((lines[loc[:n]] for n in range(len(loc), -1, -1) if loc[:n] in lines), 1)
             field = ".".join(str(p) for p in loc) or "(top level)"
-            problems.append(f"{source}:{line}: {field}: {err['msg']}")
+            problems.append(f"{source}:{_where(lines, loc)}: {field}: {err['msg']}")
         raise ConfigError("invalid config:\n  " + "\n  ".join(problems)) from exc
+    missing = config.missing_provider_keys(environ) if environ is not None else []
+    if missing:
+        problems = [f"{source}:{_where(lines, loc)}: {'.'.join(map(str, loc))}: {msg}" for loc, msg in missing]
+        raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
+    return config
 
 
-def load_config(path: str | Path) -> GatehouseConfig:
+def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> GatehouseConfig:
+    """Load and validate the config file; with `environ`, also require the provider keys models need."""
     p = Path(path)
     try:
         text = p.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"cannot read config file {p}: {exc.strerror}") from exc
-    return parse_config(text, str(p))
+    return parse_config(text, str(p), environ)

@@ -7,14 +7,22 @@ GatewayError                      500 api_error            internal_error
 ├── AuthenticationError           401 invalid_request_error invalid_api_key
 ├── PermissionDeniedError         403 permission_error      permission_denied
 ├── NotFoundError                 404 invalid_request_error model_not_found
+│   └── UnknownEndpointError      404 invalid_request_error unknown_url
+├── MethodNotAllowedError         405 invalid_request_error method_not_allowed
 ├── RequestTimeoutError           408 timeout_error         request_timeout        (retryable)
 ├── PayloadTooLargeError          413 invalid_request_error request_too_large
 ├── UnprocessableEntityError      422 invalid_request_error unprocessable_entity
 ├── RateLimitError                429 rate_limit_error      rate_limit_exceeded    (retryable)
 ├── BudgetExceededError           429 insufficient_quota    budget_exceeded
 ├── UpstreamError                 502 api_error             bad_gateway            (retryable)
+│   ├── UpstreamAuthError         502 api_error             upstream_auth_error    (retryable)
+│   └── UpstreamResponseTooLarge  502 api_error             upstream_response_too_large
 ├── ServiceUnavailableError       503 api_error             service_unavailable    (retryable)
 └── GatewayTimeoutError           504 timeout_error         gateway_timeout        (retryable)
+
+A provider's 401/403 is the gateway's problem, not the client's: it becomes UpstreamAuthError, whose
+message names only the provider (the provider's own words go to `detail`, which the attempt record
+keeps and no client sees). `detail` is operator-only context on any error; `info()` never carries it.
 """
 
 from __future__ import annotations
@@ -51,12 +59,14 @@ class GatewayError(Exception):
         param: str | None = None,
         code: str | None = None,
         retry_after: float | None = None,
+        detail: str = "",
     ) -> None:
         super().__init__(message)
         self.message = message
         self.param = param
         self.code_override = code
         self.retry_after = retry_after
+        self.detail = detail
 
     def info(self) -> ErrorInfo:
         return ErrorInfo(
@@ -102,6 +112,16 @@ class NotFoundError(GatewayError):
     code = "model_not_found"
 
 
+class UnknownEndpointError(NotFoundError):
+    code = "unknown_url"
+
+
+class MethodNotAllowedError(GatewayError):
+    status = 405
+    type = "invalid_request_error"
+    code = "method_not_allowed"
+
+
 class RequestTimeoutError(GatewayError):
     status = 408
     type = "timeout_error"
@@ -142,6 +162,22 @@ class UpstreamError(GatewayError):
     type = "api_error"
     code = "bad_gateway"
     retryable = True
+
+
+class UpstreamAuthError(UpstreamError):
+    """The provider rejected the gateway's credentials; another deployment may hold a working key."""
+
+    code = "upstream_auth_error"
+
+
+class UpstreamResponseTooLarge(UpstreamError):
+    """The provider's answer passed a size limit (body, event or decompression ratio); reading stopped there.
+
+    Not retryable: the size usually follows from the request, and the next deployment would bill it again.
+    """
+
+    code = "upstream_response_too_large"
+    retryable = False
 
 
 class ServiceUnavailableError(GatewayError):

@@ -67,12 +67,14 @@ def scan_answer(guard: Guard, data: bytes, subject: Service[ScanRequest, ScanRes
 class GuardHandlers:
     """The message handlers of one guard replica."""
 
-    def __init__(self, broker: NatsBroker, guard: Guard, subjects: Subjects) -> None:
+    def __init__(self, broker: NatsBroker, guard: Guard, subjects: Subjects, nats_timeout_s: float) -> None:
         self.broker = broker
         self.guard = guard
         self.subjects = subjects
         self.out_prefix = subjects.guard_output(uuid.uuid4().hex[:12])
-        self.verdicts = VerdictLog(subjects.events_guard.name, lambda: broker.config.connection_state.stream)
+        self.verdicts = VerdictLog(
+            subjects.events_guard.name, lambda: broker.config.connection_state.stream, nats_timeout_s
+        )
         self.replies = subjects.replies
         self.relay = ResponseRelay(
             subjects.replies, guard.rails.stream_holdback_chars, self._publish, self.verdicts.record
@@ -123,7 +125,7 @@ def create_app(settings: GuardSettings) -> FastStream:
     config = load_config(settings.config)
     subjects = Subjects(settings.subject_prefix)
     broker = NatsBroker(settings.nats_servers, log_level=logging.DEBUG, name="gatehouse-guard")
-    handlers = GuardHandlers(broker, Guard(config), subjects)
+    handlers = GuardHandlers(broker, Guard(config), subjects, settings.nats_timeout_s)
     chat_in, scan = subjects.guard_chat, subjects.guard_scan
     worker = QueueWorker(chat_in.name, chat_in.queue, handlers.on_request, settings.guard_max_concurrency)
     scanner = QueueWorker(scan.name, scan.queue, handlers.on_scan, settings.guard_max_concurrency)

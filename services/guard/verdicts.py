@@ -20,9 +20,10 @@ log = logging.getLogger("gatehouse.guard.verdicts")
 class VerdictLog:
     RETRY_DELAYS = (0.0, 0.2, 1.0, 3.0, 10.0)
 
-    def __init__(self, subject: str, js: Callable[[], JetStreamContext]) -> None:
+    def __init__(self, subject: str, js: Callable[[], JetStreamContext], timeout_s: float) -> None:
         self._subject = subject
         self._js = js
+        self._timeout_s = timeout_s
         self._tasks: set[asyncio.Task[None]] = set()
 
     def record(
@@ -45,7 +46,9 @@ class VerdictLog:
         task.add_done_callback(self._tasks.discard)
 
     async def _store(self, event: GuardEvent) -> None:
-        error = await publish_event_retrying(self._js, self._subject, event, event.event_id, self.RETRY_DELAYS)
+        error = await publish_event_retrying(
+            self._js, self._subject, event, event.event_id, self.RETRY_DELAYS, timeout_s=self._timeout_s
+        )
         if error is not None:
             log.error("guard event %s for request %s not stored: %r", event.event_id, event.request_id, error)
 

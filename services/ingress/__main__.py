@@ -15,7 +15,9 @@ def main() -> None:
     settings = IngressSettings()
     setup_logging("ingress", settings.log_level)
     config = load_config(settings.config)
-    app = create_app(config, settings.nats_servers, Subjects(settings.subject_prefix))
+    app = create_app(
+        config, settings.nats_servers, Subjects(settings.subject_prefix), nats_timeout_s=settings.nats_timeout_s
+    )
     uvicorn.run(
         app,
         host=settings.ingress_host or config.server.host,

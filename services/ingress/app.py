@@ -14,7 +14,6 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import asynccontextmanager
 
-import msgspec
 from faststream.nats import NatsBroker
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -33,8 +32,10 @@ from shared.errors import (
     GatewayError,
     GatewayTimeoutError,
     InvalidRequestError,
+    MethodNotAllowedError,
     NotFoundError,
     PayloadTooLargeError,
+    UnknownEndpointError,
     error_body,
 )
 from shared.schemas.chat import (
@@ -93,14 +94,14 @@ async def read_body(request: Request, limit: int) -> bytes:
 class Gateway:
     """The request path of one ingress process."""
 
-    def __init__(self, config: GatehouseConfig, broker: NatsBroker, subjects: Subjects) -> None:
+    def __init__(self, config: GatehouseConfig, broker: NatsBroker, subjects: Subjects, nats_timeout_s: float) -> None:
         self.config = config
         self.broker = broker
         self.subjects = subjects
         self.keys = KeyRing(config.key_hashes())
         self.models = config.model_index()
         self.inbox = Inbox(subjects)
-        self.records = RecordPublisher(subjects)
+        self.records = RecordPublisher(subjects, nats_timeout_s)
         self.limit = config.server.max_body_bytes
         self.timeout = config.server.request_timeout_s
         self.first_timeout = min(config.server.first_reply_timeout_s, self.timeout)
@@ -378,9 +379,11 @@ def _tags(request: Request) -> dict[str, str]:
     return tags
 
 
-def create_app(config: GatehouseConfig, nats_servers: str | list[str], subjects: Subjects) -> Starlette:
+def create_app(
+    config: GatehouseConfig, nats_servers: str | list[str], subjects: Subjects, *, nats_timeout_s: float
+) -> Starlette:
     broker = NatsBroker(nats_servers, log_level=logging.DEBUG, name="gatehouse-ingress")
-    gw = Gateway(config, broker, subjects)
+    gw = Gateway(config, broker, subjects, nats_timeout_s)
 
     @asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
@@ -421,19 +424,18 @@ def create_app(config: GatehouseConfig, nats_servers: str | list[str], subjects:
         Route("/readyz", readyz, methods=["GET"]),
     ]
 
-    async def http_error(_: Request, exc: Exception) -> Response:
+    async def http_error(request: Request, exc: Exception) -> Response:
         status = exc.status_code if isinstance(exc, HTTPException) else 500
         if status == 404:
-            info = InvalidRequestError("Unknown endpoint.", code="unknown_url").info()
-            info = msgspec.structs.replace(info, status=404)
+            info = UnknownEndpointError(f"Invalid URL ({request.method[:16]} {request.url.path[:200]}).").info()
         elif status == 405:
-            info = msgspec.structs.replace(
-                InvalidRequestError("Method not allowed for this endpoint.", code="method_not_allowed").info(),
-                status=405,
-            )
+            info = MethodNotAllowedError(f"Method {request.method[:16]} is not allowed for this endpoint.").info()
         else:
             info = GatewayError("The gateway hit an internal error.").info()
-        return error_response(info)
+        response = error_response(info)
+        if isinstance(exc, HTTPException) and exc.headers and "Allow" in exc.headers:
+            response.headers["allow"] = exc.headers["Allow"]
+        return response
 
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={HTTPException: http_error, 500: http_error})
     app.state.gateway = gw

@@ -84,8 +84,9 @@ class RecordPublisher:
 
     RETRY_DELAYS = (0.0, 0.1, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
 
-    def __init__(self, subjects: Subjects) -> None:
+    def __init__(self, subjects: Subjects, timeout_s: float) -> None:
         self._subject = subjects.events_request.name
+        self._timeout_s = timeout_s
         self._pending: set[asyncio.Task[None]] = set()
         self._js: JetStreamContext | None = None
 
@@ -100,7 +101,9 @@ class RecordPublisher:
 
     async def _publish(self, event: RequestEvent) -> None:
         # the request id is the event id, so a retried publish is deduplicated by JetStream
-        error = await publish_event_retrying(lambda: self._js, self._subject, event, event.event_id, self.RETRY_DELAYS)
+        error = await publish_event_retrying(
+            lambda: self._js, self._subject, event, event.event_id, self.RETRY_DELAYS, timeout_s=self._timeout_s
+        )
         if error is not None:
             log.error("request event %s could not be stored: %r", event.event_id, error)
 

@@ -17,7 +17,7 @@ from faststream import FastStream
 from faststream.nats import NatsBroker
 from nats.aio.msg import Msg
 
-from services.router.core import build_routes, mock_behaviours
+from services.router.core import build_routes, mock_behaviours, require_translators
 from services.router.dispatch import Dispatcher
 from services.router.providers.mock import MockTransport
 from services.router.providers.registry import translators
@@ -91,12 +91,15 @@ class RouterHandlers:
 
 
 def create_app(settings: RouterSettings) -> FastStream:
-    config = load_config(settings.config)
+    # the router holds the provider keys: a key a model needs must be set, or the router does not start
+    config = load_config(settings.config, environ=os.environ)
+    registry = translators()
+    require_translators(config, registry)
     subjects = Subjects(settings.subject_prefix)
     # per-message log lines are emitted at DEBUG so they cost nothing at the default level
     broker = NatsBroker(settings.nats_servers, log_level=logging.DEBUG, name="gatehouse-router")
     upstream = Upstream(max_connections=settings.router_max_connections, mock=MockTransport(mock_behaviours(config)))
-    dispatcher = Dispatcher(build_routes(config, os.environ), upstream, translators())
+    dispatcher = Dispatcher(build_routes(config, os.environ), upstream, registry)
     handlers = RouterHandlers(broker, dispatcher, subjects, settings.router_heartbeat_s)
     chat = subjects.router_chat
     worker = QueueWorker(chat.name, chat.queue, handlers.on_request, settings.router_max_concurrency)

@@ -2,14 +2,27 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
+import copy
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field
 
+from services.router.limits import ResponseLimits
 from services.router.providers.base import Target
 from services.router.providers.mock import SCHEME as MOCK_SCHEME
 from services.router.providers.mock import MockBehaviour
-from shared.config import DeploymentConfig, GatehouseConfig, ModelConfig, ProviderConfig
-from shared.errors import GatewayError, InvalidRequestError, NotFoundError
+from shared.config import ConfigError, DeploymentConfig, GatehouseConfig, ModelConfig, ProviderConfig
+from shared.errors import (
+    AuthenticationError,
+    GatewayError,
+    InvalidRequestError,
+    NotFoundError,
+    PermissionDeniedError,
+    UpstreamAuthError,
+)
+
+# the most of an error message kept: for clients (provider messages pass through) and for attempt records
+CLIENT_MESSAGE_CHARS = 1000
+ATTEMPT_MESSAGE_CHARS = 300
 
 DEFAULT_API_BASE: dict[str, str] = {
     "openai": "https://api.openai.com/v1",
@@ -30,6 +43,7 @@ class Deployment:
     connect_timeout_s: float
     provider_config: ProviderConfig
     api_key_env: str | None = None
+    limits: ResponseLimits = field(default_factory=ResponseLimits)
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,11 +76,19 @@ def _deployment(dep: DeploymentConfig, provider: ProviderConfig, environ: Mappin
         connect_timeout_s=provider.connect_timeout_s,
         provider_config=provider,
         api_key_env=key_env,
+        limits=ResponseLimits.of(provider),
     )
 
 
 def build_routes(config: GatehouseConfig, environ: Mapping[str, str]) -> dict[str, Route]:
-    """Every client-facing model name and alias → its route, with provider keys read from `environ`."""
+    """Every client-facing model name and alias → its route, with provider keys read from `environ`.
+
+    A key variable that a model needs and `environ` lacks is a ConfigError (providers marked `optional`
+    excepted): better a router that does not start than one that fails every request.
+    """
+    missing = config.missing_provider_keys(environ)
+    if missing:
+        raise ConfigError("; ".join(message for _, message in missing))
     routes: dict[str, Route] = {}
     for model in config.models:
         route = Route(
@@ -90,9 +112,50 @@ def resolve(routes: Mapping[str, Route], model: str, api: str) -> Route:
     return route
 
 
+def require_translators(config: GatehouseConfig, kinds: Collection[str]) -> None:
+    """Every provider kind a model deploys to has a translator (`kinds`) or is the built-in mock."""
+    for name, provider in config.providers.items():
+        used = any(dep.provider == name for model in config.models for dep in model.deployments)
+        if used and provider.kind != "mock" and provider.kind not in kinds:
+            raise ConfigError(f"provider {name!r}: kind {provider.kind!r} has no translator in this router")
+
+
+def attempt_error(error: GatewayError, target: Target) -> GatewayError:
+    """An error from one provider attempt as the client may see it and the attempt record may keep it.
+
+    The provider's 401/403 (its verdict on the gateway's key, not on the client) becomes a retryable
+    UpstreamAuthError naming only the provider; its own words move to `detail`. Messages are bounded,
+    and a provider that echoes the deployment's key gets it masked (it would reach the client or ClickHouse).
+    """
+    if isinstance(error, AuthenticationError | PermissionDeniedError):
+        converted = UpstreamAuthError(
+            f"The gateway's credentials for provider {target.provider!r} were rejected.",
+            detail=_masked(f"{error.info().code}: {error.message}", target.api_key)[:ATTEMPT_MESSAGE_CHARS],
+        )
+        converted.__cause__ = error
+        return converted
+    message = _masked(error.message, target.api_key)
+    if len(message) > CLIENT_MESSAGE_CHARS:
+        message = message[: CLIENT_MESSAGE_CHARS - 1] + "…"
+    if message == error.message:
+        return error
+    bounded = copy.copy(error)
+    bounded.message = message
+    return bounded
+
+
+def _masked(text: str, key: str | None) -> str:
+    return text.replace(key, "[provider key]") if key and len(key) >= 8 and key in text else text
+
+
+def attempt_message(error: GatewayError) -> str:
+    """What the attempt record keeps about a failed attempt: the operator-only detail, else the message."""
+    return (error.detail or error.message)[:ATTEMPT_MESSAGE_CHARS]
+
+
 def should_fail_over(error: GatewayError) -> bool:
-    """Try the next deployment after retryable errors (429, 5xx, timeouts) and auth failures of one account."""
-    return error.retryable or error.status in (401, 403)
+    """Try the next deployment after retryable errors: 429, 5xx, timeouts, and keys a provider rejected."""
+    return error.retryable
 
 
 def mock_behaviours(config: GatehouseConfig) -> dict[str, MockBehaviour]:

@@ -9,12 +9,12 @@ from collections.abc import Awaitable, Callable, Mapping
 
 import msgspec
 
-from services.router.core import Deployment, Route, resolve, should_fail_over
+from services.router.core import Deployment, Route, attempt_error, attempt_message, resolve, should_fail_over
 from services.router.providers.base import JsonObj, Translator, openai_usage
 from services.router.sse import SseParser
 from services.router.upstream import Upstream
 from shared.bus import split_result
-from shared.errors import ErrorInfo, GatewayError, GatewayTimeoutError, InvalidRequestError
+from shared.errors import ErrorInfo, GatewayError, GatewayTimeoutError, InvalidRequestError, ServiceUnavailableError
 from shared.schemas.chat import Attempt, ChatRequest, Chunk, ChunkBatch, Outcome, Reply, Result, Usage
 from shared.schemas.openai import COMPLETION
 from shared.tokens import estimate_prompt_tokens
@@ -27,7 +27,6 @@ _JSON = msgspec.json.Encoder()
 CLIENT_CLOSED = ErrorInfo(
     status=499, type="client_closed", code="client_closed_request", message="The client closed the connection."
 )
-ERROR_MESSAGE_CHARS = 300
 
 
 def _is_usage_only(chunk: JsonObj | bytes) -> bool:
@@ -81,7 +80,7 @@ class Dispatcher:
                 except TimeoutError:
                     last = GatewayTimeoutError(f"Deployment {dep.id} did not finish within {dep.timeout_s:g}s.")
                 except GatewayError as exc:
-                    last = exc
+                    last = attempt_error(exc, dep.target)
                 except Exception as exc:  # a translator bug must not leave the client hanging
                     log.exception("request %s: attempt on %s failed unexpectedly", req.request_id, dep.id)
                     last = GatewayError(f"Internal error while calling {dep.id}: {type(exc).__name__}")
@@ -129,9 +128,15 @@ class Dispatcher:
         translator = self._translators.get(dep.target.kind)
         if translator is None:
             raise GatewayError(f"Provider kind {dep.target.kind!r} is not available in this router.")
+        key_env = dep.api_key_env
+        if key_env and not dep.target.api_key:
+            # an optional provider without its key: the gateway's gap, not the client's; fail over
+            raise ServiceUnavailableError(
+                f"Provider {dep.target.provider!r} has no API key configured ({key_env} is not set)."
+            )
         if req.embeddings is not None:
             ureq = translator.embeddings_request(req.embeddings, dep.target)
-            resp = await self._upstream.send(ureq, dep.timeout_s, dep.connect_timeout_s)
+            resp = await self._upstream.send(ureq, dep.timeout_s, dep.connect_timeout_s, dep.limits)
             if resp.status >= 400:
                 raise translator.parse_error(resp.status, resp.body, resp.headers)
             parsed = translator.parse_embeddings(resp.body, dep.target)
@@ -140,7 +145,7 @@ class Dispatcher:
         assert req.chat is not None
         if not req.stream:
             ureq = translator.chat_request(req.chat, dep.target, stream=False)
-            resp = await self._upstream.send(ureq, dep.timeout_s, dep.connect_timeout_s)
+            resp = await self._upstream.send(ureq, dep.timeout_s, dep.connect_timeout_s, dep.limits)
             if resp.status >= 400:
                 raise translator.parse_error(resp.status, resp.body, resp.headers)
             completion = translator.parse_chat(resp.body, dep.target, response_id, created)
@@ -148,11 +153,11 @@ class Dispatcher:
             progress.finish_reason = _finish_reason(completion)
             return completion if isinstance(completion, bytes) else _JSON.encode(completion)
         ureq = translator.chat_request(req.chat, dep.target, stream=True)
-        async with self._upstream.stream(ureq, dep.timeout_s, dep.connect_timeout_s) as upstream:
+        async with self._upstream.stream(ureq, dep.timeout_s, dep.connect_timeout_s, dep.limits) as upstream:
             if upstream.status >= 400:
                 raise translator.parse_error(upstream.status, await upstream.read(), upstream.headers)
             stream = translator.open_stream(dep.target, response_id, created)
-            parser = SseParser()
+            parser = SseParser(dep.limits.max_event_bytes)
             async for raw in upstream.chunks():
                 # everything one network read carried goes to the client in one message
                 await self._emit(req, [c for e in parser.feed(raw) for c in stream.feed(e)], send, progress, started)
@@ -189,7 +194,7 @@ def _attempt_record(dep: Deployment, status: int, t0: float, error: GatewayError
         status=status,
         latency_ms=(time.monotonic() - t0) * 1000,
         error_code=error.info().code if error else "",
-        error_message=error.message[:ERROR_MESSAGE_CHARS] if error else "",
+        error_message=attempt_message(error) if error else "",
     )
 
 

@@ -2,20 +2,24 @@
 
 Requests go straight to the transport: the gateway needs none of httpx.AsyncClient's per-request
 cookie jar, redirect and auth machinery, which measured ~20% of the router's CPU per request here.
+Bodies are read raw and decoded by `limits.BoundedDecoder` (not by httpx), so every size limit applies
+to decoded bytes as they arrive; a body over a limit stops the read and closes the connection.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncGenerator, AsyncIterator
+from contextlib import aclosing, asynccontextmanager, suppress
 from dataclasses import dataclass
+from typing import cast
 
 import aiohttp
 import httpx
 from httpx_aiohttp import AiohttpTransport
 
+from services.router.limits import ACCEPT_ENCODING, ERROR_BODY_BYTES, BoundedDecoder, ResponseLimits
 from services.router.providers.base import UpstreamRequest
-from shared.errors import GatewayTimeoutError, UpstreamError
+from shared.errors import GatewayTimeoutError, UpstreamError, UpstreamResponseTooLarge
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,24 +29,65 @@ class UpstreamResponse:
     body: bytes
 
 
-class UpstreamStream:
-    """An open streaming response; iterate `chunks()` for (decoded) bytes as they arrive."""
+async def _read(response: httpx.Response, limits: ResponseLimits) -> bytes:
+    """The whole decoded body, at most max_body_bytes (more: UpstreamResponseTooLarge, and reading stops).
 
-    def __init__(self, response: httpx.Response) -> None:
+    An error body is only wanted for its message: it is cut to an excerpt, and one that cannot be decoded
+    reads as empty, so the status still tells what went wrong.
+    """
+    coding = response.headers.get("content-encoding", "")
+    if response.status_code >= 400:
+        try:
+            excerpt = BoundedDecoder(coding, ERROR_BODY_BYTES, limits.max_inflate_ratio, truncate=True)
+            return await _drain(response, excerpt)
+        except UpstreamError:
+            return b""
+    declared = response.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limits.max_body_bytes and coding.strip().lower() in ("", "identity"):
+        raise UpstreamResponseTooLarge(
+            f"The upstream response is {declared} bytes; the limit is {limits.max_body_bytes} bytes."
+        )
+    return await _drain(response, BoundedDecoder(coding, limits.max_body_bytes, limits.max_inflate_ratio))
+
+
+def _raw(response: httpx.Response) -> AsyncGenerator[bytes, None]:
+    # httpx annotates aiter_raw as an AsyncIterator; it is an async generator, closed early via aclosing
+    return cast(AsyncGenerator[bytes, None], response.aiter_raw())
+
+
+async def _drain(response: httpx.Response, decoder: BoundedDecoder) -> bytes:
+    pieces: list[bytes] = []
+    try:
+        async with aclosing(_raw(response)) as raws:
+            async for raw in raws:
+                pieces.extend(decoder.feed(raw))
+                if decoder.done:
+                    break
+    except httpx.HTTPError as exc:
+        raise _convert(exc) from exc
+    return b"".join(pieces)
+
+
+class UpstreamStream:
+    """An open streaming response; iterate `chunks()` for decoded bytes as they arrive."""
+
+    def __init__(self, response: httpx.Response, limits: ResponseLimits) -> None:
         self.status = response.status_code
         self.headers = {k.lower(): v for k, v in response.headers.items()}
         self._response = response
+        self._limits = limits
 
     async def read(self) -> bytes:
-        try:
-            return await self._response.aread()
-        except httpx.HTTPError as exc:
-            raise _convert(exc) from exc
+        return await _read(self._response, self._limits)
 
     async def chunks(self) -> AsyncIterator[bytes]:
+        """Decoded pieces; no cap on the total (the stream is relayed, not kept), the inflate ratio holds."""
+        decoder = BoundedDecoder(self.headers.get("content-encoding", ""), None, self._limits.max_inflate_ratio)
         try:
-            async for chunk in self._response.aiter_bytes():
-                yield chunk
+            async with aclosing(_raw(self._response)) as raws:
+                async for raw in raws:
+                    for piece in decoder.feed(raw):
+                        yield piece
         except httpx.HTTPError as exc:
             raise _convert(exc) from exc
 
@@ -58,6 +103,13 @@ def _convert(exc: httpx.HTTPError) -> UpstreamError | GatewayTimeoutError:
     if isinstance(exc, httpx.ConnectError):
         return UpstreamError("The upstream provider could not be reached.")
     return UpstreamError(f"The upstream provider connection failed: {type(exc).__name__}.")
+
+
+async def _close(response: httpx.Response) -> None:
+    """Release the connection; one whose body was not read to the end is closed, not pooled (aiohttp)."""
+    # the answer (or its error) is already in hand; a failing close changes nothing for it
+    with suppress(httpx.HTTPError):
+        await response.aclose()
 
 
 class Upstream:
@@ -80,37 +132,44 @@ class Upstream:
             url = httpx.URL(req.url)
             if len(self._urls) < 4096:  # deployments are few; URLs with per-request parts are not cached
                 self._urls[req.url] = url
+        headers = httpx.Headers(req.headers)
+        # the router decodes bodies itself, within limits: only codings whose output can be bounded
+        headers["accept-encoding"] = ACCEPT_ENCODING
         return httpx.Request(
             req.method,
             url,
-            headers=req.headers,
+            headers=headers,
             content=req.body,
             extensions={"timeout": {"connect": connect_s, "read": timeout_s, "write": timeout_s, "pool": connect_s}},
         )
 
-    async def send(self, req: UpstreamRequest, timeout_s: float, connect_s: float) -> UpstreamResponse:
+    async def send(
+        self, req: UpstreamRequest, timeout_s: float, connect_s: float, limits: ResponseLimits
+    ) -> UpstreamResponse:
         try:
             request = self._request(req, timeout_s, connect_s)
             resp = await self._transport(request).handle_async_request(request)
-            try:
-                body = await resp.aread()
-            finally:
-                await resp.aclose()
         except httpx.HTTPError as exc:
             raise _convert(exc) from exc
+        try:
+            body = await _read(resp, limits)
+        finally:
+            await _close(resp)
         return UpstreamResponse(resp.status_code, {k.lower(): v for k, v in resp.headers.items()}, body)
 
     @asynccontextmanager
-    async def stream(self, req: UpstreamRequest, timeout_s: float, connect_s: float) -> AsyncIterator[UpstreamStream]:
+    async def stream(
+        self, req: UpstreamRequest, timeout_s: float, connect_s: float, limits: ResponseLimits
+    ) -> AsyncIterator[UpstreamStream]:
         try:
             request = self._request(req, timeout_s, connect_s)
             response = await self._transport(request).handle_async_request(request)
         except httpx.HTTPError as exc:
             raise _convert(exc) from exc
         try:
-            yield UpstreamStream(response)
+            yield UpstreamStream(response, limits)
         finally:
-            await response.aclose()
+            await _close(response)
 
     async def aclose(self) -> None:
         await self._network.aclose()

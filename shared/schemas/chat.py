@@ -120,7 +120,7 @@ class Attempt(msgspec.Struct, frozen=True, kw_only=True):
     status: int
     latency_ms: float
     error_code: str = ""
-    # the provider's own words for a failure, truncated (recorded, never shown to the client)
+    # what went wrong, for operators (e.g. a provider's reason for rejecting the gateway's key); ≤ 300 chars
     error_message: str = ""
 
 

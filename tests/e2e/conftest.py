@@ -124,10 +124,10 @@ providers:
     api_base: {dead_url}/v1
     api_key_env: E2E_EMU_OPENAI_KEY
     connect_timeout_s: 1
-  keyless:
+  rejected:
     kind: openai
     api_base: {openai_url}/v1
-    api_key_env: E2E_UNSET_KEY_VARIABLE
+    api_key_env: E2E_REJECTED_KEY
 {extra_providers}models:
   - name: mock-1
     deployments: [{{provider: mock, model: mock-1}}]
@@ -149,9 +149,11 @@ providers:
     deployments: [{{provider: emu-openai, model: slow-3000, timeout_s: 1}}]
   - name: down
     deployments: [{{provider: dead, model: gpt-emu}}]
+  - name: rejected-key
+    deployments: [{{provider: rejected, model: gpt-emu}}]
   - name: failover
     deployments:
-      - {{provider: keyless, model: gpt-emu}}
+      - {{provider: rejected, model: gpt-emu}}
       - {{provider: emu-openai, model: err-503}}
       - {{provider: emu-openai, model: gpt-emu}}
 {extra_models}"""
@@ -164,6 +166,7 @@ def running_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningS
     emulators.update({name: spec[1].create_app() for name, spec in BACKENDS.items()})  # type: ignore[attr-defined]
     dead_port = free_port()  # nothing listens here
     os.environ["E2E_EMU_OPENAI_KEY"] = openai_emu.API_KEY
+    os.environ["E2E_REJECTED_KEY"] = "sk-the-emulator-rejects-this"  # a 401 upstream: failover, not the client's 401
     with contextlib.ExitStack() as servers:
         urls = {name: servers.enter_context(serve_in_thread(app)) for name, app in emulators.items()}
         config = tmp / "gatehouse.yaml"

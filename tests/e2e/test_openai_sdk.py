@@ -186,12 +186,30 @@ def test_failover_skips_unusable_deployments_and_records_attempts(running_stack:
     assert raw.parse().choices[0].message.content.startswith("Emulated OpenAI reply")
     rid = raw.headers["x-request-id"]
     result = running_stack.wait_rows(
-        f"SELECT deployment, length(attempts.status) AS n FROM requests WHERE request_id = '{rid}'", 1
+        "SELECT deployment, length(attempts.status) AS n, attempts.error_code, attempts.error_message "
+        f"FROM requests WHERE request_id = '{rid}'",
+        1,
     )
     assert result.rows, result
-    deployment, n = result.rows[0]
+    deployment, n, codes, messages = result.rows[0]
     assert deployment == "emu-openai/gpt-emu"
     assert n == 3
+    # the provider's 401 is the gateway's key problem: recorded with the provider's words, then failed over
+    assert codes[0] == "upstream_auth_error" and "Incorrect API key" in messages[0]
+
+
+def test_a_provider_rejecting_the_gateways_key_is_a_502_not_the_clients_401(running_stack: RunningStack) -> None:
+    with pytest.raises(openai.InternalServerError) as exc:
+        client(running_stack).chat.completions.create(model="rejected-key", messages=HELLO)
+    assert exc.value.status_code == 502
+    assert exc.value.body == {
+        "message": "The gateway's credentials for provider 'rejected' were rejected.",
+        "type": "api_error",
+        "param": None,
+        "code": "upstream_auth_error",
+    }
+    row = record(running_stack, exc.value.response.headers["x-request-id"])
+    assert row["status"] == 502 and row["error_code"] == "upstream_auth_error"
 
 
 def test_failed_requests_are_recorded_too(running_stack: RunningStack) -> None:

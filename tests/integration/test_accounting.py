@@ -46,7 +46,7 @@ async def test_events_become_one_row_each_with_their_fields(
     ids = [f"ev-{n:03d}-{uuid.uuid4().hex[:8]}" for n in range(50)]
     # published before accounting runs: the stream keeps them until they are stored
     for i in ids:
-        await publish_event(js, subject, make_event(i), i)
+        await publish_event(js, subject, make_event(i), i, timeout_s=5.0)
     detailed = make_event(
         "ev-detailed",
         caller=Caller(key_id="k2", team="t2", project="p2", user="u2"),
@@ -59,7 +59,7 @@ async def test_events_become_one_row_each_with_their_fields(
         usage=Usage(input_tokens=1000, output_tokens=100, cached_tokens=0, reasoning_tokens=3),
         attempts=[
             Attempt(provider="openai", deployment="openai/gpt-4o-mini", status=429, latency_ms=12.5,
-                    error_code="rate_limit_exceeded"),
+                    error_code="rate_limit_exceeded", error_message="slow down"),
             Attempt(provider="backup", deployment="backup/m", status=200, latency_ms=30.0),
         ],
         guard_action="redact",
@@ -71,7 +71,7 @@ async def test_events_become_one_row_each_with_their_fields(
         received_at=1_750_000_000.25,
         finished_at=1_750_000_001.5,
     )  # fmt: skip
-    await publish_event(js, subject, detailed, "ev-detailed")
+    await publish_event(js, subject, detailed, "ev-detailed", timeout_s=5.0)
     accounting.start()
     try:
         assert await wait_count(url, subjects, "SELECT count() FROM requests", 51) == 51
@@ -83,7 +83,8 @@ async def test_events_become_one_row_each_with_their_fields(
             subjects,
             "SELECT key_id, team, project, user, requested_model, provider, status, error_type, error_code, "
             "input_tokens, reasoning_tokens, attempts.status, attempts.error_code, guard_findings.rule, stream, "
-            "ttft_ms, tags['feature'], received_at, cost_usd, price_version, settled_cost_usd, reserved_cost_usd "
+            "ttft_ms, tags['feature'], received_at, cost_usd, price_version, settled_cost_usd, reserved_cost_usd, "
+            "attempts.error_message "
             "FROM requests WHERE event_id = 'ev-detailed'",
         )
         assert row[:17] == [
@@ -93,6 +94,7 @@ async def test_events_become_one_row_each_with_their_fields(
         assert str(row[17]).startswith("2025-06-15T15:06:40.250")
         assert row[18] == pytest.approx(1000 * 0.15e-6 + 100 * 0.6e-6)  # gpt-4o-mini list price
         assert str(row[19]).startswith("genai-prices") and row[20] == row[18] and row[21] is None
+        assert row[22] == ["slow down", ""]  # migration 0005: why each attempt failed
         # the mock provider costs nothing, and says so
         assert await sql(
             url, subjects, f"SELECT cost_usd, price_version FROM requests WHERE event_id = '{ids[0]}'"
@@ -103,7 +105,7 @@ async def test_events_become_one_row_each_with_their_fields(
             [51, 3]
         ]
         migrations = await sql(url, subjects, "SELECT version FROM schema_migrations ORDER BY version")
-        assert migrations == [[1], [2], [3], [4]]
+        assert migrations == [[1], [2], [3], [4], [5]]
     finally:
         assert accounting.stop() == 0
 
@@ -116,12 +118,12 @@ async def test_duplicates_never_show_and_migrations_run_once(
     accounting.start()
     ids = [uuid.uuid4().hex for _ in range(40)]
     for i in ids:
-        await publish_event(js, subject, make_event(i), i)
+        await publish_event(js, subject, make_event(i), i, timeout_s=5.0)
     assert await wait_count(url, subjects, "SELECT count() FROM requests", 40) == 40
 
     # a retried publish (same Nats-Msg-Id): JetStream itself stores it once
     for i in ids[:10]:
-        await publish_event(js, subject, make_event(i), i)
+        await publish_event(js, subject, make_event(i), i, timeout_s=5.0)
     # a publisher that retried past the duplicate window, or an event redelivered after a crash between
     # insert and ack: a new message with the same event_id reaches accounting, which must skip it
     for i in ids[10:20]:
@@ -130,7 +132,7 @@ async def test_duplicates_never_show_and_migrations_run_once(
     for _ in range(2):
         await js.publish(subject, encode(make_event(ids[20])), headers={MSG_ID: uuid.uuid4().hex}, timeout=5)
     marker = uuid.uuid4().hex  # published last: once it is stored, everything before it has been handled
-    await publish_event(js, subject, make_event(marker), marker)
+    await publish_event(js, subject, make_event(marker), marker, timeout_s=5.0)
     assert await wait_count(url, subjects, f"SELECT count() FROM requests WHERE event_id = '{marker}'", 1) == 1
 
     # not merged away later by ReplacingMergeTree: never inserted, so exact without FINAL, rollups included
@@ -142,7 +144,7 @@ async def test_duplicates_never_show_and_migrations_run_once(
     assert accounting.stop() == 0
     accounting.start()
     assert await sql(url, subjects, "SELECT version, count() FROM schema_migrations GROUP BY version ORDER BY 1") == [
-        [1, 1], [2, 1], [3, 1], [4, 1]
+        [1, 1], [2, 1], [3, 1], [4, 1], [5, 1]
     ]  # fmt: skip
     assert accounting.stop() == 0
 
@@ -156,8 +158,8 @@ async def test_guard_verdicts_are_stored_without_the_matched_text(
     verdict = GuardEvent(
         event_id="g1", request_id="r1", policy="default", action="block", findings=[finding], at=time.time()
     )
-    await publish_event(js, subjects.events_guard.name, verdict, "g1")
-    await publish_event(js, subjects.events_guard.name, verdict, "g1")
+    await publish_event(js, subjects.events_guard.name, verdict, "g1", timeout_s=5.0)
+    await publish_event(js, subjects.events_guard.name, verdict, "g1", timeout_s=5.0)
     url = nats_server.url
     assert await wait_count(url, subjects, "SELECT count() FROM guard_verdicts", 1) == 1
     rows = await sql(url, subjects, "SELECT request_id, action, findings.rule, findings.start, findings.location "
@@ -171,7 +173,7 @@ async def test_sql_subject_answers_reads_and_refuses_writes(
 ) -> None:
     accounting.start()
     url, prefix = nats_server.url, subjects.prefix
-    await publish_event(js, subjects.events_request.name, make_event("only"), "only")
+    await publish_event(js, subjects.events_request.name, make_event("only"), "only", timeout_s=5.0)
     assert await wait_count(url, subjects, "SELECT count() FROM requests", 1) == 1
 
     ok = await run_sql(url, prefix, "SELECT event_id, received_at, toDecimal64(1.5, 2) AS d, tags FROM requests")

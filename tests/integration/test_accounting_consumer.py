@@ -98,7 +98,7 @@ async def until(check: Callable[[], Awaitable[bool]] | Callable[[], bool], timeo
 
 async def publish(js: JetStreamContext, subjects: Subjects, ids: list[str]) -> None:
     for i in ids:
-        await publish_event(js, subjects.events_request.name, make_event(i), i)
+        await publish_event(js, subjects.events_request.name, make_event(i), i, timeout_s=5.0)
 
 
 async def test_clickhouse_outage_holds_the_batch_without_redelivery_and_loses_nothing(

@@ -33,7 +33,7 @@ async def test_sigkill_mid_traffic_loses_and_duplicates_nothing(
     try:
         # wait until it is storing, so the kills land mid-batch rather than during startup
         warmup = uuid.uuid4().hex
-        await publish_event(js, subjects.events_request.name, make_event(warmup), warmup)
+        await publish_event(js, subjects.events_request.name, make_event(warmup), warmup, timeout_s=5.0)
         assert await wait_count(url, subjects, "SELECT count() FROM requests", 1) == 1
 
         ids: list[str] = []
@@ -44,7 +44,7 @@ async def test_sigkill_mid_traffic_loses_and_duplicates_nothing(
             # kill, so both kills land mid-traffic however slowly the machine restarts the process
             while len(ids) < TOTAL or kills < 2:
                 event_id = uuid.uuid4().hex
-                await publish_event(js, subjects.events_request.name, make_event(event_id), event_id)
+                await publish_event(js, subjects.events_request.name, make_event(event_id), event_id, timeout_s=5.0)
                 ids.append(event_id)
                 if len(ids) % 20 == 0:
                     await asyncio.sleep(0.05)

@@ -54,7 +54,14 @@ def test_request_row_lines_up_with_the_columns() -> None:
         trace_id="tr",
         batch_id="b",
         attempts=[
-            Attempt(provider="a", deployment="a/m", status=429, latency_ms=3, error_code="rate_limit_exceeded"),
+            Attempt(
+                provider="a",
+                deployment="a/m",
+                status=429,
+                latency_ms=3,
+                error_code="rate_limit_exceeded",
+                error_message="slow down",
+            ),
             Attempt(provider="b", deployment="b/m", status=200, latency_ms=9),
         ],
         guard_action="redact",
@@ -70,6 +77,7 @@ def test_request_row_lines_up_with_the_columns() -> None:
     assert (row["key_id"], row["team"], row["project"], row["user"]) == ("k", "t", "p", "u")
     assert row["attempts.provider"] == ["a", "b"] and row["attempts.status"] == [429, 200]
     assert row["attempts.error_code"] == ["rate_limit_exceeded", ""]
+    assert row["attempts.error_message"] == ["slow down", ""]
     assert row["guard_findings.rule"] == ["openai-key"] and row["guard_findings.end"] == [40]
     assert row["guard_action"] == "redact" and row["guard_policy"] == "strict"
     assert row["tags"] == {"feature": "search"} and row["stream"] is True and row["request_bytes"] == 300

@@ -64,3 +64,76 @@ def test_not_yaml_and_missing_file() -> None:
         parse_config("a: [", "x.yaml")
     with pytest.raises(ConfigError, match="cannot read"):
         load_config("/nonexistent/gatehouse.yaml")
+
+
+def test_shipped_config_starts_on_a_fresh_machine_without_provider_keys() -> None:
+    config = load_config(REPO / "deploy" / "gatehouse.yaml", environ={})
+    assert config.providers["openai"].optional  # the one keyed provider may be absent in dev
+
+
+PROVIDERS = """\
+providers:
+  mock: {kind: mock}
+  openai:
+    kind: openai
+    api_key_env: OPENAI_API_KEY
+  spare:
+    kind: anthropic
+    api_key_env: NOBODY_SETS_THIS
+models:
+  - name: a
+    deployments:
+      - {provider: mock, model: m}
+      - {provider: openai, model: gpt}
+"""
+
+
+def test_a_missing_provider_key_fails_the_load_naming_file_line_and_variable() -> None:
+    with pytest.raises(ConfigError) as exc:
+        parse_config(PROVIDERS, "gh.yaml", environ={"OPENAI_API_KEY": ""})
+    message = str(exc.value)
+    assert (
+        "gh.yaml:5: providers.openai.api_key_env: provider 'openai': environment variable OPENAI_API_KEY is not set"
+        in message
+    )
+    assert "NOBODY_SETS_THIS" not in message  # no model deploys to `spare`: its key is never needed
+    assert parse_config(PROVIDERS, "gh.yaml", environ={"OPENAI_API_KEY": "k"}).providers["openai"]
+    assert parse_config(PROVIDERS, "gh.yaml").providers["openai"]  # services that hold no keys do not check
+
+
+def test_an_optional_provider_may_lack_its_key_and_a_deployment_override_is_checked_at_its_line() -> None:
+    optional = PROVIDERS.replace("api_key_env: OPENAI_API_KEY", "api_key_env: OPENAI_API_KEY\n    optional: true")
+    assert parse_config(optional, environ={}).providers["openai"].optional
+    override = PROVIDERS.replace("{provider: openai, model: gpt}", "{provider: openai, model: gpt, api_key_env: K2}")
+    with pytest.raises(ConfigError, match=r"gh.yaml:13: models.0.deployments.1.api_key_env: .*variable K2 is not set"):
+        parse_config(override, "gh.yaml", environ={"OPENAI_API_KEY": "k"})
+
+
+def test_a_provider_kind_without_a_translator_is_refused_at_its_line() -> None:
+    text = "providers:\n  mock: {kind: mock}\n  aws:\n    kind: bedrock\n    region: us-east-1\n"
+    with pytest.raises(ConfigError, match=r"gh.yaml:4: providers.aws.kind: .*'bedrock' has no translator"):
+        parse_config(text, "gh.yaml")
+
+
+def test_response_limits_are_validated() -> None:
+    assert parse_config("providers:\n  p: {kind: openai}\n").providers["p"].max_response_bytes == 32 * 1024 * 1024
+    with pytest.raises(ConfigError, match=r"gh.yaml:2: providers.p.max_response_bytes"):
+        parse_config("providers:\n  p: {kind: openai, max_response_bytes: 0}\n", "gh.yaml")
+    with pytest.raises(ConfigError, match="max_sse_event_bytes cannot exceed max_response_bytes"):
+        parse_config("providers:\n  p: {kind: openai, max_response_bytes: 10, max_sse_event_bytes: 11}\n")
+
+
+def test_gatehouse_up_refuses_a_missing_key_before_starting_anything(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    from gatehouse.cli import app
+
+    config = tmp_path / "gh.yaml"
+    config.write_text(PROVIDERS)
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    result = CliRunner().invoke(app, ["up", "--config", str(config), "--data-dir", str(tmp_path / "data")])
+    assert result.exit_code == 2
+    assert "environment variable OPENAI_API_KEY is not set" in result.output.replace("\n", "")
+    assert not (tmp_path / "data").exists()  # nothing was started

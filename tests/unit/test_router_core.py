@@ -2,21 +2,29 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import msgspec
 import pytest
 
-from services.router.core import build_routes, resolve, should_fail_over
+from services.router.app import create_app
+from services.router.core import build_routes, require_translators, resolve, should_fail_over
 from services.router.providers import mock
-from services.router.providers.base import SseEvent, Target, retry_after_seconds
+from services.router.providers.base import SseEvent, Target, UpstreamRequest, retry_after_seconds
 from services.router.providers.openai import OpenAITranslator
+from services.router.providers.registry import translators
+from services.router.settings import RouterSettings
 from services.router.sse import SseParser
-from shared.config import parse_config
+from shared.config import ConfigError, parse_config
 from shared.errors import (
+    AuthenticationError,
     GatewayTimeoutError,
     InvalidRequestError,
     NotFoundError,
     RateLimitError,
+    UpstreamAuthError,
     UpstreamError,
+    UpstreamResponseTooLarge,
 )
 from tests.unit.providers.roundtrip import canonical
 
@@ -54,7 +62,48 @@ def test_failover_policy() -> None:
     assert should_fail_over(RateLimitError("x"))
     assert should_fail_over(UpstreamError("x"))
     assert should_fail_over(GatewayTimeoutError("x"))
+    assert should_fail_over(UpstreamAuthError("x"))
     assert not should_fail_over(InvalidRequestError("x"))
+    assert not should_fail_over(UpstreamResponseTooLarge("x"))  # the next deployment would bill it again
+    assert not should_fail_over(AuthenticationError("x"))  # only a client's key problem is a 401
+
+
+def test_routes_need_the_keys_their_models_use() -> None:
+    with pytest.raises(ConfigError, match="provider 'oa': environment variable OA_KEY is not set"):
+        build_routes(CONFIG, {})
+    routes = build_routes(CONFIG, {"OA_KEY": "k"})
+    assert routes["chat"].deployments[0].limits.max_body_bytes == 32 * 1024 * 1024
+
+
+def test_every_deployed_provider_kind_needs_a_translator() -> None:
+    require_translators(CONFIG, translators())
+    with pytest.raises(ConfigError, match="provider 'oa': kind 'openai' has no translator in this router"):
+        require_translators(CONFIG, {"anthropic"})
+
+
+def test_the_router_refuses_to_start_without_a_key_a_model_needs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = tmp_path / "gh.yaml"
+    config.write_text(
+        "providers:\n  oa:\n    kind: openai\n    api_key_env: GH_TEST_OA_KEY\n"
+        "models:\n  - {name: c, deployments: [{provider: oa, model: m}]}\n"
+    )
+    monkeypatch.delenv("GH_TEST_OA_KEY", raising=False)
+    with pytest.raises(ConfigError, match=r"gh.yaml:4: .*environment variable GH_TEST_OA_KEY is not set"):
+        create_app(RouterSettings(config=str(config)))
+    monkeypatch.setenv("GH_TEST_OA_KEY", "k")
+    assert create_app(RouterSettings(config=str(config))) is not None
+
+
+def test_provider_keys_stay_out_of_reprs() -> None:
+    routes = build_routes(CONFIG, {"OA_KEY": "sk-very-secret"})
+    dep = routes["chat"].deployments[0]
+    assert dep.target.api_key == "sk-very-secret"
+    assert "sk-very-secret" not in repr(dep.target) and "sk-very-secret" not in repr(dep)
+    req = OpenAITranslator().chat_request(canonical({"messages": []}), dep.target, stream=False)
+    assert isinstance(req, UpstreamRequest) and req.headers["authorization"] == "Bearer sk-very-secret"
+    assert "sk-very-secret" not in repr(req)
 
 
 def test_sse_parser_handles_split_lines_crlf_and_multiline_data() -> None:

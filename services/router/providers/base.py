@@ -29,7 +29,7 @@ class Target:
     kind: str  # wire format: openai, azure, anthropic, gemini, mistral, cohere, mock
     model: str  # the provider's model id
     api_base: str
-    api_key: str | None = None
+    api_key: str | None = field(default=None, repr=False)  # never in a repr, a log line or an error
     api_version: str | None = None
     region: str | None = None
     headers: Mapping[str, str] = field(default_factory=dict)
@@ -40,8 +40,8 @@ class Target:
 class UpstreamRequest:
     method: str
     url: str
-    headers: dict[str, str]
-    body: bytes
+    headers: dict[str, str] = field(repr=False)  # they carry the provider key
+    body: bytes = field(repr=False)
 
 
 @dataclass(frozen=True, slots=True)

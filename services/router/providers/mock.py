@@ -188,9 +188,15 @@ class _SseBody(httpx.AsyncByteStream):
         yield b"data: [DONE]\n\n"
 
 
+def _json(status: int, body: object) -> httpx.Response:
+    # a stream, as a network response is: the router reads it raw, bounded
+    return httpx.Response(
+        status, headers={"content-type": "application/json"}, stream=httpx.ByteStream(_JSON.encode(body))
+    )
+
+
 def _error(status: int, message: str) -> httpx.Response:
-    body = {"error": {"message": message, "type": "invalid_request_error", "param": None, "code": None}}
-    return httpx.Response(status, headers={"content-type": "application/json"}, content=_JSON.encode(body))
+    return _json(status, {"error": {"message": message, "type": "invalid_request_error", "param": None, "code": None}})
 
 
 class MockTransport(httpx.AsyncBaseTransport):
@@ -213,9 +219,7 @@ class MockTransport(httpx.AsyncBaseTransport):
         created = 1_700_000_000 + self._served
         response_id = f"chatcmpl-mock{self._served}"
         if path.endswith("/embeddings"):
-            return httpx.Response(
-                200, headers={"content-type": "application/json"}, content=_JSON.encode(embeddings(body, model))
-            )
+            return _json(200, embeddings(body, model))
         if not path.endswith("/chat/completions"):
             return _error(404, f"Unknown path {path}.")
         if body.get("stream"):
@@ -228,8 +232,4 @@ class MockTransport(httpx.AsyncBaseTransport):
                 headers={"content-type": "text/event-stream"},
                 stream=_SseBody(events, behaviour.chunk_delay_ms / 1000),
             )
-        return httpx.Response(
-            200,
-            headers={"content-type": "application/json"},
-            content=_JSON.encode(completion(body, model, response_id, created)),
-        )
+        return _json(200, completion(body, model, response_id, created))
