@@ -1,10 +1,10 @@
-"""Bus helpers every service uses: header names, the JetStream event stream, publishing events exactly once."""
+"""Bus helpers every service uses: header names, the JetStream event stream, queue workers."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -50,32 +50,9 @@ async def ensure_events_stream(js: JetStreamContext, subjects: Subjects) -> None
 
 
 async def publish_event(js: JetStreamContext, subject: str, event: object, event_id: str) -> None:
-    """Publish an event to JetStream with Nats-Msg-Id, so a retried publish is stored once."""
+    """Publish one event to JetStream with Nats-Msg-Id and wait for the ack (tools and tests; services
+    publish through shared/event_publisher.py, which spools while JetStream is away)."""
     await js.publish(subject, encode(event), timeout=PUBLISH_TIMEOUT_S, headers={MSG_ID: event_id})
-
-
-async def publish_event_retrying(
-    js: Callable[[], JetStreamContext | None],
-    subject: str,
-    event: object,
-    event_id: str,
-    delays: Sequence[float],
-) -> Exception | None:
-    """`publish_event`, tried again after each delay while JetStream is away (or not connected yet);
-    None once stored, else the last error. The msg id makes the retries safe."""
-    last: Exception | None = None
-    for delay in delays:
-        if delay:
-            await asyncio.sleep(delay)
-        context = js()
-        if context is None:
-            continue
-        try:
-            await publish_event(context, subject, event, event_id)
-            return None
-        except Exception as exc:
-            last = exc
-    return last or TimeoutError("JetStream was not available")
 
 
 class QueueWorker:

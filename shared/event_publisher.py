@@ -23,6 +23,7 @@ import json
 import logging
 import time
 from collections import deque
+from pathlib import Path
 from typing import TypeVar
 
 from nats.aio.client import Client
@@ -31,6 +32,7 @@ from nats.aio.subscription import Subscription
 from nats.errors import BadSubjectError, MaxPayloadError
 
 from shared.bus import MSG_ID, PUBLISH_TIMEOUT_S
+from shared.settings import ServiceSettings
 from shared.spool import Position, Spool, SpoolConfig, fsync_all
 from shared.spool_format import SpooledEvent
 from shared.subjects import Subject
@@ -187,6 +189,17 @@ class EventPublisher:
         self.spooled = 0
         self.dropped = 0
         self.rejected = 0
+
+    @classmethod
+    def from_settings(cls, settings: ServiceSettings, service: str) -> EventPublisher:
+        """The publisher of one `service` process, spooling under `<data_dir>/spool/<service>/`."""
+        spool = SpoolConfig(root=Path(settings.data_dir) / "spool" / service, max_bytes=settings.spool_max_bytes)
+        return cls(
+            spool,
+            max_in_memory=settings.events_max_in_memory,
+            timeout_s=settings.nats_timeout_s,
+            fsync_s=settings.spool_fsync_s,
+        )
 
     # ---- lifecycle -----------------------------------------------------------------------
     async def start(self, nc: Client) -> None:

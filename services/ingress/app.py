@@ -37,6 +37,7 @@ from shared.errors import (
     PayloadTooLargeError,
     error_body,
 )
+from shared.event_publisher import EventPublisher
 from shared.schemas.chat import ChatRequest, Chunk, ChunkBatch, Reply, Result
 from shared.subjects import Subjects, encode
 
@@ -77,14 +78,14 @@ async def read_body(request: Request, limit: int) -> bytes:
 class Gateway:
     """The request path of one ingress process."""
 
-    def __init__(self, config: GatehouseConfig, broker: NatsBroker, subjects: Subjects) -> None:
+    def __init__(self, config: GatehouseConfig, broker: NatsBroker, subjects: Subjects, events: EventPublisher) -> None:
         self.config = config
         self.broker = broker
         self.subjects = subjects
         self.keys = KeyRing(config.key_hashes())
         self.models = config.model_index()
         self.inbox = Inbox(subjects)
-        self.records = RecordPublisher(subjects)
+        self.records = RecordPublisher(subjects, events)
         self.limit = config.server.max_body_bytes
         self.timeout = config.server.request_timeout_s
         self.first_timeout = min(config.server.first_reply_timeout_s, self.timeout)
@@ -97,7 +98,7 @@ class Gateway:
         await self.broker.start()
         js = self.broker.config.connection_state.stream
         await ensure_events_stream(js, self.subjects)
-        self.records.bind(js)
+        await self.records.start(self.broker.connection)
         await self.inbox.start(self.broker.connection)
 
     async def stop(self) -> None:
@@ -306,9 +307,11 @@ def _tags(request: Request) -> dict[str, str]:
     return tags
 
 
-def create_app(config: GatehouseConfig, nats_servers: str | list[str], subjects: Subjects) -> Starlette:
+def create_app(
+    config: GatehouseConfig, nats_servers: str | list[str], subjects: Subjects, events: EventPublisher
+) -> Starlette:
     broker = NatsBroker(nats_servers, log_level=logging.DEBUG, name="gatehouse-ingress")
-    gw = Gateway(config, broker, subjects)
+    gw = Gateway(config, broker, subjects, events)
 
     @asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
