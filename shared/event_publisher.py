@@ -446,16 +446,24 @@ class EventPublisher:
         while True:
             await self._dirty.wait()
             self._dirty.clear()
-            fds = self.spool.take_dirty()
-            if fds:
-                await asyncio.to_thread(fsync_all, fds)
+            try:
+                fds = self.spool.take_dirty()
+                if fds:
+                    await asyncio.to_thread(fsync_all, fds)
+            except OSError:
+                log.exception("spool fsync failed; trying again in a second")
+                self._dirty.set()
+                await asyncio.sleep(1.0)
             if self._fsync_s:
                 await asyncio.sleep(self._fsync_s)
 
     async def _adopt_forever(self) -> None:
         while True:
             await asyncio.sleep(self._adopt_every)
-            self._adopt()
+            try:
+                self._adopt()
+            except OSError:
+                log.exception("adopting orphaned spools failed")
 
     def _adopt(self) -> None:
         """Take over the spools of dead processes of this service, so their events are published too."""

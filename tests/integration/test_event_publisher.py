@@ -23,8 +23,9 @@ from gatehouse.natsserver import NatsServer, free_port, start_nats
 from shared.bus import ensure_events_stream
 from shared.event_publisher import EventPublisher
 from shared.schemas.events import GuardEvent
-from shared.spool import SpoolConfig
-from shared.subjects import Subjects
+from shared.spool import Spool, SpoolConfig
+from shared.spool_format import SpooledEvent
+from shared.subjects import Subjects, encode
 
 pytestmark = pytest.mark.timeout(120)
 REPO = Path(__file__).resolve().parents[2]
@@ -301,6 +302,33 @@ async def test_drain_while_jetstream_is_away_spools_and_the_next_process_replays
         await second.drain(5)
         await nc.close()
     assert not [p for p in config.root.iterdir() if p.is_dir()], "a drained, empty spool is removed"
+
+
+async def test_a_running_process_adopts_a_spool_orphaned_meanwhile(
+    server: Server, subjects: Subjects, tmp_path: Path
+) -> None:
+    """A replica that died with a spool is picked up by a live one, not only by its own restart."""
+    nc = await connect(server.url)
+    await ensure_events_stream(nc.jetstream(), subjects)
+    config = SpoolConfig(root=tmp_path / "spool")
+    live = EventPublisher(config, adopt_every_s=0.2)
+    await live.start(nc)
+    try:
+        dead = Spool.open(config)
+        for i in range(20):
+            event_id = f"orphan-{i}"
+            dead.append(
+                SpooledEvent(subject=subjects.events_guard.name, event_id=event_id, data=encode(verdict(event_id)))
+            )
+        for segment in dead._segments:  # what a SIGKILL leaves: the files, and the lock released
+            os.close(segment.fd)
+        os.close(dead._lock_fd)
+        await until(lambda: live.published == 20 and not live.spooling, what="the adoption")
+        assert await stored_ids(nc, subjects) == [f"orphan-{i}" for i in range(20)]
+        assert not dead.directory.exists()
+    finally:
+        await live.drain(5)
+        await nc.close()
 
 
 _CHILD = textwrap.dedent(
