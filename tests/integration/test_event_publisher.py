@@ -4,6 +4,7 @@ once and in publish order, through the spool, and a spool left by a dead process
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
 import subprocess
@@ -24,7 +25,7 @@ from shared.bus import ensure_events_stream
 from shared.event_publisher import EventPublisher
 from shared.schemas.events import GuardEvent
 from shared.spool import Spool, SpoolConfig
-from shared.spool_format import SpooledEvent
+from shared.spool_format import SpooledEvent, frame
 from shared.subjects import Subjects, encode
 
 pytestmark = pytest.mark.timeout(120)
@@ -225,6 +226,33 @@ async def test_events_in_flight_and_queued_when_the_server_dies_keep_their_order
         server.start()
         await until(lambda: publisher.published == 200 and not publisher.spooling, what="the replay")
         assert await stored_ids(nc, subjects) == [*ids, *after]
+    finally:
+        await publisher.drain(5)
+        await nc.close()
+
+
+async def test_a_full_spool_refuses_new_events_loudly_and_keeps_the_earlier_ones(
+    server: Server, subjects: Subjects, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    nc = await connect(server.url)
+    await ensure_events_stream(nc.jetstream(), subjects)
+    size = SpooledEvent(subject=subjects.events_guard.name, event_id="x00", data=encode(verdict("x00")))
+    one = len(frame(size))
+    config = SpoolConfig(root=tmp_path / "spool", max_bytes=30 * one + one // 2)
+    publisher = EventPublisher(config, timeout_s=2.0)
+    await publisher.start(nc)
+    try:
+        server.kill()
+        await until(lambda: not nc.is_connected, what="the client to notice")
+        ids = [f"x{i:02d}" for i in range(40)]  # all records the same size
+        with caplog.at_level(logging.ERROR, logger="gatehouse.events"):
+            for event_id in ids:
+                publisher.publish(subjects.events_guard, verdict(event_id), event_id)
+        assert (publisher.spooled, publisher.dropped) == (30, 10)
+        assert "x30 on" in caplog.text and "LOST: the spool is full" in caplog.text
+        server.start()
+        await until(lambda: publisher.published == 30 and not publisher.spooling, what="the replay")
+        assert await stored_ids(nc, subjects) == ids[:30]
     finally:
         await publisher.drain(5)
         await nc.close()
