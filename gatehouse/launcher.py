@@ -81,6 +81,7 @@ class Stack:
             "GATEHOUSE_NATS_URL": self.nats.url,
             "GATEHOUSE_CONFIG": str(self.config),
             "GATEHOUSE_SUBJECT_PREFIX": self.prefix,
+            "GATEHOUSE_DATA_DIR": str(self.data_dir),  # event spools: <data_dir>/spool/<service>/
             "GATEHOUSE_INGRESS_HOST": self.host,
             "GATEHOUSE_INGRESS_PORT": str(self.port),
             # the accounting service's own settings use their own prefix

@@ -1,10 +1,10 @@
-"""Bus helpers every service uses: header names, the JetStream event stream, publishing events exactly once."""
+"""Bus helpers every service uses: header names, the JetStream event stream, queue workers."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 
 import msgspec
 from nats.aio.client import Client
@@ -23,6 +23,8 @@ log = logging.getLogger(__name__)
 REQUEST_ID = "Gh-Request-Id"
 TRACEPARENT = "traceparent"
 MSG_ID = "Nats-Msg-Id"
+# JetStream publish: how long to wait for the server's ack by default (services pass nats_timeout_s)
+PUBLISH_TIMEOUT_S = 5.0
 
 # a response body larger than this crosses the bus in BodyPart pieces (well under any max_payload)
 PART_BYTES = 512 * 1024
@@ -62,38 +64,12 @@ async def ensure_events_stream(js: JetStreamContext, subjects: Subjects) -> None
         log.info("event stream %s exists with a different config; leaving it", config.name)
 
 
-async def publish_event(js: JetStreamContext, subject: str, event: object, event_id: str, *, timeout_s: float) -> None:
-    """Publish an event to JetStream with Nats-Msg-Id, so a retried publish is stored once.
-
-    `timeout_s` is how long to wait for the server's ack (the service's `nats_timeout_s` setting).
-    """
+async def publish_event(
+    js: JetStreamContext, subject: str, event: object, event_id: str, *, timeout_s: float = PUBLISH_TIMEOUT_S
+) -> None:
+    """Publish one event to JetStream with Nats-Msg-Id and wait for the ack (tools and tests; services
+    publish through shared/event_publisher.py, which spools while JetStream is away)."""
     await js.publish(subject, encode(event), timeout=timeout_s, headers={MSG_ID: event_id})
-
-
-async def publish_event_retrying(
-    js: Callable[[], JetStreamContext | None],
-    subject: str,
-    event: object,
-    event_id: str,
-    delays: Sequence[float],
-    *,
-    timeout_s: float,
-) -> Exception | None:
-    """`publish_event`, tried again after each delay while JetStream is away (or not connected yet);
-    None once stored, else the last error. The msg id makes the retries safe."""
-    last: Exception | None = None
-    for delay in delays:
-        if delay:
-            await asyncio.sleep(delay)
-        context = js()
-        if context is None:
-            continue
-        try:
-            await publish_event(context, subject, event, event_id, timeout_s=timeout_s)
-            return None
-        except Exception as exc:
-            last = exc
-    return last or TimeoutError("JetStream was not available")
 
 
 class QueueWorker:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -16,6 +17,16 @@ class ServiceSettings(BaseSettings):
     log_level: str = "INFO"
     # NATS request/publish timeouts default to 0.5 s in the clients; every hop sets its own
     nats_timeout_s: float = 5.0
+    # local state: events JetStream cannot take yet are spooled in <data_dir>/spool/<service>/ (the launcher
+    # passes its own data dir; in a container, a volume that outlives the process)
+    data_dir: str = ".gatehouse"
+    # disk cap of one process's spool; past it new events are dropped with an error log
+    spool_max_bytes: int = Field(default=1 << 30, gt=0)
+    # how often spooled events are fsync'ed (0: after every write, off the event loop); a power loss can
+    # lose what was spooled since, a killed process nothing that was spooled
+    spool_fsync_s: float = Field(default=1.0, ge=0)
+    # events waiting for JetStream in memory before they overflow to the spool
+    events_max_in_memory: int = Field(default=10_000, gt=0)
 
     @property
     def nats_servers(self) -> list[str]:

@@ -26,6 +26,7 @@ from services.guard.settings import GuardSettings
 from services.guard.verdicts import VerdictLog
 from shared.bus import QueueWorker, answer_pings, ensure_events_stream
 from shared.config import load_config
+from shared.event_publisher import EventPublisher
 from shared.schemas.admin import ScanFinding, ScanRequest, ScanResult
 from shared.schemas.chat import Outcome, Result, Verdict
 from shared.subjects import Service, Subjects
@@ -67,14 +68,12 @@ def scan_answer(guard: Guard, data: bytes, subject: Service[ScanRequest, ScanRes
 class GuardHandlers:
     """The message handlers of one guard replica."""
 
-    def __init__(self, broker: NatsBroker, guard: Guard, subjects: Subjects, nats_timeout_s: float) -> None:
+    def __init__(self, broker: NatsBroker, guard: Guard, subjects: Subjects, events: EventPublisher) -> None:
         self.broker = broker
         self.guard = guard
         self.subjects = subjects
         self.out_prefix = subjects.guard_output(uuid.uuid4().hex[:12])
-        self.verdicts = VerdictLog(
-            subjects.events_guard.name, lambda: broker.config.connection_state.stream, nats_timeout_s
-        )
+        self.verdicts = VerdictLog(subjects.events_guard, events)
         self.replies = subjects.replies
         self.relay = ResponseRelay(
             subjects.replies, guard.rails.stream_holdback_chars, self._publish, self.verdicts.record
@@ -125,7 +124,7 @@ def create_app(settings: GuardSettings) -> FastStream:
     config = load_config(settings.config)
     subjects = Subjects(settings.subject_prefix)
     broker = NatsBroker(settings.nats_servers, log_level=logging.DEBUG, name="gatehouse-guard")
-    handlers = GuardHandlers(broker, Guard(config), subjects, settings.nats_timeout_s)
+    handlers = GuardHandlers(broker, Guard(config), subjects, EventPublisher.from_settings(settings, "guard"))
     chat_in, scan = subjects.guard_chat, subjects.guard_scan
     worker = QueueWorker(chat_in.name, chat_in.queue, handlers.on_request, settings.guard_max_concurrency)
     scanner = QueueWorker(scan.name, scan.queue, handlers.on_scan, settings.guard_max_concurrency)
@@ -137,6 +136,7 @@ def create_app(settings: GuardSettings) -> FastStream:
     async def _start() -> None:
         nc = broker.connection
         await ensure_events_stream(broker.config.connection_state.stream, subjects)
+        await handlers.verdicts.start(nc)
         # responses for this replica's requests arrive in order on one subscription
         subs.append(
             await nc.subscribe(f"{handlers.out_prefix}.*", cb=handlers.on_response, pending_msgs_limit=1_000_000)

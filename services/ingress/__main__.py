@@ -7,6 +7,7 @@ import uvicorn
 from services.ingress.app import create_app
 from services.ingress.settings import IngressSettings
 from shared.config import load_config
+from shared.event_publisher import EventPublisher
 from shared.logs import setup_logging
 from shared.subjects import Subjects
 
@@ -15,9 +16,8 @@ def main() -> None:
     settings = IngressSettings()
     setup_logging("ingress", settings.log_level)
     config = load_config(settings.config)
-    app = create_app(
-        config, settings.nats_servers, Subjects(settings.subject_prefix), nats_timeout_s=settings.nats_timeout_s
-    )
+    events = EventPublisher.from_settings(settings, "ingress")
+    app = create_app(config, settings.nats_servers, Subjects(settings.subject_prefix), events)
     uvicorn.run(
         app,
         host=settings.ingress_host or config.server.host,

@@ -38,6 +38,7 @@ from shared.errors import (
     UnknownEndpointError,
     error_body,
 )
+from shared.event_publisher import EventPublisher
 from shared.schemas.chat import (
     BodyPart,
     Cancel,
@@ -94,14 +95,14 @@ async def read_body(request: Request, limit: int) -> bytes:
 class Gateway:
     """The request path of one ingress process."""
 
-    def __init__(self, config: GatehouseConfig, broker: NatsBroker, subjects: Subjects, nats_timeout_s: float) -> None:
+    def __init__(self, config: GatehouseConfig, broker: NatsBroker, subjects: Subjects, events: EventPublisher) -> None:
         self.config = config
         self.broker = broker
         self.subjects = subjects
         self.keys = KeyRing(config.key_hashes())
         self.models = config.model_index()
         self.inbox = Inbox(subjects)
-        self.records = RecordPublisher(subjects, nats_timeout_s)
+        self.records = RecordPublisher(subjects, events)
         self.limit = config.server.max_body_bytes
         self.timeout = config.server.request_timeout_s
         self.first_timeout = min(config.server.first_reply_timeout_s, self.timeout)
@@ -115,7 +116,7 @@ class Gateway:
         await self.broker.start()
         js = self.broker.config.connection_state.stream
         await ensure_events_stream(js, self.subjects)
-        self.records.bind(js)
+        await self.records.start(self.broker.connection)
         await self.inbox.start(self.broker.connection)
 
     async def stop(self) -> None:
@@ -380,10 +381,10 @@ def _tags(request: Request) -> dict[str, str]:
 
 
 def create_app(
-    config: GatehouseConfig, nats_servers: str | list[str], subjects: Subjects, *, nats_timeout_s: float
+    config: GatehouseConfig, nats_servers: str | list[str], subjects: Subjects, events: EventPublisher
 ) -> Starlette:
     broker = NatsBroker(nats_servers, log_level=logging.DEBUG, name="gatehouse-ingress")
-    gw = Gateway(config, broker, subjects, nats_timeout_s)
+    gw = Gateway(config, broker, subjects, events)
 
     @asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:

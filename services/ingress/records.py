@@ -1,22 +1,18 @@
-"""Build the one RequestEvent that records a finished request (pure), and publish it reliably (I/O)."""
+"""Build the one RequestEvent that records a finished request (pure), and hand it to the event publisher."""
 
 from __future__ import annotations
 
-import asyncio
-import logging
 import time
 import uuid
 from dataclasses import dataclass, field
 
-from nats.js import JetStreamContext
+from nats.aio.client import Client
 
-from shared.bus import publish_event_retrying
 from shared.errors import ErrorInfo
+from shared.event_publisher import EventPublisher
 from shared.schemas.chat import Caller, GuardSummary, Outcome
 from shared.schemas.events import RequestEvent
 from shared.subjects import Subjects
-
-log = logging.getLogger("gatehouse.ingress.records")
 
 
 @dataclass
@@ -80,36 +76,23 @@ class RequestRecord:
 
 
 class RecordPublisher:
-    """Publishes request events to JetStream off the response path, retrying while JetStream is away."""
+    """Hands each finished request's event to the event publisher: off the response path, never dropped
+    while the spool has room (see shared/event_publisher.py)."""
 
-    RETRY_DELAYS = (0.0, 0.1, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
+    def __init__(self, subjects: Subjects, events: EventPublisher) -> None:
+        self._subject = subjects.events_request
+        self._events = events
 
-    def __init__(self, subjects: Subjects, timeout_s: float) -> None:
-        self._subject = subjects.events_request.name
-        self._timeout_s = timeout_s
-        self._pending: set[asyncio.Task[None]] = set()
-        self._js: JetStreamContext | None = None
-
-    def bind(self, js: JetStreamContext) -> None:
-        self._js = js
+    async def start(self, nc: Client) -> None:
+        await self._events.start(nc)
 
     def submit(self, record: RequestRecord) -> None:
         event = record.event(time.monotonic())
-        task = asyncio.create_task(self._publish(event))
-        self._pending.add(task)
-        task.add_done_callback(self._pending.discard)
-
-    async def _publish(self, event: RequestEvent) -> None:
-        # the request id is the event id, so a retried publish is deduplicated by JetStream
-        error = await publish_event_retrying(
-            lambda: self._js, self._subject, event, event.event_id, self.RETRY_DELAYS, timeout_s=self._timeout_s
-        )
-        if error is not None:
-            log.error("request event %s could not be stored: %r", event.event_id, error)
+        # the request id is the event id, so a record sent again (after a lost ack) is stored once
+        self._events.publish(self._subject, event, event.event_id)
 
     async def drain(self, timeout: float = 10.0) -> None:
-        if self._pending:
-            await asyncio.wait(set(self._pending), timeout=timeout)
+        await self._events.drain(timeout)
 
 
 def new_request_id() -> str:

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any, cast
+from typing import Any
 
-from nats.js import JetStreamContext
-
-from shared.bus import MSG_ID, publish_event_retrying
+from shared.bus import MSG_ID, publish_event
+from shared.event_publisher import EventPublisher
 from shared.schemas.events import GuardEvent
+from shared.settings import ServiceSettings
 
 
 class _RecordingJetStream:
@@ -21,8 +21,11 @@ class _RecordingJetStream:
 async def test_the_publish_timeout_is_the_one_passed_down() -> None:
     js = _RecordingJetStream()
     event = GuardEvent(event_id="e1", request_id="r1", policy="p", action="flag", direction="input", at=0.0)
-    error = await publish_event_retrying(
-        lambda: cast(JetStreamContext, js), "gh.events.guard", event, "e1", (0.0,), timeout_s=2.5
-    )
-    assert error is None
+    await publish_event(js, "gh.events.guard", event, "e1", timeout_s=2.5)  # type: ignore[arg-type]
     assert js.calls == [{"subject": "gh.events.guard", "timeout": 2.5, "headers": {MSG_ID: "e1"}}]
+
+
+def test_the_event_publisher_takes_its_ack_timeout_from_the_settings(tmp_path: Any) -> None:
+    settings = ServiceSettings(nats_timeout_s=3.5, data_dir=str(tmp_path))
+    publisher = EventPublisher.from_settings(settings, "ingress")
+    assert publisher._timeout == 3.5

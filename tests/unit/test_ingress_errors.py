@@ -7,12 +7,15 @@ from starlette.testclient import TestClient
 from services.ingress.app import create_app
 from shared.config import GatehouseConfig
 from shared.errors import MethodNotAllowedError, UnknownEndpointError
+from shared.event_publisher import EventPublisher
+from shared.settings import ServiceSettings
 from shared.subjects import Subjects
 
 
 def _client() -> TestClient:
     # no `with`: the lifespan (the NATS connection) never starts, and routing needs none of it
-    return TestClient(create_app(GatehouseConfig(), "nats://127.0.0.1:1", Subjects("t"), nats_timeout_s=5.0))
+    events = EventPublisher.from_settings(ServiceSettings(), "ingress")
+    return TestClient(create_app(GatehouseConfig(), "nats://127.0.0.1:1", Subjects("t"), events))
 
 
 def test_unknown_endpoint_is_a_taxonomy_404() -> None:
