@@ -37,6 +37,7 @@ from shared.errors import (
     PayloadTooLargeError,
     error_body,
 )
+from shared.natsconn import NatsLink, nats_broker, nats_problem
 from shared.schemas.chat import ChatRequest, Chunk, ChunkBatch, Reply, Result
 from shared.subjects import Subjects, encode
 
@@ -306,8 +307,8 @@ def _tags(request: Request) -> dict[str, str]:
     return tags
 
 
-def create_app(config: GatehouseConfig, nats_servers: str | list[str], subjects: Subjects) -> Starlette:
-    broker = NatsBroker(nats_servers, log_level=logging.DEBUG, name="gatehouse-ingress")
+def create_app(config: GatehouseConfig, nats: NatsLink, subjects: Subjects) -> Starlette:
+    broker = nats_broker(nats, max_body_bytes=config.server.max_body_bytes)
     gw = Gateway(config, broker, subjects)
 
     @asynccontextmanager
@@ -319,6 +320,8 @@ def create_app(config: GatehouseConfig, nats_servers: str | list[str], subjects:
             await gw.stop()
 
     async def healthz(_: Request) -> Response:
+        if reason := nats_problem(broker):
+            return JSONResponse({"status": "unhealthy", "reason": reason}, status_code=503)
         return JSONResponse({"status": "ok"})
 
     async def readyz(_: Request) -> Response:

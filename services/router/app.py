@@ -11,7 +11,6 @@ import logging
 import os
 
 from faststream import FastStream
-from faststream.nats import NatsBroker
 from nats.aio.msg import Msg
 
 from services.router.core import build_routes
@@ -21,6 +20,7 @@ from services.router.settings import RouterSettings
 from services.router.upstream import Upstream
 from shared.bus import QueueWorker, answer_pings
 from shared.config import load_config
+from shared.natsconn import nats_broker
 from shared.schemas.chat import Heartbeat, Reply
 from shared.subjects import Subjects, encode
 
@@ -32,7 +32,7 @@ def create_app(settings: RouterSettings) -> FastStream:
     config = load_config(settings.config)
     subjects = Subjects(settings.subject_prefix)
     # per-message log lines are emitted at DEBUG so they cost nothing at the default level
-    broker = NatsBroker(settings.nats_servers, log_level=logging.DEBUG, name="gatehouse-router")
+    broker = nats_broker(settings.nats_link("router"))
     upstream = Upstream(max_connections=settings.router_max_connections)
     dispatcher = Dispatcher(build_routes(config, os.environ), upstream, translators())
     chat = subjects.router_chat
