@@ -21,6 +21,7 @@ from faststream.exceptions import IncorrectState
 from faststream.nats import NatsBroker
 from faststream.nats.security import NatsNKey
 from nats.aio.client import Client
+from nats.errors import ConnectionClosedError, ConnectionReconnectingError
 
 from shared.permissions import Role
 from shared.subjects import Subjects
@@ -109,6 +110,7 @@ class GatehouseBroker(NatsBroker):
         self, link: NatsLink, *, max_body_bytes: int | None, on_closed: Callable[[], None], log_level: int
     ) -> None:
         link.check()
+        self._serving = False
         self._stopping = False
         self._max_body_bytes = max_body_bytes
         self._on_closed = on_closed
@@ -119,7 +121,7 @@ class GatehouseBroker(NatsBroker):
             inbox_prefix=link.inbox_prefix,
             max_reconnect_attempts=-1,  # never give up: the server comes back (a restart, a rolling upgrade)
             reconnect_time_wait=RECONNECT_WAIT_S,
-            error_cb=_log_error,
+            error_cb=self._error,
             disconnected_cb=_log_disconnected,
             closed_cb=self._closed,
             log_level=log_level,
@@ -133,6 +135,7 @@ class GatehouseBroker(NatsBroker):
             except BusPayloadTooSmallError as exc:
                 log.error("cannot serve: %s", exc)
                 raise
+        self._serving = True
 
     async def stop(
         self,
@@ -141,7 +144,14 @@ class GatehouseBroker(NatsBroker):
         exc_tb: TracebackType | None = None,
     ) -> None:
         self._stopping = True
-        await super().stop(exc_type, exc_val, exc_tb)
+        try:
+            await super().stop(exc_type, exc_val, exc_tb)
+        except (ConnectionClosedError, ConnectionReconnectingError):
+            # closed for good before this stop (see _closed), or the server is away: nothing can be drained
+            if self._connection is not None:
+                await self._connection.close()
+            self._connection = None
+            self.config.disconnect()
 
     async def _closed(self) -> None:
         if self._stopping:
@@ -149,16 +159,20 @@ class GatehouseBroker(NatsBroker):
         log.error("the NATS connection is closed for good; exiting so that this process is restarted")
         self._on_closed()
 
-
-async def _log_error(err: Exception) -> None:
-    text = str(err)
-    if "permissions violation" in text or "authorization" in text.lower():
-        # a role doing what it may not: a misconfigured deployment (or a bug), never routine
-        log.error("NATS refused: %s", text)
+    async def _error(self, err: Exception) -> None:
+        text = str(err).lower()
+        if "permissions violation" in text:
+            # a role doing what it may not: a misconfigured deployment (or a bug), never routine
+            log.error("NATS refused: %s", err)
+        elif "authorization violation" in text and self._serving and not self._stopping:
+            # the server no longer accepts this credential (rotated or revoked): nats-py would stay stuck
+            # reconnecting; a restarted process reads its credential again
+            log.error("NATS refused this process's credential on reconnect; exiting so that it is restarted")
+            self._on_closed()
 
 
 async def _log_disconnected() -> None:
-    log.warning("disconnected from NATS; reconnecting")
+    log.warning("disconnected from NATS")
 
 
 def nats_broker(
