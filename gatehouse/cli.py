@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import os
 import signal
 import sys
 import time
@@ -60,6 +61,12 @@ def up(
     except ConfigError as exc:
         err.print(f"[red]{exc}[/red]")
         raise typer.Exit(2) from exc
+    from services.ingress.exposure import dev_key_exposure
+
+    refused = dev_key_exposure(cfg, host or cfg.server.host)
+    if refused and os.environ.get("GATEHOUSE_INGRESS_ALLOW_DEV_KEY", "").lower() not in ("1", "true", "yes", "on"):
+        err.print(refused, style="red", markup=False)  # ingress would refuse to start the same way
+        raise typer.Exit(2)
     stack = Stack(
         config=cfg_path,
         data_dir=data_dir.resolve(),
@@ -87,7 +94,8 @@ def up(
             raise typer.Exit(1)
         assert stack.nats is not None
         console.print(f"[green]gatehouse is up[/green]  OpenAI-compatible API: {stack.ingress_url}/v1")
-        console.print(f"  NATS: {stack.nats.url}   data and logs: {stack.data_dir}")
+        console.print(f"  NATS: {stack.nats.url} (one NKey per role in {stack.data_dir / 'creds'})")
+        console.print(f"  data and logs: {stack.data_dir}")
         console.print(f"  services: {', '.join(c.name for c in stack.children)}")
         console.print(
             f"  try: curl {stack.ingress_url}/v1/chat/completions -H 'Authorization: Bearer sk-gatehouse-dev' "
