@@ -1,4 +1,5 @@
-"""The `gatehouse` command: `up` runs the stack, `sql` queries the request record, `hash-key` for config."""
+"""The `gatehouse` command: `up` runs the stack, `sql` queries the request record, `hash-key` for config,
+`nats-config` / `nats-keys` for running NATS yourself (compose, Kubernetes)."""
 
 from __future__ import annotations
 
@@ -61,6 +62,12 @@ def up(
     except ConfigError as exc:
         err.print(f"[red]{exc}[/red]")
         raise typer.Exit(2) from exc
+    from services.ingress.exposure import dev_key_exposure
+
+    refused = dev_key_exposure(cfg, host or cfg.server.host)
+    if refused and os.environ.get("GATEHOUSE_INGRESS_ALLOW_DEV_KEY", "").lower() not in ("1", "true", "yes", "on"):
+        err.print(refused, style="red", markup=False)  # ingress would refuse to start the same way
+        raise typer.Exit(2)
     stack = Stack(
         config=cfg_path,
         data_dir=data_dir.resolve(),
@@ -88,7 +95,8 @@ def up(
             raise typer.Exit(1)
         assert stack.nats is not None
         console.print(f"[green]gatehouse is up[/green]  OpenAI-compatible API: {stack.ingress_url}/v1")
-        console.print(f"  NATS: {stack.nats.url}   data and logs: {stack.data_dir}")
+        console.print(f"  NATS: {stack.nats.url} (one NKey per role in {stack.data_dir / 'creds'})")
+        console.print(f"  data and logs: {stack.data_dir}")
         console.print(f"  services: {', '.join(c.name for c in stack.children)}")
         console.print(
             f"  try: curl {stack.ingress_url}/v1/chat/completions -H 'Authorization: Bearer sk-gatehouse-dev' "
@@ -115,6 +123,13 @@ def sql(
     data_dir: Annotated[Path, typer.Option(help="the data dir of the running stack")] = Path(".gatehouse"),
     nats_url: Annotated[str | None, typer.Option(help="NATS URL (default: from the running stack)")] = None,
     prefix: Annotated[str | None, typer.Option(help="NATS subject prefix")] = None,
+    nkey_seed_file: Annotated[
+        Path | None,
+        typer.Option(
+            envvar="GATEHOUSE_ADMIN_NKEY_SEED_FILE",
+            help="the admin NKey seed file (default: the running stack's, under the data dir)",
+        ),
+    ] = None,
     fmt: Annotated[str, typer.Option("--format", help="table | json | tsv")] = "table",
     timeout: Annotated[float, typer.Option(help="seconds to wait for the answer")] = 30.0,
 ) -> None:
@@ -122,16 +137,21 @@ def sql(
     from gatehouse.launcher import read_state
     from gatehouse.query import run_sql
 
+    data = data_dir.resolve()
     if nats_url is None or prefix is None:
         try:
-            state = read_state(data_dir.resolve())
+            state = read_state(data)
         except FileNotFoundError as exc:
             err.print(f"[red]{exc}[/red]")
             raise typer.Exit(2) from exc
         nats_url = nats_url or state["nats_url"]
         prefix = prefix or state["subject_prefix"]
+        if nkey_seed_file is None and state.get("admin_seed_file"):
+            nkey_seed_file = Path(state["admin_seed_file"])
+    if nkey_seed_file is None and (data / "creds" / "admin.nk").exists():
+        nkey_seed_file = data / "creds" / "admin.nk"
     try:
-        result = asyncio.run(run_sql(nats_url, prefix, query, timeout))
+        result = asyncio.run(run_sql(nats_url, prefix, query, timeout, str(nkey_seed_file or "")))
     except Exception as exc:
         err.print(f"[red]query failed: {exc}[/red]")
         raise typer.Exit(1) from exc
@@ -152,9 +172,60 @@ def sql(
 
 
 @app.command("hash-key")
-def hash_key(key: str) -> None:
+def hash_key(
+    key: Annotated[str | None, typer.Argument(help="the key; read from stdin if left out (keeps it out of ps)")] = None,
+) -> None:
     """Print the SHA-256 of an API key, for the `keys[].sha256` field of the config."""
+    if key is None:
+        key = sys.stdin.readline().rstrip("\r\n")
+    if not key:
+        err.print("[red]no key given (pass it as an argument or on stdin)[/red]")
+        raise typer.Exit(2)
     console.print(hashlib.sha256(key.encode()).hexdigest())
+
+
+@app.command("nats-keys")
+def nats_keys(
+    creds_dir: Annotated[Path, typer.Argument(help="where the seed files go (created 0700; seeds 0600)")],
+) -> None:
+    """Make (or keep) one NKey seed per role in CREDS_DIR; print the public keys as GATEHOUSE_NKEY_<ROLE>=U…"""
+    from gatehouse.credentials import ensure_credentials
+
+    for role, key in ensure_credentials(creds_dir).items():
+        sys.stdout.write(f"GATEHOUSE_NKEY_{role.upper()}={key.public_key}\n")
+
+
+@app.command("nats-config")
+def nats_config(
+    prefix: Annotated[str, typer.Option(help="NATS subject prefix")] = "gh",
+    config: Annotated[Path | None, typer.Option(help="config: max_payload from server.max_body_bytes")] = None,
+    creds_dir: Annotated[
+        Path | None,
+        typer.Option(help="embed the public keys of the seeds here (made if missing); default: $GATEHOUSE_NKEY_<ROLE>"),
+    ] = None,
+) -> None:
+    """Print the nats-server config of the roles (users, permissions, max_payload) to include in your own."""
+    from gatehouse.credentials import ensure_credentials
+    from gatehouse.natsconf import authorization_block, render_config
+    from shared.config import ConfigError, load_config
+    from shared.natsconn import server_max_payload
+    from shared.permissions import ROLES
+    from shared.subjects import Subjects
+
+    if creds_dir is not None:
+        keys = {role: key.public_key for role, key in ensure_credentials(creds_dir).items()}
+    else:
+        keys = {role: f"$GATEHOUSE_NKEY_{role.upper()}" for role in ROLES}
+    subjects = Subjects(prefix)
+    if config is None:
+        sys.stdout.write(authorization_block(subjects, keys))
+        return
+    try:
+        cfg = load_config(config)
+    except ConfigError as exc:
+        err.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from exc
+    sys.stdout.write(render_config(subjects, keys, max_payload=server_max_payload(cfg.server.max_body_bytes)))
 
 
 def main() -> None:

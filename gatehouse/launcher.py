@@ -1,4 +1,5 @@
-"""Run the whole stack on one machine: nats-server (JetStream on a local dir) and every service process."""
+"""Run the whole stack on one machine: nats-server (JetStream on a local dir, one NKey user per role) and every
+service process, each with only its own credential and environment; restart whichever of them dies."""
 
 from __future__ import annotations
 
@@ -12,9 +13,17 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gatehouse.natsserver import NatsServer, free_port, start_nats
+from gatehouse.childenv import SERVICES, service_env
+from gatehouse.credentials import RoleKey, ensure_credentials, private_dir
+from gatehouse.natsconf import render_config
+from gatehouse.natsserver import NatsServer, free_port, restart_nats, start_nats
+from shared.config import load_config
+from shared.natsconn import server_max_payload
+from shared.permissions import Role
+from shared.subjects import Subjects
 
-SERVICES = ("accounting", "router", "guard", "ingress")
+# what a data dir holds; a dir holding only these (or nothing) is ours to make private
+DATA_DIR_ENTRIES = frozenset({"nats", "logs", "creds", "clickhouse", "nats.conf", "state.json"})
 # stop order: stop taking requests first, then the stages behind, accounting last so it flushes everything
 STOP_ORDER = ("ingress", "guard", "router", "accounting")
 # services that do no request-path work, run at a lower CPU priority by the one-machine launcher
@@ -63,41 +72,70 @@ class Stack:
     replicas: dict[str, int] = field(default_factory=dict)
     nats: NatsServer | None = None
     children: list[Child] = field(default_factory=list)
+    credentials: dict[Role, RoleKey] = field(default_factory=dict)
+    nats_restarts: int = 0
 
     @property
     def ingress_url(self) -> str:
         return f"http://{self.host}:{self.port}"
 
+    @property
+    def admin_seed_file(self) -> Path:
+        """The admin credential (`gatehouse sql`); its path may be shown, its content never."""
+        return self.credentials["admin"].seed_file
+
     def start(self) -> None:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        logs = self.data_dir / "logs"
-        logs.mkdir(exist_ok=True)
+        config = load_config(self.config)
+        fresh = not self.data_dir.exists()
+        self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if fresh or set(os.listdir(self.data_dir)) <= DATA_DIR_ENTRIES:
+            self.data_dir.chmod(0o700)
+        logs = private_dir(self.data_dir / "logs")
+        self.credentials = ensure_credentials(self.data_dir / "creds")
+        conf = self.data_dir / "nats.conf"
+        public = {role: key.public_key for role, key in self.credentials.items()}
+        _write_private(
+            conf,
+            render_config(Subjects(self.prefix), public, max_payload=server_max_payload(config.server.max_body_bytes)),
+        )
         port = 4222 if self.nats_port is None else self.nats_port
         if port == 0 or not _port_free(port):
             port = free_port()
-        self.nats = start_nats(self.data_dir / "nats", port=port, log_file=logs / "nats-server.log")
-        env = {
-            **os.environ,
-            "GATEHOUSE_NATS_URL": self.nats.url,
-            "GATEHOUSE_CONFIG": str(self.config),
-            "GATEHOUSE_SUBJECT_PREFIX": self.prefix,
-            "GATEHOUSE_DATA_DIR": str(self.data_dir),  # event spools: <data_dir>/spool/<service>/
-            "GATEHOUSE_INGRESS_HOST": self.host,
-            "GATEHOUSE_INGRESS_PORT": str(self.port),
-            # the accounting service's own settings use their own prefix
-            "GATEHOUSE_ACCOUNTING_NATS_URL": self.nats.url,
-            "GATEHOUSE_ACCOUNTING_CONFIG": str(self.config),
-            "GATEHOUSE_ACCOUNTING_SUBJECT_PREFIX": self.prefix,
-            "GATEHOUSE_ACCOUNTING_CLICKHOUSE_DSN": os.environ.get(
-                "GATEHOUSE_ACCOUNTING_CLICKHOUSE_DSN", f"chdb://{(self.data_dir / 'clickhouse').resolve()}"
-            ),
-        }
+        self.nats = start_nats(
+            private_dir(self.data_dir / "nats"), port=port, log_file=logs / "nats-server.log", config_file=conf
+        )
         for service in SERVICES:
+            env = service_env(service, os.environ, config, self._launcher_env(service))
             for i in range(self.replicas.get(service, 1)):
                 child = Child(service, i, env, logs / f"{service}-{i}.log")
                 child.start()
                 self.children.append(child)
         self._write_state()
+
+    def _launcher_env(self, service: Role) -> dict[str, str]:
+        """What the launcher tells one service: where NATS is, as whom to connect, the config."""
+        assert self.nats is not None
+        seed = str(self.credentials[service].seed_file)
+        if service == "accounting":  # the accounting service's own settings use their own prefix
+            return {
+                "GATEHOUSE_ACCOUNTING_NATS_URL": self.nats.url,
+                "GATEHOUSE_ACCOUNTING_NATS_NKEY_SEED_FILE": seed,
+                "GATEHOUSE_ACCOUNTING_CONFIG": str(self.config),
+                "GATEHOUSE_ACCOUNTING_SUBJECT_PREFIX": self.prefix,
+                "GATEHOUSE_ACCOUNTING_CLICKHOUSE_DSN": os.environ.get(
+                    "GATEHOUSE_ACCOUNTING_CLICKHOUSE_DSN", f"chdb://{(self.data_dir / 'clickhouse').resolve()}"
+                ),
+            }
+        env = {
+            "GATEHOUSE_NATS_URL": self.nats.url,
+            "GATEHOUSE_NATS_NKEY_SEED_FILE": seed,
+            "GATEHOUSE_CONFIG": str(self.config),
+            "GATEHOUSE_SUBJECT_PREFIX": self.prefix,
+            "GATEHOUSE_DATA_DIR": str(self.data_dir),  # event spools: <data_dir>/spool/<service>/
+        }
+        if service == "ingress":
+            env |= {"GATEHOUSE_INGRESS_HOST": self.host, "GATEHOUSE_INGRESS_PORT": str(self.port)}
+        return env
 
     def _write_state(self) -> None:
         assert self.nats is not None
@@ -105,9 +143,10 @@ class Stack:
             "nats_url": self.nats.url,
             "ingress_url": self.ingress_url,
             "subject_prefix": self.prefix,
+            "admin_seed_file": str(self.admin_seed_file),
             "pid": os.getpid(),
         }
-        (self.data_dir / "state.json").write_text(json.dumps(state, indent=2))
+        _write_private(self.data_dir / "state.json", json.dumps(state, indent=2))
 
     def wait_ready(self, timeout: float = 60.0) -> bool:
         deadline = time.monotonic() + timeout
@@ -127,8 +166,8 @@ class Stack:
         return [c for c in self.children if c.process is not None and c.process.poll() is not None]
 
     def supervise_once(self) -> list[str]:
-        """Restart children that exited; returns what happened, for the console."""
-        notes = []
+        """Restart nats-server and children that exited; returns what happened, for the console."""
+        notes = self._supervise_nats()
         for child in self.dead():
             code = child.process.returncode if child.process else None
             if time.monotonic() - child.last_start < 2.0 and child.restarts >= 5:
@@ -137,6 +176,18 @@ class Stack:
             notes.append(f"{child.name} exited with {code}; restarting (see {child.log_path})")
             child.start()
         return notes
+
+    def _supervise_nats(self) -> list[str]:
+        """A dead nats-server comes back on the same port, data dir and config; services reconnect to it."""
+        if self.nats is None or self.nats.process.poll() is None:
+            return []
+        code = self.nats.process.returncode
+        try:
+            self.nats = restart_nats(self.nats)
+        except (TimeoutError, OSError) as exc:
+            return [f"nats-server exited with {code}; restarting it failed ({exc}); trying again"]
+        self.nats_restarts += 1
+        return [f"nats-server exited with {code}; restarted on {self.nats.url} (see {self.nats.log_file})"]
 
     def stop(self) -> None:
         for service in STOP_ORDER:
@@ -167,6 +218,14 @@ def _port_free(port: int, host: str = "127.0.0.1") -> bool:
         except OSError:
             return False
         return True
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write a file only its owner can read (created that way: never readable by others, even briefly)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(text)
+    path.chmod(0o600)
 
 
 def read_state(data_dir: Path) -> dict[str, str]:

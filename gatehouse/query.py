@@ -1,16 +1,16 @@
-"""Ask the accounting service an analytics question over NATS."""
+"""Ask the accounting service an analytics question over NATS, as the admin role."""
 
 from __future__ import annotations
 
-import nats
-
+from shared.natsconn import NatsLink, connect
 from shared.schemas.admin import SqlQuery, SqlResult
 from shared.subjects import Subjects
 
 
-async def run_sql(nats_url: str, prefix: str, query: str, timeout: float = 30.0) -> SqlResult:
+async def run_sql(nats_url: str, prefix: str, query: str, timeout: float = 30.0, seed_file: str = "") -> SqlResult:
+    """`seed_file`: the admin NKey seed (only admin may ask); empty on an unauthenticated dev server."""
     subjects = Subjects(prefix)
-    nc = await nats.connect(nats_url, connect_timeout=5, max_reconnect_attempts=1)
+    nc = await connect(NatsLink((nats_url,), "admin", prefix, seed_file))
     try:
         sql = subjects.accounting_sql
         msg = await nc.request(sql.name, sql.encode(SqlQuery(sql=query)), timeout=timeout)

@@ -188,3 +188,20 @@ class Subjects:
     def inbox(self, instance: str) -> str:
         """Wildcard reply subject of one ingress process; a request's inbox is ``<this>.<request_id>``."""
         return f"{self.prefix}.inbox.{instance}"
+
+    @property
+    def inbox_wildcard(self) -> str:
+        """Every ingress reply inbox (see `inbox`): the router and the guard answer requests here."""
+        return f"{self.prefix}.inbox.>"
+
+    @property
+    def guard_output_wildcard(self) -> str:
+        """Every guard output relay (see `guard_output`): the router answers requests the guard relays."""
+        return f"{self.prefix}.guardout.>"
+
+    def role_inbox(self, role: str) -> str:
+        """The nats-py inbox prefix of one role's connections (request/reply, JetStream acks and pulls).
+
+        Each role has its own, and NATS lets it subscribe only there, so no role can read another's replies.
+        """
+        return f"_INBOX.{self.prefix}.{role}"

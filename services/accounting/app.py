@@ -12,7 +12,6 @@ import logging
 from pathlib import Path
 
 from faststream import FastStream
-from faststream.nats import NatsBroker
 
 from services.accounting import migrations
 from services.accounting.consumer import EventConsumer
@@ -21,6 +20,7 @@ from services.accounting.settings import AccountingSettings
 from services.accounting.sink import ClickHouseSink, redact_dsn
 from shared.bus import ensure_events_stream
 from shared.config import load_config
+from shared.natsconn import nats_broker
 from shared.schemas.admin import SqlQuery, SqlResult
 from shared.subjects import Service, Subjects, encode
 
@@ -32,7 +32,7 @@ def create_app(settings: AccountingSettings) -> FastStream:
     schema = migrations.load(Path(settings.migrations_dir) if settings.migrations_dir else migrations.MIGRATIONS_DIR)
     subjects = Subjects(settings.subject_prefix)
     # log_level is the level FastStream logs each message at: DEBUG keeps them out of an INFO log
-    broker = NatsBroker(settings.nats_servers, log_level=logging.DEBUG, name="gatehouse-accounting")
+    broker = nats_broker(settings.nats_link())
     sink = ClickHouseSink(
         settings.clickhouse_dsn or config.accounting.clickhouse_dsn,
         query_timeout_s=settings.query_timeout_s,

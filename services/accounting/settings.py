@@ -5,6 +5,8 @@ from __future__ import annotations
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from shared.natsconn import NatsLink
+
 _P = "GATEHOUSE_ACCOUNTING_"
 
 
@@ -17,6 +19,8 @@ class AccountingSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix=_P, extra="ignore", frozen=True, populate_by_name=True)
 
     nats_url: str = Field(default="nats://127.0.0.1:4222", validation_alias=_env("NATS_URL"))
+    # the file holding the accounting role's NATS NKey seed; empty: connect unauthenticated (a dev server)
+    nats_nkey_seed_file: str = Field(default="", validation_alias=_env("NATS_NKEY_SEED_FILE"))
     config: str = Field(default="deploy/gatehouse.yaml", validation_alias=_env("CONFIG"))
     subject_prefix: str = Field(default="gh", validation_alias=_env("SUBJECT_PREFIX"))
     log_level: str = Field(default="INFO", validation_alias=_env("LOG_LEVEL"))
@@ -44,3 +48,6 @@ class AccountingSettings(BaseSettings):
     def nats_servers(self) -> list[str]:
         """`nats_url` may list several cluster members, comma-separated."""
         return [u.strip() for u in self.nats_url.split(",") if u.strip()]
+
+    def nats_link(self) -> NatsLink:
+        return NatsLink(tuple(self.nats_servers), "accounting", self.subject_prefix, self.nats_nkey_seed_file)

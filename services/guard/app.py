@@ -27,6 +27,7 @@ from services.guard.verdicts import VerdictLog
 from shared.bus import QueueWorker, answer_pings, ensure_events_stream
 from shared.config import load_config
 from shared.event_publisher import EventPublisher
+from shared.natsconn import nats_broker
 from shared.schemas.admin import ScanFinding, ScanRequest, ScanResult
 from shared.schemas.chat import Outcome, Result, Verdict
 from shared.subjects import Service, Subjects
@@ -123,7 +124,7 @@ class GuardHandlers:
 def create_app(settings: GuardSettings) -> FastStream:
     config = load_config(settings.config)
     subjects = Subjects(settings.subject_prefix)
-    broker = NatsBroker(settings.nats_servers, log_level=logging.DEBUG, name="gatehouse-guard")
+    broker = nats_broker(settings.nats_link("guard"))
     handlers = GuardHandlers(broker, Guard(config), subjects, EventPublisher.from_settings(settings, "guard"))
     chat_in, scan = subjects.guard_chat, subjects.guard_scan
     worker = QueueWorker(chat_in.name, chat_in.queue, handlers.on_request, settings.guard_max_concurrency)

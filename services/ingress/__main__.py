@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import sys
+
 import uvicorn
 
 from services.ingress.app import create_app
+from services.ingress.exposure import dev_key_exposure
 from services.ingress.settings import IngressSettings
 from shared.config import load_config
 from shared.event_publisher import EventPublisher
@@ -16,11 +19,15 @@ def main() -> None:
     settings = IngressSettings()
     setup_logging("ingress", settings.log_level)
     config = load_config(settings.config)
+    host = settings.ingress_host or config.server.host
+    refused = dev_key_exposure(config, host)
+    if refused and not settings.ingress_allow_dev_key:
+        sys.exit(f"ingress: {refused}")
     events = EventPublisher.from_settings(settings, "ingress")
-    app = create_app(config, settings.nats_servers, Subjects(settings.subject_prefix), events)
+    app = create_app(config, settings.nats_link("ingress"), Subjects(settings.subject_prefix), events)
     uvicorn.run(
         app,
-        host=settings.ingress_host or config.server.host,
+        host=host,
         port=settings.ingress_port if settings.ingress_port is not None else config.server.port,
         loop="uvloop",
         http="httptools",

@@ -39,6 +39,7 @@ from shared.errors import (
     error_body,
 )
 from shared.event_publisher import EventPublisher
+from shared.natsconn import NatsLink, nats_broker, nats_problem
 from shared.schemas.chat import (
     BodyPart,
     Cancel,
@@ -380,10 +381,8 @@ def _tags(request: Request) -> dict[str, str]:
     return tags
 
 
-def create_app(
-    config: GatehouseConfig, nats_servers: str | list[str], subjects: Subjects, events: EventPublisher
-) -> Starlette:
-    broker = NatsBroker(nats_servers, log_level=logging.DEBUG, name="gatehouse-ingress")
+def create_app(config: GatehouseConfig, nats: NatsLink, subjects: Subjects, events: EventPublisher) -> Starlette:
+    broker = nats_broker(nats, max_body_bytes=config.server.max_body_bytes)
     gw = Gateway(config, broker, subjects, events)
 
     @asynccontextmanager
@@ -395,6 +394,8 @@ def create_app(
             await gw.stop()
 
     async def healthz(_: Request) -> Response:
+        if reason := nats_problem(broker):
+            return JSONResponse({"status": "unhealthy", "reason": reason}, status_code=503)
         return JSONResponse({"status": "ok"})
 
     async def readyz(_: Request) -> Response:

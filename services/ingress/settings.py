@@ -9,3 +9,5 @@ class IngressSettings(ServiceSettings):
     # host/port override the config file's server section when set (the launcher uses them)
     ingress_host: str | None = None
     ingress_port: int | None = None
+    # serve the public development key even when bound beyond loopback (a deliberate demo, never production)
+    ingress_allow_dev_key: bool = False

@@ -25,6 +25,7 @@ from services.router.settings import RouterSettings
 from services.router.upstream import Upstream
 from shared.bus import QueueWorker, answer_pings
 from shared.config import load_config
+from shared.natsconn import nats_broker
 from shared.schemas.chat import Heartbeat, Reply
 from shared.subjects import Subjects, encode
 
@@ -97,7 +98,7 @@ def create_app(settings: RouterSettings) -> FastStream:
     require_translators(config, registry)
     subjects = Subjects(settings.subject_prefix)
     # per-message log lines are emitted at DEBUG so they cost nothing at the default level
-    broker = NatsBroker(settings.nats_servers, log_level=logging.DEBUG, name="gatehouse-router")
+    broker = nats_broker(settings.nats_link("router"))
     upstream = Upstream(max_connections=settings.router_max_connections, mock=MockTransport(mock_behaviours(config)))
     dispatcher = Dispatcher(build_routes(config, os.environ), upstream, registry)
     handlers = RouterHandlers(broker, dispatcher, subjects, settings.router_heartbeat_s)

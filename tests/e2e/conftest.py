@@ -50,7 +50,9 @@ class RunningStack:
 
     def sql(self, query: str, timeout: float = 30.0) -> SqlResult:
         assert self.stack.nats is not None
-        return asyncio.run(run_sql(self.stack.nats.url, self.stack.prefix, query, timeout))
+        # only the admin role may ask accounting (see shared/permissions.py)
+        seed = str(self.stack.admin_seed_file)
+        return asyncio.run(run_sql(self.stack.nats.url, self.stack.prefix, query, timeout, seed))
 
     def wait_rows(self, query: str, count: int, timeout: float = 30.0) -> SqlResult:
         """Poll until `query` returns `count` rows (events reach ClickHouse asynchronously)."""

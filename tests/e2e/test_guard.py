@@ -6,10 +6,10 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterator
 
-import nats
 import openai
 import pytest
 
+from shared.natsconn import NatsLink, connect
 from shared.schemas.admin import ScanRequest
 from shared.subjects import encode
 from tests.e2e.conftest import API_KEY, LEAKY_KEY, PII_KEY, RunningStack
@@ -105,7 +105,9 @@ def test_secret_leaking_out_of_a_response_is_blocked(
 def test_guard_scan_is_a_bus_request(running_stack: RunningStack) -> None:
     async def ask() -> tuple[str, list[str], str]:
         assert running_stack.stack.nats is not None
-        nc = await nats.connect(running_stack.stack.nats.url)
+        stack = running_stack.stack
+        # guard.scan is an admin tool: only the admin role may ask (shared/permissions.py)
+        nc = await connect(NatsLink((stack.nats.url,), "admin", stack.prefix, str(stack.admin_seed_file)))
         try:
             msg = await nc.request(
                 f"{running_stack.stack.prefix}.guard.scan",

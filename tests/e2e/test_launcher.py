@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -17,6 +18,7 @@ from gatehouse.natsserver import free_port
 
 pytestmark = pytest.mark.e2e
 REPO = Path(__file__).resolve().parents[2]
+PROVIDER_KEY = "sk-launcher-provider-key"
 
 
 def _children(pid: int) -> list[int]:
@@ -46,6 +48,7 @@ def test_up_serves_records_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        env={**os.environ, "OPENAI_API_KEY": PROVIDER_KEY, "UNRELATED_SECRET": "s3cret"},
     )
     try:
         deadline = time.monotonic() + 90
@@ -55,6 +58,7 @@ def test_up_serves_records_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
             time.sleep(0.3)
         children = _children(proc.pid)
         assert len(children) >= 5  # nats-server and four services
+        _assert_private_and_least_privileged(data, children)
         r = httpx.post(
             f"http://127.0.0.1:{port}/v1/chat/completions",
             headers={"Authorization": "Bearer sk-gatehouse-dev"},
@@ -102,6 +106,40 @@ def test_up_serves_records_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
     for pid in children:
         assert not os.path.exists(f"/proc/{pid}") or _zombie(pid), f"child {pid} still running"
     assert not (data / "state.json").exists()
+
+
+def _assert_private_and_least_privileged(data: Path, children: list[int]) -> None:
+    """Data, logs and credentials are the owner's only; nats-server holds public keys only; each child has
+    its own credential, and the provider key reaches the router alone."""
+    for path in (data, data / "logs", data / "creds", data / "nats"):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o700, path
+    seeds = sorted((data / "creds").glob("*.nk"))
+    assert [p.stem for p in seeds] == ["accounting", "admin", "guard", "ingress", "router"]
+    for path in [*seeds, data / "nats.conf", data / "state.json"]:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+    conf = (data / "nats.conf").read_text()
+    assert "authorization" in conf and "max_payload" in conf
+    assert not any(seed.read_text().strip() in conf for seed in seeds)
+    state = json.loads((data / "state.json").read_text())
+    assert state["admin_seed_file"] == str(data / "creds" / "admin.nk")
+    services = {}
+    for pid in children:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        env = dict(item.split("=", 1) for item in Path(f"/proc/{pid}/environ").read_text().split("\0") if "=" in item)
+        assert "UNRELATED_SECRET" not in env
+        if b"services.router" in cmdline or b"services.guard" in cmdline or b"services.ingress" in cmdline:
+            name = next(c.decode() for c in cmdline if c.startswith(b"services."))[len("services.") :]
+            services[name] = env
+            assert env["GATEHOUSE_NATS_NKEY_SEED_FILE"] == str(data / "creds" / f"{name}.nk")
+        elif b"services.accounting" in cmdline:
+            services["accounting"] = env
+            assert env["GATEHOUSE_ACCOUNTING_NATS_NKEY_SEED_FILE"] == str(data / "creds" / "accounting.nk")
+        else:
+            assert b"nats-server" in cmdline[0], cmdline
+            assert not any(k.startswith("GATEHOUSE_") for k in env)
+    assert sorted(services) == ["accounting", "guard", "ingress", "router"]
+    for name, env in services.items():
+        assert (env.get("OPENAI_API_KEY") == PROVIDER_KEY) == (name == "router"), name
 
 
 def _ready(port: int) -> bool:

@@ -8,6 +8,7 @@ from services.ingress.app import create_app
 from shared.config import GatehouseConfig
 from shared.errors import MethodNotAllowedError, UnknownEndpointError
 from shared.event_publisher import EventPublisher
+from shared.natsconn import NatsLink
 from shared.settings import ServiceSettings
 from shared.subjects import Subjects
 
@@ -15,7 +16,8 @@ from shared.subjects import Subjects
 def _client() -> TestClient:
     # no `with`: the lifespan (the NATS connection) never starts, and routing needs none of it
     events = EventPublisher.from_settings(ServiceSettings(), "ingress")
-    return TestClient(create_app(GatehouseConfig(), "nats://127.0.0.1:1", Subjects("t"), events))
+    link = NatsLink(servers=("nats://127.0.0.1:1",), role="ingress", prefix="t")
+    return TestClient(create_app(GatehouseConfig(), link, Subjects("t"), events))
 
 
 def test_unknown_endpoint_is_a_taxonomy_404() -> None:

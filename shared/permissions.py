@@ -1,0 +1,159 @@
+"""Who may do what on the bus: the NATS permissions of each gatehouse role, generated from `shared/subjects.py`.
+
+Every connection to NATS authenticates as one role. A role may publish and subscribe only where its stage
+needs to; NATS refuses everything else (a permissions violation, and the message goes nowhere). A subject
+added to `Subjects` gets its permission here, in the function of each role that uses it.
+
+role        publishes                                           subscribes ("subject queue": only that group)
+ingress     guard.chat, router.cancel, events.request, pings     inbox.> (the replies it waits for)
+guard       router.chat, inbox.> (blocks, relayed replies),     guard.chat, guard.scan, guard.ping (guard);
+            events.guard                                        guardout.> (replies it relays)
+router      inbox.>, guardout.> (replies, chunks, heartbeats)   router.chat, router.ping (router); router.cancel
+accounting  consumer create/info/next + acks, events stream     accounting.sql (accounting); max-deliveries advisory
+admin       accounting.sql, guard.scan, pings, JetStream API    (its own inbox only)
+
+Every role subscribes to its own reply inbox (`Subjects.role_inbox`) and to no other role's. The roles that
+answer requests (guard: scans and pings; router: pings; accounting: queries) may publish one reply to the
+reply subject of a request they received (`allow_responses`). The services that write events may create the
+events stream (creating an existing stream with another config fails; it never changes it); only admin may
+update, purge or delete streams and consumers. `guard.scan` is an admin tool (bench and operators scanning
+text with a policy); no service calls it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, TypeVar
+
+from shared.subjects import Subject, Subjects
+
+Role = Literal["ingress", "guard", "router", "accounting", "admin"]
+ROLES: tuple[Role, ...] = ("ingress", "guard", "router", "accounting", "admin")
+
+JS_API = "$JS.API"
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Permissions:
+    """What one role may publish and subscribe to; a subscribe entry "subject queue" allows only that queue group."""
+
+    publish: tuple[str, ...]
+    subscribe: tuple[str, ...]
+    # may publish one reply to the reply subject of each request it received (answers to scans, queries, pings)
+    allow_responses: bool = False
+
+
+def queue_entry(subject: Subject[T]) -> str:
+    """A subscribe permission that admits only the subject's queue group (NATS "subject queue" syntax)."""
+    return f"{subject.name} {subject.queue}"
+
+
+def _ping_entry(subjects: Subjects, service: str, queue: str) -> str:
+    return f"{subjects.ping(service)} {queue}"
+
+
+def _events_stream_setup(subjects: Subjects) -> tuple[str, ...]:
+    """What a service that writes events calls at startup: create the events stream if missing."""
+    stream = subjects.events_stream
+    return (f"{JS_API}.INFO", f"{JS_API}.STREAM.INFO.{stream}", f"{JS_API}.STREAM.CREATE.{stream}")
+
+
+def ingress(subjects: Subjects) -> Permissions:
+    return Permissions(
+        publish=(
+            subjects.guard_chat.name,
+            subjects.router_cancel.name,
+            subjects.events_request.name,
+            subjects.events_audit.name,
+            subjects.ping("guard"),
+            subjects.ping("router"),
+            *_events_stream_setup(subjects),
+        ),
+        subscribe=(subjects.inbox_wildcard, f"{subjects.role_inbox('ingress')}.>"),
+    )
+
+
+def guard(subjects: Subjects) -> Permissions:
+    chat = subjects.guard_chat
+    return Permissions(
+        publish=(
+            subjects.router_chat.name,
+            subjects.inbox_wildcard,
+            subjects.events_guard.name,
+            *_events_stream_setup(subjects),
+        ),
+        subscribe=(
+            queue_entry(chat),
+            queue_entry(subjects.guard_scan),
+            _ping_entry(subjects, "guard", chat.queue),
+            subjects.guard_output_wildcard,
+            f"{subjects.role_inbox('guard')}.>",
+        ),
+        allow_responses=True,
+    )
+
+
+def router(subjects: Subjects) -> Permissions:
+    chat = subjects.router_chat
+    return Permissions(
+        publish=(subjects.inbox_wildcard, subjects.guard_output_wildcard),
+        subscribe=(
+            queue_entry(chat),
+            subjects.router_cancel.name,  # every replica hears it: only the one serving the request acts
+            _ping_entry(subjects, "router", chat.queue),
+            f"{subjects.role_inbox('router')}.>",
+        ),
+        allow_responses=True,
+    )
+
+
+def accounting(subjects: Subjects) -> Permissions:
+    stream = subjects.events_stream
+    consumer = f"{JS_API}.CONSUMER"
+    return Permissions(
+        publish=(
+            *_events_stream_setup(subjects),
+            subjects.events_alert.name,
+            # the durable pull consumer (any name: the durable is a setting), its info, its pulls and acks
+            f"{consumer}.CREATE.{stream}.>",
+            f"{consumer}.DURABLE.CREATE.{stream}.*",
+            f"{consumer}.INFO.{stream}.*",
+            f"{consumer}.MSG.NEXT.{stream}.*",
+            f"$JS.ACK.{stream}.>",
+        ),
+        subscribe=(
+            queue_entry(subjects.accounting_sql),
+            f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{stream}.*",
+            f"{subjects.role_inbox('accounting')}.>",
+        ),
+        allow_responses=True,
+    )
+
+
+def admin(subjects: Subjects) -> Permissions:
+    return Permissions(
+        publish=(
+            subjects.accounting_sql.name,
+            subjects.guard_scan.name,
+            subjects.ping("guard"),
+            subjects.ping("router"),
+            f"{JS_API}.>",  # stream and consumer management, message recovery (`nats stream get`)
+        ),
+        subscribe=(f"{subjects.role_inbox('admin')}.>",),
+    )
+
+
+def permissions(role: Role, subjects: Subjects) -> Permissions:
+    """The permissions of `role` under the subject tree `subjects`."""
+    match role:
+        case "ingress":
+            return ingress(subjects)
+        case "guard":
+            return guard(subjects)
+        case "router":
+            return router(subjects)
+        case "accounting":
+            return accounting(subjects)
+        case "admin":
+            return admin(subjects)

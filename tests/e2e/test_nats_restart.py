@@ -1,0 +1,160 @@
+"""nats-server dies under `gatehouse up`: the launcher restarts it on the same port, data dir and config,
+the services reconnect (none is restarted), /healthz shows the outage meanwhile, and under load no request
+hangs: each one completes or gets a clean 502/503, and the stack serves again afterwards."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from gatehouse.launcher import Stack
+from gatehouse.natsserver import free_port
+from gatehouse.query import run_sql
+from shared.config import hash_key
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+KEY = "sk-e2e-restart"
+RATE = 20  # requests per second
+SECONDS = 10
+KILL_AT_S = 4.0
+CLIENT_TIMEOUT_S = 30.0  # far above what any clean answer takes: hitting it means a request hung
+
+
+@pytest.fixture
+def stack(tmp_path: Path) -> Iterator[Stack]:
+    config = tmp_path / "gatehouse.yaml"
+    config.write_text(
+        f"""
+server: {{host: 127.0.0.1, port: 0, heartbeat_timeout_s: 3, request_timeout_s: 20}}
+keys: [{{id: k, sha256: {hash_key(KEY)}}}]
+providers:
+  mock: {{kind: mock, mock_latency_ms: 50}}
+models:
+  - {{name: mock-1, deployments: [{{provider: mock, model: mock-1}}]}}
+"""
+    )
+    stack = Stack(
+        config=config, data_dir=tmp_path / "data", host="127.0.0.1", port=free_port(), prefix="restart", nats_port=0
+    )
+    stack.start()
+    try:
+        assert stack.wait_ready(90), "stack did not become ready"
+        yield stack
+    finally:
+        stack.stop()
+
+
+def poll(check: object, what: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():  # type: ignore[operator]
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+
+
+def health(stack: Stack) -> tuple[int, dict[str, str]]:
+    r = httpx.get(f"{stack.ingress_url}/healthz", timeout=5)
+    return r.status_code, r.json()
+
+
+def chat_ok(stack: Stack) -> bool:
+    try:
+        r = httpx.post(
+            f"{stack.ingress_url}/v1/chat/completions",
+            headers={"Authorization": f"Bearer {KEY}"},
+            json={"model": "mock-1", "messages": [{"role": "user", "content": "still there?"}]},
+            timeout=10,
+        )
+    except httpx.HTTPError:
+        return False
+    return r.status_code == 200
+
+
+def kill_nats(stack: Stack) -> int:
+    assert stack.nats is not None
+    pid = stack.nats.process.pid
+    stack.nats.process.send_signal(signal.SIGKILL)
+    stack.nats.process.wait(10)
+    return pid
+
+
+async def load(stack: Stack, killed: threading.Event) -> list[int | str]:
+    """RATE requests a second for SECONDS; nats-server is SIGKILLed KILL_AT_S in. Each entry: a status or
+    the name of the client error."""
+
+    async def one(client: httpx.AsyncClient, i: int) -> int | str:
+        await asyncio.sleep(i / RATE)
+        try:
+            r = await client.post(
+                f"{stack.ingress_url}/v1/chat/completions",
+                headers={"Authorization": f"Bearer {KEY}"},
+                json={"model": "mock-1", "messages": [{"role": "user", "content": f"request {i}"}]},
+            )
+        except httpx.HTTPError as exc:
+            return type(exc).__name__
+        return r.status_code
+
+    async def killer() -> None:
+        await asyncio.sleep(KILL_AT_S)
+        await asyncio.to_thread(kill_nats, stack)
+        killed.set()
+
+    limits = httpx.Limits(max_connections=RATE * SECONDS, max_keepalive_connections=RATE * SECONDS)
+    async with httpx.AsyncClient(timeout=CLIENT_TIMEOUT_S, limits=limits) as client:
+        results = await asyncio.gather(killer(), *(one(client, i) for i in range(RATE * SECONDS)))
+    return list(results[1:])
+
+
+def test_nats_server_dies_and_comes_back_under_load(stack: Stack) -> None:
+    # 1. the outage is visible on /healthz, and the restart is the launcher's supervision
+    old_pid = kill_nats(stack)
+    poll(lambda: health(stack)[0] == 503, "healthz to report the lost NATS connection")
+    _, body = health(stack)
+    assert body["status"] == "unhealthy" and "NATS" in body["reason"], body
+    assert any("nats-server exited" in note for note in stack.supervise_once())
+    assert stack.nats is not None and stack.nats.process.pid != old_pid
+    poll(lambda: health(stack) == (200, {"status": "ok"}), "services to reconnect to the restarted nats-server")
+    poll(lambda: chat_ok(stack), "a request to succeed after the restart")
+
+    # 2. under load: SIGKILL in the middle, the supervisor loop (as in `gatehouse up`) restarts it
+    killed, done = threading.Event(), threading.Event()
+
+    def supervise() -> None:
+        while not done.is_set():
+            stack.supervise_once()
+            done.wait(0.2)
+
+    supervisor = threading.Thread(target=supervise, daemon=True)
+    supervisor.start()
+    started = time.monotonic()
+    try:
+        results = asyncio.run(load(stack, killed))
+    finally:
+        done.set()
+        supervisor.join(30)
+    elapsed = time.monotonic() - started
+    outcomes = Counter(results)
+    print(f"load outcomes over {elapsed:.1f}s: {dict(outcomes)}; nats restarts: {stack.nats_restarts}")
+    assert killed.is_set()
+    assert stack.nats_restarts == 2
+    assert set(outcomes) <= {200, 502, 503}, outcomes  # no hang (client timeout), no 500, no reset
+    assert outcomes[200] >= RATE * KILL_AT_S * 0.9  # everything before the kill was served
+    assert elapsed < SECONDS + CLIENT_TIMEOUT_S
+    assert all(child.restarts == 0 for child in stack.children), "services reconnect; none was restarted"
+
+    # 3. the stack serves again, and accounting (the admin-only query path) answers
+    poll(lambda: chat_ok(stack), "a request to succeed after the load")
+    assert stack.wait_ready(30)
+    assert stack.nats is not None
+    result = asyncio.run(
+        run_sql(stack.nats.url, stack.prefix, "SELECT count() FROM requests", 30, str(stack.admin_seed_file))
+    )
+    assert not result.error, result.error
+    print(f"requests recorded so far: {result.rows[0][0]} (client saw {outcomes[200]} x 200)")
