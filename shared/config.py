@@ -8,9 +8,10 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError, field_validator, model_validator
 
 from shared.guard_config import GuardrailsConfig
+from shared.schemas.params import check_params
 
 ProviderKind = Literal["mock", "openai", "azure", "anthropic", "gemini", "mistral", "bedrock", "cohere"]
 
@@ -58,8 +59,15 @@ class DeploymentConfig(_Strict):
     api_version: str | None = None
     headers: dict[str, str] = Field(default_factory=dict)
     timeout_s: float | None = Field(default=None, gt=0)
+    # default request params (the client's values win): a documented one must fit its field's type
     params: dict[str, JsonValue] = Field(default_factory=dict)
     weight: int = Field(default=1, ge=1)
+
+    @field_validator("params")
+    @classmethod
+    def _typed_params(cls, params: dict[str, JsonValue]) -> dict[str, JsonValue]:
+        check_params(params)
+        return params
 
     @property
     def id(self) -> str:
