@@ -12,6 +12,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError, field_validator, model_validator
 
 from shared.guard_config import GuardrailsConfig
+from shared.schemas.params import check_params
 
 ProviderKind = Literal["mock", "openai", "azure", "anthropic", "gemini", "mistral", "bedrock", "cohere"]
 # named kinds whose translator does not exist yet: refused at load, not at the first request
@@ -94,9 +95,16 @@ class DeploymentConfig(_Strict):
     api_version: str | None = None
     headers: dict[str, str] = Field(default_factory=dict)
     timeout_s: float | None = Field(default=None, gt=0)
+    # default request params (the client's values win): a documented one must fit its field's type
     params: dict[str, JsonValue] = Field(default_factory=dict)
     weight: int = Field(default=1, ge=1)
     price: PriceConfig | None = None
+
+    @field_validator("params")
+    @classmethod
+    def _typed_params(cls, params: dict[str, JsonValue]) -> dict[str, JsonValue]:
+        check_params(params)
+        return params
 
     @property
     def id(self) -> str:

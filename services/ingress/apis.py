@@ -133,7 +133,7 @@ class AnthropicMessagesApi(Api):
         return Parsed(model=req.model, stream=stream, include_usage=stream, chat=req, native=native, original=original)
 
     def completion(self, body: bytes, parsed: Parsed) -> bytes:
-        return _JSON.encode(anthropic_messages.from_chat(msgspec.json.decode(body), parsed.model))
+        return _JSON.encode(anthropic_messages.from_chat(body, parsed.model))
 
     def writer(self, parsed: Parsed) -> StreamWriter:
         return _SurfaceWriter(anthropic_messages.MessagesStream(parsed.model))
@@ -158,9 +158,7 @@ class ResponsesApi(Api):
         return Parsed(model=req.model, stream=stream, include_usage=stream, chat=req, native=native, original=original)
 
     def completion(self, body: bytes, parsed: Parsed) -> bytes:
-        return _JSON.encode(
-            openai_responses.from_chat(msgspec.json.decode(body), parsed.model, request=parsed.original)
-        )
+        return _JSON.encode(openai_responses.from_chat(body, parsed.model, request=parsed.original))
 
     def writer(self, parsed: Parsed) -> StreamWriter:
         return _SurfaceWriter(openai_responses.ResponsesStream(parsed.model, request=parsed.original))

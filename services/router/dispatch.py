@@ -16,7 +16,7 @@ from services.router.upstream import Upstream
 from shared.bus import split_result
 from shared.errors import ErrorInfo, GatewayError, GatewayTimeoutError, InvalidRequestError, ServiceUnavailableError
 from shared.schemas.chat import Attempt, ChatRequest, Chunk, ChunkBatch, Outcome, Reply, Result, Usage
-from shared.schemas.openai import COMPLETION
+from shared.schemas.openai import COMPLETION, ChatCompletion
 from shared.tokens import estimate_prompt_tokens
 
 log = logging.getLogger(__name__)
@@ -206,14 +206,12 @@ def _estimate(req: ChatRequest, progress: _Progress) -> Usage:
 
 
 def _finish_reason(completion: JsonObj | bytes) -> str:
-    if isinstance(completion, bytes):
-        try:
+    """The first finish reason of a completion: the provider's bytes, or a translator's dict."""
+    try:
+        if isinstance(completion, bytes):
             parsed = COMPLETION.decode(completion)
-        except msgspec.MsgspecError:
-            return ""
-        return next((c.finish_reason for c in parsed.choices if c.finish_reason), "")
-    choices = completion.get("choices")
-    for choice in choices if isinstance(choices, list) else []:
-        if isinstance(choice, dict) and choice.get("finish_reason"):
-            return str(choice["finish_reason"])
-    return ""
+        else:
+            parsed = msgspec.convert(completion, ChatCompletion)
+    except msgspec.MsgspecError:
+        return ""
+    return next((c.finish_reason for c in parsed.choices if c.finish_reason), "")

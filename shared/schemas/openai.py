@@ -17,7 +17,6 @@ them to plain JSON values (dict, list, str, int, float, bool, None).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Literal
 
 import msgspec
@@ -354,24 +353,15 @@ def chat_from_builtins(body: dict[str, object]) -> ChatCompletionRequest:
     return req
 
 
-def to_json(req: ChatCompletionRequest | EmbeddingsRequest, defaults: Mapping[str, object] | None = None) -> bytes:
-    """The request as the JSON body an OpenAI-compatible server takes: documented fields, then `extra`;
-    `defaults` (a deployment's default params) fill only what the client left out. Absent fields stay
-    absent."""
-    if not req.extra and not defaults:
+def to_json(req: ChatCompletionRequest | EmbeddingsRequest) -> bytes:
+    """The request as the JSON body an OpenAI-compatible server takes: documented fields, then `extra`.
+    Absent fields stay absent."""
+    if not req.extra:
         return _JSON.encode(req)  # `extra` is empty, so omitted
-    body = to_builtins(req)
-    for key, value in (defaults or {}).items():
-        body.setdefault(key, value)
-    return _JSON.encode(body)
-
-
-def to_builtins(req: ChatCompletionRequest | EmbeddingsRequest) -> dict[str, object]:
-    """The request as plain JSON values (documented fields and extras), for translators that build
-    another provider's body from it."""
-    body = msgspec.to_builtins(req)
-    assert isinstance(body, dict)
-    body.pop("extra", None)
-    for key, value in req.extra.items():
-        body.setdefault(key, value)
-    return body
+    known = CHAT_FIELDS if isinstance(req, ChatCompletionRequest) else EMBEDDINGS_FIELDS
+    extra = {k: v for k, v in req.extra.items() if k not in known}
+    body = _JSON.encode(msgspec.structs.replace(req, extra={}))
+    if not extra:
+        return body
+    # the documented fields' object, continued with the extras' members (`model` is required: never `{}`)
+    return body[:-1] + b"," + _JSON.encode(extra)[1:]

@@ -79,8 +79,9 @@ def tool_input(arguments: str) -> JsonObj:
     return value if isinstance(value, dict) else {"_raw_arguments": arguments}
 
 
-def from_chat(completion: JsonObj, requested_model: str) -> JsonObj:
-    """An OpenAI `chat.completion` → an Anthropic `message` named after the model the client asked for."""
+def from_chat(completion: bytes | JsonObj, requested_model: str) -> JsonObj:
+    """An OpenAI `chat.completion` (JSON bytes or decoded) → an Anthropic `message` named after the model
+    the client asked for. Raises UpstreamError for an answer that is not a chat completion."""
     view = read_completion(completion)
     content: list[JsonObj] = []
     text = view.text or view.refusal

@@ -1,9 +1,11 @@
 """Typed reading of canonical chat output: a `chat.completion`, and a chunk stream as flat content deltas.
 
-Both surfaces read the router's OpenAI-form replies the same way: text, refusal, tool calls (whose id
-and name come first and whose arguments arrive in pieces, possibly for several calls), the finish
-reason and the usage that may come on a final chunk with no choices. Only choice 0 is read: the
-surfaces never ask for `n > 1`.
+Both surfaces read the router's OpenAI-form replies the same way, decoded with the shared
+`ChatCompletion` / `ChatCompletionChunk` Structs: text, refusal, tool calls (whose id and name come
+first and whose arguments arrive in pieces, possibly for several calls), the finish reason and the
+usage that may come on a final chunk with no choices. Only choice 0 is read: the surfaces never ask
+for `n > 1`. A completion that does not fit the OpenAI shape is the upstream's error (502); a chunk
+that does not fit reads empty, as one that is not JSON does, so a stream is not cut for it.
 """
 
 from __future__ import annotations
@@ -11,6 +13,19 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import msgspec
+
+from shared.errors import UpstreamError
+from shared.schemas.openai import (
+    CHUNK,
+    COMPLETION,
+    ChatCompletion,
+    ChatCompletionChunk,
+    Choice,
+    ChunkChoice,
+    CompletionUsage,
+    FunctionCallDelta,
+    ToolCallDelta,
+)
 
 JsonObj = dict[str, object]
 
@@ -22,10 +37,6 @@ def obj(value: object) -> JsonObj:
 
 def text_of(value: object) -> str:
     return value if isinstance(value, str) else ""
-
-
-def int_of(value: object) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,24 +53,23 @@ class TokenUsage:
         return self.prompt + self.completion
 
 
-def read_usage(value: object) -> TokenUsage | None:
-    usage = obj(value)
-    if not usage:
+def read_usage(usage: CompletionUsage | None) -> TokenUsage | None:
+    if usage is None:
         return None
+    prompt, completion = usage.prompt_tokens_details, usage.completion_tokens_details
     return TokenUsage(
-        prompt=int_of(usage.get("prompt_tokens")),
-        completion=int_of(usage.get("completion_tokens")),
-        cached=int_of(obj(usage.get("prompt_tokens_details")).get("cached_tokens")),
-        reasoning=int_of(obj(usage.get("completion_tokens_details")).get("reasoning_tokens")),
+        prompt=usage.prompt_tokens or 0,
+        completion=usage.completion_tokens or 0,
+        cached=(prompt.cached_tokens or 0) if prompt is not None else 0,
+        reasoning=(completion.reasoning_tokens or 0) if completion is not None else 0,
     )
 
 
-def matched_stop(choice: JsonObj) -> str | None:
+def matched_stop(choice: Choice | ChunkChoice) -> str | None:
     """The stop sequence that ended generation, where the provider says (vLLM `stop_reason`, SGLang
     `matched_stop`, or a translator's `stop_sequence`); plain OpenAI never does."""
-    for key in ("stop_sequence", "matched_stop", "stop_reason"):
-        value = choice.get(key)
-        if isinstance(value, str) and value:
+    for value in (choice.stop_sequence, choice.matched_stop, choice.stop_reason):
+        if isinstance(value, str) and value:  # an int is a stop token id, not a sequence
             return value
     return None
 
@@ -83,40 +93,53 @@ class CompletionView:
     usage: TokenUsage | None
 
 
-def read_completion(completion: JsonObj) -> CompletionView:
-    choices = completion.get("choices")
-    choice = obj(choices[0]) if isinstance(choices, list) and choices else {}
-    message = obj(choice.get("message"))
-    content = message.get("content")
+def completion_of(completion: bytes | JsonObj) -> ChatCompletion:
+    """The router's completion (JSON bytes, or already decoded) as the shared Struct."""
+    try:
+        if isinstance(completion, bytes):
+            return COMPLETION.decode(completion)
+        return msgspec.convert(completion, ChatCompletion)
+    except msgspec.DecodeError as exc:  # ValidationError included
+        raise UpstreamError(f"The provider's answer is not a chat completion: {exc}") from exc
+
+
+def read_completion(completion: bytes | JsonObj) -> CompletionView:
+    comp = completion_of(completion)
+    choice = comp.choices[0] if comp.choices else Choice()
+    message = choice.message
+    content = message.content
     if isinstance(content, list):  # some servers answer with content parts
-        content = "".join(text_of(obj(part).get("text")) for part in content)
+        content = "".join(part.text or "" for part in content)
     calls: list[ToolCall] = []
-    raw_calls = message.get("tool_calls")
-    for n, raw in enumerate(raw_calls if isinstance(raw_calls, list) else []):
-        call = obj(raw)
-        fn = obj(call.get("function"))
-        calls.append(ToolCall(text_of(call.get("id")) or f"call_{n}", text_of(fn.get("name")), _args(fn)))
-    legacy = obj(message.get("function_call"))
-    if legacy and not calls:
-        calls.append(ToolCall("call_0", text_of(legacy.get("name")), _args(legacy)))
+    for n, call in enumerate(message.tool_calls or []):
+        fn = call.function or FunctionCallDelta()
+        calls.append(ToolCall(call.id or f"call_{n}", fn.name or "", _args(fn)))
+    legacy = message.function_call
+    if legacy is not None and not calls and _named_or_args(legacy):
+        calls.append(ToolCall("call_0", legacy.name or "", _args(legacy)))
     return CompletionView(
-        id=text_of(completion.get("id")),
-        created=int_of(completion.get("created")),
-        text=text_of(content),
-        refusal=text_of(message.get("refusal")),
+        id=comp.id,
+        created=comp.created,
+        text=content or "",
+        refusal=message.refusal or "",
         tool_calls=calls,
-        finish_reason=text_of(choice.get("finish_reason")),
+        finish_reason=choice.finish_reason or "",
         stop_sequence=matched_stop(choice),
-        usage=read_usage(completion.get("usage")),
+        usage=read_usage(comp.usage),
     )
 
 
-def _args(fn: JsonObj) -> str:
-    args = fn.get("arguments")
+def _args(fn: FunctionCallDelta) -> str:
+    args = fn.arguments
     if isinstance(args, str):
         return args
     # a few servers send the arguments already parsed
-    return msgspec.json.encode(args).decode() if isinstance(args, dict) else ""
+    return msgspec.json.encode(args).decode() if args is not None else ""
+
+
+def _named_or_args(fn: FunctionCallDelta) -> bool:
+    """Whether a legacy `function_call` says anything (`{}` is read as absent)."""
+    return fn.name is not None or fn.arguments is not None
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,35 +191,29 @@ class ChunkReader:
     _calls: dict[int, _Pending] = field(default_factory=dict)
     _started: int = 0
 
-    def read(self, chunk: JsonObj) -> list[Delta]:
+    def read(self, chunk: ChatCompletionChunk) -> list[Delta]:
         self.chunks += 1
-        self.id = self.id or text_of(chunk.get("id"))
-        self.created = self.created or int_of(chunk.get("created"))
-        usage = read_usage(chunk.get("usage"))
+        self.id = self.id or chunk.id
+        self.created = self.created or chunk.created
+        usage = read_usage(chunk.usage)
         if usage is not None:
             self.usage = usage
         out: list[Delta] = []
-        choices = chunk.get("choices")
-        for raw in choices if isinstance(choices, list) else []:
-            choice = obj(raw)
-            if int_of(choice.get("index")) != 0:
+        for choice in chunk.choices:
+            if choice.index != 0:
                 continue
-            delta = obj(choice.get("delta"))
-            content = text_of(delta.get("content"))
-            if content:
-                out.append(TextDelta(content))
-            refusal = text_of(delta.get("refusal"))
-            if refusal:
-                out.append(RefusalDelta(refusal))
-            calls = delta.get("tool_calls")
-            for position, call in enumerate(calls if isinstance(calls, list) else []):
-                self._tool_delta(obj(call), position, out)
-            legacy = obj(delta.get("function_call"))
-            if legacy:
-                self._tool_delta({"index": 0, "function": legacy}, 0, out)
-            reason = text_of(choice.get("finish_reason"))
-            if reason:
-                self.finish_reason = reason
+            delta = choice.delta
+            if delta.content:
+                out.append(TextDelta(delta.content))
+            if delta.refusal:
+                out.append(RefusalDelta(delta.refusal))
+            for position, call in enumerate(delta.tool_calls or []):
+                self._tool_delta(call, position, out)
+            legacy = delta.function_call
+            if legacy is not None and _named_or_args(legacy):
+                self._tool_delta(ToolCallDelta(index=0, function=legacy), 0, out)
+            if choice.finish_reason:
+                self.finish_reason = choice.finish_reason
                 self.stop_sequence = matched_stop(choice)
         return out
 
@@ -208,13 +225,12 @@ class ChunkReader:
                 self._start(index, pending, out)
         return out
 
-    def _tool_delta(self, call: JsonObj, position: int, out: list[Delta]) -> None:
-        index = call.get("index")
-        key = index if isinstance(index, int) else position
+    def _tool_delta(self, call: ToolCallDelta, position: int, out: list[Delta]) -> None:
+        key = call.index if call.index is not None else position
         pending = self._calls.setdefault(key, _Pending())
-        fn = obj(call.get("function"))
-        pending.call_id = pending.call_id or text_of(call.get("id"))
-        pending.name = pending.name or text_of(fn.get("name"))
+        fn = call.function or FunctionCallDelta()
+        pending.call_id = pending.call_id or call.id or ""
+        pending.name = pending.name or fn.name or ""
         args = _args(fn)
         if pending.slot >= 0:
             if args:
@@ -235,11 +251,11 @@ class ChunkReader:
             pending.arguments.clear()
 
 
-def decode_chunk(chunk: bytes | JsonObj) -> JsonObj:
-    """A chunk as the router relays it (JSON bytes) or already decoded; anything but an object reads empty."""
-    if isinstance(chunk, dict):
-        return chunk
+def decode_chunk(chunk: bytes | JsonObj) -> ChatCompletionChunk:
+    """A chunk as the router relays it (JSON bytes) or already decoded; one that does not fit reads empty."""
     try:
-        return obj(msgspec.json.decode(chunk))
-    except msgspec.DecodeError:
-        return {}
+        if isinstance(chunk, bytes):
+            return CHUNK.decode(chunk)
+        return msgspec.convert(chunk, ChatCompletionChunk)
+    except msgspec.DecodeError:  # ValidationError included
+        return ChatCompletionChunk()

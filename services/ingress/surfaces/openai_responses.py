@@ -130,7 +130,7 @@ def _call_item(item_id: str, call_id: str, name: str, arguments: str, status: st
     }
 
 
-def from_chat(completion: JsonObj, requested_model: str, *, request: JsonObj | None = None) -> JsonObj:
+def from_chat(completion: bytes | JsonObj, requested_model: str, *, request: JsonObj | None = None) -> JsonObj:
     """An OpenAI `chat.completion` → a `response` object; pass the Responses `request` to echo its settings."""
     view: CompletionView = read_completion(completion)
     base = _base(view.id)

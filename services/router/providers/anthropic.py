@@ -27,10 +27,10 @@ from services.router.providers.base import (
     Target,
     Translator,
     UpstreamRequest,
-    merge_params,
     retry_after_seconds,
+    with_params,
 )
-from services.router.providers.chat_shapes import choice, completion, dumps, max_tokens_of
+from services.router.providers.chat_shapes import choice, completion, dumps
 from shared.errors import (
     AuthenticationError,
     ContextLengthExceeded,
@@ -316,12 +316,8 @@ class AnthropicTranslator(Translator):
     kind = "anthropic"
 
     def chat_request(self, req: ChatCompletionRequest, target: Target, *, stream: bool) -> UpstreamRequest:
-        # the client's own limit wins over the deployment's default, whichever of the two names either used
-        limit = req.max_completion_tokens or req.max_tokens or max_tokens_of(target.params)
         version = target.api_version or API_VERSION
-        payload = build_request(
-            merge_params(req, target), target.model, stream=stream, max_tokens=limit, api_version=version
-        )
+        payload = build_request(with_params(req, target), target.model, stream=stream, api_version=version)
         return UpstreamRequest("POST", _url(target), _headers(target), _ENC.encode(payload))
 
     def parse_chat(self, data: bytes, target: Target, response_id: str, created: int) -> JsonObj | bytes:

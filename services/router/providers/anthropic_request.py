@@ -25,14 +25,13 @@ API requires when thinking is on and tools are used.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+
+import msgspec
 
 from services.router.providers.base import JsonObj
 from services.router.providers.chat_shapes import (
-    ContentPart,
-    FunctionDef,
-    Message,
     data_url,
+    function_of,
     json_arguments,
     max_tokens_of,
     messages_of,
@@ -41,13 +40,13 @@ from services.router.providers.chat_shapes import (
     tools_of,
 )
 from shared.errors import InvalidRequestError
+from shared.schemas.openai import ChatCompletionRequest, ContentPart, FunctionDef, Message, Tool, ToolCall
 
 RESPONSE_TOOL = "json_response"
 DEFAULT_MAX_TOKENS = 4096
 IMAGE_TYPES = frozenset({"image/jpeg", "image/png", "image/gif", "image/webp"})
 _ID_UNSAFE = re.compile(r"[^a-zA-Z0-9_-]")
-# OpenAI parameters with no Anthropic equivalent that change what comes back: refused, not dropped
-_REFUSED = {"logprobs": "log probabilities", "top_logprobs": "log probabilities", "audio": "audio output"}
+# Anthropic knobs a client (extra_body) or a deployment's params may carry
 _PASSTHROUGH = ("top_k", "thinking", "output_config")
 
 
@@ -56,18 +55,9 @@ def _tool_id(call_id: str) -> str:
     return call_id if not _ID_UNSAFE.search(call_id) else _ID_UNSAFE.sub("_", call_id)
 
 
-def _raw_parts(raw_messages: object, i: int) -> list[object]:
-    if isinstance(raw_messages, list) and i < len(raw_messages):
-        m = raw_messages[i]
-        if isinstance(m, dict) and isinstance(m.get("content"), list):
-            return list(m["content"])
-    return []
-
-
-def _with_cache(block: JsonObj, raw: list[object], j: int) -> JsonObj:
-    part = raw[j] if j < len(raw) else None
-    if isinstance(part, dict) and isinstance(part.get("cache_control"), dict):
-        block["cache_control"] = part["cache_control"]
+def _with_cache(block: JsonObj, part: ContentPart) -> JsonObj:
+    if part.cache_control is not None:
+        block["cache_control"] = part.cache_control
     return block
 
 
@@ -88,7 +78,7 @@ def _media(url: str, where: str) -> JsonObj:
     return {"type": kind, "source": {"type": "url", "url": url}}
 
 
-def _blocks(content: str | list[ContentPart] | None, raw: list[object], i: int, role: str) -> list[JsonObj]:
+def _blocks(content: str | list[ContentPart] | None, i: int, role: str) -> list[JsonObj]:
     """Content parts → Anthropic blocks; empty text is dropped (the API refuses empty text blocks)."""
     if content is None:
         return []
@@ -100,11 +90,11 @@ def _blocks(content: str | list[ContentPart] | None, raw: list[object], i: int, 
         if part.type == "text" or (part.type == "refusal" and role == "assistant"):
             text = part.text if part.type == "text" else part.refusal
             if text:
-                blocks.append(_with_cache({"type": "text", "text": text}, raw, j))
+                blocks.append(_with_cache({"type": "text", "text": text}, part))
         elif part.type == "image_url" and part.image_url is not None and role != "assistant":
-            blocks.append(_with_cache(_media(part.image_url.url, where), raw, j))
+            blocks.append(_with_cache(_media(part.image_url.url, where), part))
         elif part.type == "file" and part.file is not None and part.file.file_data and role != "assistant":
-            blocks.append(_with_cache(_media(part.file.file_data, where), raw, j))
+            blocks.append(_with_cache(_media(part.file.file_data, where), part))
         else:
             raise InvalidRequestError(
                 f"{where}: content part {part.type!r} is not supported by Anthropic in a {role} message.", param=where
@@ -112,33 +102,25 @@ def _blocks(content: str | list[ContentPart] | None, raw: list[object], i: int, 
     return blocks
 
 
-def _thinking_blocks(raw_messages: object, i: int) -> list[JsonObj]:
-    m = raw_messages[i] if isinstance(raw_messages, list) and i < len(raw_messages) else None
-    found = m.get("thinking_blocks") if isinstance(m, dict) else None
-    return (
-        [dict(b) for b in found or [] if isinstance(b, dict) and b.get("type") in {"thinking", "redacted_thinking"}]
-        if isinstance(found, list)
-        else []
-    )
-
-
-def _assistant(message: Message, raw_messages: object, i: int) -> list[JsonObj]:
-    blocks = _thinking_blocks(raw_messages, i)
-    blocks += _blocks(message.content, _raw_parts(raw_messages, i), i, "assistant")
+def _assistant(message: Message, i: int) -> list[JsonObj]:
+    # thinking blocks a previous answer returned go back first, as they came (with their signatures)
+    blocks = [dict(b) for b in message.thinking_blocks or [] if b.get("type") in {"thinking", "redacted_thinking"}]
+    blocks += _blocks(message.content, i, "assistant")
     for j, call in enumerate(message.tool_calls or []):
-        where = f"messages[{i}].tool_calls[{j}].function.arguments"
+        where = f"messages[{i}].tool_calls[{j}]"
+        fn = function_of(call, where)
         blocks.append(
             {
                 "type": "tool_use",
                 "id": _tool_id(call.id),
-                "name": call.function.name,
-                "input": json_arguments(call.function.arguments, where),
+                "name": fn.name,
+                "input": json_arguments(fn.arguments, f"{where}.function.arguments"),
             }
         )
     return blocks
 
 
-def _tool_result(message: Message, raw_messages: object, i: int) -> JsonObj:
+def _tool_result(message: Message, i: int) -> JsonObj:
     if not message.tool_call_id:
         raise InvalidRequestError(f"messages[{i}]: a tool message needs 'tool_call_id'.", param=f"messages[{i}]")
     block: JsonObj = {"type": "tool_result", "tool_use_id": _tool_id(message.tool_call_id)}
@@ -147,26 +129,26 @@ def _tool_result(message: Message, raw_messages: object, i: int) -> JsonObj:
         if content:
             block["content"] = content
     elif content:
-        inner = _blocks(content, _raw_parts(raw_messages, i), i, "tool")
+        inner = _blocks(content, i, "tool")
         if inner:
             block["content"] = inner
     return block
 
 
-def _turns(messages: list[Message], raw_messages: object) -> tuple[list[JsonObj], list[JsonObj]]:
+def _turns(messages: list[Message]) -> tuple[list[JsonObj], list[JsonObj]]:
     system: list[JsonObj] = []
     turns: list[JsonObj] = []
     for i, message in enumerate(messages):
-        role = message.role
+        role: str = message.role
         if role in {"system", "developer"}:
-            system += _blocks(message.content, _raw_parts(raw_messages, i), i, "system")
+            system += _blocks(message.content, i, "system")
             continue
         if role == "user":
-            blocks, results = _blocks(message.content, _raw_parts(raw_messages, i), i, "user"), False
+            blocks, results = _blocks(message.content, i, "user"), False
         elif role == "assistant":
-            blocks, results = _assistant(message, raw_messages, i), False
+            blocks, results = _assistant(message, i), False
         elif role == "tool":
-            role, blocks, results = "user", [_tool_result(message, raw_messages, i)], True
+            role, blocks, results = "user", [_tool_result(message, i)], True
         else:
             raise InvalidRequestError(f"Unsupported role {role!r}.", param=f"messages[{i}].role")
         if not blocks:
@@ -205,45 +187,36 @@ def _trim_prefill(turns: list[JsonObj]) -> None:
                 turns.pop()
 
 
-def _legacy(payload: Mapping[str, object]) -> Mapping[str, object]:
+def _legacy(req: ChatCompletionRequest) -> ChatCompletionRequest:
     """Rewrite the deprecated `functions` API (request fields and history) to its `tools` form."""
-    raw = payload.get("messages")
-    msgs = raw if isinstance(raw, list) else []
-    legacy_msgs = any(isinstance(m, dict) and (m.get("role") == "function" or m.get("function_call")) for m in msgs)
-    if payload.get("functions") is None and payload.get("function_call") is None and not legacy_msgs:
-        return payload
-    out = dict(payload)
-    functions = out.pop("functions", None)
-    if isinstance(functions, list):
-        tools = out.get("tools")
-        out["tools"] = [
-            *(tools if isinstance(tools, list) else []),
-            *({"type": "function", "function": f} for f in functions),
-        ]
-    call = out.pop("function_call", None)
+    legacy_msgs = any(m.role == "function" or m.function_call is not None for m in req.messages)
+    if req.functions is None and req.function_call is None and not legacy_msgs:
+        return req
+    tools = [*(req.tools or []), *(Tool(type="function", function=f) for f in req.functions or [])]
+    choice = req.tool_choice
+    call = req.function_call
     if isinstance(call, str):
-        out["tool_choice"] = call
+        choice = call
     elif isinstance(call, dict) and "name" in call:
-        out["tool_choice"] = {"type": "function", "function": {"name": call["name"]}}
-    rewritten: list[object] = []
+        choice = {"type": "function", "function": {"name": call["name"]}}
+    messages: list[Message] = []
     last_id = ""
-    for i, m in enumerate(msgs):
-        if isinstance(m, dict) and m.get("function_call"):
+    for i, m in enumerate(req.messages):
+        if m.function_call is not None:
             last_id = f"call_legacy_{i}"
-            assistant = {k: v for k, v in m.items() if k != "function_call"}
-            assistant["tool_calls"] = [{"id": last_id, "type": "function", "function": m["function_call"]}]
-            rewritten.append(assistant)
-        elif isinstance(m, dict) and m.get("role") == "function":
-            rewritten.append({"role": "tool", "tool_call_id": last_id, "content": m.get("content")})
+            legacy_call = ToolCall(id=last_id, type="function", function=m.function_call)
+            messages.append(msgspec.structs.replace(m, function_call=None, tool_calls=[legacy_call]))
+        elif m.role == "function":
+            messages.append(Message(role="tool", tool_call_id=last_id, content=m.content))
         else:
-            rewritten.append(m)
-    out["messages"] = rewritten
-    return out
+            messages.append(m)
+    return msgspec.structs.replace(
+        req, functions=None, function_call=None, tools=tools or None, tool_choice=choice, messages=messages
+    )
 
 
-def _tools(fns: list[FunctionDef], raw_tools: object, allowed: list[str]) -> list[JsonObj]:
+def _tools(fns: list[FunctionDef], offered: list[Tool], allowed: list[str]) -> list[JsonObj]:
     tools: list[JsonObj] = []
-    raws = raw_tools if isinstance(raw_tools, list) else []
     for k, fn in enumerate(fns):
         if fn.name == RESPONSE_TOOL:
             raise InvalidRequestError(f"The tool name {RESPONSE_TOOL!r} is reserved by the gateway.", param="tools")
@@ -256,24 +229,24 @@ def _tools(fns: list[FunctionDef], raw_tools: object, allowed: list[str]) -> lis
         tool: JsonObj = {"name": fn.name, "input_schema": schema}
         if fn.description:
             tool["description"] = fn.description
-        raw = raws[k] if k < len(raws) else None
-        if isinstance(raw, dict) and isinstance(raw.get("cache_control"), dict):
-            tool["cache_control"] = raw["cache_control"]
+        cache = offered[k].cache_control if k < len(offered) else None
+        if cache is not None:
+            tool["cache_control"] = cache
         tools.append(tool)
     return tools
 
 
-def _response_schema(payload: Mapping[str, object]) -> JsonObj | None:
-    fmt = payload.get("response_format")
-    if not isinstance(fmt, dict) or fmt.get("type") in (None, "text"):
+def _response_schema(req: ChatCompletionRequest) -> JsonObj | None:
+    fmt = req.response_format
+    if fmt is None or fmt.type == "text":
         return None
-    if fmt.get("type") == "json_object":
+    if fmt.type == "json_object":
         return {"type": "object", "additionalProperties": True}
-    spec = fmt.get("json_schema")
-    if fmt.get("type") != "json_schema" or not isinstance(spec, dict):
+    spec = fmt.json_schema
+    if fmt.type != "json_schema" or spec is None:
         raise InvalidRequestError("Invalid 'response_format'.", param="response_format")
-    schema = spec.get("schema")
-    if not isinstance(schema, dict):
+    schema = spec.schema
+    if schema is None:
         return {"type": "object", "additionalProperties": True}
     if schema.get("type") != "object":
         raise InvalidRequestError(
@@ -283,65 +256,71 @@ def _response_schema(payload: Mapping[str, object]) -> JsonObj | None:
     return dict(schema)
 
 
-def _sampling(payload: Mapping[str, object], thinking: bool, sampling: bool) -> JsonObj:
+def _sampling(req: ChatCompletionRequest, thinking: bool, sampling: bool) -> JsonObj:
     out: JsonObj = {}
     if sampling and not thinking:  # extended thinking refuses temperature and top_k, and constrains top_p
-        temp = payload.get("temperature")
-        if isinstance(temp, int | float) and not isinstance(temp, bool):
-            out["temperature"] = min(float(temp), 1.0)  # OpenAI's range is 0..2, Anthropic's 0..1
-        if isinstance(payload.get("top_p"), int | float):
-            out["top_p"] = payload["top_p"]
-    stops = stop_list(payload)
+        if req.temperature is not None:
+            out["temperature"] = min(float(req.temperature), 1.0)  # OpenAI's range is 0..2, Anthropic's 0..1
+        if req.top_p is not None:
+            out["top_p"] = req.top_p
+    stops = stop_list(req)
     if stops:
         out["stop_sequences"] = stops
-    user = payload.get("safety_identifier", payload.get("user"))
-    if isinstance(user, str) and user:
+    user = req.safety_identifier if req.safety_identifier is not None else req.user
+    if user:
         out["metadata"] = {"user_id": user}
     # OpenAI's tiers (default, flex, priority) mean nothing here; Anthropic's own values pass
-    if payload.get("service_tier") in ("auto", "standard_only"):
-        out["service_tier"] = payload["service_tier"]
+    if req.service_tier in ("auto", "standard_only"):
+        out["service_tier"] = req.service_tier
     for key in _PASSTHROUGH:
-        if payload.get(key) is not None and not (key == "top_k" and (thinking or not sampling)):
-            out[key] = payload[key]
+        value = req.extra.get(key)
+        if value is not None and not (key == "top_k" and (thinking or not sampling)):
+            out[key] = value
     return out
 
 
+def _refuse_unsupported(req: ChatCompletionRequest) -> None:
+    """OpenAI parameters with no Anthropic equivalent that change what comes back: refused, not dropped."""
+    for key, value, what in (
+        ("logprobs", req.logprobs, "log probabilities"),
+        ("top_logprobs", req.top_logprobs, "log probabilities"),
+        ("audio", req.audio, "audio output"),
+    ):
+        if value:
+            raise InvalidRequestError(f"Anthropic does not return {what} ({key!r}).", param=key)
+    if req.n is not None and req.n > 1:
+        raise InvalidRequestError("Anthropic returns one choice per request; 'n' must be 1.", param="n")
+
+
 def build_request(
-    payload: Mapping[str, object],
+    req: ChatCompletionRequest,
     model: str,
     *,
     stream: bool,
-    max_tokens: int | None = None,
     api_version: str = "2023-06-01",
 ) -> JsonObj:
-    """The Messages request for an OpenAI chat body (deployment params already merged under it).
+    """The Messages request for an OpenAI chat request (deployment params already merged under it).
 
     API version 2026-10-21 refuses `temperature`, `top_p` and `top_k` outright; under it they are dropped.
     """
-    for key, what in _REFUSED.items():
-        if payload.get(key):
-            raise InvalidRequestError(f"Anthropic does not return {what} ({key!r}).", param=key)
-    n = payload.get("n")
-    if isinstance(n, int) and n > 1:
-        raise InvalidRequestError("Anthropic returns one choice per request; 'n' must be 1.", param="n")
-    payload = _legacy(payload)
-    messages = messages_of(payload)
-    system, turns = _turns(messages, payload.get("messages"))
+    _refuse_unsupported(req)
+    req = _legacy(req)
+    system, turns = _turns(messages_of(req))
     if not turns:
         raise InvalidRequestError("The request has no user or assistant message to answer.", param="messages")
-    thinking_cfg = payload.get("thinking")
+    thinking_cfg = req.extra.get("thinking")
     thinking = isinstance(thinking_cfg, dict) and thinking_cfg.get("type") not in (None, "disabled")
-    req: JsonObj = {
+    body: JsonObj = {
         "model": model,
-        "max_tokens": max_tokens or max_tokens_of(payload) or DEFAULT_MAX_TOKENS,
+        "max_tokens": max_tokens_of(req) or DEFAULT_MAX_TOKENS,
         "messages": turns,
     }
     if system:
-        req["system"] = system
-    mode, names = tool_choice_of(payload)
-    fns = tools_of(payload)
+        body["system"] = system
+    mode, names = tool_choice_of(req)
+    fns = tools_of(req)
     restrict = names if len(names) > 1 or (names and mode == "auto") else []
-    tools = _tools(fns, payload.get("tools"), restrict)
+    tools = _tools(fns, req.tools or [], restrict)
     choice: JsonObj | None = None
     if tools:
         if mode == "none":
@@ -350,25 +329,25 @@ def build_request(
             choice = {"type": "tool", "name": names[0]} if len(names) == 1 else {"type": "any"}
         else:
             choice = {"type": "auto"}
-    schema = _response_schema(payload)
+    schema = _response_schema(req)
     if schema is not None:
         description = "Give your complete answer by calling this tool; its input is the answer, as JSON."
         tools.append({"name": RESPONSE_TOOL, "description": description, "input_schema": schema})
         if thinking:  # forced tool use is refused with thinking: ask instead
             choice = {"type": "auto"}
             system.append({"type": "text", "text": f"Always answer by calling the {RESPONSE_TOOL} tool."})
-            req["system"] = system
+            body["system"] = system
         elif choice is None or choice["type"] == "none":
             choice = {"type": "tool", "name": RESPONSE_TOOL}
         elif choice["type"] == "auto":
             choice = {"type": "any"}
     if tools:
-        req["tools"] = tools
+        body["tools"] = tools
         assert choice is not None
-        if payload.get("parallel_tool_calls") is False and choice["type"] != "none":
+        if req.parallel_tool_calls is False and choice["type"] != "none":
             choice["disable_parallel_tool_use"] = True
-        req["tool_choice"] = choice
-    req.update(_sampling(payload, thinking, sampling=api_version < "2026-10-21"))
+        body["tool_choice"] = choice
+    body.update(_sampling(req, thinking, sampling=api_version < "2026-10-21"))
     if stream:
-        req["stream"] = True
-    return req
+        body["stream"] = True
+    return body

@@ -28,8 +28,8 @@ from services.router.providers.base import (
     Target,
     Translator,
     UpstreamRequest,
-    merge_params,
     retry_after_seconds,
+    with_params,
 )
 from services.router.providers.openai import OpenAIStream
 from shared.errors import (
@@ -39,7 +39,7 @@ from shared.errors import (
     NotFoundError,
     error_for_status,
 )
-from shared.schemas.openai import ChatCompletionRequest, EmbeddingsRequest
+from shared.schemas.openai import ChatCompletionRequest, EmbeddingsRequest, StreamOptions, to_json
 
 DEFAULT_API_VERSION = "2024-10-21"
 _STREAM_OPTIONS_SINCE = "2024-09-01"  # stream_options and max_completion_tokens arrived in 2024-09-01-preview
@@ -128,20 +128,23 @@ class AzureTranslator(Translator):
     supports_embeddings = True
 
     def chat_request(self, req: ChatCompletionRequest, target: Target, *, stream: bool) -> UpstreamRequest:
-        payload = merge_params(req, target)
+        out = msgspec.structs.replace(with_params(req, target), model=target.model)
         modern = _modern(target)
-        if not modern and "max_completion_tokens" in payload:
-            limit = payload.pop("max_completion_tokens")
-            payload.setdefault("max_tokens", limit)
+        if not modern and out.max_completion_tokens is not None:
+            if out.max_tokens is None:
+                out.max_tokens = out.max_completion_tokens
+            out.max_completion_tokens = None
         if stream:
-            payload["stream"] = True
+            out.stream = True
             if modern:
-                opts = payload.get("stream_options")
                 # usage is always requested so every stream is accounted; ingress drops it if unasked
-                payload["stream_options"] = {**(opts if isinstance(opts, dict) else {}), "include_usage": True}
+                opts = out.stream_options
+                out.stream_options = StreamOptions(
+                    include_usage=True, include_obfuscation=opts.include_obfuscation if opts else None
+                )
             else:
-                payload.pop("stream_options", None)
-        return UpstreamRequest("POST", _url(target, "chat/completions"), _headers(target), _ENC.encode(payload))
+                out.stream_options = None
+        return UpstreamRequest("POST", _url(target, "chat/completions"), _headers(target), to_json(out))
 
     def parse_chat(self, data: bytes, target: Target, response_id: str, created: int) -> JsonObj | bytes:
         return data
@@ -150,8 +153,8 @@ class AzureTranslator(Translator):
         return AzureStream(target, response_id, created)
 
     def embeddings_request(self, req: EmbeddingsRequest, target: Target) -> UpstreamRequest:
-        payload = merge_params(req, target)
-        return UpstreamRequest("POST", _url(target, "embeddings"), _headers(target), _ENC.encode(payload))
+        out = msgspec.structs.replace(with_params(req, target), model=target.model)
+        return UpstreamRequest("POST", _url(target, "embeddings"), _headers(target), to_json(out))
 
     def parse_embeddings(self, data: bytes, target: Target) -> JsonObj | bytes:
         return data

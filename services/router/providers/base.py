@@ -16,7 +16,8 @@ import msgspec
 
 from shared.errors import GatewayError, InvalidRequestError, error_for_status
 from shared.schemas.chat import Usage
-from shared.schemas.openai import ChatCompletionRequest, EmbeddingsRequest, to_builtins
+from shared.schemas.openai import ChatCompletionRequest, CompletionUsage, EmbeddingsRequest
+from shared.schemas.params import Request, with_defaults
 
 JsonObj = dict[str, object]
 
@@ -139,32 +140,19 @@ def retry_after_seconds(headers: Mapping[str, str]) -> float | None:
     return None
 
 
-def merge_params(req: ChatCompletionRequest | EmbeddingsRequest, target: Target) -> JsonObj:
-    """The request as JSON values with the deployment's default params under it (the client's values
-    win), model replaced: the input of translators that build another provider's body."""
-    merged: JsonObj = dict(target.params)
-    merged.update(to_builtins(req))
-    merged["model"] = target.model
-    return merged
-
-
-class _PromptDetails(msgspec.Struct):
-    cached_tokens: int | None = 0
-
-
-class _CompletionDetails(msgspec.Struct):
-    reasoning_tokens: int | None = 0
-
-
-class _OpenAIUsage(msgspec.Struct):
-    prompt_tokens: int | None = 0
-    completion_tokens: int | None = 0
-    prompt_tokens_details: _PromptDetails | None = None
-    completion_tokens_details: _CompletionDetails | None = None
+def with_params(req: Request, target: Target) -> Request:
+    """The request with the deployment's default params under it (the client's values win); `req` is not
+    changed, so the next deployment of a failover starts from the client's request again."""
+    try:
+        return with_defaults(req, target.params)
+    except ValueError as exc:  # the config check should have caught it: a deployment's mistake, not the client's
+        raise GatewayError(f"Deployment {target.provider}/{target.model}: {exc}") from exc
 
 
 class _WithUsage(msgspec.Struct):
-    usage: _OpenAIUsage | None = None
+    """Any OpenAI answer that may carry `usage`: a completion, a chunk, an embeddings list."""
+
+    usage: CompletionUsage | None = None
 
 
 _USAGE_DECODER = msgspec.json.Decoder(_WithUsage)
@@ -183,7 +171,7 @@ def openai_usage(obj: JsonObj | bytes) -> Usage | None:
         raw = obj.get("usage")
         if not isinstance(raw, dict):
             return None
-        u = msgspec.convert(raw, _OpenAIUsage)
+        u = msgspec.convert(raw, CompletionUsage)
     if u is None:
         return None
     return Usage(

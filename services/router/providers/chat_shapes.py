@@ -1,116 +1,84 @@
-"""The OpenAI chat shapes the non-OpenAI translators read (request messages, tools) and write (completions, chunks).
+"""Reading the canonical OpenAI chat request (for the non-OpenAI translators) and writing completions and chunks.
 
-Requests are converted into typed msgspec Structs once, so a malformed message becomes a clear 400 here
-rather than a provider error later; answers are built as plain dicts the router encodes.
+The request arrives typed (`shared.schemas.openai`, decoded once at ingress); the helpers here answer
+what every translator asks of it (messages, function tools, tool choice, stop, output limit) and turn
+what a provider cannot serve into a clear 400. Answers are built as plain dicts the router encodes.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
 
 import msgspec
 
 from services.router.providers.base import JsonObj
 from shared.errors import InvalidRequestError
+from shared.schemas.openai import (
+    ChatCompletionRequest,
+    ContentPart,
+    EmbeddingsRequest,
+    FunctionCall,
+    FunctionDef,
+    Message,
+    ToolCall,
+)
 
 _JSON = msgspec.json.Encoder()
 _DECODE = msgspec.json.Decoder()
 
 
-class ImageUrl(msgspec.Struct):
-    url: str
-    detail: str | None = None
-
-
-class InputAudio(msgspec.Struct):
-    data: str
-    format: str = "wav"
-
-
-class FileRef(msgspec.Struct):
-    file_data: str | None = None
-    file_id: str | None = None
-    filename: str | None = None
-
-
-class ContentPart(msgspec.Struct, kw_only=True):
-    type: str
-    text: str | None = None
-    image_url: ImageUrl | None = None
-    input_audio: InputAudio | None = None
-    file: FileRef | None = None
-    refusal: str | None = None
-
-
-class FunctionCall(msgspec.Struct):
-    name: str
-    arguments: str = ""
-
-
-class ToolCall(msgspec.Struct, kw_only=True):
-    id: str
-    function: FunctionCall
-    type: str = "function"
-    # Google's OpenAI convention for carrying a Gemini thought signature on a tool call
-    extra_content: dict[str, object] | None = None
-
-
-class Message(msgspec.Struct, kw_only=True):
-    role: str
-    content: str | list[ContentPart] | None = None
+class _Named(msgspec.Struct):
     name: str | None = None
-    tool_calls: list[ToolCall] | None = None
-    tool_call_id: str | None = None
-    prefix: bool | None = None
 
 
-class FunctionDef(msgspec.Struct, kw_only=True):
-    name: str
-    description: str | None = None
-    parameters: dict[str, object] | None = None
-    strict: bool | None = None
+class _ChoiceTool(msgspec.Struct):
+    function: _Named | None = None
 
 
-class Tool(msgspec.Struct, kw_only=True):
-    type: str = "function"
-    function: FunctionDef | None = None
+class _AllowedTools(msgspec.Struct):
+    mode: str | None = None
+    tools: list[_ChoiceTool] | None = None
 
 
-def messages_of(body: Mapping[str, object]) -> list[Message]:
-    """The request's messages as Structs; a malformed message is the client's 400."""
-    raw = body.get("messages")
-    if not isinstance(raw, list) or not raw:
+class _ToolChoice(msgspec.Struct):
+    """`tool_choice` in its object forms: a named function, or `allowed_tools`."""
+
+    type: str | None = None
+    function: _Named | None = None
+    allowed_tools: _AllowedTools | None = None
+
+
+def messages_of(req: ChatCompletionRequest) -> list[Message]:
+    """The request's messages; none at all, or a legacy `function` message, is the client's 400."""
+    if not req.messages:
         raise InvalidRequestError("'messages' must be a non-empty array.", param="messages")
-    try:
-        messages = msgspec.convert(raw, list[Message])
-    except msgspec.ValidationError as exc:
-        raise InvalidRequestError(f"Invalid 'messages': {exc}", param="messages") from exc
-    for i, m in enumerate(messages):
+    for i, m in enumerate(req.messages):
         if m.role == "function":
             raise InvalidRequestError(
                 "Legacy 'function' messages are not supported for this provider; use 'tools' and 'tool' messages.",
                 param=f"messages[{i}].role",
             )
-    return messages
+    return req.messages
 
 
-def tools_of(body: Mapping[str, object]) -> list[FunctionDef]:
+def function_of(call: ToolCall, where: str) -> FunctionCall:
+    """The function a tool call calls; other (custom) tool calls have no equivalent at these providers."""
+    if call.function is None:
+        raise InvalidRequestError(
+            f"{where}: only function tool calls are supported for this provider.", param=f"{where}.function"
+        )
+    return call.function
+
+
+def tools_of(req: ChatCompletionRequest) -> list[FunctionDef]:
     """The function tools offered; other tool types have no equivalent at these providers."""
-    if body.get("functions") is not None:
+    if req.functions is not None:
         raise InvalidRequestError(
             "Legacy 'functions' are not supported for this provider; use 'tools'.", param="functions"
         )
-    raw = body.get("tools")
-    if raw is None:
-        return []
-    try:
-        tools = msgspec.convert(raw, list[Tool])
-    except msgspec.ValidationError as exc:
-        raise InvalidRequestError(f"Invalid 'tools': {exc}", param="tools") from exc
     out: list[FunctionDef] = []
-    for i, tool in enumerate(tools):
-        if tool.type != "function" or tool.function is None:
+    for i, tool in enumerate(req.tools or []):
+        if tool.type not in (None, "function") or tool.function is None:
             raise InvalidRequestError(
                 f"Tool type {tool.type!r} is not supported for this provider; only 'function' tools are.",
                 param=f"tools[{i}].type",
@@ -119,28 +87,25 @@ def tools_of(body: Mapping[str, object]) -> list[FunctionDef]:
     return out
 
 
-def tool_choice_of(body: Mapping[str, object]) -> tuple[str, list[str]]:
+def tool_choice_of(req: ChatCompletionRequest) -> tuple[str, list[str]]:
     """(mode, function names): mode is auto | none | required; names restrict which functions may be called."""
-    choice = body.get("tool_choice")
+    choice = req.tool_choice
     if choice is None:
         return "auto", []
     if isinstance(choice, str):
         if choice not in {"auto", "none", "required"}:
             raise InvalidRequestError(f"Invalid 'tool_choice': {choice!r}.", param="tool_choice")
         return choice, []
-    if isinstance(choice, dict):
-        kind = choice.get("type")
-        fn = choice.get("function")
-        if kind == "function" and isinstance(fn, dict) and isinstance(fn.get("name"), str):
-            return "required", [fn["name"]]
-        allowed = choice.get("allowed_tools")
-        if kind == "allowed_tools" and isinstance(allowed, dict):
-            names = [
-                t["function"]["name"]
-                for t in allowed.get("tools") or []
-                if isinstance(t, dict) and isinstance(t.get("function"), dict) and "name" in t["function"]
-            ]
-            return ("required" if allowed.get("mode") == "required" else "auto"), names
+    try:
+        typed = msgspec.convert(choice, _ToolChoice)
+    except msgspec.ValidationError as exc:
+        raise InvalidRequestError(f"Invalid 'tool_choice': {exc}", param="tool_choice") from exc
+    if typed.type == "function" and typed.function is not None and typed.function.name is not None:
+        return "required", [typed.function.name]
+    allowed = typed.allowed_tools
+    if typed.type == "allowed_tools" and allowed is not None:
+        names = [t.function.name for t in allowed.tools or [] if t.function is not None and t.function.name]
+        return ("required" if allowed.mode == "required" else "auto"), names
     raise InvalidRequestError("Invalid 'tool_choice'.", param="tool_choice")
 
 
@@ -163,29 +128,22 @@ def data_url(url: str) -> tuple[str, str] | None:
     return head[: -len(";base64")] or "application/octet-stream", data
 
 
-def stop_list(body: Mapping[str, object]) -> list[str] | None:
-    stop = body.get("stop")
-    if stop is None:
-        return None
-    if isinstance(stop, str):
-        return [stop]
-    if isinstance(stop, list) and all(isinstance(s, str) for s in stop):
-        return [str(s) for s in stop]
-    raise InvalidRequestError("'stop' must be a string or an array of strings.", param="stop")
+def stop_list(req: ChatCompletionRequest) -> list[str] | None:
+    stop = req.stop
+    return [stop] if isinstance(stop, str) else stop
 
 
-def max_tokens_of(body: Mapping[str, object]) -> int | None:
-    value = body.get("max_completion_tokens", body.get("max_tokens"))
-    if value is None:
-        return None
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+def max_tokens_of(req: ChatCompletionRequest) -> int | None:
+    """The client's output limit, under either name (`max_completion_tokens` first)."""
+    value = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
+    if value is not None and value < 1:
         raise InvalidRequestError("'max_tokens' must be a positive integer.", param="max_tokens")
     return value
 
 
-def json_arguments(arguments: str, where: str) -> dict[str, object]:
+def json_arguments(arguments: str | None, where: str) -> dict[str, object]:
     """A tool call's `arguments` string as the JSON object providers want."""
-    if not arguments.strip():
+    if arguments is None or not arguments.strip():
         return {}
     try:
         value = _DECODE.decode(arguments)
@@ -286,14 +244,15 @@ class ChunkMaker:
         }
 
 
-def embedding_inputs(body: Mapping[str, object]) -> list[str]:
+def embedding_inputs(req: EmbeddingsRequest) -> list[str]:
     """`input` as a list of strings; token-id inputs have no equivalent at these providers."""
-    raw = body.get("input")
+    raw = req.input
     if isinstance(raw, str):
         return [raw]
-    if isinstance(raw, list) and raw and all(isinstance(x, str) for x in raw):
-        return [str(x) for x in raw]
-    if isinstance(raw, list) and raw:
+    texts = [x for x in raw if isinstance(x, str)]
+    if raw and len(texts) == len(raw):
+        return texts
+    if raw:
         raise InvalidRequestError("This provider only embeds text; token-id inputs are not supported.", param="input")
     raise InvalidRequestError("'input' must be a non-empty string or array of strings.", param="input")
 

@@ -23,18 +23,16 @@ from services.router.providers.base import (
     Target,
     Translator,
     UpstreamRequest,
-    merge_params,
     retry_after_seconds,
+    with_params,
 )
 from services.router.providers.chat_shapes import (
     ChunkMaker,
-    ContentPart,
-    FunctionDef,
-    Message,
     choice,
     completion,
     embedding_inputs,
     embeddings_list,
+    function_of,
     max_tokens_of,
     messages_of,
     stop_list,
@@ -54,17 +52,20 @@ from shared.errors import (
     error_for_status,
 )
 from shared.schemas.chat import Usage
-from shared.schemas.openai import ChatCompletionRequest, EmbeddingsRequest
+from shared.schemas.openai import (
+    ChatCompletionRequest,
+    ContentPart,
+    EmbeddingsRequest,
+    FunctionDef,
+    Message,
+    ResponseFormat,
+)
 
 _ENC = msgspec.json.Encoder()
-_COPY = {
-    "temperature": "temperature",
-    "seed": "seed",
-    "frequency_penalty": "frequency_penalty",
-    "presence_penalty": "presence_penalty",
+# fields a client may send through the OpenAI SDK's extra_body (or a deployment's params), and Cohere's name
+_PASSTHROUGH = {
     "top_k": "k",
     "k": "k",
-    # Cohere-only fields a client may send through the OpenAI SDK's extra_body
     "documents": "documents",
     "citation_options": "citation_options",
     "safety_mode": "safety_mode",
@@ -116,14 +117,12 @@ def _message(message: Message, i: int) -> JsonObj | None:
     if role == "assistant":
         text = text_of(message.content)
         if message.tool_calls:
-            calls = [
-                {
-                    "id": c.id,
-                    "type": "function",
-                    "function": {"name": c.function.name, "arguments": c.function.arguments},
-                }
-                for c in message.tool_calls
-            ]
+            calls: list[JsonObj] = []
+            for j, c in enumerate(message.tool_calls):
+                fn = function_of(c, f"messages[{i}].tool_calls[{j}]")
+                calls.append(
+                    {"id": c.id, "type": "function", "function": {"name": fn.name, "arguments": fn.arguments or ""}}
+                )
             out: JsonObj = {"role": "assistant", "tool_calls": calls}
             if text:
                 out["tool_plan"] = text
@@ -143,53 +142,56 @@ def _tool(fn: FunctionDef) -> JsonObj:
     return {"type": "function", "function": spec}
 
 
-def _response_format(fmt: object) -> JsonObj | None:
-    if not isinstance(fmt, dict) or fmt.get("type") in {None, "text"}:
+def _response_format(fmt: ResponseFormat | None) -> JsonObj | None:
+    if fmt is None or fmt.type == "text":
         return None
-    if fmt.get("type") == "json_object":
+    if fmt.type == "json_object":
         return {"type": "json_object"}
-    spec = fmt.get("json_schema")
-    if fmt.get("type") == "json_schema" and isinstance(spec, dict) and isinstance(spec.get("schema"), dict):
-        return {"type": "json_object", "json_schema": spec["schema"]}
+    spec = fmt.json_schema
+    if fmt.type == "json_schema" and spec is not None and spec.schema is not None:
+        return {"type": "json_object", "json_schema": spec.schema}
     raise InvalidRequestError("Unsupported 'response_format' for Cohere.", param="response_format")
 
 
-def build_request(payload: Mapping[str, object], model: str, *, stream: bool) -> JsonObj:
-    """The Cohere v2 chat body for an OpenAI chat body (deployment params already merged)."""
-    n = payload.get("n")
-    if isinstance(n, int) and n > 1:
+def build_request(req: ChatCompletionRequest, model: str, *, stream: bool) -> JsonObj:
+    """The Cohere v2 chat body for an OpenAI chat request (deployment params already merged)."""
+    if req.n is not None and req.n > 1:
         raise InvalidRequestError("Cohere returns one choice per request; 'n' must be 1.", param="n")
-    messages = [m for i, msg in enumerate(messages_of(payload)) if (m := _message(msg, i)) is not None]
-    req: JsonObj = {"model": model, "messages": messages, "stream": stream}
-    for src, dst in _COPY.items():
-        if payload.get(src) is not None:
-            req[dst] = payload[src]
-    top_p = payload.get("top_p")
-    if isinstance(top_p, int | float):
-        req["p"] = min(max(float(top_p), 0.01), 0.99)
-    max_tokens = max_tokens_of(payload)
+    messages = [m for i, msg in enumerate(messages_of(req)) if (m := _message(msg, i)) is not None]
+    body: JsonObj = {"model": model, "messages": messages, "stream": stream}
+    for key, value in (
+        ("temperature", req.temperature),
+        ("seed", req.seed),
+        ("frequency_penalty", req.frequency_penalty),
+        ("presence_penalty", req.presence_penalty),
+        *((dst, req.extra.get(src)) for src, dst in _PASSTHROUGH.items()),
+    ):
+        if value is not None:
+            body[key] = value
+    if req.top_p is not None:
+        body["p"] = min(max(float(req.top_p), 0.01), 0.99)
+    max_tokens = max_tokens_of(req)
     if max_tokens is not None:
-        req["max_tokens"] = max_tokens
-    stop = stop_list(payload)
+        body["max_tokens"] = max_tokens
+    stop = stop_list(req)
     if stop:
-        req["stop_sequences"] = stop
-    tools = tools_of(payload)
-    mode, allowed = tool_choice_of(payload)
+        body["stop_sequences"] = stop
+    tools = tools_of(req)
+    mode, allowed = tool_choice_of(req)
     if tools:
         if allowed:  # Cohere cannot name a function: offer only the allowed ones
             tools = [t for t in tools if t.name in allowed]
-        req["tools"] = [_tool(t) for t in tools]
+        body["tools"] = [_tool(t) for t in tools]
         if any(t.strict for t in tools):
-            req["strict_tools"] = True
+            body["strict_tools"] = True
         if mode != "auto":
-            req["tool_choice"] = "REQUIRED" if mode == "required" else "NONE"
-    fmt = _response_format(payload.get("response_format"))
+            body["tool_choice"] = "REQUIRED" if mode == "required" else "NONE"
+    fmt = _response_format(req.response_format)
     if fmt is not None:
-        req["response_format"] = fmt
-    effort = payload.get("reasoning_effort")
-    if isinstance(effort, str) and effort in _THINKING and "thinking" not in req:
-        req["thinking"] = _THINKING[effort]
-    return req
+        body["response_format"] = fmt
+    if req.reasoning_effort is not None and req.reasoning_effort in _THINKING and "thinking" not in body:
+        body["thinking"] = _THINKING[req.reasoning_effort]
+    return body
 
 
 # --- responses -------------------------------------------------------------------------------------
@@ -348,12 +350,11 @@ class CohereTranslator(Translator):
     supports_embeddings = True
 
     def chat_request(self, req: ChatCompletionRequest, target: Target, *, stream: bool) -> UpstreamRequest:
-        payload = merge_params(req, target)
         return UpstreamRequest(
             "POST",
             f"{target.api_base.rstrip('/')}/v2/chat",
             _headers(target, stream),
-            _ENC.encode(build_request(payload, target.model, stream=stream)),
+            _ENC.encode(build_request(with_params(req, target), target.model, stream=stream)),
         )
 
     def parse_chat(self, data: bytes, target: Target, response_id: str, created: int) -> JsonObj | bytes:
@@ -387,18 +388,19 @@ class CohereTranslator(Translator):
         return CohereStream(target, response_id, created)
 
     def embeddings_request(self, req: EmbeddingsRequest, target: Target) -> UpstreamRequest:
-        payload = merge_params(req, target)
+        req = with_params(req, target)
         out: JsonObj = {
             "model": target.model,
-            "texts": embedding_inputs(payload),
+            "texts": embedding_inputs(req),
             # OpenAI has no input_type; documents are the common case, and a client can send its own
-            "input_type": payload.get("input_type") or "search_document",
+            "input_type": req.extra.get("input_type") or "search_document",
             "embedding_types": ["float"],
         }
-        if isinstance(payload.get("dimensions"), int):
-            out["output_dimension"] = payload["dimensions"]
-        if payload.get("truncate") in {"NONE", "START", "END"}:
-            out["truncate"] = payload["truncate"]
+        if req.dimensions is not None:
+            out["output_dimension"] = req.dimensions
+        truncate = req.extra.get("truncate")
+        if truncate in {"NONE", "START", "END"}:
+            out["truncate"] = truncate
         return UpstreamRequest(
             "POST", f"{target.api_base.rstrip('/')}/v2/embed", _headers(target, False), _ENC.encode(out)
         )

@@ -25,8 +25,8 @@ from services.router.providers.base import (
     Target,
     Translator,
     UpstreamRequest,
-    merge_params,
     retry_after_seconds,
+    with_params,
 )
 from services.router.providers.chat_shapes import (
     ChunkMaker,
@@ -234,13 +234,12 @@ class GeminiTranslator(Translator):
     supports_embeddings = True
 
     def chat_request(self, req: ChatCompletionRequest, target: Target, *, stream: bool) -> UpstreamRequest:
-        payload = merge_params(req, target)
         action = ":streamGenerateContent?alt=sse" if stream else ":generateContent"
         return UpstreamRequest(
             "POST",
             _model_path(target) + action,
             _headers(target),
-            _ENC.encode(build_request(payload, target.model)),
+            _ENC.encode(build_request(with_params(req, target), target.model)),
         )
 
     def parse_chat(self, data: bytes, target: Target, response_id: str, created: int) -> JsonObj | bytes:
@@ -269,13 +268,13 @@ class GeminiTranslator(Translator):
         return GeminiStream(target, response_id, created)
 
     def embeddings_request(self, req: EmbeddingsRequest, target: Target) -> UpstreamRequest:
-        payload = merge_params(req, target)
-        inputs = embedding_inputs(payload)
+        req = with_params(req, target)
+        inputs = embedding_inputs(req)
         model = target.model if "/" in target.model else f"models/{target.model}"
         extra: JsonObj = {}
-        if isinstance(payload.get("dimensions"), int):
-            extra["outputDimensionality"] = payload["dimensions"]
-        task = payload.get("task_type", payload.get("taskType"))
+        if req.dimensions is not None:
+            extra["outputDimensionality"] = req.dimensions
+        task = req.extra.get("task_type", req.extra.get("taskType"))
         if isinstance(task, str):
             extra["taskType"] = task
         if len(inputs) == 1:

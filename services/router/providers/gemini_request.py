@@ -17,11 +17,8 @@ import msgspec
 
 from services.router.providers.base import JsonObj
 from services.router.providers.chat_shapes import (
-    ContentPart,
-    FunctionDef,
-    Message,
-    ToolCall,
     data_url,
+    function_of,
     json_arguments,
     max_tokens_of,
     messages_of,
@@ -32,6 +29,7 @@ from services.router.providers.chat_shapes import (
 )
 from services.router.providers.gemini_schema import Unrepresentable, has_properties, plain_json_schema, to_gemini
 from shared.errors import InvalidRequestError
+from shared.schemas.openai import ChatCompletionRequest, ContentPart, FunctionDef, Message, ResponseFormat, ToolCall
 
 # Google's documented placeholder for a function call whose signature was not kept
 PLACEHOLDER_SIGNATURE = "skip_thought_signature_validator"
@@ -80,7 +78,7 @@ def _user_parts(content: str | list[ContentPart] | None, i: int) -> list[JsonObj
         elif part.type == "image_url" and part.image_url is not None:
             parts.append(_media_part(part.image_url.url, where))
         elif part.type == "input_audio" and part.input_audio is not None:
-            mime = f"audio/{part.input_audio.format}"
+            mime = f"audio/{part.input_audio.format or 'wav'}"
             parts.append({"inlineData": {"mimeType": mime, "data": part.input_audio.data}})
         elif part.type == "file" and part.file is not None and (part.file.file_data or part.file.file_id):
             parts.append(_media_part(part.file.file_data or part.file.file_id or "", where))
@@ -99,12 +97,11 @@ def _model_parts(message: Message, names: dict[str, str], i: int) -> list[JsonOb
     text = text_of(message.content)
     parts: list[JsonObj] = [{"text": text}] if text else []
     for j, call in enumerate(message.tool_calls or []):
-        names[call.id] = call.function.name
+        where = f"messages[{i}].tool_calls[{j}]"
+        fn = function_of(call, where)
+        names[call.id] = fn.name
         part: JsonObj = {
-            "functionCall": {
-                "name": call.function.name,
-                "args": json_arguments(call.function.arguments, f"messages[{i}].tool_calls[{j}].function.arguments"),
-            }
+            "functionCall": {"name": fn.name, "args": json_arguments(fn.arguments, f"{where}.function.arguments")}
         }
         sig = _signature(call)
         if sig is not None:
@@ -182,26 +179,24 @@ def _tool_config(mode: str, names: list[str]) -> JsonObj:
     return {"functionCallingConfig": config}
 
 
-def _response_format(payload: Mapping[str, object], gen: JsonObj) -> None:
-    fmt = payload.get("response_format")
-    if not isinstance(fmt, dict) or fmt.get("type") in {None, "text"}:
+def _response_format(fmt: ResponseFormat | None, gen: JsonObj) -> None:
+    if fmt is None or fmt.type == "text":
         return
     gen["responseMimeType"] = "application/json"
-    if fmt.get("type") == "json_schema":
-        spec = fmt.get("json_schema")
-        schema = spec.get("schema") if isinstance(spec, dict) else None
-        if not isinstance(schema, dict):
+    if fmt.type == "json_schema":
+        schema = fmt.json_schema.schema if fmt.json_schema is not None else None
+        if schema is None:
             raise InvalidRequestError("response_format.json_schema.schema is required.", param="response_format")
         try:
             gen["responseSchema"] = to_gemini(schema, where="response_format.json_schema.schema")
         except Unrepresentable:
             gen["responseJsonSchema"] = plain_json_schema(schema)
-    elif fmt.get("type") != "json_object":
-        raise InvalidRequestError(f"Unsupported response_format type {fmt.get('type')!r}.", param="response_format")
+    elif fmt.type != "json_object":
+        raise InvalidRequestError(f"Unsupported response_format type {fmt.type!r}.", param="response_format")
 
 
-def _thinking(effort: object, model: str) -> JsonObj | None:
-    if not isinstance(effort, str) or effort not in _BUDGETS:
+def _thinking(effort: str | None, model: str) -> JsonObj | None:
+    if effort is None or effort not in _BUDGETS:
         return None
     version = _VERSION.search(model)
     if version is not None and int(version.group(1)) >= 3:
@@ -209,53 +204,53 @@ def _thinking(effort: object, model: str) -> JsonObj | None:
     return {"thinkingBudget": _BUDGETS[effort]}
 
 
-def _generation_config(payload: Mapping[str, object], model: str) -> JsonObj:
+def _generation_config(req: ChatCompletionRequest, model: str) -> JsonObj:
     gen: JsonObj = {}
-    for src, dst in (
-        ("temperature", "temperature"),
-        ("top_p", "topP"),
-        ("top_k", "topK"),
-        ("presence_penalty", "presencePenalty"),
-        ("frequency_penalty", "frequencyPenalty"),
-        ("seed", "seed"),
+    for dst, value in (
+        ("temperature", req.temperature),
+        ("topP", req.top_p),
+        ("topK", req.extra.get("top_k")),
+        ("presencePenalty", req.presence_penalty),
+        ("frequencyPenalty", req.frequency_penalty),
+        ("seed", req.seed),
     ):
-        if payload.get(src) is not None:
-            gen[dst] = payload[src]
-    max_tokens = max_tokens_of(payload)
+        if value is not None:
+            gen[dst] = value
+    max_tokens = max_tokens_of(req)
     if max_tokens is not None:
         gen["maxOutputTokens"] = max_tokens
-    stop = stop_list(payload)
+    stop = stop_list(req)
     if stop:
         gen["stopSequences"] = stop
-    n = payload.get("n")
-    if isinstance(n, int) and n > 1:
-        gen["candidateCount"] = n
-    _response_format(payload, gen)
-    thinking = _thinking(payload.get("reasoning_effort"), model)
+    if req.n is not None and req.n > 1:
+        gen["candidateCount"] = req.n
+    _response_format(req.response_format, gen)
+    thinking = _thinking(req.reasoning_effort, model)
     if thinking is not None:
         gen["thinkingConfig"] = thinking
     return gen
 
 
-def build_request(payload: Mapping[str, object], model: str) -> JsonObj:
-    """The `GenerateContentRequest` body for an OpenAI chat body (deployment params already merged)."""
-    system, contents = _contents(messages_of(payload))
-    req: JsonObj = {"contents": contents}
+def build_request(req: ChatCompletionRequest, model: str) -> JsonObj:
+    """The `GenerateContentRequest` body for an OpenAI chat request (deployment params already merged)."""
+    system, contents = _contents(messages_of(req))
+    body: JsonObj = {"contents": contents}
     if system:
-        req["systemInstruction"] = {"parts": system}
-    tools = tools_of(payload)
-    mode, names = tool_choice_of(payload)
+        body["systemInstruction"] = {"parts": system}
+    tools = tools_of(req)
+    mode, names = tool_choice_of(req)
     if tools:
         if mode == "auto" and names:  # "allowed_tools" in auto mode: offer only those functions
             tools = [t for t in tools if t.name in names]
-        req["tools"] = [{"functionDeclarations": [_declaration(t, i) for i, t in enumerate(tools)]}]
+        body["tools"] = [{"functionDeclarations": [_declaration(t, i) for i, t in enumerate(tools)]}]
         if mode != "auto":
-            req["toolConfig"] = _tool_config(mode, names)
-    gen = _generation_config(payload, model)
+            body["toolConfig"] = _tool_config(mode, names)
+    gen = _generation_config(req, model)
     if gen:
-        req["generationConfig"] = gen
+        body["generationConfig"] = gen
+    # Gemini's own knobs, under the OpenAI-style or Gemini's name (extra_body or deployment params)
     for src, dst in (("safety_settings", "safetySettings"), ("cached_content", "cachedContent")):
-        value = payload.get(src, payload.get(dst))
+        value = req.extra.get(src, req.extra.get(dst))
         if value is not None:
-            req[dst] = value
-    return req
+            body[dst] = value
+    return body

@@ -25,18 +25,16 @@ from services.router.providers.base import (
     Target,
     Translator,
     UpstreamRequest,
-    merge_params,
     retry_after_seconds,
+    with_params,
 )
 from services.router.providers.chat_shapes import (
     ChunkMaker,
-    ContentPart,
-    FunctionDef,
-    Message,
     choice,
     completion,
     dumps,
     embedding_inputs,
+    function_of,
     max_tokens_of,
     messages_of,
     short_hash,
@@ -49,23 +47,20 @@ from services.router.providers.chat_shapes import (
 )
 from shared.errors import ContextLengthExceeded, GatewayError, InvalidRequestError, UpstreamError, error_for_status
 from shared.schemas.chat import Usage
-from shared.schemas.openai import ChatCompletionRequest, EmbeddingsRequest
+from shared.schemas.openai import (
+    ChatCompletionRequest,
+    ContentPart,
+    EmbeddingsRequest,
+    FunctionDef,
+    Message,
+    Prediction,
+    ResponseFormat,
+)
 
 _ENC = msgspec.json.Encoder()
 _MISTRAL_ID = re.compile(r"[A-Za-z0-9]{9}")
-_COPY = (
-    "temperature",
-    "top_p",
-    "presence_penalty",
-    "frequency_penalty",
-    "n",
-    "parallel_tool_calls",
-    "safe_prompt",
-    "prompt_mode",
-    "prompt_cache_key",
-    "guardrails",
-    "metadata",
-)
+# Mistral's own fields a client (extra_body) or a deployment's params may carry
+_PASSTHROUGH = ("safe_prompt", "prompt_mode", "guardrails")
 _EFFORT = {"none": "none", "minimal": "none", "low": "high", "medium": "high", "high": "high"}
 _FINISH = {"stop": "stop", "length": "length", "model_length": "length", "tool_calls": "tool_calls"}
 
@@ -115,9 +110,10 @@ def _message(message: Message, names: dict[str, str], i: int) -> JsonObj:
         out: JsonObj = {"role": "assistant", "content": text_of(message.content) or None}
         if message.tool_calls:
             calls: list[JsonObj] = []
-            for call in message.tool_calls:
-                names[call.id] = call.function.name
-                fn = {"name": call.function.name, "arguments": call.function.arguments or "{}"}
+            for j, call in enumerate(message.tool_calls):
+                function = function_of(call, f"messages[{i}].tool_calls[{j}]")
+                names[call.id] = function.name
+                fn = {"name": function.name, "arguments": function.arguments or "{}"}
                 calls.append({"id": mistral_id(call.id), "type": "function", "function": fn})
             out["tool_calls"] = calls
         if message.prefix:
@@ -143,63 +139,77 @@ def _tool(fn: FunctionDef) -> JsonObj:
     return {"type": "function", "function": spec}
 
 
-def _response_format(fmt: object) -> JsonObj | None:
-    if not isinstance(fmt, dict):
+def _response_format(fmt: ResponseFormat | None) -> JsonObj | None:
+    if fmt is None:
         return None
-    kind = fmt.get("type")
-    if kind in {"text", "json_object"}:
-        return {"type": kind}
-    spec = fmt.get("json_schema")
-    if kind == "json_schema" and isinstance(spec, dict) and isinstance(spec.get("schema"), dict):
-        out: JsonObj = {"name": spec.get("name") or "response", "schema": spec["schema"]}
-        for key in ("strict", "description"):
-            if spec.get(key) is not None:
-                out[key] = spec[key]
+    if fmt.type in {"text", "json_object"}:
+        return {"type": fmt.type}
+    spec = fmt.json_schema
+    if fmt.type == "json_schema" and spec is not None and spec.schema is not None:
+        out: JsonObj = {"name": spec.name or "response", "schema": spec.schema}
+        if spec.strict is not None:
+            out["strict"] = spec.strict
+        if spec.description is not None:
+            out["description"] = spec.description
         return {"type": "json_schema", "json_schema": out}
     raise InvalidRequestError("Unsupported 'response_format' for Mistral.", param="response_format")
 
 
-def build_request(payload: Mapping[str, object], model: str, *, stream: bool) -> JsonObj:
-    """The Mistral chat body for an OpenAI chat body (deployment params already merged)."""
+def _prediction(prediction: Prediction | None) -> JsonObj | None:
+    if prediction is None or prediction.content is None:
+        return None
+    content = prediction.content
+    text = content if isinstance(content, str) else "".join(p.text or "" for p in content)
+    return {"type": "content", "content": text}
+
+
+def build_request(req: ChatCompletionRequest, model: str, *, stream: bool) -> JsonObj:
+    """The Mistral chat body for an OpenAI chat request (deployment params already merged)."""
     names: dict[str, str] = {}
-    req: JsonObj = {"model": model, "messages": [_message(m, names, i) for i, m in enumerate(messages_of(payload))]}
-    for key in _COPY:
-        if payload.get(key) is not None:
-            req[key] = payload[key]
-    max_tokens = max_tokens_of(payload)
+    body: JsonObj = {"model": model, "messages": [_message(m, names, i) for i, m in enumerate(messages_of(req))]}
+    for key, value in (
+        ("temperature", req.temperature),
+        ("top_p", req.top_p),
+        ("presence_penalty", req.presence_penalty),
+        ("frequency_penalty", req.frequency_penalty),
+        ("n", req.n),
+        ("parallel_tool_calls", req.parallel_tool_calls),
+        *((k, req.extra.get(k)) for k in _PASSTHROUGH),
+        ("prompt_cache_key", req.prompt_cache_key),
+        ("metadata", req.metadata),
+    ):
+        if value is not None:
+            body[key] = value
+    max_tokens = max_tokens_of(req)
     if max_tokens is not None:
-        req["max_tokens"] = max_tokens
-    seed = payload.get("random_seed", payload.get("seed"))
+        body["max_tokens"] = max_tokens
+    seed = req.extra.get("random_seed", req.seed)
     if seed is not None:
-        req["random_seed"] = seed
-    stop = stop_list(payload)
+        body["random_seed"] = seed
+    stop = stop_list(req)
     if stop:
-        req["stop"] = stop
-    tools = tools_of(payload)
-    mode, allowed = tool_choice_of(payload)
+        body["stop"] = stop
+    tools = tools_of(req)
+    mode, allowed = tool_choice_of(req)
     if tools:
         if mode == "auto" and allowed:
             tools = [t for t in tools if t.name in allowed]
-        req["tools"] = [_tool(t) for t in tools]
+        body["tools"] = [_tool(t) for t in tools]
         if mode == "required" and len(allowed) == 1:
-            req["tool_choice"] = {"type": "function", "function": {"name": allowed[0]}}
+            body["tool_choice"] = {"type": "function", "function": {"name": allowed[0]}}
         else:
-            req["tool_choice"] = {"auto": "auto", "none": "none", "required": "any"}[mode]
-    fmt = _response_format(payload.get("response_format"))
+            body["tool_choice"] = {"auto": "auto", "none": "none", "required": "any"}[mode]
+    fmt = _response_format(req.response_format)
     if fmt is not None:
-        req["response_format"] = fmt
-    effort = payload.get("reasoning_effort")
-    if isinstance(effort, str) and effort in _EFFORT:
-        req["reasoning_effort"] = _EFFORT[effort]
-    prediction = payload.get("prediction")
-    if isinstance(prediction, dict) and isinstance(prediction.get("content"), str | list):
-        content = prediction["content"]
-        if isinstance(content, list):
-            content = "".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
-        req["prediction"] = {"type": "content", "content": content}
+        body["response_format"] = fmt
+    if req.reasoning_effort in _EFFORT:
+        body["reasoning_effort"] = _EFFORT[req.reasoning_effort]
+    prediction = _prediction(req.prediction)
+    if prediction is not None:
+        body["prediction"] = prediction
     if stream:
-        req["stream"] = True
-    return req
+        body["stream"] = True
+    return body
 
 
 # --- responses -------------------------------------------------------------------------------------
@@ -375,12 +385,11 @@ class MistralTranslator(Translator):
     supports_embeddings = True
 
     def chat_request(self, req: ChatCompletionRequest, target: Target, *, stream: bool) -> UpstreamRequest:
-        payload = merge_params(req, target)
         return UpstreamRequest(
             "POST",
             f"{target.api_base.rstrip('/')}/v1/chat/completions",
             _headers(target, stream),
-            _ENC.encode(build_request(payload, target.model, stream=stream)),
+            _ENC.encode(build_request(with_params(req, target), target.model, stream=stream)),
         )
 
     def parse_chat(self, data: bytes, target: Target, response_id: str, created: int) -> JsonObj | bytes:
@@ -413,18 +422,16 @@ class MistralTranslator(Translator):
         return MistralStream(target, response_id, created)
 
     def embeddings_request(self, req: EmbeddingsRequest, target: Target) -> UpstreamRequest:
-        payload = merge_params(req, target)
-        inputs = embedding_inputs(payload)
-        out: JsonObj = {
-            "model": target.model,
-            "input": payload["input"] if isinstance(payload["input"], str) else inputs,
-        }
-        if isinstance(payload.get("dimensions"), int):
-            out["output_dimension"] = payload["dimensions"]
-        if payload.get("encoding_format") in {"float", "base64"}:
-            out["encoding_format"] = payload["encoding_format"]
-        if isinstance(payload.get("output_dtype"), str):
-            out["output_dtype"] = payload["output_dtype"]
+        req = with_params(req, target)
+        inputs = embedding_inputs(req)
+        out: JsonObj = {"model": target.model, "input": req.input if isinstance(req.input, str) else inputs}
+        if req.dimensions is not None:
+            out["output_dimension"] = req.dimensions
+        if req.encoding_format in {"float", "base64"}:
+            out["encoding_format"] = req.encoding_format
+        output_dtype = req.extra.get("output_dtype")
+        if isinstance(output_dtype, str):
+            out["output_dtype"] = output_dtype
         return UpstreamRequest(
             "POST", f"{target.api_base.rstrip('/')}/v1/embeddings", _headers(target, False), _ENC.encode(out)
         )

@@ -16,6 +16,7 @@ from services.router.providers.base import (
     Translator,
     UpstreamRequest,
     openai_usage,
+    with_params,
 )
 from shared.errors import UpstreamError
 from shared.schemas.openai import ChatCompletionRequest, EmbeddingsRequest, StreamOptions, to_json
@@ -70,7 +71,7 @@ class OpenAITranslator(Translator):
     supports_embeddings = True
 
     def chat_request(self, req: ChatCompletionRequest, target: Target, *, stream: bool) -> UpstreamRequest:
-        out = msgspec.structs.replace(req, model=target.model)
+        out = msgspec.structs.replace(with_params(req, target), model=target.model)
         if stream:
             # usage is always requested so every streamed request is accounted; the router drops the
             # usage chunk again when the client did not ask for it
@@ -80,7 +81,7 @@ class OpenAITranslator(Translator):
                 include_usage=True, include_obfuscation=opts.include_obfuscation if opts else None
             )
         return UpstreamRequest(
-            "POST", f"{target.api_base.rstrip('/')}/chat/completions", _headers(target), to_json(out, target.params)
+            "POST", f"{target.api_base.rstrip('/')}/chat/completions", _headers(target), to_json(out)
         )
 
     def parse_chat(self, data: bytes, target: Target, response_id: str, created: int) -> JsonObj | bytes:
@@ -90,10 +91,8 @@ class OpenAITranslator(Translator):
         return OpenAIStream(target, response_id, created)
 
     def embeddings_request(self, req: EmbeddingsRequest, target: Target) -> UpstreamRequest:
-        out = msgspec.structs.replace(req, model=target.model)
-        return UpstreamRequest(
-            "POST", f"{target.api_base.rstrip('/')}/embeddings", _headers(target), to_json(out, target.params)
-        )
+        out = msgspec.structs.replace(with_params(req, target), model=target.model)
+        return UpstreamRequest("POST", f"{target.api_base.rstrip('/')}/embeddings", _headers(target), to_json(out))
 
     def parse_embeddings(self, data: bytes, target: Target) -> JsonObj | bytes:
         return data

@@ -50,8 +50,8 @@ def _target(model: str) -> Target:
 
 
 def build_request(payload: dict[str, Any], model: str, *, stream: bool) -> dict[str, Any]:
-    """The translator's request body, typed for the assertions."""
-    return _build_request(payload, model, stream=stream)
+    """The translator's request body for a test's chat body, typed for the assertions."""
+    return _build_request(canonical(payload), model, stream=stream)
 
 
 # --- requests ---------------------------------------------------------------------------------------

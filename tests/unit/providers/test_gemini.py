@@ -64,8 +64,8 @@ def _body(req: Any) -> dict[str, Any]:
 
 
 def build_request(payload: dict[str, Any], model: str) -> dict[str, Any]:
-    """The translator's request body, typed for the assertions."""
-    return _build_request(payload, model)
+    """The translator's request body for a test's chat body, typed for the assertions."""
+    return _build_request(canonical(payload), model)
 
 
 # --- requests ---------------------------------------------------------------------------------------

@@ -328,6 +328,40 @@ def test_refusal_and_empty_completion() -> None:
     assert empty["usage"]["input_tokens"] == 0 and empty["usage"]["output_tokens"] == 0
 
 
+def test_completion_bytes_are_read_typed_parsed_arguments_and_legacy_call_included() -> None:
+    parsed = completion({"tool_calls": [{"id": "c", "function": {"name": "f", "arguments": {"a": 1}}}]}, "tool_calls")
+    assert am.from_chat(json.dumps(parsed).encode(), "m")["content"] == [
+        {"type": "tool_use", "id": "c", "name": "f", "input": {"a": 1}}
+    ]
+    legacy = completion({"content": None, "function_call": {"name": "g", "arguments": '{"b": 2}'}}, "function_call")
+    assert am.from_chat(legacy, "m")["content"] == [
+        {"type": "tool_use", "id": "call_0", "name": "g", "input": {"b": 2}}
+    ]
+    empty_legacy = completion({"content": "hi", "function_call": {}}, "stop")
+    assert am.from_chat(empty_legacy, "m")["content"] == [{"type": "text", "text": "hi"}]
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b"not json",
+        completion({"content": 5}, "stop"),  # content is a string or parts
+        {"id": "x", "choices": {"0": {}}},
+    ],
+)
+def test_an_answer_that_is_not_a_chat_completion_is_the_upstreams_error(answer: Any) -> None:
+    with pytest.raises(UpstreamError, match="not a chat completion"):
+        am.from_chat(answer, "m")
+
+
+def test_a_chunk_that_does_not_fit_reads_empty_and_the_stream_goes_on() -> None:
+    stream = am.MessagesStream("m")
+    raw = stream.feed(chunk({"content": "a"})) + stream.feed(chunk({"content": ["not", "text"]}))
+    raw += stream.feed(chunk({"content": "b"}, "stop")) + stream.finish()
+    text = "".join(d["delta"]["text"] for e, d in frames(raw) if e == "content_block_delta")
+    assert text == "ab"
+
+
 # ---------------------------------------------------------------- stream
 
 
