@@ -199,6 +199,21 @@ def test_the_embedded_reader_connection_itself_cannot_write_or_read_files(data: 
             with pytest.raises(Exception, match=r"(?i)readonly"):
                 client.query(query)
         assert client.query("SELECT count() FROM requests").result_rows == [(3,)]
+        # the session is the reader's own: the writer on the same path still writes, and the reader sees it
+        writer = ClickHouseSink(f"chdb://{data}")
+
+        async def write(*statements: str) -> None:
+            for statement in statements:
+                await writer.command(statement)
+
+        try:
+            asyncio.run(
+                write("CREATE TABLE writer_check (x UInt8) ENGINE = Memory", "INSERT INTO writer_check VALUES (7)")
+            )
+            assert client.query("SELECT sum(x) FROM writer_check").result_rows == [(7,)]
+            asyncio.run(write("DROP TABLE writer_check"))
+        finally:
+            asyncio.run(writer.close())
     finally:
         client.close()
 

@@ -29,7 +29,7 @@ def test_limits_become_clickhouse_settings_and_overflow_cuts_instead_of_failing(
 def test_a_server_reader_gets_the_limits_per_query_and_the_write_identity_also_readonly() -> None:
     limits = QueryLimits(max_rows=50)
     reader = ClickHouseSink("http://w:pw@ch:8123/gatehouse", query_dsn="http://r:pw@ch:8123/gatehouse", limits=limits)
-    assert "readonly" not in reader.query_settings(10)  # gatehouse_reader's profile pins it (readonly=2, constant)
+    assert "readonly" not in reader.query_settings(10)  # gatehouse_reader's profile pins it (readonly=1)
     assert reader.query_settings(10)["max_result_rows"] == 11  # one more than asked: a cut result shows as cut
     writer = ClickHouseSink("http://w:pw@ch:8123/gatehouse", limits=limits)
     assert next(iter(writer.query_settings(10))) == "readonly" and writer.query_settings(10)["readonly"] == 2
