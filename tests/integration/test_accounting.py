@@ -198,3 +198,26 @@ async def test_sql_subject_answers_reads_and_refuses_writes(
     log = accounting.log.read_text()
     assert "Received" not in log and "Processed" not in log
     assert "schema up to date" in log
+
+
+async def test_the_reproduced_holes_stay_closed_over_the_bus(
+    nats_server: NatsServer, subjects: Subjects, tmp_path: Path
+) -> None:
+    """`gatehouse sql`'s path: the environment (provider keys) and INTO OUTFILE behind a comment trick are
+    refused, and a result larger than a NATS message is cut instead of never answering."""
+    canary = f"sk-canary-{uuid.uuid4().hex}"
+    accounting = AccountingProcess(nats_server.url, subjects, tmp_path, OPENAI_API_KEY=canary)
+    accounting.start()
+    url, prefix = nats_server.url, subjects.prefix
+    try:
+        assert await sql(url, subjects, "SELECT count() FROM requests") == [[0]]
+        environ = await run_sql(url, prefix, "SELECT file('/proc/self/environ')")
+        assert environ.error.startswith("query refused: function file() is not allowed")
+        assert canary.encode() not in encode(environ)
+        out = tmp_path / "outfile.txt"
+        outfile = await run_sql(url, prefix, f"SELECT 1 // '\nINTO OUTFILE '{out}' -- '")
+        assert outfile.error.startswith("query refused: INTO OUTFILE is not allowed") and not out.exists()
+        big = await run_sql(url, prefix, "SELECT repeat('x', 1000) FROM numbers(100000)", timeout=15)
+        assert big.error == "" and big.truncated and 100 < len(big.rows) < 10_000
+    finally:
+        assert accounting.stop() == 0
