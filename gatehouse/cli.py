@@ -169,6 +169,8 @@ def sql(
         for row in result.rows:
             table.add_row(*("" if v is None else str(v) for v in row))
         console.print(table)
+    if result.truncated:
+        err.print(f"[yellow]the result was cut after {len(result.rows)} rows (row or reply size limit)[/yellow]")
 
 
 @app.command("hash-key")

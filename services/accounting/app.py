@@ -1,8 +1,9 @@
 """accounting: `<p>.events.>` (JetStream, one durable pull consumer) → ClickHouse rows, acked after the insert;
 `<p>.accounting.sql` (SqlQuery, queue group `accounting`) → SqlResult.
 
-Owns the ClickHouse schema (migrations at startup), prices usage, and answers read-only analytics
-queries for the other processes (an embedded chDB path can be opened by one process only).
+Owns the ClickHouse schema (migrations at startup), prices usage, and answers analytics queries for the
+other processes (an embedded chDB path can be opened by one process only): parsed by ClickHouse, judged by
+`sqlpolicy`, run on a read-only connection with time, row, byte and memory limits (`analytics`).
 """
 
 from __future__ import annotations
@@ -13,16 +14,16 @@ from pathlib import Path
 
 from faststream import FastStream
 
-from services.accounting import migrations
+from services.accounting import analytics, migrations
+from services.accounting.analytics import QueryLimits, QueryRefused
 from services.accounting.consumer import EventConsumer
-from services.accounting.readonly import check_read_only
 from services.accounting.settings import AccountingSettings
 from services.accounting.sink import ClickHouseSink, redact_dsn
 from shared.bus import ensure_events_stream
 from shared.config import load_config
 from shared.natsconn import nats_broker
 from shared.schemas.admin import SqlQuery, SqlResult
-from shared.subjects import Service, Subjects, encode
+from shared.subjects import Service, Subjects
 
 log = logging.getLogger("gatehouse.accounting")
 
@@ -33,10 +34,17 @@ def create_app(settings: AccountingSettings) -> FastStream:
     subjects = Subjects(settings.subject_prefix)
     # log_level is the level FastStream logs each message at: DEBUG keeps them out of an INFO log
     broker = nats_broker(settings.nats_link())
+    limits = QueryLimits(
+        timeout_s=settings.query_timeout_s,
+        max_rows=settings.query_max_rows,
+        max_result_bytes=settings.query_max_result_bytes,
+        max_memory_bytes=settings.query_max_memory_bytes,
+    )
     sink = ClickHouseSink(
         settings.clickhouse_dsn or config.accounting.clickhouse_dsn,
-        query_timeout_s=settings.query_timeout_s,
-        query_max_rows=settings.query_max_rows,
+        query_dsn=settings.query_dsn.get_secret_value() if settings.query_dsn else None,
+        limits=limits,
+        readable=migrations.tables(schema),
     )
     kinds = {name: p.kind for name, p in config.providers.items()}
     running: list[tuple[EventConsumer, asyncio.Task[None]]] = []
@@ -44,7 +52,7 @@ def create_app(settings: AccountingSettings) -> FastStream:
 
     @broker.subscriber(sql.name, queue=sql.queue)
     async def on_sql(body: bytes) -> bytes:
-        return sql.encode_reply(await answer(sink, sql, body))
+        return sql.encode_reply(await answer(sink, sql, body, max_reply_bytes=settings.query_max_reply_bytes))
 
     app = FastStream(broker, logger=log)
 
@@ -69,6 +77,13 @@ def create_app(settings: AccountingSettings) -> FastStream:
         )
         running.append((consumer, asyncio.create_task(consumer.run(), name="accounting-consumer")))
         log.info("accounting writes to %s", redact_dsn(sink.dsn))
+        if sink.query_dsn:
+            log.info("analytics queries run as %s", redact_dsn(sink.query_dsn))
+        elif not sink.embedded:
+            log.warning(
+                "analytics queries run as the write identity (readonly=2 per query): set "
+                "GATEHOUSE_ACCOUNTING_QUERY_DSN to a gatehouse_reader DSN (deploy/clickhouse/users.d)"
+            )
 
     @app.on_shutdown
     async def _stop() -> None:
@@ -86,19 +101,19 @@ def create_app(settings: AccountingSettings) -> FastStream:
     return app
 
 
-async def answer(sink: ClickHouseSink, subject: Service[SqlQuery, SqlResult], body: bytes) -> SqlResult:
+async def answer(
+    sink: ClickHouseSink, subject: Service[SqlQuery, SqlResult], body: bytes, *, max_reply_bytes: int = 1_000_000
+) -> SqlResult:
     """The reply to one analytics query message: rows, or an error string; never an exception."""
     try:
         query = subject.decode(body)
     except Exception:
         return SqlResult(error="malformed query message (expected a msgpack SqlQuery)")
-    refused = check_read_only(query.sql)
-    if refused:
-        return SqlResult(error=f"query refused: {refused}")
     try:
-        columns, rows = await sink.query(query.sql, query.max_rows)
-        encode(rows)  # anything msgpack cannot carry fails here, as a query error, not a lost reply
+        result = analytics.fit(await sink.query(query.sql, query.max_rows), max_reply_bytes)
+    except QueryRefused as exc:
+        return SqlResult(error=f"query refused: {exc}")
     except Exception as exc:
-        text = str(exc).strip()
-        return SqlResult(error=f"query failed: {text.splitlines()[0][:500] if text else type(exc).__name__}")
-    return SqlResult(columns=columns, rows=rows)
+        text = " ".join(str(exc).split())
+        return SqlResult(error=f"query failed: {text[:500] if text else type(exc).__name__}")
+    return SqlResult(columns=result.columns, rows=result.rows, truncated=result.truncated)

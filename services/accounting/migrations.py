@@ -13,9 +13,12 @@ from pathlib import Path
 
 MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "deploy" / "clickhouse" / "migrations"
 _NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
+# what a statement of our own migrations creates (not user input: the files ship with the code)
+_CREATES = re.compile(r"^CREATE\s+(?:TABLE|(?:MATERIALIZED\s+)?VIEW)\s+IF\s+NOT\s+EXISTS\s+(\w+)", re.IGNORECASE)
+LEDGER = "schema_migrations"
 
 LEDGER_DDL = (
-    "CREATE TABLE IF NOT EXISTS schema_migrations "
+    f"CREATE TABLE IF NOT EXISTS {LEDGER} "
     "(version UInt32, name String, applied_at DateTime64(3, 'UTC') DEFAULT now64(3)) "
     "ENGINE = MergeTree ORDER BY version"
 )
@@ -70,3 +73,9 @@ def load(directory: Path = MIGRATIONS_DIR) -> list[Migration]:
 def pending(all_migrations: list[Migration], applied: set[int]) -> list[Migration]:
     """The migrations still to apply, in version order."""
     return [m for m in all_migrations if m.version not in applied]
+
+
+def tables(all_migrations: list[Migration]) -> frozenset[str]:
+    """The tables and views the migrations create, plus the ledger: what analytics queries may read."""
+    names = {m.group(1) for mig in all_migrations for s in mig.statements if (m := _CREATES.match(s))}
+    return frozenset({*names, LEDGER})

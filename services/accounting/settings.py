@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared.natsconn import NatsLink
@@ -38,11 +38,27 @@ class AccountingSettings(BaseSettings):
     # pause before retrying a batch whose insert failed (ClickHouse down); doubles up to the max
     retry_s: float = Field(default=0.5, gt=0)
     retry_max_s: float = Field(default=15.0, gt=0)
-    # analytics queries: wall-clock limit and the most rows a reply carries
+    # analytics queries on a ClickHouse server run as this read-only identity (`gatehouse_reader`, see
+    # deploy/clickhouse/users.d); unset, they run as the write identity with readonly=2 per query.
+    # From the environment only: it carries a password. Embedded chDB needs none (its reader is built in)
+    query_dsn: SecretStr | None = None
+    # analytics queries: wall-clock limit, the most rows a reply carries, memory in ClickHouse
     query_timeout_s: float = Field(default=20.0, gt=0)
     query_max_rows: int = Field(default=100_000, gt=0)
+    query_max_memory_bytes: int = Field(default=2**30, gt=0)
+    # the largest reply on the bus, below NATS max_payload (1 MiB by default): longer results are cut, and say so
+    query_max_reply_bytes: int = Field(default=1_000_000, ge=4096)
+    # ClickHouse stops a result past this many bytes (block by block): a memory backstop. It must be far above
+    # the reply size, so that any result it cuts is also cut, and flagged, by query_max_reply_bytes
+    query_max_result_bytes: int = Field(default=128 * 2**20, gt=0)
     # how long a graceful stop waits for the in-flight batch to be stored
     shutdown_timeout_s: float = Field(default=20.0, gt=0)
+
+    @model_validator(mode="after")
+    def _result_bytes_above_reply(self) -> AccountingSettings:
+        if self.query_max_result_bytes < 32 * self.query_max_reply_bytes:
+            raise ValueError("query_max_result_bytes must be at least 32 times query_max_reply_bytes")
+        return self
 
     @property
     def nats_servers(self) -> list[str]:

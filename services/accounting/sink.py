@@ -1,13 +1,16 @@
 """The accounting service's only I/O with ClickHouse (clickhouse-connect: embedded chDB or a server).
 
-chDB has no async client and one process per data path, so every call runs on one worker thread:
-inserts never block the event loop, and queries never race an insert on the same client.
+Two connections: the writer (migrations, inserts) and the reader (analytics, see `analytics`), which is a
+read-only identity: on a server the `gatehouse_reader` user of `query_dsn` (deploy/clickhouse/users.d), in
+embedded chDB a connection of its own whose session is `readonly = 1`.
+
+chDB has no async client and one process per data path, so every chDB call runs on one worker thread:
+inserts never block the event loop, and queries never race an insert. A server reader has its own thread.
 """
 
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -18,30 +21,12 @@ from urllib.parse import urlsplit, urlunsplit
 import clickhouse_connect
 from clickhouse_connect.driver.client import Client
 
-from services.accounting import migrations
+from services.accounting import analytics, migrations
+from services.accounting.analytics import Answer, QueryLimits
 from services.accounting.core import COLUMNS, sql_string_list
 
 log = logging.getLogger("gatehouse.accounting.sink")
 T = TypeVar("T")
-
-_INT64_MIN, _UINT64_MAX = -(2**63), 2**64 - 1
-
-
-def plain(value: object) -> object:
-    """A ClickHouse value as msgpack-safe data: str/int/float/bool/None, lists and maps of them; else a string."""
-    if value is None or isinstance(value, str | bool | float):
-        return value
-    if isinstance(value, int):
-        return value if _INT64_MIN <= value <= _UINT64_MAX else str(value)  # Int128/256 do not fit msgpack
-    if isinstance(value, list | tuple):
-        return [plain(v) for v in value]
-    if isinstance(value, dict):
-        return {str(k): plain(v) for k, v in value.items()}
-    if isinstance(value, dt.datetime | dt.date | dt.time):
-        return value.isoformat()
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "replace")
-    return str(value)  # Decimal (exactly), UUID, IP addresses, …
 
 
 def normalise_dsn(dsn: str) -> str:
@@ -70,15 +55,24 @@ class ClickHouseSink:
         self,
         dsn: str,
         *,
-        query_timeout_s: float = 20.0,
-        query_max_rows: int = 100_000,
+        query_dsn: str | None = None,
+        limits: QueryLimits | None = None,
+        readable: frozenset[str] = frozenset(),
     ) -> None:
+        """`readable`: the tables analytics queries may read; `query_dsn`: the reader identity on a server."""
         self.dsn = normalise_dsn(dsn)
         self.embedded = self.dsn.startswith("chdb://")
-        self._query_timeout_s = query_timeout_s
-        self._query_max_rows = query_max_rows
+        if query_dsn is not None and (self.embedded or not query_dsn.startswith(("http://", "https://"))):
+            raise ValueError("query_dsn is an http(s):// DSN of a ClickHouse server, for a server clickhouse_dsn")
+        self.query_dsn = query_dsn
+        self._limits = limits or QueryLimits()
+        self._readable = readable
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clickhouse")
+        self._query_pool = (
+            self._pool if self.embedded else ThreadPoolExecutor(max_workers=1, thread_name_prefix="clickhouse-query")
+        )
         self._client: Client | None = None
+        self._reader: Client | None = None
 
     async def _run(self, fn: Callable[..., T], *args: object) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
@@ -146,29 +140,43 @@ class ClickHouseSink:
         return await self._run(self._insert_new, batches)
 
     # ---- analytics ---------------------------------------------------------------------------
-    def _query(self, sql: str, max_rows: int) -> tuple[list[str], list[list[object]]]:
-        limit = max(1, min(max_rows, self._query_max_rows))
-        settings: dict[str, object] = {
-            # chDB reads local files through table functions unless readonly=1; a server confines
-            # those to user_files, and readonly=2 lets the client send its own session settings
-            "readonly": 1 if self.embedded else 2,
-            "max_execution_time": self._query_timeout_s,
-            "max_result_rows": limit,
-            "result_overflow_mode": "break",
-        }
-        result = self._connect().query(sql, settings=settings)
-        rows = [[plain(v) for v in row] for row in result.result_rows[:limit]]
-        return list(result.column_names), rows
+    def _connect_reader(self) -> Client:
+        if self._reader is None:
+            if self.embedded:
+                self._reader = analytics.open_embedded_reader(self.dsn, self._limits)
+            else:
+                self._reader = clickhouse_connect.get_client(dsn=self.query_dsn or self.dsn)
+        return self._reader
 
-    async def query(self, sql: str, max_rows: int) -> tuple[list[str], list[list[object]]]:
-        """Run an analytics query read-only (the caller has checked it); columns and at most max_rows rows."""
-        return await self._run(self._query, sql, max_rows)
+    def query_settings(self, max_rows: int) -> dict[str, object]:
+        """Per-query settings: none for chDB (its reader session holds them), the limits for a server."""
+        if self.embedded:
+            return {}
+        limits = self._limits.settings(max_rows + 1)  # one more than asked, so a cut result is seen as cut
+        if self.query_dsn:
+            return limits  # gatehouse_reader's profile is read-only and bounds these by constraints
+        # no reader identity configured: the write identity, read-only for this query
+        return {"readonly": 2, **limits}
+
+    def _query(self, sql: str, max_rows: int) -> Answer:
+        limit = max(1, min(max_rows, self._limits.max_rows))
+        return analytics.run(
+            self._connect_reader(), sql, limit, tables=self._readable, settings=self.query_settings(limit)
+        )
+
+    async def query(self, sql: str, max_rows: int) -> Answer:
+        """Check and run one analytics query on the reader connection; analytics.QueryRefused if not allowed."""
+        return await asyncio.get_running_loop().run_in_executor(self._query_pool, self._query, sql, max_rows)
 
     async def close(self) -> None:
+        if self._query_pool is not self._pool:
+            await asyncio.to_thread(self._query_pool.shutdown, wait=True)  # a query in flight ends first
+
         def _close() -> None:
-            if self._client is not None:
-                self._client.close()
-                self._client = None
+            for client in (self._reader, self._client):
+                if client is not None:
+                    client.close()
+            self._client = self._reader = None
 
         try:
             await self._run(_close)

@@ -15,6 +15,8 @@ class SqlResult(msgspec.Struct, frozen=True, kw_only=True):
     # values are JSON-like: str, int, float, bool, None, and lists/maps of them (ClickHouse arrays, maps)
     rows: list[list[object]] = []
     error: str = ""
+    # the result had more rows than the reply carries (max_rows, the service's cap or the reply size)
+    truncated: bool = False
 
 
 class ScanRequest(msgspec.Struct, frozen=True, kw_only=True):

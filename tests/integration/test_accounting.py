@@ -181,18 +181,18 @@ async def test_sql_subject_answers_reads_and_refuses_writes(
     [[event_id, received_at, decimal, tags]] = ok.rows
     assert event_id == "only" and isinstance(received_at, str) and decimal == "1.50" and tags == {}
     assert (await run_sql(url, prefix, "SHOW TABLES")).error == ""
-    limited = await run_sql(url, prefix, "SELECT number FROM system.numbers")  # endless, cut by max_rows
-    assert limited.error == "" and len(limited.rows) == 10_000
+    limited = await run_sql(url, prefix, "SELECT number FROM numbers(1e15)")  # endless in practice, cut by max_rows
+    assert limited.error == "" and len(limited.rows) == 10_000 and limited.truncated
+    whole = await run_sql(url, prefix, "SELECT number FROM numbers(3)")
+    assert whole.rows == [[0], [1], [2]] and not whole.truncated
 
     for statement in ("DROP TABLE requests", "SELECT 1; DROP TABLE requests", "INSERT INTO requests (event_id) "
-                      "VALUES ('x')", "SELECT 1 INTO OUTFILE '/tmp/gatehouse-outfile.txt'"):  # fmt: skip
+                      "VALUES ('x')", "SELECT 1 INTO OUTFILE '/tmp/gatehouse-outfile.txt'", "SELECT * FROM "
+                      "file('/etc/hostname', 'LineAsString')", "SELECT * FROM system.settings"):  # fmt: skip
         refused = await run_sql(url, prefix, statement)
         assert refused.error.startswith("query refused"), statement
-    # what the gate lets through, ClickHouse's readonly mode stops: no local files through table functions
-    readfile = await run_sql(url, prefix, "SELECT * FROM file('/etc/hostname', 'LineAsString')")
-    assert readfile.error.startswith("query failed") and "readonly" in readfile.error.lower()
-    broken = await run_sql(url, prefix, "SELECT nope FROM nowhere")
-    assert broken.error.startswith("query failed")
+    broken = await run_sql(url, prefix, "SELECT nope FROM requests")
+    assert broken.error.startswith("query failed") and "nope" in broken.error
     # still serving, and nothing was dropped
     assert await sql(url, subjects, "SELECT count() FROM requests") == [[1]]
     assert accounting.stop() == 0
@@ -200,3 +200,26 @@ async def test_sql_subject_answers_reads_and_refuses_writes(
     log = accounting.log.read_text()
     assert "Received" not in log and "Processed" not in log
     assert "schema up to date" in log
+
+
+async def test_the_reproduced_holes_stay_closed_over_the_bus(
+    nats_server: NatsServer, subjects: Subjects, tmp_path: Path
+) -> None:
+    """`gatehouse sql`'s path: the environment (provider keys) and INTO OUTFILE behind a comment trick are
+    refused, and a result larger than a NATS message is cut instead of never answering."""
+    canary = f"sk-canary-{uuid.uuid4().hex}"
+    accounting = AccountingProcess(nats_server.url, subjects, tmp_path, OPENAI_API_KEY=canary)
+    accounting.start()
+    url, prefix = nats_server.url, subjects.prefix
+    try:
+        assert await sql(url, subjects, "SELECT count() FROM requests") == [[0]]
+        environ = await run_sql(url, prefix, "SELECT file('/proc/self/environ')")
+        assert environ.error.startswith("query refused: function file() is not allowed")
+        assert canary.encode() not in encode(environ)
+        out = tmp_path / "outfile.txt"
+        outfile = await run_sql(url, prefix, f"SELECT 1 // '\nINTO OUTFILE '{out}' -- '")
+        assert outfile.error.startswith("query refused: INTO OUTFILE is not allowed") and not out.exists()
+        big = await run_sql(url, prefix, "SELECT repeat('x', 1000) FROM numbers(100000)", timeout=15)
+        assert big.error == "" and big.truncated and 100 < len(big.rows) < 10_000
+    finally:
+        assert accounting.stop() == 0

@@ -40,9 +40,13 @@ async def bus(nats_server: NatsServer, subjects: Subjects) -> AsyncIterator[tupl
 
 @pytest.fixture
 async def sink(tmp_path: Path) -> AsyncIterator[ClickHouseSink]:
-    sink = ClickHouseSink(f"chdb://{tmp_path / 'clickhouse'}")
+    sink = ClickHouseSink(f"chdb://{tmp_path / 'clickhouse'}", readable=migrations.tables(migrations.load()))
     yield sink
     await sink.close()  # chDB: one data path per process at a time, so close before the next test
+
+
+async def rows_of(sink: ClickHouseSink, sql: str, max_rows: int) -> list[list[object]]:
+    return (await sink.query(sql, max_rows)).rows
 
 
 def consumer_for(
@@ -131,9 +135,9 @@ async def test_clickhouse_outage_holds_the_batch_without_redelivery_and_loses_no
         await until(lambda: consumer.stored["requests"] == 50)
         await until(lambda: _acked_all(js, subjects))
 
-    _, rows = await sink.query("SELECT count(), uniqExact(event_id) FROM requests", 10)
+    rows = await rows_of(sink, "SELECT count(), uniqExact(event_id) FROM requests", 10)
     assert rows == [[50, 50]]
-    _, stored = await sink.query("SELECT event_id FROM requests", 100)
+    stored = await rows_of(sink, "SELECT event_id FROM requests", 100)
     assert {r[0] for r in stored} == set(first + during)
     # work-queue stream: what is stored and acked is gone from NATS
     assert (await js.stream_info(subjects.events_stream)).state.messages == 0
@@ -166,10 +170,10 @@ async def test_a_batch_stored_by_a_process_that_died_before_acking_is_not_stored
     async with running(consumer):
         await until(lambda: _acked_all(js, subjects))
     assert consumer.stored["requests"] == 10 and consumer.skipped == 10
-    _, counts = await sink.query("SELECT count(), uniqExact(event_id) FROM requests", 10)
+    counts = await rows_of(sink, "SELECT count(), uniqExact(event_id) FROM requests", 10)
     assert counts == [[20, 20]]
     # the materialized rollup saw each event once too (a duplicate insert would count it twice)
-    _, rollup = await sink.query("SELECT sum(requests) FROM requests_per_minute", 10)
+    rollup = await rows_of(sink, "SELECT sum(requests) FROM requests_per_minute", 10)
     assert rollup == [[20]]
 
 
@@ -186,7 +190,7 @@ async def test_events_that_can_never_be_stored_are_dropped_without_blocking_the_
         await until(lambda: consumer.stored.get("requests", 0) == 10)
         await until(lambda: _acked_all(js, subjects))
     assert consumer.dropped == 2
-    _, rows = await sink.query("SELECT count() FROM requests", 10)
+    rows = await rows_of(sink, "SELECT count() FROM requests", 10)
     assert rows == [[10]]
 
 
@@ -206,7 +210,7 @@ async def test_a_row_clickhouse_cannot_encode_is_isolated_and_the_others_are_sto
     stored = await consumer._store(items)  # the batch path after decoding (private: no event can reach it)
     assert stored is not None and [i.row[0] for i in stored] == ["e0", "e1", "e2", "e4"]
     assert consumer.dropped == 1
-    _, rows = await sink.query("SELECT event_id FROM requests ORDER BY event_id", 10)
+    rows = await rows_of(sink, "SELECT event_id FROM requests ORDER BY event_id", 10)
     assert rows == [["e0"], ["e1"], ["e2"], ["e4"]]
 
 
@@ -232,7 +236,7 @@ async def test_graceful_stop_stores_the_batch_in_hand(
         assert time.monotonic() - started < 3  # did not sit out the window
     assert consumer.stored["requests"] == 25
     await until(lambda: _acked_all(js, subjects), timeout=5)  # the server applies acks asynchronously
-    _, rows = await sink.query("SELECT count() FROM requests", 10)
+    rows = await rows_of(sink, "SELECT count() FROM requests", 10)
     assert rows == [[25]]
 
 
@@ -247,5 +251,5 @@ async def test_a_deleted_consumer_is_set_up_again(
         await js.delete_consumer(subjects.events_stream, "accounting")  # an operator's mistake
         await publish(js, subjects, ["after"])
         await until(lambda: consumer.stored.get("requests", 0) == 2)
-    _, rows = await sink.query("SELECT event_id FROM requests ORDER BY event_id", 10)
+    rows = await rows_of(sink, "SELECT event_id FROM requests ORDER BY event_id", 10)
     assert rows == [["after"], ["before"]]

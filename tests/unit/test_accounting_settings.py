@@ -29,3 +29,16 @@ def test_defaults_and_cluster_urls(monkeypatch: pytest.MonkeyPatch) -> None:
     assert settings.nats_servers == ["nats://a:1", "nats://b:2"]
     assert settings.subject_prefix == "gh" and settings.clickhouse_dsn is None
     assert settings.max_deliver >= 2
+
+
+def test_the_reader_dsn_comes_from_the_environment_and_stays_out_of_reprs(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GATEHOUSE_ACCOUNTING_QUERY_DSN", "http://gatehouse_reader:s3cret@ch:8123/gatehouse")
+    settings = AccountingSettings()
+    assert settings.query_dsn is not None
+    assert settings.query_dsn.get_secret_value() == "http://gatehouse_reader:s3cret@ch:8123/gatehouse"
+    assert "s3cret" not in repr(settings)
+
+
+def test_the_result_byte_backstop_stays_far_above_the_reply_size() -> None:
+    with pytest.raises(ValueError, match="query_max_result_bytes"):
+        AccountingSettings(query_max_result_bytes=2_000_000, query_max_reply_bytes=1_000_000)

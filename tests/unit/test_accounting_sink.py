@@ -10,7 +10,8 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from services.accounting.sink import normalise_dsn, plain, redact_dsn
+from services.accounting.analytics import plain
+from services.accounting.sink import normalise_dsn, redact_dsn
 
 
 def test_plain_stringifies_what_msgpack_cannot_carry_as_is() -> None:
