@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from gatehouse.launcher import Stack
-from gatehouse.natsserver import free_port, start_nats
+from gatehouse.natsserver import free_port, restart_nats
 from gatehouse.query import run_sql
 from shared.config import hash_key
 
@@ -59,7 +59,9 @@ def rows(stack: Stack, ids: list[str]) -> list[list[object]]:
     listed = ", ".join(f"'{i}'" for i in ids)
     query = f"SELECT request_id, status FROM requests WHERE request_id IN ({listed}) ORDER BY request_id"
     try:
-        result = asyncio.run(run_sql(stack.nats.url, stack.prefix, query, timeout=5))
+        result = asyncio.run(
+            run_sql(stack.nats.url, stack.prefix, query, timeout=5, seed_file=str(stack.admin_seed_file))
+        )
     except Exception:
         return []  # accounting is still reconnecting
     return result.rows if not result.error else []
@@ -84,7 +86,6 @@ def test_records_of_requests_served_while_nats_is_down_survive_an_ingress_kill(s
     assert wait_rows(stack, [ok.headers["x-request-id"]]) == [[ok.headers["x-request-id"], 200]]
 
     assert stack.nats is not None
-    port = stack.nats.port
     stack.nats.process.send_signal(signal.SIGKILL)
     stack.nats.process.wait(10)
     with ThreadPoolExecutor(5) as pool:
@@ -98,7 +99,7 @@ def test_records_of_requests_served_while_nats_is_down_survive_an_ingress_kill(s
     ingress.process.send_signal(signal.SIGKILL)
     ingress.process.wait(10)
 
-    stack.nats = start_nats(stack.data_dir / "nats", port=port, log_file=stack.data_dir / "logs" / "nats-2.log")
+    stack.nats = restart_nats(stack.nats)  # same port, data dir and config (roles and permissions)
     ingress.start()  # a new process: it adopts the dead one's spool and replays it
     assert stack.wait_ready(90)
     assert wait_rows(stack, ids) == [[i, 504] for i in ids], "every record once"
