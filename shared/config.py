@@ -42,6 +42,9 @@ class ProviderConfig(_Strict):
     headers: dict[str, str] = Field(default_factory=dict)
     timeout_s: float = Field(default=120.0, gt=0)
     connect_timeout_s: float = Field(default=5.0, gt=0)
+    # a client that speaks this provider's own protocol (Anthropic Messages to `anthropic`, OpenAI Responses
+    # to `openai`) has its request sent unchanged; turn off for an OpenAI-compatible server without /responses
+    passthrough: bool = True
     # mock provider only: simulated latency before the first token, and between stream chunks
     mock_latency_ms: float = Field(default=0.0, ge=0)
     mock_chunk_delay_ms: float = Field(default=0.0, ge=0)
