@@ -295,6 +295,7 @@ class Gateway:
         """The stream in the client's API; ends properly, or with an error event if it broke."""
         record.first_byte_ms = (time.monotonic() - record.started) * 1000
         sent = 0
+        relayed = 0  # events relayed in the client's own protocol (a pass-through stream)
         finished = False
         try:
             item: Reply = first
@@ -305,12 +306,14 @@ class Gateway:
                     out = b"".join(writer.feed(data) for data in item.items)
                 elif isinstance(item, NativeEvents):
                     out = b"".join(item.items)
+                    relayed += len(item.items)
                 elif isinstance(item, Result):
                     record.outcome = item.outcome
                     record.guard = item.guard or record.guard
                     if item.error is not None:
                         record.fail(item.error)
-                        out = writer.fail(item.error)
+                        # a native Result with an error: the provider's own error event was relayed already
+                        out = b"" if item.native else _failure(writer, item.error, relayed)
                     else:
                         out = b"" if item.native else writer.end()
                     sent += len(out)
@@ -332,7 +335,7 @@ class Gateway:
                     )
                     record.fail(info)
                     finished = True
-                    yield writer.fail(info, finished=False)
+                    yield writer.fail_native(info, relayed) if relayed else writer.fail(info, finished=False)
                     return
         finally:
             record.response_bytes = sent
@@ -367,6 +370,11 @@ class Gateway:
         task = asyncio.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+
+def _failure(writer: apis.StreamWriter, error: ErrorInfo, relayed: int) -> bytes:
+    """The end of a stream that broke: in the client's own protocol when it was relayed unchanged."""
+    return writer.fail_native(error, relayed) if relayed else writer.fail(error)
 
 
 def _tags(request: Request) -> dict[str, str]:

@@ -30,12 +30,14 @@ def int_of(value: object) -> int:
 
 @dataclass(frozen=True, slots=True)
 class TokenUsage:
-    """OpenAI usage: `prompt` includes `cached`, `completion` includes `reasoning`."""
+    """OpenAI usage: `prompt` includes `cached` (cache reads) and `cache_write`, `completion` includes
+    `reasoning`."""
 
     prompt: int = 0
     completion: int = 0
     cached: int = 0
     reasoning: int = 0
+    cache_write: int = 0
 
     @property
     def total(self) -> int:
@@ -50,6 +52,7 @@ def read_usage(value: object) -> TokenUsage | None:
         prompt=int_of(usage.get("prompt_tokens")),
         completion=int_of(usage.get("completion_tokens")),
         cached=int_of(obj(usage.get("prompt_tokens_details")).get("cached_tokens")),
+        cache_write=int_of(obj(usage.get("prompt_tokens_details")).get("cache_write_tokens")),
         reasoning=int_of(obj(usage.get("completion_tokens_details")).get("reasoning_tokens")),
     )
 
