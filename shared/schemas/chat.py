@@ -10,14 +10,17 @@ from shared.schemas.openai import ChatCompletionRequest, EmbeddingsRequest
 
 class Usage(msgspec.Struct, frozen=True, kw_only=True):
     """Token usage as the provider reported it, in the OpenAI convention: `input_tokens` includes the
-    input read from the prompt cache (`cached_tokens`) and the input written to it (`cache_write_tokens`);
-    `output_tokens` includes `reasoning_tokens`."""
+    input read from the prompt cache (`cached_tokens`) and the input written to it (`cache_write_tokens`,
+    of which `cache_write_1h_tokens` with a one-hour lifetime); `output_tokens` includes `reasoning_tokens`.
+    `web_search_requests` counts searches a provider ran itself (priced per search)."""
 
     input_tokens: int = 0
     output_tokens: int = 0
     cached_tokens: int = 0
     reasoning_tokens: int = 0
     cache_write_tokens: int = 0
+    cache_write_1h_tokens: int = 0
+    web_search_requests: int = 0
 
 
 class GuardFinding(msgspec.Struct, frozen=True, kw_only=True):

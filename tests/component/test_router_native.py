@@ -186,6 +186,7 @@ async def test_anthropic_request_reaches_the_provider_unchanged_and_its_answer_c
         output_tokens=u["output_tokens"],
         cached_tokens=u["cache_read_input_tokens"],
         cache_write_tokens=u["cache_creation_input_tokens"],
+        cache_write_1h_tokens=u["cache_creation"]["ephemeral_1h_input_tokens"],  # a tool is cached for an hour
     )
     assert result.outcome.usage.cached_tokens > 0 and result.outcome.usage.cache_write_tokens > 0
     assert result.outcome.finish_reason == "stop" and result.outcome.provider_kind == "anthropic"

@@ -7,7 +7,9 @@ keys the client left out); the client's `anthropic-version` wins over the deploy
 
 Answer: usage in gatehouse's (OpenAI) convention — Anthropic's `input_tokens` excludes the cache, so
 input = input_tokens + cache_read_input_tokens + cache_creation_input_tokens, with the reads as
-`cached_tokens` and the writes as `cache_write_tokens` — and `stop_reason` as a finish reason. A stream
+`cached_tokens` and the writes as `cache_write_tokens` (those with a one-hour lifetime, priced higher,
+also as `cache_write_1h_tokens`), web searches from `server_tool_use` — and `stop_reason` as a
+finish reason. A stream
 reports input usage in `message_start` and cumulative counts in `message_delta`; only those events (and
 `error`) are decoded, the text deltas are not.
 """
@@ -43,11 +45,21 @@ FINISH = {
 _ERRORS = AnthropicTranslator()  # stateless: reads Anthropic error objects into the taxonomy
 
 
+class _CacheCreation(msgspec.Struct):
+    ephemeral_1h_input_tokens: int | None = None
+
+
+class _ServerToolUse(msgspec.Struct):
+    web_search_requests: int | None = None
+
+
 class _Usage(msgspec.Struct):
     input_tokens: int | None = None
     output_tokens: int | None = None
     cache_creation_input_tokens: int | None = None
     cache_read_input_tokens: int | None = None
+    cache_creation: _CacheCreation | None = None
+    server_tool_use: _ServerToolUse | None = None
 
 
 class _Message(msgspec.Struct):
@@ -89,10 +101,11 @@ def request(native: NativeRequest, target: Target, *, stream: bool) -> UpstreamR
 
 
 class _Counts:
-    __slots__ = ("cache_creation", "cache_read", "input", "output")
+    __slots__ = ("cache_creation", "cache_creation_1h", "cache_read", "input", "output", "web_searches")
 
     def __init__(self) -> None:
         self.input = self.output = self.cache_read = self.cache_creation = 0
+        self.cache_creation_1h = self.web_searches = 0
 
     def update(self, u: _Usage) -> None:
         # message_delta counts are cumulative; absent (null) fields keep what message_start said
@@ -104,6 +117,10 @@ class _Counts:
             self.cache_read = u.cache_read_input_tokens
         if u.cache_creation_input_tokens is not None:
             self.cache_creation = u.cache_creation_input_tokens
+        if u.cache_creation is not None and u.cache_creation.ephemeral_1h_input_tokens is not None:
+            self.cache_creation_1h = u.cache_creation.ephemeral_1h_input_tokens
+        if u.server_tool_use is not None and u.server_tool_use.web_search_requests is not None:
+            self.web_searches = u.server_tool_use.web_search_requests
 
     def usage(self) -> Usage:
         return Usage(
@@ -111,6 +128,8 @@ class _Counts:
             output_tokens=self.output,
             cached_tokens=self.cache_read,
             cache_write_tokens=self.cache_creation,
+            cache_write_1h_tokens=min(self.cache_creation_1h, self.cache_creation),
+            web_search_requests=self.web_searches,
         )
 
 

@@ -5,7 +5,8 @@ Request: the client's body with only `model` replaced (deployment params that th
 documents, e.g. `store: false`, fill keys the client left out), with the client's `OpenAI-Beta` header.
 
 Answer: usage (`input_tokens` already includes `input_tokens_details.cached_tokens`; cache writes are
-`cache_write_tokens`; `output_tokens` includes the reasoning tokens) and a finish reason from the
+`cache_write_tokens`; `output_tokens` includes the reasoning tokens; `web_search_call` items are web
+searches) and a finish reason from the
 response's status. A stream is read from its terminal event (`response.completed`, `.incomplete` or
 `.failed`), which carries the whole response; the events before it are not decoded.
 """
@@ -110,9 +111,10 @@ def request(native: NativeRequest, target: Target, *, stream: bool) -> UpstreamR
     return UpstreamRequest("POST", f"{target.api_base.rstrip('/')}/responses", headers, body)
 
 
-def _usage(u: _Usage) -> Usage:
+def _usage(u: _Usage, output: list[_Item]) -> Usage:
     details = u.input_tokens_details
     return Usage(
+        web_search_requests=sum(1 for item in output if item.type == "web_search_call"),
         input_tokens=u.input_tokens or 0,
         output_tokens=u.output_tokens or 0,
         cached_tokens=(details.cached_tokens or 0) if details else 0,
@@ -131,7 +133,7 @@ def _finish(resp: _Response) -> str:
 
 
 def _summary(resp: _Response) -> Summary:
-    return Summary(_usage(resp.usage) if resp.usage is not None else None, _finish(resp))
+    return Summary(_usage(resp.usage, resp.output) if resp.usage is not None else None, _finish(resp))
 
 
 def summary(body: bytes) -> Summary:

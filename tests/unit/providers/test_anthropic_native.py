@@ -61,12 +61,20 @@ def test_usage_counts_cache_reads_and_writes_inside_input() -> None:
             "input_tokens": 10,
             "cache_creation_input_tokens": 600,
             "cache_read_input_tokens": 300,
+            "cache_creation": {"ephemeral_5m_input_tokens": 200, "ephemeral_1h_input_tokens": 400},
             "output_tokens": 7,
             "server_tool_use": {"web_search_requests": 1},
         },
     }
     got = native.summary(json.dumps(body).encode())
-    assert got.usage == Usage(input_tokens=910, output_tokens=7, cached_tokens=300, cache_write_tokens=600)
+    assert got.usage == Usage(
+        input_tokens=910,
+        output_tokens=7,
+        cached_tokens=300,
+        cache_write_tokens=600,
+        cache_write_1h_tokens=400,
+        web_search_requests=1,
+    )
     assert got.finish_reason == "tool_calls"
     assert native.summary(b"not json").usage is None
 
@@ -82,7 +90,11 @@ def test_a_stream_is_read_from_message_start_and_the_cumulative_message_delta() 
         _ev("message_start", message={"id": "m", "content": [], **start}),
         _ev("ping"),
         SseEvent("content_block_delta", b"{not even json"),  # not decoded: text deltas are not read
-        _ev("message_delta", delta={"stop_reason": "max_tokens"}, usage={"output_tokens": 12}),
+        _ev(
+            "message_delta",
+            delta={"stop_reason": "max_tokens"},
+            usage={"output_tokens": 12, "server_tool_use": {"web_search_requests": 2}},
+        ),
     ]
     for event in events:
         reader.feed(event)
@@ -92,7 +104,7 @@ def test_a_stream_is_read_from_message_start_and_the_cumulative_message_delta() 
     reader.feed(_ev("message_stop"))
     reader.finish()
     assert reader.done and reader.finish_reason == "length"
-    assert reader.usage == Usage(input_tokens=45, output_tokens=12, cached_tokens=40)
+    assert reader.usage == Usage(input_tokens=45, output_tokens=12, cached_tokens=40, web_search_requests=2)
 
 
 def test_an_error_event_is_the_taxonomy_error() -> None:

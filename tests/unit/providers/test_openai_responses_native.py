@@ -67,6 +67,12 @@ def test_finish_reasons(response: dict[str, Any], finish: str) -> None:
     assert native.summary(json.dumps(response).encode()).finish_reason == finish
 
 
+def test_web_search_calls_are_counted() -> None:
+    output = [{"type": "web_search_call"}, {"type": "web_search_call"}, {"type": "message"}]
+    got = native.summary(json.dumps(_response(output=output)).encode())
+    assert got.usage is not None and got.usage.web_search_requests == 2
+
+
 def _ev(kind: str, **data: Any) -> SseEvent:
     return SseEvent(kind, json.dumps({"type": kind, "sequence_number": 0, **data}).encode())
 
