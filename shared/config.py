@@ -13,6 +13,8 @@ from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError, m
 from shared.guard_config import GuardrailsConfig
 
 ProviderKind = Literal["mock", "openai", "azure", "anthropic", "gemini", "mistral", "bedrock", "cohere"]
+# the client protocol a provider kind takes unchanged (services.router.native); others get a translation
+NATIVE_PROTOCOL: dict[str, str] = {"anthropic": "anthropic-messages", "openai": "openai-responses"}
 
 
 class _Strict(BaseModel):
@@ -48,6 +50,11 @@ class ProviderConfig(_Strict):
     # mock provider only: simulated latency before the first token, and between stream chunks
     mock_latency_ms: float = Field(default=0.0, ge=0)
     mock_chunk_delay_ms: float = Field(default=0.0, ge=0)
+
+    @property
+    def native_protocol(self) -> str:
+        """The client protocol whose requests this provider is sent unchanged ('' for none)."""
+        return NATIVE_PROTOCOL.get(self.kind, "") if self.passthrough else ""
 
 
 class DeploymentConfig(_Strict):
@@ -141,6 +148,11 @@ class GatehouseConfig(_Strict):
             for name in (model.name, *model.aliases):
                 index[name] = model
         return index
+
+    def native_protocols(self, model: ModelConfig) -> frozenset[str]:
+        """The client protocols some deployment of `model` takes unchanged."""
+        found = (self.providers[d.provider].native_protocol for d in model.deployments)
+        return frozenset(p for p in found if p)
 
     def key_hashes(self, environ: dict[str, str] | None = None) -> dict[str, KeyConfig]:
         """SHA-256 of every usable key → its config (env-sourced keys whose variable is unset are skipped)."""

@@ -99,6 +99,7 @@ class Gateway:
         self.subjects = subjects
         self.keys = KeyRing(config.key_hashes())
         self.models = config.model_index()
+        self.native_protocols = {m.name: config.native_protocols(m) for m in config.models}
         self.inbox = Inbox(subjects)
         self.records = RecordPublisher(subjects)
         self.limit = config.server.max_body_bytes
@@ -206,6 +207,9 @@ class Gateway:
                     f"The model `{parsed.model}` does not exist or you do not have access to it.", param="model"
                 )
             record.tags = _tags(request)
+            native = parsed.native
+            if native and not native.untranslatable and native.protocol not in self.native_protocols[target.name]:
+                native = None  # no deployment takes the client's own body: only its translation travels
             req = ChatRequest(
                 request_id=record.request_id,
                 api=api.bus_api,
@@ -213,7 +217,7 @@ class Gateway:
                 caller=caller,
                 chat=parsed.chat,
                 embeddings=parsed.embeddings,
-                native=parsed.native,
+                native=native,
                 stream=parsed.stream,
                 include_usage=parsed.include_usage,
                 received_at=record.received_at,

@@ -2,9 +2,11 @@
 (only the model id replaced), and the answer comes back unchanged — a body with `Result(native=True)`, or
 every server-sent event relayed as `NativeEvents` — while usage and the finish reason are read on the way.
 
-Which deployments: `anthropic-messages` ↔ kind `anthropic`, `openai-responses` ↔ kind `openai`, unless the
-provider sets `passthrough: false`. A request whose body uses what the canonical form cannot express
-(`NativeRequest.untranslatable`) may only be served this way; other deployments are skipped.
+Which deployments: `anthropic-messages` ↔ kind `anthropic`, `openai-responses` ↔ kind `openai`
+(shared.config.NATIVE_PROTOCOL), unless the provider sets `passthrough: false`. A request whose body
+uses what the canonical form cannot express (`NativeRequest.untranslatable`) may only be served this
+way; other deployments are skipped. Ingress leaves `native` off a request that no deployment of its
+model would take unchanged, so only its translation crosses the bus.
 """
 
 from __future__ import annotations
@@ -48,7 +50,6 @@ class NativeProtocol:
     """One client protocol a provider kind speaks natively, as its pure pass-through functions."""
 
     name: str  # for messages
-    kind: str  # the provider kind that speaks it
     request: Callable[..., UpstreamRequest]  # (NativeRequest, Target, *, stream) → UpstreamRequest
     summary: Callable[[bytes], Summary]
     reader: Callable[[], StreamReader]
@@ -57,14 +58,12 @@ class NativeProtocol:
 PROTOCOLS: dict[str, NativeProtocol] = {
     anthropic_native.PROTOCOL: NativeProtocol(
         "Anthropic Messages",
-        "anthropic",
         anthropic_native.request,
         anthropic_native.summary,
         anthropic_native.StreamReader,
     ),
     openai_responses_native.PROTOCOL: NativeProtocol(
         "OpenAI Responses",
-        "openai",
         openai_responses_native.request,
         openai_responses_native.summary,
         openai_responses_native.StreamReader,
@@ -85,10 +84,9 @@ class Progress(Protocol):
 
 def serves(native: NativeRequest | None, dep: Deployment) -> bool:
     """The deployment speaks the client's protocol and takes its request unchanged."""
-    if native is None or not dep.provider_config.passthrough:
-        return False
-    protocol = PROTOCOLS.get(native.protocol)
-    return protocol is not None and protocol.kind == dep.target.kind
+    return (
+        native is not None and native.protocol in PROTOCOLS and dep.provider_config.native_protocol == native.protocol
+    )
 
 
 def may_serve(native: NativeRequest | None, dep: Deployment) -> bool:

@@ -64,3 +64,21 @@ def test_not_yaml_and_missing_file() -> None:
         parse_config("a: [", "x.yaml")
     with pytest.raises(ConfigError, match="cannot read"):
         load_config("/nonexistent/gatehouse.yaml")
+
+
+def test_which_client_protocols_a_model_takes_unchanged() -> None:
+    config = parse_config(
+        """
+providers:
+  claude: {kind: anthropic}
+  oai: {kind: openai}
+  vllm: {kind: openai, api_base: "http://vllm:8000/v1", passthrough: false}
+  az: {kind: azure, api_base: "https://x.openai.azure.com"}
+models:
+  - {name: a, deployments: [{provider: claude, model: c}, {provider: az, model: g}]}
+  - {name: b, deployments: [{provider: vllm, model: l}, {provider: oai, model: g}]}
+  - {name: c, deployments: [{provider: vllm, model: l}, {provider: az, model: g}]}
+"""
+    )
+    got = {m.name: config.native_protocols(m) for m in config.models}
+    assert got == {"a": {"anthropic-messages"}, "b": {"openai-responses"}, "c": frozenset()}
