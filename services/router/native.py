@@ -45,12 +45,16 @@ class StreamReader(Protocol):
     def finish(self) -> None: ...
 
 
+class RequestBuilder(Protocol):
+    def __call__(self, native: NativeRequest, target: Target, *, stream: bool) -> UpstreamRequest: ...
+
+
 @dataclass(frozen=True, slots=True)
 class NativeProtocol:
     """One client protocol a provider kind speaks natively, as its pure pass-through functions."""
 
     name: str  # for messages
-    request: Callable[..., UpstreamRequest]  # (NativeRequest, Target, *, stream) → UpstreamRequest
+    request: RequestBuilder
     summary: Callable[[bytes], Summary]
     reader: Callable[[], StreamReader]
 
@@ -122,8 +126,7 @@ class NativeCaller:
         translator = self._translators.get(dep.target.kind)
         if translator is None:
             raise GatewayError(f"Provider kind {dep.target.kind!r} is not available in this router.")
-        target: Target = dep.target
-        ureq = protocol.request(native, target, stream=req.stream)
+        ureq = protocol.request(native, dep.target, stream=req.stream)
         if not req.stream:
             resp = await self._upstream.send(ureq, dep.timeout_s, dep.connect_timeout_s)
             if resp.status >= 400:
