@@ -20,6 +20,9 @@ _UNIMPLEMENTED_KINDS = frozenset({"bedrock"})
 
 MiB = 1024 * 1024
 
+# the client protocol a provider kind takes unchanged (services.router.native); others get a translation
+NATIVE_PROTOCOL: dict[str, str] = {"anthropic": "anthropic-messages", "openai": "openai-responses"}
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -57,6 +60,9 @@ class ProviderConfig(_Strict):
     max_sse_event_bytes: int = Field(default=1 * MiB, gt=0, le=64 * MiB)
     # gzip/deflate answers may not inflate more than this many times their compressed size (past 1 MiB)
     max_inflate_ratio: int = Field(default=100, ge=1, le=100_000)
+    # a client that speaks this provider's own protocol (Anthropic Messages to `anthropic`, OpenAI Responses
+    # to `openai`) has its request sent unchanged; turn off for an OpenAI-compatible server without /responses
+    passthrough: bool = True
     # mock provider only: simulated latency before the first token, and between stream chunks
     mock_latency_ms: float = Field(default=0.0, ge=0)
     mock_chunk_delay_ms: float = Field(default=0.0, ge=0)
@@ -73,6 +79,11 @@ class ProviderConfig(_Strict):
         if self.max_sse_event_bytes > self.max_response_bytes:
             raise ValueError("max_sse_event_bytes cannot exceed max_response_bytes")
         return self
+
+    @property
+    def native_protocol(self) -> str:
+        """The client protocol whose requests this provider is sent unchanged ('' for none)."""
+        return NATIVE_PROTOCOL.get(self.kind, "") if self.passthrough else ""
 
 
 class PriceConfig(_Strict):
@@ -225,6 +236,11 @@ class GatehouseConfig(_Strict):
                     loc = ("providers", dep.provider, "api_key_env")
                 problems.append((loc, f"provider {dep.provider!r}: environment variable {env} is not set"))
         return problems
+
+    def native_protocols(self, model: ModelConfig) -> frozenset[str]:
+        """The client protocols some deployment of `model` takes unchanged."""
+        found = (self.providers[d.provider].native_protocol for d in model.deployments)
+        return frozenset(p for p in found if p)
 
     def key_hashes(self, environ: dict[str, str] | None = None) -> dict[str, KeyConfig]:
         """SHA-256 of every usable key → its config (env-sourced keys whose variable is unset are skipped)."""

@@ -31,6 +31,7 @@ REQUEST_COLUMNS = (
     "guard_findings.start", "guard_findings.end", "guard_findings.direction",
     "received_at", "finished_at", "latency_ms", "ttft_ms", "upstream_ms", "request_bytes", "response_bytes",
     "tags", "cost_usd", "price_version", "reserved_cost_usd", "settled_cost_usd",
+    "cache_write_tokens", "cache_write_1h_tokens", "web_search_requests",
 )  # fmt: skip
 
 GUARD_COLUMNS = (
@@ -76,7 +77,9 @@ class Price:
 def price(event: RequestEvent, provider_kind: str = "") -> Price:
     """List price of a request's usage at the time it was received; None (and why, in `version`) if unknown.
 
-    Token counts follow the OpenAI convention gatehouse normalises to: input includes cached input.
+    Token counts follow the OpenAI convention gatehouse normalises to: input includes the input read from
+    the prompt cache and the input written to it (5-minute and 1-hour writes apart); each is priced at its
+    own rate, and so are the provider's own web searches.
     """
     usage = event.usage
     if provider_kind == "mock":
@@ -87,12 +90,17 @@ def price(event: RequestEvent, provider_kind: str = "") -> Price:
         return Price(0.0, PRICES_VERSION)
     model = event.provider_model or event.requested_model
     input_tokens = max(usage.input_tokens, 0)
+    cache_read = min(max(usage.cached_tokens, 0), input_tokens)
+    cache_write = min(max(usage.cache_write_tokens, 0), input_tokens - cache_read)
     try:
         calc = calc_price(
             PriceUsage(
                 input_tokens=input_tokens,
                 output_tokens=max(usage.output_tokens, 0),
-                cache_read_tokens=min(max(usage.cached_tokens, 0), input_tokens) or None,
+                cache_read_tokens=cache_read or None,
+                cache_write_tokens=cache_write or None,
+                cache_write_1h_tokens=min(max(usage.cache_write_1h_tokens, 0), cache_write) or None,
+                web_searches=max(usage.web_search_requests, 0) or None,
             ),
             model_ref=model,
             provider_id=_PRICE_PROVIDER.get(provider_kind),
@@ -142,6 +150,8 @@ def request_row(event: RequestEvent, provider_kind: str = "") -> list[object]:
         _clamp(event.request_bytes, _U32), _clamp(event.response_bytes, _U32), dict(event.tags),
         # nothing is reserved yet (budgets settle later); what is settled is the list price
         p.cost_usd, p.version, None, p.cost_usd,
+        _clamp(u.cache_write_tokens, _U32) if u else 0, _clamp(u.cache_write_1h_tokens, _U32) if u else 0,
+        _clamp(u.web_search_requests, _U32) if u else 0,
     ]  # fmt: skip
 
 

@@ -75,6 +75,20 @@ class Guard:
             texts.write(slots, result.texts)
         if req.native is not None and (result.action == "redact" or output is not None):
             # the client's own body still holds what was redacted, and a response in its protocol
-            # cannot be scanned on the way back: such a request takes the canonical path
+            # cannot be scanned on the way back: such a request takes the canonical path, which loses
+            # what only the client's protocol expresses (prompt caching, thinking, betas, …)
+            if req.native.untranslatable:
+                return Checked(summary, req, _untranslatable(policy.name, result.action, req.native.untranslatable))
             forward = msgspec.structs.replace(req, native=None)
         return Checked(summary, forward, vault=vault if vault and vault.mapping else None, output=output)
+
+
+def _untranslatable(policy: str, action: str, where: list[str]) -> ErrorInfo:
+    """A request only its own protocol can carry meets a policy that needs the canonical form."""
+    why = "redacts this request" if action == "redact" else "scans responses"
+    return InvalidRequestError(
+        f"Guardrail policy '{policy}' {why}, which gatehouse does on its canonical form only, and this request "
+        f"uses what that form cannot express ({where[0]}).",
+        param=where[0].split(":", 1)[0] or None,
+        code="guardrail_needs_canonical_form",
+    ).info()

@@ -48,6 +48,11 @@ class StreamWriter:
         out = b"data: " + _JSON.encode(error_body(info)) + b"\n\n"
         return out + _DONE if finished else out
 
+    def fail_native(self, info: ErrorInfo, relayed: int) -> bytes:
+        """The error that ends a stream relayed unchanged in the client's own protocol, after `relayed`
+        events (see NativeRequest)."""
+        return self.fail(info)
+
 
 class Api:
     """OpenAI Chat Completions, the canonical form: everything passes through unchanged."""
@@ -88,9 +93,11 @@ def _canonical(chat: dict[str, object]) -> ChatCompletionRequest:
     return req
 
 
-def _native(protocol: str, raw: bytes, headers: Mapping[str, str], names: tuple[str, ...]) -> NativeRequest:
+def _native(
+    protocol: str, raw: bytes, headers: Mapping[str, str], names: tuple[str, ...], untranslatable: list[str]
+) -> NativeRequest:
     kept = {name: headers[name] for name in names if name in headers}
-    return NativeRequest(protocol=protocol, body=raw, headers=kept)
+    return NativeRequest(protocol=protocol, body=raw, headers=kept, untranslatable=untranslatable)
 
 
 def _object(raw: bytes) -> dict[str, object]:
@@ -103,8 +110,8 @@ def _object(raw: bytes) -> dict[str, object]:
     return obj
 
 
-class _SurfaceWriter(StreamWriter):
-    def __init__(self, stream: anthropic_messages.MessagesStream | openai_responses.ResponsesStream) -> None:
+class _MessagesWriter(StreamWriter):
+    def __init__(self, stream: anthropic_messages.MessagesStream) -> None:
         self._stream = stream
 
     def feed(self, chunk: bytes) -> bytes:
@@ -116,52 +123,77 @@ class _SurfaceWriter(StreamWriter):
     def fail(self, info: ErrorInfo, *, finished: bool = True) -> bytes:
         return self._stream.error(info)
 
+    def fail_native(self, info: ErrorInfo, relayed: int) -> bytes:
+        return anthropic_messages.error_event(info)
+
+
+class _ResponsesWriter(StreamWriter):
+    def __init__(self, stream: openai_responses.ResponsesStream) -> None:
+        self._stream = stream
+
+    def feed(self, chunk: bytes) -> bytes:
+        return self._stream.feed(chunk)
+
+    def end(self) -> bytes:
+        return self._stream.finish()
+
+    def fail(self, info: ErrorInfo, *, finished: bool = True) -> bytes:
+        return self._stream.error(info)
+
+    def fail_native(self, info: ErrorInfo, relayed: int) -> bytes:
+        # every Responses event is numbered from 0: the error takes the next number
+        return openai_responses.error_event(info, relayed)
+
 
 class AnthropicMessagesApi(Api):
-    """Anthropic `POST /v1/messages`, so the official anthropic SDK works with any backend model."""
+    """Anthropic `POST /v1/messages`, so the official anthropic SDK works with any backend model (and an
+    Anthropic deployment gets the client's own body: services.router.native)."""
 
     name = "messages"
 
     def parse(self, raw: bytes, headers: Mapping[str, str]) -> Parsed:
         original = _object(raw)
-        chat = anthropic_messages.to_chat(original)
+        translation = anthropic_messages.translate(original)
+        chat = translation.chat
         stream = bool(chat.get("stream"))
         if stream:
             chat["stream_options"] = {"include_usage": True}
         req = _canonical(chat)
-        native = _native("anthropic-messages", raw, headers, ANTHROPIC_HEADERS)
+        native = _native("anthropic-messages", raw, headers, ANTHROPIC_HEADERS, translation.untranslatable)
         return Parsed(model=req.model, stream=stream, include_usage=stream, chat=req, native=native, original=original)
 
     def completion(self, body: bytes, parsed: Parsed) -> bytes:
         return _JSON.encode(anthropic_messages.from_chat(body, parsed.model))
 
     def writer(self, parsed: Parsed) -> StreamWriter:
-        return _SurfaceWriter(anthropic_messages.MessagesStream(parsed.model))
+        return _MessagesWriter(anthropic_messages.MessagesStream(parsed.model))
 
     def error(self, info: ErrorInfo, headers: dict[str, str]) -> Response:
         return JSONResponse(anthropic_messages.error_body(info), status_code=info.status, headers=headers)
 
 
 class ResponsesApi(Api):
-    """OpenAI Responses `POST /v1/responses` (text and function tools, stream and non-stream)."""
+    """OpenAI Responses `POST /v1/responses`: the client's own body to an OpenAI deployment
+    (services.router.native); text and function tools to any other, stream and non-stream."""
 
     name = "responses"
 
     def parse(self, raw: bytes, headers: Mapping[str, str]) -> Parsed:
         original = _object(raw)
-        chat = openai_responses.to_chat(original)
+        translation = openai_responses.translate(original)
+        chat = translation.chat
         stream = bool(chat.get("stream"))
         if stream:
             chat["stream_options"] = {"include_usage": True}
         req = _canonical(chat)
-        native = _native("openai-responses", raw, headers, OPENAI_HEADERS)
+        native = _native("openai-responses", raw, headers, OPENAI_HEADERS, translation.untranslatable)
         return Parsed(model=req.model, stream=stream, include_usage=stream, chat=req, native=native, original=original)
 
     def completion(self, body: bytes, parsed: Parsed) -> bytes:
         return _JSON.encode(openai_responses.from_chat(body, parsed.model, request=parsed.original))
 
     def writer(self, parsed: Parsed) -> StreamWriter:
-        return _SurfaceWriter(openai_responses.ResponsesStream(parsed.model, request=parsed.original))
+        return _ResponsesWriter(openai_responses.ResponsesStream(parsed.model, request=parsed.original))
 
 
 CHAT = Api()

@@ -102,6 +102,7 @@ class Gateway:
         self.subjects = subjects
         self.keys = KeyRing(config.key_hashes())
         self.models = config.model_index()
+        self.native_protocols = {m.name: config.native_protocols(m) for m in config.models}
         self.inbox = Inbox(subjects)
         self.records = RecordPublisher(subjects, events)
         self.limit = config.server.max_body_bytes
@@ -209,6 +210,9 @@ class Gateway:
                     f"The model `{parsed.model}` does not exist or you do not have access to it.", param="model"
                 )
             record.tags = _tags(request)
+            native = parsed.native
+            if native and not native.untranslatable and native.protocol not in self.native_protocols[target.name]:
+                native = None  # no deployment takes the client's own body: only its translation travels
             req = ChatRequest(
                 request_id=record.request_id,
                 api=api.bus_api,
@@ -216,7 +220,7 @@ class Gateway:
                 caller=caller,
                 chat=parsed.chat,
                 embeddings=parsed.embeddings,
-                native=parsed.native,
+                native=native,
                 stream=parsed.stream,
                 include_usage=parsed.include_usage,
                 received_at=record.received_at,
@@ -298,6 +302,7 @@ class Gateway:
         """The stream in the client's API; ends properly, or with an error event if it broke."""
         record.first_byte_ms = (time.monotonic() - record.started) * 1000
         sent = 0
+        relayed = 0  # events relayed in the client's own protocol (a pass-through stream)
         finished = False
         try:
             item: Reply = first
@@ -308,12 +313,14 @@ class Gateway:
                     out = b"".join(writer.feed(data) for data in item.items)
                 elif isinstance(item, NativeEvents):
                     out = b"".join(item.items)
+                    relayed += len(item.items)
                 elif isinstance(item, Result):
                     record.outcome = item.outcome
                     record.guard = item.guard or record.guard
                     if item.error is not None:
                         record.fail(item.error)
-                        out = writer.fail(item.error)
+                        # a native Result with an error: the provider's own error event was relayed already
+                        out = b"" if item.native else _failure(writer, item.error, relayed)
                     else:
                         out = b"" if item.native else writer.end()
                     sent += len(out)
@@ -335,7 +342,7 @@ class Gateway:
                     )
                     record.fail(info)
                     finished = True
-                    yield writer.fail(info, finished=False)
+                    yield writer.fail_native(info, relayed) if relayed else writer.fail(info, finished=False)
                     return
         finally:
             record.response_bytes = sent
@@ -370,6 +377,11 @@ class Gateway:
         task = asyncio.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+
+def _failure(writer: apis.StreamWriter, error: ErrorInfo, relayed: int) -> bytes:
+    """The end of a stream that broke: in the client's own protocol when it was relayed unchanged."""
+    return writer.fail_native(error, relayed) if relayed else writer.fail(error)
 
 
 def _tags(request: Request) -> dict[str, str]:

@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable, Mapping
 
 import msgspec
 
+from services.router import native
 from services.router.core import Deployment, Route, attempt_error, attempt_message, resolve, should_fail_over
 from services.router.providers.base import JsonObj, Translator, openai_usage
 from services.router.sse import SseParser
@@ -38,13 +39,15 @@ def _is_usage_only(chunk: JsonObj | bytes) -> bool:
 class _Progress:
     """What one attempt has learnt so far (shared with the stream loop)."""
 
-    __slots__ = ("finish_reason", "sent", "ttft_ms", "usage")
+    __slots__ = ("finish_reason", "native", "relayed_error", "sent", "ttft_ms", "usage")
 
     def __init__(self) -> None:
         self.sent = 0
         self.ttft_ms = 0.0
         self.usage: Usage | None = None
         self.finish_reason = ""
+        self.native = False  # the answer is in the client's own protocol (services.router.native)
+        self.relayed_error = False
 
 
 class Dispatcher:
@@ -52,6 +55,7 @@ class Dispatcher:
         self._routes = routes
         self._upstream = upstream
         self._translators = translators
+        self._native = native.NativeCaller(upstream, translators)
 
     async def serve(self, req: ChatRequest, send: Send) -> None:
         started = time.monotonic()
@@ -70,6 +74,8 @@ class Dispatcher:
         progress = _Progress()
         try:
             for dep in route.deployments:
+                if not native.may_serve(req.native, dep):
+                    continue  # the request cannot be translated for this deployment's protocol
                 last_dep = dep
                 t0 = time.monotonic()
                 progress = _Progress()
@@ -87,7 +93,7 @@ class Dispatcher:
                 else:
                     attempts.append(_attempt_record(dep, 200, t0))
                     outcome = self._outcome(dep, progress, attempts, started)
-                    for piece in split_result(Result(outcome=outcome, body=result)):
+                    for piece in split_result(Result(outcome=outcome, body=result, native=progress.native)):
                         await send(piece)
                     return
                 attempts.append(_attempt_record(dep, last.status, t0, last))
@@ -103,8 +109,23 @@ class Dispatcher:
                 outcome = msgspec.structs.replace(outcome, usage=_estimate(req, progress), usage_estimated=True)
             await send(Result(outcome=outcome, error=CLIENT_CLOSED))
             raise
+        await send(self._failure(req, last, last_dep, progress, attempts, started))
+
+    def _failure(
+        self,
+        req: ChatRequest,
+        last: GatewayError | None,
+        dep: Deployment,
+        progress: _Progress,
+        attempts: list[Attempt],
+        started: float,
+    ) -> Result:
+        """The Result when no attempt succeeded (`native`: the provider's own error already reached the client)."""
+        if not attempts and req.native is not None:
+            return Result(outcome=Outcome(), error=native.unserved(req.native, req.model).info())
         error = last.info() if last else GatewayError("No deployment could serve the request.").info()
-        await send(Result(outcome=self._outcome(last_dep, _Progress(), attempts, started), error=error))
+        outcome = self._outcome(dep, _Progress(), attempts, started)
+        return Result(outcome=outcome, error=error, native=progress.relayed_error)
 
     def _outcome(self, dep: Deployment, progress: _Progress, attempts: list[Attempt], started: float) -> Outcome:
         return Outcome(
@@ -134,6 +155,8 @@ class Dispatcher:
             raise ServiceUnavailableError(
                 f"Provider {dep.target.provider!r} has no API key configured ({key_env} is not set)."
             )
+        if native.serves(req.native, dep):
+            return await self._native.attempt(req, dep, send, progress, started)
         if req.embeddings is not None:
             ureq = translator.embeddings_request(req.embeddings, dep.target)
             resp = await self._upstream.send(ureq, dep.timeout_s, dep.connect_timeout_s, dep.limits)

@@ -9,12 +9,18 @@ from shared.schemas.openai import ChatCompletionRequest, EmbeddingsRequest
 
 
 class Usage(msgspec.Struct, frozen=True, kw_only=True):
-    """Token usage as the provider reported it."""
+    """Token usage as the provider reported it, in the OpenAI convention: `input_tokens` includes the
+    input read from the prompt cache (`cached_tokens`) and the input written to it (`cache_write_tokens`,
+    of which `cache_write_1h_tokens` with a one-hour lifetime); `output_tokens` includes `reasoning_tokens`.
+    `web_search_requests` counts searches a provider ran itself (priced per search)."""
 
     input_tokens: int = 0
     output_tokens: int = 0
     cached_tokens: int = 0
     reasoning_tokens: int = 0
+    cache_write_tokens: int = 0
+    cache_write_1h_tokens: int = 0
+    web_search_requests: int = 0
 
 
 class GuardFinding(msgspec.Struct, frozen=True, kw_only=True):
@@ -65,6 +71,9 @@ class NativeRequest(msgspec.Struct, frozen=True, kw_only=True):
     protocol: str  # anthropic-messages | openai-responses
     body: bytes  # the client's JSON, unchanged
     headers: dict[str, str] = {}  # protocol headers the client sent (anthropic-beta, anthropic-version, openai-beta)
+    # where the body uses what `chat` cannot express (e.g. "tools[1]: server tool web_search_20250305"):
+    # when set, `chat` only carries its text for the guard, and only a deployment of this protocol may serve it
+    untranslatable: list[str] = []
 
 
 class Hold(msgspec.Struct, frozen=True, kw_only=True):

@@ -212,6 +212,8 @@ class EmbeddingsRequest(_Body):
 class PromptTokensDetails(msgspec.Struct, kw_only=True):
     cached_tokens: int | None = None
     audio_tokens: int | None = None
+    # prompt tokens written to a provider's cache (gatehouse's Anthropic translation reports them here)
+    cache_write_tokens: int | None = None
 
 
 class CompletionTokensDetails(msgspec.Struct, kw_only=True):

@@ -8,7 +8,7 @@ import contextlib
 import os
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -47,6 +47,7 @@ class RunningStack:
     stack: Stack
     base_url: str
     emulators: dict[str, Starlette]
+    emulator_urls: dict[str, str] = field(default_factory=dict)  # name → base URL, to call one directly
 
     def sql(self, query: str, timeout: float = 30.0) -> SqlResult:
         assert self.stack.nats is not None
@@ -158,6 +159,14 @@ providers:
       - {{provider: rejected, model: gpt-emu}}
       - {{provider: emu-openai, model: err-503}}
       - {{provider: emu-openai, model: gpt-emu}}
+  - name: claude-native
+    deployments: [{{provider: emu-anthropic, model: claude-sonnet-4-5}}]
+  - name: gpt-native
+    deployments: [{{provider: emu-openai, model: gpt-emu}}]
+  - name: claude-or-gpt
+    deployments:
+      - {{provider: emu-anthropic, model: err-529}}
+      - {{provider: emu-openai, model: gpt-emu}}
 {extra_models}"""
 
 
@@ -188,6 +197,6 @@ def running_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningS
                     f"--- {p.name}\n{p.read_text()[-3000:]}" for p in (tmp / "data" / "logs").glob("*.log")
                 )
                 pytest.fail(f"stack did not become ready:\n{logs}")
-            yield RunningStack(stack, f"{stack.ingress_url}/v1", emulators)
+            yield RunningStack(stack, f"{stack.ingress_url}/v1", emulators, urls)
         finally:
             stack.stop()

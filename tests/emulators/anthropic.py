@@ -13,15 +13,26 @@ ranges; tool_choice against the tools offered; extended-thinking rules (budget, 
 temperature/top_k, and the last tool-using assistant turn must start with its thinking block).
 Consecutive turns of one role are merged before the turn rules apply, as the real API does.
 
+Everything the API documents is accepted, and everything else refused, so a gateway that drops or
+invents a field is caught: every top-level parameter (the beta-only ones — `mcp_servers`,
+`context_management`, … — only with an `anthropic-beta` header naming their beta), every content block
+type with its own keys (`cache_control` wherever the API allows it, `citations`, `search_result`,
+documents with text / content / url / file sources, server-tool and MCP blocks, `container_upload`),
+server tools next to custom tools. The last request's path, headers, raw bytes and JSON are recorded
+(`app.state.requests`).
+
 Answers are deterministic: an echo of the last user text; `tool_use` blocks when tools are offered and
 the prompt mentions the weather (two parallel calls when it also says "both", unless parallel use is
-disabled), a forced tool's input built from its schema, a summary after tool results; stop sequences,
-max_tokens truncation, thinking blocks when thinking is on, and cache reads/writes reported when any
-block carries `cache_control`. Streams use the real SSE event sequence with a ping, text split over
-several deltas and tool input split over several `input_json_delta` events. Model names simulate
-failures: `err-<status>` answers that status with Anthropic's error JSON (429 with Retry-After, 529
-overloaded), `err-context` a prompt-too-long 400, `err-stream` an overloaded `error` event mid-stream,
-`refuse` a refusal, `slow-<ms>` a delay.
+disabled), a forced tool's input built from its schema, a summary after tool results; a web search
+(`server_tool_use`, `web_search_tool_result`, a cited text block, `usage.server_tool_use`) when the web
+search tool is offered and the prompt says "search"; citations of the first document that enables them;
+stop sequences, max_tokens truncation, thinking blocks when thinking is on, and cache reads/writes
+(with the 5m / 1h split) reported when any block or the request carries `cache_control`. Streams use the
+real SSE event sequence with a ping, text split over several deltas (citations as `citations_delta`),
+tool input split over several `input_json_delta` events. Model names simulate failures: `err-<status>`
+answers that status with Anthropic's error JSON (429 with Retry-After, 529 overloaded), `err-context` a
+prompt-too-long 400, `err-stream` an overloaded `error` event mid-stream, `refuse` a refusal,
+`slow-<ms>` a delay.
 """
 
 from __future__ import annotations
@@ -56,8 +67,54 @@ _ETYPES = {
 }
 _TOP_KEYS = {"model", "messages", "max_tokens", "system", "metadata", "stop_sequences", "stream", "temperature"}
 _TOP_KEYS |= {"top_p", "top_k", "tools", "tool_choice", "thinking", "service_tier", "output_config", "container"}
-_BLOCK_TYPES = ("text", "image", "document", "tool_use", "tool_result", "thinking", "redacted_thinking")
+_TOP_KEYS |= {"cache_control", "inference_geo", "speed", "diagnostics", "user_profile_id", "workspace_id"}
+# beta-only parameters → the beta (header value prefix) that enables them
+_BETA_KEYS = {
+    "mcp_servers": "mcp-client-",
+    "context_management": "context-management-",
+    "compaction": "compact-",
+    "fallbacks": "",
+    "fallback_credit_token": "",
+    "billing_policy": "",
+    "thread": "",
+}
+_RESULT_KEYS = {"type", "tool_use_id", "content", "cache_control"}
+# every content block type with the keys it may carry
+_BLOCK_KEYS: dict[str, set[str]] = {
+    "text": {"type", "text", "cache_control", "citations"},
+    "image": {"type", "source", "cache_control", "transformations"},
+    "document": {"type", "source", "cache_control", "citations", "context", "title"},
+    "search_result": {"type", "source", "title", "content", "cache_control", "citations"},
+    "thinking": {"type", "thinking", "signature"},
+    "redacted_thinking": {"type", "data"},
+    "tool_use": {"type", "id", "name", "input", "cache_control", "caller", "toolset_name"},
+    "tool_result": {"type", "tool_use_id", "content", "is_error", "cache_control", "toolset_name"},
+    "server_tool_use": {"type", "id", "name", "input", "cache_control", "caller"},
+    "web_search_tool_result": _RESULT_KEYS | {"caller"},
+    "web_fetch_tool_result": _RESULT_KEYS | {"caller"},
+    "code_execution_tool_result": _RESULT_KEYS,
+    "bash_code_execution_tool_result": _RESULT_KEYS,
+    "text_editor_code_execution_tool_result": _RESULT_KEYS,
+    "tool_search_tool_result": _RESULT_KEYS,
+    "container_upload": {"type", "file_id", "cache_control"},
+    "mcp_tool_use": {"type", "id", "name", "server_name", "input", "cache_control"},
+    "mcp_tool_result": {"type", "tool_use_id", "content", "is_error", "cache_control"},
+}
+_BLOCK_TYPES = tuple(_BLOCK_KEYS)
+_ASSISTANT_ONLY = {"tool_use", "server_tool_use", "mcp_tool_use", "thinking", "redacted_thinking"}
+_ASSISTANT_ONLY |= {t for t in _BLOCK_KEYS if t.endswith("_tool_result") and t != "mcp_tool_result"}
 _TOOL_KEYS = {"name", "description", "input_schema", "cache_control", "type", "strict", "input_examples"}
+_TOOL_KEYS |= {"defer_loading", "allowed_callers", "eager_input_streaming"}
+# server tools: versioned types, with the keys any of them may carry
+_SERVER_TOOL = re.compile(
+    r"^((web_search|web_fetch|code_execution|bash|text_editor|memory|computer)_\d{8}"
+    r"|tool_search_tool_(bm25|regex)(_\d{8})?|(browser|computer)_toolset_\d{8}|mcp_toolset)$"
+)
+_SERVER_TOOL_KEYS = {"type", "name", "cache_control", "allowed_callers", "defer_loading", "strict", "max_uses"}
+_SERVER_TOOL_KEYS |= {"allowed_domains", "blocked_domains", "user_location", "citations", "max_content_tokens"}
+_SERVER_TOOL_KEYS |= {"url_sources", "use_cache", "response_inclusion", "input_examples", "max_characters"}
+_SERVER_TOOL_KEYS |= {"display_width_px", "display_height_px", "display_number", "configs", "mcp_server_name"}
+_SERVER_TOOL_KEYS |= {"default_config"}
 _ID = re.compile(r"^[a-zA-Z0-9_-]+$")
 _NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 
@@ -85,6 +142,12 @@ def error_response(status: int, message: str, headers: dict[str, str] | None = N
 def _check_source(src: Any, where: str, kinds: set[str]) -> None:
     if not isinstance(src, dict) or src.get("type") not in kinds:
         raise _Bad(f"{where}.source.type: Input should be one of {sorted(kinds)}")
+    if src["type"] == "file" and not isinstance(src.get("file_id"), str):
+        raise _Bad(f"{where}.source.file_id: Field required")
+    if src["type"] == "content" and not isinstance(src.get("content"), list | str):
+        raise _Bad(f"{where}.source.content: Field required")
+    if src["type"] == "text" and not isinstance(src.get("data"), str):
+        raise _Bad(f"{where}.source.data: Field required")
     if src["type"] == "base64":
         if not isinstance(src.get("data"), str) or not src["data"]:
             raise _Bad(f"{where}.source.data: Field required")
@@ -92,6 +155,13 @@ def _check_source(src: Any, where: str, kinds: set[str]) -> None:
             raise _Bad(f"{where}.source.media_type: Field required")
     elif src["type"] == "url" and not str(src.get("url", "")).startswith(("http://", "https://")):
         raise _Bad(f"{where}.source.url: Input should be a valid URL")
+
+
+def _check_cache_control(value: Any, where: str) -> None:
+    if not isinstance(value, dict) or value.get("type") != "ephemeral":
+        raise _Bad(f"{where}.cache_control.type: Input should be 'ephemeral'")
+    if value.get("ttl") not in (None, "5m", "1h") or set(value) - {"type", "ttl"}:
+        raise _Bad(f"{where}.cache_control.ttl: Input should be '5m' or '1h'")
 
 
 def _check_block(block: Any, where: str, role: str) -> None:
@@ -102,23 +172,50 @@ def _check_block(block: Any, where: str, role: str) -> None:
             + ", ".join(f"'{t}'" for t in _BLOCK_TYPES)
         )
     kind = block["type"]
-    if "cache_control" in block and (
-        not isinstance(block["cache_control"], dict) or block["cache_control"].get("type") != "ephemeral"
-    ):
-        raise _Bad(f"{where}.cache_control.type: Input should be 'ephemeral'")
+    extra = set(block) - _BLOCK_KEYS[kind]
+    if extra:
+        raise _Bad(f"{where}.{kind}.{sorted(extra)[0]}: Extra inputs are not permitted")
+    if "cache_control" in block:
+        _check_cache_control(block["cache_control"], where)
+    if kind in _ASSISTANT_ONLY and role != "assistant":
+        raise _Bad(f"{where}: {kind} blocks can only appear in assistant messages")
+    if kind in ("mcp_tool_result", "container_upload", "search_result") and role == "assistant":
+        raise _Bad(f"{where}: {kind} blocks can only appear in user messages")
     if kind == "text":
         if not isinstance(block.get("text"), str):
             raise _Bad(f"{where}.text: Field required")
         if not block["text"]:
             raise _Bad("messages: text content blocks must be non-empty")
+        if "citations" in block and not isinstance(block["citations"], list | type(None)):
+            raise _Bad(f"{where}.citations: Input should be a valid list")
     elif kind == "image":
-        _check_source(block.get("source"), where, {"base64", "url"})
+        _check_source(block.get("source"), where, {"base64", "url", "file"})
         if block["source"]["type"] == "base64" and block["source"]["media_type"] not in IMAGE_TYPES:
             raise _Bad(f"{where}.source.base64.media_type: Input should be " + ", ".join(sorted(IMAGE_TYPES)))
     elif kind == "document":
-        _check_source(block.get("source"), where, {"base64", "url", "text"})
+        _check_source(block.get("source"), where, {"base64", "url", "text", "content", "file"})
         if block["source"]["type"] == "base64" and block["source"]["media_type"] != "application/pdf":
             raise _Bad(f"{where}.source.base64.media_type: Input should be 'application/pdf'")
+        if "citations" in block and not isinstance(block["citations"], dict | type(None)):
+            raise _Bad(f"{where}.citations: Input should be a valid dictionary")
+    elif kind == "search_result":
+        if not isinstance(block.get("source"), str) or not isinstance(block.get("title"), str):
+            raise _Bad(f"{where}.source: Field required")
+        inner = block.get("content")
+        if not isinstance(inner, list) or not all(isinstance(b, dict) and b.get("type") == "text" for b in inner):
+            raise _Bad(f"{where}.content: Input should be a list of text blocks")
+        for k, sub in enumerate(inner):
+            _check_block(sub, f"{where}.content.{k}", role)
+    elif kind in ("server_tool_use", "mcp_tool_use"):
+        if not isinstance(block.get("id"), str) or not _ID.match(block["id"]) or not isinstance(block.get("name"), str):
+            raise _Bad(f"{where}.id: String should match pattern '^[a-zA-Z0-9_-]+$'")
+        if not isinstance(block.get("input"), dict):
+            raise _Bad(f"{where}.input: Input should be a valid dictionary")
+    elif kind.endswith("_tool_result") and kind != "tool_result":
+        if not isinstance(block.get("tool_use_id"), str) or "content" not in block:
+            raise _Bad(f"{where}.tool_use_id: Field required")
+    elif kind == "container_upload" and not isinstance(block.get("file_id"), str):
+        raise _Bad(f"{where}.file_id: Field required")
     elif kind == "tool_use":
         if role != "assistant":
             raise _Bad(f"{where}: tool_use blocks can only appear in assistant messages")
@@ -136,8 +233,10 @@ def _check_block(block: Any, where: str, role: str) -> None:
         inner = block.get("content")
         if isinstance(inner, list):
             for k, sub in enumerate(inner):
-                if not isinstance(sub, dict) or sub.get("type") not in {"text", "image", "document"}:
-                    raise _Bad(f"{where}.content.{k}: tool_result content must be text, image or document blocks")
+                if not isinstance(sub, dict) or sub.get("type") not in {"text", "image", "document", "search_result"}:
+                    raise _Bad(
+                        f"{where}.content.{k}: tool_result content must be text, image, document or search_result"
+                    )
                 _check_block(sub, f"{where}.content.{k}", "user")
         elif inner is not None and not isinstance(inner, str):
             raise _Bad(f"{where}.content: Input should be a valid string or list")
@@ -247,6 +346,9 @@ def _check_tools(body: dict[str, Any], thinking: bool) -> list[dict[str, Any]]:
     for i, tool in enumerate(tools):
         if not isinstance(tool, dict):
             raise _Bad(f"tools.{i}: Input should be a valid dictionary")
+        if tool.get("type") not in (None, "custom"):
+            _check_server_tool(tool, i, names)
+            continue
         extra = set(tool) - _TOOL_KEYS
         if extra:
             raise _Bad(f"tools.{i}.custom.{sorted(extra)[0]}: Extra inputs are not permitted")
@@ -277,6 +379,21 @@ def _check_tools(body: dict[str, Any], thinking: bool) -> list[dict[str, Any]]:
     return tools
 
 
+def _check_server_tool(tool: dict[str, Any], i: int, names: set[str]) -> None:
+    kind = tool["type"]
+    if not isinstance(kind, str) or not _SERVER_TOOL.match(kind):
+        raise _Bad(f"tools.{i}: Input tag '{kind}' found using 'type' does not match any of the expected tags")
+    extra = set(tool) - _SERVER_TOOL_KEYS
+    if extra:
+        raise _Bad(f"tools.{i}.{kind}.{sorted(extra)[0]}: Extra inputs are not permitted")
+    if "cache_control" in tool:
+        _check_cache_control(tool["cache_control"], f"tools.{i}")
+    name = tool.get("name") or tool.get("mcp_server_name") or kind
+    if name in names:
+        raise _Bad("tools: Tool names must be unique.")
+    names.add(name)
+
+
 def _check_2026(body: Any) -> None:
     """API version 2026-10-21 removed the sampling parameters and document blocks in assistant turns."""
     if not isinstance(body, dict):
@@ -291,13 +408,21 @@ def _check_2026(body: Any) -> None:
                     raise _Bad(f"messages.{i}.content.{j}: document blocks are not allowed in assistant messages")
 
 
-def validate(body: Any) -> tuple[list[tuple[int, str, list[dict[str, Any]]]], list[dict[str, Any]], bool]:
-    """Raise _Bad the way the real API answers a malformed request; (turns, tools, thinking) otherwise."""
+def validate(
+    body: Any, betas: str = ""
+) -> tuple[list[tuple[int, str, list[dict[str, Any]]]], list[dict[str, Any]], bool]:
+    """Raise _Bad the way the real API answers a malformed request; (turns, tools, thinking) otherwise.
+    `betas` is the `anthropic-beta` header: beta-only parameters need theirs."""
     if not isinstance(body, dict):
         raise _Bad("Input should be a valid dictionary")
-    extra = sorted(set(body) - _TOP_KEYS)
+    enabled = [b.strip() for b in betas.split(",") if b.strip()]
+    extra = sorted(
+        k for k in set(body) - _TOP_KEYS if k not in _BETA_KEYS or not any(b.startswith(_BETA_KEYS[k]) for b in enabled)
+    )
     if extra:
         raise _Bad(f"{extra[0]}: Extra inputs are not permitted")
+    if "cache_control" in body:
+        _check_cache_control(body["cache_control"], "")
     for key in ("model", "max_tokens", "messages"):
         if key not in body:
             raise _Bad(f"{key}: Field required")
@@ -344,6 +469,8 @@ def validate(body: Any) -> tuple[list[tuple[int, str, list[dict[str, Any]]]], li
             if budget >= max_tokens:
                 raise _Bad("`max_tokens` must be greater than `thinking.budget_tokens`.")
         thinking = kind != "disabled"
+        if kind == "adaptive" and set(thinking_cfg) - {"type", "display"}:
+            raise _Bad("thinking.adaptive: Extra inputs are not permitted")
         if thinking and body.get("temperature") not in (None, 1, 1.0):
             raise _Bad("`temperature` may only be set to 1 when thinking is enabled.")
         if thinking and body.get("top_k") is not None:
@@ -383,6 +510,44 @@ def _sample(schema: Any, name: str = "") -> Any:
     return "Paris" if name == "city" else "emulated"
 
 
+def _web_search(prompt: str, digest: str) -> list[dict[str, Any]]:
+    """A server-side web search, its result, and an answer citing it."""
+    use_id = f"srvtoolu_emu{digest[:12]}"
+    url, title = "https://example.com/emulated", "Emulated result for " + " ".join(prompt.split()[:5])
+    found = {"type": "web_search_result", "url": url, "title": title, "encrypted_content": "ZW11", "page_age": None}
+    cite = {
+        "type": "web_search_result_location",
+        "url": url,
+        "title": title,
+        "encrypted_index": "ZW0=",
+        "cited_text": title,
+    }
+    return [
+        {"type": "server_tool_use", "id": use_id, "name": "web_search", "input": {"query": prompt[:60]}},
+        {"type": "web_search_tool_result", "tool_use_id": use_id, "content": [found]},
+        {"type": "text", "text": "According to the search, it is emulated.", "citations": [cite]},
+    ]
+
+
+def _citations(blocks: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A citation of the first text document that enables citations, if any."""
+    docs = [b for b in blocks if b.get("type") == "document"]
+    for index, doc in enumerate(docs):
+        if (doc.get("citations") or {}).get("enabled") and doc["source"]["type"] == "text":
+            text = doc["source"]["data"][:30]
+            return [
+                {
+                    "type": "char_location",
+                    "cited_text": text,
+                    "document_index": index,
+                    "document_title": doc.get("title"),
+                    "start_char_index": 0,
+                    "end_char_index": len(text),
+                }
+            ]
+    return []
+
+
 def _answer(body: dict[str, Any], turns: list[Any], tools: list[dict[str, Any]], thinking: bool) -> dict[str, Any]:
     """The assistant message (content, stop_reason, stop_sequence) for a validated request."""
     last_user = next((t for t in reversed(turns) if t[1] == "user"), None)
@@ -392,6 +557,8 @@ def _answer(body: dict[str, Any], turns: list[Any], tools: list[dict[str, Any]],
     choice = body.get("tool_choice") or {"type": "auto"}
     seed = json.dumps({k: v for k, v in body.items() if k != "stream"}, sort_keys=True)  # same ids streamed or not
     digest = hashlib.sha256(seed.encode()).hexdigest()
+    searches = any(str(t.get("type", "")).startswith("web_search_") for t in tools)
+    tools = [t for t in tools if t.get("type") in (None, "custom")]
     content: list[dict[str, Any]] = []
     if thinking:
         thought = f"The user wrote {_words(prompt)} words; I will answer plainly."
@@ -410,6 +577,8 @@ def _answer(body: dict[str, Any], turns: list[Any], tools: list[dict[str, Any]],
         if choice.get("disable_parallel_tool_use"):
             cities = cities[:1]
         calls += [{"name": tool["name"], "input": {"city": c}} for c in cities]
+    if not calls and searches and not results and "search" in prompt.lower():
+        return {"content": content + _web_search(prompt, digest), "stop_reason": "end_turn", "stop_sequence": None}
     if calls:
         if not thinking and choice["type"] == "auto":
             content.append({"type": "text", "text": "Let me look that up."})
@@ -438,31 +607,41 @@ def _answer(body: dict[str, Any], turns: list[Any], tools: list[dict[str, Any]],
     if len(words) > body["max_tokens"]:
         text, stop_reason, stop_sequence = " ".join(words[: body["max_tokens"]]), "max_tokens", None
     if text:
-        content.append({"type": "text", "text": text})
+        cited = _citations(blocks)
+        content.append({"type": "text", "text": text, "citations": cited} if cited else {"type": "text", "text": text})
     return {"content": content, "stop_reason": stop_reason, "stop_sequence": stop_sequence}
 
 
 def _usage(body: dict[str, Any], content: list[dict[str, Any]]) -> dict[str, Any]:
-    raw = json.dumps([body.get("system"), body["messages"], body.get("tools")])
+    raw = json.dumps([body.get("system"), body["messages"], body.get("tools"), body.get("cache_control")])
     total = max(4, _words(raw.replace('"', " ")))
     read = creation = 0
-    if '"cache_control"' in raw:
+    if '"cache_control"' in raw or body.get("cache_control"):
         read, creation = total // 2, total // 4
+    hour = '"ttl": "1h"' in raw
     out = 0
     for block in content:
         if block["type"] == "text":
             out += _words(block["text"])
         elif block["type"] == "thinking":
             out += _words(block["thinking"])
-        elif block["type"] == "tool_use":
+        elif block["type"] in ("tool_use", "server_tool_use"):
             out += len(json.dumps(block["input"])) // 4 + 5
-    return {
+    usage: dict[str, Any] = {
         "input_tokens": total - read - creation,
         "cache_creation_input_tokens": creation,
         "cache_read_input_tokens": read,
+        "cache_creation": {
+            "ephemeral_5m_input_tokens": 0 if hour else creation,
+            "ephemeral_1h_input_tokens": creation if hour else 0,
+        },
         "output_tokens": max(out, 1),
         "service_tier": "standard",
     }
+    searches = sum(1 for block in content if block["type"] == "server_tool_use")
+    if searches:
+        usage["server_tool_use"] = {"web_search_requests": searches}
+    return usage
 
 
 # --- SSE -------------------------------------------------------------------------------------------
@@ -489,6 +668,9 @@ async def _events(message: dict[str, Any], fail: bool) -> AsyncIterator[bytes]:
     for index, block in enumerate(message["content"]):
         if block["type"] == "text":
             yield _block_start(index, {"type": "text", "text": ""})
+            for citation in block.get("citations") or []:
+                delta = {"type": "citations_delta", "citation": citation}
+                yield _sse("content_block_delta", {"type": "content_block_delta", "index": index, "delta": delta})
             words = block["text"].split(" ")
             for k in range(0, len(words), 2):
                 piece = " ".join(words[k : k + 2]) + (" " if k + 2 < len(words) else "")
@@ -505,8 +687,11 @@ async def _events(message: dict[str, Any], fail: bool) -> AsyncIterator[bytes]:
                 yield _sse("content_block_delta", {"type": "content_block_delta", "index": index, "delta": delta})
             delta = {"type": "signature_delta", "signature": block["signature"]}
             yield _sse("content_block_delta", {"type": "content_block_delta", "index": index, "delta": delta})
+        elif block["type"].endswith("_tool_result"):
+            yield _block_start(index, block)  # a server tool's result arrives whole
         else:
-            yield _block_start(index, {"type": "tool_use", "id": block["id"], "name": block["name"], "input": {}})
+            start = {"type": block["type"], "id": block["id"], "name": block["name"], "input": {}}
+            yield _block_start(index, start)
             for piece in ["", *_pieces(json.dumps(block["input"]), 7)]:
                 delta = {"type": "input_json_delta", "partial_json": piece}
                 yield _sse("content_block_delta", {"type": "content_block_delta", "index": index, "delta": delta})
@@ -518,6 +703,8 @@ async def _events(message: dict[str, Any], fail: bool) -> AsyncIterator[bytes]:
         "cache_read_input_tokens": usage["cache_read_input_tokens"],
         "output_tokens": usage["output_tokens"],
     }
+    if "server_tool_use" in usage:
+        final["server_tool_use"] = usage["server_tool_use"]
     yield _sse("message_delta", {"type": "message_delta", "delta": delta, "usage": final})
     yield _sse("message_stop", {"type": "message_stop"})
 
@@ -533,7 +720,7 @@ def create_app() -> Starlette:
             body = json.loads(raw)
         except ValueError:
             body = None
-        request.app.state.requests.append({"path": request.url.path, "headers": headers, "body": body})
+        request.app.state.requests.append({"path": request.url.path, "headers": headers, "body": body, "raw": raw})
         bearer = headers.get("authorization", "")
         key = headers.get("x-api-key") or (bearer[7:] if bearer.startswith("Bearer ") else None)
         if not key:
@@ -550,7 +737,7 @@ def create_app() -> Starlette:
         try:
             if version >= "2026-10-21":
                 _check_2026(body)
-            turns, tools, thinking = validate(body)
+            turns, tools, thinking = validate(body, headers.get("anthropic-beta", ""))
         except _Bad as bad:
             return error_response(bad.status, bad.message)
         model = body["model"]

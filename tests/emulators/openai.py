@@ -1,4 +1,4 @@
-"""An OpenAI Chat Completions / Embeddings emulator, written from OpenAI's public API reference.
+"""An OpenAI Chat Completions / Embeddings / Responses emulator, written from OpenAI's public API reference.
 
 It validates what the real API validates that matters to a gateway (bearer auth, JSON body, required
 `model` and non-empty `messages`, message roles, `stream_options` only with `stream`), answers
@@ -7,6 +7,8 @@ when `stream_options.include_usage` is set), emits tool calls when tools are off
 mentions the weather, and simulates failures by model name: `err-<status>` answers that status with
 OpenAI's error JSON (429 also sends Retry-After), `slow-<ms>` waits before answering, `drip-<ms>` streams
 one word every <ms> (a stream the client leaves midway is noted in `app.state.abandoned` with the time).
+The Responses API lives in `openai_responses`. Every request's path, headers and body are recorded
+(`app.state.requests`).
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
+
+from tests.emulators import openai_responses
 
 API_KEY = "sk-emulator-openai"
 ROLES = {"system", "developer", "user", "assistant", "tool", "function"}
@@ -228,9 +232,13 @@ def create_app() -> Starlette:
             {"object": "list", "data": [{"id": "gpt-emu", "object": "model", "created": 0, "owned_by": "emulator"}]}
         )
 
+    async def responses(request: Request) -> Response:
+        return await openai_responses.responses(request, API_KEY)
+
     app = Starlette(
         routes=[
             Route("/v1/chat/completions", chat, methods=["POST"]),
+            Route("/v1/responses", responses, methods=["POST"]),
             Route("/v1/embeddings", embeddings, methods=["POST"]),
             Route("/v1/models", models, methods=["GET"]),
         ]

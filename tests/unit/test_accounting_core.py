@@ -116,6 +116,34 @@ def test_cached_input_is_priced_at_the_cache_rate() -> None:
     assert odd is not None and odd >= 0
 
 
+def test_cache_writes_and_reads_are_priced_at_their_own_rates() -> None:
+    # claude-sonnet-4-5: $3 / MTok in, $3.75 cache write (5 min), $0.30 cache read, $15 out. An Anthropic
+    # answer with input_tokens=100, cache_creation_input_tokens=600, cache_read_input_tokens=300 is, in
+    # gatehouse's convention, 1000 input tokens of which 300 cached and 600 written.
+    claude = {"provider_model": "claude-sonnet-4-5", "requested_model": "claude"}
+    usage = Usage(input_tokens=1000, output_tokens=10, cached_tokens=300, cache_write_tokens=600)
+    cost = price(event(usage=usage, **claude), "anthropic").cost_usd
+    assert cost == pytest.approx(100 * 3e-6 + 600 * 3.75e-6 + 300 * 0.3e-6 + 10 * 15e-6)
+    plain = price(event(usage=Usage(input_tokens=1000, output_tokens=10), **claude), "anthropic").cost_usd
+    assert plain == pytest.approx(1000 * 3e-6 + 10 * 15e-6) and cost != plain
+    # more written than the input left after the reads cannot make the price odd
+    odd = Usage(input_tokens=100, output_tokens=0, cached_tokens=80, cache_write_tokens=500)
+    assert price(event(usage=odd, **claude), "anthropic").cost_usd == pytest.approx(20 * 3.75e-6 + 80 * 0.3e-6)
+    row = as_dict(event(usage=usage, **claude), "anthropic")
+    assert (row["input_tokens"], row["cached_tokens"], row["cache_write_tokens"]) == (1000, 300, 600)
+    # writes that live an hour cost $6 / MTok; a web search $10 / 1000
+    hour = Usage(
+        input_tokens=1000, output_tokens=10, cached_tokens=300, cache_write_tokens=600, cache_write_1h_tokens=400
+    )
+    cost_1h = price(event(usage=hour, **claude), "anthropic").cost_usd
+    assert cost_1h == pytest.approx(100 * 3e-6 + 200 * 3.75e-6 + 400 * 6e-6 + 300 * 0.3e-6 + 10 * 15e-6)
+    searched = msgspec.structs.replace(usage, web_search_requests=2)
+    cost_search = price(event(usage=searched, **claude), "anthropic").cost_usd
+    assert cost_search == pytest.approx(cost + 2 * 0.01)
+    row = as_dict(event(usage=msgspec.structs.replace(hour, web_search_requests=2), **claude), "anthropic")
+    assert (row["cache_write_1h_tokens"], row["web_search_requests"]) == (400, 2)
+
+
 def test_provider_kinds_map_to_the_price_list() -> None:
     gemini = price(event(provider_model="gemini-2.0-flash", requested_model="flash"), "gemini")
     assert gemini.cost_usd and "google/" in gemini.version

@@ -137,3 +137,21 @@ def test_gatehouse_up_refuses_a_missing_key_before_starting_anything(
     assert result.exit_code == 2
     assert "environment variable OPENAI_API_KEY is not set" in result.output.replace("\n", "")
     assert not (tmp_path / "data").exists()  # nothing was started
+
+
+def test_which_client_protocols_a_model_takes_unchanged() -> None:
+    config = parse_config(
+        """
+providers:
+  claude: {kind: anthropic}
+  oai: {kind: openai}
+  vllm: {kind: openai, api_base: "http://vllm:8000/v1", passthrough: false}
+  az: {kind: azure, api_base: "https://x.openai.azure.com"}
+models:
+  - {name: a, deployments: [{provider: claude, model: c}, {provider: az, model: g}]}
+  - {name: b, deployments: [{provider: vllm, model: l}, {provider: oai, model: g}]}
+  - {name: c, deployments: [{provider: vllm, model: l}, {provider: az, model: g}]}
+"""
+    )
+    got = {m.name: config.native_protocols(m) for m in config.models}
+    assert got == {"a": {"anthropic-messages"}, "b": {"openai-responses"}, "c": frozenset()}

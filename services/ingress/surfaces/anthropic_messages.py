@@ -5,8 +5,10 @@ Request: `to_chat(body)` validates like Anthropic (messages name the field the A
 Response: `from_chat(completion, model)` → a `message`; `MessagesStream` turns chunks into the
 `message_start … message_stop` events; `error_body` / `error_event` write Anthropic's error shape.
 
-Not carried: `thinking` (dropped: chat has no budget), `top_k`, `cache_control`, `service_tier`;
-rejected with a 400: server tools, `mcp_servers`, `container`, file-id and URL documents.
+`translate(body)` also lists what the chat form cannot express (server tools, `mcp_servers`, `container`,
+file-id and URL sources, server-tool and MCP blocks): such a request is served only by an Anthropic
+deployment, which gets the client's body unchanged. Dropped when another provider serves the request:
+`thinking`, `top_k`, `cache_control`, `service_tier`, `output_config`, `context_management`, citations.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import uuid
 
 import msgspec
 
-from services.ingress.surfaces.anthropic_request import to_chat
+from services.ingress.surfaces.anthropic_request import Translation, to_chat, translate
 from services.ingress.surfaces.chat_view import (
     ChunkReader,
     Delta,
@@ -31,7 +33,16 @@ from services.ingress.surfaces.chat_view import (
 from services.ingress.surfaces.sse import sse
 from shared.errors import ErrorInfo
 
-__all__ = ["PING_EVENT", "MessagesStream", "error_body", "error_event", "from_chat", "to_chat"]
+__all__ = [
+    "PING_EVENT",
+    "MessagesStream",
+    "Translation",
+    "error_body",
+    "error_event",
+    "from_chat",
+    "to_chat",
+    "translate",
+]
 
 PING_EVENT = sse("ping", {"type": "ping"})
 
@@ -58,12 +69,12 @@ def stop_reason(finish_reason: str, stop_sequence: str | None, used_tools: bool)
 
 
 def usage_fields(usage: TokenUsage | None) -> JsonObj:
-    """Anthropic counts cache reads apart from `input_tokens`; OpenAI's `prompt_tokens` includes them."""
+    """Anthropic counts cache reads and writes apart from `input_tokens`; OpenAI's `prompt_tokens` includes them."""
     u = usage or TokenUsage()
     return {
-        "input_tokens": max(u.prompt - u.cached, 0),
+        "input_tokens": max(u.prompt - u.cached - u.cache_write, 0),
         "output_tokens": u.completion,
-        "cache_creation_input_tokens": 0,
+        "cache_creation_input_tokens": u.cache_write,
         "cache_read_input_tokens": u.cached,
     }
 

@@ -2,18 +2,37 @@
 
 Error messages name the field Anthropic's way (`max_tokens: Field required`, `messages.0.role: …`);
 `param` carries the same path OpenAI-style (`messages[0].role`) for the request record.
+
+`translate` also lists what the chat form cannot express — `mcp_servers`, `container`, server tools,
+server-tool and MCP blocks, file-id and URL sources, block types it does not know — which only an
+Anthropic deployment can serve (the request goes there unchanged); the text a model reads in those
+parts still goes into the chat body, for the guard's scan. `to_chat` refuses such a request instead.
+Thinking blocks of earlier turns travel as the assistant message's `thinking_blocks` (gatehouse's
+convention, which the Anthropic translator sends back with their signatures); search results and
+document titles and contexts become text parts.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import msgspec
 
 from services.ingress.surfaces.chat_view import JsonObj, obj, text_of
+from services.ingress.surfaces.readable import Untranslatable, readable_text
 from shared.errors import InvalidRequestError
 
 Path = Sequence[str | int]
+_CUSTOM_TOOL = (None, "custom")
+
+
+@dataclass(frozen=True, slots=True)
+class Translation:
+    """The chat body, and where the request uses what it cannot express (`path: what`)."""
+
+    chat: JsonObj
+    untranslatable: list[str]
 
 
 def _bad(path: Path, problem: str) -> InvalidRequestError:
@@ -32,7 +51,26 @@ def _number(body: JsonObj, key: str) -> float | int | None:
 
 
 def to_chat(body: object) -> JsonObj:
-    """An Anthropic Messages request → the OpenAI chat body gatehouse routes (stream asks for usage)."""
+    """An Anthropic Messages request → the OpenAI chat body gatehouse routes (stream asks for usage);
+    a 400 naming the first part the chat form cannot express."""
+    gaps = Untranslatable()
+    chat = _translate(body, gaps)
+    if gaps.found:
+        raise _bad(
+            gaps.first_path,
+            f"{gaps.first_what} is not supported by this gateway unless an Anthropic deployment serves it",
+        )
+    return chat
+
+
+def translate(body: object) -> Translation:
+    """An Anthropic Messages request → its chat body, and what only an Anthropic deployment can serve."""
+    gaps = Untranslatable()
+    chat = _translate(body, gaps)
+    return Translation(chat, gaps.found)
+
+
+def _translate(body: object, gaps: Untranslatable) -> JsonObj:
     if not isinstance(body, dict):
         raise _bad([], "The request body must be a JSON object.")
     model = body.get("model")
@@ -54,11 +92,13 @@ def to_chat(body: object) -> JsonObj:
         raise _bad(["messages"], "at least one message is required")
     for key in ("mcp_servers", "container"):
         if body.get(key):
-            raise _bad([key], "This gateway does not support this parameter.")
+            gaps.add([key], f"The parameter '{key}'")
 
     messages = _system(body.get("system"))
     for i, raw in enumerate(raw_messages):
-        messages.extend(_message(raw, i))
+        messages.extend(_message(raw, i, gaps))
+    if not messages:  # only blocks without text: the chat body is a scan view that must still be valid
+        messages = [{"role": "user", "content": ""}]
     out: JsonObj = {"model": model, "messages": messages, "max_completion_tokens": max_tokens}
 
     for key in ("temperature", "top_p"):
@@ -75,7 +115,7 @@ def to_chat(body: object) -> JsonObj:
     user = obj(body.get("metadata")).get("user_id")
     if isinstance(user, str) and user:
         out["user"] = user
-    tools = _tools(body.get("tools"))
+    tools = _tools(body.get("tools"), gaps)
     if tools:
         out["tools"] = tools
     _tool_choice(body.get("tool_choice"), out)
@@ -111,7 +151,7 @@ def _collapse(parts: list[JsonObj]) -> str | list[JsonObj]:
     return parts
 
 
-def _message(raw: object, i: int) -> list[JsonObj]:
+def _message(raw: object, i: int, gaps: Untranslatable) -> list[JsonObj]:
     if not isinstance(raw, dict):
         raise _bad(["messages", i], "Input should be a valid dictionary")
     role = raw.get("role")
@@ -124,13 +164,21 @@ def _message(raw: object, i: int) -> list[JsonObj]:
     if not isinstance(content, list):
         raise _bad(["messages", i, "content"], "Input should be a valid string or a list of content blocks")
     if role == "assistant":
-        return [_assistant(content, i)]
-    return _user(content, i)
+        return [_assistant(content, i, gaps)]
+    return _user(content, i, gaps)
 
 
-def _assistant(blocks: list[object], i: int) -> JsonObj:
+def _untranslatable(block: JsonObj, where: list[str | int], gaps: Untranslatable, what: str) -> list[JsonObj]:
+    """Note a block the chat form cannot express; its readable text, as a text part, for the guard."""
+    gaps.add(where, what)
+    text = readable_text(block)
+    return [{"type": "text", "text": text}] if text else []
+
+
+def _assistant(blocks: list[object], i: int, gaps: Untranslatable) -> JsonObj:
     parts: list[JsonObj] = []
     calls: list[JsonObj] = []
+    thinking: list[JsonObj] = []
     for j, raw in enumerate(blocks):
         block = obj(raw)
         kind = block.get("type")
@@ -143,17 +191,27 @@ def _assistant(blocks: list[object], i: int) -> JsonObj:
                 raise _bad(where, "A tool_use block needs string `id` and `name`")
             arguments = msgspec.json.encode(block.get("input") or {}).decode()
             calls.append({"id": call_id, "type": "function", "function": {"name": name, "arguments": arguments}})
-        elif kind in ("thinking", "redacted_thinking"):
-            continue  # chat form has no place for prior reasoning; providers accept the turn without it
+        elif kind == "thinking":
+            thinking.append(
+                {
+                    "type": "thinking",
+                    "thinking": text_of(block.get("thinking")),
+                    "signature": text_of(block.get("signature")),
+                }
+            )
+        elif kind == "redacted_thinking":
+            thinking.append({"type": "redacted_thinking", "data": text_of(block.get("data"))})
         else:
-            raise _bad([*where, "type"], f"Content block type {kind!r} is not supported in assistant messages")
+            parts += _untranslatable(block, [*where, "type"], gaps, f"Content block type {kind!r}")
     message: JsonObj = {"role": "assistant", "content": _collapse(parts) if parts else None}
     if calls:
         message["tool_calls"] = calls
+    if thinking:
+        message["thinking_blocks"] = thinking
     return message
 
 
-def _user(blocks: list[object], i: int) -> list[JsonObj]:
+def _user(blocks: list[object], i: int, gaps: Untranslatable) -> list[JsonObj]:
     """Tool results become `tool` messages, which chat wants straight after the assistant's calls; the
     rest of the turn (and any image a tool returned) follows as one user message."""
     tools: list[JsonObj] = []
@@ -163,18 +221,18 @@ def _user(blocks: list[object], i: int) -> list[JsonObj]:
         kind = block.get("type")
         where: list[str | int] = ["messages", i, "content", j]
         if kind == "tool_result":
-            tool, images = _tool_result(block, where)
+            tool, images = _tool_result(block, where, gaps)
             tools.append(tool)
             parts.extend(images)
         else:
-            parts.append(_user_part(block, where))
+            parts.extend(_user_parts(block, where, gaps))
     out = list(tools)
     if parts:
         out.append({"role": "user", "content": parts})
     return out
 
 
-def _tool_result(block: JsonObj, where: list[str | int]) -> tuple[JsonObj, list[JsonObj]]:
+def _tool_result(block: JsonObj, where: list[str | int], gaps: Untranslatable) -> tuple[JsonObj, list[JsonObj]]:
     call_id = block.get("tool_use_id")
     if not isinstance(call_id, str) or not call_id:
         raise _bad([*where, "tool_use_id"], "Field required")
@@ -185,11 +243,11 @@ def _tool_result(block: JsonObj, where: list[str | int]) -> tuple[JsonObj, list[
         texts.append(content)
     elif isinstance(content, list):
         for k, raw in enumerate(content):
-            part = _user_part(obj(raw), [*where, "content", k])
-            if part["type"] == "text":
-                texts.append(text_of(part.get("text")))
-            else:
-                images.append(part)
+            for part in _user_parts(obj(raw), [*where, "content", k], gaps):
+                if part["type"] == "text":
+                    texts.append(text_of(part.get("text")))
+                else:
+                    images.append(part)
     elif content is not None:
         raise _bad([*where, "content"], "Input should be a valid string or a list of content blocks")
     text = "\n".join(texts)
@@ -206,43 +264,62 @@ def _text(block: JsonObj, where: list[str | int]) -> str:
     return text
 
 
-def _user_part(block: JsonObj, where: list[str | int]) -> JsonObj:
+def _user_parts(block: JsonObj, where: list[str | int], gaps: Untranslatable) -> list[JsonObj]:
     kind = block.get("type")
     if kind == "text":
-        return {"type": "text", "text": _text(block, where)}
+        return [{"type": "text", "text": _text(block, where)}]
     if kind == "image":
-        return {"type": "image_url", "image_url": {"url": _image_url(obj(block.get("source")), where)}}
+        source = obj(block.get("source"))
+        if source.get("type") not in ("base64", "url"):
+            return _untranslatable(block, [*where, "source", "type"], gaps, f"Image source type {source.get('type')!r}")
+        return [{"type": "image_url", "image_url": {"url": _image_url(source, where)}}]
     if kind == "document":
-        return _document(block, where)
-    raise _bad([*where, "type"], f"Content block type {kind!r} is not supported by this gateway")
+        return _document(block, where, gaps)
+    if kind == "search_result":
+        # a search result is text the model reads (and may cite): its title, source and content
+        text = "\n".join(s for s in (text_of(block.get("title")), text_of(block.get("source"))) if s)
+        body = readable_text(block.get("content"))
+        return [{"type": "text", "text": f"{text}\n{body}" if text and body else text or body}]
+    return _untranslatable(block, [*where, "type"], gaps, f"Content block type {kind!r}")
 
 
 def _image_url(source: JsonObj, where: list[str | int]) -> str:
-    kind = source.get("type")
-    if kind == "base64":
+    if source.get("type") == "base64":
         media, data = source.get("media_type"), source.get("data")
         if not isinstance(media, str) or not isinstance(data, str):
             raise _bad([*where, "source"], "A base64 image needs `media_type` and `data`")
         return f"data:{media};base64,{data}"
-    if kind == "url" and isinstance(source.get("url"), str):
-        return text_of(source.get("url"))
-    raise _bad([*where, "source", "type"], f"Image source type {kind!r} is not supported by this gateway")
+    url = source.get("url")
+    if not isinstance(url, str):
+        raise _bad([*where, "source", "url"], "Field required")
+    return url
 
 
-def _document(block: JsonObj, where: list[str | int]) -> JsonObj:
+def _document(block: JsonObj, where: list[str | int], gaps: Untranslatable) -> list[JsonObj]:
     source = obj(block.get("source"))
     kind = source.get("type")
     data = source.get("data")
+    # the title and context are text the model reads along with the document
+    about: list[JsonObj] = [
+        {"type": "text", "text": t} for t in (text_of(block.get("title")), text_of(block.get("context"))) if t
+    ]
     if kind == "text" and isinstance(data, str):
-        return {"type": "text", "text": data}
+        return [*about, {"type": "text", "text": data}]
     if kind == "base64" and isinstance(data, str):
         media = text_of(source.get("media_type")) or "application/pdf"
         name = text_of(block.get("title")) or "document.pdf"
-        return {"type": "file", "file": {"filename": name, "file_data": f"data:{media};base64,{data}"}}
-    raise _bad([*where, "source", "type"], f"Document source type {kind!r} is not supported by this gateway")
+        return [*about, {"type": "file", "file": {"filename": name, "file_data": f"data:{media};base64,{data}"}}]
+    inner = source.get("content")
+    if kind == "content" and isinstance(inner, str):
+        return [*about, {"type": "text", "text": inner}]
+    if kind == "content" and isinstance(inner, list):
+        for k, raw in enumerate(inner):
+            about += _user_parts(obj(raw), [*where, "source", "content", k], gaps)
+        return about
+    return about + _untranslatable(block, [*where, "source", "type"], gaps, f"Document source type {kind!r}")
 
 
-def _tools(raw: object) -> list[JsonObj]:
+def _tools(raw: object, gaps: Untranslatable) -> list[JsonObj]:
     if raw is None:
         return []
     if not isinstance(raw, list):
@@ -251,8 +328,9 @@ def _tools(raw: object) -> list[JsonObj]:
     for j, item in enumerate(raw):
         tool = obj(item)
         kind = tool.get("type")
-        if kind not in (None, "custom"):
-            raise _bad(["tools", j, "type"], f"Server tool {kind!r} is not supported by this gateway")
+        if kind not in _CUSTOM_TOOL:
+            gaps.add(["tools", j, "type"], f"Server tool {kind!r}")
+            continue
         name, schema = tool.get("name"), tool.get("input_schema")
         if not isinstance(name, str) or not name:
             raise _bad(["tools", j, "name"], "Field required")

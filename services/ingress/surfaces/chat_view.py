@@ -41,12 +41,14 @@ def text_of(value: object) -> str:
 
 @dataclass(frozen=True, slots=True)
 class TokenUsage:
-    """OpenAI usage: `prompt` includes `cached`, `completion` includes `reasoning`."""
+    """OpenAI usage: `prompt` includes `cached` (cache reads) and `cache_write`, `completion` includes
+    `reasoning`."""
 
     prompt: int = 0
     completion: int = 0
     cached: int = 0
     reasoning: int = 0
+    cache_write: int = 0
 
     @property
     def total(self) -> int:
@@ -61,6 +63,7 @@ def read_usage(usage: CompletionUsage | None) -> TokenUsage | None:
         prompt=usage.prompt_tokens or 0,
         completion=usage.completion_tokens or 0,
         cached=(prompt.cached_tokens or 0) if prompt is not None else 0,
+        cache_write=(prompt.cache_write_tokens or 0) if prompt is not None else 0,
         reasoning=(completion.reasoning_tokens or 0) if completion is not None else 0,
     )
 

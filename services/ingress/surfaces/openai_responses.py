@@ -5,9 +5,11 @@ Request: `to_chat(body)` → an OpenAI chat body. Response: `from_chat(completio
 events, each with its `sequence_number`. Errors outside a stream use the OpenAI envelope
 (`shared.errors.error_body`); inside one, `ResponsesStream.error(info)`.
 
-gatehouse stores no responses, so everything that needs a stored one (`previous_response_id`,
-`conversation`, `item_reference`, `background`) is a 400 naming the parameter, as are built-in tools
-(web_search, file_search, …), `prompt` templates, file ids and `truncation: auto`.
+`translate(body)` also lists what the chat form cannot express (stored responses and conversations,
+`item_reference`, `prompt` templates, built-in tools and their items, file ids, `truncation: auto`):
+such a request is served only by an OpenAI deployment, which gets the client's body unchanged.
+Dropped when another provider serves the request: `store`, `metadata`, `include`, `reasoning.summary`,
+`context_management`, `prompt_cache_retention`.
 """
 
 from __future__ import annotations
@@ -30,11 +32,11 @@ from services.ingress.surfaces.chat_view import (
     read_completion,
     text_of,
 )
-from services.ingress.surfaces.responses_request import to_chat
+from services.ingress.surfaces.responses_request import Translation, to_chat, translate
 from services.ingress.surfaces.sse import sse
 from shared.errors import ErrorInfo
 
-__all__ = ["ResponsesStream", "from_chat", "to_chat"]
+__all__ = ["ResponsesStream", "Translation", "error_event", "from_chat", "to_chat", "translate"]
 
 # ---------------------------------------------------------------- response
 
@@ -48,7 +50,7 @@ def usage_fields(usage: TokenUsage | None) -> JsonObj | None:
         return None
     return {
         "input_tokens": usage.prompt,
-        "input_tokens_details": {"cached_tokens": usage.cached, "cache_write_tokens": 0},
+        "input_tokens_details": {"cached_tokens": usage.cached, "cache_write_tokens": usage.cache_write},
         "output_tokens": usage.completion,
         "output_tokens_details": {"reasoning_tokens": usage.reasoning},
         "total_tokens": usage.total,
@@ -153,6 +155,19 @@ def from_chat(completion: bytes | JsonObj, requested_model: str, *, request: Jso
         usage=usage_fields(view.usage),
         incomplete=incomplete,
     )
+
+
+def error_event(info: ErrorInfo, sequence_number: int) -> bytes:
+    """The `error` event that ends a stream relayed unchanged from an OpenAI deployment, numbered after the
+    `sequence_number` events relayed before it."""
+    data = {
+        "type": "error",
+        "code": info.code,
+        "message": info.message,
+        "param": info.param,
+        "sequence_number": sequence_number,
+    }
+    return sse("error", data)
 
 
 # ---------------------------------------------------------------- stream

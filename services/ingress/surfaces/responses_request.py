@@ -1,22 +1,37 @@
-"""OpenAI Responses request → canonical chat body; what needs stored responses or built-in tools is a 400."""
+"""OpenAI Responses request → canonical chat body.
+
+`translate` also lists what the chat form cannot express — stored state (`previous_response_id`,
+`conversation`, `item_reference`, `prompt` templates), built-in tools (web_search, file_search, mcp, …)
+and their items, file ids, `truncation: auto`, `max_tool_calls`, `top_logprobs`, other `include`s —
+which only an OpenAI deployment can serve (the request goes there unchanged); the text a model reads in
+those parts still goes into the chat body, for the guard's scan. `to_chat` refuses such a request
+instead. `background` is refused either way: gatehouse serves no `GET /v1/responses/{id}` to poll.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
 from services.ingress.surfaces.chat_view import JsonObj, obj, text_of
+from services.ingress.surfaces.readable import Untranslatable, readable_text
 from shared.errors import InvalidRequestError
 
-_NO_STORE = "gatehouse does not store responses, so this parameter is not supported."
-_UNSUPPORTED_PARAMS = {
-    "previous_response_id": _NO_STORE,
-    "conversation": _NO_STORE,
-    "background": "Background responses are not supported by this gateway.",
-    "prompt": "Prompt templates are not supported by this gateway.",
-    "max_tool_calls": "The 'max_tool_calls' parameter is not supported by this gateway.",
-    "top_logprobs": "Log probabilities are not supported on this endpoint by this gateway.",
+_UNTRANSLATABLE_PARAMS = {
+    "previous_response_id": "A stored response ('previous_response_id')",
+    "conversation": "A stored conversation ('conversation')",
+    "prompt": "A stored prompt template ('prompt')",
+    "max_tool_calls": "The 'max_tool_calls' parameter",
+    "top_logprobs": "Log probabilities ('top_logprobs')",
 }
 _INCLUDABLE = frozenset({"reasoning.encrypted_content"})  # asked by default by agents; nothing to include
+
+
+@dataclass(frozen=True, slots=True)
+class Translation:
+    """The chat body, and where the request uses what it cannot express (`path: what`)."""
+
+    chat: JsonObj
+    untranslatable: list[str]
 
 
 def _missing(param: str) -> InvalidRequestError:
@@ -30,29 +45,42 @@ def _invalid(param: str, message: str) -> InvalidRequestError:
 
 
 def to_chat(body: object) -> JsonObj:
-    """A Responses request → the OpenAI chat body gatehouse routes (stream asks for usage)."""
+    """A Responses request → the OpenAI chat body gatehouse routes (stream asks for usage); a 400 naming
+    the first part the chat form cannot express."""
+    gaps = Untranslatable()
+    chat = _translate(body, gaps)
+    if gaps.found:
+        path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in gaps.first_path).lstrip(".")
+        raise _invalid(
+            path, f"{gaps.first_what} is not supported by this gateway unless an OpenAI deployment serves it."
+        )
+    return chat
+
+
+def translate(body: object) -> Translation:
+    """A Responses request → its chat body, and what only an OpenAI deployment can serve."""
+    gaps = Untranslatable()
+    chat = _translate(body, gaps)
+    return Translation(chat, gaps.found)
+
+
+def _translate(body: object, gaps: Untranslatable) -> JsonObj:
     if not isinstance(body, dict):
         raise InvalidRequestError("The request body must be a JSON object.")
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise _missing("model") if model is None else _invalid("model", "Invalid 'model': expected a string.")
-    for param, why in _UNSUPPORTED_PARAMS.items():
-        if body.get(param) not in (None, False):
-            raise _invalid(param, why)
-    if body.get("truncation") not in (None, "disabled"):
-        raise _invalid("truncation", "Only 'truncation: disabled' is supported by this gateway.")
-    include = body.get("include")
-    for n, item in enumerate(include if isinstance(include, list) else []):
-        if item not in _INCLUDABLE:
-            raise _invalid(f"include[{n}]", f"Including {item!r} is not supported by this gateway.")
-
+    _stored_state(body, gaps)
     messages: list[JsonObj] = []
     instructions = body.get("instructions")
     if isinstance(instructions, str) and instructions:
         messages.append({"role": "system", "content": instructions})
     elif instructions is not None and not isinstance(instructions, str):
         raise _invalid("instructions", "Invalid 'instructions': expected a string.")
-    messages.extend(_input(body.get("input")))
+    prompt = readable_text(obj(body.get("prompt")).get("variables"))
+    if prompt:  # a stored template's variables are text the model reads
+        messages.append({"role": "user", "content": prompt})
+    messages.extend(_input(body.get("input"), gaps))
     out: JsonObj = {"model": model, "messages": messages}
 
     max_out = body.get("max_output_tokens")
@@ -75,11 +103,13 @@ def to_chat(body: object) -> JsonObj:
     if isinstance(effort, str):
         out["reasoning_effort"] = effort
     _text_config(obj(body.get("text")), out)
-    tools = _tools(body.get("tools"))
+    tools = _tools(body.get("tools"), gaps)
     if tools:
         out["tools"] = tools
     if body.get("tool_choice") is not None:
-        out["tool_choice"] = _tool_choice(body["tool_choice"])
+        choice = _tool_choice(body["tool_choice"], gaps)
+        if choice is not None:
+            out["tool_choice"] = choice
     stream = body.get("stream")
     if stream is not None and not isinstance(stream, bool):
         raise _invalid("stream", "Invalid 'stream': expected a boolean.")
@@ -87,6 +117,21 @@ def to_chat(body: object) -> JsonObj:
         out["stream"] = True
         out["stream_options"] = {"include_usage": True}
     return out
+
+
+def _stored_state(body: JsonObj, gaps: Untranslatable) -> None:
+    """Parameters that need state kept by OpenAI, or that chat has no form for."""
+    if body.get("background") not in (None, False):
+        raise _invalid("background", "Background responses are not supported by this gateway.")
+    for param, what in _UNTRANSLATABLE_PARAMS.items():
+        if body.get(param) not in (None, False):
+            gaps.add([param], what)
+    if body.get("truncation") not in (None, "disabled"):
+        gaps.add(["truncation"], f"'truncation: {body.get('truncation')}'")
+    include = body.get("include")
+    for n, item in enumerate(include if isinstance(include, list) else []):
+        if item not in _INCLUDABLE:
+            gaps.add(["include", n], f"Including {item!r}")
 
 
 @dataclass(slots=True)
@@ -117,7 +162,7 @@ class _Builder:
             self.tool_images = []
 
 
-def _input(raw: object) -> list[JsonObj]:
+def _input(raw: object, gaps: Untranslatable) -> list[JsonObj]:
     if raw is None:
         raise _missing("input")
     if isinstance(raw, str):
@@ -130,9 +175,10 @@ def _input(raw: object) -> list[JsonObj]:
     for i, value in enumerate(raw):
         item = obj(value)
         where = f"input[{i}]"
+        at: list[str | int] = ["input", i]
         kind = item.get("type") or "message"
         if kind == "message":
-            out.add(_message(item, where))
+            out.add(_message(item, where, gaps, at))
         elif kind == "function_call":
             call_id, name = item.get("call_id"), item.get("name")
             if not isinstance(call_id, str) or not isinstance(name, str):
@@ -144,20 +190,22 @@ def _input(raw: object) -> list[JsonObj]:
             call_id = item.get("call_id")
             if not isinstance(call_id, str):
                 raise _missing(f"{where}.call_id")
-            text, images = _tool_output(item.get("output"), f"{where}.output")
+            text, images = _tool_output(item.get("output"), f"{where}.output", gaps, [*at, "output"])
             out.add({"role": "tool", "tool_call_id": call_id, "content": text})
             out.tool_images.extend(images)
         elif kind == "reasoning":
             continue  # prior reasoning has no chat form; the turn stands without it
-        elif kind == "item_reference":
-            raise _invalid(f"{where}.type", f"Item references need stored items; {_NO_STORE}")
         else:
-            raise _invalid(f"{where}.type", f"Input item type {kind!r} is not supported by this gateway.")
+            # built-in tool calls and their outputs, references to stored items, …
+            gaps.add([*at, "type"], f"Input item type {kind!r}")
+            text = readable_text(item)
+            if text:
+                out.add({"role": "user", "content": text})
     out.flush()
     return out.messages
 
 
-def _message(item: JsonObj, where: str) -> JsonObj:
+def _message(item: JsonObj, where: str, gaps: Untranslatable, at: list[str | int]) -> JsonObj:
     role = item.get("role")
     if role not in ("user", "assistant", "system", "developer"):
         raise _invalid(
@@ -169,7 +217,7 @@ def _message(item: JsonObj, where: str) -> JsonObj:
         return {"role": role, "content": content}
     if not isinstance(content, list):
         raise _missing(f"{where}.content") if content is None else _invalid(f"{where}.content", "Expected a list.")
-    parts = [_part(obj(p), f"{where}.content[{j}]") for j, p in enumerate(content)]
+    parts = [_part(obj(p), f"{where}.content[{j}]", gaps, [*at, "content", j]) for j, p in enumerate(content)]
     if role != "user":
         for j, part in enumerate(parts):
             if part["type"] != "text":
@@ -179,7 +227,7 @@ def _message(item: JsonObj, where: str) -> JsonObj:
     return {"role": role, "content": parts}
 
 
-def _part(part: JsonObj, where: str) -> JsonObj:
+def _part(part: JsonObj, where: str, gaps: Untranslatable, at: list[str | int]) -> JsonObj:
     kind = part.get("type")
     if kind in ("input_text", "output_text"):
         return {"type": "text", "text": text_of(part.get("text"))}
@@ -187,6 +235,9 @@ def _part(part: JsonObj, where: str) -> JsonObj:
         return {"type": "text", "text": text_of(part.get("refusal"))}
     if kind == "input_image":
         url = part.get("image_url")
+        if isinstance(part.get("file_id"), str) and not url:
+            gaps.add([*at, "file_id"], "An image given by file id")
+            return {"type": "text", "text": ""}
         if not isinstance(url, str) or not url:
             raise _invalid(f"{where}.image_url", "Only images given by URL or data URL are supported (no file ids).")
         image: JsonObj = {"url": url}
@@ -196,12 +247,16 @@ def _part(part: JsonObj, where: str) -> JsonObj:
     if kind == "input_file":
         data = part.get("file_data")
         if not isinstance(data, str) or not data:
+            if isinstance(part.get("file_id"), str) or isinstance(part.get("file_url"), str):
+                gaps.add([*at, "file_id" if part.get("file_id") else "file_url"], "A file given by id or URL")
+                return {"type": "text", "text": ""}
             raise _invalid(f"{where}.file_data", "Only files given inline as 'file_data' are supported.")
         return {"type": "file", "file": {"filename": text_of(part.get("filename")) or "file", "file_data": data}}
-    raise _invalid(f"{where}.type", f"Content part type {kind!r} is not supported by this gateway.")
+    gaps.add([*at, "type"], f"Content part type {kind!r}")
+    return {"type": "text", "text": readable_text(part)}
 
 
-def _tool_output(raw: object, where: str) -> tuple[str, list[JsonObj]]:
+def _tool_output(raw: object, where: str, gaps: Untranslatable, at: list[str | int]) -> tuple[str, list[JsonObj]]:
     if isinstance(raw, str):
         return raw, []
     if not isinstance(raw, list):
@@ -209,7 +264,7 @@ def _tool_output(raw: object, where: str) -> tuple[str, list[JsonObj]]:
     texts: list[str] = []
     images: list[JsonObj] = []
     for j, value in enumerate(raw):
-        part = _part(obj(value), f"{where}[{j}]")
+        part = _part(obj(value), f"{where}[{j}]", gaps, [*at, j])
         if part["type"] == "text":
             texts.append(text_of(part.get("text")))
         else:
@@ -217,7 +272,7 @@ def _tool_output(raw: object, where: str) -> tuple[str, list[JsonObj]]:
     return "\n".join(texts), images
 
 
-def _tools(raw: object) -> list[JsonObj]:
+def _tools(raw: object, gaps: Untranslatable) -> list[JsonObj]:
     if raw is None:
         return []
     if not isinstance(raw, list):
@@ -227,9 +282,8 @@ def _tools(raw: object) -> list[JsonObj]:
         tool = obj(value)
         kind = tool.get("type")
         if kind != "function":
-            raise _invalid(
-                f"tools[{j}].type", f"Tool type {kind!r} is not supported by this gateway (only 'function')."
-            )
+            gaps.add(["tools", j, "type"], f"Tool type {kind!r}")
+            continue
         name = tool.get("name")
         if not isinstance(name, str) or not name:
             raise _missing(f"tools[{j}].name")
@@ -241,7 +295,7 @@ def _tools(raw: object) -> list[JsonObj]:
     return tools
 
 
-def _tool_choice(raw: object) -> object:
+def _tool_choice(raw: object, gaps: Untranslatable) -> object:
     if raw in ("auto", "none", "required"):
         return raw
     choice = obj(raw)
@@ -254,10 +308,14 @@ def _tool_choice(raw: object) -> object:
         for j, value in enumerate(allowed if isinstance(allowed, list) else []):
             tool = obj(value)
             if tool.get("type") != "function" or not isinstance(tool.get("name"), str):
-                raise _invalid(f"tool_choice.tools[{j}]", "Only function tools may be allowed by this gateway.")
+                gaps.add(["tool_choice", "tools", j], f"Allowing tool type {tool.get('type')!r}")
+                continue
             names.append({"type": "function", "function": {"name": tool["name"]}})
         mode = choice.get("mode") if choice.get("mode") in ("auto", "required") else "auto"
         return {"type": "allowed_tools", "allowed_tools": {"mode": mode, "tools": names}}
+    if isinstance(kind, str) and kind:  # a built-in tool (web_search_preview, file_search, mcp, …)
+        gaps.add(["tool_choice"], f"Tool choice {kind!r}")
+        return None
     raise _invalid("tool_choice", f"Tool choice {raw!r} is not supported by this gateway.")
 
 

@@ -9,7 +9,7 @@ model_context_window_exceeded → length, tool_use → tool_calls, refusal → c
 
 Usage: Anthropic counts cache reads and cache writes apart from `input_tokens`; OpenAI's
 `prompt_tokens` includes cached tokens, so prompt = input + cache_read + cache_creation, with the cache
-reads as `cached_tokens` (and the writes reported as `prompt_tokens_details.cache_creation_tokens`).
+reads as `cached_tokens` and the writes as `prompt_tokens_details.cache_write_tokens` (OpenAI's name).
 Streams take input usage from `message_start` and the final (cumulative) counts from `message_delta`.
 """
 
@@ -154,7 +154,7 @@ class _Counts:
             "prompt_tokens": prompt,
             "completion_tokens": self.output,
             "total_tokens": prompt + self.output,
-            "prompt_tokens_details": {"cached_tokens": self.cache_read, "cache_creation_tokens": self.cache_creation},
+            "prompt_tokens_details": {"cached_tokens": self.cache_read, "cache_write_tokens": self.cache_creation},
             "completion_tokens_details": {"reasoning_tokens": 0},
         }
 
@@ -163,6 +163,7 @@ class _Counts:
             input_tokens=self.input + self.cache_read + self.cache_creation,
             output_tokens=self.output,
             cached_tokens=self.cache_read,
+            cache_write_tokens=self.cache_creation,
         )
 
 

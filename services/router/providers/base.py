@@ -174,9 +174,11 @@ def openai_usage(obj: JsonObj | bytes) -> Usage | None:
         u = msgspec.convert(raw, CompletionUsage)
     if u is None:
         return None
+    prompt = u.prompt_tokens_details
     return Usage(
         input_tokens=u.prompt_tokens or 0,
         output_tokens=u.completion_tokens or 0,
-        cached_tokens=(u.prompt_tokens_details.cached_tokens or 0) if u.prompt_tokens_details else 0,
+        cached_tokens=(prompt.cached_tokens or 0) if prompt else 0,
         reasoning_tokens=((u.completion_tokens_details.reasoning_tokens or 0) if u.completion_tokens_details else 0),
+        cache_write_tokens=(prompt.cache_write_tokens or 0) if prompt else 0,
     )

@@ -140,6 +140,20 @@ def test_a_native_request_with_nothing_to_change_keeps_its_body() -> None:
     assert checked.request.native == native and checked.output is None
 
 
+def test_a_request_only_its_own_protocol_carries_cannot_be_redacted_into_another() -> None:
+    where = "tools[0].type: Server tool 'web_search_20250305'"
+    native = NativeRequest(protocol="anthropic-messages", body=b"{}", untranslatable=[where])
+    checked = Guard(CONFIG).check(
+        request({"messages": [{"role": "user", "content": "mail a@example.com"}]}, policy="redact", native=native)
+    )
+    assert checked.summary.action == "redact" and checked.error is not None
+    assert checked.error.status == 400 and checked.error.param == "tools[0].type"
+    assert "policy 'redact' redacts this request" in checked.error.message and where in checked.error.message
+    # the same request with nothing to redact goes on unchanged
+    clean = Guard(CONFIG).check(request({"messages": [{"role": "user", "content": "hi"}]}, native=native))
+    assert clean.error is None and clean.request.native == native
+
+
 def _policy(name: str) -> OutputFilter:
     rails = Guard(CONFIG).rails
     return OutputFilter(rails.policy(name), Vault.from_mapping({"<EMAIL_1>": "a@example.com"}), 64)

@@ -334,8 +334,10 @@ def test_response_text_tool_calls_and_usage_with_cache() -> None:
     assert out["usage"]["completion_tokens"] == 5
     assert out["usage"]["total_tokens"] == 135
     assert out["usage"]["prompt_tokens_details"]["cached_tokens"] == 100
+    assert out["usage"]["prompt_tokens_details"]["cache_write_tokens"] == 20
     usage = T.usage_of(out)
-    assert usage is not None and (usage.input_tokens, usage.output_tokens, usage.cached_tokens) == (130, 5, 100)
+    assert usage is not None
+    assert (usage.input_tokens, usage.output_tokens, usage.cached_tokens, usage.cache_write_tokens) == (130, 5, 100, 20)
 
 
 @pytest.mark.parametrize(

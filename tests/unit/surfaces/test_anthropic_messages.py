@@ -108,6 +108,8 @@ def test_full_request_maps_to_chat() -> None:
                     },
                     {"id": "toolu_2", "type": "function", "function": {"name": "clock", "arguments": "{}"}},
                 ],
+                # gatehouse's convention: the Anthropic translator sends them back, the guard scans them
+                "thinking_blocks": [{"type": "thinking", "thinking": "hmm", "signature": "s"}],
             },
             {"role": "tool", "tool_call_id": "toolu_1", "content": "Error: no such cat"},
             {"role": "tool", "tool_call_id": "toolu_2", "content": "12:00"},
@@ -182,6 +184,7 @@ def test_document_blocks() -> None:
         {
             "role": "user",
             "content": [
+                {"type": "text", "text": "a.pdf"},  # the title is text the model reads
                 {"type": "file", "file": {"filename": "a.pdf", "file_data": "data:application/pdf;base64,JVBE"}},
                 {"type": "text", "text": "plain words"},
             ],
@@ -231,7 +234,7 @@ _OK = {"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "
         ({"tool_choice": {"type": "sometimes"}}, "tool_choice.type", "'auto', 'any', 'tool' or 'none'"),
         ({"temperature": "hot"}, "temperature", "valid number"),
         ({"stop_sequences": "END"}, "stop_sequences", "list of strings"),
-        ({"mcp_servers": [{"url": "x"}]}, "mcp_servers", "does not support"),
+        ({"mcp_servers": [{"url": "x"}]}, "mcp_servers", "unless an Anthropic deployment serves it"),
         ({"stream": "yes"}, "stream", "valid boolean"),
     ],
 )
@@ -691,3 +694,115 @@ async def test_sdk_sees_errors_as_anthropic_errors(sdk: tuple[anthropic.AsyncAnt
     script.error = RateLimitError("Key quota exceeded.").info()
     with pytest.raises(anthropic.RateLimitError):
         await client.messages.create(model="m", max_tokens=5, messages=[{"role": "user", "content": "hi"}])
+
+
+# ---------------------------------------------------------------- what only Anthropic can serve
+
+
+def _scanned(chat: dict[str, Any]) -> str:
+    """Every text the guard scans in a chat body (services.guard.texts), joined."""
+    from services.guard import texts
+    from shared.schemas.openai import chat_from_builtins
+
+    return "\n".join(texts.read(texts.chat_slots(chat_from_builtins(chat))))
+
+
+def test_translate_lists_what_only_anthropic_serves_and_keeps_its_text_for_the_guard() -> None:
+    body = {
+        "model": "claude",
+        "max_tokens": 64,
+        "mcp_servers": [{"type": "url", "url": "https://mcp.example", "name": "tickets", "authorization_token": "t"}],
+        "container": "container_1",
+        "tools": [
+            {"type": "web_search_20250305", "name": "web_search", "max_uses": 2},
+            {"name": "lookup", "input_schema": {"type": "object"}, "cache_control": {"type": "ephemeral"}},
+        ],
+        "messages": [
+            {
+                "role": "user",
+                "content": [
+                    {
+                        "type": "document",
+                        "source": {"type": "text", "media_type": "text/plain", "data": "doc body words"},
+                        "title": "Doc title",
+                        "context": "doc context words",
+                        "citations": {"enabled": True},
+                    },
+                    {
+                        "type": "search_result",
+                        "source": "https://kb.example/1",
+                        "title": "KB one",
+                        "content": [{"type": "text", "text": "search result words"}],
+                    },
+                    {"type": "image", "source": {"type": "file", "file_id": "file_1"}},
+                    {"type": "text", "text": "question words"},
+                ],
+            },
+            {
+                "role": "assistant",
+                "content": [
+                    {"type": "thinking", "thinking": "earlier thought words", "signature": "sig"},
+                    {
+                        "type": "server_tool_use",
+                        "id": "srvtoolu_1",
+                        "name": "web_search",
+                        "input": {"query": "q words"},
+                    },
+                    {
+                        "type": "web_search_tool_result",
+                        "tool_use_id": "srvtoolu_1",
+                        "content": [
+                            {
+                                "type": "web_search_result",
+                                "url": "https://news.example",
+                                "title": "web result title",
+                                "encrypted_content": "ZW5j",
+                            }
+                        ],
+                    },
+                    {
+                        "type": "text",
+                        "text": "answer words",
+                        "citations": [{"type": "char_location", "cited_text": "x"}],
+                    },
+                ],
+            },
+            {
+                "role": "user",
+                "content": [
+                    {
+                        "type": "mcp_tool_result",
+                        "tool_use_id": "mcptoolu_1",
+                        "content": [{"type": "text", "text": "mcp words"}],
+                    },
+                    {"type": "text", "text": "go on"},
+                ],
+            },
+        ],
+    }
+    translation = am.translate(body)
+    assert translation.untranslatable == [
+        "mcp_servers: The parameter 'mcp_servers'",
+        "container: The parameter 'container'",
+        "messages[0].content[2].source.type: Image source type 'file'",
+        "messages[1].content[1].type: Content block type 'server_tool_use'",
+        "messages[1].content[2].type: Content block type 'web_search_tool_result'",
+        "messages[2].content[0].type: Content block type 'mcp_tool_result'",
+        "tools[0].type: Server tool 'web_search_20250305'",
+    ]
+    scanned = _scanned(translation.chat)
+    for words in (
+        "doc body words", "Doc title", "doc context words", "search result words", "KB one", "question words",
+        "earlier thought words", "q words", "web result title", "answer words", "mcp words", "go on",
+    ):  # fmt: skip
+        assert words in scanned
+    assert "ZW5j" not in scanned and "srvtoolu_1" not in scanned  # opaque data and ids are not text
+    with pytest.raises(InvalidRequestError, match="unless an Anthropic deployment serves it") as exc:
+        am.to_chat(body)
+    assert exc.value.param == "mcp_servers"
+
+
+def test_translate_of_a_plain_request_lists_nothing() -> None:
+    body = {"model": "m", "max_tokens": 5, "system": "s", "messages": [{"role": "user", "content": "hi"}]}
+    translation = am.translate(body)
+    assert translation.untranslatable == [] and translation.chat == am.to_chat(body)

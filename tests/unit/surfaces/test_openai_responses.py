@@ -184,30 +184,30 @@ def test_tool_choice(choice: object, expected: object) -> None:
         ({"input": None}, "input", "Missing required parameter: 'input'"),
         ({"input": []}, "input", "empty array"),
         ({"input": 5}, "input", "expected a string or an array"),
-        ({"previous_response_id": "resp_1"}, "previous_response_id", "does not store responses"),
-        ({"conversation": "conv_1"}, "conversation", "does not store responses"),
+        ({"previous_response_id": "resp_1"}, "previous_response_id", "A stored response"),
+        ({"conversation": "conv_1"}, "conversation", "A stored conversation"),
         ({"background": True}, "background", "Background responses"),
-        ({"prompt": {"id": "pmpt_1"}}, "prompt", "Prompt templates"),
+        ({"prompt": {"id": "pmpt_1"}}, "prompt", "stored prompt template"),
         ({"max_tool_calls": 3}, "max_tool_calls", "not supported"),
         ({"top_logprobs": 2}, "top_logprobs", "not supported"),
-        ({"truncation": "auto"}, "truncation", "disabled"),
+        ({"truncation": "auto"}, "truncation", "'truncation: auto' is not supported"),
         ({"include": ["message.output_text.logprobs"]}, "include[0]", "not supported"),
         ({"tools": [{"type": "web_search"}]}, "tools[0].type", "'web_search' is not supported"),
         ({"tools": [{"type": "file_search", "vector_store_ids": ["vs"]}]}, "tools[0].type", "'file_search'"),
         ({"tools": [{"type": "function"}]}, "tools[0].name", "Missing required parameter"),
         ({"tool_choice": {"type": "web_search_preview"}}, "tool_choice", "not supported"),
-        ({"input": [{"type": "item_reference", "id": "msg_1"}]}, "input[0].type", "stored items"),
+        ({"input": [{"type": "item_reference", "id": "msg_1"}]}, "input[0].type", "'item_reference' is not supported"),
         ({"input": [{"type": "web_search_call", "id": "ws_1"}]}, "input[0].type", "'web_search_call' is not supported"),
         ({"input": [{"role": "robot", "content": "x"}]}, "input[0].role", "'robot'"),
         (
             {"input": [{"role": "user", "content": [{"type": "input_image", "file_id": "file_1"}]}]},
-            "input[0].content[0].image_url",
-            "no file ids",
+            "input[0].content[0].file_id",
+            "An image given by file id",
         ),
         (
             {"input": [{"role": "user", "content": [{"type": "input_file", "file_id": "file_1"}]}]},
-            "input[0].content[0].file_data",
-            "inline",
+            "input[0].content[0].file_id",
+            "A file given by id or URL",
         ),
         (
             {"input": [{"role": "system", "content": [{"type": "input_image", "image_url": "https://x"}]}]},
@@ -617,3 +617,36 @@ async def test_sdk_sees_unsupported_params_as_400(sdk: tuple[openai.AsyncOpenAI,
     with pytest.raises(openai.BadRequestError) as exc:
         await client.responses.create(model="m", input="hi", tools=[{"type": "web_search"}])
     assert exc.value.param == "tools[0].type"
+
+
+def test_translate_lists_what_only_openai_serves_and_keeps_its_text_for_the_guard() -> None:
+    from services.guard import texts
+    from shared.schemas.openai import chat_from_builtins
+
+    body = {
+        "model": "gpt",
+        "previous_response_id": "resp_1",
+        "prompt": {"id": "pmpt_1", "variables": {"city": "variable words"}},
+        "tools": [{"type": "web_search"}, {"type": "function", "name": "f", "parameters": {"type": "object"}}],
+        "tool_choice": {"type": "web_search_preview"},
+        "input": [
+            {"type": "web_search_call", "id": "ws_1", "status": "completed", "action": {"query": "query words"}},
+            {"type": "mcp_call", "id": "mcp_1", "name": "lookup", "arguments": "{}", "output": "mcp output words"},
+            {"role": "user", "content": [{"type": "input_text", "text": "question words"}]},
+        ],
+    }
+    translation = orr.translate(body)
+    assert translation.untranslatable == [
+        "previous_response_id: A stored response ('previous_response_id')",
+        "prompt: A stored prompt template ('prompt')",
+        "input[0].type: Input item type 'web_search_call'",
+        "input[1].type: Input item type 'mcp_call'",
+        "tools[0].type: Tool type 'web_search'",
+        "tool_choice: Tool choice 'web_search_preview'",
+    ]
+    chat = translation.chat
+    assert [t["function"]["name"] for t in chat["tools"]] == ["f"] and "tool_choice" not in chat
+    scanned = "\n".join(texts.read(texts.chat_slots(chat_from_builtins(chat))))
+    for words in ("variable words", "query words", "mcp output words", "question words"):
+        assert words in scanned
+    assert orr.translate({"model": "m", "input": "hi"}).untranslatable == []
