@@ -107,6 +107,7 @@ async def ensure_counter_streams(nc: Client, subjects: Subjects, timeout_s: floa
             [f"{subjects.prefix}.quota.>"],
             allow_msg_counter=True,
             max_age=QUOTA_MAX_AGE_S * 1_000_000_000,
+            duplicate_window=QUOTA_MAX_AGE_S * 1_000_000_000,  # may not exceed max_age
         ),
         subjects.reservations_stream: _stream(
             subjects.reservations_stream,

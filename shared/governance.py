@@ -35,7 +35,7 @@ class Budget(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     # hard: refused (or clamped) before dispatch when the worst case does not fit; soft: alerts only
     hard: bool = True
     # percentages of the amount at which an alert is emitted, once per period and threshold
-    alerts: list[int] = [50, 80, 100]
+    alerts: list[int] = msgspec.field(default_factory=lambda: [50, 80, 100])
     # when the remaining budget cannot cover the worst case: refuse (429 budget_exceeded), or lower
     # max_tokens to what it covers (refused all the same when not even a small answer fits)
     on_exceed: Literal["refuse", "clamp"] = "refuse"

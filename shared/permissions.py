@@ -59,6 +59,41 @@ def _events_stream_setup(subjects: Subjects) -> tuple[str, ...]:
     return (f"{JS_API}.INFO", f"{JS_API}.STREAM.INFO.{stream}", f"{JS_API}.STREAM.CREATE.{stream}")
 
 
+def _stream_setup(stream: str) -> tuple[str, ...]:
+    """Create a stream if missing, and read its info (creating an existing stream never changes it)."""
+    return (f"{JS_API}.STREAM.INFO.{stream}", f"{JS_API}.STREAM.CREATE.{stream}")
+
+
+def _reader(stream: str) -> tuple[str, ...]:
+    """Watch a stream with an ordered (push) consumer, and get its messages directly."""
+    return (
+        f"{JS_API}.CONSUMER.CREATE.{stream}",
+        f"{JS_API}.CONSUMER.CREATE.{stream}.>",
+        f"{JS_API}.CONSUMER.INFO.{stream}.*",
+        f"{JS_API}.DIRECT.GET.{stream}",
+        f"{JS_API}.DIRECT.GET.{stream}.>",
+        f"{JS_API}.STREAM.MSG.GET.{stream}",
+        f"$JS.FC.{stream}.>",
+    )
+
+
+def _kv(bucket: str) -> tuple[str, ...]:
+    """Read, watch and write one KV bucket (creating it if missing)."""
+    return (*_stream_setup(f"KV_{bucket}"), *_reader(f"KV_{bucket}"), f"$KV.{bucket}.>")
+
+
+def _counters(subjects: Subjects) -> tuple[str, ...]:
+    """Increment budget, concurrency and quota counters; note reservations (shared/counters.py)."""
+    return (
+        f"{subjects.prefix}.ctr.>",
+        f"{subjects.prefix}.quota.>",
+        subjects.reservations_wildcard,
+        *_stream_setup(subjects.counters_stream),
+        *_stream_setup(subjects.quotas_stream),
+        *_stream_setup(subjects.reservations_stream),
+    )
+
+
 def ingress(subjects: Subjects) -> Permissions:
     return Permissions(
         publish=(
@@ -69,6 +104,8 @@ def ingress(subjects: Subjects) -> Permissions:
             subjects.ping("guard"),
             subjects.ping("router"),
             *_events_stream_setup(subjects),
+            *_counters(subjects),
+            *_kv(subjects.directory_bucket),
         ),
         subscribe=(subjects.inbox_wildcard, f"{subjects.role_inbox('ingress')}.>"),
     )
@@ -115,6 +152,9 @@ def accounting(subjects: Subjects) -> Permissions:
         publish=(
             *_events_stream_setup(subjects),
             subjects.events_alert.name,
+            *_counters(subjects),
+            *_reader(subjects.reservations_stream),
+            *_kv(subjects.alerts_bucket),
             # the durable pull consumer (any name: the durable is a setting), its info, its pulls and acks
             f"{consumer}.CREATE.{stream}.>",
             f"{consumer}.DURABLE.CREATE.{stream}.*",

@@ -7,7 +7,7 @@ thumb for English with BPE tokenizers; images and audio count a fixed amount per
 
 from __future__ import annotations
 
-from shared.schemas.openai import ChatCompletionRequest, ContentPart
+from shared.schemas.openai import ChatCompletionRequest, ContentPart, EmbeddingsRequest
 
 CHARS_PER_TOKEN = 4
 # per message: role and separators the chat template adds
@@ -44,4 +44,18 @@ def estimate_prompt_tokens(req: ChatCompletionRequest) -> int:
         if tool.function is not None:
             fn = tool.function
             total += _text_tokens(fn.name) + _text_tokens(fn.description or "") + _text_tokens(str(fn.parameters or ""))
+    return max(total, 1)
+
+
+def embeddings_tokens(req: EmbeddingsRequest) -> int:
+    """Input tokens of an embeddings request: token ids count one each, text four characters a token."""
+    items = [req.input] if isinstance(req.input, str) else req.input
+    total = 0
+    for item in items:
+        if isinstance(item, str):
+            total += _text_tokens(item)
+        elif isinstance(item, int):
+            total += 1
+        else:
+            total += len(item)
     return max(total, 1)

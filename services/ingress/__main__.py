@@ -24,7 +24,13 @@ def main() -> None:
     if refused and not settings.ingress_allow_dev_key:
         sys.exit(f"ingress: {refused}")
     events = EventPublisher.from_settings(settings, "ingress")
-    app = create_app(config, settings.nats_link("ingress"), Subjects(settings.subject_prefix), events)
+    app = create_app(
+        config,
+        settings.nats_link("ingress"),
+        Subjects(settings.subject_prefix),
+        events,
+        nats_timeout_s=settings.nats_timeout_s,
+    )
     uvicorn.run(
         app,
         host=host,

@@ -22,11 +22,17 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from services.ingress import apis
-from services.ingress.auth import KeyRing, allows
+from services.ingress.admission import Admitted, Estimate, Governor
+from services.ingress.auth import Authenticator
+from services.ingress.directory import Directory, Entitlement
 from services.ingress.inbox import Inbox, NoResponders, next_reply
+from services.ingress.keystore import KeyStore
+from services.ingress.pricing import pricing_index
 from services.ingress.records import RecordPublisher, RequestRecord, new_request_id
+from services.ingress.usage_policy import apply_params, max_output, with_max_output
 from shared.bus import REQUEST_ID, TRACEPARENT, ensure_events_stream
 from shared.config import GatehouseConfig
+from shared.counters import Counters, ensure_counter_streams
 from shared.errors import (
     ErrorInfo,
     GatewayError,
@@ -51,7 +57,9 @@ from shared.schemas.chat import (
     Result,
     Verdict,
 )
+from shared.schemas.openai import ChatCompletionRequest
 from shared.subjects import Subjects
+from shared.tokens import embeddings_tokens, estimate_prompt_tokens
 
 log = logging.getLogger("gatehouse.ingress")
 
@@ -96,11 +104,23 @@ async def read_body(request: Request, limit: int) -> bytes:
 class Gateway:
     """The request path of one ingress process."""
 
-    def __init__(self, config: GatehouseConfig, broker: NatsBroker, subjects: Subjects, events: EventPublisher) -> None:
+    def __init__(
+        self,
+        config: GatehouseConfig,
+        broker: NatsBroker,
+        subjects: Subjects,
+        events: EventPublisher,
+        nats_timeout_s: float = 5.0,
+    ) -> None:
         self.config = config
+        self.nats_timeout_s = nats_timeout_s
         self.broker = broker
         self.subjects = subjects
-        self.keys = KeyRing(config.key_hashes())
+        self.directory = Directory.with_static(config.key_hashes())
+        self.auth = Authenticator(self.directory)
+        self.keystore: KeyStore | None = None
+        self.governor: Governor | None = None
+        self.pricing = pricing_index(config)
         self.models = config.model_index()
         self.native_protocols = {m.name: config.native_protocols(m) for m in config.models}
         self.inbox = Inbox(subjects)
@@ -116,15 +136,30 @@ class Gateway:
     # ---- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
         await self.broker.start()
+        nc = self.broker.connection
         js = self.broker.config.connection_state.stream
         await ensure_events_stream(js, self.subjects)
-        await self.records.start(self.broker.connection)
-        await self.inbox.start(self.broker.connection)
+        await ensure_counter_streams(nc, self.subjects)
+        gov = self.config.governance
+        self.governor = Governor(
+            Counters(nc, self.nats_timeout_s),
+            self.subjects,
+            quotas_fail_open=gov.quotas_when_unavailable == "open",
+            reservation_grace_s=gov.reservation_grace_s,
+        )
+        self.keystore = KeyStore(js, self.subjects.directory_bucket, self.directory)
+        self.keystore.start()
+        await self.records.start(nc)
+        await self.inbox.start(nc)
 
     async def stop(self) -> None:
         if self._tasks:
             await asyncio.wait(set(self._tasks), timeout=CANCEL_GRACE_S + 1)
         await self.inbox.stop()
+        if self.keystore is not None:
+            await self.keystore.stop()
+        if self.governor is not None:
+            await self.governor.drain()
         await self.records.drain()
         await self.broker.stop()
 
@@ -162,13 +197,13 @@ class Gateway:
     async def list_models(self, request: Request) -> Response:
         rid = new_request_id()
         try:
-            _, key = self.keys.authenticate(request.headers.get("authorization"), request.headers.get("x-api-key"))
+            ent = self.auth.authenticate(request.headers.get("authorization"), request.headers.get("x-api-key"))
         except GatewayError as exc:
             return error_response(exc.info(), rid)
         data = [
             {"id": m.name, "object": "model", "created": 0, "owned_by": m.owned_by}
             for m in self.config.models
-            if allows(key, m.name, m.name)
+            if ent.allows(m.name, m.name)
         ]
         return JSONResponse({"object": "list", "data": data}, headers={"x-request-id": rid})
 
@@ -176,9 +211,9 @@ class Gateway:
         rid = new_request_id()
         name = request.path_params["model"]
         try:
-            _, key = self.keys.authenticate(request.headers.get("authorization"), request.headers.get("x-api-key"))
+            ent = self.auth.authenticate(request.headers.get("authorization"), request.headers.get("x-api-key"))
             model = self.models.get(name)
-            if model is None or not allows(key, name, model.name):
+            if model is None or not ent.allows(name, model.name):
                 raise NotFoundError(
                     f"The model `{name}` does not exist or you do not have access to it.", param="model"
                 )
@@ -198,33 +233,45 @@ class Gateway:
             trace_id=request.headers.get(TRACEPARENT, ""),
         )
         try:
-            caller, key = self.keys.authenticate(request.headers.get("authorization"), request.headers.get("x-api-key"))
-            record.caller = caller
+            ent = self.auth.authenticate(request.headers.get("authorization"), request.headers.get("x-api-key"))
+            record.caller = ent.caller
             raw = await read_body(request, self.limit)
             record.request_bytes = len(raw)
             parsed = api.parse(raw, request.headers)
             record.model, record.stream = parsed.model, parsed.stream
             target = self.models.get(parsed.model)
-            if target is None or not allows(key, parsed.model, target.name):
+            if target is None or not ent.allows(parsed.model, target.name):
                 raise NotFoundError(
                     f"The model `{parsed.model}` does not exist or you do not have access to it.", param="model"
                 )
-            record.tags = _tags(request)
+            record.tags = {**ent.tags, **_tags(request)}
             native = parsed.native
             if native and not native.untranslatable and native.protocol not in self.native_protocols[target.name]:
                 native = None  # no deployment takes the client's own body: only its translation travels
+            chat = parsed.chat
+            if chat is not None:
+                policed = apply_params(chat, ent.params)
+                if policed is not chat and native is not None and not native.untranslatable:
+                    native = None  # the client's own body still says what the policy changed
+                chat = policed
+            deadline = record.received_at + self.timeout
+            admitted = await self._admit(ent, record, parsed, chat, target.name, deadline)
+            if admitted.max_tokens is not None and chat is not None:
+                chat = with_max_output(chat, admitted.max_tokens)
+                if native is not None and not native.untranslatable:
+                    native = None  # lowered to what the budget covers: only the translation says so
             req = ChatRequest(
                 request_id=record.request_id,
                 api=api.bus_api,
                 model=parsed.model,
-                caller=caller,
-                chat=parsed.chat,
+                caller=ent.caller,
+                chat=chat,
                 embeddings=parsed.embeddings,
                 native=native,
                 stream=parsed.stream,
                 include_usage=parsed.include_usage,
                 received_at=record.received_at,
-                deadline=record.received_at + self.timeout,
+                deadline=deadline,
                 trace_id=record.trace_id,
                 tags=record.tags,
             )
@@ -236,10 +283,62 @@ class Gateway:
             log.exception("request %s failed unexpectedly", record.request_id)
             return self._fail(api, record, GatewayError("The gateway hit an internal error.").info())
 
+    async def _admit(
+        self,
+        ent: Entitlement,
+        record: RequestRecord,
+        parsed: apis.Parsed,
+        chat: ChatCompletionRequest | None,
+        model: str,
+        deadline: float,
+    ) -> Admitted:
+        """Count the request against the key's quotas and reserve its worst case on its budgets."""
+        if self.governor is None or not ent.governed:
+            return Admitted()
+        pricing = self.pricing[model]
+        if chat is not None:
+            input_tokens = estimate_prompt_tokens(chat)
+            output_tokens = min(max_output(chat) or pricing.max_output, pricing.max_output)
+        else:
+            input_tokens, output_tokens = (embeddings_tokens(parsed.embeddings) if parsed.embeddings else 1), 0
+        if any(b.hard for s in ent.scopes for b in s.limits.budgets) and not pricing.known:
+            raise InvalidRequestError(
+                f"No price is known for a deployment of `{model}`, so its budget cannot be enforced; "
+                "set `price` on its deployments in the config.",
+                param="model",
+            )
+        admitted = await self.governor.admit(
+            ent, record.request_id, Estimate(input_tokens, output_tokens, pricing), deadline
+        )
+        record.admitted = admitted
+        if admitted.reservation is not None:
+            self.records.hold(admitted.reservation)
+        return admitted
+
+    def _finish(self, record: RequestRecord) -> None:
+        """The request is over: give back what it held, and store its record (once)."""
+        admitted = record.admitted
+        if admitted is not None and self.governor is not None:
+            usage = record.outcome.usage if record.outcome else None
+            tokens = (usage.input_tokens + usage.output_tokens) if usage else 0
+            self._spawn(self.governor.finish(admitted, tokens))
+        self.records.submit(record)
+
+    @staticmethod
+    def _headers(record: RequestRecord) -> dict[str, str]:
+        """x-request-id, and the rate-limit headers OpenAI sends, where the key has quotas."""
+        headers = {"x-request-id": record.request_id}
+        if record.admitted is not None:
+            headers.update(record.admitted.headers)
+        return headers
+
     def _fail(self, api: apis.Api, record: RequestRecord, info: ErrorInfo) -> Response:
         record.fail(info)
-        self.records.submit(record)
-        return api.error(info, error_headers(info, record.request_id))
+        self._finish(record)
+        headers = error_headers(info, record.request_id)
+        if record.admitted is not None:
+            headers.update(record.admitted.headers)
+        return api.error(info, headers)
 
     async def _next(self, queue: asyncio.Queue[Reply | NoResponders], record: RequestRecord, stage: str) -> Reply:
         """The next reply that is not the guard's verdict (which is noted on the record)."""
@@ -280,13 +379,13 @@ class Gateway:
                 if not first.native:
                     body = api.completion(body, parsed)
                 record.response_bytes = len(body)
-                self.records.submit(record)
-                return Response(body, media_type="application/json", headers={"x-request-id": record.request_id})
+                self._finish(record)
+                return Response(body, media_type="application/json", headers=self._headers(record))
             handed_over = True
             return StreamingResponse(
                 self._relay(first, queue, record, api.writer(parsed)),
                 media_type="text/event-stream",
-                headers={**_SSE_HEADERS, "x-request-id": req.request_id},
+                headers={**_SSE_HEADERS, **self._headers(record)},
             )
         finally:
             if not handed_over:
@@ -348,7 +447,7 @@ class Gateway:
             record.response_bytes = sent
             if finished:
                 self.inbox.close(record.request_id)
-                self.records.submit(record)
+                self._finish(record)
             else:
                 # the client went away mid-stream: stop the upstream call, and record what it cost so far
                 self._spawn(self._abandon(record, queue))
@@ -371,7 +470,7 @@ class Gateway:
         finally:
             record.fail(CLIENT_CLOSED)
             self.inbox.close(record.request_id)
-            self.records.submit(record)
+            self._finish(record)
 
     def _spawn(self, coro: Coroutine[object, object, None]) -> None:
         task = asyncio.create_task(coro)
@@ -393,9 +492,11 @@ def _tags(request: Request) -> dict[str, str]:
     return tags
 
 
-def create_app(config: GatehouseConfig, nats: NatsLink, subjects: Subjects, events: EventPublisher) -> Starlette:
+def create_app(
+    config: GatehouseConfig, nats: NatsLink, subjects: Subjects, events: EventPublisher, *, nats_timeout_s: float = 5.0
+) -> Starlette:
     broker = nats_broker(nats, max_body_bytes=config.server.max_body_bytes)
-    gw = Gateway(config, broker, subjects, events)
+    gw = Gateway(config, broker, subjects, events, nats_timeout_s)
 
     @asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:

@@ -8,10 +8,11 @@ from dataclasses import dataclass, field
 
 from nats.aio.client import Client
 
+from services.ingress.admission import Admitted
 from shared.errors import ErrorInfo
 from shared.event_publisher import EventPublisher
-from shared.schemas.chat import Caller, GuardSummary, Outcome
-from shared.schemas.events import RequestEvent
+from shared.schemas.chat import Caller, GuardSummary, Outcome, Reservation
+from shared.schemas.events import RequestEvent, ReservationState
 from shared.subjects import Subjects
 
 
@@ -35,6 +36,7 @@ class RequestRecord:
     response_bytes: int = 0
     first_byte_ms: float = 0.0
     tags: dict[str, str] = field(default_factory=dict)
+    admitted: Admitted | None = None  # what quotas and budgets it holds (services/ingress/admission.py)
 
     def fail(self, error: ErrorInfo) -> None:
         self.status = error.status
@@ -72,6 +74,7 @@ class RequestRecord:
             tags=self.tags,
             provider_kind=outcome.provider_kind,
             usage_estimated=outcome.usage_estimated,
+            reservation=self.admitted.reservation if self.admitted else None,
         )
 
 
@@ -81,7 +84,15 @@ class RecordPublisher:
 
     def __init__(self, subjects: Subjects, events: EventPublisher) -> None:
         self._subject = subjects.events_request
+        self._subjects = subjects
         self._events = events
+
+    def hold(self, reservation: Reservation) -> None:
+        """Note a budget reservation as live, so that it is released if this process dies before the
+        request's record is stored (accounting settles it from the record otherwise)."""
+        state = ReservationState(state="live", reservation=reservation, at=time.time())
+        subject = self._subjects.reservation(reservation.request_id)
+        self._events.publish(subject, state, f"resv-live-{reservation.request_id}")
 
     async def start(self, nc: Client) -> None:
         await self._events.start(nc)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import msgspec
 import pytest
 
-from services.ingress.auth import KeyRing
+from services.ingress.auth import Authenticator
+from services.ingress.directory import Directory
 from services.ingress.validate import chat_request, embeddings_request, include_usage
 from shared.config import parse_config
 from shared.errors import AuthenticationError, InvalidRequestError
@@ -84,10 +85,10 @@ def test_embeddings_body() -> None:
 
 def test_keyring_accepts_bearer_and_x_api_key_and_masks_bad_keys() -> None:
     config = parse_config("keys:\n  - id: k\n    env: K\n    team: t\n")
-    ring = KeyRing(config.key_hashes({"K": "sk-test-1234567890"}))
-    caller, _ = ring.authenticate("Bearer sk-test-1234567890")
+    ring = Authenticator(Directory.with_static(config.key_hashes({"K": "sk-test-1234567890"})))
+    caller = ring.authenticate("Bearer sk-test-1234567890").caller
     assert caller.key_id == "k" and caller.team == "t"
-    assert ring.authenticate(None, "sk-test-1234567890")[0].key_id == "k"
+    assert ring.authenticate(None, "sk-test-1234567890").caller.key_id == "k"
     with pytest.raises(AuthenticationError) as exc:
         ring.authenticate("Bearer sk-wrong-0000000000")
     assert "sk-wrong-0000000000" not in exc.value.message
