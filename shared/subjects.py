@@ -133,6 +133,10 @@ class Subjects:
         """Budget counter (micro-USD reserved + settled) of one scope (`team.ml`) in one period."""
         return f"{self.prefix}.ctr.spend.{scope}.{period_key}"
 
+    def settled_counter(self, scope: str, period_key: str) -> str:
+        """Settled spend (micro-USD, no reservations) of one scope in one period: what alerts are about."""
+        return f"{self.prefix}.ctr.settled.{scope}.{period_key}"
+
     def concurrency_counter(self, scope: str) -> str:
         return f"{self.prefix}.ctr.conc.{scope}"
 

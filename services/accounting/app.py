@@ -18,10 +18,13 @@ from services.accounting import analytics, migrations
 from services.accounting.analytics import QueryLimits, QueryRefused
 from services.accounting.consumer import EventConsumer
 from services.accounting.settings import AccountingSettings
+from services.accounting.settlement import Reservations
 from services.accounting.sink import ClickHouseSink, redact_dsn
 from shared.bus import ensure_events_stream
-from shared.config import load_config
+from shared.config import GatehouseConfig, load_config
+from shared.counters import Counters, ensure_counter_streams
 from shared.natsconn import nats_broker
+from shared.pricing import Rates
 from shared.schemas.admin import SqlQuery, SqlResult
 from shared.subjects import Service, Subjects
 
@@ -47,7 +50,10 @@ def create_app(settings: AccountingSettings) -> FastStream:
         readable=migrations.tables(schema),
     )
     kinds = {name: p.kind for name, p in config.providers.items()}
+    rates = negotiated_rates(config)
     running: list[tuple[EventConsumer, asyncio.Task[None]]] = []
+    ledger: list[Reservations] = []
+    background: list[asyncio.Task[None]] = []
     sql = subjects.accounting_sql
 
     @broker.subscriber(sql.name, queue=sql.queue)
@@ -60,6 +66,18 @@ def create_app(settings: AccountingSettings) -> FastStream:
     async def _start() -> None:
         state = broker.config.connection_state
         await ensure_events_stream(state.stream, subjects)
+        await ensure_counter_streams(state.connection, subjects)
+        reservations = Reservations(
+            state.connection,
+            state.stream,
+            subjects,
+            Counters(state.connection, settings.nats_timeout_s),
+            webhook_url=config.governance.alert_webhook_url,
+            timeout_s=settings.nats_timeout_s,
+        )
+        await reservations.start()
+        ledger.append(reservations)
+        background.append(asyncio.create_task(reservations.reap_forever(), name="accounting-reaper"))
         consumer = EventConsumer(
             state.connection,
             state.stream,
@@ -74,6 +92,8 @@ def create_app(settings: AccountingSettings) -> FastStream:
             max_deliver=settings.max_deliver,
             retry_s=settings.retry_s,
             retry_max_s=settings.retry_max_s,
+            rates=rates,
+            reservations=reservations,
         )
         running.append((consumer, asyncio.create_task(consumer.run(), name="accounting-consumer")))
         log.info("accounting writes to %s", redact_dsn(sink.dsn))
@@ -87,6 +107,8 @@ def create_app(settings: AccountingSettings) -> FastStream:
 
     @app.on_shutdown
     async def _stop() -> None:
+        for task in background:
+            task.cancel()
         for consumer, task in running:
             consumer.stop()  # the batch in hand is stored and acked (or handed back) first
             done, _ = await asyncio.wait({task}, timeout=settings.shutdown_timeout_s)
@@ -96,9 +118,27 @@ def create_app(settings: AccountingSettings) -> FastStream:
 
     @app.after_shutdown
     async def _close() -> None:
+        for reservations in ledger:
+            await reservations.stop()
         await sink.close()
 
     return app
+
+
+def negotiated_rates(config: GatehouseConfig) -> dict[str, Rates]:
+    """Deployment id → its negotiated price (`deployments[].price` in the config)."""
+    out: dict[str, Rates] = {}
+    for model in config.models:
+        for dep in model.deployments:
+            if dep.price is not None:
+                out[dep.id] = Rates(
+                    input=dep.price.input_per_mtok,
+                    output=dep.price.output_per_mtok,
+                    cached_input=dep.price.cached_input_per_mtok,
+                    cache_write=dep.price.cache_write_per_mtok,
+                    name=dep.id,
+                )
+    return out
 
 
 async def answer(

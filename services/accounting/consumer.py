@@ -27,9 +27,12 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import BadRequestError
 
 from services.accounting import migrations
-from services.accounting.core import BadEvent, event_row
+from services.accounting.core import REQUEST_COLUMNS, BadEvent, event_row
+from services.accounting.settlement import Reservations
 from services.accounting.sink import ClickHouseSink
 from shared.bus import ensure_events_stream
+from shared.pricing import Rates
+from shared.schemas.events import BudgetAlert, RequestEvent
 from shared.subjects import Subjects
 
 log = logging.getLogger("gatehouse.accounting.consumer")
@@ -46,6 +49,10 @@ class Item:
     msg: Msg
     table: str
     row: list[object]
+    event: RequestEvent | BudgetAlert | None = None
+
+
+_SETTLED_COST = REQUEST_COLUMNS.index("settled_cost_usd")
 
 
 class EventConsumer:
@@ -67,8 +74,12 @@ class EventConsumer:
         max_deliver: int,
         retry_s: float,
         retry_max_s: float,
+        rates: Mapping[str, Rates] | None = None,
+        reservations: Reservations | None = None,
     ) -> None:
         self._nc = nc
+        self._rates = dict(rates or {})
+        self._reservations = reservations
         self._js = js
         self._subjects = subjects
         self._sink = sink
@@ -252,7 +263,8 @@ class EventConsumer:
         if not items:
             return
         async with self._holding([i.msg for i in items]):
-            stored = await self._store(items)
+            settled = await self._settle(items)
+            stored = await self._store(items) if settled else None
         if stored is None:  # stopping while ClickHouse is down: hand them back for a replica or a restart
             for item in items:
                 await item.msg.nak()
@@ -270,12 +282,40 @@ class EventConsumer:
         bad: list[tuple[Msg, str]] = []
         for msg in msgs:
             try:
-                table, row = event_row(self._subjects, msg.subject, msg.data, self._kinds)
+                table, row, event = event_row(self._subjects, msg.subject, msg.data, self._kinds, self._rates)
             except BadEvent as exc:
                 bad.append((msg, str(exc)))
                 continue
-            items.append(Item(msg, table, row))
+            items.append(Item(msg, table, row, event))
         return items, bad
+
+    async def _settle(self, items: list[Item]) -> bool:
+        """Settle the budget reservations of the batch's requests before they are stored and acked,
+        retrying while the counters are away; False if asked to stop first (nothing is acked then)."""
+        if self._reservations is None:
+            return True
+        todo = [i for i in items if isinstance(i.event, RequestEvent) and i.event.reservation is not None]
+        if not todo:
+            return True
+        with contextlib.suppress(TimeoutError):
+            # the mirror of settled/released states first, so a redelivered record is never settled twice
+            await asyncio.wait_for(self._reservations.caught_up.wait(), self._retry[1])
+        delay = self._retry[0]
+        while todo:
+            item = todo[0]
+            assert isinstance(item.event, RequestEvent)
+            cost = item.row[_SETTLED_COST]
+            try:
+                await self._reservations.settle(item.event, cost if isinstance(cost, float) else None)
+            except Exception as exc:
+                log.error("settling request %s failed (%s); retrying", item.event.request_id, _first_line(exc))
+                if self._stopping.is_set():
+                    return False
+                await self._pause(delay)
+                delay = min(delay * 2, self._retry[1])
+                continue
+            todo.pop(0)
+        return True
 
     async def _store(self, items: list[Item]) -> list[Item] | None:
         """Store `items`, retrying while ClickHouse fails; the stored ones, or None if asked to stop first.

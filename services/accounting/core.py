@@ -13,7 +13,8 @@ import msgspec
 from genai_prices import Usage as PriceUsage
 from genai_prices import calc_price
 
-from shared.schemas.events import GuardEvent, RequestEvent
+from shared.pricing import Rates, Tokens, cost
+from shared.schemas.events import AuditEvent, BudgetAlert, GuardEvent, RequestEvent
 from shared.subjects import Subjects
 
 REQUESTS = "requests"
@@ -32,6 +33,17 @@ REQUEST_COLUMNS = (
     "received_at", "finished_at", "latency_ms", "ttft_ms", "upstream_ms", "request_bytes", "response_bytes",
     "tags", "cost_usd", "price_version", "reserved_cost_usd", "settled_cost_usd",
     "cache_write_tokens", "cache_write_1h_tokens", "web_search_requests",
+    "org", "provider_kind", "usage_estimated",
+)  # fmt: skip
+
+AUDIT_LOG = "audit_log"
+BUDGET_ALERTS = "budget_alerts"
+AUDIT_COLUMNS = (
+    "event_id", "at", "actor", "actor_team", "action", "target_kind", "target_id", "before", "after",
+    "request_id", "source_ip",
+)  # fmt: skip
+ALERT_COLUMNS = (
+    "event_id", "at", "scope", "period", "period_key", "threshold_pct", "amount_usd", "spent_usd", "hard",
 )  # fmt: skip
 
 GUARD_COLUMNS = (
@@ -41,7 +53,12 @@ GUARD_COLUMNS = (
 )  # fmt: skip
 
 # every table the consumer writes, with its columns; column 0 is always the event id
-COLUMNS: dict[str, tuple[str, ...]] = {REQUESTS: REQUEST_COLUMNS, GUARD_VERDICTS: GUARD_COLUMNS}
+COLUMNS: dict[str, tuple[str, ...]] = {
+    REQUESTS: REQUEST_COLUMNS,
+    GUARD_VERDICTS: GUARD_COLUMNS,
+    AUDIT_LOG: AUDIT_COLUMNS,
+    BUDGET_ALERTS: ALERT_COLUMNS,
+}
 
 # provider kinds (config) → provider ids in genai-prices
 _PRICE_PROVIDER = {
@@ -74,7 +91,7 @@ class Price:
     version: str
 
 
-def price(event: RequestEvent, provider_kind: str = "") -> Price:
+def price(event: RequestEvent, provider_kind: str = "", rates: Rates | None = None) -> Price:
     """List price of a request's usage at the time it was received; None (and why, in `version`) if unknown.
 
     Token counts follow the OpenAI convention gatehouse normalises to: input includes the input read from
@@ -82,6 +99,17 @@ def price(event: RequestEvent, provider_kind: str = "") -> Price:
     own rate, and so are the provider's own web searches.
     """
     usage = event.usage
+    if usage is not None and rates is not None:  # a negotiated price from the config
+        tokens = Tokens(
+            input=usage.input_tokens,
+            output=usage.output_tokens,
+            cached=usage.cached_tokens,
+            cache_write=usage.cache_write_tokens,
+        )
+        shared_price = cost(
+            tokens, event.provider_model or event.requested_model, provider_kind, event.received_at, rates
+        )
+        return Price(shared_price.cost_usd, shared_price.version)
     if provider_kind == "mock":
         return Price(0.0, "mock")
     if usage is None:
@@ -123,12 +151,13 @@ def _clamp(value: int, high: int, low: int = 0) -> int:
     return min(max(value, low), high)
 
 
-def request_row(event: RequestEvent, provider_kind: str = "") -> list[object]:
+def request_row(event: RequestEvent, provider_kind: str = "", rates: Rates | None = None) -> list[object]:
     """The `requests` row of an event, in REQUEST_COLUMNS order; integers are clamped to their column types."""
     u = event.usage
     err = event.error
     c = event.caller
-    p = price(event, provider_kind)
+    p = price(event, provider_kind, rates)
+    reserved = event.reservation.amount_usd if event.reservation and event.reservation.holds else None
     a = event.attempts
     g = event.guard_findings
     return [
@@ -148,10 +177,25 @@ def request_row(event: RequestEvent, provider_kind: str = "") -> list[object]:
         [f.direction for f in g],
         _ts(event.received_at), _ts(event.finished_at), event.latency_ms, event.ttft_ms, event.upstream_ms,
         _clamp(event.request_bytes, _U32), _clamp(event.response_bytes, _U32), dict(event.tags),
-        # nothing is reserved yet (budgets settle later); what is settled is the list price
-        p.cost_usd, p.version, None, p.cost_usd,
+        # the worst case reserved before dispatch, and the price it settles to
+        p.cost_usd, p.version, reserved, p.cost_usd,
         _clamp(u.cache_write_tokens, _U32) if u else 0, _clamp(u.cache_write_1h_tokens, _U32) if u else 0,
         _clamp(u.web_search_requests, _U32) if u else 0,
+        c.org, provider_kind, event.usage_estimated,
+    ]  # fmt: skip
+
+
+def audit_row(event: AuditEvent) -> list[object]:
+    return [
+        event.event_id, _ts(event.at), event.actor, event.actor_team, event.action, event.target_kind,
+        event.target_id, event.before, event.after, event.request_id, event.source_ip,
+    ]  # fmt: skip
+
+
+def alert_row(event: BudgetAlert) -> list[object]:
+    return [
+        event.event_id, _ts(event.at), event.scope, event.period, event.period_key,
+        _clamp(event.threshold_pct, _U16), event.amount_usd, event.spent_usd, event.hard,
     ]  # fmt: skip
 
 
@@ -167,15 +211,26 @@ def guard_row(event: GuardEvent) -> list[object]:
 
 
 def event_row(
-    subjects: Subjects, subject: str, data: bytes, provider_kinds: Mapping[str, str]
-) -> tuple[str, list[object]]:
-    """(table, row) for one message of the event stream; BadEvent if it can never be stored."""
+    subjects: Subjects,
+    subject: str,
+    data: bytes,
+    provider_kinds: Mapping[str, str],
+    rates: Mapping[str, Rates] | None = None,
+) -> tuple[str, list[object], RequestEvent | BudgetAlert | None]:
+    """(table, row, the event where it asks for more than a row) for one message of the event stream;
+    BadEvent if it can never be stored. `rates`: negotiated prices by deployment id."""
     try:
         if subject == subjects.events_request.name:
             request = subjects.events_request.decode(data)
-            return REQUESTS, request_row(request, request.provider_kind or provider_kinds.get(request.provider, ""))
+            kind = request.provider_kind or provider_kinds.get(request.provider, "")
+            return REQUESTS, request_row(request, kind, (rates or {}).get(request.deployment)), request
         if subject == subjects.events_guard.name:
-            return GUARD_VERDICTS, guard_row(subjects.events_guard.decode(data))
+            return GUARD_VERDICTS, guard_row(subjects.events_guard.decode(data)), None
+        if subject == subjects.events_audit.name:
+            return AUDIT_LOG, audit_row(subjects.events_audit.decode(data)), None
+        if subject == subjects.events_alert.name:
+            alert = subjects.events_alert.decode(data)
+            return BUDGET_ALERTS, alert_row(alert), alert
     except msgspec.DecodeError as exc:
         raise BadEvent(f"undecodable event on {subject}: {exc}") from exc
     except (ValueError, TypeError, OverflowError) as exc:

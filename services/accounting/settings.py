@@ -24,6 +24,8 @@ class AccountingSettings(BaseSettings):
     config: str = Field(default="deploy/gatehouse.yaml", validation_alias=_env("CONFIG"))
     subject_prefix: str = Field(default="gh", validation_alias=_env("SUBJECT_PREFIX"))
     log_level: str = Field(default="INFO", validation_alias=_env("LOG_LEVEL"))
+    # NATS request and JetStream publish timeouts (counters, reservation states, alerts)
+    nats_timeout_s: float = Field(default=5.0, gt=0, validation_alias=_env("NATS_TIMEOUT_S"))
     # overrides the config file's accounting.clickhouse_dsn when set
     clickhouse_dsn: str | None = None
     # where the NNNN_name.sql migrations live; empty means deploy/clickhouse/migrations of this checkout

@@ -119,15 +119,39 @@ class Governor:
         admitted.concurrency = held_conc
         admitted.tpm = [self._subjects.quota_counter("tpm", s.name, minute) for s, _ in tpm]
         admitted.max_tokens = max_tokens
-        if held_spend or held_conc:
+        holds = [
+            self._hold(scope, budget, subject, micro, now, ent)
+            for (scope, budget), subject, (_, micro) in zip(budgets, spend, held_spend, strict=True)
+        ]
+        # soft budgets reserve nothing and refuse nothing: accounting adds the actual cost and alerts
+        holds += [
+            self._hold(s, b, self._subjects.spend_counter(s.name, period_key(b.period, now, ent.timezone)), 0, now, ent)
+            for s in ent.scopes
+            for b in s.limits.budgets
+            if not b.hard
+        ]
+        if holds or held_conc:
             admitted.reservation = Reservation(
                 request_id=request_id,
                 amount_usd=held_spend[0][1] / MICRO if held_spend else 0.0,
-                holds=[Hold(subject=s, micro_usd=m) for s, m in held_spend],
+                holds=holds,
                 concurrency=held_conc,
                 expires_at=deadline + self._grace,
             )
         return admitted
+
+    @staticmethod
+    def _hold(scope: Scope, budget: Budget, subject: str, micro: int, now: float, ent: Entitlement) -> Hold:
+        return Hold(
+            subject=subject,
+            micro_usd=micro,
+            scope=scope.name,
+            period=budget.period,
+            period_key=period_key(budget.period, now, ent.timezone),
+            amount_micro=round(budget.amount_usd * MICRO),
+            alerts=list(budget.alerts),
+            hard=budget.hard,
+        )
 
     def _check_quotas(
         self,

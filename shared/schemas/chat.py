@@ -77,10 +77,18 @@ class NativeRequest(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class Hold(msgspec.Struct, frozen=True, kw_only=True):
-    """One budget counter a reservation increased: its subject and by how much (micro-USD)."""
+    """One budget a request counts against: the spend counter the reservation increased (by `micro_usd`,
+    its worst-case cost; 0 for a soft budget, which is never refused), and what accounting needs to
+    settle it and to tell when the settled spend crosses an alert threshold."""
 
-    subject: str
+    subject: str  # <p>.ctr.spend.<scope>.<period_key>: reserved + settled micro-USD
     micro_usd: int
+    scope: str = ""  # e.g. team.ml
+    period: str = ""
+    period_key: str = ""
+    amount_micro: int = 0  # the budget
+    alerts: list[int] = []  # percentages
+    hard: bool = True
 
 
 class Reservation(msgspec.Struct, frozen=True, kw_only=True):

@@ -183,13 +183,13 @@ def test_guard_row_lines_up_and_carries_no_text() -> None:
 
 def test_event_row_picks_the_table_by_subject_and_refuses_what_it_cannot_store() -> None:
     subjects = Subjects("px")
-    table, row = event_row(subjects, "px.events.request", encode(event()), {"openai": "openai"})
+    table, row, _ = event_row(subjects, "px.events.request", encode(event()), {"openai": "openai"})
     assert table == REQUESTS and len(row) == len(COLUMNS[REQUESTS])
     verdict = GuardEvent(event_id="g", request_id="r", policy="p", action="flag", at=2.0)
-    table, row = event_row(subjects, "px.events.guard", encode(verdict), {})
+    table, row, _ = event_row(subjects, "px.events.guard", encode(verdict), {})
     assert table == GUARD_VERDICTS and row[0] == "g"
     # the provider name is looked up in the config to know its price list
-    _, priced = event_row(subjects, "px.events.request", encode(event(provider="main")), {"main": "mock"})
+    _, priced, _ = event_row(subjects, "px.events.request", encode(event(provider="main")), {"main": "mock"})
     assert priced[REQUEST_COLUMNS.index("price_version")] == "mock"
     with pytest.raises(BadEvent, match="undecodable"):
         event_row(subjects, "px.events.request", b"\x93garbage", {})
