@@ -53,15 +53,16 @@ def service_env(
 ) -> dict[str, str]:
     """The environment of one service process; `launcher_set` (NATS URL, credential, config path…) wins."""
     providers, api_keys = provider_key_names(config), api_key_names(config)
+    admin_key = config.governance.admin_key_env  # the admin API's secret: ingress only
     env = base_env(environ)
     for name, value in environ.items():
-        if name in providers or name in api_keys:
+        if name in providers or name in api_keys or name == admin_key:
             continue
         if _gatehouse_setting_for(service, name):
             env[name] = value
     if service == "router":
         env.update({k: v for k, v in environ.items() if k in providers or k in _PROXY})
     if service == "ingress":
-        env.update({k: v for k, v in environ.items() if k in api_keys})
+        env.update({k: v for k, v in environ.items() if k in api_keys or k == admin_key})
     env.update(launcher_set)
     return env

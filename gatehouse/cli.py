@@ -230,6 +230,16 @@ def nats_config(
     sys.stdout.write(render_config(subjects, keys, max_payload=server_max_payload(cfg.server.max_body_bytes)))
 
 
+from gatehouse import admin_cli  # noqa: E402  (the admin commands register below the core ones)
+
+app.add_typer(admin_cli.keys_app, name="keys")
+app.add_typer(admin_cli.teams_app, name="teams")
+app.add_typer(admin_cli.projects_app, name="projects")
+app.add_typer(admin_cli.users_app, name="users")
+app.add_typer(admin_cli.orgs_app, name="orgs")
+app.command("usage")(admin_cli.usage)
+
+
 def main() -> None:
     app()
 

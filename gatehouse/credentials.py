@@ -6,6 +6,7 @@ nats-server is given only the public keys; a service gets the path of its own ro
 from __future__ import annotations
 
 import os
+import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,3 +71,16 @@ def ensure_credentials(directory: Path, roles: Iterable[Role] = ROLES) -> dict[R
         path.chmod(0o600)
         keys[role] = RoleKey(role, path, public_key(path))
     return keys
+
+
+ADMIN_KEY_FILE = "admin-api.key"
+
+
+def ensure_admin_key(directory: Path) -> Path:
+    """The file holding the admin API key (`gh-admin-…`, made once, 0600): `gatehouse keys …` reads it."""
+    private_dir(directory)
+    path = directory / ADMIN_KEY_FILE
+    if not path.exists():
+        _write_new(path, ("gh-admin-" + secrets.token_urlsafe(32)).encode())
+    path.chmod(0o600)
+    return path

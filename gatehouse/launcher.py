@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from gatehouse.childenv import SERVICES, service_env
-from gatehouse.credentials import RoleKey, ensure_credentials, private_dir
+from gatehouse.credentials import RoleKey, ensure_admin_key, ensure_credentials, private_dir
 from gatehouse.natsconf import render_config
 from gatehouse.natsserver import NatsServer, free_port, restart_nats, start_nats
 from shared.config import load_config
@@ -73,6 +73,8 @@ class Stack:
     nats: NatsServer | None = None
     children: list[Child] = field(default_factory=list)
     credentials: dict[Role, RoleKey] = field(default_factory=dict)
+    admin_key_name: str = "GATEHOUSE_ADMIN_KEY"
+    admin_key_file: Path = Path()
     nats_restarts: int = 0
 
     @property
@@ -92,6 +94,8 @@ class Stack:
             self.data_dir.chmod(0o700)
         logs = private_dir(self.data_dir / "logs")
         self.credentials = ensure_credentials(self.data_dir / "creds")
+        self.admin_key_name = config.governance.admin_key_env
+        self.admin_key_file = ensure_admin_key(self.data_dir / "creds")
         conf = self.data_dir / "nats.conf"
         public = {role: key.public_key for role, key in self.credentials.items()}
         _write_private(
@@ -135,6 +139,9 @@ class Stack:
         }
         if service == "ingress":
             env |= {"GATEHOUSE_INGRESS_HOST": self.host, "GATEHOUSE_INGRESS_PORT": str(self.port)}
+            # the admin API's key: the operator's, else the one generated under the data dir
+            admin = os.environ.get(self.admin_key_name) or self.admin_key_file.read_text().strip()
+            env[self.admin_key_name] = admin
         return env
 
     def _write_state(self) -> None:
@@ -144,6 +151,7 @@ class Stack:
             "ingress_url": self.ingress_url,
             "subject_prefix": self.prefix,
             "admin_seed_file": str(self.admin_seed_file),
+            "admin_key_file": str(self.admin_key_file),
             "pid": os.getpid(),
         }
         _write_private(self.data_dir / "state.json", json.dumps(state, indent=2))

@@ -10,6 +10,7 @@ GatewayError                      500 api_error            internal_error
 │   └── UnknownEndpointError      404 invalid_request_error unknown_url
 ├── MethodNotAllowedError         405 invalid_request_error method_not_allowed
 ├── RequestTimeoutError           408 timeout_error         request_timeout        (retryable)
+├── ConflictError                 409 invalid_request_error conflict
 ├── PayloadTooLargeError          413 invalid_request_error request_too_large
 ├── UnprocessableEntityError      422 invalid_request_error unprocessable_entity
 ├── RateLimitError                429 rate_limit_error      rate_limit_exceeded    (retryable)
@@ -66,6 +67,8 @@ class GatewayError(Exception):
         self.param = param
         self.code_override = code
         self.retry_after = retry_after
+        # response headers ingress adds when it writes this error (e.g. x-ratelimit-* on a 429)
+        self.headers: dict[str, str] = {}
         self.detail = detail
 
     def info(self) -> ErrorInfo:
@@ -127,6 +130,14 @@ class RequestTimeoutError(GatewayError):
     type = "timeout_error"
     code = "request_timeout"
     retryable = True
+
+
+class ConflictError(GatewayError):
+    """The record exists, changed meanwhile, or still has records that depend on it (admin API)."""
+
+    status = 409
+    type = "invalid_request_error"
+    code = "conflict"
 
 
 class PayloadTooLargeError(GatewayError):

@@ -101,6 +101,7 @@ def ingress(subjects: Subjects) -> Permissions:
             subjects.router_cancel.name,
             subjects.events_request.name,
             subjects.events_audit.name,
+            subjects.accounting_usage.name,  # usage summaries for the admin API (no free SQL)
             subjects.ping("guard"),
             subjects.ping("router"),
             *_events_stream_setup(subjects),
@@ -164,6 +165,7 @@ def accounting(subjects: Subjects) -> Permissions:
         ),
         subscribe=(
             queue_entry(subjects.accounting_sql),
+            queue_entry(subjects.accounting_usage),
             f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{stream}.*",
             f"{subjects.role_inbox('accounting')}.>",
         ),

@@ -11,7 +11,7 @@ from typing import Generic, TypeVar
 
 import msgspec
 
-from shared.schemas.admin import ScanRequest, ScanResult, SqlQuery, SqlResult
+from shared.schemas.admin import ScanRequest, ScanResult, SqlQuery, SqlResult, UsageQuery
 from shared.schemas.chat import Cancel, ChatRequest, Reply
 from shared.schemas.events import AuditEvent, BudgetAlert, GuardEvent, RequestEvent, ReservationState
 
@@ -105,6 +105,11 @@ class Subjects:
     def accounting_sql(self) -> Service[SqlQuery, SqlResult]:
         """admin → accounting (request/reply): an analytics query, answered with SqlResult."""
         return Service(f"{self.prefix}.accounting.sql", SqlQuery, SqlResult, queue="accounting")
+
+    @cached_property
+    def accounting_usage(self) -> Service[UsageQuery, SqlResult]:
+        """ingress (admin API) → accounting (request/reply): a usage summary, answered with SqlResult."""
+        return Service(f"{self.prefix}.accounting.usage", UsageQuery, SqlResult, queue="accounting")
 
     @cached_property
     def guard_scan(self) -> Service[ScanRequest, ScanResult]:

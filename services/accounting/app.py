@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from pathlib import Path
 
+import msgspec
 from faststream import FastStream
 
 from services.accounting import analytics, migrations
@@ -20,6 +22,7 @@ from services.accounting.consumer import EventConsumer
 from services.accounting.settings import AccountingSettings
 from services.accounting.settlement import Reservations
 from services.accounting.sink import ClickHouseSink, redact_dsn
+from services.accounting.usage import BadUsageQuery, usage_sql
 from shared.bus import ensure_events_stream
 from shared.config import GatehouseConfig, load_config
 from shared.counters import Counters, ensure_counter_streams
@@ -59,6 +62,18 @@ def create_app(settings: AccountingSettings) -> FastStream:
     @broker.subscriber(sql.name, queue=sql.queue)
     async def on_sql(body: bytes) -> bytes:
         return sql.encode_reply(await answer(sink, sql, body, max_reply_bytes=settings.query_max_reply_bytes))
+
+    usage = subjects.accounting_usage
+
+    @broker.subscriber(usage.name, queue=usage.queue)
+    async def on_usage(body: bytes) -> bytes:
+        try:
+            text = usage_sql(usage.decode(body), time.time())
+        except (BadUsageQuery, msgspec.MsgspecError) as exc:
+            return usage.encode_reply(SqlResult(error=f"bad usage query: {exc}"))
+        return usage.encode_reply(
+            await answer(sink, sql, sql.encode(SqlQuery(sql=text)), max_reply_bytes=settings.query_max_reply_bytes)
+        )
 
     app = FastStream(broker, logger=log)
 

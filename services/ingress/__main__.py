@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 import uvicorn
@@ -30,6 +31,7 @@ def main() -> None:
         Subjects(settings.subject_prefix),
         events,
         nats_timeout_s=settings.nats_timeout_s,
+        admin_key=os.environ.get(config.governance.admin_key_env) or None,
     )
     uvicorn.run(
         app,

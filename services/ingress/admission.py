@@ -164,48 +164,52 @@ class Governor:
         now: float,
         admitted: Admitted,
     ) -> None:
+        """Set the rate-limit headers (the tightest scope's), then raise for the first limit exceeded;
+        the headers travel on the error too, as OpenAI sends them on its 429s."""
         reset = window_reset(now)
-        remaining_requests: tuple[int, int] | None = None
-        remaining_tokens: tuple[int, int] | None = None
+        refusal: RateLimitError | None = None
+        requests_left: tuple[int, int] | None = None
+        tokens_left: tuple[int, int] | None = None
         for (scope, limit), result in zip(rpm, r_rpm, strict=True):
             if not isinstance(result, Count):
                 self._unavailable(result)
                 continue
-            if result.value > limit:
-                raise RateLimitError(
+            if result.value > limit and refusal is None:
+                refusal = RateLimitError(
                     f"Rate limit reached for {scope.level} '{scope.id}': {limit} requests per minute.",
                     retry_after=reset,
                 )
             left = (limit - result.value, limit)
-            remaining_requests = (
-                left if remaining_requests is None or left[0] < remaining_requests[0] else remaining_requests
-            )
+            requests_left = left if requests_left is None or left[0] < requests_left[0] else requests_left
         for (scope, limit), result in zip(tpm, r_tpm, strict=True):
             if not isinstance(result, Count):
                 self._unavailable(result)
                 continue
-            if result.value >= limit:
-                raise RateLimitError(
+            if result.value >= limit and refusal is None:
+                refusal = RateLimitError(
                     f"Rate limit reached for {scope.level} '{scope.id}': {limit} tokens per minute.", retry_after=reset
                 )
             left = (limit - result.value, limit)
-            remaining_tokens = left if remaining_tokens is None or left[0] < remaining_tokens[0] else remaining_tokens
+            tokens_left = left if tokens_left is None or left[0] < tokens_left[0] else tokens_left
         for (scope, limit), result in zip(conc, r_conc, strict=True):
             if not isinstance(result, Count):
                 self._unavailable(result)
                 continue
-            if result.value > limit:
-                raise RateLimitError(
+            if result.value > limit and refusal is None:
+                refusal = RateLimitError(
                     f"Too many concurrent requests for {scope.level} '{scope.id}' (limit {limit}).", retry_after=1.0
                 )
-        if remaining_requests is not None:
-            admitted.headers["x-ratelimit-limit-requests"] = str(remaining_requests[1])
-            admitted.headers["x-ratelimit-remaining-requests"] = str(max(remaining_requests[0], 0))
+        if requests_left is not None:
+            admitted.headers["x-ratelimit-limit-requests"] = str(requests_left[1])
+            admitted.headers["x-ratelimit-remaining-requests"] = str(max(requests_left[0], 0))
             admitted.headers["x-ratelimit-reset-requests"] = _reset(reset)
-        if remaining_tokens is not None:
-            admitted.headers["x-ratelimit-limit-tokens"] = str(remaining_tokens[1])
-            admitted.headers["x-ratelimit-remaining-tokens"] = str(max(remaining_tokens[0], 0))
+        if tokens_left is not None:
+            admitted.headers["x-ratelimit-limit-tokens"] = str(tokens_left[1])
+            admitted.headers["x-ratelimit-remaining-tokens"] = str(max(tokens_left[0], 0))
             admitted.headers["x-ratelimit-reset-tokens"] = _reset(reset)
+        if refusal is not None:
+            refusal.headers = dict(admitted.headers)
+            raise refusal
 
     def _unavailable(self, error: BaseException) -> None:
         log.warning("quota counters unavailable: %s", error)

@@ -22,6 +22,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from services.ingress import apis
+from services.ingress.admin import AdminApi
 from services.ingress.admission import Admitted, Estimate, Governor
 from services.ingress.auth import Authenticator
 from services.ingress.directory import Directory, Entitlement
@@ -41,11 +42,13 @@ from shared.errors import (
     MethodNotAllowedError,
     NotFoundError,
     PayloadTooLargeError,
+    ServiceUnavailableError,
     UnknownEndpointError,
     error_body,
 )
 from shared.event_publisher import EventPublisher
 from shared.natsconn import NatsLink, nats_broker, nats_problem
+from shared.schemas.admin import UsageQuery
 from shared.schemas.chat import (
     BodyPart,
     Cancel,
@@ -223,6 +226,18 @@ class Gateway:
             {"id": name, "object": "model", "created": 0, "owned_by": model.owned_by}, headers={"x-request-id": rid}
         )
 
+    async def usage(self, query: UsageQuery) -> dict[str, object]:
+        """A usage summary from accounting (the admin API's `/usage`)."""
+        subject = self.subjects.accounting_usage
+        try:
+            msg = await self.broker.connection.request(subject.name, subject.encode(query), timeout=30)
+        except Exception as exc:
+            raise ServiceUnavailableError("Accounting did not answer the usage query; try again shortly.") from exc
+        result = subject.decode_reply(msg.data)
+        if result.error:
+            raise InvalidRequestError(result.error)
+        return {"columns": result.columns, "rows": result.rows, "truncated": result.truncated}
+
     # ---- the request path ------------------------------------------------------------------
     async def _serve(self, request: Request, api: apis.Api) -> Response:
         record = RequestRecord(
@@ -277,7 +292,7 @@ class Gateway:
             )
             return await self._dispatch(req, record, api, parsed)
         except GatewayError as exc:
-            return self._fail(api, record, exc.info())
+            return self._fail(api, record, exc.info(), exc.headers)
         except Exception:
             # a bug must still give the client an OpenAI error and leave the request's record
             log.exception("request %s failed unexpectedly", record.request_id)
@@ -332,12 +347,15 @@ class Gateway:
             headers.update(record.admitted.headers)
         return headers
 
-    def _fail(self, api: apis.Api, record: RequestRecord, info: ErrorInfo) -> Response:
+    def _fail(
+        self, api: apis.Api, record: RequestRecord, info: ErrorInfo, extra: dict[str, str] | None = None
+    ) -> Response:
         record.fail(info)
         self._finish(record)
         headers = error_headers(info, record.request_id)
         if record.admitted is not None:
             headers.update(record.admitted.headers)
+        headers.update(extra or {})
         return api.error(info, headers)
 
     async def _next(self, queue: asyncio.Queue[Reply | NoResponders], record: RequestRecord, stage: str) -> Reply:
@@ -493,10 +511,17 @@ def _tags(request: Request) -> dict[str, str]:
 
 
 def create_app(
-    config: GatehouseConfig, nats: NatsLink, subjects: Subjects, events: EventPublisher, *, nats_timeout_s: float = 5.0
+    config: GatehouseConfig,
+    nats: NatsLink,
+    subjects: Subjects,
+    events: EventPublisher,
+    *,
+    nats_timeout_s: float = 5.0,
+    admin_key: str | None = None,
 ) -> Starlette:
     broker = nats_broker(nats, max_body_bytes=config.server.max_body_bytes)
     gw = Gateway(config, broker, subjects, events, nats_timeout_s)
+    admin = AdminApi(gw.directory, lambda: gw.keystore, admin_key, gw.records.audit, gw.usage)
 
     @asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
@@ -535,6 +560,7 @@ def create_app(
         Route("/v1/responses", guarded(gw.responses), methods=["POST"]),
         Route("/v1/models", guarded(gw.list_models), methods=["GET"]),
         Route("/v1/models/{model:path}", guarded(gw.retrieve_model), methods=["GET"]),
+        *admin.routes(),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
     ]

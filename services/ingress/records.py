@@ -12,7 +12,7 @@ from services.ingress.admission import Admitted
 from shared.errors import ErrorInfo
 from shared.event_publisher import EventPublisher
 from shared.schemas.chat import Caller, GuardSummary, Outcome, Reservation
-from shared.schemas.events import RequestEvent, ReservationState
+from shared.schemas.events import AuditEvent, RequestEvent, ReservationState
 from shared.subjects import Subjects
 
 
@@ -96,6 +96,10 @@ class RecordPublisher:
 
     async def start(self, nc: Client) -> None:
         await self._events.start(nc)
+
+    def audit(self, event: AuditEvent) -> None:
+        """Store one admin action (the audit log), through the same never-dropping publisher."""
+        self._events.publish(self._subjects.events_audit, event, event.event_id)
 
     def submit(self, record: RequestRecord) -> None:
         event = record.event(time.monotonic())

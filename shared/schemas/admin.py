@@ -44,3 +44,21 @@ class ScanResult(msgspec.Struct, frozen=True, kw_only=True):
     text: str = ""  # the text after redaction (equal to the input unless action is redact)
     scan_us: int = 0
     error: str = ""
+
+
+class UsageQuery(msgspec.Struct, frozen=True, kw_only=True):
+    """Spend, tokens and requests over a period, grouped and filtered by fixed dimensions (no free SQL:
+    ingress may ask this of accounting for the admin API, which may not run analytics queries)."""
+
+    group_by: list[str] = []  # of USAGE_DIMENSIONS, e.g. ["team", "requested_model"]
+    filters: dict[str, str] = {}  # dimension → value, e.g. {"team": "ml"}
+    since: float = 0.0  # unix seconds
+    until: float = 0.0  # unix seconds; 0: now
+    limit: int = 1000
+
+
+# what usage may be grouped and filtered by: column names of the requests table, and time buckets
+USAGE_DIMENSIONS = (
+    "org", "team", "project", "user", "key_id", "requested_model", "provider", "provider_model", "api",
+    "status", "day", "hour",
+)  # fmt: skip
