@@ -95,6 +95,8 @@ def up(
             raise typer.Exit(1)
         assert stack.nats is not None
         console.print(f"[green]gatehouse is up[/green]  OpenAI-compatible API: {stack.ingress_url}/v1")
+        if len(stack.ingress_urls) > 1:
+            console.print(f"  ingress replicas: {', '.join(stack.ingress_urls)}")
         console.print(f"  NATS: {stack.nats.url} (one NKey per role in {stack.data_dir / 'creds'})")
         console.print(f"  data and logs: {stack.data_dir}")
         console.print(f"  services: {', '.join(c.name for c in stack.children)}")

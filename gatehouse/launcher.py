@@ -78,6 +78,11 @@ class Stack:
     nats_restarts: int = 0
 
     @property
+    def ingress_urls(self) -> list[str]:
+        """Every ingress replica's URL (replica i listens on port + i)."""
+        return [f"http://{self.host}:{self.port + i}" for i in range(self.replicas.get("ingress", 1))]
+
+    @property
     def ingress_url(self) -> str:
         return f"http://{self.host}:{self.port}"
 
@@ -109,14 +114,14 @@ class Stack:
             private_dir(self.data_dir / "nats"), port=port, log_file=logs / "nats-server.log", config_file=conf
         )
         for service in SERVICES:
-            env = service_env(service, os.environ, config, self._launcher_env(service))
             for i in range(self.replicas.get(service, 1)):
+                env = service_env(service, os.environ, config, self._launcher_env(service, i))
                 child = Child(service, i, env, logs / f"{service}-{i}.log")
                 child.start()
                 self.children.append(child)
         self._write_state()
 
-    def _launcher_env(self, service: Role) -> dict[str, str]:
+    def _launcher_env(self, service: Role, index: int = 0) -> dict[str, str]:
         """What the launcher tells one service: where NATS is, as whom to connect, the config."""
         assert self.nats is not None
         seed = str(self.credentials[service].seed_file)
@@ -138,7 +143,8 @@ class Stack:
             "GATEHOUSE_DATA_DIR": str(self.data_dir),  # event spools: <data_dir>/spool/<service>/
         }
         if service == "ingress":
-            env |= {"GATEHOUSE_INGRESS_HOST": self.host, "GATEHOUSE_INGRESS_PORT": str(self.port)}
+            # each ingress replica on its own port (port, port+1, …): a load balancer goes in front
+            env |= {"GATEHOUSE_INGRESS_HOST": self.host, "GATEHOUSE_INGRESS_PORT": str(self.port + index)}
             # the admin API's key: the operator's, else the one generated under the data dir
             admin = os.environ.get(self.admin_key_name) or self.admin_key_file.read_text().strip()
             env[self.admin_key_name] = admin
@@ -149,6 +155,7 @@ class Stack:
         state = {
             "nats_url": self.nats.url,
             "ingress_url": self.ingress_url,
+            "ingress_urls": ",".join(self.ingress_urls),
             "subject_prefix": self.prefix,
             "admin_seed_file": str(self.admin_seed_file),
             "admin_key_file": str(self.admin_key_file),
@@ -157,14 +164,19 @@ class Stack:
         _write_private(self.data_dir / "state.json", json.dumps(state, indent=2))
 
     def wait_ready(self, timeout: float = 60.0) -> bool:
+        """Every ingress replica answers /readyz (so guard and router replicas answer it too)."""
         deadline = time.monotonic() + timeout
+        waiting = list(self.ingress_urls)
         while time.monotonic() < deadline:
             if self.dead():
                 return False
             try:
-                with urllib.request.urlopen(f"{self.ingress_url}/readyz", timeout=1) as resp:  # noqa: S310
+                with urllib.request.urlopen(f"{waiting[0]}/readyz", timeout=1) as resp:  # noqa: S310
                     if resp.status == 200:
-                        return True
+                        waiting.pop(0)
+                        if not waiting:
+                            return True
+                        continue
             except OSError:
                 pass
             time.sleep(0.2)
