@@ -109,6 +109,7 @@ def create_app(settings: AccountingSettings) -> FastStream:
             retry_max_s=settings.retry_max_s,
             rates=rates,
             reservations=reservations,
+            crash_after_settle_file=settings.crash_after_settle_file,
         )
         running.append((consumer, asyncio.create_task(consumer.run(), name="accounting-consumer")))
         log.info("accounting writes to %s", redact_dsn(sink.dsn))

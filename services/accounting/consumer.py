@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import struct
 import time
 from collections.abc import AsyncIterator, Mapping
@@ -76,8 +77,10 @@ class EventConsumer:
         retry_max_s: float,
         rates: Mapping[str, Rates] | None = None,
         reservations: Reservations | None = None,
+        crash_after_settle_file: str = "",
     ) -> None:
         self._nc = nc
+        self._crash_after_settle = crash_after_settle_file
         self._rates = dict(rates or {})
         self._reservations = reservations
         self._js = js
@@ -264,6 +267,7 @@ class EventConsumer:
             return
         async with self._holding([i.msg for i in items]):
             settled = await self._settle(items)
+            self._failpoint(items)
             stored = await self._store(items) if settled else None
         if stored is None:  # stopping while ClickHouse is down: hand them back for a replica or a restart
             for item in items:
@@ -288,6 +292,17 @@ class EventConsumer:
                 continue
             items.append(Item(msg, table, row, event))
         return items, bad
+
+    def _failpoint(self, items: list[Item]) -> None:
+        """The test failpoint `crash_after_settle_file` (see AccountingSettings): die once, settled but unacked."""
+        path = self._crash_after_settle
+        if not path or os.path.exists(path):
+            return
+        if any(isinstance(i.event, RequestEvent) and i.event.reservation is not None for i in items):
+            with open(path, "w") as marker:
+                marker.write(f"{len(items)}\n")
+            log.warning("failpoint: exiting after settling %d events, before storing them", len(items))
+            os._exit(70)
 
     async def _settle(self, items: list[Item]) -> bool:
         """Settle the budget reservations of the batch's requests before they are stored and acked,

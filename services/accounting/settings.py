@@ -24,6 +24,10 @@ class AccountingSettings(BaseSettings):
     config: str = Field(default="deploy/gatehouse.yaml", validation_alias=_env("CONFIG"))
     subject_prefix: str = Field(default="gh", validation_alias=_env("SUBJECT_PREFIX"))
     log_level: str = Field(default="INFO", validation_alias=_env("LOG_LEVEL"))
+    # fault injection for tests (a failpoint): when set and the file does not exist yet, the process creates it
+    # and exits right after settling a batch's reservations, before storing and acking it — the moment
+    # a crash would settle twice if settlement were not idempotent
+    crash_after_settle_file: str = ""
     # NATS request and JetStream publish timeouts (counters, reservation states, alerts)
     nats_timeout_s: float = Field(default=5.0, gt=0, validation_alias=_env("NATS_TIMEOUT_S"))
     # overrides the config file's accounting.clickhouse_dsn when set

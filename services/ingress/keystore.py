@@ -36,17 +36,23 @@ class KeyStore:
         self._bucket = bucket
         self.directory = directory
         self._kv: KeyValue | None = None
+        self._seen = False
         self._task: asyncio.Task[None] | None = None
         self.synced = asyncio.Event()  # the mirror has replayed the bucket once
 
     async def bucket(self) -> KeyValue:
+        """The bucket, created on first use if missing. Once it has been seen, a bucket that is gone is
+        an outage, not an empty directory: it is not created again here (the mirror keeps serving)."""
         if self._kv is None:
             try:
                 self._kv = await self._js.key_value(self._bucket)
             except BucketNotFoundError:
+                if self._seen:
+                    raise
                 self._kv = await self._js.create_key_value(
                     KeyValueConfig(bucket=self._bucket, history=5, storage=StorageType.FILE)
                 )
+            self._seen = True
         return self._kv
 
     def start(self) -> None:

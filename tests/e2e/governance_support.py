@@ -171,11 +171,18 @@ class Gov:
         return asyncio.run(run_sql(self.stack.nats.url, self.stack.prefix, query, 30, str(self.stack.admin_seed_file)))
 
     def wait_count(self, query: str, count: int, timeout: float = 60.0) -> int:
+        """Poll a `SELECT count() …` until it reaches `count` (records land asynchronously; accounting may
+        be restarting, which the poll rides out)."""
         deadline = time.monotonic() + timeout
+        value = -1
         while True:
-            result = self.sql(query)
-            assert not result.error, result.error
-            value = int(result.rows[0][0])  # type: ignore[call-overload]
+            try:
+                result = self.sql(query)
+            except Exception:
+                result = None
+            if result is not None:
+                assert not result.error, result.error
+                value = int(result.rows[0][0])  # type: ignore[call-overload]
             if value >= count or time.monotonic() > deadline:
                 return value
             time.sleep(0.3)
@@ -197,6 +204,29 @@ class Gov:
                 except nats.js.errors.NotFoundError:
                     return 0
                 return int(json.loads(msg.data)["val"])
+            finally:
+                await nc.close()
+
+        return asyncio.run(read())
+
+    def reservation_state(self, request_id: str) -> str:
+        """The last state of a request's budget reservation (live, settled, released; '' if none)."""
+        assert self.stack.nats is not None
+        subjects = Subjects(self.stack.prefix)
+
+        async def read() -> str:
+            nc = await nats.connect(
+                self.stack.nats.url,
+                nkeys_seed=str(self.stack.admin_seed_file),
+                inbox_prefix=subjects.role_inbox("admin").encode(),
+            )
+            try:
+                subject = subjects.reservation(request_id)
+                try:
+                    msg = await nc.jetstream().get_last_msg(subjects.reservations_stream, subject.name)
+                except nats.js.errors.NotFoundError:
+                    return ""
+                return subject.decode(msg.data).state
             finally:
                 await nc.close()
 
