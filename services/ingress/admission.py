@@ -46,6 +46,7 @@ class Admitted:
     concurrency: list[str] = field(default_factory=list)
     tpm: list[str] = field(default_factory=list)
     max_tokens: int | None = None  # lowered by a clamping budget
+    covered_output: int | None = None  # the output tokens the hard budgets' reservation covers
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +120,8 @@ class Governor:
         admitted.concurrency = held_conc
         admitted.tpm = [self._subjects.quota_counter("tpm", s.name, minute) for s, _ in tpm]
         admitted.max_tokens = max_tokens
+        if held_spend:
+            admitted.covered_output = max_tokens if max_tokens is not None else estimate.output_tokens
         holds = [
             self._hold(scope, budget, subject, micro, now, ent)
             for (scope, budget), subject, (_, micro) in zip(budgets, spend, held_spend, strict=True)

@@ -35,6 +35,7 @@ from shared.bus import REQUEST_ID, TRACEPARENT, ensure_events_stream
 from shared.config import GatehouseConfig
 from shared.counters import Counters, ensure_counter_streams
 from shared.errors import (
+    BudgetExceededError,
     ErrorInfo,
     GatewayError,
     GatewayTimeoutError,
@@ -69,6 +70,9 @@ log = logging.getLogger("gatehouse.ingress")
 _SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 # how long a request whose client left waits for the router's final word (its usage so far)
 CANCEL_GRACE_S = 2.0
+# chunks a stream may run past the output its budget reservation covers before it is cut (chunks and
+# tokens do not map one to one; the provider's own max_tokens normally ends it first)
+STREAM_SLACK_CHUNKS = 16
 # nginx's convention for "the client closed the request"; recorded, never sent
 CLIENT_CLOSED = ErrorInfo(
     status=499, type="client_closed", code="client_closed_request", message="The client closed the connection."
@@ -420,17 +424,17 @@ class Gateway:
         record.first_byte_ms = (time.monotonic() - record.started) * 1000
         sent = 0
         relayed = 0  # events relayed in the client's own protocol (a pass-through stream)
+        chunks = 0  # an upper bound of the output tokens so far: a chunk carries at least one
+        covered = record.admitted.covered_output if record.admitted is not None else None
         finished = False
+        cut: ErrorInfo | None = None
         try:
             item: Reply = first
             while True:
-                if isinstance(item, Chunk):
-                    out = writer.feed(item.data)
-                elif isinstance(item, ChunkBatch):
-                    out = b"".join(writer.feed(data) for data in item.items)
-                elif isinstance(item, NativeEvents):
-                    out = b"".join(item.items)
-                    relayed += len(item.items)
+                if isinstance(item, Chunk | ChunkBatch | NativeEvents):
+                    out, count = _stream_bytes(item, writer)
+                    chunks += count
+                    relayed += count if isinstance(item, NativeEvents) else 0
                 elif isinstance(item, Result):
                     record.outcome = item.outcome
                     record.guard = item.guard or record.guard
@@ -449,6 +453,13 @@ class Gateway:
                 if out:
                     sent += len(out)
                     yield out
+                if covered is not None and chunks > covered + STREAM_SLACK_CHUNKS:
+                    # past what the budget reservation covers (a provider ignoring max_tokens): end it
+                    cut = BudgetExceededError(
+                        "The stream was ended: its cost would cross the key's hard budget."
+                    ).info()
+                    yield writer.fail_native(cut, relayed) if relayed else writer.fail(cut)
+                    return
                 try:
                     item = await self._next(queue, record, "router")
                 except (TimeoutError, GatewayError) as exc:
@@ -467,12 +478,15 @@ class Gateway:
                 self.inbox.close(record.request_id)
                 self._finish(record)
             else:
-                # the client went away mid-stream: stop the upstream call, and record what it cost so far
-                self._spawn(self._abandon(record, queue))
+                # the client went away mid-stream (or the budget cut it): stop the upstream call, and
+                # record what it cost so far
+                self._spawn(self._abandon(record, queue, cut or CLIENT_CLOSED))
 
-    async def _abandon(self, record: RequestRecord, queue: asyncio.Queue[Reply | NoResponders]) -> None:
-        """Cancel a request whose client left, wait briefly for the router's last word (the usage seen so
-        far), then record it as 499."""
+    async def _abandon(
+        self, record: RequestRecord, queue: asyncio.Queue[Reply | NoResponders], why: ErrorInfo = CLIENT_CLOSED
+    ) -> None:
+        """Cancel a request whose client left (or whose stream the gateway cut), wait briefly for the
+        router's last word (the usage seen so far), then record it: 499, or `why`."""
         try:
             cancel = self.subjects.router_cancel
             await self.broker.connection.publish(cancel.name, cancel.encode(Cancel(request_id=record.request_id)))
@@ -486,7 +500,7 @@ class Gateway:
         except (TimeoutError, Exception):
             log.debug("request %s: no final word from the router after the client left", record.request_id)
         finally:
-            record.fail(CLIENT_CLOSED)
+            record.fail(why)
             self.inbox.close(record.request_id)
             self._finish(record)
 
@@ -494,6 +508,15 @@ class Gateway:
         task = asyncio.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+
+def _stream_bytes(item: Chunk | ChunkBatch | NativeEvents, writer: apis.StreamWriter) -> tuple[bytes, int]:
+    """What a stream reply writes to the client, and how many chunks (or native events) it carried."""
+    if isinstance(item, Chunk):
+        return writer.feed(item.data), 1
+    if isinstance(item, ChunkBatch):
+        return b"".join(writer.feed(data) for data in item.items), len(item.items)
+    return b"".join(item.items), len(item.items)
 
 
 def _failure(writer: apis.StreamWriter, error: ErrorInfo, relayed: int) -> bytes:

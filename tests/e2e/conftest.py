@@ -146,6 +146,8 @@ providers:
     deployments: [{{provider: emu-openai, model: err-429}}]
   - name: emu-500
     deployments: [{{provider: emu-openai, model: err-500}}]
+  - name: emu-priced
+    deployments: [{{provider: emu-openai, model: gpt-emu, price: {{input_per_mtok: 0, output_per_mtok: 1000000}}}}]
   - name: emu-drip
     deployments: [{{provider: emu-openai, model: drip-100}}]
   - name: emu-slow

@@ -28,7 +28,8 @@ PRICE = "{input_per_mtok: 0, output_per_mtok: 1000000}"
 LONG_PROMPT = "please count the words of this sentence slowly and carefully one by one"  # 13 words
 
 
-def config_text() -> str:
+def config_text(webhook_url: str = "") -> str:
+    webhook = f"\n  alert_webhook_url: {webhook_url}" if webhook_url else ""
     return f"""
 server: {{host: 127.0.0.1, port: 0, request_timeout_s: 8}}
 keys:
@@ -46,7 +47,7 @@ models:
     max_output_tokens: 64
     deployments: [{{provider: slow, model: priced-slow, price: {PRICE}}}]
 governance:
-  reservation_grace_s: 1
+  reservation_grace_s: 1{webhook}
 accounting:
   flush_interval_s: 0.2
 """
@@ -66,9 +67,9 @@ def _port_pair() -> int:
 
 
 @contextmanager
-def governed_stack(tmp: Path, prefix: str) -> Iterator[Gov]:
+def governed_stack(tmp: Path, prefix: str, webhook_url: str = "") -> Iterator[Gov]:
     config = tmp / "gatehouse.yaml"
-    config.write_text(config_text())
+    config.write_text(config_text(webhook_url))
     stack = Stack(
         config=config,
         data_dir=tmp / "data",

@@ -9,18 +9,40 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
 from typer.testing import CliRunner
 
 from gatehouse.cli import app as cli
 from shared.config import hash_key
 from tests.e2e.governance_support import LONG_PROMPT, PLAIN_KEY, Gov, governed_stack
+from tests.servers import serve_in_thread
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
 
+def _webhook_recorder() -> Starlette:
+    async def receive(request: Request) -> Response:
+        request.app.state.posts.append(await request.json())
+        return JSONResponse({"ok": True})
+
+    app = Starlette(routes=[Route("/hook", receive, methods=["POST"])])
+    app.state.posts = []
+    return app
+
+
 @pytest.fixture(scope="module")
-def gov(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gov]:
-    with governed_stack(tmp_path_factory.mktemp("gov"), "gov") as running:
+def hook() -> Iterator[tuple[Starlette, str]]:
+    app = _webhook_recorder()
+    with serve_in_thread(app) as url:
+        yield app, f"{url}/hook"
+
+
+@pytest.fixture(scope="module")
+def gov(tmp_path_factory: pytest.TempPathFactory, hook: tuple[Starlette, str]) -> Iterator[Gov]:
+    with governed_stack(tmp_path_factory.mktemp("gov"), "gov", webhook_url=hook[1]) as running:
         yield running
 
 
@@ -264,3 +286,43 @@ def test_plain_and_static_keys_need_no_counters(gov: Gov) -> None:
         timeout=30,
     )
     assert r.status_code == 200 and "x-ratelimit-limit-requests" not in r.headers
+
+
+def test_budget_alerts_fire_once_per_threshold_and_reach_the_webhook(gov: Gov, hook: tuple[Starlette, str]) -> None:
+    gov.team("alerts", budgets=[{"amount_usd": 100, "period": "monthly", "alerts": [50, 80, 100]}])
+    key_id, secret = gov.key("alerts")
+    gov.wait_key(secret)
+    # $10 a request (10 output tokens at $1): 5 reach 50 %, 8 reach 80 %; the 100 % alert never fires
+    with httpx.Client(timeout=30) as client:
+        for i in range(8):
+            r = client.post(
+                f"{gov.urls[i % 2]}/v1/chat/completions",
+                json={"model": "priced", "messages": [{"role": "user", "content": LONG_PROMPT}], "max_tokens": 10},
+                headers={"authorization": f"Bearer {secret}"},
+            )
+            assert r.status_code == 200, r.text
+    assert gov.wait_count("SELECT count() FROM budget_alerts WHERE scope = 'team.alerts'", 2) == 2
+    rows = gov.sql(
+        "SELECT threshold_pct, amount_usd, spent_usd, period FROM budget_alerts WHERE scope = 'team.alerts' "
+        "ORDER BY threshold_pct"
+    ).rows
+    assert [r[0] for r in rows] == [50, 80] and rows[0][1] == 100.0 and rows[0][3] == "monthly"
+    assert rows[0][2] == 50.0 and rows[1][2] == 80.0
+    deadline = time.monotonic() + 20
+    app = hook[0]
+    while len([p for p in app.state.posts if p["alert"]["scope"] == "team.alerts"]) < 2:
+        assert time.monotonic() < deadline, app.state.posts
+        time.sleep(0.1)
+    posts = [p for p in app.state.posts if p["alert"]["scope"] == "team.alerts"]
+    assert sorted(p["alert"]["threshold_pct"] for p in posts) == [50, 80]
+    assert all("team.alerts" in p["text"] and "$100" in p["text"] for p in posts)  # Slack-compatible `text`
+    # a ninth request crosses nothing new
+    r = httpx.post(
+        f"{gov.urls[0]}/v1/chat/completions",
+        json={"model": "priced", "messages": [{"role": "user", "content": LONG_PROMPT}], "max_tokens": 5},
+        headers={"authorization": f"Bearer {secret}"},
+        timeout=30,
+    )
+    assert r.status_code == 200
+    gov.wait_count(f"SELECT count() FROM requests WHERE key_id = '{key_id}' AND settled_cost_usd > 0", 9)
+    assert gov.sql("SELECT count() FROM budget_alerts WHERE scope = 'team.alerts'").rows == [[2]]
