@@ -170,8 +170,6 @@ class GovernanceConfig(_Strict):
     quotas_when_unavailable: Literal["open", "closed"] = "open"
     # how long a reservation outlives its request's deadline before it is released (a crashed replica)
     reservation_grace_s: float = Field(default=30.0, gt=0)
-    # the org every team belongs to unless it names another
-    default_org: str = "default"
     # budget alerts are also POSTed here (JSON, Slack-compatible `text`), when set
     alert_webhook_url: str | None = None
 

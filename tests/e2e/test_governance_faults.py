@@ -128,8 +128,9 @@ def test_with_the_directory_and_counters_gone_cached_keys_pass_and_budgets_fail_
     gov.team("degraded")
     _, budgeted = gov.key("degraded", limits={"budgets": [{"amount_usd": 100, "period": "total"}]})
     _, virtual = gov.key("degraded")
-    gov.wait_key(budgeted)
-    gov.wait_key(virtual)
+    _, limited = gov.key("degraded", limits={"quotas": {"rpm": 1000}})
+    for secret in (budgeted, virtual, limited):
+        gov.wait_key(secret)
     assert _post(gov.urls[0], budgeted).status_code == 200
     subjects = gov.subjects()
 
@@ -143,15 +144,18 @@ def test_with_the_directory_and_counters_gone_cached_keys_pass_and_budgets_fail_
         try:
             js = nc.jetstream()
             await js.delete_stream(subjects.counters_stream)
+            await js.delete_stream(subjects.quotas_stream)
             await js.delete_stream(f"KV_{subjects.directory_bucket}")
         finally:
             await nc.close()
 
     asyncio.run(remove_streams())
     for url in gov.urls:
-        # the keys live on in every replica's mirror
-        for secret in (PLAIN_KEY, virtual):
-            assert _post(url, secret, model="mock-1").status_code == 200
+        # the keys live on in every replica's mirror; quotas fail open (the default), uncounted
+        for secret in (PLAIN_KEY, virtual, limited):
+            r = _post(url, secret, model="mock-1")
+            assert r.status_code == 200, r.text
+            assert "x-ratelimit-remaining-requests" not in r.headers
         # without its counter, nothing proves a budget covers the request: 503, clearly
         r = _post(url, budgeted)
         assert r.status_code == 503, r.text
