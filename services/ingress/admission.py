@@ -5,7 +5,8 @@ Counters are JetStream counter subjects (shared/counters.py), so the same key co
 is one count. Per request, every increment goes out at once (one round trip in all):
 - requests per minute: +1 on the scope's window counter; the request passes while the total ≤ rpm
   (so of a burst, exactly `rpm` pass in a window);
-- tokens per minute: read the window's total (tokens are added from real usage after the response);
+- tokens per minute: the window's total (tokens are added from real usage after each response; a
+  total this replica learnt in the last 250 ms is used without a read);
 - concurrency: +1, given back when the request ends (or when its reservation expires, if the replica died);
 - hard budgets: + the worst-case cost in micro-USD; a total over the amount is given back and refused
   (or, where the budget says `clamp`, max_tokens is lowered to what the remainder covers).
@@ -35,6 +36,9 @@ log = logging.getLogger("gatehouse.ingress.admission")
 MICRO = 1_000_000
 # a clamped answer shorter than this is not worth sending: refuse instead
 MIN_CLAMPED_TOKENS = 16
+# how long a tokens-per-minute total this replica learnt stays good enough to check against
+TPM_FRESH_S = 0.25
+TPM_CACHE_SIZE = 10_000
 
 
 @dataclass
@@ -81,6 +85,7 @@ class Governor:
         self._fail_open = quotas_fail_open
         self._grace = reservation_grace_s
         self._pending: set[asyncio.Task[object]] = set()
+        self._tpm_seen: dict[str, tuple[int, float]] = {}  # tokens window → (total, when learnt)
 
     async def admit(self, ent: Entitlement, request_id: str, estimate: Estimate, deadline: float) -> Admitted:
         now = time.time()
@@ -96,7 +101,7 @@ class Governor:
         worst_micro = math.ceil(worst * MICRO)
         ops: list[Awaitable[Count]] = []
         ops += [self._counters.add(self._subjects.quota_counter("rpm", s.name, minute), 1) for s, _ in rpm]
-        ops += [self._counters.add(self._subjects.quota_counter("tpm", s.name, minute), 0) for s, _ in tpm]
+        ops += [self._tokens_used(self._subjects.quota_counter("tpm", s.name, minute)) for s, _ in tpm]
         ops += [self._counters.add(self._subjects.concurrency_counter(s.name), 1) for s, _ in conc]
         spend = [self._subjects.spend_counter(s.name, period_key(b.period, now, ent.timezone)) for s, b in budgets]
         ops += [self._counters.add(subject, worst_micro) for subject in spend]
@@ -214,6 +219,17 @@ class Governor:
             refusal.headers = dict(admitted.headers)
             raise refusal
 
+    async def _tokens_used(self, subject: str) -> Count:
+        """A tokens-per-minute window's total: what this replica last learnt of it when that is recent
+        (its own additions return the total, other replicas' show up within TPM_FRESH_S), else a read.
+        Tokens are counted after each response anyway, so the check is as exact as usage allows."""
+        seen = self._tpm_seen.get(subject)
+        if seen is not None and time.monotonic() - seen[1] < TPM_FRESH_S:
+            return Count(seen[0])
+        count = await self._counters.add(subject, 0)
+        self._tpm_seen[subject] = (count.value, time.monotonic())
+        return count
+
     def _unavailable(self, error: BaseException) -> None:
         log.warning("quota counters unavailable: %s", error)
         if not self._fail_open:
@@ -290,7 +306,14 @@ class Governor:
             self._spawn(self._counters.add(subject, -1))
         if tokens > 0:
             for subject in admitted.tpm:
-                self._spawn(self._counters.add(subject, tokens))
+                self._spawn(self._add_tokens(subject, tokens))
+
+    async def _add_tokens(self, subject: str, tokens: int) -> Count:
+        count = await self._counters.add(subject, tokens)
+        if len(self._tpm_seen) > TPM_CACHE_SIZE:
+            self._tpm_seen.clear()
+        self._tpm_seen[subject] = (count.value, time.monotonic())
+        return count
 
     def _spawn(self, op: Awaitable[Count]) -> None:
         async def run() -> object:
