@@ -12,11 +12,12 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError, field_validator, model_validator
 
 from shared.guard_config import GuardrailsConfig
+from shared.routing_config import ModelRouting, RoutingConfig
 from shared.schemas.params import check_params
 
 ProviderKind = Literal["mock", "openai", "azure", "anthropic", "gemini", "mistral", "bedrock", "cohere"]
 # named kinds whose translator does not exist yet: refused at load, not at the first request
-_UNIMPLEMENTED_KINDS = frozenset({"bedrock"})
+_UNIMPLEMENTED_KINDS: frozenset[str] = frozenset()
 
 MiB = 1024 * 1024
 
@@ -66,6 +67,8 @@ class ProviderConfig(_Strict):
     # mock provider only: simulated latency before the first token, and between stream chunks
     mock_latency_ms: float = Field(default=0.0, ge=0)
     mock_chunk_delay_ms: float = Field(default=0.0, ge=0)
+    # routing: a stream's first token may take this long (default: routing.ttft_timeout_s)
+    ttft_timeout_s: float | None = Field(default=None, gt=0)
 
     @field_validator("kind")
     @classmethod
@@ -110,6 +113,8 @@ class DeploymentConfig(_Strict):
     params: dict[str, JsonValue] = Field(default_factory=dict)
     weight: int = Field(default=1, ge=1)
     price: PriceConfig | None = None
+    # routing: a stream's first token may take this long (default: the provider's, else routing.ttft_timeout_s)
+    ttft_timeout_s: float | None = Field(default=None, gt=0)
 
     @field_validator("params")
     @classmethod
@@ -133,6 +138,13 @@ class ModelConfig(_Strict):
     # the most output tokens one answer can have; the worst case a budget reserves when a request
     # names no max_tokens (default: what the model's context window leaves)
     max_output_tokens: int | None = Field(default=None, gt=0)
+    # routing (shared/routing_config.py): this model's strategy and attempt budget, and the models tried
+    # after its own deployments: on any retryable failure, when the prompt is too long for it, when the
+    # provider refuses the content
+    routing: ModelRouting = Field(default_factory=ModelRouting)
+    fallbacks: list[str] = Field(default_factory=list)
+    context_window_fallbacks: list[str] = Field(default_factory=list)
+    content_policy_fallbacks: list[str] = Field(default_factory=list)
 
 
 class KeyConfig(_Strict):
@@ -146,6 +158,8 @@ class KeyConfig(_Strict):
     user: str = ""
     policy: str = ""
     models: list[str] = Field(default_factory=list, description="allowed model names; empty allows all")
+    # the key may choose a routing strategy per request (x-gatehouse-route header or `gatehouse_route`)
+    route_override: bool = False
 
     @model_validator(mode="after")
     def _one_source(self) -> KeyConfig:
@@ -182,9 +196,11 @@ class GatehouseConfig(_Strict):
     guardrails: GuardrailsConfig = Field(default_factory=GuardrailsConfig)
     accounting: AccountingConfig = Field(default_factory=AccountingConfig)
     governance: GovernanceConfig = Field(default_factory=GovernanceConfig)
+    routing: RoutingConfig = Field(default_factory=RoutingConfig)
 
     @model_validator(mode="after")
     def _references(self) -> GatehouseConfig:
+        self._fallback_references()
         seen: set[str] = set()
         for i, model in enumerate(self.models):
             for name in (model.name, *model.aliases):
@@ -204,6 +220,20 @@ class GatehouseConfig(_Strict):
             if k.policy and k.policy not in self.guardrails.policies:
                 raise ValueError(f"keys[{k.id}].policy: unknown guardrail policy {k.policy!r}")
         return self
+
+    def _fallback_references(self) -> None:
+        """Every fallback names a model of the same kind (chat or embeddings), and not the model itself."""
+        index = self.model_index()
+        for i, model in enumerate(self.models):
+            for field in ("fallbacks", "context_window_fallbacks", "content_policy_fallbacks"):
+                for j, name in enumerate(getattr(model, field)):
+                    target = index.get(name)
+                    if target is None:
+                        raise ValueError(f"models[{i}].{field}[{j}]: unknown model {name!r}")
+                    if target.name == model.name:
+                        raise ValueError(f"models[{i}].{field}[{j}]: a model cannot fall back to itself")
+                    if target.kind != model.kind:
+                        raise ValueError(f"models[{i}].{field}[{j}]: {name!r} is a {target.kind} model")
 
     def model_index(self) -> dict[str, ModelConfig]:
         """Every client-facing name (model names and aliases) → its model."""

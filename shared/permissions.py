@@ -8,7 +8,8 @@ role        publishes                                           subscribes ("sub
 ingress     guard.chat, router.cancel, events.request, pings     inbox.> (the replies it waits for)
 guard       router.chat, inbox.> (blocks, relayed replies),     guard.chat, guard.scan, guard.ping (guard);
             events.guard                                        guardout.> (replies it relays)
-router      inbox.>, guardout.> (replies, chunks, heartbeats)   router.chat, router.ping (router); router.cancel
+router      inbox.>, guardout.> (replies, chunks, heartbeats),  router.chat, router.ping (router); router.cancel,
+            the routing KV bucket (deployment health)           router.status (every replica answers)
 accounting  consumer create/info/next + acks, events stream     accounting.sql (accounting); max-deliveries advisory
 admin       accounting.sql, guard.scan, pings, JetStream API    (its own inbox only)
 
@@ -99,6 +100,7 @@ def ingress(subjects: Subjects) -> Permissions:
         publish=(
             subjects.guard_chat.name,
             subjects.router_cancel.name,
+            subjects.router_status.name,  # deployment health for the admin API (every router replica answers)
             subjects.events_request.name,
             subjects.events_audit.name,
             subjects.accounting_usage.name,  # usage summaries for the admin API (no free SQL)
@@ -135,10 +137,16 @@ def guard(subjects: Subjects) -> Permissions:
 def router(subjects: Subjects) -> Permissions:
     chat = subjects.router_chat
     return Permissions(
-        publish=(subjects.inbox_wildcard, subjects.guard_output_wildcard),
+        publish=(
+            subjects.inbox_wildcard,
+            subjects.guard_output_wildcard,
+            # deployment health (open, cooldown, probe) shared by the router replicas; only routers write it
+            *_kv(subjects.routing_bucket),
+        ),
         subscribe=(
             queue_entry(chat),
             subjects.router_cancel.name,  # every replica hears it: only the one serving the request acts
+            subjects.router_status.name,  # every replica answers with its own view
             _ping_entry(subjects, "router", chat.queue),
             f"{subjects.role_inbox('router')}.>",
         ),

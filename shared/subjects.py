@@ -14,6 +14,7 @@ import msgspec
 from shared.schemas.admin import ScanRequest, ScanResult, SqlQuery, SqlResult, UsageQuery
 from shared.schemas.chat import Cancel, ChatRequest, Reply
 from shared.schemas.events import AuditEvent, BudgetAlert, GuardEvent, RequestEvent, ReservationState
+from shared.schemas.routing import RouterStatus, StatusQuery
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -84,6 +85,16 @@ class Subjects:
     def router_cancel(self) -> Subject[Cancel]:
         """ingress → every router replica (no queue group): the client went away, stop the request."""
         return Subject(f"{self.prefix}.router.cancel", Cancel)
+
+    @cached_property
+    def router_status(self) -> Service[StatusQuery, RouterStatus]:
+        """ingress (admin API) → every router replica (no queue group): each answers with its RouterStatus."""
+        return Service(f"{self.prefix}.router.status", StatusQuery, RouterStatus)
+
+    @property
+    def routing_bucket(self) -> str:
+        """KV bucket of deployment health shared by router replicas (shared.schemas.routing.DeploymentHealth)."""
+        return f"{self._stream_base}_ROUTING"
 
     @cached_property
     def replies(self) -> Subject[Reply]:

@@ -19,6 +19,8 @@ from shared.errors import (
     PermissionDeniedError,
     UpstreamAuthError,
 )
+from shared.pricing import MTOK, Tokens, cost
+from shared.routing_config import RoutingConfig
 
 # the most of an error message kept: for clients (provider messages pass through) and for attempt records
 CLIENT_MESSAGE_CHARS = 1000
@@ -44,15 +46,56 @@ class Deployment:
     provider_config: ProviderConfig
     api_key_env: str | None = None
     limits: ResponseLimits = field(default_factory=ResponseLimits)
+    weight: int = 1
+    ttft_timeout_s: float = 60.0  # a stream's first token
+    # USD per input and per output token (the cost strategy); None: no price known
+    rates: tuple[float, float] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RoutePolicy:
+    """How one model's requests are routed: the model's own `routing:` over the top-level one."""
+
+    strategy: str = "priority"
+    max_attempts: int = 3
+    explore: float = 0.05
+    backoff_base_s: float = 0.1
+    backoff_max_s: float = 2.0
+    max_retry_wait_s: float = 5.0
 
 
 @dataclass(frozen=True, slots=True)
 class Route:
     model: ModelConfig
     deployments: tuple[Deployment, ...]
+    policy: RoutePolicy = field(default_factory=RoutePolicy)
+
+    @property
+    def attempt_budget(self) -> int:
+        """Attempts a request may make: the configured budget, never fewer than one per deployment."""
+        return max(self.policy.max_attempts, len(self.deployments))
 
 
-def _deployment(dep: DeploymentConfig, provider: ProviderConfig, environ: Mapping[str, str]) -> Deployment:
+def _rates(dep: DeploymentConfig, kind: str) -> tuple[float, float] | None:
+    """USD per input and output token, with the price source accounting uses (the config's, else genai-prices)."""
+    if dep.price is not None:
+        return dep.price.input_per_mtok / MTOK, dep.price.output_per_mtok / MTOK
+    if kind == "mock":
+        return 0.0, 0.0
+    only_input = cost(Tokens(input=MTOK), dep.model, kind, 0.0).cost_usd
+    both = cost(Tokens(input=MTOK, output=MTOK), dep.model, kind, 0.0).cost_usd
+    if only_input is None or both is None:
+        return None
+    return only_input / MTOK, max(both - only_input, 0.0) / MTOK
+
+
+def _deployment(
+    dep: DeploymentConfig,
+    provider: ProviderConfig,
+    environ: Mapping[str, str],
+    routing: RoutingConfig | None = None,
+    model_ttft_s: float | None = None,
+) -> Deployment:
     key_env = dep.api_key_env or provider.api_key_env
     if provider.kind == "mock":
         api_base = f"{MOCK_SCHEME}://{dep.provider}"  # the in-process mock server, per provider account
@@ -77,6 +120,23 @@ def _deployment(dep: DeploymentConfig, provider: ProviderConfig, environ: Mappin
         provider_config=provider,
         api_key_env=key_env,
         limits=ResponseLimits.of(provider),
+        weight=dep.weight,
+        ttft_timeout_s=(
+            dep.ttft_timeout_s or provider.ttft_timeout_s or model_ttft_s or (routing or RoutingConfig()).ttft_timeout_s
+        ),
+        rates=_rates(dep, provider.kind),
+    )
+
+
+def _policy(model: ModelConfig, routing: RoutingConfig) -> RoutePolicy:
+    own = model.routing
+    return RoutePolicy(
+        strategy=own.strategy or routing.strategy,
+        max_attempts=own.max_attempts or routing.max_attempts,
+        explore=own.explore if own.explore is not None else routing.explore,
+        backoff_base_s=routing.backoff_base_s,
+        backoff_max_s=routing.backoff_max_s,
+        max_retry_wait_s=routing.max_retry_wait_s,
     )
 
 
@@ -93,7 +153,11 @@ def build_routes(config: GatehouseConfig, environ: Mapping[str, str]) -> dict[st
     for model in config.models:
         route = Route(
             model=model,
-            deployments=tuple(_deployment(dep, config.providers[dep.provider], environ) for dep in model.deployments),
+            deployments=tuple(
+                _deployment(dep, config.providers[dep.provider], environ, config.routing, model.routing.ttft_timeout_s)
+                for dep in model.deployments
+            ),
+            policy=_policy(model, config.routing),
         )
         for name in (model.name, *model.aliases):
             routes[name] = route

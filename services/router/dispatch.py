@@ -4,20 +4,34 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
+import random
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 
 import msgspec
 
-from services.router import native
-from services.router.core import Deployment, Route, attempt_error, attempt_message, resolve, should_fail_over
+from services.router import native, plan, strategies
+from services.router.core import Deployment, Route, attempt_error, attempt_message, resolve
+from services.router.health import HealthBoard
 from services.router.providers.base import JsonObj, Translator, openai_usage
-from services.router.sse import SseParser
+from services.router.retry import REFUSALS, backoff_s, classify, rate_limits
+from services.router.shared_health import SharedHealth
+from services.router.strategies import Option
 from services.router.upstream import Upstream
 from shared.bus import split_result
-from shared.errors import ErrorInfo, GatewayError, GatewayTimeoutError, InvalidRequestError, ServiceUnavailableError
+from shared.errors import (
+    ContentPolicyViolation,
+    ErrorInfo,
+    GatewayError,
+    GatewayTimeoutError,
+    InvalidRequestError,
+    RateLimitError,
+    ServiceUnavailableError,
+)
+from shared.routing_config import STRATEGIES, RoutingConfig
 from shared.schemas.chat import Attempt, ChatRequest, Chunk, ChunkBatch, Outcome, Reply, Result, Usage
-from shared.schemas.openai import COMPLETION, ChatCompletion
+from shared.schemas.openai import COMPLETION, ChatCompletion, ChatCompletionRequest
 from shared.tokens import estimate_prompt_tokens
 
 log = logging.getLogger(__name__)
@@ -28,6 +42,10 @@ _JSON = msgspec.json.Encoder()
 CLIENT_CLOSED = ErrorInfo(
     status=499, type="client_closed", code="client_closed_request", message="The client closed the connection."
 )
+# how long other replicas leave a half-open deployment to the one probing it
+PROBE_LEASE_S = 30.0
+# the output a request that names no max_tokens is priced at by the cost strategy
+DEFAULT_OUTPUT_TOKENS = 256
 
 
 def _is_usage_only(chunk: JsonObj | bytes) -> bool:
@@ -39,27 +57,131 @@ def _is_usage_only(chunk: JsonObj | bytes) -> bool:
 class _Progress:
     """What one attempt has learnt so far (shared with the stream loop)."""
 
-    __slots__ = ("finish_reason", "native", "relayed_error", "sent", "ttft_ms", "usage")
+    __slots__ = (
+        "attempt_ttft_ms",
+        "deployment",
+        "finish_reason",
+        "headers",
+        "model",
+        "native",
+        "on_first",
+        "relayed_error",
+        "sent",
+        "t0",
+        "ttft_ms",
+        "usage",
+    )
 
-    def __init__(self) -> None:
+    def __init__(self, deployment: str = "", model: str = "") -> None:
         self.sent = 0
         self.ttft_ms = 0.0
         self.usage: Usage | None = None
         self.finish_reason = ""
         self.native = False  # the answer is in the client's own protocol (services.router.native)
         self.relayed_error = False
+        self.headers: Mapping[str, str] = {}  # the provider's response headers (rate limits)
+        self.deployment = deployment  # named on the first stream message (x-gatehouse-deployment)
+        self.model = model
+        self.on_first: Callable[[], None] | None = None  # the first byte is about to reach the client
+        self.t0 = time.monotonic()
+        self.attempt_ttft_ms = 0.0  # from this attempt's start
+
+    def first(self) -> tuple[str, str]:
+        """Before the first message of a stream goes out: (deployment, model) to name on it."""
+        self.attempt_ttft_ms = (time.monotonic() - self.t0) * 1000
+        if self.on_first is not None:
+            self.on_first()
+            self.on_first = None
+        return self.deployment, self.model
+
+
+class _Run:
+    """The state of one request while the dispatcher works through its plan."""
+
+    def __init__(
+        self,
+        req: ChatRequest,
+        route: Route,
+        order: Callable[[Route], Sequence[Deployment]],
+        candidates: list[plan.Candidate],
+        strategy: str,
+    ) -> None:
+        self.req = req
+        self.route = route
+        self.order = order
+        self.plan = candidates
+        self.strategy = strategy
+        self.used: set[str] = {"primary", "fallback"}
+        self.failed: dict[str, int] = {}  # deployment → failures in this request
+        self.attempts: list[Attempt] = []
+        self.last: GatewayError | None = None
+        self.last_dep = route.deployments[0]
+        self.last_model = route.model.name
+        self.progress = _Progress()
+        self.delay_ms = 0.0  # waited before the next attempt (backoff, Retry-After)
+        self.current: Deployment | None = None  # the deployment of the attempt under way
+        self.probing = False
+        self.started = time.monotonic()
+
+
+class _Deadline(Exception):
+    """The request's own deadline passed during an attempt."""
 
 
 class Dispatcher:
-    def __init__(self, routes: Mapping[str, Route], upstream: Upstream, translators: Mapping[str, Translator]) -> None:
+    def __init__(
+        self,
+        routes: Mapping[str, Route],
+        upstream: Upstream,
+        translators: Mapping[str, Translator],
+        *,
+        board: HealthBoard | None = None,
+        shared: SharedHealth | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
         self._routes = routes
         self._upstream = upstream
         self._translators = translators
         self._native = native.NativeCaller(upstream, translators)
+        self.board = board or HealthBoard(RoutingConfig(), "local")
+        self._shared = shared
+        self._rng = rng or random.Random()  # noqa: S311 - load spreading, not cryptography
+        for route in routes.values():
+            for dep in route.deployments:
+                self.board.register(dep.id, dep.target.provider, route.model.name)
+
+    # ---- the plan ---------------------------------------------------------------------------------
+    def _order(self, req: ChatRequest, strategy: str) -> Callable[[Route], Sequence[Deployment]]:
+        now = time.time()
+
+        def order(route: Route) -> Sequence[Deployment]:
+            chosen = strategy or route.policy.strategy
+            deps = route.deployments
+            if chosen == "priority" or len(deps) <= 1:
+                return deps
+            prompt = estimate_prompt_tokens(req.chat) if chosen == "cost" and req.chat is not None else 0
+            output = (_max_output(req.chat) if req.chat is not None else None) or DEFAULT_OUTPUT_TOKENS
+            options = []
+            for dep in deps:
+                stats = self.board.stats(dep.id)
+                price = None
+                if chosen == "cost" and dep.rates is not None:
+                    price = dep.rates[0] * prompt + dep.rates[1] * output
+                options.append(
+                    Option(
+                        weight=dep.weight,
+                        ewma_ms=stats.ewma(req.stream),
+                        inflight=stats.inflight,
+                        price=price,
+                        capacity=stats.limits.capacity(now) if stats.limits else 1.0,
+                    )
+                )
+            return [deps[i] for i in strategies.order(chosen, options, self._rng, route.policy.explore)]
+
+        return order
 
     async def serve(self, req: ChatRequest, send: Send) -> None:
         started = time.monotonic()
-        attempts: list[Attempt] = []
         try:
             route = resolve(self._routes, req.model, req.api)
             if (req.api == "embeddings" and req.embeddings is None) or (req.api != "embeddings" and req.chat is None):
@@ -69,65 +191,210 @@ class Dispatcher:
         except GatewayError as exc:
             await send(Result(outcome=Outcome(), error=exc.info()))
             return
-        last: GatewayError | None = None
-        last_dep = route.deployments[0]
-        progress = _Progress()
+        strategy = req.route if req.route in STRATEGIES else ""
+        order = self._order(req, strategy)
+        run = _Run(req, route, order, plan.candidates(route, self._routes, order), strategy or route.policy.strategy)
+        run.started = started
         try:
-            for dep in route.deployments:
-                if not native.may_serve(req.native, dep):
-                    continue  # the request cannot be translated for this deployment's protocol
-                last_dep = dep
-                t0 = time.monotonic()
-                progress = _Progress()
-                try:
-                    # a hard stop per attempt (asyncio.timeout creates no extra task, unlike wait_for)
-                    async with asyncio.timeout(dep.timeout_s + 1.0):
-                        result = await self._attempt(req, dep, send, progress, started)
-                except TimeoutError:
-                    last = GatewayTimeoutError(f"Deployment {dep.id} did not finish within {dep.timeout_s:g}s.")
-                except GatewayError as exc:
-                    last = attempt_error(exc, dep.target)
-                except Exception as exc:  # a translator bug must not leave the client hanging
-                    log.exception("request %s: attempt on %s failed unexpectedly", req.request_id, dep.id)
-                    last = GatewayError(f"Internal error while calling {dep.id}: {type(exc).__name__}")
-                else:
-                    attempts.append(_attempt_record(dep, 200, t0))
-                    outcome = self._outcome(dep, progress, attempts, started)
-                    for piece in split_result(Result(outcome=outcome, body=result, native=progress.native)):
-                        await send(piece)
-                    return
-                attempts.append(_attempt_record(dep, last.status, t0, last))
-                if progress.sent or not should_fail_over(last):
+            while len(run.attempts) < route.attempt_budget:
+                choice = await self._next(run)
+                if choice is None:
                     break
-                if req.deadline and time.time() >= req.deadline:
+                verdict = await self._try(run, choice, send)
+                if verdict == "answered":
+                    return
+                if verdict == "stop":
                     break
         except asyncio.CancelledError:
-            # the client went away: the upstream call is closed by now; say what it cost so far
-            attempts.append(_attempt_record(last_dep, CLIENT_CLOSED.status, started))
-            outcome = self._outcome(last_dep, progress, attempts, started)
-            if outcome.usage is None:
-                outcome = msgspec.structs.replace(outcome, usage=_estimate(req, progress), usage_estimated=True)
-            await send(Result(outcome=outcome, error=CLIENT_CLOSED))
+            await self._cancelled(run, send)
             raise
-        await send(self._failure(req, last, last_dep, progress, attempts, started))
+        await send(self._failure(run))
 
-    def _failure(
-        self,
-        req: ChatRequest,
-        last: GatewayError | None,
-        dep: Deployment,
-        progress: _Progress,
-        attempts: list[Attempt],
-        started: float,
-    ) -> Result:
+    async def _next(self, run: _Run) -> plan.Pick | None:
+        """The next deployment to try, after any wait it needs (backoff, a near Retry-After); None: give up."""
+        req, policy = run.req, run.route.policy
+        while True:
+            now = time.time()
+            if req.deadline and now >= req.deadline:
+                run.last = run.last or GatewayTimeoutError(
+                    "The request's deadline passed before a deployment answered."
+                )
+                return None
+            choice = plan.pick(
+                run.plan,
+                run.failed,
+                lambda dep_id, now=now: self.board.availability(dep_id, now),  # type: ignore[misc]  # bound now
+                lambda dep_id: self.board.blocked(dep_id)[:2],
+                lambda dep: native.may_serve(req.native, dep),
+            )
+            if isinstance(choice, plan.Blocked):
+                wait = choice.until - now if choice.until else -1.0
+                if 0 <= wait <= policy.max_retry_wait_s and not (req.deadline and choice.until >= req.deadline):
+                    await asyncio.sleep(wait)  # the earliest deployment back (a Retry-After) is near: wait for it
+                    run.delay_ms += wait * 1000
+                    continue
+                if run.last is None and choice.until:
+                    run.last = _unavailable(run.route.model.name, choice, now)
+                return None  # (until 0: no deployment may serve this request at all)
+            if choice.retry:
+                wait = backoff_s(choice.retry - 1, policy.backoff_base_s, policy.backoff_max_s, self._rng)
+                if req.deadline:
+                    wait = min(wait, max(req.deadline - time.time(), 0.0))
+                await asyncio.sleep(wait)
+                run.delay_ms += wait * 1000
+            if choice.probe and not await self._claim(choice.candidate.deployment.id):
+                continue  # another replica probes it
+            return choice
+
+    async def _try(self, run: _Run, choice: plan.Pick, send: Send) -> str:
+        """One attempt: "answered", "next" (try again), or "stop"."""
+        cand, req = choice.candidate, run.req
+        dep = cand.deployment
+        why = _why(cand, choice, run.attempts, run.last_dep)
+        run.last_dep, run.last_model, run.current, run.probing = dep, cand.model, dep, choice.probe
+        progress = run.progress = _Progress(dep.id, cand.model)
+        t0 = time.monotonic()
+        self.board.begin(dep.id)
+        try:
+            result = await self._timed(req, dep, send, progress, run.started)
+        except _Deadline:
+            run.last = GatewayTimeoutError(f"The request's deadline passed while deployment {dep.id} was answering.")
+            self._record(run, cand, why, t0, run.last.status, run.last)
+            self._failed(dep, run.last, "retryable", t0, progress)
+            return "stop"
+        except GatewayError as exc:
+            run.last = attempt_error(exc, dep.target)
+        except Exception as exc:  # a translator bug must not leave the client hanging
+            log.exception("request %s: attempt on %s failed unexpectedly", req.request_id, dep.id)
+            run.last = GatewayError(f"Internal error while calling {dep.id}: {type(exc).__name__}")
+        else:
+            refused = progress.finish_reason in REFUSALS and not progress.sent
+            if refused and cand.group != "content_policy_fallback" and run.route.model.content_policy_fallbacks:
+                # a refusal answered with 200: another model may answer it (nothing reached the client yet)
+                run.last = ContentPolicyViolation(f"Deployment {dep.id} refused the request.")
+                self._record(run, cand, why, t0, 200, run.last)
+                self._done(dep, progress, t0)
+                return "next" if self._fall_back(run, "content_policy_fallback") else "stop"
+            self._record(run, cand, why, t0, 200, None)
+            self._done(dep, progress, t0, success=True)
+            outcome = self._outcome(run, dep, progress, cand.model)
+            for piece in split_result(Result(outcome=outcome, body=result, native=progress.native)):
+                await send(piece)
+            return "answered"
+        last = run.last
+        self._record(run, cand, why, t0, last.status, last)
+        kind = classify(last)
+        self._failed(dep, last, kind, t0, progress)
+        if progress.sent:
+            return "stop"  # never again once a byte reached the client
+        if kind == "context_window":
+            return "next" if self._fall_back(run, "context_window_fallback") else "stop"
+        if kind == "content_policy":
+            return "next" if self._fall_back(run, "content_policy_fallback") else "stop"
+        if kind == "fatal":
+            return "stop"
+        run.failed[dep.id] = run.failed.get(dep.id, 0) + 1
+        return "next"
+
+    def _record(
+        self, run: _Run, cand: plan.Candidate, why: str, t0: float, status: int, error: GatewayError | None
+    ) -> None:
+        dep = cand.deployment
+        run.attempts.append(_attempt_record(dep, status, t0, error, cand.model, why, run.delay_ms, run.progress))
+        run.delay_ms = 0.0
+        run.current = None
+        run.probing = False
+
+    def _fall_back(self, run: _Run, group: plan.Group) -> bool:
+        """Replace the plan by a context-window or content-policy fallback (each kind once); False: none."""
+        if group in run.used:
+            return False
+        run.used.add(group)
+        run.plan = plan.fallback(run.route, self._routes, run.order, group)
+        return bool(run.plan)
+
+    async def _cancelled(self, run: _Run, send: Send) -> None:
+        """The client went away: the upstream call is closed by now; say what it cost so far."""
+        if run.current is not None:
+            self.board.end(run.current.id)
+            if run.probing:
+                self.board.release(run.current.id)
+        run.attempts.append(
+            _attempt_record(run.last_dep, CLIENT_CLOSED.status, run.started, None, run.last_model, "cancel")
+        )
+        outcome = self._outcome(run, run.last_dep, run.progress, run.last_model)
+        if outcome.usage is None:
+            outcome = msgspec.structs.replace(outcome, usage=_estimate(run.req, run.progress), usage_estimated=True)
+        await send(Result(outcome=outcome, error=CLIENT_CLOSED))
+
+    async def _claim(self, dep_id: str) -> bool:
+        health = self.board.claim(dep_id, time.time(), PROBE_LEASE_S)
+        if self._shared is None:
+            return True
+        if await self._shared.claim(health):
+            return True
+        self.board.release(dep_id)
+        return False
+
+    async def _timed(self, req: ChatRequest, dep: Deployment, send: Send, progress: _Progress, started: float) -> bytes:
+        """One attempt within its time limits: a stream's first token within the deployment's TTFT timeout
+        (then only the request's deadline: long streams are not cut), a whole answer within its timeout."""
+        loop = asyncio.get_running_loop()
+        remaining = (req.deadline - time.time()) if req.deadline else math.inf
+        first_limit = dep.ttft_timeout_s if req.stream else dep.timeout_s + 1.0
+        limit = min(first_limit, remaining)
+        deadline_first = remaining <= first_limit
+        try:
+            async with asyncio.timeout(loop.time() + limit) as cm:
+                if req.stream:
+
+                    def streaming() -> None:
+                        nonlocal deadline_first
+                        rest = (req.deadline - time.time()) if req.deadline else None
+                        cm.reschedule(loop.time() + rest if rest is not None else None)
+                        deadline_first = True
+
+                    progress.on_first = streaming
+                return await self._attempt(req, dep, send, progress, started)
+        except TimeoutError:
+            if deadline_first:
+                raise _Deadline from None
+            if req.stream:
+                raise GatewayTimeoutError(
+                    f"Deployment {dep.id} sent no first token within {dep.ttft_timeout_s:g}s."
+                ) from None
+            raise GatewayTimeoutError(f"Deployment {dep.id} did not finish within {dep.timeout_s:g}s.") from None
+
+    def _done(self, dep: Deployment, progress: _Progress, t0: float, *, success: bool = False) -> None:
+        now = time.time()
+        self.board.end(dep.id)
+        self.board.observe_limits(dep.id, rate_limits(progress.headers, now))
+        latency_ms = (time.monotonic() - t0) * 1000
+        self.board.success(dep.id, now, latency_ms, progress.attempt_ttft_ms if success and progress.sent else None)
+
+    def _failed(self, dep: Deployment, error: GatewayError, kind: str, t0: float, progress: _Progress) -> None:
+        now = time.time()
+        self.board.end(dep.id)
+        self.board.observe_limits(dep.id, rate_limits(progress.headers, now))
+        latency_ms = (time.monotonic() - t0) * 1000
+        if kind == "rate_limited":
+            self.board.rate_limited(dep.id, now, error.retry_after, error.message[:200])
+        elif kind == "retryable":
+            self.board.failure(dep.id, now, f"{error.info().code}: {error.message}"[:200], latency_ms)
+        else:
+            # the deployment answered (the request was the problem): it is alive
+            self.board.success(dep.id, now, latency_ms, None)
+
+    def _failure(self, run: _Run) -> Result:
         """The Result when no attempt succeeded (`native`: the provider's own error already reached the client)."""
-        if not attempts and req.native is not None:
+        req = run.req
+        if not run.attempts and req.native is not None and run.last is None:
             return Result(outcome=Outcome(), error=native.unserved(req.native, req.model).info())
-        error = last.info() if last else GatewayError("No deployment could serve the request.").info()
-        outcome = self._outcome(dep, _Progress(), attempts, started)
-        return Result(outcome=outcome, error=error, native=progress.relayed_error)
+        error = run.last.info() if run.last else GatewayError("No deployment could serve the request.").info()
+        outcome = self._outcome(run, run.last_dep, _Progress(), run.last_model)
+        return Result(outcome=outcome, error=error, native=run.progress.relayed_error)
 
-    def _outcome(self, dep: Deployment, progress: _Progress, attempts: list[Attempt], started: float) -> Outcome:
+    def _outcome(self, run: _Run, dep: Deployment, progress: _Progress, model: str) -> Outcome:
         return Outcome(
             provider=dep.target.provider,
             provider_kind=dep.target.kind,
@@ -135,9 +402,11 @@ class Dispatcher:
             provider_model=dep.target.model,
             usage=progress.usage,
             finish_reason=progress.finish_reason,
-            attempts=attempts,
-            upstream_ms=(time.monotonic() - started) * 1000,
+            attempts=run.attempts,
+            upstream_ms=(time.monotonic() - run.started) * 1000,
             ttft_ms=progress.ttft_ms,
+            model=model,
+            strategy=run.strategy,
         )
 
     async def _attempt(
@@ -160,6 +429,7 @@ class Dispatcher:
         if req.embeddings is not None:
             ureq = translator.embeddings_request(req.embeddings, dep.target)
             resp = await self._upstream.send(ureq, dep.timeout_s, dep.connect_timeout_s, dep.limits)
+            progress.headers = resp.headers
             if resp.status >= 400:
                 raise translator.parse_error(resp.status, resp.body, resp.headers)
             parsed = translator.parse_embeddings(resp.body, dep.target)
@@ -169,6 +439,7 @@ class Dispatcher:
         if not req.stream:
             ureq = translator.chat_request(req.chat, dep.target, stream=False)
             resp = await self._upstream.send(ureq, dep.timeout_s, dep.connect_timeout_s, dep.limits)
+            progress.headers = resp.headers
             if resp.status >= 400:
                 raise translator.parse_error(resp.status, resp.body, resp.headers)
             completion = translator.parse_chat(resp.body, dep.target, response_id, created)
@@ -177,10 +448,11 @@ class Dispatcher:
             return completion if isinstance(completion, bytes) else _JSON.encode(completion)
         ureq = translator.chat_request(req.chat, dep.target, stream=True)
         async with self._upstream.stream(ureq, dep.timeout_s, dep.connect_timeout_s, dep.limits) as upstream:
+            progress.headers = upstream.headers
             if upstream.status >= 400:
                 raise translator.parse_error(upstream.status, await upstream.read(), upstream.headers)
             stream = translator.open_stream(dep.target, response_id, created)
-            parser = SseParser(dep.limits.max_event_bytes)
+            parser = translator.stream_parser(dep.limits.max_event_bytes)
             async for raw in upstream.chunks():
                 # everything one network read carried goes to the client in one message
                 await self._emit(req, [c for e in parser.feed(raw) for c in stream.feed(e)], send, progress, started)
@@ -204,13 +476,24 @@ class Dispatcher:
             out.append(chunk if isinstance(chunk, bytes) else _JSON.encode(chunk))
         if not out:
             return
+        deployment = model = ""
         if not progress.sent:
+            deployment, model = progress.first()
             progress.ttft_ms = (time.monotonic() - started) * 1000
         progress.sent += len(out)
-        await send(Chunk(out[0]) if len(out) == 1 else ChunkBatch(out))
+        await send(Chunk(out[0], deployment, model) if len(out) == 1 else ChunkBatch(out, deployment, model))
 
 
-def _attempt_record(dep: Deployment, status: int, t0: float, error: GatewayError | None = None) -> Attempt:
+def _attempt_record(
+    dep: Deployment,
+    status: int,
+    t0: float,
+    error: GatewayError | None,
+    model: str,
+    why: str,
+    delay_ms: float = 0.0,
+    progress: _Progress | None = None,
+) -> Attempt:
     return Attempt(
         provider=dep.target.provider,
         deployment=dep.id,
@@ -218,7 +501,39 @@ def _attempt_record(dep: Deployment, status: int, t0: float, error: GatewayError
         latency_ms=(time.monotonic() - t0) * 1000,
         error_code=error.info().code if error else "",
         error_message=attempt_message(error) if error else "",
+        model=model,
+        route=why,
+        retry_delay_ms=round(delay_ms, 3),
+        ttft_ms=round(progress.attempt_ttft_ms, 3) if progress is not None and progress.sent else 0.0,
     )
+
+
+def _why(cand: plan.Candidate, choice: plan.Pick, attempts: list[Attempt], last: Deployment) -> str:
+    """Why this attempt is made, for the record."""
+    if choice.probe:
+        return "probe"
+    if cand.group != "primary":
+        return cand.group
+    if not attempts:
+        return "first"
+    return "retry" if cand.deployment.id == last.id else "failover"
+
+
+def _unavailable(model: str, blocked: plan.Blocked, now: float) -> GatewayError:
+    """Nothing can serve the request now: every deployment is cooling down or its circuit is open."""
+    wait = max(blocked.until - now, 0.0) if blocked.until else None
+    after = f"; retry after {math.ceil(wait)}s" if wait is not None else ""
+    if blocked.rate_limited:
+        return RateLimitError(
+            f"Every deployment of model `{model}` is rate-limited by its provider{after}.", retry_after=wait
+        )
+    return ServiceUnavailableError(
+        f"No deployment of model `{model}` is available (circuits open after failures){after}.", retry_after=wait
+    )
+
+
+def _max_output(chat: ChatCompletionRequest) -> int | None:
+    return chat.max_completion_tokens or chat.max_tokens
 
 
 def _estimate(req: ChatRequest, progress: _Progress) -> Usage:

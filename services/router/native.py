@@ -84,6 +84,11 @@ class Progress(Protocol):
     finish_reason: str
     native: bool  # the answer is in the client's protocol
     relayed_error: bool  # the provider's own error event reached the client: nothing more to write
+    headers: Mapping[str, str]  # the provider's response headers
+
+    def first(self) -> tuple[str, str]:
+        """Before the first event goes out: (deployment, model) to name on it."""
+        ...
 
 
 def serves(native: NativeRequest | None, dep: Deployment) -> bool:
@@ -129,6 +134,7 @@ class NativeCaller:
         ureq = protocol.request(native, dep.target, stream=req.stream)
         if not req.stream:
             resp = await self._upstream.send(ureq, dep.timeout_s, dep.connect_timeout_s, dep.limits)
+            progress.headers = resp.headers
             if resp.status >= 400:
                 raise translator.parse_error(resp.status, resp.body, resp.headers)
             result = protocol.summary(resp.body)
@@ -136,6 +142,7 @@ class NativeCaller:
             progress.native = True
             return resp.body
         async with self._upstream.stream(ureq, dep.timeout_s, dep.connect_timeout_s, dep.limits) as upstream:
+            progress.headers = upstream.headers
             if upstream.status >= 400:
                 raise translator.parse_error(upstream.status, await upstream.read(), upstream.headers)
             reader = protocol.reader()
@@ -155,10 +162,12 @@ class NativeCaller:
     ) -> None:
         if not events:
             return
+        deployment = model = ""
         if not progress.sent:
+            deployment, model = progress.first()
             progress.ttft_ms = (time.monotonic() - started) * 1000
         progress.sent += len(events)
-        await send(NativeEvents([sse_frame(e) for e in events]))
+        await send(NativeEvents([sse_frame(e) for e in events], deployment, model))
         try:
             for event in events:
                 reader.feed(event)

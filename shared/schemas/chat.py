@@ -121,6 +121,8 @@ class ChatRequest(msgspec.Struct, frozen=True, kw_only=True):
     deadline: float = 0.0
     trace_id: str = ""
     tags: dict[str, str] = {}
+    # routing strategy the client chose for this request (ingress sets it only where the key may choose)
+    route: str = ""
 
 
 class Cancel(msgspec.Struct, frozen=True, kw_only=True):
@@ -139,6 +141,13 @@ class Attempt(msgspec.Struct, frozen=True, kw_only=True):
     error_code: str = ""
     # what went wrong, for operators (e.g. a provider's reason for rejecting the gateway's key); ≤ 300 chars
     error_message: str = ""
+    # routing: the model group this attempt served (a fallback's name), why it was made (first, failover,
+    # retry, probe, fallback, context_window_fallback, content_policy_fallback), how long the router waited
+    # before it (backoff or Retry-After), and its time to first byte of a stream
+    model: str = ""
+    route: str = ""
+    retry_delay_ms: float = 0.0
+    ttft_ms: float = 0.0
 
 
 class Outcome(msgspec.Struct, frozen=True, kw_only=True):
@@ -155,26 +164,37 @@ class Outcome(msgspec.Struct, frozen=True, kw_only=True):
     attempts: list[Attempt] = []
     upstream_ms: float = 0.0
     ttft_ms: float = 0.0
+    # the model group that answered (the requested model, or a fallback) and the routing strategy used
+    model: str = ""
+    strategy: str = ""
 
 
-class Chunk(msgspec.Struct, frozen=True, tag="c"):
+# The first stream message of a request names the deployment (and model group) that answers it, so
+# ingress can send `x-gatehouse-deployment` with the stream's headers; later ones leave them empty.
+class Chunk(msgspec.Struct, frozen=True, tag="c", omit_defaults=True):
     """One stream chunk: the JSON of an OpenAI `chat.completion.chunk` (shared.schemas.openai), or, for
     a native stream, one server-sent event of the client's protocol as it goes on the wire."""
 
     data: bytes
+    deployment: str = ""
+    model: str = ""
 
 
-class ChunkBatch(msgspec.Struct, frozen=True, tag="b"):
+class ChunkBatch(msgspec.Struct, frozen=True, tag="b", omit_defaults=True):
     """Several stream chunks that arrived from the provider together, relayed in one message."""
 
     items: list[bytes]
+    deployment: str = ""
+    model: str = ""
 
 
-class NativeEvents(msgspec.Struct, frozen=True, tag="n"):
+class NativeEvents(msgspec.Struct, frozen=True, tag="n", omit_defaults=True):
     """Stream events in the client's own protocol (see NativeRequest), each a complete server-sent
     event as it goes on the wire (`event: …\ndata: …\n\n`)."""
 
     items: list[bytes]
+    deployment: str = ""
+    model: str = ""
 
 
 class Result(msgspec.Struct, frozen=True, kw_only=True, tag="r"):

@@ -220,7 +220,9 @@ async def test_a_request_only_anthropic_can_serve_skips_other_deployments(emu: E
     replies = await _serve(emu, apis.MESSAGES, {**MESSAGES, "model": "claude-or-gpt"}, HEADERS)
     result = replies[-1]
     assert isinstance(result, Result) and result.error is not None and result.error.status == 503
-    assert [a.status for a in result.outcome.attempts] == [503]
+    # the one deployment that may serve it is retried (with backoff), the other is never tried
+    assert [(a.deployment, a.status) for a in result.outcome.attempts] == [("claude/err-529", 503)] * 3
+    assert [a.route for a in result.outcome.attempts] == ["first", "retry", "retry"]
     replies = await _serve(emu, apis.MESSAGES, {**MESSAGES, "model": "gpt"}, HEADERS)
     result = replies[-1]
     assert isinstance(result, Result) and result.error is not None and result.error.status == 400

@@ -109,10 +109,11 @@ def test_an_optional_provider_may_lack_its_key_and_a_deployment_override_is_chec
         parse_config(override, "gh.yaml", environ={"OPENAI_API_KEY": "k"})
 
 
-def test_a_provider_kind_without_a_translator_is_refused_at_its_line() -> None:
+def test_bedrock_is_a_provider_kind_and_an_unknown_kind_is_refused_at_its_line() -> None:
     text = "providers:\n  mock: {kind: mock}\n  aws:\n    kind: bedrock\n    region: us-east-1\n"
-    with pytest.raises(ConfigError, match=r"gh.yaml:4: providers.aws.kind: .*'bedrock' has no translator"):
-        parse_config(text, "gh.yaml")
+    assert parse_config(text, "gh.yaml").providers["aws"].kind == "bedrock"
+    with pytest.raises(ConfigError, match=r"gh.yaml:4: providers.aws.kind: Input should be"):
+        parse_config(text.replace("bedrock", "vertex-someday"), "gh.yaml")
 
 
 def test_response_limits_are_validated() -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import msgspec
 
@@ -51,6 +52,15 @@ class SseEvent:
 
     event: str
     data: bytes
+
+
+class StreamParser(Protocol):
+    """Bytes of a streamed answer in, events out: server-sent events (services.router.sse), or another
+    framing a provider uses (Bedrock's AWS event stream: providers/eventstream.py)."""
+
+    def feed(self, chunk: bytes) -> list[SseEvent]: ...
+
+    def close(self) -> list[SseEvent]: ...
 
 
 class ChatStream:
@@ -94,6 +104,12 @@ class Translator:
 
     def open_stream(self, target: Target, response_id: str, created: int) -> ChatStream:
         raise NotImplementedError
+
+    def stream_parser(self, max_event_bytes: int) -> StreamParser:
+        """How this provider frames a stream: server-sent events unless it says otherwise."""
+        from services.router.sse import SseParser  # sse.py imports this module
+
+        return SseParser(max_event_bytes)
 
     def embeddings_request(self, req: EmbeddingsRequest, target: Target) -> UpstreamRequest:
         raise InvalidRequestError(f"provider kind {self.kind!r} does not serve embeddings", param="model")
