@@ -405,3 +405,46 @@ def usage(
     for row in data["rows"]:
         table.add_row(*(_cell(v) for v in row))
     console.print(table)
+
+
+def _ms(value: object) -> str:
+    return f"{value:.0f}" if isinstance(value, int | float) else "-"
+
+
+def _state(row: dict[str, object], now: float) -> str:
+    state = str(row["state"])
+    until = row.get("until")
+    if state != "healthy" and isinstance(until, int | float) and until > now:
+        return f"{state} ({until - now:.0f}s left)"
+    return state
+
+
+def status(
+    url: Url = None,
+    key: Key = None,
+    data_dir: DataDir = Path(".gatehouse"),
+    fmt: Fmt = "table",
+) -> None:
+    """Each deployment's health across the router replicas: healthy, cooling down (until), open; EWMA
+    latency and time to first token, error rate, requests in flight."""
+    data = Admin(url, key, data_dir).call("GET", "/deployments")
+    assert isinstance(data, dict)
+    if fmt == "json":
+        sys.stdout.write(json.dumps(data, indent=2) + "\n")
+        return
+    now = time.time()
+    table = Table("deployment", "models", "state", "latency ms", "ttft ms", "errors", "in flight", "reason")
+    for row in data["deployments"]:
+        rate = row["error_rate"]
+        table.add_row(
+            str(row["deployment"]),
+            ",".join(row["models"]),
+            _state(row, now),
+            _ms(row["ewma_latency_ms"]),
+            _ms(row["ewma_ttft_ms"]),
+            f"{rate:.0%} of {row['attempts']}" if row["attempts"] else "-",
+            str(row["inflight"]),
+            str(row["reason"])[:60],
+        )
+    console.print(table)
+    console.print(f"router replicas: {len(data['replicas'])}  in flight: {data['inflight']}")

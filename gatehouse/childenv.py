@@ -1,6 +1,7 @@
 """The environment each process of the one-machine stack gets: what it needs to run, and its own secrets only.
 
-Provider keys (the config's `api_key_env` names) go to the router alone, API keys read from the environment
+Provider keys (the config's `api_key_env` names, and `AWS_*` where a Bedrock provider is configured) go to the
+router alone, API keys read from the environment
 (`keys[].env`) to ingress alone; a `GATEHOUSE_<SERVICE>_*` variable goes to that service only; NATS
 credentials are set by the launcher, one role's seed file per service. Everything else stays behind.
 """
@@ -62,6 +63,9 @@ def service_env(
             env[name] = value
     if service == "router":
         env.update({k: v for k, v in environ.items() if k in providers or k in _PROXY})
+        if any(p.kind == "bedrock" for p in config.providers.values()):
+            # the AWS credential chain (keys, profile, shared files, SSO, web identity, container role)
+            env.update({k: v for k, v in environ.items() if k.startswith("AWS_")})
     if service == "ingress":
         env.update({k: v for k, v in environ.items() if k in api_keys or k == admin_key})
     env.update(launcher_set)

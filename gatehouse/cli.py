@@ -240,6 +240,7 @@ app.add_typer(admin_cli.projects_app, name="projects")
 app.add_typer(admin_cli.users_app, name="users")
 app.add_typer(admin_cli.orgs_app, name="orgs")
 app.command("usage")(admin_cli.usage)
+app.command("status")(admin_cli.status)
 
 
 def main() -> None:

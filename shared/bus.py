@@ -86,10 +86,15 @@ class QueueWorker:
         queue: str,
         handler: Callable[[Msg], Awaitable[None]],
         max_concurrency: int,
+        on_full: Callable[[Msg], Awaitable[None]] | None = None,
     ) -> None:
         self.subject = subject
         self.queue = queue
         self._handler = handler
+        # with `on_full`, a message that finds every slot taken is answered by it at once (e.g. a 503)
+        # instead of waiting in an unbounded queue
+        self._on_full = on_full
+        self.max_concurrency = max_concurrency
         self._slots = asyncio.Semaphore(max_concurrency)
         self._tasks: set[asyncio.Task[None]] = set()
         self._sub: Subscription | None = None
@@ -99,7 +104,14 @@ class QueueWorker:
             self.subject, queue=self.queue, cb=self._on_msg, pending_msgs_limit=1_000_000, pending_bytes_limit=1 << 30
         )
 
+    @property
+    def in_flight(self) -> int:
+        return len(self._tasks)
+
     async def _on_msg(self, msg: Msg) -> None:
+        if self._on_full is not None and self._slots.locked():
+            await self._on_full(msg)
+            return
         await self._slots.acquire()
         task = asyncio.create_task(self._run(msg))
         self._tasks.add(task)

@@ -63,6 +63,8 @@ class Limits(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     budgets: list[Budget] = []
     params: ParamPolicy = ParamPolicy()
     tags: dict[str, str] = {}
+    # may choose a routing strategy per request (x-gatehouse-route); None: as the levels above say
+    route_override: bool | None = None
 
 
 class Org(msgspec.Struct, frozen=True, kw_only=True):

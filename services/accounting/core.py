@@ -34,6 +34,8 @@ REQUEST_COLUMNS = (
     "tags", "cost_usd", "price_version", "reserved_cost_usd", "settled_cost_usd",
     "cache_write_tokens", "cache_write_1h_tokens", "web_search_requests",
     "org", "provider_kind", "usage_estimated",
+    "attempts.model", "attempts.route", "attempts.retry_delay_ms", "attempts.ttft_ms",
+    "route_strategy", "answered_model",
 )  # fmt: skip
 
 AUDIT_LOG = "audit_log"
@@ -182,6 +184,8 @@ def request_row(event: RequestEvent, provider_kind: str = "", rates: Rates | Non
         _clamp(u.cache_write_tokens, _U32) if u else 0, _clamp(u.cache_write_1h_tokens, _U32) if u else 0,
         _clamp(u.web_search_requests, _U32) if u else 0,
         c.org, provider_kind, event.usage_estimated,
+        [x.model for x in a], [x.route for x in a], [x.retry_delay_ms for x in a], [x.ttft_ms for x in a],
+        event.route_strategy, event.answered_model,
     ]  # fmt: skip
 
 

@@ -197,6 +197,7 @@ class Actor:
 
 Audit = Callable[[AuditEvent], None]
 Usage = Callable[[UsageQuery], Awaitable[dict[str, object]]]
+Deployments = Callable[[], Awaitable[object]]
 
 
 class AdminApi:
@@ -207,7 +208,9 @@ class AdminApi:
         admin_key: str | None,
         audit: Audit,
         usage: Usage,
+        deployments: Deployments | None = None,
     ) -> None:
+        self._deployments = deployments
         self._directory = directory
         self._store = store
         self._admin_hash = hash_key(admin_key) if admin_key else ""
@@ -221,6 +224,7 @@ class AdminApi:
             Route(f"{r}/openapi.json", self._wrap(self.openapi), methods=["GET"]),
             Route(f"{r}/me", self._wrap(self.me), methods=["GET"]),
             Route(f"{r}/usage", self._wrap(self.usage), methods=["GET"]),
+            Route(f"{r}/deployments", self._wrap(self.deployments), methods=["GET"]),
         ]
         for kind, plural in (("org", "orgs"), ("team", "teams"), ("project", "projects"), ("user", "users")):
             routes.append(Route(f"{r}/{plural}", self._wrap(self._lister(kind)), methods=["GET"]))
@@ -565,6 +569,14 @@ class AdminApi:
         except ValueError as exc:
             raise InvalidRequestError(f"Invalid usage query: {exc}") from exc
         return _json(await self._usage(query))
+
+    async def deployments(self, request: Request, actor: Actor) -> Response:
+        """Each deployment's health as the router replicas see it (services/ingress/fleet.py); admin only."""
+        if not actor.is_admin:
+            raise PermissionDeniedError("Only the admin key sees deployment health.")
+        if self._deployments is None:
+            raise ServiceUnavailableError("Deployment health is not available here.")
+        return _json(await self._deployments())
 
     async def me(self, request: Request, actor: Actor) -> Response:
         return _json({"actor": actor.name, "role": "admin" if actor.is_admin else "team_admin", "team": actor.team})

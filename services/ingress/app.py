@@ -26,10 +26,12 @@ from services.ingress.admin import AdminApi
 from services.ingress.admission import Admitted, Estimate, Governor
 from services.ingress.auth import Authenticator
 from services.ingress.directory import Directory, Entitlement
+from services.ingress.fleet import Fleet, gather, merge
 from services.ingress.inbox import Inbox, NoResponders, next_reply
 from services.ingress.keystore import KeyStore
 from services.ingress.pricing import pricing_index
 from services.ingress.records import RecordPublisher, RequestRecord, new_request_id
+from services.ingress.routing import client_deadline, route_choice
 from services.ingress.usage_policy import apply_params, max_output, with_max_output
 from shared.bus import REQUEST_ID, TRACEPARENT, ensure_events_stream
 from shared.config import GatehouseConfig
@@ -242,6 +244,13 @@ class Gateway:
             raise InvalidRequestError(result.error)
         return {"columns": result.columns, "rows": result.rows, "truncated": result.truncated}
 
+    async def deployments(self) -> Fleet:
+        """Deployment health from every router replica (the admin API's `/deployments`)."""
+        statuses = await gather(self.broker.connection, self.subjects)
+        if not statuses:
+            raise ServiceUnavailableError("No router replica answered; try again shortly.")
+        return merge(statuses)
+
     # ---- the request path ------------------------------------------------------------------
     async def _serve(self, request: Request, api: apis.Api) -> Response:
         record = RequestRecord(
@@ -267,13 +276,13 @@ class Gateway:
             native = parsed.native
             if native and not native.untranslatable and native.protocol not in self.native_protocols[target.name]:
                 native = None  # no deployment takes the client's own body: only its translation travels
-            chat = parsed.chat
+            route, chat = route_choice(request.headers, parsed.chat, ent.route_override)
             if chat is not None:
                 policed = apply_params(chat, ent.params)
                 if policed is not chat and native is not None and not native.untranslatable:
                     native = None  # the client's own body still says what the policy changed
                 chat = policed
-            deadline = record.received_at + self.timeout
+            deadline = client_deadline(request.headers, record.received_at, self.timeout)
             admitted = await self._admit(ent, record, parsed, chat, target.name, deadline)
             if admitted.max_tokens is not None and chat is not None:
                 chat = with_max_output(chat, admitted.max_tokens)
@@ -293,6 +302,7 @@ class Gateway:
                 deadline=deadline,
                 trace_id=record.trace_id,
                 tags=record.tags,
+                route=route,
             )
             return await self._dispatch(req, record, api, parsed)
         except GatewayError as exc:
@@ -402,12 +412,16 @@ class Gateway:
                     body = api.completion(body, parsed)
                 record.response_bytes = len(body)
                 self._finish(record)
-                return Response(body, media_type="application/json", headers=self._headers(record))
+                headers = self._headers(record) | _routed(first.outcome.deployment, first.outcome.model)
+                return Response(body, media_type="application/json", headers=headers)
             handed_over = True
+            routed = (
+                _routed(first.deployment, first.model) if isinstance(first, Chunk | ChunkBatch | NativeEvents) else {}
+            )
             return StreamingResponse(
                 self._relay(first, queue, record, api.writer(parsed)),
                 media_type="text/event-stream",
-                headers={**_SSE_HEADERS, **self._headers(record)},
+                headers={**_SSE_HEADERS, **self._headers(record), **routed},
             )
         finally:
             if not handed_over:
@@ -524,6 +538,14 @@ def _failure(writer: apis.StreamWriter, error: ErrorInfo, relayed: int) -> bytes
     return writer.fail_native(error, relayed) if relayed else writer.fail(error)
 
 
+def _routed(deployment: str, model: str) -> dict[str, str]:
+    """Which deployment (and model group: the requested one, or a fallback) answered."""
+    out = {"x-gatehouse-deployment": deployment} if deployment else {}
+    if model:
+        out["x-gatehouse-model"] = model
+    return out
+
+
 def _tags(request: Request) -> dict[str, str]:
     """Client metadata tags: `x-gatehouse-tag-<name>: <value>` headers (bounded)."""
     tags: dict[str, str] = {}
@@ -544,7 +566,7 @@ def create_app(
 ) -> Starlette:
     broker = nats_broker(nats, max_body_bytes=config.server.max_body_bytes)
     gw = Gateway(config, broker, subjects, events, nats_timeout_s)
-    admin = AdminApi(gw.directory, lambda: gw.keystore, admin_key, gw.records.audit, gw.usage)
+    admin = AdminApi(gw.directory, lambda: gw.keystore, admin_key, gw.records.audit, gw.usage, gw.deployments)
 
     @asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:

@@ -88,6 +88,12 @@ class Entitlement:
         return out
 
     @property
+    def route_override(self) -> bool:
+        """The key may choose a routing strategy: some level allows it and none forbids it."""
+        said = [s.limits.route_override for s in self.scopes if s.limits.route_override is not None]
+        return bool(said) and all(said)
+
+    @property
     def governed(self) -> bool:
         """Whether any level has quotas or budgets (a plain key skips the counters entirely)."""
         return any(
@@ -121,7 +127,7 @@ class Directory:
         """A directory holding the config file's keys (sha256 → config, as `GatehouseConfig.key_hashes`)."""
         d = cls()
         for digest, k in keys.items():
-            limits = Limits(models=list(k.models), policy=k.policy)
+            limits = Limits(models=list(k.models), policy=k.policy, route_override=k.route_override or None)
             d.static[k.id] = VirtualKey(
                 id=k.id, team=k.team, project=k.project, user=k.user, sha256=digest, limits=limits
             )

@@ -75,6 +75,8 @@ class RequestRecord:
             provider_kind=outcome.provider_kind,
             usage_estimated=outcome.usage_estimated,
             reservation=self.admitted.reservation if self.admitted else None,
+            route_strategy=outcome.strategy,
+            answered_model=outcome.model,
         )
 
 

@@ -1,9 +1,13 @@
 """router: `<p>.router.chat` (ChatRequest) → provider HTTP → Chunk…/Result on the request's reply inbox.
 
-`<p>.router.cancel` (Cancel, every replica) stops a request whose client went away.
+`<p>.router.cancel` (Cancel, every replica) stops a request whose client went away (or one not started yet).
+`<p>.router.status` (every replica) answers with this replica's view of each deployment.
+The `<P>_ROUTING` KV bucket carries deployment health (open, cooldown, probe) between replicas.
 
-Resolves the model to its deployments, calls them in order with failover on retryable errors, and
-streams translated chunks straight to the ingress inbox that the request carried as reply_to.
+Resolves the model to its deployments, orders them by the model's routing strategy, calls them with
+retries, failover and fallbacks on retryable errors (skipping deployments whose breaker is open or that
+a provider's 429 cooled down), and streams translated chunks straight to the ingress inbox that the
+request carried as reply_to. A replica with every slot taken answers 503 at once instead of queueing.
 """
 
 from __future__ import annotations
@@ -11,6 +15,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
+import uuid
+from collections import OrderedDict
 
 import msgspec
 from faststream import FastStream
@@ -18,31 +25,60 @@ from faststream.nats import NatsBroker
 from nats.aio.msg import Msg
 
 from services.router.core import build_routes, mock_behaviours, require_translators
-from services.router.dispatch import Dispatcher
+from services.router.dispatch import CLIENT_CLOSED, Dispatcher
+from services.router.health import HealthBoard
+from services.router.probes import HealthChecker
 from services.router.providers.mock import MockTransport
 from services.router.providers.registry import translators
 from services.router.settings import RouterSettings
+from services.router.shared_health import SharedHealth
+from services.router.signing import request_signers
 from services.router.upstream import Upstream
 from shared.bus import QueueWorker, answer_pings
 from shared.config import load_config
+from shared.errors import ServiceUnavailableError
 from shared.natsconn import nats_broker
-from shared.schemas.chat import Heartbeat, Reply
+from shared.schemas.chat import Heartbeat, Outcome, Reply, Result
+from shared.schemas.routing import RouterStatus
 from shared.subjects import Subjects, encode
 
 log = logging.getLogger("gatehouse.router")
 _HEARTBEAT = encode(Heartbeat())
+# cancellations of requests this replica has not started (yet): remembered briefly, bounded
+EARLY_CANCELS = 4096
+EARLY_CANCEL_S = 60.0
 
 
 class RouterHandlers:
     """The message handlers of one router replica: requests from the guard, cancellations from ingress."""
 
-    def __init__(self, broker: NatsBroker, dispatcher: Dispatcher, subjects: Subjects, heartbeat_s: float) -> None:
+    def __init__(
+        self,
+        broker: NatsBroker,
+        dispatcher: Dispatcher,
+        subjects: Subjects,
+        heartbeat_s: float,
+        max_inflight: int = 0,
+    ) -> None:
+        self.max_inflight = max_inflight
         self.broker = broker
         self.dispatcher = dispatcher
         self.subjects = subjects
         self.heartbeat_s = heartbeat_s
         self.working: dict[str, asyncio.Task[None]] = {}
         self.cancelled: set[str] = set()
+        # a cancel may overtake its request (queued behind a busy replica): it must not be dispatched then
+        self.early: OrderedDict[str, float] = OrderedDict()
+
+    async def on_full(self, msg: Msg) -> None:
+        """Every slot of this replica is taken: a clear 503 now, not a place in an unbounded queue."""
+        if msg.reply:
+            error = ServiceUnavailableError(
+                "The gateway is at capacity (router replica saturated); try again shortly.", retry_after=1.0
+            )
+            await self.broker.connection.publish(
+                msg.reply, self.subjects.replies.encode(Result(outcome=Outcome(), error=error.info()))
+            )
 
     async def on_request(self, msg: Msg) -> None:
         reply_to = msg.reply
@@ -59,6 +95,10 @@ class RouterHandlers:
 
         async def send(reply: Reply) -> None:
             await publish(reply_to, replies.encode(reply))
+
+        if self.early.pop(req.request_id, None) is not None:
+            await send(Result(outcome=Outcome(), error=CLIENT_CLOSED))  # its client left before it started
+            return
 
         async def beat() -> None:
             while True:
@@ -89,6 +129,27 @@ class RouterHandlers:
         if task is not None:
             self.cancelled.add(request_id)
             task.cancel()
+            return
+        now = time.monotonic()
+        self.early[request_id] = now
+        while self.early and (
+            len(self.early) > EARLY_CANCELS or next(iter(self.early.values())) < now - EARLY_CANCEL_S
+        ):
+            self.early.popitem(last=False)
+
+    async def on_status(self, msg: Msg) -> None:
+        if not msg.reply:
+            return
+        now = time.time()
+        board = self.dispatcher.board
+        status = RouterStatus(
+            replica=board.replica,
+            at=now,
+            inflight=len(self.working),
+            max_inflight=self.max_inflight,
+            deployments=[board.view(dep, now) for dep in sorted(board.deployments())],
+        )
+        await self.broker.connection.publish(msg.reply, self.subjects.router_status.encode_reply(status))
 
 
 def create_app(settings: RouterSettings) -> FastStream:
@@ -99,23 +160,43 @@ def create_app(settings: RouterSettings) -> FastStream:
     subjects = Subjects(settings.subject_prefix)
     # per-message log lines are emitted at DEBUG so they cost nothing at the default level
     broker = nats_broker(settings.nats_link("router"))
-    upstream = Upstream(max_connections=settings.router_max_connections, mock=MockTransport(mock_behaviours(config)))
-    dispatcher = Dispatcher(build_routes(config, os.environ), upstream, registry)
-    handlers = RouterHandlers(broker, dispatcher, subjects, settings.router_heartbeat_s)
+    routes = build_routes(config, os.environ)
+    upstream = Upstream(
+        max_connections=settings.router_max_connections,
+        mock=MockTransport(mock_behaviours(config)),
+        signers=request_signers(config, os.environ),
+    )
+    board = HealthBoard(config.routing, f"router-{os.getpid()}-{uuid.uuid4().hex[:6]}")
+    dispatcher = Dispatcher(routes, upstream, registry, board=board)
+    max_inflight = settings.router_max_concurrency
+    handlers = RouterHandlers(broker, dispatcher, subjects, settings.router_heartbeat_s, max_inflight)
     chat = subjects.router_chat
-    worker = QueueWorker(chat.name, chat.queue, handlers.on_request, settings.router_max_concurrency)
+    worker = QueueWorker(chat.name, chat.queue, handlers.on_request, max_inflight, on_full=handlers.on_full)
+    checker = HealthChecker(dispatcher, routes, config.routing.health_checks)
+    shared: SharedHealth | None = None
     app = FastStream(broker, logger=log)
 
     @app.after_startup
     async def _subscribe() -> None:
-        await broker.connection.subscribe(subjects.router_cancel.name, cb=handlers.on_cancel)
-        await worker.start(broker.connection)
+        nonlocal shared
+        nc = broker.connection
+        if config.routing.breaker.shared:
+            shared = SharedHealth(broker.config.connection_state.stream, subjects.routing_bucket, board)
+            dispatcher.attach(shared)
+            shared.start()
+        await nc.subscribe(subjects.router_cancel.name, cb=handlers.on_cancel)
+        await nc.subscribe(subjects.router_status.name, cb=handlers.on_status)
+        await worker.start(nc)
+        checker.start()
         # answered only once the worker listens, so ingress readiness means requests can be served
-        await answer_pings(broker.connection, subjects.ping("router"), chat.queue)
+        await answer_pings(nc, subjects.ping("router"), chat.queue)
 
     @app.on_shutdown
     async def _drain() -> None:
+        await checker.stop()
         await worker.stop()
+        if shared is not None:
+            await shared.stop()
 
     @app.after_shutdown
     async def _close() -> None:

@@ -30,8 +30,8 @@ from shared.errors import (
     ServiceUnavailableError,
 )
 from shared.routing_config import STRATEGIES, RoutingConfig
-from shared.schemas.chat import Attempt, ChatRequest, Chunk, ChunkBatch, Outcome, Reply, Result, Usage
-from shared.schemas.openai import COMPLETION, ChatCompletion, ChatCompletionRequest
+from shared.schemas.chat import Attempt, Caller, ChatRequest, Chunk, ChunkBatch, Outcome, Reply, Result, Usage
+from shared.schemas.openai import COMPLETION, ChatCompletion, ChatCompletionRequest, chat_from_builtins
 from shared.tokens import estimate_prompt_tokens
 
 log = logging.getLogger(__name__)
@@ -149,6 +149,10 @@ class Dispatcher:
         for route in routes.values():
             for dep in route.deployments:
                 self.board.register(dep.id, dep.target.provider, route.model.name)
+
+    def attach(self, shared: SharedHealth) -> None:
+        """Share deployment health with the other replicas (and claim probes through it)."""
+        self._shared = shared
 
     # ---- the plan ---------------------------------------------------------------------------------
     def _order(self, req: ChatRequest, strategy: str) -> Callable[[Route], Sequence[Deployment]]:
@@ -326,6 +330,45 @@ class Dispatcher:
         if outcome.usage is None:
             outcome = msgspec.structs.replace(outcome, usage=_estimate(run.req, run.progress), usage_estimated=True)
         await send(Result(outcome=outcome, error=CLIENT_CLOSED))
+
+    async def check(self, route: Route, dep_id: str, timeout_s: float) -> bool | None:
+        """An active health check of one deployment (a one-token request); None when it was not due
+        (its breaker is open and not cooled down, or another replica holds the probe)."""
+        dep = next(d for d in route.deployments if d.id == dep_id)
+        availability = self.board.availability(dep_id, time.time())
+        if availability == "no" or (availability == "probe" and not await self._claim(dep_id)):
+            return None
+        chat = chat_from_builtins(
+            {"model": route.model.name, "messages": [{"role": "user", "content": "ping"}], "max_tokens": 1}
+        )
+        req = ChatRequest(
+            request_id=f"healthcheck-{dep_id}",
+            api="chat",
+            model=route.model.name,
+            caller=Caller(key_id="gatehouse-healthcheck"),
+            chat=chat,
+            deadline=time.time() + timeout_s,
+        )
+        progress = _Progress(dep_id, route.model.name)
+        t0 = time.monotonic()
+        self.board.begin(dep_id)
+
+        async def discard(_: Reply) -> None:
+            return None
+
+        try:
+            await self._timed(req, dep, discard, progress, t0)
+        except (GatewayError, _Deadline) as exc:
+            error = exc if isinstance(exc, GatewayError) else GatewayTimeoutError("health check timed out")
+            kind = classify(error)
+            self._failed(dep, error, kind, t0, progress)  # a 400 still says the deployment is alive
+            return False
+        except asyncio.CancelledError:
+            self.board.end(dep_id)
+            self.board.release(dep_id)
+            raise
+        self._done(dep, progress, t0, success=True)
+        return True
 
     async def _claim(self, dep_id: str) -> bool:
         health = self.board.claim(dep_id, time.time(), PROBE_LEASE_S)

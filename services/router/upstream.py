@@ -8,10 +8,10 @@ to decoded bytes as they arrive; a body over a limit stops the read and closes t
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from contextlib import aclosing, asynccontextmanager, suppress
 from dataclasses import dataclass
-from typing import cast
+from typing import Protocol, cast
 
 import aiohttp
 import httpx
@@ -19,7 +19,7 @@ from httpx_aiohttp import AiohttpTransport
 
 from services.router.limits import ACCEPT_ENCODING, ERROR_BODY_BYTES, BoundedDecoder, ResponseLimits
 from services.router.providers.base import UpstreamRequest
-from shared.errors import GatewayTimeoutError, UpstreamError, UpstreamResponseTooLarge
+from shared.errors import GatewayTimeoutError, ServiceUnavailableError, UpstreamError, UpstreamResponseTooLarge
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,14 +112,34 @@ async def _close(response: httpx.Response) -> None:
         await response.aclose()
 
 
-class Upstream:
-    """Sends provider requests; `mock://` URLs go to the in-process mock provider's transport."""
+class Signer(Protocol):
+    async def sign(self, method: str, url: str, headers: Mapping[str, str], body: bytes) -> dict[str, str]: ...
 
-    def __init__(self, max_connections: int = 512, mock: httpx.AsyncBaseTransport | None = None) -> None:
+
+class Upstream:
+    """Sends provider requests; `mock://` URLs go to the in-process mock provider's transport; a request
+    marked `sign` is signed by that provider's signer (AWS SigV4) just before it goes."""
+
+    def __init__(
+        self,
+        max_connections: int = 512,
+        mock: httpx.AsyncBaseTransport | None = None,
+        signers: Mapping[str, Signer] | None = None,
+    ) -> None:
         limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
         self._network = AiohttpTransport(limits=limits)
         self._mock = mock
+        self._signers = dict(signers or {})
         self._urls: dict[str, httpx.URL] = {}
+
+    async def _signed(self, req: UpstreamRequest) -> UpstreamRequest:
+        if not req.sign:
+            return req
+        signer = self._signers.get(req.sign)
+        if signer is None:
+            raise ServiceUnavailableError(f"Provider {req.sign!r} has no AWS credentials in this router.")
+        headers = await signer.sign(req.method, req.url, req.headers, req.body)
+        return UpstreamRequest(req.method, req.url, headers, req.body)
 
     def _transport(self, request: httpx.Request) -> httpx.AsyncBaseTransport:
         if request.url.scheme == "mock" and self._mock is not None:
@@ -146,6 +166,7 @@ class Upstream:
     async def send(
         self, req: UpstreamRequest, timeout_s: float, connect_s: float, limits: ResponseLimits
     ) -> UpstreamResponse:
+        req = await self._signed(req)
         try:
             request = self._request(req, timeout_s, connect_s)
             resp = await self._transport(request).handle_async_request(request)
@@ -161,6 +182,7 @@ class Upstream:
     async def stream(
         self, req: UpstreamRequest, timeout_s: float, connect_s: float, limits: ResponseLimits
     ) -> AsyncIterator[UpstreamStream]:
+        req = await self._signed(req)
         try:
             request = self._request(req, timeout_s, connect_s)
             response = await self._transport(request).handle_async_request(request)

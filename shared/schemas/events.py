@@ -44,6 +44,9 @@ class RequestEvent(msgspec.Struct, frozen=True, kw_only=True):
     usage_estimated: bool = False
     # the budget reservation made before dispatch, which accounting settles to the actual cost
     reservation: Reservation | None = None
+    # routing: the strategy that ordered the deployments, and the model group that answered (a fallback's name)
+    route_strategy: str = ""
+    answered_model: str = ""
 
 
 class GuardEvent(msgspec.Struct, frozen=True, kw_only=True):

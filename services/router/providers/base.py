@@ -44,6 +44,8 @@ class UpstreamRequest:
     url: str
     headers: dict[str, str] = field(repr=False)  # they carry the provider key
     body: bytes = field(repr=False)
+    # the provider whose request signer must sign it just before it is sent (AWS SigV4: services/router/signing.py)
+    sign: str = ""
 
 
 @dataclass(frozen=True, slots=True)
