@@ -28,6 +28,7 @@ from shared.errors import (
     InvalidRequestError,
     RateLimitError,
     ServiceUnavailableError,
+    UpstreamError,
 )
 from shared.routing_config import STRATEGIES, RoutingConfig
 from shared.schemas.chat import Attempt, Caller, ChatRequest, Chunk, ChunkBatch, Outcome, Reply, Result, Usage
@@ -254,7 +255,7 @@ class Dispatcher:
         """One attempt: "answered", "next" (try again), or "stop"."""
         cand, req = choice.candidate, run.req
         dep = cand.deployment
-        why = _why(cand, choice, run.attempts, run.last_dep)
+        why = _why(cand, choice, run.attempts)
         run.last_dep, run.last_model, run.current, run.probing = dep, cand.model, dep, choice.probe
         progress = run.progress = _Progress(dep.id, cand.model)
         t0 = time.monotonic()
@@ -388,7 +389,7 @@ class Dispatcher:
         limit = min(first_limit, remaining)
         deadline_first = remaining <= first_limit
         try:
-            async with asyncio.timeout(loop.time() + limit) as cm:
+            async with asyncio.timeout_at(loop.time() + limit) as cm:
                 if req.stream:
 
                     def streaming() -> None:
@@ -511,6 +512,8 @@ class Dispatcher:
         self, req: ChatRequest, chunks: list[JsonObj | bytes], send: Send, progress: _Progress, started: float
     ) -> None:
         out: list[bytes] = []
+        if chunks and not progress.sent:
+            _check_first(chunks[0])
         for chunk in chunks:
             if _is_usage_only(chunk):
                 progress.usage = openai_usage(chunk) or progress.usage
@@ -551,7 +554,7 @@ def _attempt_record(
     )
 
 
-def _why(cand: plan.Candidate, choice: plan.Pick, attempts: list[Attempt], last: Deployment) -> str:
+def _why(cand: plan.Candidate, choice: plan.Pick, attempts: list[Attempt]) -> str:
     """Why this attempt is made, for the record."""
     if choice.probe:
         return "probe"
@@ -559,7 +562,7 @@ def _why(cand: plan.Candidate, choice: plan.Pick, attempts: list[Attempt], last:
         return cand.group
     if not attempts:
         return "first"
-    return "retry" if cand.deployment.id == last.id else "failover"
+    return "retry" if choice.retry else "failover"  # a second try of one deployment, or the next one
 
 
 def _unavailable(model: str, blocked: plan.Blocked, now: float) -> GatewayError:
@@ -587,12 +590,25 @@ def _estimate(req: ChatRequest, progress: _Progress) -> Usage:
 
 
 def _finish_reason(completion: JsonObj | bytes) -> str:
-    """The first finish reason of a completion: the provider's bytes, or a translator's dict."""
+    """The first finish reason of a completion: the provider's bytes, or a translator's dict. A body that is
+    no chat completion at all (a proxy's HTML error page with status 200) is the upstream's failure."""
     try:
         if isinstance(completion, bytes):
             parsed = COMPLETION.decode(completion)
         else:
             parsed = msgspec.convert(completion, ChatCompletion)
-    except msgspec.MsgspecError:
-        return ""
+    except msgspec.MsgspecError as exc:
+        raise UpstreamError("The upstream provider sent an answer that is not a chat completion.") from exc
     return next((c.finish_reason for c in parsed.choices if c.finish_reason), "")
+
+
+def _check_first(chunk: JsonObj | bytes) -> None:
+    """The first chunk of a stream must be a JSON object, or the stream is the upstream's failure (and
+    another deployment may still answer: nothing reached the client)."""
+    if isinstance(chunk, bytes):
+        try:
+            decoded = msgspec.json.decode(chunk)
+        except msgspec.DecodeError:
+            decoded = None
+        if not isinstance(decoded, dict):
+            raise UpstreamError("The upstream provider sent a stream event that is not JSON.")
