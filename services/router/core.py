@@ -7,6 +7,7 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 
 from services.router.limits import ResponseLimits
+from services.router.providers import bedrock
 from services.router.providers.base import Target
 from services.router.providers.mock import SCHEME as MOCK_SCHEME
 from services.router.providers.mock import MockBehaviour
@@ -101,6 +102,8 @@ def _deployment(
         api_base = f"{MOCK_SCHEME}://{dep.provider}"  # the in-process mock server, per provider account
     else:
         api_base = dep.api_base or provider.api_base or DEFAULT_API_BASE.get(provider.kind, "")
+        if provider.kind == "bedrock" and not api_base:
+            api_base = bedrock.api_base(provider.region)
     target = Target(
         provider=dep.provider,
         kind=provider.kind,

@@ -113,6 +113,7 @@ class _Run:
         self.plan = candidates
         self.strategy = strategy
         self.used: set[str] = {"primary", "fallback"}
+        self.budget = route.attempt_budget
         self.failed: dict[str, int] = {}  # deployment → failures in this request
         self.attempts: list[Attempt] = []
         self.last: GatewayError | None = None
@@ -201,7 +202,7 @@ class Dispatcher:
         run = _Run(req, route, order, plan.candidates(route, self._routes, order), strategy or route.policy.strategy)
         run.started = started
         try:
-            while len(run.attempts) < route.attempt_budget:
+            while len(run.attempts) < run.budget:
                 choice = await self._next(run)
                 if choice is None:
                     break
@@ -316,6 +317,8 @@ class Dispatcher:
             return False
         run.used.add(group)
         run.plan = plan.fallback(run.route, self._routes, run.order, group)
+        # a fallback for the prompt's size or content is a new plan: it gets its try even on a spent budget
+        run.budget = max(run.budget, len(run.attempts) + 1)
         return bool(run.plan)
 
     async def _cancelled(self, run: _Run, send: Send) -> None:

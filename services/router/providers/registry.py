@@ -5,6 +5,7 @@ from __future__ import annotations
 from services.router.providers.anthropic import AnthropicTranslator
 from services.router.providers.azure import AzureTranslator
 from services.router.providers.base import Translator
+from services.router.providers.bedrock import BedrockTranslator
 from services.router.providers.cohere import CohereTranslator
 from services.router.providers.gemini import GeminiTranslator
 from services.router.providers.mistral import MistralTranslator
@@ -20,5 +21,6 @@ def translators() -> dict[str, Translator]:
         GeminiTranslator(),
         MistralTranslator(),
         CohereTranslator(),
+        BedrockTranslator(),
     ]
     return {t.kind: t for t in found}
