@@ -78,15 +78,17 @@ def test_event_stream_typed_headers_and_corruption() -> None:
         parser.close()
 
 
+IMAGE = {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBO"}}
+CALL = {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city":"Paris"}'}}
+
+
 def test_converse_request_shape() -> None:
     req = canonical(
         {
             "messages": [
                 {"role": "system", "content": "Be brief."},
-                {"role": "user", "content": [{"type": "text", "text": "weather?"},
-                                             {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBO"}}]},
-                {"role": "assistant", "content": None, "tool_calls": [
-                    {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city":"Paris"}'}}]},
+                {"role": "user", "content": [{"type": "text", "text": "weather?"}, IMAGE]},
+                {"role": "assistant", "content": None, "tool_calls": [CALL]},
                 {"role": "tool", "tool_call_id": "call_1", "content": "18C"},
                 {"role": "user", "content": "thanks"},
             ],
