@@ -21,7 +21,9 @@ from shared.config import hash_key
 from shared.schemas.admin import SqlResult
 from tests.emulators import anthropic as anthropic_emu
 from tests.emulators import azure as azure_emu
+from tests.emulators import bedrock as bedrock_emu
 from tests.emulators import cohere as cohere_emu
+from tests.emulators import faults as faults_emu
 from tests.emulators import gemini as gemini_emu
 from tests.emulators import mistral as mistral_emu
 from tests.emulators import openai as openai_emu
@@ -40,6 +42,8 @@ BACKENDS: dict[str, tuple[str, object, str, str]] = {
 LIMITED_KEY = "sk-e2e-limited"
 PII_KEY = "sk-e2e-pii-redact"  # policy: redact PII, restore it in the response
 LEAKY_KEY = "sk-e2e-leaky"  # policy: secrets only flagged going in, blocked coming out
+ROUTER_KEY = "sk-e2e-route-override"  # may choose a routing strategy per request
+BEDROCK_MODEL = "anthropic.claude-3-5-sonnet-20240620-v1:0"
 
 
 @dataclass
@@ -80,8 +84,34 @@ def _backend_config(urls: dict[str, str]) -> tuple[str, str]:
     return "".join(providers), "".join(models)
 
 
+def _routing_config(bedrock_url: str, faults_url: str) -> tuple[str, str]:
+    """Bedrock (signed with SigV4 from the AWS_* environment) and the fault-injecting upstream's models."""
+    os.environ["E2E_FAULTS_KEY"] = faults_emu.API_KEY
+    providers = (
+        f"  emu-bedrock:\n    kind: bedrock\n    region: {bedrock_emu.REGION}\n    api_base: {bedrock_url}\n"
+        f"  faults:\n    kind: openai\n    api_base: {faults_url}/v1\n    api_key_env: E2E_FAULTS_KEY\n"
+        "    passthrough: false\n"
+    )
+    models = f"""  - name: bedrock-chat
+    deployments: [{{provider: emu-bedrock, model: "{BEDROCK_MODEL}"}}]
+  - name: bedrock-429
+    deployments: [{{provider: emu-bedrock, model: err-429}}]
+  - name: routed
+    deployments: [{{provider: faults, model: e2e-flaky}}, {{provider: faults, model: e2e-steady}}]
+    fallbacks: [routed-backup]
+  - name: routed-backup
+    deployments: [{{provider: faults, model: e2e-backup}}]
+  - name: routed-two
+    deployments: [{{provider: faults, model: e2e-one}}, {{provider: faults, model: e2e-two}}]
+"""
+    return providers, models
+
+
 def _config(openai_url: str, dead_url: str, backend_urls: dict[str, str]) -> str:
     extra_providers, extra_models = _backend_config(backend_urls)
+    routing_providers, routing_models = _routing_config(backend_urls["bedrock"], backend_urls["faults"])
+    extra_providers += routing_providers
+    extra_models += routing_models
     return f"""
 server:
   host: 127.0.0.1
@@ -102,6 +132,9 @@ keys:
   - id: leaky
     sha256: {hash_key(LEAKY_KEY)}
     policy: secrets-out
+  - id: router
+    sha256: {hash_key(ROUTER_KEY)}
+    route_override: true
 guardrails:
   policies:
     pii-redact:
@@ -177,6 +210,16 @@ def running_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningS
     tmp: Path = tmp_path_factory.mktemp("stack")
     emulators: dict[str, Starlette] = {"openai": openai_emu.create_app()}
     emulators.update({name: spec[1].create_app() for name, spec in BACKENDS.items()})  # type: ignore[attr-defined]
+    emulators["bedrock"] = bedrock_emu.create_app()
+    emulators["faults"] = faults_emu.create_app()
+    # the router finds its AWS credentials through botocore's standard chain: here, the environment
+    os.environ.update(
+        {
+            "AWS_ACCESS_KEY_ID": bedrock_emu.ACCESS_KEY,
+            "AWS_SECRET_ACCESS_KEY": bedrock_emu.SECRET_KEY,
+            "AWS_SESSION_TOKEN": bedrock_emu.SESSION_TOKEN,
+        }
+    )
     dead_port = free_port()  # nothing listens here
     os.environ["E2E_EMU_OPENAI_KEY"] = openai_emu.API_KEY
     os.environ["E2E_REJECTED_KEY"] = "sk-the-emulator-rejects-this"  # a 401 upstream: failover, not the client's 401

@@ -105,7 +105,9 @@ def test_provider_rate_limit_is_the_sdks_rate_limit_error(oai: openai.OpenAI, ba
     _, limited, _ = BACKENDS[backend]
     with pytest.raises(openai.RateLimitError) as exc:
         oai.chat.completions.create(model=limited, messages=[{"role": "user", "content": "x"}])
-    assert exc.value.response.headers.get("retry-after") == "7"
+    # the provider said 7 s; an earlier test's 429 may have cooled the deployment down already, and then the
+    # gateway answers itself with what is left of those 7 s
+    assert 1 <= int(exc.value.response.headers["retry-after"]) <= 7
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
