@@ -262,7 +262,7 @@ class Dispatcher:
         t0 = time.monotonic()
         self.board.begin(dep.id)
         try:
-            result = await self._timed(req, dep, send, progress, run.started)
+            result = await self._timed(req, dep, send, progress, run.started, probe=choice.probe)
         except _Deadline:
             run.last = GatewayTimeoutError(f"The request's deadline passed while deployment {dep.id} was answering.")
             self._record(run, cand, why, t0, run.last.status, run.last)
@@ -383,12 +383,25 @@ class Dispatcher:
         self.board.release(dep_id)
         return False
 
-    async def _timed(self, req: ChatRequest, dep: Deployment, send: Send, progress: _Progress, started: float) -> bytes:
+    async def _timed(
+        self,
+        req: ChatRequest,
+        dep: Deployment,
+        send: Send,
+        progress: _Progress,
+        started: float,
+        *,
+        probe: bool = False,
+    ) -> bytes:
         """One attempt within its time limits: a stream's first token within the deployment's TTFT timeout
-        (then only the request's deadline: long streams are not cut), a whole answer within its timeout."""
+        (then only the request's deadline: long streams are not cut), a whole answer within its timeout.
+        A probe of a deployment whose breaker was open gets at most half the time left, so that its request
+        can still fail over when the deployment is still down."""
         loop = asyncio.get_running_loop()
         remaining = (req.deadline - time.time()) if req.deadline else math.inf
         first_limit = dep.ttft_timeout_s if req.stream else dep.timeout_s + 1.0
+        if probe and remaining < 2 * first_limit:
+            first_limit = remaining / 2
         limit = min(first_limit, remaining)
         deadline_first = remaining <= first_limit
         try:
@@ -407,10 +420,10 @@ class Dispatcher:
             if deadline_first:
                 raise _Deadline from None
             if req.stream:
-                raise GatewayTimeoutError(
-                    f"Deployment {dep.id} sent no first token within {dep.ttft_timeout_s:g}s."
-                ) from None
-            raise GatewayTimeoutError(f"Deployment {dep.id} did not finish within {dep.timeout_s:g}s.") from None
+                shown = limit if probe else dep.ttft_timeout_s
+                raise GatewayTimeoutError(f"Deployment {dep.id} sent no first token within {shown:g}s.") from None
+            shown = limit if probe else dep.timeout_s
+            raise GatewayTimeoutError(f"Deployment {dep.id} did not finish within {shown:g}s.") from None
 
     def _done(self, dep: Deployment, progress: _Progress, t0: float, *, success: bool = False) -> None:
         now = time.time()
