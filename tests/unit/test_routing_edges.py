@@ -1,0 +1,139 @@
+"""Routing at the edges of the pipeline: what a client may ask (strategy, deadline), which keys may, the admin
+view merged from router replicas, a saturated router's 503, and a cancel that overtakes its request."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from services.ingress.directory import Directory
+from services.ingress.fleet import merge
+from services.ingress.routing import client_deadline, route_choice
+from services.router.app import RouterHandlers
+from shared.bus import QueueWorker
+from shared.config import KeyConfig, hash_key
+from shared.errors import InvalidRequestError, PermissionDeniedError
+from shared.governance import Limits, Team, VirtualKey
+from shared.schemas.chat import Caller, ChatRequest, Result
+from shared.schemas.routing import DeploymentView, RouterStatus
+from shared.subjects import Subjects
+from tests.unit.providers.roundtrip import canonical
+
+
+def test_the_strategy_comes_from_the_header_or_the_body_field_which_is_never_sent_on() -> None:
+    chat = canonical({"messages": [{"role": "user", "content": "x"}], "gatehouse_route": "latency"})
+    assert "gatehouse_route" in chat.extra
+    chosen, cleaned = route_choice({}, chat, allowed=True)
+    assert chosen == "latency" and cleaned is not None and "gatehouse_route" not in cleaned.extra
+    assert route_choice({"x-gatehouse-route": "cost"}, chat, allowed=True)[0] == "cost"  # the header wins
+    assert route_choice({}, canonical({"messages": [{"role": "user", "content": "x"}]}), allowed=False)[0] == ""
+    with pytest.raises(PermissionDeniedError):
+        route_choice({"x-gatehouse-route": "cost"}, None, allowed=False)
+    with pytest.raises(InvalidRequestError):
+        route_choice({"x-gatehouse-route": "fastest"}, None, allowed=True)
+
+
+def test_the_clients_deadline_only_shortens_the_servers() -> None:
+    assert client_deadline({}, 1000.0, 600.0) == 1600.0
+    assert client_deadline({"x-gatehouse-timeout": "2.5"}, 1000.0, 600.0) == 1002.5
+    assert client_deadline({"x-stainless-timeout": "20"}, 1000.0, 600.0) == 1020.0
+    assert client_deadline({"x-gatehouse-timeout": "9999"}, 1000.0, 600.0) == 1600.0
+    assert client_deadline({"x-gatehouse-timeout": "soon"}, 1000.0, 600.0) == 1600.0
+
+
+def test_route_override_needs_a_level_that_allows_it_and_none_that_forbids_it() -> None:
+    static = Directory.with_static({hash_key("a"): KeyConfig(id="a", sha256=hash_key("a"), route_override=True)})
+    assert static.entitlement(static.static["a"]).route_override
+    d = Directory()
+    d.put(Team(id="t", limits=Limits(route_override=True)))
+    key = VirtualKey(id="k", team="t", sha256="0" * 64)
+    d.put(key)
+    assert d.entitlement(key).route_override
+    denied = VirtualKey(id="k2", team="t", sha256="1" * 64, limits=Limits(route_override=False))
+    d.put(denied)
+    assert not d.entitlement(denied).route_override
+    plain = Directory()
+    plain.put(key)
+    assert not plain.entitlement(key).route_override  # nobody said yes
+
+
+def test_the_admin_view_merges_router_replicas() -> None:
+    a = RouterStatus(replica="a", at=0, inflight=2, deployments=[
+        DeploymentView(deployment="d", provider="p", models=["m"], state="healthy", ewma_latency_ms=100,
+                       attempts=10, error_rate=0.1, inflight=2)])  # fmt: skip
+    b = RouterStatus(replica="b", at=0, inflight=1, deployments=[
+        DeploymentView(deployment="d", provider="p", models=["m2"], state="open", until=50, reason="5 in a row",
+                       ewma_latency_ms=200, attempts=30, error_rate=0.5, inflight=1)])  # fmt: skip
+    fleet = merge([a, b])
+    row = fleet.deployments[0]
+    assert fleet.replicas == ["a", "b"] and fleet.inflight == 3
+    assert (row.state, row.until, row.reason) == ("open", 50, "5 in a row")
+    assert row.ewma_latency_ms == pytest.approx(175) and row.error_rate == pytest.approx(16 / 40)
+    assert row.models == ["m", "m2"] and row.inflight == 3 and row.replicas == {"a": "healthy", "b": "open"}
+
+
+@dataclass
+class FakeMsg:
+    data: bytes = b""
+    reply: str = "inbox.1"
+    subject: str = "x"
+
+
+@dataclass
+class FakeConnection:
+    sent: list[tuple[str, bytes]] = field(default_factory=list)
+
+    async def publish(self, subject: str, data: bytes) -> None:
+        self.sent.append((subject, data))
+
+
+@dataclass
+class FakeBroker:
+    connection: FakeConnection = field(default_factory=FakeConnection)
+
+
+async def test_a_saturated_worker_answers_at_once_instead_of_queueing() -> None:
+    release = asyncio.Event()
+    full: list[FakeMsg] = []
+
+    async def handler(_: Any) -> None:
+        await release.wait()
+
+    async def on_full(msg: Any) -> None:
+        full.append(msg)
+
+    worker = QueueWorker("s", "q", handler, 1, on_full=on_full)
+    await worker._on_msg(FakeMsg())  # type: ignore[arg-type]
+    await worker._on_msg(FakeMsg())  # type: ignore[arg-type]
+    assert len(full) == 1 and worker.in_flight == 1
+    release.set()
+    await worker.stop()
+    subjects = Subjects("t")
+    broker = FakeBroker()
+    handlers = RouterHandlers(broker, None, subjects, 5.0)  # type: ignore[arg-type]
+    await handlers.on_full(FakeMsg())  # type: ignore[arg-type]
+    reply = subjects.replies.decode(broker.connection.sent[0][1])
+    assert isinstance(reply, Result) and reply.error is not None
+    assert (reply.error.status, reply.error.retry_after) == (503, 1.0)
+
+
+async def test_a_cancel_that_overtakes_its_request_stops_it_before_dispatch() -> None:
+    subjects = Subjects("t")
+    broker = FakeBroker()
+
+    class NoDispatch:
+        async def serve(self, *_: object) -> None:
+            raise AssertionError("dispatched a request whose client had left")
+
+    handlers = RouterHandlers(broker, NoDispatch(), subjects, 5.0)  # type: ignore[arg-type]
+    from shared.schemas.chat import Cancel
+
+    await handlers.on_cancel(FakeMsg(data=subjects.router_cancel.encode(Cancel(request_id="r1"))))  # type: ignore[arg-type]
+    req = ChatRequest(request_id="r1", api="chat", model="m", caller=Caller(key_id="k"))
+    await handlers.on_request(FakeMsg(data=subjects.router_chat.encode(req)))  # type: ignore[arg-type]
+    reply = subjects.replies.decode(broker.connection.sent[-1][1])
+    assert isinstance(reply, Result) and reply.error is not None and reply.error.status == 499
+    assert "r1" not in handlers.early
