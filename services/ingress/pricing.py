@@ -1,6 +1,7 @@
 """The worst-case price of a request before it runs (pure): what a budget reserves.
 
-A model may be served by several deployments (failover), so the worst case is the dearest of them.
+A model may be served by several deployments (failover) and by its fallback models' deployments, so the
+worst case is the dearest of them all.
 Per-token rates come from the config's negotiated price, else from genai-prices at a large size, so
 a tiered price (dearer above some context length) is never underestimated. The rates are looked up
 once per deployment; pricing a request is then arithmetic.
@@ -74,12 +75,21 @@ class RoutePricing:
         return min(int(left / per_token), self.max_output)
 
 
+def _serving(config: GatehouseConfig, model: ModelConfig) -> list[DeploymentConfig]:
+    """Every deployment that may answer a request for `model`: its own, and its fallback models' (routing)."""
+    index = config.model_index()
+    names = [*model.fallbacks, *model.context_window_fallbacks, *model.content_policy_fallbacks]
+    return list(model.deployments) + [d for n in names if n in index for d in index[n].deployments]
+
+
 def route_pricing(config: GatehouseConfig, model: ModelConfig) -> RoutePricing:
-    kinds = [config.providers[d.provider].kind for d in model.deployments]
-    rates = tuple(deployment_rates(d, k) for d, k in zip(model.deployments, kinds, strict=True))
+    serving = _serving(config, model)
+    kinds = [config.providers[d.provider].kind for d in serving]
+    rates = tuple(deployment_rates(d, k) for d, k in zip(serving, kinds, strict=True))
     max_output = model.max_output_tokens
     if max_output is None:
-        windows = [w for d, k in zip(model.deployments, kinds, strict=True) if (w := context_window(d.model, k))]
+        own = zip(model.deployments, kinds[: len(model.deployments)], strict=True)
+        windows = [w for d, k in own if (w := context_window(d.model, k))]
         max_output = max(windows) if windows else DEFAULT_MAX_OUTPUT
     return RoutePricing(model=model.name, rates=rates, max_output=max_output)
 

@@ -137,3 +137,21 @@ async def test_a_cancel_that_overtakes_its_request_stops_it_before_dispatch() ->
     reply = subjects.replies.decode(broker.connection.sent[-1][1])
     assert isinstance(reply, Result) and reply.error is not None and reply.error.status == 499
     assert "r1" not in handlers.early
+
+
+def test_a_budget_reserves_the_dearest_deployment_a_fallback_may_answer_with() -> None:
+    from services.ingress.pricing import pricing_index
+    from shared.config import parse_config
+
+    cfg = parse_config(
+        """
+providers: {p: {kind: mock}}
+models:
+  - name: cheap
+    deployments: [{provider: p, model: a, price: {input_per_mtok: 1, output_per_mtok: 1}}]
+    fallbacks: [dear]
+  - name: dear
+    deployments: [{provider: p, model: b, price: {input_per_mtok: 10, output_per_mtok: 30}}]
+"""
+    )
+    assert pricing_index(cfg)["cheap"].worst_case(1_000_000, 1_000_000) == pytest.approx(40.0)
