@@ -323,3 +323,33 @@ async def test_lowest_latency_moves_most_traffic_to_the_faster_deployment(
     # two requests measure both; after that the explored share (5 %) is all the tortoise gets
     assert chosen[:2] == ["p/tortoise", "p/hare"] or chosen[:2] == ["p/hare", "p/tortoise"]
     assert chosen[10:].count("p/hare") >= 26, chosen
+
+
+async def test_active_health_checks_open_a_breaker_without_client_traffic_and_close_it_again(
+    upstream_app: tuple[Starlette, str],
+) -> None:
+    from services.router.probes import HealthChecker
+
+    app, url = upstream_app
+    faults.script(app, "checked", [], default="fail:503")
+    cfg = config(
+        url,
+        [{"name": "m", "deployments": deps("checked")}],
+        {"breaker": {"consecutive_failures": 2, "cooldown_s": 0.3}, "health_checks": {"interval_s": 0.05}},
+    )
+    h = Harness(cfg)
+    checker = HealthChecker(h.dispatcher, build_routes(cfg, ENV), cfg.routing.health_checks)
+    checker.start()
+    try:
+        deadline = time.monotonic() + 5
+        while h.board.view("p/checked", time.time()).state != "open":
+            assert time.monotonic() < deadline, "the checks never opened the breaker"
+            await asyncio.sleep(0.02)
+        faults.script(app, "checked", [], default="ok")
+        while h.board.view("p/checked", time.time()).state != "healthy":
+            assert time.monotonic() < deadline, "the checks never closed the breaker"
+            await asyncio.sleep(0.02)
+    finally:
+        await checker.stop()
+        await h.close()
+    assert len(app.state.served["checked"]) >= 3  # all of it was the checker's own one-token requests
