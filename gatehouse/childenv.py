@@ -1,7 +1,7 @@
 """The environment each process of the one-machine stack gets: what it needs to run, and its own secrets only.
 
-Provider keys (the config's `api_key_env` names, and `AWS_*` where a Bedrock provider is configured) go to the
-router alone, API keys read from the environment
+Provider keys (the config's `api_key_env` names, `AWS_*` where a Bedrock provider is configured, Google's
+credential variables where a Vertex one is) go to the router alone, API keys read from the environment
 (`keys[].env`) to ingress alone; a `GATEHOUSE_<SERVICE>_*` variable goes to that service only; NATS
 credentials are set by the launcher, one role's seed file per service. Everything else stays behind.
 """
@@ -66,6 +66,10 @@ def service_env(
         if any(p.kind == "bedrock" for p in config.providers.values()):
             # the AWS credential chain (keys, profile, shared files, SSO, web identity, container role)
             env.update({k: v for k, v in environ.items() if k.startswith("AWS_")})
+        if any(p.kind == "vertex" for p in config.providers.values()):
+            # Google's Application Default Credentials
+            names = ("GOOGLE_APPLICATION_CREDENTIALS", "GOOGLE_CLOUD_PROJECT", "CLOUDSDK_CONFIG")
+            env.update({k: v for k, v in environ.items() if k in names})
     if service == "ingress":
         env.update({k: v for k, v in environ.items() if k in api_keys or k == admin_key})
     env.update(launcher_set)

@@ -15,7 +15,7 @@ from shared.guard_config import GuardrailsConfig
 from shared.routing_config import ModelRouting, RoutingConfig
 from shared.schemas.params import check_params
 
-ProviderKind = Literal["mock", "openai", "azure", "anthropic", "gemini", "mistral", "bedrock", "cohere"]
+ProviderKind = Literal["mock", "openai", "azure", "anthropic", "gemini", "mistral", "bedrock", "cohere", "vertex"]
 # named kinds whose translator does not exist yet: refused at load, not at the first request
 _UNIMPLEMENTED_KINDS: frozenset[str] = frozenset()
 
@@ -49,6 +49,8 @@ class ProviderConfig(_Strict):
     api_key_env: str | None = None
     api_version: str | None = None
     region: str | None = None
+    # vertex: the Google Cloud project whose Vertex AI endpoint serves the models
+    project: str | None = None
     headers: dict[str, str] = Field(default_factory=dict)
     # true: the key variable may be unset (e.g. in dev); its deployments then fail over with 503 at
     # request time. false (the default): a model using this provider without its key fails startup.

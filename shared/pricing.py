@@ -26,6 +26,7 @@ PRICE_PROVIDER = {
     "mistral": "mistral",
     "bedrock": "aws",
     "cohere": "cohere",
+    "vertex": "google",
 }
 MTOK = 1_000_000
 

@@ -71,6 +71,7 @@ _PRICE_PROVIDER = {
     "mistral": "mistral",
     "bedrock": "aws",
     "cohere": "cohere",
+    "vertex": "google",
 }
 
 try:

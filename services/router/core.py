@@ -7,7 +7,7 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 
 from services.router.limits import ResponseLimits
-from services.router.providers import bedrock
+from services.router.providers import bedrock, vertex
 from services.router.providers.base import Target
 from services.router.providers.mock import SCHEME as MOCK_SCHEME
 from services.router.providers.mock import MockBehaviour
@@ -104,6 +104,11 @@ def _deployment(
         api_base = dep.api_base or provider.api_base or DEFAULT_API_BASE.get(provider.kind, "")
         if provider.kind == "bedrock" and not api_base:
             api_base = bedrock.api_base(provider.region)
+        if provider.kind == "vertex":
+            try:
+                api_base = vertex.api_base(provider.project, provider.region, api_base or None)
+            except ConfigError as exc:
+                raise ConfigError(f"provider {dep.provider!r}: {exc}") from exc
     target = Target(
         provider=dep.provider,
         kind=provider.kind,

@@ -1,5 +1,10 @@
-"""AWS Signature Version 4 for Bedrock requests (I/O: credentials come from the environment, files or
-instance metadata, and the signature depends on the clock), with botocore's signer and credential chain.
+"""Request signing for cloud providers (I/O: credentials come from the environment, files or instance
+metadata, and signatures and tokens depend on the clock):
+
+- Bedrock: AWS Signature Version 4, with botocore's signer and credential chain;
+- Vertex AI: an OAuth 2 access token from Google's Application Default Credentials (a service-account key
+  file named by GOOGLE_APPLICATION_CREDENTIALS, gcloud's credentials, or the metadata server), minted and
+  refreshed by google-auth off the event loop before it expires.
 
 The translator stays pure: it marks a request `sign=<provider>`, and the upstream adapter asks the
 provider's `AwsSigner` for the signed headers just before sending. Credentials are resolved once at
@@ -12,15 +17,26 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping
+from typing import Protocol
 
+import google.auth
+import google.auth.exceptions
+import google.auth.transport.requests
 from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials, RefreshableCredentials
 from botocore.session import Session
+from google.auth.credentials import Credentials as GoogleCredentials
 
 from shared.config import ConfigError, GatehouseConfig, ProviderConfig
+from shared.errors import UpstreamAuthError, UpstreamError
 
 SERVICE = "bedrock"
+GOOGLE_SCOPE = "https://www.googleapis.com/auth/cloud-platform"
+
+
+class Signer(Protocol):
+    async def sign(self, method: str, url: str, headers: Mapping[str, str], body: bytes) -> dict[str, str]: ...
 
 
 class AwsSigner:
@@ -41,18 +57,62 @@ class AwsSigner:
         return {k: v for k, v in request.headers.items()}
 
 
-def _needs_sigv4(provider: ProviderConfig, environ: Mapping[str, str]) -> bool:
-    """Bedrock takes an API key (bearer) when one is configured and set; else requests are signed."""
-    return provider.kind == "bedrock" and not (provider.api_key_env and environ.get(provider.api_key_env))
+class GoogleSigner:
+    """Adds `Authorization: Bearer <access token>`, refreshing the token when it is missing or expiring."""
+
+    def __init__(self, credentials: GoogleCredentials) -> None:
+        self._credentials = credentials
+        self._lock = asyncio.Lock()
+
+    async def sign(self, method: str, url: str, headers: Mapping[str, str], body: bytes) -> dict[str, str]:
+        creds = self._credentials
+        if not creds.valid:
+            async with self._lock:  # one refresh for every request waiting on it
+                if not creds.valid:
+                    await self._refresh()
+        return {**headers, "authorization": f"Bearer {creds.token}"}
+
+    async def _refresh(self) -> None:
+        try:
+            await asyncio.to_thread(self._credentials.refresh, google.auth.transport.requests.Request())
+        except google.auth.exceptions.TransportError as exc:
+            raise UpstreamError("Google's token endpoint could not be reached.") from exc
+        except google.auth.exceptions.GoogleAuthError as exc:
+            # the gateway's own credentials: another deployment may still serve (the message is for operators)
+            raise UpstreamAuthError("The gateway's Google credentials were rejected.", detail=str(exc)[:300]) from exc
 
 
-def request_signers(config: GatehouseConfig, environ: Mapping[str, str]) -> dict[str, AwsSigner]:
-    """A signer per Bedrock provider that a model deploys to; ConfigError when no credentials are found
-    (an `optional` provider is left unsigned: its deployments then fail over)."""
+def _signed(provider: ProviderConfig, environ: Mapping[str, str]) -> bool:
+    """Bedrock and Vertex take an API key when one is configured and set; else requests are signed."""
+    keyed = bool(provider.api_key_env and environ.get(provider.api_key_env))
+    return provider.kind in ("bedrock", "vertex") and not keyed
+
+
+def _google(name: str, provider: ProviderConfig) -> GoogleSigner | None:
+    try:
+        credentials, _ = google.auth.default(scopes=[GOOGLE_SCOPE])
+    except google.auth.exceptions.DefaultCredentialsError as exc:
+        if provider.optional:
+            return None
+        raise ConfigError(
+            f"provider {name!r}: no Google credentials found (GOOGLE_APPLICATION_CREDENTIALS naming a service "
+            "account key file, gcloud application-default credentials, or the metadata server)"
+        ) from exc
+    return GoogleSigner(credentials)
+
+
+def request_signers(config: GatehouseConfig, environ: Mapping[str, str]) -> dict[str, Signer]:
+    """A signer per Bedrock or Vertex provider that a model deploys to; ConfigError when no credentials are
+    found (an `optional` provider is left unsigned: its deployments then fail over)."""
     used = {dep.provider for model in config.models for dep in model.deployments}
-    signers: dict[str, AwsSigner] = {}
+    signers: dict[str, Signer] = {}
     for name, provider in config.providers.items():
-        if name not in used or not _needs_sigv4(provider, environ):
+        if name not in used or not _signed(provider, environ):
+            continue
+        if provider.kind == "vertex":
+            google_signer = _google(name, provider)
+            if google_signer is not None:
+                signers[name] = google_signer
             continue
         if not provider.region:
             raise ConfigError(f"provider {name!r}: kind bedrock needs `region` (e.g. us-east-1)")

@@ -10,6 +10,7 @@ from services.router.providers.cohere import CohereTranslator
 from services.router.providers.gemini import GeminiTranslator
 from services.router.providers.mistral import MistralTranslator
 from services.router.providers.openai import MockTranslator, OpenAITranslator
+from services.router.providers.vertex import VertexTranslator
 
 
 def translators() -> dict[str, Translator]:
@@ -22,5 +23,6 @@ def translators() -> dict[str, Translator]:
         MistralTranslator(),
         CohereTranslator(),
         BedrockTranslator(),
+        VertexTranslator(),
     ]
     return {t.kind: t for t in found}
