@@ -1,4 +1,6 @@
-"""Serve one request: try each deployment of its route in order, translate, and reply chunk by chunk."""
+"""Serve one request: order its model's deployments by the routing strategy, then attempt them (retries with
+backoff, failover, fallbacks to other models) until one answers, the budget or the deadline runs out, or a
+byte reached the client; breakers and cooldowns (services.router.health) decide what may be tried."""
 
 from __future__ import annotations
 
@@ -7,14 +9,15 @@ import logging
 import math
 import random
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import msgspec
 
 from services.router import native, plan, strategies
+from services.router.attempt import AttemptRunner, DeadlineReached, Progress, Send
 from services.router.core import Deployment, Route, attempt_error, attempt_message, resolve
 from services.router.health import HealthBoard
-from services.router.providers.base import JsonObj, Translator, openai_usage
+from services.router.providers.base import Translator
 from services.router.retry import REFUSALS, backoff_s, classify, rate_limits
 from services.router.shared_health import SharedHealth
 from services.router.strategies import Option
@@ -28,17 +31,14 @@ from shared.errors import (
     InvalidRequestError,
     RateLimitError,
     ServiceUnavailableError,
-    UpstreamError,
 )
 from shared.routing_config import STRATEGIES, RoutingConfig
-from shared.schemas.chat import Attempt, Caller, ChatRequest, Chunk, ChunkBatch, Outcome, Reply, Result, Usage
-from shared.schemas.openai import COMPLETION, ChatCompletion, ChatCompletionRequest, chat_from_builtins
+from shared.schemas.chat import Attempt, Caller, ChatRequest, Outcome, Reply, Result, Usage
+from shared.schemas.openai import ChatCompletionRequest, chat_from_builtins
 from shared.tokens import estimate_prompt_tokens
 
 log = logging.getLogger(__name__)
 
-Send = Callable[[Reply], Awaitable[None]]
-_JSON = msgspec.json.Encoder()
 # what the router answers a request whose client went away (ingress records it; nobody reads it)
 CLIENT_CLOSED = ErrorInfo(
     status=499, type="client_closed", code="client_closed_request", message="The client closed the connection."
@@ -47,53 +47,6 @@ CLIENT_CLOSED = ErrorInfo(
 PROBE_LEASE_S = 30.0
 # the output a request that names no max_tokens is priced at by the cost strategy
 DEFAULT_OUTPUT_TOKENS = 256
-
-
-def _is_usage_only(chunk: JsonObj | bytes) -> bool:
-    if isinstance(chunk, bytes):
-        return b'"usage"' in chunk and (b'"choices":[]' in chunk or b'"choices": []' in chunk)
-    return not chunk.get("choices") and "usage" in chunk
-
-
-class _Progress:
-    """What one attempt has learnt so far (shared with the stream loop)."""
-
-    __slots__ = (
-        "attempt_ttft_ms",
-        "deployment",
-        "finish_reason",
-        "headers",
-        "model",
-        "native",
-        "on_first",
-        "relayed_error",
-        "sent",
-        "t0",
-        "ttft_ms",
-        "usage",
-    )
-
-    def __init__(self, deployment: str = "", model: str = "") -> None:
-        self.sent = 0
-        self.ttft_ms = 0.0
-        self.usage: Usage | None = None
-        self.finish_reason = ""
-        self.native = False  # the answer is in the client's own protocol (services.router.native)
-        self.relayed_error = False
-        self.headers: Mapping[str, str] = {}  # the provider's response headers (rate limits)
-        self.deployment = deployment  # named on the first stream message (x-gatehouse-deployment)
-        self.model = model
-        self.on_first: Callable[[], None] | None = None  # the first byte is about to reach the client
-        self.t0 = time.monotonic()
-        self.attempt_ttft_ms = 0.0  # from this attempt's start
-
-    def first(self) -> tuple[str, str]:
-        """Before the first message of a stream goes out: (deployment, model) to name on it."""
-        self.attempt_ttft_ms = (time.monotonic() - self.t0) * 1000
-        if self.on_first is not None:
-            self.on_first()
-            self.on_first = None
-        return self.deployment, self.model
 
 
 class _Run:
@@ -119,15 +72,11 @@ class _Run:
         self.last: GatewayError | None = None
         self.last_dep = route.deployments[0]
         self.last_model = route.model.name
-        self.progress = _Progress()
+        self.progress = Progress()
         self.delay_ms = 0.0  # waited before the next attempt (backoff, Retry-After)
         self.current: Deployment | None = None  # the deployment of the attempt under way
         self.probing = False
         self.started = time.monotonic()
-
-
-class _Deadline(Exception):
-    """The request's own deadline passed during an attempt."""
 
 
 class Dispatcher:
@@ -142,9 +91,7 @@ class Dispatcher:
         rng: random.Random | None = None,
     ) -> None:
         self._routes = routes
-        self._upstream = upstream
-        self._translators = translators
-        self._native = native.NativeCaller(upstream, translators)
+        self._runner = AttemptRunner(upstream, translators)
         self.board = board or HealthBoard(RoutingConfig(), "local")
         self._shared = shared
         self._rng = rng or random.Random()  # noqa: S311 - load spreading, not cryptography
@@ -258,12 +205,12 @@ class Dispatcher:
         dep = cand.deployment
         why = _why(cand, choice, run.attempts)
         run.last_dep, run.last_model, run.current, run.probing = dep, cand.model, dep, choice.probe
-        progress = run.progress = _Progress(dep.id, cand.model)
+        progress = run.progress = Progress(dep.id, cand.model)
         t0 = time.monotonic()
         self.board.begin(dep.id)
         try:
-            result = await self._timed(req, dep, send, progress, run.started, probe=choice.probe)
-        except _Deadline:
+            result = await self._runner.timed(req, dep, send, progress, run.started, probe=choice.probe)
+        except DeadlineReached:
             run.last = GatewayTimeoutError(f"The request's deadline passed while deployment {dep.id} was answering.")
             self._record(run, cand, why, t0, run.last.status, run.last)
             self._failed(dep, run.last, "retryable", t0, progress)
@@ -353,7 +300,7 @@ class Dispatcher:
             chat=chat,
             deadline=time.time() + timeout_s,
         )
-        progress = _Progress(dep_id, route.model.name)
+        progress = Progress(dep_id, route.model.name)
         t0 = time.monotonic()
         self.board.begin(dep_id)
 
@@ -361,8 +308,8 @@ class Dispatcher:
             return None
 
         try:
-            await self._timed(req, dep, discard, progress, t0)
-        except (GatewayError, _Deadline) as exc:
+            await self._runner.timed(req, dep, discard, progress, t0)
+        except (GatewayError, DeadlineReached) as exc:
             error = exc if isinstance(exc, GatewayError) else GatewayTimeoutError("health check timed out")
             kind = classify(error)
             self._failed(dep, error, kind, t0, progress)  # a 400 still says the deployment is alive
@@ -383,56 +330,14 @@ class Dispatcher:
         self.board.release(dep_id)
         return False
 
-    async def _timed(
-        self,
-        req: ChatRequest,
-        dep: Deployment,
-        send: Send,
-        progress: _Progress,
-        started: float,
-        *,
-        probe: bool = False,
-    ) -> bytes:
-        """One attempt within its time limits: a stream's first token within the deployment's TTFT timeout
-        (then only the request's deadline: long streams are not cut), a whole answer within its timeout.
-        A probe of a deployment whose breaker was open gets at most half the time left, so that its request
-        can still fail over when the deployment is still down."""
-        loop = asyncio.get_running_loop()
-        remaining = (req.deadline - time.time()) if req.deadline else math.inf
-        first_limit = dep.ttft_timeout_s if req.stream else dep.timeout_s + 1.0
-        if probe and remaining < 2 * first_limit:
-            first_limit = remaining / 2
-        limit = min(first_limit, remaining)
-        deadline_first = remaining <= first_limit
-        try:
-            async with asyncio.timeout_at(loop.time() + limit) as cm:
-                if req.stream:
-
-                    def streaming() -> None:
-                        nonlocal deadline_first
-                        rest = (req.deadline - time.time()) if req.deadline else None
-                        cm.reschedule(loop.time() + rest if rest is not None else None)
-                        deadline_first = True
-
-                    progress.on_first = streaming
-                return await self._attempt(req, dep, send, progress, started)
-        except TimeoutError:
-            if deadline_first:
-                raise _Deadline from None
-            if req.stream:
-                shown = limit if probe else dep.ttft_timeout_s
-                raise GatewayTimeoutError(f"Deployment {dep.id} sent no first token within {shown:g}s.") from None
-            shown = limit if probe else dep.timeout_s
-            raise GatewayTimeoutError(f"Deployment {dep.id} did not finish within {shown:g}s.") from None
-
-    def _done(self, dep: Deployment, progress: _Progress, t0: float, *, success: bool = False) -> None:
+    def _done(self, dep: Deployment, progress: Progress, t0: float, *, success: bool = False) -> None:
         now = time.time()
         self.board.end(dep.id)
         self.board.observe_limits(dep.id, rate_limits(progress.headers, now))
         latency_ms = (time.monotonic() - t0) * 1000
         self.board.success(dep.id, now, latency_ms, progress.attempt_ttft_ms if success and progress.sent else None)
 
-    def _failed(self, dep: Deployment, error: GatewayError, kind: str, t0: float, progress: _Progress) -> None:
+    def _failed(self, dep: Deployment, error: GatewayError, kind: str, t0: float, progress: Progress) -> None:
         now = time.time()
         self.board.end(dep.id)
         self.board.observe_limits(dep.id, rate_limits(progress.headers, now))
@@ -451,10 +356,10 @@ class Dispatcher:
         if not run.attempts and req.native is not None and run.last is None:
             return Result(outcome=Outcome(), error=native.unserved(req.native, req.model).info())
         error = run.last.info() if run.last else GatewayError("No deployment could serve the request.").info()
-        outcome = self._outcome(run, run.last_dep, _Progress(), run.last_model)
+        outcome = self._outcome(run, run.last_dep, Progress(), run.last_model)
         return Result(outcome=outcome, error=error, native=run.progress.relayed_error)
 
-    def _outcome(self, run: _Run, dep: Deployment, progress: _Progress, model: str) -> Outcome:
+    def _outcome(self, run: _Run, dep: Deployment, progress: Progress, model: str) -> Outcome:
         return Outcome(
             provider=dep.target.provider,
             provider_kind=dep.target.kind,
@@ -469,82 +374,6 @@ class Dispatcher:
             strategy=run.strategy,
         )
 
-    async def _attempt(
-        self, req: ChatRequest, dep: Deployment, send: Send, progress: _Progress, started: float
-    ) -> bytes:
-        """Run one deployment; returns the whole body (non-stream) or b'' after streaming all chunks."""
-        response_id = f"chatcmpl-{req.request_id}"
-        created = int(time.time())
-        translator = self._translators.get(dep.target.kind)
-        if translator is None:
-            raise GatewayError(f"Provider kind {dep.target.kind!r} is not available in this router.")
-        key_env = dep.api_key_env
-        if key_env and not dep.target.api_key:
-            # an optional provider without its key: the gateway's gap, not the client's; fail over
-            raise ServiceUnavailableError(
-                f"Provider {dep.target.provider!r} has no API key configured ({key_env} is not set)."
-            )
-        if native.serves(req.native, dep):
-            return await self._native.attempt(req, dep, send, progress, started)
-        if req.embeddings is not None:
-            ureq = translator.embeddings_request(req.embeddings, dep.target)
-            resp = await self._upstream.send(ureq, dep.timeout_s, dep.connect_timeout_s, dep.limits)
-            progress.headers = resp.headers
-            if resp.status >= 400:
-                raise translator.parse_error(resp.status, resp.body, resp.headers)
-            parsed = translator.parse_embeddings(resp.body, dep.target)
-            progress.usage = openai_usage(parsed)
-            return parsed if isinstance(parsed, bytes) else _JSON.encode(parsed)
-        assert req.chat is not None
-        if not req.stream:
-            ureq = translator.chat_request(req.chat, dep.target, stream=False)
-            resp = await self._upstream.send(ureq, dep.timeout_s, dep.connect_timeout_s, dep.limits)
-            progress.headers = resp.headers
-            if resp.status >= 400:
-                raise translator.parse_error(resp.status, resp.body, resp.headers)
-            completion = translator.parse_chat(resp.body, dep.target, response_id, created)
-            progress.usage = translator.usage_of(completion)
-            progress.finish_reason = _finish_reason(completion)
-            return completion if isinstance(completion, bytes) else _JSON.encode(completion)
-        ureq = translator.chat_request(req.chat, dep.target, stream=True)
-        async with self._upstream.stream(ureq, dep.timeout_s, dep.connect_timeout_s, dep.limits) as upstream:
-            progress.headers = upstream.headers
-            if upstream.status >= 400:
-                raise translator.parse_error(upstream.status, await upstream.read(), upstream.headers)
-            stream = translator.open_stream(dep.target, response_id, created)
-            parser = translator.stream_parser(dep.limits.max_event_bytes)
-            async for raw in upstream.chunks():
-                # everything one network read carried goes to the client in one message
-                await self._emit(req, [c for e in parser.feed(raw) for c in stream.feed(e)], send, progress, started)
-                if stream.done():
-                    break
-            tail = [c for e in parser.close() for c in stream.feed(e)]
-            await self._emit(req, tail + stream.finish(), send, progress, started)
-            progress.usage = stream.usage or progress.usage
-            progress.finish_reason = stream.finish_reason or progress.finish_reason
-        return b""
-
-    async def _emit(
-        self, req: ChatRequest, chunks: list[JsonObj | bytes], send: Send, progress: _Progress, started: float
-    ) -> None:
-        out: list[bytes] = []
-        if chunks and not progress.sent:
-            _check_first(chunks[0])
-        for chunk in chunks:
-            if _is_usage_only(chunk):
-                progress.usage = openai_usage(chunk) or progress.usage
-                if not req.include_usage:
-                    continue
-            out.append(chunk if isinstance(chunk, bytes) else _JSON.encode(chunk))
-        if not out:
-            return
-        deployment = model = ""
-        if not progress.sent:
-            deployment, model = progress.first()
-            progress.ttft_ms = (time.monotonic() - started) * 1000
-        progress.sent += len(out)
-        await send(Chunk(out[0], deployment, model) if len(out) == 1 else ChunkBatch(out, deployment, model))
-
 
 def _attempt_record(
     dep: Deployment,
@@ -554,7 +383,7 @@ def _attempt_record(
     model: str,
     why: str,
     delay_ms: float = 0.0,
-    progress: _Progress | None = None,
+    progress: Progress | None = None,
 ) -> Attempt:
     return Attempt(
         provider=dep.target.provider,
@@ -598,33 +427,8 @@ def _max_output(chat: ChatCompletionRequest) -> int | None:
     return chat.max_completion_tokens or chat.max_tokens
 
 
-def _estimate(req: ChatRequest, progress: _Progress) -> Usage:
+def _estimate(req: ChatRequest, progress: Progress) -> Usage:
     """Usage when the provider reported none (the stream was cut): the prompt estimated from its text,
     one output token per chunk relayed (what OpenAI-style streams send)."""
     prompt = estimate_prompt_tokens(req.chat) if req.chat is not None else 0
     return Usage(input_tokens=prompt, output_tokens=progress.sent)
-
-
-def _finish_reason(completion: JsonObj | bytes) -> str:
-    """The first finish reason of a completion: the provider's bytes, or a translator's dict. A body that is
-    no chat completion at all (a proxy's HTML error page with status 200) is the upstream's failure."""
-    try:
-        if isinstance(completion, bytes):
-            parsed = COMPLETION.decode(completion)
-        else:
-            parsed = msgspec.convert(completion, ChatCompletion)
-    except msgspec.MsgspecError as exc:
-        raise UpstreamError("The upstream provider sent an answer that is not a chat completion.") from exc
-    return next((c.finish_reason for c in parsed.choices if c.finish_reason), "")
-
-
-def _check_first(chunk: JsonObj | bytes) -> None:
-    """The first chunk of a stream must be a JSON object, or the stream is the upstream's failure (and
-    another deployment may still answer: nothing reached the client)."""
-    if isinstance(chunk, bytes):
-        try:
-            decoded = msgspec.json.decode(chunk)
-        except msgspec.DecodeError:
-            decoded = None
-        if not isinstance(decoded, dict):
-            raise UpstreamError("The upstream provider sent a stream event that is not JSON.")

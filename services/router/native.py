@@ -76,7 +76,7 @@ PROTOCOLS: dict[str, NativeProtocol] = {
 
 
 class Progress(Protocol):
-    """What the dispatcher tracks of one attempt (services.router.dispatch._Progress)."""
+    """What the dispatcher tracks of one attempt (services.router.attempt.Progress)."""
 
     sent: int
     ttft_ms: float
