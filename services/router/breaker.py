@@ -107,8 +107,8 @@ class Breaker:
 
     # ---- what another replica learnt --------------------------------------------------------------
     def apply(self, health: DeploymentHealth, me: str) -> None:
-        if health.by == me and health.state == self.state:
-            return  # our own word, echoed by the store
+        if health.by == me:
+            return  # our own word, echoed by the store (applied when it was said; it may be stale by now)
         self.probing = False
         if health.state == "healthy":
             self._close()
