@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from decimal import Decimal
-from importlib.metadata import PackageNotFoundError, version
 
 import msgspec
 from genai_prices import Usage as PriceUsage
 from genai_prices import calc_price
 
-from shared.pricing import Rates, Tokens, cost
+from shared.pricing import PRICE_PROVIDER, PRICES_VERSION, Rates, Tokens, cost, when
 from shared.schemas.events import AuditEvent, BudgetAlert, GuardEvent, RequestEvent
 from shared.subjects import Subjects
 
@@ -60,25 +58,7 @@ COLUMNS: dict[str, tuple[str, ...]] = {
     BUDGET_ALERTS: ALERT_COLUMNS,
 }
 
-# provider kinds (config) → provider ids in genai-prices
-_PRICE_PROVIDER = {
-    "openai": "openai",
-    "azure": "azure",
-    "anthropic": "anthropic",
-    "gemini": "google",
-    "mistral": "mistral",
-    "bedrock": "aws",
-    "cohere": "cohere",
-}
-
-try:
-    PRICES_VERSION = f"genai-prices {version('genai-prices')}"
-except PackageNotFoundError:  # pragma: no cover - the package is a dependency
-    PRICES_VERSION = "genai-prices ?"
-
 _U16, _U32, _I32 = 2**16 - 1, 2**32 - 1, 2**31 - 1
-# DateTime64(3) holds 1900..2299; a clock that far off is a bug upstream, but the record is still kept
-_MAX_TS = 7_258_118_399.0  # 2199-12-31
 
 
 class BadEvent(ValueError):
@@ -131,7 +111,7 @@ def price(event: RequestEvent, provider_kind: str = "", rates: Rates | None = No
                 web_searches=max(usage.web_search_requests, 0) or None,
             ),
             model_ref=model,
-            provider_id=_PRICE_PROVIDER.get(provider_kind),
+            provider_id=PRICE_PROVIDER.get(provider_kind),
             genai_request_timestamp=_ts(event.received_at),
         )
     except LookupError:
@@ -142,9 +122,8 @@ def price(event: RequestEvent, provider_kind: str = "", rates: Rates | None = No
 
 
 def _ts(unix: float) -> datetime:
-    if not math.isfinite(unix):
-        unix = 0.0
-    return datetime.fromtimestamp(min(max(unix, 0.0), _MAX_TS), tz=UTC)
+    # DateTime64(3) holds 1900..2299; a clock that far off is a bug upstream, but the record is still kept
+    return when(unix)
 
 
 def _clamp(value: int, high: int, low: int = 0) -> int:
