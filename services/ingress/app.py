@@ -14,6 +14,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import asynccontextmanager
 
+import msgspec
 from faststream.nats import NatsBroker
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -70,6 +71,8 @@ log = logging.getLogger("gatehouse.ingress")
 _SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 # how long a request whose client left waits for the router's final word (its usage so far)
 CANCEL_GRACE_S = 2.0
+# the longest `user` a request may name for its record
+MAX_USER_CHARS = 128
 # chunks a stream may run past the output its budget reservation covers before it is cut (chunks and
 # tokens do not map one to one; the provider's own max_tokens normally ends it first)
 STREAM_SLACK_CHUNKS = 16
@@ -268,6 +271,10 @@ class Gateway:
             if native and not native.untranslatable and native.protocol not in self.native_protocols[target.name]:
                 native = None  # no deployment takes the client's own body: only its translation travels
             chat = parsed.chat
+            if chat is not None and not ent.caller.user and (chat.user or chat.safety_identifier):
+                # a key without an owner: the request's own `user` attributes it in the records
+                who = (chat.user or chat.safety_identifier or "")[:MAX_USER_CHARS]
+                record.caller = msgspec.structs.replace(ent.caller, user=who)
             if chat is not None:
                 policed = apply_params(chat, ent.params)
                 if policed is not chat and native is not None and not native.untranslatable:
@@ -283,7 +290,7 @@ class Gateway:
                 request_id=record.request_id,
                 api=api.bus_api,
                 model=parsed.model,
-                caller=ent.caller,
+                caller=record.caller,
                 chat=chat,
                 embeddings=parsed.embeddings,
                 native=native,
