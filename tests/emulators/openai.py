@@ -6,7 +6,8 @@ deterministically, streams `chat.completion.chunk` SSE ending in `data: [DONE]` 
 when `stream_options.include_usage` is set), emits tool calls when tools are offered and the prompt
 mentions the weather, and simulates failures by model name: `err-<status>` answers that status with
 OpenAI's error JSON (429 also sends Retry-After), `slow-<ms>` waits before answering, `drip-<ms>` streams
-one word every <ms> (a stream the client leaves midway is noted in `app.state.abandoned` with the time).
+one word every <ms> (a stream the client leaves midway is noted in `app.state.abandoned` with the time),
+`big-<bytes>` answers a reply text of that many bytes (an upstream answer larger than a provider allows).
 The Responses API lives in `openai_responses`. Every request's path, headers and body are recorded
 (`app.state.requests`).
 """
@@ -119,6 +120,9 @@ def create_app() -> Starlette:
         text = "Emulated OpenAI reply to: " + " ".join(prompt.split()[:20])
         if messages[-1].get("role") == "tool":
             text = "Emulated OpenAI answer from the tool result: " + str(messages[-1].get("content"))
+        if model.startswith("big-"):
+            size = int(model[4:])
+            text = ("big " * (size // 4 + 1))[:size]
         calls = _tool_calls(body, prompt)
         created = int(time.time())
         cid = f"chatcmpl-emu{created}-{len(request.app.state.requests)}"
