@@ -32,6 +32,7 @@ REQUEST_COLUMNS = (
     "received_at", "finished_at", "latency_ms", "ttft_ms", "upstream_ms", "request_bytes", "response_bytes",
     "tags", "cost_usd", "price_version", "reserved_cost_usd", "settled_cost_usd",
     "cache_write_tokens", "cache_write_1h_tokens", "web_search_requests",
+    "guard_replica", "router_replica",
 )  # fmt: skip
 
 GUARD_COLUMNS = (
@@ -152,6 +153,7 @@ def request_row(event: RequestEvent, provider_kind: str = "") -> list[object]:
         p.cost_usd, p.version, None, p.cost_usd,
         _clamp(u.cache_write_tokens, _U32) if u else 0, _clamp(u.cache_write_1h_tokens, _U32) if u else 0,
         _clamp(u.web_search_requests, _U32) if u else 0,
+        event.guard_replica, event.router_replica,
     ]  # fmt: skip
 
 

@@ -72,6 +72,8 @@ class RequestRecord:
             tags=self.tags,
             provider_kind=outcome.provider_kind,
             usage_estimated=outcome.usage_estimated,
+            guard_replica=guard.replica if guard else "",
+            router_replica=outcome.replica,
         )
 
 
