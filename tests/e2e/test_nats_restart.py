@@ -1,7 +1,8 @@
 """nats-server dies under `gatehouse up`: the launcher restarts it on the same port, data dir and config,
 the services reconnect (none is restarted), /healthz shows the outage meanwhile, and under load no request
-hangs: each one completes or gets a clean 502/503, the stack serves again afterwards, and ClickHouse holds
-exactly one row for each response the clients saw (by request id: nothing lost, nothing duplicated)."""
+hangs: each one completes or gets a clean 502/503 (large requests sent during the outage included), the stack
+serves again afterwards, and ClickHouse holds exactly one row for each response the clients saw (by request
+id: nothing lost, nothing duplicated)."""
 
 from __future__ import annotations
 
@@ -29,6 +30,9 @@ KILL_AT_S = 4.0
 # nats-server stays down this long before the supervisor may restart it: longer than the heartbeat timeout,
 # so requests caught by the kill end (502) while NATS is still away and their records must take the spool
 OUTAGE_S = 4.0
+# every fifth request sent while nats-server is away carries a prompt this large: together more than a NATS
+# client buffers for a reconnect (2 MiB), as a few large requests during an outage are
+LARGE_PROMPT_BYTES = 512 * 1024
 CLIENT_TIMEOUT_S = 30.0  # far above what any clean answer takes: hitting it means a request hung
 
 
@@ -107,11 +111,14 @@ async def load(stack: Stack, killed: threading.Event, release: threading.Event) 
 
     async def one(client: httpx.AsyncClient, i: int) -> tuple[int | str, str]:
         await asyncio.sleep(i / RATE)
+        prompt = f"request {i}"
+        if killed.is_set() and not release.is_set() and i % 5 == 0:
+            prompt += " padding" * (LARGE_PROMPT_BYTES // 8)
         try:
             r = await client.post(
                 f"{stack.ingress_url}/v1/chat/completions",
                 headers={"Authorization": f"Bearer {KEY}", "x-gatehouse-tag-phase": "load"},
-                json={"model": "mock-1", "messages": [{"role": "user", "content": f"request {i}"}]},
+                json={"model": "mock-1", "messages": [{"role": "user", "content": prompt}]},
             )
         except httpx.HTTPError as exc:
             return type(exc).__name__, ""
