@@ -68,6 +68,15 @@ def served_by(stack: Stack, ids: list[str], timeout: float = 30.0) -> Counter[tu
         time.sleep(0.3)
 
 
+def children(stack: Stack) -> str:
+    """Each replica's state and last log lines, for a failure message."""
+    return "\n".join(
+        f"--- {c.name} (exit {c.process.poll() if c.process else None}):\n{c.log_path.read_text()[-1500:]}"
+        for c in stack.children
+        if c.service in ("guard", "router")
+    )
+
+
 def test_two_replicas_per_stage_and_one_lost(replicated: Stack) -> None:
     routers = [c for c in replicated.children if c.service == "router"]
     guards = [c for c in replicated.children if c.service == "guard"]
@@ -79,7 +88,7 @@ def test_two_replicas_per_stage_and_one_lost(replicated: Stack) -> None:
         before: Counter[tuple[str, str]] = Counter()
         deadline = time.monotonic() + 60
         while {g for g, _ in before} != GUARDS or {r for _, r in before} != ROUTERS:
-            assert time.monotonic() < deadline, f"not every replica served: {before}"
+            assert time.monotonic() < deadline, f"not every replica served: {before}\n{children(replicated)}"
             before += served_by(replicated, [chat(client, replicated) for _ in range(20)])
         assert set(before) <= {(g, r) for g in GUARDS for r in ROUTERS}, before
         # one replica of each stage dies; the queue groups carry on with the other
@@ -88,4 +97,4 @@ def test_two_replicas_per_stage_and_one_lost(replicated: Stack) -> None:
             child.process.send_signal(signal.SIGKILL)
             child.process.wait(10)
         after = served_by(replicated, [chat(client, replicated) for _ in range(20)])
-        assert after == Counter({("guard-1", "router-1"): 20}), after
+        assert after == Counter({("guard-1", "router-1"): 20}), f"{after}\n{children(replicated)}"
