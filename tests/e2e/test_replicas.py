@@ -53,7 +53,7 @@ def chat(client: httpx.Client, stack: Stack) -> str:
     return r.headers["x-request-id"]
 
 
-def served_by(stack: Stack, ids: list[str], timeout: float = 30.0) -> Counter[tuple[str, str]]:
+def served_by(stack: Stack, ids: list[str], timeout: float = 60.0) -> Counter[tuple[str, str]]:
     """(guard replica, router replica) → requests, from the records of `ids` (polled until all are in)."""
     assert stack.nats is not None
     listed = ", ".join(f"'{i}'" for i in ids)
