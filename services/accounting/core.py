@@ -32,6 +32,7 @@ REQUEST_COLUMNS = (
     "tags", "cost_usd", "price_version", "reserved_cost_usd", "settled_cost_usd",
     "cache_write_tokens", "cache_write_1h_tokens", "web_search_requests",
     "org", "provider_kind", "usage_estimated",
+    "guard_replica", "router_replica",
 )  # fmt: skip
 
 AUDIT_LOG = "audit_log"
@@ -161,6 +162,7 @@ def request_row(event: RequestEvent, provider_kind: str = "", rates: Rates | Non
         _clamp(u.cache_write_tokens, _U32) if u else 0, _clamp(u.cache_write_1h_tokens, _U32) if u else 0,
         _clamp(u.web_search_requests, _U32) if u else 0,
         c.org, provider_kind, event.usage_estimated,
+        event.guard_replica, event.router_replica,
     ]  # fmt: skip
 
 

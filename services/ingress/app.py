@@ -16,6 +16,7 @@ from contextlib import asynccontextmanager
 
 import msgspec
 from faststream.nats import NatsBroker
+from nats.errors import ConnectionClosedError, ConnectionDrainingError, OutboundBufferLimitError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
@@ -385,9 +386,14 @@ class Gateway:
             headers[TRACEPARENT] = req.trace_id
         handed_over = False
         try:
-            await self.broker.connection.publish(
-                self.subjects.guard_chat.name, self.subjects.guard_chat.encode(req), reply=inbox, headers=headers
-            )
+            try:
+                await self.broker.connection.publish(
+                    self.subjects.guard_chat.name, self.subjects.guard_chat.encode(req), reply=inbox, headers=headers
+                )
+            except (OutboundBufferLimitError, ConnectionClosedError, ConnectionDrainingError) as exc:
+                # NATS is away and what the client buffers for the reconnect is full (or the connection is
+                # closing): the request cannot go out now, which the client may retry; not an internal error
+                raise ServiceUnavailableError("The gateway's message bus is unavailable; try again shortly.") from exc
             try:
                 first = await self._next(queue, record, "guard")
                 parts: list[bytes] = []

@@ -100,7 +100,7 @@ def create_app(settings: RouterSettings) -> FastStream:
     # per-message log lines are emitted at DEBUG so they cost nothing at the default level
     broker = nats_broker(settings.nats_link("router"))
     upstream = Upstream(max_connections=settings.router_max_connections, mock=MockTransport(mock_behaviours(config)))
-    dispatcher = Dispatcher(build_routes(config, os.environ), upstream, registry)
+    dispatcher = Dispatcher(build_routes(config, os.environ), upstream, registry, settings.replica)
     handlers = RouterHandlers(broker, dispatcher, subjects, settings.router_heartbeat_s)
     chat = subjects.router_chat
     worker = QueueWorker(chat.name, chat.queue, handlers.on_request, settings.router_max_concurrency)

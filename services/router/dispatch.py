@@ -51,11 +51,18 @@ class _Progress:
 
 
 class Dispatcher:
-    def __init__(self, routes: Mapping[str, Route], upstream: Upstream, translators: Mapping[str, Translator]) -> None:
+    def __init__(
+        self,
+        routes: Mapping[str, Route],
+        upstream: Upstream,
+        translators: Mapping[str, Translator],
+        replica: str = "",
+    ) -> None:
         self._routes = routes
         self._upstream = upstream
         self._translators = translators
         self._native = native.NativeCaller(upstream, translators)
+        self._replica = replica  # named in every Outcome, so a record says which router replica served it
 
     async def serve(self, req: ChatRequest, send: Send) -> None:
         started = time.monotonic()
@@ -67,7 +74,7 @@ class Dispatcher:
             if req.deadline and time.time() >= req.deadline:
                 raise GatewayTimeoutError("The request's deadline passed before it could be dispatched.")
         except GatewayError as exc:
-            await send(Result(outcome=Outcome(), error=exc.info()))
+            await send(Result(outcome=Outcome(replica=self._replica), error=exc.info()))
             return
         last: GatewayError | None = None
         last_dep = route.deployments[0]
@@ -122,7 +129,7 @@ class Dispatcher:
     ) -> Result:
         """The Result when no attempt succeeded (`native`: the provider's own error already reached the client)."""
         if not attempts and req.native is not None:
-            return Result(outcome=Outcome(), error=native.unserved(req.native, req.model).info())
+            return Result(outcome=Outcome(replica=self._replica), error=native.unserved(req.native, req.model).info())
         error = last.info() if last else GatewayError("No deployment could serve the request.").info()
         outcome = self._outcome(dep, _Progress(), attempts, started)
         return Result(outcome=outcome, error=error, native=progress.relayed_error)
@@ -138,6 +145,7 @@ class Dispatcher:
             attempts=attempts,
             upstream_ms=(time.monotonic() - started) * 1000,
             ttft_ms=progress.ttft_ms,
+            replica=self._replica,
         )
 
     async def _attempt(
