@@ -3,8 +3,8 @@
 Starts the stack (`gatehouse up` code, full pipeline: guard, router, accounting, chDB) with two ingress
 replicas and a priced mock model, creates through the admin API
 - a plain virtual key (no limits: authentication only, no counters), and
-- a governed key: rpm, tpm and concurrency quotas and a hard monthly budget at the key and at its team
-  (so each request increments 2 quota counters, 1 concurrency counter and 2 budget counters),
+- a governed key: by default a hard monthly budget and a requests-per-minute quota (`--limits all` adds
+  tokens per minute and concurrency; `--team-limits` puts the same on its team, doubling the counters),
 then measures, interleaved so that machine noise hits both alike:
 1. latency: sequential requests alternating plain/governed, `--requests` of each; medians and p99;
 2. throughput: `--concurrency` clients for `--seconds` on each key across both replicas (budget
@@ -43,6 +43,17 @@ models:
     deployments: [{provider: mock, model: bench, price: {input_per_mtok: 0.15, output_per_mtok: 0.6}}]
 guardrails: {default_policy: none, policies: {none: {}}}
 """
+# what the governed key carries: a budget and a rate limit (the issue's "budgeted, rate-limited key"), every
+# quota, or one of them alone (to see what each costs)
+LIMITS: dict[str, dict[str, object]] = {
+    "budget+rpm": {"quotas": {"rpm": 10_000_000}, "budgets": [{"amount_usd": 1_000_000, "period": "monthly"}]},
+    "all": {
+        "quotas": {"rpm": 10_000_000, "tpm": 1_000_000_000, "max_concurrency": 100_000},
+        "budgets": [{"amount_usd": 1_000_000, "period": "monthly"}],
+    },
+    "rpm": {"quotas": {"rpm": 10_000_000}},
+    "budget": {"budgets": [{"amount_usd": 1_000_000, "period": "monthly"}]},
+}
 BODY = {"model": "bench", "messages": [{"role": "user", "content": "hello from the benchmark"}], "max_tokens": 16}
 
 
@@ -100,12 +111,12 @@ def run_once(args: argparse.Namespace, tmp: Path) -> dict[str, float]:
         assert stack.wait_ready(120), "stack did not start"
         admin = {"authorization": f"Bearer {stack.admin_key_file.read_text().strip()}"}
         base = f"{stack.ingress_url}/admin/v1"
-        big = {"quotas": {"rpm": 10_000_000, "tpm": 1_000_000_000, "max_concurrency": 100_000},
-               "budgets": [{"amount_usd": 1_000_000, "period": "monthly"}]}  # fmt: skip
+        limits = LIMITS[args.limits]
+        team_limits = limits if args.team_limits else {}
         httpx.post(f"{base}/teams", json={"id": "plain"}, headers=admin).raise_for_status()
-        httpx.post(f"{base}/teams", json={"id": "gov", "limits": big}, headers=admin).raise_for_status()
+        httpx.post(f"{base}/teams", json={"id": "gov", "limits": team_limits}, headers=admin).raise_for_status()
         plain = httpx.post(f"{base}/keys", json={"team": "plain"}, headers=admin).json()["secret"]
-        governed = httpx.post(f"{base}/keys", json={"team": "gov", "limits": big}, headers=admin).json()["secret"]
+        governed = httpx.post(f"{base}/keys", json={"team": "gov", "limits": limits}, headers=admin).json()["secret"]
         urls = stack.ingress_urls
         for secret in (plain, governed):  # both replicas know both keys
             for url in urls:
@@ -137,6 +148,10 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--limits", choices=sorted(LIMITS), default="budget+rpm", help="what the governed key carries")
+    parser.add_argument(
+        "--team-limits", action="store_true", help="the same limits on its team too (twice the counters)"
+    )
     args = parser.parse_args()
     results: list[dict[str, float]] = []
     for run in range(args.runs):

@@ -116,7 +116,8 @@ class Stack:
         for service in SERVICES:
             for i in range(self.replicas.get(service, 1)):
                 env = service_env(service, os.environ, config, self._launcher_env(service, i))
-                child = Child(service, i, env, logs / f"{service}-{i}.log")
+                # each replica names itself in the records it contributes to, as its log file is named
+                child = Child(service, i, {**env, "GATEHOUSE_REPLICA": f"{service}-{i}"}, logs / f"{service}-{i}.log")
                 child.start()
                 self.children.append(child)
         self._write_state()

@@ -12,14 +12,17 @@ the stream's duplicate window), which makes settlements idempotent.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import msgspec
 from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 from nats.errors import Error as NatsError
-from nats.errors import TimeoutError as NatsTimeoutError
 
 from shared.subjects import Subjects
 
@@ -51,35 +54,111 @@ class Count:
     duplicate: bool = False  # the increment had been applied before (same Nats-Msg-Id)
 
 
+@dataclass(frozen=True, slots=True)
+class Op:
+    """One increment: add `delta` to `subject` (0 reads it), once per `msg_id` when one is given."""
+
+    subject: str
+    delta: int
+    msg_id: str = ""
+
+
 class Counters:
-    """Increment and read counters over one NATS connection."""
+    """Increment and read counters over one NATS connection.
+
+    `add_many` sends a request's increments together and waits for all their answers on one reply
+    subscription of its own: no task, timer or inbox per increment (the hot path pays a few µs each,
+    not the ~50 µs of a plain NATS request)."""
 
     def __init__(self, nc: Client, timeout_s: float = 2.0) -> None:
         self._nc = nc
         self._timeout = timeout_s
+        self._waiting: dict[str, asyncio.Future[Msg]] = {}
+        self._inbox = ""
+        self._sub: Subscription | None = None
+        self._next = 0
+
+    async def _reply_inbox(self) -> str:
+        if self._sub is None:
+            self._inbox = self._nc.new_inbox()
+            self._sub = await self._nc.subscribe(f"{self._inbox}.*", cb=self._on_reply)
+        return self._inbox
+
+    async def _on_reply(self, msg: Msg) -> None:
+        future = self._waiting.pop(msg.subject[len(self._inbox) + 1 :], None)
+        if future is not None and not future.done():
+            future.set_result(msg)
 
     async def add(self, subject: str, delta: int, msg_id: str = "") -> Count:
-        headers = {INCR: f"{delta:+d}"}
-        if msg_id:
-            headers[MSG_ID] = msg_id
+        [result] = await self.add_many([Op(subject, delta, msg_id)])
+        if isinstance(result, BaseException):
+            raise result
+        return result
+
+    async def add_many(self, ops: Sequence[Op]) -> list[Count | CounterError]:
+        """Send every increment at once; each answer (or the error that stands for it), in order."""
+        if not ops:
+            return []
+        loop = asyncio.get_running_loop()
         try:
-            msg = await self._nc.request(subject, b"", timeout=self._timeout, headers=headers)
-        except (NatsError, NatsTimeoutError, TimeoutError, OSError) as exc:
-            raise CounterError(f"counter {subject}: {type(exc).__name__}") from exc
+            inbox = await self._reply_inbox()
+        except (NatsError, OSError) as exc:
+            return [CounterError(f"counter {op.subject}: {type(exc).__name__}") for op in ops]
+        futures: list[asyncio.Future[Msg]] = []
+        tokens: list[str] = []
+        errors: dict[int, CounterError] = {}
+        for i, op in enumerate(ops):
+            self._next += 1
+            token = str(self._next)
+            headers = {INCR: f"{op.delta:+d}"}
+            if op.msg_id:
+                headers[MSG_ID] = op.msg_id
+            future: asyncio.Future[Msg] = loop.create_future()
+            self._waiting[token] = future
+            tokens.append(token)
+            futures.append(future)
+            try:
+                await self._nc.publish(op.subject, b"", reply=f"{inbox}.{token}", headers=headers)
+            except (NatsError, OSError) as exc:
+                errors[i] = CounterError(f"counter {op.subject}: {type(exc).__name__}")
+                future.cancel()
         try:
-            ack = _ACK.decode(msg.data)
-        except msgspec.DecodeError as exc:
-            raise CounterError(f"counter {subject}: unreadable answer") from exc
-        if ack.error is not None:
-            raise CounterError(f"counter {subject}: {ack.error.get('description', 'error')}")
-        if ack.duplicate:
-            return Count(0, duplicate=True)
-        if ack.val is None:
-            raise CounterError(f"counter {subject}: no value in the answer")
-        return Count(int(ack.val))
+            async with asyncio.timeout(self._timeout):
+                await asyncio.wait([f for f in futures if not f.done()] or futures)
+        except TimeoutError:
+            pass
+        finally:
+            for token in tokens:
+                self._waiting.pop(token, None)
+        out: list[Count | CounterError] = []
+        for i, (op, future) in enumerate(zip(ops, futures, strict=True)):
+            if i in errors:
+                out.append(errors[i])
+            elif not future.done() or future.cancelled():
+                future.cancel()
+                out.append(CounterError(f"counter {op.subject}: no answer within {self._timeout:g}s"))
+            else:
+                out.append(_count(op.subject, future.result()))
+        return out
 
     async def read(self, subject: str) -> int:
         return (await self.add(subject, 0)).value
+
+
+def _count(subject: str, msg: Msg) -> Count | CounterError:
+    if not msg.data and msg.headers and msg.headers.get("Status") == "503":
+        return CounterError(f"counter {subject}: no stream holds this counter")
+    try:
+        ack = _ACK.decode(msg.data)
+    except msgspec.DecodeError:
+        return CounterError(f"counter {subject}: unreadable answer")
+    if ack.error is not None:
+        return CounterError(f"counter {subject}: {ack.error.get('description', 'error')}")
+    if ack.duplicate:
+        return Count(0, duplicate=True)
+    if ack.val is None:
+        return CounterError(f"counter {subject}: no value in the answer")
+    return Count(int(ack.val))
 
 
 def _stream(name: str, subjects: list[str], **extra: object) -> bytes:

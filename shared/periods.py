@@ -7,6 +7,7 @@ Monday, a month on the 1st); `total` never ends. Quota windows are fixed UTC min
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from functools import lru_cache
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from shared.governance import Period
@@ -25,7 +26,13 @@ def period_key(period: Period, now: float, tz: str = "UTC") -> str:
     """A short token naming the period `now` is in (it names a NATS subject): d20261202, w2026-49, m202612."""
     if period == "total":
         return "total"
-    local = datetime.fromtimestamp(now, zone(tz))
+    # periods begin on a minute in every time zone: one computation per minute (the hot path asks per request)
+    return _period_key(period, int(now // MINUTE), tz)
+
+
+@lru_cache(maxsize=256)
+def _period_key(period: Period, minute: int, tz: str) -> str:
+    local = datetime.fromtimestamp(minute * MINUTE, zone(tz))
     if period == "daily":
         return local.strftime("d%Y%m%d")
     if period == "weekly":

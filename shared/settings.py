@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import socket
+
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -32,6 +35,9 @@ class ServiceSettings(BaseSettings):
     spool_fsync_s: float = Field(default=1.0, ge=0)
     # events waiting for JetStream in memory before they overflow to the spool
     events_max_in_memory: int = Field(default=10_000, gt=0)
+    # this process's name in the records it contributes to (which replica served a request): by default
+    # the host name (a pod's name in Kubernetes) and process id; the launcher names its children `<service>-<n>`
+    replica: str = Field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}", min_length=1)
 
     @property
     def nats_servers(self) -> list[str]:

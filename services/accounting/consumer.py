@@ -309,28 +309,27 @@ class EventConsumer:
         retrying while the counters are away; False if asked to stop first (nothing is acked then)."""
         if self._reservations is None:
             return True
-        todo = [i for i in items if isinstance(i.event, RequestEvent) and i.event.reservation is not None]
-        if not todo:
+        records = [
+            (i.event, cost if isinstance(cost := i.row[_SETTLED_COST], float) else None)
+            for i in items
+            if isinstance(i.event, RequestEvent) and i.event.reservation is not None
+        ]
+        if not records:
             return True
         with contextlib.suppress(TimeoutError):
             # the mirror of settled/released states first, so a redelivered record is never settled twice
             await asyncio.wait_for(self._reservations.caught_up.wait(), self._retry[1])
         delay = self._retry[0]
-        while todo:
-            item = todo[0]
-            assert isinstance(item.event, RequestEvent)
-            cost = item.row[_SETTLED_COST]
+        while True:
             try:
-                await self._reservations.settle(item.event, cost if isinstance(cost, float) else None)
+                await self._reservations.settle_many(records)
+                return True
             except Exception as exc:
-                log.error("settling request %s failed (%s); retrying", item.event.request_id, _first_line(exc))
+                log.error("settling %d requests failed (%s); retrying", len(records), _first_line(exc))
                 if self._stopping.is_set():
                     return False
                 await self._pause(delay)
                 delay = min(delay * 2, self._retry[1])
-                continue
-            todo.pop(0)
-        return True
 
     async def _store(self, items: list[Item]) -> list[Item] | None:
         """Store `items`, retrying while ClickHouse fails; the stored ones, or None if asked to stop first.

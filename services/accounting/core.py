@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from decimal import Decimal
-from importlib.metadata import PackageNotFoundError, version
 
 import msgspec
 from genai_prices import Usage as PriceUsage
 from genai_prices import calc_price
 
-from shared.pricing import Rates, Tokens, cost
+from shared.pricing import PRICE_PROVIDER, PRICES_VERSION, Rates, Tokens, cost, when
 from shared.schemas.events import AuditEvent, BudgetAlert, GuardEvent, RequestEvent
 from shared.subjects import Subjects
 
@@ -34,6 +32,7 @@ REQUEST_COLUMNS = (
     "tags", "cost_usd", "price_version", "reserved_cost_usd", "settled_cost_usd",
     "cache_write_tokens", "cache_write_1h_tokens", "web_search_requests",
     "org", "provider_kind", "usage_estimated",
+    "guard_replica", "router_replica",
     "attempts.model", "attempts.route", "attempts.retry_delay_ms", "attempts.ttft_ms",
     "route_strategy", "answered_model",
 )  # fmt: skip
@@ -62,26 +61,7 @@ COLUMNS: dict[str, tuple[str, ...]] = {
     BUDGET_ALERTS: ALERT_COLUMNS,
 }
 
-# provider kinds (config) → provider ids in genai-prices
-_PRICE_PROVIDER = {
-    "openai": "openai",
-    "azure": "azure",
-    "anthropic": "anthropic",
-    "gemini": "google",
-    "mistral": "mistral",
-    "bedrock": "aws",
-    "cohere": "cohere",
-    "vertex": "google",
-}
-
-try:
-    PRICES_VERSION = f"genai-prices {version('genai-prices')}"
-except PackageNotFoundError:  # pragma: no cover - the package is a dependency
-    PRICES_VERSION = "genai-prices ?"
-
 _U16, _U32, _I32 = 2**16 - 1, 2**32 - 1, 2**31 - 1
-# DateTime64(3) holds 1900..2299; a clock that far off is a bug upstream, but the record is still kept
-_MAX_TS = 7_258_118_399.0  # 2199-12-31
 
 
 class BadEvent(ValueError):
@@ -134,7 +114,7 @@ def price(event: RequestEvent, provider_kind: str = "", rates: Rates | None = No
                 web_searches=max(usage.web_search_requests, 0) or None,
             ),
             model_ref=model,
-            provider_id=_PRICE_PROVIDER.get(provider_kind),
+            provider_id=PRICE_PROVIDER.get(provider_kind),
             genai_request_timestamp=_ts(event.received_at),
         )
     except LookupError:
@@ -145,9 +125,8 @@ def price(event: RequestEvent, provider_kind: str = "", rates: Rates | None = No
 
 
 def _ts(unix: float) -> datetime:
-    if not math.isfinite(unix):
-        unix = 0.0
-    return datetime.fromtimestamp(min(max(unix, 0.0), _MAX_TS), tz=UTC)
+    # DateTime64(3) holds 1900..2299; a clock that far off is a bug upstream, but the record is still kept
+    return when(unix)
 
 
 def _clamp(value: int, high: int, low: int = 0) -> int:
@@ -185,6 +164,7 @@ def request_row(event: RequestEvent, provider_kind: str = "", rates: Rates | Non
         _clamp(u.cache_write_tokens, _U32) if u else 0, _clamp(u.cache_write_1h_tokens, _U32) if u else 0,
         _clamp(u.web_search_requests, _U32) if u else 0,
         c.org, provider_kind, event.usage_estimated,
+        event.guard_replica, event.router_replica,
         [x.model for x in a], [x.route for x in a], [x.retry_delay_ms for x in a], [x.ttft_ms for x in a],
         event.route_strategy, event.answered_model,
     ]  # fmt: skip

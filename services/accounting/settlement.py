@@ -24,7 +24,7 @@ import logging
 import math
 import time
 import uuid
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Sequence
 
 import httpx
 import msgspec
@@ -34,7 +34,7 @@ from nats.js import JetStreamContext
 from nats.js.api import DeliverPolicy
 
 from shared.bus import MSG_ID
-from shared.counters import Counters
+from shared.counters import Count, CounterError, Counters, Op
 from shared.schemas.chat import Hold, Reservation
 from shared.schemas.events import BudgetAlert, RequestEvent, ReservationState
 from shared.subjects import Subjects
@@ -122,28 +122,46 @@ class Reservations:
 
     # ---- settlement ----------------------------------------------------------------------------------
     async def settle(self, event: RequestEvent, cost_usd: float | None) -> None:
-        """Settle the reservation `event` carries to `cost_usd`; raises when a counter cannot be updated
-        (the caller retries: every step is idempotent)."""
-        reservation = event.reservation
-        if reservation is None or not reservation.holds:
-            return
-        rid = reservation.request_id
-        known = self.states.get(rid)
-        if known is not None and known.state == "settled":
-            return
-        released = known is not None and known.state == "released"
-        # unknown price (a soft budget on an unpriced model): count nothing rather than guess
-        actual = math.ceil((cost_usd or 0.0) * MICRO)
-        for i, hold in enumerate(reservation.holds):
-            delta = actual if released else actual - hold.micro_usd
-            await self._counters.add(hold.subject, delta, msg_id=f"settle.{rid}.{i}")
-            if hold.scope and hold.period_key:
-                settled = self._subjects.settled_counter(hold.scope, hold.period_key)
-                total = await self._counters.add(settled, actual, msg_id=f"settled.{rid}.{i}")
-                if not total.duplicate:
-                    await self._alert(hold, total.value - actual, total.value)
-        await self._note(reservation, "settled")
-        self.settled += 1
+        """Settle the reservation one record carries (see settle_many)."""
+        await self.settle_many([(event, cost_usd)])
+
+    async def settle_many(self, records: Sequence[tuple[RequestEvent, float | None]]) -> None:
+        """Settle the reservations these records carry to their actual costs, every counter increment of
+        the batch in one go; raises CounterError when one cannot be made (the caller retries the batch:
+        every increment is idempotent, and the states note which are done)."""
+        todo: list[tuple[Reservation, int, bool]] = []
+        for event, cost_usd in records:
+            reservation = event.reservation
+            if reservation is None or not reservation.holds:
+                continue
+            known = self.states.get(reservation.request_id)
+            if known is not None and known.state == "settled":
+                continue
+            # unknown price (a soft budget on an unpriced model): count nothing rather than guess
+            actual = math.ceil((cost_usd or 0.0) * MICRO)
+            todo.append((reservation, actual, known is not None and known.state == "released"))
+        ops: list[Op] = []
+        alerts: list[tuple[int, Hold, int]] = []  # (index of the settled-counter op, hold, actual)
+        for reservation, actual, released in todo:
+            rid = reservation.request_id
+            for i, hold in enumerate(reservation.holds):
+                delta = actual if released else actual - hold.micro_usd
+                ops.append(Op(hold.subject, delta, f"settle.{rid}.{i}"))
+                if hold.scope and hold.period_key:
+                    settled = self._subjects.settled_counter(hold.scope, hold.period_key)
+                    alerts.append((len(ops), hold, actual))
+                    ops.append(Op(settled, actual, f"settled.{rid}.{i}"))
+        results = await self._counters.add_many(ops)
+        failed = next((r for r in results if isinstance(r, CounterError)), None)
+        if failed is not None:
+            raise failed
+        for index, hold, actual in alerts:
+            total = results[index]
+            assert isinstance(total, Count)
+            if not total.duplicate:
+                await self._alert(hold, total.value - actual, total.value)
+        await asyncio.gather(*(self._note(reservation, "settled") for reservation, _, _ in todo))
+        self.settled += len(todo)
 
     async def _alert(self, hold: Hold, before: int, after: int) -> None:
         for pct in crossed(before, after, hold.amount_micro, hold.alerts):

@@ -69,8 +69,11 @@ def scan_answer(guard: Guard, data: bytes, subject: Service[ScanRequest, ScanRes
 class GuardHandlers:
     """The message handlers of one guard replica."""
 
-    def __init__(self, broker: NatsBroker, guard: Guard, subjects: Subjects, events: EventPublisher) -> None:
+    def __init__(
+        self, broker: NatsBroker, guard: Guard, subjects: Subjects, events: EventPublisher, replica: str = ""
+    ) -> None:
         self.broker = broker
+        self.replica = replica  # named in every verdict, so a record says which guard replica scanned it
         self.guard = guard
         self.subjects = subjects
         self.out_prefix = subjects.guard_output(uuid.uuid4().hex[:12])
@@ -96,7 +99,7 @@ class GuardHandlers:
         started = time.perf_counter_ns()
         checked = self.guard.check(req)
         us = (time.perf_counter_ns() - started) // 1000
-        summary = msgspec.structs.replace(checked.summary, scan_us=us)
+        summary = msgspec.structs.replace(checked.summary, scan_us=us, replica=self.replica)
         nc = self.broker.connection
         if checked.error is not None:
             await nc.publish(
@@ -125,7 +128,8 @@ def create_app(settings: GuardSettings) -> FastStream:
     config = load_config(settings.config)
     subjects = Subjects(settings.subject_prefix)
     broker = nats_broker(settings.nats_link("guard"))
-    handlers = GuardHandlers(broker, Guard(config), subjects, EventPublisher.from_settings(settings, "guard"))
+    events = EventPublisher.from_settings(settings, "guard")
+    handlers = GuardHandlers(broker, Guard(config), subjects, events, settings.replica)
     chat_in, scan = subjects.guard_chat, subjects.guard_scan
     worker = QueueWorker(chat_in.name, chat_in.queue, handlers.on_request, settings.guard_max_concurrency)
     scanner = QueueWorker(scan.name, scan.queue, handlers.on_scan, settings.guard_max_concurrency)

@@ -19,12 +19,11 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Awaitable
 from dataclasses import dataclass, field
 
 from services.ingress.directory import Entitlement, Scope
 from services.ingress.pricing import RoutePricing
-from shared.counters import Count, CounterError, Counters
+from shared.counters import Count, CounterError, Counters, Op
 from shared.errors import BudgetExceededError, RateLimitError, ServiceUnavailableError
 from shared.governance import Budget
 from shared.periods import period_end, period_key, window, window_reset
@@ -39,6 +38,7 @@ MIN_CLAMPED_TOKENS = 16
 # how long a tokens-per-minute total this replica learnt stays good enough to check against
 TPM_FRESH_S = 0.25
 TPM_CACHE_SIZE = 10_000
+_READ = CounterError("not read yet")  # marks a tokens window that needs a read in the batch
 
 
 @dataclass
@@ -84,7 +84,7 @@ class Governor:
         self._subjects = subjects
         self._fail_open = quotas_fail_open
         self._grace = reservation_grace_s
-        self._pending: set[asyncio.Task[object]] = set()
+        self._pending: set[asyncio.Future[None]] = set()
         self._tpm_seen: dict[str, tuple[int, float]] = {}  # tokens window → (total, when learnt)
 
     async def admit(self, ent: Entitlement, request_id: str, estimate: Estimate, deadline: float) -> Admitted:
@@ -99,17 +99,25 @@ class Governor:
         budgets = [(s, b) for s in ent.scopes for b in s.limits.budgets if b.hard]
         worst = estimate.cost() if budgets else 0.0
         worst_micro = math.ceil(worst * MICRO)
-        ops: list[Awaitable[Count]] = []
-        ops += [self._counters.add(self._subjects.quota_counter("rpm", s.name, minute), 1) for s, _ in rpm]
-        ops += [self._tokens_used(self._subjects.quota_counter("tpm", s.name, minute)) for s, _ in tpm]
-        ops += [self._counters.add(self._subjects.concurrency_counter(s.name), 1) for s, _ in conc]
+        # every counter of the request in one go: one round trip whatever the number of levels
+        tpm_subjects = [self._subjects.quota_counter("tpm", s.name, minute) for s, _ in tpm]
+        r_tpm: list[Count | CounterError] = [self._tpm_cached(subject) or _READ for subject in tpm_subjects]
         spend = [self._subjects.spend_counter(s.name, period_key(b.period, now, ent.timezone)) for s, b in budgets]
-        ops += [self._counters.add(subject, worst_micro) for subject in spend]
-        results = await asyncio.gather(*ops, return_exceptions=True)
+        ops = [Op(self._subjects.quota_counter("rpm", s.name, minute), 1) for s, _ in rpm]
+        ops += [Op(subject, 0) for subject, r in zip(tpm_subjects, r_tpm, strict=True) if r is _READ]
+        ops += [Op(self._subjects.concurrency_counter(s.name), 1) for s, _ in conc]
+        ops += [Op(subject, worst_micro) for subject in spend]
+        results = await self._counters.add_many(ops)
         r_rpm = results[: len(rpm)]
-        r_tpm = results[len(rpm) : len(rpm) + len(tpm)]
-        r_conc = results[len(rpm) + len(tpm) : len(rpm) + len(tpm) + len(conc)]
-        r_spend = results[len(rpm) + len(tpm) + len(conc) :]
+        n_reads = sum(r is _READ for r in r_tpm)
+        reads = iter(results[len(rpm) : len(rpm) + n_reads])
+        for i, subject in enumerate(tpm_subjects):
+            if r_tpm[i] is _READ:
+                r_tpm[i] = next(reads)
+                if isinstance(r_tpm[i], Count):
+                    self._tpm_seen[subject] = (r_tpm[i].value, time.monotonic())  # type: ignore[union-attr]
+        r_conc = results[len(rpm) + n_reads : len(rpm) + n_reads + len(conc)]
+        r_spend = results[len(rpm) + n_reads + len(conc) :]
         held_conc = [
             self._subjects.concurrency_counter(s.name)
             for (s, _), r in zip(conc, r_conc, strict=True)
@@ -164,11 +172,11 @@ class Governor:
     def _check_quotas(
         self,
         rpm: list[tuple[Scope, int]],
-        r_rpm: list[Count | BaseException],
+        r_rpm: list[Count | CounterError],
         tpm: list[tuple[Scope, int]],
-        r_tpm: list[Count | BaseException],
+        r_tpm: list[Count | CounterError],
         conc: list[tuple[Scope, int]],
-        r_conc: list[Count | BaseException],
+        r_conc: list[Count | CounterError],
         now: float,
         admitted: Admitted,
     ) -> None:
@@ -219,16 +227,14 @@ class Governor:
             refusal.headers = dict(admitted.headers)
             raise refusal
 
-    async def _tokens_used(self, subject: str) -> Count:
-        """A tokens-per-minute window's total: what this replica last learnt of it when that is recent
-        (its own additions return the total, other replicas' show up within TPM_FRESH_S), else a read.
+    def _tpm_cached(self, subject: str) -> Count | None:
+        """A tokens-per-minute window's total as this replica last learnt it, when that is recent (its
+        own additions return the total; other replicas' show up within TPM_FRESH_S); None: read it.
         Tokens are counted after each response anyway, so the check is as exact as usage allows."""
         seen = self._tpm_seen.get(subject)
         if seen is not None and time.monotonic() - seen[1] < TPM_FRESH_S:
             return Count(seen[0])
-        count = await self._counters.add(subject, 0)
-        self._tpm_seen[subject] = (count.value, time.monotonic())
-        return count
+        return None
 
     def _unavailable(self, error: BaseException) -> None:
         log.warning("quota counters unavailable: %s", error)
@@ -238,7 +244,7 @@ class Governor:
     async def _check_budgets(
         self,
         budgets: list[tuple[Scope, Budget]],
-        results: list[Count | BaseException],
+        results: list[Count | CounterError],
         held: list[tuple[str, int]],
         estimate: Estimate,
         now: float,
@@ -272,9 +278,7 @@ class Governor:
         if tokens < MIN_CLAMPED_TOKENS:
             raise self._exceeded(scope, budget, now, ent)
         lowered = math.ceil(estimate.cost(tokens) * MICRO)
-        adjusted = await asyncio.gather(
-            *[self._counters.add(subject, lowered - worst_micro) for subject, _ in held], return_exceptions=True
-        )
+        adjusted = await self._counters.add_many([Op(subject, lowered - worst_micro) for subject, _ in held])
         for i, result in enumerate(adjusted):
             if isinstance(result, Count):
                 held[i] = (held[i][0], lowered)
@@ -295,35 +299,31 @@ class Governor:
         )
 
     def _give_back(self, concurrency: list[str], holds: list[tuple[str, int]]) -> None:
-        for subject in concurrency:
-            self._spawn(self._counters.add(subject, -1))
-        for subject, micro in holds:
-            self._spawn(self._counters.add(subject, -micro))
+        ops = [Op(subject, -1) for subject in concurrency] + [Op(subject, -micro) for subject, micro in holds]
+        if ops:
+            self._spawn(ops)
 
     async def finish(self, admitted: Admitted, tokens: int) -> None:
         """The request ended: give back its concurrency, count its tokens (its spend is settled by accounting)."""
-        for subject in admitted.concurrency:
-            self._spawn(self._counters.add(subject, -1))
+        ops = [Op(subject, -1) for subject in admitted.concurrency]
         if tokens > 0:
-            for subject in admitted.tpm:
-                self._spawn(self._add_tokens(subject, tokens))
+            ops += [Op(subject, tokens) for subject in admitted.tpm]
+        if ops:
+            self._spawn(ops, frozenset(admitted.tpm))
 
-    async def _add_tokens(self, subject: str, tokens: int) -> Count:
-        count = await self._counters.add(subject, tokens)
-        if len(self._tpm_seen) > TPM_CACHE_SIZE:
-            self._tpm_seen.clear()
-        self._tpm_seen[subject] = (count.value, time.monotonic())
-        return count
+    def _spawn(self, ops: list[Op], tokens_windows: frozenset[str] = frozenset()) -> None:
+        """Send these increments in the background (one batch); note the tokens totals they return."""
 
-    def _spawn(self, op: Awaitable[Count]) -> None:
-        async def run() -> object:
-            try:
-                return await op
-            except CounterError as exc:
-                log.warning("counter update lost: %s", exc)
-                return None
+        async def run() -> None:
+            for op, result in zip(ops, await self._counters.add_many(ops), strict=True):
+                if isinstance(result, CounterError):
+                    log.warning("counter update lost: %s", result)
+                elif op.subject in tokens_windows:
+                    if len(self._tpm_seen) > TPM_CACHE_SIZE:
+                        self._tpm_seen.clear()
+                    self._tpm_seen[op.subject] = (result.value, time.monotonic())
 
-        task: asyncio.Task[object] = asyncio.ensure_future(run())
+        task = asyncio.ensure_future(run())
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
 

@@ -110,6 +110,27 @@ def _object(raw: bytes) -> dict[str, object]:
     return obj
 
 
+_PROTOCOL_HEADERS = {"anthropic-messages": ANTHROPIC_HEADERS, "openai-responses": OPENAI_HEADERS}
+
+
+def _surface(
+    raw: bytes,
+    headers: Mapping[str, str],
+    original: dict[str, object],
+    chat: dict[str, object],
+    untranslatable: list[str],
+    protocol: str,
+) -> Parsed:
+    """A non-chat surface's request: its chat translation (streams always ask for usage), and the client's
+    own body for a deployment of the same protocol."""
+    stream = bool(chat.get("stream"))
+    if stream:
+        chat["stream_options"] = {"include_usage": True}
+    req = _canonical(chat)
+    native = _native(protocol, raw, headers, _PROTOCOL_HEADERS[protocol], untranslatable)
+    return Parsed(model=req.model, stream=stream, include_usage=stream, chat=req, native=native, original=original)
+
+
 class _MessagesWriter(StreamWriter):
     def __init__(self, stream: anthropic_messages.MessagesStream) -> None:
         self._stream = stream
@@ -154,13 +175,7 @@ class AnthropicMessagesApi(Api):
     def parse(self, raw: bytes, headers: Mapping[str, str]) -> Parsed:
         original = _object(raw)
         translation = anthropic_messages.translate(original)
-        chat = translation.chat
-        stream = bool(chat.get("stream"))
-        if stream:
-            chat["stream_options"] = {"include_usage": True}
-        req = _canonical(chat)
-        native = _native("anthropic-messages", raw, headers, ANTHROPIC_HEADERS, translation.untranslatable)
-        return Parsed(model=req.model, stream=stream, include_usage=stream, chat=req, native=native, original=original)
+        return _surface(raw, headers, original, translation.chat, translation.untranslatable, "anthropic-messages")
 
     def completion(self, body: bytes, parsed: Parsed) -> bytes:
         return _JSON.encode(anthropic_messages.from_chat(body, parsed.model))
@@ -181,13 +196,7 @@ class ResponsesApi(Api):
     def parse(self, raw: bytes, headers: Mapping[str, str]) -> Parsed:
         original = _object(raw)
         translation = openai_responses.translate(original)
-        chat = translation.chat
-        stream = bool(chat.get("stream"))
-        if stream:
-            chat["stream_options"] = {"include_usage": True}
-        req = _canonical(chat)
-        native = _native("openai-responses", raw, headers, OPENAI_HEADERS, translation.untranslatable)
-        return Parsed(model=req.model, stream=stream, include_usage=stream, chat=req, native=native, original=original)
+        return _surface(raw, headers, original, translation.chat, translation.untranslatable, "openai-responses")
 
     def completion(self, body: bytes, parsed: Parsed) -> bytes:
         return _JSON.encode(openai_responses.from_chat(body, parsed.model, request=parsed.original))

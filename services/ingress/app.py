@@ -14,7 +14,9 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import asynccontextmanager
 
+import msgspec
 from faststream.nats import NatsBroker
+from nats.errors import ConnectionClosedError, ConnectionDrainingError, OutboundBufferLimitError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
@@ -72,6 +74,8 @@ log = logging.getLogger("gatehouse.ingress")
 _SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 # how long a request whose client left waits for the router's final word (its usage so far)
 CANCEL_GRACE_S = 2.0
+# the longest `user` a request may name for its record
+MAX_USER_CHARS = 128
 # chunks a stream may run past the output its budget reservation covers before it is cut (chunks and
 # tokens do not map one to one; the provider's own max_tokens normally ends it first)
 STREAM_SLACK_CHUNKS = 16
@@ -277,6 +281,10 @@ class Gateway:
             if native and not native.untranslatable and native.protocol not in self.native_protocols[target.name]:
                 native = None  # no deployment takes the client's own body: only its translation travels
             route, chat = route_choice(request.headers, parsed.chat, ent.route_override)
+            if chat is not None and not ent.caller.user and (chat.user or chat.safety_identifier):
+                # a key without an owner: the request's own `user` attributes it in the records
+                who = (chat.user or chat.safety_identifier or "")[:MAX_USER_CHARS]
+                record.caller = msgspec.structs.replace(ent.caller, user=who)
             if chat is not None:
                 policed = apply_params(chat, ent.params)
                 if policed is not chat and native is not None and not native.untranslatable:
@@ -292,7 +300,7 @@ class Gateway:
                 request_id=record.request_id,
                 api=api.bus_api,
                 model=parsed.model,
-                caller=ent.caller,
+                caller=record.caller,
                 chat=chat,
                 embeddings=parsed.embeddings,
                 native=native,
@@ -388,9 +396,14 @@ class Gateway:
             headers[TRACEPARENT] = req.trace_id
         handed_over = False
         try:
-            await self.broker.connection.publish(
-                self.subjects.guard_chat.name, self.subjects.guard_chat.encode(req), reply=inbox, headers=headers
-            )
+            try:
+                await self.broker.connection.publish(
+                    self.subjects.guard_chat.name, self.subjects.guard_chat.encode(req), reply=inbox, headers=headers
+                )
+            except (OutboundBufferLimitError, ConnectionClosedError, ConnectionDrainingError) as exc:
+                # NATS is away and what the client buffers for the reconnect is full (or the connection is
+                # closing): the request cannot go out now, which the client may retry; not an internal error
+                raise ServiceUnavailableError("The gateway's message bus is unavailable; try again shortly.") from exc
             try:
                 first = await self._next(queue, record, "guard")
                 parts: list[bytes] = []

@@ -75,6 +75,8 @@ class RequestRecord:
             provider_kind=outcome.provider_kind,
             usage_estimated=outcome.usage_estimated,
             reservation=self.admitted.reservation if self.admitted else None,
+            guard_replica=guard.replica if guard else "",
+            router_replica=outcome.replica,
             route_strategy=outcome.strategy,
             answered_model=outcome.model,
         )

@@ -77,7 +77,10 @@ class RouterHandlers:
                 "The gateway is at capacity (router replica saturated); try again shortly.", retry_after=1.0
             )
             await self.broker.connection.publish(
-                msg.reply, self.subjects.replies.encode(Result(outcome=Outcome(), error=error.info()))
+                msg.reply,
+                self.subjects.replies.encode(
+                    Result(outcome=Outcome(replica=self.dispatcher.replica), error=error.info())
+                ),
             )
 
     async def on_request(self, msg: Msg) -> None:
@@ -97,7 +100,8 @@ class RouterHandlers:
             await publish(reply_to, replies.encode(reply))
 
         if self.early.pop(req.request_id, None) is not None:
-            await send(Result(outcome=Outcome(), error=CLIENT_CLOSED))  # its client left before it started
+            # its client left before it started
+            await send(Result(outcome=Outcome(replica=self.dispatcher.replica), error=CLIENT_CLOSED))
             return
 
         async def beat() -> None:
@@ -166,8 +170,9 @@ def create_app(settings: RouterSettings) -> FastStream:
         mock=MockTransport(mock_behaviours(config)),
         signers=request_signers(config, os.environ),
     )
-    board = HealthBoard(config.routing, f"router-{os.getpid()}-{uuid.uuid4().hex[:6]}")
-    dispatcher = Dispatcher(routes, upstream, registry, board=board)
+    # a replica's name in its shared health records and status reports (unique even when names are reused)
+    board = HealthBoard(config.routing, f"{settings.replica}-{uuid.uuid4().hex[:6]}")
+    dispatcher = Dispatcher(routes, upstream, registry, settings.replica, board=board)
     max_inflight = settings.router_max_concurrency
     handlers = RouterHandlers(broker, dispatcher, subjects, settings.router_heartbeat_s, max_inflight)
     chat = subjects.router_chat

@@ -85,12 +85,14 @@ class Dispatcher:
         routes: Mapping[str, Route],
         upstream: Upstream,
         translators: Mapping[str, Translator],
+        replica: str = "",
         *,
         board: HealthBoard | None = None,
         shared: SharedHealth | None = None,
         rng: random.Random | None = None,
     ) -> None:
         self._routes = routes
+        self._replica = replica  # named in every Outcome, so a record says which router replica served it
         self._runner = AttemptRunner(upstream, translators)
         self.board = board or HealthBoard(RoutingConfig(), "local")
         self._shared = shared
@@ -98,6 +100,10 @@ class Dispatcher:
         for route in routes.values():
             for dep in route.deployments:
                 self.board.register(dep.id, dep.target.provider, route.model.name)
+
+    @property
+    def replica(self) -> str:
+        return self._replica
 
     def attach(self, shared: SharedHealth) -> None:
         """Share deployment health with the other replicas (and claim probes through it)."""
@@ -142,7 +148,7 @@ class Dispatcher:
             if req.deadline and time.time() >= req.deadline:
                 raise GatewayTimeoutError("The request's deadline passed before it could be dispatched.")
         except GatewayError as exc:
-            await send(Result(outcome=Outcome(), error=exc.info()))
+            await send(Result(outcome=Outcome(replica=self._replica), error=exc.info()))
             return
         strategy = req.route if req.route in STRATEGIES else ""
         order = self._order(req, strategy)
@@ -354,7 +360,7 @@ class Dispatcher:
         """The Result when no attempt succeeded (`native`: the provider's own error already reached the client)."""
         req = run.req
         if not run.attempts and req.native is not None and run.last is None:
-            return Result(outcome=Outcome(), error=native.unserved(req.native, req.model).info())
+            return Result(outcome=Outcome(replica=self._replica), error=native.unserved(req.native, req.model).info())
         error = run.last.info() if run.last else GatewayError("No deployment could serve the request.").info()
         outcome = self._outcome(run, run.last_dep, Progress(), run.last_model)
         return Result(outcome=outcome, error=error, native=run.progress.relayed_error)
@@ -370,6 +376,7 @@ class Dispatcher:
             attempts=run.attempts,
             upstream_ms=(time.monotonic() - run.started) * 1000,
             ttft_ms=progress.ttft_ms,
+            replica=self._replica,
             model=model,
             strategy=run.strategy,
         )

@@ -45,6 +45,7 @@ class GuardSummary(msgspec.Struct, frozen=True, kw_only=True):
     action: str  # allow | flag | redact | block
     findings: list[GuardFinding] = []
     scan_us: int = 0
+    replica: str = ""  # the guard replica that scanned the request (ServiceSettings.replica)
 
 
 class Caller(msgspec.Struct, frozen=True, kw_only=True):
@@ -164,6 +165,7 @@ class Outcome(msgspec.Struct, frozen=True, kw_only=True):
     attempts: list[Attempt] = []
     upstream_ms: float = 0.0
     ttft_ms: float = 0.0
+    replica: str = ""  # the router replica that served the request (ServiceSettings.replica)
     # the model group that answered (the requested model, or a fallback) and the routing strategy used
     model: str = ""
     strategy: str = ""

@@ -44,6 +44,9 @@ class RequestEvent(msgspec.Struct, frozen=True, kw_only=True):
     usage_estimated: bool = False
     # the budget reservation made before dispatch, which accounting settles to the actual cost
     reservation: Reservation | None = None
+    # the guard and router replicas that handled the request ('' where a stage never saw it)
+    guard_replica: str = ""
+    router_replica: str = ""
     # routing: the strategy that ordered the deployments, and the model group that answered (a fallback's name)
     route_strategy: str = ""
     answered_model: str = ""

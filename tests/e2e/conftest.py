@@ -42,6 +42,8 @@ BACKENDS: dict[str, tuple[str, object, str, str]] = {
 LIMITED_KEY = "sk-e2e-limited"
 PII_KEY = "sk-e2e-pii-redact"  # policy: redact PII, restore it in the response
 LEAKY_KEY = "sk-e2e-leaky"  # policy: secrets only flagged going in, blocked coming out
+MAX_BODY_BYTES = 1024 * 1024  # server.max_body_bytes of this stack
+CAPPED_RESPONSE_BYTES = 256 * 1024  # max_response_bytes of the emu-openai-capped provider
 ROUTER_KEY = "sk-e2e-route-override"  # may choose a routing strategy per request
 BEDROCK_MODEL = "anthropic.claude-3-5-sonnet-20240620-v1:0"
 
@@ -116,7 +118,7 @@ def _config(openai_url: str, dead_url: str, backend_urls: dict[str, str]) -> str
 server:
   host: 127.0.0.1
   port: 0
-  max_body_bytes: 1048576
+  max_body_bytes: {MAX_BODY_BYTES}
   request_timeout_s: 30
 keys:
   - id: e2e
@@ -164,6 +166,12 @@ providers:
     kind: openai
     api_base: {openai_url}/v1
     api_key_env: E2E_REJECTED_KEY
+  emu-openai-capped:
+    kind: openai
+    api_base: {openai_url}/v1
+    api_key_env: E2E_EMU_OPENAI_KEY
+    max_response_bytes: {CAPPED_RESPONSE_BYTES}
+    max_sse_event_bytes: 65536
 {extra_providers}models:
   - name: mock-1
     deployments: [{{provider: mock, model: mock-1}}]
@@ -187,6 +195,10 @@ providers:
     deployments: [{{provider: emu-openai, model: slow-3000, timeout_s: 1}}]
   - name: down
     deployments: [{{provider: dead, model: gpt-emu}}]
+  - name: big-under
+    deployments: [{{provider: emu-openai-capped, model: big-{CAPPED_RESPONSE_BYTES // 2}}}]
+  - name: big-over
+    deployments: [{{provider: emu-openai-capped, model: big-{CAPPED_RESPONSE_BYTES + 1}}}]
   - name: rejected-key
     deployments: [{{provider: rejected, model: gpt-emu}}]
   - name: failover

@@ -278,14 +278,20 @@ def test_every_admin_action_is_audited_without_a_secret(gov: Gov) -> None:
     assert hash_key(secret) not in text and hash_key(rotated) not in text
 
 
-def test_plain_and_static_keys_need_no_counters(gov: Gov) -> None:
+def test_plain_and_static_keys_need_no_counters_and_the_request_names_its_user(gov: Gov) -> None:
     r = httpx.post(
         f"{gov.urls[1]}/v1/chat/completions",
-        json={"model": "mock-1", "messages": [{"role": "user", "content": "hi"}]},
+        json={"model": "mock-1", "messages": [{"role": "user", "content": "hi"}], "user": "alice@example.com"},
         headers={"authorization": f"Bearer {PLAIN_KEY}"},
         timeout=30,
     )
     assert r.status_code == 200 and "x-ratelimit-limit-requests" not in r.headers
+    rid = r.headers["x-request-id"]
+    assert gov.wait_count(f"SELECT count() FROM requests WHERE request_id = '{rid}'", 1) == 1
+    # a key without an owner: the request's `user` field attributes it
+    assert gov.sql(f"SELECT key_id, user FROM requests WHERE request_id = '{rid}'").rows == [
+        ["plain", "alice@example.com"]
+    ]
 
 
 def test_budget_alerts_fire_once_per_threshold_and_reach_the_webhook(gov: Gov, hook: tuple[Starlette, str]) -> None:

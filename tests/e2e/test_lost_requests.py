@@ -11,18 +11,30 @@ from pathlib import Path
 
 import httpx
 import pytest
+from starlette.applications import Starlette
 
 from gatehouse.launcher import Stack
 from gatehouse.natsserver import free_port
 from shared.config import hash_key
+from tests.emulators import openai as openai_emu
+from tests.servers import serve_in_thread
 
 pytestmark = pytest.mark.e2e
 KEY = "sk-e2e-lost"
 
 
 @pytest.fixture
-def slow_stack(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Stack]:
+def emulator() -> Iterator[tuple[Starlette, str]]:
+    """An OpenAI emulator: the test sees a request reach it, i.e. the router has it in hand."""
+    app = openai_emu.create_app()
+    with serve_in_thread(app) as url:
+        yield app, url
+
+
+@pytest.fixture
+def slow_stack(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, emulator: tuple[Starlette, str]) -> Iterator[Stack]:
     monkeypatch.setenv("GATEHOUSE_ROUTER_HEARTBEAT_S", "0.5")
+    monkeypatch.setenv("E2E_LOST_EMU_KEY", openai_emu.API_KEY)
     config = tmp_path / "gatehouse.yaml"
     config.write_text(
         f"""
@@ -30,10 +42,10 @@ server: {{host: 127.0.0.1, port: 0, heartbeat_timeout_s: 2, first_reply_timeout_
 keys: [{{id: k, sha256: {hash_key(KEY)}}}]
 providers:
   slow: {{kind: mock, mock_latency_ms: 4000}}
-  stuck: {{kind: mock, mock_latency_ms: 60000}}
+  stuck: {{kind: openai, api_base: "{emulator[1]}/v1", api_key_env: E2E_LOST_EMU_KEY}}
 models:
   - {{name: slow, deployments: [{{provider: slow, model: m, timeout_s: 90}}]}}
-  - {{name: stuck, deployments: [{{provider: stuck, model: m, timeout_s: 90}}]}}
+  - {{name: stuck, deployments: [{{provider: stuck, model: slow-60000, timeout_s: 90}}]}}
 """
     )
     stack = Stack(
@@ -56,7 +68,9 @@ def post(stack: Stack, model: str) -> httpx.Response:
     )
 
 
-def test_heartbeats_keep_a_slow_request_alive_and_a_lost_one_fails_fast(slow_stack: Stack) -> None:
+def test_heartbeats_keep_a_slow_request_alive_and_a_lost_one_fails_fast(
+    slow_stack: Stack, emulator: tuple[Starlette, str]
+) -> None:
     started = time.monotonic()
     ok = post(slow_stack, "slow")
     assert ok.status_code == 200, ok.text  # 4 s of provider time, twice the 2 s heartbeat timeout
@@ -65,7 +79,10 @@ def test_heartbeats_keep_a_slow_request_alive_and_a_lost_one_fails_fast(slow_sta
     result: dict[str, httpx.Response] = {}
     waiting = threading.Thread(target=lambda: result.setdefault("r", post(slow_stack, "stuck")))
     waiting.start()
-    time.sleep(1.5)  # the request is in the router's hands now
+    deadline = time.monotonic() + 30
+    while not emulator[0].state.requests:  # the provider has it: the request is in the router's hands now
+        assert waiting.is_alive() and time.monotonic() < deadline, "the request never reached the provider"
+        time.sleep(0.01)
     router = next(c for c in slow_stack.children if c.service == "router")
     assert router.process is not None
     killed_at = time.monotonic()

@@ -1,6 +1,8 @@
 """nats-server dies under `gatehouse up`: the launcher restarts it on the same port, data dir and config,
 the services reconnect (none is restarted), /healthz shows the outage meanwhile, and under load no request
-hangs: each one completes or gets a clean 502/503, and the stack serves again afterwards."""
+hangs: each one completes or gets a clean 502/503 (large requests sent during the outage included), the stack
+serves again afterwards, and ClickHouse holds exactly one row for each response the clients saw (by request
+id: nothing lost, nothing duplicated)."""
 
 from __future__ import annotations
 
@@ -25,6 +27,12 @@ KEY = "sk-e2e-restart"
 RATE = 20  # requests per second
 SECONDS = 10
 KILL_AT_S = 4.0
+# nats-server stays down this long before the supervisor may restart it: longer than the heartbeat timeout,
+# so requests caught by the kill end (502) while NATS is still away and their records must take the spool
+OUTAGE_S = 4.0
+# every fifth request sent while nats-server is away carries a prompt this large: together more than a NATS
+# client buffers for a reconnect (2 MiB), as a few large requests during an outage are
+LARGE_PROMPT_BYTES = 512 * 1024
 CLIENT_TIMEOUT_S = 30.0  # far above what any clean answer takes: hitting it means a request hung
 
 
@@ -64,17 +72,28 @@ def health(stack: Stack) -> tuple[int, dict[str, str]]:
     return r.status_code, r.json()
 
 
-def chat_ok(stack: Stack) -> bool:
+def chat(stack: Stack, phase: str) -> httpx.Response | None:
     try:
-        r = httpx.post(
+        return httpx.post(
             f"{stack.ingress_url}/v1/chat/completions",
-            headers={"Authorization": f"Bearer {KEY}"},
+            headers={"Authorization": f"Bearer {KEY}", "x-gatehouse-tag-phase": phase},
             json={"model": "mock-1", "messages": [{"role": "user", "content": "still there?"}]},
             timeout=10,
         )
     except httpx.HTTPError:
-        return False
-    return r.status_code == 200
+        return None
+
+
+def chat_ok(stack: Stack) -> bool:
+    r = chat(stack, "probe")
+    return r is not None and r.status_code == 200
+
+
+def sql(stack: Stack, query: str) -> list[list[object]]:
+    assert stack.nats is not None
+    result = asyncio.run(run_sql(stack.nats.url, stack.prefix, query, 30, str(stack.admin_seed_file)))
+    assert not result.error, result.error
+    return result.rows
 
 
 def kill_nats(stack: Stack) -> int:
@@ -85,26 +104,32 @@ def kill_nats(stack: Stack) -> int:
     return pid
 
 
-async def load(stack: Stack, killed: threading.Event) -> list[int | str]:
-    """RATE requests a second for SECONDS; nats-server is SIGKILLed KILL_AT_S in. Each entry: a status or
-    the name of the client error."""
+async def load(stack: Stack, killed: threading.Event, release: threading.Event) -> list[tuple[int | str, str]]:
+    """RATE requests a second for SECONDS (paced by the clock: the sleeps schedule the load, they wait for
+    nothing); nats-server is SIGKILLed KILL_AT_S in and may be restarted OUTAGE_S later. Each entry: (status
+    or the name of the client error, the response's x-request-id or '')."""
 
-    async def one(client: httpx.AsyncClient, i: int) -> int | str:
+    async def one(client: httpx.AsyncClient, i: int) -> tuple[int | str, str]:
         await asyncio.sleep(i / RATE)
+        prompt = f"request {i}"
+        if killed.is_set() and not release.is_set() and i % 5 == 0:
+            prompt += " padding" * (LARGE_PROMPT_BYTES // 8)
         try:
             r = await client.post(
                 f"{stack.ingress_url}/v1/chat/completions",
-                headers={"Authorization": f"Bearer {KEY}"},
-                json={"model": "mock-1", "messages": [{"role": "user", "content": f"request {i}"}]},
+                headers={"Authorization": f"Bearer {KEY}", "x-gatehouse-tag-phase": "load"},
+                json={"model": "mock-1", "messages": [{"role": "user", "content": prompt}]},
             )
         except httpx.HTTPError as exc:
-            return type(exc).__name__
-        return r.status_code
+            return type(exc).__name__, ""
+        return r.status_code, r.headers.get("x-request-id", "")
 
     async def killer() -> None:
         await asyncio.sleep(KILL_AT_S)
         await asyncio.to_thread(kill_nats, stack)
         killed.set()
+        await asyncio.sleep(OUTAGE_S)
+        release.set()
 
     limits = httpx.Limits(max_connections=RATE * SECONDS, max_keepalive_connections=RATE * SECONDS)
     async with httpx.AsyncClient(timeout=CLIENT_TIMEOUT_S, limits=limits) as client:
@@ -124,23 +149,24 @@ def test_nats_server_dies_and_comes_back_under_load(stack: Stack) -> None:
     poll(lambda: chat_ok(stack), "a request to succeed after the restart")
 
     # 2. under load: SIGKILL in the middle, the supervisor loop (as in `gatehouse up`) restarts it
-    killed, done = threading.Event(), threading.Event()
+    killed, release, done = threading.Event(), threading.Event(), threading.Event()
 
     def supervise() -> None:
         while not done.is_set():
-            stack.supervise_once()
+            if release.is_set() or not killed.is_set():
+                stack.supervise_once()
             done.wait(0.2)
 
     supervisor = threading.Thread(target=supervise, daemon=True)
     supervisor.start()
     started = time.monotonic()
     try:
-        results = asyncio.run(load(stack, killed))
+        results = asyncio.run(load(stack, killed, release))
     finally:
         done.set()
         supervisor.join(30)
     elapsed = time.monotonic() - started
-    outcomes = Counter(results)
+    outcomes = Counter(status for status, _ in results)
     print(f"load outcomes over {elapsed:.1f}s: {dict(outcomes)}; nats restarts: {stack.nats_restarts}")
     assert killed.is_set()
     assert stack.nats_restarts == 2
@@ -149,12 +175,27 @@ def test_nats_server_dies_and_comes_back_under_load(stack: Stack) -> None:
     assert elapsed < SECONDS + CLIENT_TIMEOUT_S
     assert all(child.restarts == 0 for child in stack.children), "services reconnect; none was restarted"
 
-    # 3. the stack serves again, and accounting (the admin-only query path) answers
+    # 3. the stack serves again; a request after the load is the sentinel: events reach JetStream in order
+    # (one publisher per process), so once its row is in, every earlier record has had its chance
     poll(lambda: chat_ok(stack), "a request to succeed after the load")
     assert stack.wait_ready(30)
-    assert stack.nats is not None
-    result = asyncio.run(
-        run_sql(stack.nats.url, stack.prefix, "SELECT count() FROM requests", 30, str(stack.admin_seed_file))
+    sentinel = chat(stack, "sentinel")
+    assert sentinel is not None and sentinel.status_code == 200
+    seen = {rid for _, rid in results}
+    assert "" not in seen and len(seen) == len(results), "every response carries its own x-request-id"
+    query = "SELECT request_id FROM requests WHERE tags['phase'] = 'load'"
+    sentinel_query = f"SELECT count() FROM requests WHERE request_id = '{sentinel.headers['x-request-id']}'"
+    poll(lambda: sql(stack, sentinel_query) == [[1]], "the sentinel's record", timeout=60)
+    deadline = time.monotonic() + 60
+    while len(rows := sql(stack, query)) < len(results) and time.monotonic() < deadline:
+        time.sleep(0.5)  # a poll with a deadline: the records arrive through JetStream and accounting
+
+    # 4. one row per response, by request id: nothing lost, nothing duplicated, nothing the clients never saw
+    recorded = [str(row[0]) for row in rows]
+    print(f"recorded {len(recorded)} rows for {len(results)} responses {dict(outcomes)}")
+    assert set(recorded) == seen, (
+        f"lost: {sorted(seen - set(recorded))[:5]}, never answered: {sorted(set(recorded) - seen)[:5]}"
     )
-    assert not result.error, result.error
-    print(f"requests recorded so far: {result.rows[0][0]} (client saw {outcomes[200]} x 200)")
+    assert len(recorded) == len(set(recorded)), "a record was stored twice"
+    statuses = Counter(row[0] for row in sql(stack, "SELECT status FROM requests WHERE tags['phase'] = 'load'"))
+    assert statuses == outcomes, (statuses, outcomes)

@@ -5,10 +5,11 @@ It validates what the real API validates that matters to a gateway (bearer auth,
 deterministically, streams `chat.completion.chunk` SSE ending in `data: [DONE]` (with a usage chunk
 when `stream_options.include_usage` is set), emits tool calls when tools are offered and the prompt
 mentions the weather, and simulates failures by model name: `err-<status>` answers that status with
-OpenAI's error JSON (429 also sends Retry-After), `slow-<ms>` waits before answering, `drip-<ms>` streams
-one word every <ms> (a stream the client leaves midway is noted in `app.state.abandoned` with the time).
-The Responses API lives in `openai_responses`. Every request's path, headers and body are recorded
-(`app.state.requests`).
+OpenAI's error JSON (429 also sends Retry-After), `slow-<ms>` waits before answering (less if the caller
+hangs up), `drip-<ms>` streams one word every <ms> (a stream the client leaves midway is noted in
+`app.state.abandoned` with the time), `big-<bytes>` answers a reply text of that many bytes (an upstream
+answer larger than a provider allows). The Responses API lives in `openai_responses`. Every request's path,
+headers and body are recorded (`app.state.requests`).
 """
 
 from __future__ import annotations
@@ -84,6 +85,16 @@ def _tool_calls(body: dict[str, Any], prompt: str) -> list[dict[str, Any]] | Non
     ]
 
 
+async def _latency(request: Request, seconds: float) -> None:
+    """Simulated provider time, cut short when the caller hangs up (nobody will read the answer), so a
+    request abandoned mid-wait does not hold the emulator's shutdown."""
+    deadline = time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        if await request.is_disconnected():
+            return
+        await asyncio.sleep(min(left, 0.05))
+
+
 def create_app() -> Starlette:
     async def chat(request: Request) -> Response:
         auth = request.headers.get("authorization", "")
@@ -114,11 +125,14 @@ def create_app() -> Starlette:
             etype = {429: "rate_limit_error", 401: "invalid_request_error"}.get(status, "server_error")
             return _error(status, f"emulated error {status}", etype=etype, headers=headers)
         if model.startswith("slow-"):
-            await asyncio.sleep(int(model[5:]) / 1000)
+            await _latency(request, int(model[5:]) / 1000)
         prompt = _last_user(messages)
         text = "Emulated OpenAI reply to: " + " ".join(prompt.split()[:20])
         if messages[-1].get("role") == "tool":
             text = "Emulated OpenAI answer from the tool result: " + str(messages[-1].get("content"))
+        if model.startswith("big-"):
+            size = int(model[4:])
+            text = ("big " * (size // 4 + 1))[:size]
         calls = _tool_calls(body, prompt)
         created = int(time.time())
         cid = f"chatcmpl-emu{created}-{len(request.app.state.requests)}"

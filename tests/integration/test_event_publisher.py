@@ -377,7 +377,11 @@ _CHILD = textwrap.dedent(
         await publisher.start(nc)
         print("started", flush=True)
         sys.stdin.readline()  # the server is gone now
-        while nc.is_connected:
+        deadline = time.monotonic() + 30
+        while nc.is_connected:  # a poll with a deadline: the client notices the dead server on its own
+            if time.monotonic() > deadline:
+                print("still connected", flush=True)
+                sys.exit(1)
             await asyncio.sleep(0.01)
         for i in range(n):
             event_id = f"child-{i:04d}"

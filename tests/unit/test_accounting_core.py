@@ -71,8 +71,11 @@ def test_request_row_lines_up_with_the_columns() -> None:
         stream=True,
         ttft_ms=12.0,
         request_bytes=300,
+        guard_replica="guard-1",
+        router_replica="router-0",
     )
     row = as_dict(e)
+    assert (row["guard_replica"], row["router_replica"]) == ("guard-1", "router-0")
     assert (row["event_id"], row["request_id"], row["trace_id"], row["batch_id"]) == ("e1", "r1", "tr", "b")
     assert (row["key_id"], row["team"], row["project"], row["user"]) == ("k", "t", "p", "u")
     assert row["attempts.provider"] == ["a", "b"] and row["attempts.status"] == [429, 200]

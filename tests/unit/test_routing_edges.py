@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -113,11 +114,12 @@ async def test_a_saturated_worker_answers_at_once_instead_of_queueing() -> None:
     await worker.stop()
     subjects = Subjects("t")
     broker = FakeBroker()
-    handlers = RouterHandlers(broker, None, subjects, 5.0)  # type: ignore[arg-type]
+    handlers = RouterHandlers(broker, SimpleNamespace(replica="router-7"), subjects, 5.0)  # type: ignore[arg-type]
     await handlers.on_full(FakeMsg())  # type: ignore[arg-type]
     reply = subjects.replies.decode(broker.connection.sent[0][1])
     assert isinstance(reply, Result) and reply.error is not None
     assert (reply.error.status, reply.error.retry_after) == (503, 1.0)
+    assert reply.outcome.replica == "router-7"  # the record says which replica was full
 
 
 async def test_a_cancel_that_overtakes_its_request_stops_it_before_dispatch() -> None:
@@ -125,6 +127,8 @@ async def test_a_cancel_that_overtakes_its_request_stops_it_before_dispatch() ->
     broker = FakeBroker()
 
     class NoDispatch:
+        replica = "router-0"
+
         async def serve(self, *_: object) -> None:
             raise AssertionError("dispatched a request whose client had left")
 
