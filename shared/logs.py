@@ -1,7 +1,14 @@
-"""Structured (one JSON object per line) logging for every service."""
+"""Structured (one JSON object per line) logging for every service.
+
+Every line written while a stage works on a request carries that request's `request_id` and `trace_id`:
+the stage binds them (`bind_request`) when it starts on the request, in the asyncio task that serves it,
+so they follow the work and nothing else. Log messages name ids, models, rules and error codes; never a
+prompt, a completion, a key or a secret.
+"""
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import sys
 import time
@@ -9,6 +16,12 @@ import time
 import msgspec
 
 _ENC = msgspec.json.Encoder()
+_REQUEST: contextvars.ContextVar[tuple[str, str] | None] = contextvars.ContextVar("gatehouse_request", default=None)
+
+
+def bind_request(request_id: str, trace_id: str) -> None:
+    """Tag every log line of the current task (and the tasks it starts) with the request and its trace."""
+    _REQUEST.set((request_id, trace_id))
 
 
 class JsonFormatter(logging.Formatter):
@@ -24,6 +37,9 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": record.getMessage(),
         }
+        bound = _REQUEST.get()
+        if bound is not None:
+            entry["request_id"], entry["trace_id"] = bound
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
         return _ENC.encode(entry).decode()

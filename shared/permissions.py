@@ -10,6 +10,7 @@ guard       router.chat, inbox.> (blocks, relayed replies),     guard.chat, guar
             events.guard                                        guardout.> (replies it relays)
 router      inbox.>, guardout.> (replies, chunks, heartbeats)   router.chat, router.ping (router); router.cancel
 accounting  consumer create/info/next + acks, events stream     accounting.sql (accounting); max-deliveries advisory
+every service above: events.span (its spans, stored by accounting; shared/telemetry.py)
 admin       accounting.sql, guard.scan, pings, JetStream API    (its own inbox only)
 
 Every role subscribes to its own reply inbox (`Subjects.role_inbox`) and to no other role's. The roles that
@@ -101,6 +102,7 @@ def ingress(subjects: Subjects) -> Permissions:
             subjects.router_cancel.name,
             subjects.events_request.name,
             subjects.events_audit.name,
+            subjects.events_span.name,
             subjects.accounting_usage.name,  # usage summaries for the admin API (no free SQL)
             subjects.ping("guard"),
             subjects.ping("router"),
@@ -119,6 +121,7 @@ def guard(subjects: Subjects) -> Permissions:
             subjects.router_chat.name,
             subjects.inbox_wildcard,
             subjects.events_guard.name,
+            subjects.events_span.name,
             *_events_stream_setup(subjects),
         ),
         subscribe=(
@@ -135,7 +138,12 @@ def guard(subjects: Subjects) -> Permissions:
 def router(subjects: Subjects) -> Permissions:
     chat = subjects.router_chat
     return Permissions(
-        publish=(subjects.inbox_wildcard, subjects.guard_output_wildcard),
+        publish=(
+            subjects.inbox_wildcard,
+            subjects.guard_output_wildcard,
+            subjects.events_span.name,
+            *_events_stream_setup(subjects),
+        ),
         subscribe=(
             queue_entry(chat),
             subjects.router_cancel.name,  # every replica hears it: only the one serving the request acts
@@ -153,6 +161,7 @@ def accounting(subjects: Subjects) -> Permissions:
         publish=(
             *_events_stream_setup(subjects),
             subjects.events_alert.name,
+            subjects.events_span.name,
             *_counters(subjects),
             *_reader(subjects.reservations_stream),
             *_kv(subjects.alerts_bucket),

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared.natsconn import NatsLink
@@ -32,6 +32,22 @@ class ServiceSettings(BaseSettings):
     spool_fsync_s: float = Field(default=1.0, ge=0)
     # events waiting for JetStream in memory before they overflow to the spool
     events_max_in_memory: int = Field(default=10_000, gt=0)
+
+    # telemetry (shared/telemetry.py). Metrics are recorded when on, and served on metrics_host:metrics_port
+    # when a port is set (0: none; ingress also serves /metrics on its own port; `gatehouse up` assigns ports)
+    metrics_enabled: bool = True
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = Field(default=0, ge=0, le=65535)
+    # spans: recorded when on; a new trace is sampled with this ratio, a continued one as its traceparent says
+    tracing_enabled: bool = True
+    trace_sample_ratio: float = Field(default=1.0, ge=0, le=1)
+    # spans go to ClickHouse (the `spans` table, through the event stream), and over OTLP/HTTP when an
+    # endpoint is set (e.g. http://collector:4318/v1/traces), with these headers (`k=v,k2=v2`; may carry a token)
+    trace_store: bool = True
+    otlp_endpoint: str = ""
+    otlp_headers: SecretStr = SecretStr("")
+    # disk cap of the spool of spans waiting for JetStream (apart from the events' spool)
+    trace_spool_max_bytes: int = Field(default=256 << 20, gt=0)
 
     @property
     def nats_servers(self) -> list[str]:

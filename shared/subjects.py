@@ -13,7 +13,7 @@ import msgspec
 
 from shared.schemas.admin import ScanRequest, ScanResult, SqlQuery, SqlResult, UsageQuery
 from shared.schemas.chat import Cancel, ChatRequest, Reply
-from shared.schemas.events import AuditEvent, BudgetAlert, GuardEvent, RequestEvent, ReservationState
+from shared.schemas.events import AuditEvent, BudgetAlert, GuardEvent, RequestEvent, ReservationState, SpanBatch
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -125,6 +125,11 @@ class Subjects:
     def events_alert(self) -> Subject[BudgetAlert]:
         """accounting → JetStream: a budget crossed an alert threshold."""
         return Subject(f"{self.prefix}.events.alert", BudgetAlert)
+
+    @cached_property
+    def events_span(self) -> Subject[SpanBatch]:
+        """every service → JetStream: the spans one process finished lately (shared/telemetry.py)."""
+        return Subject(f"{self.prefix}.events.span", SpanBatch)
 
     def reservation(self, request_id: str) -> Subject[ReservationState]:
         """ingress / accounting → JetStream (`reservations_stream`): the state of one budget reservation."""

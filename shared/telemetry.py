@@ -1,0 +1,275 @@
+"""A process's telemetry: its Prometheus metrics port, and where its finished spans go.
+
+Spans (shared/tracing.py) are buffered as they end and shipped every `FLUSH_S` (or sooner, once
+`MAX_BATCH` are waiting), off the request path:
+- to ClickHouse: one SpanBatch event on `<p>.events.span` through an event publisher of their own (its own
+  spool, `<data_dir>/spool/<service>-spans/`, with its own cap, so spans never take room from request
+  records), stored by accounting in the `spans` table;
+- over OTLP/HTTP when `otlp_endpoint` is set: converted to OpenTelemetry SDK spans and exported by the
+  SDK's BatchSpanProcessor and OTLPSpanExporter (its own thread, its own queue and retries).
+A buffer that cannot be shipped fast enough drops spans past `MAX_BUFFER` and counts them
+(`gatehouse_spans_dropped_total`); spans are diagnostics, request records are never dropped for them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from threading import Thread
+from typing import Protocol
+from wsgiref.simple_server import WSGIServer
+
+from nats.aio.client import Client
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
+from prometheus_client import start_http_server
+
+from shared import metrics
+from shared.event_publisher import EventPublisher
+from shared.schemas.events import SpanBatch, SpanRecord
+from shared.spool import SpoolConfig
+from shared.subjects import Subjects
+from shared.tracing import TRACER
+
+log = logging.getLogger("gatehouse.telemetry")
+
+FLUSH_S = 1.0
+MAX_BATCH = 512
+MAX_BUFFER = 20_000
+
+
+class TelemetrySettings(Protocol):
+    """The settings fields telemetry reads (shared.settings.ServiceSettings, AccountingSettings)."""
+
+    @property
+    def metrics_enabled(self) -> bool: ...
+    @property
+    def metrics_host(self) -> str: ...
+    @property
+    def metrics_port(self) -> int: ...
+    @property
+    def tracing_enabled(self) -> bool: ...
+    @property
+    def trace_sample_ratio(self) -> float: ...
+    @property
+    def trace_store(self) -> bool: ...
+    @property
+    def otlp_endpoint(self) -> str: ...
+    @property
+    def trace_spool_max_bytes(self) -> int: ...
+    @property
+    def nats_timeout_s(self) -> float: ...
+    @property
+    def data_dir(self) -> str: ...
+
+
+@dataclass(frozen=True, slots=True)
+class TelemetryConfig:
+    service: str
+    metrics: bool = True
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = 0  # 0: no metrics port (ingress serves /metrics on its own port)
+    tracing: bool = True
+    sample_ratio: float = 1.0
+    store_spans: bool = True
+    otlp_endpoint: str = ""
+    otlp_headers: tuple[tuple[str, str], ...] = ()
+    spool_dir: Path = Path(".gatehouse/spool")
+    spool_max_bytes: int = 256 << 20
+    nats_timeout_s: float = 5.0
+
+    @classmethod
+    def of(cls, settings: TelemetrySettings, service: str, otlp_headers: str = "") -> TelemetryConfig:
+        return cls(
+            service=service,
+            metrics=settings.metrics_enabled,
+            metrics_host=settings.metrics_host,
+            metrics_port=settings.metrics_port,
+            tracing=settings.tracing_enabled,
+            sample_ratio=settings.trace_sample_ratio,
+            store_spans=settings.trace_store,
+            otlp_endpoint=settings.otlp_endpoint,
+            otlp_headers=parse_headers(otlp_headers),
+            spool_dir=Path(settings.data_dir) / "spool" / f"{service}-spans",
+            spool_max_bytes=settings.trace_spool_max_bytes,
+            nats_timeout_s=settings.nats_timeout_s,
+        )
+
+
+def parse_headers(text: str) -> tuple[tuple[str, str], ...]:
+    """`k=v,k2=v2` (the OTEL_EXPORTER_OTLP_HEADERS form) → pairs; blanks skipped."""
+    pairs = []
+    for part in text.split(","):
+        name, sep, value = part.partition("=")
+        if sep and name.strip():
+            pairs.append((name.strip(), value.strip()))
+    return tuple(pairs)
+
+
+class Telemetry:
+    """Metrics and span export of one process: `serve_metrics()` at startup, `start(nc)` once NATS is
+    connected, `stop()` at shutdown (ships what is buffered)."""
+
+    def __init__(self, config: TelemetryConfig, subjects: Subjects) -> None:
+        self.config = config
+        self._subject = subjects.events_span
+        self._instance = f"{socket.gethostname()}:{os.getpid()}"
+        self._buffer: list[SpanRecord] = []
+        self._full = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._server: WSGIServer | None = None
+        self._thread: Thread | None = None
+        self.publisher: EventPublisher | None = None
+        self._otlp: OtlpExport | None = None
+        metrics.configure(config.service, enabled=config.metrics)
+
+    # ---- metrics --------------------------------------------------------------------------------
+    def serve_metrics(self) -> int:
+        """Serve /metrics on the metrics port, in a thread (no-op without a port); the port bound."""
+        if not self.config.metrics or not self.config.metrics_port:
+            return 0
+        self._server, self._thread = start_http_server(
+            self.config.metrics_port, addr=self.config.metrics_host, registry=metrics.REGISTRY
+        )
+        port = int(self._server.server_port)
+        log.info("metrics on http://%s:%d/metrics", self.config.metrics_host, port)
+        return port
+
+    # ---- spans ------------------------------------------------------------------------------------
+    async def start(self, nc: Client | None) -> None:
+        """Record spans (when tracing is on) and ship them: to ClickHouse through `nc`, and over OTLP."""
+        cfg = self.config
+        if not cfg.tracing:
+            TRACER.configure(None)
+            return
+        if cfg.store_spans and nc is not None:
+            self.publisher = EventPublisher(
+                SpoolConfig(root=cfg.spool_dir, max_bytes=cfg.spool_max_bytes),
+                timeout_s=cfg.nats_timeout_s,
+                max_in_memory=1_000,  # batches, not spans
+            )
+            await self.publisher.start(nc)
+            metrics.event_publisher("spans", self.publisher)
+        if cfg.otlp_endpoint:
+            self._otlp = OtlpExport(cfg.service, cfg.otlp_endpoint, dict(cfg.otlp_headers))
+        if self.publisher is None and self._otlp is None:
+            TRACER.configure(None)  # nowhere to send spans: ids still propagate, nothing is recorded
+            return
+        TRACER.configure(self._on_end, cfg.sample_ratio)
+        self._task = asyncio.create_task(self._ship_forever(), name="span-export")
+
+    def _on_end(self, span: SpanRecord) -> None:
+        buffer = self._buffer
+        if len(buffer) >= MAX_BUFFER:
+            metrics.spans_dropped(1)
+            return
+        buffer.append(span)
+        if len(buffer) >= MAX_BATCH:
+            self._full.set()
+
+    async def _ship_forever(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(FLUSH_S):
+                    await self._full.wait()
+            self._full.clear()
+            try:
+                self.flush()
+            except Exception:
+                log.exception("shipping spans failed; they are dropped")
+
+    def flush(self) -> None:
+        """Hand every buffered span to the exporters now."""
+        while self._buffer:
+            batch, self._buffer = self._buffer[:MAX_BATCH], self._buffer[MAX_BATCH:]
+            if self.publisher is not None:
+                event = SpanBatch(
+                    event_id=uuid.uuid4().hex, service=self.config.service, instance=self._instance, spans=batch
+                )
+                self.publisher.publish(self._subject, event, event.event_id)
+            if self._otlp is not None:
+                self._otlp.export(batch)
+
+    async def stop(self) -> None:
+        TRACER.configure(None)
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        with contextlib.suppress(Exception):
+            self.flush()
+        if self.publisher is not None:
+            await self.publisher.drain(5.0)
+        if self._otlp is not None:
+            await asyncio.to_thread(self._otlp.shutdown)
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+
+class OtlpExport:
+    """Finished spans → OpenTelemetry SDK spans → BatchSpanProcessor → OTLP/HTTP (protobuf)."""
+
+    def __init__(self, service: str, endpoint: str, headers: dict[str, str]) -> None:
+        # imported here: a process without an OTLP endpoint never loads protobuf and the exporter
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+        self._resource = Resource.create({"service.name": f"gatehouse-{service}", "service.namespace": "gatehouse"})
+        self._processor = BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint, headers=headers or None))
+
+    def export(self, spans: list[SpanRecord]) -> None:
+        for span in spans:
+            self._processor.on_end(sdk_span(span, self._resource))
+
+    def shutdown(self) -> None:
+        self._processor.force_flush(5_000)
+        self._processor.shutdown()  # type: ignore[no-untyped-call]  # the SDK leaves it unannotated
+
+
+_KINDS = {
+    "server": SpanKind.SERVER,
+    "client": SpanKind.CLIENT,
+    "consumer": SpanKind.CONSUMER,
+    "producer": SpanKind.PRODUCER,
+    "internal": SpanKind.INTERNAL,
+}
+_SCOPE = InstrumentationScope("gatehouse")
+
+
+def sdk_span(span: SpanRecord, resource: Resource) -> ReadableSpan:
+    """The OpenTelemetry SDK's ReadableSpan of a finished span."""
+    flags = TraceFlags(TraceFlags.SAMPLED)
+    trace_id = int(span.trace_id, 16)
+    context = SpanContext(trace_id, int(span.span_id, 16), is_remote=False, trace_flags=flags)
+    parent = (
+        SpanContext(trace_id, int(span.parent_span_id, 16), is_remote=True, trace_flags=flags)
+        if span.parent_span_id
+        else None
+    )
+    status = Status(StatusCode.ERROR, span.status_message) if span.status == "error" else Status(StatusCode.OK)
+    attributes: dict[str, str] = dict(span.attributes)
+    if span.request_id:
+        attributes["gatehouse.request_id"] = span.request_id
+    return ReadableSpan(
+        name=span.name,
+        context=context,
+        parent=parent,
+        resource=resource,
+        attributes=attributes,
+        kind=_KINDS.get(span.kind, SpanKind.INTERNAL),
+        status=status,
+        start_time=span.start_ns,
+        end_time=span.end_ns,
+        instrumentation_scope=_SCOPE,
+    )
