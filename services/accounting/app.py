@@ -22,6 +22,7 @@ from services.accounting.consumer import EventConsumer
 from services.accounting.settings import AccountingSettings
 from services.accounting.settlement import Reservations
 from services.accounting.sink import ClickHouseSink, redact_dsn
+from services.accounting.telemetry import watch_pending
 from services.accounting.usage import BadUsageQuery, usage_sql
 from shared.bus import ensure_events_stream
 from shared.config import GatehouseConfig, load_config
@@ -30,6 +31,7 @@ from shared.natsconn import nats_broker
 from shared.pricing import Rates
 from shared.schemas.admin import SqlQuery, SqlResult
 from shared.subjects import Service, Subjects
+from shared.telemetry import Telemetry, TelemetryConfig
 
 log = logging.getLogger("gatehouse.accounting")
 
@@ -76,11 +78,23 @@ def create_app(settings: AccountingSettings) -> FastStream:
         )
 
     app = FastStream(broker, logger=log)
+    telemetry = Telemetry(
+        TelemetryConfig.of(settings, "accounting", settings.otlp_headers.get_secret_value()), subjects
+    )
+    telemetry.serve_metrics()
 
     @app.after_startup
     async def _start() -> None:
         state = broker.config.connection_state
         await ensure_events_stream(state.stream, subjects)
+        await telemetry.start(state.connection)
+        if settings.metrics_enabled:
+            background.append(
+                asyncio.create_task(
+                    watch_pending(state.stream, subjects.events_stream, settings.durable, settings.metrics_poll_s),
+                    name="accounting-backlog",
+                )
+            )
         await ensure_counter_streams(state.connection, subjects)
         reservations = Reservations(
             state.connection,
@@ -131,6 +145,7 @@ def create_app(settings: AccountingSettings) -> FastStream:
             if not done:
                 log.warning("the in-flight batch did not finish in time; it will be redelivered")
                 task.cancel()
+        await telemetry.stop()  # the spans of the last batch go out before the connection closes
 
     @app.after_shutdown
     async def _close() -> None:

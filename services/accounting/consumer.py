@@ -14,7 +14,7 @@ import logging
 import os
 import struct
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass
 
 import msgspec
@@ -28,9 +28,11 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import BadRequestError
 
 from services.accounting import migrations
-from services.accounting.core import REQUEST_COLUMNS, BadEvent, event_row
+from services.accounting.core import REQUEST_COLUMNS, BadEvent, event_rows
 from services.accounting.settlement import Reservations
 from services.accounting.sink import ClickHouseSink
+from services.accounting.telemetry import batch_stored
+from shared import metrics
 from shared.bus import ensure_events_stream
 from shared.pricing import Rates
 from shared.schemas.events import BudgetAlert, RequestEvent
@@ -258,6 +260,7 @@ class EventConsumer:
         return msgs
 
     async def _handle(self, msgs: list[Msg]) -> None:
+        started_ns = time.time_ns()
         items, bad = await asyncio.to_thread(self._prepare, msgs)
         for msg, reason in bad:
             log.error("dropping event (stream sequence %s): %s", _seq(msg), reason)
@@ -270,12 +273,14 @@ class EventConsumer:
             self._failpoint(items)
             stored = await self._store(items) if settled else None
         if stored is None:  # stopping while ClickHouse is down: hand them back for a replica or a restart
-            for item in items:
-                await item.msg.nak()
+            for msg in _distinct(i.msg for i in items):
+                await msg.nak()
             log.warning("stopped with %d events unstored; they were handed back to the stream", len(items))
         else:
-            for item in stored:
-                await item.msg.ack()
+            for msg in _distinct(i.msg for i in stored):  # a span batch is one message, many rows
+                await msg.ack()
+            records = [(i.msg, i.event, i.row[_SETTLED_COST]) for i in stored if isinstance(i.event, RequestEvent)]
+            batch_stored(len(msgs), records, started_ns)
         # acks are fire-and-forget publishes; push them out now (a lost ack only means a harmless redelivery)
         with contextlib.suppress(Exception):
             await self._nc.flush(timeout=5)
@@ -286,11 +291,11 @@ class EventConsumer:
         bad: list[tuple[Msg, str]] = []
         for msg in msgs:
             try:
-                table, row, event = event_row(self._subjects, msg.subject, msg.data, self._kinds, self._rates)
+                rows = event_rows(self._subjects, msg.subject, msg.data, self._kinds, self._rates)
             except BadEvent as exc:
                 bad.append((msg, str(exc)))
                 continue
-            items.append(Item(msg, table, row, event))
+            items.extend(Item(msg, table, row, event) for table, row, event in rows)
         return items, bad
 
     def _failpoint(self, items: list[Item]) -> None:
@@ -371,6 +376,7 @@ class EventConsumer:
         batches: dict[str, list[list[object]]] = {}
         for item in items:
             batches.setdefault(item.table, []).append(item.row)
+        started = time.perf_counter()
         try:
             inserted = await self._sink.insert_new(batches)
         except DATA_ERRORS as exc:
@@ -384,6 +390,7 @@ class EventConsumer:
             await self._insert_isolating(items[:half], poisoned)
             await self._insert_isolating(items[half:], poisoned)
             return
+        metrics.accounting_insert(inserted, time.perf_counter() - started)
         for table, count in inserted.items():
             self.stored[table] = self.stored.get(table, 0) + count
             self._window[table] = self._window.get(table, 0) + count
@@ -422,6 +429,11 @@ class EventConsumer:
             log.info("stored %s in the last %.0fs (%d dropped in total)", counts, elapsed, self.dropped)
         self._window = {}
         self._window_start = now
+
+
+def _distinct(msgs: Iterable[Msg]) -> list[Msg]:
+    """Each message once, in order (the rows of one span batch share their message)."""
+    return list({id(m): m for m in msgs}.values())
 
 
 def _seq(msg: Msg) -> object:

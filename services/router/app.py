@@ -22,12 +22,15 @@ from services.router.dispatch import Dispatcher
 from services.router.providers.mock import MockTransport
 from services.router.providers.registry import translators
 from services.router.settings import RouterSettings
+from services.router.telemetry import finish_dispatch, start_dispatch
 from services.router.upstream import Upstream
-from shared.bus import QueueWorker, answer_pings
+from shared import metrics
+from shared.bus import QueueWorker, answer_pings, ensure_events_stream
 from shared.config import load_config
 from shared.natsconn import nats_broker
-from shared.schemas.chat import Heartbeat, Reply
+from shared.schemas.chat import Heartbeat, Reply, Result
 from shared.subjects import Subjects, encode
+from shared.telemetry import Telemetry, TelemetryConfig
 
 log = logging.getLogger("gatehouse.router")
 _HEARTBEAT = encode(Heartbeat())
@@ -56,9 +59,14 @@ class RouterHandlers:
             return
         publish = self.broker.connection.publish
         replies = self.subjects.replies
+        trace = start_dispatch(msg, req)
 
         async def send(reply: Reply) -> None:
-            await publish(reply_to, replies.encode(reply))
+            if isinstance(reply, Result):  # the last word carries the trace context back to ingress
+                trace.result = reply
+                await publish(reply_to, replies.encode(reply), headers=trace.headers())
+            else:
+                await publish(reply_to, replies.encode(reply))
 
         async def beat() -> None:
             while True:
@@ -77,6 +85,7 @@ class RouterHandlers:
             task.uncancel()  # cancelled for its client, not for shutdown: the worker goes on
         finally:
             heartbeat.cancel()
+            finish_dispatch(trace)
             self.working.pop(req.request_id, None)
             self.cancelled.discard(req.request_id)
 
@@ -105,9 +114,15 @@ def create_app(settings: RouterSettings) -> FastStream:
     chat = subjects.router_chat
     worker = QueueWorker(chat.name, chat.queue, handlers.on_request, settings.router_max_concurrency)
     app = FastStream(broker, logger=log)
+    telemetry = Telemetry(TelemetryConfig.of(settings, "router", settings.otlp_headers.get_secret_value()), subjects)
+    telemetry.serve_metrics()
 
     @app.after_startup
     async def _subscribe() -> None:
+        if settings.tracing_enabled and settings.trace_store:  # spans go to the event stream
+            await ensure_events_stream(broker.config.connection_state.stream, subjects)
+        await telemetry.start(broker.connection)
+        metrics.in_flight(lambda: worker.in_flight)
         await broker.connection.subscribe(subjects.router_cancel.name, cb=handlers.on_cancel)
         await worker.start(broker.connection)
         # answered only once the worker listens, so ingress readiness means requests can be served
@@ -116,6 +131,7 @@ def create_app(settings: RouterSettings) -> FastStream:
     @app.on_shutdown
     async def _drain() -> None:
         await worker.stop()
+        await telemetry.stop()
 
     @app.after_shutdown
     async def _close() -> None:

@@ -13,6 +13,7 @@ from services.router import native
 from services.router.core import Deployment, Route, attempt_error, attempt_message, resolve, should_fail_over
 from services.router.providers.base import JsonObj, Translator, openai_usage
 from services.router.sse import SseParser
+from services.router.telemetry import attempt_started
 from services.router.upstream import Upstream
 from shared.bus import split_result
 from shared.errors import ErrorInfo, GatewayError, GatewayTimeoutError, InvalidRequestError, ServiceUnavailableError
@@ -79,6 +80,7 @@ class Dispatcher:
                 last_dep = dep
                 t0 = time.monotonic()
                 progress = _Progress()
+                attempt = attempt_started(req, dep, started)
                 try:
                     # a hard stop per attempt (asyncio.timeout creates no extra task, unlike wait_for)
                     async with asyncio.timeout(dep.timeout_s + 1.0):
@@ -92,11 +94,13 @@ class Dispatcher:
                     last = GatewayError(f"Internal error while calling {dep.id}: {type(exc).__name__}")
                 else:
                     attempts.append(_attempt_record(dep, 200, t0))
+                    attempt.end(200, None, progress.ttft_ms)
                     outcome = self._outcome(dep, progress, attempts, started)
                     for piece in split_result(Result(outcome=outcome, body=result, native=progress.native)):
                         await send(piece)
                     return
                 attempts.append(_attempt_record(dep, last.status, t0, last))
+                attempt.end(last.status, last, progress.ttft_ms)
                 if progress.sent or not should_fail_over(last):
                     break
                 if req.deadline and time.time() >= req.deadline:
