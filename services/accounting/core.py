@@ -222,7 +222,9 @@ def guard_row(event: GuardEvent) -> list[object]:
 
 
 def _ts_ns(unix_ns: int) -> datetime:
-    return _ts(unix_ns / 1e9)
+    """To the microsecond (a float of unix seconds keeps only about a quarter of one)."""
+    seconds = _ts(unix_ns // 1_000_000_000)
+    return seconds.replace(microsecond=(unix_ns // 1000) % 1_000_000) if seconds.timestamp() > 0 else seconds
 
 
 def span_rows(batch: SpanBatch) -> list[list[object]]:
