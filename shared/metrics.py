@@ -16,7 +16,15 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from typing import Protocol
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (
+    GC_COLLECTOR,
+    PLATFORM_COLLECTOR,
+    PROCESS_COLLECTOR,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.registry import Collector
@@ -196,6 +204,9 @@ def configure(service: str, *, enabled: bool = True) -> None:
     _STATE.service = service
     _STATE.enabled = enabled
     _CHILDREN.clear()
+    if enabled:  # series that must read 0 before their first event, so rate() and alerts see them
+        for counter in (RECONNECTS, DISCONNECTS, SPANS_DROPPED):
+            _child(counter)
 
 
 def enabled() -> bool:
@@ -337,6 +348,9 @@ class CallbackCollector(Collector):
 
 CALLBACKS = CallbackCollector()
 REGISTRY.register(CALLBACKS)
+# process_* (CPU, memory, open files), python_gc_*, python_info, as the default registry has them
+for _collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
+    REGISTRY.register(_collector)
 
 
 def in_flight(count: Callable[[], int]) -> None:

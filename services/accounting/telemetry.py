@@ -45,7 +45,7 @@ async def watch_pending(js: JetStreamContext, stream: str, durable: str, every_s
         try:
             info = await js.consumer_info(stream, durable)
         except Exception as exc:  # the consumer is not there yet, or NATS is away: try again next time
-            log.debug("consumer info of %s failed: %s", durable, exc)
+            log.debug("consumer info of %s failed: %r", durable, exc)
         else:
             metrics.accounting_pending(info.num_pending or 0, info.num_ack_pending or 0)
         await asyncio.sleep(every_s)
