@@ -10,7 +10,8 @@ guard       router.chat, inbox.> (blocks, relayed replies),     guard.chat, guar
             events.guard                                        guardout.> (replies it relays)
 router      inbox.>, guardout.> (replies, chunks, heartbeats)   router.chat, router.ping (router); router.cancel
 accounting  consumer create/info/next + acks, events stream     accounting.sql (accounting); max-deliveries advisory
-every service above: events.span (its spans, stored by accounting; shared/telemetry.py)
+every service above: telemetry.spans and the spans stream's setup (its spans; accounting stores them through
+            a durable pull consumer of their own, shared/telemetry.py)
 admin       accounting.sql, guard.scan, pings, JetStream API    (its own inbox only)
 
 Every role subscribes to its own reply inbox (`Subjects.role_inbox`) and to no other role's. The roles that
@@ -95,6 +96,11 @@ def _counters(subjects: Subjects) -> tuple[str, ...]:
     )
 
 
+def _spans(subjects: Subjects) -> tuple[str, ...]:
+    """Publish this process's spans, creating their stream if missing (shared/telemetry.py)."""
+    return (subjects.spans.name, *_stream_setup(subjects.spans_stream))
+
+
 def ingress(subjects: Subjects) -> Permissions:
     return Permissions(
         publish=(
@@ -102,13 +108,13 @@ def ingress(subjects: Subjects) -> Permissions:
             subjects.router_cancel.name,
             subjects.events_request.name,
             subjects.events_audit.name,
-            subjects.events_span.name,
             subjects.accounting_usage.name,  # usage summaries for the admin API (no free SQL)
             subjects.ping("guard"),
             subjects.ping("router"),
             *_events_stream_setup(subjects),
             *_counters(subjects),
             *_kv(subjects.directory_bucket),
+            *_spans(subjects),
         ),
         subscribe=(subjects.inbox_wildcard, f"{subjects.role_inbox('ingress')}.>"),
     )
@@ -121,8 +127,8 @@ def guard(subjects: Subjects) -> Permissions:
             subjects.router_chat.name,
             subjects.inbox_wildcard,
             subjects.events_guard.name,
-            subjects.events_span.name,
             *_events_stream_setup(subjects),
+            *_spans(subjects),
         ),
         subscribe=(
             queue_entry(chat),
@@ -138,12 +144,7 @@ def guard(subjects: Subjects) -> Permissions:
 def router(subjects: Subjects) -> Permissions:
     chat = subjects.router_chat
     return Permissions(
-        publish=(
-            subjects.inbox_wildcard,
-            subjects.guard_output_wildcard,
-            subjects.events_span.name,
-            *_events_stream_setup(subjects),
-        ),
+        publish=(subjects.inbox_wildcard, subjects.guard_output_wildcard, *_spans(subjects)),
         subscribe=(
             queue_entry(chat),
             subjects.router_cancel.name,  # every replica hears it: only the one serving the request acts
@@ -161,7 +162,7 @@ def accounting(subjects: Subjects) -> Permissions:
         publish=(
             *_events_stream_setup(subjects),
             subjects.events_alert.name,
-            subjects.events_span.name,
+            *_spans(subjects),
             *_counters(subjects),
             *_reader(subjects.reservations_stream),
             *_kv(subjects.alerts_bucket),
@@ -171,6 +172,12 @@ def accounting(subjects: Subjects) -> Permissions:
             f"{consumer}.INFO.{stream}.*",
             f"{consumer}.MSG.NEXT.{stream}.*",
             f"$JS.ACK.{stream}.>",
+            # the spans' durable pull consumer on their own stream
+            f"{consumer}.CREATE.{subjects.spans_stream}.>",
+            f"{consumer}.DURABLE.CREATE.{subjects.spans_stream}.*",
+            f"{consumer}.INFO.{subjects.spans_stream}.*",
+            f"{consumer}.MSG.NEXT.{subjects.spans_stream}.*",
+            f"$JS.ACK.{subjects.spans_stream}.>",
         ),
         subscribe=(
             queue_entry(subjects.accounting_sql),

@@ -127,9 +127,15 @@ class Subjects:
         return Subject(f"{self.prefix}.events.alert", BudgetAlert)
 
     @cached_property
-    def events_span(self) -> Subject[SpanBatch]:
-        """every service → JetStream: the spans one process finished lately (shared/telemetry.py)."""
-        return Subject(f"{self.prefix}.events.span", SpanBatch)
+    def spans(self) -> Subject[SpanBatch]:
+        """every service → JetStream (`spans_stream`, not the event stream): the spans one process finished
+        lately (shared/telemetry.py), stored by accounting on a slower cadence than request records."""
+        return Subject(f"{self.prefix}.telemetry.spans", SpanBatch)
+
+    @property
+    def spans_stream(self) -> str:
+        """JetStream stream of span batches: work-queue, capped in bytes and age (diagnostics, not records)."""
+        return f"{self._stream_base}_SPANS"
 
     def reservation(self, request_id: str) -> Subject[ReservationState]:
         """ingress / accounting → JetStream (`reservations_stream`): the state of one budget reservation."""

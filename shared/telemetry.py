@@ -2,9 +2,11 @@
 
 Spans (shared/tracing.py) are buffered as they end and shipped every `FLUSH_S` (or sooner, once
 `MAX_BATCH` are waiting), off the request path:
-- to ClickHouse: one SpanBatch event on `<p>.events.span` through an event publisher of their own (its own
-  spool, `<data_dir>/spool/<service>-spans/`, with its own cap, so spans never take room from request
-  records), stored by accounting in the `spans` table;
+- to ClickHouse: one SpanBatch on `<p>.telemetry.spans`, in a JetStream stream of their own (capped in bytes
+  and age), through an event publisher of their own (its own spool, `<data_dir>/spool/<service>-spans/`,
+  with its own cap), so spans never take room from request records; accounting stores them in the `spans`
+  table every few seconds (services/accounting/spans.py): one chDB insert costs ~12 ms whatever its size,
+  so spans are not inserted with every batch of records;
 - over OTLP/HTTP when `otlp_endpoint` is set: converted to OpenTelemetry SDK spans and exported by the
   SDK's BatchSpanProcessor and OTLPSpanExporter (its own thread, its own queue and retries).
 A buffer that cannot be shipped fast enough drops spans past `MAX_BUFFER` and counts them
@@ -26,6 +28,9 @@ from typing import Protocol
 from wsgiref.simple_server import WSGIServer
 
 from nats.aio.client import Client
+from nats.js import JetStreamContext
+from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
+from nats.js.errors import BadRequestError
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
@@ -38,12 +43,14 @@ from shared.event_publisher import EventPublisher
 from shared.schemas.events import SpanBatch, SpanRecord
 from shared.spool import SpoolConfig
 from shared.subjects import Subjects
-from shared.tracing import TRACER
+from shared.tracing import TRACER, Span
 
 log = logging.getLogger("gatehouse.telemetry")
 
-FLUSH_S = 1.0
+FLUSH_S = 0.25
 MAX_BATCH = 512
+# spans made into records per turn of the event loop while shipping (a few µs each)
+SHIP_CHUNK = 64
 MAX_BUFFER = 20_000
 
 
@@ -105,6 +112,32 @@ class TelemetryConfig:
         )
 
 
+SPANS_MAX_BYTES = 1 << 30
+SPANS_MAX_AGE_S = 24 * 3600.0
+
+
+def spans_stream_config(subjects: Subjects) -> StreamConfig:
+    """Span batches until accounting stored them (work-queue), on disk; past 1 GiB or a day the oldest go."""
+    return StreamConfig(
+        name=subjects.spans_stream,
+        subjects=[subjects.spans.name],
+        retention=RetentionPolicy.WORK_QUEUE,
+        storage=StorageType.FILE,
+        discard=DiscardPolicy.OLD,
+        max_bytes=SPANS_MAX_BYTES,
+        max_age=SPANS_MAX_AGE_S,
+        duplicate_window=120.0,
+    )
+
+
+async def ensure_spans_stream(js: JetStreamContext, subjects: Subjects) -> None:
+    """Create the spans stream if missing (idempotent; every process that ships spans calls it)."""
+    try:
+        await js.add_stream(spans_stream_config(subjects))
+    except BadRequestError:
+        log.info("stream %s exists with a different config; leaving it", subjects.spans_stream)
+
+
 def parse_headers(text: str) -> tuple[tuple[str, str], ...]:
     """`k=v,k2=v2` (the OTEL_EXPORTER_OTLP_HEADERS form) → pairs; blanks skipped."""
     pairs = []
@@ -121,9 +154,10 @@ class Telemetry:
 
     def __init__(self, config: TelemetryConfig, subjects: Subjects) -> None:
         self.config = config
-        self._subject = subjects.events_span
+        self._subjects = subjects
+        self._subject = subjects.spans
         self._instance = f"{socket.gethostname()}:{os.getpid()}"
-        self._buffer: list[SpanRecord] = []
+        self._buffer: list[Span] = []
         self._full = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._server: WSGIServer | None = None
@@ -150,8 +184,10 @@ class Telemetry:
         cfg = self.config
         if not cfg.tracing:
             TRACER.configure(None)
+            self._run_loop()
             return
         if cfg.store_spans and nc is not None:
+            await ensure_spans_stream(nc.jetstream(timeout=cfg.nats_timeout_s), self._subjects)
             self.publisher = EventPublisher(
                 SpoolConfig(root=cfg.spool_dir, max_bytes=cfg.spool_max_bytes),
                 timeout_s=cfg.nats_timeout_s,
@@ -163,11 +199,15 @@ class Telemetry:
             self._otlp = OtlpExport(cfg.service, cfg.otlp_endpoint, dict(cfg.otlp_headers))
         if self.publisher is None and self._otlp is None:
             TRACER.configure(None)  # nowhere to send spans: ids still propagate, nothing is recorded
-            return
-        TRACER.configure(self._on_end, cfg.sample_ratio)
-        self._task = asyncio.create_task(self._ship_forever(), name="span-export")
+        else:
+            TRACER.configure(self._on_end, cfg.sample_ratio)
+        self._run_loop()
 
-    def _on_end(self, span: SpanRecord) -> None:
+    def _run_loop(self) -> None:
+        if self.config.metrics or TRACER.enabled:
+            self._task = asyncio.create_task(self._ship_forever(), name="telemetry")
+
+    def _on_end(self, span: Span) -> None:
         buffer = self._buffer
         if len(buffer) >= MAX_BUFFER:
             metrics.spans_dropped(1)
@@ -177,20 +217,34 @@ class Telemetry:
             self._full.set()
 
     async def _ship_forever(self) -> None:
+        """Every FLUSH_S: fold the metrics' queue, and ship the spans, a chunk per turn of the event loop."""
         while True:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(FLUSH_S):
                     await self._full.wait()
             self._full.clear()
             try:
-                self.flush()
+                metrics.fold()
+                while self._buffer:
+                    spans, self._buffer = self._buffer[:MAX_BATCH], self._buffer[MAX_BATCH:]
+                    batch: list[SpanRecord] = []
+                    for at in range(0, len(spans), SHIP_CHUNK):
+                        if at:
+                            await asyncio.sleep(0)  # let requests through between chunks
+                        batch += _records(spans[at : at + SHIP_CHUNK])
+                    self._ship(batch)
             except Exception:
                 log.exception("shipping spans failed; they are dropped")
 
     def flush(self) -> None:
-        """Hand every buffered span to the exporters now."""
+        """Hand every buffered span to the exporters now (at shutdown)."""
+        metrics.fold()
         while self._buffer:
-            batch, self._buffer = self._buffer[:MAX_BATCH], self._buffer[MAX_BATCH:]
+            spans, self._buffer = self._buffer[:MAX_BATCH], self._buffer[MAX_BATCH:]
+            self._ship(_records(spans))
+
+    def _ship(self, batch: list[SpanRecord]) -> None:
+        if batch:
             if self.publisher is not None:
                 event = SpanBatch(
                     event_id=uuid.uuid4().hex, service=self.config.service, instance=self._instance, spans=batch
@@ -216,6 +270,16 @@ class Telemetry:
             self._server.shutdown()
             self._server.server_close()
             self._server = None
+
+
+def _records(spans: list[Span]) -> list[SpanRecord]:
+    out: list[SpanRecord] = []
+    for span in spans:
+        try:
+            out.append(span.record())
+        except Exception:  # a bug in one span's attributes must not lose the others
+            log.exception("span %s could not be recorded", span.name)
+    return out
 
 
 class OtlpExport:
@@ -258,7 +322,7 @@ def sdk_span(span: SpanRecord, resource: Resource) -> ReadableSpan:
         else None
     )
     status = Status(StatusCode.ERROR, span.status_message) if span.status == "error" else Status(StatusCode.OK)
-    attributes: dict[str, str] = dict(span.attributes)
+    attributes: dict[str, str | int | float | bool] = dict(span.attributes)
     if span.request_id:
         attributes["gatehouse.request_id"] = span.request_id
     return ReadableSpan(

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import contextvars
 import random
+import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from shared.schemas.events import SpanRecord
@@ -44,6 +45,10 @@ def _hex(value: str, length: int) -> bool:
     return len(value) == length and _HEX.issuperset(value)
 
 
+# the common case, checked in one match: version 00, lowercase hex
+_V00 = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
+
+
 def parse_traceparent(value: str | None) -> TraceContext | None:
     """The context of a W3C `traceparent` header; None when it is absent or invalid (a new trace starts).
 
@@ -52,6 +57,12 @@ def parse_traceparent(value: str | None) -> TraceContext | None:
     """
     if not value:
         return None
+    match = _V00.fullmatch(value)
+    if match is not None:
+        trace_id, span_id, flags = match.groups()
+        if trace_id == _ZERO_TRACE or span_id == _ZERO_SPAN:
+            return None
+        return TraceContext(trace_id, span_id, bool(int(flags, 16) & 1))
     value = value.strip()
     if len(value) < 55 or value[2] != "-" or value[35] != "-" or value[52] != "-":
         return None
@@ -85,14 +96,24 @@ def new_span_id() -> str:
             return f"{value:016x}"
 
 
+Attributes = Mapping[str, str | int | float | bool]
+
+
 class Span:
     """One unit of work of one stage. `end()` hands it to the exporter, once; a span that is not recorded
-    (tracing off, or not sampled) keeps its ids for propagation and costs nothing more."""
+    (tracing off, or not sampled) keeps its ids for propagation and costs nothing more.
+
+    Attributes known only at the end may be given to `end()` as a function and the plain values it reads:
+    the exporter calls it when it ships the span (`record()`), off the request's path. Plain values (not the
+    request's objects) so that nothing of the request outlives it: long-lived garbage makes Python's cycle
+    collector work harder on every request (measured: +30 µs per request here when spans held records)."""
 
     __slots__ = (
         "_sink",
         "attributes",
+        "end_ns",
         "kind",
+        "late",
         "name",
         "parent_id",
         "request_id",
@@ -102,11 +123,12 @@ class Span:
         "status",
         "status_message",
         "trace_id",
+        "values",
     )
 
     def __init__(
         self,
-        sink: Callable[[SpanRecord], None] | None,
+        sink: Callable[[Span], None] | None,
         name: str,
         kind: str,
         trace_id: str,
@@ -124,7 +146,10 @@ class Span:
         self.sampled = sampled
         self.request_id = request_id
         self.start_ns = start_ns
-        self.attributes: dict[str, str] = {}
+        self.end_ns = 0
+        self.attributes: dict[str, str | int | float | bool] = {}
+        self.late: Callable[..., Attributes] | None = None
+        self.values: tuple[object, ...] = ()
         self.status = "unset"
         self.status_message = ""
 
@@ -138,32 +163,44 @@ class Span:
 
     def set(self, key: str, value: str | int | float | bool) -> None:
         if self._sink is not None:
-            self.attributes[key] = value if isinstance(value, str) else str(value)
+            self.attributes[key] = value
 
     def fail(self, message: str) -> None:
         """Mark the span as failed; `message` is an error code or a short reason (never a prompt or a key)."""
         self.status = "error"
         self.status_message = message[:STATUS_MESSAGE_CHARS]
 
-    def end(self, end_ns: int | None = None) -> None:
+    def end(
+        self, attributes: Callable[..., Attributes] | None = None, *values: object, end_ns: int | None = None
+    ) -> None:
+        """End the span (now, or at `end_ns`); `attributes(*values)` is called when it is shipped."""
         sink = self._sink
         if sink is None:
             return
         self._sink = None  # ended once
-        sink(
-            SpanRecord(
-                trace_id=self.trace_id,
-                span_id=self.span_id,
-                parent_span_id=self.parent_id,
-                name=self.name,
-                kind=self.kind,
-                start_ns=self.start_ns,
-                end_ns=end_ns if end_ns is not None else time.time_ns(),
-                status="ok" if self.status == "unset" else self.status,
-                status_message=self.status_message,
-                request_id=self.request_id,
-                attributes=self.attributes,
-            )
+        self.end_ns = end_ns if end_ns is not None else time.time_ns()
+        self.late = attributes
+        self.values = values
+        sink(self)
+
+    def record(self) -> SpanRecord:
+        """The finished span as it is stored and exported (the exporter calls this, in batches)."""
+        attributes = self.attributes
+        if self.late is not None:
+            late = self.late(*self.values)
+            attributes = {**attributes, **late} if attributes else dict(late)
+        return SpanRecord(
+            trace_id=self.trace_id,
+            span_id=self.span_id,
+            parent_span_id=self.parent_id,
+            name=self.name,
+            kind=self.kind,
+            start_ns=self.start_ns,
+            end_ns=self.end_ns,
+            status="ok" if self.status == "unset" else self.status,
+            status_message=self.status_message,
+            request_id=self.request_id,
+            attributes=attributes,
         )
 
 
@@ -171,10 +208,10 @@ class Tracer:
     """Starts spans of one process; `configure` turns recording on and says where ended spans go."""
 
     def __init__(self) -> None:
-        self._sink: Callable[[SpanRecord], None] | None = None
+        self._sink: Callable[[Span], None] | None = None
         self._bound = 1 << 64  # root spans sampled: those whose trace id's low 64 bits are below this
 
-    def configure(self, sink: Callable[[SpanRecord], None] | None, sample_ratio: float = 1.0) -> None:
+    def configure(self, sink: Callable[[Span], None] | None, sample_ratio: float = 1.0) -> None:
         """Record spans into `sink` (None: record nothing); a new trace is sampled with `sample_ratio`,
         a continued one as its parent says (parent-based, as OpenTelemetry's default sampler)."""
         self._sink = sink

@@ -22,7 +22,8 @@ from services.accounting.consumer import EventConsumer
 from services.accounting.settings import AccountingSettings
 from services.accounting.settlement import Reservations
 from services.accounting.sink import ClickHouseSink, redact_dsn
-from services.accounting.telemetry import watch_pending
+from services.accounting.spans import SpanStore
+from services.accounting.telemetry import accounting_telemetry, start_telemetry
 from services.accounting.usage import BadUsageQuery, usage_sql
 from shared.bus import ensure_events_stream
 from shared.config import GatehouseConfig, load_config
@@ -31,7 +32,6 @@ from shared.natsconn import nats_broker
 from shared.pricing import Rates
 from shared.schemas.admin import SqlQuery, SqlResult
 from shared.subjects import Service, Subjects
-from shared.telemetry import Telemetry, TelemetryConfig
 
 log = logging.getLogger("gatehouse.accounting")
 
@@ -56,7 +56,7 @@ def create_app(settings: AccountingSettings) -> FastStream:
     )
     kinds = {name: p.kind for name, p in config.providers.items()}
     rates = negotiated_rates(config)
-    running: list[tuple[EventConsumer, asyncio.Task[None]]] = []
+    running: list[tuple[EventConsumer | SpanStore, asyncio.Task[None]]] = []
     ledger: list[Reservations] = []
     background: list[asyncio.Task[None]] = []
     sql = subjects.accounting_sql
@@ -78,23 +78,13 @@ def create_app(settings: AccountingSettings) -> FastStream:
         )
 
     app = FastStream(broker, logger=log)
-    telemetry = Telemetry(
-        TelemetryConfig.of(settings, "accounting", settings.otlp_headers.get_secret_value()), subjects
-    )
-    telemetry.serve_metrics()
+    telemetry = accounting_telemetry(settings, subjects)
 
     @app.after_startup
     async def _start() -> None:
         state = broker.config.connection_state
         await ensure_events_stream(state.stream, subjects)
-        await telemetry.start(state.connection)
-        if settings.metrics_enabled:
-            background.append(
-                asyncio.create_task(
-                    watch_pending(state.stream, subjects.events_stream, settings.durable, settings.metrics_poll_s),
-                    name="accounting-backlog",
-                )
-            )
+        background.extend(await start_telemetry(telemetry, settings, state.connection, subjects))
         await ensure_counter_streams(state.connection, subjects)
         reservations = Reservations(
             state.connection,
@@ -126,6 +116,8 @@ def create_app(settings: AccountingSettings) -> FastStream:
             crash_after_settle_file=settings.crash_after_settle_file,
         )
         running.append((consumer, asyncio.create_task(consumer.run(), name="accounting-consumer")))
+        spans = SpanStore(state.stream, subjects, sink, flush_s=settings.spans_flush_s, ready=consumer.ready)
+        running.append((spans, asyncio.create_task(spans.run(), name="accounting-spans")))
         log.info("accounting writes to %s", redact_dsn(sink.dsn))
         if sink.query_dsn:
             log.info("analytics queries run as %s", redact_dsn(sink.query_dsn))

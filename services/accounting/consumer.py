@@ -14,7 +14,7 @@ import logging
 import os
 import struct
 import time
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 
 import msgspec
@@ -28,7 +28,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import BadRequestError
 
 from services.accounting import migrations
-from services.accounting.core import REQUEST_COLUMNS, BadEvent, event_rows
+from services.accounting.core import REQUEST_COLUMNS, BadEvent, event_row
 from services.accounting.settlement import Reservations
 from services.accounting.sink import ClickHouseSink
 from services.accounting.telemetry import batch_stored
@@ -273,12 +273,12 @@ class EventConsumer:
             self._failpoint(items)
             stored = await self._store(items) if settled else None
         if stored is None:  # stopping while ClickHouse is down: hand them back for a replica or a restart
-            for msg in _distinct(i.msg for i in items):
-                await msg.nak()
+            for item in items:
+                await item.msg.nak()
             log.warning("stopped with %d events unstored; they were handed back to the stream", len(items))
         else:
-            for msg in _distinct(i.msg for i in stored):  # a span batch is one message, many rows
-                await msg.ack()
+            for item in stored:
+                await item.msg.ack()
             records = [(i.msg, i.event, i.row[_SETTLED_COST]) for i in stored if isinstance(i.event, RequestEvent)]
             batch_stored(len(msgs), records, started_ns)
         # acks are fire-and-forget publishes; push them out now (a lost ack only means a harmless redelivery)
@@ -291,11 +291,11 @@ class EventConsumer:
         bad: list[tuple[Msg, str]] = []
         for msg in msgs:
             try:
-                rows = event_rows(self._subjects, msg.subject, msg.data, self._kinds, self._rates)
+                table, row, event = event_row(self._subjects, msg.subject, msg.data, self._kinds, self._rates)
             except BadEvent as exc:
                 bad.append((msg, str(exc)))
                 continue
-            items.extend(Item(msg, table, row, event) for table, row, event in rows)
+            items.append(Item(msg, table, row, event))
         return items, bad
 
     def _failpoint(self, items: list[Item]) -> None:
@@ -429,11 +429,6 @@ class EventConsumer:
             log.info("stored %s in the last %.0fs (%d dropped in total)", counts, elapsed, self.dropped)
         self._window = {}
         self._window_start = now
-
-
-def _distinct(msgs: Iterable[Msg]) -> list[Msg]:
-    """Each message once, in order (the rows of one span batch share their message)."""
-    return list({id(m): m for m in msgs}.values())
 
 
 def _seq(msg: Msg) -> object:

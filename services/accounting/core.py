@@ -58,7 +58,7 @@ SPAN_COLUMNS = (
     "duration_ms", "status", "status_message", "request_id", "attributes", "batch_id",
 )  # fmt: skip
 
-# every table the consumer writes, with its columns; column 0 is the event id (spans: see UNCHECKED)
+# every table accounting writes, with its columns; column 0 is the event id (spans: see UNCHECKED)
 COLUMNS: dict[str, tuple[str, ...]] = {
     REQUESTS: REQUEST_COLUMNS,
     GUARD_VERDICTS: GUARD_COLUMNS,
@@ -68,7 +68,7 @@ COLUMNS: dict[str, tuple[str, ...]] = {
 }
 # tables stored without looking up which rows are there already: spans are many, and their table is ordered
 # by trace for reading, so a lookup by id would scan it; a span stored twice (accounting died between insert
-# and ack) collapses by (trace_id, span_id) in the ReplacingMergeTree
+# and ack) collapses by (trace_id, span_id) in the ReplacingMergeTree (services/accounting/spans.py)
 UNCHECKED = frozenset({SPANS})
 
 # provider kinds (config) → provider ids in genai-prices
@@ -234,30 +234,10 @@ def span_rows(batch: SpanBatch) -> list[list[object]]:
         rows.append([
             s.trace_id, s.span_id, s.parent_span_id, s.name, s.kind, batch.service, batch.instance,
             _ts_ns(s.start_ns), _ts_ns(s.end_ns), max(s.end_ns - s.start_ns, 0) / 1e6,
-            s.status, s.status_message, s.request_id, dict(s.attributes), batch.event_id,
+            s.status, s.status_message, s.request_id,
+            {k: v if isinstance(v, str) else str(v) for k, v in s.attributes.items()}, batch.event_id,
         ])  # fmt: skip
     return rows
-
-
-def event_rows(
-    subjects: Subjects,
-    subject: str,
-    data: bytes,
-    provider_kinds: Mapping[str, str],
-    rates: Mapping[str, Rates] | None = None,
-) -> list[tuple[str, list[object], RequestEvent | BudgetAlert | None]]:
-    """Every row one message of the event stream becomes (a span batch: one per span); BadEvent if none can."""
-    if subject != subjects.events_span.name:
-        return [event_row(subjects, subject, data, provider_kinds, rates)]
-    try:
-        rows = span_rows(subjects.events_span.decode(data))
-    except msgspec.DecodeError as exc:
-        raise BadEvent(f"undecodable event on {subject}: {exc}") from exc
-    except (ValueError, TypeError, OverflowError) as exc:
-        raise BadEvent(f"event on {subject} cannot be mapped to rows: {exc!r}") from exc
-    if not rows:
-        raise BadEvent(f"span batch on {subject} without spans")
-    return [(SPANS, row, None) for row in rows]
 
 
 def event_row(

@@ -65,6 +65,8 @@ class AccountingSettings(BaseSettings):
     metrics_enabled: bool = Field(default=True, validation_alias=_env("METRICS_ENABLED"))
     metrics_host: str = Field(default="127.0.0.1", validation_alias=_env("METRICS_HOST"))
     metrics_port: int = Field(default=0, ge=0, le=65535, validation_alias=_env("METRICS_PORT"))
+    # spans are stored this often (one insert each time: services/accounting/spans.py)
+    spans_flush_s: float = Field(default=5.0, gt=0)
     # how often the backlog of the event stream (gatehouse_accounting_pending_events) is read
     metrics_poll_s: float = Field(default=5.0, gt=0)
     tracing_enabled: bool = Field(default=True, validation_alias=_env("TRACING_ENABLED"))

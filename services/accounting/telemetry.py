@@ -7,12 +7,16 @@ import asyncio
 import logging
 from collections.abc import Sequence
 
+from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
+from services.accounting.settings import AccountingSettings
 from shared import metrics
 from shared.bus import TRACEPARENT
 from shared.schemas.events import RequestEvent
+from shared.subjects import Subjects
+from shared.telemetry import Telemetry, TelemetryConfig
 from shared.tracing import CONSUMER, TRACER, parse_traceparent
 
 log = logging.getLogger("gatehouse.accounting.telemetry")
@@ -33,10 +37,17 @@ def batch_stored(
         if parent is None:
             continue  # a record from before tracing (or from a tool): no trace to join
         span = TRACER.start("accounting.store", parent, kind=CONSUMER, request_id=event.request_id, start_ns=started_ns)
-        span.set("db.system.name", "clickhouse")
-        span.set("db.collection.name", table)
-        span.set("gatehouse.batch_size", size)
-        span.end()
+        span.end(
+            attributes=lambda: {
+                "db.system.name": "clickhouse",
+                "db.collection.name": table,
+                "gatehouse.batch_size": size,
+            }
+        )
+
+
+def _store_attributes(table: str, size: int) -> dict[str, str | int]:
+    return {"db.system.name": "clickhouse", "db.collection.name": table, "gatehouse.batch_size": size}
 
 
 async def watch_pending(js: JetStreamContext, stream: str, durable: str, every_s: float) -> None:
@@ -49,3 +60,22 @@ async def watch_pending(js: JetStreamContext, stream: str, durable: str, every_s
         else:
             metrics.accounting_pending(info.num_pending or 0, info.num_ack_pending or 0)
         await asyncio.sleep(every_s)
+
+
+def accounting_telemetry(settings: AccountingSettings, subjects: Subjects) -> Telemetry:
+    """The process's telemetry, its metrics port serving already."""
+    config = TelemetryConfig.of(settings, "accounting", settings.otlp_headers.get_secret_value())
+    telemetry = Telemetry(config, subjects)
+    telemetry.serve_metrics()
+    return telemetry
+
+
+async def start_telemetry(
+    telemetry: Telemetry, settings: AccountingSettings, nc: Client, subjects: Subjects
+) -> list[asyncio.Task[None]]:
+    """Ship spans through `nc`, and watch the event stream's backlog; the background tasks started."""
+    await telemetry.start(nc)
+    if not settings.metrics_enabled:
+        return []
+    watch = watch_pending(nc.jetstream(), subjects.events_stream, settings.durable, settings.metrics_poll_s)
+    return [asyncio.create_task(watch, name="accounting-backlog")]

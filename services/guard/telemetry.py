@@ -44,13 +44,18 @@ def finish_check(span: Span, req: ChatRequest, summary: GuardSummary, error: Err
     )
     if not span.recording:
         return
-    span.set("gatehouse.guard.policy", summary.policy)
-    span.set("gatehouse.guard.action", summary.action)
-    span.set("gatehouse.guard.findings", len(summary.findings))
-    span.set("gatehouse.guard.scan_us", summary.scan_us)
     if error is not None:
         span.fail(error.code)
-    span.end()
+    span.end(_check_attributes, summary.policy, summary.action, len(summary.findings), summary.scan_us)
+
+
+def _check_attributes(policy: str, action: str, findings: int, scan_us: int) -> dict[str, str | int]:
+    return {
+        "gatehouse.guard.policy": policy,
+        "gatehouse.guard.action": action,
+        "gatehouse.guard.findings": findings,
+        "gatehouse.guard.scan_us": scan_us,
+    }
 
 
 def verdict(summary: GuardSummary, findings: list[GuardFinding], direction: str, scan_us: int) -> None:

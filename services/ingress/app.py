@@ -262,7 +262,7 @@ class Gateway:
             received_at=time.time(),
             started=time.monotonic(),
         )
-        start_request(request, api.name, record)
+        start_request(request, record)
         try:
             ent = self.auth.authenticate(request.headers.get("authorization"), request.headers.get("x-api-key"))
             record.caller = ent.caller

@@ -31,7 +31,7 @@ from shared.tracing import CURRENT, SERVER, TRACER, Span, parse_traceparent
 MODEL_CHARS = 128
 
 
-def start_request(request: Request, api: str, record: RequestRecord) -> Span:
+def start_request(request: Request, record: RequestRecord) -> Span:
     """Open the request's span (continuing the client's trace) and tag the task's log lines with it."""
     span = TRACER.start(
         "ingress.request",
@@ -40,9 +40,7 @@ def start_request(request: Request, api: str, record: RequestRecord) -> Span:
         request_id=record.request_id,
     )
     if span.recording:
-        span.set("http.request.method", request.method)
-        span.set("http.route", request.url.path)
-        span.set("gen_ai.operation.name", api)
+        span.attributes["http.route"] = request.scope["path"]  # one of the API's routes
     record.span = span
     record.trace_id = span.trace_id
     CURRENT.set(span)
@@ -79,26 +77,62 @@ def finish_request(record: RequestRecord, models: Mapping[str, ModelConfig], fin
     span = record.span
     if span is None or not span.recording:
         return
-    span.set("http.response.status_code", record.status)
-    if record.model:
-        span.set("gen_ai.request.model", record.model[:MODEL_CHARS])
-    span.set("gatehouse.stream", record.stream)
-    if provider:
-        span.set("gen_ai.provider.name", provider)
-        span.set("gatehouse.deployment", deployment)
-    if outcome is not None and outcome.provider_model:
-        span.set("gen_ai.response.model", outcome.provider_model)
-    if usage is not None:
-        span.set("gen_ai.usage.input_tokens", usage.input_tokens)
-        span.set("gen_ai.usage.output_tokens", usage.output_tokens)
-    if record.guard is not None:
-        span.set("gatehouse.guard.action", record.guard.action)
-    if record.first_byte_ms:
-        span.set("gatehouse.ttft_ms", round(record.first_byte_ms, 3))
     if error is not None:
-        span.set("error.type", error.code)
         span.fail(error.code)
-    span.end()
+    span.end(
+        request_attributes,
+        record.api,
+        record.status,
+        record.stream,
+        record.model[:MODEL_CHARS],
+        provider,
+        deployment,
+        outcome.provider_model if outcome else "",
+        usage.input_tokens if usage else -1,
+        usage.output_tokens if usage else -1,
+        record.guard.action if record.guard else "",
+        round(record.first_byte_ms, 3),
+        error.code if error else "",
+    )
+
+
+def request_attributes(
+    api: str,
+    status: int,
+    stream: bool,
+    model: str,
+    provider: str,
+    deployment: str,
+    provider_model: str,
+    input_tokens: int,
+    output_tokens: int,
+    guard_action: str,
+    ttft_ms: float,
+    error_code: str,
+) -> dict[str, str | int | float | bool]:
+    """The ingress span's attributes (made when the span is shipped)."""
+    attributes: dict[str, str | int | float | bool] = {
+        "http.request.method": "POST",
+        "gen_ai.operation.name": api,
+        "http.response.status_code": status,
+        "gatehouse.stream": stream,
+    }
+    if model:
+        attributes["gen_ai.request.model"] = model
+    if provider:
+        attributes["gen_ai.provider.name"] = provider
+        attributes["gatehouse.deployment"] = deployment
+        attributes["gen_ai.response.model"] = provider_model
+    if input_tokens >= 0:
+        attributes["gen_ai.usage.input_tokens"] = input_tokens
+        attributes["gen_ai.usage.output_tokens"] = output_tokens
+    if guard_action:
+        attributes["gatehouse.guard.action"] = guard_action
+    if ttft_ms:
+        attributes["gatehouse.ttft_ms"] = ttft_ms
+    if error_code:
+        attributes["error.type"] = error_code
+    return attributes
 
 
 class MetricsEndpoint:

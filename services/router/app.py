@@ -25,7 +25,7 @@ from services.router.settings import RouterSettings
 from services.router.telemetry import finish_dispatch, start_dispatch
 from services.router.upstream import Upstream
 from shared import metrics
-from shared.bus import QueueWorker, answer_pings, ensure_events_stream
+from shared.bus import QueueWorker, answer_pings
 from shared.config import load_config
 from shared.natsconn import nats_broker
 from shared.schemas.chat import Heartbeat, Reply, Result
@@ -119,8 +119,6 @@ def create_app(settings: RouterSettings) -> FastStream:
 
     @app.after_startup
     async def _subscribe() -> None:
-        if settings.tracing_enabled and settings.trace_store:  # spans go to the event stream
-            await ensure_events_stream(broker.config.connection_state.stream, subjects)
         await telemetry.start(broker.connection)
         metrics.in_flight(lambda: worker.in_flight)
         await broker.connection.subscribe(subjects.router_cancel.name, cb=handlers.on_cancel)

@@ -57,8 +57,6 @@ def start_dispatch(msg: Msg, req: ChatRequest) -> RequestTrace:
         kind=CONSUMER,
         request_id=req.request_id,
     )
-    span.set("gen_ai.request.model", req.model)
-    span.set("gatehouse.stream", req.stream)
     trace = RequestTrace(req, span)
     _TRACE.set(trace)
     CURRENT.set(span)
@@ -88,21 +86,33 @@ def finish_dispatch(trace: RequestTrace) -> None:
     )
     if not span.recording:
         return
-    span.set("http.response.status_code", status)
-    span.set("gatehouse.attempts", trace.attempts)
+    code = error.code if error is not None else ""
+    if code:
+        span.fail(code)
+    span.end(_dispatch_attributes, req.model, req.stream, status, trace.attempts, provider, deployment, code)
+
+
+def _dispatch_attributes(
+    model: str, stream: bool, status: int, attempts: int, provider: str, deployment: str, code: str
+) -> dict[str, str | int | float | bool]:
+    out: dict[str, str | int | float | bool] = {
+        "gen_ai.request.model": model,
+        "gatehouse.stream": stream,
+        "http.response.status_code": status,
+        "gatehouse.attempts": attempts,
+    }
     if provider:
-        span.set("gen_ai.provider.name", provider)
-        span.set("gatehouse.deployment", deployment)
-    if error is not None:
-        span.set("error.type", error.code)
-        span.fail(error.code)
-    span.end()
+        out["gen_ai.provider.name"] = provider
+        out["gatehouse.deployment"] = deployment
+    if code:
+        out["error.type"] = code
+    return out
 
 
 class AttemptTrace:
     """One call of one deployment: a span (child of the dispatch span) and the upstream metrics."""
 
-    __slots__ = ("_started", "_t0", "dep", "request", "span")
+    __slots__ = ("_started", "_t0", "dep", "number", "request", "span")
 
     def __init__(self, req: ChatRequest, dep: Deployment, started: float) -> None:
         self.request = _TRACE.get()
@@ -111,17 +121,12 @@ class AttemptTrace:
         self._t0 = time.monotonic()
         parent = self.request.span.context if self.request is not None else current_context()
         self.span = TRACER.start("router.attempt", parent, kind=CLIENT, request_id=req.request_id)
-        target = dep.target
-        if self.span.recording:
-            self.span.set("gen_ai.provider.name", target.provider)
-            self.span.set("gatehouse.provider_kind", target.kind)
-            self.span.set("gatehouse.deployment", dep.id)
-            self.span.set("gen_ai.request.model", target.model)
+        self.number = 1
         if self.request is not None:
             if self.request.attempts:
                 metrics.router_retry(req.model, dep.id, self.request.last_error)
             self.request.attempts += 1
-            self.span.set("gatehouse.attempt", self.request.attempts)
+            self.number = self.request.attempts
             self.request.open_attempt = self
 
     def end(self, status: int, error: GatewayError | None, ttft_ms: float) -> None:
@@ -144,13 +149,37 @@ class AttemptTrace:
         span = self.span
         if not span.recording:
             return
-        span.set("http.response.status_code", status)
-        if ttft_s:
-            span.set("gatehouse.ttft_ms", round(ttft_s * 1000, 3))
         if code:
-            span.set("error.type", code)
             span.fail(code)
-        span.end()
+        span.end(
+            _attempt_attributes,
+            target.provider,
+            target.kind,
+            self.dep.id,
+            target.model,
+            self.number,
+            status,
+            round(ttft_s * 1000, 3),
+            code,
+        )
+
+
+def _attempt_attributes(
+    provider: str, kind: str, deployment: str, model: str, number: int, status: int, ttft_ms: float, code: str
+) -> dict[str, str | int | float | bool]:
+    out: dict[str, str | int | float | bool] = {
+        "gen_ai.provider.name": provider,
+        "gatehouse.provider_kind": kind,
+        "gatehouse.deployment": deployment,
+        "gen_ai.request.model": model,
+        "gatehouse.attempt": number,
+        "http.response.status_code": status,
+    }
+    if ttft_ms:
+        out["gatehouse.ttft_ms"] = ttft_ms
+    if code:
+        out["error.type"] = code
+    return out
 
 
 def attempt_started(req: ChatRequest, dep: Deployment, started: float) -> AttemptTrace:

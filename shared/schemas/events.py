@@ -99,8 +99,8 @@ class BudgetAlert(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class SpanRecord(msgspec.Struct, frozen=True, kw_only=True, array_like=True):
-    """One finished span (shared/tracing.py): ids in W3C hex, times in unix nanoseconds, attributes as
-    strings (never a prompt, a key or a secret)."""
+    """One finished span (shared/tracing.py): ids in W3C hex, times in unix nanoseconds, attributes (never
+    a prompt, a key or a secret; stored as strings)."""
 
     trace_id: str
     span_id: str
@@ -112,7 +112,7 @@ class SpanRecord(msgspec.Struct, frozen=True, kw_only=True, array_like=True):
     status: str = "ok"  # ok | error
     status_message: str = ""
     request_id: str = ""
-    attributes: dict[str, str] = {}
+    attributes: dict[str, str | int | float | bool] = {}
 
 
 class SpanBatch(msgspec.Struct, frozen=True, kw_only=True):

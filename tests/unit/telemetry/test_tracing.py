@@ -6,8 +6,7 @@ import asyncio
 
 import pytest
 
-from shared.schemas.events import SpanRecord
-from shared.tracing import CURRENT, SERVER, TraceContext, Tracer, current_context, parse_traceparent
+from shared.tracing import CURRENT, SERVER, Span, TraceContext, Tracer, current_context, parse_traceparent
 
 TRACE = "0af7651916cd43dd8448eb211c80319c"
 PARENT = "b7ad6b7169203331"
@@ -45,30 +44,34 @@ def test_an_invalid_traceparent_starts_a_new_trace(value: str | None) -> None:
 
 
 def test_spans_continue_their_parent_and_end_once() -> None:
-    ended: list[SpanRecord] = []
+    ended: list[Span] = []
     tracer = Tracer()
     tracer.configure(ended.append)
     parent = TraceContext(TRACE, PARENT, sampled=True)
     span = tracer.start("ingress.request", parent, kind=SERVER, request_id="r1")
-    span.set("http.response.status_code", 200)
+    span.set("http.route", "/v1/chat/completions")
     child = tracer.start("guard.check", span.context)
     child.fail("content_policy_violation")
     child.end()
-    span.end()
+    span.end(lambda code, stream: {"http.response.status_code": code, "gatehouse.stream": stream}, 500, False)
     span.end()  # a second end records nothing
     assert [s.name for s in ended] == ["guard.check", "ingress.request"]
-    guard, ingress = ended
+    guard, ingress = (s.record() for s in ended)
     assert ingress.trace_id == guard.trace_id == TRACE
     assert ingress.parent_span_id == PARENT and guard.parent_span_id == ingress.span_id
     assert len(ingress.span_id) == 16 and ingress.span_id != PARENT
-    assert ingress.attributes == {"http.response.status_code": "200"}
+    assert ingress.attributes == {
+        "http.route": "/v1/chat/completions",
+        "http.response.status_code": 500,
+        "gatehouse.stream": False,
+    }
     assert (ingress.kind, ingress.status, ingress.request_id) == ("server", "ok", "r1")
     assert (guard.status, guard.status_message) == ("error", "content_policy_violation")
     assert ingress.end_ns >= ingress.start_ns
 
 
 def test_a_new_trace_gets_real_ids_and_unsampled_spans_are_not_recorded() -> None:
-    ended: list[SpanRecord] = []
+    ended: list[Span] = []
     tracer = Tracer()
     tracer.configure(ended.append, sample_ratio=0.0)
     root = tracer.start("ingress.request", None)
