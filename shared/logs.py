@@ -12,6 +12,7 @@ import contextvars
 import logging
 import sys
 import time
+from types import TracebackType
 
 import msgspec
 
@@ -53,3 +54,13 @@ def setup_logging(service: str, level: str = "INFO") -> None:
     root.setLevel(level.upper())
     # httpx logs every request at INFO; per-request lines belong in ClickHouse, not the log
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    # warnings and a crash's traceback are log lines too, in the same JSON
+    logging.captureWarnings(True)
+    sys.excepthook = _log_uncaught
+
+
+def _log_uncaught(kind: type[BaseException], value: BaseException, tb: TracebackType | None) -> None:
+    if issubclass(kind, KeyboardInterrupt):
+        sys.__excepthook__(kind, value, tb)
+        return
+    logging.getLogger("gatehouse").critical("uncaught exception; the process ends", exc_info=(kind, value, tb))

@@ -186,8 +186,7 @@ class Telemetry:
             TRACER.configure(None)
             self._run_loop()
             return
-        if cfg.store_spans and nc is not None:
-            await ensure_spans_stream(nc.jetstream(timeout=cfg.nats_timeout_s), self._subjects)
+        if cfg.store_spans and nc is not None and await self._spans_stream(nc):
             self.publisher = EventPublisher(
                 SpoolConfig(root=cfg.spool_dir, max_bytes=cfg.spool_max_bytes),
                 timeout_s=cfg.nats_timeout_s,
@@ -202,6 +201,20 @@ class Telemetry:
         else:
             TRACER.configure(self._on_end, cfg.sample_ratio)
         self._run_loop()
+
+    async def _spans_stream(self, nc: Client) -> bool:
+        """The spans stream exists (made if missing); telemetry never keeps a process from serving."""
+        try:
+            await ensure_spans_stream(nc.jetstream(timeout=self.config.nats_timeout_s), self._subjects)
+        except Exception as exc:  # e.g. a NATS authorization older than the spans subject
+            log.error(
+                "spans will not be stored in ClickHouse: the stream %s cannot be set up (%r); regenerate the "
+                "NATS permissions (gatehouse nats-config)",
+                self._subjects.spans_stream,
+                exc,
+            )
+            return False
+        return True
 
     def _run_loop(self) -> None:
         if self.config.metrics or TRACER.enabled:
