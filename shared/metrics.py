@@ -79,20 +79,50 @@ def bounded(value: str, allowed: frozenset[str], fallback: str = OTHER) -> str:
 
 
 def fold() -> None:
-    """Apply the queued observations to their series (the loop's thread, or a scrape's: deque ops are atomic)."""
+    """Apply the queued observations to their series (the loop's thread, or a scrape's: deque ops are atomic).
+
+    Counter increments of one series are summed first: one locked update per series and fold."""
     queue = _QUEUE
+    sums: dict[tuple[int, tuple[str, ...]], float] = {}
     while True:
         try:
-            number, labels, value = queue.popleft()
+            key = queue.popleft()
         except IndexError:
-            return
+            break
+        number, labels, value = key
+        apply = _APPLY.get((number, labels))
+        if apply is None:
+            apply = _bind(number, labels)
+        if apply is _summed:
+            sums[number, labels] = sums.get((number, labels), 0.0) + value
+        else:
+            apply(value)
+    for (number, labels), total in sums.items():
         child = _child(_METRICS[number], *labels)
-        if isinstance(child, Counter):
-            child.inc(value)
-        elif isinstance(child, Histogram):
-            child.observe(value)
-        elif isinstance(child, Gauge):
-            child.set(value)
+        assert isinstance(child, Counter)
+        child.inc(total)
+
+
+def _summed(value: float) -> None:  # a marker: counter increments are summed, then applied
+    raise AssertionError("never called")
+
+
+# (metric number, labels) → what applies one observation: _summed for counters, observe or set
+_APPLY: dict[tuple[int, tuple[str, ...]], Callable[[float], None]] = {}
+
+
+def _bind(number: int, labels: tuple[str, ...]) -> Callable[[float], None]:
+    child = _child(_METRICS[number], *labels)
+    apply: Callable[[float], None]
+    if isinstance(child, Counter):
+        apply = _summed
+    elif isinstance(child, Histogram):
+        apply = child.observe
+    else:
+        assert isinstance(child, Gauge)
+        apply = child.set
+    _APPLY[number, labels] = apply
+    return apply
 
 
 class _Fold(Collector):
@@ -245,6 +275,7 @@ def configure(service: str, *, enabled: bool = True) -> None:
     _STATE.service = service
     _STATE.enabled = enabled
     _CHILDREN.clear()
+    _APPLY.clear()
     if enabled:  # series that must read 0 before their first event, so rate() and alerts see them
         for counter in (RECONNECTS, DISCONNECTS, SPANS_DROPPED):
             _child(counter)
