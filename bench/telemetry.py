@@ -6,9 +6,11 @@ provider, accounting on chDB), identical but for
        request traced (sample ratio 1: five spans, shipped to ClickHouse through the event stream), and
        the client sending a `traceparent` as an instrumented app would;
 - off: GATEHOUSE_METRICS_ENABLED=false and GATEHOUSE_TRACING_ENABLED=false (ids still propagate),
-then sends sequential requests alternating between them (so machine noise hits both alike), while
-scraping every /metrics of the "on" stack every `--scrape-s` seconds as Prometheus would. Reports p50,
-p99 and mean per stack and the difference (on - off), per run and the median over runs.
+plus a second "off" stack ("off2", the noise floor: two identical stacks differ this much), then sends
+sequential requests rotating among them (so machine noise hits all alike), while scraping every /metrics
+of the "on" stack every `--scrape-s` seconds as Prometheus would. Reports p50, p99 and mean per stack, the
+difference on - (off + off2) / 2, and off2 - off, per run and the median over runs; and the CPU each process used per
+request.
 
     python bench/telemetry.py --requests 2000 --runs 3
 
@@ -100,7 +102,8 @@ async def latency(urls: dict[str, str], n: int, metrics_urls: list[str], scrape_
         scraper = asyncio.create_task(scrape()) if scrape_s > 0 else None
         try:
             for i in range(n):
-                order = list(urls.items()) if i % 2 == 0 else list(reversed(urls.items()))
+                names = list(urls.items())
+                order = names[i % len(names) :] + names[: i % len(names)]
                 for name, url in order:
                     # the on stack's client sends its trace context as an instrumented app would (continuing
                     # a trace is the dearer path); the off stack starts its own ids
@@ -119,7 +122,11 @@ async def latency(urls: dict[str, str], n: int, metrics_urls: list[str], scrape_
 
 def run_once(args: argparse.Namespace, tmp: Path) -> dict[str, float]:
     extra = dict(item.split("=", 1) for item in args.on_env)
-    stacks = {"on": start(tmp, "on", not args.control, extra), "off": start(tmp, "off", False, {})}
+    stacks = {
+        "on": start(tmp, "on", not args.control, extra),
+        "off": start(tmp, "off", False, {}),
+        "off2": start(tmp, "off2", False, {}),
+    }
     try:
         for name, stack in stacks.items():
             assert stack.wait_ready(120), f"stack {name} did not start"
@@ -129,19 +136,23 @@ def run_once(args: argparse.Namespace, tmp: Path) -> dict[str, float]:
         asyncio.run(latency(urls, 200, scraped, 0))  # warm-up
         cpu_before = {name: _cpu(stack) for name, stack in stacks.items()}
         lat = asyncio.run(latency(urls, args.requests, scraped, args.scrape_s))
-        on, off = lat["on"], lat["off"]
         cpu_after = {name: _cpu(stack) for name, stack in stacks.items()}
         for name in stacks:
             used = {k: (v - cpu_before[name][k]) / args.requests * 1e6 for k, v in cpu_after[name].items()}
             print(f"  {name}: CPU µs per request " + ", ".join(f"{k} {v:.0f}" for k, v in used.items()), flush=True)
+        p50 = {name: statistics.median(values) for name, values in lat.items()}
+        p99 = {name: pct(values, 0.99) for name, values in lat.items()}
+        mean = {name: statistics.mean(values) for name, values in lat.items()}
         return {
-            "off p50 ms": statistics.median(off),
-            "on p50 ms": statistics.median(on),
-            "added p50 ms": statistics.median(on) - statistics.median(off),
-            "off p99 ms": pct(off, 0.99),
-            "on p99 ms": pct(on, 0.99),
-            "added p99 ms": pct(on, 0.99) - pct(off, 0.99),
-            "added mean ms": statistics.mean(on) - statistics.mean(off),
+            "off p50 ms": (p50["off"] + p50["off2"]) / 2,
+            "on p50 ms": p50["on"],
+            "added p50 ms": p50["on"] - (p50["off"] + p50["off2"]) / 2,
+            "noise p50 ms": p50["off2"] - p50["off"],
+            "off p99 ms": (p99["off"] + p99["off2"]) / 2,
+            "on p99 ms": p99["on"],
+            "added p99 ms": p99["on"] - (p99["off"] + p99["off2"]) / 2,
+            "noise p99 ms": p99["off2"] - p99["off"],
+            "added mean ms": mean["on"] - (mean["off"] + mean["off2"]) / 2,
         }
     finally:
         for stack in stacks.values():
