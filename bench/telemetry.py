@@ -163,7 +163,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=2000, help="requests per stack per run")
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--scrape-s", type=float, default=5.0, help="scrape every /metrics this often (0: never)")
+    parser.add_argument("--scrape-s", type=float, default=15.0, help="scrape every /metrics this often (0: never)")
     parser.add_argument(
         "--on-env", action="append", default=[], help="K=V for the on stack, e.g. GATEHOUSE_TRACE_STORE=false"
     )
