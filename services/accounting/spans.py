@@ -55,6 +55,7 @@ class SpanStore:
         self._schema_ready = ready  # the spans table exists once the record consumer migrated the schema
         self._stopping = asyncio.Event()
         self.stored = 0
+        self.failed_inserts = 0
 
     def stop(self) -> None:
         self._stopping.set()
@@ -131,6 +132,7 @@ class SpanStore:
             try:
                 inserted = await self._sink.insert_new({SPANS: rows})
             except Exception as exc:
+                self.failed_inserts += 1
                 log.warning("inserting %d spans failed (%s); handing them back", len(rows), exc)
                 for msg in good:
                     await msg.nak(delay=self._flush_s)
