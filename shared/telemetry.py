@@ -187,13 +187,20 @@ class Telemetry:
             self._run_loop()
             return
         if cfg.store_spans and nc is not None and await self._spans_stream(nc):
-            self.publisher = EventPublisher(
+            publisher = EventPublisher(
                 SpoolConfig(root=cfg.spool_dir, max_bytes=cfg.spool_max_bytes),
                 timeout_s=cfg.nats_timeout_s,
                 max_in_memory=1_000,  # batches, not spans
             )
-            await self.publisher.start(nc)
-            metrics.event_publisher("spans", self.publisher)
+            try:
+                await publisher.start(nc)
+            except OSError as exc:  # e.g. no writable data dir: spans are not worth refusing to serve for
+                log.error(
+                    "spans will not be stored in ClickHouse: their spool %s cannot be opened (%s)", cfg.spool_dir, exc
+                )
+            else:
+                self.publisher = publisher
+                metrics.event_publisher("spans", publisher)
         if cfg.otlp_endpoint:
             self._otlp = OtlpExport(cfg.service, cfg.otlp_endpoint, dict(cfg.otlp_headers))
         if self.publisher is None and self._otlp is None:

@@ -115,3 +115,18 @@ async def test_an_outage_hands_spans_back_and_they_are_stored_later(
         store.stop()
         await task
         metrics.configure("", enabled=False)
+
+
+async def test_a_spool_that_cannot_be_opened_costs_the_spans_not_the_process(
+    nc: Client, subjects: Subjects, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    blocked = tmp_path / "not-a-dir"
+    blocked.write_text("")
+    telemetry = Telemetry(TelemetryConfig(service="router", metrics=False, spool_dir=blocked / "spans"), subjects)
+    try:
+        await telemetry.start(nc)
+        assert telemetry.publisher is None and not TRACER.enabled
+        assert any("spans will not be stored" in r.getMessage() for r in caplog.records)
+    finally:
+        await telemetry.stop()
+        metrics.configure("", enabled=False)
