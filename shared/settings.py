@@ -46,6 +46,8 @@ class ServiceSettings(BaseSettings):
     trace_store: bool = True
     otlp_endpoint: str = ""
     otlp_headers: SecretStr = SecretStr("")
+    # how often finished spans are shipped (and queued metrics folded); a span batch is one JetStream message
+    trace_flush_s: float = Field(default=1.0, gt=0)
     # disk cap of the spool of spans waiting for JetStream (apart from the events' spool)
     trace_spool_max_bytes: int = Field(default=256 << 20, gt=0)
 

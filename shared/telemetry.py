@@ -1,6 +1,6 @@
 """A process's telemetry: its Prometheus metrics port, and where its finished spans go.
 
-Spans (shared/tracing.py) are buffered as they end and shipped every `FLUSH_S` (or sooner, once
+Spans (shared/tracing.py) are buffered as they end and shipped every `trace_flush_s` (or sooner, once
 `MAX_BATCH` are waiting), off the request path:
 - to ClickHouse: one SpanBatch on `<p>.telemetry.spans`, in a JetStream stream of their own (capped in bytes
   and age), through an event publisher of their own (its own spool, `<data_dir>/spool/<service>-spans/`,
@@ -47,7 +47,7 @@ from shared.tracing import TRACER, Span
 
 log = logging.getLogger("gatehouse.telemetry")
 
-FLUSH_S = 0.25
+FLUSH_S = 1.0
 MAX_BATCH = 512
 # spans made into records per turn of the event loop while shipping (a few µs each)
 SHIP_CHUNK = 64
@@ -76,6 +76,8 @@ class TelemetrySettings(Protocol):
     @property
     def nats_timeout_s(self) -> float: ...
     @property
+    def trace_flush_s(self) -> float: ...
+    @property
     def data_dir(self) -> str: ...
 
 
@@ -93,6 +95,7 @@ class TelemetryConfig:
     spool_dir: Path = Path(".gatehouse/spool")
     spool_max_bytes: int = 256 << 20
     nats_timeout_s: float = 5.0
+    flush_s: float = FLUSH_S
 
     @classmethod
     def of(cls, settings: TelemetrySettings, service: str, otlp_headers: str = "") -> TelemetryConfig:
@@ -109,6 +112,7 @@ class TelemetryConfig:
             spool_dir=Path(settings.data_dir) / "spool" / f"{service}-spans",
             spool_max_bytes=settings.trace_spool_max_bytes,
             nats_timeout_s=settings.nats_timeout_s,
+            flush_s=settings.trace_flush_s,
         )
 
 
@@ -237,10 +241,10 @@ class Telemetry:
             self._full.set()
 
     async def _ship_forever(self) -> None:
-        """Every FLUSH_S: fold the metrics' queue, and ship the spans, a chunk per turn of the event loop."""
+        """Every `flush_s`: fold the metrics' queue, and ship the spans, a chunk per turn of the event loop."""
         while True:
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(FLUSH_S):
+                async with asyncio.timeout(self.config.flush_s):
                     await self._full.wait()
             self._full.clear()
             try:

@@ -14,7 +14,7 @@ from genai_prices import Usage as PriceUsage
 from genai_prices import calc_price
 
 from shared.pricing import Rates, Tokens, cost
-from shared.schemas.events import AuditEvent, BudgetAlert, GuardEvent, RequestEvent, SpanBatch
+from shared.schemas.events import AuditEvent, BudgetAlert, GuardEvent, RequestEvent
 from shared.subjects import Subjects
 
 REQUESTS = "requests"
@@ -52,24 +52,13 @@ GUARD_COLUMNS = (
     "findings.start", "findings.end", "findings.location", "scan_us", "at",
 )  # fmt: skip
 
-SPANS = "spans"
-SPAN_COLUMNS = (
-    "trace_id", "span_id", "parent_span_id", "name", "kind", "service", "instance", "start_time", "end_time",
-    "duration_ms", "status", "status_message", "request_id", "attributes", "batch_id",
-)  # fmt: skip
-
-# every table accounting writes, with its columns; column 0 is the event id (spans: see UNCHECKED)
+# every table the consumer writes, with its columns; column 0 is always the event id
 COLUMNS: dict[str, tuple[str, ...]] = {
     REQUESTS: REQUEST_COLUMNS,
     GUARD_VERDICTS: GUARD_COLUMNS,
     AUDIT_LOG: AUDIT_COLUMNS,
     BUDGET_ALERTS: ALERT_COLUMNS,
-    SPANS: SPAN_COLUMNS,
 }
-# tables stored without looking up which rows are there already: spans are many, and their table is ordered
-# by trace for reading, so a lookup by id would scan it; a span stored twice (accounting died between insert
-# and ack) collapses by (trace_id, span_id) in the ReplacingMergeTree (services/accounting/spans.py)
-UNCHECKED = frozenset({SPANS})
 
 # provider kinds (config) → provider ids in genai-prices
 _PRICE_PROVIDER = {
@@ -219,25 +208,6 @@ def guard_row(event: GuardEvent) -> list[object]:
         [_clamp(x.start, _I32, -_I32) for x in f], [_clamp(x.end, _I32, -_I32) for x in f],
         [x.location for x in f], _clamp(event.scan_us, _U32), _ts(event.at),
     ]  # fmt: skip
-
-
-def _ts_ns(unix_ns: int) -> datetime:
-    """To the microsecond (a float of unix seconds keeps only about a quarter of one)."""
-    seconds = _ts(unix_ns // 1_000_000_000)
-    return seconds.replace(microsecond=(unix_ns // 1000) % 1_000_000) if seconds.timestamp() > 0 else seconds
-
-
-def span_rows(batch: SpanBatch) -> list[list[object]]:
-    """The `spans` rows of one batch, in SPAN_COLUMNS order."""
-    rows: list[list[object]] = []
-    for s in batch.spans:
-        rows.append([
-            s.trace_id, s.span_id, s.parent_span_id, s.name, s.kind, batch.service, batch.instance,
-            _ts_ns(s.start_ns), _ts_ns(s.end_ns), max(s.end_ns - s.start_ns, 0) / 1e6,
-            s.status, s.status_message, s.request_id,
-            {k: v if isinstance(v, str) else str(v) for k, v in s.attributes.items()}, batch.event_id,
-        ])  # fmt: skip
-    return rows
 
 
 def event_row(

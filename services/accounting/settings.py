@@ -75,6 +75,7 @@ class AccountingSettings(BaseSettings):
     otlp_endpoint: str = Field(default="", validation_alias=_env("OTLP_ENDPOINT"))
     otlp_headers: SecretStr = Field(default=SecretStr(""), validation_alias=_env("OTLP_HEADERS"))
     trace_spool_max_bytes: int = Field(default=256 << 20, gt=0, validation_alias=_env("TRACE_SPOOL_MAX_BYTES"))
+    trace_flush_s: float = Field(default=1.0, gt=0, validation_alias=_env("TRACE_FLUSH_S"))
 
     @model_validator(mode="after")
     def _result_bytes_above_reply(self) -> AccountingSettings:

@@ -23,7 +23,7 @@ from clickhouse_connect.driver.client import Client
 
 from services.accounting import analytics, migrations
 from services.accounting.analytics import Answer, QueryLimits
-from services.accounting.core import COLUMNS, UNCHECKED, sql_string_list
+from services.accounting.core import COLUMNS, sql_string_list
 
 log = logging.getLogger("gatehouse.accounting.sink")
 T = TypeVar("T")
@@ -115,10 +115,6 @@ class ClickHouseSink:
         for table, rows in batches.items():
             if not rows:
                 continue
-            if table in UNCHECKED:
-                client.insert(table, list(rows), column_names=list(COLUMNS[table]))
-                inserted[table] = len(rows)
-                continue
             # an event redelivered after a crash between insert and ack, or republished under a new
             # Nats-Msg-Id, is already stored: skip it, so it is never visible twice (even without FINAL)
             # and never counted twice by the materialized rollups
@@ -142,6 +138,15 @@ class ClickHouseSink:
         Idempotent: retrying a batch after any failure stores each event once.
         """
         return await self._run(self._insert_new, batches)
+
+    async def insert_json(self, table: str, columns: Sequence[str], body: bytes) -> None:
+        """Insert rows given as a JSON array of objects (JSONEachRow), parsed by ClickHouse itself: no row
+        passes through the driver's per-value encoding (the spans table, services/accounting/spans.py)."""
+
+        def _insert() -> None:
+            self._connect().raw_insert(table, list(columns), insert_block=body, fmt="JSONEachRow")
+
+        await self._run(_insert)
 
     # ---- analytics ---------------------------------------------------------------------------
     def _connect_reader(self) -> Client:
