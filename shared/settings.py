@@ -41,7 +41,7 @@ class ServiceSettings(BaseSettings):
     # spans: recorded when on; a new trace is sampled with this ratio, a continued one as its traceparent says
     tracing_enabled: bool = True
     trace_sample_ratio: float = Field(default=1.0, ge=0, le=1)
-    # spans go to ClickHouse (the `spans` table, through the event stream), and over OTLP/HTTP when an
+    # spans go to ClickHouse (the `spans` table, through their own stream), and over OTLP/HTTP when an
     # endpoint is set (e.g. http://collector:4318/v1/traces), with these headers (`k=v,k2=v2`; may carry a token)
     trace_store: bool = True
     otlp_endpoint: str = ""

@@ -2,8 +2,8 @@
 
 A span on the request path costs about 2 µs here (an OpenTelemetry SDK span measured ~23 µs on this
 machine, and a request crosses five of them), so spans are recorded as slotted objects and handed, when
-they end, to the process's exporter (`shared/telemetry.py`): in batches to ClickHouse through the event
-stream, and converted to OpenTelemetry SDK spans for OTLP when an endpoint is configured.
+they end, to the process's exporter (`shared/telemetry.py`): in batches to ClickHouse through JetStream
+(a stream of their own), and converted to OpenTelemetry SDK spans for OTLP when an endpoint is configured.
 
 The context a stage works in (its current span) is a contextvar: each NATS message and each HTTP request
 is served in its own asyncio task, so it is the request's own. A span that is not sampled still has ids,
