@@ -50,6 +50,9 @@ def up(
     nats_port: Annotated[int, typer.Option(help="NATS port (0 or taken: a free one)")] = 4222,
     replicas: Annotated[str, typer.Option(help="replicas per service, e.g. router=2,guard=2")] = "",
     prefix: Annotated[str, typer.Option(help="NATS subject prefix")] = "gh",
+    metrics_port: Annotated[
+        int, typer.Option(help="first Prometheus port of guard, router, accounting (one per process; 0: none)")
+    ] = 9464,
 ) -> None:
     """Start nats-server, embedded ClickHouse and all four services; Ctrl-C stops everything."""
     from gatehouse.launcher import Stack
@@ -76,6 +79,7 @@ def up(
         prefix=prefix,
         nats_port=nats_port,
         replicas=_parse_replicas(replicas),
+        metrics_port=metrics_port,
     )
     stopping = False
 
@@ -100,6 +104,9 @@ def up(
         console.print(f"  NATS: {stack.nats.url} (one NKey per role in {stack.data_dir / 'creds'})")
         console.print(f"  data and logs: {stack.data_dir}")
         console.print(f"  services: {', '.join(c.name for c in stack.children)}")
+        scraped = [f"{c.name} {c.metrics_url}" for c in stack.children if c.metrics_url]
+        if scraped:
+            console.print(f"  metrics (Prometheus): {', '.join(scraped)}")
         console.print(
             f"  try: curl {stack.ingress_url}/v1/chat/completions -H 'Authorization: Bearer sk-gatehouse-dev' "
             "-H 'Content-Type: application/json' "

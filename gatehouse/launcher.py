@@ -40,6 +40,7 @@ class Child:
     process: subprocess.Popen[bytes] | None = None
     restarts: int = 0
     last_start: float = 0.0
+    metrics_url: str = ""  # where Prometheus scrapes this process ('' : nowhere)
 
     def start(self) -> None:
         log = open(self.log_path, "ab")
@@ -76,6 +77,10 @@ class Stack:
     admin_key_name: str = "GATEHOUSE_ADMIN_KEY"
     admin_key_file: Path = Path()
     nats_restarts: int = 0
+    # first metrics port of guard, router and accounting processes (one each, counting up past taken ports);
+    # None: free ports; 0: none. Ingress serves /metrics on its own port
+    metrics_port: int | None = None
+    metrics_host: str = "127.0.0.1"
 
     @property
     def ingress_urls(self) -> list[str]:
@@ -113,11 +118,24 @@ class Stack:
         self.nats = start_nats(
             private_dir(self.data_dir / "nats"), port=port, log_file=logs / "nats-server.log", config_file=conf
         )
+        next_port = self.metrics_port
         for service in SERVICES:
             for i in range(self.replicas.get(service, 1)):
-                env = service_env(service, os.environ, config, self._launcher_env(service, i))
+                launcher_env = self._launcher_env(service, i)
+                metrics_url = ""
+                if service == "ingress":
+                    metrics_url = f"{self.ingress_urls[i]}/metrics"
+                    launcher_env["GATEHOUSE_METRICS_PORT"] = "0"  # its /metrics is on its own port
+                elif next_port != 0:
+                    port = free_port() if next_port is None else _next_free(next_port)
+                    next_port = None if next_port is None else port + 1
+                    name = "GATEHOUSE_ACCOUNTING_METRICS_PORT" if service == "accounting" else "GATEHOUSE_METRICS_PORT"
+                    launcher_env[name] = str(port)
+                    metrics_url = f"http://{self.metrics_host}:{port}/metrics"
+                env = service_env(service, os.environ, config, launcher_env)
                 # each replica names itself in the records it contributes to, as its log file is named
-                child = Child(service, i, {**env, "GATEHOUSE_REPLICA": f"{service}-{i}"}, logs / f"{service}-{i}.log")
+                env["GATEHOUSE_REPLICA"] = f"{service}-{i}"
+                child = Child(service, i, env, logs / f"{service}-{i}.log", metrics_url=metrics_url)
                 child.start()
                 self.children.append(child)
         self._write_state()
@@ -135,6 +153,8 @@ class Stack:
                 "GATEHOUSE_ACCOUNTING_CLICKHOUSE_DSN": os.environ.get(
                     "GATEHOUSE_ACCOUNTING_CLICKHOUSE_DSN", f"chdb://{(self.data_dir / 'clickhouse').resolve()}"
                 ),
+                "GATEHOUSE_ACCOUNTING_DATA_DIR": str(self.data_dir),  # the spool of its spans
+                "GATEHOUSE_ACCOUNTING_METRICS_HOST": self.metrics_host,
             }
         env = {
             "GATEHOUSE_NATS_URL": self.nats.url,
@@ -142,6 +162,7 @@ class Stack:
             "GATEHOUSE_CONFIG": str(self.config),
             "GATEHOUSE_SUBJECT_PREFIX": self.prefix,
             "GATEHOUSE_DATA_DIR": str(self.data_dir),  # event spools: <data_dir>/spool/<service>/
+            "GATEHOUSE_METRICS_HOST": self.metrics_host,
         }
         if service == "ingress":
             # each ingress replica on its own port (port, port+1, …): a load balancer goes in front
@@ -160,6 +181,7 @@ class Stack:
             "subject_prefix": self.prefix,
             "admin_seed_file": str(self.admin_seed_file),
             "admin_key_file": str(self.admin_key_file),
+            "metrics_urls": ",".join(c.metrics_url for c in self.children if c.metrics_url),
             "pid": os.getpid(),
         }
         _write_private(self.data_dir / "state.json", json.dumps(state, indent=2))
@@ -239,6 +261,13 @@ def _port_free(port: int, host: str = "127.0.0.1") -> bool:
         except OSError:
             return False
         return True
+
+
+def _next_free(port: int, host: str = "127.0.0.1") -> int:
+    """`port`, or the first free one after it."""
+    while not _port_free(port, host):
+        port += 1
+    return port
 
 
 def _write_private(path: Path, text: str) -> None:

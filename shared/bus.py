@@ -99,14 +99,15 @@ class QueueWorker:
         self._tasks: set[asyncio.Task[None]] = set()
         self._sub: Subscription | None = None
 
+    @property
+    def in_flight(self) -> int:
+        """Messages being handled now (metrics)."""
+        return len(self._tasks)
+
     async def start(self, nc: Client) -> None:
         self._sub = await nc.subscribe(
             self.subject, queue=self.queue, cb=self._on_msg, pending_msgs_limit=1_000_000, pending_bytes_limit=1 << 30
         )
-
-    @property
-    def in_flight(self) -> int:
-        return len(self._tasks)
 
     async def _on_msg(self, msg: Msg) -> None:
         if self._on_full is not None and self._slots.locked():

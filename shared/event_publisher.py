@@ -153,14 +153,22 @@ class EventPublisher:
         return self._spooling
 
     @property
+    def spooled_bytes(self) -> int:
+        """Bytes the spool holds on disk (metrics; a plain read, safe from a scrape thread)."""
+        return self._spool.size if self._spool is not None and not self._closed else 0
+
+    @property
     def spool(self) -> Spool:
         assert self._spool is not None, "EventPublisher.start() first"
         return self._spool
 
     # ---- the caller's side: never waits ----------------------------------------------------
-    def publish(self, subject: Subject[T], event: T, event_id: str) -> None:
-        """Hand an event over; it is published with Nats-Msg-Id = event_id, after every earlier one."""
-        item = SpooledEvent(subject=subject.name, event_id=event_id, data=subject.encode(event))
+    def publish(self, subject: Subject[T], event: T, event_id: str, traceparent: str = "") -> None:
+        """Hand an event over; it is published with Nats-Msg-Id = event_id (and the trace context of the
+        work it records, when given), after every earlier one."""
+        item = SpooledEvent(
+            subject=subject.name, event_id=event_id, data=subject.encode(event), traceparent=traceparent
+        )
         if self._closed or self._nc is None:
             self._drop(item, "the publisher is not running")
             return

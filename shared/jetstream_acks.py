@@ -12,7 +12,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.errors import BadSubjectError, MaxPayloadError
 
-from shared.bus import MSG_ID
+from shared.bus import MSG_ID, TRACEPARENT
 from shared.spool_format import SpooledEvent
 
 
@@ -69,10 +69,11 @@ class JetStreamAcks:
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._futures[token] = future
         future.add_done_callback(lambda _: self._futures.pop(token, None))
+        headers = {MSG_ID: event.event_id}
+        if event.traceparent:
+            headers[TRACEPARENT] = event.traceparent
         try:
-            await nc.publish(
-                event.subject, event.data, reply=f"{self._prefix}.{token}", headers={MSG_ID: event.event_id}
-            )
+            await nc.publish(event.subject, event.data, reply=f"{self._prefix}.{token}", headers=headers)
         except BaseException:
             future.cancel()
             raise

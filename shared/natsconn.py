@@ -23,6 +23,7 @@ from faststream.nats.security import NatsNKey
 from nats.aio.client import Client
 from nats.errors import ConnectionClosedError, ConnectionReconnectingError
 
+from shared import metrics
 from shared.permissions import Role
 from shared.subjects import Subjects
 
@@ -123,6 +124,7 @@ class GatehouseBroker(NatsBroker):
             reconnect_time_wait=RECONNECT_WAIT_S,
             error_cb=self._error,
             disconnected_cb=_log_disconnected,
+            reconnected_cb=_count_reconnected,
             closed_cb=self._closed,
             log_level=log_level,
         )
@@ -173,6 +175,12 @@ class GatehouseBroker(NatsBroker):
 
 async def _log_disconnected() -> None:
     log.warning("disconnected from NATS")
+    metrics.nats_disconnected()
+
+
+async def _count_reconnected() -> None:
+    log.info("reconnected to NATS")
+    metrics.nats_reconnected()
 
 
 def nats_broker(

@@ -11,6 +11,8 @@ guard       router.chat, inbox.> (blocks, relayed replies),     guard.chat, guar
 router      inbox.>, guardout.> (replies, chunks, heartbeats),  router.chat, router.ping (router); router.cancel,
             the routing KV bucket (deployment health)           router.status (every replica answers)
 accounting  consumer create/info/next + acks, events stream     accounting.sql (accounting); max-deliveries advisory
+every service above: telemetry.spans and the spans stream's setup (its spans; accounting stores them through
+            a durable pull consumer of their own, shared/telemetry.py)
 admin       accounting.sql, guard.scan, pings, JetStream API    (its own inbox only)
 
 Every role subscribes to its own reply inbox (`Subjects.role_inbox`) and to no other role's. The roles that
@@ -95,6 +97,11 @@ def _counters(subjects: Subjects) -> tuple[str, ...]:
     )
 
 
+def _spans(subjects: Subjects) -> tuple[str, ...]:
+    """Publish this process's spans, creating their stream if missing (shared/telemetry.py)."""
+    return (subjects.spans.name, *_stream_setup(subjects.spans_stream))
+
+
 def ingress(subjects: Subjects) -> Permissions:
     return Permissions(
         publish=(
@@ -109,6 +116,7 @@ def ingress(subjects: Subjects) -> Permissions:
             *_events_stream_setup(subjects),
             *_counters(subjects),
             *_kv(subjects.directory_bucket),
+            *_spans(subjects),
         ),
         subscribe=(subjects.inbox_wildcard, f"{subjects.role_inbox('ingress')}.>"),
     )
@@ -122,6 +130,7 @@ def guard(subjects: Subjects) -> Permissions:
             subjects.inbox_wildcard,
             subjects.events_guard.name,
             *_events_stream_setup(subjects),
+            *_spans(subjects),
         ),
         subscribe=(
             queue_entry(chat),
@@ -142,6 +151,7 @@ def router(subjects: Subjects) -> Permissions:
             subjects.guard_output_wildcard,
             # deployment health (open, cooldown, probe) shared by the router replicas; only routers write it
             *_kv(subjects.routing_bucket),
+            *_spans(subjects),
         ),
         subscribe=(
             queue_entry(chat),
@@ -161,6 +171,7 @@ def accounting(subjects: Subjects) -> Permissions:
         publish=(
             *_events_stream_setup(subjects),
             subjects.events_alert.name,
+            *_spans(subjects),
             *_counters(subjects),
             *_reader(subjects.reservations_stream),
             *_kv(subjects.alerts_bucket),
@@ -170,6 +181,12 @@ def accounting(subjects: Subjects) -> Permissions:
             f"{consumer}.INFO.{stream}.*",
             f"{consumer}.MSG.NEXT.{stream}.*",
             f"$JS.ACK.{stream}.>",
+            # the spans' durable pull consumer on their own stream
+            f"{consumer}.CREATE.{subjects.spans_stream}.>",
+            f"{consumer}.DURABLE.CREATE.{subjects.spans_stream}.*",
+            f"{consumer}.INFO.{subjects.spans_stream}.*",
+            f"{consumer}.MSG.NEXT.{subjects.spans_stream}.*",
+            f"$JS.ACK.{subjects.spans_stream}.>",
         ),
         subscribe=(
             queue_entry(subjects.accounting_sql),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import socket
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared.natsconn import NatsLink
@@ -38,6 +38,24 @@ class ServiceSettings(BaseSettings):
     # this process's name in the records it contributes to (which replica served a request): by default
     # the host name (a pod's name in Kubernetes) and process id; the launcher names its children `<service>-<n>`
     replica: str = Field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}", min_length=1)
+
+    # telemetry (shared/telemetry.py). Metrics are recorded when on, and served on metrics_host:metrics_port
+    # when a port is set (0: none; ingress also serves /metrics on its own port; `gatehouse up` assigns ports)
+    metrics_enabled: bool = True
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = Field(default=0, ge=0, le=65535)
+    # spans: recorded when on; a new trace is sampled with this ratio, a continued one as its traceparent says
+    tracing_enabled: bool = True
+    trace_sample_ratio: float = Field(default=1.0, ge=0, le=1)
+    # spans go to ClickHouse (the `spans` table, through their own stream), and over OTLP/HTTP when an
+    # endpoint is set (e.g. http://collector:4318/v1/traces), with these headers (`k=v,k2=v2`; may carry a token)
+    trace_store: bool = True
+    otlp_endpoint: str = ""
+    otlp_headers: SecretStr = SecretStr("")
+    # how often finished spans are shipped (and queued metrics folded); a span batch is one JetStream message
+    trace_flush_s: float = Field(default=1.0, gt=0)
+    # disk cap of the spool of spans waiting for JetStream (apart from the events' spool)
+    trace_spool_max_bytes: int = Field(default=256 << 20, gt=0)
 
     @property
     def nats_servers(self) -> list[str]:

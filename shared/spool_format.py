@@ -30,11 +30,13 @@ _CHUNK = 1 << 16
 
 
 class SpooledEvent(msgspec.Struct, frozen=True, kw_only=True, array_like=True):
-    """One event waiting for JetStream: where it goes, its Nats-Msg-Id, and its encoded body."""
+    """One event waiting for JetStream: where it goes, its Nats-Msg-Id, its encoded body, and the W3C
+    `traceparent` it carries as a header (records spooled before it existed read as '')."""
 
     subject: str
     event_id: str
     data: bytes
+    traceparent: str = ""
 
 
 _encoder = msgspec.msgpack.Encoder()

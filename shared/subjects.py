@@ -13,7 +13,7 @@ import msgspec
 
 from shared.schemas.admin import ScanRequest, ScanResult, SqlQuery, SqlResult, UsageQuery
 from shared.schemas.chat import Cancel, ChatRequest, Reply
-from shared.schemas.events import AuditEvent, BudgetAlert, GuardEvent, RequestEvent, ReservationState
+from shared.schemas.events import AuditEvent, BudgetAlert, GuardEvent, RequestEvent, ReservationState, SpanBatch
 from shared.schemas.routing import RouterStatus, StatusQuery
 
 T = TypeVar("T")
@@ -136,6 +136,17 @@ class Subjects:
     def events_alert(self) -> Subject[BudgetAlert]:
         """accounting → JetStream: a budget crossed an alert threshold."""
         return Subject(f"{self.prefix}.events.alert", BudgetAlert)
+
+    @cached_property
+    def spans(self) -> Subject[SpanBatch]:
+        """every service → JetStream (`spans_stream`, not the event stream): the spans one process finished
+        lately (shared/telemetry.py), stored by accounting on a slower cadence than request records."""
+        return Subject(f"{self.prefix}.telemetry.spans", SpanBatch)
+
+    @property
+    def spans_stream(self) -> str:
+        """JetStream stream of span batches: work-queue, capped in bytes and age (diagnostics, not records)."""
+        return f"{self._stream_base}_SPANS"
 
     def reservation(self, request_id: str) -> Subject[ReservationState]:
         """ingress / accounting → JetStream (`reservations_stream`): the state of one budget reservation."""

@@ -22,6 +22,8 @@ from services.accounting.consumer import EventConsumer
 from services.accounting.settings import AccountingSettings
 from services.accounting.settlement import Reservations
 from services.accounting.sink import ClickHouseSink, redact_dsn
+from services.accounting.spans import SpanStore
+from services.accounting.telemetry import accounting_telemetry, start_telemetry
 from services.accounting.usage import BadUsageQuery, usage_sql
 from shared.bus import ensure_events_stream
 from shared.config import GatehouseConfig, load_config
@@ -54,7 +56,7 @@ def create_app(settings: AccountingSettings) -> FastStream:
     )
     kinds = {name: p.kind for name, p in config.providers.items()}
     rates = negotiated_rates(config)
-    running: list[tuple[EventConsumer, asyncio.Task[None]]] = []
+    running: list[tuple[EventConsumer | SpanStore, asyncio.Task[None]]] = []
     ledger: list[Reservations] = []
     background: list[asyncio.Task[None]] = []
     sql = subjects.accounting_sql
@@ -76,11 +78,13 @@ def create_app(settings: AccountingSettings) -> FastStream:
         )
 
     app = FastStream(broker, logger=log)
+    telemetry = accounting_telemetry(settings, subjects)
 
     @app.after_startup
     async def _start() -> None:
         state = broker.config.connection_state
         await ensure_events_stream(state.stream, subjects)
+        background.extend(await start_telemetry(telemetry, settings, state.connection, subjects))
         await ensure_counter_streams(state.connection, subjects)
         reservations = Reservations(
             state.connection,
@@ -112,6 +116,8 @@ def create_app(settings: AccountingSettings) -> FastStream:
             crash_after_settle_file=settings.crash_after_settle_file,
         )
         running.append((consumer, asyncio.create_task(consumer.run(), name="accounting-consumer")))
+        spans = SpanStore(state.stream, subjects, sink, flush_s=settings.spans_flush_s, ready=consumer.ready)
+        running.append((spans, asyncio.create_task(spans.run(), name="accounting-spans")))
         log.info("accounting writes to %s", redact_dsn(sink.dsn))
         if sink.query_dsn:
             log.info("analytics queries run as %s", redact_dsn(sink.query_dsn))
@@ -131,6 +137,7 @@ def create_app(settings: AccountingSettings) -> FastStream:
             if not done:
                 log.warning("the in-flight batch did not finish in time; it will be redelivered")
                 task.cancel()
+        await telemetry.stop()  # the spans of the last batch go out before the connection closes
 
     @app.after_shutdown
     async def _close() -> None:

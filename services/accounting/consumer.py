@@ -31,6 +31,8 @@ from services.accounting import migrations
 from services.accounting.core import REQUEST_COLUMNS, BadEvent, event_row
 from services.accounting.settlement import Reservations
 from services.accounting.sink import ClickHouseSink
+from services.accounting.telemetry import batch_stored
+from shared import metrics
 from shared.bus import ensure_events_stream
 from shared.pricing import Rates
 from shared.schemas.events import BudgetAlert, RequestEvent
@@ -258,6 +260,7 @@ class EventConsumer:
         return msgs
 
     async def _handle(self, msgs: list[Msg]) -> None:
+        started_ns = time.time_ns()
         items, bad = await asyncio.to_thread(self._prepare, msgs)
         for msg, reason in bad:
             log.error("dropping event (stream sequence %s): %s", _seq(msg), reason)
@@ -276,6 +279,8 @@ class EventConsumer:
         else:
             for item in stored:
                 await item.msg.ack()
+            records = [(i.msg, i.event, i.row[_SETTLED_COST]) for i in stored if isinstance(i.event, RequestEvent)]
+            batch_stored(len(msgs), records, started_ns)
         # acks are fire-and-forget publishes; push them out now (a lost ack only means a harmless redelivery)
         with contextlib.suppress(Exception):
             await self._nc.flush(timeout=5)
@@ -370,6 +375,7 @@ class EventConsumer:
         batches: dict[str, list[list[object]]] = {}
         for item in items:
             batches.setdefault(item.table, []).append(item.row)
+        started = time.perf_counter()
         try:
             inserted = await self._sink.insert_new(batches)
         except DATA_ERRORS as exc:
@@ -383,6 +389,7 @@ class EventConsumer:
             await self._insert_isolating(items[:half], poisoned)
             await self._insert_isolating(items[half:], poisoned)
             return
+        metrics.accounting_insert(inserted, time.perf_counter() - started)
         for table, count in inserted.items():
             self.stored[table] = self.stored.get(table, 0) + count
             self._window[table] = self._window.get(table, 0) + count

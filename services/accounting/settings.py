@@ -59,6 +59,23 @@ class AccountingSettings(BaseSettings):
     query_max_result_bytes: int = Field(default=128 * 2**20, gt=0)
     # how long a graceful stop waits for the in-flight batch to be stored
     shutdown_timeout_s: float = Field(default=20.0, gt=0)
+    # local state: the spool of this process's spans waiting for JetStream (<data_dir>/spool/accounting-spans/)
+    data_dir: str = Field(default=".gatehouse", validation_alias=_env("DATA_DIR"))
+    # telemetry, as for every service (shared/settings.py; shared/telemetry.py)
+    metrics_enabled: bool = Field(default=True, validation_alias=_env("METRICS_ENABLED"))
+    metrics_host: str = Field(default="127.0.0.1", validation_alias=_env("METRICS_HOST"))
+    metrics_port: int = Field(default=0, ge=0, le=65535, validation_alias=_env("METRICS_PORT"))
+    # spans are stored this often (one insert each time: services/accounting/spans.py)
+    spans_flush_s: float = Field(default=5.0, gt=0)
+    # how often the backlog of the event stream (gatehouse_accounting_pending_events) is read
+    metrics_poll_s: float = Field(default=5.0, gt=0)
+    tracing_enabled: bool = Field(default=True, validation_alias=_env("TRACING_ENABLED"))
+    trace_sample_ratio: float = Field(default=1.0, ge=0, le=1, validation_alias=_env("TRACE_SAMPLE_RATIO"))
+    trace_store: bool = Field(default=True, validation_alias=_env("TRACE_STORE"))
+    otlp_endpoint: str = Field(default="", validation_alias=_env("OTLP_ENDPOINT"))
+    otlp_headers: SecretStr = Field(default=SecretStr(""), validation_alias=_env("OTLP_HEADERS"))
+    trace_spool_max_bytes: int = Field(default=256 << 20, gt=0, validation_alias=_env("TRACE_SPOOL_MAX_BYTES"))
+    trace_flush_s: float = Field(default=1.0, gt=0, validation_alias=_env("TRACE_FLUSH_S"))
 
     @model_validator(mode="after")
     def _result_bytes_above_reply(self) -> AccountingSettings:

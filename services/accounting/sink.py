@@ -139,6 +139,15 @@ class ClickHouseSink:
         """
         return await self._run(self._insert_new, batches)
 
+    async def insert_json(self, table: str, columns: Sequence[str], body: bytes) -> None:
+        """Insert rows given as a JSON array of objects (JSONEachRow), parsed by ClickHouse itself: no row
+        passes through the driver's per-value encoding (the spans table, services/accounting/spans.py)."""
+
+        def _insert() -> None:
+            self._connect().raw_insert(table, list(columns), insert_block=body, fmt="JSONEachRow")
+
+        await self._run(_insert)
+
     # ---- analytics ---------------------------------------------------------------------------
     def _connect_reader(self) -> Client:
         if self._reader is None:

@@ -23,7 +23,9 @@ from nats.aio.subscription import Subscription
 from services.guard.core import Guard
 from services.guard.relay import ResponseRelay
 from services.guard.settings import GuardSettings
+from services.guard.telemetry import finish_check, forward_headers, start_check
 from services.guard.verdicts import VerdictLog
+from shared import metrics
 from shared.bus import QueueWorker, answer_pings, ensure_events_stream
 from shared.config import load_config
 from shared.event_publisher import EventPublisher
@@ -31,6 +33,7 @@ from shared.natsconn import nats_broker
 from shared.schemas.admin import ScanFinding, ScanRequest, ScanResult
 from shared.schemas.chat import Outcome, Result, Verdict
 from shared.subjects import Service, Subjects
+from shared.telemetry import Telemetry, TelemetryConfig
 
 log = logging.getLogger("gatehouse.guard")
 
@@ -96,6 +99,7 @@ class GuardHandlers:
         except msgspec.MsgspecError:
             log.warning("malformed request on %s dropped", msg.subject)
             return
+        span = start_check(msg, req)
         started = time.perf_counter_ns()
         checked = self.guard.check(req)
         us = (time.perf_counter_ns() - started) // 1000
@@ -112,7 +116,9 @@ class GuardHandlers:
                 self.relay.track(req.request_id, reply_to, summary, checked.output, checked.vault)
                 reply_to = f"{self.out_prefix}.{req.request_id}"
             router = self.subjects.router_chat
-            await nc.publish(router.name, router.encode(checked.request), reply=reply_to, headers=msg.headers)
+            headers = forward_headers(msg, span)
+            await nc.publish(router.name, router.encode(checked.request), reply=reply_to, headers=headers)
+        finish_check(span, req, summary, checked.error)
         self.verdicts.record(req.request_id, summary, list(summary.findings), "input", us)
 
     async def on_response(self, msg: Msg) -> None:
@@ -130,6 +136,8 @@ def create_app(settings: GuardSettings) -> FastStream:
     broker = nats_broker(settings.nats_link("guard"))
     events = EventPublisher.from_settings(settings, "guard")
     handlers = GuardHandlers(broker, Guard(config), subjects, events, settings.replica)
+    telemetry = Telemetry(TelemetryConfig.of(settings, "guard", settings.otlp_headers.get_secret_value()), subjects)
+    telemetry.serve_metrics()
     chat_in, scan = subjects.guard_chat, subjects.guard_scan
     worker = QueueWorker(chat_in.name, chat_in.queue, handlers.on_request, settings.guard_max_concurrency)
     scanner = QueueWorker(scan.name, scan.queue, handlers.on_scan, settings.guard_max_concurrency)
@@ -142,6 +150,9 @@ def create_app(settings: GuardSettings) -> FastStream:
         nc = broker.connection
         await ensure_events_stream(broker.config.connection_state.stream, subjects)
         await handlers.verdicts.start(nc)
+        await telemetry.start(nc)
+        metrics.in_flight(lambda: worker.in_flight)
+        metrics.event_publisher("events", events)
         # responses for this replica's requests arrive in order on one subscription
         subs.append(
             await nc.subscribe(f"{handlers.out_prefix}.*", cb=handlers.on_response, pending_msgs_limit=1_000_000)
@@ -159,6 +170,7 @@ def create_app(settings: GuardSettings) -> FastStream:
             await sub.unsubscribe()
         for task in sweeper:
             task.cancel()
+        await telemetry.stop()
         await handlers.verdicts.drain()
 
     return app

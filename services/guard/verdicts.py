@@ -8,6 +8,7 @@ import uuid
 
 from nats.aio.client import Client
 
+from services.guard.telemetry import verdict
 from shared.event_publisher import EventPublisher
 from shared.schemas.chat import GuardFinding, GuardSummary
 from shared.schemas.events import GuardEvent
@@ -25,6 +26,7 @@ class VerdictLog:
     def record(
         self, request_id: str, summary: GuardSummary, findings: list[GuardFinding], direction: str, scan_us: int
     ) -> None:
+        verdict(summary, findings, direction, scan_us)
         if not findings and summary.action != "block":
             return  # a clean pass is recorded on the request's own row
         event = GuardEvent(

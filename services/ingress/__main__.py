@@ -8,12 +8,14 @@ import sys
 import uvicorn
 
 from services.ingress.app import create_app
-from services.ingress.exposure import dev_key_exposure
+from services.ingress.exposure import dev_key_exposure, is_loopback
 from services.ingress.settings import IngressSettings
+from services.ingress.telemetry import MetricsEndpoint
 from shared.config import load_config
 from shared.event_publisher import EventPublisher
 from shared.logs import setup_logging
 from shared.subjects import Subjects
+from shared.telemetry import Telemetry, TelemetryConfig
 
 
 def main() -> None:
@@ -25,13 +27,23 @@ def main() -> None:
     if refused and not settings.ingress_allow_dev_key:
         sys.exit(f"ingress: {refused}")
     events = EventPublisher.from_settings(settings, "ingress")
+    subjects = Subjects(settings.subject_prefix)
+    telemetry = Telemetry(TelemetryConfig.of(settings, "ingress", settings.otlp_headers.get_secret_value()), subjects)
+    telemetry.serve_metrics()
+    endpoint = (
+        MetricsEndpoint(settings.ingress_metrics_token.get_secret_value(), is_loopback(host))
+        if settings.metrics_enabled
+        else None
+    )
     app = create_app(
         config,
         settings.nats_link("ingress"),
-        Subjects(settings.subject_prefix),
+        subjects,
         events,
         nats_timeout_s=settings.nats_timeout_s,
         admin_key=os.environ.get(config.governance.admin_key_env) or None,
+        telemetry=telemetry,
+        metrics_endpoint=endpoint,
     )
     uvicorn.run(
         app,
@@ -41,6 +53,7 @@ def main() -> None:
         http="httptools",
         access_log=False,
         log_level="warning",
+        log_config=None,  # uvicorn's own lines go through the JSON handler (shared/logs.py), not its formatter
         server_header=False,
         proxy_headers=False,
         timeout_graceful_shutdown=10,

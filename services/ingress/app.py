@@ -34,7 +34,9 @@ from services.ingress.keystore import KeyStore
 from services.ingress.pricing import pricing_index
 from services.ingress.records import RecordPublisher, RequestRecord, new_request_id
 from services.ingress.routing import client_deadline, route_choice
+from services.ingress.telemetry import MetricsEndpoint, finish_request, start_request, traceparent
 from services.ingress.usage_policy import apply_params, max_output, with_max_output
+from shared import metrics
 from shared.bus import REQUEST_ID, TRACEPARENT, ensure_events_stream
 from shared.config import GatehouseConfig
 from shared.counters import Counters, ensure_counter_streams
@@ -67,7 +69,9 @@ from shared.schemas.chat import (
 )
 from shared.schemas.openai import ChatCompletionRequest
 from shared.subjects import Subjects
+from shared.telemetry import Telemetry
 from shared.tokens import embeddings_tokens, estimate_prompt_tokens
+from shared.tracing import TRACER
 
 log = logging.getLogger("gatehouse.ingress")
 
@@ -124,8 +128,10 @@ class Gateway:
         subjects: Subjects,
         events: EventPublisher,
         nats_timeout_s: float = 5.0,
+        telemetry: Telemetry | None = None,
     ) -> None:
         self.config = config
+        self.telemetry = telemetry
         self.nats_timeout_s = nats_timeout_s
         self.broker = broker
         self.subjects = subjects
@@ -164,6 +170,10 @@ class Gateway:
         self.keystore.start()
         await self.records.start(nc)
         await self.inbox.start(nc)
+        if self.telemetry is not None:
+            await self.telemetry.start(nc)
+            metrics.in_flight(lambda: len(self.inbox))
+            metrics.event_publisher("events", self.records.events)
 
     async def stop(self) -> None:
         if self._tasks:
@@ -173,6 +183,8 @@ class Gateway:
             await self.keystore.stop()
         if self.governor is not None:
             await self.governor.drain()
+        if self.telemetry is not None:
+            await self.telemetry.stop()
         await self.records.drain()
         await self.broker.stop()
 
@@ -262,8 +274,8 @@ class Gateway:
             api=api.name,
             received_at=time.time(),
             started=time.monotonic(),
-            trace_id=request.headers.get(TRACEPARENT, ""),
         )
+        start_request(request, record)
         try:
             ent = self.auth.authenticate(request.headers.get("authorization"), request.headers.get("x-api-key"))
             record.caller = ent.caller
@@ -344,9 +356,13 @@ class Gateway:
                 "set `price` on its deployments in the config.",
                 param="model",
             )
-        admitted = await self.governor.admit(
-            ent, record.request_id, Estimate(input_tokens, output_tokens, pricing), deadline
-        )
+        span = TRACER.start("ingress.admit", record.span.context if record.span else None, request_id=record.request_id)
+        try:
+            admitted = await self.governor.admit(
+                ent, record.request_id, Estimate(input_tokens, output_tokens, pricing), deadline
+            )
+        finally:
+            span.end()
         record.admitted = admitted
         if admitted.reservation is not None:
             self.records.hold(admitted.reservation)
@@ -359,7 +375,9 @@ class Gateway:
             usage = record.outcome.usage if record.outcome else None
             tokens = (usage.input_tokens + usage.output_tokens) if usage else 0
             self._spawn(self.governor.finish(admitted, tokens))
-        self.records.submit(record)
+        finished = time.monotonic()
+        self.records.submit(record, finished)
+        finish_request(record, self.models, finished)
 
     @staticmethod
     def _headers(record: RequestRecord) -> dict[str, str]:
@@ -391,9 +409,7 @@ class Gateway:
 
     async def _dispatch(self, req: ChatRequest, record: RequestRecord, api: apis.Api, parsed: apis.Parsed) -> Response:
         inbox, queue = self.inbox.open(req.request_id)
-        headers = {REQUEST_ID: req.request_id}
-        if req.trace_id:
-            headers[TRACEPARENT] = req.trace_id
+        headers = {REQUEST_ID: req.request_id, TRACEPARENT: traceparent(record)}
         handed_over = False
         try:
             try:
@@ -576,9 +592,11 @@ def create_app(
     *,
     nats_timeout_s: float = 5.0,
     admin_key: str | None = None,
+    telemetry: Telemetry | None = None,
+    metrics_endpoint: MetricsEndpoint | None = None,
 ) -> Starlette:
     broker = nats_broker(nats, max_body_bytes=config.server.max_body_bytes)
-    gw = Gateway(config, broker, subjects, events, nats_timeout_s)
+    gw = Gateway(config, broker, subjects, events, nats_timeout_s, telemetry)
     admin = AdminApi(gw.directory, lambda: gw.keystore, admin_key, gw.records.audit, gw.usage, gw.deployments)
 
     @asynccontextmanager
@@ -621,6 +639,7 @@ def create_app(
         *admin.routes(),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
+        *([Route("/metrics", metrics_endpoint.serve, methods=["GET"])] if metrics_endpoint is not None else []),
     ]
 
     async def http_error(request: Request, exc: Exception) -> Response:

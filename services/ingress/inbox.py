@@ -46,6 +46,10 @@ class Inbox:
             return
         queue.put_nowait(self._decode(msg.data))
 
+    def __len__(self) -> int:
+        """Requests waiting for their replies (in flight beyond ingress)."""
+        return len(self._queues)
+
     def open(self, request_id: str) -> tuple[str, asyncio.Queue[Reply | NoResponders]]:
         queue: asyncio.Queue[Reply | NoResponders] = asyncio.Queue()
         self._queues[request_id] = queue

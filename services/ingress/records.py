@@ -14,6 +14,7 @@ from shared.event_publisher import EventPublisher
 from shared.schemas.chat import Caller, GuardSummary, Outcome, Reservation
 from shared.schemas.events import AuditEvent, RequestEvent, ReservationState
 from shared.subjects import Subjects
+from shared.tracing import Span
 
 
 @dataclass
@@ -37,6 +38,7 @@ class RequestRecord:
     first_byte_ms: float = 0.0
     tags: dict[str, str] = field(default_factory=dict)
     admitted: Admitted | None = None  # what quotas and budgets it holds (services/ingress/admission.py)
+    span: Span | None = None  # the request's span (services/ingress/telemetry.py); trace_id is its trace's
 
     def fail(self, error: ErrorInfo) -> None:
         self.status = error.status
@@ -91,6 +93,10 @@ class RecordPublisher:
         self._subjects = subjects
         self._events = events
 
+    @property
+    def events(self) -> EventPublisher:
+        return self._events
+
     def hold(self, reservation: Reservation) -> None:
         """Note a budget reservation as live, so that it is released if this process dies before the
         request's record is stored (accounting settles it from the record otherwise)."""
@@ -105,10 +111,12 @@ class RecordPublisher:
         """Store one admin action (the audit log), through the same never-dropping publisher."""
         self._events.publish(self._subjects.events_audit, event, event.event_id)
 
-    def submit(self, record: RequestRecord) -> None:
-        event = record.event(time.monotonic())
-        # the request id is the event id, so a record sent again (after a lost ack) is stored once
-        self._events.publish(self._subject, event, event.event_id)
+    def submit(self, record: RequestRecord, finished_mono: float | None = None) -> None:
+        event = record.event(time.monotonic() if finished_mono is None else finished_mono)
+        # the request id is the event id, so a record sent again (after a lost ack) is stored once; the
+        # request's trace context travels with it, so accounting's work joins the request's trace
+        parent = record.span.context.traceparent() if record.span is not None else ""
+        self._events.publish(self._subject, event, event.event_id, traceparent=parent)
 
     async def drain(self, timeout: float = 10.0) -> None:
         await self._events.drain(timeout)

@@ -33,7 +33,9 @@ from services.router.providers.registry import translators
 from services.router.settings import RouterSettings
 from services.router.shared_health import SharedHealth
 from services.router.signing import request_signers
+from services.router.telemetry import finish_dispatch, start_dispatch
 from services.router.upstream import Upstream
+from shared import metrics
 from shared.bus import QueueWorker, answer_pings
 from shared.config import load_config
 from shared.errors import ServiceUnavailableError
@@ -41,6 +43,7 @@ from shared.natsconn import nats_broker
 from shared.schemas.chat import Heartbeat, Outcome, Reply, Result
 from shared.schemas.routing import RouterStatus
 from shared.subjects import Subjects, encode
+from shared.telemetry import Telemetry, TelemetryConfig
 
 log = logging.getLogger("gatehouse.router")
 _HEARTBEAT = encode(Heartbeat())
@@ -95,13 +98,19 @@ class RouterHandlers:
             return
         publish = self.broker.connection.publish
         replies = self.subjects.replies
+        trace = start_dispatch(msg, req)
 
         async def send(reply: Reply) -> None:
-            await publish(reply_to, replies.encode(reply))
+            if isinstance(reply, Result):  # the last word carries the trace context back to ingress
+                trace.result = reply
+                await publish(reply_to, replies.encode(reply), headers=trace.headers())
+            else:
+                await publish(reply_to, replies.encode(reply))
 
         if self.early.pop(req.request_id, None) is not None:
             # its client left before it started
             await send(Result(outcome=Outcome(replica=self.dispatcher.replica), error=CLIENT_CLOSED))
+            finish_dispatch(trace)
             return
 
         async def beat() -> None:
@@ -121,6 +130,7 @@ class RouterHandlers:
             task.uncancel()  # cancelled for its client, not for shutdown: the worker goes on
         finally:
             heartbeat.cancel()
+            finish_dispatch(trace)
             self.working.pop(req.request_id, None)
             self.cancelled.discard(req.request_id)
 
@@ -180,11 +190,15 @@ def create_app(settings: RouterSettings) -> FastStream:
     checker = HealthChecker(dispatcher, routes, config.routing.health_checks)
     shared: SharedHealth | None = None
     app = FastStream(broker, logger=log)
+    telemetry = Telemetry(TelemetryConfig.of(settings, "router", settings.otlp_headers.get_secret_value()), subjects)
+    telemetry.serve_metrics()
 
     @app.after_startup
     async def _subscribe() -> None:
         nonlocal shared
         nc = broker.connection
+        await telemetry.start(nc)
+        metrics.in_flight(lambda: worker.in_flight)
         if config.routing.breaker.shared:
             shared = SharedHealth(broker.config.connection_state.stream, subjects.routing_bucket, board)
             dispatcher.attach(shared)
@@ -202,6 +216,7 @@ def create_app(settings: RouterSettings) -> FastStream:
         await worker.stop()
         if shared is not None:
             await shared.stop()
+        await telemetry.stop()
 
     @app.after_shutdown
     async def _close() -> None:

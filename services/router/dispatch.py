@@ -21,6 +21,7 @@ from services.router.providers.base import Translator
 from services.router.retry import REFUSALS, backoff_s, classify, rate_limits
 from services.router.shared_health import SharedHealth
 from services.router.strategies import Option
+from services.router.telemetry import AttemptTrace, attempt_started
 from services.router.upstream import Upstream
 from shared.bus import split_result
 from shared.errors import (
@@ -77,6 +78,7 @@ class _Run:
         self.current: Deployment | None = None  # the deployment of the attempt under way
         self.probing = False
         self.started = time.monotonic()
+        self.trace: AttemptTrace | None = None  # the telemetry of the attempt under way
 
 
 class Dispatcher:
@@ -214,6 +216,7 @@ class Dispatcher:
         progress = run.progress = Progress(dep.id, cand.model)
         t0 = time.monotonic()
         self.board.begin(dep.id)
+        run.trace = attempt_started(req, dep, run.started)
         try:
             result = await self._runner.timed(req, dep, send, progress, run.started, probe=choice.probe)
         except DeadlineReached:
@@ -260,6 +263,9 @@ class Dispatcher:
     ) -> None:
         dep = cand.deployment
         run.attempts.append(_attempt_record(dep, status, t0, error, cand.model, why, run.delay_ms, run.progress))
+        if run.trace is not None:  # the attempt's span and metrics
+            run.trace.end(status, error, run.progress.ttft_ms)
+            run.trace = None
         run.delay_ms = 0.0
         run.current = None
         run.probing = False

@@ -102,3 +102,29 @@ class BudgetAlert(msgspec.Struct, frozen=True, kw_only=True):
     amount_usd: float
     spent_usd: float
     hard: bool = True
+
+
+class SpanRecord(msgspec.Struct, frozen=True, kw_only=True, array_like=True):
+    """One finished span (shared/tracing.py): ids in W3C hex, times in unix nanoseconds, attributes (never
+    a prompt, a key or a secret; stored as strings)."""
+
+    trace_id: str
+    span_id: str
+    parent_span_id: str = ""
+    name: str
+    kind: str = "internal"  # server | client | consumer | producer | internal
+    start_ns: int
+    end_ns: int
+    status: str = "ok"  # ok | error
+    status_message: str = ""
+    request_id: str = ""
+    attributes: dict[str, str | int | float | bool] = {}
+
+
+class SpanBatch(msgspec.Struct, frozen=True, kw_only=True):
+    """The spans one process finished in the last moments, stored by accounting in the `spans` table."""
+
+    event_id: str
+    service: str
+    instance: str = ""  # host:pid of the process
+    spans: list[SpanRecord] = []

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from gatehouse.natsserver import free_port
 
@@ -27,7 +28,7 @@ def _children(pid: int) -> list[int]:
 
 
 def test_up_serves_records_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
-    port = free_port()
+    port, metrics_port = free_port(), free_port()
     data = tmp_path / "data"
     proc = subprocess.Popen(
         [
@@ -43,6 +44,8 @@ def test_up_serves_records_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
             "0",
             "--prefix",
             "launch",
+            "--metrics-port",
+            str(metrics_port),
         ],
         cwd=REPO,
         stdout=subprocess.PIPE,
@@ -93,6 +96,13 @@ def test_up_serves_records_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
                 break
             time.sleep(0.5)
         assert rows == [{"request_id": rid, "requested_model": "mock", "status": 200}]
+        # every process serves Prometheus metrics where `gatehouse up` says (ingress on its own port)
+        urls = json.loads((data / "state.json").read_text())["metrics_urls"].split(",")
+        assert f"http://127.0.0.1:{port}/metrics" in urls and f"http://127.0.0.1:{metrics_port}/metrics" in urls
+        assert len(urls) == 4
+        for url in urls:
+            families = {f.name for f in text_string_to_metric_families(httpx.get(url, timeout=10).text)}
+            assert "gatehouse_nats_reconnects" in families, url
     finally:
         proc.send_signal(signal.SIGINT)
         try:
@@ -103,6 +113,7 @@ def test_up_serves_records_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
             pytest.fail(f"gatehouse up did not stop on SIGINT:\n{output}")
     assert proc.returncode == 0, output
     assert "stopped" in output
+    assert f"metrics (Prometheus): accounting-0 http://127.0.0.1:{metrics_port}/metrics" in output
     for pid in children:
         assert not os.path.exists(f"/proc/{pid}") or _zombie(pid), f"child {pid} still running"
     assert not (data / "state.json").exists()

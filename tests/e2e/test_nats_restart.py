@@ -16,6 +16,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from gatehouse.launcher import Stack
 from gatehouse.natsserver import free_port
@@ -199,3 +200,10 @@ def test_nats_server_dies_and_comes_back_under_load(stack: Stack) -> None:
     assert len(recorded) == len(set(recorded)), "a record was stored twice"
     statuses = Counter(row[0] for row in sql(stack, "SELECT status FROM requests WHERE tags['phase'] = 'load'"))
     assert statuses == outcomes, (statuses, outcomes)
+
+    # every process counted both outages (gatehouse_nats_reconnects_total, on its /metrics)
+    for child in stack.children:
+        text = httpx.get(child.metrics_url, timeout=10).text
+        samples = {s.name: s.value for family in text_string_to_metric_families(text) for s in family.samples}
+        assert samples["gatehouse_nats_reconnects_total"] >= 2, child.name
+        assert samples["gatehouse_nats_disconnects_total"] >= 2, child.name

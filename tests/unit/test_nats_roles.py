@@ -49,8 +49,8 @@ def test_every_subject_has_a_permission_to_publish_and_one_to_receive_it() -> No
     )
     for name, subject in subjects.items():
         assert _publishers(subject.name), f"nobody may publish {name}: add it to a role in shared/permissions.py"
-        if subject.name.startswith(f"{S.prefix}.events."):
-            continue  # stored by JetStream, consumed through accounting's durable consumer
+        if subject.name.startswith((f"{S.prefix}.events.", f"{S.prefix}.telemetry.")):
+            continue  # stored by JetStream, consumed through accounting's durable consumers
         entry = f"{subject.name} {subject.queue}" if subject.queue else subject.name
         assert _subscribers(entry), f"nobody may receive {name}"
         if subject.queue:

@@ -81,13 +81,14 @@ class FakeMsg:
     data: bytes = b""
     reply: str = "inbox.1"
     subject: str = "x"
+    headers: dict[str, str] | None = None
 
 
 @dataclass
 class FakeConnection:
     sent: list[tuple[str, bytes]] = field(default_factory=list)
 
-    async def publish(self, subject: str, data: bytes) -> None:
+    async def publish(self, subject: str, data: bytes, headers: dict[str, str] | None = None) -> None:
         self.sent.append((subject, data))
 
 
