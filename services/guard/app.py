@@ -109,7 +109,9 @@ class GuardHandlers:
                 self.relay.track(req.request_id, reply_to, summary, checked.output, checked.vault)
                 reply_to = f"{self.out_prefix}.{req.request_id}"
             router = self.subjects.router_chat
-            await nc.publish(router.name, router.encode(checked.request), reply=reply_to, headers=msg.headers)
+            # a request the guard left as it was goes on in the bytes it came in (no second encode)
+            data = router.encode(checked.request) if checked.rewritten else msg.data
+            await nc.publish(router.name, data, reply=reply_to, headers=msg.headers)
         self.verdicts.record(req.request_id, summary, list(summary.findings), "input", us)
 
     async def on_response(self, msg: Msg) -> None:
