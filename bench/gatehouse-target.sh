@@ -16,6 +16,10 @@ target_version() { echo "gatehouse $(git -C "$GATEHOUSE_REPO" describe --always 
 
 target_start() {
   cd "$TARGET_WORKDIR"
+  # the code under test is this checkout's, not whatever `pip install -e` points at: the launcher's
+  # children inherit PYTHON* variables (gatehouse/childenv.py), so every service imports from here too
+  export PYTHONPATH="$GATEHOUSE_REPO${PYTHONPATH:+:$PYTHONPATH}"
+  "${GATEHOUSE_PYTHON:-python3}" -c 'import gatehouse, sys; sys.stdout.write(f"gatehouse code: {gatehouse.__path__[0]}\n")'
   exec "${GATEHOUSE_PYTHON:-python3}" -m gatehouse.cli up --config "$GATEHOUSE_REPO/bench/gatehouse.yaml" \
     --data-dir "$TARGET_WORKDIR/gatehouse-data" --port 15080 --nats-port 0 --prefix bench
 }

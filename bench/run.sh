@@ -11,6 +11,9 @@
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 HARNESS=${HARNESS:-$HERE/../../shared/bench}
+if [ ! -x "$HARNESS/run.sh" ] && common=$(git -C "$HERE" rev-parse --path-format=absolute --git-common-dir 2>/dev/null); then
+  HARNESS=$(dirname "$common")/../shared/bench  # in a git worktree: next to the main checkout
+fi
 [ -x "$HARNESS/run.sh" ] || { echo "harness not found at $HARNESS (set HARNESS=...)"; exit 1; }
 TARGETS_IN=${TARGETS:-"gatehouse litellm portkey"}
 TARGETS_OUT=""

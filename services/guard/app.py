@@ -117,7 +117,9 @@ class GuardHandlers:
                 reply_to = f"{self.out_prefix}.{req.request_id}"
             router = self.subjects.router_chat
             headers = forward_headers(msg, span)
-            await nc.publish(router.name, router.encode(checked.request), reply=reply_to, headers=headers)
+            # a request the guard left as it was goes on in the bytes it came in (no second encode)
+            data = router.encode(checked.request) if checked.rewritten else msg.data
+            await nc.publish(router.name, data, reply=reply_to, headers=headers)
         finish_check(span, req, summary, checked.error)
         self.verdicts.record(req.request_id, summary, list(summary.findings), "input", us)
 

@@ -27,6 +27,7 @@ class Checked:
     error: ErrorInfo | None = None
     vault: Vault | None = None  # placeholders → originals, kept in this replica to restore the response
     output: Policy | None = None  # the policy that scans the response, if any
+    rewritten: bool = False  # `request` differs from the one that arrived (redacted, or its native body left off)
 
 
 def block_error(decisions: Sequence[Decision], policy: str, *, response: bool = False) -> ErrorInfo:
@@ -80,7 +81,13 @@ class Guard:
             if req.native.untranslatable:
                 return Checked(summary, req, _untranslatable(policy.name, result.action, req.native.untranslatable))
             forward = msgspec.structs.replace(req, native=None)
-        return Checked(summary, forward, vault=vault if vault and vault.mapping else None, output=output)
+        return Checked(
+            summary,
+            forward,
+            vault=vault if vault and vault.mapping else None,
+            output=output,
+            rewritten=result.action == "redact" or forward is not req,
+        )
 
 
 def _untranslatable(policy: str, action: str, where: list[str]) -> ErrorInfo:

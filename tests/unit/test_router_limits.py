@@ -234,6 +234,22 @@ async def test_error_bodies_are_read_as_a_bounded_excerpt() -> None:
     assert len(excerpt) == 64 * 1024 and excerpt.startswith(b'{"error"')
 
 
+async def test_an_answer_keeps_its_headers_for_error_handling_names_lower_cased() -> None:
+    upstream = Upstream()
+    limited = body(b'{"error":{"message":"slow down"}}', status=429, Retry_After="7")
+    try:
+        async with raw_provider(limited) as provider:
+            req = UpstreamRequest(REQ.method, provider.url + "/chat/completions", REQ.headers, REQ.body)
+            resp = await asyncio.wait_for(upstream.send(req, 10.0, 5.0, SMALL), 10)
+        assert resp.status == 429 and resp.headers["retry-after"] == "7" and "Retry-After" not in resp.headers
+        async with raw_provider(limited) as provider:
+            req = UpstreamRequest(REQ.method, provider.url + "/chat/completions", REQ.headers, REQ.body)
+            async with upstream.stream(req, 10.0, 5.0, SMALL) as stream:
+                assert stream.status == 429 and stream.headers["retry-after"] == "7"
+    finally:
+        await upstream.aclose()
+
+
 # ------------------------------------------------------------------ SSE events
 
 

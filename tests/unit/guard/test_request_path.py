@@ -132,12 +132,27 @@ def test_redaction_rewrites_the_forwarded_request_and_keeps_the_vault_in_the_gua
     # nothing that restores the address travels on the bus
     assert b"a@example.com" not in msgspec.msgpack.encode(checked.request)
     assert b"a@example.com" not in msgspec.msgpack.encode(checked.summary)
+    assert checked.rewritten
+
+
+def test_only_a_request_the_guard_changed_is_marked_rewritten() -> None:
+    clean = request({"messages": [{"role": "user", "content": "hi"}]}, policy="redact")
+    checked = Guard(CONFIG).check(clean)
+    assert checked.request is clean and not checked.rewritten
+    # a redaction without a native body rewrites the request in place: still rewritten
+    redacted = request({"messages": [{"role": "user", "content": "mail a@example.com"}]}, policy="redact")
+    checked = Guard(CONFIG).check(redacted)
+    assert checked.request is redacted and checked.rewritten
+    # a native body left off (the response is scanned on the canonical path) is a rewrite too
+    native = NativeRequest(protocol="anthropic-messages", body=b"{}")
+    checked = Guard(CONFIG).check(request({"messages": [{"role": "user", "content": "hi"}]}, "redact", native))
+    assert checked.request.native is None and checked.rewritten
 
 
 def test_a_native_request_with_nothing_to_change_keeps_its_body() -> None:
     native = NativeRequest(protocol="anthropic-messages", body=b"{}")
     checked = Guard(CONFIG).check(request({"messages": [{"role": "user", "content": "hi"}]}, native=native))
-    assert checked.request.native == native and checked.output is None
+    assert checked.request.native == native and checked.output is None and not checked.rewritten
 
 
 def test_a_request_only_its_own_protocol_carries_cannot_be_redacted_into_another() -> None:
