@@ -10,40 +10,48 @@ from __future__ import annotations
 from shared.schemas.openai import ChatCompletionRequest, ContentPart, EmbeddingsRequest
 
 CHARS_PER_TOKEN = 4
+BYTES_PER_TOKEN = 3
 # per message: role and separators the chat template adds
 MESSAGE_OVERHEAD = 4
 # a non-text part (image, audio, file) counted at a fixed size: OpenAI bills a high-detail 1024² image ~765
 MEDIA_PART_TOKENS = 800
 
 
-def _text_tokens(text: str) -> int:
+def _text_tokens(text: str, conservative: bool = False) -> int:
+    if conservative:
+        # a worst case for budgets: three UTF-8 bytes a token covers CJK (a token per character) as well
+        # as English (it overstates it by a third; the reservation is settled to the real count)
+        return (len(text.encode("utf-8", "surrogatepass")) + BYTES_PER_TOKEN - 1) // BYTES_PER_TOKEN
     return (len(text) + CHARS_PER_TOKEN - 1) // CHARS_PER_TOKEN
 
 
-def _part_tokens(part: ContentPart) -> int:
+def _part_tokens(part: ContentPart, conservative: bool) -> int:
     if part.text is not None:
-        return _text_tokens(part.text)
+        return _text_tokens(part.text, conservative)
     if part.refusal is not None:
-        return _text_tokens(part.refusal)
+        return _text_tokens(part.refusal, conservative)
     return MEDIA_PART_TOKENS
 
 
-def estimate_prompt_tokens(req: ChatCompletionRequest) -> int:
+def estimate_prompt_tokens(req: ChatCompletionRequest, *, conservative: bool = False) -> int:
+    """The prompt's tokens: a best guess, or (`conservative`) a figure real counts rarely exceed."""
+    c = conservative
     total = 0
     for message in req.messages:
         total += MESSAGE_OVERHEAD
         content = message.content
         if isinstance(content, str):
-            total += _text_tokens(content)
+            total += _text_tokens(content, c)
         elif content is not None:
-            total += sum(_part_tokens(p) for p in content)
+            total += sum(_part_tokens(p, c) for p in content)
         for call in message.tool_calls or []:
             if call.function is not None:
-                total += _text_tokens(call.function.name) + _text_tokens(call.function.arguments or "")
+                total += _text_tokens(call.function.name, c) + _text_tokens(call.function.arguments or "", c)
     for tool in req.tools or []:
         if tool.function is not None:
             fn = tool.function
-            total += _text_tokens(fn.name) + _text_tokens(fn.description or "") + _text_tokens(str(fn.parameters or ""))
+            total += _text_tokens(fn.name, c) + _text_tokens(fn.description or "", c)
+            total += _text_tokens(str(fn.parameters or ""), c)
     return max(total, 1)
 
 

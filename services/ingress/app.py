@@ -346,7 +346,7 @@ class Gateway:
             return Admitted()
         pricing = self.pricing[model]
         if chat is not None:
-            input_tokens = estimate_prompt_tokens(chat)
+            input_tokens = estimate_prompt_tokens(chat, conservative=True)
             output_tokens = min(max_output(chat) or pricing.max_output, pricing.max_output)
         else:
             input_tokens, output_tokens = (embeddings_tokens(parsed.embeddings) if parsed.embeddings else 1), 0
@@ -366,6 +366,9 @@ class Gateway:
         record.admitted = admitted
         if admitted.reservation is not None:
             self.records.hold(admitted.reservation)
+            if chat is not None and admitted.max_tokens is None and max_output(chat) is None:
+                # the reservation covers this much output: the provider is told so, and cannot exceed it
+                admitted.max_tokens = output_tokens
         return admitted
 
     def _finish(self, record: RequestRecord) -> None:

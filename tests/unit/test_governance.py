@@ -167,3 +167,13 @@ def test_alert_thresholds_cross_once() -> None:
     assert crossed(40, 100, 100, [80, 50, 100]) == [50, 80, 100]
     assert crossed(50, 60, 100, [50]) == []  # already at 50 before: crossed by an earlier request
     assert crossed(0, 10, 0, [50]) == []
+
+
+def test_the_conservative_prompt_estimate_covers_text_of_a_token_a_character() -> None:
+    from shared.tokens import estimate_prompt_tokens
+
+    cjk = chat_from_builtins({"model": "m", "messages": [{"role": "user", "content": "東京都の天気は" * 30}]})
+    english = chat_from_builtins({"model": "m", "messages": [{"role": "user", "content": "the weather " * 30}]})
+    # CJK runs about a token a character: 210 characters; the best guess says ~53, the worst case covers it
+    assert estimate_prompt_tokens(cjk) < 210 <= estimate_prompt_tokens(cjk, conservative=True)
+    assert estimate_prompt_tokens(english, conservative=True) >= estimate_prompt_tokens(english)
