@@ -13,7 +13,9 @@ import msgspec
 from genai_prices import Usage as PriceUsage
 from genai_prices import calc_price
 
+from services.accounting.listprice import ListPrices
 from shared.pricing import Rates, Tokens, cost
+from shared.schemas.chat import Usage
 from shared.schemas.events import AuditEvent, BudgetAlert, GuardEvent, RequestEvent
 from shared.subjects import Subjects
 
@@ -81,6 +83,9 @@ _U16, _U32, _I32 = 2**16 - 1, 2**32 - 1, 2**31 - 1
 _MAX_TS = 7_258_118_399.0  # 2199-12-31
 
 
+_LIST_PRICES = ListPrices()
+
+
 class BadEvent(ValueError):
     """An event that can never be stored (undecodable, or on a subject accounting does not know)."""
 
@@ -92,13 +97,19 @@ class Price:
 
 
 def price(event: RequestEvent, provider_kind: str = "", rates: Rates | None = None) -> Price:
-    """List price of a request's usage at the time it was received; None (and why, in `version`) if unknown.
+    """List price of a request's usage at the time it was received; None (and why, in `version`) if unknown."""
+    return price_usage(
+        event.usage, event.provider_model or event.requested_model, provider_kind, event.received_at, rates
+    )
+
+
+def price_usage(usage: Usage | None, model: str, provider_kind: str, received_at: float, rates: Rates | None) -> Price:
+    """The price of `usage` of `model` at `received_at`: the config's rates, else the list price.
 
     Token counts follow the OpenAI convention gatehouse normalises to: input includes the input read from
     the prompt cache and the input written to it (5-minute and 1-hour writes apart); each is priced at its
-    own rate, and so are the provider's own web searches.
+    own rate, and so are the provider's own web searches. Re-pricing stored rows calls this too.
     """
-    usage = event.usage
     if usage is not None and rates is not None:  # a negotiated price from the config
         tokens = Tokens(
             input=usage.input_tokens,
@@ -106,9 +117,7 @@ def price(event: RequestEvent, provider_kind: str = "", rates: Rates | None = No
             cached=usage.cached_tokens,
             cache_write=usage.cache_write_tokens,
         )
-        shared_price = cost(
-            tokens, event.provider_model or event.requested_model, provider_kind, event.received_at, rates
-        )
+        shared_price = cost(tokens, model, provider_kind, received_at, rates)
         return Price(shared_price.cost_usd, shared_price.version)
     if provider_kind == "mock":
         return Price(0.0, "mock")
@@ -116,23 +125,39 @@ def price(event: RequestEvent, provider_kind: str = "", rates: Rates | None = No
         return Price(None, "no usage reported")
     if usage.input_tokens <= 0 and usage.output_tokens <= 0:
         return Price(0.0, PRICES_VERSION)
-    model = event.provider_model or event.requested_model
     input_tokens = max(usage.input_tokens, 0)
     cache_read = min(max(usage.cached_tokens, 0), input_tokens)
     cache_write = min(max(usage.cache_write_tokens, 0), input_tokens - cache_read)
-    try:
+    counts = {
+        "input_tokens": input_tokens,
+        "output_tokens": max(usage.output_tokens, 0),
+        "cache_read_tokens": cache_read,
+        "cache_write_tokens": cache_write,
+        "cache_write_1h_tokens": min(max(usage.cache_write_1h_tokens, 0), cache_write),
+        "web_searches": max(usage.web_search_requests, 0),
+    }
+    provider_id = _PRICE_PROVIDER.get(provider_kind)
+    found = _LIST_PRICES.model(model, provider_id)
+    if found is None:
+        return Price(None, f"{PRICES_VERSION}: unknown model")
+    at = _ts(received_at)
+    provider, info = found
+    total = _LIST_PRICES.plan(info, at).total(counts)
+    if total is not None:
+        return Price(float(total), f"{PRICES_VERSION}: {provider.id}/{info.id}")
+    try:  # what the plan does not reproduce: genai-prices decides (and usually refuses)
         calc = calc_price(
             PriceUsage(
                 input_tokens=input_tokens,
-                output_tokens=max(usage.output_tokens, 0),
+                output_tokens=counts["output_tokens"],
                 cache_read_tokens=cache_read or None,
                 cache_write_tokens=cache_write or None,
-                cache_write_1h_tokens=min(max(usage.cache_write_1h_tokens, 0), cache_write) or None,
-                web_searches=max(usage.web_search_requests, 0) or None,
+                cache_write_1h_tokens=counts["cache_write_1h_tokens"] or None,
+                web_searches=counts["web_searches"] or None,
             ),
             model_ref=model,
-            provider_id=_PRICE_PROVIDER.get(provider_kind),
-            genai_request_timestamp=_ts(event.received_at),
+            provider_id=provider_id,
+            genai_request_timestamp=at,
         )
     except LookupError:
         return Price(None, f"{PRICES_VERSION}: unknown model")

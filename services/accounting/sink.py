@@ -12,14 +12,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
 from pathlib import Path
 from typing import TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import clickhouse_connect
+import msgspec
 from clickhouse_connect.driver.client import Client
+from clickhouse_connect.driver.exceptions import DatabaseError, DataError
 
 from services.accounting import analytics, migrations
 from services.accounting.analytics import Answer, QueryLimits
@@ -39,6 +43,31 @@ def normalise_dsn(dsn: str) -> str:
     absolute = Path(path).expanduser().resolve()
     absolute.mkdir(parents=True, exist_ok=True)
     return f"chdb://{absolute}"
+
+
+_JSON = msgspec.json.Encoder()
+# ClickHouse's answers to rows it cannot read (a value of the wrong type or out of range): the same rows fail
+# the same way on every retry, unlike a server that is down
+PARSE_ERRORS = frozenset({6, 26, 27, 38, 41, 53, 69, 70, 72, 117, 131, 321})
+_CODE = re.compile(r"Code: (\d+)\.")
+
+
+def _error_code(exc: Exception) -> int | None:
+    code = getattr(exc, "code", None)
+    if isinstance(code, int):
+        return code
+    match = _CODE.search(str(exc))
+    return int(match.group(1)) if match else None
+
+
+def _json_value(value: object) -> object:
+    # DateTime64 columns read a JSON number as unix seconds with its fraction
+    return value.timestamp() if isinstance(value, datetime) else value
+
+
+def json_rows(rows: Sequence[list[object]]) -> bytes:
+    """Rows as JSONCompactEachRow: one JSON array per line, in column order."""
+    return b"\n".join(_JSON.encode([_json_value(v) for v in row]) for row in rows)
 
 
 def redact_dsn(dsn: str) -> str:
@@ -128,7 +157,16 @@ class ClickHouseSink:
                     seen.add(key)
                     fresh.append(row)
             if fresh:
-                client.insert(table, fresh, column_names=list(COLUMNS[table]))
+                # as JSON rows, encoded by msgspec and parsed by ClickHouse: about a third of the cost of
+                # clickhouse-connect's own (Python) column serialisation
+                try:
+                    client.raw_insert(
+                        table, list(COLUMNS[table]), insert_block=json_rows(fresh), fmt="JSONCompactEachRow"
+                    )
+                except DatabaseError as exc:
+                    if _error_code(exc) in PARSE_ERRORS:  # this data, on every retry: let the caller isolate it
+                        raise DataError(str(exc)) from exc
+                    raise
             inserted[table] = len(fresh)
         return inserted
 
