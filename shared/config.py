@@ -133,6 +133,8 @@ class ModelConfig(_Strict):
     # the most output tokens one answer can have; the worst case a budget reserves when a request
     # names no max_tokens (default: what the model's context window leaves)
     max_output_tokens: int | None = Field(default=None, gt=0)
+    # a negotiated price for every deployment of the model that has no `price` of its own
+    price: PriceConfig | None = None
 
 
 class KeyConfig(_Strict):

@@ -11,9 +11,20 @@ from typing import Generic, TypeVar
 
 import msgspec
 
-from shared.schemas.admin import ScanRequest, ScanResult, SqlQuery, SqlResult, UsageQuery
+from shared.schemas.admin import (
+    RepriceRequest,
+    RepriceResult,
+    RequestLookup,
+    RequestsQuery,
+    RequestStory,
+    ScanRequest,
+    ScanResult,
+    SqlQuery,
+    SqlResult,
+    UsageQuery,
+)
 from shared.schemas.chat import Cancel, ChatRequest, Reply
-from shared.schemas.events import AuditEvent, BudgetAlert, GuardEvent, RequestEvent, ReservationState
+from shared.schemas.events import AuditEvent, BudgetAlert, ContentEvent, GuardEvent, RequestEvent, ReservationState
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -125,6 +136,26 @@ class Subjects:
     def events_alert(self) -> Subject[BudgetAlert]:
         """accounting → JetStream: a budget crossed an alert threshold."""
         return Subject(f"{self.prefix}.events.alert", BudgetAlert)
+
+    @cached_property
+    def events_content(self) -> Subject[ContentEvent]:
+        """guard → JetStream: the redacted prompt or response of a request whose caller logs content."""
+        return Subject(f"{self.prefix}.events.content", ContentEvent)
+
+    @cached_property
+    def accounting_requests(self) -> Service[RequestsQuery, SqlResult]:
+        """ingress (admin API) → accounting (request/reply): the request explorer's list."""
+        return Service(f"{self.prefix}.accounting.requests", RequestsQuery, SqlResult, queue="accounting")
+
+    @cached_property
+    def accounting_request(self) -> Service[RequestLookup, RequestStory]:
+        """ingress (admin API) → accounting (request/reply): one request's record, verdicts, content, spans."""
+        return Service(f"{self.prefix}.accounting.request", RequestLookup, RequestStory, queue="accounting")
+
+    @cached_property
+    def accounting_reprice(self) -> Service[RepriceRequest, RepriceResult]:
+        """admin → accounting (request/reply): price a time range's stored usage again."""
+        return Service(f"{self.prefix}.accounting.reprice", RepriceRequest, RepriceResult, queue="accounting")
 
     def reservation(self, request_id: str) -> Subject[ReservationState]:
         """ingress / accounting → JetStream (`reservations_stream`): the state of one budget reservation."""

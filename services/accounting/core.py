@@ -16,7 +16,7 @@ from genai_prices import calc_price
 from services.accounting.listprice import ListPrices
 from shared.pricing import Rates, Tokens, cost
 from shared.schemas.chat import Usage
-from shared.schemas.events import AuditEvent, BudgetAlert, GuardEvent, RequestEvent
+from shared.schemas.events import AuditEvent, BudgetAlert, ContentEvent, GuardEvent, RequestEvent
 from shared.subjects import Subjects
 
 REQUESTS = "requests"
@@ -54,12 +54,19 @@ GUARD_COLUMNS = (
     "findings.start", "findings.end", "findings.location", "scan_us", "at",
 )  # fmt: skip
 
+REQUEST_CONTENT = "request_content"
+CONTENT_COLUMNS = (
+    "event_id", "request_id", "at", "org", "team", "project", "key_id", "model", "direction", "policy",
+    "guard_action", "texts.location", "texts.text", "redactions", "truncated", "retention_days",
+)  # fmt: skip
+
 # every table the consumer writes, with its columns; column 0 is always the event id
 COLUMNS: dict[str, tuple[str, ...]] = {
     REQUESTS: REQUEST_COLUMNS,
     GUARD_VERDICTS: GUARD_COLUMNS,
     AUDIT_LOG: AUDIT_COLUMNS,
     BUDGET_ALERTS: ALERT_COLUMNS,
+    REQUEST_CONTENT: CONTENT_COLUMNS,
 }
 
 # provider kinds (config) → provider ids in genai-prices
@@ -224,6 +231,17 @@ def alert_row(event: BudgetAlert) -> list[object]:
     ]  # fmt: skip
 
 
+def content_row(event: ContentEvent) -> list[object]:
+    """The `request_content` row of a (redacted) content event, in CONTENT_COLUMNS order."""
+    c = event.caller
+    return [
+        event.event_id, event.request_id, _ts(event.at), c.org, c.team, c.project, c.key_id, event.model,
+        event.direction, event.policy, event.guard_action, [t.location for t in event.texts],
+        [t.text for t in event.texts], _clamp(event.redactions, _U32), event.truncated,
+        _clamp(event.retention_days, _U16, 1),
+    ]  # fmt: skip
+
+
 def guard_row(event: GuardEvent) -> list[object]:
     """The `guard_verdicts` row of an event, in GUARD_COLUMNS order (rule ids and offsets, never the text)."""
     f = event.findings
@@ -253,6 +271,8 @@ def event_row(
             return GUARD_VERDICTS, guard_row(subjects.events_guard.decode(data)), None
         if subject == subjects.events_audit.name:
             return AUDIT_LOG, audit_row(subjects.events_audit.decode(data)), None
+        if subject == subjects.events_content.name:
+            return REQUEST_CONTENT, content_row(subjects.events_content.decode(data)), None
         if subject == subjects.events_alert.name:
             alert = subjects.events_alert.decode(data)
             return BUDGET_ALERTS, alert_row(alert), alert

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
@@ -25,9 +26,11 @@ import msgspec
 from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import DatabaseError, DataError
 
-from services.accounting import analytics, migrations
+from services.accounting import analytics, migrations, reprice
 from services.accounting.analytics import Answer, QueryLimits
 from services.accounting.core import COLUMNS, sql_string_list
+from shared.pricing import Rates
+from shared.schemas.admin import RepriceRequest, RepriceResult
 
 log = logging.getLogger("gatehouse.accounting.sink")
 T = TypeVar("T")
@@ -46,6 +49,7 @@ def normalise_dsn(dsn: str) -> str:
 
 
 _JSON = msgspec.json.Encoder()
+_SYNC = {"mutations_sync": 2}
 # ClickHouse's answers to rows it cannot read (a value of the wrong type or out of range): the same rows fail
 # the same way on every retry, unlike a server that is down
 PARSE_ERRORS = frozenset({6, 26, 27, 38, 41, 53, 69, 70, 72, 117, 131, 321})
@@ -95,7 +99,7 @@ class ClickHouseSink:
             raise ValueError("query_dsn is an http(s):// DSN of a ClickHouse server, for a server clickhouse_dsn")
         self.query_dsn = query_dsn
         self._limits = limits or QueryLimits()
-        self._readable = readable
+        self.readable = readable
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clickhouse")
         self._query_pool = (
             self._pool if self.embedded else ThreadPoolExecutor(max_workers=1, thread_name_prefix="clickhouse-query")
@@ -177,6 +181,48 @@ class ClickHouseSink:
         """
         return await self._run(self._insert_new, batches)
 
+    # ---- re-pricing ----------------------------------------------------------------------------
+    def _reprice(self, request: RepriceRequest, rates: Mapping[str, Rates], kinds: Mapping[str, str]) -> RepriceResult:
+        client = self._connect()
+        rows = changed = 0
+        before = after = 0.0
+        versions: Counter[str] = Counter()
+        for since, until in reprice.windows(request.since, request.until):
+            found = client.query(reprice.rows_sql(request, since, until)).result_rows
+            rows += len(found)
+            changes = [c for row in found if (c := reprice.change_of(row, rates, kinds)) is not None]
+            changed += len(changes)
+            before += sum(c.before or 0.0 for c in changes)
+            after += sum(c.after or 0.0 for c in changes)
+            versions.update(c.version for c in changes)
+            if request.dry_run:
+                continue
+            for start in range(0, len(changes), reprice.CHUNK):
+                # mutations_sync: the rows read the new price when this returns
+                client.command(reprice.update_sql(changes[start : start + reprice.CHUNK]), settings=_SYNC)
+        if not request.dry_run:
+            # always, not only after changes: a run that died between the rows and the rollups is healed by the next
+            for rollup in reprice.ROLLUPS:
+                want = client.query(reprice.rows_side_sql(rollup, request.since, request.until)).result_rows
+                have = client.query(reprice.rollup_side_sql(rollup, request.since, request.until)).result_rows
+                columns, fixes = reprice.corrections(rollup, want, have)
+                if fixes:
+                    client.insert(rollup.table, fixes, column_names=columns)
+        return RepriceResult(
+            rows=rows,
+            changed=changed,
+            cost_before_usd=before,
+            cost_after_usd=after,
+            versions=dict(versions),
+            dry_run=request.dry_run,
+        )
+
+    async def reprice(
+        self, request: RepriceRequest, rates: Mapping[str, Rates], kinds: Mapping[str, str]
+    ) -> RepriceResult:
+        """Price the stored usage of a time range again (see `reprice`); on the writer's thread, between inserts."""
+        return await self._run(self._reprice, request, rates, kinds)
+
     # ---- analytics ---------------------------------------------------------------------------
     def _connect_reader(self) -> Client:
         if self._reader is None:
@@ -199,7 +245,7 @@ class ClickHouseSink:
     def _query(self, sql: str, max_rows: int) -> Answer:
         limit = max(1, min(max_rows, self._limits.max_rows))
         return analytics.run(
-            self._connect_reader(), sql, limit, tables=self._readable, settings=self.query_settings(limit)
+            self._connect_reader(), sql, limit, tables=self.readable, settings=self.query_settings(limit)
         )
 
     async def query(self, sql: str, max_rows: int) -> Answer:

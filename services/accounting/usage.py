@@ -2,6 +2,8 @@
 
 The admin API and `gatehouse usage` ask these; values are quoted literals, dimensions come from a fixed
 list, so nothing a caller sends becomes SQL. The query still runs through the analytics gate like any.
+Cost is `cost_usd`, the current price of each request (`gatehouse reprice` may have changed it since the
+budget was settled at `settled_cost_usd`).
 """
 
 from __future__ import annotations
@@ -12,9 +14,13 @@ from shared.schemas.admin import USAGE_DIMENSIONS, UsageQuery
 _EXPRESSIONS = {
     "day": "toDate(received_at)",
     "hour": "toStartOfHour(received_at)",
+    "week": "toMonday(received_at)",
+    "month": "toStartOfMonth(received_at)",
     "status": "toString(status)",
+    "model": "requested_model",
 }
 MAX_ROWS = 10_000
+TIME_BUCKETS = ("hour", "day", "week", "month")
 
 
 class BadUsageQuery(ValueError):
@@ -42,9 +48,13 @@ def usage_sql(query: UsageQuery, now: float) -> str:
         "countIf(status >= 400) AS errors",
         "sum(input_tokens) AS input_tokens",
         "sum(output_tokens) AS output_tokens",
-        "round(sum(ifNull(settled_cost_usd, 0)), 6) AS cost_usd",
+        "sum(cached_tokens) AS cached_tokens",
+        "round(sum(ifNull(cost_usd, 0)), 6) AS cost_usd",
     ]
     sql = f"SELECT {', '.join(select)} FROM requests WHERE {' AND '.join(where)}"  # noqa: S608 (fixed parts)
     if groups:
-        sql += f" GROUP BY {', '.join(groups)} ORDER BY cost_usd DESC, requests DESC"
+        # time buckets read in time order; other groups by spend
+        buckets = [f"`{g}`" for g in query.group_by if g in TIME_BUCKETS]
+        order = [*buckets, "cost_usd DESC", "requests DESC"]
+        sql += f" GROUP BY {', '.join(groups)} ORDER BY {', '.join(order)}"
     return sql + f" LIMIT {max(1, min(query.limit, MAX_ROWS))}"

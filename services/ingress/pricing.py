@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import lru_cache
 
-from shared.config import DeploymentConfig, GatehouseConfig, ModelConfig
+from shared.config import DeploymentConfig, GatehouseConfig, ModelConfig, PriceConfig
 from shared.pricing import MTOK, Tokens, context_window, cost
 
 # what a request may answer at most when neither it, the model config nor genai-prices says
@@ -36,9 +36,11 @@ def _list_rates(model: str, kind: str) -> TokenRates | None:
     return TokenRates(input=only_input / _LARGE, output=max(both - only_input, 0.0) / _LARGE)
 
 
-def deployment_rates(dep: DeploymentConfig, kind: str) -> TokenRates | None:
-    if dep.price is not None:
-        return TokenRates(input=dep.price.input_per_mtok / MTOK, output=dep.price.output_per_mtok / MTOK)
+def deployment_rates(dep: DeploymentConfig, kind: str, model_price: PriceConfig | None = None) -> TokenRates | None:
+    """The deployment's negotiated price, else its model's (`models[].price`), else the list price."""
+    price = dep.price or model_price
+    if price is not None:
+        return TokenRates(input=price.input_per_mtok / MTOK, output=price.output_per_mtok / MTOK)
     if kind == "mock":
         return TokenRates(0.0, 0.0)
     return _list_rates(dep.model, kind)
@@ -76,7 +78,7 @@ class RoutePricing:
 
 def route_pricing(config: GatehouseConfig, model: ModelConfig) -> RoutePricing:
     kinds = [config.providers[d.provider].kind for d in model.deployments]
-    rates = tuple(deployment_rates(d, k) for d, k in zip(model.deployments, kinds, strict=True))
+    rates = tuple(deployment_rates(d, k, model.price) for d, k in zip(model.deployments, kinds, strict=True))
     max_output = model.max_output_tokens
     if max_output is None:
         windows = [w for d, k in zip(model.deployments, kinds, strict=True) if (w := context_window(d.model, k))]
