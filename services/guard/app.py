@@ -122,7 +122,7 @@ class GuardHandlers:
             await nc.publish(reply_to, self.replies.encode(Verdict(summary)))
             capture = None
             if checked.logged_by is not None:  # the response comes back this way, to be logged
-                capture = ResponseCapture(req.request_id, req.caller, req.model, checked.logged_by)
+                capture = ResponseCapture(req.request_id, req.caller, req.model, checked.logged_by, checked.policy)
             if checked.output is not None or checked.vault is not None or capture is not None:
                 self.relay.track(req.request_id, reply_to, summary, checked.output, checked.vault, capture)
                 reply_to = f"{self.out_prefix}.{req.request_id}"

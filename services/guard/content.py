@@ -6,7 +6,7 @@ every finding with a position (secrets, PII, custom rules, …) becomes its plac
 the policy does with the request itself (flag, redact, or block), so a flagged secret is not kept either.
 Findings without a position (a language, an injection verdict on a whole text) redact nothing. Responses are
 captured before redacted values are restored (the model saw placeholders), then scanned the same way with
-the output policy, else the request's. Texts are cut at `MAX_TEXT_CHARS` each, `MAX_TOTAL_CHARS` in all.
+the output policy and the request's policy. Texts are cut at `MAX_TEXT_CHARS` each, `MAX_TOTAL_CHARS` in all.
 """
 
 from __future__ import annotations
@@ -27,13 +27,19 @@ _TEXT_FIELDS = ("content", "refusal", "reasoning_content")
 _NATIVE_TEXT_KEYS = ("text", "thinking", "delta", "partial_json", "output_text")
 
 
-def redact_for_storage(policy: Policy, texts: Sequence[str], decisions: Sequence[Decision]) -> tuple[list[str], int]:
-    """The texts with every positioned finding replaced by its placeholder; how many spans were replaced."""
+def redact_for_storage(
+    policy: Policy, texts: Sequence[str], decisions: Sequence[Decision], also: Sequence[Policy] = ()
+) -> tuple[list[str], int]:
+    """The texts with every positioned finding replaced by its placeholder; how many spans were replaced.
+    `also`: more policies whose findings are redacted too (a response: its output policy and the request's)."""
+    labelled = [(d, policy.label(d.finding)) for d in decisions]
+    for other in also:
+        labelled += [(d, other.label(d.finding)) for i, t in enumerate(texts) for d in other.decide(t, i)]
     spans: dict[int, list[Span]] = {}
-    for d in decisions:
+    for d, label in labelled:
         f = d.finding
         if d.part < len(texts) and 0 <= f.start < f.end <= len(texts[d.part]):
-            spans.setdefault(d.part, []).append(Span(f.start, f.end, policy.label(f)))
+            spans.setdefault(d.part, []).append(Span(f.start, f.end, label))
     vault = Vault()
     out = [redact(text, spans.get(i, ()), vault) for i, text in enumerate(texts)]
     return out, sum(len(s) for s in spans.values())
@@ -63,10 +69,11 @@ def content_event(
     locations: Sequence[str],
     texts: Sequence[str],
     decisions: Sequence[Decision],
+    also: Sequence[Policy] = (),
 ) -> ContentEvent:
     """The content event of one direction of a request: `texts` as the guard read them, `decisions` the
-    policy's findings on them (positions index `texts`)."""
-    redacted, count = redact_for_storage(policy, texts, decisions)
+    policy's findings on them (positions index `texts`), `also` policies whose findings are redacted too."""
+    redacted, count = redact_for_storage(policy, texts, decisions, also)
     stored, cut = _bounded(locations, redacted)
     return ContentEvent(
         event_id=f"{request_id}.{direction}",
@@ -102,11 +109,15 @@ def unscanned_event(*, request_id: str, caller: Caller, model: str, policy: Poli
 class ResponseCapture:
     """The texts of one response as the model produced them (before any restore), chunk by chunk or whole."""
 
-    def __init__(self, request_id: str, caller: Caller, model: str, policy: Policy) -> None:
+    def __init__(
+        self, request_id: str, caller: Caller, model: str, policy: Policy, request_policy: Policy | None = None
+    ) -> None:
         self.request_id = request_id
         self.caller = caller
         self.model = model
-        self.policy = policy
+        self.policy = policy  # the output policy where there is one, else the request's
+        # the request's policy redacts the stored response too (an output policy may scan for less)
+        self.also = (request_policy,) if request_policy is not None and request_policy is not policy else ()
         self._texts: dict[str, list[str]] = {}
         self._size = 0
 
@@ -186,4 +197,5 @@ class ResponseCapture:
             locations=locations,
             texts=texts,
             decisions=decisions,
+            also=self.also,
         )

@@ -31,6 +31,7 @@ class Checked:
     output: Policy | None = None  # the policy that scans the response, if any
     content: ContentEvent | None = None  # the redacted prompt, where the caller logs content
     logged_by: Policy | None = None  # the policy that redacts the logged response (output policy, else this one)
+    policy: Policy | None = None  # the request's policy (it redacts the logged response too)
 
 
 def block_error(decisions: Sequence[Decision], policy: str, *, response: bool = False) -> ErrorInfo:
@@ -93,6 +94,7 @@ class Guard:
             output=output,
             content=content,
             logged_by=(output or policy) if content is not None else None,
+            policy=policy,
         )
 
 

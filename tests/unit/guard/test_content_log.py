@@ -90,3 +90,23 @@ def test_whole_completions_native_events_and_limits() -> None:
     event = capture.event("allow")
     assert event.truncated and len(event.texts[0].text) == MAX_TEXT_CHARS
     assert event.texts[1].location == "output" and "a@b.co" not in event.texts[1].text
+
+
+def test_a_response_is_redacted_by_the_request_policy_too_when_its_output_policy_scans_for_less() -> None:
+    config = parse_config(
+        """
+guardrails:
+  policies:
+    p:
+      output_policy: secrets-only
+      pii: {action: redact, entities: [email]}
+    secrets-only:
+      secrets: {action: block}
+"""
+    )
+    checked = Guard(config).check(request("hello", "p"))
+    assert checked.logged_by is not None and checked.logged_by.name == "secrets-only"
+    capture = ResponseCapture("r1", request("x", "p").caller, "m", checked.logged_by, checked.policy)
+    capture.completion(b'{"choices":[{"index":0,"message":{"content":"write to jo@example.com"}}]}')
+    [text] = capture.event("allow").texts
+    assert text.text == "write to <EMAIL_1>"
