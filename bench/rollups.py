@@ -124,7 +124,8 @@ async def main() -> None:
             started = time.perf_counter()
             answer = await sink.query(sql, 100_000)
             times.append((time.perf_counter() - started) * 1000)
-        print(f"{statistics.median(times):8.1f} ms p50  ({min(times):.1f}–{max(times):.1f})  {len(answer.rows):5d} rows  {name}")
+        spread = f"({min(times):.1f} to {max(times):.1f})"
+        print(f"{statistics.median(times):8.1f} ms p50 {spread:>18}  {len(answer.rows):5d} rows  {name}")
     await sink.close()
 
 
