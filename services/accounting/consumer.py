@@ -222,7 +222,10 @@ class EventConsumer:
                     prepared = await asyncio.to_thread(self._prepare, msgs) if msgs else None
                     if storing is not None:
                         task, storing = storing, None
-                        await task
+                        try:
+                            await task
+                        except Exception:  # that batch only: the one in hand is still stored below
+                            log.exception("storing a batch failed; its unacked events will be redelivered")
                     if prepared is not None:
                         storing = asyncio.create_task(self._handle(prepared))
                 except Exception:  # e.g. the connection dropped while acking: never end the loop over it
