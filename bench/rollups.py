@@ -57,10 +57,13 @@ FROM numbers({rows})
 
 def queries(now: float) -> dict[str, str]:
     since = now - DAYS * 86_400
+    # `gatehouse usage` reads whole hours from the hourly rollup and the partial hours at the ends from the rows;
+    # a dimension the rollup lacks (status, user, org, …) reads every row of the period
     usage = {
-        "usage by team (30 d, raw rows)": ["team"],
-        "usage by team, model (30 d, raw rows)": ["team", "model"],
-        "usage by provider, day (30 d, raw rows)": ["provider", "day"],
+        "usage by team (30 d, rollup + rows at the ends)": ["team"],
+        "usage by team, model (30 d, rollup + rows at the ends)": ["team", "model"],
+        "usage by provider, day (30 d, rollup + rows at the ends)": ["provider", "day"],
+        "usage by team, status (30 d, every row)": ["team", "status"],
     }
     out = {name: usage_sql(UsageQuery(group_by=g, since=since), now) for name, g in usage.items()}
     out |= {
