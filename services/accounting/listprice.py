@@ -33,6 +33,15 @@ class _Unit:
     per: int
     price: Decimal | TieredPrices
     descendants: tuple[str, ...]  # usage keys of the priced units below this one
+    # price / per where that quotient is exact (a plain price, `per` a power of ten): count * rate is then
+    # exactly what calc_unit_price computes as price * count / per
+    rate: Decimal | None = None
+
+
+def _exact_rate(price: Decimal | TieredPrices, per: int) -> Decimal | None:
+    if isinstance(price, TieredPrices) or per <= 0 or str(per).rstrip("0") != "1":
+        return None
+    return price.scaleb(-(len(str(per)) - 1))
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,7 +67,7 @@ class Plan:
                 for other, _ in priced
                 if other is not unit and unit.dimensions.items() <= other.dimensions.items()
             )
-            units.append(_Unit(unit.usage_key, unit.per, value, below))
+            units.append(_Unit(unit.usage_key, unit.per, value, below, _exact_rate(value, unit.per)))
         return cls(tuple(units), any(isinstance(u.price, TieredPrices) for u in units))
 
     def total(self, usage: dict[str, int]) -> Decimal | None:
@@ -72,7 +81,12 @@ class Plan:
             if leaf < 0:
                 return None
             leaves[unit.usage_key] = leaf
-            total += calc_unit_price(unit.price, leaf, total_input, unit.per)
+            if not leaf:
+                continue
+            if unit.rate is not None:
+                total += unit.rate * leaf
+            else:
+                total += calc_unit_price(unit.price, leaf, total_input, unit.per)
         return total
 
 
