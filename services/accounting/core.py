@@ -14,6 +14,7 @@ from genai_prices import Usage as PriceUsage
 from genai_prices import calc_price
 
 from services.accounting.listprice import ListPrices
+from shared.governance import MAX_LOG_RETENTION_DAYS
 from shared.pricing import Rates, Tokens, cost
 from shared.schemas.chat import Usage
 from shared.schemas.events import AuditEvent, BudgetAlert, ContentEvent, GuardEvent, RequestEvent
@@ -238,7 +239,7 @@ def content_row(event: ContentEvent) -> list[object]:
         event.event_id, event.request_id, _ts(event.at), c.org, c.team, c.project, c.key_id, event.model,
         event.direction, event.policy, event.guard_action, [t.location for t in event.texts],
         [t.text for t in event.texts], _clamp(event.redactions, _U32), event.truncated,
-        _clamp(event.retention_days, _U16, 1),
+        _clamp(event.retention_days, MAX_LOG_RETENTION_DAYS, 1),  # a TTL past 2106 would wrap to the past
     ]  # fmt: skip
 
 
