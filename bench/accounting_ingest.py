@@ -102,11 +102,13 @@ async def drain(url: str, subjects: Subjects, data: Path, count: int, batch: int
     task = asyncio.create_task(consumer.run())
     await consumer.ready.wait()
     started = time.perf_counter()
+    cpu = time.process_time()
     while consumer.stored.get("requests", 0) + consumer.skipped < count:
         if task.done():
             raise RuntimeError("the consumer stopped")
         await asyncio.sleep(0.01)
     elapsed = time.perf_counter() - started
+    print(f"  consumer process CPU {(time.process_time() - cpu) / count * 1e6:.0f} us per event (all threads)")
     consumer.stop()
     await task
     await nc.close()
@@ -114,13 +116,13 @@ async def drain(url: str, subjects: Subjects, data: Path, count: int, batch: int
     return count / elapsed
 
 
-async def one_run(count: int, batch: int) -> float:
+async def one_run(count: int, batch: int, data: Path | None) -> float:
     tmp = Path(tempfile.mkdtemp(prefix="gh-bench-ingest-"))
     server = start_nats(tmp / "js", port=free_port())
     subjects = Subjects(f"b{uuid.uuid4().hex[:8]}")
     try:
         await fill(server.url, subjects, count)
-        return await drain(server.url, subjects, tmp / "clickhouse", count, batch)
+        return await drain(server.url, subjects, data or tmp / "clickhouse", count, batch)
     finally:
         server.stop()
 
@@ -130,12 +132,14 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=200_000)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--batch", type=int, default=5000, help="accounting.batch_size (the config's default)")
+    parser.add_argument("--data", type=Path, default=None, help="store into this chDB directory (e.g. one that "
+                        "bench/rollups.py filled with 10 M rows) instead of an empty one")  # fmt: skip
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     tune_gc()  # as `python -m services.accounting` does
     rates = []
     for run in range(args.runs):
-        rate = uvloop.run(one_run(args.events, args.batch))  # the service's event loop
+        rate = uvloop.run(one_run(args.events, args.batch, args.data))  # the service's event loop
         rates.append(rate)
         print(f"run {run + 1}: {args.events:,} events at {rate:,.0f} events/s (load average {os.getloadavg()[0]:.2f})")
     print(f"median {statistics.median(rates):,.0f} events/s over {args.runs} runs of {args.events:,} events")

@@ -70,6 +70,18 @@ COLUMNS: dict[str, tuple[str, ...]] = {
     REQUEST_CONTENT: CONTENT_COLUMNS,
 }
 
+# the column holding when each table's event happened (a request's record is published when it finishes)
+EVENT_TIME_COLUMN = {
+    table: columns.index("finished_at" if table == REQUESTS else "at") for table, columns in COLUMNS.items()
+}
+
+
+def event_time(table: str, row: list[object]) -> float:
+    """Unix seconds of the event a row records."""
+    value = row[EVENT_TIME_COLUMN[table]]
+    return value.timestamp() if isinstance(value, datetime) else float(value)  # type: ignore[arg-type]
+
+
 # provider kinds (config) → provider ids in genai-prices
 _PRICE_PROVIDER = {
     "openai": "openai",

@@ -14,7 +14,7 @@ import asyncio
 import logging
 import re
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
@@ -145,18 +145,22 @@ class ClickHouseSink:
         await self._run(_command)
 
     # ---- inserts -----------------------------------------------------------------------------
-    def _insert_new(self, batches: Mapping[str, Sequence[list[object]]]) -> dict[str, int]:
+    def _insert_new(
+        self, batches: Mapping[str, Sequence[list[object]]], verify: Collection[str] | None
+    ) -> dict[str, int]:
         client = self._connect()
         inserted: dict[str, int] = {}
         for table, rows in batches.items():
             if not rows:
                 continue
-            # an event redelivered after a crash between insert and ack, or republished under a new
-            # Nats-Msg-Id, is already stored: skip it, so it is never visible twice (even without FINAL)
-            # and never counted twice by the materialized rollups
-            ids = list({str(r[0]) for r in rows})
-            query = f"SELECT event_id FROM {table} WHERE event_id IN ({sql_string_list(ids)})"  # noqa: S608
-            seen = {str(r[0]) for r in client.query(query).result_rows}
+            # an event redelivered after a crash between insert and ack, or republished after the duplicate
+            # window, is already stored: skip it, so it is never visible twice (even without FINAL) and never
+            # counted twice by the materialized rollups
+            ids = list({str(r[0]) for r in rows if verify is None or str(r[0]) in verify})
+            seen: set[str] = set()
+            if ids:
+                query = f"SELECT event_id FROM {table} WHERE event_id IN ({sql_string_list(ids)})"  # noqa: S608
+                seen = {str(r[0]) for r in client.query(query).result_rows}
             fresh = []
             for row in rows:
                 key = str(row[0])
@@ -181,12 +185,16 @@ class ClickHouseSink:
             inserted[table] = len(fresh)
         return inserted
 
-    async def insert_new(self, batches: Mapping[str, Sequence[list[object]]]) -> dict[str, int]:
+    async def insert_new(
+        self, batches: Mapping[str, Sequence[list[object]]], verify: Collection[str] | None = None
+    ) -> dict[str, int]:
         """Insert the rows whose event id (column 0) is not stored yet, table by table; rows inserted per table.
 
+        `verify`: the event ids that may be stored already (the consumer knows which: `may_be_stored`); the
+        others are not looked up. None: look every one up. Within a batch an id is stored once either way.
         Idempotent: retrying a batch after any failure stores each event once.
         """
-        return await self._run(self._insert_new, batches)
+        return await self._run(self._insert_new, batches, verify)
 
     # ---- re-pricing ----------------------------------------------------------------------------
     def _reprice(self, request: RepriceRequest, rates: Mapping[str, Rates], kinds: Mapping[str, str]) -> RepriceResult:
