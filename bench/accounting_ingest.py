@@ -57,8 +57,9 @@ def event(i: int, now: float) -> RequestEvent:
         status=200 if i % 40 else 503,
         usage=Usage(input_tokens=400 + i % 700, output_tokens=120 + i % 300, cached_tokens=i % 5 * 64),
         attempts=[Attempt(provider=kind, deployment=f"{kind}/{model}", status=200, latency_ms=480.0)],
-        received_at=now - (i % 3600),
-        finished_at=now - (i % 3600) + 0.5,
+        # a live request: it ended just now (its record is published as it ends), after half a second or so
+        received_at=now - 0.5 - (i % 100) / 100,
+        finished_at=now,
         latency_ms=500.0,
         tags={"env": "prod"},
     )
@@ -69,9 +70,9 @@ async def fill(url: str, subjects: Subjects, count: int) -> None:
     js = nc.jetstream()
     await ensure_events_stream(js, subjects)
     subject = subjects.events_request
-    now = time.time()
     window = 2000  # publishes in flight
     for start in range(0, count, window):
+        now = time.time()
         futures = []
         for i in range(start, min(start + window, count)):
             e = event(i, now)

@@ -50,6 +50,7 @@ def normalise_dsn(dsn: str) -> str:
 
 _JSON = msgspec.json.Encoder()
 _SYNC = {"mutations_sync": 2}
+LOOKUP_CHUNK = 2000  # event ids per lookup query
 # no merge of the inserted block by key: the rows are unique by event id already (checked above) and the rollups'
 # materialized views group them themselves, so that sort is pure cost (about a third of an insert's CPU)
 _INSERT = {"optimize_on_insert": 0}
@@ -158,9 +159,10 @@ class ClickHouseSink:
             # counted twice by the materialized rollups
             ids = list({str(r[0]) for r in rows if verify is None or str(r[0]) in verify})
             seen: set[str] = set()
-            if ids:
-                query = f"SELECT event_id FROM {table} WHERE event_id IN ({sql_string_list(ids)})"  # noqa: S608
-                seen = {str(r[0]) for r in client.query(query).result_rows}
+            for start in range(0, len(ids), LOOKUP_CHUNK):  # a query's text is bounded (max_query_size, 256 KiB)
+                chunk = sql_string_list(ids[start : start + LOOKUP_CHUNK])
+                query = f"SELECT event_id FROM {table} WHERE event_id IN ({chunk})"  # noqa: S608
+                seen.update(str(r[0]) for r in client.query(query).result_rows)
             fresh = []
             for row in rows:
                 key = str(row[0])

@@ -141,3 +141,22 @@ def test_json_rows_read_back_as_native_inserts_store_them(tmp_path: Path) -> Non
             client.close()
         assert results[0] == results[1], table
         assert len(results[0]) == len(data[table])
+
+
+def test_a_batch_larger_than_one_lookup_is_checked_in_chunks(tmp_path: Path) -> None:
+    from services.accounting.sink import LOOKUP_CHUNK
+
+    events = [request_row(make_event(f"e{n:05d}")) for n in range(2 * LOOKUP_CHUNK + 500)]
+
+    async def run() -> tuple[dict[str, int], dict[str, int], dict[str, int]]:
+        sink = ClickHouseSink(f"chdb://{tmp_path / 'ch'}")
+        await sink.migrate(migrations.load())
+        first = await sink.insert_new({REQUESTS: events}, verify=set())  # fresh: nothing looked up
+        again = await sink.insert_new({REQUESTS: events})  # every id looked up, over several queries
+        some = await sink.insert_new({REQUESTS: events[:10]}, verify={str(events[0][0])})
+        await sink.close()
+        return first, again, some
+
+    first, again, some = asyncio.run(run())
+    assert first == {REQUESTS: len(events)} and again == {REQUESTS: 0}
+    assert some == {REQUESTS: 9}  # only the one it was told to check is found; the caller vouched for the rest
