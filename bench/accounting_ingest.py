@@ -32,6 +32,7 @@ from services.accounting import migrations
 from services.accounting.consumer import EventConsumer, tune_gc
 from services.accounting.sink import ClickHouseSink
 from shared.bus import MSG_ID, ensure_events_stream
+from shared.config import AccountingConfig
 from shared.schemas.chat import Attempt, Caller, Usage
 from shared.schemas.events import RequestEvent
 from shared.subjects import Subjects
@@ -132,7 +133,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--events", type=int, default=200_000)
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--batch", type=int, default=5000, help="accounting.batch_size (the config's default)")
+    parser.add_argument("--batch", type=int, default=AccountingConfig().batch_size, help="accounting.batch_size")
     parser.add_argument("--data", type=Path, default=None, help="store into this chDB directory (e.g. one that "
                         "bench/rollups.py filled with 10 M rows) instead of an empty one")  # fmt: skip
     args = parser.parse_args()

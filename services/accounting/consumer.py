@@ -81,12 +81,19 @@ def may_be_stored(msg: Msg, event_time: float, duplicate_window_s: float) -> boo
     at 10 million rows. Clocks further apart than the window less FRESH_S would defeat this.
     """
     try:
-        meta = msg.metadata
+        tokens = (msg.reply or "").split(".")
+        if (
+            len(tokens) == 9 and tokens[0] == "$JS" and tokens[1] == "ACK"
+        ):  # $JS.ACK.<stream>.<consumer>.<n>.<s>.<c>.<ns>.<p>
+            delivered, stream_time = int(tokens[4]), int(tokens[7]) / 1e9
+        else:  # the other layouts (domains, accounts): nats-py's own parse
+            meta = msg.metadata
+            delivered, stream_time = meta.num_delivered, meta.timestamp.timestamp()
     except Exception:
         return True
-    if meta.num_delivered > 1:
+    if delivered > 1:
         return True
-    age = meta.timestamp.timestamp() - event_time
+    age = stream_time - event_time
     return not (-FRESH_S < age < min(FRESH_S, duplicate_window_s / 2))
 
 

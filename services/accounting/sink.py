@@ -68,14 +68,24 @@ def _error_code(exc: Exception) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def _json_value(value: object) -> object:
+def _seconds(value: object) -> object:
     # DateTime64 columns read a JSON number as unix seconds with its fraction
     return value.timestamp() if isinstance(value, datetime) else value
 
 
 def json_rows(rows: Sequence[list[object]]) -> bytes:
-    """Rows as JSONCompactEachRow: one JSON array per line, in column order."""
-    return b"\n".join(_JSON.encode([_json_value(v) for v in row]) for row in rows)
+    """Rows as JSONCompactEachRow: one JSON array per line, in column order (times as unix seconds)."""
+    if not rows:
+        return b""
+    times = [i for i, v in enumerate(rows[0]) if isinstance(v, datetime)]  # a table's rows share one layout
+    out = []
+    for row in rows:
+        if times:
+            row = list(row)  # noqa: PLW2901 (a copy: the caller's row keeps its datetimes)
+            for i in times:
+                row[i] = _seconds(row[i])
+        out.append(_JSON.encode(row))
+    return b"\n".join(out)
 
 
 def redact_dsn(dsn: str) -> str:
