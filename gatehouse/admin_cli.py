@@ -1,4 +1,4 @@
-"""`gatehouse keys|teams|projects|users|orgs|usage`: the admin API from the command line.
+"""`gatehouse keys|teams|projects|users|orgs`: the admin API from the command line (usage: `analytics_cli`).
 
 Talks HTTP to a running ingress (`--url`, default: the running stack's), as the admin (the
 GATEHOUSE_ADMIN_KEY environment variable, else the key `gatehouse up` generated under its data dir) or
@@ -370,41 +370,6 @@ _entity_commands(teams_app, "team", "teams", None)
 _entity_commands(projects_app, "project", "projects", "team")
 _entity_commands(users_app, "user", "users", "team")
 _entity_commands(orgs_app, "org", "orgs", None)
-
-
-def usage(
-    by: Annotated[
-        str,
-        typer.Option(
-            help="group by, comma list: team, project, key_id, user, org, requested_model, provider, day, hour"
-        ),
-    ] = "team",
-    team: Annotated[str | None, typer.Option()] = None,
-    project: Annotated[str | None, typer.Option()] = None,
-    key_id: Annotated[str | None, typer.Option("--key-id")] = None,
-    model: Annotated[str | None, typer.Option(help="requested model")] = None,
-    since: Annotated[str, typer.Option(help="how far back, e.g. 24h, 7d, 30d")] = "30d",
-    url: Url = None,
-    key: Key = None,
-    data_dir: DataDir = Path(".gatehouse"),
-    fmt: Fmt = "table",
-) -> None:
-    """Spend, tokens and requests over a period, grouped (from the request records in ClickHouse)."""
-    params = {"group_by": by, "since": str(time.time() - duration(since))}
-    for name, value in (("team", team), ("project", project), ("key_id", key_id), ("requested_model", model)):
-        if value:
-            params[name] = value
-    data = Admin(url, key, data_dir).call("GET", "/usage", params=params)
-    assert isinstance(data, dict)
-    if fmt == "json":
-        sys.stdout.write(
-            json.dumps([dict(zip(data["columns"], r, strict=True)) for r in data["rows"]], indent=2) + "\n"
-        )
-        return
-    table = Table(*data["columns"])
-    for row in data["rows"]:
-        table.add_row(*(_cell(v) for v in row))
-    console.print(table)
 
 
 def _ms(value: object) -> str:

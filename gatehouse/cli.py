@@ -1,5 +1,6 @@
 """The `gatehouse` command: `up` runs the stack, `sql` queries the request record, `hash-key` for config,
-`nats-config` / `nats-keys` for running NATS yourself (compose, Kubernetes)."""
+`nats-config` / `nats-keys` for running NATS yourself (compose, Kubernetes); the admin commands (keys, teams,
+…) and the analytics ones (`usage`, `requests`, `request`, `reprice`) register from their own modules."""
 
 from __future__ import annotations
 
@@ -239,14 +240,17 @@ def nats_config(
     sys.stdout.write(render_config(subjects, keys, max_payload=server_max_payload(cfg.server.max_body_bytes)))
 
 
-from gatehouse import admin_cli  # noqa: E402  (the admin commands register below the core ones)
+from gatehouse import admin_cli, analytics_cli  # noqa: E402  (the admin commands register below the core ones)
 
 app.add_typer(admin_cli.keys_app, name="keys")
 app.add_typer(admin_cli.teams_app, name="teams")
 app.add_typer(admin_cli.projects_app, name="projects")
 app.add_typer(admin_cli.users_app, name="users")
 app.add_typer(admin_cli.orgs_app, name="orgs")
-app.command("usage")(admin_cli.usage)
+app.command("usage")(analytics_cli.usage)
+app.command("requests")(analytics_cli.requests)
+app.command("request")(analytics_cli.request)
+app.command("reprice")(analytics_cli.reprice)
 app.command("status")(admin_cli.status)
 
 

@@ -147,6 +147,8 @@ class ModelConfig(_Strict):
     fallbacks: list[str] = Field(default_factory=list)
     context_window_fallbacks: list[str] = Field(default_factory=list)
     content_policy_fallbacks: list[str] = Field(default_factory=list)
+    # a negotiated price for every deployment of the model that has no `price` of its own
+    price: PriceConfig | None = None
 
 
 class KeyConfig(_Strict):
@@ -172,7 +174,9 @@ class KeyConfig(_Strict):
 
 class AccountingConfig(_Strict):
     clickhouse_dsn: str = "chdb://.gatehouse/clickhouse"
-    batch_size: int = Field(default=5000, gt=0)
+    # events per insert at most (fewer when flush_interval_s passes first): larger inserts cost chDB less per
+    # row (parts, merges, the rollups' views), measured in bench/accounting_ingest.py
+    batch_size: int = Field(default=20000, gt=0)
     flush_interval_s: float = Field(default=0.5, gt=0)
 
 

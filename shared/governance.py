@@ -65,6 +65,14 @@ class Limits(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     tags: dict[str, str] = {}
     # may choose a routing strategy per request (x-gatehouse-route); None: as the levels above say
     route_override: bool | None = None
+    # prompt and response logging (off unless a level opts in): the nearest level that says wins; the text is
+    # stored after the guard's redaction in its own table, kept `log_retention_days` (default 30)
+    log_content: bool | None = None
+    log_retention_days: int | None = None
+
+
+DEFAULT_LOG_RETENTION_DAYS = 30
+MAX_LOG_RETENTION_DAYS = 3650
 
 
 class Org(msgspec.Struct, frozen=True, kw_only=True):

@@ -5,15 +5,17 @@ needs to; NATS refuses everything else (a permissions violation, and the message
 added to `Subjects` gets its permission here, in the function of each role that uses it.
 
 role        publishes                                           subscribes ("subject queue": only that group)
-ingress     guard.chat, router.cancel, events.request, pings     inbox.> (the replies it waits for)
+ingress     guard.chat, router.cancel, events.request, pings,    inbox.> (the replies it waits for)
+            accounting.usage|requests|request (admin API)
 guard       router.chat, inbox.> (blocks, relayed replies),     guard.chat, guard.scan, guard.ping (guard);
-            events.guard                                        guardout.> (replies it relays)
+            events.guard, events.content                        guardout.> (replies it relays)
 router      inbox.>, guardout.> (replies, chunks, heartbeats),  router.chat, router.ping (router); router.cancel,
             the routing KV bucket (deployment health)           router.status (every replica answers)
-accounting  consumer create/info/next + acks, events stream     accounting.sql (accounting); max-deliveries advisory
+accounting  consumer create/info/next + acks, events stream     accounting.sql|usage|requests|request|reprice
+                                                                (accounting); max-deliveries advisory
 every service above: telemetry.spans and the spans stream's setup (its spans; accounting stores them through
             a durable pull consumer of their own, shared/telemetry.py)
-admin       accounting.sql, guard.scan, pings, JetStream API    (its own inbox only)
+admin       accounting.sql|reprice, guard.scan, pings, JS API   (its own inbox only)
 
 Every role subscribes to its own reply inbox (`Subjects.role_inbox`) and to no other role's. The roles that
 answer requests (guard: scans and pings; router: pings; accounting: queries) may publish one reply to the
@@ -111,6 +113,8 @@ def ingress(subjects: Subjects) -> Permissions:
             subjects.events_request.name,
             subjects.events_audit.name,
             subjects.accounting_usage.name,  # usage summaries for the admin API (no free SQL)
+            subjects.accounting_requests.name,  # the request explorer of the admin API (fixed queries)
+            subjects.accounting_request.name,
             subjects.ping("guard"),
             subjects.ping("router"),
             *_events_stream_setup(subjects),
@@ -129,6 +133,7 @@ def guard(subjects: Subjects) -> Permissions:
             subjects.router_chat.name,
             subjects.inbox_wildcard,
             subjects.events_guard.name,
+            subjects.events_content.name,  # redacted prompts and responses of callers that log content
             *_events_stream_setup(subjects),
             *_spans(subjects),
         ),
@@ -191,6 +196,9 @@ def accounting(subjects: Subjects) -> Permissions:
         subscribe=(
             queue_entry(subjects.accounting_sql),
             queue_entry(subjects.accounting_usage),
+            queue_entry(subjects.accounting_requests),
+            queue_entry(subjects.accounting_request),
+            queue_entry(subjects.accounting_reprice),
             f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{stream}.*",
             f"{subjects.role_inbox('accounting')}.>",
         ),
@@ -202,6 +210,7 @@ def admin(subjects: Subjects) -> Permissions:
     return Permissions(
         publish=(
             subjects.accounting_sql.name,
+            subjects.accounting_reprice.name,  # price stored usage again (writes cost_usd; admin only)
             subjects.guard_scan.name,
             subjects.ping("guard"),
             subjects.ping("router"),

@@ -11,9 +11,28 @@ from typing import Generic, TypeVar
 
 import msgspec
 
-from shared.schemas.admin import ScanRequest, ScanResult, SqlQuery, SqlResult, UsageQuery
+from shared.schemas.admin import (
+    RepriceRequest,
+    RepriceResult,
+    RequestLookup,
+    RequestsQuery,
+    RequestStory,
+    ScanRequest,
+    ScanResult,
+    SqlQuery,
+    SqlResult,
+    UsageQuery,
+)
 from shared.schemas.chat import Cancel, ChatRequest, Reply
-from shared.schemas.events import AuditEvent, BudgetAlert, GuardEvent, RequestEvent, ReservationState, SpanBatch
+from shared.schemas.events import (
+    AuditEvent,
+    BudgetAlert,
+    ContentEvent,
+    GuardEvent,
+    RequestEvent,
+    ReservationState,
+    SpanBatch,
+)
 from shared.schemas.routing import RouterStatus, StatusQuery
 
 T = TypeVar("T")
@@ -147,6 +166,26 @@ class Subjects:
     def spans_stream(self) -> str:
         """JetStream stream of span batches: work-queue, capped in bytes and age (diagnostics, not records)."""
         return f"{self._stream_base}_SPANS"
+
+    @cached_property
+    def events_content(self) -> Subject[ContentEvent]:
+        """guard → JetStream: the redacted prompt or response of a request whose caller logs content."""
+        return Subject(f"{self.prefix}.events.content", ContentEvent)
+
+    @cached_property
+    def accounting_requests(self) -> Service[RequestsQuery, SqlResult]:
+        """ingress (admin API) → accounting (request/reply): the request explorer's list."""
+        return Service(f"{self.prefix}.accounting.requests", RequestsQuery, SqlResult, queue="accounting")
+
+    @cached_property
+    def accounting_request(self) -> Service[RequestLookup, RequestStory]:
+        """ingress (admin API) → accounting (request/reply): one request's record, verdicts, content, spans."""
+        return Service(f"{self.prefix}.accounting.request", RequestLookup, RequestStory, queue="accounting")
+
+    @cached_property
+    def accounting_reprice(self) -> Service[RepriceRequest, RepriceResult]:
+        """admin → accounting (request/reply): price a time range's stored usage again."""
+        return Service(f"{self.prefix}.accounting.reprice", RepriceRequest, RepriceResult, queue="accounting")
 
     def reservation(self, request_id: str) -> Subject[ReservationState]:
         """ingress / accounting → JetStream (`reservations_stream`): the state of one budget reservation."""

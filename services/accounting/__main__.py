@@ -9,6 +9,7 @@ import uvloop
 from pydantic import ValidationError
 
 from services.accounting.app import create_app
+from services.accounting.consumer import tune_gc
 from services.accounting.settings import AccountingSettings
 from shared.config import ConfigError
 from shared.logs import setup_logging
@@ -25,6 +26,7 @@ def main() -> None:
     except (ConfigError, ValueError) as exc:  # a bad config file or migrations folder: say which, then stop
         logging.getLogger("gatehouse.accounting").error("cannot start: %s", exc)
         sys.exit(2)
+    tune_gc()
     uvloop.run(app.run())
 
 

@@ -1,5 +1,6 @@
 """accounting: `<p>.events.>` (JetStream, one durable pull consumer) → ClickHouse rows, acked after the insert;
-`<p>.accounting.sql` (SqlQuery, queue group `accounting`) → SqlResult.
+`<p>.accounting.sql` (SqlQuery, queue group `accounting`) → SqlResult; `.usage` and `.requests` (fixed queries
+for the admin API) → SqlResult; `.request` (one request's story) → RequestStory; `.reprice` → RepriceResult.
 
 Owns the ClickHouse schema (migrations at startup), prices usage, and answers analytics queries for the
 other processes (an embedded chDB path can be opened by one process only): parsed by ClickHouse, judged by
@@ -11,13 +12,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 import msgspec
 from faststream import FastStream
+from faststream.nats import NatsBroker
 
-from services.accounting import analytics, migrations
-from services.accounting.analytics import QueryLimits, QueryRefused
+from services.accounting import migrations
+from services.accounting.analytics import QueryLimits
+from services.accounting.answers import answer, reprice_answer, requests_answer, story_answer
 from services.accounting.consumer import EventConsumer
 from services.accounting.settings import AccountingSettings
 from services.accounting.settlement import Reservations
@@ -26,14 +30,57 @@ from services.accounting.spans import SpanStore
 from services.accounting.telemetry import accounting_telemetry, start_telemetry
 from services.accounting.usage import BadUsageQuery, usage_sql
 from shared.bus import ensure_events_stream
-from shared.config import GatehouseConfig, load_config
+from shared.config import GatehouseConfig, PriceConfig, load_config
 from shared.counters import Counters, ensure_counter_streams
 from shared.natsconn import nats_broker
 from shared.pricing import Rates
 from shared.schemas.admin import SqlQuery, SqlResult
-from shared.subjects import Service, Subjects
+from shared.subjects import Subjects
 
 log = logging.getLogger("gatehouse.accounting")
+
+
+def register_queries(
+    broker: NatsBroker,
+    subjects: Subjects,
+    sink: ClickHouseSink,
+    settings: AccountingSettings,
+    rates: dict[str, Rates],
+    kinds: Mapping[str, str],
+) -> None:
+    """The read side: raw SQL, usage, the request explorer, one request's story and repricing."""
+    sql = subjects.accounting_sql
+
+    @broker.subscriber(sql.name, queue=sql.queue)
+    async def on_sql(body: bytes) -> bytes:
+        return sql.encode_reply(await answer(sink, sql, body, max_reply_bytes=settings.query_max_reply_bytes))
+
+    usage = subjects.accounting_usage
+
+    @broker.subscriber(usage.name, queue=usage.queue)
+    async def on_usage(body: bytes) -> bytes:
+        try:
+            text = usage_sql(usage.decode(body), time.time())
+        except (BadUsageQuery, msgspec.MsgspecError) as exc:
+            return usage.encode_reply(SqlResult(error=f"bad usage query: {exc}"))
+        return usage.encode_reply(
+            await answer(sink, sql, sql.encode(SqlQuery(sql=text)), max_reply_bytes=settings.query_max_reply_bytes)
+        )
+
+    explore, lookup, repricing = subjects.accounting_requests, subjects.accounting_request, subjects.accounting_reprice
+    reply_bytes = settings.query_max_reply_bytes
+
+    @broker.subscriber(explore.name, queue=explore.queue)
+    async def on_requests(body: bytes) -> bytes:
+        return explore.encode_reply(await requests_answer(sink, sql, explore, body, reply_bytes))
+
+    @broker.subscriber(lookup.name, queue=lookup.queue)
+    async def on_request(body: bytes) -> bytes:
+        return lookup.encode_reply(await story_answer(sink, lookup, body, reply_bytes))
+
+    @broker.subscriber(repricing.name, queue=repricing.queue)
+    async def on_reprice(body: bytes) -> bytes:
+        return repricing.encode_reply(await reprice_answer(sink, repricing, body, rates, kinds))
 
 
 def create_app(settings: AccountingSettings) -> FastStream:
@@ -59,23 +106,7 @@ def create_app(settings: AccountingSettings) -> FastStream:
     running: list[tuple[EventConsumer | SpanStore, asyncio.Task[None]]] = []
     ledger: list[Reservations] = []
     background: list[asyncio.Task[None]] = []
-    sql = subjects.accounting_sql
-
-    @broker.subscriber(sql.name, queue=sql.queue)
-    async def on_sql(body: bytes) -> bytes:
-        return sql.encode_reply(await answer(sink, sql, body, max_reply_bytes=settings.query_max_reply_bytes))
-
-    usage = subjects.accounting_usage
-
-    @broker.subscriber(usage.name, queue=usage.queue)
-    async def on_usage(body: bytes) -> bytes:
-        try:
-            text = usage_sql(usage.decode(body), time.time())
-        except (BadUsageQuery, msgspec.MsgspecError) as exc:
-            return usage.encode_reply(SqlResult(error=f"bad usage query: {exc}"))
-        return usage.encode_reply(
-            await answer(sink, sql, sql.encode(SqlQuery(sql=text)), max_reply_bytes=settings.query_max_reply_bytes)
-        )
+    register_queries(broker, subjects, sink, settings, rates, kinds)
 
     app = FastStream(broker, logger=log)
     telemetry = accounting_telemetry(settings, subjects)
@@ -149,34 +180,30 @@ def create_app(settings: AccountingSettings) -> FastStream:
 
 
 def negotiated_rates(config: GatehouseConfig) -> dict[str, Rates]:
-    """Deployment id → its negotiated price (`deployments[].price` in the config)."""
+    """Deployment id → its negotiated price: `deployments[].price`, else the model's `models[].price`.
+
+    The rates are part of the price version (`config: openai/gpt-4o in 2.5 cached 1.25 out 10 per Mtok`), so a
+    row says which price it was charged at, and a changed rate is a changed version."""
     out: dict[str, Rates] = {}
     for model in config.models:
         for dep in model.deployments:
-            if dep.price is not None:
+            price = dep.price or model.price
+            if price is not None:
                 out[dep.id] = Rates(
-                    input=dep.price.input_per_mtok,
-                    output=dep.price.output_per_mtok,
-                    cached_input=dep.price.cached_input_per_mtok,
-                    cache_write=dep.price.cache_write_per_mtok,
-                    name=dep.id,
+                    input=price.input_per_mtok,
+                    output=price.output_per_mtok,
+                    cached_input=price.cached_input_per_mtok,
+                    cache_write=price.cache_write_per_mtok,
+                    name=f"{dep.id} {rates_label(price)}",
                 )
     return out
 
 
-async def answer(
-    sink: ClickHouseSink, subject: Service[SqlQuery, SqlResult], body: bytes, *, max_reply_bytes: int = 1_000_000
-) -> SqlResult:
-    """The reply to one analytics query message: rows, or an error string; never an exception."""
-    try:
-        query = subject.decode(body)
-    except Exception:
-        return SqlResult(error="malformed query message (expected a msgpack SqlQuery)")
-    try:
-        result = analytics.fit(await sink.query(query.sql, query.max_rows), max_reply_bytes)
-    except QueryRefused as exc:
-        return SqlResult(error=f"query refused: {exc}")
-    except Exception as exc:
-        text = " ".join(str(exc).split())
-        return SqlResult(error=f"query failed: {text[:500] if text else type(exc).__name__}")
-    return SqlResult(columns=result.columns, rows=result.rows, truncated=result.truncated)
+def rates_label(price: PriceConfig) -> str:
+    parts = [f"in {price.input_per_mtok:g}"]
+    if price.cached_input_per_mtok is not None:
+        parts.append(f"cached {price.cached_input_per_mtok:g}")
+    if price.cache_write_per_mtok is not None:
+        parts.append(f"cache write {price.cache_write_per_mtok:g}")
+    parts.append(f"out {price.output_per_mtok:g}")
+    return " ".join(parts) + " per Mtok"

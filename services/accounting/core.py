@@ -11,8 +11,11 @@ import msgspec
 from genai_prices import Usage as PriceUsage
 from genai_prices import calc_price
 
+from services.accounting.listprice import ListPrices
+from shared.governance import MAX_LOG_RETENTION_DAYS
 from shared.pricing import PRICE_PROVIDER, PRICES_VERSION, Rates, Tokens, cost, when
-from shared.schemas.events import AuditEvent, BudgetAlert, GuardEvent, RequestEvent
+from shared.schemas.chat import Usage
+from shared.schemas.events import AuditEvent, BudgetAlert, ContentEvent, GuardEvent, RequestEvent
 from shared.subjects import Subjects
 
 REQUESTS = "requests"
@@ -53,15 +56,37 @@ GUARD_COLUMNS = (
     "findings.start", "findings.end", "findings.location", "scan_us", "at",
 )  # fmt: skip
 
+REQUEST_CONTENT = "request_content"
+CONTENT_COLUMNS = (
+    "event_id", "request_id", "at", "org", "team", "project", "key_id", "model", "direction", "policy",
+    "guard_action", "texts.location", "texts.text", "redactions", "truncated", "retention_days",
+)  # fmt: skip
+
 # every table the consumer writes, with its columns; column 0 is always the event id
 COLUMNS: dict[str, tuple[str, ...]] = {
     REQUESTS: REQUEST_COLUMNS,
     GUARD_VERDICTS: GUARD_COLUMNS,
     AUDIT_LOG: AUDIT_COLUMNS,
     BUDGET_ALERTS: ALERT_COLUMNS,
+    REQUEST_CONTENT: CONTENT_COLUMNS,
 }
 
+# the column holding when each table's event happened (a request's record is published when it finishes)
+EVENT_TIME_COLUMN = {
+    table: columns.index("finished_at" if table == REQUESTS else "at") for table, columns in COLUMNS.items()
+}
+
+
+def event_time(table: str, row: list[object]) -> float:
+    """Unix seconds of the event a row records."""
+    value = row[EVENT_TIME_COLUMN[table]]
+    return value.timestamp() if isinstance(value, datetime) else float(value)  # type: ignore[arg-type]
+
+
 _U16, _U32, _I32 = 2**16 - 1, 2**32 - 1, 2**31 - 1
+
+
+_LIST_PRICES = ListPrices()
 
 
 class BadEvent(ValueError):
@@ -75,13 +100,19 @@ class Price:
 
 
 def price(event: RequestEvent, provider_kind: str = "", rates: Rates | None = None) -> Price:
-    """List price of a request's usage at the time it was received; None (and why, in `version`) if unknown.
+    """List price of a request's usage at the time it was received; None (and why, in `version`) if unknown."""
+    return price_usage(
+        event.usage, event.provider_model or event.requested_model, provider_kind, event.received_at, rates
+    )
+
+
+def price_usage(usage: Usage | None, model: str, provider_kind: str, received_at: float, rates: Rates | None) -> Price:
+    """The price of `usage` of `model` at `received_at`: the config's rates, else the list price.
 
     Token counts follow the OpenAI convention gatehouse normalises to: input includes the input read from
     the prompt cache and the input written to it (5-minute and 1-hour writes apart); each is priced at its
-    own rate, and so are the provider's own web searches.
+    own rate, and so are the provider's own web searches. Re-pricing stored rows calls this too.
     """
-    usage = event.usage
     if usage is not None and rates is not None:  # a negotiated price from the config
         tokens = Tokens(
             input=usage.input_tokens,
@@ -89,9 +120,7 @@ def price(event: RequestEvent, provider_kind: str = "", rates: Rates | None = No
             cached=usage.cached_tokens,
             cache_write=usage.cache_write_tokens,
         )
-        shared_price = cost(
-            tokens, event.provider_model or event.requested_model, provider_kind, event.received_at, rates
-        )
+        shared_price = cost(tokens, model, provider_kind, received_at, rates)
         return Price(shared_price.cost_usd, shared_price.version)
     if provider_kind == "mock":
         return Price(0.0, "mock")
@@ -99,23 +128,39 @@ def price(event: RequestEvent, provider_kind: str = "", rates: Rates | None = No
         return Price(None, "no usage reported")
     if usage.input_tokens <= 0 and usage.output_tokens <= 0:
         return Price(0.0, PRICES_VERSION)
-    model = event.provider_model or event.requested_model
     input_tokens = max(usage.input_tokens, 0)
     cache_read = min(max(usage.cached_tokens, 0), input_tokens)
     cache_write = min(max(usage.cache_write_tokens, 0), input_tokens - cache_read)
-    try:
+    counts = {
+        "input_tokens": input_tokens,
+        "output_tokens": max(usage.output_tokens, 0),
+        "cache_read_tokens": cache_read,
+        "cache_write_tokens": cache_write,
+        "cache_write_1h_tokens": min(max(usage.cache_write_1h_tokens, 0), cache_write),
+        "web_searches": max(usage.web_search_requests, 0),
+    }
+    provider_id = PRICE_PROVIDER.get(provider_kind)
+    found = _LIST_PRICES.model(model, provider_id)
+    if found is None:
+        return Price(None, f"{PRICES_VERSION}: unknown model")
+    at = _ts(received_at)
+    provider, info = found
+    total = _LIST_PRICES.plan(info, at).total(counts)
+    if total is not None:
+        return Price(float(total), f"{PRICES_VERSION}: {provider.id}/{info.id}")
+    try:  # what the plan does not reproduce: genai-prices decides (and usually refuses)
         calc = calc_price(
             PriceUsage(
                 input_tokens=input_tokens,
-                output_tokens=max(usage.output_tokens, 0),
+                output_tokens=counts["output_tokens"],
                 cache_read_tokens=cache_read or None,
                 cache_write_tokens=cache_write or None,
-                cache_write_1h_tokens=min(max(usage.cache_write_1h_tokens, 0), cache_write) or None,
-                web_searches=max(usage.web_search_requests, 0) or None,
+                cache_write_1h_tokens=counts["cache_write_1h_tokens"] or None,
+                web_searches=counts["web_searches"] or None,
             ),
             model_ref=model,
-            provider_id=PRICE_PROVIDER.get(provider_kind),
-            genai_request_timestamp=_ts(event.received_at),
+            provider_id=provider_id,
+            genai_request_timestamp=at,
         )
     except LookupError:
         return Price(None, f"{PRICES_VERSION}: unknown model")
@@ -184,6 +229,17 @@ def alert_row(event: BudgetAlert) -> list[object]:
     ]  # fmt: skip
 
 
+def content_row(event: ContentEvent) -> list[object]:
+    """The `request_content` row of a (redacted) content event, in CONTENT_COLUMNS order."""
+    c = event.caller
+    return [
+        event.event_id, event.request_id, _ts(event.at), c.org, c.team, c.project, c.key_id, event.model,
+        event.direction, event.policy, event.guard_action, [t.location for t in event.texts],
+        [t.text for t in event.texts], _clamp(event.redactions, _U32), event.truncated,
+        _clamp(event.retention_days, MAX_LOG_RETENTION_DAYS, 1),  # a TTL past 2106 would wrap to the past
+    ]  # fmt: skip
+
+
 def guard_row(event: GuardEvent) -> list[object]:
     """The `guard_verdicts` row of an event, in GUARD_COLUMNS order (rule ids and offsets, never the text)."""
     f = event.findings
@@ -213,6 +269,8 @@ def event_row(
             return GUARD_VERDICTS, guard_row(subjects.events_guard.decode(data)), None
         if subject == subjects.events_audit.name:
             return AUDIT_LOG, audit_row(subjects.events_audit.decode(data)), None
+        if subject == subjects.events_content.name:
+            return REQUEST_CONTENT, content_row(subjects.events_content.decode(data)), None
         if subject == subjects.events_alert.name:
             alert = subjects.events_alert.decode(data)
             return BUDGET_ALERTS, alert_row(alert), alert

@@ -2,6 +2,8 @@
 
 The admin API and `gatehouse usage` ask these; values are quoted literals, dimensions come from a fixed
 list, so nothing a caller sends becomes SQL. The query still runs through the analytics gate like any.
+Cost is `cost_usd`, the current price of each request (`gatehouse reprice` may have changed it since the
+budget was settled at `settled_cost_usd`).
 """
 
 from __future__ import annotations
@@ -12,9 +14,14 @@ from shared.schemas.admin import USAGE_DIMENSIONS, UsageQuery
 _EXPRESSIONS = {
     "day": "toDate(received_at)",
     "hour": "toStartOfHour(received_at)",
-    "status": "toString(status)",
+    "week": "toMonday(received_at)",
+    "month": "toStartOfMonth(received_at)",
+    "status": "toString(requests.status)",  # qualified: the alias `status` must not shadow the column
+    "model": "requested_model",
 }
+_GROUP_BY = {"status": "requests.status"}
 MAX_ROWS = 10_000
+TIME_BUCKETS = ("hour", "day", "week", "month")
 
 
 class BadUsageQuery(ValueError):
@@ -27,24 +34,87 @@ def _column(name: str) -> str:
     return _EXPRESSIONS.get(name, f"`{name}`")
 
 
+# dimensions the hourly rollup carries: a usage query grouped and filtered by these alone reads it for the whole
+# hours of its period, and the request rows only for the partial hours at either end
+ROLLUP_DIMENSIONS = frozenset({"team", "project", "key_id", "requested_model", "model", "provider", *TIME_BUCKETS})
+_HOUR = 3600
+
+
+def _at(value: float) -> str:
+    return f"toDateTime64({float(value):.3f}, 3, 'UTC')"
+
+
 def usage_sql(query: UsageQuery, now: float) -> str:
     until = query.until or now
     if query.since and until < query.since:
         raise BadUsageQuery("the period ends before it starts")
-    where = [f"received_at >= toDateTime64({float(query.since):.3f}, 3, 'UTC')"]
-    where.append(f"received_at < toDateTime64({float(until):.3f}, 3, 'UTC')")
-    for name, value in sorted(query.filters.items()):
-        where.append(f"{_column(name)} = {sql_string_list([value])}")
-    groups = [_column(g) for g in query.group_by]
+    names = [*query.group_by, *query.filters]
+    for name in names:
+        _column(name)
+    first_hour = -(-int(query.since) // _HOUR) * _HOUR  # the first whole hour
+    last_hour = int(until) // _HOUR * _HOUR
+    if set(names) <= ROLLUP_DIMENSIONS and last_hour > first_hour:
+        return _from_rollup(query, until, first_hour, last_hour)
+    return _from_rows(query, until)
+
+
+def _select(query: UsageQuery, time_column: str) -> tuple[list[str], list[str], list[str]]:
+    """(select list, group expressions, where conditions) over a table whose time column is `time_column`."""
+    expressions = {**_EXPRESSIONS, **{b: _EXPRESSIONS[b].replace("received_at", time_column) for b in TIME_BUCKETS}}
+    # grouped by the number, shown as text: converting every row before grouping costs ten times more
+    groups = [_GROUP_BY.get(g) or expressions.get(g, f"`{g}`") for g in query.group_by]
     select = [f"{expr} AS `{name}`" for name, expr in zip(query.group_by, groups, strict=True)]
+    where = [f"{expressions.get(n, f'`{n}`')} = {sql_string_list([v])}" for n, v in sorted(query.filters.items())]
+    return select, groups, where
+
+
+def _tail(query: UsageQuery, sql: str, groups: list[str]) -> str:
+    if groups:
+        # time buckets read in time order; other groups by spend
+        buckets = [f"`{g}`" for g in query.group_by if g in TIME_BUCKETS]
+        order = [*buckets, "cost_usd DESC", "requests DESC"]
+        sql += f" GROUP BY {', '.join(groups)} ORDER BY {', '.join(order)}"
+    return sql + f" LIMIT {max(1, min(query.limit, MAX_ROWS))}"
+
+
+def _from_rows(query: UsageQuery, until: float) -> str:
+    select, groups, where = _select(query, "received_at")
+    where = [f"received_at >= {_at(query.since)}", f"received_at < {_at(until)}", *where]
     select += [
         "count() AS requests",
-        "countIf(status >= 400) AS errors",
+        "countIf(requests.status >= 400) AS errors",
         "sum(input_tokens) AS input_tokens",
         "sum(output_tokens) AS output_tokens",
-        "round(sum(ifNull(settled_cost_usd, 0)), 6) AS cost_usd",
+        "sum(cached_tokens) AS cached_tokens",
+        "round(sum(ifNull(cost_usd, 0)), 6) AS cost_usd",
     ]
     sql = f"SELECT {', '.join(select)} FROM requests WHERE {' AND '.join(where)}"  # noqa: S608 (fixed parts)
-    if groups:
-        sql += f" GROUP BY {', '.join(groups)} ORDER BY cost_usd DESC, requests DESC"
-    return sql + f" LIMIT {max(1, min(query.limit, MAX_ROWS))}"
+    return _tail(query, sql, groups)
+
+
+def _from_rollup(query: UsageQuery, until: float, first_hour: int, last_hour: int) -> str:
+    """The whole hours from requests_per_hour, the partial ones at the ends from the rows: the same sums."""
+    keys = "team, project, key_id, requested_model, provider"
+    hours = (
+        f"SELECT toDateTime64(hour, 3, 'UTC') AS at, {keys}, requests, errors, input_tokens, output_tokens, "  # noqa: S608
+        f"cached_tokens, cost_usd FROM requests_per_hour WHERE hour >= toDateTime({first_hour}, 'UTC') "
+        f"AND hour < toDateTime({last_hour}, 'UTC')"
+    )
+    ends = (
+        f"SELECT received_at AS at, {keys}, toUInt64(1), toUInt64(status >= 400), toUInt64(input_tokens), "  # noqa: S608
+        "toUInt64(output_tokens), toUInt64(cached_tokens), ifNull(cost_usd, 0) FROM requests WHERE "
+        f"(received_at >= {_at(query.since)} AND received_at < {_at(first_hour)}) OR "
+        f"(received_at >= {_at(last_hour)} AND received_at < {_at(until)})"
+    )
+    select, groups, where = _select(query, "at")
+    select += [
+        "sum(requests) AS requests",
+        "sum(errors) AS errors",
+        "sum(input_tokens) AS input_tokens",
+        "sum(output_tokens) AS output_tokens",
+        "sum(cached_tokens) AS cached_tokens",
+        "round(sum(cost_usd), 6) AS cost_usd",
+    ]
+    cond = f" WHERE {' AND '.join(where)}" if where else ""
+    sql = f"SELECT {', '.join(select)} FROM ({hours} UNION ALL {ends}){cond}"  # noqa: S608 (fixed parts)
+    return _tail(query, sql, groups)

@@ -1,5 +1,6 @@
 """guard: `<p>.guard.chat` (ChatRequest) → `<p>.router.chat` | Result(block) to the ingress inbox;
-router replies → `<p>.guardout.<id>.<request>` → scanned/restored → ingress inbox (only where a policy asks);
+router replies → `<p>.guardout.<id>.<request>` → scanned/restored → ingress inbox (only where a policy asks, or
+the caller logs content); redacted prompts and responses of callers that log content → `<p>.events.content`;
 `<p>.guard.scan` (ScanRequest) → ScanResult; every verdict with findings → `<p>.events.guard` (JetStream).
 
 Scans each request with the policy of its key (or model, or the default), then forwards it, redacted
@@ -20,6 +21,7 @@ from faststream.nats import NatsBroker
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
+from services.guard.content import ResponseCapture
 from services.guard.core import Guard
 from services.guard.relay import ResponseRelay
 from services.guard.settings import GuardSettings
@@ -32,6 +34,7 @@ from shared.event_publisher import EventPublisher
 from shared.natsconn import nats_broker
 from shared.schemas.admin import ScanFinding, ScanRequest, ScanResult
 from shared.schemas.chat import Outcome, Result, Verdict
+from shared.schemas.events import ContentEvent
 from shared.subjects import Service, Subjects
 from shared.telemetry import Telemetry, TelemetryConfig
 
@@ -82,9 +85,19 @@ class GuardHandlers:
         self.out_prefix = subjects.guard_output(uuid.uuid4().hex[:12])
         self.verdicts = VerdictLog(subjects.events_guard, events)
         self.replies = subjects.replies
+        self.events = events
         self.relay = ResponseRelay(
-            subjects.replies, guard.rails.stream_holdback_chars, self._publish, self.verdicts.record
+            subjects.replies,
+            guard.rails.stream_holdback_chars,
+            self._publish,
+            self.verdicts.record,
+            log_content=self.log_content,
         )
+
+    def log_content(self, event: ContentEvent) -> None:
+        """A redacted prompt or response of a caller that logs content, to the event stream (never dropped
+        while the spool has room; nothing unredacted is ever handed over)."""
+        self.events.publish(self.subjects.events_content, event, event.event_id)
 
     async def _publish(self, subject: str, data: bytes) -> None:
         await self.broker.connection.publish(subject, data)
@@ -105,6 +118,8 @@ class GuardHandlers:
         us = (time.perf_counter_ns() - started) // 1000
         summary = msgspec.structs.replace(checked.summary, scan_us=us, replica=self.replica)
         nc = self.broker.connection
+        if checked.content is not None:
+            self.log_content(checked.content)
         if checked.error is not None:
             await nc.publish(
                 reply_to, self.replies.encode(Result(outcome=Outcome(), error=checked.error, guard=summary))
@@ -112,8 +127,11 @@ class GuardHandlers:
         else:
             # the verdict goes to ingress for the record; the router gets the request and nothing else
             await nc.publish(reply_to, self.replies.encode(Verdict(summary)))
-            if checked.output is not None or checked.vault is not None:
-                self.relay.track(req.request_id, reply_to, summary, checked.output, checked.vault)
+            capture = None
+            if checked.logged_by is not None:  # the response comes back this way, to be logged
+                capture = ResponseCapture(req.request_id, req.caller, req.model, checked.logged_by, checked.policy)
+            if checked.output is not None or checked.vault is not None or capture is not None:
+                self.relay.track(req.request_id, reply_to, summary, checked.output, checked.vault, capture)
                 reply_to = f"{self.out_prefix}.{req.request_id}"
             router = self.subjects.router_chat
             headers = forward_headers(msg, span)

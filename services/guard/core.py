@@ -9,11 +9,13 @@ from dataclasses import dataclass
 import msgspec
 
 from services.guard import texts
-from services.guard.policy import Decision, Guardrails, Policy, guard_findings
+from services.guard.content import content_event, unscanned_event
+from services.guard.policy import Decision, Guardrails, Policy, PolicyResult, guard_findings
 from services.guard.redaction import Vault
 from shared.config import GatehouseConfig
 from shared.errors import ContentPolicyViolation, ErrorInfo, InvalidRequestError, PayloadTooLargeError
 from shared.schemas.chat import ChatRequest, GuardSummary
+from shared.schemas.events import ContentEvent
 
 log = logging.getLogger("gatehouse.guard")
 
@@ -28,6 +30,9 @@ class Checked:
     vault: Vault | None = None  # placeholders → originals, kept in this replica to restore the response
     output: Policy | None = None  # the policy that scans the response, if any
     rewritten: bool = False  # `request` differs from the one that arrived (redacted, or its native body left off)
+    content: ContentEvent | None = None  # the redacted prompt, where the caller logs content
+    logged_by: Policy | None = None  # the policy that redacts the logged response (output policy, else this one)
+    policy: Policy | None = None  # the request's policy (it redacts the logged response too)
 
 
 def block_error(decisions: Sequence[Decision], policy: str, *, response: bool = False) -> ErrorInfo:
@@ -65,11 +70,13 @@ class Guard:
         else:
             error = InvalidRequestError("The request has no body to route.").info()
             return Checked(GuardSummary(policy=policy.name, action="block"), req, error)
-        result = policy.scan_texts(texts.read(slots))
+        originals = texts.read(slots)
+        result = policy.scan_texts(originals)
         findings = guard_findings(result, direction="input", locations=[s.location for s in slots])
         summary = GuardSummary(policy=policy.name, action=result.action, findings=findings)
+        content = _logged(req, policy, result, slots, originals) if req.caller.log_content_days > 0 else None
         if result.action == "block":
-            return Checked(summary, req, block_error(result.decisions, policy.name))
+            return Checked(summary, req, block_error(result.decisions, policy.name), content=content)
         vault = result.vault if result.action == "redact" and self._restore.get(policy.name) else None
         forward = req
         if result.action == "redact":
@@ -87,7 +94,27 @@ class Guard:
             vault=vault if vault and vault.mapping else None,
             output=output,
             rewritten=result.action == "redact" or forward is not req,
+            content=content,
+            logged_by=(output or policy) if content is not None else None,
+            policy=policy,
         )
+
+
+def _logged(
+    req: ChatRequest, policy: Policy, result: PolicyResult, slots: list[texts.TextSlot], originals: list[str]
+) -> ContentEvent:
+    """The prompt for the content log, redacted for storage (only for callers that log content)."""
+    common = {"request_id": req.request_id, "caller": req.caller, "model": req.model, "policy": policy}
+    if any(d.finding.scanner == "size" for d in result.decisions):  # refused unscanned: store none of it
+        return unscanned_event(**common, action=result.action)  # type: ignore[arg-type]
+    return content_event(
+        **common,  # type: ignore[arg-type]
+        direction="input",
+        action=result.action,
+        locations=[s.location for s in slots],
+        texts=originals,
+        decisions=result.decisions,
+    )
 
 
 def _untranslatable(policy: str, action: str, where: list[str]) -> ErrorInfo:

@@ -17,12 +17,15 @@ the records in KV and the API); `/admin/v1/openapi.json` is generated from them.
 
 from __future__ import annotations
 
+import csv
 import hmac
+import io
 import secrets
 import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Literal
 
 import msgspec
@@ -58,7 +61,7 @@ from shared.governance import (
     VirtualKey,
     valid_id,
 )
-from shared.schemas.admin import UsageQuery
+from shared.schemas.admin import RequestLookup, RequestsQuery, RequestStory, UsageQuery
 from shared.schemas.events import AuditEvent
 
 MAX_ADMIN_BODY = 64 * 1024
@@ -198,6 +201,38 @@ class Actor:
 Audit = Callable[[AuditEvent], None]
 Usage = Callable[[UsageQuery], Awaitable[dict[str, object]]]
 Deployments = Callable[[], Awaitable[object]]
+Explore = Callable[[RequestsQuery], Awaitable[dict[str, object]]]
+Story = Callable[[RequestLookup], Awaitable[RequestStory]]
+
+
+async def _unavailable_list(_: RequestsQuery) -> dict[str, object]:
+    raise ServiceUnavailableError("The request explorer is not wired in this process.")
+
+
+async def _unavailable_story(_: RequestLookup) -> RequestStory:
+    raise ServiceUnavailableError("The request explorer is not wired in this process.")
+
+
+def instant(text: str, param: str) -> float:
+    """A point in time given as unix seconds or an ISO 8601 date or time (UTC unless it says)."""
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        parsed = datetime.fromisoformat(text)
+    except ValueError as exc:
+        raise InvalidRequestError(f"`{param}`: unix seconds or an ISO date such as 2026-11-01.", param=param) from exc
+    return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp()
+
+
+def as_csv(data: dict[str, object]) -> Response:
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(data["columns"])  # type: ignore[arg-type]
+    for row in data["rows"]:  # type: ignore[attr-defined]
+        writer.writerow(["" if v is None else v for v in row])
+    return Response(out.getvalue(), media_type="text/csv; charset=utf-8")
 
 
 class AdminApi:
@@ -209,6 +244,9 @@ class AdminApi:
         audit: Audit,
         usage: Usage,
         deployments: Deployments | None = None,
+        *,
+        explore: Explore = _unavailable_list,
+        story: Story = _unavailable_story,
     ) -> None:
         self._deployments = deployments
         self._directory = directory
@@ -216,6 +254,8 @@ class AdminApi:
         self._admin_hash = hash_key(admin_key) if admin_key else ""
         self._audit = audit
         self._usage = usage
+        self._explore = explore
+        self._story = story
 
     # ---- plumbing ---------------------------------------------------------------------------------
     def routes(self) -> list[Route]:
@@ -225,6 +265,8 @@ class AdminApi:
             Route(f"{r}/me", self._wrap(self.me), methods=["GET"]),
             Route(f"{r}/usage", self._wrap(self.usage), methods=["GET"]),
             Route(f"{r}/deployments", self._wrap(self.deployments), methods=["GET"]),
+            Route(f"{r}/requests", self._wrap(self.list_requests), methods=["GET"]),
+            Route(f"{r}/requests/{{id}}", self._wrap(self.show_request), methods=["GET"]),
         ]
         for kind, plural in (("org", "orgs"), ("team", "teams"), ("project", "projects"), ("user", "users")):
             routes.append(Route(f"{r}/{plural}", self._wrap(self._lister(kind)), methods=["GET"]))
@@ -551,24 +593,57 @@ class AdminApi:
         return _json(key_out(after, secret))
 
     # ---- usage and introspection --------------------------------------------------------------------
-    async def usage(self, request: Request, actor: Actor) -> Response:
-        q = request.query_params
-        filters = {k: v for k, v in q.items() if k not in ("group_by", "since", "until", "limit")}
+    def _team_filters(self, actor: Actor, filters: dict[str, str]) -> dict[str, str]:
         if not actor.is_admin:
             if filters.get("team", actor.team) != actor.team:
-                raise PermissionDeniedError("A team admin sees its own team's usage only.")
+                raise PermissionDeniedError("A team admin sees its own team's records only.")
             filters["team"] = actor.team
+        return filters
+
+    async def usage(self, request: Request, actor: Actor) -> Response:
+        q = request.query_params
+        filters = {k: v for k, v in q.items() if k not in ("group_by", "since", "until", "limit", "format")}
+        filters = self._team_filters(actor, filters)
         try:
             query = UsageQuery(
                 group_by=[g for g in q.get("group_by", "").split(",") if g],
                 filters=filters,
-                since=float(q.get("since", 0) or 0),
-                until=float(q.get("until", 0) or 0),
+                since=instant(q.get("since", "0") or "0", "since"),
+                until=instant(q.get("until", "0") or "0", "until"),
                 limit=int(q.get("limit", 1000)),
             )
         except ValueError as exc:
             raise InvalidRequestError(f"Invalid usage query: {exc}") from exc
-        return _json(await self._usage(query))
+        data = await self._usage(query)
+        return as_csv(data) if q.get("format") == "csv" else _json(data)
+
+    async def list_requests(self, request: Request, actor: Actor) -> Response:
+        """The newest requests: filters (team, project, key_id, requested_model, provider, …), status (503,
+        5xx, 4xx, error, ok), since/until, limit."""
+        q = request.query_params
+        filters = {k: v for k, v in q.items() if k not in ("status", "since", "until", "limit", "format")}
+        filters = self._team_filters(actor, filters)
+        try:
+            query = RequestsQuery(
+                filters=filters,
+                status=q.get("status", ""),
+                since=instant(q.get("since", "0") or "0", "since"),
+                until=instant(q.get("until", "0") or "0", "until"),
+                limit=int(q.get("limit", 50)),
+            )
+        except ValueError as exc:
+            raise InvalidRequestError(f"Invalid requests query: {exc}") from exc
+        data = await self._explore(query)
+        return as_csv(data) if q.get("format") == "csv" else _json(data)
+
+    async def show_request(self, request: Request, actor: Actor) -> Response:
+        """One request's story: its record (attempts, guard findings, cost), the guard's verdicts, its logged
+        content (where its caller logs content) and its trace spans (where stored)."""
+        request_id = request.path_params["id"]
+        story = await self._story(RequestLookup(request_id=request_id, team="" if actor.is_admin else actor.team))
+        if not story.found:
+            raise NotFoundError(f"No request '{request_id}' (or not yet stored).", code="not_found")
+        return _json(story)
 
     async def deployments(self, request: Request, actor: Actor) -> Response:
         """Each deployment's health as the router replicas see it (services/ingress/fleet.py); admin only."""
@@ -645,9 +720,24 @@ def openapi_document() -> dict[str, object]:
     }
     paths["/admin/v1/usage"] = {
         "get": {
-            "summary": "Spend, tokens and requests: group_by (a comma list), since/until (unix seconds); "
-            "other parameters filter (team, project, key_id, requested_model, …)",
-            "responses": {"200": {"description": "columns and rows"}},
+            "summary": "Spend, tokens and requests: group_by (a comma list of team, project, key_id, model, "
+            "provider, deployment, hour, day, week, month, …), since/until (unix seconds or ISO dates), format "
+            "(json or csv); other parameters filter (team, project, key_id, requested_model, provider, …)",
+            "responses": {"200": {"description": "columns and rows (or CSV)"}},
+        }
+    }
+    paths["/admin/v1/requests"] = {
+        "get": {
+            "summary": "The newest requests: filters (team, project, key_id, requested_model, provider, "
+            "guard_action, …), status (503, 5xx, 4xx, error, ok), since/until, limit, format (json or csv)",
+            "responses": {"200": {"description": "columns and rows (or CSV)"}},
+        }
+    }
+    paths["/admin/v1/requests/{id}"] = {
+        "get": {
+            "summary": "One request's story: record (attempts, guard findings, cost), guard verdicts, logged "
+            "content, trace spans",
+            "responses": {"200": {"description": "A RequestStory"}, "404": {"description": "Not stored"}},
         }
     }
     return {

@@ -55,7 +55,7 @@ from shared.errors import (
 )
 from shared.event_publisher import EventPublisher
 from shared.natsconn import NatsLink, nats_broker, nats_problem
-from shared.schemas.admin import UsageQuery
+from shared.schemas.admin import RequestLookup, RequestsQuery, RequestStory, UsageQuery
 from shared.schemas.chat import (
     BodyPart,
     Cancel,
@@ -266,6 +266,30 @@ class Gateway:
         if not statuses:
             raise ServiceUnavailableError("No router replica answered; try again shortly.")
         return merge(statuses)
+
+    async def requests(self, query: RequestsQuery) -> dict[str, object]:
+        """The request explorer's list from accounting (the admin API's `/requests`)."""
+        subject = self.subjects.accounting_requests
+        try:
+            msg = await self.broker.connection.request(subject.name, subject.encode(query), timeout=30)
+        except Exception as exc:
+            raise ServiceUnavailableError("Accounting did not answer the requests query; try again shortly.") from exc
+        result = subject.decode_reply(msg.data)
+        if result.error:
+            raise InvalidRequestError(result.error)
+        return {"columns": result.columns, "rows": result.rows, "truncated": result.truncated}
+
+    async def request_story(self, lookup: RequestLookup) -> RequestStory:
+        """One request's story from accounting (the admin API's `/requests/{id}`)."""
+        subject = self.subjects.accounting_request
+        try:
+            msg = await self.broker.connection.request(subject.name, subject.encode(lookup), timeout=30)
+        except Exception as exc:
+            raise ServiceUnavailableError("Accounting did not answer the request lookup; try again shortly.") from exc
+        story = subject.decode_reply(msg.data)
+        if story.error and not story.found:
+            raise InvalidRequestError(story.error)
+        return story
 
     # ---- the request path ------------------------------------------------------------------
     async def _serve(self, request: Request, api: apis.Api) -> Response:
@@ -600,7 +624,16 @@ def create_app(
 ) -> Starlette:
     broker = nats_broker(nats, max_body_bytes=config.server.max_body_bytes)
     gw = Gateway(config, broker, subjects, events, nats_timeout_s, telemetry)
-    admin = AdminApi(gw.directory, lambda: gw.keystore, admin_key, gw.records.audit, gw.usage, gw.deployments)
+    admin = AdminApi(
+        gw.directory,
+        lambda: gw.keystore,
+        admin_key,
+        gw.records.audit,
+        gw.usage,
+        gw.deployments,
+        explore=gw.requests,
+        story=gw.request_story,
+    )
 
     @asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:

@@ -12,7 +12,9 @@ from dataclasses import dataclass, field
 
 from shared.config import KeyConfig
 from shared.governance import (
+    DEFAULT_LOG_RETENTION_DAYS,
     KINDS,
+    MAX_LOG_RETENTION_DAYS,
     Entity,
     Level,
     Limits,
@@ -92,6 +94,16 @@ class Entitlement:
         """The key may choose a routing strategy: some level allows it and none forbids it."""
         said = [s.limits.route_override for s in self.scopes if s.limits.route_override is not None]
         return bool(said) and all(said)
+
+    @property
+    def log_content_days(self) -> int:
+        """Days to keep this key's prompts and responses (redacted) in the content log; 0: not logged.
+        The nearest level that sets `log_content` decides, and the nearest `log_retention_days` applies."""
+        on = next((s.limits.log_content for s in self.scopes if s.limits.log_content is not None), False)
+        if not on:
+            return 0
+        days = next((s.limits.log_retention_days for s in self.scopes if s.limits.log_retention_days), None)
+        return min(max(days or DEFAULT_LOG_RETENTION_DAYS, 1), MAX_LOG_RETENTION_DAYS)
 
     @property
     def governed(self) -> bool:
@@ -214,9 +226,11 @@ class Directory:
 
 
 def _with_policy(ent: Entitlement) -> Entitlement:
+    """The caller with what the levels decide for every request: the guardrail policy and content logging."""
     caller = ent.caller
     policy = ent.policy
-    if policy != caller.policy:
+    days = ent.log_content_days
+    if policy != caller.policy or days != caller.log_content_days:
         caller = Caller(
             key_id=caller.key_id,
             team=caller.team,
@@ -224,5 +238,6 @@ def _with_policy(ent: Entitlement) -> Entitlement:
             user=caller.user,
             org=caller.org,
             policy=policy,
+            log_content_days=days,
         )
     return Entitlement(key=ent.key, caller=caller, scopes=ent.scopes, timezone=ent.timezone)

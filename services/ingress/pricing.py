@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import lru_cache
 
-from shared.config import DeploymentConfig, GatehouseConfig, ModelConfig
+from shared.config import DeploymentConfig, GatehouseConfig, ModelConfig, PriceConfig
 from shared.pricing import MTOK, Tokens, context_window, cost
 
 # what a request may answer at most when neither it, the model config nor genai-prices says
@@ -37,9 +37,11 @@ def _list_rates(model: str, kind: str) -> TokenRates | None:
     return TokenRates(input=only_input / _LARGE, output=max(both - only_input, 0.0) / _LARGE)
 
 
-def deployment_rates(dep: DeploymentConfig, kind: str) -> TokenRates | None:
-    if dep.price is not None:
-        return TokenRates(input=dep.price.input_per_mtok / MTOK, output=dep.price.output_per_mtok / MTOK)
+def deployment_rates(dep: DeploymentConfig, kind: str, model_price: PriceConfig | None = None) -> TokenRates | None:
+    """The deployment's negotiated price, else its model's (`models[].price`), else the list price."""
+    price = dep.price or model_price
+    if price is not None:
+        return TokenRates(input=price.input_per_mtok / MTOK, output=price.output_per_mtok / MTOK)
     if kind == "mock":
         return TokenRates(0.0, 0.0)
     return _list_rates(dep.model, kind)
@@ -75,17 +77,19 @@ class RoutePricing:
         return min(int(left / per_token), self.max_output)
 
 
-def _serving(config: GatehouseConfig, model: ModelConfig) -> list[DeploymentConfig]:
-    """Every deployment that may answer a request for `model`: its own, and its fallback models' (routing)."""
+def _serving(config: GatehouseConfig, model: ModelConfig) -> list[tuple[DeploymentConfig, ModelConfig]]:
+    """Every deployment that may answer a request for `model`, with its model: its own, and its fallback
+    models' (routing)."""
     index = config.model_index()
     names = [*model.fallbacks, *model.context_window_fallbacks, *model.content_policy_fallbacks]
-    return list(model.deployments) + [d for n in names if n in index for d in index[n].deployments]
+    fallbacks = [(d, index[n]) for n in names if n in index for d in index[n].deployments]
+    return [(d, model) for d in model.deployments] + fallbacks
 
 
 def route_pricing(config: GatehouseConfig, model: ModelConfig) -> RoutePricing:
     serving = _serving(config, model)
-    kinds = [config.providers[d.provider].kind for d in serving]
-    rates = tuple(deployment_rates(d, k) for d, k in zip(serving, kinds, strict=True))
+    kinds = [config.providers[d.provider].kind for d, _ in serving]
+    rates = tuple(deployment_rates(d, k, m.price) for (d, m), k in zip(serving, kinds, strict=True))
     max_output = model.max_output_tokens
     if max_output is None:
         own = zip(model.deployments, kinds[: len(model.deployments)], strict=True)

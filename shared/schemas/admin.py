@@ -60,5 +60,61 @@ class UsageQuery(msgspec.Struct, frozen=True, kw_only=True):
 # what usage may be grouped and filtered by: column names of the requests table, and time buckets
 USAGE_DIMENSIONS = (
     "org", "team", "project", "user", "key_id", "requested_model", "provider", "provider_model", "api",
-    "status", "day", "hour",
+    "status", "day", "hour", "deployment", "provider_kind", "week", "month", "model",
 )  # fmt: skip
+
+
+class RequestsQuery(msgspec.Struct, frozen=True, kw_only=True):
+    """The request explorer's list: the newest requests matching fixed filters (no free SQL)."""
+
+    filters: dict[str, str] = {}  # of REQUEST_FILTERS → value, e.g. {"team": "ml"}
+    status: str = ""  # "503", "5xx", "4xx", "error" (≥ 400) or "ok" (< 400)
+    since: float = 0.0
+    until: float = 0.0  # 0: now
+    limit: int = 50
+
+
+# what the request explorer filters by
+REQUEST_FILTERS = (
+    "org", "team", "project", "user", "key_id", "requested_model", "provider", "deployment", "api",
+    "error_type", "guard_action", "trace_id", "batch_id",
+)  # fmt: skip
+
+
+class RequestLookup(msgspec.Struct, frozen=True, kw_only=True):
+    """One request's full story; `team`: only if the request is this team's (a team admin asking)."""
+
+    request_id: str
+    team: str = ""
+
+
+class RequestStory(msgspec.Struct, frozen=True, kw_only=True):
+    """A request's record, the guard's verdicts on it, its logged content and its trace spans (where stored)."""
+
+    found: bool = False
+    request: dict[str, object] = {}
+    verdicts: list[dict[str, object]] = []
+    content: list[dict[str, object]] = []
+    spans: list[dict[str, object]] = []
+    error: str = ""
+
+
+class RepriceRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """Price the stored usage of a time range again with the prices in force now (config overrides, else
+    genai-prices); `models` / `deployments` narrow it (requested model names, deployment ids)."""
+
+    since: float
+    until: float
+    models: list[str] = []
+    deployments: list[str] = []
+    dry_run: bool = False
+
+
+class RepriceResult(msgspec.Struct, frozen=True, kw_only=True):
+    rows: int = 0  # rows in the range (and filters)
+    changed: int = 0  # rows whose cost or price version changed
+    cost_before_usd: float = 0.0  # of the changed rows
+    cost_after_usd: float = 0.0
+    versions: dict[str, int] = {}  # new price version → rows changed to it
+    dry_run: bool = False
+    error: str = ""

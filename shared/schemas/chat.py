@@ -57,6 +57,8 @@ class Caller(msgspec.Struct, frozen=True, kw_only=True):
     user: str = ""
     policy: str = ""
     org: str = ""
+    # days the guard keeps this caller's prompts and responses (redacted) in the content log; 0: not logged
+    log_content_days: int = 0
 
 
 class NativeRequest(msgspec.Struct, frozen=True, kw_only=True):

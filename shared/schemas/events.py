@@ -128,3 +128,30 @@ class SpanBatch(msgspec.Struct, frozen=True, kw_only=True):
     service: str
     instance: str = ""  # host:pid of the process
     spans: list[SpanRecord] = []
+
+
+class ContentText(msgspec.Struct, frozen=True, kw_only=True):
+    """One text of a request or a response: where it was (e.g. `messages[1].content`) and what it said."""
+
+    location: str
+    text: str
+
+
+class ContentEvent(msgspec.Struct, frozen=True, kw_only=True):
+    """The prompt (direction `input`) or the response (`output`) of one request whose key, project or team opted
+    in to content logging, as the guard redacted it for storage: every finding of the policy with a position in
+    the text is replaced by its placeholder (`<EMAIL_1>`), whatever the policy did with the request itself.
+    Published by the guard only; no unredacted text reaches the bus or ClickHouse."""
+
+    event_id: str  # <request_id>.<direction>
+    request_id: str
+    at: float
+    caller: Caller
+    model: str = ""
+    direction: str = "input"
+    policy: str = ""
+    guard_action: str = ""
+    texts: list[ContentText] = []
+    redactions: int = 0
+    truncated: bool = False  # the texts were cut to the logging limit
+    retention_days: int = 30

@@ -119,20 +119,27 @@ async def test_duplicates_never_show_and_migrations_run_once(
     subject = subjects.events_request.name
     accounting.start()
     ids = [uuid.uuid4().hex for _ in range(40)]
+    # the requests ended 15 minutes ago: a copy sent again past JetStream's 10-minute duplicate window (a
+    # publisher retrying, a spool replayed late) necessarily enters the stream that long after its event
+    ended = time.time() - 900
+
+    def event(i: str) -> bytes:
+        return encode(make_event(i, received_at=ended - 1, finished_at=ended))
+
     for i in ids:
-        await publish_event(js, subject, make_event(i), i, timeout_s=5.0)
+        await js.publish(subject, event(i), headers={MSG_ID: i}, timeout=5)
     assert await wait_count(url, subjects, "SELECT count() FROM requests", 40) == 40
 
     # a retried publish (same Nats-Msg-Id): JetStream itself stores it once
     for i in ids[:10]:
-        await publish_event(js, subject, make_event(i), i, timeout_s=5.0)
-    # a publisher that retried past the duplicate window, or an event redelivered after a crash between
-    # insert and ack: a new message with the same event_id reaches accounting, which must skip it
+        await js.publish(subject, event(i), headers={MSG_ID: i}, timeout=5)
+    # past the duplicate window JetStream takes the copy (here: under another message id), and accounting must
+    # skip it (a copy redelivered after a crash between insert and ack: test_accounting_crash.py)
     for i in ids[10:20]:
-        await js.publish(subject, encode(make_event(i)), headers={MSG_ID: uuid.uuid4().hex}, timeout=5)
+        await js.publish(subject, event(i), headers={MSG_ID: uuid.uuid4().hex}, timeout=5)
     # ... including twice inside one batch
     for _ in range(2):
-        await js.publish(subject, encode(make_event(ids[20])), headers={MSG_ID: uuid.uuid4().hex}, timeout=5)
+        await js.publish(subject, event(ids[20]), headers={MSG_ID: uuid.uuid4().hex}, timeout=5)
     marker = uuid.uuid4().hex  # published last: once it is stored, everything before it has been handled
     await publish_event(js, subject, make_event(marker), marker, timeout_s=5.0)
     assert await wait_count(url, subjects, f"SELECT count() FROM requests WHERE event_id = '{marker}'", 1) == 1

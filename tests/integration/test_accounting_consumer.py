@@ -164,11 +164,17 @@ async def test_a_batch_stored_by_a_process_that_died_before_acking_is_not_stored
         event_row(subjects, subjects.events_request.name, encode(make_event(i)), {})[1] for i in stored_before_crash
     ]
     assert await sink.insert_new({"requests": rows}) == {"requests": 10}
-    # the same events come (back) from the stream, among new ones
+    # the same events come back from the stream, among new ones: the process that stored them took them from
+    # the stream and died before acking, so they come again as redeliveries
     fresh = [f"b{n}" for n in range(10)]
-    await publish(js, subjects, [*stored_before_crash[:5], *fresh, *stored_before_crash[5:]])
+    await publish(js, subjects, stored_before_crash)
+    await consumer_for(bus, subjects, sink)._subscribe()  # the durable consumer, as the service makes it
+    died = await js.pull_subscribe_bind(durable="accounting", stream=subjects.events_stream)
+    assert len(await died.fetch(10, timeout=5)) == 10  # taken, never acked
+    await died.unsubscribe()
+    await publish(js, subjects, fresh)
     async with running(consumer):
-        await until(lambda: _acked_all(js, subjects))
+        await until(lambda: _acked_all(js, subjects), timeout=3 * ACK_WAIT_S + 20)
     assert consumer.stored["requests"] == 10 and consumer.skipped == 10
     counts = await rows_of(sink, "SELECT count(), uniqExact(event_id) FROM requests", 10)
     assert counts == [[20, 20]]

@@ -42,3 +42,23 @@ def test_passwords_stay_out_of_logs() -> None:
         "http://gatehouse:***@clickhouse:8123/gatehouse"
     )
     assert redact_dsn("chdb:///data/clickhouse") == "chdb:///data/clickhouse"
+
+
+def _msg(delivered: int, stream_time: float) -> object:
+    from nats.aio.msg import Msg
+
+    reply = f"$JS.ACK.S.accounting.{delivered}.5.5.{int(stream_time * 1e9)}.0"
+    return Msg(_client=None, subject="gh.events.request", reply=reply, data=b"")  # type: ignore[arg-type]
+
+
+def test_only_events_that_can_be_stored_already_are_looked_up() -> None:
+    from services.accounting.consumer import may_be_stored
+
+    now = 1_780_000_000.0
+    assert not may_be_stored(_msg(1, now + 0.2), now, 600)  # first delivery, moments after the event
+    assert may_be_stored(_msg(2, now + 0.2), now, 600)  # redelivered: a process may have stored it and died
+    assert may_be_stored(_msg(1, now + 700), now, 600)  # past the duplicate window: an earlier copy may exist
+    assert may_be_stored(_msg(1, now + 130), now, 600)  # old enough to be unsure
+    assert may_be_stored(_msg(1, now - 300), now, 600)  # clocks apart: unsure
+    assert may_be_stored(_msg(1, now + 1), now, 0)  # a stream without a window: always
+    assert may_be_stored(object(), now, 600)  # not a JetStream message  # type: ignore[arg-type]

@@ -1,0 +1,151 @@
+"""Accounting ingest rate (issue 9): events per second from the JetStream event stream into chDB, through the
+real `EventConsumer` (fetch, decode, price, dedupe, insert, ack) with the default batch size.
+
+    python bench/accounting_ingest.py                  # 200,000 events, three runs
+    python bench/accounting_ingest.py --events 50000 --runs 1
+
+The stream is filled first (publishing is not what is measured), then one consumer drains it; the rate is
+events stored and acked per second of wall clock, from the first fetch to the last ack. Events are priced
+at list price (gpt-4o-mini, openai): the pricing cost per event is part of what is measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import nats
+import uvloop
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from gatehouse.natsserver import free_port, start_nats
+from services.accounting import migrations
+from services.accounting.consumer import EventConsumer, tune_gc
+from services.accounting.sink import ClickHouseSink
+from shared.bus import MSG_ID, ensure_events_stream
+from shared.config import AccountingConfig
+from shared.schemas.chat import Attempt, Caller, Usage
+from shared.schemas.events import RequestEvent
+from shared.subjects import Subjects
+
+TEAMS = ("search", "ml", "support", "growth")
+MODELS = (("gpt-4o-mini", "openai"), ("gpt-4o", "openai"), ("claude-sonnet-4-5", "anthropic"))
+
+
+def event(i: int, now: float) -> RequestEvent:
+    model, kind = MODELS[i % len(MODELS)]
+    team = TEAMS[i % len(TEAMS)]
+    return RequestEvent(
+        event_id=uuid.uuid4().hex,
+        request_id=uuid.uuid4().hex,
+        trace_id=uuid.uuid4().hex,
+        api="chat",
+        caller=Caller(key_id=f"key-{i % 50}", team=team, project=f"{team}-p{i % 3}", org="default"),
+        requested_model=model,
+        provider=kind,
+        provider_kind=kind,
+        deployment=f"{kind}/{model}",
+        provider_model=model,
+        status=200 if i % 40 else 503,
+        usage=Usage(input_tokens=400 + i % 700, output_tokens=120 + i % 300, cached_tokens=i % 5 * 64),
+        attempts=[Attempt(provider=kind, deployment=f"{kind}/{model}", status=200, latency_ms=480.0)],
+        # a live request: it ended just now (its record is published as it ends), after half a second or so
+        received_at=now - 0.5 - (i % 100) / 100,
+        finished_at=now,
+        latency_ms=500.0,
+        tags={"env": "prod"},
+    )
+
+
+async def fill(url: str, subjects: Subjects, count: int) -> None:
+    nc = await nats.connect(url)
+    js = nc.jetstream()
+    await ensure_events_stream(js, subjects)
+    subject = subjects.events_request
+    window = 2000  # publishes in flight
+    for start in range(0, count, window):
+        now = time.time()
+        futures = []
+        for i in range(start, min(start + window, count)):
+            e = event(i, now)
+            futures.append(js.publish(subject.name, subject.encode(e), headers={MSG_ID: e.event_id}, timeout=30))
+        await asyncio.gather(*futures)
+    await nc.close()
+
+
+async def drain(url: str, subjects: Subjects, data: Path, count: int, batch: int) -> float:
+    nc = await nats.connect(url)
+    js = nc.jetstream()
+    sink = ClickHouseSink(f"chdb://{data}")
+    consumer = EventConsumer(
+        nc,
+        js,
+        subjects,
+        sink,
+        migrations.load(),
+        {},
+        durable="bench",
+        batch_size=batch,
+        flush_interval_s=0.5,
+        ack_wait_s=30,
+        max_deliver=5,
+        retry_s=0.5,
+        retry_max_s=5,
+    )
+    task = asyncio.create_task(consumer.run())
+    await consumer.ready.wait()
+    started = time.perf_counter()
+    cpu = time.process_time()
+    while consumer.stored.get("requests", 0) + consumer.skipped < count:
+        if task.done():
+            raise RuntimeError("the consumer stopped")
+        await asyncio.sleep(0.01)
+    elapsed = time.perf_counter() - started
+    print(f"  consumer process CPU {(time.process_time() - cpu) / count * 1e6:.0f} us per event (all threads)")
+    consumer.stop()
+    await task
+    await nc.close()
+    await sink.close()
+    return count / elapsed
+
+
+async def one_run(count: int, batch: int, data: Path | None) -> float:
+    tmp = Path(tempfile.mkdtemp(prefix="gh-bench-ingest-"))
+    server = start_nats(tmp / "js", port=free_port())
+    subjects = Subjects(f"b{uuid.uuid4().hex[:8]}")
+    try:
+        await fill(server.url, subjects, count)
+        return await drain(server.url, subjects, data or tmp / "clickhouse", count, batch)
+    finally:
+        server.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--events", type=int, default=200_000)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--batch", type=int, default=AccountingConfig().batch_size, help="accounting.batch_size")
+    parser.add_argument("--data", type=Path, default=None, help="store into this chDB directory (e.g. one that "
+                        "bench/rollups.py filled with 10 M rows) instead of an empty one")  # fmt: skip
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    tune_gc()  # as `python -m services.accounting` does
+    rates = []
+    for run in range(args.runs):
+        rate = uvloop.run(one_run(args.events, args.batch, args.data))  # the service's event loop
+        rates.append(rate)
+        print(f"run {run + 1}: {args.events:,} events at {rate:,.0f} events/s (load average {os.getloadavg()[0]:.2f})")
+    print(f"median {statistics.median(rates):,.0f} events/s over {args.runs} runs of {args.events:,} events")
+
+
+if __name__ == "__main__":
+    main()
