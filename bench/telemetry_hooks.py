@@ -22,9 +22,9 @@ from starlette.requests import Request  # noqa: E402
 
 from services.guard import telemetry as guard  # noqa: E402
 from services.ingress import telemetry as ingress  # noqa: E402
-from services.ingress.records import RequestRecord  # noqa: E402
 from services.router import telemetry as router  # noqa: E402
 from shared import metrics  # noqa: E402
+from shared.records import RequestRecord  # noqa: E402
 from shared.schemas.chat import Caller, ChatRequest, GuardSummary, Outcome, Result, Usage  # noqa: E402
 from shared.tracing import TRACER, Span, new_span_id, new_trace_id  # noqa: E402
 

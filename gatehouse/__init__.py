@@ -1,1 +1,1 @@
-"""gatehouse command line and launcher (starts NATS and the four services on one machine)."""
+"""gatehouse command line and launcher (starts NATS and the five services on one machine)."""

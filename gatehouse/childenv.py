@@ -2,8 +2,9 @@
 
 Provider keys (the config's `api_key_env` names, `AWS_*` where a Bedrock provider is configured, Google's
 credential variables where a Vertex one is) go to the router alone, API keys read from the environment
-(`keys[].env`) to ingress alone; a `GATEHOUSE_<SERVICE>_*` variable goes to that service only; NATS
-credentials are set by the launcher, one role's seed file per service. Everything else stays behind.
+(`keys[].env`) to ingress and the batch service (which authenticates the keys of batch jobs) alone; a
+`GATEHOUSE_<SERVICE>_*` variable goes to that service only; NATS credentials are set by the launcher, one
+role's seed file per service. Everything else stays behind.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from collections.abc import Mapping
 from shared.config import GatehouseConfig
 from shared.permissions import Role
 
-SERVICES: tuple[Role, ...] = ("accounting", "router", "guard", "ingress")
+SERVICES: tuple[Role, ...] = ("accounting", "router", "guard", "batch", "ingress")
 
 # what any Python process needs to start and behave (locale, temp dir, interpreter, TLS trust store)
 _BASE = frozenset(
@@ -72,5 +73,7 @@ def service_env(
             env.update({k: v for k, v in environ.items() if k in names})
     if service == "ingress":
         env.update({k: v for k, v in environ.items() if k in api_keys or k == admin_key})
+    if service == "batch":
+        env.update({k: v for k, v in environ.items() if k in api_keys})
     env.update(launcher_set)
     return env

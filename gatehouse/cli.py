@@ -36,7 +36,7 @@ def _parse_replicas(spec: str) -> dict[str, int]:
     out: dict[str, int] = {}
     for part in filter(None, (p.strip() for p in spec.split(","))):
         name, _, count = part.partition("=")
-        if name not in ("ingress", "guard", "router", "accounting") or not count.isdigit() or int(count) < 1:
+        if name not in ("ingress", "guard", "router", "accounting", "batch") or not count.isdigit() or int(count) < 1:
             raise typer.BadParameter(f"bad replica spec {part!r}; use e.g. router=2,guard=2")
         out[name] = int(count)
     return out
@@ -55,7 +55,7 @@ def up(
         int, typer.Option(help="first Prometheus port of guard, router, accounting (one per process; 0: none)")
     ] = 9464,
 ) -> None:
-    """Start nats-server, embedded ClickHouse and all four services; Ctrl-C stops everything."""
+    """Start nats-server, embedded ClickHouse and all five services; Ctrl-C stops everything."""
     from gatehouse.launcher import Stack
     from shared.config import ConfigError, load_config
 
@@ -252,6 +252,10 @@ app.command("requests")(analytics_cli.requests)
 app.command("request")(analytics_cli.request)
 app.command("reprice")(analytics_cli.reprice)
 app.command("status")(admin_cli.status)
+
+from gatehouse.batch_cli import batch_app  # noqa: E402
+
+app.add_typer(batch_app, name="batch")
 
 
 def main() -> None:

@@ -24,10 +24,12 @@ from shared.subjects import Subjects
 
 # what a data dir holds; a dir holding only these (or nothing) is ours to make private
 DATA_DIR_ENTRIES = frozenset({"nats", "logs", "creds", "clickhouse", "nats.conf", "state.json"})
-# stop order: stop taking requests first, then the stages behind, accounting last so it flushes everything
-STOP_ORDER = ("ingress", "guard", "router", "accounting")
-# services that do no request-path work, run at a lower CPU priority by the one-machine launcher
-BACKGROUND = frozenset({"accounting"})
+# stop order: stop taking requests first (batch items in hand finish), then the stages behind, accounting
+# last so it flushes everything
+STOP_ORDER = ("ingress", "batch", "guard", "router", "accounting")
+# services that do no interactive request-path work, run at a lower CPU priority by the one-machine launcher
+# (batch items yield to interactive requests in the router too: services/router/priority.py)
+BACKGROUND = frozenset({"accounting", "batch"})
 BACKGROUND_NICE = 10
 
 

@@ -194,6 +194,26 @@ class GovernanceConfig(_Strict):
     alert_webhook_url: str | None = None
 
 
+class BatchConfig(_Strict):
+    """Batch jobs (services/batch): the OpenAI Batch API's files and the work queue's limits."""
+
+    # the largest JSONL file `POST /v1/files` takes (purpose `batch`), and the most items a job may have
+    max_file_bytes: int = Field(default=100 * MiB, gt=0, le=2048 * MiB)
+    max_items: int = Field(default=50_000, gt=0)
+    # one item's request body; larger ones are reported in the job's error file (default: server.max_body_bytes)
+    max_item_bytes: int | None = Field(default=None, gt=0)
+    # the longest `completion_window` a job may ask for (OpenAI's only value is `24h`)
+    max_completion_window_s: float = Field(default=7 * 86400, gt=0)
+    # items of one job in flight at once (all batch replicas together), unless the job asks for fewer
+    job_concurrency: int = Field(default=32, gt=0, le=1024)
+    # items of one key in flight at once, per batch replica (all its jobs together)
+    key_concurrency: int = Field(default=64, gt=0)
+    # tries of an item whose failure may pass (429, 5xx after the router's own failover), before it fails
+    item_attempts: int = Field(default=3, ge=1, le=10)
+    # how long files and item results are kept
+    retention_days: float = Field(default=30.0, gt=0)
+
+
 class GatehouseConfig(_Strict):
     server: ServerConfig = Field(default_factory=ServerConfig)
     keys: list[KeyConfig] = Field(default_factory=list)
@@ -203,6 +223,7 @@ class GatehouseConfig(_Strict):
     accounting: AccountingConfig = Field(default_factory=AccountingConfig)
     governance: GovernanceConfig = Field(default_factory=GovernanceConfig)
     routing: RoutingConfig = Field(default_factory=RoutingConfig)
+    batch: BatchConfig = Field(default_factory=BatchConfig)
 
     @model_validator(mode="after")
     def _references(self) -> GatehouseConfig:

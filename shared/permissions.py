@@ -9,20 +9,26 @@ ingress     guard.chat, router.cancel, events.request, pings,    inbox.> (the re
             accounting.usage|requests|request (admin API)
 guard       router.chat, inbox.> (blocks, relayed replies),     guard.chat, guard.scan, guard.ping (guard);
             events.guard, events.content                        guardout.> (replies it relays)
-router      inbox.>, guardout.> (replies, chunks, heartbeats),  router.chat, router.ping (router); router.cancel,
-            the routing KV bucket (deployment health)           router.status (every replica answers)
+router      inbox.>, guardout.> (replies, chunks, heartbeats),  router.chat, router.batch, router.ping (router);
+            binbox.> (batch replies), the routing KV bucket     router.cancel, router.status (every replica)
 accounting  consumer create/info/next + acks, events stream     accounting.sql|usage|requests|request|reprice
                                                                 (accounting); max-deliveries advisory
+admin       accounting.sql|reprice, guard.scan, pings, JS API   (its own inbox only)
+batch       guard.chat (items), events.request/batch, batch     batch.api, batch.ping (batch); binbox.> (replies)
+            streams, jobs KV, files object store, batch.out.>
+batch_      batch.items.> (the work queue), batch.api           batch.out.> (result lines)
+producer
 every service above: telemetry.spans and the spans stream's setup (its spans; accounting stores them through
             a durable pull consumer of their own, shared/telemetry.py)
-admin       accounting.sql|reprice, guard.scan, pings, JS API   (its own inbox only)
 
 Every role subscribes to its own reply inbox (`Subjects.role_inbox`) and to no other role's. The roles that
-answer requests (guard: scans and pings; router: pings; accounting: queries) may publish one reply to the
-reply subject of a request they received (`allow_responses`). The services that write events may create the
-events stream (creating an existing stream with another config fails; it never changes it); only admin may
-update, purge or delete streams and consumers. `guard.scan` is an admin tool (bench and operators scanning
-text with a policy); no service calls it.
+answer requests (guard: scans and pings; router: pings; accounting: queries; batch: its API) may publish one
+reply to the reply subject of a request they received (`allow_responses`). The services that write events may
+create the events stream (creating an existing stream with another config fails; it never changes it); only
+admin may update, purge or delete streams and consumers, except that the batch service purges the chunks of
+a file it deletes from the files object store. `guard.scan` is an admin tool (bench and operators scanning
+text with a policy); no service calls it. Batch items reach the guard from ingress's sibling, the batch
+service, which holds no HTTP surface: producers give it items on the work queue (`batch_producer`).
 """
 
 from __future__ import annotations
@@ -32,8 +38,8 @@ from typing import Literal, TypeVar
 
 from shared.subjects import Subject, Subjects
 
-Role = Literal["ingress", "guard", "router", "accounting", "admin"]
-ROLES: tuple[Role, ...] = ("ingress", "guard", "router", "accounting", "admin")
+Role = Literal["ingress", "guard", "router", "accounting", "admin", "batch", "batch_producer"]
+ROLES: tuple[Role, ...] = ("ingress", "guard", "router", "accounting", "admin", "batch", "batch_producer")
 
 JS_API = "$JS.API"
 T = TypeVar("T")
@@ -104,6 +110,18 @@ def _spans(subjects: Subjects) -> tuple[str, ...]:
     return (subjects.spans.name, *_stream_setup(subjects.spans_stream))
 
 
+def _kv_reader(bucket: str) -> tuple[str, ...]:
+    """Read and watch one KV bucket another role writes (creating it if missing, as its writer would)."""
+    return (*_stream_setup(f"KV_{bucket}"), *_reader(f"KV_{bucket}"))
+
+
+def _files(subjects: Subjects) -> tuple[str, ...]:
+    """Write and read the object store of batch files (creating it if missing)."""
+    bucket = subjects.files_bucket
+    # nats-py finds the stream of an object's chunks by name lookup (STREAM.NAMES lists names only)
+    return (*_stream_setup(f"OBJ_{bucket}"), *_reader(f"OBJ_{bucket}"), f"$O.{bucket}.>", f"{JS_API}.STREAM.NAMES")
+
+
 def ingress(subjects: Subjects) -> Permissions:
     return Permissions(
         publish=(
@@ -121,6 +139,8 @@ def ingress(subjects: Subjects) -> Permissions:
             *_counters(subjects),
             *_kv(subjects.directory_bucket),
             *_spans(subjects),
+            subjects.batch_api.name,  # the OpenAI Batch API: jobs are the batch service's
+            *_files(subjects),  # uploads and downloads of batch files
         ),
         subscribe=(subjects.inbox_wildcard, f"{subjects.role_inbox('ingress')}.>"),
     )
@@ -136,6 +156,8 @@ def guard(subjects: Subjects) -> Permissions:
             subjects.events_content.name,  # redacted prompts and responses of callers that log content
             *_events_stream_setup(subjects),
             *_spans(subjects),
+            subjects.router_batch.name,  # batch items, to the router's lower-priority subject
+            subjects.batch_inbox_wildcard,  # blocks and relayed replies of batch items
         ),
         subscribe=(
             queue_entry(chat),
@@ -154,12 +176,14 @@ def router(subjects: Subjects) -> Permissions:
         publish=(
             subjects.inbox_wildcard,
             subjects.guard_output_wildcard,
+            subjects.batch_inbox_wildcard,
             # deployment health (open, cooldown, probe) shared by the router replicas; only routers write it
             *_kv(subjects.routing_bucket),
             *_spans(subjects),
         ),
         subscribe=(
             queue_entry(chat),
+            queue_entry(subjects.router_batch),
             subjects.router_cancel.name,  # every replica hears it: only the one serving the request acts
             subjects.router_status.name,  # every replica answers with its own view
             _ping_entry(subjects, "router", chat.queue),
@@ -214,9 +238,61 @@ def admin(subjects: Subjects) -> Permissions:
             subjects.guard_scan.name,
             subjects.ping("guard"),
             subjects.ping("router"),
+            subjects.ping("batch"),
+            subjects.batch_api.name,  # operators may manage any key's jobs only with that key
             f"{JS_API}.>",  # stream and consumer management, message recovery (`nats stream get`)
         ),
         subscribe=(f"{subjects.role_inbox('admin')}.>",),
+    )
+
+
+def batch(subjects: Subjects) -> Permissions:
+    """The batch service: pulls items from the work queue, runs each through the guard like ingress does,
+    stores results, keeps job records and files, and answers `batch.api`."""
+    items, results = subjects.batch_items_stream, subjects.batch_results_stream
+    consumer = f"{JS_API}.CONSUMER"
+    files = f"OBJ_{subjects.files_bucket}"
+    return Permissions(
+        publish=(
+            subjects.guard_chat.name,
+            subjects.events_request.name,
+            subjects.events_batch.name,
+            *_events_stream_setup(subjects),
+            *_counters(subjects),
+            *_reader(subjects.reservations_stream),  # a job's reservation: freed by accounting's reaper already?
+            *_kv_reader(subjects.directory_bucket),
+            *_kv(subjects.batch_jobs_bucket),
+            *_files(subjects),
+            f"{JS_API}.STREAM.PURGE.{files}",  # deleting a file purges its chunks (the only purge a service makes)
+            # the work queue: items of file jobs are enqueued here; one durable pull consumer per job
+            subjects.batch_items_wildcard,
+            *_stream_setup(items),
+            f"{consumer}.CREATE.{items}.>",
+            f"{consumer}.DURABLE.CREATE.{items}.*",
+            f"{consumer}.INFO.{items}.*",
+            f"{consumer}.MSG.NEXT.{items}.*",
+            f"$JS.ACK.{items}.>",
+            # results, one per item, read back for output files and result pages
+            subjects.batch_results_wildcard,
+            *_stream_setup(results),
+            *_reader(results),
+            subjects.batch_out_wildcard,  # result lines to producers that asked for them
+        ),
+        subscribe=(
+            queue_entry(subjects.batch_api),
+            _ping_entry(subjects, "batch", subjects.batch_api.queue),
+            subjects.batch_inbox_wildcard,
+            f"{subjects.role_inbox('batch')}.>",
+        ),
+        allow_responses=True,
+    )
+
+
+def batch_producer(subjects: Subjects) -> Permissions:
+    """A pipeline that submits batch jobs: publishes items and calls the batch service, nothing else."""
+    return Permissions(
+        publish=(subjects.batch_items_wildcard, subjects.batch_api.name, subjects.ping("batch")),
+        subscribe=(subjects.batch_out_wildcard, f"{subjects.role_inbox('batch_producer')}.>"),
     )
 
 
@@ -233,3 +309,7 @@ def permissions(role: Role, subjects: Subjects) -> Permissions:
             return accounting(subjects)
         case "admin":
             return admin(subjects)
+        case "batch":
+            return batch(subjects)
+        case "batch_producer":
+            return batch_producer(subjects)

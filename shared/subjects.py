@@ -23,6 +23,7 @@ from shared.schemas.admin import (
     SqlResult,
     UsageQuery,
 )
+from shared.schemas.batch import BatchCall, BatchItem, BatchJobEvent, BatchReply, ResultLine, StoredResult
 from shared.schemas.chat import Cancel, ChatRequest, Reply
 from shared.schemas.events import (
     AuditEvent,
@@ -39,6 +40,7 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 _ENCODER = msgspec.msgpack.Encoder()
+_JSON = msgspec.json.Encoder()
 
 
 class Subject(Generic[T]):
@@ -77,6 +79,39 @@ class Service(Subject[T], Generic[T, R]):
 
     def decode_reply(self, data: bytes) -> R:
         return self._reply_decoder.decode(data)
+
+
+class JsonSubject(Subject[T]):
+    """A subject whose messages are JSON (what producers in any language publish), typed both ways."""
+
+    __slots__ = ("_json_decoder",)
+
+    def __init__(self, name: str, schema: type[T], queue: str = "") -> None:
+        super().__init__(name, schema, queue)
+        self._json_decoder: msgspec.json.Decoder[T] = msgspec.json.Decoder(schema)
+
+    def encode(self, msg: T) -> bytes:
+        return _JSON.encode(msg)
+
+    def decode(self, data: bytes) -> T:
+        return self._json_decoder.decode(data)
+
+
+class JsonService(JsonSubject[T], Generic[T, R]):
+    """A request/reply subject in JSON: requests of schema T, each answered with an R."""
+
+    __slots__ = ("_reply_json", "reply_schema")
+
+    def __init__(self, name: str, schema: type[T], reply: type[R], queue: str = "") -> None:
+        super().__init__(name, schema, queue)
+        self.reply_schema = reply
+        self._reply_json: msgspec.json.Decoder[R] = msgspec.json.Decoder(reply)
+
+    def encode_reply(self, msg: R) -> bytes:
+        return _JSON.encode(msg)
+
+    def decode_reply(self, data: bytes) -> R:
+        return self._reply_json.decode(data)
 
 
 def encode(msg: object) -> bytes:
@@ -275,3 +310,79 @@ class Subjects:
         Each role has its own, and NATS lets it subscribe only there, so no role can read another's replies.
         """
         return f"_INBOX.{self.prefix}.{role}"
+
+    # ---- batch jobs (services/batch) ----------------------------------------------------------------
+    @cached_property
+    def router_batch(self) -> Subject[ChatRequest]:
+        """guard → router: a batch item, dispatched when interactive traffic leaves room (router/priority.py)."""
+        return Subject(f"{self.prefix}.router.batch", ChatRequest, queue="router")
+
+    def batch_items(self, job_id: str) -> JsonSubject[BatchItem]:
+        """producers (batch producer role) and the batch service → JetStream work queue: one item of a job."""
+        return JsonSubject(f"{self.prefix}.batch.items.{job_id}", BatchItem)
+
+    @property
+    def batch_items_wildcard(self) -> str:
+        return f"{self.prefix}.batch.items.>"
+
+    @cached_property
+    def batch_api(self) -> JsonService[BatchCall, BatchReply]:
+        """producers and ingress → batch service (request/reply, JSON): create, get, list, cancel, results."""
+        return JsonService(f"{self.prefix}.batch.api", BatchCall, BatchReply, queue="batch")  # type: ignore[arg-type]
+
+    def batch_result(self, job_id: str, token: str) -> Subject[StoredResult]:
+        """batch service → JetStream (`batch_results_stream`, one message per subject): an item's result."""
+        return Subject(f"{self.prefix}.batch.results.{job_id}.{token}", StoredResult)
+
+    def batch_results_of(self, job_id: str) -> str:
+        return f"{self.prefix}.batch.results.{job_id}.*"
+
+    @property
+    def batch_results_wildcard(self) -> str:
+        return f"{self.prefix}.batch.results.>"
+
+    def batch_out(self, name: str) -> JsonSubject[ResultLine]:
+        """batch service → a producer's result subject (`<p>.batch.out.<name>`): an item's result line."""
+        return JsonSubject(f"{self.prefix}.batch.out.{name}", ResultLine)
+
+    @property
+    def batch_out_wildcard(self) -> str:
+        return f"{self.prefix}.batch.out.>"
+
+    def batch_inbox(self, instance: str) -> str:
+        """Wildcard reply subject of one batch process; an item's inbox is ``<this>.<request_id>``."""
+        return f"{self.prefix}.binbox.{instance}"
+
+    @property
+    def batch_inbox_wildcard(self) -> str:
+        """Every batch reply inbox: the guard and the router answer batch items here."""
+        return f"{self.prefix}.binbox.>"
+
+    @cached_property
+    def events_batch(self) -> Subject[BatchJobEvent]:
+        """batch service → JetStream: a job's progress (the `batch_jobs` table)."""
+        return Subject(f"{self.prefix}.events.batch", BatchJobEvent)
+
+    def batch_counter(self, job_id: str, kind: str) -> str:
+        """A running job's progress counter (`completed`, `failed`, `cost` in micro-USD, `shares` reserved)."""
+        return f"{self.prefix}.ctr.batchjob.{job_id}.{kind}"
+
+    @property
+    def batch_items_stream(self) -> str:
+        """JetStream work-queue stream of batch items (`<p>.batch.items.>`), one consumer per job."""
+        return f"{self._stream_base}_BATCH_ITEMS"
+
+    @property
+    def batch_results_stream(self) -> str:
+        """JetStream stream of item results (`<p>.batch.results.>`), one message per item."""
+        return f"{self._stream_base}_BATCH_RESULTS"
+
+    @property
+    def batch_jobs_bucket(self) -> str:
+        """KV bucket of batch job records (shared.schemas.batch.BatchJob)."""
+        return f"{self._stream_base}_BATCH_JOBS"
+
+    @property
+    def files_bucket(self) -> str:
+        """Object store of uploaded batch input files and the output and error files of jobs."""
+        return f"{self._stream_base}_FILES"

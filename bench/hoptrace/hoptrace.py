@@ -151,7 +151,7 @@ def _patch_ingress() -> None:
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
     import services.ingress.app as app
-    import services.ingress.records as records
+    import shared.records as records
 
     data_received, message_begin = HttpToolsProtocol.data_received, HttpToolsProtocol.on_message_begin
 

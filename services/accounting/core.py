@@ -14,6 +14,7 @@ from genai_prices import calc_price
 from services.accounting.listprice import ListPrices
 from shared.governance import MAX_LOG_RETENTION_DAYS
 from shared.pricing import PRICE_PROVIDER, PRICES_VERSION, Rates, Tokens, cost, when
+from shared.schemas.batch import BatchJobEvent
 from shared.schemas.chat import Usage
 from shared.schemas.events import AuditEvent, BudgetAlert, ContentEvent, GuardEvent, RequestEvent
 from shared.subjects import Subjects
@@ -38,6 +39,7 @@ REQUEST_COLUMNS = (
     "guard_replica", "router_replica",
     "attempts.model", "attempts.route", "attempts.retry_delay_ms", "attempts.ttft_ms",
     "route_strategy", "answered_model",
+    "batch_item_id",
 )  # fmt: skip
 
 AUDIT_LOG = "audit_log"
@@ -62,6 +64,13 @@ CONTENT_COLUMNS = (
     "guard_action", "texts.location", "texts.text", "redactions", "truncated", "retention_days",
 )  # fmt: skip
 
+BATCH_JOBS = "batch_jobs"
+BATCH_COLUMNS = (
+    "event_id", "job_id", "status", "surface", "endpoint", "model", "key_id", "team", "project", "user", "org",
+    "total", "completed", "failed", "cost_usd", "reserved_usd", "created_at", "updated_at", "expires_at",
+    "finished_at",
+)  # fmt: skip
+
 # every table the consumer writes, with its columns; column 0 is always the event id
 COLUMNS: dict[str, tuple[str, ...]] = {
     REQUESTS: REQUEST_COLUMNS,
@@ -69,12 +78,12 @@ COLUMNS: dict[str, tuple[str, ...]] = {
     AUDIT_LOG: AUDIT_COLUMNS,
     BUDGET_ALERTS: ALERT_COLUMNS,
     REQUEST_CONTENT: CONTENT_COLUMNS,
+    BATCH_JOBS: BATCH_COLUMNS,
 }
 
 # the column holding when each table's event happened (a request's record is published when it finishes)
-EVENT_TIME_COLUMN = {
-    table: columns.index("finished_at" if table == REQUESTS else "at") for table, columns in COLUMNS.items()
-}
+_TIME_COLUMN = {REQUESTS: "finished_at", BATCH_JOBS: "updated_at"}
+EVENT_TIME_COLUMN = {table: columns.index(_TIME_COLUMN.get(table, "at")) for table, columns in COLUMNS.items()}
 
 
 def event_time(table: str, row: list[object]) -> float:
@@ -212,6 +221,7 @@ def request_row(event: RequestEvent, provider_kind: str = "", rates: Rates | Non
         event.guard_replica, event.router_replica,
         [x.model for x in a], [x.route for x in a], [x.retry_delay_ms for x in a], [x.ttft_ms for x in a],
         event.route_strategy, event.answered_model,
+        event.batch_item_id,
     ]  # fmt: skip
 
 
@@ -237,6 +247,18 @@ def content_row(event: ContentEvent) -> list[object]:
         event.direction, event.policy, event.guard_action, [t.location for t in event.texts],
         [t.text for t in event.texts], _clamp(event.redactions, _U32), event.truncated,
         _clamp(event.retention_days, MAX_LOG_RETENTION_DAYS, 1),  # a TTL past 2106 would wrap to the past
+    ]  # fmt: skip
+
+
+def batch_row(event: BatchJobEvent) -> list[object]:
+    """The `batch_jobs` row of one progress snapshot of a job (the latest per job wins)."""
+    c = event.caller
+    return [
+        event.event_id, event.job_id, event.status, event.surface, event.endpoint, event.model,
+        c.key_id, c.team, c.project, c.user, c.org,
+        _clamp(event.total, _U32), _clamp(event.completed, _U32), _clamp(event.failed, _U32),
+        event.cost_usd, event.reserved_usd,
+        _ts(event.created_at), _ts(event.updated_at), _ts(event.expires_at), _ts(event.finished_at),
     ]  # fmt: skip
 
 
@@ -274,6 +296,8 @@ def event_row(
         if subject == subjects.events_alert.name:
             alert = subjects.events_alert.decode(data)
             return BUDGET_ALERTS, alert_row(alert), alert
+        if subject == subjects.events_batch.name:
+            return BATCH_JOBS, batch_row(subjects.events_batch.decode(data)), None
     except msgspec.DecodeError as exc:
         raise BadEvent(f"undecodable event on {subject}: {exc}") from exc
     except (ValueError, TypeError, OverflowError) as exc:

@@ -1,7 +1,7 @@
 """Budget reservations, settled and released: the accounting side of ingress's worst-case reservations.
 
 Ingress reserves a request's worst-case cost on each hard budget's spend counter before dispatch and
-notes the reservation as `live` on `<p>.resv.<request_id>` (services/ingress/admission.py). Here:
+notes the reservation as `live` on `<p>.resv.<request_id>` (shared/admission.py). Here:
 
 - **settle**, from the request's record: each budget's spend counter moves from the reservation to the
   actual cost (`+actual - reserved`), the settled counter gains `actual`, and the reservation becomes

@@ -1,4 +1,5 @@
-"""guard: `<p>.guard.chat` (ChatRequest) → `<p>.router.chat` | Result(block) to the ingress inbox;
+"""guard: `<p>.guard.chat` (ChatRequest) → `<p>.router.chat` (`<p>.router.batch` for batch items) | Result(block)
+to the ingress (or batch) inbox;
 router replies → `<p>.guardout.<id>.<request>` → scanned/restored → ingress inbox (only where a policy asks, or
 the caller logs content); redacted prompts and responses of callers that log content → `<p>.events.content`;
 `<p>.guard.scan` (ScanRequest) → ScanResult; every verdict with findings → `<p>.events.guard` (JetStream).
@@ -133,7 +134,8 @@ class GuardHandlers:
             if checked.output is not None or checked.vault is not None or capture is not None:
                 self.relay.track(req.request_id, reply_to, summary, checked.output, checked.vault, capture)
                 reply_to = f"{self.out_prefix}.{req.request_id}"
-            router = self.subjects.router_chat
+            # batch items go to the router's batch lane, which yields to interactive traffic
+            router = self.subjects.router_batch if req.batch else self.subjects.router_chat
             headers = forward_headers(msg, span)
             # a request the guard left as it was goes on in the bytes it came in (no second encode)
             data = router.encode(checked.request) if checked.rewritten else msg.data

@@ -33,12 +33,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from services.ingress.auth import bearer_token
 from services.ingress.delegation import beyond
-from services.ingress.directory import Directory
-from services.ingress.keystore import ConflictError as KvConflict
-from services.ingress.keystore import KeyStore
+from shared.auth import bearer_token
 from shared.config import hash_key
+from shared.directory import Directory
 from shared.errors import (
     AuthenticationError,
     ConflictError,
@@ -61,6 +59,8 @@ from shared.governance import (
     VirtualKey,
     valid_id,
 )
+from shared.keystore import ConflictError as KvConflict
+from shared.keystore import KeyStore
 from shared.schemas.admin import RequestLookup, RequestsQuery, RequestStory, UsageQuery
 from shared.schemas.events import AuditEvent
 

@@ -10,10 +10,10 @@ import msgspec
 from starlette.responses import JSONResponse, Response
 
 from services.ingress.surfaces import anthropic_messages, openai_responses
-from services.ingress.validate import chat_request, check_chat, embeddings_request, include_usage, invalid_body
 from shared.errors import ErrorInfo, InvalidRequestError, error_body
 from shared.schemas.chat import NativeRequest
 from shared.schemas.openai import ChatCompletionRequest, EmbeddingsRequest, chat_from_builtins
+from shared.validate import chat_request, check_chat, embeddings_request, include_usage, invalid_body
 
 _JSON = msgspec.json.Encoder()
 # protocol headers a client sends that a deployment of the same protocol must see

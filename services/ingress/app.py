@@ -25,21 +25,18 @@ from starlette.routing import Route
 
 from services.ingress import apis
 from services.ingress.admin import AdminApi
-from services.ingress.admission import Admitted, Estimate, Governor
-from services.ingress.auth import Authenticator
-from services.ingress.directory import Directory, Entitlement
+from services.ingress.anthropic_batches import AnthropicBatches
+from services.ingress.batches import BatchEndpoints
 from services.ingress.fleet import Fleet, gather, merge
-from services.ingress.inbox import Inbox, NoResponders, next_reply
-from services.ingress.keystore import KeyStore
-from services.ingress.pricing import pricing_index
-from services.ingress.records import RecordPublisher, RequestRecord, new_request_id
 from services.ingress.routing import client_deadline, route_choice
 from services.ingress.telemetry import MetricsEndpoint, finish_request, start_request, traceparent
-from services.ingress.usage_policy import apply_params, max_output, with_max_output
 from shared import metrics
+from shared.admission import Admitted, Estimate, Governor
+from shared.auth import Authenticator
 from shared.bus import REQUEST_ID, TRACEPARENT, ensure_events_stream
 from shared.config import GatehouseConfig
 from shared.counters import Counters, ensure_counter_streams
+from shared.directory import Directory, Entitlement
 from shared.errors import (
     BudgetExceededError,
     ErrorInfo,
@@ -54,7 +51,12 @@ from shared.errors import (
     error_body,
 )
 from shared.event_publisher import EventPublisher
+from shared.files import FileStore
+from shared.inbox import Inbox, NoResponders, next_reply
+from shared.keystore import KeyStore
 from shared.natsconn import NatsLink, nats_broker, nats_problem
+from shared.records import RecordPublisher, RequestRecord, new_request_id
+from shared.route_pricing import pricing_index
 from shared.schemas.admin import RequestLookup, RequestsQuery, RequestStory, UsageQuery
 from shared.schemas.chat import (
     BodyPart,
@@ -72,6 +74,7 @@ from shared.subjects import Subjects
 from shared.telemetry import Telemetry
 from shared.tokens import embeddings_tokens, estimate_prompt_tokens
 from shared.tracing import TRACER
+from shared.usage_policy import apply_params, max_output, with_max_output
 
 log = logging.getLogger("gatehouse.ingress")
 
@@ -634,10 +637,15 @@ def create_app(
         explore=gw.requests,
         story=gw.request_story,
     )
+    # the OpenAI Batch API (services/ingress/batches.py): files here, jobs in the batch service
+    batches = BatchEndpoints(config, subjects, gw.auth, lambda: broker.connection)
+    message_batches = AnthropicBatches(batches)  # Anthropic's Message Batches API
 
     @asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
         await gw.start()
+        retention_s = config.batch.retention_days * 86400
+        batches.start(FileStore(broker.config.connection_state.stream, subjects.files_bucket, retention_s))
         try:
             yield
         finally:
@@ -673,6 +681,8 @@ def create_app(
         Route("/v1/models", guarded(gw.list_models), methods=["GET"]),
         Route("/v1/models/{model:path}", guarded(gw.retrieve_model), methods=["GET"]),
         *admin.routes(),
+        *batches.routes(),
+        *message_batches.routes(),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         *([Route("/metrics", metrics_endpoint.serve, methods=["GET"])] if metrics_endpoint is not None else []),

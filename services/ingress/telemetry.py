@@ -20,12 +20,12 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from services.ingress.records import RequestRecord
 from shared import metrics
 from shared.bus import TRACEPARENT
 from shared.config import ModelConfig
 from shared.errors import PermissionDeniedError, error_body
 from shared.logs import bind_request
+from shared.records import RequestRecord
 from shared.tracing import CURRENT, SERVER, TRACER, Span, parse_traceparent
 
 MODEL_CHARS = 128

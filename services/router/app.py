@@ -2,6 +2,8 @@
 
 `<p>.router.cancel` (Cancel, every replica) stops a request whose client went away (or one not started yet).
 `<p>.router.status` (every replica) answers with this replica's view of each deployment.
+`<p>.router.batch` (batch items, from the guard) is served the same way, as far as interactive traffic leaves
+room (services/router/priority.py).
 The `<P>_ROUTING` KV bucket carries deployment health (open, cooldown, probe) between replicas.
 
 Resolves the model to its deployments, orders them by the model's routing strategy, calls them with
@@ -27,6 +29,7 @@ from nats.aio.msg import Msg
 from services.router.core import build_routes, mock_behaviours, require_translators
 from services.router.dispatch import CLIENT_CLOSED, Dispatcher
 from services.router.health import HealthBoard
+from services.router.priority import PriorityGate
 from services.router.probes import HealthChecker
 from services.router.providers.mock import MockTransport
 from services.router.providers.registry import translators
@@ -62,12 +65,14 @@ class RouterHandlers:
         subjects: Subjects,
         heartbeat_s: float,
         max_inflight: int = 0,
+        gate: PriorityGate | None = None,
     ) -> None:
         self.max_inflight = max_inflight
         self.broker = broker
         self.dispatcher = dispatcher
         self.subjects = subjects
         self.heartbeat_s = heartbeat_s
+        self.gate = gate or PriorityGate(idle=64, busy=2, yield_s=0.25)
         self.working: dict[str, asyncio.Task[None]] = {}
         self.cancelled: set[str] = set()
         # a cancel may overtake its request (queued behind a busy replica): it must not be dispatched then
@@ -87,6 +92,16 @@ class RouterHandlers:
             )
 
     async def on_request(self, msg: Msg) -> None:
+        self.gate.interactive_started()
+        try:
+            await self._serve(msg, batch=False)
+        finally:
+            self.gate.interactive_finished()
+
+    async def on_batch(self, msg: Msg) -> None:
+        await self._serve(msg, batch=True)
+
+    async def _serve(self, msg: Msg, *, batch: bool) -> None:
         reply_to = msg.reply
         if not reply_to:
             log.warning("request without reply inbox dropped")
@@ -123,7 +138,11 @@ class RouterHandlers:
         if task is not None:
             self.working[req.request_id] = task
         try:
-            await self.dispatcher.serve(req, send)
+            if batch:
+                async with self.gate.batch_slot():  # heartbeats go on while the item waits its turn
+                    await self.dispatcher.serve(req, send)
+            else:
+                await self.dispatcher.serve(req, send)
         except asyncio.CancelledError:
             if task is None or req.request_id not in self.cancelled:
                 raise
@@ -184,9 +203,17 @@ def create_app(settings: RouterSettings) -> FastStream:
     board = HealthBoard(config.routing, f"{settings.replica}-{uuid.uuid4().hex[:6]}")
     dispatcher = Dispatcher(routes, upstream, registry, settings.replica, board=board)
     max_inflight = settings.router_max_concurrency
-    handlers = RouterHandlers(broker, dispatcher, subjects, settings.router_heartbeat_s, max_inflight)
+    gate = PriorityGate(
+        idle=settings.router_batch_concurrency,
+        busy=settings.router_batch_busy_concurrency,
+        yield_s=settings.router_batch_yield_s,
+        busy_rate=settings.router_batch_busy_rate,
+    )
+    handlers = RouterHandlers(broker, dispatcher, subjects, settings.router_heartbeat_s, max_inflight, gate)
     chat = subjects.router_chat
     worker = QueueWorker(chat.name, chat.queue, handlers.on_request, max_inflight, on_full=handlers.on_full)
+    lane = subjects.router_batch
+    batch_worker = QueueWorker(lane.name, lane.queue, handlers.on_batch, settings.router_batch_max_waiting)
     checker = HealthChecker(dispatcher, routes, config.routing.health_checks)
     shared: SharedHealth | None = None
     app = FastStream(broker, logger=log)
@@ -206,6 +233,7 @@ def create_app(settings: RouterSettings) -> FastStream:
         await nc.subscribe(subjects.router_cancel.name, cb=handlers.on_cancel)
         await nc.subscribe(subjects.router_status.name, cb=handlers.on_status)
         await worker.start(nc)
+        await batch_worker.start(nc)
         checker.start()
         # answered only once the worker listens, so ingress readiness means requests can be served
         await answer_pings(nc, subjects.ping("router"), chat.queue)
@@ -214,6 +242,7 @@ def create_app(settings: RouterSettings) -> FastStream:
     async def _drain() -> None:
         await checker.stop()
         await worker.stop()
+        await batch_worker.stop()
         if shared is not None:
             await shared.stop()
         await telemetry.stop()

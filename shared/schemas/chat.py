@@ -126,6 +126,9 @@ class ChatRequest(msgspec.Struct, frozen=True, kw_only=True):
     tags: dict[str, str] = {}
     # routing strategy the client chose for this request (ingress sets it only where the key may choose)
     route: str = ""
+    # a batch item (services/batch): the guard forwards it to the router's batch subject, which yields
+    # to interactive traffic
+    batch: bool = False
 
 
 class Cancel(msgspec.Struct, frozen=True, kw_only=True):

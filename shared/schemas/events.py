@@ -50,6 +50,8 @@ class RequestEvent(msgspec.Struct, frozen=True, kw_only=True):
     # routing: the strategy that ordered the deployments, and the model group that answered (a fallback's name)
     route_strategy: str = ""
     answered_model: str = ""
+    # the producer's id of the batch item this request ran (`batch_id` names its job)
+    batch_item_id: str = ""
 
 
 class GuardEvent(msgspec.Struct, frozen=True, kw_only=True):

@@ -1,4 +1,4 @@
-"""The running stack for end-to-end tests: the real launcher (nats-server + four service processes, chDB)
+"""The running stack for end-to-end tests: the real launcher (nats-server + five service processes, chDB)
 in a temp dir, with provider emulators on loopback ports."""
 
 from __future__ import annotations

@@ -60,7 +60,7 @@ def test_up_serves_records_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
             assert time.monotonic() < deadline, "stack did not become ready"
             time.sleep(0.3)
         children = _children(proc.pid)
-        assert len(children) >= 5  # nats-server and four services
+        assert len(children) >= 6  # nats-server and five services
         _assert_private_and_least_privileged(data, children)
         r = httpx.post(
             f"http://127.0.0.1:{port}/v1/chat/completions",
@@ -125,7 +125,8 @@ def _assert_private_and_least_privileged(data: Path, children: list[int]) -> Non
     for path in (data, data / "logs", data / "creds", data / "nats"):
         assert stat.S_IMODE(path.stat().st_mode) == 0o700, path
     seeds = sorted((data / "creds").glob("*.nk"))
-    assert [p.stem for p in seeds] == ["accounting", "admin", "guard", "ingress", "router"]
+    roles = ["accounting", "admin", "batch", "batch_producer", "guard", "ingress", "router"]
+    assert [p.stem for p in seeds] == roles  # batch_producer's is for pipelines; no service is given it
     for path in [*seeds, data / "nats.conf", data / "state.json"]:
         assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
     conf = (data / "nats.conf").read_text()
@@ -138,7 +139,7 @@ def _assert_private_and_least_privileged(data: Path, children: list[int]) -> Non
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
         env = dict(item.split("=", 1) for item in Path(f"/proc/{pid}/environ").read_text().split("\0") if "=" in item)
         assert "UNRELATED_SECRET" not in env
-        if b"services.router" in cmdline or b"services.guard" in cmdline or b"services.ingress" in cmdline:
+        if any(b"services." + name in cmdline for name in (b"router", b"guard", b"ingress", b"batch")):
             name = next(c.decode() for c in cmdline if c.startswith(b"services."))[len("services.") :]
             services[name] = env
             assert env["GATEHOUSE_NATS_NKEY_SEED_FILE"] == str(data / "creds" / f"{name}.nk")
@@ -148,7 +149,7 @@ def _assert_private_and_least_privileged(data: Path, children: list[int]) -> Non
         else:
             assert b"nats-server" in cmdline[0], cmdline
             assert not any(k.startswith("GATEHOUSE_") for k in env)
-    assert sorted(services) == ["accounting", "guard", "ingress", "router"]
+    assert sorted(services) == ["accounting", "batch", "guard", "ingress", "router"]
     for name, env in services.items():
         assert (env.get("OPENAI_API_KEY") == PROVIDER_KEY) == (name == "router"), name
 

@@ -99,7 +99,10 @@ def test_reads_of_gatehouse_tables_and_generated_rows_are_allowed(ast: Node) -> 
         (select(ident("x"), tables=[named("INFORMATION_SCHEMA.TABLES")]), "system tables"),
         (select(ident("x"), tables=[named("other.requests")]), "not a gatehouse table"),
         (select(ident("x"), tables=[named("secrets")]), "secrets is not a gatehouse table"),
-        (select(ident("x"), tables=[named("system.users")]), "readable: audit_log, budget_alerts, guard_verdicts"),
+        (
+            select(ident("x"), tables=[named("system.users")]),
+            "readable: audit_log, batch_jobs, budget_alerts, guard_verdicts",
+        ),
         (select(fn("dictGet", literal("d"), literal("a"), literal(1))), "function dictGet() is not allowed"),
         (select(fn("getSetting", literal("readonly"))), "getSetting() is not allowed"),
         (select(fn("hostName")), "hostName() is not allowed"),

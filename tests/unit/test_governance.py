@@ -12,15 +12,15 @@ import pytest
 from services.accounting.settlement import crossed
 from services.accounting.usage import BadUsageQuery, usage_sql
 from services.ingress.delegation import beyond
-from services.ingress.directory import Directory
-from services.ingress.pricing import RoutePricing, TokenRates, route_pricing
-from services.ingress.usage_policy import apply_params
 from shared.config import hash_key, parse_config
+from shared.directory import Directory
 from shared.errors import InvalidRequestError
 from shared.governance import Budget, Limits, Org, ParamPolicy, Project, Quotas, Team, User, VirtualKey
 from shared.periods import period_end, period_key, window, window_reset
+from shared.route_pricing import RoutePricing, TokenRates, route_pricing
 from shared.schemas.admin import UsageQuery
 from shared.schemas.openai import chat_from_builtins
+from shared.usage_policy import apply_params
 
 
 def _directory() -> Directory:

@@ -5,12 +5,12 @@ from __future__ import annotations
 import msgspec
 import pytest
 
-from services.ingress.auth import Authenticator
-from services.ingress.directory import Directory
-from services.ingress.validate import chat_request, embeddings_request, include_usage
+from shared.auth import Authenticator
 from shared.config import parse_config
+from shared.directory import Directory
 from shared.errors import AuthenticationError, InvalidRequestError
 from shared.schemas.openai import to_json
+from shared.validate import chat_request, embeddings_request, include_usage
 
 
 @pytest.mark.parametrize(

@@ -58,9 +58,9 @@ def test_every_subject_has_a_permission_to_publish_and_one_to_receive_it() -> No
 
 
 def test_each_hop_is_fed_by_one_role_only() -> None:
-    assert _publishers(S.guard_chat.name) == {"ingress"}
+    assert _publishers(S.guard_chat.name) == {"ingress", "batch"}  # HTTP requests, and batch items
     assert _publishers(S.router_chat.name) == {"guard"}
-    assert _publishers(S.events_request.name) == {"ingress"}
+    assert _publishers(S.events_request.name) == {"ingress", "batch"}  # one record per request, per batch item
     assert _publishers(S.events_guard.name) == {"guard"}
     assert _publishers(S.accounting_sql.name) == {"admin"}
     assert _publishers(S.guard_scan.name) == {"admin"}
@@ -68,6 +68,15 @@ def test_each_hop_is_fed_by_one_role_only() -> None:
     assert _publishers(S.guard_output_wildcard) == {"router"}
     assert _subscribers(S.inbox_wildcard) == {"ingress"}
     assert _subscribers(S.guard_output_wildcard) == {"guard"}
+    # batch items: only the guard feeds the router's batch lane, only the batch service reads batch inboxes
+    assert _publishers(S.router_batch.name) == {"guard"}
+    assert _publishers(S.batch_inbox_wildcard) == {"guard", "router"}
+    assert _subscribers(S.batch_inbox_wildcard) == {"batch"}
+    assert _publishers(S.batch_items_wildcard) == {"batch", "batch_producer"}
+    assert _publishers(S.events_batch.name) == {"batch"}
+    assert _subscribers(S.batch_out_wildcard) == {"batch_producer"}
+    producer = permissions("batch_producer", S)
+    assert not any(p.startswith("$JS") for p in producer.publish)  # no stream API: items and calls only
 
 
 def test_each_role_reads_replies_on_its_own_inbox_only_and_only_admin_manages_streams() -> None:
@@ -80,9 +89,16 @@ def test_each_role_reads_replies_on_its_own_inbox_only_and_only_admin_manages_st
             assert js == ["$JS.API.>"]
         else:
             assert "$JS.API.>" not in js
-            assert not any(op in p for p in js for op in (".DELETE.", ".PURGE.", ".UPDATE."))
-            # consumers: accounting's on the event and reservation streams; ingress watches its KV bucket
-            assert role == "accounting" or all(".CONSUMER." not in p or ".KV_" in p for p in js)
+            purges = [p for p in js if ".PURGE." in p]
+            # the batch service deletes files from the files object store (its chunks): the one purge a role makes
+            assert purges == ([f"$JS.API.STREAM.PURGE.OBJ_{S.files_bucket}"] if role == "batch" else [])
+            assert not any(op in p for p in js for op in (".DELETE.", ".UPDATE."))
+            # consumers: accounting's on the event and reservation streams; ingress watches its KV bucket;
+            # the batch service's on its work queue, results, job records and files
+            watched = (".KV_", ".OBJ_")
+            assert role in ("accounting", "batch") or all(
+                ".CONSUMER." not in p or any(w in p for w in watched) for p in js
+            )
 
 
 def test_max_payload_follows_the_body_limit() -> None:
@@ -113,7 +129,7 @@ def test_the_deploy_files_carry_the_generated_permissions() -> None:
 
 def test_deploy_manifests_give_each_service_its_own_seed_and_provider_keys_to_the_router_only() -> None:
     compose = yaml.safe_load((REPO / "deploy" / "docker-compose.yml").read_text())
-    for role in ("ingress", "guard", "router", "accounting"):
+    for role in ("ingress", "guard", "router", "accounting", "batch"):
         service = compose["services"][role]
         assert service["secrets"] == [f"nats-{role}"]
         env = service["environment"]

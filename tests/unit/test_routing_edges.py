@@ -10,12 +10,12 @@ from typing import Any
 
 import pytest
 
-from services.ingress.directory import Directory
 from services.ingress.fleet import merge
 from services.ingress.routing import client_deadline, route_choice
 from services.router.app import RouterHandlers
 from shared.bus import QueueWorker
 from shared.config import KeyConfig, hash_key
+from shared.directory import Directory
 from shared.errors import InvalidRequestError, PermissionDeniedError
 from shared.governance import Limits, Team, VirtualKey
 from shared.schemas.chat import Caller, ChatRequest, Result
@@ -145,8 +145,8 @@ async def test_a_cancel_that_overtakes_its_request_stops_it_before_dispatch() ->
 
 
 def test_a_budget_reserves_the_dearest_deployment_a_fallback_may_answer_with() -> None:
-    from services.ingress.pricing import pricing_index
     from shared.config import parse_config
+    from shared.route_pricing import pricing_index
 
     cfg = parse_config(
         """

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import time
 
-from services.ingress.directory import Directory, Entitlement
 from shared.config import hash_key
+from shared.directory import Directory, Entitlement
 from shared.errors import AuthenticationError
 
 

@@ -1,4 +1,4 @@
-"""One wildcard reply subscription per ingress process, fanned out to per-request queues.
+"""One wildcard reply subscription per process (ingress, batch), fanned out to per-request queues.
 
 Subscribing once (instead of once per request) keeps the hot path free of SUB/UNSUB round trips;
 a request's inbox is registered before its request is published, so no reply can be missed.
@@ -23,8 +23,9 @@ class NoResponders(Exception):
 
 
 class Inbox:
-    def __init__(self, subjects: Subjects) -> None:
-        self.prefix = subjects.inbox(uuid.uuid4().hex[:12])
+    def __init__(self, subjects: Subjects, prefix: str = "") -> None:
+        """`prefix`: the wildcard reply subject to use (default: a new ingress inbox, `Subjects.inbox`)."""
+        self.prefix = prefix or subjects.inbox(uuid.uuid4().hex[:12])
         self._decode = subjects.replies.decode
         self._queues: dict[str, asyncio.Queue[Reply | NoResponders]] = {}
         self._sub: Subscription | None = None

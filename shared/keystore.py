@@ -18,7 +18,7 @@ from nats.js.api import KeyValueConfig, StorageType
 from nats.js.errors import BucketNotFoundError, KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
 from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 
-from services.ingress.directory import Directory
+from shared.directory import Directory
 from shared.governance import KINDS, Entity, decode_entity, encode_entity, kv_key
 
 log = logging.getLogger("gatehouse.ingress.keystore")

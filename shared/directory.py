@@ -1,6 +1,6 @@
 """The in-memory copy of orgs, teams, projects, users and virtual keys that authentication reads (pure).
 
-Every ingress replica keeps one, fed by a KV watch (services/ingress/keystore.py) and by the static keys
+Every ingress replica keeps one, fed by a KV watch (shared/keystore.py) and by the static keys
 of the config file; the hot path looks a key up here and never waits on the bus. A key resolves to an
 `Entitlement`: the key and the levels above it, each with its limits.
 """

@@ -21,12 +21,12 @@ import math
 import time
 from dataclasses import dataclass, field
 
-from services.ingress.directory import Entitlement, Scope
-from services.ingress.pricing import RoutePricing
 from shared.counters import Count, CounterError, Counters, Op
+from shared.directory import Entitlement, Scope
 from shared.errors import BudgetExceededError, RateLimitError, ServiceUnavailableError
 from shared.governance import Budget
 from shared.periods import period_end, period_key, window, window_reset
+from shared.route_pricing import RoutePricing
 from shared.schemas.chat import Hold, Reservation
 from shared.subjects import Subjects
 
@@ -76,6 +76,32 @@ def _reset(seconds: float) -> str:
     return f"{minutes}m{secs}s" if minutes else f"{secs}s"
 
 
+def budget_hold(scope: Scope, budget: Budget, subject: str, micro: int, now: float, ent: Entitlement) -> Hold:
+    """What a reservation holds on one budget: `micro` micro-USD on its spend counter (0 for a soft budget)."""
+    return Hold(
+        subject=subject,
+        micro_usd=micro,
+        scope=scope.name,
+        period=budget.period,
+        period_key=period_key(budget.period, now, ent.timezone),
+        amount_micro=round(budget.amount_usd * MICRO),
+        alerts=list(budget.alerts),
+        hard=budget.hard,
+    )
+
+
+def exceeded(
+    scope: Scope, budget: Budget, now: float, ent: Entitlement, what: str = "this request"
+) -> BudgetExceededError:
+    """The 429 of a budget that cannot cover `what`, with Retry-After to the end of its period."""
+    end = period_end(budget.period, now, ent.timezone)
+    when = f"; it resets with the {budget.period} period" if end else ""
+    return BudgetExceededError(
+        f"The {budget.period} budget of {scope.level} '{scope.id}' (${budget.amount_usd:g}) cannot cover {what}{when}.",
+        retry_after=(end - now) if end else None,
+    )
+
+
 class Governor:
     def __init__(
         self, counters: Counters, subjects: Subjects, *, quotas_fail_open: bool, reservation_grace_s: float
@@ -87,7 +113,11 @@ class Governor:
         self._pending: set[asyncio.Future[None]] = set()
         self._tpm_seen: dict[str, tuple[int, float]] = {}  # tokens window → (total, when learnt)
 
-    async def admit(self, ent: Entitlement, request_id: str, estimate: Estimate, deadline: float) -> Admitted:
+    async def admit(
+        self, ent: Entitlement, request_id: str, estimate: Estimate, deadline: float, *, budgets: bool = True
+    ) -> Admitted:
+        """Count the request and reserve its worst case. `budgets=False`: quotas only (a batch item, whose
+        cost is covered by its job's reservation, services/batch)."""
         now = time.time()
         admitted = Admitted()
         if not ent.governed:
@@ -96,13 +126,13 @@ class Governor:
         rpm = [(s, q) for s in ent.scopes if (q := s.limits.quotas.rpm) is not None]
         tpm = [(s, q) for s in ent.scopes if (q := s.limits.quotas.tpm) is not None]
         conc = [(s, q) for s in ent.scopes if (q := s.limits.quotas.max_concurrency) is not None]
-        budgets = [(s, b) for s in ent.scopes for b in s.limits.budgets if b.hard]
-        worst = estimate.cost() if budgets else 0.0
+        hard = [(s, b) for s in ent.scopes for b in s.limits.budgets if b.hard] if budgets else []
+        worst = estimate.cost() if hard else 0.0
         worst_micro = math.ceil(worst * MICRO)
         # every counter of the request in one go: one round trip whatever the number of levels
         tpm_subjects = [self._subjects.quota_counter("tpm", s.name, minute) for s, _ in tpm]
         r_tpm: list[Count | CounterError] = [self._tpm_cached(subject) or _READ for subject in tpm_subjects]
-        spend = [self._subjects.spend_counter(s.name, period_key(b.period, now, ent.timezone)) for s, b in budgets]
+        spend = [self._subjects.spend_counter(s.name, period_key(b.period, now, ent.timezone)) for s, b in hard]
         ops = [Op(self._subjects.quota_counter("rpm", s.name, minute), 1) for s, _ in rpm]
         ops += [Op(subject, 0) for subject, r in zip(tpm_subjects, r_tpm, strict=True) if r is _READ]
         ops += [Op(self._subjects.concurrency_counter(s.name), 1) for s, _ in conc]
@@ -126,7 +156,7 @@ class Governor:
         held_spend = [(subj, worst_micro) for subj, r in zip(spend, r_spend, strict=True) if isinstance(r, Count)]
         try:
             self._check_quotas(rpm, r_rpm, tpm, r_tpm, conc, r_conc, now, admitted)
-            max_tokens = await self._check_budgets(budgets, r_spend, held_spend, estimate, now, ent)
+            max_tokens = await self._check_budgets(hard, r_spend, held_spend, estimate, now, ent)
         except BaseException:
             self._give_back(held_conc, held_spend)
             raise
@@ -136,15 +166,17 @@ class Governor:
         if held_spend:
             admitted.covered_output = max_tokens if max_tokens is not None else estimate.output_tokens
         holds = [
-            self._hold(scope, budget, subject, micro, now, ent)
-            for (scope, budget), subject, (_, micro) in zip(budgets, spend, held_spend, strict=True)
+            budget_hold(scope, budget, subject, micro, now, ent)
+            for (scope, budget), subject, (_, micro) in zip(hard, spend, held_spend, strict=True)
         ]
         # soft budgets reserve nothing and refuse nothing: accounting adds the actual cost and alerts
         holds += [
-            self._hold(s, b, self._subjects.spend_counter(s.name, period_key(b.period, now, ent.timezone)), 0, now, ent)
+            budget_hold(
+                s, b, self._subjects.spend_counter(s.name, period_key(b.period, now, ent.timezone)), 0, now, ent
+            )
             for s in ent.scopes
             for b in s.limits.budgets
-            if not b.hard
+            if not b.hard and budgets
         ]
         if holds or held_conc:
             admitted.reservation = Reservation(
@@ -155,19 +187,6 @@ class Governor:
                 expires_at=deadline + self._grace,
             )
         return admitted
-
-    @staticmethod
-    def _hold(scope: Scope, budget: Budget, subject: str, micro: int, now: float, ent: Entitlement) -> Hold:
-        return Hold(
-            subject=subject,
-            micro_usd=micro,
-            scope=scope.name,
-            period=budget.period,
-            period_key=period_key(budget.period, now, ent.timezone),
-            amount_micro=round(budget.amount_usd * MICRO),
-            alerts=list(budget.alerts),
-            hard=budget.hard,
-        )
 
     def _check_quotas(
         self,
@@ -290,13 +309,7 @@ class Governor:
         return tokens
 
     def _exceeded(self, scope: Scope, budget: Budget, now: float, ent: Entitlement) -> BudgetExceededError:
-        end = period_end(budget.period, now, ent.timezone)
-        when = f"; it resets with the {budget.period} period" if end else ""
-        return BudgetExceededError(
-            f"The {budget.period} budget of {scope.level} '{scope.id}' (${budget.amount_usd:g}) cannot cover "
-            f"this request{when}.",
-            retry_after=(end - now) if end else None,
-        )
+        return exceeded(scope, budget, now, ent)
 
     def _give_back(self, concurrency: list[str], holds: list[tuple[str, int]]) -> None:
         ops = [Op(subject, -1) for subject in concurrency] + [Op(subject, -micro) for subject, micro in holds]

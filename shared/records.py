@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 from nats.aio.client import Client
 
-from services.ingress.admission import Admitted
+from shared.admission import Admitted
 from shared.errors import ErrorInfo
 from shared.event_publisher import EventPublisher
 from shared.schemas.chat import Caller, GuardSummary, Outcome, Reservation
@@ -37,7 +37,7 @@ class RequestRecord:
     response_bytes: int = 0
     first_byte_ms: float = 0.0
     tags: dict[str, str] = field(default_factory=dict)
-    admitted: Admitted | None = None  # what quotas and budgets it holds (services/ingress/admission.py)
+    admitted: Admitted | None = None  # what quotas and budgets it holds (shared/admission.py)
     span: Span | None = None  # the request's span (services/ingress/telemetry.py); trace_id is its trace's
 
     def fail(self, error: ErrorInfo) -> None:

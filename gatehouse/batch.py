@@ -1,0 +1,246 @@
+"""`gatehouse.batch`: submit batch jobs to gatehouse from Python over NATS, as the `batch_producer` role,
+and read their results. The wire format is plain JSON (docs/batch.md), so any NATS client can do the same.
+
+    from gatehouse.batch import BatchClient
+
+    async with await BatchClient.connect("nats://127.0.0.1:4222", seed_file=".gatehouse/creds/batch_producer.nk") as gh:
+        job = await gh.submit([{"messages": [{"role": "user", "content": "Hi"}]}], key="sk-…", model="mock-1")
+        job = await gh.wait(job.id)
+        async for line in gh.results(job.id):
+            print(line.custom_id, line.response.status_code if line.response else line.error)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Iterable, Mapping
+from types import TracebackType
+
+import msgspec
+import nats
+from nats.aio.client import Client
+from nats.aio.subscription import Subscription
+
+from shared.errors import ErrorInfo, GatewayError
+from shared.schemas.batch import (
+    BatchCall,
+    BatchItem,
+    BatchObject,
+    BatchReply,
+    CancelJob,
+    CreateJob,
+    GetJob,
+    JobResults,
+    ListJobs,
+    ResultLine,
+)
+from shared.subjects import Subjects
+from shared.tokens import embeddings_tokens, estimate_prompt_tokens
+from shared.validate import chat_request, embeddings_request
+
+FINAL = frozenset({"completed", "failed", "expired", "cancelled"})
+PUBLISH_WINDOW = 256
+_JSON = msgspec.json.Encoder()
+
+
+class BatchError(Exception):
+    """The batch service refused a call (the OpenAI-style error it answered)."""
+
+    def __init__(self, info: ErrorInfo) -> None:
+        super().__init__(f"{info.status} {info.code}: {info.message}")
+        self.info = info
+
+
+class BatchClient:
+    def __init__(self, nc: Client, prefix: str = "gh", timeout_s: float = 120.0) -> None:
+        self.nc = nc
+        self.subjects = Subjects(prefix)
+        self.timeout_s = timeout_s
+        self._js = nc.jetstream(timeout=timeout_s)
+
+    @classmethod
+    async def connect(
+        cls, servers: str | list[str], *, seed_file: str = "", prefix: str = "gh", timeout_s: float = 120.0
+    ) -> BatchClient:
+        """Connect as the batch producer role (`seed_file`: its NKey seed; none for an open dev server)."""
+        nc = await nats.connect(
+            servers,
+            nkeys_seed=seed_file or None,
+            inbox_prefix=Subjects(prefix).role_inbox("batch_producer").encode(),
+            name="gatehouse-batch-producer",
+            max_reconnect_attempts=-1,
+        )
+        return cls(nc, prefix, timeout_s)
+
+    async def close(self) -> None:
+        await self.nc.drain()
+
+    async def __aenter__(self) -> BatchClient:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    async def ready(self, timeout_s: float = 60.0) -> None:
+        """Wait until a batch service replica answers (TimeoutError if none does in time)."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                await self.nc.request(self.subjects.ping("batch"), b"", timeout=1.0)
+                return
+            except Exception:
+                if time.monotonic() > deadline:
+                    raise TimeoutError("no batch service replica answers") from None
+                await asyncio.sleep(0.2)
+
+    # ---- calls ------------------------------------------------------------------------------------------
+    async def call(self, call: BatchCall) -> BatchReply:
+        api = self.subjects.batch_api
+        msg = await self.nc.request(api.name, api.encode(call), timeout=self.timeout_s)
+        reply = api.decode_reply(msg.data)
+        if reply.error is not None:
+            raise BatchError(reply.error)
+        return reply
+
+    async def create(self, call: CreateJob) -> BatchObject:
+        reply = await self.call(call)
+        assert reply.job is not None
+        return reply.job
+
+    async def get(self, key: str, job_id: str) -> BatchObject:
+        reply = await self.call(GetJob(key=key, job_id=job_id))
+        assert reply.job is not None
+        return reply.job
+
+    async def cancel(self, key: str, job_id: str) -> BatchObject:
+        reply = await self.call(CancelJob(key=key, job_id=job_id))
+        assert reply.job is not None
+        return reply.job
+
+    async def list(self, key: str, limit: int = 20, after: str = "") -> list[BatchObject]:
+        return (await self.call(ListJobs(key=key, limit=limit, after=after))).jobs
+
+    # ---- submitting ---------------------------------------------------------------------------------------
+    async def publish(self, items: Iterable[BatchItem]) -> int:
+        """Publish items to their jobs' queue subjects (JetStream acknowledges each; a repeat is dropped)."""
+        pending: set[asyncio.Future[object]] = set()
+        count = 0
+        for item in items:
+            subject = self.subjects.batch_items(item.job_id)
+            if len(pending) >= PUBLISH_WINDOW:
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                for fut in done:
+                    fut.result()
+            pending.add(
+                asyncio.ensure_future(
+                    self._js.publish(
+                        subject.name, subject.encode(item), headers={"Nats-Msg-Id": f"{item.job_id}/{item.item_id}"}
+                    )
+                )
+            )
+            count += 1
+        for fut in asyncio.as_completed(pending):
+            await fut
+        return count
+
+    async def submit(
+        self,
+        bodies: Iterable[Mapping[str, object]],
+        *,
+        key: str,
+        model: str,
+        endpoint: str = "/v1/chat/completions",
+        ids: Iterable[str] | None = None,
+        max_tokens: int | None = None,
+        metadata: Mapping[str, str] | None = None,
+        result_subject: str = "",
+        partial: bool = False,
+        completion_window: str = "24h",
+        job_id: str = "",
+        concurrency: int = 0,
+    ) -> BatchObject:
+        """Declare a job for these request bodies (priced and reserved up front), then queue them.
+
+        Each body gets `model` where it has none; `ids` are the items' ids (default: their position)."""
+        prepared = [_with_model(body, model) for body in bodies]
+        item_ids = [str(i) for i in (ids if ids is not None else range(len(prepared)))]
+        if len(item_ids) != len(prepared):
+            raise ValueError("ids and bodies differ in number")
+        input_tokens, caps = _declaration(prepared, endpoint)
+        if max_tokens is None and caps and all(c is not None for c in caps):
+            max_tokens = max(c for c in caps if c is not None)
+        job = await self.create(
+            CreateJob(
+                key=key,
+                endpoint=endpoint,
+                completion_window=completion_window,
+                model=model,
+                items=len(prepared),
+                input_tokens=input_tokens,
+                max_tokens=max_tokens,
+                metadata=dict(metadata or {}),
+                result_subject=result_subject,
+                partial=partial,
+                job_id=job_id,
+                concurrency=concurrency,
+            )
+        )
+        await self.publish(
+            BatchItem(job_id=job.id, item_id=item_id, body=msgspec.Raw(raw), index=n)
+            for n, (item_id, raw) in enumerate(zip(item_ids, prepared, strict=True))
+        )
+        return job
+
+    # ---- following a job ------------------------------------------------------------------------------------
+    async def wait(self, key: str, job_id: str, *, poll_s: float = 0.5, timeout_s: float | None = None) -> BatchObject:
+        """Poll until the job has ended (completed, failed, expired or cancelled)."""
+        deadline = time.monotonic() + timeout_s if timeout_s is not None else None
+        while True:
+            job = await self.get(key, job_id)
+            if job.status in FINAL:
+                return job
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"job {job_id} is still {job.status}")
+            await asyncio.sleep(poll_s)
+
+    async def results(self, key: str, job_id: str, which: str = "all", page: int = 1000) -> AsyncIterator[ResultLine]:
+        """Every result line stored so far, in the order results were stored."""
+        after = -1
+        while True:
+            reply = await self.call(JobResults(key=key, job_id=job_id, after=after, limit=page, which=which))
+            for line in reply.results:
+                yield line
+            after = reply.next
+            if not reply.has_more:
+                return
+
+    async def notices(self, name: str) -> Subscription:
+        """Subscribe to `<p>.batch.out.<name>`, the result subject items can name (`result_subject`)."""
+        return await self.nc.subscribe(self.subjects.batch_out(name).name)
+
+
+def _with_model(body: Mapping[str, object], model: str) -> bytes:
+    obj = dict(body)
+    obj.setdefault("model", model)
+    return _JSON.encode(obj)
+
+
+def _declaration(bodies: list[bytes], endpoint: str) -> tuple[int, list[int | None]]:
+    """The items' prompt tokens (the estimate the service checks them against) and their max_tokens."""
+    total = 0
+    caps: list[int | None] = []
+    for raw in bodies:
+        try:
+            if endpoint == "/v1/embeddings":
+                total += embeddings_tokens(embeddings_request(raw))
+                caps.append(0)
+            else:
+                chat = chat_request(raw)
+                total += estimate_prompt_tokens(chat)
+                caps.append(chat.max_completion_tokens or chat.max_tokens)
+        except GatewayError:
+            caps.append(None)  # invalid: the service reports it in the job's error lines
+    return total, caps

@@ -1,0 +1,326 @@
+"""The batch service's state in JetStream (the only I/O besides the pipeline): the job records (a KV bucket
+mirrored in memory by a watch), the work queue of items (one durable pull consumer per job, so each job
+has its own pace and a cancel drains only its items), and the results (one message per item subject).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Sequence
+
+import msgspec
+from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js import JetStreamContext
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    DeliverPolicy,
+    KeyValueConfig,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
+from nats.js.errors import BadRequestError, BucketNotFoundError, KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.errors import NotFoundError as JsNotFoundError
+from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
+
+from shared.bus import MSG_ID
+from shared.schemas.batch import BatchItem, BatchJob, StoredResult
+from shared.subjects import Subjects
+
+log = logging.getLogger("gatehouse.batch.store")
+
+DUPLICATE_WINDOW_S = 2 * 3600  # a producer's retry of an item within this is dropped by JetStream
+PUBLISH_WINDOW = 256  # items awaiting their JetStream ack at once while a file's items are enqueued
+RETRY_S = 1.0
+CONSUMER_IDLE_S = 3600.0  # a job's consumer outlives its last fetch this long (then the server removes it)
+READ_WAIT_S = 5.0
+
+_JOB = msgspec.msgpack.Decoder(BatchJob)
+_ENCODE = msgspec.msgpack.Encoder().encode
+
+
+class JobConflict(Exception):
+    """The job record changed since it was read (another replica wrote it first), or exists already."""
+
+
+def consumer_name(job_id: str) -> str:
+    return f"job_{job_id}"
+
+
+class JobStore:
+    """Job records: written with compare-and-set, read from an in-memory mirror kept current by a KV watch."""
+
+    def __init__(self, js: JetStreamContext, subjects: Subjects, retention_s: float) -> None:
+        self._js = js
+        self._bucket = subjects.batch_jobs_bucket
+        self._retention_s = retention_s
+        self._kv: KeyValue | None = None
+        self.jobs: dict[str, tuple[BatchJob, int]] = {}
+        self.synced = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._listeners: list[Callable[[BatchJob], None]] = []
+
+    def listen(self, callback: Callable[[BatchJob], None]) -> None:
+        """Call `callback` with every job as its record arrives (created, changed, replayed at start)."""
+        self._listeners.append(callback)
+
+    async def kv(self) -> KeyValue:
+        if self._kv is None:
+            try:
+                self._kv = await self._js.key_value(self._bucket)
+            except BucketNotFoundError:
+                try:
+                    self._kv = await self._js.create_key_value(
+                        KeyValueConfig(bucket=self._bucket, history=1, ttl=self._retention_s, storage=StorageType.FILE)
+                    )
+                except BadRequestError:  # another replica created it meanwhile
+                    self._kv = await self._js.key_value(self._bucket)
+        return self._kv
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._mirror(), name="batch-jobs-watch")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _mirror(self) -> None:
+        while True:
+            try:
+                kv = await self.kv()
+                watcher = await kv.watchall()
+                async for entry in watcher:
+                    if entry is None:
+                        self.synced.set()
+                        continue
+                    self._apply(entry.key, entry.value, entry.operation, entry.revision or 0)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self._kv = None
+                log.warning("job watch lost (%s); retrying", type(exc).__name__)
+                await asyncio.sleep(RETRY_S)
+
+    def _apply(self, key: str, value: bytes | None, operation: str | None, revision: int) -> None:
+        if operation in (KV_DEL, KV_PURGE) or not value:
+            self.jobs.pop(key, None)
+            return
+        try:
+            job = _JOB.decode(value)
+        except msgspec.MsgspecError:
+            log.error("job record %s is unreadable; ignored", key)
+            return
+        known = self.jobs.get(key)
+        if known is not None and known[1] > revision:
+            return  # an older record than the one this replica wrote itself
+        self.jobs[key] = (job, revision)
+        for callback in self._listeners:
+            callback(job)
+
+    def cached(self, job_id: str) -> BatchJob | None:
+        known = self.jobs.get(job_id)
+        return known[0] if known else None
+
+    async def read(self, job_id: str) -> tuple[BatchJob, int] | None:
+        """The job's current record and revision, from KV (the mirror may be a moment behind)."""
+        kv = await self.kv()
+        try:
+            entry = await kv.get(job_id)
+        except (KeyNotFoundError, JsNotFoundError):
+            return None
+        if not entry.value:
+            return None
+        return _JOB.decode(entry.value), entry.revision or 0
+
+    async def create(self, job: BatchJob) -> int:
+        kv = await self.kv()
+        try:
+            revision = await kv.create(job.id, _ENCODE(job))
+        except KeyWrongLastSequenceError as exc:
+            raise JobConflict(f"job {job.id} exists") from exc
+        self._apply(job.id, _ENCODE(job), None, revision)
+        return revision
+
+    async def update(self, job: BatchJob, revision: int) -> int:
+        kv = await self.kv()
+        try:
+            new = await kv.update(job.id, _ENCODE(job), last=revision)
+        except KeyWrongLastSequenceError as exc:
+            raise JobConflict(f"job {job.id} changed meanwhile") from exc
+        self._apply(job.id, _ENCODE(job), None, new)
+        return new
+
+
+class ItemQueue:
+    """The work queue: items of every job on `<p>.batch.items.<job_id>`, one durable pull consumer per job."""
+
+    def __init__(self, js: JetStreamContext, subjects: Subjects, retention_s: float, timeout_s: float) -> None:
+        self._js = js
+        self._subjects = subjects
+        self._retention_s = retention_s
+        self._timeout = timeout_s
+
+    async def ensure(self) -> None:
+        await _ensure(
+            self._js,
+            StreamConfig(
+                name=self._subjects.batch_items_stream,
+                subjects=[self._subjects.batch_items_wildcard],
+                retention=RetentionPolicy.WORK_QUEUE,
+                storage=StorageType.FILE,
+                max_age=self._retention_s,
+                duplicate_window=DUPLICATE_WINDOW_S,
+            ),
+        )
+
+    async def enqueue(self, job_id: str, items: Sequence[BatchItem]) -> None:
+        """Publish items with Nats-Msg-Id `<job>/<item>`: enqueueing the same items again adds nothing."""
+        subject = self._subjects.batch_items(job_id)
+        pending: set[asyncio.Future[object]] = set()
+        for item in items:
+            if len(pending) >= PUBLISH_WINDOW:
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                for fut in done:
+                    fut.result()
+            pending.add(
+                asyncio.ensure_future(
+                    self._js.publish(
+                        subject.name,
+                        subject.encode(item),
+                        timeout=self._timeout,
+                        headers={MSG_ID: f"{job_id}/{item.item_id}"},
+                    )
+                )
+            )
+        for fut in asyncio.as_completed(pending):
+            await fut
+
+    async def consumer(self, job: BatchJob, ack_wait_s: float) -> JetStreamContext.PullSubscription:
+        """The job's durable pull consumer (made if missing); `max_ack_pending` caps the job's items in flight
+        across every batch replica."""
+        config = ConsumerConfig(
+            durable_name=consumer_name(job.id),
+            ack_policy=AckPolicy.EXPLICIT,
+            deliver_policy=DeliverPolicy.ALL,
+            filter_subject=self._subjects.batch_items(job.id).name,
+            ack_wait=ack_wait_s,
+            max_deliver=-1,  # the service counts an item's tries itself (num_delivered) and ends it
+            max_ack_pending=max(job.concurrency, 1),
+            inactive_threshold=CONSUMER_IDLE_S,
+        )
+        return await self._js.pull_subscribe(
+            self._subjects.batch_items(job.id).name,
+            durable=consumer_name(job.id),
+            stream=self._subjects.batch_items_stream,
+            config=config,
+        )
+
+    async def idle(self, job_id: str) -> bool:
+        """No item of the job waits in the queue and none is in a replica's hands."""
+        try:
+            info = await self._js.consumer_info(self._subjects.batch_items_stream, consumer_name(job_id))
+        except JsNotFoundError:
+            return False  # the consumer is made when a replica starts the job; until then nothing is known
+        return (info.num_pending or 0) == 0 and (info.num_ack_pending or 0) == 0
+
+
+class Results:
+    """Item results: `<p>.batch.results.<job_id>.<token>`, at most one message per subject (per item)."""
+
+    def __init__(self, js: JetStreamContext, subjects: Subjects, retention_s: float, timeout_s: float) -> None:
+        self._js = js
+        self._subjects = subjects
+        self._retention_s = retention_s
+        self._timeout = timeout_s
+        self._decode = msgspec.msgpack.Decoder(StoredResult).decode
+
+    async def ensure(self) -> None:
+        await _ensure(
+            self._js,
+            StreamConfig(
+                name=self._subjects.batch_results_stream,
+                subjects=[self._subjects.batch_results_wildcard],
+                retention=RetentionPolicy.LIMITS,
+                storage=StorageType.FILE,
+                max_age=self._retention_s,
+                max_msgs_per_subject=1,
+                duplicate_window=DUPLICATE_WINDOW_S,
+                allow_direct=True,
+            ),
+        )
+
+    async def get(self, job_id: str, token: str) -> StoredResult | None:
+        subject = self._subjects.batch_result(job_id, token)
+        try:
+            msg = await self._js.get_last_msg(self._subjects.batch_results_stream, subject.name, direct=True)
+        except JsNotFoundError:
+            return None
+        return self._decode(msg.data or b"")
+
+    async def put(self, result: StoredResult, token: str) -> None:
+        subject = self._subjects.batch_result(result.job_id, token)
+        await self._js.publish(
+            subject.name,
+            subject.encode(result),
+            timeout=self._timeout,
+            headers={MSG_ID: f"result/{result.job_id}/{token}"},
+        )
+
+    async def page(self, job_id: str, after: int, limit: int) -> tuple[list[tuple[int, StoredResult]], int, bool]:
+        """Up to `limit` results stored after stream sequence `after` (-1: from the start), in the order they
+        were stored; the sequence to ask after next time, and whether more are stored already."""
+        config = ConsumerConfig(
+            deliver_policy=DeliverPolicy.BY_START_SEQUENCE if after >= 0 else DeliverPolicy.ALL,
+            opt_start_seq=after + 1 if after >= 0 else None,
+        )
+        sub = await self._js.subscribe(
+            self._subjects.batch_results_of(job_id),
+            stream=self._subjects.batch_results_stream,
+            ordered_consumer=True,
+            config=config,
+        )
+        out: list[tuple[int, StoredResult]] = []
+        last = after
+        more = True
+        try:
+            info = await sub.consumer_info()
+            # nothing to read at all: none pending and none pushed to this subscription already
+            if (info.num_pending or 0) == 0 and not (info.delivered and info.delivered.consumer_seq):
+                return out, last, False
+            while len(out) < limit:
+                try:
+                    msg = await sub.next_msg(timeout=READ_WAIT_S)
+                except (NatsTimeoutError, TimeoutError):
+                    break
+                last = msg.metadata.sequence.stream
+                out.append((last, self._decode(msg.data)))
+                if msg.metadata.num_pending == 0:
+                    more = False
+                    break
+        finally:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+        return out, last, more
+
+    async def all(self, job_id: str) -> list[StoredResult]:
+        """Every result of a job (one per item: a result stored again replaces the earlier one)."""
+        found: dict[tuple[str | None, int], StoredResult] = {}
+        after = -1
+        while True:
+            page, after, more = await self.page(job_id, after, 10_000)
+            for _, r in page:
+                found[(r.item_id, r.index)] = r
+            if not more:
+                return list(found.values())
+
+
+async def _ensure(js: JetStreamContext, config: StreamConfig) -> None:
+    try:
+        await js.add_stream(config)
+    except BadRequestError:
+        log.info("stream %s exists with a different config; leaving it", config.name)
