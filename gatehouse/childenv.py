@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from shared.config import GatehouseConfig
 from shared.permissions import Role
 
-SERVICES: tuple[Role, ...] = ("accounting", "router", "guard", "batch", "ingress")
+SERVICES: tuple[Role, ...] = ("accounting", "router", "mcp", "guard", "batch", "ingress")
 
 # what any Python process needs to start and behave (locale, temp dir, interpreter, TLS trust store)
 _BASE = frozenset(
@@ -39,6 +39,16 @@ def provider_key_names(config: GatehouseConfig) -> frozenset[str]:
     return frozenset(names)
 
 
+def mcp_credential_names(config: GatehouseConfig) -> frozenset[str]:
+    """What the mcp stage holds for upstream MCP servers: header values, OAuth client secrets, stdio env."""
+    names: set[str] = set()
+    for server in config.mcp.servers.values():
+        names |= set(server.headers_from_env.values()) | set(server.env_from.values())
+        if server.oauth is not None:
+            names.add(server.oauth.client_secret_env)
+    return frozenset(names)
+
+
 def api_key_names(config: GatehouseConfig) -> frozenset[str]:
     return frozenset(k.env for k in config.keys if k.env)
 
@@ -55,10 +65,11 @@ def service_env(
 ) -> dict[str, str]:
     """The environment of one service process; `launcher_set` (NATS URL, credential, config path…) wins."""
     providers, api_keys = provider_key_names(config), api_key_names(config)
+    upstream_mcp = mcp_credential_names(config)
     admin_key = config.governance.admin_key_env  # the admin API's secret: ingress only
     env = base_env(environ)
     for name, value in environ.items():
-        if name in providers or name in api_keys or name == admin_key:
+        if name in providers or name in api_keys or name in upstream_mcp or name == admin_key:
             continue
         if _gatehouse_setting_for(service, name):
             env[name] = value
@@ -75,5 +86,7 @@ def service_env(
         env.update({k: v for k, v in environ.items() if k in api_keys or k == admin_key})
     if service == "batch":
         env.update({k: v for k, v in environ.items() if k in api_keys})
+    if service == "mcp":  # upstream MCP credentials stay in the stage that holds the upstream sessions
+        env.update({k: v for k, v in environ.items() if k in upstream_mcp or k in _PROXY})
     env.update(launcher_set)
     return env

@@ -26,7 +26,7 @@ from shared.subjects import Subjects
 DATA_DIR_ENTRIES = frozenset({"nats", "logs", "creds", "clickhouse", "nats.conf", "state.json"})
 # stop order: stop taking requests first (batch items in hand finish), then the stages behind, accounting
 # last so it flushes everything
-STOP_ORDER = ("ingress", "batch", "guard", "router", "accounting")
+STOP_ORDER = ("ingress", "batch", "guard", "router", "mcp", "accounting")
 # services that do no interactive request-path work, run at a lower CPU priority by the one-machine launcher
 # (batch items yield to interactive requests in the router too: services/router/priority.py)
 BACKGROUND = frozenset({"accounting", "batch"})

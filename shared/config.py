@@ -12,6 +12,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError, field_validator, model_validator
 
 from shared.guard_config import GuardrailsConfig
+from shared.mcp_config import McpConfig, RunLimits
 from shared.routing_config import ModelRouting, RoutingConfig
 from shared.schemas.params import check_params
 
@@ -164,6 +165,11 @@ class KeyConfig(_Strict):
     models: list[str] = Field(default_factory=list, description="allowed model names; empty allows all")
     # the key may choose a routing strategy per request (x-gatehouse-route header or `gatehouse_route`)
     route_override: bool = False
+    # MCP tools (namespaced `<server>__<tool>` globs): allowed (empty allows all) and denied (deny wins)
+    tools: list[str] = Field(default_factory=list)
+    tools_deny: list[str] = Field(default_factory=list)
+    tool_calls_per_minute: int | None = Field(default=None, gt=0)
+    runs: RunLimits | None = None
 
     @model_validator(mode="after")
     def _one_source(self) -> KeyConfig:
@@ -224,6 +230,7 @@ class GatehouseConfig(_Strict):
     governance: GovernanceConfig = Field(default_factory=GovernanceConfig)
     routing: RoutingConfig = Field(default_factory=RoutingConfig)
     batch: BatchConfig = Field(default_factory=BatchConfig)
+    mcp: McpConfig = Field(default_factory=McpConfig)
 
     @model_validator(mode="after")
     def _references(self) -> GatehouseConfig:
@@ -246,6 +253,10 @@ class GatehouseConfig(_Strict):
         for k in self.keys:
             if k.policy and k.policy not in self.guardrails.policies:
                 raise ValueError(f"keys[{k.id}].policy: unknown guardrail policy {k.policy!r}")
+        for field in ("input_policy", "output_policy"):
+            name = getattr(self.mcp, field)
+            if name and name not in self.guardrails.policies:
+                raise ValueError(f"mcp.{field}: unknown guardrail policy {name!r}")
         return self
 
     def _fallback_references(self) -> None:

@@ -21,6 +21,8 @@ from shared.governance import (
     Org,
     ParamPolicy,
     Project,
+    Quotas,
+    RunLimits,
     Team,
     User,
     VirtualKey,
@@ -59,6 +61,30 @@ class Entitlement:
             if patterns and not any(_matches(p, model) or _matches(p, canonical) for p in patterns):
                 return False
         return True
+
+    def allows_tool(self, name: str) -> bool:
+        """An MCP tool (prompt, resource) by its namespaced name: every level that lists tools allows it,
+        and no level denies it."""
+        for scope in self.scopes:
+            limits = scope.limits
+            if any(_matches(p, name) for p in limits.tools_deny):
+                return False
+            if limits.tools and not any(_matches(p, name) for p in limits.tools):
+                return False
+        return True
+
+    def run_limits(self, defaults: RunLimits) -> RunLimits:
+        """The limits of this key's agent runs: the config's, tightened by every level that sets its own."""
+        values = {f: getattr(defaults, f) for f in RunLimits.__struct_fields__}
+        for scope in self.scopes:
+            own = scope.limits.runs
+            if own is None:
+                continue
+            for f in RunLimits.__struct_fields__:
+                mine = getattr(own, f)
+                if mine is not None:
+                    values[f] = mine if values[f] is None else min(values[f], mine)
+        return RunLimits(**values)
 
     @property
     def policy(self) -> str:
@@ -139,7 +165,16 @@ class Directory:
         """A directory holding the config file's keys (sha256 → config, as `GatehouseConfig.key_hashes`)."""
         d = cls()
         for digest, k in keys.items():
-            limits = Limits(models=list(k.models), policy=k.policy, route_override=k.route_override or None)
+            runs = RunLimits(**k.runs.model_dump()) if k.runs is not None else None
+            limits = Limits(
+                models=list(k.models),
+                policy=k.policy,
+                route_override=k.route_override or None,
+                tools=list(k.tools),
+                tools_deny=list(k.tools_deny),
+                quotas=Quotas(tool_calls_per_minute=k.tool_calls_per_minute),
+                runs=runs,
+            )
             d.static[k.id] = VirtualKey(
                 id=k.id, team=k.team, project=k.project, user=k.user, sha256=digest, limits=limits
             )

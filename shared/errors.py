@@ -14,6 +14,7 @@ GatewayError                      500 api_error            internal_error
 ├── PayloadTooLargeError          413 invalid_request_error request_too_large
 ├── UnprocessableEntityError      422 invalid_request_error unprocessable_entity
 ├── RateLimitError                429 rate_limit_error      rate_limit_exceeded    (retryable)
+├── RunLimitExceeded              429 rate_limit_error      run_limit_exceeded
 ├── BudgetExceededError           429 insufficient_quota    budget_exceeded
 ├── UpstreamError                 502 api_error             bad_gateway            (retryable)
 │   ├── UpstreamAuthError         502 api_error             upstream_auth_error    (retryable)
@@ -157,6 +158,14 @@ class RateLimitError(GatewayError):
     type = "rate_limit_error"
     code = "rate_limit_exceeded"
     retryable = True
+
+
+class RunLimitExceeded(GatewayError):
+    """An agent run (`x-gatehouse-run-id`) reached one of its limits: retrying the same run does not help."""
+
+    status = 429
+    type = "rate_limit_error"
+    code = "run_limit_exceeded"
 
 
 class BudgetExceededError(GatewayError):

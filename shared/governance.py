@@ -45,6 +45,7 @@ class Quotas(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     rpm: int | None = None  # requests per minute
     tpm: int | None = None  # tokens per minute, input + output, counted from real usage
     max_concurrency: int | None = None  # requests in flight at once
+    tool_calls_per_minute: int | None = None  # MCP tool calls (and resource reads, prompt gets) per minute
 
 
 class ParamPolicy(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -53,6 +54,15 @@ class ParamPolicy(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     defaults: dict[str, float | int | str | bool] = {}
     max: dict[str, float] = {}  # e.g. {"max_tokens": 4096, "temperature": 1.0, "n": 1}
     on_exceed: Literal["clamp", "refuse"] = "clamp"
+
+
+class RunLimits(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Limits of one agent run (requests and tool calls tagged with one run id); None: not limited here."""
+
+    max_model_calls: int | None = None
+    max_tool_calls: int | None = None
+    max_spend_usd: float | None = None
+    loop_threshold: int | None = None  # the same tool with the same arguments this many times ends the run
 
 
 class Limits(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -69,6 +79,11 @@ class Limits(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     # stored after the guard's redaction in its own table, kept `log_retention_days` (default 30)
     log_content: bool | None = None
     log_retention_days: int | None = None
+    # MCP tools (`<server>__<tool>` globs): every level that lists `tools` must allow a tool, and a tool any
+    # level denies is denied; the same names cover prompts (`<server>__<prompt>`) and resources (`<server>__<uri>`)
+    tools: list[str] = []
+    tools_deny: list[str] = []
+    runs: RunLimits | None = None
 
 
 DEFAULT_LOG_RETENTION_DAYS = 30

@@ -228,12 +228,24 @@ SPANS_DROPPED = Counter(
     "gatehouse_spans_dropped", "Finished spans dropped because the exporter's buffer was full.", ["service"],
     registry=_R,
 )  # fmt: skip
+MCP_CALLS = Counter(
+    "gatehouse_mcp_calls", "MCP calls a stage finished, by upstream server and outcome status.",
+    ["service", "server", "status"], registry=_R,
+)  # fmt: skip
+MCP_DURATION = Histogram(
+    "gatehouse_mcp_call_duration_seconds", "Time a stage took to serve one MCP call.",
+    ["service", "server"], buckets=LATENCY_BUCKETS, registry=_R,
+)  # fmt: skip
+MCP_UPSTREAM_UP = Gauge(
+    "gatehouse_mcp_upstream_up", "Whether the mcp stage holds a live session with an upstream server (1) or not.",
+    ["service", "server"], registry=_R,
+)  # fmt: skip
 
 
 for _metric in (
     REQUESTS, ERRORS, DURATION, TTFT, TOKENS, COST, UPSTREAM, UPSTREAM_DURATION, UPSTREAM_TTFT, RETRIES,
     BREAKER_STATE, BREAKER_TRANSITIONS, GUARD_VERDICTS, GUARD_FINDINGS, GUARD_SCAN, PENDING, ACK_PENDING, BATCH,
-    INSERT, STORED, RECONNECTS, DISCONNECTS, SPANS_DROPPED,
+    INSERT, STORED, RECONNECTS, DISCONNECTS, SPANS_DROPPED, MCP_CALLS, MCP_DURATION, MCP_UPSTREAM_UP,
 ):  # fmt: skip
     _NUMBERS[id(_metric)] = len(_METRICS)
     _METRICS.append(_metric)
@@ -340,6 +352,19 @@ def upstream_attempt(
     _observe(UPSTREAM_DURATION, seconds, model, provider, deployment)
     if ttft_s > 0:
         _observe(UPSTREAM_TTFT, ttft_s, model, provider, deployment)
+
+
+def mcp_call(server: str, status: str, seconds: float) -> None:
+    """One MCP call a stage finished (ingress: end to end; mcp: the upstream call)."""
+    if not _STATE.enabled:
+        return
+    _inc(MCP_CALLS, 1, server, status)
+    _observe(MCP_DURATION, seconds, server)
+
+
+def mcp_upstream_up(server: str, up: bool) -> None:
+    if _STATE.enabled:
+        _set(MCP_UPSTREAM_UP, 1.0 if up else 0.0, server)
 
 
 def router_retry(model: str, deployment: str, reason: str) -> None:

@@ -18,6 +18,10 @@ batch       guard.chat (items), events.request/batch, batch     batch.api, batch
             streams, jobs KV, files object store, batch.out.>
 batch_      batch.items.> (the work queue), batch.api           batch.out.> (result lines)
 producer
+mcp         mcp.changed (list-changed notices); replies to       mcp.call, mcp.catalog, mcp.ping (mcp)
+            the calls and catalog queries it answers
+            (ingress: guard.mcp, mcp.catalog, mcp.ping, events.mcp, the approvals KV; subscribes mcp.changed;
+            guard: mcp.call; subscribes guard.mcp (guard))
 every service above: telemetry.spans and the spans stream's setup (its spans; accounting stores them through
             a durable pull consumer of their own, shared/telemetry.py)
 
@@ -38,8 +42,8 @@ from typing import Literal, TypeVar
 
 from shared.subjects import Subject, Subjects
 
-Role = Literal["ingress", "guard", "router", "accounting", "admin", "batch", "batch_producer"]
-ROLES: tuple[Role, ...] = ("ingress", "guard", "router", "accounting", "admin", "batch", "batch_producer")
+Role = Literal["ingress", "guard", "router", "accounting", "admin", "batch", "batch_producer", "mcp"]
+ROLES: tuple[Role, ...] = ("ingress", "guard", "router", "accounting", "admin", "batch", "batch_producer", "mcp")
 
 JS_API = "$JS.API"
 T = TypeVar("T")
@@ -141,8 +145,14 @@ def ingress(subjects: Subjects) -> Permissions:
             *_spans(subjects),
             subjects.batch_api.name,  # the OpenAI Batch API: jobs are the batch service's
             *_files(subjects),  # uploads and downloads of batch files
+            # MCP: tool calls to the guard, the catalog from the mcp stage, records, calls waiting for approval
+            subjects.guard_mcp.name,
+            subjects.mcp_catalog.name,
+            subjects.events_mcp.name,
+            subjects.ping("mcp"),
+            *_kv(subjects.mcp_approvals_bucket),
         ),
-        subscribe=(subjects.inbox_wildcard, f"{subjects.role_inbox('ingress')}.>"),
+        subscribe=(subjects.inbox_wildcard, subjects.mcp_changed.name, f"{subjects.role_inbox('ingress')}.>"),
     )
 
 
@@ -158,10 +168,12 @@ def guard(subjects: Subjects) -> Permissions:
             *_spans(subjects),
             subjects.router_batch.name,  # batch items, to the router's lower-priority subject
             subjects.batch_inbox_wildcard,  # blocks and relayed replies of batch items
+            subjects.mcp_call.name,  # scanned tool calls, to the mcp stage
         ),
         subscribe=(
             queue_entry(chat),
             queue_entry(subjects.guard_scan),
+            queue_entry(subjects.guard_mcp),
             _ping_entry(subjects, "guard", chat.queue),
             subjects.guard_output_wildcard,
             f"{subjects.role_inbox('guard')}.>",
@@ -239,6 +251,8 @@ def admin(subjects: Subjects) -> Permissions:
             subjects.ping("guard"),
             subjects.ping("router"),
             subjects.ping("batch"),
+            subjects.ping("mcp"),
+            subjects.mcp_catalog.name,  # `gatehouse mcp list`
             subjects.batch_api.name,  # operators may manage any key's jobs only with that key
             f"{JS_API}.>",  # stream and consumer management, message recovery (`nats stream get`)
         ),
@@ -296,6 +310,22 @@ def batch_producer(subjects: Subjects) -> Permissions:
     )
 
 
+def mcp(subjects: Subjects) -> Permissions:
+    """The mcp stage: holds the upstream MCP sessions, answers the guard's calls and ingress's catalog queries,
+    and tells every ingress replica when a server's lists change. It reaches no other stage."""
+    call = subjects.mcp_call
+    return Permissions(
+        publish=(subjects.mcp_changed.name, *_spans(subjects)),
+        subscribe=(
+            queue_entry(call),
+            queue_entry(subjects.mcp_catalog),
+            _ping_entry(subjects, "mcp", call.queue),
+            f"{subjects.role_inbox('mcp')}.>",
+        ),
+        allow_responses=True,
+    )
+
+
 def permissions(role: Role, subjects: Subjects) -> Permissions:
     """The permissions of `role` under the subject tree `subjects`."""
     match role:
@@ -313,3 +343,5 @@ def permissions(role: Role, subjects: Subjects) -> Permissions:
             return batch(subjects)
         case "batch_producer":
             return batch_producer(subjects)
+        case "mcp":
+            return mcp(subjects)

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from nats.aio.client import Client
 
 from shared.admission import Admitted
+from shared.directory import Entitlement
 from shared.errors import ErrorInfo
 from shared.event_publisher import EventPublisher
 from shared.schemas.chat import Caller, GuardSummary, Outcome, Reservation
@@ -38,6 +39,7 @@ class RequestRecord:
     first_byte_ms: float = 0.0
     tags: dict[str, str] = field(default_factory=dict)
     admitted: Admitted | None = None  # what quotas and budgets it holds (shared/admission.py)
+    run: tuple[Entitlement, str] | None = None  # the agent run it counts in (key, run id), if tagged
     span: Span | None = None  # the request's span (services/ingress/telemetry.py); trace_id is its trace's
 
     def fail(self, error: ErrorInfo) -> None:

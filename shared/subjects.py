@@ -34,6 +34,7 @@ from shared.schemas.events import (
     ReservationState,
     SpanBatch,
 )
+from shared.schemas.mcp import Catalog, CatalogChanged, CatalogQuery, McpCallEvent, ToolCall, ToolOutcome
 from shared.schemas.routing import RouterStatus, StatusQuery
 
 T = TypeVar("T")
@@ -386,3 +387,42 @@ class Subjects:
     def files_bucket(self) -> str:
         """Object store of uploaded batch input files and the output and error files of jobs."""
         return f"{self._stream_base}_FILES"
+
+    # ---- MCP (services/mcp) --------------------------------------------------------------------------
+    @cached_property
+    def guard_mcp(self) -> Service[ToolCall, ToolOutcome]:
+        """ingress → guard (request/reply): a tool call to scan, forward to the mcp stage, and scan the result of."""
+        return Service(f"{self.prefix}.guard.mcp", ToolCall, ToolOutcome, queue="guard")
+
+    @cached_property
+    def mcp_call(self) -> Service[ToolCall, ToolOutcome]:
+        """guard → mcp (request/reply): a scanned tool call, to the upstream server's session."""
+        return Service(f"{self.prefix}.mcp.call", ToolCall, ToolOutcome, queue="mcp")
+
+    @cached_property
+    def mcp_catalog(self) -> Service[CatalogQuery, Catalog]:
+        """ingress → mcp (request/reply): every upstream server's tools, resources and prompts, and its health."""
+        return Service(f"{self.prefix}.mcp.catalog", CatalogQuery, Catalog, queue="mcp")
+
+    @cached_property
+    def mcp_changed(self) -> Subject[CatalogChanged]:
+        """mcp → every ingress replica (no queue group): a server's list changed; sessions are told so."""
+        return Subject(f"{self.prefix}.mcp.changed", CatalogChanged)
+
+    @cached_property
+    def events_mcp(self) -> Subject[McpCallEvent]:
+        """ingress → JetStream: the record of one MCP call (the `mcp_calls` table)."""
+        return Subject(f"{self.prefix}.events.mcp", McpCallEvent)
+
+    @property
+    def mcp_approvals_bucket(self) -> str:
+        """KV bucket of tool calls waiting for an admin's approval (shared.schemas.mcp.Approval)."""
+        return f"{self._stream_base}_MCP_APPROVALS"
+
+    def tool_quota_counter(self, scope: str, window: int) -> str:
+        """MCP calls of one scope in one UTC minute (`tool_calls_per_minute`)."""
+        return f"{self.prefix}.quota.tcpm.{scope}.{window}"
+
+    def run_counter(self, key_id: str, run_id: str, kind: str) -> str:
+        """One agent run's counter: `model` and `tool` calls, `spend` in micro-USD, `loop.<digest>` repeats."""
+        return f"{self.prefix}.ctr.run.{key_id}.{run_id}.{kind}"

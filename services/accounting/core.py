@@ -17,6 +17,7 @@ from shared.pricing import PRICE_PROVIDER, PRICES_VERSION, Rates, Tokens, cost, 
 from shared.schemas.batch import BatchJobEvent
 from shared.schemas.chat import Usage
 from shared.schemas.events import AuditEvent, BudgetAlert, ContentEvent, GuardEvent, RequestEvent
+from shared.schemas.mcp import McpCallEvent
 from shared.subjects import Subjects
 
 REQUESTS = "requests"
@@ -71,6 +72,16 @@ BATCH_COLUMNS = (
     "finished_at",
 )  # fmt: skip
 
+MCP_CALLS = "mcp_calls"
+MCP_COLUMNS = (
+    "event_id", "call_id", "trace_id", "run_id", "session_id", "method", "server", "tool",
+    "key_id", "team", "project", "user", "org", "status", "error_code", "error_message",
+    "latency_ms", "upstream_ms", "request_bytes", "response_bytes", "guard_action", "guard_policy",
+    "guard_findings.scanner", "guard_findings.rule", "guard_findings.action", "guard_findings.severity",
+    "guard_findings.direction", "guard_findings.location",
+    "approval", "cost_usd", "received_at", "finished_at", "mcp_replica", "guard_replica", "tags",
+)  # fmt: skip
+
 # every table the consumer writes, with its columns; column 0 is always the event id
 COLUMNS: dict[str, tuple[str, ...]] = {
     REQUESTS: REQUEST_COLUMNS,
@@ -79,10 +90,11 @@ COLUMNS: dict[str, tuple[str, ...]] = {
     BUDGET_ALERTS: ALERT_COLUMNS,
     REQUEST_CONTENT: CONTENT_COLUMNS,
     BATCH_JOBS: BATCH_COLUMNS,
+    MCP_CALLS: MCP_COLUMNS,
 }
 
 # the column holding when each table's event happened (a request's record is published when it finishes)
-_TIME_COLUMN = {REQUESTS: "finished_at", BATCH_JOBS: "updated_at"}
+_TIME_COLUMN = {REQUESTS: "finished_at", BATCH_JOBS: "updated_at", MCP_CALLS: "finished_at"}
 EVENT_TIME_COLUMN = {table: columns.index(_TIME_COLUMN.get(table, "at")) for table, columns in COLUMNS.items()}
 
 
@@ -262,6 +274,21 @@ def batch_row(event: BatchJobEvent) -> list[object]:
     ]  # fmt: skip
 
 
+def mcp_row(event: McpCallEvent) -> list[object]:
+    """The `mcp_calls` row of one MCP call, in MCP_COLUMNS order (rule ids and paths, never the text)."""
+    c, f = event.caller, event.guard_findings
+    return [
+        event.event_id, event.call_id, event.trace_id, event.run_id, event.session_id, event.method,
+        event.server, event.tool, c.key_id, c.team, c.project, c.user, c.org, event.status,
+        _clamp(event.error_code, _I32, -_I32), event.error_message, event.latency_ms, event.upstream_ms,
+        _clamp(event.request_bytes, _U32), _clamp(event.response_bytes, _U32), event.guard_action,
+        event.guard_policy, [x.scanner for x in f], [x.rule for x in f], [x.action for x in f],
+        [x.severity for x in f], [x.direction for x in f], [x.location for x in f],
+        event.approval, event.cost_usd, _ts(event.received_at), _ts(event.finished_at), event.mcp_replica,
+        event.guard_replica, dict(event.tags),
+    ]  # fmt: skip
+
+
 def guard_row(event: GuardEvent) -> list[object]:
     """The `guard_verdicts` row of an event, in GUARD_COLUMNS order (rule ids and offsets, never the text)."""
     f = event.findings
@@ -298,6 +325,8 @@ def event_row(
             return BUDGET_ALERTS, alert_row(alert), alert
         if subject == subjects.events_batch.name:
             return BATCH_JOBS, batch_row(subjects.events_batch.decode(data)), None
+        if subject == subjects.events_mcp.name:
+            return MCP_CALLS, mcp_row(subjects.events_mcp.decode(data)), None
     except msgspec.DecodeError as exc:
         raise BadEvent(f"undecodable event on {subject}: {exc}") from exc
     except (ValueError, TypeError, OverflowError) as exc:

@@ -2,7 +2,8 @@
 to the ingress (or batch) inbox;
 router replies → `<p>.guardout.<id>.<request>` → scanned/restored → ingress inbox (only where a policy asks, or
 the caller logs content); redacted prompts and responses of callers that log content → `<p>.events.content`;
-`<p>.guard.scan` (ScanRequest) → ScanResult; every verdict with findings → `<p>.events.guard` (JetStream).
+`<p>.guard.scan` (ScanRequest) → ScanResult; every verdict with findings → `<p>.events.guard` (JetStream);
+`<p>.guard.mcp` (ToolCall) → arguments scanned → `<p>.mcp.call` → result scanned → ToolOutcome to ingress.
 
 Scans each request with the policy of its key (or model, or the default), then forwards it, redacted
 where the policy says so, or answers the ingress inbox directly with a block. Responses come back
@@ -15,6 +16,7 @@ import asyncio
 import logging
 import time
 import uuid
+from collections.abc import Callable
 
 import msgspec
 from faststream import FastStream
@@ -27,8 +29,9 @@ from services.guard.core import Guard
 from services.guard.relay import ResponseRelay
 from services.guard.settings import GuardSettings
 from services.guard.telemetry import finish_check, forward_headers, start_check
+from services.guard.tools import Scanned, ToolGuard
 from services.guard.verdicts import VerdictLog
-from shared import metrics
+from shared import mcp_errors, metrics
 from shared.bus import QueueWorker, answer_pings, ensure_events_stream
 from shared.config import load_config
 from shared.event_publisher import EventPublisher
@@ -36,10 +39,13 @@ from shared.natsconn import nats_broker
 from shared.schemas.admin import ScanFinding, ScanRequest, ScanResult
 from shared.schemas.chat import Outcome, Result, Verdict
 from shared.schemas.events import ContentEvent
+from shared.schemas.mcp import ToolCall, ToolOutcome
 from shared.subjects import Service, Subjects
 from shared.telemetry import Telemetry, TelemetryConfig
 
 log = logging.getLogger("gatehouse.guard")
+# the guard waits for the mcp stage this much longer than the call's own timeout (which the stage enforces)
+MCP_HOP_MARGIN_S = 2.0
 
 
 def scan_answer(guard: Guard, data: bytes, subject: Service[ScanRequest, ScanResult]) -> ScanResult:
@@ -87,6 +93,7 @@ class GuardHandlers:
         self.verdicts = VerdictLog(subjects.events_guard, events)
         self.replies = subjects.replies
         self.events = events
+        self.tools = ToolGuard(guard.rails, guard.config.mcp)
         self.relay = ResponseRelay(
             subjects.replies,
             guard.rails.stream_holdback_chars,
@@ -146,6 +153,50 @@ class GuardHandlers:
     async def on_response(self, msg: Msg) -> None:
         await self.relay.on_reply(msg.subject[len(self.out_prefix) + 1 :], msg.data)
 
+    async def on_tool_call(self, msg: Msg) -> None:
+        """Scan a tool call's arguments, call the mcp stage, scan the result; answer ingress with the outcome."""
+        if not msg.reply:
+            return
+        try:
+            call = self.subjects.guard_mcp.decode(msg.data)
+        except msgspec.MsgspecError:
+            log.warning("malformed tool call on %s dropped", msg.subject)
+            return
+        outcome = await self._tool_call(call, msg.headers)
+        await msg.respond(self.subjects.guard_mcp.encode_reply(outcome))
+
+    async def _tool_call(self, call: ToolCall, headers: dict[str, str] | None) -> ToolOutcome:
+        scanned = self._scanned(call.call_id, "input", lambda: self.tools.scan_arguments(call))
+        if scanned.error is not None:
+            return ToolOutcome(call_id=call.call_id, error=scanned.error, guard_input=scanned.summary)
+        if scanned.data is not call.arguments:
+            call = msgspec.structs.replace(call, arguments=scanned.data)
+        subject = self.subjects.mcp_call
+        try:
+            reply = await self.broker.connection.request(
+                subject.name, subject.encode(call), timeout=call.timeout_s + MCP_HOP_MARGIN_S, headers=headers
+            )
+            outcome = subject.decode_reply(reply.data)
+        except Exception as exc:
+            log.warning("tool call %s: the mcp stage did not answer: %s", call.call_id, type(exc).__name__)
+            error = mcp_errors.gateway_unavailable("MCP stage")
+            return ToolOutcome(call_id=call.call_id, error=error, guard_input=scanned.summary)
+        outcome = msgspec.structs.replace(outcome, guard_input=scanned.summary)
+        if outcome.error is not None or not outcome.result:
+            return outcome
+        result = self._scanned(call.call_id, "output", lambda: self.tools.scan_result(call, outcome.result))
+        return msgspec.structs.replace(outcome, result=result.data, error=result.error, guard_output=result.summary)
+
+    def _scanned(self, call_id: str, direction: str, scan: Callable[[], Scanned]) -> Scanned:
+        started = time.perf_counter_ns()
+        scanned = scan()
+        us = (time.perf_counter_ns() - started) // 1000
+        if scanned.summary is not None:
+            summary = msgspec.structs.replace(scanned.summary, scan_us=us, replica=self.replica)
+            self.verdicts.record(call_id, summary, list(summary.findings), direction, us)
+            scanned = Scanned(scanned.data, summary, scanned.error)
+        return scanned
+
     async def on_scan(self, msg: Msg) -> None:
         if msg.reply:
             scan = self.subjects.guard_scan
@@ -162,6 +213,9 @@ def create_app(settings: GuardSettings) -> FastStream:
     telemetry.serve_metrics()
     chat_in, scan = subjects.guard_chat, subjects.guard_scan
     worker = QueueWorker(chat_in.name, chat_in.queue, handlers.on_request, settings.guard_max_concurrency)
+    tools = subjects.guard_mcp
+    # tool calls wait on their upstream: they have slots of their own, so a slow tool never holds up chat
+    tool_worker = QueueWorker(tools.name, tools.queue, handlers.on_tool_call, settings.guard_mcp_max_concurrency)
     scanner = QueueWorker(scan.name, scan.queue, handlers.on_scan, settings.guard_max_concurrency)
     app = FastStream(broker, logger=log)
     subs: list[Subscription] = []
@@ -181,6 +235,7 @@ def create_app(settings: GuardSettings) -> FastStream:
         )
         await worker.start(nc)
         await scanner.start(nc)
+        await tool_worker.start(nc)
         subs.append(await answer_pings(nc, subjects.ping("guard"), chat_in.queue))
         sweeper.append(asyncio.create_task(handlers.relay.sweep_forever()))
 
@@ -188,6 +243,7 @@ def create_app(settings: GuardSettings) -> FastStream:
     async def _drain() -> None:
         await worker.stop()
         await scanner.stop()
+        await tool_worker.stop()
         for sub in subs:
             await sub.unsubscribe()
         for task in sweeper:

@@ -52,6 +52,7 @@ def block_error(decisions: Sequence[Decision], policy: str, *, response: bool = 
 
 class Guard:
     def __init__(self, config: GatehouseConfig) -> None:
+        self.config = config
         self.rails = Guardrails.from_config(config)
         self._restore = {name: p.restore_response for name, p in config.guardrails.policies.items()}
         for name, missing in self.rails.unavailable.items():

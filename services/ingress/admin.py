@@ -297,6 +297,16 @@ class AdminApi:
 
         return endpoint
 
+    def admin_only(self, handler: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
+        """An endpoint for the admin key alone (e.g. the MCP approvals): 401/403 for anyone else."""
+
+        async def endpoint(request: Request, actor: Actor) -> Response:
+            if not actor.is_admin:
+                raise PermissionDeniedError("Only the admin key may call this endpoint.")
+            return await handler(request)
+
+        return self._wrap(endpoint)
+
     def _actor(self, request: Request) -> Actor:
         token = bearer_token(request.headers.get("authorization"), request.headers.get("x-api-key"))
         if not token:

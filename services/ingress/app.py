@@ -8,6 +8,7 @@ publishes the request, relays the reply, and records every request, failed ones 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import time
@@ -16,10 +17,12 @@ from contextlib import asynccontextmanager
 
 import msgspec
 from faststream.nats import NatsBroker
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 from nats.errors import ConnectionClosedError, ConnectionDrainingError, OutboundBufferLimitError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
@@ -27,7 +30,15 @@ from services.ingress import apis
 from services.ingress.admin import AdminApi
 from services.ingress.anthropic_batches import AnthropicBatches
 from services.ingress.batches import BatchEndpoints
+from services.ingress.body import read_body
 from services.ingress.fleet import Fleet, gather, merge
+from services.ingress.mcp.admin import McpAdmin
+from services.ingress.mcp.approvals import Approvals
+from services.ingress.mcp.calls import ToolCalls
+from services.ingress.mcp.catalog import CatalogCache
+from services.ingress.mcp.endpoint import McpEndpoint
+from services.ingress.mcp.runs import RUN_HEADER, BadRunId, RunLimitError, Runs, run_id_of
+from services.ingress.mcp.sessions import Sessions
 from services.ingress.routing import client_deadline, route_choice
 from services.ingress.telemetry import MetricsEndpoint, finish_request, start_request, traceparent
 from shared import metrics
@@ -45,13 +56,14 @@ from shared.errors import (
     InvalidRequestError,
     MethodNotAllowedError,
     NotFoundError,
-    PayloadTooLargeError,
+    RunLimitExceeded,
     ServiceUnavailableError,
     UnknownEndpointError,
     error_body,
 )
 from shared.event_publisher import EventPublisher
 from shared.files import FileStore
+from shared.governance import RunLimits
 from shared.inbox import Inbox, NoResponders, next_reply
 from shared.keystore import KeyStore
 from shared.natsconn import NatsLink, nats_broker, nats_problem
@@ -69,6 +81,7 @@ from shared.schemas.chat import (
     Result,
     Verdict,
 )
+from shared.schemas.mcp import Catalog, CatalogQuery
 from shared.schemas.openai import ChatCompletionRequest
 from shared.subjects import Subjects
 from shared.telemetry import Telemetry
@@ -104,23 +117,6 @@ def error_response(info: ErrorInfo, request_id: str = "") -> JSONResponse:
     return JSONResponse(error_body(info), status_code=info.status, headers=error_headers(info, request_id))
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLargeError(f"The request body is {declared} bytes; the limit is {limit} bytes.")
-    chunks: list[bytes] = []
-    size = 0
-    try:
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise PayloadTooLargeError(f"The request body exceeds the limit of {limit} bytes.")
-            chunks.append(chunk)
-    except ClientDisconnect as exc:
-        raise InvalidRequestError("The client closed the connection before sending the whole body.") from exc
-    return b"".join(chunks)
-
-
 class Gateway:
     """The request path of one ingress process."""
 
@@ -154,6 +150,28 @@ class Gateway:
         self._ready_at = -10.0
         self._ready_reason = "starting"
         self._tasks: set[asyncio.Task[None]] = set()
+        # MCP (services/ingress/mcp/): sessions of this replica, the catalog, and the tool call path
+        self.counters: Counters | None = None
+        self._mcp_sub: Subscription | None = None
+        self.runs: Runs | None = None
+        self.approvals: Approvals | None = None
+        self.mcp_catalog = CatalogCache(self.catalog)
+        self.tool_calls = ToolCalls(
+            config.mcp,
+            subjects,
+            lambda: self.broker.connection,
+            lambda: self.counters,
+            events,
+            lambda: self.approvals,
+            lambda: self.runs,
+        )
+        self.mcp = McpEndpoint(
+            self.auth,
+            self.tool_calls,
+            self.mcp_catalog,
+            Sessions(config.mcp.session_idle_s, config.mcp.max_sessions),
+            config.server.max_body_bytes,
+        )
 
     # ---- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
@@ -163,8 +181,18 @@ class Gateway:
         await ensure_events_stream(js, self.subjects)
         await ensure_counter_streams(nc, self.subjects)
         gov = self.config.governance
+        self.counters = Counters(nc, self.nats_timeout_s)
+        self.runs = Runs(self.counters, self.subjects, RunLimits(**self.config.mcp.runs.model_dump()))
+        self.approvals = Approvals(js, self.subjects.mcp_approvals_bucket)
+        changed = self.subjects.mcp_changed
+
+        async def on_changed(msg: Msg) -> None:
+            with contextlib.suppress(msgspec.MsgspecError):
+                self.mcp.changed(changed.decode(msg.data))
+
+        self._mcp_sub = await nc.subscribe(changed.name, cb=on_changed)
         self.governor = Governor(
-            Counters(nc, self.nats_timeout_s),
+            self.counters,
             self.subjects,
             quotas_fail_open=gov.quotas_when_unavailable == "open",
             reservation_grace_s=gov.reservation_grace_s,
@@ -182,6 +210,8 @@ class Gateway:
         if self._tasks:
             await asyncio.wait(set(self._tasks), timeout=CANCEL_GRACE_S + 1)
         await self.inbox.stop()
+        if self._mcp_sub is not None:
+            await self._mcp_sub.unsubscribe()
         if self.keystore is not None:
             await self.keystore.stop()
         if self.governor is not None:
@@ -250,6 +280,15 @@ class Gateway:
         return JSONResponse(
             {"id": name, "object": "model", "created": 0, "owned_by": model.owned_by}, headers={"x-request-id": rid}
         )
+
+    async def catalog(self, query: CatalogQuery) -> Catalog:
+        """Every upstream MCP server's lists and health, from an mcp stage replica."""
+        subject = self.subjects.mcp_catalog
+        try:
+            msg = await self.broker.connection.request(subject.name, subject.encode(query), timeout=self.nats_timeout_s)
+        except Exception as exc:
+            raise ServiceUnavailableError("No mcp stage replica answered; try again shortly.") from exc
+        return subject.decode_reply(msg.data)
 
     async def usage(self, query: UsageQuery) -> dict[str, object]:
         """A usage summary from accounting (the admin API's `/usage`)."""
@@ -330,6 +369,7 @@ class Gateway:
                     native = None  # the client's own body still says what the policy changed
                 chat = policed
             deadline = client_deadline(request.headers, record.received_at, self.timeout)
+            await self._run_admit(ent, record, request.headers.get(RUN_HEADER))
             admitted = await self._admit(ent, record, parsed, chat, target.name, deadline)
             if admitted.max_tokens is not None and chat is not None:
                 chat = with_max_output(chat, admitted.max_tokens)
@@ -358,6 +398,21 @@ class Gateway:
             # a bug must still give the client an OpenAI error and leave the request's record
             log.exception("request %s failed unexpectedly", record.request_id)
             return self._fail(api, record, GatewayError("The gateway hit an internal error.").info())
+
+    async def _run_admit(self, ent: Entitlement, record: RequestRecord, header: str | None) -> None:
+        """Count a model call of the client's agent run (x-gatehouse-run-id), within the run's limits."""
+        try:
+            run_id = run_id_of(header)
+        except BadRunId as exc:
+            raise InvalidRequestError(str(exc)) from None
+        if not run_id or self.runs is None:
+            return
+        try:
+            await self.runs.model_call(ent, run_id)
+        except RunLimitError as exc:
+            raise RunLimitExceeded(str(exc)) from None
+        record.tags = {**record.tags, "run_id": run_id}
+        record.run = (ent, run_id)
 
     async def _admit(
         self,
@@ -405,6 +460,12 @@ class Gateway:
             usage = record.outcome.usage if record.outcome else None
             tokens = (usage.input_tokens + usage.output_tokens) if usage else 0
             self._spawn(self.governor.finish(admitted, tokens))
+        if record.run is not None and self.runs is not None and record.outcome is not None and record.outcome.usage:
+            usage = record.outcome.usage
+            pricing = self.pricing.get(record.model)
+            if pricing is not None:
+                cost = pricing.worst_case(usage.input_tokens, usage.output_tokens)
+                self._spawn(self.runs.spent(record.run[0], record.run[1], cost))
         finished = time.monotonic()
         self.records.submit(record, finished)
         finish_request(record, self.models, finished)
@@ -680,6 +741,8 @@ def create_app(
         Route("/v1/responses", guarded(gw.responses), methods=["POST"]),
         Route("/v1/models", guarded(gw.list_models), methods=["GET"]),
         Route("/v1/models/{model:path}", guarded(gw.retrieve_model), methods=["GET"]),
+        Route("/mcp", guarded(gw.mcp.handle), methods=["GET", "POST", "DELETE"]),
+        *McpAdmin(admin.admin_only, lambda: gw.approvals, gw.catalog).routes(),
         *admin.routes(),
         *batches.routes(),
         *message_batches.routes(),

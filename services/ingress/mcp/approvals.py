@@ -1,0 +1,133 @@
+"""Tool calls that need an admin's approval: each waits as an `Approval` in a KV bucket (so any ingress replica's
+admin API can decide it) until an admin approves or denies it, or its time runs out.
+
+Admin API (admin key only): `GET /admin/v1/mcp/approvals` (pending ones), `GET …/{id}`,
+`POST …/{id}/approve`, `POST …/{id}/deny` (optional JSON body `{"reason": "…"}`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from typing import Literal
+
+import msgspec
+from nats.js import JetStreamContext
+from nats.js.api import KeyValueConfig, StorageType
+from nats.js.errors import BucketNotFoundError, KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.kv import KeyValue
+
+from shared.schemas.mcp import Approval
+
+log = logging.getLogger("gatehouse.ingress.approvals")
+
+_ENCODE = msgspec.json.Encoder()
+_DECODE = msgspec.json.Decoder(Approval)
+# the arguments an approver sees are cut to this many characters
+MAX_SHOWN_ARGUMENTS = 4096
+# decided or expired approvals stay readable this long (the bucket's max age)
+KEEP_S = 7 * 86400
+
+Outcome = Literal["approved", "denied", "timeout"]
+
+
+class ApprovalConflict(Exception):
+    """The approval was decided already (or expired)."""
+
+
+class Approvals:
+    def __init__(self, js: JetStreamContext, bucket: str) -> None:
+        self._js = js
+        self._bucket = bucket
+        self._kv: KeyValue | None = None
+
+    async def kv(self) -> KeyValue:
+        if self._kv is None:
+            try:
+                self._kv = await self._js.key_value(self._bucket)
+            except BucketNotFoundError:
+                self._kv = await self._js.create_key_value(
+                    KeyValueConfig(bucket=self._bucket, history=1, ttl=KEEP_S, storage=StorageType.FILE)
+                )
+        return self._kv
+
+    async def wait(self, approval: Approval) -> tuple[Outcome, Approval]:
+        """Publish the approval as pending and wait for an admin's decision until it expires."""
+        kv = await self.kv()
+        shown = approval.arguments[:MAX_SHOWN_ARGUMENTS]
+        approval = msgspec.structs.replace(approval, arguments=shown)
+        await kv.create(approval.call_id, _ENCODE.encode(approval))
+        watcher = await kv.watch(approval.call_id)
+        try:
+            while True:
+                left = approval.expires_at - time.time()
+                if left <= 0:
+                    break
+                try:
+                    entry = await watcher.updates(timeout=left)  # type: ignore[no-untyped-call]  # nats-py is untyped here
+                except TimeoutError:
+                    break
+                if entry is None or entry.value is None:
+                    continue
+                current = _DECODE.decode(entry.value)
+                if current.state != "pending":
+                    return current.state, current
+        finally:
+            with contextlib.suppress(Exception):
+                await watcher.stop()  # type: ignore[no-untyped-call]  # nats-py is untyped here
+        # expired: a decision racing the deadline still wins if it got in first
+        try:
+            expired = await self.decide(approval.call_id, "denied", "gatehouse", "timed out")
+        except ApprovalConflict:
+            entry = await kv.get(approval.call_id)
+            current = _DECODE.decode(entry.value or b"")
+            if current.state == "approved":
+                return "approved", current
+            return "denied", current
+        return "timeout", expired
+
+    async def decide(self, call_id: str, state: Literal["approved", "denied"], who: str, reason: str = "") -> Approval:
+        kv = await self.kv()
+        try:
+            entry = await kv.get(call_id)
+        except KeyNotFoundError as exc:
+            raise KeyError(call_id) from exc
+        current = _DECODE.decode(entry.value or b"")
+        if current.state != "pending" or (time.time() > current.expires_at and who != "gatehouse"):
+            raise ApprovalConflict(call_id)
+        decided = msgspec.structs.replace(
+            current, state=state, decided_by=who, decided_at=time.time(), reason=reason[:500]
+        )
+        try:
+            await kv.update(call_id, _ENCODE.encode(decided), last=entry.revision)
+        except KeyWrongLastSequenceError as exc:
+            raise ApprovalConflict(call_id) from exc
+        return decided
+
+    async def get(self, call_id: str) -> Approval:
+        kv = await self.kv()
+        try:
+            entry = await kv.get(call_id)
+        except KeyNotFoundError as exc:
+            raise KeyError(call_id) from exc
+        return _DECODE.decode(entry.value or b"")
+
+    async def pending(self) -> list[Approval]:
+        kv = await self.kv()
+        try:
+            keys = await kv.keys()
+        except Exception:
+            return []
+        out: list[Approval] = []
+        for key in keys:
+            with contextlib.suppress(KeyNotFoundError):
+                entry = await kv.get(key)
+                approval = _DECODE.decode(entry.value or b"")
+                if approval.state == "pending" and approval.expires_at > time.time():
+                    out.append(approval)
+        return sorted(out, key=lambda a: a.created_at)
+
+
+def encode(approval: Approval) -> bytes:
+    return _ENCODE.encode(approval)

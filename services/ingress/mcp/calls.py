@@ -1,0 +1,361 @@
+"""The path of one MCP call through ingress: the key may use the tool → the argument rules allow it → the agent
+run has room → the calls-per-minute quota → an admin approves (where a rule asks) → the price fits the budgets →
+the guard (arguments scanned) → the mcp stage (the upstream call) → the guard (result scanned) → the client.
+Every call, refused ones included, leaves one record (`<p>.events.mcp` → the `mcp_calls` table).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+from nats.aio.client import Client
+from nats.errors import NoRespondersError
+
+from services.ingress.mcp.approvals import Approvals
+from services.ingress.mcp.rules import decide
+from services.ingress.mcp.runs import RunLimitError, Runs
+from shared import mcp_errors, metrics
+from shared.admission import exceeded
+from shared.bus import REQUEST_ID, TRACEPARENT
+from shared.counters import Count, CounterError, Counters, Op
+from shared.directory import Entitlement
+from shared.event_publisher import EventPublisher
+from shared.mcp_config import McpConfig, split_name
+from shared.periods import period_key, window, window_reset
+from shared.schemas.chat import GuardFinding, GuardSummary
+from shared.schemas.mcp import Approval, McpCallEvent, McpError, McpMethod, ToolCall, ToolOutcome
+from shared.subjects import Subjects
+
+log = logging.getLogger("gatehouse.ingress.mcp")
+
+MICRO = 1_000_000
+# ingress waits for the guard this much longer than the call's own timeout (the stages behind enforce it)
+HOP_MARGIN_S = 5.0
+_OBJECT = msgspec.json.Decoder(dict[str, Any])
+_JSON = msgspec.json.Encoder()
+
+
+class CallFailed(Exception):
+    """The call ends with this JSON-RPC error (the record names its status)."""
+
+    def __init__(self, error: McpError) -> None:
+        super().__init__(error.message)
+        self.error = error
+
+
+@dataclass
+class CallContext:
+    """Who calls, and what the request carried beside the JSON-RPC message."""
+
+    ent: Entitlement
+    session_id: str = ""
+    run_id: str = ""
+    trace_id: str = ""
+    traceparent: str = ""
+    tags: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class _Record:
+    call_id: str
+    method: str
+    received_at: float
+    started: float
+    server: str = ""
+    tool: str = ""
+    request_bytes: int = 0
+    response_bytes: int = 0
+    outcome: ToolOutcome | None = None
+    error: McpError | None = None
+    approval: str = ""
+    cost_usd: float = 0.0
+    is_tool_error: bool = False
+
+
+def target(method: McpMethod, params: dict[str, Any]) -> tuple[str, str, bytes]:
+    """(namespaced name, upstream name, arguments JSON) of a call's params; CallFailed when they are wrong."""
+    if method == "resources/read":
+        name = params.get("uri")
+        arguments: Any = None
+    else:
+        name = params.get("name")
+        arguments = params.get("arguments")
+    what = "uri" if method == "resources/read" else "name"
+    if not isinstance(name, str) or not name:
+        raise CallFailed(mcp_errors.invalid(f"`params.{what}` must be a non-empty string."))
+    if arguments is not None and not isinstance(arguments, dict):
+        raise CallFailed(mcp_errors.invalid("`params.arguments` must be an object."))
+    split = split_name(name)
+    if split is None:
+        raise CallFailed(mcp_errors.invalid(f"Unknown {what} '{name[:200]}': names look like <server>__<name>."))
+    return name, split[1], _JSON.encode(arguments) if arguments else b""
+
+
+@dataclass(frozen=True, slots=True)
+class Charge:
+    """The spend counters a call's price was added to, and how much (micro-USD), to give back if it fails."""
+
+    subjects: list[str]
+    micro: int
+
+
+class ToolCalls:
+    def __init__(
+        self,
+        config: McpConfig,
+        subjects: Subjects,
+        connection: Callable[[], Client],
+        counters: Callable[[], Counters | None],
+        events: EventPublisher,
+        approvals: Callable[[], Approvals | None],
+        runs: Callable[[], Runs | None],
+        replica: str = "",
+    ) -> None:
+        self.config = config
+        self.subjects = subjects
+        self._nc = connection
+        self._counters = counters
+        self._events = events
+        self._approvals = approvals
+        self._runs = runs
+        self.replica = replica
+        self._pending: set[asyncio.Task[object]] = set()
+
+    async def call(self, ctx: CallContext, method: McpMethod, params: dict[str, Any]) -> dict[str, Any]:
+        """The call's result (a JSON-RPC result object); CallFailed with the error the client gets."""
+        rec = _Record(uuid.uuid4().hex, method, time.time(), time.monotonic())
+        try:
+            name, upstream_name, arguments = target(method, params)
+            rec.tool, rec.request_bytes = name, len(arguments)
+            rec.server = (split_name(name) or ("", ""))[0]
+            if rec.server not in self.config.servers:
+                raise CallFailed(mcp_errors.invalid(f"Unknown name '{name[:200]}': no MCP server '{rec.server}'."))
+            if not ctx.ent.allows_tool(name):
+                raise CallFailed(mcp_errors.denied(f"This key may not use '{name}'."))
+            rule = decide(self.config.rules, name, _OBJECT.decode(arguments) if arguments else {})
+            if rule.action == "deny":
+                why = rule.message or f"argument rule {rule.rule} of the gateway's config"
+                raise CallFailed(mcp_errors.denied(f"The call to '{name}' was denied: {why}."))
+            price = self.config.servers[rec.server].price(upstream_name) if method == "tools/call" else 0.0
+            await self._run(ctx, name, arguments, price)
+            await self._quota(ctx.ent)
+            if rule.action == "approve":
+                rec.approval = await self._approval(ctx, rec, name, arguments, rule.rule)
+            holds = await self._charge(ctx.ent, price)
+            rec.cost_usd = price
+            try:
+                outcome = await self._dispatch(ctx, rec, method, upstream_name, arguments)
+            except CallFailed:
+                self._give_back(holds)
+                rec.cost_usd = 0.0
+                raise
+            rec.outcome = outcome
+            if outcome.error is not None:
+                if outcome.error.status in ("unavailable", "timeout"):
+                    self._give_back(holds)  # the tool never answered: it is not charged
+                    rec.cost_usd = 0.0
+                raise CallFailed(outcome.error)
+            result = _OBJECT.decode(outcome.result)
+            rec.response_bytes = len(outcome.result)
+            rec.is_tool_error = bool(result.get("isError"))
+            return result
+        except CallFailed as exc:
+            rec.error = exc.error
+            raise
+        except msgspec.DecodeError:
+            rec.error = mcp_errors.invalid("The arguments are not a JSON object.")
+            raise CallFailed(rec.error) from None
+        finally:
+            self._record(ctx, rec)
+
+    # ---- the steps ---------------------------------------------------------------------------------
+    async def _run(self, ctx: CallContext, name: str, arguments: bytes, price: float) -> None:
+        runs = self._runs()
+        if not ctx.run_id or runs is None:
+            return
+        try:
+            await runs.tool_call(ctx.ent, ctx.run_id, name, arguments, price)
+        except RunLimitError as exc:
+            raise CallFailed(McpError(code=mcp_errors.RUN_LIMIT, message=str(exc), status="run_limit")) from None
+
+    async def _quota(self, ent: Entitlement) -> None:
+        counters = self._counters()
+        limited = [(s, q) for s in ent.scopes if (q := s.limits.quotas.tool_calls_per_minute) is not None]
+        if not limited or counters is None:
+            return
+        now = time.time()
+        minute = window(now)
+        results = await counters.add_many([Op(self.subjects.tool_quota_counter(s.name, minute), 1) for s, _ in limited])
+        for (scope, limit), result in zip(limited, results, strict=True):
+            if isinstance(result, CounterError):
+                log.warning("tool quota counters unavailable: %s", result)
+                continue
+            if result.value > limit:
+                raise CallFailed(
+                    McpError(
+                        code=mcp_errors.RATE_LIMITED,
+                        message=f"Rate limit reached for {scope.level} '{scope.id}': {limit} tool calls per minute; "
+                        f"try again in {math.ceil(window_reset(now))}s.",
+                        status="rate_limited",
+                    )
+                )
+
+    async def _approval(self, ctx: CallContext, rec: _Record, name: str, arguments: bytes, rule: int) -> str:
+        approvals = self._approvals()
+        if approvals is None:
+            raise CallFailed(mcp_errors.gateway_unavailable("approval store"))
+        now = time.time()
+        c = ctx.ent.caller
+        pending = Approval(
+            call_id=rec.call_id,
+            server=rec.server,
+            tool=name,
+            arguments=arguments.decode() if arguments else "{}",
+            key_id=c.key_id,
+            team=c.team,
+            project=c.project,
+            rule=str(rule),
+            created_at=now,
+            expires_at=now + self.config.approval_timeout_s,
+        )
+        state, decided = await approvals.wait(pending)
+        if state == "approved":
+            return state
+        if state == "timeout":
+            raise CallFailed(
+                McpError(
+                    code=mcp_errors.APPROVAL_TIMEOUT,
+                    message=f"The call to '{name}' needed an approval that did not come within "
+                    f"{self.config.approval_timeout_s:g}s (approval id {rec.call_id}).",
+                    status="approval_timeout",
+                )
+            )
+        reason = f": {decided.reason}" if decided.reason else ""
+        raise CallFailed(
+            McpError(
+                code=mcp_errors.APPROVAL_DENIED,
+                message=f"The call to '{name}' was denied by an approver{reason}.",
+                status="approval_denied",
+            )
+        )
+
+    async def _charge(self, ent: Entitlement, price: float) -> Charge:
+        """Add the call's price to every budget of the key's levels; a hard one it would cross refuses the
+        call (its additions given back). Returns the spend counters charged, to give back if the call fails."""
+        counters = self._counters()
+        budgets = [(s, b) for s in ent.scopes for b in s.limits.budgets]
+        if price <= 0 or not budgets or counters is None:
+            return Charge([], 0)
+        now = time.time()
+        micro = math.ceil(price * MICRO)
+        subjects = [self.subjects.spend_counter(s.name, period_key(b.period, now, ent.timezone)) for s, b in budgets]
+        results = await counters.add_many([Op(subject, micro) for subject in subjects])
+        charge = Charge([subject for subject, r in zip(subjects, results, strict=True) if isinstance(r, Count)], micro)
+        for (scope, budget), result in zip(budgets, results, strict=True):
+            over = isinstance(result, Count) and result.value > round(budget.amount_usd * MICRO)
+            if budget.hard and (over or isinstance(result, CounterError)):
+                self._give_back(charge)
+                info = exceeded(scope, budget, now, ent, "this tool call").info()
+                raise CallFailed(McpError(code=mcp_errors.BUDGET_EXCEEDED, message=info.message, status="budget"))
+        return charge
+
+    def _give_back(self, charge: Charge) -> None:
+        counters = self._counters()
+        if not charge.subjects or counters is None:
+            return
+        task = asyncio.get_running_loop().create_task(
+            counters.add_many([Op(s, -charge.micro) for s in charge.subjects])
+        )
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def _dispatch(
+        self, ctx: CallContext, rec: _Record, method: McpMethod, upstream_name: str, arguments: bytes
+    ) -> ToolOutcome:
+        timeout = self.config.timeout_for(rec.server)
+        call = ToolCall(
+            call_id=rec.call_id,
+            method=method,
+            server=rec.server,
+            name=upstream_name,
+            arguments=arguments,
+            caller=ctx.ent.caller,
+            timeout_s=timeout,
+            received_at=rec.received_at,
+            trace_id=ctx.trace_id,
+            run_id=ctx.run_id,
+        )
+        subject = self.subjects.guard_mcp
+        headers = {REQUEST_ID: rec.call_id}
+        if ctx.traceparent:
+            headers[TRACEPARENT] = ctx.traceparent
+        try:
+            reply = await self._nc().request(
+                subject.name, subject.encode(call), timeout=timeout + HOP_MARGIN_S, headers=headers
+            )
+        except NoRespondersError:
+            raise CallFailed(mcp_errors.gateway_unavailable("guard")) from None
+        except TimeoutError:
+            raise CallFailed(mcp_errors.upstream_timeout(rec.server, timeout)) from None
+        try:
+            return subject.decode_reply(reply.data)
+        except msgspec.DecodeError:
+            raise CallFailed(mcp_errors.gateway_unavailable("guard")) from None
+
+    # ---- the record ------------------------------------------------------------------------------------
+    def _record(self, ctx: CallContext, rec: _Record) -> None:
+        outcome = rec.outcome
+        findings: list[GuardFinding] = []
+        summaries = [s for s in (outcome.guard_input, outcome.guard_output) if s is not None] if outcome else []
+        for summary in summaries:
+            findings.extend(summary.findings)
+        worst = _worst(summaries)
+        status = rec.error.status if rec.error is not None else ("tool_error" if rec.is_tool_error else "ok")
+        finished = time.time()
+        latency = (time.monotonic() - rec.started) * 1000
+        event = McpCallEvent(
+            event_id=uuid.uuid4().hex,
+            call_id=rec.call_id,
+            trace_id=ctx.trace_id,
+            run_id=ctx.run_id,
+            session_id=ctx.session_id,
+            method=rec.method,
+            server=rec.server,
+            tool=rec.tool,
+            caller=ctx.ent.caller,
+            status=status,
+            error_code=rec.error.code if rec.error is not None else 0,
+            error_message=rec.error.message[:1000] if rec.error is not None else "",
+            latency_ms=latency,
+            upstream_ms=outcome.upstream_ms if outcome else 0.0,
+            request_bytes=rec.request_bytes,
+            response_bytes=rec.response_bytes,
+            guard_action=worst.action if worst else "",
+            guard_policy=worst.policy if worst else "",
+            guard_findings=findings,
+            approval=rec.approval
+            or (rec.error.status if rec.error and rec.error.status.startswith("approval") else ""),
+            cost_usd=rec.cost_usd,
+            received_at=rec.received_at,
+            finished_at=finished,
+            mcp_replica=outcome.mcp_replica if outcome else "",
+            guard_replica=summaries[0].replica if summaries else "",
+            tags=ctx.tags,
+        )
+        self._events.publish(self.subjects.events_mcp, event, event.event_id)
+        metrics.mcp_call(rec.server or "unknown", status, latency / 1000)
+
+
+_RANK = {"allow": 0, "flag": 1, "redact": 2, "block": 3}
+
+
+def _worst(summaries: list[GuardSummary]) -> GuardSummary | None:
+    return max(summaries, key=lambda s: _RANK.get(s.action, 0), default=None)

@@ -1,0 +1,140 @@
+"""mcp: `<p>.mcp.call` (ToolCall, from the guard) → the upstream MCP server's session → ToolOutcome to the reply
+inbox; `<p>.mcp.catalog` (CatalogQuery) → every server's lists and health; a server's list-changed
+notification → `<p>.mcp.changed` (every ingress replica).
+
+Holds one session per configured upstream server (Streamable HTTP, legacy SSE, or a stdio child it launches
+and relaunches with backoff), so the MCP stage scales on its own: each replica holds its own sessions, and
+calls are shared among replicas by the queue group.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable
+
+import msgspec
+from faststream import FastStream
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
+from services.mcp.settings import McpSettings
+from services.mcp.telemetry import finish_call, start_call
+from services.mcp.upstream import Upstream
+from shared import mcp_errors, metrics
+from shared.bus import TRACEPARENT, QueueWorker, answer_pings
+from shared.config import load_config
+from shared.mcp_config import McpConfig
+from shared.natsconn import nats_broker
+from shared.schemas.mcp import Catalog, CatalogChanged, CatalogKind, ToolOutcome
+from shared.subjects import Subjects
+from shared.telemetry import Telemetry, TelemetryConfig
+
+log = logging.getLogger("gatehouse.mcp")
+
+
+class McpStage:
+    """The upstream sessions of one replica, and its answers to calls and catalog queries."""
+
+    def __init__(self, config: McpConfig, subjects: Subjects, replica: str) -> None:
+        self.config = config
+        self.subjects = subjects
+        self.replica = replica
+        self.publish: Callable[[str, bytes], Awaitable[None]] | None = None
+        self.upstreams = {name: Upstream(name, cfg, os.environ, self._changed) for name, cfg in config.servers.items()}
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def _changed(self, server: str, kinds: list[CatalogKind]) -> None:
+        metrics.mcp_upstream_up(server, self.upstreams[server].healthy)
+        if self.publish is not None:
+            changed = self.subjects.mcp_changed
+            await self.publish(changed.name, changed.encode(CatalogChanged(server=server, kinds=kinds)))
+
+    def start(self) -> None:
+        for upstream in self.upstreams.values():
+            metrics.mcp_upstream_up(upstream.name, False)
+            self._tasks.append(asyncio.create_task(upstream.run(), name=f"mcp-{upstream.name}"))
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=10)
+
+    async def call(self, data: bytes, traceparent: str | None = None) -> ToolOutcome:
+        subject = self.subjects.mcp_call
+        try:
+            call = subject.decode(data)
+        except msgspec.MsgspecError:
+            return ToolOutcome(call_id="", error=mcp_errors.invalid("Malformed tool call."), mcp_replica=self.replica)
+        upstream = self.upstreams.get(call.server)
+        if upstream is None:
+            unknown = mcp_errors.denied(f"Unknown MCP server '{call.server}'.")
+            return ToolOutcome(call_id=call.call_id, error=unknown, mcp_replica=self.replica)
+        span = start_call(call, traceparent)
+        started = time.perf_counter()
+        result, error = await upstream.call(call.method, call.name, call.arguments, call.timeout_s)
+        seconds = time.perf_counter() - started
+        finish_call(span, call, error, seconds)
+        return ToolOutcome(
+            call_id=call.call_id, result=result, error=error, upstream_ms=seconds * 1000, mcp_replica=self.replica
+        )
+
+    def catalog(self, data: bytes) -> Catalog:
+        try:
+            query = self.subjects.mcp_catalog.decode(data)
+        except msgspec.MsgspecError:
+            return Catalog(replica=self.replica)
+        wanted = set(query.servers)
+        return Catalog(
+            servers=[u.catalog() for u in self.upstreams.values() if not wanted or u.name in wanted],
+            replica=self.replica,
+        )
+
+
+def create_app(settings: McpSettings) -> FastStream:
+    config = load_config(settings.config)
+    subjects = Subjects(settings.subject_prefix)
+    broker = nats_broker(settings.nats_link("mcp"))
+    stage = McpStage(config.mcp, subjects, settings.replica)
+    telemetry = Telemetry(TelemetryConfig.of(settings, "mcp", settings.otlp_headers.get_secret_value()), subjects)
+    telemetry.serve_metrics()
+
+    async def on_call(msg: Msg) -> None:
+        if msg.reply:
+            outcome = await stage.call(msg.data, msg.headers.get(TRACEPARENT) if msg.headers else None)
+            await msg.respond(subjects.mcp_call.encode_reply(outcome))
+
+    async def on_catalog(msg: Msg) -> None:
+        if msg.reply:
+            await msg.respond(subjects.mcp_catalog.encode_reply(stage.catalog(msg.data)))
+
+    call, catalog = subjects.mcp_call, subjects.mcp_catalog
+    worker = QueueWorker(call.name, call.queue, on_call, settings.mcp_max_concurrency)
+    lister = QueueWorker(catalog.name, catalog.queue, on_catalog, 16)
+    app = FastStream(broker, logger=log)
+    subs: list[Subscription] = []
+
+    @app.after_startup
+    async def _start() -> None:
+        nc = broker.connection
+        stage.publish = nc.publish
+        await telemetry.start(nc)
+        metrics.in_flight(lambda: worker.in_flight)
+        stage.start()
+        await worker.start(nc)
+        await lister.start(nc)
+        subs.append(await answer_pings(nc, subjects.ping("mcp"), call.queue))
+
+    @app.on_shutdown
+    async def _drain() -> None:
+        await worker.stop()
+        await lister.stop()
+        for sub in subs:
+            await sub.unsubscribe()
+        await stage.stop()
+        await telemetry.stop()
+
+    return app

@@ -1,0 +1,245 @@
+"""One upstream MCP server: its session (Streamable HTTP, legacy SSE, or a stdio child this stage launches),
+kept alive by a supervisor that reconnects (relaunches) with exponential backoff, its lists, and its calls.
+
+Each call holds one of the server's concurrency slots and has its own timeout, so a slow tool delays only
+calls to the same server past its cap, never another server's or another session's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+import httpx2
+import mcp_types as types
+import msgspec
+from mcp import Client, StdioServerParameters
+from mcp.client.sse import sse_client
+from mcp.client.streamable_http import streamable_http_client
+from mcp.shared._httpx_utils import create_mcp_http_client
+from mcp.shared.exceptions import MCPError
+
+from services.mcp.credentials import ClientCredentials, CredentialError, child_env, static_headers
+from shared import mcp_errors
+from shared.mcp_config import McpServerConfig
+from shared.schemas.mcp import CatalogKind, McpError, ServerCatalog
+
+log = logging.getLogger("gatehouse.mcp.upstream")
+
+# a connection that stayed up this long resets the restart backoff
+STABLE_AFTER_S = 30.0
+# fields of the newest protocol revision that a handshake-era client has no use for
+_MODERN_ONLY = ("resultType", "ttlMs", "cacheScope")
+_JSON = msgspec.json.Encoder()
+_ARGS = msgspec.json.Decoder(dict[str, Any])
+
+Notify = Callable[[str, list[CatalogKind]], Awaitable[None]]
+
+
+def result_json(result: Any) -> bytes:
+    """A result model as the JSON a handshake-era client reads (camelCase, no unset or modern-only fields)."""
+    data = result.model_dump(by_alias=True, mode="json", exclude_none=True)
+    for name in _MODERN_ONLY:
+        data.pop(name, None)
+    return _JSON.encode(data)
+
+
+def _dump_all(items: list[Any]) -> bytes:
+    return _JSON.encode([i.model_dump(by_alias=True, mode="json", exclude_none=True) for i in items])
+
+
+class Upstream:
+    """The session with one upstream server and what it offers; `run` keeps it connected."""
+
+    def __init__(self, name: str, cfg: McpServerConfig, environ: Mapping[str, str], notify: Notify) -> None:
+        self.name = name
+        self.cfg = cfg
+        self._environ = environ
+        self._notify = notify
+        self._client: Client | None = None
+        self._slots = asyncio.Semaphore(cfg.max_concurrency)
+        self._broken = asyncio.Event()
+        self._lists: dict[CatalogKind, bytes] = {}
+        self.error = "connecting"
+        self.restarts = 0
+        self.connected_at = 0.0
+        self.revision = 0
+
+    # ---- the session -----------------------------------------------------------------------------
+    def _target(self) -> Any:
+        """What `mcp.Client` connects to: launch parameters for stdio, a transport for HTTP and SSE."""
+        cfg = self.cfg
+        if cfg.transport == "stdio":
+            return StdioServerParameters(
+                command=cfg.command[0], args=list(cfg.command[1:]), env=child_env(cfg, self._environ), cwd=cfg.cwd
+            )
+        assert cfg.url is not None
+        headers = static_headers(cfg, self._environ)
+        auth = ClientCredentials(cfg.oauth, self._environ) if cfg.oauth is not None else None
+        if cfg.transport == "sse":
+            return sse_client(cfg.url, headers=headers, timeout=cfg.connect_timeout_s, auth=auth)
+        timeout = httpx2.Timeout(cfg.connect_timeout_s, read=300.0)
+        return streamable_http_client(
+            cfg.url, http_client=create_mcp_http_client(headers=headers, timeout=timeout, auth=auth)
+        )
+
+    @property
+    def healthy(self) -> bool:
+        return self._client is not None and not self._broken.is_set()
+
+    async def run(self) -> None:
+        """Connect, serve, and reconnect forever (until cancelled), backing off exponentially while it fails."""
+        backoff = self.cfg.restart_backoff_s
+        while True:
+            started = time.monotonic()
+            try:
+                await self._session()
+            except asyncio.CancelledError:
+                raise
+            except CredentialError as exc:
+                self.error = f"credentials: {exc}"
+            except BaseException as exc:
+                self.error = _describe(exc)
+            self._client = None
+            log.warning("mcp server %s is down (%s); reconnecting in %.1fs", self.name, self.error, backoff)
+            await asyncio.sleep(backoff)
+            backoff = (
+                self.cfg.restart_backoff_s
+                if time.monotonic() - started > STABLE_AFTER_S
+                else min(backoff * 2, self.cfg.restart_backoff_max_s)
+            )
+            self.restarts += 1
+
+    async def _session(self) -> None:
+        client = Client(self._target(), mode="legacy", cache=None, message_handler=self._on_message)
+        async with asyncio.timeout(self.cfg.connect_timeout_s):
+            await client.__aenter__()
+        try:
+            self._broken.clear()
+            async with asyncio.timeout(self.cfg.connect_timeout_s):
+                await self._refresh(client, ("tools", "resources", "resource_templates", "prompts"))
+            self._client = client
+            self.error = ""
+            self.connected_at = time.time()
+            log.info("mcp server %s connected (%s)", self.name, self.cfg.transport)
+            await self._notify(self.name, ["tools", "resources", "resource_templates", "prompts"])
+            await self._watch(client)
+            self.error = "the connection broke"
+        finally:
+            self._client = None
+            with contextlib.suppress(BaseException):
+                await client.__aexit__(None, None, None)
+
+    async def _watch(self, client: Client) -> None:
+        """Return when the session is broken: a call saw the transport fail, or a ping went unanswered."""
+        interval = self.cfg.health_interval_s
+        while True:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(interval):
+                    await self._broken.wait()
+            if self._broken.is_set():
+                return
+            try:
+                async with asyncio.timeout(interval):
+                    await client.send_ping()
+            except (TimeoutError, MCPError, Exception):
+                return
+
+    async def _refresh(self, client: Client, kinds: tuple[CatalogKind, ...]) -> None:
+        caps = client.server_capabilities
+        for kind in kinds:
+            if kind == "tools":
+                self._lists[kind] = _dump_all((await client.list_tools()).tools) if caps.tools else b"[]"
+            elif kind == "resources":
+                self._lists[kind] = _dump_all((await client.list_resources()).resources) if caps.resources else b"[]"
+            elif kind == "resource_templates":
+                templates = (await client.list_resource_templates()).resource_templates if caps.resources else []
+                self._lists[kind] = _dump_all(templates)
+            else:
+                self._lists[kind] = _dump_all((await client.list_prompts()).prompts) if caps.prompts else b"[]"
+        self.revision += 1
+
+    async def _on_message(self, message: types.ServerNotification | Exception) -> None:
+        """List-changed notifications: fetch the list again and tell every ingress replica."""
+        kinds: tuple[CatalogKind, ...] = ()
+        if isinstance(message, types.ToolListChangedNotification):
+            kinds = ("tools",)
+        elif isinstance(message, types.ResourceListChangedNotification):
+            kinds = ("resources", "resource_templates")
+        elif isinstance(message, types.PromptListChangedNotification):
+            kinds = ("prompts",)
+        client = self._client
+        if not kinds or client is None:
+            return
+        # the session's reader waits on this handler: the new list is fetched beside it, not inside it
+        asyncio.get_running_loop().create_task(self._changed(client, kinds))
+
+    async def _changed(self, client: Client, kinds: tuple[CatalogKind, ...]) -> None:
+        try:
+            async with asyncio.timeout(self.cfg.connect_timeout_s):
+                await self._refresh(client, kinds)
+        except Exception as exc:
+            log.warning("mcp server %s: listing after a change failed: %s", self.name, _describe(exc))
+            return
+        await self._notify(self.name, list(kinds))
+
+    def catalog(self) -> ServerCatalog:
+        empty = b"[]"
+        return ServerCatalog(
+            name=self.name,
+            transport=self.cfg.transport,
+            healthy=self.healthy,
+            error=self.error,
+            restarts=self.restarts,
+            connected_at=self.connected_at,
+            tools=self._lists.get("tools", empty) if self.healthy else empty,
+            resources=self._lists.get("resources", empty) if self.healthy else empty,
+            resource_templates=self._lists.get("resource_templates", empty) if self.healthy else empty,
+            prompts=self._lists.get("prompts", empty) if self.healthy else empty,
+            revision=self.revision,
+        )
+
+    # ---- calls -----------------------------------------------------------------------------------
+    async def call(self, method: str, name: str, arguments: bytes, timeout_s: float) -> tuple[bytes, McpError | None]:
+        """(result JSON, None) or (b"", the error that stands for it); never raises for the server's faults."""
+        try:
+            args = _ARGS.decode(arguments) if arguments else {}
+        except msgspec.DecodeError:
+            return b"", mcp_errors.invalid("The arguments are not a JSON object.")
+        try:
+            async with asyncio.timeout(timeout_s):
+                async with self._slots:
+                    client = self._client
+                    if client is None or self._broken.is_set():
+                        return b"", mcp_errors.upstream_unavailable(self.name, self.error)
+                    if method == "tools/call":
+                        result: Any = await client.call_tool(name, args)
+                    elif method == "resources/read":
+                        result = await client.read_resource(name)
+                    elif method == "prompts/get":
+                        result = await client.get_prompt(name, {k: str(v) for k, v in args.items()})
+                    else:
+                        return b"", McpError(
+                            code=mcp_errors.METHOD_NOT_FOUND, message=f"Unknown method {method}.", status="invalid"
+                        )
+        except TimeoutError:
+            return b"", mcp_errors.upstream_timeout(self.name, timeout_s)
+        except MCPError as exc:
+            # the server's own JSON-RPC error (an unknown tool, bad params): the client gets it as it was
+            return b"", McpError(code=exc.error.code, message=exc.error.message, status="upstream_error")
+        except Exception as exc:
+            self._broken.set()
+            return b"", mcp_errors.upstream_unavailable(self.name, _describe(exc))
+        return result_json(result), None
+
+
+def _describe(exc: BaseException) -> str:
+    """A short, secret-free account of a failure (exception type and first line of its message)."""
+    if isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        return _describe(exc.exceptions[0])
+    text = str(exc).splitlines()[0][:200] if str(exc) else ""
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

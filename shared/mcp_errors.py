@@ -1,0 +1,61 @@
+"""JSON-RPC error codes of the MCP endpoint: the protocol's own, and gatehouse's in the server-error range.
+
+An MCP error crosses the bus as data (shared.schemas.mcp.McpError) and only ingress writes it to a client,
+as the `error` of a JSON-RPC response; `status` names the outcome in the call's record.
+"""
+
+from __future__ import annotations
+
+from shared.schemas.mcp import McpError
+
+PARSE_ERROR = -32700
+INVALID_REQUEST = -32600
+METHOD_NOT_FOUND = -32601
+INVALID_PARAMS = -32602
+INTERNAL_ERROR = -32603
+
+# gatehouse (-32000 … -32099 is the implementation-defined server-error range)
+UNAUTHORIZED = -32001
+TOOL_DENIED = -32010  # the key may not use the tool, or an argument rule denies the call
+GUARD_BLOCKED = -32011  # the guard blocked the arguments or the result
+RATE_LIMITED = -32012  # calls per minute
+BUDGET_EXCEEDED = -32013
+RUN_LIMIT = -32014  # an agent run's limit (calls, spend, a loop)
+APPROVAL_DENIED = -32015
+APPROVAL_TIMEOUT = -32016
+UPSTREAM_TIMEOUT = -32030
+UPSTREAM_UNAVAILABLE = -32031
+GATEWAY_UNAVAILABLE = -32032  # a stage behind ingress did not answer
+
+
+def gateway_unavailable(stage: str) -> McpError:
+    return McpError(
+        code=GATEWAY_UNAVAILABLE, message=f"The {stage} did not answer; try again shortly.", status="unavailable"
+    )
+
+
+def not_found(message: str) -> McpError:
+    return McpError(code=METHOD_NOT_FOUND, message=message, status="invalid")
+
+
+def denied(message: str) -> McpError:
+    return McpError(code=TOOL_DENIED, message=message, status="denied")
+
+
+def invalid(message: str) -> McpError:
+    return McpError(code=INVALID_PARAMS, message=message, status="invalid")
+
+
+def upstream_timeout(server: str, seconds: float) -> McpError:
+    return McpError(
+        code=UPSTREAM_TIMEOUT, message=f"MCP server '{server}' did not answer within {seconds:g}s.", status="timeout"
+    )
+
+
+def upstream_unavailable(server: str, why: str = "") -> McpError:
+    detail = f" ({why})" if why else ""
+    return McpError(
+        code=UPSTREAM_UNAVAILABLE,
+        message=f"MCP server '{server}' is unavailable{detail}; try again shortly.",
+        status="unavailable",
+    )

@@ -1,0 +1,138 @@
+"""MCP on the bus: a tool call (or resource read, prompt get) from ingress through the guard to the mcp stage,
+its outcome back, the catalog of upstream servers, list-changed notices, and the record of every call.
+
+MCP payloads (arguments, results, tool lists) are JSON objects of any shape: they travel as the JSON bytes
+they are, decoded only where something reads them (the guard's scan, the mcp stage's upstream call).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import msgspec
+
+from shared.schemas.chat import Caller, GuardFinding, GuardSummary
+
+McpMethod = Literal["tools/call", "resources/read", "prompts/get"]
+CatalogKind = Literal["tools", "resources", "resource_templates", "prompts"]
+
+
+class McpError(msgspec.Struct, frozen=True, kw_only=True):
+    """A JSON-RPC error as the client will get it (`status` is what the call's record says)."""
+
+    code: int
+    message: str
+    status: str = "error"  # denied | blocked | rate_limited | timeout | upstream_error | unavailable | …
+
+
+class ToolCall(msgspec.Struct, frozen=True, kw_only=True):
+    """ingress → guard → mcp: one call to one upstream server, by the server's own name of the tool
+    (prompt, or resource URI)."""
+
+    call_id: str
+    method: McpMethod
+    server: str
+    name: str
+    arguments: bytes = b""  # a JSON object ('' for a resource read)
+    caller: Caller
+    timeout_s: float
+    received_at: float
+    trace_id: str = ""
+    run_id: str = ""
+
+
+class ToolOutcome(msgspec.Struct, frozen=True, kw_only=True):
+    """mcp → guard → ingress: the upstream's result (a JSON object) or the error that stands for it, with the
+    guard's verdicts on the arguments (input) and on the result (output)."""
+
+    call_id: str
+    result: bytes = b""
+    error: McpError | None = None
+    upstream_ms: float = 0.0
+    guard_input: GuardSummary | None = None
+    guard_output: GuardSummary | None = None
+    mcp_replica: str = ""
+
+
+class CatalogQuery(msgspec.Struct, frozen=True, kw_only=True):
+    """ingress → mcp: every server's catalog (any replica answers; each holds every server)."""
+
+    servers: list[str] = []  # empty: all
+
+
+class ServerCatalog(msgspec.Struct, frozen=True, kw_only=True):
+    """What one upstream server offers, as one mcp replica sees it (lists are JSON arrays, names unprefixed)."""
+
+    name: str
+    transport: str
+    healthy: bool
+    error: str = ""
+    restarts: int = 0
+    connected_at: float = 0.0
+    tools: bytes = b"[]"
+    resources: bytes = b"[]"
+    resource_templates: bytes = b"[]"
+    prompts: bytes = b"[]"
+    revision: int = 0
+
+
+class Catalog(msgspec.Struct, frozen=True, kw_only=True):
+    servers: list[ServerCatalog] = []
+    replica: str = ""
+
+
+class CatalogChanged(msgspec.Struct, frozen=True, kw_only=True):
+    """mcp → every ingress: a server's list changed (a list-changed notification, or a reconnect)."""
+
+    server: str
+    kinds: list[CatalogKind] = []
+
+
+class McpCallEvent(msgspec.Struct, frozen=True, kw_only=True):
+    """The record of one MCP call (the `mcp_calls` table), published by ingress when the call ends."""
+
+    event_id: str
+    call_id: str
+    trace_id: str = ""
+    run_id: str = ""
+    session_id: str = ""
+    method: str
+    server: str
+    tool: str
+    caller: Caller
+    status: str  # ok | tool_error | denied | blocked | rate_limited | budget_exceeded | run_limit | …
+    error_code: int = 0
+    error_message: str = ""
+    latency_ms: float
+    upstream_ms: float = 0.0
+    request_bytes: int = 0
+    response_bytes: int = 0
+    guard_action: str = ""
+    guard_policy: str = ""
+    guard_findings: list[GuardFinding] = []
+    approval: str = ""  # '' | approved | denied | timeout
+    cost_usd: float = 0.0
+    received_at: float
+    finished_at: float
+    mcp_replica: str = ""
+    guard_replica: str = ""
+    tags: dict[str, str] = {}
+
+
+class Approval(msgspec.Struct, frozen=True, kw_only=True):
+    """A tool call waiting for an admin (`<p>.mcp.approvals` KV, one entry per call)."""
+
+    call_id: str
+    server: str
+    tool: str
+    arguments: str  # the JSON text, as the guard left it (redacted where the policy redacts)
+    key_id: str
+    team: str = ""
+    project: str = ""
+    rule: str = ""
+    created_at: float
+    expires_at: float
+    state: Literal["pending", "approved", "denied"] = "pending"
+    decided_by: str = ""
+    decided_at: float = 0.0
+    reason: str = ""
