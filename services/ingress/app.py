@@ -230,7 +230,8 @@ class Gateway:
         if not self.broker.connection.is_connected:
             reason = "not connected to NATS"
         else:
-            for stage in ("guard", "router"):
+            stages = ("guard", "router", "mcp") if self.config.mcp.servers else ("guard", "router")
+            for stage in stages:
                 try:
                     await self.broker.connection.request(self.subjects.ping(stage), b"", timeout=0.5)
                 except Exception:

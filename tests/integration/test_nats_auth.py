@@ -146,6 +146,21 @@ FORBIDDEN_PUBLISH: list[tuple[Role, str, Role, str, Role]] = [
     ("ingress", f"{SUBJECTS.inbox('x')}.r1", "ingress", "", "guard"),
     ("ingress", f"{SUBJECTS.guard_output('x')}.r1", "guard", "", "router"),
     ("guard", SUBJECTS.ping("router"), "router", "router", "ingress"),
+    # MCP: only the guard hands tool calls to the mcp stage (ingress may not skip the guard's scans)
+    ("ingress", SUBJECTS.mcp_call.name, "mcp", "mcp", "guard"),
+    ("router", SUBJECTS.mcp_call.name, "mcp", "mcp", "guard"),
+    ("batch", SUBJECTS.mcp_call.name, "mcp", "mcp", "guard"),
+    ("admin", SUBJECTS.mcp_call.name, "mcp", "mcp", "guard"),
+    ("mcp", SUBJECTS.mcp_call.name, "mcp", "mcp", "guard"),
+    # the mcp stage reaches no other stage: not the router, the guard, the event stream or an ingress inbox
+    ("mcp", SUBJECTS.router_chat.name, "router", "router", "guard"),
+    ("mcp", SUBJECTS.guard_chat.name, "guard", "guard", "ingress"),
+    ("mcp", SUBJECTS.guard_mcp.name, "guard", "guard", "ingress"),
+    ("mcp", f"{SUBJECTS.inbox('x')}.r1", "ingress", "", "router"),
+    ("router", SUBJECTS.guard_mcp.name, "guard", "guard", "ingress"),
+    # only the mcp stage says a server's lists changed
+    ("guard", SUBJECTS.mcp_changed.name, "ingress", "", "mcp"),
+    ("router", SUBJECTS.mcp_changed.name, "ingress", "", "mcp"),
 ]
 
 
@@ -201,6 +216,12 @@ FORBIDDEN_SUBSCRIBE: list[tuple[Role, str, str, Role | None]] = [
     ("router", f"{SUBJECTS.role_inbox('ingress')}.>", "", None),  # another role's replies
     ("guard", f"{SUBJECTS.role_inbox('accounting')}.>", "", None),
     ("ingress", "_INBOX.>", "", None),
+    ("ingress", SUBJECTS.mcp_call.name, "mcp", "guard"),  # answer tool calls as the mcp stage
+    ("router", SUBJECTS.mcp_call.name, "", "guard"),  # read scanned tool calls
+    ("mcp", SUBJECTS.guard_mcp.name, "guard", "ingress"),  # read tool calls before the guard's scan
+    ("mcp", SUBJECTS.guard_chat.name, "guard", "ingress"),
+    ("mcp", SUBJECTS.inbox_wildcard, "", "router"),
+    ("mcp", SUBJECTS.events_wildcard, "", "ingress"),
     ("ingress", ">", "", None),
 ]
 

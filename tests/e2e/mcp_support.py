@@ -1,0 +1,169 @@
+"""A running stack for the MCP tests: the real launcher (nats-server, every service, chDB) with two upstream MCP
+servers written with the official `mcp` SDK (tests/mcp_servers/notes.py): `local`, a stdio child the mcp stage
+launches and supervises, and `remote`, a Streamable HTTP server in its own process. Clients are the SDK's."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
+from mcp.shared._httpx_utils import create_mcp_http_client
+
+from gatehouse.launcher import Stack
+from gatehouse.natsserver import free_port
+from gatehouse.query import run_sql
+from shared.config import hash_key
+from shared.schemas.admin import SqlResult
+
+NOTES = Path(__file__).resolve().parents[1] / "mcp_servers" / "notes.py"
+MAIN_KEY = "sk-e2e-mcp-main"  # policy mcp-flag: secrets in results redacted, injections flagged
+STRICT_KEY = "sk-e2e-mcp-strict"  # policy mcp-strict: injections in results blocked
+QUOTA_KEY = "sk-e2e-mcp-quota"  # 3 tool calls per minute
+RUN_KEY = "sk-e2e-mcp-runs"  # agent runs: 4 tool calls, 2 model calls, a loop at 3 identical calls
+APPROVAL_TIMEOUT_S = 4
+
+
+def config_text(remote_url: str) -> str:
+    python = sys.executable
+    return f"""
+server: {{host: 127.0.0.1, port: 0, request_timeout_s: 30}}
+keys:
+  - {{id: mcp-main, sha256: {hash_key(MAIN_KEY)}, team: qa, project: agents, policy: mcp-flag,
+      tools_deny: ["local__write_file"]}}
+  - {{id: mcp-strict, sha256: {hash_key(STRICT_KEY)}, team: qa, policy: mcp-strict, tools: ["remote__*", "local__echo"]}}
+  - {{id: mcp-quota, sha256: {hash_key(QUOTA_KEY)}, tool_calls_per_minute: 3}}
+  - {{id: mcp-runs, sha256: {hash_key(RUN_KEY)}, runs: {{max_tool_calls: 4, max_model_calls: 2, loop_threshold: 3}}}}
+providers:
+  mock: {{kind: mock}}
+models:
+  - name: mock-1
+    deployments: [{{provider: mock, model: mock-1}}]
+guardrails:
+  policies:
+    mcp-flag:
+      output_policy: tool-out-flag
+    tool-out-flag:
+      secrets: {{action: redact}}
+      injection: {{action: flag}}
+    mcp-strict:
+      output_policy: tool-out-block
+    tool-out-block:
+      secrets: {{action: redact}}
+      injection: {{action: block}}
+accounting:
+  flush_interval_s: 0.2
+mcp:
+  call_timeout_s: 10
+  approval_timeout_s: {APPROVAL_TIMEOUT_S}
+  servers:
+    local:
+      transport: stdio
+      command: ["{python}", "{NOTES}", "stdio", "local"]
+      health_interval_s: 1
+      restart_backoff_s: 0.2
+    remote:
+      transport: http
+      url: {remote_url}
+      timeout_s: 2
+      price_usd: 0.01
+  rules:
+    - {{tools: ["*__transfer"], arg: amount, max: 100, action: deny, message: "transfers above 100 need a human"}}
+    - {{tools: ["*__write_file"], arg: path, not_prefix: /srv/shared/, action: deny}}
+    - {{tools: ["*__send_email"], arg: to, domain_not_in: [example.com], action: approve}}
+"""
+
+
+@dataclass
+class McpStack:
+    stack: Stack
+    remote_url: str
+
+    @property
+    def url(self) -> str:
+        return f"{self.stack.ingress_url}/mcp"
+
+    @contextlib.asynccontextmanager
+    async def client(
+        self, key: str = MAIN_KEY, headers: dict[str, str] | None = None, **kw: object
+    ) -> AsyncIterator[Client]:
+        """An official SDK client session with gatehouse, authenticated with `key`."""
+        http = create_mcp_http_client(headers={"authorization": f"Bearer {key}", **(headers or {})})
+        async with http, Client(streamable_http_client(self.url, http_client=http), **kw) as client:  # type: ignore[arg-type]
+            yield client
+
+    async def sql(self, query: str) -> SqlResult:
+        assert self.stack.nats is not None
+        return await run_sql(self.stack.nats.url, self.stack.prefix, query, 30, str(self.stack.admin_seed_file))
+
+    def admin(self, method: str, path: str, body: object = None) -> httpx.Response:
+        key = self.stack.admin_key_file.read_text().strip()
+        return httpx.request(
+            method,
+            f"{self.stack.ingress_url}/admin/v1{path}",
+            json=body,
+            headers={"authorization": f"Bearer {key}"},
+            timeout=30,
+        )
+
+
+def _wait_port(port: int, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise TimeoutError(f"nothing listens on port {port}")
+
+
+@contextlib.contextmanager
+def remote_server(port: int) -> Iterator[str]:
+    """The Streamable HTTP upstream, in its own process."""
+    proc = subprocess.Popen(
+        [sys.executable, str(NOTES), "http", "remote", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        _wait_port(port)
+        yield f"http://127.0.0.1:{port}/mcp"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+@contextlib.contextmanager
+def mcp_stack(tmp: Path, prefix: str) -> Iterator[McpStack]:
+    with remote_server(free_port()) as remote:
+        config = tmp / "gatehouse.yaml"
+        config.write_text(config_text(remote))
+        stack = Stack(
+            config=config,
+            data_dir=tmp / "data",
+            host="127.0.0.1",
+            port=free_port(),
+            prefix=prefix,
+            nats_port=free_port(),
+        )
+        try:
+            stack.start()
+            if not stack.wait_ready(90):
+                logs = "\n".join(
+                    f"--- {p.name}\n{p.read_text()[-3000:]}" for p in (tmp / "data" / "logs").glob("*.log")
+                )
+                raise AssertionError(f"stack did not become ready:\n{logs}")
+            yield McpStack(stack, remote)
+        finally:
+            stack.stop()
+
+
+def logs(tmp: Path) -> str:
+    return "\n".join(f"--- {p.name}\n{p.read_text()[-4000:]}" for p in (tmp / "data" / "logs").glob("*.log"))
+
