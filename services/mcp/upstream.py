@@ -229,6 +229,9 @@ class Upstream:
         except TimeoutError:
             return b"", mcp_errors.upstream_timeout(self.name, timeout_s)
         except MCPError as exc:
+            if exc.error.code == types.CONNECTION_CLOSED:  # the transport ended (a stdio child died): rebuild
+                self._broken.set()
+                return b"", mcp_errors.upstream_unavailable(self.name, "the connection closed")
             # the server's own JSON-RPC error (an unknown tool, bad params): the client gets it as it was
             return b"", McpError(code=exc.error.code, message=exc.error.message, status="upstream_error")
         except Exception as exc:

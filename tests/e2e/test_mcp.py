@@ -90,3 +90,270 @@ async def test_tools_of_both_servers_are_listed_namespaced_and_called(gh: McpSta
         assert {"local__greet", "remote__greet"} <= prompts
         prompt = await client.get_prompt("local__greet", {"who": "Ada"})
         assert "Ada" in prompt.messages[0].content.text  # type: ignore[union-attr]
+
+
+async def test_a_tool_the_key_may_not_use_is_refused(gh: McpStack) -> None:
+    await wait_tools(gh, {"local__echo"})
+    async with gh.client() as client:
+        with pytest.raises(MCPError) as denied:
+            await client.call_tool("local__write_file", {"path": "/srv/shared/a", "text": "x"})
+        assert denied.value.error.code == mcp_errors.TOOL_DENIED
+        assert "may not use 'local__write_file'" in denied.value.error.message
+    async with gh.client(STRICT_KEY) as client:  # allow globs: remote__* and local__echo only
+        names = {t.name for t in (await client.list_tools()).tools}
+        assert "local__echo" in names and "local__pid" not in names and "remote__pid" in names
+        with pytest.raises(MCPError) as denied:
+            await client.call_tool("local__pid", {})
+        assert denied.value.error.code == mcp_errors.TOOL_DENIED
+
+
+async def test_a_secret_in_a_tool_result_is_redacted(gh: McpStack) -> None:
+    await wait_tools(gh, {"remote__leak"})
+    async with gh.client() as client:
+        result = await client.call_tool("remote__leak", {})
+    text = text_of(result)
+    assert SECRET not in text and SECRET not in json.dumps(result.model_dump(mode="json"))
+    assert "the deploy token is" in text and "keep it safe" in text
+
+
+async def test_an_injection_in_a_tool_result_is_flagged_or_blocked_per_policy(gh: McpStack) -> None:
+    await wait_tools(gh, {"remote__fetch_page"})
+    async with gh.client() as client:  # policy mcp-flag: the result comes back, marked
+        flagged = await client.call_tool("remote__fetch_page", {"url": "https://example.org"})
+        assert "Ignore all previous instructions" in text_of(flagged)
+        verdict = (flagged.meta or {}).get("io.gatehouse/guard")
+        assert verdict is not None and verdict["action"] == "flag"
+        assert any(rule.startswith("injection.") for rule in verdict["rules"])
+    async with gh.client(STRICT_KEY) as client:  # policy mcp-strict: blocked
+        with pytest.raises(MCPError) as blocked:
+            await client.call_tool("remote__fetch_page", {"url": "https://example.org"})
+        assert blocked.value.error.code == mcp_errors.GUARD_BLOCKED
+        assert "injection." in blocked.value.error.message
+
+
+async def test_calls_past_the_keys_quota_are_refused(gh: McpStack) -> None:
+    await wait_tools(gh, {"local__echo"}, key=QUOTA_KEY)
+    async with gh.client(QUOTA_KEY) as client:
+        answered, refused = 0, []
+        for i in range(5):
+            try:
+                await client.call_tool("local__echo", {"text": str(i)})
+                answered += 1
+            except MCPError as exc:
+                refused.append(exc.error)
+    # 3 a minute: a call that straddles a minute boundary may see a fresh window, never more than 3 in one
+    assert answered <= 4 and refused, (answered, refused)
+    assert refused[0].code == mcp_errors.RATE_LIMITED and "3 tool calls per minute" in refused[0].message
+
+
+async def test_every_call_is_a_record_in_clickhouse(gh: McpStack) -> None:
+    await wait_tools(gh, {"remote__echo"})
+    async with gh.client(headers={"x-gatehouse-tag-ticket": "T-42"}) as client:
+        await client.call_tool("remote__echo", {"text": "recorded"})
+        await client.call_tool("remote__leak", {})
+        with pytest.raises(MCPError):
+            await client.call_tool("local__write_file", {"path": "/etc/passwd", "text": "x"})
+    found = await rows(
+        gh,
+        "SELECT server, tool, key_id, team, project, status, request_bytes, response_bytes, latency_ms, "
+        "guard_action, cost_usd, tags['ticket'], guard_findings.direction FROM mcp_calls "
+        "WHERE tags['ticket'] = 'T-42' ORDER BY finished_at",
+        3,
+    )
+    assert [(r[0], r[1], r[5]) for r in found] == [
+        ("remote", "remote__echo", "ok"),
+        ("remote", "remote__leak", "ok"),
+        ("local", "local__write_file", "denied"),
+    ]
+    echo, leak, denied = found
+    assert (echo[2], echo[3], echo[4]) == ("mcp-main", "qa", "agents")
+    assert echo[6] > 0 and echo[7] > 0 and echo[8] > 0
+    assert echo[10] == pytest.approx(0.01)  # remote's price per call
+    assert leak[9] == "redact" and "output" in leak[12]
+    assert denied[10] == 0
+
+
+async def test_a_killed_stdio_server_is_restarted_mid_session(gh: McpStack) -> None:
+    await wait_tools(gh, {"local__pid"})
+    async with gh.client() as client:
+        first = int(text_of(await client.call_tool("local__pid", {})))
+        os.kill(first, signal.SIGKILL)
+        deadline = time.monotonic() + 60
+        second, errors = first, []
+        while second == first and time.monotonic() < deadline:
+            try:
+                second = int(text_of(await client.call_tool("local__pid", {})))
+            except MCPError as exc:  # while it is down: a clear JSON-RPC error, not a hang
+                errors.append(exc.error.code)
+                await asyncio.sleep(0.2)
+        assert second != first, "the stdio server was not restarted"
+        assert set(errors) <= {mcp_errors.UPSTREAM_UNAVAILABLE}, errors
+        assert text_of(await client.call_tool("local__echo", {"text": "back"})) == "local: back"
+    listed = gh.admin("GET", "/mcp/servers").json()["data"]
+    local = next(s for s in listed if s["name"] == "local")
+    assert local["healthy"] and local["restarts"] >= 1 and local["tools"] >= 9
+
+
+async def test_a_slow_tool_times_out_without_holding_up_other_sessions(gh: McpStack) -> None:
+    await wait_tools(gh, {"remote__slow"})
+    async with gh.client() as slow_client, gh.client() as other:
+        slow = asyncio.create_task(slow_client.call_tool("remote__slow", {"seconds": 5}))
+        started = time.monotonic()
+        quick = [await other.call_tool("remote__echo", {"text": str(i)}) for i in range(3)]
+        assert [text_of(r) for r in quick] == ["remote: 0", "remote: 1", "remote: 2"]
+        assert not slow.done(), "the slow call should still be running while the others were answered"
+        with pytest.raises(MCPError) as timed_out:
+            await slow
+        assert timed_out.value.error.code == mcp_errors.UPSTREAM_TIMEOUT
+        assert "within 2s" in timed_out.value.error.message
+        assert time.monotonic() - started < 10
+
+
+async def test_list_changed_notifications_pass_through(gh: McpStack) -> None:
+    await wait_tools(gh, {"remote__grow"})
+    seen: list[str] = []
+    changed = asyncio.Event()
+
+    async def on_message(message: object) -> None:
+        if isinstance(message, types.ToolListChangedNotification):
+            seen.append(message.method)
+            changed.set()
+
+    async with gh.client(message_handler=on_message) as client:
+        await asyncio.sleep(0.5)  # let the SDK open its GET stream
+        assert (text_of(await client.call_tool("remote__grow", {}))) == "grown"
+        await asyncio.wait_for(changed.wait(), 20)
+        assert seen[0] == "notifications/tools/list_changed"
+        names = {t.name for t in (await client.list_tools()).tools}
+    assert "remote__extra" in names
+
+
+async def test_argument_rules_allow_or_deny_a_call_by_its_arguments(gh: McpStack) -> None:
+    await wait_tools(gh, {"remote__transfer"})
+    async with gh.client() as client:
+        assert text_of(await client.call_tool("remote__transfer", {"amount": 100})) == "moved 100.0"
+        with pytest.raises(MCPError) as over:
+            await client.call_tool("remote__transfer", {"amount": 100.5})
+        assert over.value.error.code == mcp_errors.TOOL_DENIED
+        assert "transfers above 100 need a human" in over.value.error.message
+        ok = await client.call_tool("remote__write_file", {"path": "/srv/shared/notes.txt", "text": "hi"})
+        assert "wrote 2 characters" in text_of(ok)
+        for path in ("/etc/passwd", "/srv/shared/../../etc/passwd", "/srv/sharedfolder/x"):
+            with pytest.raises(MCPError) as outside:
+                await client.call_tool("remote__write_file", {"path": path, "text": "x"})
+            assert outside.value.error.code == mcp_errors.TOOL_DENIED, path
+
+
+async def _approval_for(gh: McpStack, tool: str, timeout: float = 20.0) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        pending = gh.admin("GET", "/mcp/approvals").json()["data"]
+        mine = [a for a in pending if a["tool"] == tool]
+        if mine:
+            return mine[0]
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"no approval for {tool} appeared")
+
+
+async def test_a_call_that_needs_approval_waits_for_an_admin(gh: McpStack) -> None:
+    await wait_tools(gh, {"remote__send_email"})
+    async with gh.client() as client:
+        # inside the allowed domain: no approval needed
+        assert text_of(await client.call_tool("remote__send_email", {"to": "a@example.com", "body": "x"}))
+        # approved
+        call = asyncio.create_task(client.call_tool("remote__send_email", {"to": "ceo@other.org", "body": "hi"}))
+        approval = await _approval_for(gh, "remote__send_email")
+        assert json.loads(approval["arguments"])["to"] == "ceo@other.org" and approval["key_id"] == "mcp-main"
+        assert not call.done()
+        assert gh.admin("POST", f"/mcp/approvals/{approval['call_id']}/approve").status_code == 200
+        assert text_of(await asyncio.wait_for(call, 20)) == "sent to ceo@other.org"
+        assert gh.admin("POST", f"/mcp/approvals/{approval['call_id']}/deny").status_code == 409  # decided
+        # denied
+        call = asyncio.create_task(client.call_tool("remote__send_email", {"to": "x@evil.test", "body": "hi"}))
+        approval = await _approval_for(gh, "remote__send_email")
+        denied = gh.admin("POST", f"/mcp/approvals/{approval['call_id']}/deny", {"reason": "not this one"})
+        assert denied.status_code == 200
+        with pytest.raises(MCPError) as refused:
+            await asyncio.wait_for(call, 20)
+        assert refused.value.error.code == mcp_errors.APPROVAL_DENIED
+        assert "not this one" in refused.value.error.message
+        # nobody decides: the call ends when the approval times out
+        started = time.monotonic()
+        with pytest.raises(MCPError) as expired:
+            await client.call_tool("remote__send_email", {"to": "y@evil.test", "body": "hi"})
+        assert expired.value.error.code == mcp_errors.APPROVAL_TIMEOUT
+        assert time.monotonic() - started >= APPROVAL_TIMEOUT_S - 0.5
+
+
+async def test_the_approvals_api_is_for_the_admin_key_only(gh: McpStack) -> None:
+    for key in (None, MAIN_KEY, "sk-nonsense"):
+        headers = {"authorization": f"Bearer {key}"} if key else {}
+        r = httpx.get(f"{gh.stack.ingress_url}/admin/v1/mcp/approvals", headers=headers, timeout=10)
+        assert r.status_code in (401, 403), (key, r.status_code)
+        r = httpx.post(f"{gh.stack.ingress_url}/admin/v1/mcp/approvals/x/approve", headers=headers, timeout=10)
+        assert r.status_code in (401, 403), (key, r.status_code)
+    assert gh.admin("POST", "/mcp/approvals/no-such-call/approve").status_code == 404
+
+
+async def test_agent_runs_end_with_a_clear_error(gh: McpStack) -> None:
+    await wait_tools(gh, {"local__echo"}, key=RUN_KEY)
+    run = f"run-{time.monotonic_ns()}"
+    async with gh.client(RUN_KEY, headers={"x-gatehouse-run-id": run}) as client:
+        await client.call_tool("local__echo", {"text": "a"})
+        await client.call_tool("local__echo", {"text": "a"})
+        with pytest.raises(MCPError) as loop:  # the third identical call: a loop
+            await client.call_tool("local__echo", {"text": "a"})
+        assert loop.value.error.code == mcp_errors.RUN_LIMIT and "same arguments 3 times" in loop.value.error.message
+        with pytest.raises(MCPError) as many:  # the fourth call counted; the fifth is one too many
+            await client.call_tool("local__echo", {"text": "b"})
+            await client.call_tool("local__echo", {"text": "c"})
+        assert many.value.error.code == mcp_errors.RUN_LIMIT and "4 tool calls" in many.value.error.message
+    async with gh.client(RUN_KEY, headers={"x-gatehouse-run-id": f"{run}-other"}) as client:
+        assert text_of(await client.call_tool("local__echo", {"text": "a"})) == "local: a"  # another run: fresh
+    # model calls of the same run count too (the chat endpoints read the same header)
+    body = {"model": "mock-1", "messages": [{"role": "user", "content": "hi"}]}
+    headers = {"authorization": f"Bearer {RUN_KEY}", "x-gatehouse-run-id": run}
+    url = f"{gh.stack.ingress_url}/v1/chat/completions"
+    statuses = [httpx.post(url, json=body, headers=headers, timeout=30) for _ in range(3)]
+    assert [r.status_code for r in statuses] == [200, 200, 429]
+    assert statuses[2].json()["error"]["code"] == "run_limit_exceeded"
+    assert "2 model calls" in statuses[2].json()["error"]["message"]
+    bad = httpx.post(url, json=body, headers={**headers, "x-gatehouse-run-id": "bad id!"}, timeout=30)
+    assert bad.status_code == 400
+
+
+async def test_bad_requests_get_clear_errors(gh: McpStack) -> None:
+    url = gh.url
+    auth = {"authorization": f"Bearer {MAIN_KEY}", "accept": "application/json, text/event-stream"}
+    assert httpx.post(url, json={"jsonrpc": "2.0", "id": 1, "method": "ping"}, timeout=10).status_code == 401
+    r = httpx.post(url, content=b"{not json", headers=auth, timeout=10)
+    assert r.status_code == 400 and r.json()["error"]["code"] == mcp_errors.PARSE_ERROR
+    r = httpx.post(url, json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"}, headers=auth, timeout=10)
+    assert r.status_code == 400  # no session
+    r = httpx.post(
+        url, json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"}, headers={**auth, "mcp-session-id": "nope"}
+    )
+    assert r.status_code == 404
+    init = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {"protocolVersion": "2025-03-26",
+            "capabilities": {}, "clientInfo": {"name": "raw", "version": "0"}}}  # fmt: skip
+    r = httpx.post(url, json=init, headers=auth, timeout=10)
+    assert r.status_code == 200 and r.json()["result"]["protocolVersion"] == "2025-03-26"
+    session = {**auth, "mcp-session-id": r.headers["mcp-session-id"]}
+    other = {**session, "authorization": f"Bearer {STRICT_KEY}"}
+    assert httpx.post(url, json={"jsonrpc": "2.0", "id": 2, "method": "ping"}, headers=other).status_code == 404
+    batch = [
+        {"jsonrpc": "2.0", "id": 2, "method": "ping"},
+        {"jsonrpc": "2.0", "method": "notifications/initialized"},
+        {"jsonrpc": "2.0", "id": 3, "method": "no/such"},
+        {"jsonrpc": "2.0", "id": 4, "method": "tools/call", "params": {"name": "nope"}},
+    ]
+    r = httpx.post(url, json=batch, headers=session, timeout=10)  # 2025-03-26 has batches
+    answers = {a["id"]: a for a in r.json()}
+    assert answers[2]["result"] == {} and set(answers) == {2, 3, 4}
+    assert answers[3]["error"]["code"] == mcp_errors.METHOD_NOT_FOUND
+    assert answers[4]["error"]["code"] == mcp_errors.INVALID_PARAMS
+    big = {"jsonrpc": "2.0", "id": 5, "method": "tools/call",
+           "params": {"name": "remote__echo", "arguments": {"text": "x" * (5 * 1024 * 1024)}}}  # fmt: skip
+    assert httpx.post(url, json=big, headers=session, timeout=30).status_code == 413
+    assert httpx.delete(url, headers=session, timeout=10).status_code == 200
+    assert httpx.post(url, json={"jsonrpc": "2.0", "id": 6, "method": "ping"}, headers=session).status_code == 404
