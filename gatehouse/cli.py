@@ -257,6 +257,10 @@ from gatehouse.batch_cli import batch_app  # noqa: E402
 
 app.add_typer(batch_app, name="batch")
 
+from gatehouse.mcp_cli import mcp_app  # noqa: E402
+
+app.add_typer(mcp_app, name="mcp")
+
 
 def main() -> None:
     app()

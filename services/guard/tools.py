@@ -23,6 +23,9 @@ _JSON = msgspec.json.Encoder()
 _DECODE = msgspec.json.Decoder(dict[str, Any])
 # `_meta` key of a result whose output the guard flagged (rules, never the matched text)
 FLAG_META = "io.gatehouse/guard"
+# the protocol's own fields of a result (content types, MIME types, URIs, roles): not text anyone wrote, and
+# too short for a classifier to judge ("text" alone can read as an injection to it)
+STRUCTURAL = frozenset({"type", "mimeType", "uri", "role", "_meta", "annotations"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,28 +37,29 @@ class Scanned:
     error: McpError | None = None
 
 
-def _leaves(value: Any, path: str, out: list[tuple[str, str]]) -> None:
-    """Every string in `value` with its JSON path (depth-first, in order)."""
+def _leaves(value: Any, path: str, out: list[tuple[str, str]], skip: frozenset[str]) -> None:
+    """Every string in `value` with its JSON path (depth-first, in order), but under the keys in `skip`."""
     if isinstance(value, str):
         out.append((path, value))
     elif isinstance(value, dict):
         for k, v in value.items():
-            _leaves(v, f"{path}.{k}" if path else str(k), out)
+            if k not in skip:
+                _leaves(v, f"{path}.{k}" if path else str(k), out, skip)
     elif isinstance(value, list):
         for i, v in enumerate(value):
-            _leaves(v, f"{path}[{i}]", out)
+            _leaves(v, f"{path}[{i}]", out, skip)
 
 
-def _replace(value: Any, texts: list[str], at: list[int]) -> Any:
+def _replace(value: Any, texts: list[str], at: list[int], skip: frozenset[str]) -> Any:
     """`value` with its strings replaced, in the order `_leaves` found them."""
     if isinstance(value, str):
         text = texts[at[0]]
         at[0] += 1
         return text
     if isinstance(value, dict):
-        return {k: _replace(v, texts, at) for k, v in value.items()}
+        return {k: v if k in skip else _replace(v, texts, at, skip) for k, v in value.items()}
     if isinstance(value, list):
-        return [_replace(v, texts, at) for v in value]
+        return [_replace(v, texts, at, skip) for v in value]
     return value
 
 
@@ -93,7 +97,8 @@ class ToolGuard:
 
     def _scan(self, value: dict[str, Any], raw: bytes, policy: Policy, direction: str, root: str) -> Scanned:
         found: list[tuple[str, str]] = []
-        _leaves(value, root, found)
+        skip = STRUCTURAL if direction == "output" else frozenset()
+        _leaves(value, root, found, skip)
         if not found:
             return Scanned(raw, GuardSummary(policy=policy.name, action="allow"))
         result = policy.scan_texts([text for _, text in found])
@@ -105,7 +110,7 @@ class ToolGuard:
         if result.action == "block":
             return Scanned(b"", summary, _blocked(result, direction))
         if result.action == "redact":
-            value = _replace(value, list(result.texts), [0])
+            value = _replace(value, list(result.texts), [0], skip)
             return Scanned(_JSON.encode(_flagged(value, result) if direction == "output" else value), summary)
         if result.action == "flag" and direction == "output":
             return Scanned(_JSON.encode(_flagged(value, result)), summary)

@@ -39,7 +39,8 @@ server: {{host: 127.0.0.1, port: 0, request_timeout_s: 30}}
 keys:
   - {{id: mcp-main, sha256: {hash_key(MAIN_KEY)}, team: qa, project: agents, policy: mcp-flag,
       tools_deny: ["local__write_file"]}}
-  - {{id: mcp-strict, sha256: {hash_key(STRICT_KEY)}, team: qa, policy: mcp-strict, tools: ["remote__*", "local__echo"]}}
+  - {{id: mcp-strict, sha256: {hash_key(STRICT_KEY)}, team: qa, policy: mcp-strict,
+      tools: ["remote__*", "local__echo"]}}
   - {{id: mcp-quota, sha256: {hash_key(QUOTA_KEY)}, tool_calls_per_minute: 3}}
   - {{id: mcp-runs, sha256: {hash_key(RUN_KEY)}, runs: {{max_tool_calls: 4, max_model_calls: 2, loop_threshold: 3}}}}
 providers:
@@ -166,4 +167,3 @@ def mcp_stack(tmp: Path, prefix: str) -> Iterator[McpStack]:
 
 def logs(tmp: Path) -> str:
     return "\n".join(f"--- {p.name}\n{p.read_text()[-4000:]}" for p in (tmp / "data" / "logs").glob("*.log"))
-

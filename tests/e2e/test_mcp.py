@@ -357,3 +357,23 @@ async def test_bad_requests_get_clear_errors(gh: McpStack) -> None:
     assert httpx.post(url, json=big, headers=session, timeout=30).status_code == 413
     assert httpx.delete(url, headers=session, timeout=10).status_code == 200
     assert httpx.post(url, json={"jsonrpc": "2.0", "id": 6, "method": "ping"}, headers=session).status_code == 404
+
+
+def test_gatehouse_mcp_list_shows_servers_health_and_tool_counts(gh: McpStack) -> None:
+    from typer.testing import CliRunner
+
+    from gatehouse.cli import app
+
+    runner = CliRunner()
+    deadline = time.monotonic() + 60
+    while True:
+        out = runner.invoke(app, ["mcp", "list", "--json", "--data-dir", str(gh.stack.data_dir)])
+        assert out.exit_code == 0, out.output
+        servers = {row["server"]: row for row in json.loads(out.output)}
+        if all(s["health"] == "up" for s in servers.values()) or time.monotonic() > deadline:
+            break
+        time.sleep(0.3)
+    assert set(servers) == {"local", "remote"}
+    assert servers["local"]["transport"] == "stdio" and servers["remote"]["transport"] == "http"
+    assert servers["local"]["health"] == "up" and servers["local"]["tools"] >= 9
+    assert servers["remote"]["resources"] == 1 and servers["remote"]["prompts"] == 1

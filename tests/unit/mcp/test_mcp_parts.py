@@ -1,0 +1,90 @@
+"""Small pure parts of the MCP path: sessions, the namespaced catalog and its filter, run digests, records."""
+
+from __future__ import annotations
+
+import msgspec
+import pytest
+
+from services.accounting.core import MCP_CALLS, MCP_COLUMNS, event_row
+from services.ingress.mcp.catalog import ServerLists, visible
+from services.ingress.mcp.runs import BadRunId, call_digest, run_id_of
+from services.ingress.mcp.sessions import Sessions
+from shared.directory import Directory
+from shared.governance import Limits, RunLimits, Team, VirtualKey
+from shared.mcp_config import split_name
+from shared.schemas.chat import Caller
+from shared.schemas.mcp import McpCallEvent, ServerCatalog
+from shared.subjects import Subjects
+
+
+def test_sessions_belong_to_their_key_and_expire_when_idle() -> None:
+    sessions = Sessions(idle_s=10, max_sessions=2)
+    a = sessions.open("k1", "2025-11-25", now=0)
+    assert sessions.get(a.id, "k1", now=5) is a
+    assert sessions.get(a.id, "k2", now=5) is None  # another key: as if unknown
+    assert sessions.get(a.id, "k1", now=16) is None  # idle past 10 s
+    b = sessions.open("k1", "v", now=20)
+    sessions.open("k1", "v", now=21)
+    sessions.open("k1", "v", now=22)  # full: the least recently seen goes
+    assert sessions.get(b.id, "k1", now=22) is None and len(sessions) == 2
+
+
+def test_a_closed_session_ends_its_streams() -> None:
+    sessions = Sessions(idle_s=10, max_sessions=5)
+    s = sessions.open("k", "v", now=0)
+    queue = sessions.stream(s)
+    sessions.broadcast(b"event")
+    assert sessions.close(s.id) and not sessions.close(s.id)
+    assert queue.get_nowait() == b"event" and queue.get_nowait() == b""
+
+
+def test_catalog_names_are_namespaced_and_filtered_by_the_keys_globs() -> None:
+    lists = ServerLists.of(
+        ServerCatalog(
+            name="fs", transport="stdio", healthy=True,
+            tools=b'[{"name":"read","inputSchema":{}},{"name":"write","inputSchema":{}}]',
+            resources=b'[{"name":"readme","uri":"file:///readme"}]',
+        )
+    )  # fmt: skip
+    assert [t["name"] for t in lists.tools] == ["fs__read", "fs__write"]
+    assert lists.resources[0]["uri"] == "fs__file:///readme" and split_name("fs__file:///readme") == (
+        "fs",
+        "file:///readme",
+    )
+    directory = Directory()
+    directory.put(Team(id="t", limits=Limits(tools=["fs__*"], tools_deny=["*__write"])))
+    directory.put(VirtualKey(id="k", team="t", sha256="0" * 64, limits=Limits(tools=["fs__read", "fs__write"])))
+    ent = directory.entitlement(directory.keys["k"])
+    assert [t["name"] for t in visible(lists.tools, ent)] == ["fs__read"]
+    assert ent.allows_tool("fs__read") and not ent.allows_tool("fs__write") and not ent.allows_tool("web__read")
+
+
+def test_run_limits_take_the_tightest_level() -> None:
+    directory = Directory()
+    directory.put(Team(id="t", limits=Limits(runs=RunLimits(max_tool_calls=10, loop_threshold=5))))
+    directory.put(VirtualKey(id="k", team="t", sha256="0" * 64, limits=Limits(runs=RunLimits(max_tool_calls=20))))
+    limits = directory.entitlement(directory.keys["k"]).run_limits(RunLimits(max_tool_calls=50, max_spend_usd=2.0))
+    assert (limits.max_tool_calls, limits.loop_threshold, limits.max_spend_usd) == (10, 5, 2.0)
+
+
+def test_run_ids_and_call_digests() -> None:
+    assert run_id_of(None) == "" and run_id_of("agent-7_a") == "agent-7_a"
+    for bad in ("a.b", "a b", "-x", "x" * 65, "a>b"):
+        with pytest.raises(BadRunId):
+            run_id_of(bad)
+    assert call_digest("t", b'{"a":1,"b":[1,2]}') == call_digest("t", b'{ "b": [1, 2], "a": 1 }')
+    assert call_digest("t", b'{"a":1}') != call_digest("u", b'{"a":1}')
+    assert call_digest("t", b'{"a":1}') != call_digest("t", b'{"a":2}')
+
+
+def test_an_mcp_call_event_becomes_an_mcp_calls_row() -> None:
+    subjects = Subjects("t")
+    event = McpCallEvent(
+        event_id="e1", call_id="c1", method="tools/call", server="fs", tool="fs__read",
+        caller=Caller(key_id="k", team="t", org="o"), status="ok", latency_ms=3.5, received_at=1e9,
+        finished_at=1e9 + 1, cost_usd=0.25, tags={"a": "b"},
+    )  # fmt: skip
+    table, row, _ = event_row(subjects, subjects.events_mcp.name, msgspec.msgpack.encode(event), {})
+    assert table == MCP_CALLS and len(row) == len(MCP_COLUMNS)
+    named = dict(zip(MCP_COLUMNS, row, strict=True))
+    assert (named["server"], named["key_id"], named["team"], named["cost_usd"]) == ("fs", "k", "t", 0.25)
