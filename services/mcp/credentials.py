@@ -76,10 +76,14 @@ class ClientCredentials(httpx2.Auth):
 
     async def async_auth_flow(self, request: httpx2.Request) -> AsyncGenerator[httpx2.Request, httpx2.Response]:
         if not self._token or time.monotonic() >= self._expires_at:
-            self._store((yield self._token_request()))
+            response = yield self._token_request()
+            await response.aread()  # a streaming request's flow gets its answers unread
+            self._store(response)
         request.headers["authorization"] = f"Bearer {self._token}"
         response = yield request
         if response.status_code == 401:
-            self._store((yield self._token_request()))
+            renewed = yield self._token_request()
+            await renewed.aread()
+            self._store(renewed)
             request.headers["authorization"] = f"Bearer {self._token}"
             yield request

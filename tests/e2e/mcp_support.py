@@ -5,6 +5,7 @@ launches and supervises, and `remote`, a Streamable HTTP server in its own proce
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
 import subprocess
 import sys
@@ -32,7 +33,7 @@ RUN_KEY = "sk-e2e-mcp-runs"  # agent runs: 4 tool calls, 2 model calls, a loop a
 APPROVAL_TIMEOUT_S = 4
 
 
-def config_text(remote_url: str) -> str:
+def config_text(remote_url: str, legacy_url: str, legacy_token_url: str) -> str:
     python = sys.executable
     return f"""
 server: {{host: 127.0.0.1, port: 0, request_timeout_s: 30}}
@@ -76,6 +77,11 @@ mcp:
       url: {remote_url}
       timeout_s: 2
       price_usd: 0.01
+      headers_from_env: {{x-upstream-key: E2E_MCP_REMOTE_KEY}}
+    legacy:
+      transport: sse
+      url: {legacy_url}
+      oauth: {{token_url: "{legacy_token_url}", client_id: gatehouse, client_secret_env: E2E_MCP_LEGACY_SECRET}}
   rules:
     - {{tools: ["*__transfer"], arg: amount, max: 100, action: deny, message: "transfers above 100 need a human"}}
     - {{tools: ["*__write_file"], arg: path, not_prefix: /srv/shared/, action: deny}}
@@ -126,15 +132,23 @@ def _wait_port(port: int, timeout: float = 30.0) -> None:
     raise TimeoutError(f"nothing listens on port {port}")
 
 
+# what the upstream servers demand, held by the gateway's mcp stage only (never by ingress or a client)
+REMOTE_KEY = "upstream-remote-key-123"
+LEGACY_SECRET = "upstream-legacy-oauth-secret"
+
+
 @contextlib.contextmanager
-def remote_server(port: int) -> Iterator[str]:
-    """The Streamable HTTP upstream, in its own process."""
+def upstream_server(transport: str, name: str, port: int, env: dict[str, str]) -> Iterator[str]:
+    """An HTTP upstream (Streamable HTTP or legacy SSE) in its own process, demanding its credential."""
     proc = subprocess.Popen(
-        [sys.executable, str(NOTES), "http", "remote", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        [sys.executable, str(NOTES), transport, name, str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, **env},
     )
     try:
         _wait_port(port)
-        yield f"http://127.0.0.1:{port}/mcp"
+        yield f"http://127.0.0.1:{port}"
     finally:
         proc.terminate()
         proc.wait(timeout=10)
@@ -142,9 +156,15 @@ def remote_server(port: int) -> Iterator[str]:
 
 @contextlib.contextmanager
 def mcp_stack(tmp: Path, prefix: str) -> Iterator[McpStack]:
-    with remote_server(free_port()) as remote:
+    os.environ["E2E_MCP_REMOTE_KEY"] = REMOTE_KEY
+    os.environ["E2E_MCP_LEGACY_SECRET"] = LEGACY_SECRET
+    with (
+        upstream_server("http", "remote", free_port(), {"NOTES_REQUIRED_KEY": REMOTE_KEY}) as remote_base,
+        upstream_server("sse", "legacy", free_port(), {"NOTES_OAUTH_SECRET": LEGACY_SECRET}) as legacy_base,
+    ):
+        remote = f"{remote_base}/mcp"
         config = tmp / "gatehouse.yaml"
-        config.write_text(config_text(remote))
+        config.write_text(config_text(remote, f"{legacy_base}/sse", f"{legacy_base}/token"))
         stack = Stack(
             config=config,
             data_dir=tmp / "data",

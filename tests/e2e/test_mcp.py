@@ -22,8 +22,10 @@ from mcp.shared.exceptions import MCPError
 from shared import mcp_errors
 from tests.e2e.mcp_support import (
     APPROVAL_TIMEOUT_S,
+    LEGACY_SECRET,
     MAIN_KEY,
     QUOTA_KEY,
+    REMOTE_KEY,
     RUN_KEY,
     STRICT_KEY,
     McpStack,
@@ -373,7 +375,22 @@ def test_gatehouse_mcp_list_shows_servers_health_and_tool_counts(gh: McpStack) -
         if all(s["health"] == "up" for s in servers.values()) or time.monotonic() > deadline:
             break
         time.sleep(0.3)
-    assert set(servers) == {"local", "remote"}
+    assert set(servers) == {"local", "remote", "legacy"}
     assert servers["local"]["transport"] == "stdio" and servers["remote"]["transport"] == "http"
     assert servers["local"]["health"] == "up" and servers["local"]["tools"] >= 9
     assert servers["remote"]["resources"] == 1 and servers["remote"]["prompts"] == 1
+
+
+async def test_a_legacy_sse_server_with_oauth_and_an_http_server_with_a_header_from_env(gh: McpStack) -> None:
+    """Both demand credentials the gateway holds (an env header, an OAuth client-credentials token); the client
+    never sends or sees them, and ingress's environment does not have them."""
+    await wait_tools(gh, {"legacy__echo", "remote__echo"})
+    async with gh.client() as client:
+        assert text_of(await client.call_tool("legacy__echo", {"text": "old"})) == "legacy: old"
+        assert text_of(await client.call_tool("remote__echo", {"text": "new"})) == "remote: new"
+    ingress_env = next(c.env for c in gh.stack.children if c.service == "ingress")
+    mcp_env = next(c.env for c in gh.stack.children if c.service == "mcp")
+    assert "E2E_MCP_REMOTE_KEY" not in ingress_env and "E2E_MCP_LEGACY_SECRET" not in ingress_env
+    assert mcp_env["E2E_MCP_REMOTE_KEY"] == REMOTE_KEY and mcp_env["E2E_MCP_LEGACY_SECRET"] == LEGACY_SECRET
+    guard_env = next(c.env for c in gh.stack.children if c.service == "guard")
+    assert "E2E_MCP_REMOTE_KEY" not in guard_env
