@@ -18,6 +18,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from gatehouse.childenv import SERVICES
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="gatehouse: an event-driven LLM gateway.")
 console = Console()
 err = Console(stderr=True)
@@ -36,7 +38,7 @@ def _parse_replicas(spec: str) -> dict[str, int]:
     out: dict[str, int] = {}
     for part in filter(None, (p.strip() for p in spec.split(","))):
         name, _, count = part.partition("=")
-        if name not in ("ingress", "guard", "router", "accounting", "batch") or not count.isdigit() or int(count) < 1:
+        if name not in SERVICES or not count.isdigit() or int(count) < 1:
             raise typer.BadParameter(f"bad replica spec {part!r}; use e.g. router=2,guard=2")
         out[name] = int(count)
     return out
