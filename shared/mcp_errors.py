@@ -34,6 +34,12 @@ def gateway_unavailable(stage: str) -> McpError:
     )
 
 
+def too_large(what: str, size: int, limit: int) -> McpError:
+    return McpError(
+        code=INTERNAL_ERROR, message=f"{what} is {size} bytes; the gateway passes at most {limit}.", status="too_large"
+    )
+
+
 def not_found(message: str) -> McpError:
     return McpError(code=METHOD_NOT_FOUND, message=message, status="invalid")
 

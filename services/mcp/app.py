@@ -38,12 +38,17 @@ log = logging.getLogger("gatehouse.mcp")
 class McpStage:
     """The upstream sessions of one replica, and its answers to calls and catalog queries."""
 
-    def __init__(self, config: McpConfig, subjects: Subjects, replica: str) -> None:
+    def __init__(self, config: McpConfig, subjects: Subjects, replica: str, max_result_bytes: int) -> None:
         self.config = config
+        # a result travels back over the bus (and then to the client): no larger than the body limit it is sized for
+        self.max_result_bytes = max_result_bytes
         self.subjects = subjects
         self.replica = replica
         self.publish: Callable[[str, bytes], Awaitable[None]] | None = None
-        self.upstreams = {name: Upstream(name, cfg, os.environ, self._changed) for name, cfg in config.servers.items()}
+        self.upstreams = {
+            name: Upstream(name, cfg, os.environ, self._changed, max_result_bytes)
+            for name, cfg in config.servers.items()
+        }
         self._tasks: list[asyncio.Task[None]] = []
 
     async def _changed(self, server: str, kinds: list[CatalogKind]) -> None:
@@ -77,6 +82,9 @@ class McpStage:
         started = time.perf_counter()
         result, error = await upstream.call(call.method, call.name, call.arguments, call.timeout_s)
         seconds = time.perf_counter() - started
+        if len(result) > self.max_result_bytes:
+            error = mcp_errors.too_large(f"The result of '{call.name}'", len(result), self.max_result_bytes)
+            result = b""
         finish_call(span, call, error, seconds)
         return ToolOutcome(
             call_id=call.call_id, result=result, error=error, upstream_ms=seconds * 1000, mcp_replica=self.replica
@@ -98,7 +106,7 @@ def create_app(settings: McpSettings) -> FastStream:
     config = load_config(settings.config)
     subjects = Subjects(settings.subject_prefix)
     broker = nats_broker(settings.nats_link("mcp"))
-    stage = McpStage(config.mcp, subjects, settings.replica)
+    stage = McpStage(config.mcp, subjects, settings.replica, config.server.max_body_bytes)
     telemetry = Telemetry(TelemetryConfig.of(settings, "mcp", settings.otlp_headers.get_secret_value()), subjects)
     telemetry.serve_metrics()
 

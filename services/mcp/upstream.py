@@ -55,8 +55,11 @@ def _dump_all(items: list[Any]) -> bytes:
 class Upstream:
     """The session with one upstream server and what it offers; `run` keeps it connected."""
 
-    def __init__(self, name: str, cfg: McpServerConfig, environ: Mapping[str, str], notify: Notify) -> None:
+    def __init__(
+        self, name: str, cfg: McpServerConfig, environ: Mapping[str, str], notify: Notify, max_result_bytes: int
+    ) -> None:
         self.name = name
+        self.max_result_bytes = max_result_bytes
         self.cfg = cfg
         self._environ = environ
         self._notify = notify
@@ -84,7 +87,12 @@ class Upstream:
             return sse_client(cfg.url, headers=headers, timeout=cfg.connect_timeout_s, auth=auth)
         timeout = httpx2.Timeout(cfg.connect_timeout_s, read=300.0)
         return streamable_http_client(
-            cfg.url, http_client=create_mcp_http_client(headers=headers, timeout=timeout, auth=auth)
+            cfg.url,
+            http_client=create_mcp_http_client(headers=headers, timeout=timeout, auth=auth),
+            # the SDK's own cap (1 MiB) would break results the gateway passes (and a tool's text result comes
+            # twice, as content and as structured content); past four times the gateway's limit the SDK refuses
+            # the event itself, and the session is rebuilt
+            max_sse_event_size=4 * self.max_result_bytes,
         )
 
     @property

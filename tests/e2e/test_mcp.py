@@ -233,6 +233,17 @@ async def test_list_changed_notifications_pass_through(gh: McpStack) -> None:
     assert "remote__extra" in names
 
 
+async def test_a_result_larger_than_the_bus_carries_is_a_clear_error(gh: McpStack) -> None:
+    await wait_tools(gh, {"remote__big"})
+    async with gh.client() as client:
+        # past the SDK's default 1 MiB SSE event, within the gateway's 4 MiB
+        assert len(text_of(await client.call_tool("remote__big", {"size": 1536 * 1024}))) == 1536 * 1024
+        with pytest.raises(MCPError) as big:
+            await client.call_tool("remote__big", {"size": 4 * 1024 * 1024 + 1})
+        assert big.value.error.code == mcp_errors.INTERNAL_ERROR and "at most" in big.value.error.message
+        assert text_of(await client.call_tool("remote__echo", {"text": "after"})) == "remote: after"
+
+
 async def test_argument_rules_allow_or_deny_a_call_by_its_arguments(gh: McpStack) -> None:
     await wait_tools(gh, {"remote__transfer"})
     async with gh.client() as client:
@@ -298,6 +309,9 @@ async def test_the_approvals_api_is_for_the_admin_key_only(gh: McpStack) -> None
         r = httpx.post(f"{gh.stack.ingress_url}/admin/v1/mcp/approvals/x/approve", headers=headers, timeout=10)
         assert r.status_code in (401, 403), (key, r.status_code)
     assert gh.admin("POST", "/mcp/approvals/no-such-call/approve").status_code == 404
+    for odd in ("*", ">", "a.b", "0" * 32):
+        assert gh.admin("POST", f"/mcp/approvals/{odd}/approve").status_code == 404, odd
+        assert gh.admin("GET", f"/mcp/approvals/{odd}").status_code == 404, odd
 
 
 async def test_agent_runs_end_with_a_clear_error(gh: McpStack) -> None:
@@ -360,6 +374,14 @@ async def test_bad_requests_get_clear_errors(gh: McpStack) -> None:
     big = {"jsonrpc": "2.0", "id": 5, "method": "tools/call",
            "params": {"name": "remote__echo", "arguments": {"text": "x" * (5 * 1024 * 1024)}}}  # fmt: skip
     assert httpx.post(url, json=big, headers=session, timeout=30).status_code == 413
+    # a session of a later revision takes no batches
+    modern = httpx.post(url, json={**init, "params": {**init["params"], "protocolVersion": "2025-11-25"}}, headers=auth)
+    assert modern.json()["result"]["protocolVersion"] == "2025-11-25"
+    r = httpx.post(url, json=batch, headers={**auth, "mcp-session-id": modern.headers["mcp-session-id"]})
+    assert r.status_code == 400 and r.json()["error"]["code"] == mcp_errors.INVALID_REQUEST
+    # a GET stream needs a session and an Accept for it
+    assert httpx.get(url, headers={"authorization": f"Bearer {MAIN_KEY}"}, timeout=10).status_code == 400
+    assert httpx.get(url, headers={**session, "accept": "application/json"}, timeout=10).status_code == 406
     assert httpx.delete(url, headers=session, timeout=10).status_code == 200
     assert httpx.post(url, json={"jsonrpc": "2.0", "id": 6, "method": "ping"}, headers=session).status_code == 404
 

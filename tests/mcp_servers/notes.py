@@ -54,6 +54,11 @@ def build(name: str) -> MCPServer:
         return "done"
 
     @server.tool()
+    def big(size: int) -> str:
+        """A result of `size` characters."""
+        return "x" * size
+
+    @server.tool()
     def send_email(to: str, body: str) -> str:
         """Send an e-mail (pretend)."""
         return f"sent to {to}"

@@ -10,6 +10,7 @@ POST /admin/v1/mcp/approvals/{id}/deny    optional body {"reason": "…"}
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable, Callable
 
 import msgspec
@@ -26,6 +27,17 @@ Wrap = Callable[[Handler], Handler]
 
 _LIST = msgspec.json.Decoder(list[dict[str, object]])
 MAX_REASON_BODY = 4096
+
+
+_CALL_ID = re.compile(r"^[0-9a-f]{32}$")
+
+
+def _call_id(request: Request) -> str:
+    """The approval id of the path (a call id: 32 hex digits); anything else names no approval."""
+    call_id = str(request.path_params["id"])
+    if not _CALL_ID.match(call_id):
+        raise NotFoundError(f"No approval '{call_id[:64]}'.")
+    return call_id
 
 
 class _Decision(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -90,7 +102,7 @@ class McpAdmin:
         return JSONResponse({"data": [_approval(a) for a in await self._store().pending()]})
 
     async def show(self, request: Request) -> Response:
-        call_id = request.path_params["id"]
+        call_id = _call_id(request)
         try:
             return JSONResponse(_approval(await self._store().get(call_id)))
         except KeyError:
@@ -103,7 +115,7 @@ class McpAdmin:
         return await self._decide(request, "denied")
 
     async def _decide(self, request: Request, state: str) -> Response:
-        call_id = request.path_params["id"]
+        call_id = _call_id(request)
         raw = await request.body()
         if len(raw) > MAX_REASON_BODY:
             raise InvalidRequestError(f"The body exceeds {MAX_REASON_BODY} bytes.")
