@@ -122,6 +122,8 @@ class Stack:
         )
         next_port = self.metrics_port
         for service in SERVICES:
+            if service == "mcp" and not config.mcp.servers:
+                continue  # no upstream MCP server configured: no stage to hold their sessions
             for i in range(self.replicas.get(service, 1)):
                 launcher_env = self._launcher_env(service, i)
                 metrics_url = ""

@@ -125,7 +125,7 @@ def _assert_private_and_least_privileged(data: Path, children: list[int]) -> Non
     for path in (data, data / "logs", data / "creds", data / "nats"):
         assert stat.S_IMODE(path.stat().st_mode) == 0o700, path
     seeds = sorted((data / "creds").glob("*.nk"))
-    roles = ["accounting", "admin", "batch", "batch_producer", "guard", "ingress", "router"]
+    roles = ["accounting", "admin", "batch", "batch_producer", "guard", "ingress", "mcp", "router"]
     assert [p.stem for p in seeds] == roles  # batch_producer's is for pipelines; no service is given it
     for path in [*seeds, data / "nats.conf", data / "state.json"]:
         assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
