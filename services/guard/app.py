@@ -28,7 +28,13 @@ from services.guard.content import ResponseCapture
 from services.guard.core import Guard
 from services.guard.relay import ResponseRelay
 from services.guard.settings import GuardSettings
-from services.guard.telemetry import finish_check, forward_headers, start_check
+from services.guard.telemetry import (
+    finish_check,
+    finish_tool_call,
+    forward_headers,
+    start_check,
+    start_tool_call,
+)
 from services.guard.tools import Scanned, ToolGuard
 from services.guard.verdicts import VerdictLog
 from shared import mcp_errors, metrics
@@ -162,8 +168,10 @@ class GuardHandlers:
         except msgspec.MsgspecError:
             log.warning("malformed tool call on %s dropped", msg.subject)
             return
-        outcome = await self._tool_call(call, msg.headers)
+        span = start_tool_call(msg, call)
+        outcome = await self._tool_call(call, forward_headers(msg, span))
         await msg.respond(self.subjects.guard_mcp.encode_reply(outcome))
+        finish_tool_call(span, call, outcome)
 
     async def _tool_call(self, call: ToolCall, headers: dict[str, str] | None) -> ToolOutcome:
         scanned = self._scanned(call.call_id, "input", lambda: self.tools.scan_arguments(call))

@@ -10,6 +10,7 @@ from shared.bus import TRACEPARENT
 from shared.errors import ErrorInfo
 from shared.logs import bind_request
 from shared.schemas.chat import ChatRequest, GuardFinding, GuardSummary
+from shared.schemas.mcp import ToolCall, ToolOutcome
 from shared.tracing import CONSUMER, CURRENT, TRACER, Span, parse_traceparent
 
 
@@ -61,3 +62,29 @@ def _check_attributes(policy: str, action: str, findings: int, scan_us: int) -> 
 def verdict(summary: GuardSummary, findings: list[GuardFinding], direction: str, scan_us: int) -> None:
     """A verdict on a request (direction input) or a response (output)."""
     metrics.guard_verdict(summary.policy, summary.action, direction, findings, scan_us / 1e6)
+
+
+def start_tool_call(msg: Msg, call: ToolCall) -> Span:
+    """Open the span of guarding one MCP call (arguments, the mcp stage's answer, the result)."""
+    headers = msg.headers
+    span = TRACER.start(
+        "guard.mcp",
+        parse_traceparent(headers.get(TRACEPARENT) if headers else None),
+        kind=CONSUMER,
+        request_id=call.call_id,
+    )
+    CURRENT.set(span)
+    bind_request(call.call_id, span.trace_id)
+    return span
+
+
+def finish_tool_call(span: Span, call: ToolCall, outcome: ToolOutcome) -> None:
+    if not span.recording:
+        return
+    if outcome.error is not None:
+        span.fail(outcome.error.status)
+    span.end(_tool_attributes, call.server, call.name)
+
+
+def _tool_attributes(server: str, tool: str) -> dict[str, str | int]:
+    return {"gatehouse.mcp.server": server, "gatehouse.mcp.tool": tool}

@@ -176,6 +176,12 @@ async def test_every_call_is_a_record_in_clickhouse(gh: McpStack) -> None:
     assert echo[10] == pytest.approx(0.01)  # remote's price per call
     assert leak[9] == "redact" and "output" in leak[12]
     assert denied[10] == 0
+    # one trace across the stages: ingress's span, the guard's, the mcp stage's
+    [[trace]] = await rows(
+        gh, "SELECT trace_id FROM mcp_calls WHERE tags['ticket'] = 'T-42' AND tool = 'remote__echo'", 1
+    )
+    spans = await rows(gh, f"SELECT name, service FROM spans WHERE trace_id = '{trace}' ORDER BY start_time", 3)
+    assert [tuple(s) for s in spans] == [("ingress.mcp", "ingress"), ("guard.mcp", "guard"), ("mcp.call", "mcp")]
 
 
 async def test_a_killed_stdio_server_is_restarted_mid_session(gh: McpStack) -> None:

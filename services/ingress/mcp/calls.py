@@ -12,7 +12,7 @@ import math
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import msgspec
@@ -22,7 +22,8 @@ from nats.errors import NoRespondersError
 from services.ingress.mcp.approvals import Approvals
 from services.ingress.mcp.rules import decide
 from services.ingress.mcp.runs import RunLimitError, Runs
-from shared import mcp_errors, metrics
+from services.ingress.mcp.telemetry import finish_call, start_call
+from shared import mcp_errors
 from shared.admission import exceeded
 from shared.bus import REQUEST_ID, TRACEPARENT
 from shared.counters import Count, CounterError, Counters, Op
@@ -33,6 +34,7 @@ from shared.periods import period_key, window, window_reset
 from shared.schemas.chat import GuardFinding, GuardSummary
 from shared.schemas.mcp import Approval, McpCallEvent, McpError, McpMethod, ToolCall, ToolOutcome
 from shared.subjects import Subjects
+from shared.tracing import Span
 
 log = logging.getLogger("gatehouse.ingress.mcp")
 
@@ -78,6 +80,7 @@ class _Record:
     approval: str = ""
     cost_usd: float = 0.0
     is_tool_error: bool = False
+    span: Span | None = None
 
 
 def target(method: McpMethod, params: dict[str, Any]) -> tuple[str, str, bytes]:
@@ -132,6 +135,8 @@ class ToolCalls:
     async def call(self, ctx: CallContext, method: McpMethod, params: dict[str, Any]) -> dict[str, Any]:
         """The call's result (a JSON-RPC result object); CallFailed with the error the client gets."""
         rec = _Record(uuid.uuid4().hex, method, time.time(), time.monotonic())
+        rec.span = start_call(rec.call_id, ctx.traceparent)
+        ctx = replace(ctx, trace_id=rec.span.trace_id, traceparent=rec.span.context.traceparent())
         try:
             name, upstream_name, arguments = target(method, params)
             rec.tool, rec.request_bytes = name, len(arguments)
@@ -351,7 +356,8 @@ class ToolCalls:
             tags=ctx.tags,
         )
         self._events.publish(self.subjects.events_mcp, event, event.event_id)
-        metrics.mcp_call(rec.server or "unknown", status, latency / 1000)
+        if rec.span is not None:
+            finish_call(rec.span, rec.server, rec.tool, status, latency / 1000)
 
 
 _RANK = {"allow": 0, "flag": 1, "redact": 2, "block": 3}

@@ -30,7 +30,6 @@ from shared.auth import Authenticator
 from shared.directory import Entitlement
 from shared.errors import GatewayError, InvalidRequestError, PayloadTooLargeError
 from shared.schemas.mcp import CatalogChanged
-from shared.tracing import TraceContext, new_span_id, new_trace_id, parse_traceparent
 
 log = logging.getLogger("gatehouse.ingress.mcp")
 
@@ -222,9 +221,6 @@ class McpEndpoint:
             run_id = run_id_of(request.headers.get(RUN_HEADER))
         except BadRunId as exc:
             return _http_error(400, mcp_errors.INVALID_REQUEST, str(exc))
-        trace = parse_traceparent(request.headers.get("traceparent")) or TraceContext(
-            new_trace_id(), new_span_id(), True
-        )
         tags = {
             name[16:][:64]: value[:256]
             for name, value in list(request.headers.items())[:64]
@@ -234,8 +230,7 @@ class McpEndpoint:
             ent=ent,
             session_id=session.id,
             run_id=run_id,
-            trace_id=trace.trace_id,
-            traceparent=trace.traceparent(),
+            traceparent=request.headers.get("traceparent", "")[:128],
             tags=dict(list(tags.items())[:16]),
         )
 
