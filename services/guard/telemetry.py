@@ -14,18 +14,20 @@ from shared.schemas.mcp import ToolCall, ToolOutcome
 from shared.tracing import CONSUMER, CURRENT, TRACER, Span, parse_traceparent
 
 
-def start_check(msg: Msg, req: ChatRequest) -> Span:
-    """Open the span of checking `req`, continuing the trace its message carries."""
+def _start(msg: Msg, name: str, request_id: str) -> Span:
+    """Open a span continuing the trace `msg` carries, and tag the task's log lines with it."""
     headers = msg.headers
     span = TRACER.start(
-        "guard.check",
-        parse_traceparent(headers.get(TRACEPARENT) if headers else None),
-        kind=CONSUMER,
-        request_id=req.request_id,
+        name, parse_traceparent(headers.get(TRACEPARENT) if headers else None), kind=CONSUMER, request_id=request_id
     )
     CURRENT.set(span)
-    bind_request(req.request_id, span.trace_id)
+    bind_request(request_id, span.trace_id)
     return span
+
+
+def start_check(msg: Msg, req: ChatRequest) -> Span:
+    """Open the span of checking `req`, continuing the trace its message carries."""
+    return _start(msg, "guard.check", req.request_id)
 
 
 def forward_headers(msg: Msg, span: Span) -> dict[str, str]:
@@ -66,16 +68,7 @@ def verdict(summary: GuardSummary, findings: list[GuardFinding], direction: str,
 
 def start_tool_call(msg: Msg, call: ToolCall) -> Span:
     """Open the span of guarding one MCP call (arguments, the mcp stage's answer, the result)."""
-    headers = msg.headers
-    span = TRACER.start(
-        "guard.mcp",
-        parse_traceparent(headers.get(TRACEPARENT) if headers else None),
-        kind=CONSUMER,
-        request_id=call.call_id,
-    )
-    CURRENT.set(span)
-    bind_request(call.call_id, span.trace_id)
-    return span
+    return _start(msg, "guard.mcp", call.call_id)
 
 
 def finish_tool_call(span: Span, call: ToolCall, outcome: ToolOutcome) -> None:

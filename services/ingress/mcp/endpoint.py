@@ -25,6 +25,7 @@ from services.ingress.mcp.calls import CallContext, CallFailed, ToolCalls
 from services.ingress.mcp.catalog import CatalogCache
 from services.ingress.mcp.runs import RUN_HEADER, BadRunId, run_id_of
 from services.ingress.mcp.sessions import Session, Sessions
+from services.ingress.tags import client_tags
 from shared import mcp_errors
 from shared.auth import Authenticator
 from shared.directory import Entitlement
@@ -221,17 +222,12 @@ class McpEndpoint:
             run_id = run_id_of(request.headers.get(RUN_HEADER))
         except BadRunId as exc:
             return _http_error(400, mcp_errors.INVALID_REQUEST, str(exc))
-        tags = {
-            name[16:][:64]: value[:256]
-            for name, value in list(request.headers.items())[:64]
-            if name.startswith("x-gatehouse-tag-")
-        }
         return CallContext(
             ent=ent,
             session_id=session.id,
             run_id=run_id,
             traceparent=request.headers.get("traceparent", "")[:128],
-            tags=dict(list(tags.items())[:16]),
+            tags=client_tags(request.headers),
         )
 
     async def _answer(self, message: Any, ctx: CallContext) -> dict[str, Any] | None:
