@@ -64,6 +64,28 @@ async def ensure_events_stream(js: JetStreamContext, subjects: Subjects) -> None
         log.info("event stream %s exists with a different config; leaving it", config.name)
 
 
+def hooks_stream_config(subjects: Subjects, *, max_age_s: float = 7 * 24 * 3600) -> StreamConfig:
+    """What webhooks and on_event plugins are told (`<p>.hooks.>`): a work queue on disk, kept until handled,
+    deduplicated on Nats-Msg-Id (a redelivered event fans out to the same delivery ids)."""
+    return StreamConfig(
+        name=subjects.hooks_stream,
+        subjects=[subjects.hooks_wildcard],
+        retention=RetentionPolicy.WORK_QUEUE,
+        storage=StorageType.FILE,
+        discard=DiscardPolicy.OLD,
+        max_age=max_age_s,
+        duplicate_window=600.0,
+    )
+
+
+async def ensure_hooks_stream(js: JetStreamContext, subjects: Subjects) -> None:
+    """Create the hooks stream if missing (idempotent; whoever publishes to it calls this at startup)."""
+    try:
+        await js.add_stream(hooks_stream_config(subjects))
+    except BadRequestError:
+        log.info("hooks stream %s exists with a different config; leaving it", subjects.hooks_stream)
+
+
 async def publish_event(
     js: JetStreamContext, subject: str, event: object, event_id: str, *, timeout_s: float = PUBLISH_TIMEOUT_S
 ) -> None:

@@ -39,11 +39,12 @@ from services.router.signing import request_signers
 from services.router.telemetry import finish_dispatch, start_dispatch
 from services.router.upstream import Upstream
 from shared import metrics
-from shared.bus import QueueWorker, answer_pings
+from shared.bus import QueueWorker, answer_pings, ensure_hooks_stream
 from shared.config import load_config
-from shared.errors import ServiceUnavailableError
+from shared.errors import ErrorInfo, GatewayError, ServiceUnavailableError
 from shared.natsconn import nats_broker
-from shared.schemas.chat import Heartbeat, Outcome, Reply, Result
+from shared.plugins import ROUTER_POINTS, HookRunner, RequestView, build_runner
+from shared.schemas.chat import ChatRequest, Heartbeat, Outcome, Reply, Result
 from shared.schemas.routing import RouterStatus
 from shared.subjects import Subjects, encode
 from shared.telemetry import Telemetry, TelemetryConfig
@@ -66,8 +67,10 @@ class RouterHandlers:
         heartbeat_s: float,
         max_inflight: int = 0,
         gate: PriorityGate | None = None,
+        hooks: HookRunner | None = None,
     ) -> None:
         self.max_inflight = max_inflight
+        self.hooks = hooks or HookRunner({})
         self.broker = broker
         self.dispatcher = dispatcher
         self.subjects = subjects
@@ -138,7 +141,9 @@ class RouterHandlers:
         if task is not None:
             self.working[req.request_id] = task
         try:
-            if batch:
+            if self.hooks.has("before_dispatch") and (refused := await self._before_dispatch(req)) is not None:
+                await send(Result(outcome=Outcome(replica=self.dispatcher.replica), error=refused))
+            elif batch:
                 async with self.gate.batch_slot():  # heartbeats go on while the item waits its turn
                     await self.dispatcher.serve(req, send)
             else:
@@ -152,6 +157,28 @@ class RouterHandlers:
             finish_dispatch(trace)
             self.working.pop(req.request_id, None)
             self.cancelled.discard(req.request_id)
+
+    async def _before_dispatch(self, req: ChatRequest) -> ErrorInfo | None:
+        """The before_dispatch hooks: a plugin's block, a failure under `fail: closed`, or None to go on."""
+        caller = req.caller
+        view = RequestView(
+            point="before_dispatch",
+            request_id=req.request_id,
+            api=req.api,
+            model=req.model,
+            stream=req.stream,
+            key_id=caller.key_id,
+            team=caller.team,
+            project=caller.project,
+            org=caller.org,
+            user=caller.user,
+            tags=dict(req.tags),
+        )
+        try:
+            await self.hooks.run("before_dispatch", view)
+        except GatewayError as exc:
+            return exc.info()
+        return None
 
     async def on_cancel(self, msg: Msg) -> None:
         try:
@@ -209,7 +236,8 @@ def create_app(settings: RouterSettings) -> FastStream:
         yield_s=settings.router_batch_yield_s,
         busy_rate=settings.router_batch_busy_rate,
     )
-    handlers = RouterHandlers(broker, dispatcher, subjects, settings.router_heartbeat_s, max_inflight, gate)
+    hooks = build_runner(config.plugins, ROUTER_POINTS)
+    handlers = RouterHandlers(broker, dispatcher, subjects, settings.router_heartbeat_s, max_inflight, gate, hooks)
     chat = subjects.router_chat
     worker = QueueWorker(chat.name, chat.queue, handlers.on_request, max_inflight, on_full=handlers.on_full)
     lane = subjects.router_batch
@@ -227,7 +255,11 @@ def create_app(settings: RouterSettings) -> FastStream:
         await telemetry.start(nc)
         metrics.in_flight(lambda: worker.in_flight)
         if config.routing.breaker.shared:
-            shared = SharedHealth(broker.config.connection_state.stream, subjects.routing_bucket, board)
+            js = broker.config.connection_state.stream
+            down = subjects.hooks_deployment if any("deployment_down" in w.events for w in config.webhooks) else None
+            if down is not None:
+                await ensure_hooks_stream(js, subjects)
+            shared = SharedHealth(js, subjects.routing_bucket, board, down)
             dispatcher.attach(shared)
             shared.start()
         await nc.subscribe(subjects.router_cancel.name, cb=handlers.on_cancel)
