@@ -320,10 +320,13 @@ class Gateway:
                     f"The model `{parsed.model}` does not exist or you do not have access to it.", param="model"
                 )
             headers: Mapping[str, str] = request.headers
-            plugin_tags: dict[str, str] = {}
+            record.tags = {**ent.tags, **_tags(headers)}
             if self.hooks.has("before_guard"):
-                headers, plugin_tags = await hooks.before_guard(self.hooks, record, headers)
-            record.tags = {**ent.tags, **_tags(headers), **plugin_tags}
+                rewritten, plugin_tags = await hooks.before_guard(self.hooks, record, headers)
+                if rewritten is not headers:  # rewritten headers may carry other tags
+                    headers = rewritten
+                    record.tags = {**ent.tags, **_tags(headers)}
+                record.tags.update(plugin_tags)
             native = parsed.native
             if native and not native.untranslatable and native.protocol not in self.native_protocols[target.name]:
                 native = None  # no deployment takes the client's own body: only its translation travels
