@@ -78,4 +78,4 @@ def format_event(envelope: Mapping[str, object]) -> dict[str, object]:
             }
         )
     blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": f"delivery {envelope.get('id', '')}"}]})
-    return {"text": text, "blocks": blocks}
+    return {"text": _escape(text), "blocks": blocks}
