@@ -25,7 +25,7 @@ import importlib
 import inspect
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Generator, Mapping, Sequence
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 
@@ -142,7 +142,7 @@ class PluginBlocked(GatewayError):
         )
 
 
-Hook = Callable[[RequestView], Awaitable[HookResult | None]]
+Hook = Callable[[RequestView], Coroutine[object, object, HookResult | None]]
 # (plugin, point, outcome: ok | error | timeout | invalid, seconds)
 Observer = Callable[[str, str, str, float], None]
 
@@ -213,8 +213,16 @@ class HookRunner:
     async def _one(self, point: HookPoint, bound: BoundHook, view: RequestView) -> HookResult | None:
         started = time.perf_counter()
         try:
-            async with asyncio.timeout(bound.timeout_s):
-                result = await bound.hook(view)
+            coro = bound.hook(view)
+            try:
+                # the first step runs here: a hook that never waits (most do not) ends in it, and needs no
+                # timer; one that waits gets its timeout from there on
+                first = coro.send(None)
+            except StopIteration as done:
+                result = done.value
+            else:
+                async with asyncio.timeout(bound.timeout_s):
+                    result = await _Resumed(coro, first)
             result = _checked(point, result)
         except TimeoutError:
             self._failed(bound, point, "timeout", started, f"did not answer within {bound.timeout_s:g}s")
@@ -234,6 +242,33 @@ class HookRunner:
         log.warning("plugin %s (%s) %s; failing %s", bound.plugin, point, why, policy)
         if bound.fail_closed:
             raise PluginError(f"The gateway plugin `{bound.plugin}` failed ({outcome}); the request was not served.")
+
+
+class _Resumed:
+    """Awaiting this goes on with a coroutine that already took its first step and yielded `first`: what the
+    task would have got from it is handed to the task, and what the task sends or throws goes back in."""
+
+    __slots__ = ("_coro", "_first")
+
+    def __init__(self, coro: Coroutine[object, object, HookResult | None], first: object) -> None:
+        self._coro = coro
+        self._first = first
+
+    def __await__(self) -> Generator[object, object, object]:
+        yielded = self._first
+        while True:
+            try:
+                sent = yield yielded
+            except BaseException as exc:  # the task's cancellation (a timeout): into the hook, as a task would
+                try:
+                    yielded = self._coro.throw(exc)
+                except StopIteration as done:
+                    return done.value
+            else:
+                try:
+                    yielded = self._coro.send(sent)
+                except StopIteration as done:
+                    return done.value
 
 
 class _Invalid(Exception):

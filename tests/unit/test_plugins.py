@@ -69,6 +69,39 @@ async def test_fail_closed_is_a_503_plugin_error_naming_the_plugin_only(hook: ob
     assert "`p1`" in info.message and "boom" not in info.message and "secret" not in info.message
 
 
+async def test_a_hook_that_waits_is_resumed_and_its_result_or_error_counts() -> None:
+    async def waits(_view: RequestView) -> HookResult:
+        await asyncio.sleep(0)
+        await asyncio.sleep(0.001)
+        return HookResult(tags={"waited": "yes"})
+
+    assert (await _runner("before_guard", waits).run("before_guard", VIEW)).tags == {"waited": "yes"}
+
+    async def waits_then_fails(_view: RequestView) -> HookResult:
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        asyncio.get_running_loop().call_soon(future.set_exception, ValueError("late"))
+        await future
+        return HookResult()
+
+    with pytest.raises(PluginError):
+        await _runner("before_guard", waits_then_fails, fail_closed=True).run("before_guard", VIEW)
+
+
+async def test_a_hook_cut_at_its_timeout_is_cancelled_inside() -> None:
+    cancelled = asyncio.Event()
+
+    async def hangs(_view: RequestView) -> HookResult | None:
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+        return None
+
+    assert await _runner("before_guard", hangs).run("before_guard", VIEW) is NOTHING
+    assert cancelled.is_set()
+
+
 async def test_results_merge_and_later_plugins_win() -> None:
     async def second(_view: RequestView) -> HookResult:
         return HookResult(tags={"a": "2", "b": "3"})
