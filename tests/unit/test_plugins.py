@@ -269,3 +269,21 @@ def test_slack_escapes_what_slack_would_read_as_markup() -> None:
     message = slack_alerts.format_event(envelope("d", "deployment_down", 1.0, {"deployment": "<!channel>&x"}))
     assert "<!channel>" not in str(message) and "&lt;!channel&gt;&amp;x" in str(message["blocks"])
     assert "&lt;!channel&gt;" in str(message["text"])
+
+
+def test_every_config_example_in_the_docs_validates() -> None:
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[2] / "docs" / "plugins.md").read_text()
+    blocks = re.findall(r"```yaml\n(.*?)```", text, re.S)
+    assert len(blocks) >= 3
+    for block in blocks:
+        config = parse_config(block, "docs/plugins.md")
+        assert config.plugins or config.webhooks
+        for spec in config.plugins:
+            if spec.path.startswith("gatehouse."):
+                load_factory(spec.path, "")(dict(spec.options))  # the shipped plugins load with these options
+        for hook in config.webhooks:
+            if hook.format != "json":
+                load_factory(hook.format, "")
