@@ -578,7 +578,7 @@ class Gateway:
                 self._spawn(self._abandon(record, queue, cut or CLIENT_CLOSED))
 
     async def _stream_ended(self, record: RequestRecord, client_headers: Mapping[str, str]) -> None:
-        if self.hooks.has("after_response"):
+        if self.hooks.has("after_response") and record.error is None:
             # the stream is out: its tags still reach the record; a failure can only be logged
             with contextlib.suppress(GatewayError):
                 await hooks.after_response(self.hooks, record, client_headers)
