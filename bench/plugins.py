@@ -6,10 +6,10 @@
 2. pipeline: two stacks at once (the `gatehouse up` code: guard, router, accounting, chDB, the mock
    provider), one without plugins and one with an empty hook at each of the five points (before_guard,
    after_guard, before_dispatch, after_response, on_event); sequential requests alternate between them
-   (`--requests` each per run, the order flipped every run) so machine noise hits both alike; p50 and p99
-   per run, and the medians over runs.
+   (`--requests` each per run, the order flipped every run) so machine noise hits both alike; `--rounds`
+   fresh pairs, the one started first alternating; p50 and p99 per run, and the medians over runs.
 
-    python bench/plugins.py --calls 200000 --requests 500 --runs 5
+    python bench/plugins.py --calls 200000 --requests 400 --runs 3 --rounds 2
 
 Loopback only; everything it starts, it stops.
 """
@@ -159,7 +159,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--calls", type=int, default=200_000)
     parser.add_argument("--requests", type=int, default=500)
-    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--runs", type=int, default=3, help="measurements per round")
+    parser.add_argument("--rounds", type=int, default=2, help="fresh pairs of stacks, start order alternating")
     parser.add_argument("--skip-pipeline", action="store_true")
     args = parser.parse_args()
     os.chdir(REPO)  # the stacks' processes import the plugin as bench.plugins
@@ -168,39 +169,44 @@ def main() -> None:
     for _ in range(args.runs):
         for name, us in asyncio.run(in_process(args.calls)).items():
             per_call.setdefault(name, []).append(us)
-    print(f"in-process, µs per call (median of {args.runs} runs of {args.calls} calls; min–max)")
+    print(f"in-process, µs per call (median of {args.runs} runs of {args.calls} calls; min-max)")
     for name, values in per_call.items():
-        print(f"  {name:24s} {statistics.median(values):7.3f}   ({min(values):.3f}–{max(values):.3f})")
+        print(f"  {name:24s} {statistics.median(values):7.3f}   ({min(values):.3f}-{max(values):.3f})")
     if args.skip_pipeline:
         return
 
-    with tempfile.TemporaryDirectory(prefix="gatehouse-bench-plugins-") as tmp:
-        stacks = {"none": start_stack(Path(tmp), "none", False), "hooks": start_stack(Path(tmp), "hooks", True)}
-        try:
-            urls = {name: s.ingress_url for name, s in stacks.items()}
-            rows: dict[str, dict[str, list[float]]] = {"p50": {}, "p99": {}}
-            for run in range(args.runs):
-                times = asyncio.run(measure(urls, args.requests, flip=run % 2 == 1))
-                line = []
-                for name in ("none", "hooks"):
-                    p50, p99 = statistics.median(times[name]), pct(times[name], 0.99)
-                    rows["p50"].setdefault(name, []).append(p50)
-                    rows["p99"].setdefault(name, []).append(p99)
-                    line.append(f"{name}: p50 {p50:.3f} ms p99 {p99:.3f} ms")
-                print(f"run {run + 1}: " + "; ".join(line))
-        finally:
-            for stack in stacks.values():
-                stack.stop()
+    rows: dict[str, dict[str, list[float]]] = {"p50": {}, "p99": {}}
+    for round_ in range(args.rounds):
+        # fresh stacks each round, the one started first alternating: a stack's start order must not decide
+        order = [("none", False), ("hooks", True)][:: 1 if round_ % 2 == 0 else -1]
+        with tempfile.TemporaryDirectory(prefix="gatehouse-bench-plugins-") as tmp:
+            stacks: dict[str, Stack] = {}
+            try:
+                for name, with_plugins in order:
+                    stacks[name] = start_stack(Path(tmp), name, with_plugins)
+                urls = {name: stacks[name].ingress_url for name in ("none", "hooks")}
+                for run in range(args.runs):
+                    times = asyncio.run(measure(urls, args.requests, flip=run % 2 == 1))
+                    line = []
+                    for name in ("none", "hooks"):
+                        p50, p99 = statistics.median(times[name]), pct(times[name], 0.99)
+                        rows["p50"].setdefault(name, []).append(p50)
+                        rows["p99"].setdefault(name, []).append(p99)
+                        line.append(f"{name}: p50 {p50:.3f} ms p99 {p99:.3f} ms")
+                    print(f"round {round_ + 1} ({order[0][0]} started first), run {run + 1}: " + "; ".join(line))
+            finally:
+                for stack in stacks.values():
+                    stack.stop()
     none50, hooks50 = (statistics.median(rows["p50"][n]) for n in ("none", "hooks"))
     none99, hooks99 = (statistics.median(rows["p99"][n]) for n in ("none", "hooks"))
     added = [h - n for h, n in zip(rows["p50"]["hooks"], rows["p50"]["none"], strict=True)]
-    print(f"\npipeline, {args.requests} sequential requests per stack per run, medians of {args.runs} runs")
+    runs = args.rounds * args.runs
+    print(f"\npipeline, {args.requests} sequential requests per stack per run, medians of {runs} runs")
     print("                       p50 ms    p99 ms")
     print(f"  no plugins          {none50:7.3f}   {none99:7.3f}")
     print(f"  empty hook x5       {hooks50:7.3f}   {hooks99:7.3f}")
-    print(
-        f"  added p50: median {statistics.median(added) * 1000:.0f} µs (runs: {', '.join(f'{a * 1000:.0f}' for a in added)} µs)"
-    )
+    each = ", ".join(f"{a * 1000:.0f}" for a in added)
+    print(f"  added p50: median {statistics.median(added) * 1000:.0f} µs (runs: {each} µs)")
 
 
 if __name__ == "__main__":
