@@ -20,6 +20,7 @@ from nats.js.api import KeyValueConfig, StorageType
 from nats.js.errors import BucketNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 
+from services.router.breaker import PROBE_FAILED
 from services.router.health import HealthBoard
 from shared.bus import MSG_ID
 from shared.schemas.routing import DeploymentHealth
@@ -113,7 +114,8 @@ class SharedHealth:
             kv = await self._bucket_kv()
             async with asyncio.timeout(WRITE_TIMEOUT_S):
                 self._revisions[key] = await kv.put(key, _ENC.encode(health))
-                if self._down is not None and health.state == "open":
+                if self._down is not None and health.state == "open" and not health.reason.startswith(PROBE_FAILED):
+                    # a deployment going down, not one still down after a failed probe
                     # one id per deployment and second: replicas opening together are told once
                     down_id = f"down.{key}.{int(health.at)}"
                     await self._js.publish(

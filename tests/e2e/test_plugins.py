@@ -39,6 +39,7 @@ class Env:
     slack: Receiver
     blocks: Receiver
     revived: Receiver
+    down: Receiver
 
     def chat(
         self, headers: dict[str, str] | None = None, model: str = "mock-1", content: str = "hello"
@@ -57,7 +58,7 @@ class Env:
         return rows[0]
 
 
-def _config(urls: dict[str, str]) -> str:
+def _config(urls: dict[str, str], dead_url: str) -> str:
     def hook(name: str, events: str, extra: str = "") -> str:
         return f"""  - name: {name}
     url: {urls[name]}/hook
@@ -75,6 +76,7 @@ def _config(urls: dict[str, str]) -> str:
             hook("slack", "budget_alert", "    format: gatehouse.plugins.slack_alerts:format_event\n"),
             hook("blocks", "request_blocked"),
             hook("revived", "budget_alert", "    max_attempts: 20\n    max_backoff_s: 1\n"),
+            hook("down", "deployment_down", "    format: gatehouse.plugins.slack_alerts:format_event\n"),
         )
     )
     return f"""
@@ -83,7 +85,10 @@ keys:
   - {{id: plugins, sha256: {hash_key(KEY)}, team: qa}}
 providers:
   mock: {{kind: mock}}
+  dead: {{kind: openai, api_base: "{dead_url}/v1", api_key_env: E2E_DEAD_PROVIDER_KEY, connect_timeout_s: 1}}
 models:
+  - name: down
+    deployments: [{{provider: dead, model: gpt-nowhere}}]
   - name: mock-1
     deployments: [{{provider: mock, model: mock-1}}]
   - name: priced
@@ -107,12 +112,14 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
         "slack": Receiver(),
         "blocks": Receiver(),
         "revived": Receiver(failing=True),
+        "down": Receiver(),
     }
     os.environ[SECRET_ENV] = SIGNING_SECRET
+    os.environ["E2E_DEAD_PROVIDER_KEY"] = "sk-nobody-listens"
     with ExitStack() as servers:
         urls = {name: servers.enter_context(serve_in_thread(r.app())) for name, r in receivers.items()}
         config = tmp / "gatehouse.yaml"
-        config.write_text(_config(urls))
+        config.write_text(_config(urls, f"http://127.0.0.1:{free_port()}"))  # nothing listens there
         stack = Stack(
             config=config, data_dir=tmp / "data", host="127.0.0.1", port=_port_pair(), prefix="plg",
             nats_port=free_port(),
@@ -296,6 +303,19 @@ def test_a_request_the_guard_blocks_is_sent_to_the_request_blocked_webhook(env: 
     assert sent["type"] == "request_blocked" and sent["data"]["request_id"] == rid
     assert "AKIA" not in env.blocks.answered(200)[0][1].decode()  # rules, never the text
     _deliveries(env, "blocks", "delivered")
+
+
+def test_an_opened_circuit_breaker_is_sent_to_the_deployment_down_webhook(env: Env) -> None:
+    for _ in range(6):  # five failures in a row open the breaker (routing.breaker.consecutive_failures)
+        r = env.chat(model="down")
+        assert r.status_code in (502, 503), r.text
+    _wait(lambda: env.down.answered(200), "no deployment_down delivery")
+    headers, payload, _ = env.down.answered(200)[0]
+    assert headers["x-gatehouse-event"] == "deployment_down"
+    message = json.loads(payload)
+    assert set(message) == {"text", "blocks"} and "dead/gpt-nowhere" in message["text"]
+    rows = _deliveries(env, "down", "delivered")
+    assert len(rows) == 1 and rows[0][1] == "deployment_down"
 
 
 def test_a_delivery_survives_a_restart_of_the_process_delivering_it(env: Env, alert: str) -> None:
