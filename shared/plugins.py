@@ -174,6 +174,23 @@ def load_factory(path: str, entry_point: str) -> Callable[..., object]:
     return obj  # type: ignore[no-any-return]  # checked callable above
 
 
+def unloadable(plugins: Sequence[PluginConfig], formats: Sequence[str] = ()) -> list[str]:
+    """What cannot be imported, one line each: `gatehouse up` says so before it starts anything (a service
+    would fail the same way at startup, over and over)."""
+    problems: list[str] = []
+    for i, spec in enumerate(plugins):
+        try:
+            load_factory(spec.path, spec.entry_point)
+        except Exception as exc:
+            problems.append(f"plugins[{i}] ({spec.name}): cannot load {spec.path or spec.entry_point!r}: {exc}")
+    for fmt in formats:
+        try:
+            load_factory(fmt, "")
+        except Exception as exc:
+            problems.append(f"webhook format {fmt!r} cannot be loaded: {exc}")
+    return problems
+
+
 class HookRunner:
     """The hooks of one process, by point, run in config order."""
 

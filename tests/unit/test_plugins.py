@@ -287,3 +287,14 @@ def test_every_config_example_in_the_docs_validates() -> None:
         for hook in config.webhooks:
             if hook.format != "json":
                 load_factory(hook.format, "")
+
+
+def test_unloadable_names_every_plugin_and_format_that_cannot_be_imported() -> None:
+    from shared.plugins import unloadable
+
+    good = _spec()
+    bad = _spec(name="nope", path="no_such_pkg_here.mod:create")
+    problems = unloadable([good, bad], ["gatehouse.plugins.slack_alerts:format_event", "gatehouse.plugins:missing"])
+    assert len(problems) == 2
+    assert problems[0].startswith("plugins[1] (nope): cannot load 'no_such_pkg_here.mod:create'")
+    assert "gatehouse.plugins:missing" in problems[1]
