@@ -1,6 +1,8 @@
 """accounting: `<p>.events.>` (JetStream, one durable pull consumer) → ClickHouse rows, acked after the insert;
 `<p>.accounting.sql` (SqlQuery, queue group `accounting`) → SqlResult; `.usage` and `.requests` (fixed queries
 for the admin API) → SqlResult; `.request` (one request's story) → RequestStory; `.reprice` → RepriceResult.
+`<p>.hooks.event.>` and `<p>.hooks.delivery` (JetStream, two durable pull consumers) → webhook POSTs and on_event
+plugin hooks → `<p>.events.webhook` (each delivery's end, stored in `webhook_deliveries`); see webhooks.py.
 
 Owns the ClickHouse schema (migrations at startup), prices usage, and answers analytics queries for the
 other processes (an embedded chDB path can be opened by one process only): parsed by ClickHouse, judged by

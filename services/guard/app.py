@@ -2,7 +2,9 @@
 to the ingress (or batch) inbox;
 router replies → `<p>.guardout.<id>.<request>` → scanned/restored → ingress inbox (only where a policy asks, or
 the caller logs content); redacted prompts and responses of callers that log content → `<p>.events.content`;
-`<p>.guard.scan` (ScanRequest) → ScanResult; every verdict with findings → `<p>.events.guard` (JetStream).
+`<p>.guard.scan` (ScanRequest) → ScanResult; every verdict with findings → `<p>.events.guard` (JetStream), and
+each block → `<p>.hooks.event.request_blocked` when a webhook wants it; after_guard plugin hooks run on the
+requests it lets through (shared/plugins.py).
 
 Scans each request with the policy of its key (or model, or the default), then forwards it, redacted
 where the policy says so, or answers the ingress inbox directly with a block. Responses come back

@@ -2,7 +2,8 @@
 Chunk…/Result from the inbox → HTTP response or SSE; one RequestEvent per request → `<p>.events.request`.
 
 The only HTTP surface and the only writer of HTTP errors. Authenticates the key, validates the body,
-publishes the request, relays the reply, and records every request, failed ones included.
+publishes the request, relays the reply, and records every request, failed ones included. Runs the
+before_guard and after_response plugin hooks (services/ingress/hooks.py).
 """
 
 from __future__ import annotations

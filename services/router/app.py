@@ -4,7 +4,9 @@
 `<p>.router.status` (every replica) answers with this replica's view of each deployment.
 `<p>.router.batch` (batch items, from the guard) is served the same way, as far as interactive traffic leaves
 room (services/router/priority.py).
-The `<P>_ROUTING` KV bucket carries deployment health (open, cooldown, probe) between replicas.
+The `<P>_ROUTING` KV bucket carries deployment health (open, cooldown, probe) between replicas; a breaker that
+opens also goes to `<p>.hooks.event.deployment_down` when a webhook wants it. before_dispatch plugin hooks run
+before the first deployment is tried (shared/plugins.py).
 
 Resolves the model to its deployments, orders them by the model's routing strategy, calls them with
 retries, failover and fallbacks on retryable errors (skipping deployments whose breaker is open or that
