@@ -28,12 +28,14 @@ import time
 from collections.abc import Callable, Coroutine, Generator, Mapping, Sequence
 from dataclasses import dataclass
 from importlib.metadata import entry_points
+from typing import TypedDict
 
 import msgspec
 
 from shared import metrics
 from shared.config import HookPoint, PluginConfig
 from shared.errors import ErrorInfo, GatewayError
+from shared.schemas.chat import Caller, ChatRequest
 
 log = logging.getLogger("gatehouse.plugins")
 
@@ -191,6 +193,26 @@ def unloadable(plugins: Sequence[PluginConfig], formats: Sequence[str] = ()) -> 
     return problems
 
 
+def request_view(point: str, req: ChatRequest, guard_action: str = "") -> RequestView:
+    """The view of a request as the guard and the router hold it (no headers: they never receive them)."""
+    return RequestView(point=point, request_id=req.request_id, api=req.api, model=req.model, stream=req.stream,
+                       tags=dict(req.tags), guard_action=guard_action, **caller_fields(req.caller))  # fmt: skip
+
+
+class CallerFields(TypedDict):
+    key_id: str
+    team: str
+    project: str
+    org: str
+    user: str
+
+
+def caller_fields(caller: Caller) -> CallerFields:
+    """The caller's part of a RequestView."""
+    return {"key_id": caller.key_id, "team": caller.team, "project": caller.project, "org": caller.org,
+            "user": caller.user}  # fmt: skip
+
+
 class HookRunner:
     """The hooks of one process, by point, run in config order."""
 
@@ -226,6 +248,15 @@ class HookRunner:
             tags.update(result.tags)
             headers.update(result.headers)
         return Applied(tags, headers) if tags or headers else NOTHING
+
+    async def refusal(self, point: HookPoint, view: RequestView) -> ErrorInfo | None:
+        """Run the hooks of a point that may only block: the error to answer with (a block, or a failure under
+        `fail: closed`), or None to go on."""
+        try:
+            await self.run(point, view)
+        except GatewayError as exc:
+            return exc.info()
+        return None
 
     async def _one(self, point: HookPoint, bound: BoundHook, view: RequestView) -> HookResult | None:
         started = time.perf_counter()

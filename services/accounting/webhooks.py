@@ -31,7 +31,7 @@ from services.accounting.core import REQUEST_COLUMNS, BadEvent, event_row
 from shared import metrics
 from shared.bus import MSG_ID, ensure_hooks_stream
 from shared.config import WebhookConfig
-from shared.plugins import HookRunner, RequestView, load_factory
+from shared.plugins import HookRunner, RequestView, caller_fields, load_factory
 from shared.pricing import Rates
 from shared.schemas.events import RequestEvent, WebhookDelivery, WebhookJob
 from shared.subjects import Subjects
@@ -357,7 +357,6 @@ class WebhookDispatcher:
 
 
 def event_view(event: RequestEvent, cost: object) -> RequestView:
-    caller = event.caller
     usage = event.usage
     return RequestView(
         point="on_event",
@@ -365,11 +364,6 @@ def event_view(event: RequestEvent, cost: object) -> RequestView:
         api=event.api,
         model=event.requested_model,
         stream=event.stream,
-        key_id=caller.key_id,
-        team=caller.team,
-        project=caller.project,
-        org=caller.org,
-        user=caller.user,
         tags=dict(event.tags),
         guard_action=event.guard_action,
         status=event.status,
@@ -381,4 +375,5 @@ def event_view(event: RequestEvent, cost: object) -> RequestView:
         output_tokens=usage.output_tokens if usage else 0,
         cost_usd=cost if isinstance(cost, float) else 0.0,
         latency_ms=event.latency_ms,
+        **caller_fields(event.caller),
     )

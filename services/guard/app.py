@@ -33,12 +33,11 @@ from services.guard.verdicts import VerdictLog
 from shared import metrics
 from shared.bus import QueueWorker, answer_pings, ensure_events_stream, ensure_hooks_stream
 from shared.config import load_config
-from shared.errors import ErrorInfo, GatewayError
 from shared.event_publisher import EventPublisher
 from shared.natsconn import nats_broker
-from shared.plugins import GUARD_POINTS, HookRunner, RequestView, build_runner
+from shared.plugins import GUARD_POINTS, HookRunner, build_runner, request_view
 from shared.schemas.admin import ScanFinding, ScanRequest, ScanResult
-from shared.schemas.chat import ChatRequest, GuardSummary, Outcome, Result, Verdict
+from shared.schemas.chat import Outcome, Result, Verdict
 from shared.schemas.events import ContentEvent
 from shared.subjects import Service, Subjects
 from shared.telemetry import Telemetry, TelemetryConfig
@@ -135,7 +134,7 @@ class GuardHandlers:
             self.log_content(checked.content)
         error = checked.error
         if error is None and self.hooks.has("after_guard"):
-            error = await self._after_guard(req, summary)
+            error = await self.hooks.refusal("after_guard", request_view("after_guard", req, summary.action))
         if error is not None:
             await nc.publish(reply_to, self.replies.encode(Result(outcome=Outcome(), error=error, guard=summary)))
         else:
@@ -155,30 +154,6 @@ class GuardHandlers:
             await nc.publish(router.name, data, reply=reply_to, headers=headers)
         finish_check(span, req, summary, error)
         self.verdicts.record(req.request_id, summary, list(summary.findings), "input", us)
-
-    async def _after_guard(self, req: ChatRequest, summary: GuardSummary) -> ErrorInfo | None:
-        """The after_guard hooks on a request the guard let through: a plugin's block, a failure under
-        `fail: closed`, or None to go on."""
-        caller = req.caller
-        view = RequestView(
-            point="after_guard",
-            request_id=req.request_id,
-            api=req.api,
-            model=req.model,
-            stream=req.stream,
-            key_id=caller.key_id,
-            team=caller.team,
-            project=caller.project,
-            org=caller.org,
-            user=caller.user,
-            tags=dict(req.tags),
-            guard_action=summary.action,
-        )
-        try:
-            await self.hooks.run("after_guard", view)
-        except GatewayError as exc:
-            return exc.info()
-        return None
 
     async def on_response(self, msg: Msg) -> None:
         await self.relay.on_reply(msg.subject[len(self.out_prefix) + 1 :], msg.data)

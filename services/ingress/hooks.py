@@ -8,12 +8,11 @@ from collections.abc import Mapping
 
 from starlette.datastructures import MutableHeaders
 
-from shared.plugins import HookRunner, RequestView
+from shared.plugins import HookRunner, RequestView, caller_fields
 from shared.records import RequestRecord
 
 
 def view(runner: HookRunner, point: str, record: RequestRecord, headers: Mapping[str, str]) -> RequestView:
-    caller = record.caller
     outcome = record.outcome
     usage = outcome.usage if outcome is not None else None
     error = record.error
@@ -23,11 +22,6 @@ def view(runner: HookRunner, point: str, record: RequestRecord, headers: Mapping
         api=record.api,
         model=record.model,
         stream=record.stream,
-        key_id=caller.key_id,
-        team=caller.team,
-        project=caller.project,
-        org=caller.org,
-        user=caller.user,
         headers=runner.header_view(headers),
         tags=dict(record.tags),
         guard_action=record.guard.action if record.guard is not None else "",
@@ -39,6 +33,7 @@ def view(runner: HookRunner, point: str, record: RequestRecord, headers: Mapping
         input_tokens=usage.input_tokens if usage is not None else 0,
         output_tokens=usage.output_tokens if usage is not None else 0,
         latency_ms=(time.monotonic() - record.started) * 1000 if point == "after_response" else 0.0,
+        **caller_fields(record.caller),
     )
 
 

@@ -43,10 +43,10 @@ from services.router.upstream import Upstream
 from shared import metrics
 from shared.bus import QueueWorker, answer_pings, ensure_hooks_stream
 from shared.config import load_config
-from shared.errors import ErrorInfo, GatewayError, ServiceUnavailableError
+from shared.errors import ServiceUnavailableError
 from shared.natsconn import nats_broker
-from shared.plugins import ROUTER_POINTS, HookRunner, RequestView, build_runner
-from shared.schemas.chat import ChatRequest, Heartbeat, Outcome, Reply, Result
+from shared.plugins import ROUTER_POINTS, HookRunner, build_runner, request_view
+from shared.schemas.chat import Heartbeat, Outcome, Reply, Result
 from shared.schemas.routing import RouterStatus
 from shared.subjects import Subjects, encode
 from shared.telemetry import Telemetry, TelemetryConfig
@@ -143,7 +143,10 @@ class RouterHandlers:
         if task is not None:
             self.working[req.request_id] = task
         try:
-            if self.hooks.has("before_dispatch") and (refused := await self._before_dispatch(req)) is not None:
+            refused = None
+            if self.hooks.has("before_dispatch"):
+                refused = await self.hooks.refusal("before_dispatch", request_view("before_dispatch", req))
+            if refused is not None:
                 await send(Result(outcome=Outcome(replica=self.dispatcher.replica), error=refused))
             elif batch:
                 async with self.gate.batch_slot():  # heartbeats go on while the item waits its turn
@@ -159,28 +162,6 @@ class RouterHandlers:
             finish_dispatch(trace)
             self.working.pop(req.request_id, None)
             self.cancelled.discard(req.request_id)
-
-    async def _before_dispatch(self, req: ChatRequest) -> ErrorInfo | None:
-        """The before_dispatch hooks: a plugin's block, a failure under `fail: closed`, or None to go on."""
-        caller = req.caller
-        view = RequestView(
-            point="before_dispatch",
-            request_id=req.request_id,
-            api=req.api,
-            model=req.model,
-            stream=req.stream,
-            key_id=caller.key_id,
-            team=caller.team,
-            project=caller.project,
-            org=caller.org,
-            user=caller.user,
-            tags=dict(req.tags),
-        )
-        try:
-            await self.hooks.run("before_dispatch", view)
-        except GatewayError as exc:
-            return exc.info()
-        return None
 
     async def on_cancel(self, msg: Msg) -> None:
         try:
