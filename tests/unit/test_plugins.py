@@ -298,3 +298,46 @@ def test_unloadable_names_every_plugin_and_format_that_cannot_be_imported() -> N
     assert len(problems) == 2
     assert problems[0].startswith("plugins[1] (nope): cannot load 'no_such_pkg_here.mod:create'")
     assert "gatehouse.plugins:missing" in problems[1]
+
+
+async def test_a_webhook_attempt_is_signed_follows_no_redirect_and_reports_failures() -> None:
+    import httpx
+
+    from services.accounting.webhooks import Webhook, WebhookDispatcher
+    from shared.config import WebhookConfig
+    from shared.schemas.events import WebhookJob
+    from shared.subjects import Subjects
+
+    seen: list[httpx.Request] = []
+    answers = iter([httpx.Response(302, headers={"location": "http://169.254.169.254/"}), httpx.Response(204)])
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return next(answers)
+
+    config = WebhookConfig(name="w", url="https://hooks.example/x", secret_env="S", events=["budget_alert"])
+    dispatcher = WebhookDispatcher(
+        None,  # type: ignore[arg-type]  # no JetStream needed for one attempt
+        Subjects("t"),
+        [config],
+        environ={"S": "k3y"},
+        transport=httpx.MockTransport(handle),
+    )
+    hook = Webhook(config, {"S": "k3y"})
+    job = WebhookJob(delivery_id="d1", webhook="w", event_type="budget_alert", source_id="s", at=1.0, body=b"{}")
+    assert await dispatcher._post(hook, job) == (302, "HTTP 302")  # a redirect is a failure, not followed
+    assert await dispatcher._post(hook, job) == (204, "")
+    assert len(seen) == 2 and all(str(r.url) == "https://hooks.example/x" for r in seen)
+    headers = seen[1].headers
+    assert headers["webhook-id"] == "d1" and headers["x-gatehouse-event"] == "budget_alert"
+    assert verify("k3y", headers, b"{}")
+
+    def down(_request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("refused")
+
+    dispatcher = WebhookDispatcher(None, Subjects("t"), [config], transport=httpx.MockTransport(down))  # type: ignore[arg-type]
+    assert await dispatcher._post(hook, job) == (0, "ConnectError")
+    assert await dispatcher._post(Webhook(config.model_copy(update={"url": None, "url_env": "UNSET"}), {}), job) == (
+        0,
+        "no URL (its environment variable is not set)",
+    )
