@@ -9,6 +9,7 @@ import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+import msgspec
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -74,6 +75,22 @@ class Gatekeeper:
         return None
 
 
+class Recorder:
+    """on_event: appends each stored record's view to a file (JSON lines), so the test can read what it saw."""
+
+    def __init__(self, path: str) -> None:
+        self._path = path
+
+    async def on_event(self, view: RequestView) -> HookResult | None:
+        with open(self._path, "ab") as out:
+            out.write(msgspec.json.encode(view) + b"\n")
+        return None
+
+
+def recorder(options: Mapping[str, object]) -> Recorder:
+    return Recorder(str(options["path"]))
+
+
 def faulty_open(_options: Mapping[str, object]) -> FaultyOpen:
     return FaultyOpen()
 
@@ -88,6 +105,17 @@ def rewriter(_options: Mapping[str, object]) -> Rewriter:
 
 def gatekeeper(_options: Mapping[str, object]) -> Gatekeeper:
     return Gatekeeper()
+
+
+def plugins_yaml(events_file: str) -> str:
+    return (
+        PLUGINS_YAML
+        + f"""  - name: recorder
+    path: tests.e2e.plugin_support:recorder
+    hooks: [on_event]
+    options: {{path: "{events_file}"}}
+"""
+    )
 
 
 PLUGINS_YAML = f"""plugins:

@@ -20,7 +20,7 @@ import pytest
 from shared.config import hash_key
 from shared.webhook_signing import verify
 from tests.e2e.governance_support import LONG_PROMPT, PRICE, Gov, _port_pair
-from tests.e2e.plugin_support import MODE_HEADER, PLUGINS_YAML, Receiver
+from tests.e2e.plugin_support import MODE_HEADER, Receiver, plugins_yaml
 from tests.servers import serve_in_thread
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -34,6 +34,7 @@ SIGNING_SECRET = "whsec-e2e-0123456789"
 class Env:
     gov: Gov
     url: str
+    events_file: Path
     flaky: Receiver
     dead: Receiver
     slack: Receiver
@@ -58,7 +59,7 @@ class Env:
         return rows[0]
 
 
-def _config(urls: dict[str, str], dead_url: str) -> str:
+def _config(urls: dict[str, str], dead_url: str, events_file: Path) -> str:
     def hook(name: str, events: str, extra: str = "") -> str:
         return f"""  - name: {name}
     url: {urls[name]}/hook
@@ -96,7 +97,7 @@ models:
     deployments: [{{provider: mock, model: priced, price: {PRICE}}}]
 accounting:
   flush_interval_s: 0.2
-{PLUGINS_YAML}webhooks:
+{plugins_yaml(str(events_file))}webhooks:
 {hooks}"""
 
 
@@ -119,7 +120,8 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     with ExitStack() as servers:
         urls = {name: servers.enter_context(serve_in_thread(r.app())) for name, r in receivers.items()}
         config = tmp / "gatehouse.yaml"
-        config.write_text(_config(urls, f"http://127.0.0.1:{free_port()}"))  # nothing listens there
+        # nothing listens at the dead provider's port
+        config.write_text(_config(urls, f"http://127.0.0.1:{free_port()}", tmp / "events.jsonl"))
         stack = Stack(
             config=config, data_dir=tmp / "data", host="127.0.0.1", port=_port_pair(), prefix="plg",
             nats_port=free_port(),
@@ -131,7 +133,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
                     f"--- {p.name}\n{p.read_text()[-3000:]}" for p in (tmp / "data" / "logs").glob("*.log")
                 )
                 pytest.fail(f"stack did not become ready:\n{logs}")
-            yield Env(Gov(stack), stack.ingress_url, **receivers)
+            yield Env(Gov(stack), stack.ingress_url, tmp / "events.jsonl", **receivers)
         finally:
             stack.stop()
 
@@ -213,6 +215,27 @@ def test_header_tags_puts_configured_headers_into_the_clickhouse_row(env: Env) -
     # the tag is queryable like any other
     rows = env.gov.sql("SELECT count() FROM requests WHERE tags['cost_center'] = 'cc-42'").rows
     assert rows == [[1]]
+
+
+def test_on_event_sees_the_stored_record_with_its_cost(env: Env) -> None:
+    r = env.chat({"x-team-name": "on-event"}, model="priced")
+    assert r.status_code == 200, r.text
+    rid = r.headers["x-request-id"]
+    cost = env.row(rid, "cost_usd")[0]
+
+    def seen() -> list[dict[str, object]]:
+        if not env.events_file.exists():
+            return []
+        views = [json.loads(line) for line in env.events_file.read_text().splitlines()]
+        return [v for v in views if v["request_id"] == rid]
+
+    _wait(seen, "on_event never saw the request")
+    (view,) = seen()
+    assert view["point"] == "on_event" and view["status"] == 200 and view["model"] == "priced"
+    assert view["key_id"] == "plugins" and view["team"] == "qa" and view["tags"]["x-team-name"] == "on-event"
+    assert view["cost_usd"] == cost and isinstance(cost, float) and cost > 0
+    assert view["output_tokens"] == r.json()["usage"]["completion_tokens"]
+    assert view["headers"] == {}  # accounting never had the request's headers
 
 
 # ---- webhooks ---------------------------------------------------------------------------------------------
