@@ -347,8 +347,14 @@ def _checked(point: HookPoint, result: object) -> HookResult | None:
             or any(c in value for c in "\r\n\0")
         ):
             raise _Invalid(f"returned a header it may not set ({str(name)[:40]!r})")
-    if result.block is not None and not 400 <= result.block.status < 500:
-        raise _Invalid("returned a block whose status is not 4xx")
+    block = result.block
+    if block is not None and not (
+        isinstance(block, Block)
+        and type(block.status) is int
+        and 400 <= block.status < 500
+        and all(isinstance(v, str) for v in (block.message, block.type, block.code))
+    ):
+        raise _Invalid("returned a block that is not a 4xx status with string message, type and code")
     return result
 
 

@@ -132,6 +132,9 @@ async def test_a_block_stops_the_request_with_the_plugins_error() -> None:
         ("before_guard", HookResult(headers={"x-a": "line\r\nbreak"})),
         ("before_guard", HookResult(headers={"bad name": "x"})),
         ("before_guard", HookResult(block=Block(message="x", status=500))),
+        ("before_guard", HookResult(block=Block(message=42, status=403))),  # type: ignore[arg-type]
+        ("before_guard", HookResult(block=Block(message="x", status="403"))),  # type: ignore[arg-type]
+        ("before_guard", HookResult(tags={"a": 1})),  # type: ignore[dict-item]
         ("before_guard", HookResult(tags={f"t{i}": "v" for i in range(40)})),
         ("before_guard", "not a HookResult"),
     ],
