@@ -16,7 +16,7 @@ from shared.governance import MAX_LOG_RETENTION_DAYS
 from shared.pricing import PRICE_PROVIDER, PRICES_VERSION, Rates, Tokens, cost, when
 from shared.schemas.batch import BatchJobEvent
 from shared.schemas.chat import Usage
-from shared.schemas.events import AuditEvent, BudgetAlert, ContentEvent, GuardEvent, RequestEvent
+from shared.schemas.events import AuditEvent, BudgetAlert, ContentEvent, GuardEvent, RequestEvent, WebhookDelivery
 from shared.subjects import Subjects
 
 REQUESTS = "requests"
@@ -71,6 +71,12 @@ BATCH_COLUMNS = (
     "finished_at",
 )  # fmt: skip
 
+WEBHOOK_DELIVERIES = "webhook_deliveries"
+WEBHOOK_COLUMNS = (
+    "event_id", "webhook", "event_type", "source_id", "outcome", "attempts", "http_status", "error", "signed",
+    "event_at", "at", "body",
+)  # fmt: skip
+
 # every table the consumer writes, with its columns; column 0 is always the event id
 COLUMNS: dict[str, tuple[str, ...]] = {
     REQUESTS: REQUEST_COLUMNS,
@@ -79,6 +85,7 @@ COLUMNS: dict[str, tuple[str, ...]] = {
     BUDGET_ALERTS: ALERT_COLUMNS,
     REQUEST_CONTENT: CONTENT_COLUMNS,
     BATCH_JOBS: BATCH_COLUMNS,
+    WEBHOOK_DELIVERIES: WEBHOOK_COLUMNS,
 }
 
 # the column holding when each table's event happened (a request's record is published when it finishes)
@@ -262,6 +269,15 @@ def batch_row(event: BatchJobEvent) -> list[object]:
     ]  # fmt: skip
 
 
+def webhook_row(event: WebhookDelivery) -> list[object]:
+    """The `webhook_deliveries` row of a finished delivery (`at`: when it finished)."""
+    return [
+        event.event_id, event.webhook, event.event_type, event.source_id, event.outcome,
+        _clamp(event.attempts, _U16), _clamp(event.http_status, _U16), event.error, event.signed,
+        _ts(event.event_at), _ts(event.finished_at), event.body,
+    ]  # fmt: skip
+
+
 def guard_row(event: GuardEvent) -> list[object]:
     """The `guard_verdicts` row of an event, in GUARD_COLUMNS order (rule ids and offsets, never the text)."""
     f = event.findings
@@ -298,6 +314,8 @@ def event_row(
             return BUDGET_ALERTS, alert_row(alert), alert
         if subject == subjects.events_batch.name:
             return BATCH_JOBS, batch_row(subjects.events_batch.decode(data)), None
+        if subject == subjects.events_webhook.name:
+            return WEBHOOK_DELIVERIES, webhook_row(subjects.events_webhook.decode(data)), None
     except msgspec.DecodeError as exc:
         raise BadEvent(f"undecodable event on {subject}: {exc}") from exc
     except (ValueError, TypeError, OverflowError) as exc:
