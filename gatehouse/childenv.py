@@ -53,6 +53,10 @@ def api_key_names(config: GatehouseConfig) -> frozenset[str]:
     return frozenset(k.env for k in config.keys if k.env)
 
 
+def webhook_secret_names(config: GatehouseConfig) -> frozenset[str]:
+    return frozenset(n for w in config.webhooks for n in (w.url_env, w.secret_env) if n)
+
+
 def _gatehouse_setting_for(service: str, name: str) -> bool:
     """A GATEHOUSE_* variable this service may read: common ones and its own, never another's or a credential."""
     if not name.startswith("GATEHOUSE_") or name.endswith("NKEY_SEED_FILE"):
@@ -88,5 +92,8 @@ def service_env(
         env.update({k: v for k, v in environ.items() if k in api_keys})
     if service == "mcp":  # upstream MCP credentials stay in the stage that holds the upstream sessions
         env.update({k: v for k, v in environ.items() if k in upstream_mcp or k in _PROXY})
+    if service == "accounting":
+        # webhook URLs and signing secrets (the webhook dispatcher runs in accounting)
+        env.update({k: v for k, v in environ.items() if k in webhook_secret_names(config)})
     env.update(launcher_set)
     return env

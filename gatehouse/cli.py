@@ -12,13 +12,16 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from gatehouse.childenv import SERVICES
+
+if TYPE_CHECKING:
+    from shared.config import GatehouseConfig
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="gatehouse: an event-driven LLM gateway.")
 console = Console()
@@ -42,6 +45,15 @@ def _parse_replicas(spec: str) -> dict[str, int]:
             raise typer.BadParameter(f"bad replica spec {part!r}; use e.g. router=2,guard=2")
         out[name] = int(count)
     return out
+
+
+def _refuse_unloadable_plugins(cfg: GatehouseConfig) -> None:
+    """A plugin or webhook format that cannot be imported would stop its service at every start: say so now."""
+    from shared.plugins import unloadable
+
+    if problems := unloadable(cfg.plugins, [w.format for w in cfg.webhooks if w.format != "json"]):
+        err.print("\n".join(problems), style="red", markup=False)
+        raise typer.Exit(2)
 
 
 @app.command()
@@ -68,6 +80,7 @@ def up(
     except ConfigError as exc:
         err.print(f"[red]{exc}[/red]")
         raise typer.Exit(2) from exc
+    _refuse_unloadable_plugins(cfg)
     from services.ingress.exposure import dev_key_exposure
 
     refused = dev_key_exposure(cfg, host or cfg.server.host)

@@ -41,11 +41,11 @@ def split_result(result: Result, part_bytes: int = PART_BYTES) -> list[Reply]:
     return parts
 
 
-def events_stream_config(subjects: Subjects, *, max_age_s: float = 7 * 24 * 3600) -> StreamConfig:
-    """Events are kept until consumed (work-queue), on disk, deduplicated on Nats-Msg-Id for 10 minutes."""
+def _work_queue(name: str, wildcard: str, max_age_s: float) -> StreamConfig:
+    """Kept until consumed (work-queue), on disk, deduplicated on Nats-Msg-Id for 10 minutes."""
     return StreamConfig(
-        name=subjects.events_stream,
-        subjects=[subjects.events_wildcard],
+        name=name,
+        subjects=[wildcard],
         retention=RetentionPolicy.WORK_QUEUE,
         storage=StorageType.FILE,
         discard=DiscardPolicy.OLD,
@@ -54,14 +54,33 @@ def events_stream_config(subjects: Subjects, *, max_age_s: float = 7 * 24 * 3600
     )
 
 
-async def ensure_events_stream(js: JetStreamContext, subjects: Subjects) -> None:
-    """Create the event stream if missing (idempotent; every service may call it at startup)."""
-    config = events_stream_config(subjects)
+def events_stream_config(subjects: Subjects, *, max_age_s: float = 7 * 24 * 3600) -> StreamConfig:
+    """Every event, until accounting has stored it."""
+    return _work_queue(subjects.events_stream, subjects.events_wildcard, max_age_s)
+
+
+def hooks_stream_config(subjects: Subjects, *, max_age_s: float = 7 * 24 * 3600) -> StreamConfig:
+    """What webhooks and on_event plugins are told (`<p>.hooks.>`), until handled (a redelivered event fans
+    out to the same delivery ids, which the duplicate window drops)."""
+    return _work_queue(subjects.hooks_stream, subjects.hooks_wildcard, max_age_s)
+
+
+async def _ensure(js: JetStreamContext, config: StreamConfig) -> None:
     try:
         await js.add_stream(config)
     except BadRequestError:
         # exists with another config (e.g. a different max_age): keep the operator's version
-        log.info("event stream %s exists with a different config; leaving it", config.name)
+        log.info("stream %s exists with a different config; leaving it", config.name)
+
+
+async def ensure_events_stream(js: JetStreamContext, subjects: Subjects) -> None:
+    """Create the event stream if missing (idempotent; every service may call it at startup)."""
+    await _ensure(js, events_stream_config(subjects))
+
+
+async def ensure_hooks_stream(js: JetStreamContext, subjects: Subjects) -> None:
+    """Create the hooks stream if missing (idempotent; whoever publishes to it calls this at startup)."""
+    await _ensure(js, hooks_stream_config(subjects))
 
 
 async def publish_event(

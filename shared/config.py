@@ -220,6 +220,63 @@ class BatchConfig(_Strict):
     retention_days: float = Field(default=30.0, gt=0)
 
 
+HookPoint = Literal["before_guard", "after_guard", "before_dispatch", "after_response", "on_event"]
+HOOK_POINTS: tuple[HookPoint, ...] = ("before_guard", "after_guard", "before_dispatch", "after_response", "on_event")
+WebhookEvent = Literal["budget_alert", "request_blocked", "deployment_down"]
+
+
+class PluginConfig(_Strict):
+    """A Python plugin (shared/plugins.py): where its factory is, which hooks it runs, and how it may fail."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+    # `package.module:factory`, or the name of an entry point in the `gatehouse.plugins` group
+    path: str = Field(default="", pattern=r"^$|^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
+    entry_point: str = ""
+    hooks: list[HookPoint] = Field(min_length=1)
+    # each hook call may take this long; past it the call is cancelled and counts as a failure
+    timeout_ms: float = Field(default=100.0, gt=0, le=60_000)
+    # a failure (raise, timeout, a result its point does not allow): closed → 503 plugin_error; open → go on
+    fail: Literal["open", "closed"] = "open"
+    # request headers the plugin may read at ingress (credentials are never shown, whatever is listed)
+    headers: list[str] = Field(default_factory=list, max_length=64)
+    # passed to the factory as its only argument
+    options: dict[str, JsonValue] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> PluginConfig:
+        if bool(self.path) == bool(self.entry_point):
+            raise ValueError("give exactly one of `path` (package.module:factory) or `entry_point`")
+        if len(set(self.hooks)) != len(self.hooks):
+            raise ValueError("a hook is listed twice")
+        return self
+
+
+class WebhookConfig(_Strict):
+    """An HTTP endpoint told about gateway events (services/accounting/webhooks.py), signed and retried."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$")
+    # the URL, or the environment variable holding it (a Slack webhook URL is a secret): exactly one
+    url: str | None = Field(default=None, pattern=r"^https?://")
+    url_env: str | None = None
+    # the environment variable holding the HMAC-SHA256 signing secret (unsigned when unset)
+    secret_env: str | None = None
+    events: list[WebhookEvent] = Field(min_length=1)
+    # the body: `json` (the gatehouse event envelope), or `package.module:function` (event dict → body dict),
+    # e.g. gatehouse.plugins.slack_alerts:format_event
+    format: str = Field(default="json", pattern=r"^json$|^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
+    timeout_s: float = Field(default=10.0, gt=0, le=120)
+    # tries in all (the first and the retries); then the delivery is recorded as dead
+    max_attempts: int = Field(default=6, ge=1, le=20)
+    backoff_s: float = Field(default=1.0, gt=0, le=600)
+    max_backoff_s: float = Field(default=60.0, gt=0, le=3600)
+
+    @model_validator(mode="after")
+    def _one_url(self) -> WebhookConfig:
+        if (self.url is None) == (self.url_env is None):
+            raise ValueError("give exactly one of `url` or `url_env`")
+        return self
+
+
 class GatehouseConfig(_Strict):
     server: ServerConfig = Field(default_factory=ServerConfig)
     keys: list[KeyConfig] = Field(default_factory=list)
@@ -231,6 +288,9 @@ class GatehouseConfig(_Strict):
     routing: RoutingConfig = Field(default_factory=RoutingConfig)
     batch: BatchConfig = Field(default_factory=BatchConfig)
     mcp: McpConfig = Field(default_factory=McpConfig)
+    # Python hooks in the pipeline (docs/plugins.md) and webhooks told about gateway events
+    plugins: list[PluginConfig] = Field(default_factory=list)
+    webhooks: list[WebhookConfig] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _references(self) -> GatehouseConfig:
@@ -250,6 +310,9 @@ class GatehouseConfig(_Strict):
         ids = [k.id for k in self.keys]
         if len(ids) != len(set(ids)):
             raise ValueError("keys: every key needs a distinct `id`")
+        for names, what in (([p.name for p in self.plugins], "plugins"), ([w.name for w in self.webhooks], "webhooks")):
+            if len(names) != len(set(names)):
+                raise ValueError(f"{what}: every entry needs a distinct `name`")
         for k in self.keys:
             if k.policy and k.policy not in self.guardrails.policies:
                 raise ValueError(f"keys[{k.id}].policy: unknown guardrail policy {k.policy!r}")

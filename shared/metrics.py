@@ -187,6 +187,14 @@ BREAKER_TRANSITIONS = Counter(
     "gatehouse_circuit_breaker_transitions", "Circuit breaker state changes, by the state entered.",
     ["service", "deployment", "state"], registry=_R,
 )  # fmt: skip
+PLUGIN_CALLS = Counter(
+    "gatehouse_plugin_calls", "Plugin hook calls, by plugin, hook point and outcome (ok, error, timeout, invalid).",
+    ["service", "plugin", "point", "outcome"], registry=_R,
+)  # fmt: skip
+WEBHOOK_DELIVERIES = Counter(
+    "gatehouse_webhook_deliveries", "Webhook deliveries finished, by webhook and outcome (delivered, dead).",
+    ["service", "webhook", "outcome"], registry=_R,
+)  # fmt: skip
 GUARD_VERDICTS = Counter(
     "gatehouse_guard_verdicts", "Guard verdicts, by policy, action taken and direction (input/output).",
     ["service", "policy", "action", "direction"], registry=_R,
@@ -245,7 +253,8 @@ MCP_UPSTREAM_UP = Gauge(
 for _metric in (
     REQUESTS, ERRORS, DURATION, TTFT, TOKENS, COST, UPSTREAM, UPSTREAM_DURATION, UPSTREAM_TTFT, RETRIES,
     BREAKER_STATE, BREAKER_TRANSITIONS, GUARD_VERDICTS, GUARD_FINDINGS, GUARD_SCAN, PENDING, ACK_PENDING, BATCH,
-    INSERT, STORED, RECONNECTS, DISCONNECTS, SPANS_DROPPED, MCP_CALLS, MCP_DURATION, MCP_UPSTREAM_UP,
+    INSERT, STORED, RECONNECTS, DISCONNECTS, SPANS_DROPPED, PLUGIN_CALLS, WEBHOOK_DELIVERIES, MCP_CALLS,
+    MCP_DURATION, MCP_UPSTREAM_UP,
 ):  # fmt: skip
     _NUMBERS[id(_metric)] = len(_METRICS)
     _METRICS.append(_metric)
@@ -382,6 +391,17 @@ def breaker_state(deployment: str, state: str) -> None:
         return
     _set(BREAKER_STATE, BREAKER_STATES[state], deployment)
     _inc(BREAKER_TRANSITIONS, 1, deployment, state)
+
+
+def plugin_call(plugin: str, point: str, outcome: str, _seconds: float) -> None:
+    """One hook call finished (plugin names come from the config, so the labels stay bounded)."""
+    if _STATE.enabled:
+        _inc(PLUGIN_CALLS, 1, plugin, point, outcome)
+
+
+def webhook_delivery(webhook: str, outcome: str) -> None:
+    if _STATE.enabled:
+        _inc(WEBHOOK_DELIVERIES, 1, webhook, outcome)
 
 
 def guard_verdict(policy: str, action: str, direction: str, findings: Sequence[GuardFinding], seconds: float) -> None:

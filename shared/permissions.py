@@ -169,6 +169,8 @@ def guard(subjects: Subjects) -> Permissions:
             subjects.router_batch.name,  # batch items, to the router's lower-priority subject
             subjects.batch_inbox_wildcard,  # blocks and relayed replies of batch items
             subjects.mcp_call.name,  # scanned tool calls, to the mcp stage
+            subjects.hooks_blocked.name,  # blocked requests, for `request_blocked` webhooks
+            *_stream_setup(subjects.hooks_stream),
         ),
         subscribe=(
             queue_entry(chat),
@@ -192,6 +194,8 @@ def router(subjects: Subjects) -> Permissions:
             # deployment health (open, cooldown, probe) shared by the router replicas; only routers write it
             *_kv(subjects.routing_bucket),
             *_spans(subjects),
+            subjects.hooks_deployment.name,  # an opened breaker, for `deployment_down` webhooks
+            *_stream_setup(subjects.hooks_stream),
         ),
         subscribe=(
             queue_entry(chat),
@@ -212,6 +216,7 @@ def accounting(subjects: Subjects) -> Permissions:
         publish=(
             *_events_stream_setup(subjects),
             subjects.events_alert.name,
+            subjects.events_webhook.name,  # how each webhook delivery ended
             *_spans(subjects),
             *_counters(subjects),
             *_reader(subjects.reservations_stream),
@@ -228,6 +233,17 @@ def accounting(subjects: Subjects) -> Permissions:
             f"{consumer}.INFO.{subjects.spans_stream}.*",
             f"{consumer}.MSG.NEXT.{subjects.spans_stream}.*",
             f"$JS.ACK.{subjects.spans_stream}.>",
+            # webhooks and on_event plugins (services/accounting/webhooks.py): the hooks stream, its two durable
+            # pull consumers, the events they fan out and the jobs they deliver
+            subjects.hooks_alert.name,
+            subjects.hooks_request.name,
+            subjects.hooks_delivery.name,
+            *_stream_setup(subjects.hooks_stream),
+            f"{consumer}.CREATE.{subjects.hooks_stream}.>",
+            f"{consumer}.DURABLE.CREATE.{subjects.hooks_stream}.*",
+            f"{consumer}.INFO.{subjects.hooks_stream}.*",
+            f"{consumer}.MSG.NEXT.{subjects.hooks_stream}.*",
+            f"$JS.ACK.{subjects.hooks_stream}.>",
         ),
         subscribe=(
             queue_entry(subjects.accounting_sql),

@@ -33,9 +33,11 @@ from shared.schemas.events import (
     RequestEvent,
     ReservationState,
     SpanBatch,
+    WebhookDelivery,
+    WebhookJob,
 )
 from shared.schemas.mcp import Catalog, CatalogChanged, CatalogQuery, McpCallEvent, ToolCall, ToolOutcome
-from shared.schemas.routing import RouterStatus, StatusQuery
+from shared.schemas.routing import DeploymentHealth, RouterStatus, StatusQuery
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -191,6 +193,50 @@ class Subjects:
     def events_alert(self) -> Subject[BudgetAlert]:
         """accounting → JetStream: a budget crossed an alert threshold."""
         return Subject(f"{self.prefix}.events.alert", BudgetAlert)
+
+    @cached_property
+    def events_webhook(self) -> Subject[WebhookDelivery]:
+        """accounting (webhook dispatcher) → JetStream: how one webhook delivery ended."""
+        return Subject(f"{self.prefix}.events.webhook", WebhookDelivery)
+
+    @property
+    def hooks_stream(self) -> str:
+        """JetStream work-queue stream of what webhooks and on_event plugins are told (`<p>.hooks.>`)."""
+        return f"{self._stream_base}_HOOKS"
+
+    @property
+    def hooks_wildcard(self) -> str:
+        return f"{self.prefix}.hooks.>"
+
+    @property
+    def hooks_events_wildcard(self) -> str:
+        """The events the webhook dispatcher fans out (one consumer), apart from the deliveries (another)."""
+        return f"{self.prefix}.hooks.event.>"
+
+    @cached_property
+    def hooks_alert(self) -> Subject[BudgetAlert]:
+        """accounting → the hooks stream: a budget crossed an alert threshold (webhooks want it)."""
+        return Subject(f"{self.prefix}.hooks.event.budget_alert", BudgetAlert)
+
+    @cached_property
+    def hooks_blocked(self) -> Subject[GuardEvent]:
+        """guard → the hooks stream: the guard blocked a request (webhooks want it)."""
+        return Subject(f"{self.prefix}.hooks.event.request_blocked", GuardEvent)
+
+    @cached_property
+    def hooks_deployment(self) -> Subject[DeploymentHealth]:
+        """router → the hooks stream: a deployment's circuit breaker opened (webhooks want it)."""
+        return Subject(f"{self.prefix}.hooks.event.deployment_down", DeploymentHealth)
+
+    @cached_property
+    def hooks_request(self) -> Subject[RequestEvent]:
+        """accounting → the hooks stream: a stored request record, for on_event plugins (only when some exist)."""
+        return Subject(f"{self.prefix}.hooks.event.request", RequestEvent)
+
+    @cached_property
+    def hooks_delivery(self) -> Subject[WebhookJob]:
+        """accounting → the hooks stream: one event for one webhook, attempted until delivered or dead."""
+        return Subject(f"{self.prefix}.hooks.delivery", WebhookJob)
 
     @cached_property
     def spans(self) -> Subject[SpanBatch]:

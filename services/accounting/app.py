@@ -1,6 +1,8 @@
 """accounting: `<p>.events.>` (JetStream, one durable pull consumer) → ClickHouse rows, acked after the insert;
 `<p>.accounting.sql` (SqlQuery, queue group `accounting`) → SqlResult; `.usage` and `.requests` (fixed queries
 for the admin API) → SqlResult; `.request` (one request's story) → RequestStory; `.reprice` → RepriceResult.
+`<p>.hooks.event.>` and `<p>.hooks.delivery` (JetStream, two durable pull consumers) → webhook POSTs and on_event
+plugin hooks → `<p>.events.webhook` (each delivery's end, stored in `webhook_deliveries`); see webhooks.py.
 
 Owns the ClickHouse schema (migrations at startup), prices usage, and answers analytics queries for the
 other processes (an embedded chDB path can be opened by one process only): parsed by ClickHouse, judged by
@@ -29,10 +31,12 @@ from services.accounting.sink import ClickHouseSink, redact_dsn
 from services.accounting.spans import SpanStore
 from services.accounting.telemetry import accounting_telemetry, start_telemetry
 from services.accounting.usage import BadUsageQuery, usage_sql
+from services.accounting.webhooks import WebhookDispatcher
 from shared.bus import ensure_events_stream
 from shared.config import GatehouseConfig, PriceConfig, load_config
 from shared.counters import Counters, ensure_counter_streams
 from shared.natsconn import nats_broker
+from shared.plugins import EVENT_POINTS, build_runner
 from shared.pricing import Rates
 from shared.schemas.admin import SqlQuery, SqlResult
 from shared.subjects import Subjects
@@ -103,7 +107,9 @@ def create_app(settings: AccountingSettings) -> FastStream:
     )
     kinds = {name: p.kind for name, p in config.providers.items()}
     rates = negotiated_rates(config)
-    running: list[tuple[EventConsumer | SpanStore, asyncio.Task[None]]] = []
+    running: list[tuple[EventConsumer | SpanStore | WebhookDispatcher, asyncio.Task[None]]] = []
+    # on_event plugins run in the webhook dispatcher, on the records this process stored (shared/plugins.py)
+    event_hooks = build_runner(config.plugins, EVENT_POINTS)
     ledger: list[Reservations] = []
     background: list[asyncio.Task[None]] = []
     register_queries(broker, subjects, sink, settings, rates, kinds)
@@ -124,6 +130,7 @@ def create_app(settings: AccountingSettings) -> FastStream:
             Counters(state.connection, settings.nats_timeout_s),
             webhook_url=config.governance.alert_webhook_url,
             timeout_s=settings.nats_timeout_s,
+            tell_webhooks=any("budget_alert" in w.events for w in config.webhooks),
         )
         await reservations.start()
         ledger.append(reservations)
@@ -145,8 +152,14 @@ def create_app(settings: AccountingSettings) -> FastStream:
             rates=rates,
             reservations=reservations,
             crash_after_settle_file=settings.crash_after_settle_file,
+            forward_requests=event_hooks.has("on_event"),
         )
         running.append((consumer, asyncio.create_task(consumer.run(), name="accounting-consumer")))
+        dispatcher = WebhookDispatcher(
+            state.stream, subjects, config.webhooks, event_hooks=event_hooks, kinds=kinds, rates=rates
+        )
+        if dispatcher.wanted:
+            running.append((dispatcher, asyncio.create_task(dispatcher.run(), name="accounting-webhooks")))
         spans = SpanStore(state.stream, subjects, sink, flush_s=settings.spans_flush_s, ready=consumer.ready)
         running.append((spans, asyncio.create_task(spans.run(), name="accounting-spans")))
         log.info("accounting writes to %s", redact_dsn(sink.dsn))

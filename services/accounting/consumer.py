@@ -34,7 +34,7 @@ from services.accounting.settlement import Reservations
 from services.accounting.sink import ClickHouseSink
 from services.accounting.telemetry import batch_stored
 from shared import metrics
-from shared.bus import ensure_events_stream, events_stream_config
+from shared.bus import MSG_ID, PUBLISH_TIMEOUT_S, ensure_events_stream, events_stream_config
 from shared.pricing import Rates
 from shared.schemas.events import BudgetAlert, RequestEvent
 from shared.subjects import Subjects
@@ -124,8 +124,11 @@ class EventConsumer:
         rates: Mapping[str, Rates] | None = None,
         reservations: Reservations | None = None,
         crash_after_settle_file: str = "",
+        forward_requests: bool = False,
     ) -> None:
         self._nc = nc
+        # stored request records also go to the hooks stream, for on_event plugins (services/accounting/webhooks.py)
+        self._forward = forward_requests
         self._crash_after_settle = crash_after_settle_file
         self._rates = dict(rates or {})
         self._reservations = reservations
@@ -317,6 +320,9 @@ class EventConsumer:
             for item in items:
                 await item.msg.nak()
             log.warning("stopped with %d events unstored; they were handed back to the stream", len(items))
+        elif self._forward and not await self._forwarded(stored):
+            for item in stored:  # stored, but on_event plugins were not told: again later (stored once all the same)
+                await item.msg.nak(delay=self._retry[0])
         else:
             for item in stored:
                 await item.msg.ack()
@@ -325,6 +331,22 @@ class EventConsumer:
         # acks are fire-and-forget publishes; push them out now (a lost ack only means a harmless redelivery)
         with contextlib.suppress(Exception):
             await self._nc.flush(timeout=5)
+
+    async def _forwarded(self, items: list[Item]) -> bool:
+        """Hand the stored request records to the hooks stream (Nats-Msg-Id: the event id); False on failure."""
+        subject = self._subjects.hooks_request.name
+        try:
+            await asyncio.gather(
+                *(
+                    self._js.publish(subject, i.msg.data, timeout=PUBLISH_TIMEOUT_S, headers={MSG_ID: i.event.event_id})
+                    for i in items
+                    if isinstance(i.event, RequestEvent)
+                )
+            )
+        except Exception as exc:
+            log.error("telling on_event plugins about %d records failed (%s)", len(items), _first_line(exc))
+            return False
+        return True
 
     def _prepare(self, msgs: list[Msg]) -> tuple[list[Item], list[tuple[Msg, str]]]:
         """Decode, map and price a batch (runs in a worker thread: pricing is ~80 µs per event)."""

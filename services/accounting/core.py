@@ -16,7 +16,7 @@ from shared.governance import MAX_LOG_RETENTION_DAYS
 from shared.pricing import PRICE_PROVIDER, PRICES_VERSION, Rates, Tokens, cost, when
 from shared.schemas.batch import BatchJobEvent
 from shared.schemas.chat import Usage
-from shared.schemas.events import AuditEvent, BudgetAlert, ContentEvent, GuardEvent, RequestEvent
+from shared.schemas.events import AuditEvent, BudgetAlert, ContentEvent, GuardEvent, RequestEvent, WebhookDelivery
 from shared.schemas.mcp import McpCallEvent
 from shared.subjects import Subjects
 
@@ -82,6 +82,12 @@ MCP_COLUMNS = (
     "approval", "cost_usd", "received_at", "finished_at", "mcp_replica", "guard_replica", "tags",
 )  # fmt: skip
 
+WEBHOOK_DELIVERIES = "webhook_deliveries"
+WEBHOOK_COLUMNS = (
+    "event_id", "webhook", "event_type", "source_id", "outcome", "attempts", "http_status", "error", "signed",
+    "event_at", "at", "body",
+)  # fmt: skip
+
 # every table the consumer writes, with its columns; column 0 is always the event id
 COLUMNS: dict[str, tuple[str, ...]] = {
     REQUESTS: REQUEST_COLUMNS,
@@ -91,6 +97,7 @@ COLUMNS: dict[str, tuple[str, ...]] = {
     REQUEST_CONTENT: CONTENT_COLUMNS,
     BATCH_JOBS: BATCH_COLUMNS,
     MCP_CALLS: MCP_COLUMNS,
+    WEBHOOK_DELIVERIES: WEBHOOK_COLUMNS,
 }
 
 # the column holding when each table's event happened (a request's record is published when it finishes)
@@ -289,6 +296,15 @@ def mcp_row(event: McpCallEvent) -> list[object]:
     ]  # fmt: skip
 
 
+def webhook_row(event: WebhookDelivery) -> list[object]:
+    """The `webhook_deliveries` row of a finished delivery (`at`: when it finished)."""
+    return [
+        event.event_id, event.webhook, event.event_type, event.source_id, event.outcome,
+        _clamp(event.attempts, _U16), _clamp(event.http_status, _U16), event.error, event.signed,
+        _ts(event.event_at), _ts(event.finished_at), event.body,
+    ]  # fmt: skip
+
+
 def guard_row(event: GuardEvent) -> list[object]:
     """The `guard_verdicts` row of an event, in GUARD_COLUMNS order (rule ids and offsets, never the text)."""
     f = event.findings
@@ -327,6 +343,8 @@ def event_row(
             return BATCH_JOBS, batch_row(subjects.events_batch.decode(data)), None
         if subject == subjects.events_mcp.name:
             return MCP_CALLS, mcp_row(subjects.events_mcp.decode(data)), None
+        if subject == subjects.events_webhook.name:
+            return WEBHOOK_DELIVERIES, webhook_row(subjects.events_webhook.decode(data)), None
     except msgspec.DecodeError as exc:
         raise BadEvent(f"undecodable event on {subject}: {exc}") from exc
     except (ValueError, TypeError, OverflowError) as exc:

@@ -61,8 +61,11 @@ class Reservations:
         *,
         webhook_url: str | None = None,
         timeout_s: float = 5.0,
+        tell_webhooks: bool = False,
     ) -> None:
         self._nc = nc
+        # alerts also go to the hooks stream, for the `budget_alert` webhooks (services/accounting/webhooks.py)
+        self._tell_webhooks = tell_webhooks
         self._js = js
         self._subjects = subjects
         self._counters = counters
@@ -180,6 +183,11 @@ class Reservations:
             await self._js.publish(
                 subject.name, subject.encode(alert), timeout=self._timeout, headers={MSG_ID: alert.event_id}
             )
+            if self._tell_webhooks:
+                hooks = self._subjects.hooks_alert
+                await self._js.publish(
+                    hooks.name, hooks.encode(alert), timeout=self._timeout, headers={MSG_ID: alert.event_id}
+                )
             log.warning(
                 "budget alert: %s spent $%.4f of $%g (%d%%) in %s",
                 alert.scope,

@@ -2,7 +2,9 @@
 to the ingress (or batch) inbox;
 router replies → `<p>.guardout.<id>.<request>` → scanned/restored → ingress inbox (only where a policy asks, or
 the caller logs content); redacted prompts and responses of callers that log content → `<p>.events.content`;
-`<p>.guard.scan` (ScanRequest) → ScanResult; every verdict with findings → `<p>.events.guard` (JetStream);
+`<p>.guard.scan` (ScanRequest) → ScanResult; every verdict with findings → `<p>.events.guard` (JetStream), and
+each block → `<p>.hooks.event.request_blocked` when a webhook wants it; after_guard plugin hooks run on the
+requests it lets through (shared/plugins.py);
 `<p>.guard.mcp` (ToolCall) → arguments scanned → `<p>.mcp.call` → result scanned → ToolOutcome to ingress.
 
 Scans each request with the policy of its key (or model, or the default), then forwards it, redacted
@@ -38,10 +40,11 @@ from services.guard.telemetry import (
 from services.guard.tools import Scanned, ToolGuard
 from services.guard.verdicts import VerdictLog
 from shared import mcp_errors, metrics
-from shared.bus import QueueWorker, answer_pings, ensure_events_stream
+from shared.bus import QueueWorker, answer_pings, ensure_events_stream, ensure_hooks_stream
 from shared.config import load_config
 from shared.event_publisher import EventPublisher
 from shared.natsconn import nats_broker
+from shared.plugins import GUARD_POINTS, HookRunner, build_runner, request_view
 from shared.schemas.admin import ScanFinding, ScanRequest, ScanResult
 from shared.schemas.chat import Outcome, Result, Verdict
 from shared.schemas.events import ContentEvent
@@ -89,17 +92,25 @@ class GuardHandlers:
     """The message handlers of one guard replica."""
 
     def __init__(
-        self, broker: NatsBroker, guard: Guard, subjects: Subjects, events: EventPublisher, replica: str = ""
+        self,
+        broker: NatsBroker,
+        guard: Guard,
+        subjects: Subjects,
+        events: EventPublisher,
+        replica: str = "",
+        hooks: HookRunner | None = None,
+        tell_blocks: bool = False,
     ) -> None:
         self.broker = broker
         self.replica = replica  # named in every verdict, so a record says which guard replica scanned it
         self.guard = guard
         self.subjects = subjects
         self.out_prefix = subjects.guard_output(uuid.uuid4().hex[:12])
-        self.verdicts = VerdictLog(subjects.events_guard, events)
+        self.verdicts = VerdictLog(subjects.events_guard, events, subjects.hooks_blocked if tell_blocks else None)
         self.replies = subjects.replies
         self.events = events
         self.tools = ToolGuard(guard.rails, guard.config.mcp)
+        self.hooks = hooks or HookRunner({})
         self.relay = ResponseRelay(
             subjects.replies,
             guard.rails.stream_holdback_chars,
@@ -134,10 +145,11 @@ class GuardHandlers:
         nc = self.broker.connection
         if checked.content is not None:
             self.log_content(checked.content)
-        if checked.error is not None:
-            await nc.publish(
-                reply_to, self.replies.encode(Result(outcome=Outcome(), error=checked.error, guard=summary))
-            )
+        error = checked.error
+        if error is None and self.hooks.has("after_guard"):
+            error = await self.hooks.refusal("after_guard", request_view("after_guard", req, summary.action))
+        if error is not None:
+            await nc.publish(reply_to, self.replies.encode(Result(outcome=Outcome(), error=error, guard=summary)))
         else:
             # the verdict goes to ingress for the record; the router gets the request and nothing else
             await nc.publish(reply_to, self.replies.encode(Verdict(summary)))
@@ -153,7 +165,7 @@ class GuardHandlers:
             # a request the guard left as it was goes on in the bytes it came in (no second encode)
             data = router.encode(checked.request) if checked.rewritten else msg.data
             await nc.publish(router.name, data, reply=reply_to, headers=headers)
-        finish_check(span, req, summary, checked.error)
+        finish_check(span, req, summary, error)
         self.verdicts.record(req.request_id, summary, list(summary.findings), "input", us)
 
     async def on_response(self, msg: Msg) -> None:
@@ -216,7 +228,9 @@ def create_app(settings: GuardSettings) -> FastStream:
     subjects = Subjects(settings.subject_prefix)
     broker = nats_broker(settings.nats_link("guard"))
     events = EventPublisher.from_settings(settings, "guard")
-    handlers = GuardHandlers(broker, Guard(config), subjects, events, settings.replica)
+    hooks = build_runner(config.plugins, GUARD_POINTS)
+    tell_blocks = any("request_blocked" in w.events for w in config.webhooks)
+    handlers = GuardHandlers(broker, Guard(config), subjects, events, settings.replica, hooks, tell_blocks)
     telemetry = Telemetry(TelemetryConfig.of(settings, "guard", settings.otlp_headers.get_secret_value()), subjects)
     telemetry.serve_metrics()
     chat_in, scan = subjects.guard_chat, subjects.guard_scan
@@ -233,6 +247,8 @@ def create_app(settings: GuardSettings) -> FastStream:
     async def _start() -> None:
         nc = broker.connection
         await ensure_events_stream(broker.config.connection_state.stream, subjects)
+        if tell_blocks:
+            await ensure_hooks_stream(broker.config.connection_state.stream, subjects)
         await handlers.verdicts.start(nc)
         await telemetry.start(nc)
         metrics.in_flight(lambda: worker.in_flight)

@@ -16,9 +16,13 @@ from shared.subjects import Subject
 
 
 class VerdictLog:
-    def __init__(self, subject: Subject[GuardEvent], events: EventPublisher) -> None:
+    def __init__(
+        self, subject: Subject[GuardEvent], events: EventPublisher, blocked: Subject[GuardEvent] | None = None
+    ) -> None:
         self._subject = subject
         self._events = events
+        # where a block also goes when a webhook wants `request_blocked` (the hooks stream), else None
+        self._blocked = blocked
 
     async def start(self, nc: Client) -> None:
         await self._events.start(nc)
@@ -40,6 +44,8 @@ class VerdictLog:
             at=time.time(),
         )
         self._events.publish(self._subject, event, event.event_id)
+        if self._blocked is not None and summary.action == "block":
+            self._events.publish(self._blocked, event, event.event_id)
 
     async def drain(self, timeout: float = 5.0) -> None:
         await self._events.drain(timeout)

@@ -2,7 +2,8 @@
 Chunk…/Result from the inbox → HTTP response or SSE; one RequestEvent per request → `<p>.events.request`.
 
 The only HTTP surface and the only writer of HTTP errors. Authenticates the key, validates the body,
-publishes the request, relays the reply, and records every request, failed ones included.
+publishes the request, relays the reply, and records every request, failed ones included. Runs the
+before_guard and after_response plugin hooks (services/ingress/hooks.py).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
 from contextlib import asynccontextmanager
 
 import msgspec
@@ -26,7 +27,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from services.ingress import apis
+from services.ingress import apis, hooks
 from services.ingress.admin import AdminApi
 from services.ingress.anthropic_batches import AnthropicBatches
 from services.ingress.batches import BatchEndpoints
@@ -67,6 +68,7 @@ from shared.governance import RunLimits
 from shared.inbox import Inbox, NoResponders, next_reply
 from shared.keystore import KeyStore
 from shared.natsconn import NatsLink, nats_broker, nats_problem
+from shared.plugins import INGRESS_POINTS, build_runner
 from shared.records import RecordPublisher, RequestRecord, new_request_id
 from shared.route_pricing import pricing_index
 from shared.schemas.admin import RequestLookup, RequestsQuery, RequestStory, UsageQuery
@@ -172,6 +174,8 @@ class Gateway:
             Sessions(config.mcp.session_idle_s, config.mcp.max_sessions),
             config.server.max_body_bytes,
         )
+        # plugin hooks of this stage (shared/plugins.py); with none configured the request path skips them
+        self.hooks = build_runner(config.plugins, INGRESS_POINTS)
 
     # ---- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
@@ -355,11 +359,18 @@ class Gateway:
                 raise NotFoundError(
                     f"The model `{parsed.model}` does not exist or you do not have access to it.", param="model"
                 )
-            record.tags = {**ent.tags, **_tags(request)}
+            headers: Mapping[str, str] = request.headers
+            record.tags = {**ent.tags, **_tags(headers)}
+            if self.hooks.has("before_guard"):
+                rewritten, plugin_tags = await hooks.before_guard(self.hooks, record, headers)
+                if rewritten is not headers:  # rewritten headers may carry other tags
+                    headers = rewritten
+                    record.tags = {**ent.tags, **_tags(headers)}
+                record.tags.update(plugin_tags)
             native = parsed.native
             if native and not native.untranslatable and native.protocol not in self.native_protocols[target.name]:
                 native = None  # no deployment takes the client's own body: only its translation travels
-            route, chat = route_choice(request.headers, parsed.chat, ent.route_override)
+            route, chat = route_choice(headers, parsed.chat, ent.route_override)
             if chat is not None and not ent.caller.user and (chat.user or chat.safety_identifier):
                 # a key without an owner: the request's own `user` attributes it in the records
                 who = (chat.user or chat.safety_identifier or "")[:MAX_USER_CHARS]
@@ -369,8 +380,8 @@ class Gateway:
                 if policed is not chat and native is not None and not native.untranslatable:
                     native = None  # the client's own body still says what the policy changed
                 chat = policed
-            deadline = client_deadline(request.headers, record.received_at, self.timeout)
-            await self._run_admit(ent, record, request.headers.get(RUN_HEADER))
+            deadline = client_deadline(headers, record.received_at, self.timeout)
+            await self._run_admit(ent, record, headers.get(RUN_HEADER))
             admitted = await self._admit(ent, record, parsed, chat, target.name, deadline)
             if admitted.max_tokens is not None and chat is not None:
                 chat = with_max_output(chat, admitted.max_tokens)
@@ -392,7 +403,7 @@ class Gateway:
                 tags=record.tags,
                 route=route,
             )
-            return await self._dispatch(req, record, api, parsed)
+            return await self._dispatch(req, record, api, parsed, headers)
         except GatewayError as exc:
             return self._fail(api, record, exc.info(), exc.headers)
         except Exception:
@@ -499,7 +510,14 @@ class Gateway:
                 continue
             return item
 
-    async def _dispatch(self, req: ChatRequest, record: RequestRecord, api: apis.Api, parsed: apis.Parsed) -> Response:
+    async def _dispatch(
+        self,
+        req: ChatRequest,
+        record: RequestRecord,
+        api: apis.Api,
+        parsed: apis.Parsed,
+        client_headers: Mapping[str, str],
+    ) -> Response:
         inbox, queue = self.inbox.open(req.request_id)
         headers = {REQUEST_ID: req.request_id, TRACEPARENT: traceparent(record)}
         handed_over = False
@@ -532,15 +550,18 @@ class Gateway:
                 if not first.native:
                     body = api.completion(body, parsed)
                 record.response_bytes = len(body)
+                added = {}
+                if self.hooks.has("after_response"):
+                    added = await hooks.after_response(self.hooks, record, client_headers)
                 self._finish(record)
-                headers = self._headers(record) | _routed(first.outcome.deployment, first.outcome.model)
+                headers = added | self._headers(record) | _routed(first.outcome.deployment, first.outcome.model)
                 return Response(body, media_type="application/json", headers=headers)
             handed_over = True
             routed = (
                 _routed(first.deployment, first.model) if isinstance(first, Chunk | ChunkBatch | NativeEvents) else {}
             )
             return StreamingResponse(
-                self._relay(first, queue, record, api.writer(parsed)),
+                self._relay(first, queue, record, api.writer(parsed), client_headers),
                 media_type="text/event-stream",
                 headers={**_SSE_HEADERS, **self._headers(record), **routed},
             )
@@ -554,6 +575,7 @@ class Gateway:
         queue: asyncio.Queue[Reply | NoResponders],
         record: RequestRecord,
         writer: apis.StreamWriter,
+        client_headers: Mapping[str, str],
     ) -> AsyncIterator[bytes]:
         """The stream in the client's API; ends properly, or with an error event if it broke."""
         record.first_byte_ms = (time.monotonic() - record.started) * 1000
@@ -611,11 +633,18 @@ class Gateway:
             record.response_bytes = sent
             if finished:
                 self.inbox.close(record.request_id)
-                self._finish(record)
+                await self._stream_ended(record, client_headers)
             else:
                 # the client went away mid-stream (or the budget cut it): stop the upstream call, and
                 # record what it cost so far
                 self._spawn(self._abandon(record, queue, cut or CLIENT_CLOSED))
+
+    async def _stream_ended(self, record: RequestRecord, client_headers: Mapping[str, str]) -> None:
+        if self.hooks.has("after_response") and record.error is None:
+            # the stream is out: its tags still reach the record; a failure can only be logged
+            with contextlib.suppress(GatewayError):
+                await hooks.after_response(self.hooks, record, client_headers)
+        self._finish(record)
 
     async def _abandon(
         self, record: RequestRecord, queue: asyncio.Queue[Reply | NoResponders], why: ErrorInfo = CLIENT_CLOSED
@@ -667,10 +696,10 @@ def _routed(deployment: str, model: str) -> dict[str, str]:
     return out
 
 
-def _tags(request: Request) -> dict[str, str]:
+def _tags(headers: Mapping[str, str]) -> dict[str, str]:
     """Client metadata tags: `x-gatehouse-tag-<name>: <value>` headers (bounded)."""
     tags: dict[str, str] = {}
-    for name, value in request.headers.items():
+    for name, value in headers.items():
         if name.startswith("x-gatehouse-tag-") and len(tags) < 16:
             tags[name[16:][:64]] = value[:256]
     return tags

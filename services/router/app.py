@@ -4,7 +4,9 @@
 `<p>.router.status` (every replica) answers with this replica's view of each deployment.
 `<p>.router.batch` (batch items, from the guard) is served the same way, as far as interactive traffic leaves
 room (services/router/priority.py).
-The `<P>_ROUTING` KV bucket carries deployment health (open, cooldown, probe) between replicas.
+The `<P>_ROUTING` KV bucket carries deployment health (open, cooldown, probe) between replicas; a breaker that
+opens also goes to `<p>.hooks.event.deployment_down` when a webhook wants it. before_dispatch plugin hooks run
+before the first deployment is tried (shared/plugins.py).
 
 Resolves the model to its deployments, orders them by the model's routing strategy, calls them with
 retries, failover and fallbacks on retryable errors (skipping deployments whose breaker is open or that
@@ -39,10 +41,11 @@ from services.router.signing import request_signers
 from services.router.telemetry import finish_dispatch, start_dispatch
 from services.router.upstream import Upstream
 from shared import metrics
-from shared.bus import QueueWorker, answer_pings
+from shared.bus import QueueWorker, answer_pings, ensure_hooks_stream
 from shared.config import load_config
 from shared.errors import ServiceUnavailableError
 from shared.natsconn import nats_broker
+from shared.plugins import ROUTER_POINTS, HookRunner, build_runner, request_view
 from shared.schemas.chat import Heartbeat, Outcome, Reply, Result
 from shared.schemas.routing import RouterStatus
 from shared.subjects import Subjects, encode
@@ -66,8 +69,10 @@ class RouterHandlers:
         heartbeat_s: float,
         max_inflight: int = 0,
         gate: PriorityGate | None = None,
+        hooks: HookRunner | None = None,
     ) -> None:
         self.max_inflight = max_inflight
+        self.hooks = hooks or HookRunner({})
         self.broker = broker
         self.dispatcher = dispatcher
         self.subjects = subjects
@@ -138,7 +143,12 @@ class RouterHandlers:
         if task is not None:
             self.working[req.request_id] = task
         try:
-            if batch:
+            refused = None
+            if self.hooks.has("before_dispatch"):
+                refused = await self.hooks.refusal("before_dispatch", request_view("before_dispatch", req))
+            if refused is not None:
+                await send(Result(outcome=Outcome(replica=self.dispatcher.replica), error=refused))
+            elif batch:
                 async with self.gate.batch_slot():  # heartbeats go on while the item waits its turn
                     await self.dispatcher.serve(req, send)
             else:
@@ -209,7 +219,8 @@ def create_app(settings: RouterSettings) -> FastStream:
         yield_s=settings.router_batch_yield_s,
         busy_rate=settings.router_batch_busy_rate,
     )
-    handlers = RouterHandlers(broker, dispatcher, subjects, settings.router_heartbeat_s, max_inflight, gate)
+    hooks = build_runner(config.plugins, ROUTER_POINTS)
+    handlers = RouterHandlers(broker, dispatcher, subjects, settings.router_heartbeat_s, max_inflight, gate, hooks)
     chat = subjects.router_chat
     worker = QueueWorker(chat.name, chat.queue, handlers.on_request, max_inflight, on_full=handlers.on_full)
     lane = subjects.router_batch
@@ -227,7 +238,11 @@ def create_app(settings: RouterSettings) -> FastStream:
         await telemetry.start(nc)
         metrics.in_flight(lambda: worker.in_flight)
         if config.routing.breaker.shared:
-            shared = SharedHealth(broker.config.connection_state.stream, subjects.routing_bucket, board)
+            js = broker.config.connection_state.stream
+            down = subjects.hooks_deployment if any("deployment_down" in w.events for w in config.webhooks) else None
+            if down is not None:
+                await ensure_hooks_stream(js, subjects)
+            shared = SharedHealth(js, subjects.routing_bucket, board, down)
             dispatcher.attach(shared)
             shared.start()
         await nc.subscribe(subjects.router_cancel.name, cb=handlers.on_cancel)

@@ -21,6 +21,9 @@ from shared.schemas.routing import DeploymentHealth, HealthState
 
 Availability = Literal["yes", "no", "probe"]
 
+# the reason of a breaker opened again because its probe failed (the deployment was down already)
+PROBE_FAILED = "probe failed"
+
 
 class Breaker:
     __slots__ = ("_window", "config", "consecutive", "cooldown_s", "deployment", "probing", "reason", "state", "until")
@@ -69,7 +72,7 @@ class Breaker:
             return None
         if self.probing or self.state == "half_open":
             cooldown = min(max(self.cooldown_s, self.config.cooldown_s) * 2, self.config.max_cooldown_s)
-            return self._open(now, cooldown, by, f"probe failed: {reason}")
+            return self._open(now, cooldown, by, f"{PROBE_FAILED}: {reason}")
         if self.state != "healthy":
             return None
         attempts, failures = self.counts(now)

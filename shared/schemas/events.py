@@ -157,3 +157,33 @@ class ContentEvent(msgspec.Struct, frozen=True, kw_only=True):
     redactions: int = 0
     truncated: bool = False  # the texts were cut to the logging limit
     retention_days: int = 30
+
+
+class WebhookJob(msgspec.Struct, frozen=True, kw_only=True):
+    """One event to deliver to one webhook (`<p>.hooks.delivery`): the body is rendered once, when the event
+    is fanned out, so every attempt sends the same bytes (and the same signature input)."""
+
+    delivery_id: str  # <event type>.<source event id>.<webhook>: the id receivers see in `webhook-id`
+    webhook: str
+    event_type: str  # budget_alert | request_blocked | deployment_down
+    source_id: str
+    at: float  # when the event happened
+    body: bytes
+
+
+class WebhookDelivery(msgspec.Struct, frozen=True, kw_only=True):
+    """How one webhook delivery ended (the `webhook_deliveries` table): delivered, or dead after its last
+    attempt (a dead letter keeping the body, so an operator can see and replay what was not delivered)."""
+
+    event_id: str  # the delivery id: stored once
+    webhook: str
+    event_type: str
+    source_id: str
+    outcome: str  # delivered | dead
+    attempts: int
+    http_status: int = 0  # of the last attempt (0: no answer)
+    error: str = ""  # of the last failed attempt ('' when delivered at once)
+    signed: bool = False
+    event_at: float
+    finished_at: float
+    body: str = ""  # kept for dead letters only

@@ -159,15 +159,18 @@ def test_a_requests_log_lines_carry_its_ids_and_never_its_prompt_or_key(
     canary = f"telemetry-canary-{new_span_id()}"
     request_id = _ask(client, "failover", f"00-{trace}-{new_span_id()}-01", content=f"Hello {canary}")
     deadline = time.monotonic() + 20
-    while True:  # the router writes a line per failed attempt
+    while True:  # the router writes a line per failed attempt (err-503 always fails; the rejected deployment
+        # may already be skipped by a breaker that earlier tests opened)
         lines = [json.loads(line) for line in _service_logs(running_stack).get("router-0", []) if line.startswith("{")]
         mine = [line for line in lines if line.get("request_id") == request_id]
-        if len(mine) >= 2 or time.monotonic() > deadline:
+        if mine or time.monotonic() > deadline:
             break
         time.sleep(0.2)
-    assert len(mine) >= 2 and all(line["trace_id"] == trace for line in mine)
-    assert any("attempt on" in line["msg"] for line in mine)
+    assert any("attempt on emu-openai/err-503" in line["msg"] for line in mine)
     _spans(running_stack, trace, 7)  # the request has been recorded by now
+    lines = [json.loads(line) for line in _service_logs(running_stack).get("router-0", []) if line.startswith("{")]
+    mine = [line for line in lines if line.get("request_id") == request_id]
+    assert mine and all(line["trace_id"] == trace for line in mine)
     for name, text in _service_logs(running_stack).items():
         for line in filter(None, text):
             assert canary not in line and API_KEY not in line, name

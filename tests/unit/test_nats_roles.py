@@ -49,7 +49,7 @@ def test_every_subject_has_a_permission_to_publish_and_one_to_receive_it() -> No
     )
     for name, subject in subjects.items():
         assert _publishers(subject.name), f"nobody may publish {name}: add it to a role in shared/permissions.py"
-        if subject.name.startswith((f"{S.prefix}.events.", f"{S.prefix}.telemetry.")):
+        if subject.name.startswith((f"{S.prefix}.events.", f"{S.prefix}.telemetry.", f"{S.prefix}.hooks.")):
             continue  # stored by JetStream, consumed through accounting's durable consumers
         entry = f"{subject.name} {subject.queue}" if subject.queue else subject.name
         assert _subscribers(entry), f"nobody may receive {name}"
@@ -75,6 +75,12 @@ def test_each_hop_is_fed_by_one_role_only() -> None:
     assert _publishers(S.batch_items_wildcard) == {"batch", "batch_producer"}
     assert _publishers(S.events_batch.name) == {"batch"}
     assert _subscribers(S.batch_out_wildcard) == {"batch_producer"}
+    # the hooks stream: each event it fans out to webhooks has one producer
+    assert _publishers(S.hooks_blocked.name) == {"guard"}
+    assert _publishers(S.hooks_deployment.name) == {"router"}
+    assert _publishers(S.hooks_alert.name) == {"accounting"}
+    assert _publishers(S.hooks_delivery.name) == {"accounting"}
+    assert _publishers(S.events_webhook.name) == {"accounting"}
     producer = permissions("batch_producer", S)
     assert not any(p.startswith("$JS") for p in producer.publish)  # no stream API: items and calls only
 
