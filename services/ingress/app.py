@@ -41,6 +41,7 @@ from services.ingress.mcp.endpoint import McpEndpoint
 from services.ingress.mcp.runs import RUN_HEADER, BadRunId, RunLimitError, Runs, run_id_of
 from services.ingress.mcp.sessions import Sessions
 from services.ingress.routing import client_deadline, route_choice
+from services.ingress.tags import client_tags
 from services.ingress.telemetry import MetricsEndpoint, finish_request, start_request, traceparent
 from shared import metrics
 from shared.admission import Admitted, Estimate, Governor
@@ -360,12 +361,12 @@ class Gateway:
                     f"The model `{parsed.model}` does not exist or you do not have access to it.", param="model"
                 )
             headers: Mapping[str, str] = request.headers
-            record.tags = {**ent.tags, **_tags(headers)}
+            record.tags = {**ent.tags, **client_tags(headers)}
             if self.hooks.has("before_guard"):
                 rewritten, plugin_tags = await hooks.before_guard(self.hooks, record, headers)
                 if rewritten is not headers:  # rewritten headers may carry other tags
                     headers = rewritten
-                    record.tags = {**ent.tags, **_tags(headers)}
+                    record.tags = {**ent.tags, **client_tags(headers)}
                 record.tags.update(plugin_tags)
             native = parsed.native
             if native and not native.untranslatable and native.protocol not in self.native_protocols[target.name]:
@@ -694,15 +695,6 @@ def _routed(deployment: str, model: str) -> dict[str, str]:
     if model:
         out["x-gatehouse-model"] = model
     return out
-
-
-def _tags(headers: Mapping[str, str]) -> dict[str, str]:
-    """Client metadata tags: `x-gatehouse-tag-<name>: <value>` headers (bounded)."""
-    tags: dict[str, str] = {}
-    for name, value in headers.items():
-        if name.startswith("x-gatehouse-tag-") and len(tags) < 16:
-            tags[name[16:][:64]] = value[:256]
-    return tags
 
 
 def create_app(
