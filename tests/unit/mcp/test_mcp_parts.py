@@ -88,3 +88,20 @@ def test_an_mcp_call_event_becomes_an_mcp_calls_row() -> None:
     assert table == MCP_CALLS and len(row) == len(MCP_COLUMNS)
     named = dict(zip(MCP_COLUMNS, row, strict=True))
     assert (named["server"], named["key_id"], named["team"], named["cost_usd"]) == ("fs", "k", "t", 0.25)
+
+
+def test_upstream_mcp_credentials_reach_the_mcp_stage_only() -> None:
+    from gatehouse.childenv import SERVICES, service_env
+    from shared.config import parse_config
+
+    config = parse_config(
+        "mcp:\n  servers:\n"
+        "    crm: {transport: http, url: 'https://crm.test/mcp', headers_from_env: {X-Key: CRM_KEY},\n"
+        "          oauth: {token_url: 'https://a.test/t', client_id: g, client_secret_env: CRM_SECRET}}\n"
+        "    files: {transport: stdio, command: [srv], env_from: {TOKEN: FILES_TOKEN}}\n"
+    )
+    environ = {"CRM_KEY": "k", "CRM_SECRET": "s", "FILES_TOKEN": "t", "PATH": "/bin"}
+    for service in SERVICES:
+        env = service_env(service, environ, config, {})
+        held = {name for name in ("CRM_KEY", "CRM_SECRET", "FILES_TOKEN") if name in env}
+        assert held == ({"CRM_KEY", "CRM_SECRET", "FILES_TOKEN"} if service == "mcp" else set()), service
