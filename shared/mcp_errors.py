@@ -28,6 +28,10 @@ UPSTREAM_UNAVAILABLE = -32031
 GATEWAY_UNAVAILABLE = -32032  # a stage behind ingress did not answer
 
 
+def internal() -> McpError:
+    return McpError(code=INTERNAL_ERROR, message="The gateway hit an internal error.", status="error")
+
+
 def gateway_unavailable(stage: str) -> McpError:
     return McpError(
         code=GATEWAY_UNAVAILABLE, message=f"The {stage} did not answer; try again shortly.", status="unavailable"

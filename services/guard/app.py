@@ -181,7 +181,11 @@ class GuardHandlers:
             log.warning("malformed tool call on %s dropped", msg.subject)
             return
         span = start_tool_call(msg, call)
-        outcome = await self._tool_call(call, forward_headers(msg, span))
+        try:
+            outcome = await self._tool_call(call, forward_headers(msg, span))
+        except Exception:  # a bug (or a policy the guard does not know) still answers, and fails closed
+            log.exception("tool call %s failed in the guard", call.call_id)
+            outcome = ToolOutcome(call_id=call.call_id, error=mcp_errors.internal())
         await msg.respond(self.subjects.guard_mcp.encode_reply(outcome))
         finish_tool_call(span, call, outcome)
 

@@ -111,9 +111,14 @@ def create_app(settings: McpSettings) -> FastStream:
     telemetry.serve_metrics()
 
     async def on_call(msg: Msg) -> None:
-        if msg.reply:
+        if not msg.reply:
+            return
+        try:
             outcome = await stage.call(msg.data, msg.headers.get(TRACEPARENT) if msg.headers else None)
-            await msg.respond(subjects.mcp_call.encode_reply(outcome))
+        except Exception:  # a bug still answers: the guard (and the client) must not wait out the timeout
+            log.exception("tool call failed in the mcp stage")
+            outcome = ToolOutcome(call_id="", error=mcp_errors.internal(), mcp_replica=settings.replica)
+        await msg.respond(subjects.mcp_call.encode_reply(outcome))
 
     async def on_catalog(msg: Msg) -> None:
         if msg.reply:
