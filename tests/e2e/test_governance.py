@@ -200,7 +200,12 @@ def test_the_cli_manages_keys_and_shows_usage(gov: Gov) -> None:
     assert out.exit_code == 0, out.output
     secret = next(w for w in out.output.split() if w.startswith("gh-"))
     shown = gov.ok("GET", "/keys/cli-key")
-    assert shown["limits"]["quotas"] == {"rpm": 600, "tpm": 200_000, "max_concurrency": None}  # type: ignore[index]
+    assert shown["limits"]["quotas"] == {
+        "rpm": 600,
+        "tpm": 200_000,
+        "max_concurrency": None,
+        "tool_calls_per_minute": None,
+    }  # type: ignore[index]
     assert shown["limits"]["budgets"][0]["amount_usd"] == 50 and shown["limits"]["budgets"][0]["period"] == "monthly"  # type: ignore[index]
     gov.wait_key(secret)
     r = httpx.post(
