@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import time
+import warnings
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
@@ -21,7 +22,7 @@ from mcp import Client, StdioServerParameters
 from mcp.client.sse import sse_client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
-from mcp.shared.exceptions import MCPError
+from mcp.shared.exceptions import MCPDeprecationWarning, MCPError
 
 from services.mcp.credentials import ClientCredentials, CredentialError, child_env, static_headers
 from shared import mcp_errors
@@ -29,6 +30,9 @@ from shared.mcp_config import McpServerConfig
 from shared.schemas.mcp import CatalogKind, McpError, ServerCatalog
 
 log = logging.getLogger("gatehouse.mcp.upstream")
+# the SDK warns that ping is gone from the newest revision; these sessions speak the handshake era, where it is
+# the liveness check
+warnings.filterwarnings("ignore", message="ping is removed", category=MCPDeprecationWarning)
 
 # a connection that stayed up this long resets the restart backoff
 STABLE_AFTER_S = 30.0
