@@ -353,6 +353,8 @@ async def test_bad_requests_get_clear_errors(gh: McpStack) -> None:
     assert httpx.post(url, json={"jsonrpc": "2.0", "id": 1, "method": "ping"}, timeout=10).status_code == 401
     r = httpx.post(url, content=b"{not json", headers=auth, timeout=10)
     assert r.status_code == 400 and r.json()["error"]["code"] == mcp_errors.PARSE_ERROR
+    r = httpx.post(url, content=b"[" * 100_000 + b"]" * 100_000, headers=auth, timeout=10)  # absurd nesting
+    assert r.status_code == 400 and r.json()["error"]["code"] == mcp_errors.PARSE_ERROR
     r = httpx.post(url, json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"}, headers=auth, timeout=10)
     assert r.status_code == 400  # no session
     r = httpx.post(

@@ -42,6 +42,7 @@ BATCH_VERSIONS = frozenset({"2025-03-26"})  # JSON-RPC batching was removed in 2
 ASSUMED_VERSION = "2025-03-26"
 KEEPALIVE_S = 15.0
 MAX_BATCH = 64
+MAX_STREAMS = 4  # GET streams one session may hold open
 SERVER_INFO = {"name": "gatehouse", "title": "gatehouse MCP gateway", "version": "0.1.0"}
 CAPABILITIES = {
     "tools": {"listChanged": True},
@@ -133,6 +134,8 @@ class McpEndpoint:
             return Response(status_code=200)
         if "text/event-stream" not in request.headers.get("accept", ""):
             return _http_error(406, mcp_errors.INVALID_REQUEST, "The GET stream needs `Accept: text/event-stream`.")
+        if len(session.streams) >= MAX_STREAMS:
+            return _http_error(409, mcp_errors.INVALID_REQUEST, f"A session has at most {MAX_STREAMS} GET streams.")
         return StreamingResponse(
             self._stream(session), media_type="text/event-stream", headers={"cache-control": "no-cache"}
         )
@@ -171,7 +174,7 @@ class McpEndpoint:
             return _http_error(400, mcp_errors.INVALID_REQUEST, exc.info().message)
         try:
             message = _ANY.decode(body)
-        except msgspec.DecodeError:
+        except (msgspec.DecodeError, RecursionError):  # msgspec raises RecursionError on absurd nesting
             return _http_error(400, mcp_errors.PARSE_ERROR, "Parse error: the body is not JSON.")
         if isinstance(message, dict) and message.get("method") == "initialize" and _valid(message):
             return self._initialize(message, ent)

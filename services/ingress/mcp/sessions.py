@@ -30,9 +30,11 @@ class Session:
 
 
 class Sessions:
-    def __init__(self, idle_s: float, max_sessions: int) -> None:
+    def __init__(self, idle_s: float, max_sessions: int, max_per_key: int = 100) -> None:
         self._idle_s = idle_s
         self._max = max_sessions
+        # one key's sessions past this push out its own oldest, never another key's
+        self._max_per_key = max_per_key
         self._sessions: dict[str, Session] = {}
 
     def __len__(self) -> int:
@@ -41,6 +43,11 @@ class Sessions:
     def open(self, key_id: str, protocol_version: str, now: float | None = None) -> Session:
         now = time.monotonic() if now is None else now
         self.expire(now)
+        own = [s for s in self._sessions.values() if s.key_id == key_id]
+        while len(own) >= self._max_per_key:
+            oldest = min(own, key=lambda s: s.last_seen)
+            own.remove(oldest)
+            self.close(oldest.id)
         while len(self._sessions) >= self._max:
             oldest = min(self._sessions.values(), key=lambda s: s.last_seen)
             self.close(oldest.id)

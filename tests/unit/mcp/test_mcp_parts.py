@@ -105,3 +105,12 @@ def test_upstream_mcp_credentials_reach_the_mcp_stage_only() -> None:
         env = service_env(service, environ, config, {})
         held = {name for name in ("CRM_KEY", "CRM_SECRET", "FILES_TOKEN") if name in env}
         assert held == ({"CRM_KEY", "CRM_SECRET", "FILES_TOKEN"} if service == "mcp" else set()), service
+
+
+def test_one_key_cannot_push_out_another_keys_sessions() -> None:
+    sessions = Sessions(idle_s=100, max_sessions=10, max_per_key=3)
+    victim = sessions.open("victim", "v", now=0)
+    for i in range(20):
+        sessions.open("flood", "v", now=1 + i)
+    assert sessions.get(victim.id, "victim", now=30) is victim
+    assert len(sessions) == 4
