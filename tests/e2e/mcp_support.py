@@ -100,11 +100,12 @@ class McpStack:
 
     @contextlib.asynccontextmanager
     async def client(
-        self, key: str = MAIN_KEY, headers: dict[str, str] | None = None, **kw: object
+        self, key: str = MAIN_KEY, headers: dict[str, str] | None = None, replica: int = 0, **kw: object
     ) -> AsyncIterator[Client]:
-        """An official SDK client session with gatehouse, authenticated with `key`."""
+        """An official SDK client session with gatehouse (ingress `replica`), authenticated with `key`."""
+        url = f"{self.stack.ingress_urls[replica]}/mcp"
         http = create_mcp_http_client(headers={"authorization": f"Bearer {key}", **(headers or {})})
-        async with http, Client(streamable_http_client(self.url, http_client=http), **kw) as client:  # type: ignore[arg-type]
+        async with http, Client(streamable_http_client(url, http_client=http), **kw) as client:  # type: ignore[arg-type]
             yield client
 
     async def sql(self, query: str) -> SqlResult:
@@ -120,6 +121,18 @@ class McpStack:
             headers={"authorization": f"Bearer {key}"},
             timeout=30,
         )
+
+
+def _two_free_ports() -> int:
+    """A free port whose next one is free too (ingress replica i listens on port + i)."""
+    while True:
+        port = free_port()
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+        return port
 
 
 def _wait_port(port: int, timeout: float = 30.0) -> None:
@@ -169,7 +182,8 @@ def mcp_stack(tmp: Path, prefix: str) -> Iterator[McpStack]:
             config=config,
             data_dir=tmp / "data",
             host="127.0.0.1",
-            port=free_port(),
+            port=_two_free_ports(),
+            replicas={"ingress": 2},  # run limits and quotas must hold across replicas
             prefix=prefix,
             nats_port=free_port(),
         )

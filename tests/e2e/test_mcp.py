@@ -138,11 +138,11 @@ async def test_an_injection_in_a_tool_result_is_flagged_or_blocked_per_policy(gh
 
 async def test_calls_past_the_keys_quota_are_refused(gh: McpStack) -> None:
     await wait_tools(gh, {"local__echo"}, key=QUOTA_KEY)
-    async with gh.client(QUOTA_KEY) as client:
+    async with gh.client(QUOTA_KEY) as one, gh.client(QUOTA_KEY, replica=1) as other:
         answered, refused = 0, []
-        for i in range(5):
+        for i in range(5):  # alternating between the two ingress replicas: one count
             try:
-                await client.call_tool("local__echo", {"text": str(i)})
+                await (one if i % 2 else other).call_tool("local__echo", {"text": str(i)})
                 answered += 1
             except MCPError as exc:
                 refused.append(exc.error)
@@ -323,9 +323,10 @@ async def test_the_approvals_api_is_for_the_admin_key_only(gh: McpStack) -> None
 async def test_agent_runs_end_with_a_clear_error(gh: McpStack) -> None:
     await wait_tools(gh, {"local__echo"}, key=RUN_KEY)
     run = f"run-{time.monotonic_ns()}"
-    async with gh.client(RUN_KEY, headers={"x-gatehouse-run-id": run}) as client:
+    tagged = {"x-gatehouse-run-id": run}
+    async with gh.client(RUN_KEY, headers=tagged) as client, gh.client(RUN_KEY, headers=tagged, replica=1) as peer:
         await client.call_tool("local__echo", {"text": "a"})
-        await client.call_tool("local__echo", {"text": "a"})
+        await peer.call_tool("local__echo", {"text": "a"})  # the same run through the other ingress replica
         with pytest.raises(MCPError) as loop:  # the third identical call: a loop
             await client.call_tool("local__echo", {"text": "a"})
         assert loop.value.error.code == mcp_errors.RUN_LIMIT and "same arguments 3 times" in loop.value.error.message
@@ -338,8 +339,9 @@ async def test_agent_runs_end_with_a_clear_error(gh: McpStack) -> None:
     # model calls of the same run count too (the chat endpoints read the same header)
     body = {"model": "mock-1", "messages": [{"role": "user", "content": "hi"}]}
     headers = {"authorization": f"Bearer {RUN_KEY}", "x-gatehouse-run-id": run}
-    url = f"{gh.stack.ingress_url}/v1/chat/completions"
-    statuses = [httpx.post(url, json=body, headers=headers, timeout=30) for _ in range(3)]
+    urls = [f"{base}/v1/chat/completions" for base in gh.stack.ingress_urls]
+    statuses = [httpx.post(urls[i % 2], json=body, headers=headers, timeout=30) for i in range(3)]
+    url = urls[0]
     assert [r.status_code for r in statuses] == [200, 200, 429]
     assert statuses[2].json()["error"]["code"] == "run_limit_exceeded"
     assert "2 model calls" in statuses[2].json()["error"]["message"]
