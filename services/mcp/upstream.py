@@ -117,13 +117,11 @@ class Upstream:
             except BaseException as exc:
                 self.error = _describe(exc)
             self._client = None
+            if time.monotonic() - started > STABLE_AFTER_S:
+                backoff = self.cfg.restart_backoff_s  # it had been up a while: back quickly
             log.warning("mcp server %s is down (%s); reconnecting in %.1fs", self.name, self.error, backoff)
             await asyncio.sleep(backoff)
-            backoff = (
-                self.cfg.restart_backoff_s
-                if time.monotonic() - started > STABLE_AFTER_S
-                else min(backoff * 2, self.cfg.restart_backoff_max_s)
-            )
+            backoff = min(backoff * 2, self.cfg.restart_backoff_max_s)
             self.restarts += 1
 
     async def _session(self) -> None:
