@@ -289,6 +289,8 @@ class Gateway:
 
     async def catalog(self, query: CatalogQuery) -> Catalog:
         """Every upstream MCP server's lists and health, from an mcp stage replica."""
+        if not self.config.mcp.servers:
+            return Catalog()  # no server configured, so no mcp stage runs: nothing to list
         subject = self.subjects.mcp_catalog
         try:
             msg = await self.broker.connection.request(subject.name, subject.encode(query), timeout=self.nats_timeout_s)
