@@ -99,7 +99,7 @@ def test_up_serves_records_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
         # every process serves Prometheus metrics where `gatehouse up` says (ingress on its own port)
         urls = json.loads((data / "state.json").read_text())["metrics_urls"].split(",")
         assert f"http://127.0.0.1:{port}/metrics" in urls and f"http://127.0.0.1:{metrics_port}/metrics" in urls
-        assert len(urls) == 4
+        assert len(urls) == 5  # accounting, router, guard, batch and ingress (mcp only with mcp.servers)
         for url in urls:
             families = {f.name for f in text_string_to_metric_families(httpx.get(url, timeout=10).text)}
             assert "gatehouse_nats_reconnects" in families, url
