@@ -16,7 +16,6 @@ import os
 import struct
 import time
 from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass
 
 import msgspec
 from clickhouse_connect.driver.exceptions import DataError
@@ -56,8 +55,9 @@ def tune_gc() -> None:
     gc.set_threshold(50_000, 20, 20)
 
 
-@dataclass(frozen=True, slots=True, eq=False)  # identity: the same event twice is two items
-class Item:
+class Item(msgspec.Struct, frozen=True, eq=False):  # identity: the same event twice is two items
+    """One event of a batch in hand (a Struct: built per event, it costs a tenth of a frozen dataclass)."""
+
     msg: Msg
     table: str
     row: list[object]

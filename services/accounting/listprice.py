@@ -20,6 +20,8 @@ from genai_prices import data_snapshot
 from genai_prices.types import ModelInfo, ModelPrice, Provider, TieredPrices, calc_unit_price
 from genai_prices.units import _get_registry  # the unit registry calc_price itself uses
 
+from shared.pricing import when
+
 # the usage gatehouse records, by genai-prices usage key; every other usage key is zero
 USAGE_KEYS = (
     "input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "cache_write_1h_tokens",
@@ -96,6 +98,8 @@ class ListPrices:
     def __init__(self) -> None:
         self._models: dict[tuple[str, str | None], tuple[Provider, ModelInfo] | None] = {}
         self._plans: dict[int, tuple[ModelPrice, Plan]] = {}
+        # models with one price for all times (most of them): their plan, by the model's identity
+        self._fixed: dict[int, tuple[ModelInfo, Plan]] = {}
 
     def model(self, model_ref: str, provider_id: str | None) -> tuple[Provider, ModelInfo] | None:
         key = (model_ref, provider_id)
@@ -108,6 +112,19 @@ class ListPrices:
                 found = None
             self._models[key] = found
         return self._models[key]
+
+    def plan_at(self, model: ModelInfo, unix: float) -> Plan:
+        """The plan of `model` at `unix` seconds; without building a datetime when its price never changes."""
+        fixed = self._fixed.get(id(model))
+        if fixed is not None and fixed[0] is model:
+            return fixed[1]
+        if not isinstance(model.prices, ModelPrice):  # prices that change over time: resolved per request
+            return self.plan(model, when(unix))
+        if len(self._fixed) > 4096:
+            self._fixed.clear()
+        plan = Plan.of(model.prices)
+        self._fixed[id(model)] = (model, plan)  # the model is kept, so its id is not reused meanwhile
+        return plan
 
     def plan(self, model: ModelInfo, at: datetime) -> Plan:
         price = model.get_prices(at)
