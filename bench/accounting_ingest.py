@@ -91,7 +91,7 @@ class GcClock:
 
     def __init__(self) -> None:
         self.seconds = 0.0
-        self.collections = 0
+        self.collections = [0, 0, 0]  # by generation
         self._started = 0.0
 
     def __call__(self, phase: str, info: dict[str, int]) -> None:
@@ -99,7 +99,7 @@ class GcClock:
             self._started = time.perf_counter()
         else:
             self.seconds += time.perf_counter() - self._started
-            self.collections += 1
+            self.collections[info["generation"]] += 1
 
 
 def start_profiler(out: Path) -> subprocess.Popen[bytes]:
@@ -150,7 +150,8 @@ async def drain(
     elapsed = time.perf_counter() - started
     cpu_us = (time.process_time() - cpu) / count * 1e6
     gc.callbacks.remove(clock)
-    print(f"  gc: {clock.collections} collections, {clock.seconds / count * 1e6:.1f} us per event")
+    young, middle, full = clock.collections
+    print(f"  gc: {young}/{middle}/{full} collections (gen 0/1/2), {clock.seconds / count * 1e6:.1f} us per event")
     if profiler is not None:
         stop_profiler(profiler)
     consumer.stop()
@@ -183,6 +184,8 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     tune_gc()  # as `python -m services.accounting` does
+    if os.environ.get("BENCH_GC_THRESHOLD"):  # experiments: e.g. BENCH_GC_THRESHOLD=200000,20,20
+        gc.set_threshold(*(int(n) for n in os.environ["BENCH_GC_THRESHOLD"].split(",")))
     rates, cpus = [], []
     for run in range(args.runs):
         load = os.getloadavg()[0]

@@ -22,6 +22,8 @@ from genai_prices.units import _get_registry  # the unit registry calc_price its
 
 from shared.pricing import when
 
+_ZERO = Decimal(0)
+
 # the usage gatehouse records, by genai-prices usage key; every other usage key is zero
 USAGE_KEYS = (
     "input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "cache_write_1h_tokens",
@@ -75,14 +77,16 @@ class Plan:
     def total(self, usage: dict[str, int]) -> Decimal | None:
         """The price of `usage` (counts by usage key); None where genai-prices would refuse the usage."""
         leaves: dict[str, int] = {}
-        total = Decimal(0)
+        total = _ZERO
         total_input = usage.get("input_tokens", 0) if self.tiered else 0
         for unit in self.units:
-            count = 1 if unit.usage_key == "requests" else usage.get(unit.usage_key, 0)
-            leaf = count - sum(leaves[d] for d in unit.descendants)
+            key = unit.usage_key
+            leaf = 1 if key == "requests" else usage.get(key, 0)
+            for below in unit.descendants:  # a loop, not sum() over a generator: this runs for every event
+                leaf -= leaves[below]
             if leaf < 0:
                 return None
-            leaves[unit.usage_key] = leaf
+            leaves[key] = leaf
             if not leaf:
                 continue
             if unit.rate is not None:
