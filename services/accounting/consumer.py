@@ -225,9 +225,8 @@ class EventConsumer:
         )
 
     # ---- the loop ----------------------------------------------------------------------------
-    async def run(self) -> None:
-        if not await self._migrate():
-            return
+    async def _attach(self) -> tuple[Subscription | None, JetStreamContext.PullSubscription | None]:
+        """The max-deliveries advisory subscription and the consumer, retried until they work or stop()."""
         advisory: Subscription | None = None
         psub: JetStreamContext.PullSubscription | None = None
         delay = self._retry[0]
@@ -242,6 +241,12 @@ class EventConsumer:
                 log.error("cannot attach to the event stream (%s); retrying in %.1fs", _first_line(exc), delay)
                 await self._pause(delay)
                 delay = min(delay * 2, self._retry[1])
+        return advisory, psub
+
+    async def run(self) -> None:
+        if not await self._migrate():
+            return
+        advisory, psub = await self._attach()
         if psub is None:
             return
         self.ready.set()
@@ -254,12 +259,21 @@ class EventConsumer:
         )
         puller = Puller(self._nc, self._subjects.events_stream, self._durable)
         await puller.start()
-        # one batch is stored while the next is fetched and prepared: chDB (C++, its own threads) and Python overlap
+        # three batches overlap: one is stored (chDB, C++ on its own threads) while the next is prepared (a worker
+        # thread) and the one after it streams in (nats-server's work, and its parsing on this loop)
         storing: asyncio.Task[None] | None = None
+        fetching: asyncio.Task[list[Msg]] | None = None
         try:
-            while not self._stopping.is_set():
+            while True:
+                if fetching is None:
+                    if self._stopping.is_set():
+                        break
+                    fetching = asyncio.create_task(self._collect(puller))
                 try:
-                    msgs = await self._collect(puller)
+                    fetched, fetching = fetching, None
+                    msgs = await fetched
+                    if not self._stopping.is_set():  # once stopping, the batch in hand is the last one
+                        fetching = asyncio.create_task(self._collect(puller))
                     prepared = await asyncio.to_thread(self._prepare, msgs) if msgs else None
                     if storing is not None:
                         task, storing = storing, None
@@ -276,15 +290,14 @@ class EventConsumer:
                     psub = await self._resubscribe(psub)
                 self._log_stats()
         finally:
+            if fetching is not None:  # cancelled: what it fetched is redelivered after ack_wait
+                fetching.cancel()
+                with contextlib.suppress(Exception, asyncio.CancelledError):
+                    await fetching
             if storing is not None:  # the batch in hand is stored and acked (or handed back) first
                 with contextlib.suppress(Exception):
                     await storing
-            await puller.stop()
-            with contextlib.suppress(Exception):
-                await psub.unsubscribe()
-            if advisory is not None:
-                with contextlib.suppress(Exception):
-                    await advisory.unsubscribe()
+            await _detach(puller, psub, advisory)
             self._log_stats(force=True)
 
     async def _collect(self, puller: Puller) -> list[Msg]:
@@ -477,6 +490,15 @@ class EventConsumer:
             log.info("stored %s in the last %.0fs (%d dropped in total)", counts, elapsed, self.dropped)
         self._window = {}
         self._window_start = now
+
+
+async def _detach(puller: Puller, psub: JetStreamContext.PullSubscription, advisory: Subscription | None) -> None:
+    await puller.stop()
+    with contextlib.suppress(Exception):
+        await psub.unsubscribe()
+    if advisory is not None:
+        with contextlib.suppress(Exception):
+            await advisory.unsubscribe()
 
 
 def _seq(msg: Msg) -> object:
