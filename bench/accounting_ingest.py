@@ -106,7 +106,7 @@ def start_profiler(out: Path) -> subprocess.Popen[bytes]:
     """py-spy attached to this process (raw collapsed stacks, native frames), from now until `stop_profiler`."""
     command = ["py-spy", "record", "--pid", str(os.getpid()), "-f", "raw", "--native", "-r", "250", "-o", str(out)]
     profiler = subprocess.Popen(command, stdout=subprocess.DEVNULL)
-    time.sleep(1.0)  # py-spy attaches before the drain starts
+    time.sleep(1.0)  # py-spy attaches before the drain starts (the loop waits: the consumer too)
     return profiler
 
 
@@ -136,9 +136,10 @@ async def drain(
         retry_s=0.5,
         retry_max_s=5,
     )
-    profiler = start_profiler(profile) if profile else None
     task = asyncio.create_task(consumer.run())
     await consumer.ready.wait()
+    # after the schema is applied (startup imports are not the drain), before the first batch is in
+    profiler = start_profiler(profile) if profile else None
     clock = GcClock()
     gc.callbacks.append(clock)
     started = time.perf_counter()
