@@ -21,6 +21,7 @@ from services.accounting.core import (
     sql_string_list,
 )
 from shared.errors import RateLimitError
+from shared.pricing import MAX_UNIX_S, clamp_unix
 from shared.schemas.chat import Attempt, Caller, GuardFinding, Usage
 from shared.schemas.events import GuardEvent, RequestEvent
 from shared.subjects import Subjects, encode
@@ -205,3 +206,19 @@ def test_event_row_picks_the_table_by_subject_and_refuses_what_it_cannot_store()
 
 def test_event_ids_are_escaped_in_lookups() -> None:
     assert sql_string_list(["a", "b'c", "d\\e"]) == "'a', 'b\\'c', 'd\\\\e'"
+
+
+@pytest.mark.parametrize(
+    ("unix", "stored"),
+    [
+        (1_700_000_000.25, 1_700_000_000.25),
+        (-5.0, 0.0),
+        (float("-inf"), 0.0),
+        (float("inf"), 0.0),
+        (float("nan"), 0.0),
+        (1e13, MAX_UNIX_S),
+    ],
+)
+def test_times_are_stored_as_unix_seconds_within_what_datetime64_holds(unix: float, stored: float) -> None:
+    assert as_dict(event(received_at=unix))["received_at"] == stored
+    assert clamp_unix(unix) == stored
