@@ -102,6 +102,27 @@ class GcClock:
             self.collections[info["generation"]] += 1
 
 
+def process_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) another process has used so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def threads_cpu_s() -> dict[str, float]:
+    """CPU seconds used so far by this process's threads, by OS thread name (Python's own threads are all
+    named after the executable; chDB names its threads: merges, pipeline executors, …)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    used: dict[str, float] = {}
+    for task in Path("/proc/self/task").iterdir():
+        try:
+            name = (task / "comm").read_text().strip()
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the thread ended meanwhile
+            continue
+        used[name] = used.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+    return used
+
+
 def start_profiler(out: Path) -> subprocess.Popen[bytes]:
     """py-spy attached to this process (raw collapsed stacks, native frames), from now until `stop_profiler`."""
     command = ["py-spy", "record", "--pid", str(os.getpid()), "-f", "raw", "--native", "-r", "250", "-o", str(out)]
@@ -116,7 +137,7 @@ def stop_profiler(profiler: subprocess.Popen[bytes]) -> None:
 
 
 async def drain(
-    url: str, subjects: Subjects, data: Path, count: int, batch: int, profile: Path | None
+    url: str, server_pid: int, subjects: Subjects, data: Path, count: int, batch: int, profile: Path | None
 ) -> tuple[float, float]:
     nc = await nats.connect(url)
     js = nc.jetstream()
@@ -144,12 +165,25 @@ async def drain(
     gc.callbacks.append(clock)
     started = time.perf_counter()
     cpu = time.process_time()
+    server_cpu = process_cpu_s(server_pid)
+    threads_before = threads_cpu_s()
     while consumer.stored.get("requests", 0) + consumer.skipped < count:
         if task.done():
             raise RuntimeError("the consumer stopped")
         await asyncio.sleep(0.01)
     elapsed = time.perf_counter() - started
     cpu_us = (time.process_time() - cpu) / count * 1e6
+    server_us = (process_cpu_s(server_pid) - server_cpu) / count * 1e6
+    threads = threads_cpu_s()  # threads that ended during the drain are missing: a lower bound per name
+    python = Path(sys.executable).name[:15]
+    by_name = {n: (t - threads_before.get(n, 0.0)) / count * 1e6 for n, t in threads.items()}
+    own = by_name.pop(python, 0.0)
+    others = ", ".join(f"{n} {us:.1f}" for n, us in sorted(by_name.items(), key=lambda x: -x[1]) if us >= 0.5)
+    print(f"  threads, us/event: {python} (event loop, prepare thread, calls into chDB) {own:.1f}; {others}")
+    print(
+        f"  nats-server CPU {server_us:.1f} us/event; consumer + server {cpu_us + server_us:.1f} us/event, "
+        f"{2e6 / (cpu_us + server_us):,.0f} events/s if two idle cores were all theirs"
+    )
     gc.callbacks.remove(clock)
     young, middle, full = clock.collections
     print(f"  gc: {young}/{middle}/{full} collections (gen 0/1/2), {clock.seconds / count * 1e6:.1f} us per event")
@@ -168,7 +202,7 @@ async def one_run(count: int, batch: int, data: Path | None, profile: Path | Non
     subjects = Subjects(f"b{uuid.uuid4().hex[:8]}")
     try:
         await fill(server.url, subjects, count)
-        return await drain(server.url, subjects, data or tmp / "clickhouse", count, batch, profile)
+        return await drain(server.url, server.process.pid, subjects, data or tmp / "clickhouse", count, batch, profile)
     finally:
         server.stop()
 
