@@ -150,6 +150,9 @@ class EventConsumer:
         self.dropped = 0
         self.skipped = 0
         self._fetch_failures = 0
+        # batches fetched but not yet being stored (prepared, or waiting for the store before them), by identity,
+        # with when they were fetched: kept alive by `_keep_waiting_alive` if that takes long (ClickHouse down)
+        self._waiting: dict[int, tuple[float, list[Msg]]] = {}
         self._window: dict[str, int] = {}
         self._window_start = time.monotonic()
 
@@ -259,6 +262,7 @@ class EventConsumer:
         )
         puller = Puller(self._nc, self._subjects.events_stream, self._durable)
         await puller.start()
+        waiting_alive = asyncio.create_task(self._keep_waiting_alive())
         # three batches overlap: one is stored (chDB, C++ on its own threads) while the next is prepared (a worker
         # thread) and the one after it streams in (nats-server's work, and its parsing on this loop)
         storing: asyncio.Task[None] | None = None
@@ -274,15 +278,7 @@ class EventConsumer:
                     msgs = await fetched
                     if not self._stopping.is_set():  # once stopping, the batch in hand is the last one
                         fetching = asyncio.create_task(self._collect(puller))
-                    prepared = await asyncio.to_thread(self._prepare, msgs) if msgs else None
-                    if storing is not None:
-                        task, storing = storing, None
-                        try:
-                            await task
-                        except Exception:  # that batch only: the one in hand is still stored below
-                            log.exception("storing a batch failed; its unacked events will be redelivered")
-                    if prepared is not None:
-                        storing = asyncio.create_task(self._handle(prepared))
+                    storing = await self._advance(msgs, storing)
                 except Exception:  # e.g. the connection dropped while acking: never end the loop over it
                     log.exception("handling a batch failed; its unacked events will be redelivered")
                     await self._pause(self._retry[0])
@@ -290,6 +286,9 @@ class EventConsumer:
                     psub = await self._resubscribe(psub)
                 self._log_stats()
         finally:
+            waiting_alive.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await waiting_alive
             if fetching is not None:  # cancelled: what it fetched is redelivered after ack_wait
                 fetching.cancel()
                 with contextlib.suppress(Exception, asyncio.CancelledError):
@@ -299,6 +298,19 @@ class EventConsumer:
                     await storing
             await _detach(puller, psub, advisory)
             self._log_stats(force=True)
+
+    async def _advance(self, msgs: list[Msg], storing: asyncio.Task[None] | None) -> asyncio.Task[None] | None:
+        """Prepare `msgs`, let the batch being stored finish, then store these: the task now storing."""
+        try:
+            prepared = await asyncio.to_thread(self._prepare, msgs) if msgs else None
+            if storing is not None:
+                try:
+                    await storing
+                except Exception:  # that batch only: the one in hand is still stored below
+                    log.exception("storing a batch failed; its unacked events will be redelivered")
+            return asyncio.create_task(self._handle(prepared)) if prepared is not None else None  # keeps them alive
+        finally:
+            self._waiting.pop(id(msgs), None)
 
     async def _collect(self, puller: Puller) -> list[Msg]:
         """Up to batch_size events: those waiting now, and what arrives within flush_interval_s.
@@ -315,6 +327,8 @@ class EventConsumer:
                 await self._pause(self._retry[0])
             return []
         self._fetch_failures = 0
+        if msgs:
+            self._waiting[id(msgs)] = (time.monotonic(), msgs)
         return msgs
 
     async def _handle(self, prepared: tuple[list[Item], list[tuple[Msg, str]]]) -> None:
@@ -460,6 +474,21 @@ class EventConsumer:
             # redelivered after a crash between insert and ack, or republished under a new Nats-Msg-Id
             log.info("skipped %d events already stored", skipped)
             self.skipped += skipped
+
+    async def _keep_waiting_alive(self) -> None:
+        """Batches waiting their turn (while the one before them is stored, e.g. for as long as ClickHouse is
+        down) are kept from redelivery like the batch being stored; in a healthy pipeline none waits that long,
+        so this sends nothing."""
+        period = self._ack_wait / 3
+        while True:
+            await asyncio.sleep(period)
+            now = time.monotonic()
+            for since, msgs in list(self._waiting.values()):
+                if now - since < period:
+                    continue
+                for m in msgs:
+                    with contextlib.suppress(Exception):
+                        await m.in_progress()
 
     @contextlib.asynccontextmanager
     async def _holding(self, msgs: list[Msg]) -> AsyncIterator[None]:
