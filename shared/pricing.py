@@ -36,7 +36,7 @@ except PackageNotFoundError:  # pragma: no cover - the package is a dependency
     PRICES_VERSION = "genai-prices ?"
 
 # DateTime64(3) holds 1900..2299; a clock that far off is a bug upstream, but a price is still found
-_MAX_TS = 7_258_118_399.0
+MAX_UNIX_S = 7_258_118_399.0  # 2199-12-31 23:59:59 UTC
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,10 +64,15 @@ class Tokens:
     cache_write: int = 0
 
 
+def clamp_unix(unix: float) -> float:
+    """Unix seconds in 1970..2199 (what is stored and priced); NaN and infinities become 1970."""
+    if 0.0 <= unix <= MAX_UNIX_S:  # False for NaN
+        return unix
+    return MAX_UNIX_S if MAX_UNIX_S < unix < math.inf else 0.0
+
+
 def when(unix: float) -> datetime:
-    if not math.isfinite(unix):
-        unix = 0.0
-    return datetime.fromtimestamp(min(max(unix, 0.0), _MAX_TS), tz=UTC)
+    return datetime.fromtimestamp(clamp_unix(unix), tz=UTC)
 
 
 def cost(tokens: Tokens, model: str, provider_kind: str, at: float, rates: Rates | None = None) -> Price:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
-from datetime import datetime
 from decimal import Decimal
 
 import msgspec
@@ -13,9 +11,9 @@ from genai_prices import calc_price
 
 from services.accounting.listprice import ListPrices
 from shared.governance import MAX_LOG_RETENTION_DAYS
-from shared.pricing import PRICE_PROVIDER, PRICES_VERSION, Rates, Tokens, cost, when
+from shared.pricing import PRICE_PROVIDER, PRICES_VERSION, Rates, Tokens, clamp_unix, cost, when
 from shared.schemas.batch import BatchJobEvent
-from shared.schemas.chat import Usage
+from shared.schemas.chat import Attempt, GuardFinding, Usage
 from shared.schemas.events import AuditEvent, BudgetAlert, ContentEvent, GuardEvent, RequestEvent, WebhookDelivery
 from shared.schemas.mcp import McpCallEvent
 from shared.subjects import Subjects
@@ -107,8 +105,7 @@ EVENT_TIME_COLUMN = {table: columns.index(_TIME_COLUMN.get(table, "at")) for tab
 
 def event_time(table: str, row: list[object]) -> float:
     """Unix seconds of the event a row records."""
-    value = row[EVENT_TIME_COLUMN[table]]
-    return value.timestamp() if isinstance(value, datetime) else float(value)  # type: ignore[arg-type]
+    return float(row[EVENT_TIME_COLUMN[table]])  # type: ignore[arg-type]  # a time column holds a float
 
 
 _U16, _U32, _I32 = 2**16 - 1, 2**32 - 1, 2**31 - 1
@@ -121,8 +118,7 @@ class BadEvent(ValueError):
     """An event that can never be stored (undecodable, or on a subject accounting does not know)."""
 
 
-@dataclass(frozen=True, slots=True)
-class Price:
+class Price(msgspec.Struct, frozen=True):  # one per event: a Struct is built in a fraction of a dataclass's time
     cost_usd: float | None
     version: str
 
@@ -171,9 +167,8 @@ def price_usage(usage: Usage | None, model: str, provider_kind: str, received_at
     found = _LIST_PRICES.model(model, provider_id)
     if found is None:
         return Price(None, f"{PRICES_VERSION}: unknown model")
-    at = _ts(received_at)
     provider, info = found
-    total = _LIST_PRICES.plan(info, at).total(counts)
+    total = _LIST_PRICES.plan_at(info, received_at).total(counts)
     if total is not None:
         return Price(float(total), f"{PRICES_VERSION}: {provider.id}/{info.id}")
     try:  # what the plan does not reproduce: genai-prices decides (and usually refuses)
@@ -188,7 +183,7 @@ def price_usage(usage: Usage | None, model: str, provider_kind: str, received_at
             ),
             model_ref=model,
             provider_id=provider_id,
-            genai_request_timestamp=at,
+            genai_request_timestamp=when(received_at),
         )
     except LookupError:
         return Price(None, f"{PRICES_VERSION}: unknown model")
@@ -197,13 +192,43 @@ def price_usage(usage: Usage | None, model: str, provider_kind: str, received_at
     return Price(float(Decimal(calc.total_price)), f"{PRICES_VERSION}: {calc.provider.id}/{calc.model.id}")
 
 
-def _ts(unix: float) -> datetime:
-    # DateTime64(3) holds 1900..2299; a clock that far off is a bug upstream, but the record is still kept
-    return when(unix)
+def _ts(unix: float) -> float:
+    # a time column holds unix seconds, which ClickHouse reads into DateTime64(3) from a JSON number; a clock
+    # outside 1970..2199 is a bug upstream, but the record is still kept
+    return clamp_unix(unix)
 
 
 def _clamp(value: int, high: int, low: int = 0) -> int:
     return min(max(value, low), high)
+
+
+# one empty list shared by every row without attempts or findings: rows are only ever encoded, never changed
+_EMPTY: list[object] = []
+_NO_ATTEMPTS = (_EMPTY,) * 10
+_NO_FINDINGS = (_EMPTY,) * 7
+
+
+def _attempt_columns(a: list[Attempt]) -> tuple[list[object], ...]:
+    """The attempts.* columns: the six of REQUEST_COLUMNS' first attempts block, then the four appended later."""
+    if len(a) == 1:  # the usual case, without ten loops over one item
+        x = a[0]
+        return (
+            [x.provider], [x.deployment], [_clamp(x.status, _U16)], [x.latency_ms], [x.error_code],
+            [x.error_message], [x.model], [x.route], [x.retry_delay_ms], [x.ttft_ms],
+        )  # fmt: skip
+    return (
+        [x.provider for x in a], [x.deployment for x in a], [_clamp(x.status, _U16) for x in a],
+        [x.latency_ms for x in a], [x.error_code for x in a], [x.error_message for x in a],
+        [x.model for x in a], [x.route for x in a], [x.retry_delay_ms for x in a], [x.ttft_ms for x in a],
+    )  # fmt: skip
+
+
+def _finding_columns(g: list[GuardFinding]) -> tuple[list[object], ...]:
+    return (
+        [f.scanner for f in g], [f.rule for f in g], [f.action for f in g], [f.severity for f in g],
+        [_clamp(f.start, _I32, -_I32) for f in g], [_clamp(f.end, _I32, -_I32) for f in g],
+        [f.direction for f in g],
+    )  # fmt: skip
 
 
 def request_row(event: RequestEvent, provider_kind: str = "", rates: Rates | None = None) -> list[object]:
@@ -215,6 +240,9 @@ def request_row(event: RequestEvent, provider_kind: str = "", rates: Rates | Non
     reserved = event.reservation.amount_usd if event.reservation and event.reservation.holds else None
     a = event.attempts
     g = event.guard_findings
+    # most requests have one attempt and no finding: the nested columns of an empty list are empty lists
+    attempts = _attempt_columns(a) if a else _NO_ATTEMPTS
+    findings = _finding_columns(g) if g else _NO_FINDINGS
     return [
         event.event_id, event.request_id, event.trace_id, event.batch_id, event.api,
         c.key_id, c.team, c.project, c.user,
@@ -224,12 +252,9 @@ def request_row(event: RequestEvent, provider_kind: str = "", rates: Rates | Non
         _clamp(u.input_tokens, _U32) if u else 0, _clamp(u.output_tokens, _U32) if u else 0,
         _clamp(u.cached_tokens, _U32) if u else 0, _clamp(u.reasoning_tokens, _U32) if u else 0,
         event.finish_reason,
-        [x.provider for x in a], [x.deployment for x in a], [_clamp(x.status, _U16) for x in a],
-        [x.latency_ms for x in a], [x.error_code for x in a], [x.error_message for x in a],
+        *attempts[:6],
         event.guard_action, event.guard_policy,
-        [f.scanner for f in g], [f.rule for f in g], [f.action for f in g], [f.severity for f in g],
-        [_clamp(f.start, _I32, -_I32) for f in g], [_clamp(f.end, _I32, -_I32) for f in g],
-        [f.direction for f in g],
+        *findings,
         _ts(event.received_at), _ts(event.finished_at), event.latency_ms, event.ttft_ms, event.upstream_ms,
         _clamp(event.request_bytes, _U32), _clamp(event.response_bytes, _U32), dict(event.tags),
         # the worst case reserved before dispatch, and the price it settles to
@@ -238,7 +263,7 @@ def request_row(event: RequestEvent, provider_kind: str = "", rates: Rates | Non
         _clamp(u.web_search_requests, _U32) if u else 0,
         c.org, provider_kind, event.usage_estimated,
         event.guard_replica, event.router_replica,
-        [x.model for x in a], [x.route for x in a], [x.retry_delay_ms for x in a], [x.ttft_ms for x in a],
+        *attempts[6:],
         event.route_strategy, event.answered_model,
         event.batch_item_id,
     ]  # fmt: skip

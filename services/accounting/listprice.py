@@ -20,6 +20,10 @@ from genai_prices import data_snapshot
 from genai_prices.types import ModelInfo, ModelPrice, Provider, TieredPrices, calc_unit_price
 from genai_prices.units import _get_registry  # the unit registry calc_price itself uses
 
+from shared.pricing import when
+
+_ZERO = Decimal(0)
+
 # the usage gatehouse records, by genai-prices usage key; every other usage key is zero
 USAGE_KEYS = (
     "input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "cache_write_1h_tokens",
@@ -73,14 +77,16 @@ class Plan:
     def total(self, usage: dict[str, int]) -> Decimal | None:
         """The price of `usage` (counts by usage key); None where genai-prices would refuse the usage."""
         leaves: dict[str, int] = {}
-        total = Decimal(0)
+        total = _ZERO
         total_input = usage.get("input_tokens", 0) if self.tiered else 0
         for unit in self.units:
-            count = 1 if unit.usage_key == "requests" else usage.get(unit.usage_key, 0)
-            leaf = count - sum(leaves[d] for d in unit.descendants)
+            key = unit.usage_key
+            leaf = 1 if key == "requests" else usage.get(key, 0)
+            for below in unit.descendants:  # a loop, not sum() over a generator: this runs for every event
+                leaf -= leaves[below]
             if leaf < 0:
                 return None
-            leaves[unit.usage_key] = leaf
+            leaves[key] = leaf
             if not leaf:
                 continue
             if unit.rate is not None:
@@ -96,6 +102,8 @@ class ListPrices:
     def __init__(self) -> None:
         self._models: dict[tuple[str, str | None], tuple[Provider, ModelInfo] | None] = {}
         self._plans: dict[int, tuple[ModelPrice, Plan]] = {}
+        # models with one price for all times (most of them): their plan, by the model's identity
+        self._fixed: dict[int, tuple[ModelInfo, Plan]] = {}
 
     def model(self, model_ref: str, provider_id: str | None) -> tuple[Provider, ModelInfo] | None:
         key = (model_ref, provider_id)
@@ -108,6 +116,19 @@ class ListPrices:
                 found = None
             self._models[key] = found
         return self._models[key]
+
+    def plan_at(self, model: ModelInfo, unix: float) -> Plan:
+        """The plan of `model` at `unix` seconds; without building a datetime when its price never changes."""
+        fixed = self._fixed.get(id(model))
+        if fixed is not None and fixed[0] is model:
+            return fixed[1]
+        if not isinstance(model.prices, ModelPrice):  # prices that change over time: resolved per request
+            return self.plan(model, when(unix))
+        if len(self._fixed) > 4096:
+            self._fixed.clear()
+        plan = Plan.of(model.prices)
+        self._fixed[id(model)] = (model, plan)  # the model is kept, so its id is not reused meanwhile
+        return plan
 
     def plan(self, model: ModelInfo, at: datetime) -> Plan:
         price = model.get_prices(at)

@@ -16,7 +16,6 @@ import re
 from collections import Counter
 from collections.abc import Callable, Collection, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime
 from pathlib import Path
 from typing import TypeVar
 from urllib.parse import urlsplit, urlunsplit
@@ -68,24 +67,17 @@ def _error_code(exc: Exception) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def _seconds(value: object) -> object:
-    # DateTime64 columns read a JSON number as unix seconds with its fraction
-    return value.timestamp() if isinstance(value, datetime) else value
-
-
 def json_rows(rows: Sequence[list[object]]) -> bytes:
-    """Rows as JSONCompactEachRow: one JSON array per line, in column order (times as unix seconds)."""
+    """Rows as JSONCompactEachRow: a JSON array per row, in column order, times as unix seconds (which
+    DateTime64 columns read with their fraction).
+
+    One encode of the whole list, its outer brackets cut off: the rows come out separated by commas, which
+    ClickHouse's JSONCompactEachRow reader accepts between rows as it does newlines (one C call instead of
+    one per row).
+    """
     if not rows:
         return b""
-    times = [i for i, v in enumerate(rows[0]) if isinstance(v, datetime)]  # a table's rows share one layout
-    out = []
-    for row in rows:
-        if times:
-            row = list(row)  # noqa: PLW2901 (a copy: the caller's row keeps its datetimes)
-            for i in times:
-                row[i] = _seconds(row[i])
-        out.append(_JSON.encode(row))
-    return b"\n".join(out)
+    return _JSON.encode(rows)[1:-1]
 
 
 def redact_dsn(dsn: str) -> str:

@@ -28,11 +28,16 @@ def batch_stored(
     """A batch of `size` events was handled; `stored`: its request records (message, event, settled cost)
     now in ClickHouse, the batch having been taken in hand at `started_ns`."""
     metrics.accounting_batch(size)
-    for msg, event, cost in stored:
-        if event.deployment and isinstance(cost, float):
-            metrics.cost(event.requested_model, event.provider, event.deployment, cost)
-        if not TRACER.enabled:
-            continue
+    costs: dict[tuple[str, str, str], float] = {}  # one counter update per label set, not per event
+    for _, event, cost in stored if metrics.enabled() else ():
+        if event.deployment and isinstance(cost, float) and cost > 0:
+            key = (event.requested_model, event.provider, event.deployment)
+            costs[key] = costs.get(key, 0.0) + cost
+    for (model, provider, deployment), usd in costs.items():
+        metrics.cost(model, provider, deployment, usd)
+    if not TRACER.enabled:
+        return
+    for msg, event, _ in stored:
         parent = parse_traceparent(msg.headers.get(TRACEPARENT) if msg.headers else None)
         if parent is None:
             continue  # a record from before tracing (or from a tool): no trace to join

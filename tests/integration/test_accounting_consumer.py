@@ -143,6 +143,32 @@ async def test_clickhouse_outage_holds_the_batch_without_redelivery_and_loses_no
     assert (await js.stream_info(subjects.events_stream)).state.messages == 0
 
 
+async def test_batches_waiting_behind_a_stalled_insert_are_held_too(
+    bus: tuple[Client, JetStreamContext], subjects: Subjects, sink: ClickHouseSink
+) -> None:
+    # batches of 10: during the outage one batch is being stored, the next is prepared and waits for it, and
+    # the one after that has been fetched meanwhile; none of the three may go back to the stream
+    _, js = bus
+    consumer = consumer_for(bus, subjects, sink, batch_size=10)
+    during = [uuid.uuid4().hex for _ in range(30)]
+    async with running(consumer):
+        await sink.command("DETACH TABLE requests")
+        await publish(js, subjects, during)
+        await until(lambda: _held(js, subjects, 30))
+        replica = await js.pull_subscribe_bind(durable="accounting", stream=subjects.events_stream)
+        with pytest.raises(TimeoutError):
+            await replica.fetch(100, timeout=3 * ACK_WAIT_S)
+        await replica.unsubscribe()
+        info = await js.consumer_info(subjects.events_stream, "accounting")
+        assert info.num_redelivered == 0 and info.num_ack_pending == 30
+
+        await sink.command("ATTACH TABLE requests")
+        await until(lambda: consumer.stored.get("requests", 0) == 30)
+        await until(lambda: _acked_all(js, subjects))
+    rows = await rows_of(sink, "SELECT count(), uniqExact(event_id) FROM requests", 10)
+    assert rows == [[30, 30]]
+
+
 async def _held(js: JetStreamContext, subjects: Subjects, count: int) -> bool:
     info = await js.consumer_info(subjects.events_stream, "accounting")
     return bool(info.num_ack_pending == count and info.num_pending == 0)

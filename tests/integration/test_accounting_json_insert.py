@@ -26,11 +26,14 @@ from services.accounting.core import (
 )
 from services.accounting.sink import ClickHouseSink
 from shared.errors import ErrorInfo
+from shared.pricing import when
 from shared.schemas.chat import Attempt, Caller, GuardFinding, Reservation, Usage
 from shared.schemas.events import AuditEvent, BudgetAlert, ContentEvent, ContentText, GuardEvent
 from tests.integration.accounting_support import make_event
 
 pytestmark = pytest.mark.timeout(120)
+
+TIME_COLUMNS = frozenset({"received_at", "finished_at", "at", "created_at", "updated_at", "expires_at"})
 
 
 def rows() -> dict[str, list[list[object]]]:
@@ -129,7 +132,10 @@ def test_json_rows_read_back_as_native_inserts_store_them(tmp_path: Path) -> Non
         for statement in migration.statements:
             native.command(statement)
     for table, table_rows in data.items():
-        native.insert(table, table_rows, column_names=list(COLUMNS[table]))
+        # the native encoder takes times as datetimes; the rows carry unix seconds, the JSON path's input
+        times = [i for i, column in enumerate(COLUMNS[table]) if column in TIME_COLUMNS]
+        as_datetimes = [[when(v) if i in times else v for i, v in enumerate(row)] for row in table_rows]  # type: ignore[arg-type]
+        native.insert(table, as_datetimes, column_names=list(COLUMNS[table]))
     native.close()
     for table in data:
         columns = ", ".join(f"`{c}`" for c in COLUMNS[table])

@@ -21,6 +21,7 @@ from services.accounting.core import (
     sql_string_list,
 )
 from shared.errors import RateLimitError
+from shared.pricing import MAX_UNIX_S, clamp_unix
 from shared.schemas.chat import Attempt, Caller, GuardFinding, Usage
 from shared.schemas.events import GuardEvent, RequestEvent
 from shared.subjects import Subjects, encode
@@ -84,7 +85,8 @@ def test_request_row_lines_up_with_the_columns() -> None:
     assert row["guard_findings.rule"] == ["openai-key"] and row["guard_findings.end"] == [40]
     assert row["guard_action"] == "redact" and row["guard_policy"] == "strict"
     assert row["tags"] == {"feature": "search"} and row["stream"] is True and row["request_bytes"] == 300
-    assert row["received_at"] == datetime(2023, 11, 14, 22, 13, 20, tzinfo=UTC)
+    # times as unix seconds (DateTime64(3) reads a JSON number with its fraction)
+    assert row["received_at"] == datetime(2023, 11, 14, 22, 13, 20, tzinfo=UTC).timestamp()
     assert row["error_type"] == "" and row["input_tokens"] == 1000 and row["reserved_cost_usd"] is None
     # gpt-4o-mini: $0.15 / MTok in, $0.60 / MTok out; what is settled is the list price
     assert row["cost_usd"] == pytest.approx(1000 * 0.15e-6 + 100 * 0.6e-6)
@@ -163,8 +165,8 @@ def test_out_of_range_values_are_clamped_so_the_record_is_still_stored() -> None
         )
     )
     assert row["status"] == 65_535 and row["input_tokens"] == 0 and row["output_tokens"] == 2**32 - 1
-    assert row["received_at"] == datetime(1970, 1, 1, tzinfo=UTC)
-    assert row["finished_at"].year == 2199  # type: ignore[attr-defined]
+    assert row["received_at"] == 0.0
+    assert datetime.fromtimestamp(row["finished_at"], tz=UTC) == datetime(2199, 12, 31, 23, 59, 59, tzinfo=UTC)  # type: ignore[arg-type]
     assert row["response_bytes"] == 0
 
 
@@ -204,3 +206,19 @@ def test_event_row_picks_the_table_by_subject_and_refuses_what_it_cannot_store()
 
 def test_event_ids_are_escaped_in_lookups() -> None:
     assert sql_string_list(["a", "b'c", "d\\e"]) == "'a', 'b\\'c', 'd\\\\e'"
+
+
+@pytest.mark.parametrize(
+    ("unix", "stored"),
+    [
+        (1_700_000_000.25, 1_700_000_000.25),
+        (-5.0, 0.0),
+        (float("-inf"), 0.0),
+        (float("inf"), 0.0),
+        (float("nan"), 0.0),
+        (1e13, MAX_UNIX_S),
+    ],
+)
+def test_times_are_stored_as_unix_seconds_within_what_datetime64_holds(unix: float, stored: float) -> None:
+    assert as_dict(event(received_at=unix))["received_at"] == stored
+    assert clamp_unix(unix) == stored

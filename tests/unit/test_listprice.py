@@ -23,6 +23,8 @@ USAGES = [
     {"input_tokens": 2000, "output_tokens": 300, "web_searches": 3},
 ]
 WHEN = [datetime(2025, 3, 1, tzinfo=UTC), datetime(2026, 11, 30, tzinfo=UTC)]
+# one for both dates: a plan cached at the first must still be right at the second (prices that change over time)
+SHARED = ListPrices()
 
 
 def _models() -> list[tuple[str, str]]:
@@ -35,7 +37,7 @@ def test_the_snapshot_has_models_to_check() -> None:
 
 @pytest.mark.parametrize("when", WHEN)
 def test_every_model_prices_as_genai_prices_does(when: datetime) -> None:
-    prices = ListPrices()
+    prices = SHARED
     checked = fallbacks = 0
     for provider_id, model_id in _models():
         found = prices.model(model_id, provider_id)
@@ -44,7 +46,7 @@ def test_every_model_prices_as_genai_prices_does(when: datetime) -> None:
                 calc_price(Usage(input_tokens=1), model_ref=model_id, provider_id=provider_id)
             continue
         _, info = found
-        plan = prices.plan(info, when)
+        plan = prices.plan_at(info, when.timestamp())  # the path accounting prices every event by
         for counts in USAGES:
             fast = plan.total(counts)
             try:
@@ -72,3 +74,12 @@ def test_a_plan_is_resolved_once_per_price() -> None:
     plan = prices.plan(found[1], WHEN[1])
     assert prices.plan(found[1], WHEN[1]) is plan and isinstance(plan, Plan)
     assert prices.model("no-such-model-anywhere", "openai") is None
+
+
+def test_a_model_whose_price_never_changes_has_one_plan_for_all_times() -> None:
+    prices = ListPrices()
+    found = prices.model("gpt-4o-mini", "openai")
+    assert found is not None
+    plan = prices.plan_at(found[1], WHEN[0].timestamp())
+    assert prices.plan_at(found[1], WHEN[1].timestamp()) is plan
+    assert prices.plan_at(found[1], float("nan")) is plan
