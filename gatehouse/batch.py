@@ -58,6 +58,8 @@ class BatchClient:
         self.subjects = Subjects(prefix)
         self.timeout_s = timeout_s
         self._js = nc.jetstream(timeout=timeout_s)
+        # job id → its item token (from the reply that created the job): what proves an item is the job's
+        self.item_tokens: dict[str, str] = {}
 
     @classmethod
     async def connect(
@@ -106,8 +108,11 @@ class BatchClient:
         return reply
 
     async def create(self, call: CreateJob) -> BatchObject:
+        """Create a job; its item token is kept (`item_tokens`) for the items `publish` sends it."""
         reply = await self.call(call)
         assert reply.job is not None
+        if reply.item_token:
+            self.item_tokens[reply.job.id] = reply.item_token
         return reply.job
 
     async def get(self, key: str, job_id: str) -> BatchObject:
@@ -125,10 +130,13 @@ class BatchClient:
 
     # ---- submitting ---------------------------------------------------------------------------------------
     async def publish(self, items: Iterable[BatchItem]) -> int:
-        """Publish items to their jobs' queue subjects (JetStream acknowledges each; a repeat is dropped)."""
+        """Publish items to their jobs' queue subjects (JetStream acknowledges each; a repeat is dropped). An
+        item without `token` or `key` gets its job's item token, if this client created the job."""
         pending: set[asyncio.Future[object]] = set()
         count = 0
         for item in items:
+            if not item.token and not item.key and item.job_id in self.item_tokens:
+                item = msgspec.structs.replace(item, token=self.item_tokens[item.job_id])  # noqa: PLW2901
             subject = self.subjects.batch_items(item.job_id)
             if len(pending) >= PUBLISH_WINDOW:
                 done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)

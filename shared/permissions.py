@@ -277,6 +277,7 @@ def batch(subjects: Subjects) -> Permissions:
             *_stream_setup(results),
             *_reader(results),
             subjects.batch_out_wildcard,  # result lines to producers that asked for them
+            *_spans(subjects),  # each item's span (its trace goes on through the guard and the router)
         ),
         subscribe=(
             queue_entry(subjects.batch_api),

@@ -226,6 +226,10 @@ def create_app(settings: RouterSettings) -> FastStream:
         nc = broker.connection
         await telemetry.start(nc)
         metrics.in_flight(lambda: worker.in_flight)
+        metrics.gauge_of(
+            "gatehouse_router_batch_waiting", "Batch items waiting at the priority gate.", lambda: gate.waiting
+        )
+        metrics.gauge_of("gatehouse_router_batch_running", "Batch items being dispatched.", lambda: gate.batch)
         if config.routing.breaker.shared:
             shared = SharedHealth(broker.config.connection_state.stream, subjects.routing_bucket, board)
             dispatcher.attach(shared)

@@ -16,6 +16,8 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
+from shared import metrics
+
 
 class PriorityGate:
     def __init__(
@@ -36,6 +38,7 @@ class PriorityGate:
         self.interactive = 0  # interactive requests in flight
         self.batch = 0  # batch items dispatched and not finished
         self.waiting = 0  # batch items parked at the gate
+        self.yields = 0  # batch items that had to wait (interactive traffic had the room, or the pace)
         self._last = -1e9  # when interactive traffic was last seen (started or finished)
         self._changed = asyncio.Condition()
 
@@ -71,6 +74,7 @@ class PriorityGate:
     async def batch_slot(self) -> AsyncIterator[None]:
         """Wait until a batch item may run, and hold its place while it does."""
         self.waiting += 1
+        waited = False
         try:
             async with self._changed:
                 while True:
@@ -78,6 +82,10 @@ class PriorityGate:
                     pace = self.wait_for_pace(now)
                     if self.room(now) > 0 and pace == 0:
                         break
+                    if not waited:  # counted once per item that yields
+                        waited = True
+                        self.yields += 1
+                        metrics.batch_lane_yield()
                     # busy: look again when the pace allows, or when traffic may be quiet
                     wait = pace or self.quiet_in(now) or None
                     with contextlib.suppress(TimeoutError):
