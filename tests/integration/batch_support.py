@@ -25,7 +25,7 @@ from shared.directory import Directory
 from shared.governance import Budget, Limits, Team, VirtualKey, encode_entity, kv_key
 from shared.keystore import KeyStore
 from shared.schemas.batch import BatchObject
-from shared.schemas.chat import GuardSummary, Outcome, Result, Usage, Verdict
+from shared.schemas.chat import BodyPart, GuardSummary, Outcome, Result, Usage, Verdict
 from shared.schemas.events import RequestEvent
 from shared.subjects import Subjects
 
@@ -65,8 +65,10 @@ class Stages:
     delay_s: float = 0.0
     output_tokens: int = 3
     drop_first: set[str] = field(default_factory=set)  # request ids whose first dispatch gets no answer
+    body_bytes: int = 0  # pad each answer's body to about this size (0: a small body)
     dispatches: Counter[str] = field(default_factory=Counter)
     times: list[float] = field(default_factory=list)  # when each dispatch arrived (unix time)
+    headers: dict[str, dict[str, str]] = field(default_factory=dict)  # request id → the headers it came with
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
     async def start(self) -> None:
@@ -82,6 +84,7 @@ class Stages:
         assert req.batch, "items reach the guard marked as batch"
         self.dispatches[req.request_id] += 1
         self.times.append(time.time())
+        self.headers[req.request_id] = dict(msg.headers or {})
         if req.request_id in self.drop_first and self.dispatches[req.request_id] == 1:
             return
         replies = self.subjects.replies
@@ -89,8 +92,15 @@ class Stages:
         if self.delay_s:
             await asyncio.sleep(self.delay_s)  # the provider's latency
         usage = Usage(input_tokens=4, output_tokens=self.output_tokens)
-        body = msgspec.json.encode({"id": f"chatcmpl-{req.request_id}", "object": "chat.completion", "choices": []})
+        answer: dict[str, object] = {"id": f"chatcmpl-{req.request_id}", "object": "chat.completion", "choices": []}
+        if self.body_bytes:
+            answer["padding"] = "x" * self.body_bytes
+        body = msgspec.json.encode(answer)
         outcome = Outcome(provider="mock", provider_kind="mock", deployment="mock/priced", usage=usage)
+        part = self.nc.max_payload // 2  # a body larger than a message arrives in parts, as the router sends it
+        while len(body) > part:
+            await self.nc.publish(msg.reply, replies.encode(BodyPart(body[:part])))
+            body = body[part:]
         await self.nc.publish(msg.reply, replies.encode(Result(outcome=outcome, body=body)))
 
 
