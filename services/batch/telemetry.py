@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import Callable, Iterable
 
 from nats.aio.msg import Msg
@@ -22,6 +23,7 @@ from shared.subjects import Subjects
 from shared.tracing import CONSUMER, CURRENT, TRACER, Span, parse_traceparent
 
 log = logging.getLogger("gatehouse.batch.telemetry")
+_TRACE_ID = re.compile(r"[0-9a-f]{32}")
 # consumers of running jobs read per backlog poll, at most (a poll costs one request per job)
 MAX_JOBS_POLLED = 256
 
@@ -35,11 +37,22 @@ def start_item(msg: Msg, job_id: str, item_id: str, request_id: str) -> Span:
         parse_traceparent(headers.get(TRACEPARENT) if headers else None),
         kind=CONSUMER,
         request_id=request_id,
+        # without a producer's trace, the item's request id (32 hex digits) is its trace id: every try of it
+        # (a lost one, a retry, a redelivery) is in the one trace its record names
+        root_trace_id=request_id if _TRACE_ID.fullmatch(request_id) else "",
     )
     CURRENT.set(span)
     bind_request(request_id, span.trace_id)
     bind_batch(job_id, item_id)
     return span
+
+
+def retried_item(span: Span, why: str) -> None:
+    """This try of the item ends without a result (it runs again later): its span ends marked so."""
+    if not span.recording:
+        return
+    span.fail(why)
+    span.end(lambda: {"gatehouse.batch.result": "retry"})
 
 
 def result_of(stored: StoredResult) -> str:

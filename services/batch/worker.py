@@ -32,7 +32,7 @@ from services.batch.lines import result_line
 from services.batch.pipeline import Lost, Pipeline
 from services.batch.plan import MICRO, estimate, item_token, micro
 from services.batch.store import JobStore, Results
-from services.batch.telemetry import finish_item, start_item
+from services.batch.telemetry import finish_item, retried_item, start_item
 from shared import metrics
 from shared.admission import Admitted, Estimate, Governor
 from shared.auth import Authenticator
@@ -164,6 +164,7 @@ class ItemWorker:
             try:
                 stored = await self._result(job_id, item, token, msg.metadata.num_delivered, span)
             except Retry as retry:
+                retried_item(span, "retry")
                 await msg.nak(delay=retry.delay)
                 return retry
             finally:

@@ -121,6 +121,7 @@ class Harness:
             batch_sweep_every_s=0.2,
             batch_progress_every_s=0.5,
             batch_ack_wait_s=3.0,
+            batch_metrics_poll_s=0.2,
             nats_timeout_s=5.0,
         )
         service = BatchService(settings, load_config(self.config_path), self.subjects)
