@@ -255,6 +255,7 @@ def batch(subjects: Subjects) -> Permissions:
     return Permissions(
         publish=(
             subjects.guard_chat.name,
+            subjects.router_cancel.name,  # a cancelled job's items still waiting at the routers' gate
             subjects.events_request.name,
             subjects.events_batch.name,
             *_events_stream_setup(subjects),

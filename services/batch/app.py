@@ -120,6 +120,7 @@ class BatchService:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(keystore.synced.wait(), DIRECTORY_SYNC_S)
         jobs.listen(runner.ensure)
+        jobs.listen(self.worker.on_job)  # a cancel withdraws the job's items waiting in the router
         jobs.start()
         api = BatchApi(control, Authenticator(self.directory), subjects.batch_api, nc.max_payload // 2)
 

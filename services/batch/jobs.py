@@ -512,6 +512,8 @@ class JobControl:
         if job.status not in ("in_progress", "cancelling"):
             return
         ensure_running(job)
+        if now >= job.expires_at:  # expired (no record change tells of it): its items waiting in the router go
+            await self.worker.withdraw(job.id)
         progress = await self.progress(job) if tick or job.status == "cancelling" or now >= job.expires_at else None
         if progress is not None and tick:
             await self.publish_progress(job, progress)

@@ -29,7 +29,7 @@ from nats.js import JetStreamContext
 from services.batch.input import ENDPOINTS, MAX_ITEM_ID, Request, parse_body
 from services.batch.lifecycle import CANCELLED, EXPIRED, stopped
 from services.batch.lines import result_line
-from services.batch.pipeline import Lost, Pipeline
+from services.batch.pipeline import Answer, Lost, Pipeline
 from services.batch.plan import MICRO, estimate, item_token, micro
 from services.batch.store import JobStore, Results
 from services.batch.telemetry import finish_item, retried_item, start_item
@@ -55,7 +55,7 @@ from shared.pricing import Rates, Tokens, cost
 from shared.records import RequestRecord
 from shared.route_pricing import RoutePricing
 from shared.schemas.batch import BatchItem, BatchJob, StoredResult
-from shared.schemas.chat import ChatRequest, Outcome, Reservation
+from shared.schemas.chat import Cancel, ChatRequest, Outcome, Reservation
 from shared.schemas.events import RequestEvent, ReservationState
 from shared.subjects import Subjects, encode
 from shared.tracing import Span
@@ -64,6 +64,8 @@ from shared.usage_policy import apply_params, max_output, with_max_output
 log = logging.getLogger("gatehouse.batch.worker")
 
 MAX_TAGS = 16
+# what the router answers for a batch item withdrawn while it waited at its gate (as for a client gone)
+WITHDRAWN = ErrorInfo(status=499, type="client_closed", code="client_closed_request", message="withdrawn")
 # deliveries of an item whose tries the pipeline lost (a guard or router replica restarting) before it fails
 LOST_TRIES = 30
 BACKOFF_MAX_S = 30.0
@@ -132,6 +134,28 @@ class ItemWorker:
         self._decode_item = msgspec.json.Decoder(BatchItem).decode
         self._grace = env.config.governance.reservation_grace_s
         self.dispatched = 0  # items sent through the pipeline by this replica (tests, metrics)
+        self._inflight: dict[str, set[str]] = {}  # job id → request ids of its items in the pipeline now
+        self._withdrawn: set[str] = set()  # request ids whose withdrawal was sent
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # ---- a stopped job's items still waiting in the router -------------------------------------------
+    def on_job(self, job: BatchJob) -> None:
+        """A job's record changed: once it is cancelled (or expired), withdraw its items that wait at the
+        router's priority gate, so none of them reaches a provider after the cancel (items already at their
+        provider finish)."""
+        if job.id in self._inflight and stopped(job, time.time()) is not None:
+            task = asyncio.create_task(self.withdraw(job.id))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def withdraw(self, job_id: str) -> None:
+        cancel = self.env.subjects.router_cancel
+        for request_id in list(self._inflight.get(job_id, ())):
+            if request_id in self._withdrawn:
+                continue
+            self._withdrawn.add(request_id)
+            with contextlib.suppress(Exception):  # the item then ends as it would have (it may run)
+                await self.env.nc.publish(cancel.name, cancel.encode(Cancel(request_id=request_id)))
 
     # ---- an item from the queue ---------------------------------------------------------------------
     async def handle(self, msg: Msg, job_id: str, ack_wait_s: float) -> Retry | None:
@@ -365,17 +389,7 @@ class ItemWorker:
     ) -> StoredResult:
         env = self.env
         deadline = record.received_at + env.config.server.request_timeout_s
-        admitted: Admitted | None = None
-        if env.governor is not None and ent.governed:
-            try:
-                admitted = await env.governor.admit(ent, token, est, deadline, budgets=False)
-            except RateLimitError as exc:
-                metrics.batch_retry("quota")
-                raise Retry(exc.retry_after or 1.0, exc.message, pause_key=True) from exc
-            except ServiceUnavailableError as exc:
-                raise Retry(1.0, exc.message) from exc
-            if admitted.reservation is not None:
-                await self._note_live(admitted.reservation)
+        admitted = await self._admit(ent, token, est, deadline)
         latest = env.jobs.cached(job.id) or job
         why = stopped(latest, time.time())  # cancelled while it waited: not dispatched
         if why is not None:
@@ -394,11 +408,9 @@ class ItemWorker:
             tags=record.tags,
             batch=True,
         )
-        self.dispatched += 1
-        metrics.batch_dispatched(request.model)
         sent = time.monotonic()
         try:
-            answer = await env.pipeline.run(req, base.traceparent)
+            answer = await self._send(job.id, req, base.traceparent)
         except Lost as lost:
             if admitted is not None and env.governor is not None:
                 await env.governor.finish(admitted, 0)
@@ -410,11 +422,14 @@ class ItemWorker:
         result = answer.result
         usage = result.outcome.usage
         seconds = time.monotonic() - sent
-        metrics.batch_dispatch_duration(request.model, seconds)
         if admitted is not None and env.governor is not None:
             await env.governor.finish(admitted, (usage.input_tokens + usage.output_tokens) if usage else 0)
         error = result.error
         outcome = result.outcome
+        if error is not None and error.code == WITHDRAWN.code:
+            why = stopped(env.jobs.cached(job.id) or job, time.time())
+            if why is not None:  # withdrawn at the router's gate: it never reached a provider
+                return msgspec.structs.replace(base, ran=False, error=why)
         metrics.request_finished(
             request.model,
             outcome.provider,
@@ -444,6 +459,38 @@ class ItemWorker:
             record=self._event(record, job, item.item_id, share),
             finished_at=time.time(),
         )
+
+    async def _admit(self, ent: Entitlement, token: str, est: Estimate, deadline: float) -> Admitted | None:
+        """The key's quotas (its budgets are the job's reservation): a refusal runs the item again later."""
+        env = self.env
+        if env.governor is None or not ent.governed:
+            return None
+        try:
+            admitted = await env.governor.admit(ent, token, est, deadline, budgets=False)
+        except RateLimitError as exc:
+            metrics.batch_retry("quota")
+            raise Retry(exc.retry_after or 1.0, exc.message, pause_key=True) from exc
+        except ServiceUnavailableError as exc:
+            raise Retry(1.0, exc.message) from exc
+        if admitted.reservation is not None:
+            await self._note_live(admitted.reservation)
+        return admitted
+
+    async def _send(self, job_id: str, req: ChatRequest, traceparent: str) -> Answer:
+        """The item through the pipeline, known as in flight meanwhile (a cancel withdraws it)."""
+        self.dispatched += 1
+        metrics.batch_dispatched(req.model)
+        sent = time.monotonic()
+        inflight = self._inflight.setdefault(job_id, set())
+        inflight.add(req.request_id)
+        try:
+            return await self.env.pipeline.run(req, traceparent)
+        finally:
+            metrics.batch_dispatch_duration(req.model, time.monotonic() - sent)
+            inflight.discard(req.request_id)
+            self._withdrawn.discard(req.request_id)
+            if not inflight:
+                self._inflight.pop(job_id, None)
 
     def _failed(
         self, base: StoredResult, record: RequestRecord, error: ErrorInfo, job: BatchJob, share: int

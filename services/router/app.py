@@ -20,6 +20,7 @@ import os
 import time
 import uuid
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 
 import msgspec
 from faststream import FastStream
@@ -43,7 +44,7 @@ from shared.bus import QueueWorker, answer_pings
 from shared.config import load_config
 from shared.errors import ServiceUnavailableError
 from shared.natsconn import nats_broker
-from shared.schemas.chat import Heartbeat, Outcome, Reply, Result
+from shared.schemas.chat import ChatRequest, Heartbeat, Outcome, Reply, Result
 from shared.schemas.routing import RouterStatus
 from shared.subjects import Subjects, encode
 from shared.telemetry import Telemetry, TelemetryConfig
@@ -75,6 +76,10 @@ class RouterHandlers:
         self.gate = gate or PriorityGate(idle=64, busy=2, yield_s=0.25)
         self.working: dict[str, asyncio.Task[None]] = {}
         self.cancelled: set[str] = set()
+        # batch items waiting at the priority gate (withdrawn by a cancel), and those past it: a batch item
+        # whose provider call has begun finishes (its job was cancelled, not its client gone)
+        self.gated: set[str] = set()
+        self.batch_running: set[str] = set()
         # a cancel may overtake its request (queued behind a busy replica): it must not be dispatched then
         self.early: OrderedDict[str, float] = OrderedDict()
 
@@ -139,25 +144,38 @@ class RouterHandlers:
             self.working[req.request_id] = task
         try:
             if batch:
-                async with self.gate.batch_slot():  # heartbeats go on while the item waits its turn
-                    await self.dispatcher.serve(req, send)
+                await self._serve_batch(req, send)
             else:
                 await self.dispatcher.serve(req, send)
         except asyncio.CancelledError:
             if task is None or req.request_id not in self.cancelled:
                 raise
             task.uncancel()  # cancelled for its client, not for shutdown: the worker goes on
+            if batch:  # withdrawn before it reached a provider: the batch service hears it at once
+                await send(Result(outcome=Outcome(replica=self.dispatcher.replica), error=CLIENT_CLOSED))
         finally:
             heartbeat.cancel()
             finish_dispatch(trace)
             self.working.pop(req.request_id, None)
             self.cancelled.discard(req.request_id)
+            if batch:
+                self.gated.discard(req.request_id)
+                self.batch_running.discard(req.request_id)
+
+    async def _serve_batch(self, req: ChatRequest, send: Callable[[Reply], Awaitable[None]]) -> None:
+        self.gated.add(req.request_id)
+        async with self.gate.batch_slot():  # heartbeats go on while the item waits its turn
+            self.gated.discard(req.request_id)
+            self.batch_running.add(req.request_id)
+            await self.dispatcher.serve(req, send)
 
     async def on_cancel(self, msg: Msg) -> None:
         try:
             request_id = self.subjects.router_cancel.decode(msg.data).request_id
         except msgspec.MsgspecError:
             return
+        if request_id in self.batch_running:
+            return  # a batch item at its provider finishes; only one still waiting is withdrawn
         task = self.working.get(request_id)
         if task is not None:
             self.cancelled.add(request_id)

@@ -264,3 +264,25 @@ async def test_job_metadata_is_bounded_as_openai_bounds_it(
             )
         )
         assert ok.metadata is not None and len(ok.metadata) == 16
+
+
+async def test_a_cancel_withdraws_the_items_waiting_in_the_router_at_once(
+    nats_server: NatsServer, subjects: Subjects, tmp_path: Path
+) -> None:
+    async with harness(nats_server.url, subjects, tmp_path) as h:
+        h.stages.hold = True  # every item waits at the (stand-in) router's gate: interactive traffic has it
+        await h.start_service()
+        job = await h.client.create(CreateJob(key=KEY, model="mock-1", items=20, input_tokens=200, concurrency=4))
+        await h.client.publish([BatchItem(job_id=job.id, item_id=str(i), body=msgspec.Raw(BODY)) for i in range(20)])
+        deadline = time.monotonic() + 10
+        while len(h.stages.dispatches) < 4:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.02)
+        await h.client.cancel(KEY, job.id)
+        # withdrawn now, not when the router would have got to them (or the request's timeout)
+        done = await h.wait(job.id, timeout=10)
+        assert done.status == "cancelled" and done.request_counts.failed == 20
+        assert h.stages.withdrawn == set(h.stages.dispatches) and len(h.stages.withdrawn) == 4
+        lines = [line async for line in h.client.results(KEY, job.id)]
+        assert {line.error.code for line in lines if line.error} == {"batch_cancelled"} and len(lines) == 20
+        assert not await h.records(job.id)  # nothing ran: no request reached a provider
