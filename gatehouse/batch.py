@@ -13,6 +13,7 @@ and read their results. The wire format is plain JSON (docs/batch.md), so any NA
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
 from collections.abc import AsyncIterator, Iterable, Mapping
 from types import TracebackType
@@ -42,6 +43,16 @@ from shared.validate import chat_request, embeddings_request
 FINAL = frozenset({"completed", "failed", "expired", "cancelled"})
 PUBLISH_WINDOW = 256
 _JSON = msgspec.json.Encoder()
+
+
+def message_id(item: BatchItem) -> str:
+    """The item's `Nats-Msg-Id`: `<job>/<item>`, and a digest of its proof, so that someone who knows a job's
+    id but not its token cannot publish first under the same id and have JetStream drop the real item as a
+    duplicate."""
+    proof = item.token or item.key
+    if not proof:
+        return f"{item.job_id}/{item.item_id}"
+    return f"{item.job_id}/{item.item_id}/{hashlib.sha256(proof.encode()).hexdigest()[:16]}"
 
 
 class BatchError(Exception):
@@ -144,9 +155,7 @@ class BatchClient:
                     fut.result()
             pending.add(
                 asyncio.ensure_future(
-                    self._js.publish(
-                        subject.name, subject.encode(item), headers={"Nats-Msg-Id": f"{item.job_id}/{item.item_id}"}
-                    )
+                    self._js.publish(subject.name, subject.encode(item), headers={"Nats-Msg-Id": message_id(item)})
                 )
             )
             count += 1

@@ -286,3 +286,19 @@ async def test_a_cancel_withdraws_the_items_waiting_in_the_router_at_once(
         lines = [line async for line in h.client.results(KEY, job.id)]
         assert {line.error.code for line in lines if line.error} == {"batch_cancelled"} and len(lines) == 20
         assert not await h.records(job.id)  # nothing ran: no request reached a provider
+
+
+async def test_an_item_id_taken_first_by_a_stranger_does_not_drop_the_real_item(
+    nats_server: NatsServer, subjects: Subjects, tmp_path: Path
+) -> None:
+    async with harness(nats_server.url, subjects, tmp_path) as h:
+        await h.start_service()
+        job = await h.client.create(CreateJob(key=KEY, model="mock-1", items=1, input_tokens=10, job_id="nightly-1"))
+        # someone who knows the (chosen, guessable) job id publishes first under the documented message id
+        subject = subjects.batch_items(job.id)
+        other = json.dumps({"model": "priced", "messages": [{"role": "user", "content": "squatter"}]}).encode()
+        squatter = BatchItem(job_id=job.id, item_id="doc-1", body=msgspec.Raw(other))
+        await h.js.publish(subject.name, subject.encode(squatter), headers={"Nats-Msg-Id": f"{job.id}/doc-1"})
+        await h.client.publish([BatchItem(job_id=job.id, item_id="doc-1", body=msgspec.Raw(BODY))])
+        done = await h.wait(job.id, timeout=20)
+        assert (done.request_counts.completed, done.request_counts.failed) == (1, 0)  # the real item ran
