@@ -30,7 +30,7 @@ from nats.aio.msg import Msg
 from services.router.core import build_routes, mock_behaviours, require_translators
 from services.router.dispatch import CLIENT_CLOSED, Dispatcher
 from services.router.health import HealthBoard
-from services.router.priority import PriorityGate
+from services.router.priority import PriorityGate, Withdrawn
 from services.router.probes import HealthChecker
 from services.router.providers.mock import MockTransport
 from services.router.providers.registry import translators
@@ -79,6 +79,7 @@ class RouterHandlers:
         # batch items waiting at the priority gate (withdrawn by a cancel), and those past it: a batch item
         # whose provider call has begun finishes (its job was cancelled, not its client gone)
         self.gated: set[str] = set()
+        self.withdrawn: set[str] = set()
         self.batch_running: set[str] = set()
         # a cancel may overtake its request (queued behind a busy replica): it must not be dispatched then
         self.early: OrderedDict[str, float] = OrderedDict()
@@ -147,12 +148,12 @@ class RouterHandlers:
                 await self._serve_batch(req, send)
             else:
                 await self.dispatcher.serve(req, send)
+        except Withdrawn:  # a batch item withdrawn before it reached a provider: the batch service hears it now
+            await send(Result(outcome=Outcome(replica=self.dispatcher.replica), error=CLIENT_CLOSED))
         except asyncio.CancelledError:
             if task is None or req.request_id not in self.cancelled:
                 raise
             task.uncancel()  # cancelled for its client, not for shutdown: the worker goes on
-            if batch:  # withdrawn before it reached a provider: the batch service hears it at once
-                await send(Result(outcome=Outcome(replica=self.dispatcher.replica), error=CLIENT_CLOSED))
         finally:
             heartbeat.cancel()
             finish_dispatch(trace)
@@ -160,11 +161,13 @@ class RouterHandlers:
             self.cancelled.discard(req.request_id)
             if batch:
                 self.gated.discard(req.request_id)
+                self.withdrawn.discard(req.request_id)
                 self.batch_running.discard(req.request_id)
 
     async def _serve_batch(self, req: ChatRequest, send: Callable[[Reply], Awaitable[None]]) -> None:
         self.gated.add(req.request_id)
-        async with self.gate.batch_slot():  # heartbeats go on while the item waits its turn
+        withdrawn = self.withdrawn.__contains__
+        async with self.gate.batch_slot(lambda: withdrawn(req.request_id)):  # heartbeats go on while it waits
             self.gated.discard(req.request_id)
             self.batch_running.add(req.request_id)
             await self.dispatcher.serve(req, send)
@@ -176,6 +179,10 @@ class RouterHandlers:
             return
         if request_id in self.batch_running:
             return  # a batch item at its provider finishes; only one still waiting is withdrawn
+        if request_id in self.gated:  # told, not cancelled: see PriorityGate.batch_slot
+            self.withdrawn.add(request_id)
+            await self.gate.wake()
+            return
         task = self.working.get(request_id)
         if task is not None:
             self.cancelled.add(request_id)

@@ -19,6 +19,10 @@ from contextlib import asynccontextmanager
 from shared import metrics
 
 
+class Withdrawn(Exception):
+    """A batch item was withdrawn (its job cancelled) while it waited at the gate."""
+
+
 class PriorityGate:
     def __init__(
         self,
@@ -70,14 +74,23 @@ class PriorityGate:
         self._last = self._clock()
 
     # ---- batch items -------------------------------------------------------------------------------------
+    async def wake(self) -> None:
+        """Have waiting batch items look again (one of them was withdrawn)."""
+        async with self._changed:
+            self._changed.notify_all()
+
     @asynccontextmanager
-    async def batch_slot(self) -> AsyncIterator[None]:
-        """Wait until a batch item may run, and hold its place while it does."""
+    async def batch_slot(self, withdrawn: Callable[[], bool] | None = None) -> AsyncIterator[None]:
+        """Wait until a batch item may run, and hold its place while it does; Withdrawn if `withdrawn()` says
+        so while it waits (checked on every `wake`: a task is never cancelled inside the condition's wait, which
+        can leave its lock held for good on Python 3.11)."""
         self.waiting += 1
         waited = False
         try:
             async with self._changed:
                 while True:
+                    if withdrawn is not None and withdrawn():
+                        raise Withdrawn
                     now = self._clock()
                     pace = self.wait_for_pace(now)
                     if self.room(now) > 0 and pace == 0:

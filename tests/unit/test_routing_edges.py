@@ -201,3 +201,16 @@ async def test_a_cancel_withdraws_a_batch_item_waiting_at_the_gate_but_not_one_a
     answered = [subjects.replies.decode(d) for s, d in broker.connection.sent if s == "binbox.first"]
     assert [type(r) for r in answered] == [Result] and answered[0].error is None  # type: ignore[union-attr]
     assert served == ["first"]
+    # the gate still works after withdrawals (a withdrawn item is told, never cancelled inside the gate's wait)
+    gate.interactive_started()  # busy: items queue at the gate again
+    release.clear()
+    held = [asyncio.create_task(handlers.on_batch(item(f"w{i}"))) for i in range(5)]  # type: ignore[arg-type]
+    while not (len(served) == 2 and gate.waiting == 4):
+        await asyncio.sleep(0.005)
+    for i in range(1, 5):
+        await handlers.on_cancel(FakeMsg(data=subjects.router_cancel.encode(Cancel(request_id=f"w{i}"))))  # type: ignore[arg-type]
+    gate.interactive_finished()
+    release.set()
+    await asyncio.wait_for(asyncio.gather(*held), 5)
+    await asyncio.wait_for(handlers.on_batch(item("after")), 5)  # type: ignore[arg-type]
+    assert served == ["first", "w0", "after"]
