@@ -13,6 +13,7 @@ and read their results. The wire format is plain JSON (docs/batch.md), so any NA
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
 from collections.abc import AsyncIterator, Iterable, Mapping
 from types import TracebackType
@@ -44,6 +45,16 @@ PUBLISH_WINDOW = 256
 _JSON = msgspec.json.Encoder()
 
 
+def message_id(item: BatchItem) -> str:
+    """The item's `Nats-Msg-Id`: `<job>/<item>`, and a digest of its proof, so that someone who knows a job's
+    id but not its token cannot publish first under the same id and have JetStream drop the real item as a
+    duplicate."""
+    proof = item.token or item.key
+    if not proof:
+        return f"{item.job_id}/{item.item_id}"
+    return f"{item.job_id}/{item.item_id}/{hashlib.sha256(proof.encode()).hexdigest()[:16]}"
+
+
 class BatchError(Exception):
     """The batch service refused a call (the OpenAI-style error it answered)."""
 
@@ -58,6 +69,8 @@ class BatchClient:
         self.subjects = Subjects(prefix)
         self.timeout_s = timeout_s
         self._js = nc.jetstream(timeout=timeout_s)
+        # job id → its item token (from the reply that created the job): what proves an item is the job's
+        self.item_tokens: dict[str, str] = {}
 
     @classmethod
     async def connect(
@@ -106,8 +119,11 @@ class BatchClient:
         return reply
 
     async def create(self, call: CreateJob) -> BatchObject:
+        """Create a job; its item token is kept (`item_tokens`) for the items `publish` sends it."""
         reply = await self.call(call)
         assert reply.job is not None
+        if reply.item_token:
+            self.item_tokens[reply.job.id] = reply.item_token
         return reply.job
 
     async def get(self, key: str, job_id: str) -> BatchObject:
@@ -125,10 +141,13 @@ class BatchClient:
 
     # ---- submitting ---------------------------------------------------------------------------------------
     async def publish(self, items: Iterable[BatchItem]) -> int:
-        """Publish items to their jobs' queue subjects (JetStream acknowledges each; a repeat is dropped)."""
+        """Publish items to their jobs' queue subjects (JetStream acknowledges each; a repeat is dropped). An
+        item without `token` or `key` gets its job's item token, if this client created the job."""
         pending: set[asyncio.Future[object]] = set()
         count = 0
         for item in items:
+            if not item.token and not item.key and item.job_id in self.item_tokens:
+                item = msgspec.structs.replace(item, token=self.item_tokens[item.job_id])  # noqa: PLW2901
             subject = self.subjects.batch_items(item.job_id)
             if len(pending) >= PUBLISH_WINDOW:
                 done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
@@ -136,9 +155,7 @@ class BatchClient:
                     fut.result()
             pending.add(
                 asyncio.ensure_future(
-                    self._js.publish(
-                        subject.name, subject.encode(item), headers={"Nats-Msg-Id": f"{item.job_id}/{item.item_id}"}
-                    )
+                    self._js.publish(subject.name, subject.encode(item), headers={"Nats-Msg-Id": message_id(item)})
                 )
             )
             count += 1

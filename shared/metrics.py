@@ -248,6 +248,46 @@ MCP_UPSTREAM_UP = Gauge(
     "gatehouse_mcp_upstream_up", "Whether the mcp stage holds a live session with an upstream server (1) or not.",
     ["service", "server"], registry=_R,
 )  # fmt: skip
+BATCH_ITEMS = Counter(
+    "gatehouse_batch_items", "Batch items finished, by result (completed, failed, cancelled, expired) and error code.",
+    ["service", "result", "code"], registry=_R,
+)  # fmt: skip
+BATCH_DISPATCHED = Counter(
+    "gatehouse_batch_dispatched", "Batch items sent through the pipeline (guard, router), each try counted.",
+    ["service", "model"], registry=_R,
+)  # fmt: skip
+BATCH_DISPATCH_DURATION = Histogram(
+    "gatehouse_batch_dispatch_duration_seconds", "Time from a batch item's dispatch to its answer.",
+    ["service", "model"], buckets=LATENCY_BUCKETS, registry=_R,
+)  # fmt: skip
+BATCH_RETRIES = Counter(
+    "gatehouse_batch_item_retries", "Batch items put back to run later, by reason (lost, retryable, quota, waiting).",
+    ["service", "reason"], registry=_R,
+)  # fmt: skip
+BATCH_REJECTED = Counter(
+    "gatehouse_batch_items_rejected", "Queue messages dropped without running: unreadable, or not proven the job's.",
+    ["service", "reason"], registry=_R,
+)  # fmt: skip
+BATCH_RESERVATIONS = Counter(
+    "gatehouse_batch_reservations", "Jobs' up-front budget reservations, by outcome (reserved, partial, refused, "
+    "unbudgeted, released).", ["service", "outcome"], registry=_R,
+)  # fmt: skip
+BATCH_QUEUE = Gauge(
+    "gatehouse_batch_queue_items", "Items in the batch work queue (published, not acknowledged), all jobs.",
+    ["service"], registry=_R,
+)  # fmt: skip
+BATCH_PENDING = Gauge(
+    "gatehouse_batch_pending_items", "Items of running jobs not delivered yet (JetStream pending).", ["service"],
+    registry=_R,
+)  # fmt: skip
+BATCH_ACK_PENDING = Gauge(
+    "gatehouse_batch_ack_pending_items", "Items of running jobs delivered to a batch replica and not acknowledged.",
+    ["service"], registry=_R,
+)  # fmt: skip
+BATCH_YIELDS = Counter(
+    "gatehouse_router_batch_yields", "Batch items that waited at the router's priority gate for interactive traffic.",
+    ["service"], registry=_R,
+)  # fmt: skip
 
 
 for _metric in (
@@ -255,6 +295,8 @@ for _metric in (
     BREAKER_STATE, BREAKER_TRANSITIONS, GUARD_VERDICTS, GUARD_FINDINGS, GUARD_SCAN, PENDING, ACK_PENDING, BATCH,
     INSERT, STORED, RECONNECTS, DISCONNECTS, SPANS_DROPPED, PLUGIN_CALLS, WEBHOOK_DELIVERIES, MCP_CALLS,
     MCP_DURATION, MCP_UPSTREAM_UP,
+    BATCH_ITEMS, BATCH_DISPATCHED, BATCH_DISPATCH_DURATION,
+    BATCH_RETRIES, BATCH_REJECTED, BATCH_RESERVATIONS, BATCH_QUEUE, BATCH_PENDING, BATCH_ACK_PENDING, BATCH_YIELDS,
 ):  # fmt: skip
     _NUMBERS[id(_metric)] = len(_METRICS)
     _METRICS.append(_metric)
@@ -448,6 +490,62 @@ def spans_dropped(count: int) -> None:
         _inc(SPANS_DROPPED, count)
 
 
+# ---- batch jobs (services/batch, and the router's batch lane) ----------------------------------------
+BATCH_RESULTS = frozenset({"completed", "failed", "cancelled", "expired"})
+BATCH_CODES = frozenset({"batch_cancelled", "batch_expired", "declared_size_exceeded"}) | ERROR_CODES
+BATCH_RETRY_REASONS = frozenset({"lost", "retryable", "quota", "waiting"})
+BATCH_REJECT_REASONS = frozenset({"unreadable", "unauthenticated", "invalid_item_id", "gave_up"})
+BATCH_RESERVATION_OUTCOMES = frozenset({"reserved", "partial", "refused", "unbudgeted", "released"})
+
+
+def batch_item_finished(result: str, code: str = "") -> None:
+    """A batch item ended: `result` completed | failed | cancelled | expired, with its error code if any."""
+    if _STATE.enabled:
+        _inc(BATCH_ITEMS, 1, bounded(result, BATCH_RESULTS), bounded(code, BATCH_CODES) if code else "")
+
+
+def batch_dispatched(model: str) -> None:
+    if _STATE.enabled:
+        _inc(BATCH_DISPATCHED, 1, model)
+
+
+def batch_dispatch_duration(model: str, seconds: float) -> None:
+    if _STATE.enabled:
+        _observe(BATCH_DISPATCH_DURATION, seconds, model)
+
+
+def batch_retry(reason: str) -> None:
+    if _STATE.enabled:
+        _inc(BATCH_RETRIES, 1, bounded(reason, BATCH_RETRY_REASONS))
+
+
+def batch_rejected(reason: str) -> None:
+    if _STATE.enabled:
+        _inc(BATCH_REJECTED, 1, bounded(reason, BATCH_REJECT_REASONS))
+
+
+def batch_reservation(outcome: str) -> None:
+    if _STATE.enabled:
+        _inc(BATCH_RESERVATIONS, 1, bounded(outcome, BATCH_RESERVATION_OUTCOMES))
+
+
+def batch_queue(items: int) -> None:
+    if _STATE.enabled:
+        _set(BATCH_QUEUE, items)
+
+
+def batch_pending(pending: int, ack_pending: int) -> None:
+    if _STATE.enabled:
+        _set(BATCH_PENDING, pending)
+        _set(BATCH_ACK_PENDING, ack_pending)
+
+
+def batch_lane_yield() -> None:
+    """A batch item waits at the router's priority gate (interactive traffic has the room)."""
+    if _STATE.enabled:
+        _inc(BATCH_YIELDS, 1)
+
+
 # ---- values read at scrape time (no cost on the request path) ---------------------------------------
 class CallbackCollector(Collector):
     """Families computed when Prometheus scrapes, from functions the process registers."""
@@ -471,6 +569,32 @@ REGISTRY.register(CALLBACKS)
 # process_* (CPU, memory, open files), python_gc_*, python_info, as the default registry has them
 for _collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
     REGISTRY.register(_collector)
+
+
+def batch_jobs(statuses: Callable[[], Iterable[str]]) -> None:
+    """`gatehouse_batch_jobs{service,status}`: the jobs a batch replica knows, by status, at each scrape."""
+
+    def family() -> Iterable[GaugeMetricFamily]:
+        counts = dict.fromkeys(("validating", "in_progress", "cancelling", "finalizing"), 0)
+        for status in statuses():
+            counts[status] = counts.get(status, 0) + 1
+        gauge = GaugeMetricFamily("gatehouse_batch_jobs", "Batch jobs by status.", labels=["service", "status"])
+        for status, count in sorted(counts.items()):
+            gauge.add_metric([_STATE.service, status], count)
+        yield gauge
+
+    CALLBACKS.add(family)
+
+
+def gauge_of(name: str, doc: str, value: Callable[[], int]) -> None:
+    """`name{service}` read from `value` at each scrape."""
+
+    def family() -> Iterable[GaugeMetricFamily]:
+        gauge = GaugeMetricFamily(name, doc, labels=["service"])
+        gauge.add_metric([_STATE.service], value())
+        yield gauge
+
+    CALLBACKS.add(family)
 
 
 def in_flight(count: Callable[[], int]) -> None:

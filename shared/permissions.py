@@ -285,6 +285,7 @@ def batch(subjects: Subjects) -> Permissions:
     return Permissions(
         publish=(
             subjects.guard_chat.name,
+            subjects.router_cancel.name,  # a cancelled job's items still waiting at the routers' gate
             subjects.events_request.name,
             subjects.events_batch.name,
             *_events_stream_setup(subjects),
@@ -307,6 +308,7 @@ def batch(subjects: Subjects) -> Permissions:
             *_stream_setup(results),
             *_reader(results),
             subjects.batch_out_wildcard,  # result lines to producers that asked for them
+            *_spans(subjects),  # each item's span (its trace goes on through the guard and the router)
         ),
         subscribe=(
             queue_entry(subjects.batch_api),

@@ -229,12 +229,14 @@ class Tracer:
         kind: str = INTERNAL,
         request_id: str = "",
         start_ns: int | None = None,
+        root_trace_id: str = "",
     ) -> Span:
-        """A span continuing `parent`, or the root of a new trace."""
+        """A span continuing `parent`, or the root of a new trace (`root_trace_id`: that trace's id, when
+        the work has one of its own, e.g. a batch item's tries; else a new random one)."""
         if parent is not None:
             trace_id, parent_id, sampled = parent.trace_id, parent.span_id, parent.sampled
         else:
-            trace_id, parent_id = new_trace_id(), ""
+            trace_id, parent_id = root_trace_id or new_trace_id(), ""
             sampled = int(trace_id[16:], 16) < self._bound
         return Span(
             self._sink if sampled else None,

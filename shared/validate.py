@@ -13,6 +13,10 @@ _PATH = re.compile(r"at `\$\.?([^`]*)`")
 _ENUM = re.compile(r"Invalid enum value '([^']*)'")
 
 
+def too_deep() -> InvalidRequestError:
+    return InvalidRequestError("We could not parse the JSON body of your request: it is nested too deeply.")
+
+
 def invalid_body(exc: msgspec.MsgspecError) -> InvalidRequestError:
     """The 400 for a body msgspec refused: unparsable JSON, or the field that is missing or wrong."""
     text = str(exc)
@@ -46,6 +50,8 @@ def chat_request(body: bytes) -> ChatCompletionRequest:
         req = decode_chat(body)
     except msgspec.MsgspecError as exc:
         raise invalid_body(exc) from exc
+    except RecursionError as exc:  # JSON nested past the decoder's depth (e.g. in `tools` or `response_format`)
+        raise too_deep() from exc
     check_chat(req)
     return req
 
@@ -71,6 +77,8 @@ def embeddings_request(body: bytes) -> EmbeddingsRequest:
         req = decode_embeddings(body)
     except msgspec.MsgspecError as exc:
         raise invalid_body(exc) from exc
+    except RecursionError as exc:
+        raise too_deep() from exc
     if not req.model:
         raise InvalidRequestError("Missing required parameter: 'model'.", param="model")
     if (isinstance(req.input, list) and not req.input) or req.input == "":

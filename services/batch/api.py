@@ -55,8 +55,8 @@ class BatchApi:
             return self.subject.encode_reply(BatchReply(error=info))
         try:
             reply = await self._call(call)
-        except JobExists as exc:
-            reply = BatchReply(job=await self._view(exc.job))
+        except JobExists as exc:  # created again by its own key: the item token goes to its creator again
+            reply = BatchReply(job=await self._view(exc.job), item_token=exc.job.item_token)
         except GatewayError as exc:
             reply = BatchReply(error=exc.info())
         except Exception:
@@ -80,7 +80,7 @@ class BatchApi:
         key_id = ent.key.id
         if isinstance(call, CreateJob):
             job = await self.control.create(call, ent)
-            return BatchReply(job=batch_object(job, Progress()))
+            return BatchReply(job=batch_object(job, Progress()), item_token=job.item_token)
         if isinstance(call, GetJob):
             return BatchReply(job=await self._view(await self._owned(call.job_id, key_id)))
         if isinstance(call, CancelJob):

@@ -22,12 +22,15 @@ from nats.js import JetStreamContext
 
 from services.batch.api import BatchApi
 from services.batch.jobs import JobControl
+from services.batch.lifecycle import ACTIVE
 from services.batch.pipeline import Pipeline
 from services.batch.reserve import Reserver
 from services.batch.runner import Runner
 from services.batch.settings import BatchSettings
 from services.batch.store import ItemQueue, JobStore, Results
+from services.batch.telemetry import watch_queue
 from services.batch.worker import Env, ItemWorker
+from shared import metrics
 from shared.admission import Governor
 from shared.auth import Authenticator
 from shared.bus import QueueWorker, answer_pings, ensure_events_stream
@@ -39,11 +42,14 @@ from shared.keystore import KeyStore
 from shared.natsconn import nats_broker
 from shared.pricing import Rates
 from shared.route_pricing import pricing_index
+from shared.schemas.batch import BatchJob
 from shared.subjects import Subjects
+from shared.telemetry import Telemetry, TelemetryConfig
 
 log = logging.getLogger("gatehouse.batch")
 API_CONCURRENCY = 16
 DIRECTORY_SYNC_S = 10.0
+RESULT_ENVELOPE_BYTES = 64 * 1024
 
 
 def negotiated_rates(config: GatehouseConfig) -> dict[str, Rates]:
@@ -65,16 +71,21 @@ def negotiated_rates(config: GatehouseConfig) -> dict[str, Rates]:
 class BatchService:
     """The pieces of one batch replica, started once connected and stopped in order."""
 
-    def __init__(self, settings: BatchSettings, config: GatehouseConfig, subjects: Subjects) -> None:
+    def __init__(
+        self, settings: BatchSettings, config: GatehouseConfig, subjects: Subjects, telemetry: Telemetry | None = None
+    ) -> None:
         self.settings = settings
         self.config = config
         self.subjects = subjects
+        self.telemetry = telemetry
         self.directory = Directory.with_static(config.key_hashes())
         self._tasks: list[asyncio.Task[None]] = []
         self._stops: list[Callable[[], Awaitable[None]]] = []
 
     async def start(self, nc: Client, js: JetStreamContext) -> None:
         settings, config, subjects = self.settings, self.config, self.subjects
+        if self.telemetry is not None:
+            await self.telemetry.start(nc)
         await ensure_events_stream(js, subjects)
         await ensure_counter_streams(nc, subjects)
         keystore = KeyStore(js, subjects.directory_bucket, self.directory)
@@ -109,6 +120,7 @@ class BatchService:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(keystore.synced.wait(), DIRECTORY_SYNC_S)
         jobs.listen(runner.ensure)
+        jobs.listen(self.worker.on_job)  # a cancel withdraws the job's items waiting in the router
         jobs.start()
         api = BatchApi(control, Authenticator(self.directory), subjects.batch_api, nc.max_payload // 2)
 
@@ -120,10 +132,24 @@ class BatchService:
         calls = QueueWorker(subjects.batch_api.name, subjects.batch_api.queue, on_call, API_CONCURRENCY)
         await calls.start(nc)
         self._tasks.append(asyncio.create_task(self._sweep_forever(control, runner), name="batch-sweep"))
+        self._metrics(js, jobs, runner)
         await answer_pings(nc, subjects.ping("batch"), subjects.batch_api.queue)
         # stopped in this order: no new calls, no new items (those in hand finish), then the rest
         self._stops = [calls.stop, runner.stop, control.stop, pipeline.stop, jobs.stop, keystore.stop]
         log.info("batch service ready (replica %s)", settings.replica)
+
+    def _metrics(self, js: JetStreamContext, jobs: JobStore, runner: Runner) -> None:
+        """The batch gauges read at scrape time, and the work queue's backlog polled."""
+        if not self.settings.metrics_enabled:
+            return
+        metrics.in_flight(lambda: runner.inflight)
+        metrics.batch_jobs(lambda: [job.status for job, _ in list(jobs.jobs.values()) if job.status in ACTIVE])
+
+        def running() -> list[BatchJob]:
+            return [job for job, _ in list(jobs.jobs.values()) if job.status in ("in_progress", "cancelling")]
+
+        poll = watch_queue(js, self.subjects, running, self.settings.batch_metrics_poll_s)
+        self._tasks.append(asyncio.create_task(poll, name="batch-queue-metrics"))
 
     def _env(
         self,
@@ -157,6 +183,7 @@ class BatchService:
             rates=negotiated_rates(config),
             timeout_s=self.settings.nats_timeout_s,
             max_item_bytes=config.batch.max_item_bytes or config.server.max_body_bytes,
+            max_result_bytes=max_result_bytes(nc.max_payload),
         )
 
     async def _sweep_forever(self, control: JobControl, runner: Runner) -> None:
@@ -175,13 +202,23 @@ class BatchService:
                 await stop()
             except Exception:
                 log.exception("stopping failed")
+        if self.telemetry is not None:
+            await self.telemetry.stop()
+
+
+def max_result_bytes(max_payload: int) -> int:
+    """The largest response body an item's result holds: a results page of one line, and a result notice,
+    must fit in one NATS message (half of max_payload, as the API's replies, less room for the envelope)."""
+    return max(max_payload // 2 - RESULT_ENVELOPE_BYTES, 4096)
 
 
 def create_app(settings: BatchSettings) -> FastStream:
     config = load_config(settings.config)
     subjects = Subjects(settings.subject_prefix)
     broker = nats_broker(settings.nats_link("batch"))
-    service = BatchService(settings, config, subjects)
+    telemetry = Telemetry(TelemetryConfig.of(settings, "batch", settings.otlp_headers.get_secret_value()), subjects)
+    telemetry.serve_metrics()
+    service = BatchService(settings, config, subjects, telemetry)
     app = FastStream(broker, logger=log)
 
     @app.after_startup

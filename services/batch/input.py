@@ -17,6 +17,7 @@ from shared.errors import ErrorInfo, GatewayError, InvalidRequestError, NotFound
 from shared.schemas.openai import ChatCompletionRequest, EmbeddingsRequest
 from shared.validate import chat_request, embeddings_request
 
+MAX_ITEM_ID = 512  # characters of an item id (a line's `custom_id`, a queue item's `item_id`)
 # the endpoints a batch may call, and the API name of their requests (ChatRequest.api)
 ENDPOINTS: dict[str, str] = {"/v1/chat/completions": "chat", "/v1/embeddings": "embeddings"}
 
@@ -141,9 +142,14 @@ def _line(
     except msgspec.DecodeError as exc:
         detail = str(exc).split("\n")[0][:200].rstrip(".")
         return Line(index, number, None, error=_refused(number, "invalid_json_line", f"not a JSON object ({detail})."))
+    except RecursionError:
+        return Line(index, number, None, error=_refused(number, "invalid_json_line", "JSON nested too deeply."))
     custom_id = obj.custom_id
     if not custom_id:
         return Line(index, number, None, error=_refused(number, "missing_custom_id", "`custom_id` is required."))
+    if len(custom_id) > MAX_ITEM_ID:
+        message = f"`custom_id` has {len(custom_id)} characters; at most {MAX_ITEM_ID}."
+        return Line(index, number, None, error=_refused(number, "invalid_custom_id", message))
     if custom_id in seen:
         repeated = _refused(number, "duplicate_custom_id", f"`custom_id` {custom_id!r} repeats.")
         return Line(index, number, custom_id, error=repeated)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import time
 from collections.abc import Callable, Coroutine
 
@@ -20,6 +21,7 @@ from services.batch.lines import files
 from services.batch.plan import (
     MICRO,
     check_job_id,
+    check_metadata,
     declared_worst,
     estimate,
     item_token,
@@ -31,7 +33,9 @@ from services.batch.plan import (
 from services.batch.reserve import Reserver, job_reservation
 from services.batch.store import ItemQueue, JobConflict
 from services.batch.worker import ItemWorker, key_entitlement
+from shared import metrics
 from shared.bus import MSG_ID
+from shared.config import hash_key
 from shared.directory import Entitlement
 from shared.errors import (
     BudgetExceededError,
@@ -42,6 +46,7 @@ from shared.errors import (
     NotFoundError,
 )
 from shared.files import FileStore, StoredFile
+from shared.logs import bind_batch, unbind_batch
 from shared.records import RequestRecord
 from shared.schemas.batch import BatchItem, BatchJob, BatchJobEvent, CreateJob, LineError, StoredResult
 from shared.schemas.events import ReservationState
@@ -91,17 +96,26 @@ class JobControl:
             completion_window=call.completion_window,
             caller=ent.caller,
             key_tags=ent.tags,
-            metadata=dict(list(call.metadata.items())[:16]),
+            metadata=check_metadata(call.metadata),
             result_subject=call.result_subject,
             partial=call.partial,
             concurrency=concurrency,
             created_at=now,
             expires_at=now + window,
+            item_token=secrets.token_urlsafe(24),
+            key_sha256=hash_key(call.key),
         )
-        if call.input_file_id:
-            job, lines = await self._file_job(base, call, ent)
-        else:
-            job, lines = await self._declared_job(base, call, ent), None
+        try:
+            if call.input_file_id:
+                job, lines = await self._file_job(base, call, ent)
+            else:
+                job, lines = await self._declared_job(base, call, ent), None
+        except BudgetExceededError:
+            metrics.batch_reservation("refused")
+            raise
+        metrics.batch_reservation(
+            "unbudgeted" if not job.reserved_micro else "partial" if job.not_affordable else "reserved"
+        )
         try:
             await self.env.jobs.create(job)
         except JobConflict:
@@ -227,6 +241,7 @@ class JobControl:
         if job.id in self._enqueueing:
             return
         self._enqueueing.add(job.id)
+        bind_batch(job.id)  # this task's lines (it queues this job's items only)
         try:
             await self._enqueue_once(job, lines)
         except Exception:
@@ -237,7 +252,7 @@ class JobControl:
     async def _enqueue_once(self, job: BatchJob, lines: list[Line] | None) -> None:
         now = time.time()
         if lines is None:
-            ent = key_entitlement(self.env.directory, job.caller.key_id, now)
+            ent = key_entitlement(self.env.directory, job, now)
             if ent is None:
                 await self._fail(job, "invalid_api_key", "The job's API key was deleted or disabled before it ran.")
                 return
@@ -256,7 +271,13 @@ class JobControl:
                 continue
             assert line.custom_id is not None
             items.append(
-                BatchItem(job_id=job.id, item_id=line.custom_id, body=msgspec.Raw(line.body), index=line.index)
+                BatchItem(
+                    job_id=job.id,
+                    item_id=line.custom_id,
+                    body=msgspec.Raw(line.body),
+                    index=line.index,
+                    token=job.item_token,
+                )
             )
         for line, why in refused:
             await self.worker.conclude(job.id, *self._refusal(job, line, why, now))
@@ -440,6 +461,7 @@ class JobControl:
             return  # accounting's reaper freed it already (this service was away past the job's window)
         await self.reserver.release(job.id, job.holds, left)
         await self._note(job, "settled", 0)
+        metrics.batch_reservation("released")
 
     async def _reservation_state(self, job_id: str) -> str:
         subject = self.env.subjects.reservation(job_id)
@@ -469,10 +491,13 @@ class JobControl:
         if tick:
             self._last_tick = now
         for job in [j for j, _ in list(self.env.jobs.jobs.values())]:
+            bound = bind_batch(job.id)
             try:
                 await self._sweep_one(job, now, tick, ensure_running)
             except Exception as exc:
                 log.warning("job %s: sweep failed (%s)", job.id, type(exc).__name__)
+            finally:
+                unbind_batch(bound)
 
     async def _sweep_one(
         self, job: BatchJob, now: float, tick: bool, ensure_running: Callable[[BatchJob], None]
@@ -487,6 +512,8 @@ class JobControl:
         if job.status not in ("in_progress", "cancelling"):
             return
         ensure_running(job)
+        if now >= job.expires_at:  # expired (no record change tells of it): its items waiting in the router go
+            await self.worker.withdraw(job.id)
         progress = await self.progress(job) if tick or job.status == "cancelling" or now >= job.expires_at else None
         if progress is not None and tick:
             await self.publish_progress(job, progress)

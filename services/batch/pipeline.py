@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from nats.aio.client import Client
 
-from shared.bus import REQUEST_ID
+from shared.bus import REQUEST_ID, TRACEPARENT
 from shared.errors import ErrorInfo, GatewayError
 from shared.inbox import Inbox, next_reply
 from shared.schemas.chat import BodyPart, ChatRequest, GuardSummary, Result, Verdict
@@ -51,8 +51,9 @@ class Pipeline:
     async def stop(self) -> None:
         await self.inbox.stop()
 
-    async def run(self, req: ChatRequest) -> Answer:
-        """The item's Result (with the guard's verdict), or Lost."""
+    async def run(self, req: ChatRequest, traceparent: str = "") -> Answer:
+        """The item's Result (with the guard's verdict), or Lost; `traceparent`: the item's span, which the
+        guard's and router's spans continue."""
         assert self._nc is not None
         attempt = uuid.uuid4().hex  # a late reply to an earlier try of the same item never lands here
         inbox, queue = self.inbox.open(attempt)
@@ -60,7 +61,10 @@ class Pipeline:
         parts: list[bytes] = []
         subject = self._subjects.guard_chat
         try:
-            await self._nc.publish(subject.name, subject.encode(req), reply=inbox, headers={REQUEST_ID: req.request_id})
+            headers = {REQUEST_ID: req.request_id}
+            if traceparent:
+                headers[TRACEPARENT] = traceparent
+            await self._nc.publish(subject.name, subject.encode(req), reply=inbox, headers=headers)
             stage, timeout = "guard", self._first
             while True:
                 try:

@@ -11,7 +11,7 @@ import hashlib
 import math
 import re
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from services.batch.input import Request
 from shared.admission import Estimate
@@ -24,6 +24,10 @@ MICRO = 1_000_000
 _WINDOW = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([smhd])\s*$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 JOB_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+# OpenAI's limits on a batch's metadata: 16 pairs, keys up to 64 characters, values up to 512
+MAX_METADATA_PAIRS = 16
+MAX_METADATA_KEY = 64
+MAX_METADATA_VALUE = 512
 
 
 def estimate(request: Request, pricing: RoutePricing, cap: int | None = None) -> Estimate:
@@ -81,6 +85,19 @@ def check_job_id(job_id: str) -> str:
     if not JOB_ID.match(job_id):
         raise InvalidRequestError("job_id must be 1 to 64 letters, digits, '-' or '_'.", param="job_id")
     return job_id
+
+
+def check_metadata(metadata: Mapping[str, str]) -> dict[str, str]:
+    """A job's metadata as OpenAI bounds it, or a 400 (it is kept on the job's record and in every view)."""
+    if len(metadata) > MAX_METADATA_PAIRS:
+        raise InvalidRequestError(f"metadata has at most {MAX_METADATA_PAIRS} pairs.", param="metadata")
+    for name, value in metadata.items():
+        if len(name) > MAX_METADATA_KEY or len(value) > MAX_METADATA_VALUE:
+            raise InvalidRequestError(
+                f"metadata keys have at most {MAX_METADATA_KEY} characters and values {MAX_METADATA_VALUE}.",
+                param="metadata",
+            )
+    return dict(metadata)
 
 
 def item_token(job_id: str, item_id: str) -> str:

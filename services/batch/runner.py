@@ -26,6 +26,9 @@ RUNNING = frozenset({"in_progress", "cancelling"})
 DRAIN_BATCH = 128  # items of a stopped job answered at once
 FETCH_WAIT_S = 1.0
 ROOM_WAIT_S = 0.5
+# deliveries of an item whose handling raised (a bug, or a result that cannot be stored) before it ends failed
+# instead of coming back forever
+GIVE_UP_DELIVERIES = 5
 
 
 class Runner:
@@ -179,9 +182,19 @@ class Runner:
                 await msg.nak()  # shutting down: let another replica (or the next start) take it now
             raise
         except Exception:
+            delivered = msg.metadata.num_delivered or 1
+            if delivered >= GIVE_UP_DELIVERIES:
+                log.exception("job %s: item failed unexpectedly %d times; it ends failed", job.id, delivered)
+                try:
+                    await self._worker.give_up(msg, job)
+                except Exception:
+                    log.exception("job %s: an item that keeps failing could not be ended; it is dropped", job.id)
+                    with contextlib.suppress(Exception):
+                        await msg.term()
+                return
             log.exception("job %s: item failed unexpectedly; it will run again", job.id)
             with contextlib.suppress(Exception):
-                await msg.nak(delay=1.0)
+                await msg.nak(delay=min(2.0**delivered, 30.0))
             return
         if retry is not None and retry.pause_key:
             self._paused[job.caller.key_id] = time.time() + retry.delay

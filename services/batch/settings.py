@@ -17,5 +17,7 @@ class BatchSettings(ServiceSettings):
     batch_progress_every_s: float = Field(default=2.0, gt=0)
     # how often idle jobs are checked for their end (all items done, cancelled, expired)
     batch_sweep_every_s: float = Field(default=1.0, gt=0)
+    # how often the work queue's backlog is read for the metrics
+    batch_metrics_poll_s: float = Field(default=5.0, gt=0)
     # the longest one call to the batch API may take (a create reads and prices the whole file)
     batch_api_timeout_s: float = Field(default=120.0, gt=0)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import logging
 import math
 import time
@@ -25,15 +26,17 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
-from services.batch.input import ENDPOINTS, Request, parse_body
+from services.batch.input import ENDPOINTS, MAX_ITEM_ID, Request, parse_body
 from services.batch.lifecycle import CANCELLED, EXPIRED, stopped
 from services.batch.lines import result_line
-from services.batch.pipeline import Lost, Pipeline
+from services.batch.pipeline import Answer, Lost, Pipeline
 from services.batch.plan import MICRO, estimate, item_token, micro
 from services.batch.store import JobStore, Results
+from services.batch.telemetry import finish_item, retried_item, start_item
+from shared import metrics
 from shared.admission import Admitted, Estimate, Governor
 from shared.auth import Authenticator
-from shared.bus import MSG_ID
+from shared.bus import MSG_ID, TRACEPARENT
 from shared.config import GatehouseConfig, ModelConfig
 from shared.counters import Counters
 from shared.directory import Directory, Entitlement
@@ -45,20 +48,24 @@ from shared.errors import (
     InvalidRequestError,
     RateLimitError,
     ServiceUnavailableError,
+    UpstreamResponseTooLarge,
     error_body,
 )
 from shared.pricing import Rates, Tokens, cost
 from shared.records import RequestRecord
 from shared.route_pricing import RoutePricing
 from shared.schemas.batch import BatchItem, BatchJob, StoredResult
-from shared.schemas.chat import ChatRequest, Outcome, Reservation
-from shared.schemas.events import ReservationState
+from shared.schemas.chat import Cancel, ChatRequest, Outcome, Reservation
+from shared.schemas.events import RequestEvent, ReservationState
 from shared.subjects import Subjects, encode
+from shared.tracing import Span
 from shared.usage_policy import apply_params, max_output, with_max_output
 
 log = logging.getLogger("gatehouse.batch.worker")
 
 MAX_TAGS = 16
+# what the router answers for a batch item withdrawn while it waited at its gate (as for a client gone)
+WITHDRAWN = ErrorInfo(status=499, type="client_closed", code="client_closed_request", message="withdrawn")
 # deliveries of an item whose tries the pipeline lost (a guard or router replica restarting) before it fails
 LOST_TRIES = 30
 BACKOFF_MAX_S = 30.0
@@ -92,11 +99,18 @@ class Env:
     rates: Mapping[str, Rates]  # negotiated prices by deployment id
     timeout_s: float
     max_item_bytes: int
+    max_result_bytes: int = 4 << 20  # the largest response body a stored result holds (below NATS max_payload)
 
 
-def key_entitlement(directory: Directory, key_id: str, now: float) -> Entitlement | None:
-    """The entitlement of a key by id, if it is still usable (not deleted, disabled or expired)."""
-    key = directory.keys.get(key_id) or directory.static.get(key_id)
+def key_entitlement(directory: Directory, job: BatchJob, now: float) -> Entitlement | None:
+    """The entitlement of the job's key while the secret the job was created with still authenticates it (the
+    key not deleted, disabled or expired, and that secret not rotated out past its grace)."""
+    if job.key_sha256:
+        key = directory.key_for(job.key_sha256, now)
+        if key is None or key.id != job.caller.key_id:
+            return None
+        return directory.entitlement(key)
+    key = directory.keys.get(job.caller.key_id) or directory.static.get(job.caller.key_id)
     if key is None or key.disabled or (key.expires_at is not None and now >= key.expires_at):
         return None
     return directory.entitlement(key)
@@ -120,33 +134,126 @@ class ItemWorker:
         self._decode_item = msgspec.json.Decoder(BatchItem).decode
         self._grace = env.config.governance.reservation_grace_s
         self.dispatched = 0  # items sent through the pipeline by this replica (tests, metrics)
+        self._inflight: dict[str, set[str]] = {}  # job id → request ids of its items in the pipeline now
+        self._withdrawn: set[str] = set()  # request ids whose withdrawal was sent
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # ---- a stopped job's items still waiting in the router -------------------------------------------
+    def on_job(self, job: BatchJob) -> None:
+        """A job's record changed: once it is cancelled (or expired), withdraw its items that wait at the
+        router's priority gate, so none of them reaches a provider after the cancel (items already at their
+        provider finish)."""
+        if job.id in self._inflight and stopped(job, time.time()) is not None:
+            task = asyncio.create_task(self.withdraw(job.id))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def withdraw(self, job_id: str) -> None:
+        cancel = self.env.subjects.router_cancel
+        for request_id in list(self._inflight.get(job_id, ())):
+            if request_id in self._withdrawn:
+                continue
+            self._withdrawn.add(request_id)
+            with contextlib.suppress(Exception):  # the item then ends as it would have (it may run)
+                await self.env.nc.publish(cancel.name, cancel.encode(Cancel(request_id=request_id)))
 
     # ---- an item from the queue ---------------------------------------------------------------------
     async def handle(self, msg: Msg, job_id: str, ack_wait_s: float) -> Retry | None:
         """Process one delivered item: acked once its result is stored; nak'ed with a delay to run again
-        (the Retry is returned so the caller can pause the key); terminated if it can never be read."""
+        (the Retry is returned so the caller can pause the key); terminated if it can never be read or is
+        not proven to be its job's (such a message leaves no result, so it cannot stand in for a real item)."""
         try:
             item = self._decode_item(msg.data)
-        except msgspec.MsgspecError as exc:
-            log.error("unreadable item on %s terminated: %s", msg.subject, exc)
+        except (msgspec.MsgspecError, RecursionError) as exc:
+            log.error("unreadable item on %s terminated: %s", msg.subject, str(exc)[:200])
+            metrics.batch_rejected("unreadable")
+            await msg.term()
+            return None
+        job = self.env.jobs.cached(job_id)
+        if job is None:
+            metrics.batch_retry("waiting")
+            await msg.nak(delay=1.0)
+            return Retry(1.0, "the job's record has not arrived yet")
+        refused = self.refusal(job, item)
+        if refused is not None:
+            log.warning("item of job %s terminated without running: %s", job_id, refused)
+            metrics.batch_rejected("invalid_item_id" if refused.startswith("item id") else "unauthenticated")
             await msg.term()
             return None
         token = item_token(job_id, item.item_id)
         stored = await self.env.results.get(job_id, token)
         if stored is None:
+            span = start_item(msg, job_id, item.item_id, token)
             keepalive = asyncio.create_task(_keep_alive(msg, ack_wait_s / 3))
             try:
-                stored = await self._result(job_id, item, token, msg.metadata.num_delivered)
+                stored = await self._result(job_id, item, token, msg.metadata.num_delivered, span)
             except Retry as retry:
+                retried_item(span, "retry")
                 await msg.nak(delay=retry.delay)
                 return retry
             finally:
                 keepalive.cancel()
+            stored = self.fitted(stored)
             await self.env.results.put(stored, token)
-        job = self.env.jobs.cached(job_id)
-        await self.settle(job_id, stored, token, job.result_subject if job else "")
+            finish_item(span, stored, stored_model(stored))
+        await self.settle(job_id, stored, token, job.result_subject)
         await msg.ack()
         return None
+
+    def refusal(self, job: BatchJob, item: BatchItem) -> str | None:
+        """Why a queue message is not an item of `job` (None: it is): a producer proves an item is the job's
+        with the job's item token (given only to whoever created the job) or the job's API key itself; an id
+        alone proves nothing (the batch credential is shared, job ids may be chosen, and the budget is the key's)."""
+        if not item.item_id or len(item.item_id) > MAX_ITEM_ID:
+            return f"item id of {len(item.item_id)} characters (1 to {MAX_ITEM_ID})"
+        if item.token and job.item_token and hmac.compare_digest(item.token.encode(), job.item_token.encode()):
+            return None
+        if item.key:
+            try:
+                key_id = self.auth.authenticate(f"Bearer {item.key}").key.id
+            except AuthenticationError:
+                return "its `key` is not a valid API key"
+            return None if key_id == job.caller.key_id else "its `key` is another key than its job's"
+        return "neither the job's item token nor its API key"
+
+    def fitted(self, stored: StoredResult) -> StoredResult:
+        """The result as stored: a response too large to store (and to hand back in a message) is replaced by
+        an error, so the item ends instead of failing to store forever (and running again each time)."""
+        if len(stored.body) <= self.env.max_result_bytes:
+            return stored
+        why = UpstreamResponseTooLarge(
+            f"The response is {len(stored.body)} bytes; a batch result holds at most {self.env.max_result_bytes}."
+        ).info()
+        log.warning("result of %d bytes replaced by an error (limit %d)", len(stored.body), self.env.max_result_bytes)
+        return msgspec.structs.replace(stored, status=why.status, body=msgspec.json.encode(error_body(why)), error=why)
+
+    async def give_up(self, msg: Msg, job: BatchJob) -> None:
+        """An item that failed unexpectedly on every try ends as failed (stored, recorded, acked) instead of
+        being delivered forever."""
+        try:
+            item = self._decode_item(msg.data)
+        except (msgspec.MsgspecError, RecursionError):
+            await msg.term()
+            return
+        token = item_token(job.id, item.item_id)
+        if await self.env.results.get(job.id, token) is None:
+            message = "The batch service could not run this item."
+            why = ErrorInfo(status=500, type="api_error", code="internal_error", message=message)
+            now = time.time()
+            record = RequestRecord(
+                request_id=token, api=ENDPOINTS.get(job.endpoint, "chat"), received_at=now, started=time.monotonic()
+            )
+            record.caller = job.caller
+            base = StoredResult(
+                job_id=job.id, item_id=item.item_id, index=item.index, request_id=token, status=0, finished_at=now,
+                result_subject=item.result_subject or job.result_subject,
+            )  # fmt: skip
+            stored = self._failed(base, record, why, job, 0)
+            await self.env.results.put(stored, token)
+            metrics.batch_rejected("gave_up")
+            finish_item(None, stored, "")
+            await self.settle(job.id, stored, token, job.result_subject)
+        await msg.ack()
 
     # ---- after the result is stored (also for lines that never reach the queue) ------------------------
     async def conclude(self, job_id: str, stored: StoredResult, token: str) -> None:
@@ -158,9 +265,11 @@ class ItemWorker:
         """The item's record, progress counters and result notice; every step is idempotent."""
         env = self.env
         if stored.record:
-            await env.js.publish(
-                env.subjects.events_request.name, stored.record, timeout=env.timeout_s, headers={MSG_ID: token}
-            )
+            headers = {MSG_ID: token}
+            if stored.traceparent:  # accounting's span joins the item's trace
+                headers[TRACEPARENT] = stored.traceparent
+            subject = env.subjects.events_request.name
+            await env.js.publish(subject, stored.record, timeout=env.timeout_s, headers=headers)
         ok = stored.ran and stored.status == 200
         kind = "completed" if ok else "failed"
         ops = [env.counters.add(env.subjects.batch_counter(job_id, kind), 1, msg_id=f"{kind}.{job_id}.{token}")]
@@ -178,12 +287,13 @@ class ItemWorker:
                 await env.nc.publish(target, msgspec.json.encode(line))
 
     # ---- running one item ---------------------------------------------------------------------------
-    async def _result(self, job_id: str, item: BatchItem, token: str, delivered: int) -> StoredResult:
+    async def _result(self, job_id: str, item: BatchItem, token: str, delivered: int, span: Span) -> StoredResult:
         env = self.env
         now = time.time()
         job = env.jobs.cached(job_id)
         if job is None:
             raise Retry(1.0, "the job's record has not arrived yet")
+        traceparent = span.context.traceparent()
         base = StoredResult(
             job_id=job_id,
             item_id=item.item_id,
@@ -192,6 +302,7 @@ class ItemWorker:
             status=0,
             result_subject=item.result_subject or job.result_subject,
             finished_at=now,
+            traceparent=traceparent,
         )
         why = stopped(job, now)
         if why is not None:
@@ -201,12 +312,13 @@ class ItemWorker:
         record = RequestRecord(request_id=token, api=api, received_at=now, started=time.monotonic())
         record.caller = job.caller
         record.request_bytes = len(body)
+        record.trace_id = span.trace_id
         try:
-            ent = key_entitlement(env.directory, job.caller.key_id, now)
+            ent = key_entitlement(env.directory, job, now)
             if ent is None:
-                raise AuthenticationError("The job's API key is no longer valid (deleted, disabled or expired).")
-            if item.key and self.auth.authenticate(f"Bearer {item.key}").key.id != ent.key.id:
-                raise AuthenticationError("The item names another API key than its job's.")
+                raise AuthenticationError(
+                    "The job's API key is no longer valid (deleted, disabled, expired or rotated)."
+                )
             record.tags = item_tags(ent.tags, item.metadata)
             request = parse_body(body, job.endpoint, env.models, ent.allows, env.max_item_bytes)
             record.model = request.model
@@ -237,10 +349,21 @@ class ItemWorker:
 
     async def _share(self, job: BatchJob, token: str, share: int) -> int:
         """Take the item's share of the job's reservation; refused when the job's reservation is used up
-        (a declared job's items bigger than declared, or a partial job's unaffordable rest)."""
+        (a declared job's items bigger than declared, or a partial job's unaffordable rest), and for a
+        declared job past its declared number of items (whether or not a budget holds it)."""
+        counters = self.env.counters
+        if not job.input_file_id:
+            seen = self.env.subjects.batch_counter(job.id, "items")
+            taken = await counters.add(seen, 1, msg_id=f"item.{job.id}.{token}")
+            if not taken.duplicate and taken.value > job.total:
+                await counters.add(seen, -1, msg_id=f"unitem.{job.id}.{token}")
+                raise BudgetExceededError(
+                    f"The job was declared with {job.total} items; this one is beyond them.",
+                    code="declared_size_exceeded",
+                )
         if job.reserved_micro <= 0:
             return 0
-        counters, subject = self.env.counters, self.env.subjects.batch_counter(job.id, "shares")
+        subject = self.env.subjects.batch_counter(job.id, "shares")
         taken = await counters.add(subject, share, msg_id=f"share.{job.id}.{token}")
         if not taken.duplicate and taken.value > job.reserved_micro:
             await counters.add(subject, -share, msg_id=f"unshare.{job.id}.{token}")
@@ -266,16 +389,7 @@ class ItemWorker:
     ) -> StoredResult:
         env = self.env
         deadline = record.received_at + env.config.server.request_timeout_s
-        admitted: Admitted | None = None
-        if env.governor is not None and ent.governed:
-            try:
-                admitted = await env.governor.admit(ent, token, est, deadline, budgets=False)
-            except RateLimitError as exc:
-                raise Retry(exc.retry_after or 1.0, exc.message, pause_key=True) from exc
-            except ServiceUnavailableError as exc:
-                raise Retry(1.0, exc.message) from exc
-            if admitted.reservation is not None:
-                await self._note_live(admitted.reservation)
+        admitted = await self._admit(ent, token, est, deadline)
         latest = env.jobs.cached(job.id) or job
         why = stopped(latest, time.time())  # cancelled while it waited: not dispatched
         if why is not None:
@@ -294,21 +408,40 @@ class ItemWorker:
             tags=record.tags,
             batch=True,
         )
-        self.dispatched += 1
+        sent = time.monotonic()
         try:
-            answer = await env.pipeline.run(req)
+            answer = await self._send(job.id, req, base.traceparent)
         except Lost as lost:
             if admitted is not None and env.governor is not None:
                 await env.governor.finish(admitted, 0)
             if delivered < LOST_TRIES:
+                metrics.batch_retry("lost")
+                log.info("try %d lost (%s); it runs again", delivered, lost.why.code)
                 raise Retry(backoff(delivered), lost.why.message) from lost
             return self._failed(base, record, lost.why, job, share)
         result = answer.result
         usage = result.outcome.usage
+        seconds = time.monotonic() - sent
         if admitted is not None and env.governor is not None:
             await env.governor.finish(admitted, (usage.input_tokens + usage.output_tokens) if usage else 0)
         error = result.error
+        outcome = result.outcome
+        if error is not None and error.code == WITHDRAWN.code:
+            why = stopped(env.jobs.cached(job.id) or job, time.time())
+            if why is not None:  # withdrawn at the router's gate: it never reached a provider
+                return msgspec.structs.replace(base, ran=False, error=why)
+        metrics.request_finished(
+            request.model,
+            outcome.provider,
+            outcome.deployment,
+            error.status if error is not None else 200,
+            seconds,
+            error_type=error.type if error is not None else "",
+            error_code=error.code if error is not None else "",
+        )
         if error is not None and error.retryable and delivered < env.config.batch.item_attempts:
+            metrics.batch_retry("retryable")
+            log.info("try %d failed with %s; it runs again", delivered, error.code)
             raise Retry(backoff(delivered, error.retry_after), error.message)
         record.outcome = result.outcome
         record.guard = answer.guard
@@ -326,6 +459,38 @@ class ItemWorker:
             record=self._event(record, job, item.item_id, share),
             finished_at=time.time(),
         )
+
+    async def _admit(self, ent: Entitlement, token: str, est: Estimate, deadline: float) -> Admitted | None:
+        """The key's quotas (its budgets are the job's reservation): a refusal runs the item again later."""
+        env = self.env
+        if env.governor is None or not ent.governed:
+            return None
+        try:
+            admitted = await env.governor.admit(ent, token, est, deadline, budgets=False)
+        except RateLimitError as exc:
+            metrics.batch_retry("quota")
+            raise Retry(exc.retry_after or 1.0, exc.message, pause_key=True) from exc
+        except ServiceUnavailableError as exc:
+            raise Retry(1.0, exc.message) from exc
+        if admitted.reservation is not None:
+            await self._note_live(admitted.reservation)
+        return admitted
+
+    async def _send(self, job_id: str, req: ChatRequest, traceparent: str) -> Answer:
+        """The item through the pipeline, known as in flight meanwhile (a cancel withdraws it)."""
+        self.dispatched += 1
+        metrics.batch_dispatched(req.model)
+        sent = time.monotonic()
+        inflight = self._inflight.setdefault(job_id, set())
+        inflight.add(req.request_id)
+        try:
+            return await self.env.pipeline.run(req, traceparent)
+        finally:
+            metrics.batch_dispatch_duration(req.model, time.monotonic() - sent)
+            inflight.discard(req.request_id)
+            self._withdrawn.discard(req.request_id)
+            if not inflight:
+                self._inflight.pop(job_id, None)
 
     def _failed(
         self, base: StoredResult, record: RequestRecord, error: ErrorInfo, job: BatchJob, share: int
@@ -390,6 +555,19 @@ class ItemWorker:
             timeout=env.timeout_s,
             headers={MSG_ID: f"resv-live-{reservation.request_id}-{math.floor(time.time())}"},
         )
+
+
+def stored_model(stored: StoredResult) -> str:
+    """The model an item's stored record names ('' if none)."""
+    if not stored.record:
+        return ""
+    try:
+        return _RECORD_MODEL.decode(stored.record).requested_model
+    except msgspec.MsgspecError:
+        return ""
+
+
+_RECORD_MODEL = msgspec.msgpack.Decoder(RequestEvent)
 
 
 async def _keep_alive(msg: Msg, every_s: float) -> None:

@@ -18,9 +18,9 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from services.ingress import apis
-from services.ingress.batches import BatchEndpoints, Handler, guarded
+from services.ingress.batches import BatchEndpoints, Handler, bounded_body, guarded
 from services.ingress.surfaces.anthropic_messages import error_body, from_chat
-from shared.errors import ErrorInfo, GatewayError, InvalidRequestError, PayloadTooLargeError
+from shared.errors import ErrorInfo, GatewayError, InvalidRequestError
 from shared.files import StoredFile, new_file_id
 from shared.schemas.batch import BatchObject, CancelJob, CreateJob, GetJob, ListJobs
 from shared.schemas.openai import to_json
@@ -119,10 +119,7 @@ class AnthropicBatches:
 
     async def create(self, request: Request) -> Response:
         ent, key = self._batches.who(request)
-        limit = self._batches.max_file_bytes
-        raw = await request.body()
-        if len(raw) > limit:
-            raise PayloadTooLargeError(f"The batch is {len(raw)} bytes; the limit is {limit}.")
+        raw = await bounded_body(request, self._batches.max_file_bytes)
         try:
             body = msgspec.json.decode(raw, type=_Create)
         except msgspec.MsgspecError as exc:

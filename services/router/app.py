@@ -22,6 +22,7 @@ import os
 import time
 import uuid
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 
 import msgspec
 from faststream import FastStream
@@ -31,7 +32,7 @@ from nats.aio.msg import Msg
 from services.router.core import build_routes, mock_behaviours, require_translators
 from services.router.dispatch import CLIENT_CLOSED, Dispatcher
 from services.router.health import HealthBoard
-from services.router.priority import PriorityGate
+from services.router.priority import PriorityGate, Withdrawn
 from services.router.probes import HealthChecker
 from services.router.providers.mock import MockTransport
 from services.router.providers.registry import translators
@@ -46,7 +47,7 @@ from shared.config import load_config
 from shared.errors import ServiceUnavailableError
 from shared.natsconn import nats_broker
 from shared.plugins import ROUTER_POINTS, HookRunner, build_runner, request_view
-from shared.schemas.chat import Heartbeat, Outcome, Reply, Result
+from shared.schemas.chat import ChatRequest, Heartbeat, Outcome, Reply, Result
 from shared.schemas.routing import RouterStatus
 from shared.subjects import Subjects, encode
 from shared.telemetry import Telemetry, TelemetryConfig
@@ -80,6 +81,11 @@ class RouterHandlers:
         self.gate = gate or PriorityGate(idle=64, busy=2, yield_s=0.25)
         self.working: dict[str, asyncio.Task[None]] = {}
         self.cancelled: set[str] = set()
+        # batch items waiting at the priority gate (withdrawn by a cancel), and those past it: a batch item
+        # whose provider call has begun finishes (its job was cancelled, not its client gone)
+        self.gated: set[str] = set()
+        self.withdrawn: set[str] = set()
+        self.batch_running: set[str] = set()
         # a cancel may overtake its request (queued behind a busy replica): it must not be dispatched then
         self.early: OrderedDict[str, float] = OrderedDict()
 
@@ -143,16 +149,9 @@ class RouterHandlers:
         if task is not None:
             self.working[req.request_id] = task
         try:
-            refused = None
-            if self.hooks.has("before_dispatch"):
-                refused = await self.hooks.refusal("before_dispatch", request_view("before_dispatch", req))
-            if refused is not None:
-                await send(Result(outcome=Outcome(replica=self.dispatcher.replica), error=refused))
-            elif batch:
-                async with self.gate.batch_slot():  # heartbeats go on while the item waits its turn
-                    await self.dispatcher.serve(req, send)
-            else:
-                await self.dispatcher.serve(req, send)
+            await self._dispatch(req, send, batch=batch)
+        except Withdrawn:  # a batch item withdrawn before it reached a provider: the batch service hears it now
+            await send(Result(outcome=Outcome(replica=self.dispatcher.replica), error=CLIENT_CLOSED))
         except asyncio.CancelledError:
             if task is None or req.request_id not in self.cancelled:
                 raise
@@ -162,11 +161,44 @@ class RouterHandlers:
             finish_dispatch(trace)
             self.working.pop(req.request_id, None)
             self.cancelled.discard(req.request_id)
+            if batch:
+                self._forget_batch(req.request_id)
+
+    async def _dispatch(self, req: ChatRequest, send: Callable[[Reply], Awaitable[None]], *, batch: bool) -> None:
+        """The before_dispatch hooks, then the request served (a batch item through the priority gate)."""
+        if self.hooks.has("before_dispatch"):
+            refused = await self.hooks.refusal("before_dispatch", request_view("before_dispatch", req))
+            if refused is not None:
+                await send(Result(outcome=Outcome(replica=self.dispatcher.replica), error=refused))
+                return
+        if batch:
+            await self._serve_batch(req, send)
+        else:
+            await self.dispatcher.serve(req, send)
+
+    def _forget_batch(self, request_id: str) -> None:
+        self.gated.discard(request_id)
+        self.withdrawn.discard(request_id)
+        self.batch_running.discard(request_id)
+
+    async def _serve_batch(self, req: ChatRequest, send: Callable[[Reply], Awaitable[None]]) -> None:
+        self.gated.add(req.request_id)
+        withdrawn = self.withdrawn.__contains__
+        async with self.gate.batch_slot(lambda: withdrawn(req.request_id)):  # heartbeats go on while it waits
+            self.gated.discard(req.request_id)
+            self.batch_running.add(req.request_id)
+            await self.dispatcher.serve(req, send)
 
     async def on_cancel(self, msg: Msg) -> None:
         try:
             request_id = self.subjects.router_cancel.decode(msg.data).request_id
         except msgspec.MsgspecError:
+            return
+        if request_id in self.batch_running:
+            return  # a batch item at its provider finishes; only one still waiting is withdrawn
+        if request_id in self.gated:  # told, not cancelled: see PriorityGate.batch_slot
+            self.withdrawn.add(request_id)
+            await self.gate.wake()
             return
         task = self.working.get(request_id)
         if task is not None:
@@ -193,6 +225,15 @@ class RouterHandlers:
             deployments=[board.view(dep, now) for dep in sorted(board.deployments())],
         )
         await self.broker.connection.publish(msg.reply, self.subjects.router_status.encode_reply(status))
+
+
+def _watch(worker: QueueWorker, gate: PriorityGate) -> None:
+    """The router's in-flight requests and its priority gate as metrics."""
+    metrics.in_flight(lambda: worker.in_flight)
+    metrics.gauge_of(
+        "gatehouse_router_batch_waiting", "Batch items waiting at the priority gate.", lambda: gate.waiting
+    )
+    metrics.gauge_of("gatehouse_router_batch_running", "Batch items being dispatched.", lambda: gate.batch)
 
 
 def create_app(settings: RouterSettings) -> FastStream:
@@ -236,7 +277,7 @@ def create_app(settings: RouterSettings) -> FastStream:
         nonlocal shared
         nc = broker.connection
         await telemetry.start(nc)
-        metrics.in_flight(lambda: worker.in_flight)
+        _watch(worker, gate)
         if config.routing.breaker.shared:
             js = broker.config.connection_state.stream
             down = subjects.hooks_deployment if any("deployment_down" in w.events for w in config.webhooks) else None

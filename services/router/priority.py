@@ -16,6 +16,12 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
+from shared import metrics
+
+
+class Withdrawn(Exception):
+    """A batch item was withdrawn (its job cancelled) while it waited at the gate."""
+
 
 class PriorityGate:
     def __init__(
@@ -36,6 +42,7 @@ class PriorityGate:
         self.interactive = 0  # interactive requests in flight
         self.batch = 0  # batch items dispatched and not finished
         self.waiting = 0  # batch items parked at the gate
+        self.yields = 0  # batch items that had to wait (interactive traffic had the room, or the pace)
         self._last = -1e9  # when interactive traffic was last seen (started or finished)
         self._changed = asyncio.Condition()
 
@@ -67,17 +74,31 @@ class PriorityGate:
         self._last = self._clock()
 
     # ---- batch items -------------------------------------------------------------------------------------
+    async def wake(self) -> None:
+        """Have waiting batch items look again (one of them was withdrawn)."""
+        async with self._changed:
+            self._changed.notify_all()
+
     @asynccontextmanager
-    async def batch_slot(self) -> AsyncIterator[None]:
-        """Wait until a batch item may run, and hold its place while it does."""
+    async def batch_slot(self, withdrawn: Callable[[], bool] | None = None) -> AsyncIterator[None]:
+        """Wait until a batch item may run, and hold its place while it does; Withdrawn if `withdrawn()` says
+        so while it waits (checked on every `wake`: a task is never cancelled inside the condition's wait, which
+        can leave its lock held for good on Python 3.11)."""
         self.waiting += 1
+        waited = False
         try:
             async with self._changed:
                 while True:
+                    if withdrawn is not None and withdrawn():
+                        raise Withdrawn
                     now = self._clock()
                     pace = self.wait_for_pace(now)
                     if self.room(now) > 0 and pace == 0:
                         break
+                    if not waited:  # counted once per item that yields
+                        waited = True
+                        self.yields += 1
+                        metrics.batch_lane_yield()
                     # busy: look again when the pace allows, or when traffic may be quiet
                     wait = pace or self.quiet_in(now) or None
                     with contextlib.suppress(TimeoutError):

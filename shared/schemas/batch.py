@@ -27,7 +27,10 @@ class BatchItem(msgspec.Struct, frozen=True, kw_only=True):
     job_id: str
     item_id: str  # the producer's id, unique within the job (OpenAI's `custom_id`)
     body: msgspec.Raw  # the request body, as for `POST /v1/chat/completions` or `/v1/embeddings`
-    key: str = ""  # optional: the job's API key again (refused if it is another key)
+    # what proves the item is the job's (one of them is required): `token`, the job's item token (given once,
+    # in the reply that created the job), or `key`, the job's API key itself
+    token: str = ""
+    key: str = ""
     metadata: dict[str, str] = {}  # tags on the item's request record (bounded)
     result_subject: str = ""  # `<p>.batch.out.…`: where the item's result line is also published
     index: int = -1  # position in the input (a file's line number); -1: order of arrival is not kept
@@ -185,6 +188,8 @@ class BatchReply(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     has_more: bool = False
     results: list[ResultLine] = []
     next: int = -1  # JobResults: the `after` of the next page (-1: no more)
+    # CreateJob: the job's item token, which each item published to the queue subject carries (`token`)
+    item_token: str = ""
 
 
 # ---- what the batch service keeps (msgpack) ------------------------------------------------------------
@@ -231,6 +236,12 @@ class BatchJob(msgspec.Struct, frozen=True, kw_only=True):
     output_file_id: str = ""
     error_file_id: str = ""
     errors: list[LineError] = []  # why a job failed as a whole
+    # a random secret of the job: items carrying it are the job's (a producer cannot add items to a job whose
+    # creation reply it did not get); the batch service's own items (from a file) carry it too
+    item_token: str = ""
+    # the hash of the secret the job was created with: the job runs while that secret still authenticates its
+    # key (a key disabled, deleted, expired or rotated past its grace stops its jobs)
+    key_sha256: str = ""
 
 
 class StoredResult(msgspec.Struct, frozen=True, kw_only=True):
@@ -251,6 +262,7 @@ class StoredResult(msgspec.Struct, frozen=True, kw_only=True):
     record: bytes = b""  # the item's RequestEvent (msgpack), published again if the item comes back
     result_subject: str = ""
     finished_at: float = 0.0
+    traceparent: str = ""  # the item's span: its record joins the item's trace when it is published again
 
 
 class BatchJobEvent(msgspec.Struct, frozen=True, kw_only=True):

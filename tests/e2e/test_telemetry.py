@@ -105,7 +105,7 @@ def test_every_process_serves_metrics_that_move_with_traffic(
     running_stack: RunningStack, client: openai.OpenAI
 ) -> None:
     urls = {c.name: c.metrics_url for c in running_stack.stack.children}
-    assert set(urls) == {"ingress-0", "guard-0", "router-0", "accounting-0"} and all(urls.values())
+    assert set(urls) == {"ingress-0", "guard-0", "router-0", "accounting-0", "batch-0"} and all(urls.values())
     before = {name: _scrape(url) for name, url in urls.items()}
     for _ in range(3):
         _ask(client, "mock-1")
@@ -141,6 +141,9 @@ def test_every_process_serves_metrics_that_move_with_traffic(
     assert _sum(accounting, "gatehouse_accounting_batch_size_count") > 0
     assert _sum(accounting, "gatehouse_accounting_insert_duration_seconds_count") > 0
     assert backlog
+    batch = after["batch-0"]
+    assert ("gatehouse_requests_in_flight", (("service", "batch"),)) in batch
+    assert any(n == "gatehouse_batch_jobs" for n, _ in batch)
     for name, samples in after.items():
         assert any(n == "gatehouse_events_published_total" for n, _ in samples), name  # the spans' publisher
         assert any(n == "gatehouse_nats_reconnects_total" for n, _ in samples), name
@@ -178,3 +181,41 @@ def test_a_requests_log_lines_carry_its_ids_and_never_its_prompt_or_key(
             assert {"ts", "level", "service", "msg"} <= set(entry), line
     spans = running_stack.sql(SPAN_SQL.format(trace=trace))
     assert canary not in str(spans.rows) and API_KEY not in str(spans.rows)
+
+
+def test_a_batch_items_trace_has_its_batch_guard_router_and_accounting_spans(
+    running_stack: RunningStack, client: openai.OpenAI, tmp_path: Path
+) -> None:
+    canary = f"batch-canary-{new_span_id()}"
+    line = {
+        "custom_id": "traced-1",
+        "method": "POST",
+        "url": "/v1/chat/completions",
+        "body": {"model": "mock-1", "messages": [{"role": "user", "content": f"Hello {canary}"}]},
+    }
+    path = tmp_path / "in.jsonl"
+    path.write_text(json.dumps(line) + "\n")
+    with path.open("rb") as f:
+        uploaded = client.files.create(file=f, purpose="batch")
+    batch = client.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h")
+    deadline = time.monotonic() + 60
+    while batch.status not in ("completed", "failed", "expired", "cancelled"):
+        assert time.monotonic() < deadline, batch.status
+        time.sleep(0.3)
+        batch = client.batches.retrieve(batch.id)
+    assert batch.status == "completed"
+    record = running_stack.wait_rows(f"SELECT request_id, trace_id FROM requests WHERE batch_id = '{batch.id}'", 1)
+    request_id, trace = (str(v) for v in record.rows[0])
+    assert trace == request_id  # no producer's trace: the item's request id is its trace id
+    names = {"batch.item", "guard.check", "router.dispatch", "router.attempt", "accounting.store"}
+    spans = _spans(running_stack, trace, len(names))
+    by_name = {str(s["name"]): s for s in spans}
+    assert set(by_name) == names, spans
+    assert {s["service"] for s in spans} == {"batch", "guard", "router", "accounting"}
+    assert by_name["guard.check"]["parent_span_id"] == by_name["batch.item"]["span_id"]
+    assert by_name["router.dispatch"]["parent_span_id"] == by_name["guard.check"]["span_id"]
+    assert by_name["accounting.store"]["parent_span_id"] == by_name["batch.item"]["span_id"]
+    assert all(s["request_id"] == request_id for s in spans)
+    assert canary not in str(spans) and API_KEY not in str(spans)
+    lines = [json.loads(x) for x in _service_logs(running_stack).get("batch-0", []) if x.startswith("{")]
+    assert all(canary not in json.dumps(x) and API_KEY not in json.dumps(x) for x in lines)

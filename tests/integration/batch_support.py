@@ -4,6 +4,7 @@ answer on the bus (and count every dispatch), so a test decides how slow, lossy 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -22,10 +23,11 @@ from services.batch.app import BatchService
 from services.batch.settings import BatchSettings
 from shared.config import hash_key, load_config
 from shared.directory import Directory
+from shared.errors import ErrorInfo
 from shared.governance import Budget, Limits, Team, VirtualKey, encode_entity, kv_key
 from shared.keystore import KeyStore
 from shared.schemas.batch import BatchObject
-from shared.schemas.chat import GuardSummary, Outcome, Result, Usage, Verdict
+from shared.schemas.chat import BodyPart, GuardSummary, Heartbeat, Outcome, Result, Usage, Verdict
 from shared.schemas.events import RequestEvent
 from shared.subjects import Subjects
 
@@ -65,12 +67,24 @@ class Stages:
     delay_s: float = 0.0
     output_tokens: int = 3
     drop_first: set[str] = field(default_factory=set)  # request ids whose first dispatch gets no answer
+    body_bytes: int = 0  # pad each answer's body to about this size (0: a small body)
     dispatches: Counter[str] = field(default_factory=Counter)
     times: list[float] = field(default_factory=list)  # when each dispatch arrived (unix time)
+    headers: dict[str, dict[str, str]] = field(default_factory=dict)  # request id → the headers it came with
+    # hold every item at a stand-in of the router's priority gate (heartbeating) until a cancel withdraws it
+    hold: bool = False
+    withdrawn: set[str] = field(default_factory=set)  # request ids a router cancel withdrew
+    _held: dict[str, asyncio.Event] = field(default_factory=dict)
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
     async def start(self) -> None:
         await self.nc.subscribe(self.subjects.guard_chat.name, cb=self._on)
+        await self.nc.subscribe(self.subjects.router_cancel.name, cb=self._on_cancel)
+
+    async def _on_cancel(self, msg: Msg) -> None:
+        held = self._held.get(self.subjects.router_cancel.decode(msg.data).request_id)
+        if held is not None:
+            held.set()
 
     async def _on(self, msg: Msg) -> None:
         task = asyncio.create_task(self._answer(msg))
@@ -82,15 +96,33 @@ class Stages:
         assert req.batch, "items reach the guard marked as batch"
         self.dispatches[req.request_id] += 1
         self.times.append(time.time())
+        self.headers[req.request_id] = dict(msg.headers or {})
         if req.request_id in self.drop_first and self.dispatches[req.request_id] == 1:
             return
         replies = self.subjects.replies
         await self.nc.publish(msg.reply, replies.encode(Verdict(GuardSummary(policy="default", action="allow"))))
+        if self.hold:  # waiting at the gate: heartbeats until a cancel withdraws it (as the router answers)
+            held = self._held[req.request_id] = asyncio.Event()
+            while not held.is_set():
+                await self.nc.publish(msg.reply, replies.encode(Heartbeat()))
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(held.wait(), 0.3)
+            self.withdrawn.add(req.request_id)
+            error = ErrorInfo(status=499, type="client_closed", code="client_closed_request", message="withdrawn")
+            await self.nc.publish(msg.reply, replies.encode(Result(outcome=Outcome(), error=error)))
+            return
         if self.delay_s:
             await asyncio.sleep(self.delay_s)  # the provider's latency
         usage = Usage(input_tokens=4, output_tokens=self.output_tokens)
-        body = msgspec.json.encode({"id": f"chatcmpl-{req.request_id}", "object": "chat.completion", "choices": []})
+        answer: dict[str, object] = {"id": f"chatcmpl-{req.request_id}", "object": "chat.completion", "choices": []}
+        if self.body_bytes:
+            answer["padding"] = "x" * self.body_bytes
+        body = msgspec.json.encode(answer)
         outcome = Outcome(provider="mock", provider_kind="mock", deployment="mock/priced", usage=usage)
+        part = self.nc.max_payload // 2  # a body larger than a message arrives in parts, as the router sends it
+        while len(body) > part:
+            await self.nc.publish(msg.reply, replies.encode(BodyPart(body[:part])))
+            body = body[part:]
         await self.nc.publish(msg.reply, replies.encode(Result(outcome=outcome, body=body)))
 
 
@@ -111,6 +143,7 @@ class Harness:
             batch_sweep_every_s=0.2,
             batch_progress_every_s=0.5,
             batch_ack_wait_s=3.0,
+            batch_metrics_poll_s=0.2,
             nats_timeout_s=5.0,
         )
         service = BatchService(settings, load_config(self.config_path), self.subjects)

@@ -7,6 +7,7 @@ import asyncio
 import itertools
 
 from services.router.priority import PriorityGate
+from shared import metrics
 
 
 class Clock:
@@ -93,3 +94,28 @@ async def test_batch_items_wait_while_interactive_traffic_runs_and_go_once_it_is
     gate.interactive_finished()
     await asyncio.wait_for(asyncio.gather(*items), 5)
     assert gate.batch == 0 and gate.waiting == 0 and peak == 4
+
+
+async def test_each_batch_item_that_yields_is_counted_once() -> None:
+    metrics.configure("router", enabled=True)
+    try:
+        gate = PriorityGate(idle=4, busy=1, yield_s=0.05)
+        before = metrics.BATCH_YIELDS.labels("router")._value.get()  # the series' value
+        release = asyncio.Event()
+
+        async def item() -> None:
+            async with gate.batch_slot():
+                await release.wait()
+
+        gate.interactive_started()
+        items = [asyncio.create_task(item()) for _ in range(3)]
+        await wait_for(lambda: gate.batch == 1 and gate.waiting == 2)
+        await asyncio.sleep(0.1)  # the waiting items look again (and again) while traffic runs
+        gate.interactive_finished()
+        release.set()
+        await asyncio.gather(*items)
+        metrics.fold()
+        assert gate.yields == 2  # the first had room; the other two waited, each counted once
+        assert metrics.BATCH_YIELDS.labels("router")._value.get() - before == 2
+    finally:
+        metrics.configure("", enabled=False)

@@ -18,7 +18,7 @@ from shared.config import KeyConfig, hash_key
 from shared.directory import Directory
 from shared.errors import InvalidRequestError, PermissionDeniedError
 from shared.governance import Limits, Team, VirtualKey
-from shared.schemas.chat import Caller, ChatRequest, Result
+from shared.schemas.chat import Caller, ChatRequest, Outcome, Result
 from shared.schemas.routing import DeploymentView, RouterStatus
 from shared.subjects import Subjects
 from tests.unit.providers.roundtrip import canonical
@@ -160,3 +160,57 @@ models:
 """
     )
     assert pricing_index(cfg)["cheap"].worst_case(1_000_000, 1_000_000) == pytest.approx(40.0)
+
+
+async def test_a_cancel_withdraws_a_batch_item_waiting_at_the_gate_but_not_one_at_its_provider() -> None:
+    from services.router.priority import PriorityGate
+    from shared.schemas.chat import Cancel
+
+    subjects = Subjects("t")
+    broker = FakeBroker()
+    release = asyncio.Event()
+    served: list[str] = []
+
+    class Holding:
+        replica = "router-0"
+
+        async def serve(self, req: ChatRequest, send: Any) -> None:
+            served.append(req.request_id)
+            await release.wait()
+            await send(Result(outcome=Outcome(replica="router-0"), body=b"{}"))
+
+    gate = PriorityGate(idle=1, busy=1, yield_s=0.05)  # one batch item at a time
+    handlers = RouterHandlers(broker, Holding(), subjects, 60.0, gate=gate)  # type: ignore[arg-type]
+
+    def item(request_id: str) -> FakeMsg:
+        req = ChatRequest(request_id=request_id, api="chat", model="m", caller=Caller(key_id="k"), batch=True)
+        return FakeMsg(data=subjects.router_chat.encode(req), reply=f"binbox.{request_id}")
+
+    running = asyncio.create_task(handlers.on_batch(item("first")))  # type: ignore[arg-type]
+    waiting = asyncio.create_task(handlers.on_batch(item("second")))  # type: ignore[arg-type]
+    while not (served == ["first"] and gate.waiting == 1):
+        await asyncio.sleep(0.005)
+    for request_id in ("first", "second"):
+        await handlers.on_cancel(FakeMsg(data=subjects.router_cancel.encode(Cancel(request_id=request_id))))  # type: ignore[arg-type]
+    await asyncio.wait_for(waiting, 5)
+    withdrawn = [subjects.replies.decode(d) for s, d in broker.connection.sent if s == "binbox.second"]
+    assert len(withdrawn) == 1 and isinstance(withdrawn[0], Result)
+    assert withdrawn[0].error is not None and withdrawn[0].error.status == 499
+    release.set()
+    await asyncio.wait_for(running, 5)  # the item at its provider was not cancelled: it answered
+    answered = [subjects.replies.decode(d) for s, d in broker.connection.sent if s == "binbox.first"]
+    assert [type(r) for r in answered] == [Result] and answered[0].error is None  # type: ignore[union-attr]
+    assert served == ["first"]
+    # the gate still works after withdrawals (a withdrawn item is told, never cancelled inside the gate's wait)
+    gate.interactive_started()  # busy: items queue at the gate again
+    release.clear()
+    held = [asyncio.create_task(handlers.on_batch(item(f"w{i}"))) for i in range(5)]  # type: ignore[arg-type]
+    while not (len(served) == 2 and gate.waiting == 4):
+        await asyncio.sleep(0.005)
+    for i in range(1, 5):
+        await handlers.on_cancel(FakeMsg(data=subjects.router_cancel.encode(Cancel(request_id=f"w{i}"))))  # type: ignore[arg-type]
+    gate.interactive_finished()
+    release.set()
+    await asyncio.wait_for(asyncio.gather(*held), 5)
+    await asyncio.wait_for(handlers.on_batch(item("after")), 5)  # type: ignore[arg-type]
+    assert served == ["first", "w0", "after"]

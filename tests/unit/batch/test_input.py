@@ -105,3 +105,35 @@ def test_item_bodies_are_checked_like_requests() -> None:
         parse_body(body, "/v1/embeddings", MODELS, allows, 10)
     with pytest.raises(NotFoundError):
         parse_body(json.dumps(chat("secret-model")).encode(), CHAT, MODELS, allows, 1000)
+
+
+NESTED = "[" * 20000 + "]" * 20000
+
+
+def test_json_nested_too_deep_is_a_line_error_and_a_400_never_an_exception() -> None:
+    deep_tools = '{"model": "mock-1", "messages": [{"role": "user", "content": "hi"}], "tools": ' + NESTED + "}"
+    text = "\n".join(
+        [
+            '{"custom_id": "a", "body": ' + NESTED + "}",  # the line itself
+            '{"custom_id": "b", "url": "/v1/chat/completions", "body": ' + deep_tools + "}",  # a field of its body
+            line("c", chat()),
+        ]
+    )
+    got = read(text, max_bytes=1_000_000)
+    assert [(x.number, x.error.code if x.error else None) for x in got] == [
+        (1, "invalid_json_line"),
+        (2, "invalid_json_line"),
+        (3, None),
+    ]
+    deep_object = '{"a": ' * 20000 + "1" + "}" * 20000
+    chat_body = '{"model": "mock-1", "messages": [{"role": "user", "content": "hi"}], "response_format": ' + deep_object
+    embeddings_body = '{"model": "embed", "input": "x", "unknown": ' + NESTED + "}"
+    for body, endpoint in ((chat_body + "}", CHAT), (embeddings_body, "/v1/embeddings")):
+        with pytest.raises(InvalidRequestError, match="nested too deeply"):
+            parse_body(body.encode(), endpoint, MODELS, allows, 1_000_000)
+
+
+def test_a_custom_id_is_bounded() -> None:
+    got = read("\n".join([line("x" * 513, chat()), line("y" * 512, chat())]))
+    assert got[0].error is not None and got[0].error.code == "invalid_custom_id"
+    assert got[1].error is None and got[1].custom_id == "y" * 512
