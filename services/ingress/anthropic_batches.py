@@ -18,7 +18,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from services.ingress import apis
-from services.ingress.batches import BatchEndpoints, Handler, bounded_body, guarded
+from services.ingress.batches import BatchEndpoints, Handler, guarded
+from services.ingress.body import read_body
 from services.ingress.surfaces.anthropic_messages import error_body, from_chat
 from shared.errors import ErrorInfo, GatewayError, InvalidRequestError
 from shared.files import StoredFile, new_file_id
@@ -119,7 +120,7 @@ class AnthropicBatches:
 
     async def create(self, request: Request) -> Response:
         ent, key = self._batches.who(request)
-        raw = await bounded_body(request, self._batches.max_file_bytes)
+        raw = await read_body(request, self._batches.max_file_bytes)
         try:
             body = msgspec.json.decode(raw, type=_Create)
         except msgspec.MsgspecError as exc:

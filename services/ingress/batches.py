@@ -13,10 +13,11 @@ from collections.abc import Awaitable, Callable, Mapping
 
 import msgspec
 from nats.aio.client import Client
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from services.ingress.body import read_body
 from services.ingress.multipart import read_upload
 from shared.auth import Authenticator, bearer_token
 from shared.config import GatehouseConfig
@@ -194,7 +195,7 @@ class BatchEndpoints:
     # ---- batches ----------------------------------------------------------------------------------------
     async def create_batch(self, request: Request) -> Response:
         _, key = self.who(request)
-        raw = await bounded_body(request, MAX_JSON_BYTES)
+        raw = await read_body(request, MAX_JSON_BYTES)
         try:
             body = msgspec.json.decode(raw, type=_CreateBody)
         except msgspec.MsgspecError as exc:
@@ -240,24 +241,6 @@ class BatchEndpoints:
                 "has_more": reply.has_more,
             }
         )
-
-
-async def bounded_body(request: Request, limit: int) -> bytes:
-    """The request's body, refused with 413 as soon as it passes `limit` bytes (never read whole first)."""
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLargeError(f"The request body is {declared} bytes; the limit is {limit} bytes.")
-    chunks: list[bytes] = []
-    size = 0
-    try:
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise PayloadTooLargeError(f"The request body exceeds the limit of {limit} bytes.")
-            chunks.append(chunk)
-    except ClientDisconnect as exc:
-        raise InvalidRequestError("The client closed the connection before sending the whole body.") from exc
-    return b"".join(chunks)
 
 
 class _Refused(Exception):
