@@ -17,8 +17,9 @@ from collections.abc import Callable
 
 from services.router.providers.anthropic import AnthropicTranslator
 from services.router.providers.azure import AzureTranslator
-from services.router.providers.base import SseEvent, Target
+from services.router.providers.base import Target
 from services.router.providers.openai import OpenAITranslator
+from services.router.sse import SseEvent
 from shared.schemas.openai import decode_chat
 
 WEATHER = {

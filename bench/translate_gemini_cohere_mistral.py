@@ -19,11 +19,12 @@ from collections.abc import Callable
 
 import msgspec
 
-from services.router.providers.base import SseEvent, Target, Translator
+from services.router.providers.base import Target, Translator
 from services.router.providers.cohere import CohereTranslator
 from services.router.providers.gemini import GeminiTranslator
 from services.router.providers.mistral import MistralTranslator
 from services.router.providers.openai import OpenAITranslator
+from services.router.sse import SseEvent
 from shared.schemas.openai import decode_chat
 
 BATCH = 100

@@ -18,9 +18,9 @@ from typing import Protocol
 
 from services.router.core import Deployment
 from services.router.providers import anthropic_native, openai_responses_native
-from services.router.providers.base import SseEvent, Target, Translator, UpstreamRequest
+from services.router.providers.base import Target, Translator, UpstreamRequest
 from services.router.providers.native_body import Summary, sse_frame
-from services.router.sse import SseParser
+from services.router.sse import SseEvent, SseParser
 from services.router.upstream import Upstream
 from shared.errors import GatewayError, InvalidRequestError
 from shared.schemas.chat import ChatRequest, NativeEvents, NativeRequest, Reply, Usage

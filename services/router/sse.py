@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
-from services.router.providers.base import SseEvent
+from dataclasses import dataclass
+
 from shared.errors import UpstreamResponseTooLarge
 
 DEFAULT_MAX_EVENT_BYTES = 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class SseEvent:
+    """One server-sent event: `event:` name ('' when absent) and the joined `data:` lines."""
+
+    event: str
+    data: bytes
 
 
 class SseParser:

@@ -10,11 +10,11 @@ import pytest
 from services.router.app import create_app
 from services.router.core import build_routes, require_translators, resolve, should_fail_over
 from services.router.providers import mock
-from services.router.providers.base import SseEvent, Target, UpstreamRequest, retry_after_seconds
+from services.router.providers.base import Target, UpstreamRequest, retry_after_seconds
 from services.router.providers.openai import OpenAITranslator
 from services.router.providers.registry import translators
 from services.router.settings import RouterSettings
-from services.router.sse import SseParser
+from services.router.sse import SseEvent, SseParser
 from shared.config import ConfigError, parse_config
 from shared.errors import (
     AuthenticationError,

@@ -22,9 +22,9 @@ import pytest
 from services.router.core import build_routes
 from services.router.dispatch import Dispatcher
 from services.router.limits import ACCEPT_ENCODING, STEP, BoundedDecoder, ResponseLimits
-from services.router.providers.base import SseEvent, UpstreamRequest
+from services.router.providers.base import UpstreamRequest
 from services.router.providers.openai import OpenAITranslator
-from services.router.sse import SseParser
+from services.router.sse import SseEvent, SseParser
 from services.router.upstream import Upstream
 from shared.config import GatehouseConfig
 from shared.errors import UpstreamError, UpstreamResponseTooLarge

@@ -23,7 +23,6 @@ from services.router.providers.anthropic_request import RESPONSE_TOOL, build_req
 from services.router.providers.base import (
     ChatStream,
     JsonObj,
-    SseEvent,
     Target,
     Translator,
     UpstreamRequest,
@@ -31,6 +30,7 @@ from services.router.providers.base import (
     with_params,
 )
 from services.router.providers.chat_shapes import choice, completion, dumps
+from services.router.sse import SseEvent
 from shared.errors import (
     AuthenticationError,
     ContextLengthExceeded,

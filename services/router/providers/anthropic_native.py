@@ -19,8 +19,9 @@ from __future__ import annotations
 import msgspec
 
 from services.router.providers.anthropic import API_VERSION, AnthropicTranslator
-from services.router.providers.base import SseEvent, Target, UpstreamRequest
+from services.router.providers.base import Target, UpstreamRequest
 from services.router.providers.native_body import Summary, merge_header_lists, params_for, with_model
+from services.router.sse import SseEvent
 from shared.errors import UpstreamError
 from shared.schemas.chat import NativeRequest, Usage
 

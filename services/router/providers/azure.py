@@ -24,7 +24,6 @@ import msgspec
 from services.router.providers.base import (
     ChatStream,
     JsonObj,
-    SseEvent,
     Target,
     Translator,
     UpstreamRequest,
@@ -32,6 +31,7 @@ from services.router.providers.base import (
     with_params,
 )
 from services.router.providers.openai import OpenAIStream
+from services.router.sse import SseEvent
 from shared.errors import (
     ContentPolicyViolation,
     ContextLengthExceeded,

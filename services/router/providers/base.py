@@ -15,6 +15,7 @@ from typing import Protocol
 
 import msgspec
 
+from services.router.sse import SseEvent, SseParser
 from shared.errors import GatewayError, InvalidRequestError, error_for_status
 from shared.schemas.chat import Usage
 from shared.schemas.openai import ChatCompletionRequest, CompletionUsage, EmbeddingsRequest
@@ -46,14 +47,6 @@ class UpstreamRequest:
     body: bytes = field(repr=False)
     # the provider whose request signer must sign it just before it is sent (AWS SigV4: services/router/signing.py)
     sign: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class SseEvent:
-    """One server-sent event: `event:` name ('' when absent) and the joined `data:` lines."""
-
-    event: str
-    data: bytes
 
 
 class StreamParser(Protocol):
@@ -109,8 +102,6 @@ class Translator:
 
     def stream_parser(self, max_event_bytes: int) -> StreamParser:
         """How this provider frames a stream: server-sent events unless it says otherwise."""
-        from services.router.sse import SseParser  # sse.py imports this module
-
         return SseParser(max_event_bytes)
 
     def embeddings_request(self, req: EmbeddingsRequest, target: Target) -> UpstreamRequest:

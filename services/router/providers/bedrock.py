@@ -30,7 +30,6 @@ import msgspec
 from services.router.providers.base import (
     ChatStream,
     JsonObj,
-    SseEvent,
     StreamParser,
     Target,
     Translator,
@@ -46,6 +45,7 @@ from services.router.providers.chat_shapes import (
     dumps,
 )
 from services.router.providers.eventstream import EventStreamParser
+from services.router.sse import SseEvent
 from shared.errors import (
     ContextLengthExceeded,
     GatewayError,

@@ -19,7 +19,6 @@ import msgspec
 from services.router.providers.base import (
     ChatStream,
     JsonObj,
-    SseEvent,
     Target,
     Translator,
     UpstreamRequest,
@@ -42,6 +41,7 @@ from services.router.providers.chat_shapes import (
     tools_of,
     usage,
 )
+from services.router.sse import SseEvent
 from shared.errors import (
     AuthenticationError,
     ContextLengthExceeded,

@@ -18,7 +18,7 @@ from __future__ import annotations
 import struct
 import zlib
 
-from services.router.providers.base import SseEvent
+from services.router.sse import SseEvent
 from shared.errors import UpstreamError, UpstreamResponseTooLarge
 
 PRELUDE = 12

@@ -21,7 +21,6 @@ import msgspec
 from services.router.providers.base import (
     ChatStream,
     JsonObj,
-    SseEvent,
     Target,
     Translator,
     UpstreamRequest,
@@ -39,6 +38,7 @@ from services.router.providers.chat_shapes import (
     usage,
 )
 from services.router.providers.gemini_request import build_request
+from services.router.sse import SseEvent
 from shared.errors import (
     AuthenticationError,
     ContentPolicyViolation,

@@ -21,7 +21,6 @@ import msgspec
 from services.router.providers.base import (
     ChatStream,
     JsonObj,
-    SseEvent,
     Target,
     Translator,
     UpstreamRequest,
@@ -45,6 +44,7 @@ from services.router.providers.chat_shapes import (
     tools_of,
     usage,
 )
+from services.router.sse import SseEvent
 from shared.errors import ContextLengthExceeded, GatewayError, InvalidRequestError, UpstreamError, error_for_status
 from shared.schemas.chat import Usage
 from shared.schemas.openai import (

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import msgspec
 
-from services.router.providers.base import SseEvent
+from services.router.sse import SseEvent
 from shared.schemas.chat import Usage
 
 _TOP = msgspec.json.Decoder(dict[str, msgspec.Raw])

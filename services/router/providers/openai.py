@@ -11,13 +11,13 @@ import msgspec
 from services.router.providers.base import (
     ChatStream,
     JsonObj,
-    SseEvent,
     Target,
     Translator,
     UpstreamRequest,
     openai_usage,
     with_params,
 )
+from services.router.sse import SseEvent
 from shared.errors import UpstreamError
 from shared.schemas.openai import ChatCompletionRequest, EmbeddingsRequest, StreamOptions, to_json
 

@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import msgspec
 
-from services.router.providers.base import SseEvent, Target, UpstreamRequest
+from services.router.providers.base import Target, UpstreamRequest
 from services.router.providers.native_body import Summary, merge_header_lists, params_for, with_model
+from services.router.sse import SseEvent
 from shared.errors import (
     GatewayError,
     GatewayTimeoutError,

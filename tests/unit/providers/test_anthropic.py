@@ -14,8 +14,8 @@ from anthropic.types import ToolParam
 
 from services.router.providers.anthropic import AnthropicTranslator
 from services.router.providers.anthropic_request import RESPONSE_TOOL
-from services.router.providers.base import SseEvent, Target
-from services.router.sse import SseParser
+from services.router.providers.base import Target
+from services.router.sse import SseEvent, SseParser
 from shared.errors import (
     AuthenticationError,
     ContextLengthExceeded,

@@ -12,7 +12,8 @@ import openai
 import pytest
 
 from services.router.providers.azure import DEFAULT_API_VERSION, AzureTranslator
-from services.router.providers.base import SseEvent, Target
+from services.router.providers.base import Target
+from services.router.sse import SseEvent
 from shared.errors import (
     AuthenticationError,
     ContentPolicyViolation,

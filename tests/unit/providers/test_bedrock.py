@@ -9,9 +9,10 @@ import zlib
 import msgspec
 import pytest
 
-from services.router.providers.base import SseEvent, Target
+from services.router.providers.base import Target
 from services.router.providers.bedrock import BedrockTranslator, build_request
 from services.router.providers.eventstream import EventStreamParser, headers_of
+from services.router.sse import SseEvent
 from shared.errors import (
     ContextLengthExceeded,
     InvalidRequestError,

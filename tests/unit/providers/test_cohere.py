@@ -8,9 +8,10 @@ from typing import Any
 import httpx
 import pytest
 
-from services.router.providers.base import SseEvent, Target
+from services.router.providers.base import Target
 from services.router.providers.cohere import CohereTranslator
 from services.router.providers.cohere import build_request as _build_request
+from services.router.sse import SseEvent
 from shared.errors import (
     AuthenticationError,
     ContextLengthExceeded,

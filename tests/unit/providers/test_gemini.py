@@ -9,11 +9,12 @@ import httpx
 import msgspec
 import pytest
 
-from services.router.providers.base import SseEvent, Target
+from services.router.providers.base import Target
 from services.router.providers.gemini import GeminiTranslator
 from services.router.providers.gemini_request import PLACEHOLDER_SIGNATURE
 from services.router.providers.gemini_request import build_request as _build_request
 from services.router.providers.gemini_schema import to_gemini
+from services.router.sse import SseEvent
 from shared.errors import (
     AuthenticationError,
     ContentPolicyViolation,

@@ -9,9 +9,10 @@ from typing import Any
 import httpx
 import pytest
 
-from services.router.providers.base import SseEvent, Target
+from services.router.providers.base import Target
 from services.router.providers.mistral import MistralTranslator, mistral_id
 from services.router.providers.mistral import build_request as _build_request
+from services.router.sse import SseEvent
 from shared.errors import (
     AuthenticationError,
     ContextLengthExceeded,

@@ -7,9 +7,8 @@ import json
 import msgspec
 import pytest
 
-from services.router.providers.base import SseEvent
 from services.router.providers.native_body import merge_header_lists, params_for, sse_frame, with_model
-from services.router.sse import SseParser
+from services.router.sse import SseEvent, SseParser
 
 # spacing, key order, number forms and escapes a re-encoding would change
 BODY = (

@@ -8,7 +8,8 @@ from typing import Any
 import pytest
 
 from services.router.providers import openai_responses_native as native
-from services.router.providers.base import SseEvent, Target
+from services.router.providers.base import Target
+from services.router.sse import SseEvent
 from shared.errors import RateLimitError, UpstreamError
 from shared.schemas.chat import NativeRequest, Usage
 
