@@ -167,6 +167,7 @@ class Gateway:
             events,
             lambda: self.approvals,
             lambda: self.runs,
+            reservation_grace_s=config.governance.reservation_grace_s,
         )
         self.mcp = McpEndpoint(
             self.auth,
