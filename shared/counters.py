@@ -206,9 +206,10 @@ async def ensure_counter_streams(nc: Client, subjects: Subjects, timeout_s: floa
             raise CounterError(f"cannot create stream {name}: {error.get('description')}")
 
 
-async def ensure_run_stream(nc: Client, subjects: Subjects, ttl_s: float, timeout_s: float = 5.0) -> None:
-    """Create the agent runs' counter stream with `ttl_s` as its max age, or set that age on the existing one
-    (the run TTL is the gateway's own setting: the config wins over what an earlier start left)."""
+async def ensure_run_stream(nc: Client, subjects: Subjects, ttl_s: float, timeout_s: float = 5.0) -> bool:
+    """Create the agent runs' counter stream with `ttl_s` as its max age, if missing. An existing stream keeps its
+    config (only the admin role manages streams): when its max age is not `ttl_s`, a warning says so and False is
+    returned (an admin changes it with `nats stream edit <P>_RUNS --max-age`)."""
     ttl_ns = round(ttl_s * 1_000_000_000)
     name = subjects.runs_stream
     config = _stream(
@@ -220,8 +221,21 @@ async def ensure_run_stream(nc: Client, subjects: Subjects, ttl_s: float, timeou
     )
     reply = await nc.request(f"$JS.API.STREAM.CREATE.{name}", config, timeout=timeout_s)
     error = json.loads(reply.data).get("error")
-    if error and error.get("err_code") == 10058:  # exists with another config: another TTL, set this one
-        reply = await nc.request(f"$JS.API.STREAM.UPDATE.{name}", config, timeout=timeout_s)
-        error = json.loads(reply.data).get("error")
-    if error:
+    if error and error.get("err_code") != 10058:
         raise CounterError(f"cannot create stream {name}: {error.get('description')}")
+    if not error:
+        return True
+    reply = await nc.request(f"$JS.API.STREAM.INFO.{name}", b"", timeout=timeout_s)
+    existing = json.loads(reply.data).get("config", {}).get("max_age", 0)
+    if existing != ttl_ns:
+        log.warning(
+            "stream %s keeps a max age of %gs, not mcp.run_ttl_s=%gs: agent runs' counters last that long "
+            "(an admin changes it with `nats stream edit %s --max-age %ds`)",
+            name,
+            existing / 1e9,
+            ttl_s,
+            name,
+            round(ttl_s),
+        )
+        return False
+    return True

@@ -73,16 +73,19 @@ async def test_a_runs_counters_are_gone_after_the_run_ttl(nats_server: NatsServe
         await nc.close()
 
 
-async def test_the_configured_ttl_replaces_an_earlier_one(nats_server: NatsServer, subjects: Subjects) -> None:
+async def test_an_existing_runs_stream_keeps_its_ttl_and_a_mismatch_is_told(
+    nats_server: NatsServer, subjects: Subjects, caplog: pytest.LogCaptureFixture
+) -> None:
     nc = await nats.connect(nats_server.url)
     try:
         js = nc.jetstream()
-        await ensure_run_stream(nc, subjects, ttl_s=86_400)
+        assert await ensure_run_stream(nc, subjects, ttl_s=86_400)
         info = await js.stream_info(subjects.runs_stream)
         assert info.config.max_age == pytest.approx(86_400) and info.config.duplicate_window == pytest.approx(900)
-        await ensure_run_stream(nc, subjects, ttl_s=60)
-        info = await js.stream_info(subjects.runs_stream)
-        assert info.config.max_age == pytest.approx(60) and info.config.duplicate_window == pytest.approx(60)
-        await ensure_run_stream(nc, subjects, ttl_s=60)  # the same again: nothing to change
+        assert await ensure_run_stream(nc, subjects, ttl_s=86_400)  # the same again: nothing to say
+        assert not caplog.records
+        assert not await ensure_run_stream(nc, subjects, ttl_s=60)  # only the admin role changes streams
+        assert "mcp.run_ttl_s=60s" in caplog.text and "--max-age 60s" in caplog.text
+        assert (await js.stream_info(subjects.runs_stream)).config.max_age == pytest.approx(86_400)
     finally:
         await nc.close()
