@@ -1,6 +1,7 @@
 """The path of one MCP call through ingress: the key may use the tool → the argument rules allow it → the agent
-run has room → the calls-per-minute quota → an admin approves (where a rule asks) → the price is reserved on the budgets →
-the guard (arguments scanned) → the mcp stage (the upstream call) → the guard (result scanned) → the client.
+run has room → the calls-per-minute quota → an admin approves (where a rule asks) → the price is reserved on the
+budgets → the guard (arguments scanned) → the mcp stage (the upstream call) → the guard (result scanned) → the
+client.
 Every call, refused ones included, leaves one record (`<p>.events.mcp` → the `mcp_calls` table).
 """
 
