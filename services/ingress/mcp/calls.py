@@ -151,11 +151,11 @@ class ToolCalls:
             if rule.action == "approve":
                 rec.approval = await self._approval(ctx, rec, name, arguments, rule.rule)
             rec.reservation = await self._reserve(ctx, rec, price)
-            # charged once the tool answered; a call that fails before (upstream down, timeout, gateway error)
-            # keeps cost 0, and accounting's settlement gives its reservation back
+            # charged once the tool answered; a call that fails before (arguments blocked, upstream down, timeout,
+            # gateway error) keeps cost 0, and accounting's settlement gives its reservation back
             outcome = await self._dispatch(ctx, rec, method, upstream_name, arguments)
             rec.outcome = outcome
-            if outcome.error is None or outcome.error.status not in ("unavailable", "timeout"):
+            if answered(outcome):
                 rec.cost_usd = price
             if outcome.error is not None:
                 raise CallFailed(outcome.error)
@@ -342,6 +342,16 @@ class ToolCalls:
         self._events.publish(self.subjects.events_mcp, event, event.event_id)
         if rec.span is not None:
             finish_call(rec.span, rec.server, rec.tool, status, latency / 1000)
+
+
+def answered(outcome: ToolOutcome) -> bool:
+    """Whether the tool answered, so the call is charged its price: a result (the guard may have blocked it on the
+    way back, or it was too large to pass), or the upstream's own JSON-RPC error. Arguments the guard blocked, an
+    upstream down or too slow, a gateway error: the tool never answered, and the call costs nothing."""
+    error = outcome.error
+    if error is None or error.status in ("upstream_error", "too_large"):
+        return True
+    return error.status == "blocked" and outcome.guard_output is not None
 
 
 _RANK = {"allow": 0, "flag": 1, "redact": 2, "block": 3}
