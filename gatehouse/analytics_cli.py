@@ -161,7 +161,7 @@ def usage(
     data_dir: DataDir = Path(".gatehouse"),
     fmt: Format = "table",
 ) -> None:
-    """Spend, tokens and requests over a period, grouped (from the request records in ClickHouse)."""
+    """Spend, tokens, requests and tool calls over a period, grouped (from the request and MCP call records)."""
     begin, end = time_range(since, start, until, period_, "30d")
     groups = [g.strip() for g in by.split(",") if g.strip()]
     params = {"group_by": ",".join(groups), "since": str(begin), "limit": str(limit)}
@@ -184,7 +184,10 @@ def usage(
             raise typer.BadParameter(f"--chart: one of {', '.join(CHART_METRICS)} or none")
         console.print(chart(columns, rows, chart_, groups))
     total = sum(float(r[columns.index("cost_usd")] or 0) for r in rows)
-    console.print(f"total: ${total:,.4f} over {sum(int(r[columns.index('requests')]) for r in rows):,} requests")
+    line = f"total: ${total:,.4f} over {sum(int(r[columns.index('requests')]) for r in rows):,} requests"
+    if "tool_calls" in columns:
+        line += f" and {sum(int(r[columns.index('tool_calls')]) for r in rows):,} tool calls"
+    console.print(line)
 
 
 def _when(unix: float) -> str:

@@ -102,6 +102,60 @@ def exceeded(
     )
 
 
+async def reserve_price(
+    counters: Counters,
+    subjects: Subjects,
+    ent: Entitlement,
+    request_id: str,
+    price_usd: float,
+    expires_at: float,
+    what: str,
+) -> Reservation | None:
+    """Reserve a fixed price (a priced tool call) on the key's budgets as `Governor.admit` reserves a request's
+    worst case: every hard budget holds it on its spend counter (one it would cross refuses `what`, everything
+    given back first), soft budgets hold nothing. Accounting settles the reservation from the call's record to
+    what it actually cost (0 for a call that failed), so the spend reaches the settled counters, the alerts and
+    the ledger as model spend does; None when there is nothing to reserve."""
+    if price_usd <= 0:
+        return None
+    now = time.time()
+    budgets = [(s, b) for s in ent.scopes for b in s.limits.budgets]
+    if not budgets:
+        return None
+    micro = math.ceil(price_usd * MICRO)
+    hard = [(s, b) for s, b in budgets if b.hard]
+    spend = [subjects.spend_counter(s.name, period_key(b.period, now, ent.timezone)) for s, b in hard]
+    results = await counters.add_many([Op(subject, micro) for subject in spend])
+    held = [subject for subject, r in zip(spend, results, strict=True) if isinstance(r, Count)]
+    refusal: Exception | None = None
+    if len(held) < len(spend):
+        # budgets fail closed: without the counter nothing proves the spend is covered
+        refusal = ServiceUnavailableError("Budget counters are unavailable; try again shortly.", retry_after=1.0)
+    else:
+        for (scope, budget), result in zip(hard, results, strict=True):
+            if isinstance(result, Count) and result.value > round(budget.amount_usd * MICRO):
+                refusal = exceeded(scope, budget, now, ent, what)
+                break
+    if refusal is not None:
+        if held:
+            for result in await counters.add_many([Op(subject, -micro) for subject in held]):
+                if isinstance(result, CounterError):
+                    log.warning("counter update lost: %s", result)
+        raise refusal
+    holds = [
+        budget_hold(scope, budget, subject, micro, now, ent)
+        for (scope, budget), subject in zip(hard, spend, strict=True)
+    ]
+    holds += [
+        budget_hold(s, b, subjects.spend_counter(s.name, period_key(b.period, now, ent.timezone)), 0, now, ent)
+        for s, b in budgets
+        if not b.hard
+    ]
+    return Reservation(
+        request_id=request_id, amount_usd=micro / MICRO if hard else 0.0, holds=holds, expires_at=expires_at
+    )
+
+
 class Governor:
     def __init__(
         self, counters: Counters, subjects: Subjects, *, quotas_fail_open: bool, reservation_grace_s: float

@@ -8,6 +8,9 @@ the stream's duplicate window), which makes settlements idempotent.
 - `<P>_COUNTERS` (`<p>.ctr.>`): budget spend in micro-USD per scope and period, and concurrency per scope.
 - `<P>_QUOTAS` (`<p>.quota.>`): requests and tokens per scope and UTC minute, kept a few minutes.
 - `<P>_RESERVATIONS` (`<p>.resv.*`): the last state of each budget reservation (live/settled/released).
+- `<P>_RUNS` (`<p>.run.>`): agent runs' counters (services/ingress/mcp/runs.py). Each counter keeps only its
+  last message, and the stream's max age is the run TTL: a run's counters are gone that long after its last
+  call, so runs do not pile up forever. (Counter streams refuse per-message TTLs, hence a stream of their own.)
 """
 
 from __future__ import annotations
@@ -201,3 +204,38 @@ async def ensure_counter_streams(nc: Client, subjects: Subjects, timeout_s: floa
         error = answer.get("error")
         if error and error.get("err_code") != 10058:  # 10058: exists with another config: keep the operator's
             raise CounterError(f"cannot create stream {name}: {error.get('description')}")
+
+
+async def ensure_run_stream(nc: Client, subjects: Subjects, ttl_s: float, timeout_s: float = 5.0) -> bool:
+    """Create the agent runs' counter stream with `ttl_s` as its max age, if missing. An existing stream keeps its
+    config (only the admin role manages streams): when its max age is not `ttl_s`, a warning says so and False is
+    returned (an admin changes it with `nats stream edit <P>_RUNS --max-age`)."""
+    ttl_ns = round(ttl_s * 1_000_000_000)
+    name = subjects.runs_stream
+    config = _stream(
+        name,
+        [subjects.runs_wildcard],
+        allow_msg_counter=True,
+        max_age=ttl_ns,
+        duplicate_window=min(DUPLICATE_WINDOW_S * 1_000_000_000, ttl_ns),  # may not exceed max_age
+    )
+    reply = await nc.request(f"$JS.API.STREAM.CREATE.{name}", config, timeout=timeout_s)
+    error = json.loads(reply.data).get("error")
+    if error and error.get("err_code") != 10058:
+        raise CounterError(f"cannot create stream {name}: {error.get('description')}")
+    if not error:
+        return True
+    reply = await nc.request(f"$JS.API.STREAM.INFO.{name}", b"", timeout=timeout_s)
+    existing = json.loads(reply.data).get("config", {}).get("max_age", 0)
+    if existing != ttl_ns:
+        log.warning(
+            "stream %s keeps a max age of %gs, not mcp.run_ttl_s=%gs: agent runs' counters last that long "
+            "(an admin changes it with `nats stream edit %s --max-age %ds`)",
+            name,
+            existing / 1e9,
+            ttl_s,
+            name,
+            round(ttl_s),
+        )
+        return False
+    return True

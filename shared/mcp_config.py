@@ -160,6 +160,8 @@ class McpConfig(_Strict):
     output_policy: str = ""
     rules: list[McpRule] = Field(default_factory=list)
     runs: RunLimits = Field(default_factory=RunLimits)
+    # an agent run's counters (calls, spend, loops) are forgotten this long after the run's last call
+    run_ttl_s: float = Field(default=86_400.0, gt=0)
     # how long an idle client session is kept, and how many one ingress replica holds
     session_idle_s: float = Field(default=3600.0, gt=0)
     max_sessions: int = Field(default=10_000, gt=0)

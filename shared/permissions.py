@@ -141,6 +141,9 @@ def ingress(subjects: Subjects) -> Permissions:
             subjects.ping("router"),
             *_events_stream_setup(subjects),
             *_counters(subjects),
+            # agent runs' counters (a stream of their own: its max age is `mcp.run_ttl_s`)
+            subjects.runs_wildcard,
+            *_stream_setup(subjects.runs_stream),
             *_kv(subjects.directory_bucket),
             *_spans(subjects),
             subjects.batch_api.name,  # the OpenAI Batch API: jobs are the batch service's

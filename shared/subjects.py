@@ -311,6 +311,16 @@ class Subjects:
         return f"{self._stream_base}_RESERVATIONS"
 
     @property
+    def runs_stream(self) -> str:
+        """JetStream counter stream of agent runs (`<p>.run.>`): a run's counters go `mcp.run_ttl_s` after its
+        last call (the stream's max age; counter streams take no per-message TTL)."""
+        return f"{self._stream_base}_RUNS"
+
+    @property
+    def runs_wildcard(self) -> str:
+        return f"{self.prefix}.run.>"
+
+    @property
     def directory_bucket(self) -> str:
         """KV bucket of orgs, teams, projects, users and virtual keys (shared/governance.py)."""
         return f"{self._stream_base}_DIRECTORY"
@@ -471,4 +481,4 @@ class Subjects:
 
     def run_counter(self, key_id: str, run_id: str, kind: str) -> str:
         """One agent run's counter: `model` and `tool` calls, `spend` in micro-USD, `loop.<digest>` repeats."""
-        return f"{self.prefix}.ctr.run.{key_id}.{run_id}.{kind}"
+        return f"{self.prefix}.run.{key_id}.{run_id}.{kind}"

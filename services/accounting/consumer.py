@@ -36,6 +36,7 @@ from shared import metrics
 from shared.bus import MSG_ID, PUBLISH_TIMEOUT_S, ensure_events_stream, events_stream_config
 from shared.pricing import Rates
 from shared.schemas.events import BudgetAlert, RequestEvent
+from shared.schemas.mcp import McpCallEvent
 from shared.subjects import Subjects
 
 log = logging.getLogger("gatehouse.accounting.consumer")
@@ -65,7 +66,7 @@ class Item(msgspec.Struct, frozen=True, eq=False):  # identity: the same event t
     msg: Msg
     table: str
     row: list[object]
-    event: RequestEvent | BudgetAlert | None = None
+    event: RequestEvent | BudgetAlert | McpCallEvent | None = None
     # whether ClickHouse may hold this event already, so the insert must look (see `may_be_stored`)
     verify: bool = True
 
@@ -399,7 +400,7 @@ class EventConsumer:
         path = self._crash_after_settle
         if not path or os.path.exists(path):
             return
-        if any(isinstance(i.event, RequestEvent) and i.event.reservation is not None for i in items):
+        if any(isinstance(i.event, RequestEvent | McpCallEvent) and i.event.reservation is not None for i in items):
             with open(path, "w") as marker:
                 marker.write(f"{len(items)}\n")
             log.warning("failpoint: exiting after settling %d events, before storing them", len(items))
@@ -410,10 +411,16 @@ class EventConsumer:
         retrying while the counters are away; False if asked to stop first (nothing is acked then)."""
         if self._reservations is None:
             return True
-        records = [
+        records: list[tuple[RequestEvent | McpCallEvent, float | None]] = [
             (i.event, cost if isinstance(cost := i.row[_SETTLED_COST], float) else None)
             for i in items
             if isinstance(i.event, RequestEvent) and i.event.reservation is not None
+        ]
+        # a priced tool call settles to its price (0 when it failed before its tool answered)
+        records += [
+            (i.event, i.event.cost_usd)
+            for i in items
+            if isinstance(i.event, McpCallEvent) and i.event.reservation is not None
         ]
         if not records:
             return True

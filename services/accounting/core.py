@@ -347,7 +347,7 @@ def event_row(
     data: bytes,
     provider_kinds: Mapping[str, str],
     rates: Mapping[str, Rates] | None = None,
-) -> tuple[str, list[object], RequestEvent | BudgetAlert | None]:
+) -> tuple[str, list[object], RequestEvent | BudgetAlert | McpCallEvent | None]:
     """(table, row, the event where it asks for more than a row) for one message of the event stream;
     BadEvent if it can never be stored. `rates`: negotiated prices by deployment id."""
     try:
@@ -367,7 +367,9 @@ def event_row(
         if subject == subjects.events_batch.name:
             return BATCH_JOBS, batch_row(subjects.events_batch.decode(data)), None
         if subject == subjects.events_mcp.name:
-            return MCP_CALLS, mcp_row(subjects.events_mcp.decode(data)), None
+            call = subjects.events_mcp.decode(data)
+            # the call itself travels on: a priced call's reservation is settled from it
+            return MCP_CALLS, mcp_row(call), call
         if subject == subjects.events_webhook.name:
             return WEBHOOK_DELIVERIES, webhook_row(subjects.events_webhook.decode(data)), None
     except msgspec.DecodeError as exc:

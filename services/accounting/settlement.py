@@ -37,6 +37,7 @@ from shared.bus import MSG_ID
 from shared.counters import Count, CounterError, Counters, Op
 from shared.schemas.chat import Hold, Reservation
 from shared.schemas.events import BudgetAlert, RequestEvent, ReservationState
+from shared.schemas.mcp import McpCallEvent
 from shared.subjects import Subjects
 
 log = logging.getLogger("gatehouse.accounting.settlement")
@@ -124,12 +125,13 @@ class Reservations:
         self.states[reservation.request_id] = final
 
     # ---- settlement ----------------------------------------------------------------------------------
-    async def settle(self, event: RequestEvent, cost_usd: float | None) -> None:
+    async def settle(self, event: RequestEvent | McpCallEvent, cost_usd: float | None) -> None:
         """Settle the reservation one record carries (see settle_many)."""
         await self.settle_many([(event, cost_usd)])
 
-    async def settle_many(self, records: Sequence[tuple[RequestEvent, float | None]]) -> None:
-        """Settle the reservations these records carry to their actual costs, every counter increment of
+    async def settle_many(self, records: Sequence[tuple[RequestEvent | McpCallEvent, float | None]]) -> None:
+        """Settle the reservations these records carry (a model request's, or a priced tool call's) to their
+        actual costs, every counter increment of
         the batch in one go; raises CounterError when one cannot be made (the caller retries the batch:
         every increment is idempotent, and the states note which are done)."""
         todo: list[tuple[Reservation, int, bool]] = []

@@ -1,9 +1,11 @@
-"""Usage summaries (pure): a UsageQuery → one SELECT over the requests table, built from fixed parts.
+"""Usage summaries (pure): a UsageQuery → one SELECT over the requests and the MCP calls, built from fixed parts.
 
 The admin API and `gatehouse usage` ask these; values are quoted literals, dimensions come from a fixed
 list, so nothing a caller sends becomes SQL. The query still runs through the analytics gate like any.
 Cost is `cost_usd`, the current price of each request (`gatehouse reprice` may have changed it since the
-budget was settled at `settled_cost_usd`).
+budget was settled at `settled_cost_usd`), plus the price of each MCP call charged (`mcp_calls.cost_usd`,
+what its budget reservation settled to). A tool call counts in `tool_calls` (not `requests`) under
+`api` = `mcp`, with its namespaced tool as the model and its server as the provider and deployment.
 """
 
 from __future__ import annotations
@@ -16,10 +18,10 @@ _EXPRESSIONS = {
     "hour": "toStartOfHour(received_at)",
     "week": "toMonday(received_at)",
     "month": "toStartOfMonth(received_at)",
-    "status": "toString(requests.status)",  # qualified: the alias `status` must not shadow the column
+    "status": "toString(usage_rows.status)",  # qualified: the alias `status` must not shadow the column
     "model": "requested_model",
 }
-_GROUP_BY = {"status": "requests.status"}
+_GROUP_BY = {"status": "usage_rows.status"}
 MAX_ROWS = 10_000
 TIME_BUCKETS = ("hour", "day", "week", "month")
 
@@ -42,6 +44,19 @@ _HOUR = 3600
 
 def _at(value: float) -> str:
     return f"toDateTime64({float(value):.3f}, 3, 'UTC')"
+
+
+# an MCP call's status as the HTTP status a request refused or failed the same way would have
+_MCP_STATUS = (
+    "toUInt16(multiIf(mcp_calls.status IN ('ok', 'tool_error'), 200, mcp_calls.status = 'invalid', 400, "
+    "mcp_calls.status IN ('rate_limited', 'budget', 'run_limit'), 429, mcp_calls.status = 'timeout', 504, "
+    "mcp_calls.status IN ('unavailable', 'upstream_error'), 502, 403))"
+)
+
+
+def _mcp_between(since: float, until: float) -> str:
+    # finished_at (the table's order and partition key) is never before received_at: the lower bound prunes
+    return f"finished_at >= {_at(since)} AND received_at >= {_at(since)} AND received_at < {_at(until)}"
 
 
 def usage_sql(query: UsageQuery, now: float) -> str:
@@ -79,36 +94,57 @@ def _tail(query: UsageQuery, sql: str, groups: list[str]) -> str:
 
 def _from_rows(query: UsageQuery, until: float) -> str:
     select, groups, where = _select(query, "received_at")
-    where = [f"received_at >= {_at(query.since)}", f"received_at < {_at(until)}", *where]
+    dims = "org, team, project, user, key_id, requested_model, provider, provider_model, api, status, deployment"
+    model_rows = (
+        f"SELECT received_at, {dims}, provider_kind, toUInt64(1) AS n_requests, toUInt64(0) AS n_tool_calls, "  # noqa: S608
+        "toUInt64(status >= 400) AS n_errors, toUInt64(input_tokens) AS n_input, toUInt64(output_tokens) AS n_output, "
+        "toUInt64(cached_tokens) AS n_cached, ifNull(cost_usd, 0) AS cost "
+        f"FROM requests WHERE received_at >= {_at(query.since)} AND received_at < {_at(until)}"
+    )
+    tool_rows = (
+        "SELECT received_at, org, team, project, user, key_id, tool, server, tool, 'mcp', "  # noqa: S608
+        f"{_MCP_STATUS}, server, 'mcp', toUInt64(0), toUInt64(1), "
+        "toUInt64(mcp_calls.status NOT IN ('ok', 'tool_error')), toUInt64(0), toUInt64(0), toUInt64(0), cost_usd "
+        f"FROM mcp_calls WHERE {_mcp_between(query.since, until)}"
+    )
     select += [
-        "count() AS requests",
-        "countIf(requests.status >= 400) AS errors",
-        "sum(input_tokens) AS input_tokens",
-        "sum(output_tokens) AS output_tokens",
-        "sum(cached_tokens) AS cached_tokens",
-        "round(sum(ifNull(cost_usd, 0)), 6) AS cost_usd",
+        "sum(n_requests) AS requests",
+        "sum(n_tool_calls) AS tool_calls",
+        "sum(n_errors) AS errors",
+        "sum(n_input) AS input_tokens",
+        "sum(n_output) AS output_tokens",
+        "sum(n_cached) AS cached_tokens",
+        "round(sum(cost), 6) AS cost_usd",
     ]
-    sql = f"SELECT {', '.join(select)} FROM requests WHERE {' AND '.join(where)}"  # noqa: S608 (fixed parts)
+    cond = f" WHERE {' AND '.join(where)}" if where else ""
+    sql = f"SELECT {', '.join(select)} FROM ({model_rows} UNION ALL {tool_rows}) AS usage_rows{cond}"  # noqa: S608
     return _tail(query, sql, groups)
 
 
 def _from_rollup(query: UsageQuery, until: float, first_hour: int, last_hour: int) -> str:
-    """The whole hours from requests_per_hour, the partial ones at the ends from the rows: the same sums."""
+    """The whole hours from requests_per_hour, the partial ones at the ends from the rows: the same sums. MCP
+    calls (far fewer than requests) are read from their rows for the whole period."""
     keys = "team, project, key_id, requested_model, provider"
     hours = (
         f"SELECT toDateTime64(hour, 3, 'UTC') AS at, {keys}, requests, errors, input_tokens, output_tokens, "  # noqa: S608
-        f"cached_tokens, cost_usd FROM requests_per_hour WHERE hour >= toDateTime({first_hour}, 'UTC') "
-        f"AND hour < toDateTime({last_hour}, 'UTC')"
+        f"cached_tokens, cost_usd, toUInt64(0) AS tool_calls FROM requests_per_hour "
+        f"WHERE hour >= toDateTime({first_hour}, 'UTC') AND hour < toDateTime({last_hour}, 'UTC')"
     )
     ends = (
         f"SELECT received_at AS at, {keys}, toUInt64(1), toUInt64(status >= 400), toUInt64(input_tokens), "  # noqa: S608
-        "toUInt64(output_tokens), toUInt64(cached_tokens), ifNull(cost_usd, 0) FROM requests WHERE "
+        "toUInt64(output_tokens), toUInt64(cached_tokens), ifNull(cost_usd, 0), toUInt64(0) FROM requests WHERE "
         f"(received_at >= {_at(query.since)} AND received_at < {_at(first_hour)}) OR "
         f"(received_at >= {_at(last_hour)} AND received_at < {_at(until)})"
+    )
+    tools = (
+        "SELECT received_at AS at, team, project, key_id, tool, server, toUInt64(0), "  # noqa: S608
+        "toUInt64(status NOT IN ('ok', 'tool_error')), toUInt64(0), toUInt64(0), toUInt64(0), cost_usd, toUInt64(1) "
+        f"FROM mcp_calls WHERE {_mcp_between(query.since, until)}"
     )
     select, groups, where = _select(query, "at")
     select += [
         "sum(requests) AS requests",
+        "sum(tool_calls) AS tool_calls",
         "sum(errors) AS errors",
         "sum(input_tokens) AS input_tokens",
         "sum(output_tokens) AS output_tokens",
@@ -116,5 +152,5 @@ def _from_rollup(query: UsageQuery, until: float, first_hour: int, last_hour: in
         "round(sum(cost_usd), 6) AS cost_usd",
     ]
     cond = f" WHERE {' AND '.join(where)}" if where else ""
-    sql = f"SELECT {', '.join(select)} FROM ({hours} UNION ALL {ends}){cond}"  # noqa: S608 (fixed parts)
+    sql = f"SELECT {', '.join(select)} FROM ({hours} UNION ALL {ends} UNION ALL {tools}){cond}"  # noqa: S608 (fixed parts)
     return _tail(query, sql, groups)

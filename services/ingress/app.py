@@ -48,7 +48,7 @@ from shared.admission import Admitted, Estimate, Governor
 from shared.auth import Authenticator
 from shared.bus import REQUEST_ID, TRACEPARENT, ensure_events_stream
 from shared.config import GatehouseConfig
-from shared.counters import Counters, ensure_counter_streams
+from shared.counters import Counters, ensure_counter_streams, ensure_run_stream
 from shared.directory import Directory, Entitlement
 from shared.errors import (
     BudgetExceededError,
@@ -167,6 +167,7 @@ class Gateway:
             events,
             lambda: self.approvals,
             lambda: self.runs,
+            reservation_grace_s=config.governance.reservation_grace_s,
         )
         self.mcp = McpEndpoint(
             self.auth,
@@ -185,6 +186,7 @@ class Gateway:
         js = self.broker.config.connection_state.stream
         await ensure_events_stream(js, self.subjects)
         await ensure_counter_streams(nc, self.subjects)
+        await ensure_run_stream(nc, self.subjects, self.config.mcp.run_ttl_s)
         gov = self.config.governance
         self.counters = Counters(nc, self.nats_timeout_s)
         self.runs = Runs(self.counters, self.subjects, RunLimits(**self.config.mcp.runs.model_dump()))

@@ -11,7 +11,7 @@ from typing import Literal
 
 import msgspec
 
-from shared.schemas.chat import Caller, GuardFinding, GuardSummary
+from shared.schemas.chat import Caller, GuardFinding, GuardSummary, Reservation
 
 McpMethod = Literal["tools/call", "resources/read", "prompts/get"]
 CatalogKind = Literal["tools", "resources", "resource_templates", "prompts"]
@@ -117,6 +117,8 @@ class McpCallEvent(msgspec.Struct, frozen=True, kw_only=True):
     mcp_replica: str = ""
     guard_replica: str = ""
     tags: dict[str, str] = {}
+    # what the call's price holds on the key's budgets; accounting settles it to `cost_usd` from this record
+    reservation: Reservation | None = None
 
 
 class Approval(msgspec.Struct, frozen=True, kw_only=True):

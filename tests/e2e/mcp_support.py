@@ -5,6 +5,7 @@ launches and supervises, and `remote`, a Streamable HTTP server in its own proce
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import socket
 import subprocess
@@ -15,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import nats
+import nats.js.errors
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
@@ -24,6 +27,7 @@ from gatehouse.natsserver import free_port
 from gatehouse.query import run_sql
 from shared.config import hash_key
 from shared.schemas.admin import SqlResult
+from shared.subjects import Subjects
 
 NOTES = Path(__file__).resolve().parents[1] / "mcp_servers" / "notes.py"
 MAIN_KEY = "sk-e2e-mcp-main"  # policy mcp-flag: secrets in results redacted, injections flagged
@@ -112,12 +116,34 @@ class McpStack:
         assert self.stack.nats is not None
         return await run_sql(self.stack.nats.url, self.stack.prefix, query, 30, str(self.stack.admin_seed_file))
 
-    def admin(self, method: str, path: str, body: object = None) -> httpx.Response:
+    async def counter(self, subject: str) -> int | None:
+        """A counter's value read by the admin identity (a direct get of its last message); None: no such counter."""
+        assert self.stack.nats is not None
+        subjects = Subjects(self.stack.prefix)
+        stream = subjects.counters_stream
+        nc = await nats.connect(
+            self.stack.nats.url,
+            nkeys_seed=str(self.stack.admin_seed_file),
+            inbox_prefix=subjects.role_inbox("admin").encode(),
+        )
+        try:
+            try:
+                msg = await nc.jetstream().get_last_msg(stream, subject)
+            except nats.js.errors.NotFoundError:
+                return None
+            return int(json.loads(msg.data)["val"])
+        finally:
+            await nc.close()
+
+    def admin(
+        self, method: str, path: str, body: object = None, params: dict[str, str] | None = None
+    ) -> httpx.Response:
         key = self.stack.admin_key_file.read_text().strip()
         return httpx.request(
             method,
             f"{self.stack.ingress_url}/admin/v1{path}",
             json=body,
+            params=params,
             headers={"authorization": f"Bearer {key}"},
             timeout=30,
         )

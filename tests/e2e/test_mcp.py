@@ -20,6 +20,8 @@ import pytest
 from mcp.shared.exceptions import MCPError
 
 from shared import mcp_errors
+from shared.periods import period_key
+from shared.subjects import Subjects
 from tests.e2e.mcp_support import (
     APPROVAL_TIMEOUT_S,
     LEGACY_SECRET,
@@ -432,21 +434,34 @@ async def test_a_legacy_sse_server_with_oauth_and_an_http_server_with_a_header_f
 
 
 async def test_a_tools_price_goes_into_the_keys_budget(gh: McpStack) -> None:
-    """remote charges $0.01 a call; a team budget of $0.025 covers two calls, and the third is refused."""
+    """remote charges $0.01 a call; a team budget of $0.025 covers two calls, and the third is refused. The price
+    is reserved like a model request's worst case and settled by accounting from the call's record: a call that
+    timed out gives its reservation back, a soft budget's alerts fire on tool spend, the counters end at exactly
+    the prices charged, and usage (the admin API, `gatehouse usage`) shows the spend under the team."""
     team = f"priced{time.monotonic_ns() % 10**9}"
-    assert (
-        gh.admin(
-            "POST", "/teams", {"id": team, "limits": {"budgets": [{"amount_usd": 0.025, "period": "total"}]}}
-        ).status_code
-        == 201
-    )
+    budgets = [
+        {"amount_usd": 0.025, "period": "total"},
+        {"amount_usd": 0.015, "period": "monthly", "hard": False, "alerts": [50, 100]},
+    ]
+    since = time.time() - 5
+    assert gh.admin("POST", "/teams", {"id": team, "limits": {"budgets": budgets}}).status_code == 201
     created = gh.admin("POST", "/keys", {"team": team})
     assert created.status_code == 201, created.text
     key = created.json()["secret"]
-    names = await wait_tools(gh, {"remote__echo"}, key=key)  # the new key reached the ingress mirror
-    assert "local__echo" in names
+    # the new key reached the ingress mirror, and both servers are up
+    await wait_tools(gh, {"remote__echo", "remote__slow", "local__echo"}, key=key)
+    subjects = Subjects(gh.stack.prefix)
+    spend = subjects.spend_counter(f"team.{team}", "total")
+    settled = subjects.settled_counter(f"team.{team}", "total")
+    month = period_key("monthly", time.time())
+    soft_spend = subjects.spend_counter(f"team.{team}", month)
+    soft_settled = subjects.settled_counter(f"team.{team}", month)
     async with gh.client(key) as client:
         assert text_of(await client.call_tool("local__echo", {"text": "free"}))  # local has no price
+        with pytest.raises(MCPError) as timed_out:  # reserved, then given back by the settlement: not charged
+            await client.call_tool("remote__slow", {"seconds": 5})
+        assert timed_out.value.error.code == mcp_errors.UPSTREAM_TIMEOUT
+        await wait_counter(gh, spend, 0)
         for i in range(2):
             assert text_of(await client.call_tool("remote__echo", {"text": str(i)})) == f"remote: {i}"
         with pytest.raises(MCPError) as broke:
@@ -454,3 +469,53 @@ async def test_a_tools_price_goes_into_the_keys_budget(gh: McpStack) -> None:
         assert broke.value.error.code == mcp_errors.BUDGET_EXCEEDED
         assert f"team '{team}'" in broke.value.error.message and "this tool call" in broke.value.error.message
         assert text_of(await client.call_tool("local__echo", {"text": "still free"}))
+    # settled once each: the reservations moved to the price (no double count), the refused call held nothing
+    for subject in (spend, settled, soft_spend, soft_settled):
+        await wait_counter(gh, subject, 2 * 10_000)
+    calls = await rows(gh, f"SELECT status, cost_usd FROM mcp_calls WHERE team = '{team}' AND server = 'remote'", 4)
+    assert sorted(calls) == sorted([["budget", 0.0], ["timeout", 0.0], ["ok", 0.01], ["ok", 0.01]])
+    # the soft budget's thresholds were crossed by tool spend alone: 50% and 100% of $0.015
+    alerts = await rows(
+        gh, f"SELECT threshold_pct, hard FROM budget_alerts WHERE scope = 'team.{team}' AND period = 'monthly'", 2
+    )
+    assert sorted(alerts) == [[50, False], [100, False]]
+    hard_alerts = await rows(
+        gh,
+        f"SELECT threshold_pct FROM budget_alerts WHERE scope = 'team.{team}' "
+        "AND period = 'total' ORDER BY threshold_pct",
+        2,
+    )
+    assert hard_alerts == [[50], [80]]  # $0.02 of $0.025
+    # usage by team: the tool spend and the calls, through the admin API and the CLI
+    params = {"group_by": "team", "team": team, "since": str(since)}
+    deadline = time.monotonic() + 30
+    while True:
+        usage = gh.admin("GET", "/usage", params=params)
+        assert usage.status_code == 200, usage.text
+        table = usage.json()
+        got = [dict(zip(table["columns"], r, strict=True)) for r in table["rows"]]
+        if (got and got[0]["tool_calls"] == 6) or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.3)
+    assert len(got) == 1 and got[0]["team"] == team, got
+    assert got[0]["tool_calls"] == 6 and got[0]["requests"] == 0 and got[0]["cost_usd"] == pytest.approx(0.02)
+    assert got[0]["errors"] == 2  # the timeout and the budget refusal
+    by_api = gh.admin("GET", "/usage", params={**params, "group_by": "api"}).json()
+    assert [r[0] for r in by_api["rows"]] == ["mcp"]
+    from typer.testing import CliRunner
+
+    from gatehouse.cli import app
+
+    env = {"GATEHOUSE_ADMIN_KEY": gh.stack.admin_key_file.read_text().strip()}
+    args = ["usage", "--by", "team", "--team", team, "--format", "json", "--url", gh.stack.ingress_url]
+    out = CliRunner().invoke(app, args, env=env)
+    assert out.exit_code == 0, out.output
+    [row] = json.loads(out.output)
+    assert row["team"] == team and row["cost_usd"] == pytest.approx(0.02) and row["tool_calls"] == 6
+
+
+async def wait_counter(gh: McpStack, subject: str, want: int | None, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while (got := await gh.counter(subject)) != want:
+        assert time.monotonic() < deadline, f"{subject} is {got}, not {want}"
+        await asyncio.sleep(0.2)

@@ -11,16 +11,19 @@ from services.accounting import migrations
 from services.accounting.core import (
     BUDGET_ALERTS,
     GUARD_VERDICTS,
+    MCP_CALLS,
     REQUEST_CONTENT,
     REQUESTS,
     alert_row,
     content_row,
     guard_row,
+    mcp_row,
     request_row,
 )
 from services.accounting.sink import ClickHouseSink
 from shared.schemas.chat import Attempt, Caller, GuardFinding, Usage
 from shared.schemas.events import BudgetAlert, ContentEvent, ContentText, GuardEvent
+from shared.schemas.mcp import McpCallEvent
 from tests.integration.accounting_support import make_event
 
 TEAMS = (("ml", "search"), ("ml", "ranking"), ("support", "bot"), ("growth", "emails"))
@@ -120,6 +123,28 @@ def seed(path: Path, now: float | None = None, count: int = 600) -> None:
                     retention_days=30,
                 )
             )
+    # tool calls through /mcp: priced (crm) and free (files), some refused or failed (charged nothing)
+    calls = []
+    for i in range(count // 5):
+        team, project = TEAMS[i % len(TEAMS)]
+        server = "crm" if i % 2 else "files"
+        status = "ok" if i % 9 else ("budget" if i % 2 else "timeout")
+        at = now - (i * 433) % 86_000 - 45
+        calls.append(
+            McpCallEvent(
+                event_id=f"call-{i:05d}",
+                call_id=f"call-{i:05d}",
+                method="tools/call",
+                server=server,
+                tool=f"{server}__{'lookup' if i % 3 else 'export'}",
+                caller=Caller(key_id=f"key-{team}-{i % 3}", team=team, project=project, org="acme", user=f"u{i % 5}"),
+                status=status,
+                latency_ms=20.0 + i % 30,
+                cost_usd=0.002 if server == "crm" and status == "ok" else 0.0,
+                received_at=at,
+                finished_at=at + 0.05,
+            )
+        )
     alerts = [
         BudgetAlert(
             event_id="alert.team.ml.m.80",
@@ -142,6 +167,7 @@ def seed(path: Path, now: float | None = None, count: int = 600) -> None:
                 GUARD_VERDICTS: [guard_row(v) for v in verdicts],
                 REQUEST_CONTENT: [content_row(c) for c in content],
                 BUDGET_ALERTS: [alert_row(a) for a in alerts],
+                MCP_CALLS: [mcp_row(c) for c in calls],
             }
         )
         await sink.close()

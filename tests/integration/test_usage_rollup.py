@@ -72,3 +72,29 @@ def test_dimensions_the_rollup_lacks_read_the_rows(sink: ClickHouseSink) -> None
     for query in (UsageQuery(group_by=["status"], since=NOW - 86_400), UsageQuery(filters={"org": "acme"}, since=1)):
         assert "requests_per_hour" not in usage.usage_sql(query, NOW)
         assert rows(sink, usage.usage_sql(query, NOW))
+
+
+def test_tool_calls_count_in_usage_beside_requests(sink: ClickHouseSink) -> None:
+    """MCP calls are `api` = mcp rows: their price in cost_usd, counted in tool_calls (not requests), on both paths."""
+    for path in ("rows", "rollup"):
+        query = UsageQuery(group_by=["team"], since=NOW - 20 * 3600 - 1234.5, until=NOW - 777.25)
+        sql = usage._from_rows(query, query.until) if path == "rows" else usage.usage_sql(query, NOW)
+        by_team = {r[0]: r for r in rows(sink, sql)}
+        columns = ["team", "requests", "tool_calls", "errors", "input_tokens", "output_tokens", "cached_tokens"]
+        period = (
+            f"received_at >= toDateTime64({query.since}, 3, 'UTC') "
+            f"AND received_at < toDateTime64({query.until}, 3, 'UTC') GROUP BY team"
+        )
+        calls = rows(sink, f"SELECT team, count(), sum(cost_usd) FROM mcp_calls WHERE {period}")
+        models = rows(sink, f"SELECT team, sum(ifNull(cost_usd, 0)) FROM requests WHERE {period}")
+        model_cost = {r[0]: r[1] for r in models}
+        assert calls and any(float(c[2]) > 0 for c in calls)  # the seed has priced calls in the period
+        for team, count, cost in calls:
+            row = by_team[team]
+            assert row[columns.index("tool_calls")] == count, path
+            assert row[-1] == pytest.approx(float(model_cost[team]) + float(cost), abs=2e-6), path
+    mcp_only = rows(
+        sink, usage.usage_sql(UsageQuery(group_by=["api", "provider"], filters={"api": "mcp"}, since=1), NOW)
+    )
+    assert {r[1] for r in mcp_only} == {"crm", "files"} and all(r[2] == 0 for r in mcp_only)  # no requests
+    assert sum(float(r[-1]) for r in mcp_only) > 0

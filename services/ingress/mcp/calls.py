@@ -1,12 +1,12 @@
 """The path of one MCP call through ingress: the key may use the tool → the argument rules allow it → the agent
-run has room → the calls-per-minute quota → an admin approves (where a rule asks) → the price fits the budgets →
-the guard (arguments scanned) → the mcp stage (the upstream call) → the guard (result scanned) → the client.
+run has room → the calls-per-minute quota → an admin approves (where a rule asks) → the price is reserved on the
+budgets → the guard (arguments scanned) → the mcp stage (the upstream call) → the guard (result scanned) → the
+client.
 Every call, refused ones included, leaves one record (`<p>.events.mcp` → the `mcp_calls` table).
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import math
 import time
@@ -24,14 +24,16 @@ from services.ingress.mcp.rules import decide
 from services.ingress.mcp.runs import RunLimitError, Runs
 from services.ingress.mcp.telemetry import finish_call, start_call
 from shared import mcp_errors
-from shared.admission import exceeded
+from shared.admission import reserve_price
 from shared.bus import REQUEST_ID, TRACEPARENT
-from shared.counters import Count, CounterError, Counters, Op
+from shared.counters import CounterError, Counters, Op
 from shared.directory import Entitlement
+from shared.errors import BudgetExceededError, ServiceUnavailableError
 from shared.event_publisher import EventPublisher
 from shared.mcp_config import McpConfig, split_name
-from shared.periods import period_key, window, window_reset
-from shared.schemas.chat import GuardFinding, GuardSummary
+from shared.periods import window, window_reset
+from shared.schemas.chat import GuardFinding, GuardSummary, Reservation
+from shared.schemas.events import ReservationState
 from shared.schemas.mcp import Approval, McpCallEvent, McpError, McpMethod, ToolCall, ToolOutcome
 from shared.subjects import Subjects
 from shared.tracing import Span
@@ -79,6 +81,7 @@ class _Record:
     error: McpError | None = None
     approval: str = ""
     cost_usd: float = 0.0
+    reservation: Reservation | None = None
     is_tool_error: bool = False
     span: Span | None = None
 
@@ -102,14 +105,6 @@ def target(method: McpMethod, params: dict[str, Any]) -> tuple[str, str, bytes]:
     return name, split[1], _JSON.encode(arguments) if arguments else b""
 
 
-@dataclass(frozen=True, slots=True)
-class Charge:
-    """The spend counters a call's price was added to, and how much (micro-USD), to give back if it fails."""
-
-    subjects: list[str]
-    micro: int
-
-
 class ToolCalls:
     def __init__(
         self,
@@ -121,6 +116,7 @@ class ToolCalls:
         approvals: Callable[[], Approvals | None],
         runs: Callable[[], Runs | None],
         replica: str = "",
+        reservation_grace_s: float = 30.0,
     ) -> None:
         self.config = config
         self.subjects = subjects
@@ -130,7 +126,7 @@ class ToolCalls:
         self._approvals = approvals
         self._runs = runs
         self.replica = replica
-        self._pending: set[asyncio.Task[object]] = set()
+        self._grace = reservation_grace_s
 
     async def call(self, ctx: CallContext, method: McpMethod, params: dict[str, Any]) -> dict[str, Any]:
         """The call's result (a JSON-RPC result object); CallFailed with the error the client gets."""
@@ -154,19 +150,14 @@ class ToolCalls:
             await self._quota(ctx.ent)
             if rule.action == "approve":
                 rec.approval = await self._approval(ctx, rec, name, arguments, rule.rule)
-            holds = await self._charge(ctx.ent, price)
-            rec.cost_usd = price
-            try:
-                outcome = await self._dispatch(ctx, rec, method, upstream_name, arguments)
-            except CallFailed:
-                self._give_back(holds)
-                rec.cost_usd = 0.0
-                raise
+            rec.reservation = await self._reserve(ctx, rec, price)
+            # charged once the tool answered; a call that fails before (arguments blocked, upstream down, timeout,
+            # gateway error) keeps cost 0, and accounting's settlement gives its reservation back
+            outcome = await self._dispatch(ctx, rec, method, upstream_name, arguments)
             rec.outcome = outcome
+            if answered(outcome):
+                rec.cost_usd = price
             if outcome.error is not None:
-                if outcome.error.status in ("unavailable", "timeout"):
-                    self._give_back(holds)  # the tool never answered: it is not charged
-                    rec.cost_usd = 0.0
                 raise CallFailed(outcome.error)
             result = _OBJECT.decode(outcome.result)
             rec.response_bytes = len(outcome.result)
@@ -252,35 +243,27 @@ class ToolCalls:
             )
         )
 
-    async def _charge(self, ent: Entitlement, price: float) -> Charge:
-        """Add the call's price to every budget of the key's levels; a hard one it would cross refuses the
-        call (its additions given back). Returns the spend counters charged, to give back if the call fails."""
+    async def _reserve(self, ctx: CallContext, rec: _Record, price: float) -> Reservation | None:
+        """Reserve the call's price on every budget of the key's levels, as a model request's worst case is
+        (shared/admission.py): a hard budget it would cross refuses the call and nothing is held. The
+        reservation is noted live (released if this replica dies before the record is stored) and travels
+        on the call's record, from which accounting settles it to what the call cost."""
         counters = self._counters()
-        budgets = [(s, b) for s in ent.scopes for b in s.limits.budgets]
-        if price <= 0 or not budgets or counters is None:
-            return Charge([], 0)
-        now = time.time()
-        micro = math.ceil(price * MICRO)
-        subjects = [self.subjects.spend_counter(s.name, period_key(b.period, now, ent.timezone)) for s, b in budgets]
-        results = await counters.add_many([Op(subject, micro) for subject in subjects])
-        charge = Charge([subject for subject, r in zip(subjects, results, strict=True) if isinstance(r, Count)], micro)
-        for (scope, budget), result in zip(budgets, results, strict=True):
-            over = isinstance(result, Count) and result.value > round(budget.amount_usd * MICRO)
-            if budget.hard and (over or isinstance(result, CounterError)):
-                self._give_back(charge)
-                info = exceeded(scope, budget, now, ent, "this tool call").info()
-                raise CallFailed(McpError(code=mcp_errors.BUDGET_EXCEEDED, message=info.message, status="budget"))
-        return charge
-
-    def _give_back(self, charge: Charge) -> None:
-        counters = self._counters()
-        if not charge.subjects or counters is None:
-            return
-        task = asyncio.get_running_loop().create_task(
-            counters.add_many([Op(s, -charge.micro) for s in charge.subjects])
-        )
-        self._pending.add(task)
-        task.add_done_callback(self._pending.discard)
+        if price <= 0 or counters is None:
+            return None
+        expires_at = time.time() + self.config.timeout_for(rec.server) + HOP_MARGIN_S + self._grace
+        try:
+            reservation = await reserve_price(
+                counters, self.subjects, ctx.ent, rec.call_id, price, expires_at, "this tool call"
+            )
+        except BudgetExceededError as exc:
+            raise CallFailed(McpError(code=mcp_errors.BUDGET_EXCEEDED, message=exc.message, status="budget")) from None
+        except ServiceUnavailableError:
+            raise CallFailed(mcp_errors.gateway_unavailable("budget counters")) from None
+        if reservation is not None:
+            state = ReservationState(state="live", reservation=reservation, at=time.time())
+            self._events.publish(self.subjects.reservation(rec.call_id), state, f"resv-live-{rec.call_id}")
+        return reservation
 
     async def _dispatch(
         self, ctx: CallContext, rec: _Record, method: McpMethod, upstream_name: str, arguments: bytes
@@ -354,10 +337,21 @@ class ToolCalls:
             mcp_replica=outcome.mcp_replica if outcome else "",
             guard_replica=summaries[0].replica if summaries else "",
             tags=ctx.tags,
+            reservation=rec.reservation,
         )
         self._events.publish(self.subjects.events_mcp, event, event.event_id)
         if rec.span is not None:
             finish_call(rec.span, rec.server, rec.tool, status, latency / 1000)
+
+
+def answered(outcome: ToolOutcome) -> bool:
+    """Whether the tool answered, so the call is charged its price: a result (the guard may have blocked it on the
+    way back, or it was too large to pass), or the upstream's own JSON-RPC error. Arguments the guard blocked, an
+    upstream down or too slow, a gateway error: the tool never answered, and the call costs nothing."""
+    error = outcome.error
+    if error is None or error.status in ("upstream_error", "too_large"):
+        return True
+    return error.status == "blocked" and outcome.guard_output is not None
 
 
 _RANK = {"allow": 0, "flag": 1, "redact": 2, "block": 3}

@@ -1,11 +1,12 @@
 """Agent runs: requests and tool calls a client tags with one run id (`x-gatehouse-run-id`), limited together
 (model calls, tool calls, spend across both, the same tool with the same arguments again and again).
 
-Counters are JetStream counter subjects under `<p>.ctr.run.<key>.<run>.…` (shared/counters.py): every ingress
-replica counts into the same ones, so a run is limited however its calls are spread. A run id is scoped to the
-key that uses it. Tool spend is counted when the call is admitted (its price is fixed); model spend when the
-request ends, at the dearest price among the model's deployments (conservative: runaway spend is what this
-stops). Counters that cannot be reached let the call through (as quotas do by default), with a warning.
+Counters are JetStream counter subjects under `<p>.run.<key>.<run>.…` (shared/counters.py): every ingress
+replica counts into the same ones, so a run is limited however its calls are spread. They live in the `<P>_RUNS`
+stream, whose max age is `mcp.run_ttl_s`: a run's counters are forgotten that long after its last call. A run id
+is scoped to the key that uses it. Tool spend is counted when the call is admitted (its price is fixed); model
+spend when the request ends, at the dearest price among the model's deployments (conservative: runaway spend is
+what this stops). Counters that cannot be reached let the call through (as quotas do by default), with a warning.
 """
 
 from __future__ import annotations

@@ -6,14 +6,15 @@ import msgspec
 import pytest
 
 from services.accounting.core import MCP_CALLS, MCP_COLUMNS, event_row
+from services.ingress.mcp.calls import answered
 from services.ingress.mcp.catalog import ServerLists, visible
 from services.ingress.mcp.runs import BadRunId, call_digest, run_id_of
 from services.ingress.mcp.sessions import Sessions
 from shared.directory import Directory
 from shared.governance import Limits, RunLimits, Team, VirtualKey
 from shared.mcp_config import split_name
-from shared.schemas.chat import Caller
-from shared.schemas.mcp import McpCallEvent, ServerCatalog
+from shared.schemas.chat import Caller, GuardSummary, Hold, Reservation
+from shared.schemas.mcp import McpCallEvent, McpError, ServerCatalog, ToolOutcome
 from shared.subjects import Subjects
 
 
@@ -114,3 +115,30 @@ def test_one_key_cannot_push_out_another_keys_sessions() -> None:
         sessions.open("flood", "v", now=1 + i)
     assert sessions.get(victim.id, "victim", now=30) is victim
     assert len(sessions) == 4
+
+
+def test_a_call_is_charged_only_when_its_tool_answered() -> None:
+    def outcome(status: str | None, output: bool = False) -> ToolOutcome:
+        error = McpError(code=-1, message="x", status=status) if status else None
+        summary = GuardSummary(policy="p", action="block") if output else None
+        return ToolOutcome(call_id="c", result=b"{}" if status is None else b"", error=error, guard_output=summary)
+
+    assert answered(outcome(None))
+    assert answered(outcome("upstream_error")) and answered(outcome("too_large"))
+    assert answered(outcome("blocked", output=True))  # the result was blocked: the tool ran
+    for status in ("blocked", "unavailable", "timeout", "error", "invalid"):
+        assert not answered(outcome(status)), status
+
+
+def test_an_mcp_call_record_carries_its_reservation_to_accounting() -> None:
+    subjects = Subjects("t")
+    hold = Hold(subject="t.ctr.spend.team.t.total", micro_usd=20_000, scope="team.t", period="total",
+                period_key="total", amount_micro=1_000_000, alerts=[50], hard=True)  # fmt: skip
+    reservation = Reservation(request_id="c1", amount_usd=0.02, holds=[hold], expires_at=1e9 + 60)
+    event = McpCallEvent(
+        event_id="e1", call_id="c1", method="tools/call", server="fs", tool="fs__read",
+        caller=Caller(key_id="k", team="t"), status="ok", latency_ms=1.0, received_at=1e9, finished_at=1e9 + 1,
+        cost_usd=0.02, reservation=reservation,
+    )  # fmt: skip
+    _, _, decoded = event_row(subjects, subjects.events_mcp.name, msgspec.msgpack.encode(event), {})
+    assert isinstance(decoded, McpCallEvent) and decoded.reservation == reservation
