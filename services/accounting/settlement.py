@@ -149,13 +149,21 @@ class Reservations:
         alerts: list[tuple[int, Hold, int]] = []  # (index of the settled-counter op, hold, actual)
         for reservation, actual, released in todo:
             rid = reservation.request_id
+            # budgets of one level and period (a hard one and a soft one, say) share their counters: the cost is
+            # counted once per counter, against everything the reservation held on it
+            held: dict[str, int] = {}
+            for hold in reservation.holds:
+                held[hold.subject] = held.get(hold.subject, 0) + hold.micro_usd
+            for i, (subject, micro) in enumerate(held.items()):
+                ops.append(Op(subject, actual if released else actual - micro, f"settle.{rid}.{i}"))
+            settled_at: dict[str, int] = {}
             for i, hold in enumerate(reservation.holds):
-                delta = actual if released else actual - hold.micro_usd
-                ops.append(Op(hold.subject, delta, f"settle.{rid}.{i}"))
                 if hold.scope and hold.period_key:
                     settled = self._subjects.settled_counter(hold.scope, hold.period_key)
-                    alerts.append((len(ops), hold, actual))
-                    ops.append(Op(settled, actual, f"settled.{rid}.{i}"))
+                    if settled not in settled_at:
+                        settled_at[settled] = len(ops)
+                        ops.append(Op(settled, actual, f"settled.{rid}.{i}"))
+                    alerts.append((settled_at[settled], hold, actual))
         results = await self._counters.add_many(ops)
         failed = next((r for r in results if isinstance(r, CounterError)), None)
         if failed is not None:
@@ -171,7 +179,8 @@ class Reservations:
     async def _alert(self, hold: Hold, before: int, after: int) -> None:
         for pct in crossed(before, after, hold.amount_micro, hold.alerts):
             alert = BudgetAlert(
-                event_id=f"alert.{hold.scope}.{hold.period_key}.{pct}",
+                # one per budget and threshold: two budgets of a level and period share a period key
+                event_id=f"alert.{hold.scope}.{hold.period_key}.{hold.amount_micro}.{pct}",
                 at=time.time(),
                 scope=hold.scope,
                 period=hold.period,

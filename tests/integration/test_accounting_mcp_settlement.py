@@ -97,3 +97,47 @@ async def test_priced_tool_calls_are_settled_alerted_and_released(
     finally:
         accounting.stop()
         await nc.close()
+
+
+async def test_a_hard_and_a_soft_budget_of_one_period_count_a_cost_once(
+    nats_server: NatsServer, subjects: Subjects, tmp_path: Path
+) -> None:
+    """Both budgets name the same spend and settled counters; settling adds the cost to each counter once (not
+    once per budget), and each budget still raises its own alerts from that one total."""
+    nc = await nats.connect(nats_server.url)
+    accounting = AccountingProcess(nats_server.url, subjects, tmp_path)
+    try:
+        js = nc.jetstream()
+        await ensure_events_stream(js, subjects)
+        await ensure_counter_streams(nc, subjects)
+        counters = Counters(nc)
+        budgets = [
+            Budget(amount_usd=0.04, period="monthly", alerts=[50, 100]),
+            Budget(amount_usd=0.02, period="monthly", hard=False, alerts=[100]),
+        ]
+        key = VirtualKey(id="agent", team="lab", sha256="0" * 64)
+        ent = Entitlement(
+            key=key, caller=Caller(key_id="agent", team="lab"), scopes=(Scope("team", "lab", Limits(budgets=budgets)),)
+        )
+        month = period_key("monthly", time.time())
+        spend, settled = subjects.spend_counter("team.lab", month), subjects.settled_counter("team.lab", month)
+        reservation = await reserve_price(counters, subjects, ent, "call-1", 0.02, time.time() + 600, "this call")
+        assert reservation is not None and [h.subject for h in reservation.holds] == [spend, spend]
+        event = _call("call-1", reservation, 0.02)
+        await publish_event(js, subjects.events_mcp.name, event, event.event_id, timeout_s=5.0)
+        accounting.start()
+        query = "SELECT threshold_pct, hard FROM budget_alerts WHERE scope = 'team.lab' ORDER BY threshold_pct, hard"
+        assert await wait_count(nats_server.url, subjects, "SELECT count() FROM budget_alerts", 2) == 2
+        assert await sql(nats_server.url, subjects, query) == [[50, True], [100, False]]
+        assert await counters.read(spend) == 20_000 and await counters.read(settled) == 20_000
+        # a second call takes the soft budget past 100% again (no new alert) and the hard one to 100%
+        second = await reserve_price(counters, subjects, ent, "call-2", 0.02, time.time() + 600, "this call")
+        assert second is not None
+        event = _call("call-2", second, 0.02)
+        await publish_event(js, subjects.events_mcp.name, event, event.event_id, timeout_s=5.0)
+        assert await wait_count(nats_server.url, subjects, "SELECT count() FROM budget_alerts", 3) == 3
+        assert await sql(nats_server.url, subjects, query) == [[50, True], [100, False], [100, True]]
+        assert await counters.read(spend) == 40_000 and await counters.read(settled) == 40_000
+    finally:
+        accounting.stop()
+        await nc.close()
