@@ -438,7 +438,7 @@ class Gateway:
             return item
 
     async def _dispatch(self, req: ChatRequest, record: RequestRecord, api: apis.Api, parsed: apis.Parsed) -> Response:
-        inbox, queue = self.inbox.open(req.request_id)
+        inbox, queue = self.inbox.open(req.request_id, record.note_verdict)
         headers = {REQUEST_ID: req.request_id, TRACEPARENT: traceparent(record)}
         handed_over = False
         try:
