@@ -27,6 +27,7 @@ from services.ingress import apis
 from services.ingress.admin import AdminApi
 from services.ingress.anthropic_batches import AnthropicBatches
 from services.ingress.batches import BatchEndpoints
+from services.ingress.fastpath import FastPaths
 from services.ingress.fleet import Fleet, gather, merge
 from services.ingress.routing import client_deadline, route_choice
 from services.ingress.telemetry import MetricsEndpoint, finish_request, start_request, traceparent
@@ -624,7 +625,7 @@ def create_app(
     admin_key: str | None = None,
     telemetry: Telemetry | None = None,
     metrics_endpoint: MetricsEndpoint | None = None,
-) -> Starlette:
+) -> FastPaths:
     broker = nats_broker(nats, max_body_bytes=config.server.max_body_bytes)
     gw = Gateway(config, broker, subjects, events, nats_timeout_s, telemetry)
     admin = AdminApi(
@@ -672,9 +673,10 @@ def create_app(
 
         return wrapper
 
+    chat = guarded(gw.chat_completions)
     routes = [
-        Route("/v1/chat/completions", guarded(gw.chat_completions), methods=["POST"]),
-        Route("/chat/completions", guarded(gw.chat_completions), methods=["POST"]),
+        Route("/v1/chat/completions", chat, methods=["POST"]),
+        Route("/chat/completions", chat, methods=["POST"]),
         Route("/v1/embeddings", guarded(gw.embeddings), methods=["POST"]),
         Route("/v1/messages", guarded(gw.messages), methods=["POST"]),
         Route("/v1/responses", guarded(gw.responses), methods=["POST"]),
@@ -703,4 +705,4 @@ def create_app(
 
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={HTTPException: http_error, 500: http_error})
     app.state.gateway = gw
-    return app
+    return FastPaths(app, {("POST", "/v1/chat/completions"): chat, ("POST", "/chat/completions"): chat})
