@@ -68,6 +68,9 @@ class NatsServer:
                 self.process.wait()
 
 
+GO_RUNTIME = frozenset({"GOMAXPROCS", "GOGC", "GOMEMLIMIT"})
+
+
 def start_nats(
     store_dir: str | Path,
     *,
@@ -88,7 +91,9 @@ def start_nats(
         args += ["-c", str(config_file)]
     args += ["-a", host, "-p", str(port), "-js", "-sd", str(store)]
     log = open(log_file, "ab") if log_file else None
-    proc = subprocess.Popen(args, stdout=log or subprocess.DEVNULL, stderr=subprocess.STDOUT, env=base_env(os.environ))
+    # the Go runtime's own knobs (e.g. GOMAXPROCS on a small shared machine) reach nats-server only
+    env = base_env(os.environ) | {k: v for k, v in os.environ.items() if k in GO_RUNTIME}
+    proc = subprocess.Popen(args, stdout=log or subprocess.DEVNULL, stderr=subprocess.STDOUT, env=env)
     if log is not None:
         log.close()  # the child has its own copy
     try:

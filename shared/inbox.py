@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Callable
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from shared.errors import ServiceUnavailableError, UpstreamError
-from shared.schemas.chat import Heartbeat, Reply
+from shared.schemas.chat import Heartbeat, Reply, Verdict
 from shared.subjects import Subjects
 
 
@@ -28,6 +29,7 @@ class Inbox:
         self.prefix = prefix or subjects.inbox(uuid.uuid4().hex[:12])
         self._decode = subjects.replies.decode
         self._queues: dict[str, asyncio.Queue[Reply | NoResponders]] = {}
+        self._verdicts: dict[str, Callable[[Verdict], None]] = {}
         self._sub: Subscription | None = None
 
     async def start(self, nc: Client) -> None:
@@ -39,25 +41,39 @@ class Inbox:
             self._sub = None
 
     async def _on_msg(self, msg: Msg) -> None:
-        queue = self._queues.get(msg.subject[len(self.prefix) + 1 :])
+        key = msg.subject[len(self.prefix) + 1 :]
+        queue = self._queues.get(key)
         if queue is None:
             return  # the request already ended (e.g. client went away)
         if not msg.data and msg.headers and msg.headers.get("Status") == "503":
             queue.put_nowait(NoResponders())
             return
-        queue.put_nowait(self._decode(msg.data))
+        item = self._decode(msg.data)
+        if type(item) is Verdict:
+            note = self._verdicts.get(key)
+            if note is not None:  # taken note of here: the request's task need not wake for it
+                note(item)
+                return
+        queue.put_nowait(item)
 
     def __len__(self) -> int:
         """Requests waiting for their replies (in flight beyond ingress)."""
         return len(self._queues)
 
-    def open(self, request_id: str) -> tuple[str, asyncio.Queue[Reply | NoResponders]]:
+    def open(
+        self, request_id: str, on_verdict: Callable[[Verdict], None] | None = None
+    ) -> tuple[str, asyncio.Queue[Reply | NoResponders]]:
+        """The request's reply subject and queue; with `on_verdict`, the guard's verdict goes to it (in order
+        with the other replies, before any that came after it) instead of into the queue."""
         queue: asyncio.Queue[Reply | NoResponders] = asyncio.Queue()
         self._queues[request_id] = queue
+        if on_verdict is not None:
+            self._verdicts[request_id] = on_verdict
         return f"{self.prefix}.{request_id}", queue
 
     def close(self, request_id: str) -> None:
         self._queues.pop(request_id, None)
+        self._verdicts.pop(request_id, None)
 
 
 async def next_reply(queue: asyncio.Queue[Reply | NoResponders], timeout: float, stage: str, silence: float) -> Reply:

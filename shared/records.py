@@ -12,7 +12,7 @@ from shared.admission import Admitted
 from shared.directory import Entitlement
 from shared.errors import ErrorInfo
 from shared.event_publisher import EventPublisher
-from shared.schemas.chat import Caller, GuardSummary, Outcome, Reservation
+from shared.schemas.chat import Caller, GuardSummary, Outcome, Reservation, Verdict
 from shared.schemas.events import AuditEvent, RequestEvent, ReservationState
 from shared.subjects import Subjects
 from shared.tracing import Span
@@ -45,6 +45,10 @@ class RequestRecord:
     def fail(self, error: ErrorInfo) -> None:
         self.status = error.status
         self.error = error
+
+    def note_verdict(self, verdict: Verdict) -> None:
+        """The guard's verdict on the request, as it arrives (shared/inbox.py)."""
+        self.guard = verdict.summary
 
     def event(self, finished_mono: float) -> RequestEvent:
         outcome = self.outcome or Outcome()

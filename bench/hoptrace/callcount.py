@@ -28,7 +28,10 @@ def install(directory: str, service: str) -> None:
     def stop(_signum: int, _frame: FrameType | None) -> None:
         if current:
             current[0].disable()
-            current[0].dump_stats(out / f"{service}-{os.getpid()}.prof")
+            final = out / f"{service}-{os.getpid()}.prof"
+            partial = final.with_suffix(".part")
+            current[0].dump_stats(partial)
+            partial.rename(final)  # the reader waits for the name: it must never see half a file
             current.clear()
 
     signal.signal(signal.SIGUSR1, start)

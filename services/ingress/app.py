@@ -32,6 +32,7 @@ from services.ingress.admin import AdminApi
 from services.ingress.anthropic_batches import AnthropicBatches
 from services.ingress.batches import BatchEndpoints
 from services.ingress.body import read_body
+from services.ingress.fastpath import FastPaths
 from services.ingress.fleet import Fleet, gather, merge
 from services.ingress.mcp.admin import McpAdmin
 from services.ingress.mcp.approvals import Approvals
@@ -523,7 +524,7 @@ class Gateway:
         parsed: apis.Parsed,
         client_headers: Mapping[str, str],
     ) -> Response:
-        inbox, queue = self.inbox.open(req.request_id)
+        inbox, queue = self.inbox.open(req.request_id, record.note_verdict)
         headers = {REQUEST_ID: req.request_id, TRACEPARENT: traceparent(record)}
         handed_over = False
         try:
@@ -711,7 +712,7 @@ def create_app(
     admin_key: str | None = None,
     telemetry: Telemetry | None = None,
     metrics_endpoint: MetricsEndpoint | None = None,
-) -> Starlette:
+) -> FastPaths:
     broker = nats_broker(nats, max_body_bytes=config.server.max_body_bytes)
     gw = Gateway(config, broker, subjects, events, nats_timeout_s, telemetry)
     admin = AdminApi(
@@ -759,9 +760,10 @@ def create_app(
 
         return wrapper
 
+    chat = guarded(gw.chat_completions)
     routes = [
-        Route("/v1/chat/completions", guarded(gw.chat_completions), methods=["POST"]),
-        Route("/chat/completions", guarded(gw.chat_completions), methods=["POST"]),
+        Route("/v1/chat/completions", chat, methods=["POST"]),
+        Route("/chat/completions", chat, methods=["POST"]),
         Route("/v1/embeddings", guarded(gw.embeddings), methods=["POST"]),
         Route("/v1/messages", guarded(gw.messages), methods=["POST"]),
         Route("/v1/responses", guarded(gw.responses), methods=["POST"]),
@@ -792,4 +794,4 @@ def create_app(
 
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={HTTPException: http_error, 500: http_error})
     app.state.gateway = gw
-    return app
+    return FastPaths(app, {("POST", "/v1/chat/completions"): chat, ("POST", "/chat/completions"): chat})

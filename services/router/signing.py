@@ -17,19 +17,15 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping
-from typing import Protocol
-
-import google.auth
-import google.auth.exceptions
-import google.auth.transport.requests
-from botocore.auth import SigV4Auth
-from botocore.awsrequest import AWSRequest
-from botocore.credentials import Credentials, RefreshableCredentials
-from botocore.session import Session
-from google.auth.credentials import Credentials as GoogleCredentials
+from typing import TYPE_CHECKING, Protocol
 
 from shared.config import ConfigError, GatehouseConfig, ProviderConfig
 from shared.errors import UpstreamAuthError, UpstreamError
+
+# botocore and google-auth (~35 MB in every router) are imported only where a provider signs its requests
+if TYPE_CHECKING:
+    from botocore.credentials import Credentials
+    from google.auth.credentials import Credentials as GoogleCredentials
 
 SERVICE = "bedrock"
 GOOGLE_SCOPE = "https://www.googleapis.com/auth/cloud-platform"
@@ -47,6 +43,10 @@ class AwsSigner:
 
     async def sign(self, method: str, url: str, headers: Mapping[str, str], body: bytes) -> dict[str, str]:
         """`headers` plus the signature headers (Authorization, X-Amz-Date, X-Amz-Security-Token)."""
+        from botocore.auth import SigV4Auth
+        from botocore.awsrequest import AWSRequest
+        from botocore.credentials import RefreshableCredentials
+
         creds = self._credentials
         if isinstance(creds, RefreshableCredentials) and creds.refresh_needed():
             frozen = await asyncio.to_thread(creds.get_frozen_credentials)  # may call STS or IMDS
@@ -73,6 +73,9 @@ class GoogleSigner:
         return {**headers, "authorization": f"Bearer {creds.token}"}
 
     async def _refresh(self) -> None:
+        import google.auth.exceptions
+        import google.auth.transport.requests
+
         try:
             await asyncio.to_thread(self._credentials.refresh, google.auth.transport.requests.Request())
         except google.auth.exceptions.TransportError as exc:
@@ -89,6 +92,9 @@ def _signed(provider: ProviderConfig, environ: Mapping[str, str]) -> bool:
 
 
 def _google(name: str, provider: ProviderConfig) -> GoogleSigner | None:
+    import google.auth
+    import google.auth.exceptions
+
     try:
         credentials, _ = google.auth.default(scopes=[GOOGLE_SCOPE])
     except google.auth.exceptions.DefaultCredentialsError as exc:
@@ -116,6 +122,8 @@ def request_signers(config: GatehouseConfig, environ: Mapping[str, str]) -> dict
             continue
         if not provider.region:
             raise ConfigError(f"provider {name!r}: kind bedrock needs `region` (e.g. us-east-1)")
+        from botocore.session import Session
+
         credentials = Session().get_credentials()
         if credentials is None:
             if provider.optional:

@@ -39,3 +39,13 @@ def test_wrong_method_is_a_taxonomy_405_with_allow() -> None:
     assert r.json()["error"]["code"] == "method_not_allowed"
     assert r.json()["error"]["type"] == "invalid_request_error"
     assert r.headers["allow"] == "POST"
+
+
+def test_chat_completions_on_the_short_way_in_answers_as_the_route_does() -> None:
+    client = _client()
+    for path in ("/v1/chat/completions", "/chat/completions"):
+        r = client.post(path, json={"model": "m", "messages": []})
+        assert r.status_code == 401, path
+        assert r.json()["error"]["type"] == "invalid_request_error" and r.headers["x-request-id"]
+    r = client.post("/v1/chat/completions/", json={}, follow_redirects=False)
+    assert r.status_code == 307  # not the short way: Starlette's own answer for a near miss

@@ -348,3 +348,37 @@ async def test_non_stream_limit_comes_from_the_provider_config() -> None:
     assert isinstance(result, Result) and result.error is not None
     assert (result.error.status, result.error.code) == (502, "upstream_response_too_large")
     assert "4096" in result.error.message
+
+
+async def test_a_repeated_answer_header_reads_as_its_values_joined() -> None:
+    upstream = Upstream()
+
+    async def script(writer: asyncio.StreamWriter) -> None:
+        writer.write(
+            b"HTTP/1.1 429 Too Many Requests\r\ncontent-length: 2\r\nX-Note: a\r\nx-note: b\r\nretry-after: 3\r\n\r\n{}"
+        )
+        await writer.drain()
+
+    try:
+        async with raw_provider(script) as provider:
+            req = UpstreamRequest(REQ.method, provider.url + "/chat/completions", REQ.headers, REQ.body)
+            resp = await asyncio.wait_for(upstream.send(req, 10.0, 5.0, SMALL), 10)
+    finally:
+        await upstream.aclose()
+    assert resp.headers["x-note"] == "a, b" and resp.headers.get("retry-after") == "3"
+    assert dict(resp.headers) == {"content-length": "2", "x-note": "a, b", "retry-after": "3"}
+    assert "X-Note" not in resp.headers and resp.headers.get("X-Note") is None
+
+
+async def test_the_request_goes_with_its_headers_and_only_the_codings_the_router_can_bound() -> None:
+    upstream = Upstream()
+    try:
+        async with raw_provider(body(b"{}")) as provider:
+            req = UpstreamRequest(REQ.method, provider.url + "/chat/completions", REQ.headers, REQ.body)
+            resp = await asyncio.wait_for(upstream.send(req, 10.0, 5.0, SMALL), 10)
+    finally:
+        await upstream.aclose()
+    sent = provider.requests[0]
+    assert resp.status == 200 and resp.body == b"{}"
+    assert sent["authorization"] == "Bearer k" and sent["accept-encoding"] == "gzip, deflate"
+    assert sent["content-length"] == "2"
