@@ -315,7 +315,7 @@ class JobControl:
         token = item_token(job.id, line.custom_id if line.error is None and line.custom_id else f"#line{line.index}")
         record = RequestRecord(request_id=token, api=ENDPOINTS[job.endpoint], received_at=now, started=time.monotonic())
         record.caller = job.caller
-        record.model = line.request.model if line.request else ""
+        record.model = line.request.model if line.request else requested_model(line.body)
         record.request_bytes = len(line.body)
         record.tags = dict(job.key_tags)
         record.fail(why)
@@ -536,6 +536,22 @@ class JobControl:
     async def stop(self) -> None:
         if self._tasks:
             await asyncio.wait(set(self._tasks), timeout=10)
+
+
+class _Named(msgspec.Struct):
+    model: str = ""
+
+
+_NAMED = msgspec.json.Decoder(_Named)
+
+
+def requested_model(body: bytes) -> str:
+    """The model a refused line's body names ('' when it names none), for its record: an unknown model is
+    still the model that was asked for."""
+    try:
+        return _NAMED.decode(body).model[:256] if body else ""
+    except (msgspec.MsgspecError, RecursionError):  # not an object, a model that is not a string, too deep
+        return ""
 
 
 class JobExists(Exception):

@@ -137,3 +137,19 @@ def test_a_custom_id_is_bounded() -> None:
     got = read("\n".join([line("x" * 513, chat()), line("y" * 512, chat())]))
     assert got[0].error is not None and got[0].error.code == "invalid_custom_id"
     assert got[1].error is None and got[1].custom_id == "y" * 512
+
+
+def test_a_refused_lines_record_names_the_model_its_body_asked_for() -> None:
+    from services.batch.jobs import requested_model
+
+    assert requested_model(b'{"model": "nope", "messages": []}') == "nope"
+    assert requested_model(b'{"model": "' + b"m" * 1000 + b'"}') == "m" * 256
+    for body in (
+        b"",
+        b"[1]",
+        b'{"model": 5}',
+        b'{"messages": []}',
+        b"{bad",
+        b'{"a":' + b"[" * 200_000 + b"]" * 200_000 + b"}",
+    ):
+        assert requested_model(body) == ""
