@@ -106,9 +106,10 @@ class McpRule(_Strict):
     """One argument rule: when the call's tool matches `tools` (globs on namespaced names) and the condition
     on argument `arg` (a dotted path into the arguments) holds, `action` applies. Conditions (one or more,
     all must hold): prefix / not_prefix (strings; paths are normalised first), domain_in / domain_not_in
-    (the domain of an e-mail address or URL, or every address of a list), max / min (numbers), equals,
-    one_of, matches (RE2, whole string). A rule without a condition matches every call of its tools; a rule
-    whose argument is missing matches only with `missing: match`."""
+    (the domain of an e-mail address or URL, or every address of a list), max / min (finite numbers), equals,
+    one_of, matches (RE2, whole string). A rule without a condition matches every call of its tools. A deny or
+    approve rule holds when any item of a list meets its condition and when a value cannot be read or is
+    missing (unless `missing: skip`); an allow rule only when every item meets it (see docs/mcp.md)."""
 
     tools: list[str] = Field(min_length=1)
     arg: str = ""
@@ -121,7 +122,8 @@ class McpRule(_Strict):
     equals: str | float | bool | None = None
     one_of: list[str] | None = None
     matches: str | None = None
-    missing: Literal["match", "skip"] = "skip"
+    # absent/null argument: None (default) matches for deny/approve rules, not for allow rules
+    missing: Literal["match", "skip"] | None = None
     action: RuleAction
     message: str = ""
 
