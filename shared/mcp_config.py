@@ -5,6 +5,7 @@ Shape (every key optional; unknown keys are rejected with file and line)::
     mcp:
       call_timeout_s: 30             # one upstream call at most (a server may set its own)
       approval_timeout_s: 300        # how long a call that needs approval waits for an admin
+      max_pending_approvals_per_key: 8   # calls of one key waiting for an approval (per ingress replica)
       input_policy: ""               # guardrail policy for arguments ("": the key's, else the default)
       output_policy: tool-output     # guardrail policy for results ("": the input policy's output policy,
                                      # else the input policy itself: tool output is untrusted text)
@@ -158,6 +159,8 @@ class McpConfig(_Strict):
     servers: dict[str, McpServerConfig] = Field(default_factory=dict)
     call_timeout_s: float = Field(default=30.0, gt=0)
     approval_timeout_s: float = Field(default=300.0, gt=0)
+    # calls of one key waiting for an approval at once, per ingress replica (more are refused, -32012)
+    max_pending_approvals_per_key: int = Field(default=8, gt=0, le=10_000)
     input_policy: str = ""
     output_policy: str = ""
     rules: list[McpRule] = Field(default_factory=list)

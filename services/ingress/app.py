@@ -191,7 +191,9 @@ class Gateway:
         gov = self.config.governance
         self.counters = Counters(nc, self.nats_timeout_s)
         self.runs = Runs(self.counters, self.subjects, RunLimits(**self.config.mcp.runs.model_dump()))
-        self.approvals = Approvals(js, self.subjects.mcp_approvals_bucket)
+        self.approvals = Approvals(
+            js, self.subjects.mcp_approvals_bucket, self.config.mcp.max_pending_approvals_per_key
+        )
         changed = self.subjects.mcp_changed
 
         async def on_changed(msg: Msg) -> None:

@@ -24,8 +24,11 @@ log = logging.getLogger("gatehouse.ingress.approvals")
 
 _ENCODE = msgspec.json.Encoder()
 _DECODE = msgspec.json.Decoder(Approval)
-# the arguments an approver sees are cut to this many characters
+# the longest arguments (JSON text, characters) an approver is shown; a call with longer ones is refused rather
+# than shown cut (an approver must see the whole call)
 MAX_SHOWN_ARGUMENTS = 4096
+# calls of one key waiting for an approval at once (per ingress replica), unless the config says otherwise
+MAX_PENDING_PER_KEY = 8
 # decided or expired approvals stay readable this long (the bucket's max age)
 KEEP_S = 7 * 86400
 
@@ -36,11 +39,32 @@ class ApprovalConflict(Exception):
     """The approval was decided already (or expired)."""
 
 
+class ApprovalRefused(Exception):
+    """The call cannot be put to an approver: its arguments are too long to show whole (`too_large`), or its
+    key has too many calls waiting already (`too_many`)."""
+
+    def __init__(self, kind: Literal["too_large", "too_many"], message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+def check_shown(arguments: str) -> None:
+    """ApprovalRefused when an approver could not be shown these arguments whole."""
+    if len(arguments) > MAX_SHOWN_ARGUMENTS:
+        raise ApprovalRefused(
+            "too_large",
+            f"The call's arguments are {len(arguments)} characters, too large to approve: an approver is shown "
+            f"at most {MAX_SHOWN_ARGUMENTS}, and must see the whole call.",
+        )
+
+
 class Approvals:
-    def __init__(self, js: JetStreamContext, bucket: str) -> None:
+    def __init__(self, js: JetStreamContext, bucket: str, max_pending_per_key: int = MAX_PENDING_PER_KEY) -> None:
         self._js = js
         self._bucket = bucket
         self._kv: KeyValue | None = None
+        self.max_pending_per_key = max_pending_per_key
+        self._waiting: dict[str, int] = {}  # key id → calls of this replica waiting for an approval
 
     async def kv(self) -> KeyValue:
         if self._kv is None:
@@ -53,10 +77,29 @@ class Approvals:
         return self._kv
 
     async def wait(self, approval: Approval) -> tuple[Outcome, Approval]:
-        """Publish the approval as pending and wait for an admin's decision until it expires."""
+        """Publish the approval as pending and wait for an admin's decision until it expires; ApprovalRefused
+        (before anything is published) when its arguments are too long to show whole or its key has
+        `max_pending_per_key` calls waiting on this replica already."""
+        check_shown(approval.arguments)
+        key = approval.key_id
+        if self._waiting.get(key, 0) >= self.max_pending_per_key:
+            raise ApprovalRefused(
+                "too_many",
+                f"This key has {self.max_pending_per_key} calls waiting for an approval already; "
+                "try again once some are decided.",
+            )
+        self._waiting[key] = self._waiting.get(key, 0) + 1  # counted before the first await: no race
+        try:
+            return await self._wait(approval)
+        finally:
+            left = self._waiting[key] - 1
+            if left:
+                self._waiting[key] = left
+            else:
+                del self._waiting[key]
+
+    async def _wait(self, approval: Approval) -> tuple[Outcome, Approval]:
         kv = await self.kv()
-        shown = approval.arguments[:MAX_SHOWN_ARGUMENTS]
-        approval = msgspec.structs.replace(approval, arguments=shown)
         await kv.create(approval.call_id, _ENCODE.encode(approval))
         watcher = await kv.watch(approval.call_id)
         try:

@@ -19,7 +19,7 @@ import msgspec
 from nats.aio.client import Client
 from nats.errors import NoRespondersError
 
-from services.ingress.mcp.approvals import Approvals
+from services.ingress.mcp.approvals import ApprovalRefused, Approvals, check_shown
 from services.ingress.mcp.rules import decide
 from services.ingress.mcp.runs import RunLimitError, Runs
 from services.ingress.mcp.telemetry import finish_call, start_call
@@ -105,6 +105,20 @@ def target(method: McpMethod, params: dict[str, Any]) -> tuple[str, str, bytes]:
     return name, split[1], _JSON.encode(arguments) if arguments else b""
 
 
+def _refused(exc: ApprovalRefused) -> McpError:
+    if exc.kind == "too_large":
+        return McpError(code=mcp_errors.INVALID_PARAMS, message=str(exc), status="too_large")
+    return McpError(code=mcp_errors.RATE_LIMITED, message=str(exc), status="rate_limited")
+
+
+def _refuse_unshowable(arguments: bytes) -> None:
+    """CallFailed when a call that needs an approval has arguments too long to show an approver whole."""
+    try:
+        check_shown(arguments.decode() if arguments else "{}")
+    except ApprovalRefused as exc:
+        raise CallFailed(_refused(exc)) from None
+
+
 class ToolCalls:
     def __init__(
         self,
@@ -145,6 +159,8 @@ class ToolCalls:
             if rule.action == "deny":
                 why = rule.message or f"argument rule {rule.rule} of the gateway's config"
                 raise CallFailed(mcp_errors.denied(f"The call to '{name}' was denied: {why}."))
+            if rule.action == "approve":
+                _refuse_unshowable(arguments)  # before the run and the quota count the call
             price = self.config.servers[rec.server].price(upstream_name) if method == "tools/call" else 0.0
             await self._run(ctx, name, arguments, price)
             await self._quota(ctx.ent)
@@ -222,7 +238,10 @@ class ToolCalls:
             created_at=now,
             expires_at=now + self.config.approval_timeout_s,
         )
-        state, decided = await approvals.wait(pending)
+        try:
+            state, decided = await approvals.wait(pending)
+        except ApprovalRefused as exc:
+            raise CallFailed(_refused(exc)) from None
         if state == "approved":
             return state
         if state == "timeout":
