@@ -47,10 +47,15 @@ def argument(arguments: dict[str, Any], path: str) -> Any:
 _SCHEME = re.compile(r"^[a-z][a-z0-9+.-]*://", re.IGNORECASE)
 
 
+_NOT_IN_HOST = frozenset("/\\?#@:[]<>%|^ ")
+
+
 def _host(text: str) -> str | None:
-    """A host name, lowercased, without a trailing dot; None when there is none."""
-    host = text.strip().lower().rstrip(".")
-    return host or None
+    """A host name, percent-decoded, lowercased, without a trailing dot; None when there is none."""
+    host = unquote(text).strip().lower().rstrip(".")  # `evil%2ecom` is evil.com to a WHATWG URL parser
+    if not host or any(c in host for c in _NOT_IN_HOST) or any(ord(c) < 33 for c in host):
+        return None  # `evil.com%40example.com`: no host a parser would agree on
+    return host
 
 
 def _url_host(text: str) -> str | None:
@@ -76,7 +81,7 @@ def _domains(text: str) -> list[str] | None:
             return None
         if "@" in address:
             host = _host(address.rsplit("@", 1)[1])
-            if host is None or any(c in host for c in "/\\?#@:[] "):
+            if host is None:
                 return None
         else:
             host = _url_host("//" + address)

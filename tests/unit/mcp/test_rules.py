@@ -97,6 +97,8 @@ def test_a_value_that_is_not_a_finite_number_matches_a_limit(amount: object) -> 
         "@@",
         "https://",
         "https://[::1",
+        "https://evil.com%40example.com/",
+        "eve@evil.com%2f@example.com",
         ["bob@example.com", 7],
         [],
     ],
@@ -117,7 +119,14 @@ def test_addresses_inside_the_list_pass_domain_not_in(to: str) -> None:
 
 @pytest.mark.parametrize(
     "to",
-    ["eve@evil.com.", "eve@EVIL.com", "ok@ok.org, eve@evil.com", ["ok@ok.org", "eve@evil.com"], "https://x.evil.com./"],
+    [
+        "eve@evil.com.",
+        "eve@EVIL.com",
+        "ok@ok.org, eve@evil.com",
+        ["ok@ok.org", "eve@evil.com"],
+        "https://x.evil.com./",
+        "https://evil%2ecom/",
+    ],
 )
 def test_a_trailing_dot_or_a_list_does_not_escape_domain_in(to: object) -> None:
     rules = [McpRule(tools=["*"], arg="to", domain_in=["evil.com"], action="deny")]
