@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import time
 import warnings
 from collections.abc import Awaitable, Callable, Mapping
@@ -113,7 +114,7 @@ class Upstream:
             except asyncio.CancelledError:
                 raise
             except CredentialError as exc:
-                self.error = f"credentials: {exc}"
+                self.error = redact_urls(f"credentials: {exc}")
             except BaseException as exc:
                 self.error = _describe(exc)
             self._client = None
@@ -225,7 +226,8 @@ class Upstream:
                 async with self._slots:
                     client = self._client
                     if client is None or self._broken.is_set():
-                        return b"", mcp_errors.upstream_unavailable(self.name, self.error)
+                        # why it is down (`self.error`) is for the admin API and logs, not for clients
+                        return b"", mcp_errors.upstream_unavailable(self.name)
                     if method == "tools/call":
                         result: Any = await client.call_tool(name, args)
                     elif method == "resources/read":
@@ -246,13 +248,44 @@ class Upstream:
             return b"", McpError(code=exc.error.code, message=exc.error.message, status="upstream_error")
         except Exception as exc:
             self._broken.set()
-            return b"", mcp_errors.upstream_unavailable(self.name, _describe(exc))
+            log.warning("mcp server %s: %s failed: %s", self.name, method, _describe(exc))
+            return b"", mcp_errors.upstream_unavailable(self.name, _kind(exc))
         return result_json(result), None
 
 
 def _describe(exc: BaseException) -> str:
-    """A short, secret-free account of a failure (exception type and first line of its message)."""
+    """A short account of a failure for logs and the admin API (exception type and first line of its message),
+    with any URL's query string and userinfo removed (a server URL may carry a credential, `?api_key=...`)."""
     if isinstance(exc, BaseExceptionGroup) and exc.exceptions:
         return _describe(exc.exceptions[0])
-    text = str(exc).splitlines()[0][:200] if str(exc) else ""
+    text = redact_urls(str(exc).splitlines()[0])[:200] if str(exc) else ""
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _kind(exc: BaseException) -> str:
+    """What a client is told of a failure: the exception type only (its message may name the server's URL)."""
+    if isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        return _kind(exc.exceptions[0])
+    return type(exc).__name__
+
+
+_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>`]+")
+
+
+def _redact_url(match: re.Match[str]) -> str:
+    url = match.group(0)
+    scheme, rest = url.split("://", 1)
+    # the authority ends at the first / ? or #; userinfo is what precedes its last @
+    end = min((i for i in (rest.find("/"), rest.find("?"), rest.find("#")) if i >= 0), default=len(rest))
+    authority, tail = rest[:end], rest[end:]
+    if "@" in authority:
+        authority = "[redacted]@" + authority.rsplit("@", 1)[1]
+    cut = min((i for i in (tail.find("?"), tail.find("#")) if i >= 0), default=-1)
+    if cut >= 0:
+        tail = tail[:cut] + "?[redacted]"
+    return f"{scheme}://{authority}{tail}"
+
+
+def redact_urls(text: str) -> str:
+    """`text` with every URL's userinfo and query string (and fragment) replaced by `[redacted]`."""
+    return _URL.sub(_redact_url, text)
