@@ -1,8 +1,9 @@
 """One upstream MCP server: its session (Streamable HTTP, legacy SSE, or a stdio child this stage launches),
 kept alive by a supervisor that reconnects (relaunches) with exponential backoff, its lists, and its calls.
 
-Each call holds one of the server's concurrency slots and has its own timeout, so a slow tool delays only
-calls to the same server past its cap, never another server's or another session's.
+Each call holds one of the server's concurrency slots and has its own timeout; past the cap a bounded number of
+calls wait a bounded time, and the rest are refused at once as busy, so a slow tool delays only calls to the same
+server, never another server's or another session's (however many calls the slow one is sent).
 """
 
 from __future__ import annotations
@@ -70,6 +71,7 @@ class Upstream:
         self._notify = notify
         self._client: Client | None = None
         self._slots = asyncio.Semaphore(cfg.max_concurrency)
+        self._waiting = 0
         self._broken = asyncio.Event()
         self._lists: dict[CatalogKind, bytes] = {}
         self.error = "connecting"
@@ -215,15 +217,42 @@ class Upstream:
         )
 
     # ---- calls -----------------------------------------------------------------------------------
+    @property
+    def waiting(self) -> int:
+        """Calls waiting for one of this server's slots now."""
+        return self._waiting
+
+    async def _acquire(self, wait_s: float) -> bool:
+        """Take one of the server's slots, waiting at most `wait_s` and only while fewer than `max_queued` calls
+        wait: a call that finds the line full, or that the line did not reach in time, gives up its stage worker
+        at once instead of holding it for its whole timeout."""
+        if not self._slots.locked():
+            await self._slots.acquire()  # a free slot: taken without suspending
+            return True
+        if self._waiting >= self.cfg.max_queued:
+            return False
+        self._waiting += 1
+        try:
+            async with asyncio.timeout(wait_s):
+                await self._slots.acquire()
+            return True
+        except TimeoutError:
+            return False
+        finally:
+            self._waiting -= 1
+
     async def call(self, method: str, name: str, arguments: bytes, timeout_s: float) -> tuple[bytes, McpError | None]:
         """(result JSON, None) or (b"", the error that stands for it); never raises for the server's faults."""
         try:
             args = _ARGS.decode(arguments) if arguments else {}
         except msgspec.DecodeError:
             return b"", mcp_errors.invalid("The arguments are not a JSON object.")
+        started = time.monotonic()
+        if not await self._acquire(min(self.cfg.queue_wait_s, timeout_s)):
+            return b"", mcp_errors.server_busy(self.name)
         try:
-            async with asyncio.timeout(timeout_s):
-                async with self._slots:
+            async with asyncio.timeout(max(timeout_s - (time.monotonic() - started), 0.0)):
+                try:
                     client = self._client
                     if client is None or self._broken.is_set():
                         # why it is down (`self.error`) is for the admin API and logs, not for clients
@@ -238,6 +267,8 @@ class Upstream:
                         return b"", McpError(
                             code=mcp_errors.METHOD_NOT_FOUND, message=f"Unknown method {method}.", status="invalid"
                         )
+                finally:
+                    self._slots.release()
         except TimeoutError:
             return b"", mcp_errors.upstream_timeout(self.name, timeout_s)
         except MCPError as exc:
