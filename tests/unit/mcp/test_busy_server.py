@@ -40,9 +40,12 @@ def _upstream(name: str, client: _FakeClient, **cfg: Any) -> Upstream:
 
 
 async def _until(check: Any, what: str) -> None:
-    async with asyncio.timeout(10):
-        while not check():
-            await asyncio.sleep(0.005)
+    try:
+        async with asyncio.timeout(10):
+            while not check():
+                await asyncio.sleep(0.005)
+    except TimeoutError:
+        raise AssertionError(f"waited 10 s for {what}") from None
 
 
 async def test_a_flood_to_a_slow_server_is_refused_as_busy_and_other_servers_keep_flowing() -> None:
