@@ -71,8 +71,12 @@ class McpServerConfig(_Strict):
     oauth: OAuthClientCredentials | None = None
     timeout_s: float | None = Field(default=None, gt=0)
     connect_timeout_s: float = Field(default=10.0, gt=0)
-    # calls in flight to this server at once (per mcp replica); more wait, up to their timeout
+    # calls in flight to this server at once (per mcp replica); up to `max_queued` more wait for a slot, each at
+    # most `queue_wait_s`; past either, a call is refused at once as busy, so that a slow server cannot hold the
+    # stage's workers and delay calls to every other server
     max_concurrency: int = Field(default=32, gt=0, le=10_000)
+    max_queued: int = Field(default=32, ge=0, le=10_000)
+    queue_wait_s: float = Field(default=1.0, gt=0, le=300)
     # how often a live connection is checked (a ping), and the restart backoff when it breaks
     health_interval_s: float = Field(default=5.0, gt=0)
     restart_backoff_s: float = Field(default=0.5, gt=0)

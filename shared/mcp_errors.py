@@ -26,6 +26,7 @@ APPROVAL_TIMEOUT = -32016
 UPSTREAM_TIMEOUT = -32030
 UPSTREAM_UNAVAILABLE = -32031
 GATEWAY_UNAVAILABLE = -32032  # a stage behind ingress did not answer
+SERVER_BUSY = -32033  # every slot of the upstream server is taken and its waiting line is full (or did not move)
 
 
 def internal() -> McpError:
@@ -68,4 +69,12 @@ def upstream_unavailable(server: str, why: str = "") -> McpError:
         code=UPSTREAM_UNAVAILABLE,
         message=f"MCP server '{server}' is unavailable{detail}; try again shortly.",
         status="unavailable",
+    )
+
+
+def server_busy(server: str) -> McpError:
+    return McpError(
+        code=SERVER_BUSY,
+        message=f"MCP server '{server}' is busy (every call slot is taken); try again shortly.",
+        status="busy",
     )

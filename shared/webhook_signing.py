@@ -47,11 +47,15 @@ def verify(
     mapping such as Starlette's or Flask's)."""
     raw_ts = headers.get(TIMESTAMP_HEADER, "")
     given = headers.get(SIGNATURE_HEADER, "")
-    if not raw_ts.isdigit() or not given:
+    if not isinstance(raw_ts, str) or not isinstance(given, str):
+        return False
+    # `isdigit` alone accepts non-ASCII digits such as "²" that `int` refuses: a malformed header is a False
+    if not (raw_ts.isascii() and raw_ts.isdigit()) or not given or len(raw_ts) > 20:
         return False
     timestamp = int(raw_ts)
     if abs((time.time() if now is None else now) - timestamp) > tolerance_s:
         return False
-    expected = signature(secret, timestamp, body)
-    # several signatures (e.g. during a secret rotation) may be sent space-separated: any may match
-    return any(hmac.compare_digest(expected, part) for part in given.split())
+    expected = signature(secret, timestamp, body).encode()
+    # several signatures (e.g. during a secret rotation) may be sent space-separated: any may match; compared
+    # as bytes (a non-ASCII str makes `compare_digest` raise) after encoding, so any text compares safely
+    return any(hmac.compare_digest(expected, part.encode("utf-8", "surrogatepass")) for part in given.split())

@@ -50,7 +50,7 @@ def _at(value: float) -> str:
 _MCP_STATUS = (
     "toUInt16(multiIf(mcp_calls.status IN ('ok', 'tool_error'), 200, mcp_calls.status = 'invalid', 400, "
     "mcp_calls.status IN ('rate_limited', 'budget', 'run_limit'), 429, mcp_calls.status = 'timeout', 504, "
-    "mcp_calls.status IN ('unavailable', 'upstream_error'), 502, 403))"
+    "mcp_calls.status IN ('unavailable', 'upstream_error'), 502, mcp_calls.status = 'busy', 503, 403))"
 )
 
 

@@ -20,13 +20,14 @@ and normalises for itself.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Literal
 
 from services.guard.redaction import Span, Vault, redact
 from services.guard.scanners.base import SEVERITY_RANK, Finding, Scanner
 from services.guard.scanners.custom import size_finding
+from services.guard.scanners.injection import CLASSIFIER_RULE
 from services.guard.scanners.registry import ScannerRegistry, ScannerUnavailable
 from services.guard.textmap import MappedText, deobfuscate
 from shared.config import GatehouseConfig
@@ -153,8 +154,13 @@ class Policy:
     def scan(self, text: str, vault: Vault | None = None) -> PolicyResult:
         return self.scan_texts((text,), vault)
 
-    def scan_texts(self, texts: Sequence[str], vault: Vault | None = None) -> PolicyResult:
-        """Scan the texts of one request together: one verdict, one size limit, one placeholder map."""
+    def scan_texts(
+        self, texts: Sequence[str], vault: Vault | None = None, *, tokens: Collection[int] = ()
+    ) -> PolicyResult:
+        """Scan the texts of one request together: one verdict, one size limit, one placeholder map.
+
+        `tokens` are the indexes of texts that are single words (JSON keys, say): every scanner reads them but the
+        injection classifier, whose reading of a lone word ("text", "content") is no verdict."""
         vault = Vault() if vault is None else vault
         decisions: list[Decision] = []
         too_big = size_finding(sum(len(t) for t in texts), self.max_prompt_chars)
@@ -163,7 +169,10 @@ class Policy:
             decisions.append(Decision(too_big, "block", 0))
         else:
             for i, text in enumerate(texts):
-                decisions.extend(self.decide(text, i))
+                found = self.decide(text, i)
+                if i in tokens:
+                    found = [d for d in found if d.finding.rule != CLASSIFIER_RULE]
+                decisions.extend(found)
         verdict: Verdict = "allow"
         for d in decisions:
             if VERDICT_RANK[d.action] > VERDICT_RANK[verdict]:

@@ -2,12 +2,16 @@
 way out (tool output is untrusted text: secrets are redacted, PII per policy, and injection hidden in it, the
 indirect-injection path, is blocked or flagged), each scanned with the policy that applies.
 
-Only string values are scanned, each as one text of the call, named by its JSON path; a redaction replaces the
-string in place, so the JSON keeps its shape.
+Every string value and every object key is scanned, each as one text of the call, named by its JSON path (a key
+with a finding is named `<key>`, never by its text); a redaction replaces the string, or the key, in place, so the
+JSON keeps its shape. Nothing is skipped (`_meta`, `annotations`, `uri` are text a server controls like any
+other); single words (keys, and a result's `type`, `mimeType`, `role`, `audience` values) are only spared the
+injection classifier, which reads a lone protocol word as an injection.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,9 +27,11 @@ _JSON = msgspec.json.Encoder()
 _DECODE = msgspec.json.Decoder(dict[str, Any])
 # `_meta` key of a result whose output the guard flagged (rules, never the matched text)
 FLAG_META = "io.gatehouse/guard"
-# the protocol's own fields of a result (content types, MIME types, URIs, roles): not text anyone wrote, and
-# too short for a classifier to judge ("text" alone can read as an injection to it)
-STRUCTURAL = frozenset({"type", "mimeType", "uri", "role", "_meta", "annotations"})
+# the protocol's enum-like fields of a result (content types, MIME types, roles, audiences) and every key: a single
+# word there is read by every scanner but the injection classifier, to which a lone word ("text", "user") can look
+# like an injection; anything else under them (spaced text, objects) is scanned like the rest
+ENUM_FIELDS = frozenset({"type", "mimeType", "role", "audience"})
+_WORD = re.compile(r"\S{1,100}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,29 +43,62 @@ class Scanned:
     error: McpError | None = None
 
 
-def _leaves(value: Any, path: str, out: list[tuple[str, str]], skip: frozenset[str]) -> None:
-    """Every string in `value` with its JSON path (depth-first, in order), but under the keys in `skip`."""
+@dataclass(slots=True)
+class _Text:
+    """One scanned text: a string value, or an object's key (`key`), at a path whose key segments are kept as
+    indexes of their own `_Text` (a key that turns out to be a secret is not written into a location); `word`:
+    a single word the injection classifier does not judge."""
+
+    text: str
+    path: tuple[str | int, ...]
+    key: bool
+    word: bool
+
+
+def _texts(value: Any, path: tuple[str | int, ...], out: list[_Text], enums: bool, in_enum: bool = False) -> None:
+    """Every string value and every key in `value`, depth-first in order (a key before its value)."""
     if isinstance(value, str):
-        out.append((path, value))
+        out.append(_Text(value, path, key=False, word=in_enum and _WORD.fullmatch(value) is not None))
     elif isinstance(value, dict):
         for k, v in value.items():
-            if k not in skip:
-                _leaves(v, f"{path}.{k}" if path else str(k), out, skip)
+            out.append(_Text(k, path, key=True, word=_WORD.fullmatch(k) is not None))
+            _texts(v, (*path, len(out) - 1), out, enums, enums and k in ENUM_FIELDS)
     elif isinstance(value, list):
         for i, v in enumerate(value):
-            _leaves(v, f"{path}[{i}]", out, skip)
+            _texts(v, (*path, f"[{i}]"), out, enums, in_enum)
 
 
-def _replace(value: Any, texts: list[str], at: list[int], skip: frozenset[str]) -> Any:
-    """`value` with its strings replaced, in the order `_leaves` found them."""
+def _location(i: int, found: list[_Text], hidden: set[int]) -> str:
+    """The JSON path of `found[i]`; a key with a finding reads `<key>` (its text may be the secret)."""
+    t = found[i]
+    out = ""
+    for seg in t.path:
+        if isinstance(seg, int):
+            out += ".<key>" if seg in hidden else f".{found[seg].text}"
+        else:
+            out += seg
+    if not t.key:
+        return out
+    return f"{out}.<key> (key)" if i in hidden else f"{out}.{t.text} (key)"
+
+
+def _replace(value: Any, texts: list[str], at: list[int]) -> Any:
+    """`value` with its keys and strings replaced, in the order `_texts` found them."""
     if isinstance(value, str):
         text = texts[at[0]]
         at[0] += 1
         return text
     if isinstance(value, dict):
-        return {k: v if k in skip else _replace(v, texts, at, skip) for k, v in value.items()}
+        out: dict[str, Any] = {}
+        for v in value.values():
+            key = texts[at[0]]
+            at[0] += 1
+            while key in out:  # two keys redacted to the same text: both kept
+                key += "_"
+            out[key] = _replace(v, texts, at)
+        return out
     if isinstance(value, list):
-        return [_replace(v, texts, at, skip) for v in value]
+        return [_replace(v, texts, at) for v in value]
     return value
 
 
@@ -96,21 +135,24 @@ class ToolGuard:
         return self._scan(data, result, self.output_policy(call), "output", "result")
 
     def _scan(self, value: dict[str, Any], raw: bytes, policy: Policy, direction: str, root: str) -> Scanned:
-        found: list[tuple[str, str]] = []
-        skip = STRUCTURAL if direction == "output" else frozenset()
-        _leaves(value, root, found, skip)
+        found: list[_Text] = []
+        _texts(value, (root,), found, enums=direction == "output")
         if not found:
             return Scanned(raw, GuardSummary(policy=policy.name, action="allow"))
-        result = policy.scan_texts([text for _, text in found])
+        words = frozenset(i for i, t in enumerate(found) if t.word)
+        result = policy.scan_texts([t.text for t in found], tokens=words)
+        hidden = {d.part for d in result.decisions if found[d.part].key}
         summary = GuardSummary(
             policy=policy.name,
             action=result.action,
-            findings=guard_findings(result, direction=direction, locations=[path for path, _ in found]),
+            findings=guard_findings(
+                result, direction=direction, locations=[_location(i, found, hidden) for i in range(len(found))]
+            ),
         )
         if result.action == "block":
             return Scanned(b"", summary, _blocked(result, direction))
         if result.action == "redact":
-            value = _replace(value, list(result.texts), [0], skip)
+            value = _replace(value, list(result.texts), [0])
             return Scanned(_JSON.encode(_flagged(value, result) if direction == "output" else value), summary)
         if result.action == "flag" and direction == "output":
             return Scanned(_JSON.encode(_flagged(value, result)), summary)

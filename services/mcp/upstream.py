@@ -1,8 +1,9 @@
 """One upstream MCP server: its session (Streamable HTTP, legacy SSE, or a stdio child this stage launches),
 kept alive by a supervisor that reconnects (relaunches) with exponential backoff, its lists, and its calls.
 
-Each call holds one of the server's concurrency slots and has its own timeout, so a slow tool delays only
-calls to the same server past its cap, never another server's or another session's.
+Each call holds one of the server's concurrency slots and has its own timeout; past the cap a bounded number of
+calls wait a bounded time, and the rest are refused at once as busy, so a slow tool delays only calls to the same
+server, never another server's or another session's (however many calls the slow one is sent).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import time
 import warnings
 from collections.abc import Awaitable, Callable, Mapping
@@ -69,6 +71,7 @@ class Upstream:
         self._notify = notify
         self._client: Client | None = None
         self._slots = asyncio.Semaphore(cfg.max_concurrency)
+        self._waiting = 0
         self._broken = asyncio.Event()
         self._lists: dict[CatalogKind, bytes] = {}
         self.error = "connecting"
@@ -113,7 +116,7 @@ class Upstream:
             except asyncio.CancelledError:
                 raise
             except CredentialError as exc:
-                self.error = f"credentials: {exc}"
+                self.error = redact_urls(f"credentials: {exc}")
             except BaseException as exc:
                 self.error = _describe(exc)
             self._client = None
@@ -214,18 +217,46 @@ class Upstream:
         )
 
     # ---- calls -----------------------------------------------------------------------------------
+    @property
+    def waiting(self) -> int:
+        """Calls waiting for one of this server's slots now."""
+        return self._waiting
+
+    async def _acquire(self, wait_s: float) -> bool:
+        """Take one of the server's slots, waiting at most `wait_s` and only while fewer than `max_queued` calls
+        wait: a call that finds the line full, or that the line did not reach in time, gives up its stage worker
+        at once instead of holding it for its whole timeout."""
+        if not self._slots.locked():
+            await self._slots.acquire()  # a free slot: taken without suspending
+            return True
+        if self._waiting >= self.cfg.max_queued:
+            return False
+        self._waiting += 1
+        try:
+            async with asyncio.timeout(wait_s):
+                await self._slots.acquire()
+            return True
+        except TimeoutError:
+            return False
+        finally:
+            self._waiting -= 1
+
     async def call(self, method: str, name: str, arguments: bytes, timeout_s: float) -> tuple[bytes, McpError | None]:
         """(result JSON, None) or (b"", the error that stands for it); never raises for the server's faults."""
         try:
             args = _ARGS.decode(arguments) if arguments else {}
         except msgspec.DecodeError:
             return b"", mcp_errors.invalid("The arguments are not a JSON object.")
+        started = time.monotonic()
+        if not await self._acquire(min(self.cfg.queue_wait_s, timeout_s)):
+            return b"", mcp_errors.server_busy(self.name)
         try:
-            async with asyncio.timeout(timeout_s):
-                async with self._slots:
+            async with asyncio.timeout(max(timeout_s - (time.monotonic() - started), 0.0)):
+                try:
                     client = self._client
                     if client is None or self._broken.is_set():
-                        return b"", mcp_errors.upstream_unavailable(self.name, self.error)
+                        # why it is down (`self.error`) is for the admin API and logs, not for clients
+                        return b"", mcp_errors.upstream_unavailable(self.name)
                     if method == "tools/call":
                         result: Any = await client.call_tool(name, args)
                     elif method == "resources/read":
@@ -236,6 +267,8 @@ class Upstream:
                         return b"", McpError(
                             code=mcp_errors.METHOD_NOT_FOUND, message=f"Unknown method {method}.", status="invalid"
                         )
+                finally:
+                    self._slots.release()
         except TimeoutError:
             return b"", mcp_errors.upstream_timeout(self.name, timeout_s)
         except MCPError as exc:
@@ -246,13 +279,44 @@ class Upstream:
             return b"", McpError(code=exc.error.code, message=exc.error.message, status="upstream_error")
         except Exception as exc:
             self._broken.set()
-            return b"", mcp_errors.upstream_unavailable(self.name, _describe(exc))
+            log.warning("mcp server %s: %s failed: %s", self.name, method, _describe(exc))
+            return b"", mcp_errors.upstream_unavailable(self.name, _kind(exc))
         return result_json(result), None
 
 
 def _describe(exc: BaseException) -> str:
-    """A short, secret-free account of a failure (exception type and first line of its message)."""
+    """A short account of a failure for logs and the admin API (exception type and first line of its message),
+    with any URL's query string and userinfo removed (a server URL may carry a credential, `?api_key=...`)."""
     if isinstance(exc, BaseExceptionGroup) and exc.exceptions:
         return _describe(exc.exceptions[0])
-    text = str(exc).splitlines()[0][:200] if str(exc) else ""
+    text = redact_urls(str(exc).splitlines()[0])[:200] if str(exc) else ""
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _kind(exc: BaseException) -> str:
+    """What a client is told of a failure: the exception type only (its message may name the server's URL)."""
+    if isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        return _kind(exc.exceptions[0])
+    return type(exc).__name__
+
+
+_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>`]+")
+
+
+def _redact_url(match: re.Match[str]) -> str:
+    url = match.group(0)
+    scheme, rest = url.split("://", 1)
+    # the authority ends at the first / ? or #; userinfo is what precedes its last @
+    end = min((i for i in (rest.find("/"), rest.find("?"), rest.find("#")) if i >= 0), default=len(rest))
+    authority, tail = rest[:end], rest[end:]
+    if "@" in authority:
+        authority = "[redacted]@" + authority.rsplit("@", 1)[1]
+    cut = min((i for i in (tail.find("?"), tail.find("#")) if i >= 0), default=-1)
+    if cut >= 0:
+        tail = tail[:cut] + "?[redacted]"
+    return f"{scheme}://{authority}{tail}"
+
+
+def redact_urls(text: str) -> str:
+    """`text` with every URL's userinfo and query string (and fragment) replaced by `[redacted]`."""
+    return _URL.sub(_redact_url, text)

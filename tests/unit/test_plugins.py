@@ -344,3 +344,23 @@ async def test_a_webhook_attempt_is_signed_follows_no_redirect_and_reports_failu
         0,
         "no URL (its environment variable is not set)",
     )
+
+
+@pytest.mark.parametrize(
+    ("timestamp", "sig"),
+    [
+        ("²", "v1=00"),  # a superscript digit passes str.isdigit but int() refuses it
+        ("\u0661" + "\u0660" * 6, "v1=00"),  # Arabic-Indic digits: isdigit, and int() would read them
+        ("1000000", "v1=é"),  # a non-ASCII signature made compare_digest raise TypeError
+        ("1000000", "v1=\udcff"),  # a lone surrogate (what a byte-preserving header decode can yield)
+        ("1000000", "v1=00 é"),
+        ("9" * 400, "v1=00"),  # an absurdly long timestamp
+        ("-1", "v1=00"),
+        ("", "v1=00"),
+        ("1000000", ""),
+    ],
+)
+def test_a_malformed_signature_header_is_false_never_an_exception(timestamp: str, sig: str) -> None:
+    body = b'{"type":"budget_alert"}'
+    headers = {TIMESTAMP_HEADER: timestamp, SIGNATURE_HEADER: sig}
+    assert verify("s3cret", headers, body, now=1_000_000) is False

@@ -63,3 +63,69 @@ async def test_a_connection_that_stayed_up_resets_the_backoff(monkeypatch: pytes
     with pytest.raises(asyncio.CancelledError):
         await up.run()
     assert delays == [0.5, 1.0, 2.0, 0.5, 1.0]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            "Client error '401 Unauthorized' for url 'http://127.0.0.1:9/mcp?api_key=SECRET123'",
+            "Client error '401 Unauthorized' for url 'http://127.0.0.1:9/mcp?[redacted]'",
+        ),
+        (
+            "to https://user:SECRET123@host.example:8443/a/b?x=1#frag",
+            "to https://[redacted]@host.example:8443/a/b?[redacted]",
+        ),
+        (
+            "at wss://host?token=SECRET123 and http://h/p#SECRET123",
+            "at wss://host?[redacted] and http://h/p?[redacted]",
+        ),
+        ("http://SECRET123@h", "http://[redacted]@h"),
+        ("no url here: SECRET123 stays", "no url here: SECRET123 stays"),
+        ("plain http://h:1/mcp stays", "plain http://h:1/mcp stays"),
+    ],
+)
+def test_urls_lose_their_userinfo_and_query_string(text: str, expected: str) -> None:
+    assert upstream_module.redact_urls(text) == expected
+
+
+_LEAKY = "Client error '401 Unauthorized' for url 'http://127.0.0.1:9/mcp?api_key=SECRET123'"
+
+
+async def test_a_failed_session_keeps_no_credential_from_its_url(monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = McpServerConfig(transport="stdio", command=["x"], restart_backoff_s=0.5)
+    up = Upstream("s", cfg, {}, _notify, 1024)
+
+    async def failing_session() -> None:
+        raise RuntimeError(_LEAKY)
+
+    async def sleep(seconds: float) -> None:
+        raise asyncio.CancelledError
+
+    monkeypatch.setattr(up, "_session", failing_session)
+    monkeypatch.setattr(upstream_module.asyncio, "sleep", sleep)
+    with pytest.raises(asyncio.CancelledError):
+        await up.run()
+    # the admin API shows `error`: the detail stays, the credential goes
+    assert "SECRET123" not in up.error and "127.0.0.1:9/mcp" in up.error and "401" in up.error
+    # a client calling the server meanwhile learns only that it is unavailable
+    _, error = await up.call("tools/call", "t", b"{}", 1.0)
+    assert error is not None and "SECRET123" not in error.message and "127.0.0.1" not in error.message
+    assert "'s' is unavailable" in error.message
+
+
+class _FailingClient:
+    async def call_tool(self, name: str, args: dict[str, object]) -> object:
+        raise RuntimeError(_LEAKY)
+
+
+async def test_a_failed_call_tells_the_client_no_url_and_logs_it_redacted(caplog: pytest.LogCaptureFixture) -> None:
+    cfg = McpServerConfig(transport="stdio", command=["x"])
+    up = Upstream("s", cfg, {}, _notify, 1024)
+    up._client = _FailingClient()  # type: ignore[assignment]
+    with caplog.at_level("WARNING", logger="gatehouse.mcp.upstream"):
+        _, error = await up.call("tools/call", "t", b"{}", 1.0)
+    assert error is not None and error.status == "unavailable"
+    assert "SECRET123" not in error.message and "127.0.0.1" not in error.message and "RuntimeError" in error.message
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    assert "127.0.0.1:9/mcp?[redacted]" in logged and "SECRET123" not in logged
