@@ -15,6 +15,7 @@ import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
 from contextlib import asynccontextmanager
+from typing import TypeVar
 
 import msgspec
 from faststream.nats import NatsBroker
@@ -73,7 +74,7 @@ from shared.natsconn import NatsLink, nats_broker, nats_problem
 from shared.plugins import INGRESS_POINTS, build_runner
 from shared.records import RecordPublisher, RequestRecord, new_request_id
 from shared.route_pricing import pricing_index
-from shared.schemas.admin import RequestLookup, RequestsQuery, RequestStory, UsageQuery
+from shared.schemas.admin import RequestLookup, RequestsQuery, RequestStory, SqlResult, UsageQuery
 from shared.schemas.chat import (
     BodyPart,
     Cancel,
@@ -87,13 +88,15 @@ from shared.schemas.chat import (
 )
 from shared.schemas.mcp import Catalog, CatalogQuery
 from shared.schemas.openai import ChatCompletionRequest
-from shared.subjects import Subjects
+from shared.subjects import Service, Subjects
 from shared.telemetry import Telemetry
 from shared.tokens import embeddings_tokens, estimate_prompt_tokens
 from shared.tracing import TRACER
 from shared.usage_policy import apply_params, max_output, with_max_output
 
 log = logging.getLogger("gatehouse.ingress")
+Q = TypeVar("Q")
+R = TypeVar("R")
 
 _SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 # how long a request whose client left waits for the router's final word (its usage so far)
@@ -292,28 +295,31 @@ class Gateway:
             {"id": name, "object": "model", "created": 0, "owned_by": model.owned_by}, headers={"x-request-id": rid}
         )
 
+    async def _ask(self, subject: Service[Q, R], query: Q, timeout: float, unavailable: str) -> R:
+        """One request/reply on the bus for the admin API; no answer is a 503 saying `unavailable`."""
+        try:
+            msg = await self.broker.connection.request(subject.name, subject.encode(query), timeout=timeout)
+        except Exception as exc:
+            raise ServiceUnavailableError(unavailable) from exc
+        return subject.decode_reply(msg.data)
+
+    async def _table(self, subject: Service[Q, SqlResult], query: Q, what: str) -> dict[str, object]:
+        """A table from accounting; a query it refused is the client's 400."""
+        result = await self._ask(subject, query, 30, f"Accounting did not answer the {what}; try again shortly.")
+        if result.error:
+            raise InvalidRequestError(result.error)
+        return {"columns": result.columns, "rows": result.rows, "truncated": result.truncated}
+
     async def catalog(self, query: CatalogQuery) -> Catalog:
         """Every upstream MCP server's lists and health, from an mcp stage replica."""
         if not self.config.mcp.servers:
             return Catalog()  # no server configured, so no mcp stage runs: nothing to list
-        subject = self.subjects.mcp_catalog
-        try:
-            msg = await self.broker.connection.request(subject.name, subject.encode(query), timeout=self.nats_timeout_s)
-        except Exception as exc:
-            raise ServiceUnavailableError("No mcp stage replica answered; try again shortly.") from exc
-        return subject.decode_reply(msg.data)
+        unavailable = "No mcp stage replica answered; try again shortly."
+        return await self._ask(self.subjects.mcp_catalog, query, self.nats_timeout_s, unavailable)
 
     async def usage(self, query: UsageQuery) -> dict[str, object]:
         """A usage summary from accounting (the admin API's `/usage`)."""
-        subject = self.subjects.accounting_usage
-        try:
-            msg = await self.broker.connection.request(subject.name, subject.encode(query), timeout=30)
-        except Exception as exc:
-            raise ServiceUnavailableError("Accounting did not answer the usage query; try again shortly.") from exc
-        result = subject.decode_reply(msg.data)
-        if result.error:
-            raise InvalidRequestError(result.error)
-        return {"columns": result.columns, "rows": result.rows, "truncated": result.truncated}
+        return await self._table(self.subjects.accounting_usage, query, "usage query")
 
     async def deployments(self) -> Fleet:
         """Deployment health from every router replica (the admin API's `/deployments`)."""
@@ -324,24 +330,12 @@ class Gateway:
 
     async def requests(self, query: RequestsQuery) -> dict[str, object]:
         """The request explorer's list from accounting (the admin API's `/requests`)."""
-        subject = self.subjects.accounting_requests
-        try:
-            msg = await self.broker.connection.request(subject.name, subject.encode(query), timeout=30)
-        except Exception as exc:
-            raise ServiceUnavailableError("Accounting did not answer the requests query; try again shortly.") from exc
-        result = subject.decode_reply(msg.data)
-        if result.error:
-            raise InvalidRequestError(result.error)
-        return {"columns": result.columns, "rows": result.rows, "truncated": result.truncated}
+        return await self._table(self.subjects.accounting_requests, query, "requests query")
 
     async def request_story(self, lookup: RequestLookup) -> RequestStory:
         """One request's story from accounting (the admin API's `/requests/{id}`)."""
-        subject = self.subjects.accounting_request
-        try:
-            msg = await self.broker.connection.request(subject.name, subject.encode(lookup), timeout=30)
-        except Exception as exc:
-            raise ServiceUnavailableError("Accounting did not answer the request lookup; try again shortly.") from exc
-        story = subject.decode_reply(msg.data)
+        unavailable = "Accounting did not answer the request lookup; try again shortly."
+        story = await self._ask(self.subjects.accounting_request, lookup, 30, unavailable)
         if story.error and not story.found:
             raise InvalidRequestError(story.error)
         return story
