@@ -11,6 +11,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import anthropic
+import openai
 import pytest
 from starlette.applications import Starlette
 
@@ -30,6 +32,17 @@ from tests.emulators import openai as openai_emu
 from tests.servers import serve_in_thread
 
 API_KEY = "sk-e2e-test-key"
+# one function tool the emulators answer with a call (the SDK tool round trips)
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "Current weather in a city",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+        },
+    }
+]
 
 # backend name → (provider kind, emulator module, provider model id, api_base suffix)
 BACKENDS: dict[str, tuple[str, object, str, str]] = {
@@ -257,3 +270,17 @@ def running_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningS
             yield RunningStack(stack, f"{stack.ingress_url}/v1", emulators, urls)
         finally:
             stack.stop()
+
+
+# SDK clients on the running stack, shared by a module (no retries: a test sees the first answer)
+@pytest.fixture(scope="module")
+def oai(running_stack: RunningStack) -> Iterator[openai.OpenAI]:
+    with openai.OpenAI(base_url=running_stack.base_url, api_key=API_KEY, max_retries=0, timeout=20) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def claude(running_stack: RunningStack) -> Iterator[anthropic.Anthropic]:
+    base = running_stack.base_url.removesuffix("/v1")
+    with anthropic.Anthropic(base_url=base, api_key=API_KEY, max_retries=0, timeout=20) as c:
+        yield c

@@ -5,38 +5,14 @@ calls, signed with SigV4 from the router's AWS environment and streamed in the A
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 
 import anthropic
 import openai
 import pytest
 
-from tests.e2e.conftest import API_KEY, BEDROCK_MODEL, RunningStack
+from tests.e2e.conftest import BEDROCK_MODEL, TOOLS, RunningStack
 
 pytestmark = pytest.mark.e2e
-TOOLS = [
-    {
-        "type": "function",
-        "function": {
-            "name": "get_weather",
-            "description": "Current weather in a city",
-            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
-        },
-    }
-]
-
-
-@pytest.fixture(scope="module")
-def oai(running_stack: RunningStack) -> Iterator[openai.OpenAI]:
-    with openai.OpenAI(base_url=running_stack.base_url, api_key=API_KEY, max_retries=0, timeout=20) as c:
-        yield c
-
-
-@pytest.fixture(scope="module")
-def claude(running_stack: RunningStack) -> Iterator[anthropic.Anthropic]:
-    base = running_stack.base_url.removesuffix("/v1")
-    with anthropic.Anthropic(base_url=base, api_key=API_KEY, max_retries=0, timeout=20) as c:
-        yield c
 
 
 def test_openai_sdk_plain_and_streamed(oai: openai.OpenAI, running_stack: RunningStack) -> None:

@@ -4,13 +4,12 @@ stack, each backend served by an emulator that speaks (and validates) that provi
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 
 import anthropic
 import openai
 import pytest
 
-from tests.e2e.conftest import API_KEY, RunningStack
+from tests.e2e.conftest import TOOLS
 
 pytestmark = pytest.mark.e2e
 
@@ -23,29 +22,6 @@ BACKENDS = {
     "anthropic": ("anthropic-chat", "anthropic-429", "Claude"),
     "azure": ("azure-chat", "azure-429", "Azure"),
 }
-TOOLS = [
-    {
-        "type": "function",
-        "function": {
-            "name": "get_weather",
-            "description": "Current weather in a city",
-            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
-        },
-    }
-]
-
-
-@pytest.fixture(scope="module")
-def oai(running_stack: RunningStack) -> Iterator[openai.OpenAI]:
-    with openai.OpenAI(base_url=running_stack.base_url, api_key=API_KEY, max_retries=0, timeout=20) as c:
-        yield c
-
-
-@pytest.fixture(scope="module")
-def claude(running_stack: RunningStack) -> Iterator[anthropic.Anthropic]:
-    base = running_stack.base_url.removesuffix("/v1")
-    with anthropic.Anthropic(base_url=base, api_key=API_KEY, max_retries=0, timeout=20) as c:
-        yield c
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
