@@ -26,6 +26,7 @@ from rich.table import Table
 from rich.text import Text
 
 from gatehouse.admin_cli import Admin, DataDir, Key, Url, duration
+from shared.periods import parse_instant
 
 console = Console()
 err = Console(stderr=True)
@@ -59,14 +60,9 @@ def period(name: str, now: datetime) -> tuple[datetime, datetime]:
 def moment(text: str) -> float:
     """`2026-11-01`, `2026-11-01T12:00`, `2026-11-01 12:00+02:00` or unix seconds → unix seconds (UTC default)."""
     try:
-        return float(text)
-    except ValueError:
-        pass
-    try:
-        parsed = datetime.fromisoformat(text)
+        return parse_instant(text)
     except ValueError as exc:
         raise typer.BadParameter(f"not a date or time: {text!r} (e.g. 2026-11-01 or 2026-11-01T12:00)") from exc
-    return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp()
 
 
 def time_range(

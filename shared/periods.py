@@ -6,7 +6,7 @@ Monday, a month on the 1st); `total` never ends. Quota windows are fixed UTC min
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -65,3 +65,14 @@ def window(now: float) -> int:
 def window_reset(now: float) -> float:
     """Seconds until the current quota window ends."""
     return MINUTE - (now % MINUTE)
+
+
+def parse_instant(text: str) -> float:
+    """A point in time given as unix seconds or an ISO 8601 date or time (UTC unless it says) → unix seconds;
+    ValueError for anything else."""
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    parsed = datetime.fromisoformat(text)
+    return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp()

@@ -25,7 +25,6 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Literal
 
 import msgspec
@@ -61,6 +60,7 @@ from shared.governance import (
 )
 from shared.keystore import ConflictError as KvConflict
 from shared.keystore import KeyStore
+from shared.periods import parse_instant
 from shared.schemas.admin import RequestLookup, RequestsQuery, RequestStory, UsageQuery
 from shared.schemas.events import AuditEvent
 
@@ -216,14 +216,9 @@ async def _unavailable_story(_: RequestLookup) -> RequestStory:
 def instant(text: str, param: str) -> float:
     """A point in time given as unix seconds or an ISO 8601 date or time (UTC unless it says)."""
     try:
-        return float(text)
-    except ValueError:
-        pass
-    try:
-        parsed = datetime.fromisoformat(text)
+        return parse_instant(text)
     except ValueError as exc:
         raise InvalidRequestError(f"`{param}`: unix seconds or an ISO date such as 2026-11-01.", param=param) from exc
-    return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp()
 
 
 def as_csv(data: dict[str, object]) -> Response:
