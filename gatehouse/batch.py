@@ -15,14 +15,16 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Coroutine, Iterable, Iterator, Mapping
 from types import TracebackType
+from typing import Any
 
 import msgspec
 import nats
 from nats.aio.client import Client
 from nats.aio.subscription import Subscription
 
+from shared.bus import MSG_ID, publish_windowed
 from shared.errors import ErrorInfo, GatewayError
 from shared.schemas.batch import (
     BatchCall,
@@ -41,7 +43,6 @@ from shared.tokens import embeddings_tokens, estimate_prompt_tokens
 from shared.validate import chat_request, embeddings_request
 
 FINAL = frozenset({"completed", "failed", "expired", "cancelled"})
-PUBLISH_WINDOW = 256
 _JSON = msgspec.json.Encoder()
 
 
@@ -143,25 +144,15 @@ class BatchClient:
     async def publish(self, items: Iterable[BatchItem]) -> int:
         """Publish items to their jobs' queue subjects (JetStream acknowledges each; a repeat is dropped). An
         item without `token` or `key` gets its job's item token, if this client created the job."""
-        pending: set[asyncio.Future[object]] = set()
-        count = 0
-        for item in items:
-            if not item.token and not item.key and item.job_id in self.item_tokens:
-                item = msgspec.structs.replace(item, token=self.item_tokens[item.job_id])  # noqa: PLW2901
-            subject = self.subjects.batch_items(item.job_id)
-            if len(pending) >= PUBLISH_WINDOW:
-                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-                for fut in done:
-                    fut.result()
-            pending.add(
-                asyncio.ensure_future(
-                    self._js.publish(subject.name, subject.encode(item), headers={"Nats-Msg-Id": message_id(item)})
-                )
-            )
-            count += 1
-        for fut in asyncio.as_completed(pending):
-            await fut
-        return count
+
+        def publishes() -> Iterator[Coroutine[Any, Any, object]]:
+            for item in items:
+                if not item.token and not item.key and item.job_id in self.item_tokens:
+                    item = msgspec.structs.replace(item, token=self.item_tokens[item.job_id])  # noqa: PLW2901
+                subject = self.subjects.batch_items(item.job_id)
+                yield self._js.publish(subject.name, subject.encode(item), headers={MSG_ID: message_id(item)})
+
+        return await publish_windowed(publishes())
 
     async def submit(
         self,

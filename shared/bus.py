@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from typing import Any
 
 import msgspec
 from nats.aio.client import Client
@@ -23,6 +24,26 @@ log = logging.getLogger(__name__)
 REQUEST_ID = "Gh-Request-Id"
 TRACEPARENT = "traceparent"
 MSG_ID = "Nats-Msg-Id"
+PUBLISH_WINDOW = 256  # JetStream publishes awaiting their acks at once in publish_windowed
+
+
+async def publish_windowed(publishes: Iterable[Coroutine[Any, Any, object]], window: int = PUBLISH_WINDOW) -> int:
+    """Run JetStream publishes with at most `window` awaiting their acks at once (`publishes` is drawn lazily, so
+    a long run of items never has more in the air); the first failure raises. How many were published."""
+    pending: set[asyncio.Future[object]] = set()
+    count = 0
+    for publish in publishes:
+        if len(pending) >= window:
+            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            for fut in done:
+                fut.result()
+        pending.add(asyncio.ensure_future(publish))
+        count += 1
+    for fut in asyncio.as_completed(pending):
+        await fut
+    return count
+
+
 # JetStream publish: how long to wait for the server's ack by default (services pass nats_timeout_s)
 PUBLISH_TIMEOUT_S = 5.0
 

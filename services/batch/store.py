@@ -26,14 +26,13 @@ from nats.js.errors import BadRequestError, BucketNotFoundError, KeyNotFoundErro
 from nats.js.errors import NotFoundError as JsNotFoundError
 from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 
-from shared.bus import MSG_ID
+from shared.bus import MSG_ID, publish_windowed
 from shared.schemas.batch import BatchItem, BatchJob, StoredResult
 from shared.subjects import Subjects
 
 log = logging.getLogger("gatehouse.batch.store")
 
 DUPLICATE_WINDOW_S = 2 * 3600  # a producer's retry of an item within this is dropped by JetStream
-PUBLISH_WINDOW = 256  # items awaiting their JetStream ack at once while a file's items are enqueued
 RETRY_S = 1.0
 CONSUMER_IDLE_S = 3600.0  # a job's consumer outlives its last fetch this long (then the server removes it)
 READ_WAIT_S = 5.0
@@ -181,24 +180,12 @@ class ItemQueue:
     async def enqueue(self, job_id: str, items: Sequence[BatchItem]) -> None:
         """Publish items with Nats-Msg-Id `<job>/<item>`: enqueueing the same items again adds nothing."""
         subject = self._subjects.batch_items(job_id)
-        pending: set[asyncio.Future[object]] = set()
-        for item in items:
-            if len(pending) >= PUBLISH_WINDOW:
-                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-                for fut in done:
-                    fut.result()
-            pending.add(
-                asyncio.ensure_future(
-                    self._js.publish(
-                        subject.name,
-                        subject.encode(item),
-                        timeout=self._timeout,
-                        headers={MSG_ID: f"{job_id}/{item.item_id}"},
-                    )
-                )
+        await publish_windowed(
+            self._js.publish(
+                subject.name, subject.encode(item), timeout=self._timeout, headers={MSG_ID: f"{job_id}/{item.item_id}"}
             )
-        for fut in asyncio.as_completed(pending):
-            await fut
+            for item in items
+        )
 
     async def consumer(self, job: BatchJob, ack_wait_s: float) -> JetStreamContext.PullSubscription:
         """The job's durable pull consumer (made if missing); `max_ack_pending` caps the job's items in flight
