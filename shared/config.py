@@ -183,7 +183,7 @@ class AccountingConfig(_Strict):
     # events per insert at most (fewer when flush_interval_s passes first): larger inserts cost chDB less per
     # row (parts, merges, the rollups' views), measured in bench/accounting_ingest.py
     batch_size: int = Field(default=20000, gt=0)
-    flush_interval_s: float = Field(default=0.5, gt=0)
+    flush_interval_s: float = Field(default=1.0, gt=0)
 
 
 class GovernanceConfig(_Strict):

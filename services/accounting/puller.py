@@ -67,9 +67,12 @@ class Puller:
         taken, self._buffer = self._buffer[:batch], self._buffer[batch:]
         return taken
 
-    async def fetch(self, batch: int, timeout: float, interrupt: asyncio.Event | None = None) -> list[Msg]:
+    async def fetch(
+        self, batch: int, timeout: float, interrupt: asyncio.Event | None = None, *, no_wait: bool = False
+    ) -> list[Msg]:
         """Up to `batch` messages: what the stream has now, plus what arrives within `timeout`; [] if none.
-        When `interrupt` is set meanwhile, what arrived so far."""
+        When `interrupt` is set meanwhile, what arrived so far. `no_wait`: only what the stream has now (the
+        server ends the request with a 404 at once when it has fewer than `batch`)."""
         if self._sub is None:
             raise FetchFailed("the puller is not started")
         if len(self._buffer) >= batch:
@@ -78,7 +81,12 @@ class Puller:
         self._full.clear()
         self._ended.clear()
         self._status = ""
-        request = {"batch": batch - len(self._buffer), "expires": int(timeout * 1e9)}
+        request: dict[str, object] = {"batch": batch - len(self._buffer)}
+        if no_wait:
+            request["no_wait"] = True
+            timeout, interrupt = 0.0, None  # answered at once: nothing to interrupt
+        else:
+            request["expires"] = int(timeout * 1e9)
         await self._nc.publish(self._next, json.dumps(request).encode(), reply=self._inbox)
         waits = {asyncio.ensure_future(self._full.wait()), asyncio.ensure_future(self._ended.wait())}
         if interrupt is not None:
