@@ -14,6 +14,7 @@ from services.ingress.telemetry import MetricsEndpoint
 from shared.config import load_config
 from shared.event_publisher import EventPublisher
 from shared.logs import setup_logging
+from shared.runtime import tune_gc
 from shared.subjects import Subjects
 from shared.telemetry import Telemetry, TelemetryConfig
 
@@ -45,6 +46,7 @@ def main() -> None:
         telemetry=telemetry,
         metrics_endpoint=endpoint,
     )
+    tune_gc()  # the app is built: what is alive now stays
     uvicorn.run(
         app,
         host=host,
