@@ -58,6 +58,10 @@ def _dump_all(items: list[Any]) -> bytes:
     return _JSON.encode([i.model_dump(by_alias=True, mode="json", exclude_none=True) for i in items])
 
 
+class ListBoundError(Exception):
+    """An upstream's list is past the bounds the config sets for it (pages, items), or its paging loops."""
+
+
 class Upstream:
     """The session with one upstream server and what it offers; `run` keeps it connected."""
 
@@ -117,6 +121,8 @@ class Upstream:
                 raise
             except CredentialError as exc:
                 self.error = redact_urls(f"credentials: {exc}")
+            except ListBoundError as exc:
+                self.error = f"listing: {exc}"
             except BaseException as exc:
                 self.error = _describe(exc)
             self._client = None
@@ -164,17 +170,42 @@ class Upstream:
 
     async def _refresh(self, client: Client, kinds: tuple[CatalogKind, ...]) -> None:
         caps = client.server_capabilities
+        lists: dict[CatalogKind, bytes] = {}
         for kind in kinds:
-            if kind == "tools":
-                self._lists[kind] = _dump_all((await client.list_tools()).tools) if caps.tools else b"[]"
-            elif kind == "resources":
-                self._lists[kind] = _dump_all((await client.list_resources()).resources) if caps.resources else b"[]"
-            elif kind == "resource_templates":
-                templates = (await client.list_resource_templates()).resource_templates if caps.resources else []
-                self._lists[kind] = _dump_all(templates)
-            else:
-                self._lists[kind] = _dump_all((await client.list_prompts()).prompts) if caps.prompts else b"[]"
+            offered = caps.tools if kind == "tools" else caps.prompts if kind == "prompts" else caps.resources
+            lists[kind] = _dump_all(await self._list_all(client, kind)) if offered else b"[]"
+        self._lists.update(lists)  # every list read whole, or none replaced
         self.revision += 1
+
+    async def _list_all(self, client: Client, kind: CatalogKind) -> list[Any]:
+        """Every item of one list, following `nextCursor` page by page, within the server's bounds
+        (`max_list_pages`, `max_list_items`); ListBoundError past them or when the server repeats a cursor."""
+        cfg = self.cfg
+        items: list[Any] = []
+        seen: set[str] = set()
+        cursor: str | None = None
+        for _ in range(cfg.max_list_pages):
+            if kind == "tools":
+                tools = await client.list_tools(cursor=cursor)
+                page, cursor = tools.tools, tools.next_cursor
+            elif kind == "resources":
+                resources = await client.list_resources(cursor=cursor)
+                page, cursor = resources.resources, resources.next_cursor
+            elif kind == "resource_templates":
+                templates = await client.list_resource_templates(cursor=cursor)
+                page, cursor = templates.resource_templates, templates.next_cursor
+            else:
+                prompts = await client.list_prompts(cursor=cursor)
+                page, cursor = prompts.prompts, prompts.next_cursor
+            items.extend(page)
+            if len(items) > cfg.max_list_items:
+                raise ListBoundError(f"its {kind} list has more than {cfg.max_list_items} items (max_list_items)")
+            if not cursor:
+                return items
+            if cursor in seen:
+                raise ListBoundError(f"it repeated a cursor of its {kind} list (a paging loop)")
+            seen.add(cursor)
+        raise ListBoundError(f"its {kind} list has more than {cfg.max_list_pages} pages (max_list_pages)")
 
     async def _on_message(self, message: types.ServerNotification | Exception) -> None:
         """List-changed notifications: fetch the list again and tell every ingress replica."""
