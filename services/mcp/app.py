@@ -26,7 +26,7 @@ from services.mcp.upstream import Upstream
 from shared import mcp_errors, metrics
 from shared.bus import TRACEPARENT, QueueWorker, answer_pings
 from shared.config import load_config
-from shared.mcp_config import McpConfig
+from shared.mcp_config import McpConfig, namespaced
 from shared.natsconn import nats_broker
 from shared.schemas.mcp import Catalog, CatalogChanged, CatalogKind, ToolOutcome
 from shared.subjects import Subjects
@@ -76,7 +76,7 @@ class McpStage:
             return ToolOutcome(call_id="", error=mcp_errors.invalid("Malformed tool call."), mcp_replica=self.replica)
         upstream = self.upstreams.get(call.server)
         if upstream is None:
-            unknown = mcp_errors.denied(f"Unknown MCP server '{call.server}'.")
+            unknown = mcp_errors.unknown_name(call.method, namespaced(call.server, call.name))
             return ToolOutcome(call_id=call.call_id, error=unknown, mcp_replica=self.replica)
         span = start_call(call, traceparent)
         started = time.perf_counter()

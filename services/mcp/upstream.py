@@ -184,6 +184,7 @@ class Upstream:
         items: list[Any] = []
         seen: set[str] = set()
         cursor: str | None = None
+        page: list[Any]
         for _ in range(cfg.max_list_pages):
             if kind == "tools":
                 tools = await client.list_tools(cursor=cursor)

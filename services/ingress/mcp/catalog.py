@@ -91,3 +91,11 @@ class CatalogCache:
         for server in (await self.servers()).values():
             out.extend(visible(getattr(server, kind), ent, field))
         return out
+
+    async def offers(self, server: str, kind: str, name: str) -> bool | None:
+        """Whether `server` lists the namespaced `name` among its `kind` (tools, prompts); None when the catalog
+        cannot tell (the server is missing from it or down: its lists are empty until it is back)."""
+        lists = (await self.servers()).get(server)
+        if lists is None or not lists.healthy:
+            return None
+        return any(item.get("name") == name for item in getattr(lists, kind))
