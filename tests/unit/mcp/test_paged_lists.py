@@ -24,7 +24,7 @@ async def _notify(server: str, kinds: list[CatalogKind]) -> None:
     return None
 
 
-def _upstream(*args: str, **cfg: object) -> Upstream:
+def _upstream(*args: str, **cfg: int) -> Upstream:
     config = McpServerConfig(
         transport="stdio", command=[sys.executable, str(PAGED), *args], restart_backoff_s=0.2, **cfg
     )
