@@ -14,6 +14,8 @@ Shape (every key optional; unknown keys are rejected with file and line)::
           transport: stdio           # stdio | http (Streamable HTTP) | sse (legacy HTTP+SSE)
           command: [python, -m, my_mcp_server]
           env_from: {API_TOKEN: FILES_TOKEN}    # child env var ← gateway env var
+          max_list_pages: 100        # pages of one upstream list read (nextCursor) at most
+          max_list_items: 10000      # items of one upstream list at most (past either: the server is down)
           price_usd: 0.001           # per call, into the key's budgets and the ledger
           tool_prices: {search: 0.01}
         crm:
