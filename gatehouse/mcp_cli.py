@@ -49,6 +49,9 @@ def list_servers(
     except Exception as exc:
         err.print(f"[red]no mcp stage answered: {type(exc).__name__}[/red]")
         raise typer.Exit(1) from exc
+    if catalog.error:
+        err.print(f"[red]the mcp stage could not answer: {catalog.error}[/red]")
+        raise typer.Exit(1)
     rows = [
         {
             "server": s.name,

@@ -96,6 +96,8 @@ class McpAdmin:
 
     async def servers(self, request: Request) -> Response:
         catalog = await self._catalog(CatalogQuery())
+        if catalog.error:
+            raise ServiceUnavailableError(f"The mcp stage could not answer: {catalog.error}")
         return JSONResponse({"replica": catalog.replica, "data": server_rows(catalog)})
 
     async def pending(self, request: Request) -> Response:
