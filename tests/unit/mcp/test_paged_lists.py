@@ -24,11 +24,11 @@ async def _notify(server: str, kinds: list[CatalogKind]) -> None:
     return None
 
 
-def _upstream(*args: str, **cfg: int) -> Upstream:
+def _upstream(*args: str, max_result_bytes: int = 1 << 20, **cfg: int) -> Upstream:
     config = McpServerConfig(
         transport="stdio", command=[sys.executable, str(PAGED), *args], restart_backoff_s=0.2, **cfg
     )
-    return Upstream("paged", config, {}, _notify, 1 << 20)
+    return Upstream("paged", config, {}, _notify, max_result_bytes)
 
 
 async def _until(upstream: Upstream, done: object, what: str) -> None:
@@ -77,4 +77,12 @@ async def test_a_server_repeating_its_cursor_is_refused_not_followed_forever() -
     upstream = _upstream("5", "2", "loop")  # every page says "again"
     await _running(upstream, lambda: "paging loop" in upstream.error, "seeing the loop")
     assert upstream.error == "listing: it repeated a cursor of its tools list (a paging loop)"
+    assert not upstream.healthy
+
+
+async def test_an_item_larger_than_the_gateway_passes_is_the_servers_error() -> None:
+    """One item must fit in one bus message of the catalog, as a result does: a larger one is refused whole."""
+    upstream = _upstream("3", "2", "fat", max_result_bytes=1000)  # descriptions of 2000 characters
+    await _running(upstream, lambda: "at most 1000" in upstream.error, "refusing the fat tool")
+    assert upstream.error.startswith("listing: an item of its tools list is ")
     assert not upstream.healthy
