@@ -19,7 +19,6 @@ from shared.subjects import Subjects
 mcp_app = typer.Typer(no_args_is_help=True, help="MCP servers behind gatehouse.")
 console = Console()
 err = Console(stderr=True)
-_LIST = json.JSONDecoder()
 
 
 async def fetch_catalog(nats_url: str, prefix: str, seed_file: str, timeout: float = 10.0) -> Catalog:
@@ -31,10 +30,6 @@ async def fetch_catalog(nats_url: str, prefix: str, seed_file: str, timeout: flo
     finally:
         await nc.close()
     return subjects.mcp_catalog.decode_reply(msg.data)
-
-
-def _count(data: bytes) -> int:
-    return len(_LIST.decode(data.decode()))
 
 
 @mcp_app.command("list")
@@ -54,15 +49,18 @@ def list_servers(
     except Exception as exc:
         err.print(f"[red]no mcp stage answered: {type(exc).__name__}[/red]")
         raise typer.Exit(1) from exc
+    if catalog.error:
+        err.print(f"[red]the mcp stage could not answer: {catalog.error}[/red]")
+        raise typer.Exit(1)
     rows = [
         {
             "server": s.name,
             "transport": s.transport,
             "health": "up" if s.healthy else f"down ({s.error})",
             "restarts": s.restarts,
-            "tools": _count(s.tools),
-            "resources": _count(s.resources) + _count(s.resource_templates),
-            "prompts": _count(s.prompts),
+            "tools": s.counts.get("tools", 0),
+            "resources": s.counts.get("resources", 0) + s.counts.get("resource_templates", 0),
+            "prompts": s.counts.get("prompts", 0),
         }
         for s in catalog.servers
     ]

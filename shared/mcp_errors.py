@@ -16,7 +16,7 @@ INTERNAL_ERROR = -32603
 
 # gatehouse (-32000 … -32099 is the implementation-defined server-error range)
 UNAUTHORIZED = -32001
-TOOL_DENIED = -32010  # the key may not use the tool, or an argument rule denies the call
+TOOL_DENIED = -32010  # an argument rule denies the call (a name the key may not use is an unknown name)
 GUARD_BLOCKED = -32011  # the guard blocked the arguments or the result
 RATE_LIMITED = -32012  # calls per minute
 BUDGET_EXCEEDED = -32013
@@ -51,6 +51,18 @@ def not_found(message: str) -> McpError:
 
 def denied(message: str) -> McpError:
     return McpError(code=TOOL_DENIED, message=message, status="denied")
+
+
+_WHAT = {"tools/call": "tool", "resources/read": "resource", "prompts/get": "prompt"}
+
+
+def unknown_name(method: str, name: str) -> McpError:
+    """The one answer to a name the caller cannot use: no such server, a server or name the key may not use, or
+    (tools and prompts) a name its server does not offer. One code and one message, carrying only the name the
+    client sent, so that a key cannot tell what exists among what it may not use."""
+    return McpError(
+        code=INVALID_PARAMS, message=f"Unknown {_WHAT.get(method, 'name')} '{name[:200]}'.", status="invalid"
+    )
 
 
 def invalid(message: str) -> McpError:

@@ -172,6 +172,7 @@ class Gateway:
             lambda: self.approvals,
             lambda: self.runs,
             reservation_grace_s=config.governance.reservation_grace_s,
+            offers=self.mcp_catalog.offers,
         )
         self.mcp = McpEndpoint(
             self.auth,

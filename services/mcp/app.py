@@ -22,17 +22,21 @@ from nats.aio.subscription import Subscription
 
 from services.mcp.settings import McpSettings
 from services.mcp.telemetry import finish_call, start_call
-from services.mcp.upstream import Upstream
+from services.mcp.upstream import KINDS, Upstream
 from shared import mcp_errors, metrics
 from shared.bus import TRACEPARENT, QueueWorker, answer_pings
 from shared.config import load_config
-from shared.mcp_config import McpConfig
+from shared.mcp_config import McpConfig, namespaced
 from shared.natsconn import nats_broker
-from shared.schemas.mcp import Catalog, CatalogChanged, CatalogKind, ToolOutcome
+from shared.schemas.mcp import Catalog, CatalogChanged, CatalogKind, CatalogPage, ToolOutcome
 from shared.subjects import Subjects
 from shared.telemetry import Telemetry, TelemetryConfig
 
 log = logging.getLogger("gatehouse.mcp")
+
+DEFAULT_MAX_PAYLOAD = 1024 * 1024  # nats-server's default
+ANSWER_MARGIN = 4096  # the reply's headers and subject
+PAGE_OVERHEAD = 512  # a page answer's fields besides its items (msgpack)
 
 
 class McpStage:
@@ -50,6 +54,8 @@ class McpStage:
             for name, cfg in config.servers.items()
         }
         self._tasks: list[asyncio.Task[None]] = []
+        # a catalog answer's bound once encoded: the bus's max_payload less a margin (set when connected)
+        self.message_bytes = DEFAULT_MAX_PAYLOAD - ANSWER_MARGIN
 
     async def _changed(self, server: str, kinds: list[CatalogKind]) -> None:
         metrics.mcp_upstream_up(server, self.upstreams[server].healthy)
@@ -76,7 +82,7 @@ class McpStage:
             return ToolOutcome(call_id="", error=mcp_errors.invalid("Malformed tool call."), mcp_replica=self.replica)
         upstream = self.upstreams.get(call.server)
         if upstream is None:
-            unknown = mcp_errors.denied(f"Unknown MCP server '{call.server}'.")
+            unknown = mcp_errors.unknown_name(call.method, namespaced(call.server, call.name))
             return ToolOutcome(call_id=call.call_id, error=unknown, mcp_replica=self.replica)
         span = start_call(call, traceparent)
         started = time.perf_counter()
@@ -91,15 +97,51 @@ class McpStage:
         )
 
     def catalog(self, data: bytes) -> Catalog:
+        """The answer to a catalog query, never larger than `message_bytes` once encoded: the summary keeps the
+        smaller lists whole and names the others as paged (read with page queries), a page holds as many items
+        as fit (at least one: an item is never larger than a result, which fits by construction)."""
         try:
             query = self.subjects.mcp_catalog.decode(data)
         except msgspec.MsgspecError:
-            return Catalog(replica=self.replica)
+            return Catalog(replica=self.replica, error="Malformed catalog query.")
+        if query.kind is not None:
+            return self._page(query.servers[0] if len(query.servers) == 1 else "", query.kind, query.offset)
         wanted = set(query.servers)
-        return Catalog(
-            servers=[u.catalog() for u in self.upstreams.values() if not wanted or u.name in wanted],
-            replica=self.replica,
+        upstreams = [u for u in self.upstreams.values() if not wanted or u.name in wanted]
+        # every list inline if they fit; else the largest lists leave the summary one by one until it fits
+        inline = {(u.name, kind) for u in upstreams for kind in KINDS}
+        by_size = sorted(inline, key=lambda sk: len(self.upstreams[sk[0]].listed(sk[1]).whole), reverse=True)
+        while True:
+            answer = Catalog(
+                servers=[u.catalog(frozenset(k for k in KINDS if (u.name, k) in inline)) for u in upstreams],
+                replica=self.replica,
+            )
+            if len(self.subjects.mcp_catalog.encode_reply(answer)) <= self.message_bytes or not by_size:
+                return answer
+            inline.discard(by_size.pop(0))
+
+    def _page(self, server: str, kind: CatalogKind, offset: int) -> Catalog:
+        upstream = self.upstreams.get(server)
+        if upstream is None:
+            return Catalog(replica=self.replica, error=f"No MCP server '{server[:100]}' in this catalog.")
+        listed = upstream.listed(kind)
+        total = len(listed.items)
+        start = min(max(offset, 0), total)
+        room = self.message_bytes - PAGE_OVERHEAD - len(server) - len(listed.digest)
+        end, size = start, 0
+        while end < total and (end == start or size + len(listed.items[end]) + 1 <= room):
+            size += len(listed.items[end]) + 1
+            end += 1
+        page = CatalogPage(
+            server=server,
+            kind=kind,
+            offset=start,
+            next=end,
+            total=total,
+            digest=listed.digest,
+            items=b",".join(listed.items[start:end]),
         )
+        return Catalog(replica=self.replica, page=page)
 
 
 def create_app(settings: McpSettings) -> FastStream:
@@ -121,8 +163,19 @@ def create_app(settings: McpSettings) -> FastStream:
         await msg.respond(subjects.mcp_call.encode_reply(outcome))
 
     async def on_catalog(msg: Msg) -> None:
-        if msg.reply:
-            await msg.respond(subjects.mcp_catalog.encode_reply(stage.catalog(msg.data)))
+        if not msg.reply:
+            return
+        try:
+            answer = subjects.mcp_catalog.encode_reply(stage.catalog(msg.data))
+        except Exception:  # a bug still answers: ingress must not wait out its timeout
+            log.exception("catalog query failed in the mcp stage")
+            answer = subjects.mcp_catalog.encode_reply(Catalog(replica=settings.replica, error="internal error"))
+        if len(answer) > broker.connection.max_payload:  # never by construction; never silently either
+            log.error("a catalog answer of %d bytes is larger than the bus carries", len(answer))
+            answer = subjects.mcp_catalog.encode_reply(
+                Catalog(replica=settings.replica, error="the catalog answer is larger than the bus carries")
+            )
+        await msg.respond(answer)
 
     call, catalog = subjects.mcp_call, subjects.mcp_catalog
     worker = QueueWorker(call.name, call.queue, on_call, settings.mcp_max_concurrency)
@@ -134,6 +187,7 @@ def create_app(settings: McpSettings) -> FastStream:
     async def _start() -> None:
         nc = broker.connection
         stage.publish = nc.publish
+        stage.message_bytes = nc.max_payload - ANSWER_MARGIN
         await telemetry.start(nc)
         metrics.in_flight(lambda: worker.in_flight)
         stage.start()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import re
 import time
@@ -43,6 +44,7 @@ _MODERN_ONLY = ("resultType", "ttlMs", "cacheScope")
 _JSON = msgspec.json.Encoder()
 _ARGS = msgspec.json.Decoder(dict[str, Any])
 
+KINDS: frozenset[CatalogKind] = frozenset({"tools", "resources", "resource_templates", "prompts"})
 Notify = Callable[[str, list[CatalogKind]], Awaitable[None]]
 
 
@@ -54,8 +56,29 @@ def result_json(result: Any) -> bytes:
     return _JSON.encode(data)
 
 
-def _dump_all(items: list[Any]) -> bytes:
-    return _JSON.encode([i.model_dump(by_alias=True, mode="json", exclude_none=True) for i in items])
+def _dump_each(items: list[Any]) -> list[bytes]:
+    """Each item of a list as its JSON (the list is `[` + the items joined by `,` + `]`)."""
+    return [_JSON.encode(i.model_dump(by_alias=True, mode="json", exclude_none=True)) for i in items]
+
+
+class Listed(msgspec.Struct, frozen=True):
+    """One list of a server: its items' JSON, the whole list's JSON, and a digest naming this version of it."""
+
+    items: list[bytes]
+    whole: bytes
+    digest: str
+
+    @classmethod
+    def of(cls, items: list[bytes]) -> Listed:
+        whole = b"[" + b",".join(items) + b"]"
+        return cls(items, whole, hashlib.blake2b(whole, digest_size=16).hexdigest())
+
+
+EMPTY = Listed.of([])
+
+
+class ListBoundError(Exception):
+    """An upstream's list is past the bounds the config sets for it (pages, items), or its paging loops."""
 
 
 class Upstream:
@@ -73,7 +96,7 @@ class Upstream:
         self._slots = asyncio.Semaphore(cfg.max_concurrency)
         self._waiting = 0
         self._broken = asyncio.Event()
-        self._lists: dict[CatalogKind, bytes] = {}
+        self._lists: dict[CatalogKind, Listed] = {}
         self.error = "connecting"
         self.restarts = 0
         self.connected_at = 0.0
@@ -117,6 +140,8 @@ class Upstream:
                 raise
             except CredentialError as exc:
                 self.error = redact_urls(f"credentials: {exc}")
+            except ListBoundError as exc:
+                self.error = f"listing: {exc}"
             except BaseException as exc:
                 self.error = _describe(exc)
             self._client = None
@@ -164,17 +189,49 @@ class Upstream:
 
     async def _refresh(self, client: Client, kinds: tuple[CatalogKind, ...]) -> None:
         caps = client.server_capabilities
+        lists: dict[CatalogKind, Listed] = {}
         for kind in kinds:
-            if kind == "tools":
-                self._lists[kind] = _dump_all((await client.list_tools()).tools) if caps.tools else b"[]"
-            elif kind == "resources":
-                self._lists[kind] = _dump_all((await client.list_resources()).resources) if caps.resources else b"[]"
-            elif kind == "resource_templates":
-                templates = (await client.list_resource_templates()).resource_templates if caps.resources else []
-                self._lists[kind] = _dump_all(templates)
-            else:
-                self._lists[kind] = _dump_all((await client.list_prompts()).prompts) if caps.prompts else b"[]"
+            offered = caps.tools if kind == "tools" else caps.prompts if kind == "prompts" else caps.resources
+            items = _dump_each(await self._list_all(client, kind)) if offered else []
+            # one item must fit in one bus message of the catalog (the page it travels in): as a result does
+            if big := next((len(i) for i in items if len(i) > self.max_result_bytes), None):
+                raise ListBoundError(
+                    f"an item of its {kind} list is {big} bytes; the gateway passes at most {self.max_result_bytes}"
+                )
+            lists[kind] = Listed.of(items)
+        self._lists.update(lists)  # every list read whole, or none replaced
         self.revision += 1
+
+    async def _list_all(self, client: Client, kind: CatalogKind) -> list[Any]:
+        """Every item of one list, following `nextCursor` page by page, within the server's bounds
+        (`max_list_pages`, `max_list_items`); ListBoundError past them or when the server repeats a cursor."""
+        cfg = self.cfg
+        items: list[Any] = []
+        seen: set[str] = set()
+        cursor: str | None = None
+        page: list[Any]
+        for _ in range(cfg.max_list_pages):
+            if kind == "tools":
+                tools = await client.list_tools(cursor=cursor)
+                page, cursor = tools.tools, tools.next_cursor
+            elif kind == "resources":
+                resources = await client.list_resources(cursor=cursor)
+                page, cursor = resources.resources, resources.next_cursor
+            elif kind == "resource_templates":
+                templates = await client.list_resource_templates(cursor=cursor)
+                page, cursor = templates.resource_templates, templates.next_cursor
+            else:
+                prompts = await client.list_prompts(cursor=cursor)
+                page, cursor = prompts.prompts, prompts.next_cursor
+            items.extend(page)
+            if len(items) > cfg.max_list_items:
+                raise ListBoundError(f"its {kind} list has more than {cfg.max_list_items} items (max_list_items)")
+            if not cursor:
+                return items
+            if cursor in seen:
+                raise ListBoundError(f"it repeated a cursor of its {kind} list (a paging loop)")
+            seen.add(cursor)
+        raise ListBoundError(f"its {kind} list has more than {cfg.max_list_pages} pages (max_list_pages)")
 
     async def _on_message(self, message: types.ServerNotification | Exception) -> None:
         """List-changed notifications: fetch the list again and tell every ingress replica."""
@@ -200,8 +257,14 @@ class Upstream:
             return
         await self._notify(self.name, list(kinds))
 
-    def catalog(self) -> ServerCatalog:
-        empty = b"[]"
+    def listed(self, kind: CatalogKind) -> Listed:
+        """One of the server's lists as it stands (empty while the server is down)."""
+        return self._lists.get(kind, EMPTY) if self.healthy else EMPTY
+
+    def catalog(self, inline: frozenset[CatalogKind] = KINDS) -> ServerCatalog:
+        """The server's health, counts, and its lists: those in `inline` whole, the others named in `paged` (with
+        their digests) to be read page by page."""
+        lists = {kind: self.listed(kind) for kind in KINDS}
         return ServerCatalog(
             name=self.name,
             transport=self.cfg.transport,
@@ -209,11 +272,10 @@ class Upstream:
             error=self.error,
             restarts=self.restarts,
             connected_at=self.connected_at,
-            tools=self._lists.get("tools", empty) if self.healthy else empty,
-            resources=self._lists.get("resources", empty) if self.healthy else empty,
-            resource_templates=self._lists.get("resource_templates", empty) if self.healthy else empty,
-            prompts=self._lists.get("prompts", empty) if self.healthy else empty,
+            **{kind: lists[kind].whole for kind in inline},
             revision=self.revision,
+            counts={kind: len(listed.items) for kind, listed in lists.items()},
+            paged={kind: lists[kind].digest for kind in KINDS if kind not in inline},
         )
 
     # ---- calls -----------------------------------------------------------------------------------

@@ -55,13 +55,23 @@ class ToolOutcome(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class CatalogQuery(msgspec.Struct, frozen=True, kw_only=True):
-    """ingress → mcp: every server's catalog (any replica answers; each holds every server)."""
+    """ingress → mcp: every server's catalog (any replica answers; each holds every server).
+
+    Without `kind`: the summary (health, counts, and every list that fits in the one answer). With `kind` (and
+    one name in `servers`): one page of that server's list from item `offset` on, as many items as fit in one
+    bus message. A catalog larger than NATS max_payload is so read in several answers (services/ingress/mcp/
+    catalog.read_catalog)."""
 
     servers: list[str] = []  # empty: all
+    kind: CatalogKind | None = None
+    offset: int = 0
 
 
 class ServerCatalog(msgspec.Struct, frozen=True, kw_only=True):
-    """What one upstream server offers, as one mcp replica sees it (lists are JSON arrays, names unprefixed)."""
+    """What one upstream server offers, as one mcp replica sees it (lists are JSON arrays, names unprefixed).
+
+    A list too large to travel in the summary is empty here and named in `paged` with the digest of the whole
+    list; it is read page by page (CatalogQuery.kind), every page carrying the same digest while it is unchanged."""
 
     name: str
     transport: str
@@ -74,11 +84,28 @@ class ServerCatalog(msgspec.Struct, frozen=True, kw_only=True):
     resource_templates: bytes = b"[]"
     prompts: bytes = b"[]"
     revision: int = 0
+    counts: dict[str, int] = {}  # items of each list (paged or not)
+    paged: dict[str, str] = {}  # list kind → digest of the list, for lists left out of this answer
+
+
+class CatalogPage(msgspec.Struct, frozen=True, kw_only=True):
+    """One page of one server's list: items `offset` … `next - 1` of `total`, as JSON items joined by commas
+    (no brackets); `digest` names the whole list the page was cut from."""
+
+    server: str
+    kind: CatalogKind
+    offset: int
+    next: int
+    total: int
+    digest: str
+    items: bytes = b""
 
 
 class Catalog(msgspec.Struct, frozen=True, kw_only=True):
     servers: list[ServerCatalog] = []
     replica: str = ""
+    page: CatalogPage | None = None  # the answer to a page query
+    error: str = ""  # the query could not be answered (an unknown server or list, an answer too large to send)
 
 
 class CatalogChanged(msgspec.Struct, frozen=True, kw_only=True):

@@ -104,14 +104,80 @@ async def test_a_tool_the_key_may_not_use_is_refused(gh: McpStack) -> None:
     async with gh.client() as client:
         with pytest.raises(MCPError) as denied:
             await client.call_tool("local__write_file", {"path": "/srv/shared/a", "text": "x"})
-        assert denied.value.error.code == mcp_errors.TOOL_DENIED
-        assert "may not use 'local__write_file'" in denied.value.error.message
+        # refused exactly as a name that does not exist (below): the key learns nothing of what it may not use
+        assert denied.value.error.code == mcp_errors.INVALID_PARAMS
+        assert denied.value.error.message == "Unknown tool 'local__write_file'."
     async with gh.client(STRICT_KEY) as client:  # allow globs: remote__* and local__echo only
         names = {t.name for t in (await client.list_tools()).tools}
         assert "local__echo" in names and "local__pid" not in names and "remote__pid" in names
         with pytest.raises(MCPError) as denied:
             await client.call_tool("local__pid", {})
-        assert denied.value.error.code == mcp_errors.TOOL_DENIED
+        assert denied.value.error.code == mcp_errors.INVALID_PARAMS
+    # the record still tells the admins it was a refusal of access
+    found = await rows(
+        gh, "SELECT status, error_message FROM mcp_calls WHERE tool = 'local__write_file' AND status = 'denied'", 1
+    )
+    assert found and "may not use" in found[0][1], found
+
+
+def _raw_session(gh: McpStack, key: str) -> tuple[httpx.Client, dict[str, str]]:
+    http = httpx.Client(timeout=30)
+    headers = {"authorization": f"Bearer {key}", "accept": "application/json, text/event-stream"}
+    init = {
+        "jsonrpc": "2.0",
+        "id": 0,
+        "method": "initialize",
+        "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}},
+    }
+    opened = http.post(gh.url, json=init, headers=headers)
+    assert opened.status_code == 200, opened.text
+    headers = {**headers, "mcp-session-id": opened.headers["mcp-session-id"], "mcp-protocol-version": "2025-06-18"}
+    assert (
+        http.post(gh.url, json={"jsonrpc": "2.0", "method": "notifications/initialized"}, headers=headers).status_code
+        == 202
+    )
+    return http, headers
+
+
+async def test_a_forbidden_server_or_name_is_answered_exactly_as_one_that_does_not_exist(gh: McpStack) -> None:
+    """No existence oracle: for every call method, a server (or tool, prompt, resource) the key may not use gets
+    the same HTTP status, headers that matter and JSON-RPC error as one that does not exist, apart from the name
+    the client sent itself."""
+    await wait_tools(gh, {"legacy__echo", "local__pid", "remote__echo"})  # every server is up: `legacy` exists
+    await wait_tools(gh, {"remote__echo"}, key=STRICT_KEY)  # and this key's catalog is warm
+    http, headers = _raw_session(gh, STRICT_KEY)  # may use remote__* and local__echo only
+
+    def answer(method: str, params: dict[str, Any], name: str) -> tuple[int, str, str]:
+        reply = http.post(gh.url, json={"jsonrpc": "2.0", "id": 7, "method": method, "params": params}, headers=headers)
+        body = reply.text.replace(json.dumps(name)[1:-1], "<NAME>")
+        return reply.status_code, reply.headers.get("content-type", ""), body
+
+    try:
+        cases = {
+            "tools/call": [  # forbidden (existing) first, then names that do not exist
+                "legacy__echo", "local__pid", "nosuch__echo", "remote__nosuch", "local__nosuch", "legacy__nosuch",
+            ],
+            "prompts/get": ["legacy__greet", "local__greet", "nosuch__greet", "remote__nosuch"],
+            "resources/read": ["legacy__legacy://readme", "local__local://readme", "nosuch__nosuch://readme"],
+        }  # fmt: skip
+        for method, names in cases.items():
+            answers = []
+            for name in names:
+                if method == "resources/read":
+                    params: dict[str, Any] = {"uri": name}
+                else:
+                    params = {"name": name, "arguments": {"text": "x"} if method == "tools/call" else {"who": "x"}}
+                answers.append(answer(method, params, name))
+            assert len(set(answers)) == 1, (method, list(zip(names, answers, strict=True)))
+            status, content_type, body = answers[0]
+            assert status == 200 and content_type.startswith("application/json")
+            error = json.loads(body)["error"]
+            assert error["code"] == mcp_errors.INVALID_PARAMS and error["message"].endswith("'<NAME>'."), body
+        # the allowed ones still work over the same session
+        ok = answer("tools/call", {"name": "remote__echo", "arguments": {"text": "x"}}, "remote__echo")
+        assert ok[0] == 200 and "result" in json.loads(ok[2])
+    finally:
+        http.close()
 
 
 async def test_a_secret_in_a_tool_result_is_redacted(gh: McpStack) -> None:

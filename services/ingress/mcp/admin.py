@@ -25,7 +25,6 @@ from shared.schemas.mcp import Approval, Catalog, CatalogQuery
 Handler = Callable[[Request], Awaitable[Response]]
 Wrap = Callable[[Handler], Handler]
 
-_LIST = msgspec.json.Decoder(list[dict[str, object]])
 MAX_REASON_BODY = 4096
 
 
@@ -58,10 +57,11 @@ def server_rows(catalog: Catalog) -> list[dict[str, object]]:
             "error": s.error,
             "restarts": s.restarts,
             "connected_at": s.connected_at,
-            "tools": len(_LIST.decode(s.tools)),
-            "resources": len(_LIST.decode(s.resources)),
-            "resource_templates": len(_LIST.decode(s.resource_templates)),
-            "prompts": len(_LIST.decode(s.prompts)),
+            # a summary names how many items each list has (a large list is left out of it, to be paged)
+            "tools": s.counts.get("tools", 0),
+            "resources": s.counts.get("resources", 0),
+            "resource_templates": s.counts.get("resource_templates", 0),
+            "prompts": s.counts.get("prompts", 0),
         }
         for s in catalog.servers
     ]
@@ -96,6 +96,8 @@ class McpAdmin:
 
     async def servers(self, request: Request) -> Response:
         catalog = await self._catalog(CatalogQuery())
+        if catalog.error:
+            raise ServiceUnavailableError(f"The mcp stage could not answer: {catalog.error}")
         return JSONResponse({"replica": catalog.replica, "data": server_rows(catalog)})
 
     async def pending(self, request: Request) -> Response:

@@ -11,7 +11,7 @@ import logging
 import math
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -47,12 +47,19 @@ _OBJECT = msgspec.json.Decoder(dict[str, Any])
 _JSON = msgspec.json.Encoder()
 
 
+# (server, list kind, namespaced name) → whether the server's catalog lists the name (None: cannot tell)
+Offers = Callable[[str, str, str], Awaitable[bool | None]]
+
+
 class CallFailed(Exception):
     """The call ends with this JSON-RPC error (the record names its status)."""
 
-    def __init__(self, error: McpError) -> None:
+    def __init__(self, error: McpError, recorded: McpError | None = None) -> None:
         super().__init__(error.message)
         self.error = error
+        # what the call's record says when it differs from what the client is told (an access refusal the
+        # client sees as an unknown name)
+        self.recorded = recorded or error
 
 
 @dataclass
@@ -131,8 +138,10 @@ class ToolCalls:
         runs: Callable[[], Runs | None],
         replica: str = "",
         reservation_grace_s: float = 30.0,
+        offers: Offers | None = None,
     ) -> None:
         self.config = config
+        self._offers_name = offers
         self.subjects = subjects
         self._nc = connection
         self._counters = counters
@@ -151,10 +160,16 @@ class ToolCalls:
             name, upstream_name, arguments = target(method, params)
             rec.tool, rec.request_bytes = name, len(arguments)
             rec.server = (split_name(name) or ("", ""))[0]
+            # a name the key may not use is answered exactly as one that does not exist (no existence oracle);
+            # the record keeps the difference for the admins
             if rec.server not in self.config.servers:
-                raise CallFailed(mcp_errors.invalid(f"Unknown name '{name[:200]}': no MCP server '{rec.server}'."))
+                raise CallFailed(mcp_errors.unknown_name(method, name))
             if not ctx.ent.allows_tool(name):
-                raise CallFailed(mcp_errors.denied(f"This key may not use '{name}'."))
+                raise CallFailed(
+                    mcp_errors.unknown_name(method, name), mcp_errors.denied(f"This key may not use '{name[:200]}'.")
+                )
+            if method != "resources/read" and await self._offers(rec.server, method, name) is False:
+                raise CallFailed(mcp_errors.unknown_name(method, name))
             rule = decide(self.config.rules, name, _OBJECT.decode(arguments) if arguments else {})
             if rule.action == "deny":
                 why = rule.message or f"argument rule {rule.rule} of the gateway's config"
@@ -180,7 +195,7 @@ class ToolCalls:
             rec.is_tool_error = bool(result.get("isError"))
             return result
         except CallFailed as exc:
-            rec.error = exc.error
+            rec.error = exc.recorded
             raise
         except msgspec.DecodeError:
             rec.error = mcp_errors.invalid("The arguments are not a JSON object.")
@@ -189,6 +204,17 @@ class ToolCalls:
             self._record(ctx, rec)
 
     # ---- the steps ---------------------------------------------------------------------------------
+    async def _offers(self, server: str, method: str, name: str) -> bool | None:
+        """Whether the server's catalog lists the (namespaced) tool or prompt; None when the catalog cannot tell
+        (the server is down, the catalog unavailable): the call goes on and the upstream answers."""
+        if self._offers_name is None:
+            return None
+        try:
+            return await self._offers_name(server, "tools" if method == "tools/call" else "prompts", name)
+        except Exception as exc:
+            log.warning("mcp catalog unavailable for a name check: %s", type(exc).__name__)
+            return None
+
     async def _run(self, ctx: CallContext, name: str, arguments: bytes, price: float) -> None:
         runs = self._runs()
         if not ctx.run_id or runs is None:

@@ -58,6 +58,58 @@ def visible(items: list[dict[str, Any]], ent: Entitlement, field: str = "name") 
     return [item for item in items if ent.allows_tool(str(item.get(field, "")))]
 
 
+class CatalogUnavailable(Exception):
+    """The catalog could not be read whole (the stage refused a query, or the lists kept changing)."""
+
+
+# a catalog is read again from the start at most this many times when a list changed while being paged
+READ_ATTEMPTS = 3
+
+
+async def read_catalog(ask: Ask) -> Catalog:
+    """Every server's lists, whole: the summary, then each list too large for it page by page (a catalog larger
+    than one bus message crosses in several). Every page must come from the same version of its list (the
+    digest the summary named; any mcp replica may answer each query), else the catalog is read again."""
+    for _ in range(READ_ATTEMPTS):
+        summary = await ask(CatalogQuery())
+        if summary.error:
+            raise CatalogUnavailable(f"the mcp stage refused the catalog query: {summary.error}")
+        servers: list[ServerCatalog] = []
+        try:
+            for server in summary.servers:
+                lists = {
+                    kind: await _read_list(ask, server.name, kind, digest) for kind, digest in server.paged.items()
+                }
+                servers.append(msgspec.structs.replace(server, **lists, paged={}))
+        except _Changed:
+            continue
+        return Catalog(servers=servers, replica=summary.replica)
+    raise CatalogUnavailable(f"the MCP servers' lists changed during {READ_ATTEMPTS} reads in a row")
+
+
+class _Changed(Exception):
+    pass
+
+
+async def _read_list(ask: Ask, server: str, kind: str, digest: str) -> bytes:
+    parts: list[bytes] = []
+    offset = 0
+    while True:
+        answer = await ask(CatalogQuery(servers=[server], kind=kind, offset=offset))  # type: ignore[arg-type]
+        page = answer.page
+        if answer.error or page is None:
+            raise CatalogUnavailable(f"the mcp stage refused a page of {server}'s {kind}: {answer.error}")
+        if page.digest != digest or page.offset != offset:
+            raise _Changed  # another version of the list (it changed, or another replica sees another one)
+        if page.items:
+            parts.append(page.items)
+        if page.next >= page.total:
+            return b"[" + b",".join(parts) + b"]"
+        if page.next <= offset:
+            raise CatalogUnavailable(f"a page of {server}'s {kind} made no progress")
+        offset = page.next
+
+
 class CatalogCache:
     """The latest catalog this ingress replica learnt; one fetch at a time, shared by every waiting request."""
 
@@ -77,7 +129,7 @@ class CatalogCache:
         async with self._lock:
             if time.monotonic() - self._at >= CATALOG_TTL_S:
                 started = time.monotonic()
-                catalog = await self._ask(CatalogQuery())
+                catalog = await read_catalog(self._ask)
                 self._servers = {s.name: ServerLists.of(s) for s in catalog.servers}
                 self.replica = catalog.replica
                 self._at = started
@@ -91,3 +143,11 @@ class CatalogCache:
         for server in (await self.servers()).values():
             out.extend(visible(getattr(server, kind), ent, field))
         return out
+
+    async def offers(self, server: str, kind: str, name: str) -> bool | None:
+        """Whether `server` lists the namespaced `name` among its `kind` (tools, prompts); None when the catalog
+        cannot tell (the server is missing from it or down: its lists are empty until it is back)."""
+        lists = (await self.servers()).get(server)
+        if lists is None or not lists.healthy:
+            return None
+        return any(item.get("name") == name for item in getattr(lists, kind))

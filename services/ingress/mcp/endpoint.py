@@ -260,7 +260,7 @@ class McpEndpoint:
             try:
                 items = await self.catalog.listing(kind, ctx.ent)
             except Exception as exc:
-                log.warning("mcp catalog unavailable: %s", type(exc).__name__)
+                log.warning("mcp catalog unavailable: %s: %s", type(exc).__name__, exc)
                 raise CallFailed(mcp_errors.gateway_unavailable("MCP stage")) from None
             return {field: items}
         if method in _CALLS:

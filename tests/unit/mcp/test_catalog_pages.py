@@ -1,0 +1,84 @@
+"""The catalog crosses the bus in answers no larger than one message: the mcp stage keeps a list too large for
+the summary out of it (naming its digest) and serves it page by page; ingress puts the pages together, and reads
+again when a page comes from another version of the list (it changed, or another replica sees another one)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+
+import pytest
+
+from services.ingress.mcp.catalog import CatalogUnavailable, read_catalog
+from services.mcp.app import McpStage
+from services.mcp.upstream import Listed
+from shared.mcp_config import McpConfig, McpServerConfig
+from shared.schemas.mcp import Catalog, CatalogQuery
+from shared.subjects import Subjects
+
+SUBJECTS = Subjects("unitcat")
+LIMIT = 16_000
+
+
+def _stage(tools: int, description: int = 300) -> McpStage:
+    servers = {n: McpServerConfig(transport="stdio", command=["true"]) for n in ("big", "small")}
+    stage = McpStage(McpConfig(servers=servers), SUBJECTS, "r1", 4096)
+    stage.message_bytes = LIMIT
+    for name, count in (("big", tools), ("small", 3)):
+        upstream = stage.upstreams[name]
+        upstream._client = object()  # type: ignore[assignment]  # connected, as far as the catalog goes
+        items = [json.dumps({"name": f"t{i}", "description": "d" * description}).encode() for i in range(count)]
+        upstream._lists["tools"] = Listed.of(items)
+    return stage
+
+
+def _asker(*stages: McpStage) -> tuple[list[int], Callable[[CatalogQuery], Awaitable[Catalog]]]:
+    """A query answered by each stage in turn (replicas of a queue group), every answer through the bus's codec."""
+    sizes: list[int] = []
+    turn = [0]
+
+    async def ask(query: CatalogQuery) -> Catalog:
+        stage = stages[turn[0] % len(stages)]
+        turn[0] += 1
+        data = SUBJECTS.mcp_catalog.encode_reply(stage.catalog(SUBJECTS.mcp_catalog.encode(query)))
+        sizes.append(len(data))
+        return SUBJECTS.mcp_catalog.decode_reply(data)
+
+    return sizes, ask
+
+
+async def test_a_catalog_larger_than_one_message_is_paged_and_put_back_together() -> None:
+    stage = _stage(400)  # ~130 kB of tools, eight times the limit
+    sizes, ask = _asker(stage)
+    catalog = await read_catalog(ask)
+    by_name = {s.name: s for s in catalog.servers}
+    assert by_name["big"].tools == stage.upstreams["big"].listed("tools").whole  # byte for byte, in order
+    assert by_name["small"].tools == stage.upstreams["small"].listed("tools").whole
+    assert all(not s.paged for s in catalog.servers)
+    assert len(sizes) > 8 and max(sizes) <= LIMIT, sizes  # several answers, none over the limit
+    summary = stage.catalog(SUBJECTS.mcp_catalog.encode(CatalogQuery()))
+    big = next(s for s in summary.servers if s.name == "big")
+    assert "tools" in big.paged and big.tools == b"[]" and big.counts["tools"] == 400
+
+
+async def test_a_small_catalog_is_one_answer() -> None:
+    sizes, ask = _asker(_stage(10))
+    catalog = await read_catalog(ask)
+    assert len(sizes) == 1 and [len(json.loads(s.tools)) for s in catalog.servers] == [10, 3]
+
+
+async def test_pages_from_another_version_of_a_list_are_never_mixed() -> None:
+    one, other = _stage(400), _stage(401)  # two replicas that disagree (one saw a change the other did not yet)
+    _, ask = _asker(one, other)
+    with pytest.raises(CatalogUnavailable, match="changed during 3 reads"):
+        await read_catalog(ask)
+    same = _stage(400)
+    _, ask = _asker(one, same)  # replicas that agree: any of them may answer any page
+    catalog = await read_catalog(ask)
+    assert len(json.loads(next(s for s in catalog.servers if s.name == "big").tools)) == 400
+
+
+async def test_a_page_query_for_an_unknown_server_is_a_clear_error() -> None:
+    _, ask = _asker(_stage(1))
+    answer = await ask(CatalogQuery(servers=["nope"], kind="tools"))
+    assert answer.page is None and "No MCP server 'nope'" in answer.error

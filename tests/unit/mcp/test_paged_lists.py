@@ -1,0 +1,88 @@
+"""An upstream's lists are read whole: `nextCursor` is followed page by page (a real SDK server over stdio that pages
+its tools and prompts), within the server's bounds (pages, items), and a server that repeats a cursor is an error of
+that server with a clear reason, never a list cut short or a loop."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from services.mcp.upstream import Upstream
+from shared.mcp_config import McpServerConfig
+from shared.schemas.mcp import CatalogKind, ServerCatalog
+
+PAGED = Path(__file__).resolve().parents[2] / "mcp_servers" / "paged.py"
+pytestmark = pytest.mark.timeout(60)
+
+
+async def _notify(server: str, kinds: list[CatalogKind]) -> None:
+    return None
+
+
+def _upstream(*args: str, max_result_bytes: int = 1 << 20, **cfg: int) -> Upstream:
+    config = McpServerConfig(
+        transport="stdio", command=[sys.executable, str(PAGED), *args], restart_backoff_s=0.2, **cfg
+    )
+    return Upstream("paged", config, {}, _notify, max_result_bytes)
+
+
+async def _until(upstream: Upstream, done: object, what: str) -> None:
+    deadline = time.monotonic() + 30
+    while not callable(done) or not done():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} never happened (error: {upstream.error!r})")
+        await asyncio.sleep(0.05)
+
+
+async def _running(upstream: Upstream, done: object, what: str) -> ServerCatalog:
+    """The upstream's catalog once `done` (while its session still runs)."""
+    task = asyncio.create_task(upstream.run())
+    try:
+        await _until(upstream, done, what)
+        return upstream.catalog()
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_every_page_of_an_upstream_list_is_read() -> None:
+    upstream = _upstream("250", "7")  # 36 pages of tools and of prompts
+    catalog = await _running(upstream, lambda: upstream.healthy, "connecting")
+    tools = [t["name"] for t in json.loads(catalog.tools)]
+    prompts = [p["name"] for p in json.loads(catalog.prompts)]
+    assert tools == [f"t{i:04d}" for i in range(250)]  # all of them, in order, none twice
+    assert prompts == [f"p{i:04d}" for i in range(250)]
+
+
+async def test_a_list_past_the_servers_bounds_is_a_clear_error_not_a_cut_list(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    pages = _upstream("250", "7", max_list_pages=10)
+    await _running(pages, lambda: "max_list_pages" in pages.error, "refusing a list of 36 pages")
+    assert pages.error == "listing: its tools list has more than 10 pages (max_list_pages)"
+    assert not pages.healthy and json.loads(pages.catalog().tools) == []
+    assert any("max_list_pages" in r.getMessage() for r in caplog.records)  # logged as the server being down
+
+    items = _upstream("250", "100", max_list_items=120)
+    await _running(items, lambda: "max_list_items" in items.error, "refusing a list of 250 items")
+    assert items.error == "listing: its tools list has more than 120 items (max_list_items)"
+
+
+async def test_a_server_repeating_its_cursor_is_refused_not_followed_forever() -> None:
+    upstream = _upstream("5", "2", "loop")  # every page says "again"
+    await _running(upstream, lambda: "paging loop" in upstream.error, "seeing the loop")
+    assert upstream.error == "listing: it repeated a cursor of its tools list (a paging loop)"
+    assert not upstream.healthy
+
+
+async def test_an_item_larger_than_the_gateway_passes_is_the_servers_error() -> None:
+    """One item must fit in one bus message of the catalog, as a result does: a larger one is refused whole."""
+    upstream = _upstream("3", "2", "fat", max_result_bytes=1000)  # descriptions of 2000 characters
+    await _running(upstream, lambda: "at most 1000" in upstream.error, "refusing the fat tool")
+    assert upstream.error.startswith("listing: an item of its tools list is ")
+    assert not upstream.healthy
