@@ -45,6 +45,17 @@ def too_large(what: str, size: int, limit: int) -> McpError:
     )
 
 
+def changed_since_approval() -> McpError:
+    """An approved call whose arguments the guard's policy would now change: it does not run, since what would run
+    is not what the approver was shown."""
+    return McpError(
+        code=GUARD_BLOCKED,
+        message="The approved call was not run: the guardrail policy would now change its arguments, so it is not "
+        "the call the approver was shown; call it again.",
+        status="blocked",
+    )
+
+
 def not_found(message: str) -> McpError:
     return McpError(code=METHOD_NOT_FOUND, message=message, status="invalid")
 

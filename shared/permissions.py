@@ -20,8 +20,9 @@ batch_      batch.items.> (the work queue), batch.api           batch.out.> (res
 producer
 mcp         mcp.changed (list-changed notices); replies to       mcp.call, mcp.catalog, mcp.ping (mcp)
             the calls and catalog queries it answers
-            (ingress: guard.mcp, mcp.catalog, mcp.ping, events.mcp, the approvals KV; subscribes mcp.changed;
-            guard: mcp.call; subscribes guard.mcp (guard))
+            (ingress: guard.mcp, guard.mcpscan, mcp.catalog, mcp.ping, events.mcp, the approvals KV;
+            subscribes mcp.changed;
+            guard: mcp.call; subscribes guard.mcp, guard.mcpscan (guard))
 every service above: telemetry.spans and the spans stream's setup (its spans; accounting stores them through
             a durable pull consumer of their own, shared/telemetry.py)
 
@@ -150,6 +151,7 @@ def ingress(subjects: Subjects) -> Permissions:
             *_files(subjects),  # uploads and downloads of batch files
             # MCP: tool calls to the guard, the catalog from the mcp stage, records, calls waiting for approval
             subjects.guard_mcp.name,
+            subjects.guard_mcp_scan.name,  # the arguments of a call that needs an approval, scanned before it
             subjects.mcp_catalog.name,
             subjects.events_mcp.name,
             subjects.ping("mcp"),
@@ -179,6 +181,7 @@ def guard(subjects: Subjects) -> Permissions:
             queue_entry(chat),
             queue_entry(subjects.guard_scan),
             queue_entry(subjects.guard_mcp),
+            queue_entry(subjects.guard_mcp_scan),
             _ping_entry(subjects, "guard", chat.queue),
             subjects.guard_output_wildcard,
             f"{subjects.role_inbox('guard')}.>",

@@ -36,7 +36,15 @@ from shared.schemas.events import (
     WebhookDelivery,
     WebhookJob,
 )
-from shared.schemas.mcp import Catalog, CatalogChanged, CatalogQuery, McpCallEvent, ToolCall, ToolOutcome
+from shared.schemas.mcp import (
+    ArgumentsScan,
+    Catalog,
+    CatalogChanged,
+    CatalogQuery,
+    McpCallEvent,
+    ToolCall,
+    ToolOutcome,
+)
 from shared.schemas.routing import DeploymentHealth, RouterStatus, StatusQuery
 
 T = TypeVar("T")
@@ -449,6 +457,12 @@ class Subjects:
     def guard_mcp(self) -> Service[ToolCall, ToolOutcome]:
         """ingress → guard (request/reply): a tool call to scan, forward to the mcp stage, and scan the result of."""
         return Service(f"{self.prefix}.guard.mcp", ToolCall, ToolOutcome, queue="guard")
+
+    @cached_property
+    def guard_mcp_scan(self) -> Service[ToolCall, ArgumentsScan]:
+        """ingress → guard (request/reply): the input scan alone of a tool call that needs an approval, so that the
+        approver is shown (and the approvals bucket keeps) the arguments as the guard lets them through."""
+        return Service(f"{self.prefix}.guard.mcpscan", ToolCall, ArgumentsScan, queue="guard")
 
     @cached_property
     def mcp_call(self) -> Service[ToolCall, ToolOutcome]:

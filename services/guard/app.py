@@ -5,7 +5,8 @@ the caller logs content); redacted prompts and responses of callers that log con
 `<p>.guard.scan` (ScanRequest) → ScanResult; every verdict with findings → `<p>.events.guard` (JetStream), and
 each block → `<p>.hooks.event.request_blocked` when a webhook wants it; after_guard plugin hooks run on the
 requests it lets through (shared/plugins.py);
-`<p>.guard.mcp` (ToolCall) → arguments scanned → `<p>.mcp.call` → result scanned → ToolOutcome to ingress.
+`<p>.guard.mcp` (ToolCall) → arguments scanned → `<p>.mcp.call` → result scanned → ToolOutcome to ingress;
+`<p>.guard.mcpscan` (ToolCall) → arguments scanned → ArgumentsScan to ingress (a call put to an approver first).
 
 Scans each request with the policy of its key (or model, or the default), then forwards it, redacted
 where the policy says so, or answers the ingress inbox directly with a block. Responses come back
@@ -48,7 +49,7 @@ from shared.plugins import GUARD_POINTS, HookRunner, build_runner, request_view
 from shared.schemas.admin import ScanFinding, ScanRequest, ScanResult
 from shared.schemas.chat import Outcome, Result, Verdict
 from shared.schemas.events import ContentEvent
-from shared.schemas.mcp import ToolCall, ToolOutcome
+from shared.schemas.mcp import ArgumentsScan, ToolCall, ToolOutcome
 from shared.subjects import Service, Subjects
 from shared.telemetry import Telemetry, TelemetryConfig
 
@@ -189,10 +190,37 @@ class GuardHandlers:
         await msg.respond(self.subjects.guard_mcp.encode_reply(outcome))
         finish_tool_call(span, call, outcome)
 
+    async def on_tool_scan(self, msg: Msg) -> None:
+        """Scan a tool call's arguments only (a call that waits for an approval): answer ingress with them as the
+        policy lets them through (redacted where it redacts), or with the error that blocks them."""
+        if not msg.reply:
+            return
+        subject = self.subjects.guard_mcp_scan
+        try:
+            call = subject.decode(msg.data)
+        except msgspec.MsgspecError:
+            log.warning("malformed tool call on %s dropped", msg.subject)
+            return
+        try:
+            scanned = self._scanned(call.call_id, "input", lambda: self.tools.scan_arguments(call))
+            answer = ArgumentsScan(
+                call_id=call.call_id, arguments=scanned.data, error=scanned.error, guard_input=scanned.summary
+            )
+        except Exception:  # fails closed, as a tool call does
+            log.exception("tool call %s: its arguments could not be scanned", call.call_id)
+            answer = ArgumentsScan(call_id=call.call_id, error=mcp_errors.internal())
+        await msg.respond(subject.encode_reply(answer))
+
     async def _tool_call(self, call: ToolCall, headers: dict[str, str] | None) -> ToolOutcome:
         scanned = self._scanned(call.call_id, "input", lambda: self.tools.scan_arguments(call))
         if scanned.error is not None:
             return ToolOutcome(call_id=call.call_id, error=scanned.error, guard_input=scanned.summary)
+        if call.approved and scanned.data != call.arguments:
+            # the approver saw these arguments as this scan would leave them; a scan that changes them now (the
+            # policy changed meanwhile) would run a call nobody approved
+            return ToolOutcome(
+                call_id=call.call_id, error=mcp_errors.changed_since_approval(), guard_input=scanned.summary
+            )
         if scanned.data is not call.arguments:
             call = msgspec.structs.replace(call, arguments=scanned.data)
         subject = self.subjects.mcp_call
@@ -243,6 +271,8 @@ def create_app(settings: GuardSettings) -> FastStream:
     # tool calls wait on their upstream: they have slots of their own, so a slow tool never holds up chat
     tool_worker = QueueWorker(tools.name, tools.queue, handlers.on_tool_call, settings.guard_mcp_max_concurrency)
     scanner = QueueWorker(scan.name, scan.queue, handlers.on_scan, settings.guard_max_concurrency)
+    tool_scan = subjects.guard_mcp_scan
+    tool_scanner = QueueWorker(tool_scan.name, tool_scan.queue, handlers.on_tool_scan, settings.guard_max_concurrency)
     app = FastStream(broker, logger=log)
     subs: list[Subscription] = []
     sweeper: list[asyncio.Task[None]] = []
@@ -264,6 +294,7 @@ def create_app(settings: GuardSettings) -> FastStream:
         await worker.start(nc)
         await scanner.start(nc)
         await tool_worker.start(nc)
+        await tool_scanner.start(nc)
         subs.append(await answer_pings(nc, subjects.ping("guard"), chat_in.queue))
         sweeper.append(asyncio.create_task(handlers.relay.sweep_forever()))
 
@@ -272,6 +303,7 @@ def create_app(settings: GuardSettings) -> FastStream:
         await worker.stop()
         await scanner.stop()
         await tool_worker.stop()
+        await tool_scanner.stop()
         for sub in subs:
             await sub.unsubscribe()
         for task in sweeper:

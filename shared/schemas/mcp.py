@@ -39,6 +39,20 @@ class ToolCall(msgspec.Struct, frozen=True, kw_only=True):
     received_at: float
     trace_id: str = ""
     run_id: str = ""
+    # the arguments are those an approver was shown (the guard's own scan of them, before the approval): the
+    # guard runs the call only if its scan lets them through unchanged, never a version the approver did not see
+    approved: bool = False
+
+
+class ArgumentsScan(msgspec.Struct, frozen=True, kw_only=True):
+    """guard → ingress: a tool call's arguments after the guard's input scan, before the call is put to an approver:
+    redacted where the policy redacts (the raw ones stay with ingress, which drops them), or the error that blocks
+    them."""
+
+    call_id: str
+    arguments: bytes = b""
+    error: McpError | None = None
+    guard_input: GuardSummary | None = None
 
 
 class ToolOutcome(msgspec.Struct, frozen=True, kw_only=True):
@@ -154,7 +168,7 @@ class Approval(msgspec.Struct, frozen=True, kw_only=True):
     call_id: str
     server: str
     tool: str
-    arguments: str  # the JSON text, as the guard left it (redacted where the policy redacts)
+    arguments: str  # the JSON text, as the guard left it (redacted where the policy redacts): what runs if approved
     key_id: str
     team: str = ""
     project: str = ""
@@ -165,3 +179,5 @@ class Approval(msgspec.Struct, frozen=True, kw_only=True):
     decided_by: str = ""
     decided_at: float = 0.0
     reason: str = ""
+    # the guard's verdict on the arguments (policy, action, rule ids and JSON paths; never the matched text)
+    guard: GuardSummary | None = None

@@ -34,6 +34,9 @@ MAIN_KEY = "sk-e2e-mcp-main"  # policy mcp-flag: secrets in results redacted, in
 STRICT_KEY = "sk-e2e-mcp-strict"  # policy mcp-strict: injections in results blocked
 QUOTA_KEY = "sk-e2e-mcp-quota"  # 3 tool calls per minute
 RUN_KEY = "sk-e2e-mcp-runs"  # agent runs: 4 tool calls, 2 model calls, a loop at 3 identical calls
+# policy mcp-args: secrets and card numbers in arguments redacted, weapons talk blocked; results pass unscanned (so
+# a tool's answer shows exactly the arguments it was given)
+APPROVE_KEY = "sk-e2e-mcp-approve"
 APPROVAL_TIMEOUT_S = 4
 
 
@@ -48,6 +51,7 @@ keys:
       tools: ["remote__*", "local__echo"]}}
   - {{id: mcp-quota, sha256: {hash_key(QUOTA_KEY)}, tool_calls_per_minute: 3}}
   - {{id: mcp-runs, sha256: {hash_key(RUN_KEY)}, runs: {{max_tool_calls: 4, max_model_calls: 2, loop_threshold: 3}}}}
+  - {{id: mcp-approve, sha256: {hash_key(APPROVE_KEY)}, team: qa, policy: mcp-args}}
 providers:
   mock: {{kind: mock}}
 models:
@@ -65,6 +69,12 @@ guardrails:
     tool-out-block:
       secrets: {{action: redact}}
       injection: {{action: block}}
+    mcp-args:
+      output_policy: results-open
+      secrets: {{action: redact}}
+      pii: {{action: redact, entities: [credit_card]}}
+      topics: [{{name: weapons, keywords: [rifle, ammunition], min_hits: 2, action: block}}]
+    results-open: {{description: results pass unscanned}}
 accounting:
   flush_interval_s: 0.2
 mcp:
@@ -132,6 +142,25 @@ class McpStack:
             except nats.js.errors.NotFoundError:
                 return None
             return int(json.loads(msg.data)["val"])
+        finally:
+            await nc.close()
+
+    async def approval_entries(self) -> list[bytes]:
+        """Every entry of the approvals KV bucket as stored (read directly, by the admin identity)."""
+        assert self.stack.nats is not None
+        subjects = Subjects(self.stack.prefix)
+        nc = await nats.connect(
+            self.stack.nats.url,
+            nkeys_seed=str(self.stack.admin_seed_file),
+            inbox_prefix=subjects.role_inbox("admin").encode(),
+        )
+        try:
+            kv = await nc.jetstream().key_value(subjects.mcp_approvals_bucket)
+            try:
+                keys = await kv.keys()
+            except nats.js.errors.NoKeysError:
+                return []
+            return [(await kv.get(key)).value or b"" for key in keys]
         finally:
             await nc.close()
 

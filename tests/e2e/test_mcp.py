@@ -24,6 +24,7 @@ from shared.periods import period_key
 from shared.subjects import Subjects
 from tests.e2e.mcp_support import (
     APPROVAL_TIMEOUT_S,
+    APPROVE_KEY,
     LEGACY_SECRET,
     MAIN_KEY,
     QUOTA_KEY,
@@ -356,7 +357,7 @@ async def test_a_call_that_needs_approval_waits_for_an_admin(gh: McpStack) -> No
         assert json.loads(approval["arguments"])["to"] == "ceo@other.org" and approval["key_id"] == "mcp-main"
         assert not call.done()
         assert gh.admin("POST", f"/mcp/approvals/{approval['call_id']}/approve").status_code == 200
-        assert text_of(await asyncio.wait_for(call, 20)) == "sent to ceo@other.org"
+        assert text_of(await asyncio.wait_for(call, 20)) == "sent to ceo@other.org: hi"
         assert gh.admin("POST", f"/mcp/approvals/{approval['call_id']}/deny").status_code == 409  # decided
         # denied
         call = asyncio.create_task(client.call_tool("remote__send_email", {"to": "x@evil.test", "body": "hi"}))
@@ -373,6 +374,56 @@ async def test_a_call_that_needs_approval_waits_for_an_admin(gh: McpStack) -> No
             await client.call_tool("remote__send_email", {"to": "y@evil.test", "body": "hi"})
         assert expired.value.error.code == mcp_errors.APPROVAL_TIMEOUT
         assert time.monotonic() - started >= APPROVAL_TIMEOUT_S - 0.5
+
+
+CARD = "4111 1111 1111 1111"  # a card number (Luhn-valid test number) the mcp-args policy redacts
+
+
+async def test_an_approver_sees_and_the_upstream_gets_the_arguments_as_the_guard_redacts_them(gh: McpStack) -> None:
+    await wait_tools(gh, {"remote__send_email"}, key=APPROVE_KEY)
+    raw = {"to": "cfo@other.org", "body": f"token {SECRET} card {CARD}"}
+    async with gh.client(APPROVE_KEY) as client:
+        call = asyncio.create_task(client.call_tool("remote__send_email", raw))
+        approval = await _approval_for(gh, "remote__send_email")
+        shown = json.loads(approval["arguments"])
+        assert shown["to"] == "cfo@other.org" and approval["key_id"] == "mcp-approve"
+        assert SECRET not in approval["arguments"] and "1111" not in approval["arguments"]
+        assert shown["body"] == "token <SECRET_1> card <CREDIT_CARD_1>"
+        assert approval["guard"]["action"] == "redact"
+        assert {f["rule"] for f in approval["guard"]["findings"]} == {"github-token", "credit_card"}
+        assert gh.admin("GET", f"/mcp/approvals/{approval['call_id']}").json()["arguments"] == approval["arguments"]
+        # the approvals bucket itself holds nothing of the raw arguments
+        stored = [e for e in await gh.approval_entries() if approval["call_id"].encode() in e]
+        assert len(stored) == 1 and SECRET.encode() not in stored[0] and b"1111" not in stored[0]
+        assert json.loads(stored[0])["arguments"] == approval["arguments"]
+        assert gh.admin("POST", f"/mcp/approvals/{approval['call_id']}/approve").status_code == 200
+        # what runs is what the approver saw (results of this key pass unscanned: this is what the upstream got)
+        result = await asyncio.wait_for(call, 20)
+        assert text_of(result) == "sent to cfo@other.org: token <SECRET_1> card <CREDIT_CARD_1>"
+    decided = [e for e in await gh.approval_entries() if approval["call_id"].encode() in e]
+    assert SECRET.encode() not in decided[0] and b"1111" not in decided[0]
+    query = (
+        "SELECT status, approval, guard_action, guard_findings.rule FROM mcp_calls "
+        f"WHERE call_id = '{approval['call_id']}'"
+    )
+    [row] = await rows(gh, query, 1)
+    assert row[:3] == ["ok", "approved", "redact"] and set(row[3]) == {"github-token", "credit_card"}
+    for log_file in (gh.stack.data_dir / "logs").glob("*.log"):
+        assert SECRET not in log_file.read_text(errors="replace"), log_file.name
+
+
+async def test_a_call_the_guard_blocks_is_refused_without_ever_awaiting_an_approval(gh: McpStack) -> None:
+    await wait_tools(gh, {"remote__send_email"}, key=APPROVE_KEY)
+    async with gh.client(APPROVE_KEY) as client:
+        with pytest.raises(MCPError) as blocked:
+            # the rule asks for an approval (outside example.com), the policy blocks the body: no approval is
+            # created, nobody is asked, the call is refused at once
+            await client.call_tool("remote__send_email", {"to": "x@evil.test", "body": "a rifle and ammunition"})
+    assert blocked.value.error.code == mcp_errors.GUARD_BLOCKED and "custom.weapons" in blocked.value.error.message
+    assert not [a for a in gh.admin("GET", "/mcp/approvals").json()["data"] if a["key_id"] == "mcp-approve"]
+    assert not [e for e in await gh.approval_entries() if b"ammunition" in e]
+    query = "SELECT status, approval, guard_action FROM mcp_calls WHERE key_id = 'mcp-approve' AND status = 'blocked'"
+    assert [r[:3] for r in await rows(gh, query, 1)] == [["blocked", "", "block"]]
 
 
 async def test_the_approvals_api_is_for_the_admin_key_only(gh: McpStack) -> None:

@@ -60,8 +60,8 @@ def build(name: str) -> MCPServer:
 
     @server.tool()
     def send_email(to: str, body: str) -> str:
-        """Send an e-mail (pretend)."""
-        return f"sent to {to}"
+        """Send an e-mail (pretend): the answer repeats what the server was given."""
+        return f"sent to {to}: {body}"
 
     @server.tool()
     def transfer(amount: float) -> str:

@@ -1,6 +1,11 @@
 """Tool calls that need an admin's approval: each waits as an `Approval` in a KV bucket (so any ingress replica's
 admin API can decide it) until an admin approves or denies it, or its time runs out.
 
+An approval holds the call as the guard left it (services/ingress/mcp/calls.py scans the arguments first): the
+arguments redacted where the policy redacts, and the guard's verdict (rule ids and JSON paths, never text). A
+decision counts only for the call that was put up: an entry whose call (tool, arguments, key, …) no longer matches
+what this replica published is refused, never run.
+
 Admin API (admin key only): `GET /admin/v1/mcp/approvals` (pending ones), `GET …/{id}`,
 `POST …/{id}/approve`, `POST …/{id}/deny` (optional JSON body `{"reason": "…"}`).
 """
@@ -115,7 +120,7 @@ class Approvals:
                     continue
                 current = _DECODE.decode(entry.value)
                 if current.state != "pending":
-                    return current.state, current
+                    return _as_published(approval, current)
         finally:
             with contextlib.suppress(Exception):
                 await watcher.stop()  # type: ignore[no-untyped-call]  # nats-py is untyped here
@@ -126,7 +131,7 @@ class Approvals:
             entry = await kv.get(approval.call_id)
             current = _DECODE.decode(entry.value or b"")
             if current.state == "approved":
-                return "approved", current
+                return _as_published(approval, current)
             return "denied", current
         return "timeout", expired
 
@@ -170,6 +175,16 @@ class Approvals:
                 if approval.state == "pending" and approval.expires_at > time.time():
                     out.append(approval)
         return sorted(out, key=lambda a: a.created_at)
+
+
+def _as_published(published: Approval, decided: Approval) -> tuple[Outcome, Approval]:
+    """The decision on the call as it was published; a denial when the entry's call was changed since (only the
+    decision's own fields may change), so an approval never runs a call other than the one the approver saw."""
+    fields = {"state": decided.state, "decided_by": decided.decided_by, "decided_at": decided.decided_at}
+    if msgspec.structs.replace(published, **fields, reason=decided.reason) == decided:
+        return decided.state, decided  # type: ignore[return-value]  # not "pending": the caller checked
+    log.warning("approval %s: the call in the approval store was changed; refused", published.call_id)
+    return "denied", msgspec.structs.replace(decided, reason="the call was changed in the approval store")
 
 
 def encode(approval: Approval) -> bytes:

@@ -1,8 +1,13 @@
 """The path of one MCP call through ingress: the key may use the tool → the argument rules allow it → the agent
-run has room → the calls-per-minute quota → an admin approves (where a rule asks) → the price is reserved on the
-budgets → the guard (arguments scanned) → the mcp stage (the upstream call) → the guard (result scanned) → the
-client.
+run has room → the calls-per-minute quota → (where a rule asks for an approval: the guard scans the arguments, then
+an admin approves them as the guard left them) → the price is reserved on the budgets → the guard (arguments
+scanned) → the mcp stage (the upstream call) → the guard (result scanned) → the client.
 Every call, refused ones included, leaves one record (`<p>.events.mcp` → the `mcp_calls` table).
+
+A call put to an approver is the guard's version of it: what the approvals bucket keeps, what the approver is
+shown and what runs once approved are the arguments as the guard's policy let them through (redacted where it
+redacts); the raw arguments are dropped once the guard answered, and the guard refuses to run an approved call
+whose arguments its policy would now change.
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ from shared.mcp_config import McpConfig, split_name
 from shared.periods import window, window_reset
 from shared.schemas.chat import GuardFinding, GuardSummary, Reservation
 from shared.schemas.events import ReservationState
-from shared.schemas.mcp import Approval, McpCallEvent, McpError, McpMethod, ToolCall, ToolOutcome
+from shared.schemas.mcp import Approval, ArgumentsScan, McpCallEvent, McpError, McpMethod, ToolCall, ToolOutcome
 from shared.subjects import Subjects
 from shared.tracing import Span
 
@@ -43,6 +48,8 @@ log = logging.getLogger("gatehouse.ingress.mcp")
 MICRO = 1_000_000
 # ingress waits for the guard this much longer than the call's own timeout (the stages behind enforce it)
 HOP_MARGIN_S = 5.0
+# the guard's scan of a call's arguments alone (before an approval): no upstream behind it
+SCAN_TIMEOUT_S = 10.0
 _OBJECT = msgspec.json.Decoder(dict[str, Any])
 _JSON = msgspec.json.Encoder()
 
@@ -91,6 +98,8 @@ class _Record:
     reservation: Reservation | None = None
     is_tool_error: bool = False
     span: Span | None = None
+    # the guard's verdict on the arguments when it scanned them before an approval
+    guard_input: GuardSummary | None = None
 
 
 def target(method: McpMethod, params: dict[str, Any]) -> tuple[str, str, bytes]:
@@ -179,12 +188,16 @@ class ToolCalls:
             price = self.config.servers[rec.server].price(upstream_name) if method == "tools/call" else 0.0
             await self._run(ctx, name, arguments, price)
             await self._quota(ctx.ent)
-            if rule.action == "approve":
+            approved = rule.action == "approve"
+            if approved:
+                # the approver is shown, and the approved call runs with, the arguments as the guard lets them
+                # through: a call the guard blocks never reaches the approvals bucket, and the raw ones go here
+                arguments = await self._scan(ctx, rec, method, upstream_name, arguments)
                 rec.approval = await self._approval(ctx, rec, name, arguments, rule.rule)
             rec.reservation = await self._reserve(ctx, rec, price)
             # charged once the tool answered; a call that fails before (arguments blocked, upstream down, timeout,
             # gateway error) keeps cost 0, and accounting's settlement gives its reservation back
-            outcome = await self._dispatch(ctx, rec, method, upstream_name, arguments)
+            outcome = await self._dispatch(ctx, rec, method, upstream_name, arguments, approved)
             rec.outcome = outcome
             if answered(outcome):
                 rec.cost_usd = price
@@ -246,6 +259,25 @@ class ToolCalls:
                     )
                 )
 
+    async def _scan(
+        self, ctx: CallContext, rec: _Record, method: McpMethod, upstream_name: str, arguments: bytes
+    ) -> bytes:
+        """The call's arguments as the guard's input policy lets them through (redacted where it redacts), scanned
+        exactly as the call itself is; CallFailed with the guard's error when it blocks them."""
+        subject = self.subjects.guard_mcp_scan
+        call = self._tool_call(ctx, rec, method, upstream_name, arguments)
+        try:
+            reply = await self._nc().request(
+                subject.name, subject.encode(call), timeout=SCAN_TIMEOUT_S, headers=self._headers(ctx, rec)
+            )
+            scan: ArgumentsScan = subject.decode_reply(reply.data)
+        except (NoRespondersError, TimeoutError, msgspec.DecodeError):
+            raise CallFailed(mcp_errors.gateway_unavailable("guard")) from None
+        rec.guard_input = scan.guard_input
+        if scan.error is not None:
+            raise CallFailed(scan.error)
+        return scan.arguments
+
     async def _approval(self, ctx: CallContext, rec: _Record, name: str, arguments: bytes, rule: int) -> str:
         approvals = self._approvals()
         if approvals is None:
@@ -263,6 +295,7 @@ class ToolCalls:
             rule=str(rule),
             created_at=now,
             expires_at=now + self.config.approval_timeout_s,
+            guard=rec.guard_input,
         )
         try:
             state, decided = await approvals.wait(pending)
@@ -310,29 +343,51 @@ class ToolCalls:
             self._events.publish(self.subjects.reservation(rec.call_id), state, f"resv-live-{rec.call_id}")
         return reservation
 
-    async def _dispatch(
-        self, ctx: CallContext, rec: _Record, method: McpMethod, upstream_name: str, arguments: bytes
-    ) -> ToolOutcome:
-        timeout = self.config.timeout_for(rec.server)
-        call = ToolCall(
+    def _tool_call(
+        self,
+        ctx: CallContext,
+        rec: _Record,
+        method: McpMethod,
+        upstream_name: str,
+        arguments: bytes,
+        approved: bool = False,
+    ) -> ToolCall:
+        return ToolCall(
             call_id=rec.call_id,
             method=method,
             server=rec.server,
             name=upstream_name,
             arguments=arguments,
             caller=ctx.ent.caller,
-            timeout_s=timeout,
+            timeout_s=self.config.timeout_for(rec.server),
             received_at=rec.received_at,
             trace_id=ctx.trace_id,
             run_id=ctx.run_id,
+            approved=approved,
         )
-        subject = self.subjects.guard_mcp
+
+    @staticmethod
+    def _headers(ctx: CallContext, rec: _Record) -> dict[str, str]:
         headers = {REQUEST_ID: rec.call_id}
         if ctx.traceparent:
             headers[TRACEPARENT] = ctx.traceparent
+        return headers
+
+    async def _dispatch(
+        self,
+        ctx: CallContext,
+        rec: _Record,
+        method: McpMethod,
+        upstream_name: str,
+        arguments: bytes,
+        approved: bool = False,
+    ) -> ToolOutcome:
+        call = self._tool_call(ctx, rec, method, upstream_name, arguments, approved)
+        timeout = call.timeout_s
+        subject = self.subjects.guard_mcp
         try:
             reply = await self._nc().request(
-                subject.name, subject.encode(call), timeout=timeout + HOP_MARGIN_S, headers=headers
+                subject.name, subject.encode(call), timeout=timeout + HOP_MARGIN_S, headers=self._headers(ctx, rec)
             )
         except NoRespondersError:
             raise CallFailed(mcp_errors.gateway_unavailable("guard")) from None
@@ -347,7 +402,9 @@ class ToolCalls:
     def _record(self, ctx: CallContext, rec: _Record) -> None:
         outcome = rec.outcome
         findings: list[GuardFinding] = []
-        summaries = [s for s in (outcome.guard_input, outcome.guard_output) if s is not None] if outcome else []
+        # the scan before an approval (if any) first: it saw the raw arguments, the call's own scan their guarded form
+        scans = (rec.guard_input, outcome.guard_input, outcome.guard_output) if outcome else (rec.guard_input,)
+        summaries = [s for s in scans if s is not None]
         for summary in summaries:
             findings.extend(summary.findings)
         worst = _worst(summaries)
