@@ -1,0 +1,198 @@
+"""A call an argument rule puts to an approver, through ingress's call path and the guard's handlers on a real
+nats-server and JetStream KV (a recording stand-in for the mcp stage behind the guard): the guard scans the call
+before the approval exists, the approvals bucket and the approver see its redacted form only, what runs after the
+approval is that form, a changed entry in the bucket or a policy that would now change the arguments stops the
+call, and a call the guard blocks never becomes an approval."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, cast
+
+import msgspec
+import nats
+import nats.js.errors
+import pytest
+from faststream.nats import NatsBroker
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+
+from gatehouse.natsserver import NatsServer
+from services.guard.app import GuardHandlers
+from services.guard.core import Guard
+from services.ingress.mcp.approvals import Approvals
+from services.ingress.mcp.calls import CallContext, CallFailed, ToolCalls
+from shared import mcp_errors
+from shared.config import hash_key, parse_config
+from shared.directory import Directory
+from shared.event_publisher import EventPublisher
+from shared.schemas.chat import Caller
+from shared.schemas.mcp import Approval, ToolCall, ToolOutcome
+from shared.spool import SpoolConfig
+from shared.subjects import Subjects
+
+SECRET = "ghp_" + "A1b2C3d4E5f6G7h8I9j0K1l2M3n4O5p6Q7r8"
+CARD = "4111 1111 1111 1111"
+RAW = {"to": "cfo@other.org", "body": f"token {SECRET} card {CARD}"}
+REDACTED = {"to": "cfo@other.org", "body": "token <SECRET_1> card <CREDIT_CARD_1>"}
+CONFIG = f"""
+keys:
+  - {{id: k, sha256: {hash_key("sk-k")}, policy: args}}
+guardrails:
+  policies:
+    args:
+      output_policy: open
+      secrets: {{action: redact}}
+      pii: {{action: redact, entities: [credit_card]}}
+      topics: [{{name: weapons, keywords: [rifle, ammunition], min_hits: 2, action: block}}]
+    open: {{description: results pass}}
+mcp:
+  approval_timeout_s: 30
+  servers:
+    mail: {{transport: http, url: "http://127.0.0.1:9/mcp"}}
+  rules:
+    - {{tools: ["mail__send"], arg: to, domain_not_in: [example.com], action: approve}}
+"""
+
+
+class _Broker:
+    """What the guard's handlers use of their broker: the connection."""
+
+    def __init__(self, nc: Client) -> None:
+        self.connection = nc
+
+
+@dataclass
+class Rig:
+    nc: Client
+    calls: ToolCalls
+    approvals: Approvals
+    ctx: CallContext
+    upstream: list[ToolCall] = field(default_factory=list)  # what reached the mcp stage
+
+    async def entries(self) -> list[bytes]:
+        kv = await self.approvals.kv()
+        try:
+            keys = await kv.keys()
+        except nats.js.errors.NoKeysError:
+            return []
+        return [(await kv.get(k)).value or b"" for k in keys]
+
+    async def pending(self) -> Approval:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            pending = await self.approvals.pending()
+            if pending:
+                return pending[0]
+            await asyncio.sleep(0.02)
+        raise AssertionError("no approval appeared")
+
+
+@pytest.fixture
+async def rig(nats_server: NatsServer, tmp_path: Path) -> AsyncIterator[Rig]:
+    config = parse_config(CONFIG)
+    subjects = Subjects(f"as{time.monotonic_ns()}")
+    nc = await nats.connect(nats_server.url)
+    events = EventPublisher(SpoolConfig(root=tmp_path / "guard"))
+    guard = GuardHandlers(cast(NatsBroker, _Broker(nc)), Guard(config), subjects, events)
+    upstream: list[ToolCall] = []
+
+    async def mcp_stage(msg: Msg) -> None:
+        call = subjects.mcp_call.decode(msg.data)
+        upstream.append(call)
+        text = json.dumps(json.loads(call.arguments))
+        result = json.dumps({"content": [{"type": "text", "text": text}]}).encode()
+        await msg.respond(subjects.mcp_call.encode_reply(ToolOutcome(call_id=call.call_id, result=result)))
+
+    subs = [
+        await nc.subscribe(subjects.guard_mcp.name, cb=guard.on_tool_call),
+        await nc.subscribe(subjects.guard_mcp_scan.name, cb=guard.on_tool_scan),
+        await nc.subscribe(subjects.mcp_call.name, cb=mcp_stage),
+    ]
+    approvals = Approvals(nc.jetstream(), subjects.mcp_approvals_bucket)
+    calls = ToolCalls(
+        config.mcp,
+        subjects,
+        lambda: nc,
+        lambda: None,
+        EventPublisher(SpoolConfig(root=tmp_path / "ingress")),
+        lambda: approvals,
+        lambda: None,
+    )
+    directory = Directory.with_static({k.id: k for k in config.keys})
+    ctx = CallContext(ent=directory.entitlement(directory.static["k"]))
+    yield Rig(nc, calls, approvals, ctx, upstream)
+    for sub in subs:
+        await sub.unsubscribe()
+    await nc.close()
+
+
+def _call(rig: Rig, arguments: dict[str, Any]) -> asyncio.Task[dict[str, Any]]:
+    return asyncio.create_task(rig.calls.call(rig.ctx, "tools/call", {"name": "mail__send", "arguments": arguments}))
+
+
+def _ran_with(result: dict[str, Any]) -> dict[str, Any]:
+    return json.loads(result["content"][0]["text"])  # type: ignore[no-any-return]
+
+
+async def test_the_approver_sees_and_the_upstream_gets_the_redacted_arguments(rig: Rig) -> None:
+    call = _call(rig, RAW)
+    pending = await rig.pending()
+    assert json.loads(pending.arguments) == REDACTED
+    assert pending.guard is not None and pending.guard.action == "redact"
+    assert {f.rule for f in pending.guard.findings} == {"github-token", "credit_card"}
+    assert not rig.upstream  # nothing runs before the approval
+    [stored] = await rig.entries()
+    assert SECRET.encode() not in stored and b"1111" not in stored
+    await rig.approvals.decide(pending.call_id, "approved", "admin")
+    assert _ran_with(await asyncio.wait_for(call, 10)) == REDACTED
+    [ran] = rig.upstream
+    assert ran.approved and json.loads(ran.arguments) == REDACTED
+
+
+async def test_an_entry_changed_in_the_bucket_is_never_run(rig: Rig) -> None:
+    """Someone who may write the bucket puts other arguments (here: the raw ones) into the pending entry and marks
+    it approved: the call is refused, and nothing reaches the upstream."""
+    call = _call(rig, RAW)
+    pending = await rig.pending()
+    kv = await rig.approvals.kv()
+    entry = await kv.get(pending.call_id)
+    forged = msgspec.structs.replace(pending, arguments=json.dumps(RAW), state="approved", decided_by="admin")
+    await kv.update(pending.call_id, msgspec.json.encode(forged), last=entry.revision)
+    with pytest.raises(CallFailed) as refused:
+        await asyncio.wait_for(call, 10)
+    assert refused.value.error.code == mcp_errors.APPROVAL_DENIED
+    assert "changed in the approval store" in refused.value.error.message
+    assert not rig.upstream
+
+
+async def test_a_call_the_guard_blocks_never_becomes_an_approval(rig: Rig) -> None:
+    with pytest.raises(CallFailed) as blocked:
+        await asyncio.wait_for(_call(rig, {"to": "x@evil.test", "body": "a rifle and ammunition"}), 10)
+    assert blocked.value.error.code == mcp_errors.GUARD_BLOCKED and "custom.weapons" in blocked.value.error.message
+    assert await rig.entries() == [] and not rig.upstream
+
+
+async def test_the_guard_runs_an_approved_call_only_as_it_was_approved(rig: Rig) -> None:
+    """The guard scans an approved call again: arguments its policy would change (a call approved under another
+    policy, or not the ones the approver saw) are refused, never run; the approved form passes as it is."""
+    subject = rig.calls.subjects.guard_mcp
+
+    async def send(arguments: dict[str, Any]) -> ToolOutcome:
+        call = ToolCall(
+            call_id="c1", method="tools/call", server="mail", name="send", arguments=json.dumps(arguments).encode(),
+            caller=Caller(key_id="k", policy="args"), timeout_s=5, received_at=0, approved=True,
+        )  # fmt: skip
+        reply = await rig.nc.request(subject.name, subject.encode(call), timeout=10)
+        return subject.decode_reply(reply.data)
+
+    changed = await send(RAW)
+    assert changed.error is not None and changed.error.code == mcp_errors.GUARD_BLOCKED
+    assert "not the call the approver was shown" in changed.error.message and not rig.upstream
+    passed = await send(REDACTED)
+    assert passed.error is None and [json.loads(c.arguments) for c in rig.upstream] == [REDACTED]
