@@ -158,6 +158,9 @@ FORBIDDEN_PUBLISH: list[tuple[Role, str, Role, str, Role]] = [
     ("mcp", SUBJECTS.guard_mcp.name, "guard", "guard", "ingress"),
     ("mcp", f"{SUBJECTS.inbox('x')}.r1", "ingress", "", "router"),
     ("router", SUBJECTS.guard_mcp.name, "guard", "guard", "ingress"),
+    # the scan of a call's arguments before its approval: ingress's to ask, the guard's to answer
+    ("mcp", SUBJECTS.guard_mcp_scan.name, "guard", "guard", "ingress"),
+    ("router", SUBJECTS.guard_mcp_scan.name, "guard", "guard", "ingress"),
     # only the mcp stage says a server's lists changed
     ("guard", SUBJECTS.mcp_changed.name, "ingress", "", "mcp"),
     ("router", SUBJECTS.mcp_changed.name, "ingress", "", "mcp"),
@@ -219,6 +222,9 @@ FORBIDDEN_SUBSCRIBE: list[tuple[Role, str, str, Role | None]] = [
     ("ingress", SUBJECTS.mcp_call.name, "mcp", "guard"),  # answer tool calls as the mcp stage
     ("router", SUBJECTS.mcp_call.name, "", "guard"),  # read scanned tool calls
     ("mcp", SUBJECTS.guard_mcp.name, "guard", "ingress"),  # read tool calls before the guard's scan
+    ("mcp", SUBJECTS.guard_mcp_scan.name, "guard", "ingress"),  # read arguments before the guard's scan
+    ("router", SUBJECTS.guard_mcp_scan.name, "guard", "ingress"),
+    ("guard", SUBJECTS.guard_mcp_scan.name, "", "ingress"),  # a copy of every scan, outside the queue group
     ("mcp", SUBJECTS.guard_chat.name, "guard", "ingress"),
     ("mcp", SUBJECTS.inbox_wildcard, "", "router"),
     ("mcp", SUBJECTS.events_wildcard, "", "ingress"),
