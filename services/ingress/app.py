@@ -767,7 +767,7 @@ def create_app(
         Route("/v1/models", guarded(gw.list_models), methods=["GET"]),
         Route("/v1/models/{model:path}", guarded(gw.retrieve_model), methods=["GET"]),
         Route("/mcp", guarded(gw.mcp.handle), methods=["GET", "POST", "DELETE"]),
-        *McpAdmin(admin.admin_only, lambda: gw.approvals, gw.catalog).routes(),
+        *McpAdmin(admin.admin_only, lambda: gw.approvals, gw.catalog, gw.records.audit).routes(),
         *admin.routes(),
         *batches.routes(),
         *message_batches.routes(),

@@ -408,6 +408,11 @@ async def test_an_approver_sees_and_the_upstream_gets_the_arguments_as_the_guard
     )
     [row] = await rows(gh, query, 1)
     assert row[:3] == ["ok", "approved", "redact"] and set(row[3]) == {"github-token", "credit_card"}
+    # the decision is audited with the call as the approver saw it
+    audit = f"SELECT action, after FROM audit_log WHERE target_id = '{approval['call_id']}'"
+    [[action, after]] = await rows(gh, audit, 1)
+    assert action == "mcp_approval.approve" and json.loads(after)["arguments"] == approval["arguments"]
+    assert SECRET not in after and "1111" not in after
     for log_file in (gh.stack.data_dir / "logs").glob("*.log"):
         assert SECRET not in log_file.read_text(errors="replace"), log_file.name
 

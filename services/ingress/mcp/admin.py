@@ -6,11 +6,16 @@ GET  /admin/v1/mcp/approvals              pending approvals, oldest first
 GET  /admin/v1/mcp/approvals/{id}
 POST /admin/v1/mcp/approvals/{id}/approve
 POST /admin/v1/mcp/approvals/{id}/deny    optional body {"reason": "…"}
+
+Every decision is an audit event (`mcp_approval.approve|deny`, the `audit_log` table) with the call as it was put
+up: its arguments as the guard left them (redacted where the policy redacts), never the raw ones.
 """
 
 from __future__ import annotations
 
 import re
+import time
+import uuid
 from collections.abc import Awaitable, Callable
 
 import msgspec
@@ -20,6 +25,7 @@ from starlette.routing import Route
 
 from services.ingress.mcp.approvals import ApprovalConflict, Approvals
 from shared.errors import ConflictError, InvalidRequestError, NotFoundError, ServiceUnavailableError
+from shared.schemas.events import AuditEvent
 from shared.schemas.mcp import Approval, Catalog, CatalogQuery
 
 Handler = Callable[[Request], Awaitable[Response]]
@@ -73,10 +79,12 @@ class McpAdmin:
         admin_only: Wrap,
         approvals: Callable[[], Approvals | None],
         catalog: Callable[[CatalogQuery], Awaitable[Catalog]],
+        audit: Callable[[AuditEvent], None] | None = None,
     ) -> None:
         self._wrap = admin_only
         self._approvals = approvals
         self._catalog = catalog
+        self._audit = audit
 
     def routes(self) -> list[Route]:
         r = "/admin/v1/mcp"
@@ -131,4 +139,18 @@ class McpAdmin:
             raise NotFoundError(f"No approval '{call_id[:64]}'.") from None
         except ApprovalConflict:
             raise ConflictError(f"Approval '{call_id[:64]}' was decided already or has expired.") from None
+        if self._audit is not None:
+            self._audit(
+                AuditEvent(
+                    event_id=uuid.uuid4().hex,
+                    at=time.time(),
+                    actor="admin",
+                    action=f"mcp_approval.{'approve' if state == 'approved' else 'deny'}",
+                    target_kind="mcp_approval",
+                    target_id=call_id,
+                    after=msgspec.json.encode(decided).decode(),  # the guard's version of the call only
+                    request_id=request.headers.get("x-request-id", ""),
+                    source_ip=request.client.host if request.client else "",
+                )
+            )
         return JSONResponse(_approval(decided))
