@@ -37,6 +37,7 @@ from services.guard.telemetry import (
     forward_headers,
     start_check,
     start_tool_call,
+    start_tool_scan,
 )
 from services.guard.tools import Scanned, ToolGuard
 from services.guard.verdicts import VerdictLog
@@ -201,6 +202,7 @@ class GuardHandlers:
         except msgspec.MsgspecError:
             log.warning("malformed tool call on %s dropped", msg.subject)
             return
+        span = start_tool_scan(msg, call)
         try:
             scanned = self._scanned(call.call_id, "input", lambda: self.tools.scan_arguments(call))
             answer = ArgumentsScan(
@@ -210,6 +212,7 @@ class GuardHandlers:
             log.exception("tool call %s: its arguments could not be scanned", call.call_id)
             answer = ArgumentsScan(call_id=call.call_id, error=mcp_errors.internal())
         await msg.respond(subject.encode_reply(answer))
+        finish_tool_call(span, call, answer)
 
     async def _tool_call(self, call: ToolCall, headers: dict[str, str] | None) -> ToolOutcome:
         scanned = self._scanned(call.call_id, "input", lambda: self.tools.scan_arguments(call))

@@ -10,7 +10,7 @@ from shared.bus import TRACEPARENT
 from shared.errors import ErrorInfo
 from shared.logs import bind_request
 from shared.schemas.chat import ChatRequest, GuardFinding, GuardSummary
-from shared.schemas.mcp import ToolCall, ToolOutcome
+from shared.schemas.mcp import ArgumentsScan, ToolCall, ToolOutcome
 from shared.tracing import CONSUMER, CURRENT, TRACER, Span, parse_traceparent
 
 
@@ -71,7 +71,12 @@ def start_tool_call(msg: Msg, call: ToolCall) -> Span:
     return _start(msg, "guard.mcp", call.call_id)
 
 
-def finish_tool_call(span: Span, call: ToolCall, outcome: ToolOutcome) -> None:
+def start_tool_scan(msg: Msg, call: ToolCall) -> Span:
+    """Open the span of scanning one MCP call's arguments before it is put to an approver."""
+    return _start(msg, "guard.mcp_scan", call.call_id)
+
+
+def finish_tool_call(span: Span, call: ToolCall, outcome: ToolOutcome | ArgumentsScan) -> None:
     if not span.recording:
         return
     if outcome.error is not None:
