@@ -116,7 +116,7 @@ class Approvals:
                     entry = await watcher.updates(timeout=left)  # type: ignore[no-untyped-call]  # nats-py is untyped here
                 except TimeoutError:
                     break
-                if entry is None or entry.value is None:
+                if entry is None or not entry.value:  # the end of the initial values, or a deletion
                     continue
                 current = _DECODE.decode(entry.value)
                 if current.state != "pending":
@@ -127,8 +127,13 @@ class Approvals:
         # expired: a decision racing the deadline still wins if it got in first
         try:
             expired = await self.decide(approval.call_id, "denied", "gatehouse", "timed out")
+        except KeyError:  # the entry was deleted while the call waited: nobody approved it
+            return "timeout", approval
         except ApprovalConflict:
-            entry = await kv.get(approval.call_id)
+            try:
+                entry = await kv.get(approval.call_id)
+            except KeyNotFoundError:
+                return "timeout", approval
             current = _DECODE.decode(entry.value or b"")
             if current.state == "approved":
                 return _as_published(approval, current)

@@ -25,6 +25,8 @@ from nats.aio.msg import Msg
 from gatehouse.natsserver import NatsServer
 from services.guard.app import GuardHandlers
 from services.guard.core import Guard
+from services.guard.policy import Guardrails
+from services.guard.tools import Scanned, ToolGuard
 from services.ingress.mcp.approvals import Approvals
 from services.ingress.mcp.calls import CallContext, CallFailed, ToolCalls
 from shared import mcp_errors
@@ -196,3 +198,41 @@ async def test_the_guard_runs_an_approved_call_only_as_it_was_approved(rig: Rig)
     assert "not the call the approver was shown" in changed.error.message and not rig.upstream
     passed = await send(REDACTED)
     assert passed.error is None and [json.loads(c.arguments) for c in rig.upstream] == [REDACTED]
+
+
+@pytest.mark.parametrize(
+    "arguments",
+    [
+        RAW,
+        {"body": "password=hunter2hunter2XyZ9 and api_key: 'sk_live_abcdefghijklmnopqrstuvwx'"},
+        {"to": "ann@x.org, bob@y.org", "body": "call +1 415 555 2671, born 1990-01-02"},
+        {"body": "lives at 221B Baker Street, London; card 4111111111111111; iban DE89370400440532013000"},
+        {"body": f"bluebird ACME-12345 token {SECRET}", "secret=<SECRET_1>": "x", "<EMAIL_1>": "a@b.org"},
+    ],
+)
+def test_the_guards_redaction_is_left_as_it_is_by_a_second_scan(arguments: dict[str, Any]) -> None:
+    """An approved call is scanned again on its way to the upstream and runs only if that scan leaves it unchanged:
+    the redacted form of a call must be a fixed point of the policy, or approved calls would be refused."""
+    config = parse_config("""
+guardrails:
+  policies:
+    p:
+      secrets: {action: redact}
+      pii: {action: redact}
+      keywords: [{name: proj, words: [bluebird], action: redact}]
+      regexes: [{name: ticket, pattern: 'ACME-[0-9]{4,6}', action: redact}]
+""")  # fmt: skip
+    tools = ToolGuard(Guardrails.from_config(config), config.mcp)
+
+    def scan(data: bytes) -> Scanned:
+        return tools.scan_arguments(
+            ToolCall(
+                call_id="c", method="tools/call", server="s", name="t", arguments=data,
+                caller=Caller(key_id="k", policy="p"), timeout_s=5, received_at=0,
+            )
+        )  # fmt: skip
+
+    first = scan(json.dumps(arguments).encode())
+    assert first.summary is not None and first.summary.action == "redact"
+    again = scan(first.data)
+    assert again.data == first.data and again.summary is not None and again.summary.action == "allow"

@@ -97,3 +97,14 @@ def test_a_call_whose_arguments_are_too_long_to_approve_gets_a_json_rpc_error() 
     error = failed.value.error
     assert error.code == mcp_errors.INVALID_PARAMS and "too large to approve" in error.message
     _refuse_unshowable(b'{"to": "a@b.org"}')  # short enough: no error
+
+
+async def test_an_entry_deleted_while_its_call_waits_ends_it_as_not_approved(
+    js: JetStreamContext, subjects: Subjects
+) -> None:
+    approvals = Approvals(js, subjects.mcp_approvals_bucket)
+    waiting = asyncio.create_task(approvals.wait(_approval("k-del", timeout_s=1.0)))
+    (pending,) = await _pending_of(approvals, "k-del", 1)
+    await (await approvals.kv()).delete(pending.call_id)
+    state, _ = await asyncio.wait_for(waiting, 10)
+    assert state == "timeout"
