@@ -191,7 +191,8 @@ class ToolCalls:
             approved = rule.action == "approve"
             if approved:
                 # the approver is shown, and the approved call runs with, the arguments as the guard lets them
-                # through: a call the guard blocks never reaches the approvals bucket, and the raw ones go here
+                # through: a call the guard blocks never reaches the approvals bucket, and the raw arguments are
+                # dropped here (rebound to the guard's version)
                 arguments = await self._scan(ctx, rec, method, upstream_name, arguments)
                 rec.approval = await self._approval(ctx, rec, name, arguments, rule.rule)
             rec.reservation = await self._reserve(ctx, rec, price)
