@@ -209,6 +209,8 @@ class Gateway:
             self.subjects,
             quotas_fail_open=gov.quotas_when_unavailable == "open",
             reservation_grace_s=gov.reservation_grace_s,
+            leases=gov.leases,
+            note=self.records.note,
         )
         self.keystore = KeyStore(js, self.subjects.directory_bucket, self.directory)
         self.keystore.start()

@@ -1,0 +1,350 @@
+"""Leased blocks of counter units: one ingress replica takes many requests' worth of a counter in one increment,
+then admits requests against it locally, without a round trip each (shared/admission.py).
+
+- **Requests per minute.** `+L` on the window counter answers a total V: the replica owns the counts
+  (V-L, V], of which those ≤ the limit are usable (the rest are given back at once). A request draws one.
+- **Hard budgets.** `+L` micro-USD on each of the key's hard spend counters; a request draws its worst case W
+  from the lease and still carries its own reservation holding W (accounting settles it `actual - W`, as for
+  any request). The lease is noted as a live reservation of its own (`lease=True`; the requests drawn from it
+  carry its id), so that if the replica dies accounting releases the lease's undrawn part
+  (services/accounting/settlement.py).
+
+How much: L = a SHAREth of the headroom last seen, in whole units (W for money), at most MAX_BLOCK units.
+When that is fewer than MIN_BLOCK units, requests are counted exactly, one increment each, as without leases:
+near a limit every replica asks the counter, so a burst admits exactly the limit. A block is fetched ahead
+(in the background) when the replica's holding falls under half of its last block, while blocks are at least
+PREFETCH_MIN units; otherwise requests wait for one fetch together.
+
+Giving back: a replica gives back what it holds undrawn after IDLE_S without a draw, after MAX_USE_S for a
+budget lease, and on shutdown. So
+
+- nothing is ever over-admitted or overspent: a request only draws units the counter counted within the
+  limit, before it was admitted;
+- under-admission is bounded: a request refused while other replicas hold undrawn units sees the counter
+  high by at most those units, at most two blocks per replica (the one in use and the one fetched ahead),
+  each at most 1/SHARE of the headroom it was taken from and at most MAX_BLOCK units; they come back within
+  IDLE_S of the replica going quiet (a requests-per-minute block of a crashed replica comes back with the
+  next window, a budget lease when accounting releases it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
+
+from shared.counters import Count, CounterError, Counters, Op
+from shared.schemas.chat import Hold, Reservation
+
+log = logging.getLogger("gatehouse.ingress.leases")
+
+MICRO = 1_000_000
+SHARE = 8
+MAX_BLOCK = 64
+MIN_BLOCK = 4
+PREFETCH_MIN = 16
+IDLE_S = 1.0
+MAX_USE_S = 2.0
+# a budget lease is released by accounting this long (at least) after its last use, if its replica died
+MIN_LEASE_GRACE_S = 5.0
+SWEEP_S = 0.25
+ATTEMPTS = 3
+
+
+def block_size(headroom: int, unit: int) -> int:
+    """How much the next lease takes: a SHAREth of the headroom in whole units, at most MAX_BLOCK of them;
+    0 (count each request exactly) when that is fewer than MIN_BLOCK units."""
+    if unit <= 0 or headroom <= 0:
+        return 0
+    n = min(headroom // SHARE // unit, MAX_BLOCK)
+    return n * unit if n >= MIN_BLOCK else 0
+
+
+def usable(total: int, taken: int, limit: int) -> int:
+    """Of a block of `taken` units whose increment answered `total`, those within `limit`:
+    (total - taken, total] ∩ (-∞, limit]."""
+    return max(0, min(taken, limit - (total - taken)))
+
+
+@dataclass
+class _Window:
+    """One requests-per-minute window counter, as this replica holds it."""
+
+    subject: str
+    limit: int
+    free: int = 0  # units held and not drawn, all within the limit
+    total: int = 0  # the counter's total as last seen
+    block: int = 0  # the last block's size: the next is fetched ahead when `free` falls under half of it
+    used_at: float = field(default_factory=time.monotonic)
+    fetching: asyncio.Future[bool] | None = None
+
+
+@dataclass
+class _Lease:
+    """A block of micro-USD on each of a key's hard spend counters."""
+
+    lease_id: str
+    size: int
+    note: Reservation
+    drawn: int = 0
+    started: float = field(default_factory=time.monotonic)
+    used_at: float = field(default_factory=time.monotonic)
+    closed: bool = False
+
+
+@dataclass
+class _Spend:
+    """The leases of one set of hard spend counters (a key's budgets in their current periods)."""
+
+    subjects: tuple[str, ...]
+    amounts: tuple[int, ...]
+    totals: list[int]
+    leases: list[_Lease] = field(default_factory=list)
+    block: int = 0
+    used_at: float = field(default_factory=time.monotonic)
+    fetching: asyncio.Future[bool] | None = None
+
+    def free(self) -> int:
+        return sum(lease.size - lease.drawn for lease in self.leases if not lease.closed)
+
+    def headroom(self) -> int:
+        return min(a - t for a, t in zip(self.amounts, self.totals, strict=True))
+
+
+Note = Callable[[Reservation, str], None]
+
+
+class Leases:
+    """This replica's leases on the shared counters. `note(reservation, state)` publishes a budget lease's
+    state (`live` when taken, `settled` when given back), as a request's reservation is noted."""
+
+    def __init__(self, counters: Counters, *, reservation_grace_s: float, note: Note | None = None) -> None:
+        self._counters = counters
+        self._note = note
+        self._grace = max(reservation_grace_s, MIN_LEASE_GRACE_S)
+        self._replica = uuid.uuid4().hex[:12]
+        self._n = 0
+        self._windows: dict[str, _Window] = {}
+        self._spend: dict[tuple[str, ...], _Spend] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._sweeper: asyncio.Task[None] | None = None
+
+    # ---- requests per minute ------------------------------------------------------------------------
+    async def request(self, subject: str, limit: int) -> Count | None:
+        """Draw one request from this window's lease: a total of at most `limit` (admitted; the limit minus it
+        is what the headers call remaining), or None: count this request exactly (+1 on the counter)."""
+        w = self._windows.get(subject)
+        if w is None:
+            w = self._windows[subject] = _Window(subject, limit)
+            self._start_sweeper()
+        w.limit = limit
+        for _ in range(ATTEMPTS):
+            if w.free > 0:
+                w.free -= 1
+                w.used_at = time.monotonic()
+                if w.free < w.block // 2 and w.fetching is None and block_size(limit - w.total, 1) >= PREFETCH_MIN:
+                    self._fetch_window(w)
+                return Count(min(w.total - w.free, limit))
+            if w.fetching is None:
+                if not block_size(limit - w.total, 1):
+                    return None
+                self._fetch_window(w)
+            assert w.fetching is not None
+            if not await asyncio.shield(w.fetching):
+                return None
+        return None
+
+    def seen(self, subject: str, total: int) -> None:
+        """A window's total, as an exact increment answered it."""
+        w = self._windows.get(subject)
+        if w is not None:
+            w.total = total
+
+    def _fetch_window(self, w: _Window) -> None:
+        taken = block_size(w.limit - w.total, 1)
+        done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        w.fetching = done
+
+        async def run() -> None:
+            ok = False
+            try:
+                [result] = await self._counters.add_many([Op(w.subject, taken)])
+                if isinstance(result, Count):
+                    got = usable(result.value, taken, w.limit)
+                    w.free += got
+                    w.block = taken
+                    w.total = result.value - (taken - got)
+                    if taken - got:  # beyond the limit: nobody may use these, so the counter shows the truth
+                        self._send([Op(w.subject, got - taken)])
+                    ok = got > 0
+                else:
+                    log.warning("requests lease not taken: %s", result)
+            finally:
+                w.fetching = None
+                done.set_result(ok)
+
+        self._spawn(run())
+
+    # ---- hard budgets --------------------------------------------------------------------------------
+    async def spend(
+        self, subjects: list[str], amounts: list[int], worst: int, describe: Callable[[int], list[Hold]]
+    ) -> tuple[str, list[Count]] | None:
+        """Draw a request's worst case (micro-USD) from a lease on these hard spend counters (budgets of these
+        amounts): the lease's id and, per counter, a total of at most its amount; or None: reserve this request
+        exactly. `describe(micro)` makes the holds of a lease of `micro` on each counter."""
+        key = tuple(subjects)
+        if worst <= 0 or len(set(key)) != len(key):
+            return None  # two hard budgets on one counter: each request holds its worst case twice; count exactly
+        pool = self._spend.get(key)
+        if pool is None or pool.amounts != tuple(amounts):
+            if pool is not None:
+                self._retire(pool)
+            pool = self._spend[key] = _Spend(key, tuple(amounts), [0] * len(key))
+            self._start_sweeper()
+        for _ in range(ATTEMPTS):
+            now = time.monotonic()
+            for lease in pool.leases:
+                if not lease.closed and lease.size - lease.drawn >= worst and now - lease.started < MAX_USE_S:
+                    lease.drawn += worst
+                    lease.used_at = pool.used_at = now
+                    free = pool.free()
+                    if (
+                        free < pool.block // 2
+                        and pool.fetching is None
+                        and block_size(pool.headroom(), worst) >= PREFETCH_MIN * worst
+                    ):
+                        self._fetch_spend(pool, worst, describe)
+                    counts = [Count(min(t - free, a)) for t, a in zip(pool.totals, pool.amounts, strict=True)]
+                    return lease.lease_id, counts
+            if pool.fetching is None:
+                if not block_size(pool.headroom(), worst):
+                    return None
+                self._fetch_spend(pool, worst, describe)
+            assert pool.fetching is not None
+            if not await asyncio.shield(pool.fetching):
+                return None
+        return None
+
+    def undraw(self, lease_id: str, subjects: list[str], worst: int) -> None:
+        """A request drawn from a lease was refused after all (another limit): its worst case goes back to the
+        lease, or to the counters if the lease was given back meanwhile."""
+        pool = self._spend.get(tuple(subjects))
+        lease = next((x for x in pool.leases if x.lease_id == lease_id), None) if pool else None
+        if lease is not None and not lease.closed:
+            lease.drawn -= worst
+        else:
+            self._send([Op(subject, -worst) for subject in subjects])
+
+    def _fetch_spend(self, pool: _Spend, worst: int, describe: Callable[[int], list[Hold]]) -> None:
+        taken = block_size(pool.headroom(), worst)
+        self._n += 1
+        lease_id = f"lease-{self._replica}-{self._n}"
+        done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        pool.fetching = done
+
+        async def run() -> None:
+            ok = False
+            try:
+                results = await self._counters.add_many([Op(subject, taken) for subject in pool.subjects])
+                counts = [r for r in results if isinstance(r, Count)]
+                if len(counts) < len(results):
+                    log.warning("budget lease not taken: %s", next(r for r in results if isinstance(r, CounterError)))
+                    held = [s for s, r in zip(pool.subjects, results, strict=True) if isinstance(r, Count)]
+                    self._send([Op(s, -taken) for s in held])
+                    return
+                # what fits every budget, in whole worst cases; the rest goes back at once
+                fits = min(usable(c.value, taken, a) for c, a in zip(counts, pool.amounts, strict=True))
+                keep = fits // worst * worst
+                pool.totals = [c.value - (taken - keep) for c in counts]
+                if taken - keep:
+                    self._send([Op(subject, keep - taken) for subject in pool.subjects])
+                if not keep:
+                    return
+                note = Reservation(
+                    request_id=lease_id,
+                    amount_usd=keep / MICRO,
+                    holds=describe(keep),
+                    expires_at=time.time() + MAX_USE_S + self._grace,
+                    lease=True,
+                )
+                if self._note is not None:
+                    self._note(note, "live")
+                pool.leases.append(_Lease(lease_id, keep, note))
+                pool.block = keep
+                ok = True
+            finally:
+                pool.fetching = None
+                done.set_result(ok)
+
+        self._spawn(run())
+
+    async def _close(self, pool: _Spend, lease: _Lease) -> None:
+        """Give back what the lease holds undrawn (with accounting's release ids: whichever comes first counts),
+        and note it settled; on failure it stays live, and accounting releases it when it expires."""
+        free = lease.size - lease.drawn
+        if free:
+            ops = [Op(subject, -free, f"release.{lease.lease_id}.{i}") for i, subject in enumerate(pool.subjects)]
+            results = await self._counters.add_many(ops)
+            if any(isinstance(r, CounterError) for r in results):
+                log.warning("budget lease %s not given back; accounting releases it when it expires", lease.lease_id)
+                return
+        if self._note is not None:
+            self._note(lease.note, "settled")
+
+    def _retire(self, pool: _Spend) -> None:
+        for lease in pool.leases:
+            if not lease.closed:
+                lease.closed = True
+                self._spawn(self._close(pool, lease))
+        pool.leases.clear()
+
+    # ---- giving back --------------------------------------------------------------------------------
+    def sweep(self, everything: bool = False) -> None:
+        """Give back what has not been drawn for IDLE_S (a budget lease also after MAX_USE_S); all of it."""
+        now = time.monotonic()
+        for subject, w in list(self._windows.items()):
+            if w.fetching is None and (everything or now - w.used_at >= IDLE_S):
+                if w.free:
+                    self._send([Op(subject, -w.free)])
+                del self._windows[subject]
+        for key, pool in list(self._spend.items()):
+            for lease in list(pool.leases):
+                if everything or now - lease.used_at >= IDLE_S or now - lease.started >= MAX_USE_S:
+                    lease.closed = True
+                    pool.leases.remove(lease)
+                    self._spawn(self._close(pool, lease))
+            if not pool.leases and pool.fetching is None and (everything or now - pool.used_at >= IDLE_S):
+                del self._spend[key]
+
+    def _start_sweeper(self) -> None:
+        if self._sweeper is None or self._sweeper.done():
+            self._sweeper = asyncio.create_task(self._sweep_forever())
+
+    async def _sweep_forever(self) -> None:
+        while self._windows or self._spend:
+            await asyncio.sleep(SWEEP_S)
+            self.sweep()
+
+    async def drain(self, timeout: float = 5.0) -> None:
+        """Give everything back (shutdown)."""
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        self.sweep(everything=True)
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=timeout)
+
+    def _send(self, ops: list[Op]) -> None:
+        async def run() -> None:
+            for result in await self._counters.add_many(ops):
+                if isinstance(result, CounterError):
+                    log.warning("counter update lost: %s", result)
+
+        self._spawn(run())
+
+    def _spawn(self, coro: Coroutine[object, object, None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
