@@ -51,7 +51,6 @@ MAX_USE_S = 2.0
 # a budget lease is released by accounting this long (at least) after its last use, if its replica died
 MIN_LEASE_GRACE_S = 5.0
 SWEEP_S = 0.25
-ATTEMPTS = 3
 
 
 def block_size(headroom: int, unit: int) -> int:
@@ -141,7 +140,7 @@ class Leases:
             w = self._windows[subject] = _Window(subject, limit)
             self._start_sweeper()
         w.limit = limit
-        for _ in range(ATTEMPTS):
+        while True:  # every fetch either adds units or ends in exact counting
             if w.free > 0:
                 w.free -= 1
                 w.used_at = time.monotonic()
@@ -155,7 +154,6 @@ class Leases:
             assert w.fetching is not None
             if not await asyncio.shield(w.fetching):
                 return None
-        return None
 
     def seen(self, subject: str, total: int) -> None:
         """A window's total, as an exact increment answered it."""
@@ -204,7 +202,7 @@ class Leases:
                 self._retire(pool)
             pool = self._spend[key] = _Spend(key, tuple(amounts), [0] * len(key))
             self._start_sweeper()
-        for _ in range(ATTEMPTS):
+        while True:  # every fetch either adds units or ends in exact counting
             now = time.monotonic()
             for lease in pool.leases:
                 if not lease.closed and lease.size - lease.drawn >= worst and now - lease.started < MAX_USE_S:
@@ -226,7 +224,6 @@ class Leases:
             assert pool.fetching is not None
             if not await asyncio.shield(pool.fetching):
                 return None
-        return None
 
     def undraw(self, lease_id: str, subjects: list[str], worst: int) -> None:
         """A request drawn from a lease was refused after all (another limit): its worst case goes back to the

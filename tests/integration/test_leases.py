@@ -1,0 +1,241 @@
+"""Leased counter blocks (shared/leases.py) on a real nats-server: two Governors stand for two ingress replicas
+counting on the same JetStream counters. Requests per minute are never over-admitted under concurrent draws,
+two replicas leasing one budget concurrently never overspend it, an idle replica gives back what it holds, and
+the lease of a replica that died is released by accounting's reaper by exactly what its requests did not draw."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator, Sequence
+
+import nats
+import pytest
+from nats.aio.client import Client
+
+from gatehouse.natsserver import NatsServer
+from services.accounting.settlement import Reservations
+from shared.admission import Admitted, Estimate, Governor
+from shared.counters import Count, CounterError, Counters, Op, ensure_counter_streams
+from shared.directory import Entitlement, Scope
+from shared.errors import BudgetExceededError, RateLimitError
+from shared.governance import Budget, Limits, Quotas, VirtualKey
+from shared.leases import MAX_BLOCK, Leases
+from shared.periods import window
+from shared.route_pricing import RoutePricing, TokenRates
+from shared.schemas.chat import Caller, Reservation
+from shared.schemas.events import ReservationState
+from shared.schemas.mcp import McpCallEvent
+from shared.subjects import Subjects
+
+pytestmark = pytest.mark.timeout(120)
+
+# $1 per output token: 10 output tokens at most, so every request's worst case is exactly $10
+PRICING = RoutePricing("m", (TokenRates(input=0.0, output=1.0),), 10)
+ESTIMATE = Estimate(0, 10, PRICING)
+W = 10_000_000
+
+
+class Counted(Counters):
+    """Real counters that also count the increments sent (to tell leased draws from exact ones)."""
+
+    sent = 0
+
+    async def add_many(self, ops: Sequence[Op]) -> list[Count | CounterError]:
+        self.sent += len(ops)
+        return await super().add_many(ops)
+
+
+def _ent(limits: Limits) -> Entitlement:
+    key = VirtualKey(id="k", team="t", sha256="0" * 64)
+    return Entitlement(key=key, caller=Caller(key_id="k", team="t"), scopes=(Scope("key", "k", limits),))
+
+
+@pytest.fixture
+async def connections(nats_server: NatsServer, subjects: Subjects) -> AsyncIterator[list[Client]]:
+    ncs = [await nats.connect(nats_server.url) for _ in range(3)]
+    await ensure_counter_streams(ncs[0], subjects)
+    yield ncs
+    for nc in ncs:
+        await nc.close()
+
+
+def _replicas(
+    ncs: list[Client], subjects: Subjects, notes: list[tuple[Reservation, str]] | None = None
+) -> list[Governor]:
+    def note(reservation: Reservation, state: str) -> None:
+        if notes is not None:
+            notes.append((reservation, state))
+
+    return [
+        Governor(Counted(nc), subjects, quotas_fail_open=False, reservation_grace_s=1.0, note=note) for nc in ncs[:2]
+    ]
+
+
+async def _admit(governor: Governor, ent: Entitlement) -> Admitted | Exception:
+    try:
+        return await governor.admit(ent, uuid.uuid4().hex, ESTIMATE, time.time() + 60)
+    except (RateLimitError, BudgetExceededError) as exc:
+        return exc
+
+
+async def _window_has_room(seconds: float = 20) -> None:
+    """A burst counted in one minute window: wait for the next window if this one ends too soon."""
+    while 60 - (time.time() - window(time.time()) * 60) < seconds:
+        await asyncio.sleep(0.2)
+
+
+async def _poll(check: object, what: str, timeout: float = 15) -> None:
+    deadline = time.monotonic() + timeout
+    while not await check():  # type: ignore[operator]
+        assert time.monotonic() < deadline, what
+        await asyncio.sleep(0.05)
+
+
+async def test_two_replicas_drawing_requests_concurrently_admit_exactly_the_limit(
+    connections: list[Client], subjects: Subjects
+) -> None:
+    replicas = _replicas(connections, subjects)
+    ent = _ent(Limits(quotas=Quotas(rpm=500)))
+    await _window_has_room()
+    burst = [_admit(replicas[i % 2], ent) for i in range(800)]
+    outcomes = await asyncio.gather(*burst)
+    admitted = [o for o in outcomes if isinstance(o, Admitted)]
+    refused = [o for o in outcomes if isinstance(o, RateLimitError)]
+    # never more than the limit; and while both replicas still have requests, every unit leased is drawn
+    assert len(admitted) == 500 and len(refused) == 300
+    assert all(0 <= int(a.headers["x-ratelimit-remaining-requests"]) < 500 for a in admitted)
+    # far fewer increments than requests: most requests were drawn from leases
+    sent = sum(g._counters.sent for g in replicas)  # type: ignore[attr-defined]
+    assert sent < 400, sent
+    counter = Counters(connections[2])
+    subject = subjects.quota_counter("rpm", "key.k", window(time.time()))
+    for g in replicas:
+        await g.drain()
+    # whatever is left on the counter beyond the admitted requests is refused requests' exact increments
+    assert await counter.read(subject) >= 500
+
+
+async def test_an_idle_replica_gives_back_what_it_leased_and_others_use_it(
+    connections: list[Client], subjects: Subjects
+) -> None:
+    a, b = _replicas(connections, subjects)
+    ent = _ent(Limits(quotas=Quotas(rpm=2000)))
+    await _window_has_room()
+    counter = Counters(connections[2])
+    subject = subjects.quota_counter("rpm", "key.k", window(time.time()))
+    first = await _admit(a, ent)
+    assert isinstance(first, Admitted) and first.headers["x-ratelimit-remaining-requests"] == "1999"
+    # one request took a block: the counter holds the whole block while replica a is using it
+    assert await counter.read(subject) == MAX_BLOCK
+    assert a.leases is not None
+
+    async def given_back() -> bool:
+        return await counter.read(subject) == 1
+
+    # a draws nothing more: after a second idle it gives back all but the one request it admitted
+    await _poll(given_back, "the idle lease was not given back")
+    more = [await _admit(b, ent) for _ in range(3)]
+    assert all(isinstance(m, Admitted) for m in more)
+    await b.drain()
+    assert await counter.read(subject) == 4
+
+
+async def test_two_replicas_leasing_one_budget_concurrently_never_overspend(
+    connections: list[Client], subjects: Subjects
+) -> None:
+    notes: list[tuple[Reservation, str]] = []
+    replicas = _replicas(connections, subjects, notes)
+    budget = 2000 * W  # 2000 worst cases
+    ent = _ent(Limits(budgets=[Budget(amount_usd=budget / 1_000_000, period="total")]))
+    outcomes = await asyncio.gather(*(_admit(replicas[i % 2], ent) for i in range(2600)))
+    admitted = [o for o in outcomes if isinstance(o, Admitted)]
+    assert all(isinstance(o, Admitted | BudgetExceededError) for o in outcomes)
+    assert len(admitted) * W <= budget  # never overspent
+    assert len(admitted) >= 0.95 * 2000, len(admitted)  # and under-admission small
+    leased = {a.reservation.lease_id for a in admitted if a.reservation is not None}
+    assert len(leased - {""}) >= 2  # drawn from leases of both replicas (and exact near the end)
+    assert all(a.reservation is not None and a.reservation.holds[0].micro_usd == W for a in admitted)
+    lease_notes = [r for r, state in notes if state == "live"]
+    assert lease_notes and all(r.lease and r.holds[0].micro_usd % W == 0 for r in lease_notes)
+    for g in replicas:
+        await g.drain()
+    # every lease given back: the counter holds exactly the admitted requests' reservations
+    counter = Counters(connections[2])
+    spend = subjects.spend_counter("key.k", "total")
+    assert await counter.read(spend) == len(admitted) * W
+    settled = {r.request_id for r, state in notes if state == "settled"}
+    assert settled == {r.request_id for r in lease_notes}
+
+
+async def test_a_dead_replicas_lease_is_released_by_what_its_requests_did_not_draw(
+    connections: list[Client], subjects: Subjects
+) -> None:
+    notes: list[tuple[Reservation, str]] = []
+    a, _ = _replicas(connections, subjects, notes)
+    ent = _ent(Limits(budgets=[Budget(amount_usd=1000 * W / 1_000_000, period="total")]))
+    drawn = [await _admit(a, ent) for _ in range(3)]
+    assert all(isinstance(d, Admitted) and d.reservation is not None and d.reservation.lease_id for d in drawn)
+    reservations = [d.reservation for d in drawn if isinstance(d, Admitted) and d.reservation is not None]
+    assert [state for _, state in notes] == ["live"]
+    lease = notes[0][0]
+    assert {r.lease_id for r in reservations} == {lease.request_id}
+    size = lease.holds[0].micro_usd
+    assert lease.lease and size == MAX_BLOCK * W  # a SHAREth of the headroom (125 W), at most MAX_BLOCK of them
+    spend = subjects.spend_counter("key.k", "total")
+    counter = Counters(connections[2])
+    assert await counter.read(spend) == size
+    # the replica dies: its leases are never given back
+    assert isinstance(a.leases, Leases) and a.leases._sweeper is not None
+    a.leases._sweeper.cancel()
+    # what reached the reservations stream: the lease, and two of the three requests (the third's note was lost)
+    nc = connections[2]
+    js = nc.jetstream()
+    for reservation in (lease, reservations[0], reservations[1]):
+        subject = subjects.reservation(reservation.request_id)
+        await js.publish(subject.name, subject.encode(ReservationState(state="live", reservation=reservation, at=0)))
+    accounting = Reservations(nc, js, subjects, Counters(nc))
+    await accounting.start()
+    try:
+
+        async def mirrored() -> bool:
+            return {lease.request_id, reservations[0].request_id, reservations[1].request_id} <= set(accounting.states)
+
+        await _poll(mirrored, "the reservation states never reached the mirror")
+        # past the lease's expiry, before the requests': only the lease is released, by L - 2W
+        assert await accounting.reap(lease.expires_at + 0.1) == 1
+        assert await counter.read(spend) == 2 * W
+        released = accounting.states[lease.request_id]
+        assert released.state == "released"
+        assert sorted(released.reservation.drawn) == sorted(r.request_id for r in reservations[:2])
+        # reaping again releases nothing more
+        assert await accounting.reap(lease.expires_at + 0.1) == 0
+        assert await counter.read(spend) == 2 * W
+        # request 1 settles at its actual $4; request 3 (given back with the lease) at its full $7
+        await accounting.settle_many([(_record(reservations[0]), 4.0), (_record(reservations[2]), 7.0)])
+        assert await counter.read(spend) == 2 * W + (4_000_000 - W) + 7_000_000
+        # request 2 never reports: it expires and gives back its own worst case
+        assert await accounting.reap(reservations[1].expires_at + 0.1) == 1
+        assert await counter.read(spend) == 11_000_000  # exactly what was spent
+    finally:
+        await accounting.stop()
+
+
+def _record(reservation: Reservation) -> McpCallEvent:
+    """A record carrying a reservation (settlement reads only the reservation)."""
+    now = time.time()
+    return McpCallEvent(
+        event_id=uuid.uuid4().hex,
+        call_id=reservation.request_id,
+        method="tools/call",
+        server="s",
+        tool="s__t",
+        caller=Caller(key_id="k", team="t"),
+        status="ok",
+        latency_ms=1.0,
+        cost_usd=0.0,
+        received_at=now,
+        finished_at=now,
+        reservation=reservation,
+    )
