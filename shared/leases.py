@@ -141,6 +141,8 @@ class Leases:
             self._start_sweeper()
         w.limit = limit
         while True:  # every fetch either adds units or ends in exact counting
+            w = self._windows.setdefault(subject, w)  # swept while this request waited: hold it again
+            self._start_sweeper()
             if w.free > 0:
                 w.free -= 1
                 w.used_at = time.monotonic()
@@ -174,6 +176,7 @@ class Leases:
                     got = usable(result.value, taken, w.limit)
                     w.free += got
                     w.block = taken
+                    w.used_at = time.monotonic()
                     w.total = result.value - (taken - got)
                     if taken - got:  # beyond the limit: nobody may use these, so the counter shows the truth
                         self._send([Op(w.subject, got - taken)])
@@ -203,6 +206,8 @@ class Leases:
             pool = self._spend[key] = _Spend(key, tuple(amounts), [0] * len(key))
             self._start_sweeper()
         while True:  # every fetch either adds units or ends in exact counting
+            pool = self._spend.setdefault(key, pool)
+            self._start_sweeper()
             now = time.monotonic()
             for lease in pool.leases:
                 if not lease.closed and lease.size - lease.drawn >= worst and now - lease.started < MAX_USE_S:
@@ -306,6 +311,7 @@ class Leases:
             if w.fetching is None and (everything or now - w.used_at >= IDLE_S):
                 if w.free:
                     self._send([Op(subject, -w.free)])
+                    w.free = 0
                 del self._windows[subject]
         for key, pool in list(self._spend.items()):
             for lease in list(pool.leases):
