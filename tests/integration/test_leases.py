@@ -142,6 +142,21 @@ async def test_an_idle_replica_gives_back_what_it_leased_and_others_use_it(
     assert await counter.read(subject) == 4
 
 
+async def test_under_admission_is_bounded_by_what_other_replicas_hold_undrawn(
+    connections: list[Client], subjects: Subjects
+) -> None:
+    a, b = _replicas(connections, subjects)
+    ent = _ent(Limits(quotas=Quotas(rpm=600)))
+    await _window_has_room()
+    assert isinstance(await _admit(a, ent), Admitted)  # a holds a block of 64 (600 // 8, at most 64), one drawn
+    outcomes = await asyncio.gather(*(_admit(b, ent) for _ in range(700)))
+    admitted = sum(isinstance(o, Admitted) for o in outcomes)
+    # b falls short of the limit by at most the 63 units a holds undrawn (fewer if a gave them back meanwhile)
+    assert 600 - 1 - (MAX_BLOCK - 1) <= admitted <= 600 - 1, admitted
+    for g in (a, b):
+        await g.drain()
+
+
 async def test_two_replicas_leasing_one_budget_concurrently_never_overspend(
     connections: list[Client], subjects: Subjects
 ) -> None:
@@ -218,6 +233,39 @@ async def test_a_dead_replicas_lease_is_released_by_what_its_requests_did_not_dr
         # request 2 never reports: it expires and gives back its own worst case
         assert await accounting.reap(reservations[1].expires_at + 0.1) == 1
         assert await counter.read(spend) == 11_000_000  # exactly what was spent
+    finally:
+        await accounting.stop()
+
+
+async def test_a_lease_given_back_by_its_replica_is_left_alone_by_the_reaper(
+    connections: list[Client], subjects: Subjects
+) -> None:
+    notes: list[tuple[Reservation, str]] = []
+    a, _ = _replicas(connections, subjects, notes)
+    ent = _ent(Limits(budgets=[Budget(amount_usd=1000 * W / 1_000_000, period="total")]))
+    drawn = [await _admit(a, ent) for _ in range(2)]
+    assert all(isinstance(d, Admitted) for d in drawn)
+    await a.drain()  # shutdown: what was not drawn goes back, and the lease is noted settled
+    assert [state for _, state in notes] == ["live", "settled"]
+    spend = subjects.spend_counter("key.k", "total")
+    counter = Counters(connections[2])
+    assert await counter.read(spend) == 2 * W
+    nc = connections[2]
+    js = nc.jetstream()
+    for reservation, state in notes:
+        subject = subjects.reservation(reservation.request_id)
+        await js.publish(subject.name, subject.encode(ReservationState(state=state, reservation=reservation, at=0)))
+    accounting = Reservations(nc, js, subjects, Counters(nc))
+    await accounting.start()
+    try:
+        lease_id = notes[0][0].request_id
+
+        async def mirrored() -> bool:
+            return lease_id in accounting.states and accounting.states[lease_id].state == "settled"
+
+        await _poll(mirrored, "the lease's states never reached the mirror")
+        assert await accounting.reap(notes[0][0].expires_at + 60) == 0
+        assert await counter.read(spend) == 2 * W
     finally:
         await accounting.stop()
 
