@@ -48,7 +48,7 @@ MIN_BLOCK = 4
 PREFETCH_MIN = 16
 IDLE_S = 1.0
 MAX_USE_S = 2.0
-# a budget lease is released by accounting this long (at least) after its last use, if its replica died
+# a budget lease of a replica that died is released by accounting MAX_USE_S + max(grace, this) after it was taken
 MIN_LEASE_GRACE_S = 5.0
 SWEEP_S = 0.25
 
