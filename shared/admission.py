@@ -212,11 +212,8 @@ class Governor:
         if drawn is None:
             ops += [Op(subject, worst_micro) for subject in spend]
         answers = iter(await self._counters.add_many(ops) if ops else [])
-        for i, subject in enumerate(rpm_subjects):
-            if r_rpm[i] is None:
-                r_rpm[i] = result = next(answers)
-                if self.leases is not None and isinstance(result, Count):
-                    self.leases.seen(subject, result.value)
+        exact = [r is None for r in r_rpm]
+        r_rpm = [r if r is not None else next(answers) for r in r_rpm]
         for i, subject in enumerate(tpm_subjects):
             if r_tpm[i] is _READ:
                 r_tpm[i] = next(answers)
@@ -224,6 +221,7 @@ class Governor:
                     self._tpm_seen[subject] = (r_tpm[i].value, time.monotonic())  # type: ignore[union-attr]
         r_conc = [next(answers) for _ in conc]
         r_spend: list[Count | CounterError] = list(drawn[1]) if drawn is not None else [next(answers) for _ in spend]
+        self._learn(rpm_subjects, r_rpm, exact, spend if drawn is None else [], r_spend)
         held_conc = [
             self._subjects.concurrency_counter(s.name)
             for (s, _), r in zip(conc, r_conc, strict=True)
@@ -260,6 +258,24 @@ class Governor:
                 lease_id=drawn[0] if drawn is not None else "",
             )
         return admitted
+
+    def _learn(
+        self,
+        rpm_subjects: list[str],
+        r_rpm: list[Count | CounterError | None],
+        exact: list[bool],
+        spend: list[str],
+        r_spend: list[Count | CounterError],
+    ) -> None:
+        """Tell the leases the totals that this request's exact increments answered (the headroom they size
+        blocks by)."""
+        if self.leases is None:
+            return
+        for subject, result, counted in zip(rpm_subjects, r_rpm, exact, strict=True):
+            if counted and isinstance(result, Count):
+                self.leases.seen(subject, result.value)
+        if spend and all(isinstance(r, Count) for r in r_spend):
+            self.leases.spend_seen(spend, [r.value for r in r_spend if isinstance(r, Count)])
 
     def _holds(
         self,

@@ -13,7 +13,9 @@ How much: L = a SHAREth of the headroom last seen, in whole units (W for money),
 When that is fewer than MIN_BLOCK units, requests are counted exactly, one increment each, as without leases:
 near a limit every replica asks the counter, so a burst admits exactly the limit. A block is fetched ahead
 (in the background) when the replica's holding falls under half of its last block, while blocks are at least
-PREFETCH_MIN units; otherwise requests wait for one fetch together.
+PREFETCH_MIN units; otherwise requests wait for one fetch together. The first request after IDLE_S without
+one is counted exactly too: a key used now and then takes no leases (and so holds nothing it does not use);
+a lease is taken when requests follow each other.
 
 Giving back: a replica gives back what it holds undrawn after IDLE_S without a draw, after MAX_USE_S for a
 budget lease, and on shutdown. So
@@ -77,7 +79,7 @@ class _Window:
     free: int = 0  # units held and not drawn, all within the limit
     total: int = 0  # the counter's total as last seen
     block: int = 0  # the last block's size: the next is fetched ahead when `free` falls under half of it
-    used_at: float = field(default_factory=time.monotonic)
+    used_at: float = 0.0  # the last request counted (monotonic); 0: none yet
     fetching: asyncio.Future[bool] | None = None
 
 
@@ -103,7 +105,7 @@ class _Spend:
     totals: list[int]
     leases: list[_Lease] = field(default_factory=list)
     block: int = 0
-    used_at: float = field(default_factory=time.monotonic)
+    used_at: float = 0.0  # the last request counted (monotonic); 0: none yet
     fetching: asyncio.Future[bool] | None = None
 
     def free(self) -> int:
@@ -150,7 +152,9 @@ class Leases:
                     self._fetch_window(w)
                 return Count(min(w.total - w.free, limit))
             if w.fetching is None:
-                if not block_size(limit - w.total, 1):
+                now = time.monotonic()
+                if not block_size(limit - w.total, 1) or now - w.used_at >= IDLE_S:
+                    w.used_at = now  # near the limit, or the first request in a while: count it exactly
                     return None
                 self._fetch_window(w)
             assert w.fetching is not None
@@ -223,12 +227,19 @@ class Leases:
                     counts = [Count(min(t - free, a)) for t, a in zip(pool.totals, pool.amounts, strict=True)]
                     return lease.lease_id, counts
             if pool.fetching is None:
-                if not block_size(pool.headroom(), worst):
+                if not block_size(pool.headroom(), worst) or now - pool.used_at >= IDLE_S:
+                    pool.used_at = now  # near the limit, or the first request in a while: reserve it exactly
                     return None
                 self._fetch_spend(pool, worst, describe)
             assert pool.fetching is not None
             if not await asyncio.shield(pool.fetching):
                 return None
+
+    def spend_seen(self, subjects: list[str], totals: list[int]) -> None:
+        """The spend counters' totals, as an exact reservation answered them."""
+        pool = self._spend.get(tuple(subjects))
+        if pool is not None and len(totals) == len(pool.totals):
+            pool.totals = list(totals)
 
     def undraw(self, lease_id: str, subjects: list[str], worst: int) -> None:
         """A request drawn from a lease was refused after all (another limit): its worst case goes back to the

@@ -127,19 +127,21 @@ async def test_an_idle_replica_gives_back_what_it_leased_and_others_use_it(
     subject = subjects.quota_counter("rpm", "key.k", window(time.time()))
     first = await _admit(a, ent)
     assert isinstance(first, Admitted) and first.headers["x-ratelimit-remaining-requests"] == "1999"
-    # one request took a block: the counter holds the whole block while replica a is using it
-    assert await counter.read(subject) == MAX_BLOCK
-    assert a.leases is not None
+    assert await counter.read(subject) == 1  # the first request in a while is counted exactly
+    second = await _admit(a, ent)
+    assert isinstance(second, Admitted) and second.headers["x-ratelimit-remaining-requests"] == "1998"
+    # the next one took a block: the counter holds the whole block while replica a is using it
+    assert await counter.read(subject) == 1 + MAX_BLOCK
 
     async def given_back() -> bool:
-        return await counter.read(subject) == 1
+        return await counter.read(subject) == 2
 
-    # a draws nothing more: after a second idle it gives back all but the one request it admitted
+    # a draws nothing more: after a second idle it gives back all but the two requests it admitted
     await _poll(given_back, "the idle lease was not given back")
     more = [await _admit(b, ent) for _ in range(3)]
     assert all(isinstance(m, Admitted) for m in more)
     await b.drain()
-    assert await counter.read(subject) == 4
+    assert await counter.read(subject) == 5
 
 
 async def test_under_admission_is_bounded_by_what_other_replicas_hold_undrawn(
@@ -148,11 +150,12 @@ async def test_under_admission_is_bounded_by_what_other_replicas_hold_undrawn(
     a, b = _replicas(connections, subjects)
     ent = _ent(Limits(quotas=Quotas(rpm=600)))
     await _window_has_room()
-    assert isinstance(await _admit(a, ent), Admitted)  # a holds a block of 64 (600 // 8, at most 64), one drawn
+    # a counts one exactly, then holds a block of 64 (599 // 8, at most 64) and draws one from it
+    assert all(isinstance(o, Admitted) for o in [await _admit(a, ent), await _admit(a, ent)])
     outcomes = await asyncio.gather(*(_admit(b, ent) for _ in range(700)))
     admitted = sum(isinstance(o, Admitted) for o in outcomes)
     # b falls short of the limit by at most the 63 units a holds undrawn (fewer if a gave them back meanwhile)
-    assert 600 - 1 - (MAX_BLOCK - 1) <= admitted <= 600 - 1, admitted
+    assert 600 - 2 - (MAX_BLOCK - 1) <= admitted <= 600 - 2, admitted
     for g in (a, b):
         await g.drain()
 
@@ -190,6 +193,8 @@ async def test_a_dead_replicas_lease_is_released_by_what_its_requests_did_not_dr
     notes: list[tuple[Reservation, str]] = []
     a, _ = _replicas(connections, subjects, notes)
     ent = _ent(Limits(budgets=[Budget(amount_usd=1000 * W / 1_000_000, period="total")]))
+    exact = await _admit(a, ent)  # the first request in a while: reserved exactly, no lease
+    assert isinstance(exact, Admitted) and exact.reservation is not None and not exact.reservation.lease_id
     drawn = [await _admit(a, ent) for _ in range(3)]
     assert all(isinstance(d, Admitted) and d.reservation is not None and d.reservation.lease_id for d in drawn)
     reservations = [d.reservation for d in drawn if isinstance(d, Admitted) and d.reservation is not None]
@@ -197,10 +202,10 @@ async def test_a_dead_replicas_lease_is_released_by_what_its_requests_did_not_dr
     lease = notes[0][0]
     assert {r.lease_id for r in reservations} == {lease.request_id}
     size = lease.holds[0].micro_usd
-    assert lease.lease and size == MAX_BLOCK * W  # a SHAREth of the headroom (125 W), at most MAX_BLOCK of them
+    assert lease.lease and size == MAX_BLOCK * W  # a SHAREth of the headroom (124 W), at most MAX_BLOCK of them
     spend = subjects.spend_counter("key.k", "total")
     counter = Counters(connections[2])
-    assert await counter.read(spend) == size
+    assert await counter.read(spend) == W + size  # the exact reservation, and the lease
     # the replica dies: its leases are never given back
     assert isinstance(a.leases, Leases) and a.leases._sweeper is not None
     a.leases._sweeper.cancel()
@@ -220,19 +225,19 @@ async def test_a_dead_replicas_lease_is_released_by_what_its_requests_did_not_dr
         await _poll(mirrored, "the reservation states never reached the mirror")
         # past the lease's expiry, before the requests': only the lease is released, by L - 2W
         assert await accounting.reap(lease.expires_at + 0.1) == 1
-        assert await counter.read(spend) == 2 * W
+        assert await counter.read(spend) == W + 2 * W
         released = accounting.states[lease.request_id]
         assert released.state == "released"
         assert sorted(released.reservation.drawn) == sorted(r.request_id for r in reservations[:2])
         # reaping again releases nothing more
         assert await accounting.reap(lease.expires_at + 0.1) == 0
-        assert await counter.read(spend) == 2 * W
+        assert await counter.read(spend) == W + 2 * W
         # request 1 settles at its actual $4; request 3 (given back with the lease) at its full $7
         await accounting.settle_many([(_record(reservations[0]), 4.0), (_record(reservations[2]), 7.0)])
-        assert await counter.read(spend) == 2 * W + (4_000_000 - W) + 7_000_000
+        assert await counter.read(spend) == W + 2 * W + (4_000_000 - W) + 7_000_000
         # request 2 never reports: it expires and gives back its own worst case
         assert await accounting.reap(reservations[1].expires_at + 0.1) == 1
-        assert await counter.read(spend) == 11_000_000  # exactly what was spent
+        assert await counter.read(spend) == W + 11_000_000  # exactly what was spent (and the exact one's hold)
     finally:
         await accounting.stop()
 
