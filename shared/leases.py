@@ -201,8 +201,10 @@ class Leases:
         amounts): the lease's id and, per counter, a total of at most its amount; or None: reserve this request
         exactly. `describe(micro)` makes the holds of a lease of `micro` on each counter."""
         key = tuple(subjects)
-        if worst <= 0 or len(set(key)) != len(key):
-            return None  # two hard budgets on one counter: each request holds its worst case twice; count exactly
+        if self._note is None or worst <= 0 or len(set(key)) != len(key):
+            # no way to note a lease (accounting could not release it), or two hard budgets on one counter (each
+            # request holds its worst case twice): reserve exactly
+            return None
         pool = self._spend.get(key)
         if pool is None or pool.amounts != tuple(amounts):
             if pool is not None:
