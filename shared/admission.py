@@ -204,7 +204,7 @@ class Governor:
         r_tpm: list[Count | CounterError] = [self._tpm_cached(subject) or _READ for subject in tpm_subjects]
         spend = [self._subjects.spend_counter(s.name, period_key(b.period, now, ent.timezone)) for s, b in hard]
         # drawn from this replica's leases, without a round trip (None: counted exactly below)
-        r_rpm, drawn = await self._from_leases(ent, rpm, rpm_subjects, hard, spend, worst_micro, now)
+        r_rpm, drawn = await self._from_leases(ent, rpm, rpm_subjects, hard, spend, worst_micro, now, deadline)
         # every other counter of the request in one go: one round trip whatever the number of levels
         ops = [Op(subject, 1) for subject, r in zip(rpm_subjects, r_rpm, strict=True) if r is None]
         ops += [Op(subject, 0) for subject, r in zip(tpm_subjects, r_tpm, strict=True) if r is _READ]
@@ -311,6 +311,7 @@ class Governor:
         spend: list[str],
         worst_micro: int,
         now: float,
+        deadline: float,
     ) -> tuple[list[Count | CounterError | None], tuple[str, list[Count]] | None]:
         """The request's requests-per-minute counts and worst case drawn from this replica's leases, where they
         can be (None where the counter must count it exactly)."""
@@ -329,7 +330,7 @@ class Governor:
             ]
 
         amounts = [round(b.amount_usd * MICRO) for _, b in hard]
-        return r_rpm, await self.leases.spend(spend, amounts, worst_micro, describe)
+        return r_rpm, await self.leases.spend(spend, amounts, worst_micro, deadline, describe)
 
     def _check_quotas(
         self,
@@ -460,7 +461,10 @@ class Governor:
             self._spawn(ops)
 
     async def finish(self, admitted: Admitted, tokens: int) -> None:
-        """The request ended: give back its concurrency, count its tokens (its spend is settled by accounting)."""
+        """The request ended: give back its concurrency, count its tokens (its spend is settled by accounting),
+        and tell the budget lease it was drawn from (after its record was handed to the publisher)."""
+        if self.leases is not None and admitted.reservation is not None and admitted.reservation.lease_id:
+            self.leases.ended(admitted.reservation.lease_id)
         ops = [Op(subject, -1) for subject in admitted.concurrency]
         if tokens > 0:
             ops += [Op(subject, tokens) for subject in admitted.tpm]

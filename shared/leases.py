@@ -88,12 +88,16 @@ class _Lease:
     """A block of micro-USD on each of a key's hard spend counters."""
 
     lease_id: str
+    subjects: tuple[str, ...]
     size: int
     note: Reservation
     drawn: int = 0
     started: float = field(default_factory=time.monotonic)
     used_at: float = field(default_factory=time.monotonic)
-    closed: bool = False
+    covers: float = 0.0  # the latest request deadline (unix time) its note's expiry covers
+    in_flight: int = 0  # requests drawn from it that have not ended
+    closed: bool = False  # no more draws: given back once the last request drawn from it has ended
+    done: bool = False  # given back
 
 
 @dataclass
@@ -130,6 +134,7 @@ class Leases:
         self._n = 0
         self._windows: dict[str, _Window] = {}
         self._spend: dict[tuple[str, ...], _Spend] = {}
+        self._by_id: dict[str, _Lease] = {}  # budget leases not given back yet
         self._tasks: set[asyncio.Task[None]] = set()
         self._sweeper: asyncio.Task[None] | None = None
 
@@ -195,11 +200,18 @@ class Leases:
 
     # ---- hard budgets --------------------------------------------------------------------------------
     async def spend(
-        self, subjects: list[str], amounts: list[int], worst: int, describe: Callable[[int], list[Hold]]
+        self,
+        subjects: list[str],
+        amounts: list[int],
+        worst: int,
+        deadline: float,
+        describe: Callable[[int], list[Hold]],
     ) -> tuple[str, list[Count]] | None:
         """Draw a request's worst case (micro-USD) from a lease on these hard spend counters (budgets of these
         amounts): the lease's id and, per counter, a total of at most its amount; or None: reserve this request
-        exactly. `describe(micro)` makes the holds of a lease of `micro` on each counter."""
+        exactly. `describe(micro)` makes the holds of a lease of `micro` on each counter. The request must end
+        (`ended`) by `deadline`: the lease is given back after its last request has ended, and until then its
+        live note stands for them all (a request drawn from a lease needs no live note of its own)."""
         key = tuple(subjects)
         if self._note is None or worst <= 0 or len(set(key)) != len(key):
             # no way to note a lease (accounting could not release it), or two hard budgets on one counter (each
@@ -216,8 +228,14 @@ class Leases:
             self._start_sweeper()
             now = time.monotonic()
             for lease in pool.leases:
-                if not lease.closed and lease.size - lease.drawn >= worst and now - lease.started < MAX_USE_S:
+                if (
+                    not lease.closed
+                    and lease.size - lease.drawn >= worst
+                    and now - lease.started < MAX_USE_S
+                    and deadline <= lease.covers
+                ):
                     lease.drawn += worst
+                    lease.in_flight += 1
                     lease.used_at = pool.used_at = now
                     free = pool.free()
                     if (
@@ -225,14 +243,14 @@ class Leases:
                         and pool.fetching is None
                         and block_size(pool.headroom(), worst) >= PREFETCH_MIN * worst
                     ):
-                        self._fetch_spend(pool, worst, describe)
+                        self._fetch_spend(pool, worst, deadline, describe)
                     counts = [Count(min(t - free, a)) for t, a in zip(pool.totals, pool.amounts, strict=True)]
                     return lease.lease_id, counts
             if pool.fetching is None:
                 if not block_size(pool.headroom(), worst) or now - pool.used_at >= IDLE_S:
                     pool.used_at = now  # near the limit, or the first request in a while: reserve it exactly
                     return None
-                self._fetch_spend(pool, worst, describe)
+                self._fetch_spend(pool, worst, deadline, describe)
             assert pool.fetching is not None
             if not await asyncio.shield(pool.fetching):
                 return None
@@ -246,14 +264,24 @@ class Leases:
     def undraw(self, lease_id: str, subjects: list[str], worst: int) -> None:
         """A request drawn from a lease was refused after all (another limit): its worst case goes back to the
         lease, or to the counters if the lease was given back meanwhile."""
-        pool = self._spend.get(tuple(subjects))
-        lease = next((x for x in pool.leases if x.lease_id == lease_id), None) if pool else None
-        if lease is not None and not lease.closed:
-            lease.drawn -= worst
-        else:
+        lease = self._by_id.get(lease_id)
+        if lease is None or lease.done:
             self._send([Op(subject, -worst) for subject in subjects])
+            return
+        lease.drawn -= worst
+        self.ended(lease_id)
 
-    def _fetch_spend(self, pool: _Spend, worst: int, describe: Callable[[int], list[Hold]]) -> None:
+    def ended(self, lease_id: str) -> None:
+        """A request drawn from this lease has ended (its record handed over): a closed lease whose last request
+        this was is given back."""
+        lease = self._by_id.get(lease_id)
+        if lease is None:
+            return
+        lease.in_flight -= 1
+        if lease.closed and lease.in_flight <= 0 and not lease.done:
+            self._spawn(self._close(lease))
+
+    def _fetch_spend(self, pool: _Spend, worst: int, deadline: float, describe: Callable[[int], list[Hold]]) -> None:
         taken = block_size(pool.headroom(), worst)
         self._n += 1
         lease_id = f"lease-{self._replica}-{self._n}"
@@ -278,16 +306,20 @@ class Leases:
                     self._send([Op(subject, keep - taken) for subject in pool.subjects])
                 if not keep:
                     return
+                # it covers requests drawn within MAX_USE_S whose deadlines are as far off as this one's
+                covers = deadline + MAX_USE_S
                 note = Reservation(
                     request_id=lease_id,
                     amount_usd=keep / MICRO,
                     holds=describe(keep),
-                    expires_at=time.time() + MAX_USE_S + self._grace,
+                    expires_at=covers + self._grace,
                     lease=True,
                 )
                 if self._note is not None:
                     self._note(note, "live")
-                pool.leases.append(_Lease(lease_id, keep, note))
+                lease = _Lease(lease_id, pool.subjects, keep, note, covers=covers)
+                pool.leases.append(lease)
+                self._by_id[lease_id] = lease
                 pool.block = keep
                 ok = True
             finally:
@@ -296,12 +328,17 @@ class Leases:
 
         self._spawn(run())
 
-    async def _close(self, pool: _Spend, lease: _Lease) -> None:
+    async def _close(self, lease: _Lease) -> None:
         """Give back what the lease holds undrawn (with accounting's release ids: whichever comes first counts),
-        and note it settled; on failure it stays live, and accounting releases it when it expires."""
+        and note it settled, after the records of the requests drawn from it (one ordered publisher); on failure
+        it stays live, and accounting releases it when it expires."""
+        if lease.done:
+            return
+        lease.done = True
+        self._by_id.pop(lease.lease_id, None)
         free = lease.size - lease.drawn
         if free:
-            ops = [Op(subject, -free, f"release.{lease.lease_id}.{i}") for i, subject in enumerate(pool.subjects)]
+            ops = [Op(subject, -free, f"release.{lease.lease_id}.{i}") for i, subject in enumerate(lease.subjects)]
             results = await self._counters.add_many(ops)
             if any(isinstance(r, CounterError) for r in results):
                 log.warning("budget lease %s not given back; accounting releases it when it expires", lease.lease_id)
@@ -309,11 +346,15 @@ class Leases:
         if self._note is not None:
             self._note(lease.note, "settled")
 
+    def _end(self, lease: _Lease, everything: bool = False) -> None:
+        """No more draws from this lease; give it back now if no request drawn from it is still running."""
+        lease.closed = True
+        if everything or lease.in_flight <= 0:
+            self._spawn(self._close(lease))
+
     def _retire(self, pool: _Spend) -> None:
         for lease in pool.leases:
-            if not lease.closed:
-                lease.closed = True
-                self._spawn(self._close(pool, lease))
+            self._end(lease)
         pool.leases.clear()
 
     # ---- giving back --------------------------------------------------------------------------------
@@ -329,9 +370,8 @@ class Leases:
         for key, pool in list(self._spend.items()):
             for lease in list(pool.leases):
                 if everything or now - lease.used_at >= IDLE_S or now - lease.started >= MAX_USE_S:
-                    lease.closed = True
                     pool.leases.remove(lease)
-                    self._spawn(self._close(pool, lease))
+                    self._end(lease, everything)
             if not pool.leases and pool.fetching is None and (everything or now - pool.used_at >= IDLE_S):
                 del self._spend[key]
 
@@ -345,10 +385,12 @@ class Leases:
             self.sweep()
 
     async def drain(self, timeout: float = 5.0) -> None:
-        """Give everything back (shutdown)."""
+        """Give everything back (shutdown; requests still running keep their worst cases on the counters)."""
         if self._sweeper is not None:
             self._sweeper.cancel()
         self.sweep(everything=True)
+        for lease in list(self._by_id.values()):  # closed, waiting for their last requests
+            self._spawn(self._close(lease))
         if self._tasks:
             await asyncio.wait(set(self._tasks), timeout=timeout)
 

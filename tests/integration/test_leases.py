@@ -195,12 +195,14 @@ async def test_a_dead_replicas_lease_is_released_by_what_its_requests_did_not_dr
     ent = _ent(Limits(budgets=[Budget(amount_usd=1000 * W / 1_000_000, period="total")]))
     exact = await _admit(a, ent)  # the first request in a while: reserved exactly, no lease
     assert isinstance(exact, Admitted) and exact.reservation is not None and not exact.reservation.lease_id
-    drawn = [await _admit(a, ent) for _ in range(3)]
+    drawn = [await _admit(a, ent) for _ in range(4)]
     assert all(isinstance(d, Admitted) and d.reservation is not None and d.reservation.lease_id for d in drawn)
-    reservations = [d.reservation for d in drawn if isinstance(d, Admitted) and d.reservation is not None]
+    r1, r2, r3, r4 = [d.reservation for d in drawn if isinstance(d, Admitted) and d.reservation is not None]
     assert [state for _, state in notes] == ["live"]
     lease = notes[0][0]
-    assert {r.lease_id for r in reservations} == {lease.request_id}
+    assert {r.lease_id for r in (r1, r2, r3, r4)} == {lease.request_id}
+    # the lease's note outlives every request drawn from it: it stands for them while they run
+    assert lease.expires_at >= max(r.expires_at for r in (r1, r2, r3, r4))
     size = lease.holds[0].micro_usd
     assert lease.lease and size == MAX_BLOCK * W  # a SHAREth of the headroom (124 W), at most MAX_BLOCK of them
     spend = subjects.spend_counter("key.k", "total")
@@ -209,10 +211,11 @@ async def test_a_dead_replicas_lease_is_released_by_what_its_requests_did_not_dr
     # the replica dies: its leases are never given back
     assert isinstance(a.leases, Leases) and a.leases._sweeper is not None
     a.leases._sweeper.cancel()
-    # what reached the reservations stream: the lease, and two of the three requests (the third's note was lost)
+    # what reached the reservations stream: the lease's live note, and r4's (as for a request holding a
+    # concurrency slot); r1's record came before the crash, r3's comes late, r2 was running and never reports
     nc = connections[2]
     js = nc.jetstream()
-    for reservation in (lease, reservations[0], reservations[1]):
+    for reservation in (lease, r4):
         subject = subjects.reservation(reservation.request_id)
         await js.publish(subject.name, subject.encode(ReservationState(state="live", reservation=reservation, at=0)))
     accounting = Reservations(nc, js, subjects, Counters(nc))
@@ -220,41 +223,56 @@ async def test_a_dead_replicas_lease_is_released_by_what_its_requests_did_not_dr
     try:
 
         async def mirrored() -> bool:
-            return {lease.request_id, reservations[0].request_id, reservations[1].request_id} <= set(accounting.states)
+            return {lease.request_id, r4.request_id} <= set(accounting.states)
 
         await _poll(mirrored, "the reservation states never reached the mirror")
-        # past the lease's expiry, before the requests': only the lease is released, by L - 2W
-        assert await accounting.reap(lease.expires_at + 0.1) == 1
-        assert await counter.read(spend) == W + 2 * W
+        await accounting.settle_many([(_record(r1), 4.0)])  # r1 at its actual $4
+        assert await counter.read(spend) == W + size + 4_000_000 - W
+        # past the lease's expiry: it is released by L - 2W (r1 and r4 are known to be drawn from it), and r4
+        # (expired too) gives back its own worst case
+        assert await accounting.reap(lease.expires_at + 0.1) == 2
+        assert await counter.read(spend) == W + 4_000_000
         released = accounting.states[lease.request_id]
         assert released.state == "released"
-        assert sorted(released.reservation.drawn) == sorted(r.request_id for r in reservations[:2])
+        assert sorted(released.reservation.drawn) == sorted([r1.request_id, r4.request_id])
         # reaping again releases nothing more
         assert await accounting.reap(lease.expires_at + 0.1) == 0
-        assert await counter.read(spend) == W + 2 * W
-        # request 1 settles at its actual $4; request 3 (given back with the lease) at its full $7
-        await accounting.settle_many([(_record(reservations[0]), 4.0), (_record(reservations[2]), 7.0)])
-        assert await counter.read(spend) == W + 2 * W + (4_000_000 - W) + 7_000_000
-        # request 2 never reports: it expires and gives back its own worst case
-        assert await accounting.reap(reservations[1].expires_at + 0.1) == 1
+        # r3's record comes late: its worst case went back with the lease, so it adds its full actual $7
+        await accounting.settle_many([(_record(r3), 7.0)])
         assert await counter.read(spend) == W + 11_000_000  # exactly what was spent (and the exact one's hold)
     finally:
         await accounting.stop()
 
 
-async def test_a_lease_given_back_by_its_replica_is_left_alone_by_the_reaper(
+async def test_a_lease_is_given_back_after_its_last_request_and_then_left_alone_by_the_reaper(
     connections: list[Client], subjects: Subjects
 ) -> None:
     notes: list[tuple[Reservation, str]] = []
     a, _ = _replicas(connections, subjects, notes)
     ent = _ent(Limits(budgets=[Budget(amount_usd=1000 * W / 1_000_000, period="total")]))
-    drawn = [await _admit(a, ent) for _ in range(2)]
-    assert all(isinstance(d, Admitted) for d in drawn)
-    await a.drain()  # shutdown: what was not drawn goes back, and the lease is noted settled
-    assert [state for _, state in notes] == ["live", "settled"]
+    assert isinstance(await _admit(a, ent), Admitted)  # exact
+    running = await _admit(a, ent)
+    assert isinstance(running, Admitted) and running.reservation is not None and running.reservation.lease_id
+    lease_id = running.reservation.lease_id
     spend = subjects.spend_counter("key.k", "total")
     counter = Counters(connections[2])
-    assert await counter.read(spend) == 2 * W
+    assert await counter.read(spend) == W + MAX_BLOCK * W
+    assert a.leases is not None
+    held = a.leases._by_id[lease_id]
+
+    async def closed() -> bool:
+        return held.closed
+
+    # idle: no more draws from it, but a request drawn from it still runs, so it is not given back yet
+    await _poll(closed, "the idle lease was not closed")
+    assert await counter.read(spend) == W + MAX_BLOCK * W and [s for _, s in notes] == ["live"]
+    await a.finish(running, 0)  # the request ends (its record handed over): now the lease goes back
+
+    async def given_back() -> bool:
+        return await counter.read(spend) == 2 * W
+
+    await _poll(given_back, "the lease was not given back after its last request")
+    await _poll(lambda: _true([s for _, s in notes] == ["live", "settled"]), "the lease was not noted settled")
     nc = connections[2]
     js = nc.jetstream()
     for reservation, state in notes:
@@ -263,7 +281,6 @@ async def test_a_lease_given_back_by_its_replica_is_left_alone_by_the_reaper(
     accounting = Reservations(nc, js, subjects, Counters(nc))
     await accounting.start()
     try:
-        lease_id = notes[0][0].request_id
 
         async def mirrored() -> bool:
             return lease_id in accounting.states and accounting.states[lease_id].state == "settled"
@@ -273,6 +290,10 @@ async def test_a_lease_given_back_by_its_replica_is_left_alone_by_the_reaper(
         assert await counter.read(spend) == 2 * W
     finally:
         await accounting.stop()
+
+
+async def _true(value: bool) -> bool:
+    return value
 
 
 def _record(reservation: Reservation) -> McpCallEvent:
