@@ -6,7 +6,10 @@ then admits requests against it locally, without a round trip each (shared/admis
 - **Hard budgets.** `+L` micro-USD on each of the key's hard spend counters; a request draws its worst case W
   from the lease and still carries its own reservation holding W (accounting settles it `actual - W`, as for
   any request). The lease is noted as a live reservation of its own (`lease=True`; the requests drawn from it
-  carry its id), so that if the replica dies accounting releases the lease's undrawn part
+  carry its id) that stands for them: they need no live note of their own, and it expires after the latest
+  deadline it covers (only requests whose deadlines it covers draw from it). It is given back after the
+  last request drawn from it has ended (whose record was handed to the same ordered publisher first); if the
+  replica dies, accounting releases it by what the requests it has records of did not take
   (services/accounting/settlement.py).
 
 How much: L = a SHAREth of the headroom last seen, in whole units (W for money), at most MAX_BLOCK units.
@@ -17,8 +20,8 @@ PREFETCH_MIN units; otherwise requests wait for one fetch together. The first re
 one is counted exactly too: a key used now and then takes no leases (and so holds nothing it does not use);
 a lease is taken when requests follow each other.
 
-Giving back: a replica gives back what it holds undrawn after IDLE_S without a draw, after MAX_USE_S for a
-budget lease, and on shutdown. So
+Giving back: a replica gives back what it holds undrawn after IDLE_S without a draw (a budget lease is drawn
+from for at most MAX_USE_S, and given back once its last request has ended), and on shutdown. So
 
 - nothing is ever over-admitted or overspent: a request only draws units the counter counted within the
   limit, before it was admitted;

@@ -12,12 +12,15 @@ notes the reservation as `live` on `<p>.resv.<request_id>` (shared/admission.py)
   was written): the reservation and the concurrency slots it held are given back, and it becomes
   `released`; a record that still arrives later is then settled at its full actual cost.
 - **leases**: an ingress replica may lease a block of a budget and draw requests' worst cases from it
-  (shared/leases.py); the lease is noted `live` like a reservation (`lease=True`), and every request drawn
-  from it names it (`lease_id`) and holds its own worst case as usual. The replica gives back the undrawn
-  part itself and notes the lease `settled`; when a live lease expires instead (the replica died), its
-  holds minus the worst cases of the requests known to be drawn from it are released, and those requests
-  are noted on the `released` lease (`drawn`). A request drawn from it that only shows up later was given
-  back with the lease: its own release gives back nothing more, and its settlement adds its full cost.
+  (shared/leases.py); the lease is noted `live` like a reservation (`lease=True`, expiring after the latest
+  deadline it covers), every request drawn from it names it (`lease_id`) and holds its own worst case as
+  usual, and needs no live note of its own while the lease's stands for it. The replica gives back the
+  undrawn part itself once the last request drawn from it has ended, and notes the lease `settled`; when a
+  live lease expires instead (the replica died), its holds minus the worst cases of the requests known to be
+  drawn from it (records settled, or live notes of requests holding concurrency slots) are released, and
+  those requests are noted on the `released` lease (`drawn`). A request drawn from it that only shows up
+  later was given back with the lease: its own release gives back nothing more, and its settlement adds its
+  full cost.
 - **alert**: when a budget's settled spend crosses one of its thresholds, a BudgetAlert is published
   once (the settled counter only grows, and its increments are deduplicated), and POSTed to the
   configured webhook in the JSON shape Slack-compatible incoming webhooks take.
