@@ -339,6 +339,10 @@ class Leases:
             return
         lease.done = True
         self._by_id.pop(lease.lease_id, None)
+        if time.time() >= lease.note.expires_at:
+            # past its expiry accounting releases it (a request that never ended): giving back too could count twice
+            log.warning("budget lease %s expired before its last request ended; accounting releases it", lease.lease_id)
+            return
         free = lease.size - lease.drawn
         if free:
             ops = [Op(subject, -free, f"release.{lease.lease_id}.{i}") for i, subject in enumerate(lease.subjects)]
