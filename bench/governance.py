@@ -11,6 +11,7 @@ then measures, interleaved so that machine noise hits both alike:
    reservations per second across replicas).
 
     python bench/governance.py --requests 1000 --concurrency 32 --seconds 10 --runs 3
+    python bench/governance.py ... --leases off    # every request counted exactly (no leased blocks)
 
 Prints a table per run and the medians over runs. Loopback only; everything it starts, it stops.
 """
@@ -102,7 +103,8 @@ async def throughput(urls: list[str], secret: str, clients: int, seconds: float)
 
 def run_once(args: argparse.Namespace, tmp: Path) -> dict[str, float]:
     config = tmp / "gatehouse.yaml"
-    config.write_text(CONFIG)
+    leases = "true" if args.leases == "on" else "false"
+    config.write_text(CONFIG + f"governance: {{leases: {leases}}}\n")
     port = free_port()
     stack = Stack(config=config, data_dir=tmp / "data", host="127.0.0.1", port=port, prefix="govbench",
                   nats_port=free_port(), replicas={"ingress": 2})  # fmt: skip
@@ -151,6 +153,12 @@ def main() -> None:
     parser.add_argument("--limits", choices=sorted(LIMITS), default="budget+rpm", help="what the governed key carries")
     parser.add_argument(
         "--team-limits", action="store_true", help="the same limits on its team too (twice the counters)"
+    )
+    parser.add_argument(
+        "--leases",
+        choices=["on", "off"],
+        default="on",
+        help="governance.leases: admit from leased counter blocks (on) or count every request exactly (off)",
     )
     args = parser.parse_args()
     results: list[dict[str, float]] = []

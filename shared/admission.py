@@ -11,6 +11,12 @@ is one count. Per request, every increment goes out at once (one round trip in a
 - hard budgets: + the worst-case cost in micro-USD; a total over the amount is given back and refused
   (or, where the budget says `clamp`, max_tokens is lowered to what the remainder covers).
 Concurrent requests therefore cannot overspend a budget: each sees the others' reservations.
+
+With leases (`governance.leases`, the default; shared/leases.py), requests per minute and hard budgets are
+counted in blocks: the replica takes many requests' worth in one increment ahead of time and draws each
+request from it locally, so a request that needs no other counter makes no round trip at all. Near a limit
+(a block would be under MIN_BLOCK units) every request is counted exactly again, as above. Tokens per minute
+use the cached total; concurrency is always counted per request.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from shared.counters import Count, CounterError, Counters, Op
 from shared.directory import Entitlement, Scope
 from shared.errors import BudgetExceededError, RateLimitError, ServiceUnavailableError
 from shared.governance import Budget
+from shared.leases import Leases, Note
 from shared.periods import period_end, period_key, window, window_reset
 from shared.route_pricing import RoutePricing
 from shared.schemas.chat import Hold, Reservation
@@ -158,14 +165,24 @@ async def reserve_price(
 
 class Governor:
     def __init__(
-        self, counters: Counters, subjects: Subjects, *, quotas_fail_open: bool, reservation_grace_s: float
+        self,
+        counters: Counters,
+        subjects: Subjects,
+        *,
+        quotas_fail_open: bool,
+        reservation_grace_s: float,
+        leases: bool = True,
+        note: Note | None = None,
     ) -> None:
+        """`leases`: admit requests per minute and hard budgets from blocks this replica leases (shared/leases.py;
+        `note` publishes a budget lease's state); False: every request is counted exactly, one round trip each."""
         self._counters = counters
         self._subjects = subjects
         self._fail_open = quotas_fail_open
         self._grace = reservation_grace_s
         self._pending: set[asyncio.Future[None]] = set()
         self._tpm_seen: dict[str, tuple[int, float]] = {}  # tokens window → (total, when learnt)
+        self.leases = Leases(counters, reservation_grace_s=reservation_grace_s, note=note) if leases else None
 
     async def admit(
         self, ent: Entitlement, request_id: str, estimate: Estimate, deadline: float, *, budgets: bool = True
@@ -181,47 +198,98 @@ class Governor:
         tpm = [(s, q) for s in ent.scopes if (q := s.limits.quotas.tpm) is not None]
         conc = [(s, q) for s in ent.scopes if (q := s.limits.quotas.max_concurrency) is not None]
         hard = [(s, b) for s in ent.scopes for b in s.limits.budgets if b.hard] if budgets else []
-        worst = estimate.cost() if hard else 0.0
-        worst_micro = math.ceil(worst * MICRO)
-        # every counter of the request in one go: one round trip whatever the number of levels
+        worst_micro = math.ceil(estimate.cost() * MICRO) if hard else 0
+        rpm_subjects = [self._subjects.quota_counter("rpm", s.name, minute) for s, _ in rpm]
         tpm_subjects = [self._subjects.quota_counter("tpm", s.name, minute) for s, _ in tpm]
         r_tpm: list[Count | CounterError] = [self._tpm_cached(subject) or _READ for subject in tpm_subjects]
         spend = [self._subjects.spend_counter(s.name, period_key(b.period, now, ent.timezone)) for s, b in hard]
-        ops = [Op(self._subjects.quota_counter("rpm", s.name, minute), 1) for s, _ in rpm]
+        # drawn from this replica's leases, without a round trip (None: counted exactly below)
+        r_rpm, drawn = await self._from_leases(ent, rpm, rpm_subjects, hard, spend, worst_micro, now, deadline)
+        # every other counter of the request in one go: one round trip whatever the number of levels
+        ops = [Op(subject, 1) for subject, r in zip(rpm_subjects, r_rpm, strict=True) if r is None]
         ops += [Op(subject, 0) for subject, r in zip(tpm_subjects, r_tpm, strict=True) if r is _READ]
         ops += [Op(self._subjects.concurrency_counter(s.name), 1) for s, _ in conc]
-        ops += [Op(subject, worst_micro) for subject in spend]
-        results = await self._counters.add_many(ops)
-        r_rpm = results[: len(rpm)]
-        n_reads = sum(r is _READ for r in r_tpm)
-        reads = iter(results[len(rpm) : len(rpm) + n_reads])
+        if drawn is None:
+            ops += [Op(subject, worst_micro) for subject in spend]
+        answers = iter(await self._counters.add_many(ops) if ops else [])
+        exact = [r is None for r in r_rpm]
+        r_rpm = [r if r is not None else next(answers) for r in r_rpm]
         for i, subject in enumerate(tpm_subjects):
             if r_tpm[i] is _READ:
-                r_tpm[i] = next(reads)
+                r_tpm[i] = next(answers)
                 if isinstance(r_tpm[i], Count):
                     self._tpm_seen[subject] = (r_tpm[i].value, time.monotonic())  # type: ignore[union-attr]
-        r_conc = results[len(rpm) + n_reads : len(rpm) + n_reads + len(conc)]
-        r_spend = results[len(rpm) + n_reads + len(conc) :]
+        r_conc = [next(answers) for _ in conc]
+        r_spend: list[Count | CounterError] = list(drawn[1]) if drawn is not None else [next(answers) for _ in spend]
+        self._learn(rpm_subjects, r_rpm, exact, spend if drawn is None else [], r_spend)
         held_conc = [
             self._subjects.concurrency_counter(s.name)
             for (s, _), r in zip(conc, r_conc, strict=True)
             if isinstance(r, Count)
         ]
-        held_spend = [(subj, worst_micro) for subj, r in zip(spend, r_spend, strict=True) if isinstance(r, Count)]
+        # what this request added to the spend counters itself (given back if it is refused)
+        held_spend = (
+            [(subj, worst_micro) for subj, r in zip(spend, r_spend, strict=True) if isinstance(r, Count)]
+            if drawn is None
+            else []
+        )
         try:
-            self._check_quotas(rpm, r_rpm, tpm, r_tpm, conc, r_conc, now, admitted)
+            self._check_quotas(rpm, [r for r in r_rpm if r is not None], tpm, r_tpm, conc, r_conc, now, admitted)
             max_tokens = await self._check_budgets(hard, r_spend, held_spend, estimate, now, ent)
         except BaseException:
             self._give_back(held_conc, held_spend)
+            if drawn is not None and self.leases is not None:
+                self.leases.undraw(drawn[0], spend, worst_micro)
             raise
         admitted.concurrency = held_conc
-        admitted.tpm = [self._subjects.quota_counter("tpm", s.name, minute) for s, _ in tpm]
+        admitted.tpm = tpm_subjects
         admitted.max_tokens = max_tokens
-        if held_spend:
+        reserved = held_spend if drawn is None else [(subj, worst_micro) for subj in spend]
+        if reserved:
             admitted.covered_output = max_tokens if max_tokens is not None else estimate.output_tokens
+        holds = self._holds(ent, hard, spend, reserved, now, budgets)
+        if holds or held_conc:
+            admitted.reservation = Reservation(
+                request_id=request_id,
+                amount_usd=reserved[0][1] / MICRO if reserved else 0.0,
+                holds=holds,
+                concurrency=held_conc,
+                expires_at=deadline + self._grace,
+                lease_id=drawn[0] if drawn is not None else "",
+            )
+        return admitted
+
+    def _learn(
+        self,
+        rpm_subjects: list[str],
+        r_rpm: list[Count | CounterError | None],
+        exact: list[bool],
+        spend: list[str],
+        r_spend: list[Count | CounterError],
+    ) -> None:
+        """Tell the leases the totals that this request's exact increments answered (the headroom they size
+        blocks by)."""
+        if self.leases is None:
+            return
+        for subject, result, counted in zip(rpm_subjects, r_rpm, exact, strict=True):
+            if counted and isinstance(result, Count):
+                self.leases.seen(subject, result.value)
+        if spend and all(isinstance(r, Count) for r in r_spend):
+            self.leases.spend_seen(spend, [r.value for r in r_spend if isinstance(r, Count)])
+
+    def _holds(
+        self,
+        ent: Entitlement,
+        hard: list[tuple[Scope, Budget]],
+        spend: list[str],
+        reserved: list[tuple[str, int]],
+        now: float,
+        budgets: bool,
+    ) -> list[Hold]:
+        """What the request's reservation holds: its worst case on each hard budget, nothing on soft ones."""
         holds = [
             budget_hold(scope, budget, subject, micro, now, ent)
-            for (scope, budget), subject, (_, micro) in zip(hard, spend, held_spend, strict=True)
+            for (scope, budget), subject, (_, micro) in zip(hard, spend, reserved, strict=True)
         ]
         # soft budgets reserve nothing and refuse nothing: accounting adds the actual cost and alerts
         holds += [
@@ -232,15 +300,37 @@ class Governor:
             for b in s.limits.budgets
             if not b.hard and budgets
         ]
-        if holds or held_conc:
-            admitted.reservation = Reservation(
-                request_id=request_id,
-                amount_usd=held_spend[0][1] / MICRO if held_spend else 0.0,
-                holds=holds,
-                concurrency=held_conc,
-                expires_at=deadline + self._grace,
-            )
-        return admitted
+        return holds
+
+    async def _from_leases(
+        self,
+        ent: Entitlement,
+        rpm: list[tuple[Scope, int]],
+        rpm_subjects: list[str],
+        hard: list[tuple[Scope, Budget]],
+        spend: list[str],
+        worst_micro: int,
+        now: float,
+        deadline: float,
+    ) -> tuple[list[Count | CounterError | None], tuple[str, list[Count]] | None]:
+        """The request's requests-per-minute counts and worst case drawn from this replica's leases, where they
+        can be (None where the counter must count it exactly)."""
+        r_rpm: list[Count | CounterError | None] = [None] * len(rpm)
+        if self.leases is None:
+            return r_rpm, None
+        for i, ((_, limit), subject) in enumerate(zip(rpm, rpm_subjects, strict=True)):
+            r_rpm[i] = await self.leases.request(subject, limit)
+        if not hard:
+            return r_rpm, None
+
+        def describe(micro: int) -> list[Hold]:
+            return [
+                budget_hold(scope, budget, subject, micro, now, ent)
+                for (scope, budget), subject in zip(hard, spend, strict=True)
+            ]
+
+        amounts = [round(b.amount_usd * MICRO) for _, b in hard]
+        return r_rpm, await self.leases.spend(spend, amounts, worst_micro, deadline, describe)
 
     def _check_quotas(
         self,
@@ -331,7 +421,7 @@ class Governor:
         if any(not isinstance(r, Count) for r in results):
             # budgets fail closed: without the counter nothing proves the spend is covered
             raise ServiceUnavailableError("Budget counters are unavailable; try again shortly.", retry_after=1.0)
-        worst_micro = held[0][1]
+        worst_micro = held[0][1] if held else 0
         totals = [r.value for r in results if isinstance(r, Count)]
         over = [
             (scope, budget, total)
@@ -371,7 +461,10 @@ class Governor:
             self._spawn(ops)
 
     async def finish(self, admitted: Admitted, tokens: int) -> None:
-        """The request ended: give back its concurrency, count its tokens (its spend is settled by accounting)."""
+        """The request ended: give back its concurrency, count its tokens (its spend is settled by accounting),
+        and tell the budget lease it was drawn from (after its record was handed to the publisher)."""
+        if self.leases is not None and admitted.reservation is not None and admitted.reservation.lease_id:
+            self.leases.ended(admitted.reservation.lease_id)
         ops = [Op(subject, -1) for subject in admitted.concurrency]
         if tokens > 0:
             ops += [Op(subject, tokens) for subject in admitted.tpm]
@@ -395,5 +488,8 @@ class Governor:
         task.add_done_callback(self._pending.discard)
 
     async def drain(self, timeout: float = 5.0) -> None:
+        """Give back every lease, then wait for the increments in flight."""
+        if self.leases is not None:
+            await self.leases.drain(timeout)
         if self._pending:
             await asyncio.wait(set(self._pending), timeout=timeout)

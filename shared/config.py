@@ -196,6 +196,10 @@ class GovernanceConfig(_Strict):
     quotas_when_unavailable: Literal["open", "closed"] = "open"
     # how long a reservation outlives its request's deadline before it is released (a crashed replica)
     reservation_grace_s: float = Field(default=30.0, gt=0)
+    # each ingress replica leases blocks of requests-per-minute and budget counters and admits from them
+    # locally (no round trip per request; bounded under-admission, never over: docs/governance.md); false:
+    # every request counted exactly on the shared counters
+    leases: bool = True
     # budget alerts are also POSTed here (JSON, Slack-compatible `text`), when set
     alert_webhook_url: str | None = None
 

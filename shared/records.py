@@ -106,9 +106,14 @@ class RecordPublisher:
     def hold(self, reservation: Reservation) -> None:
         """Note a budget reservation as live, so that it is released if this process dies before the
         request's record is stored (accounting settles it from the record otherwise)."""
-        state = ReservationState(state="live", reservation=reservation, at=time.time())
+        self.note(reservation, "live")
+
+    def note(self, reservation: Reservation, state: str) -> None:
+        """Publish a reservation's state: a request's `live` one, or a budget lease's (shared/leases.py):
+        `live` when taken, `settled` when its replica gave back what it did not use."""
+        noted = ReservationState(state=state, reservation=reservation, at=time.time())
         subject = self._subjects.reservation(reservation.request_id)
-        self._events.publish(subject, state, f"resv-live-{reservation.request_id}")
+        self._events.publish(subject, noted, f"resv-{state}-{reservation.request_id}")
 
     async def start(self, nc: Client) -> None:
         await self._events.start(nc)

@@ -11,6 +11,16 @@ notes the reservation as `live` on `<p>.resv.<request_id>` (shared/admission.py)
 - **release**, when a `live` reservation outlives its expiry (its ingress replica died before the record
   was written): the reservation and the concurrency slots it held are given back, and it becomes
   `released`; a record that still arrives later is then settled at its full actual cost.
+- **leases**: an ingress replica may lease a block of a budget and draw requests' worst cases from it
+  (shared/leases.py); the lease is noted `live` like a reservation (`lease=True`, expiring after the latest
+  deadline it covers), every request drawn from it names it (`lease_id`) and holds its own worst case as
+  usual, and needs no live note of its own while the lease's stands for it. The replica gives back the
+  undrawn part itself once the last request drawn from it has ended, and notes the lease `settled`; when a
+  live lease expires instead (the replica died), its holds minus the worst cases of the requests known to be
+  drawn from it (records settled, or live notes of requests holding concurrency slots) are released, and
+  those requests are noted on the `released` lease (`drawn`). A request drawn from it that only shows up
+  later was given back with the lease: its own release gives back nothing more, and its settlement adds its
+  full cost.
 - **alert**: when a budget's settled spend crosses one of its thresholds, a BudgetAlert is published
   once (the settled counter only grows, and its increments are deduplicated), and POSTed to the
   configured webhook in the JSON shape Slack-compatible incoming webhooks take.
@@ -144,7 +154,8 @@ class Reservations:
                 continue
             # unknown price (a soft budget on an unpriced model): count nothing rather than guess
             actual = math.ceil((cost_usd or 0.0) * MICRO)
-            todo.append((reservation, actual, known is not None and known.state == "released"))
+            released = (known is not None and known.state == "released") or self._outside_lease(reservation)
+            todo.append((reservation, actual, released))
         ops: list[Op] = []
         alerts: list[tuple[int, Hold, int]] = []  # (index of the settled-counter op, hold, actual)
         for reservation, actual, released in todo:
@@ -229,15 +240,32 @@ class Reservations:
                 await asyncio.sleep(2**attempt)
         log.error("budget alert %s not delivered to the webhook after %d attempts", alert.event_id, WEBHOOK_ATTEMPTS)
 
+    def _outside_lease(self, reservation: Reservation) -> bool:
+        """A request drawn from a lease that was released without counting it: its worst case went back with
+        the lease already."""
+        if not reservation.lease_id:
+            return False
+        lease = self.states.get(reservation.lease_id)
+        return lease is not None and lease.state == "released" and reservation.request_id not in lease.reservation.drawn
+
     # ---- release of reservations whose request never reported ------------------------------------
     async def reap(self, now: float | None = None) -> int:
         """Release every live reservation past its expiry; how many were released."""
         now = time.time() if now is None else now
         expired = [s.reservation for s in self.states.values() if s.state == "live" and s.reservation.expires_at < now]
+        leases = {r.request_id for r in expired if r.lease}
+        drawn: dict[str, list[Reservation]] = {lid: [] for lid in leases}
+        if leases:
+            for state in self.states.values():
+                if state.reservation.lease_id in drawn:
+                    drawn[state.reservation.lease_id].append(state.reservation)
         for reservation in expired:
             rid = reservation.request_id
+            if reservation.lease:
+                await self._release_lease(reservation, drawn[rid])
+                continue
             for i, hold in enumerate(reservation.holds):
-                if hold.micro_usd:
+                if hold.micro_usd and not self._outside_lease(reservation):
                     await self._counters.add(hold.subject, -hold.micro_usd, msg_id=f"release.{rid}.{i}")
             for i, subject in enumerate(reservation.concurrency):
                 await self._counters.add(subject, -1, msg_id=f"release-conc.{rid}.{i}")
@@ -245,6 +273,20 @@ class Reservations:
             self.released += 1
             log.warning("released the reservation of request %s: its record never came", rid)
         return len(expired)
+
+    async def _release_lease(self, lease: Reservation, drawn: list[Reservation]) -> None:
+        """A lease whose replica died: release what the requests known to be drawn from it did not take."""
+        for i, hold in enumerate(lease.holds):
+            taken = sum(h.micro_usd for r in drawn for h in r.holds if h.subject == hold.subject)
+            if hold.micro_usd - taken > 0:
+                await self._counters.add(hold.subject, taken - hold.micro_usd, msg_id=f"release.{lease.request_id}.{i}")
+        await self._note(msgspec.structs.replace(lease, drawn=sorted(r.request_id for r in drawn)), "released")
+        self.released += 1
+        log.warning(
+            "released the budget lease %s (%d requests drawn from it): its ingress replica never gave it back",
+            lease.request_id,
+            len(drawn),
+        )
 
     async def reap_forever(self, every_s: float = REAP_EVERY_S) -> None:
         await self.caught_up.wait()

@@ -173,6 +173,7 @@ class BatchService:
                 self.subjects,
                 quotas_fail_open=gov.quotas_when_unavailable == "open",
                 reservation_grace_s=gov.reservation_grace_s,
+                leases=gov.leases,  # items count against requests per minute only (budgets=False)
             ),
             counters=counters,
             results=results,

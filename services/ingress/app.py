@@ -210,6 +210,8 @@ class Gateway:
             self.subjects,
             quotas_fail_open=gov.quotas_when_unavailable == "open",
             reservation_grace_s=gov.reservation_grace_s,
+            leases=gov.leases,
+            note=self.records.note,
         )
         self.keystore = KeyStore(js, self.subjects.directory_bucket, self.directory)
         self.keystore.start()
@@ -461,8 +463,12 @@ class Gateway:
         finally:
             span.end()
         record.admitted = admitted
-        if admitted.reservation is not None:
-            self.records.hold(admitted.reservation)
+        reservation = admitted.reservation
+        if reservation is not None:
+            if not reservation.lease_id or reservation.concurrency:
+                # a request drawn from a budget lease needs no live note of its own (unless it holds concurrency
+                # slots): the lease's stands for it until its record is out (shared/leases.py)
+                self.records.hold(reservation)
             if chat is not None and admitted.max_tokens is None and max_output(chat) is None:
                 # the reservation covers this much output: the provider is told so, and cannot exceed it
                 admitted.max_tokens = output_tokens

@@ -104,6 +104,12 @@ class Reservation(msgspec.Struct, frozen=True, kw_only=True):
     holds: list[Hold] = []
     concurrency: list[str] = []
     expires_at: float = 0.0
+    # drawn from a budget lease of its ingress replica (shared/leases.py): the lease's request id
+    lease_id: str = ""
+    # this reservation is itself a lease: a block of money an ingress replica holds for the requests it draws
+    lease: bool = False
+    # a lease released by accounting (its replica died): the requests it counted as drawn from it
+    drawn: list[str] = []
 
 
 class ChatRequest(msgspec.Struct, frozen=True, kw_only=True):
