@@ -65,13 +65,14 @@ class Estimate:
     """The request's size before it runs: prompt tokens (estimated) and the most output it can have."""
 
     input_tokens: int
-    output_tokens: int
+    output_tokens: int  # per choice
     pricing: RoutePricing
+    choices: int = 1  # `n`: every choice may write `output_tokens`
 
     def cost(self, output_tokens: int | None = None) -> float:
-        return self.pricing.worst_case(
-            self.input_tokens, self.output_tokens if output_tokens is None else output_tokens
-        )
+        """The worst case with `output_tokens` per choice (default: the most the request may write)."""
+        per_choice = self.output_tokens if output_tokens is None else output_tokens
+        return self.pricing.worst_case(self.input_tokens, per_choice * self.choices)
 
 
 def _reset(seconds: float) -> str:
@@ -246,7 +247,9 @@ class Governor:
         admitted.max_tokens = max_tokens
         reserved = held_spend if drawn is None else [(subj, worst_micro) for subj in spend]
         if reserved:
-            admitted.covered_output = max_tokens if max_tokens is not None else estimate.output_tokens
+            # the output of every choice together, as a stream counts it
+            per_choice = max_tokens if max_tokens is not None else estimate.output_tokens
+            admitted.covered_output = per_choice * estimate.choices
         holds = self._holds(ent, hard, spend, reserved, now, budgets)
         if holds or held_conc:
             admitted.reservation = Reservation(
@@ -435,9 +438,8 @@ class Governor:
             raise self._exceeded(scope, budget, now, ent)
         # clamp: the output the tightest remainder covers, reserved instead of the worst case
         remainder = min(round(b.amount_usd * MICRO) - (total - worst_micro) for _, b, total in over)
-        tokens = min(
-            estimate.pricing.affordable_output(estimate.input_tokens, remainder / MICRO), estimate.output_tokens
-        )
+        affordable = estimate.pricing.affordable_output(estimate.input_tokens, remainder / MICRO, estimate.choices)
+        tokens = min(affordable, estimate.output_tokens)  # per choice
         if tokens < MIN_CLAMPED_TOKENS:
             raise self._exceeded(scope, budget, now, ent)
         lowered = math.ceil(estimate.cost(tokens) * MICRO)

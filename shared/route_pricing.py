@@ -66,15 +66,16 @@ class RoutePricing:
             (r.input * input_tokens + r.output * output_tokens for r in self.rates if r is not None), default=0.0
         )
 
-    def affordable_output(self, input_tokens: int, usd: float) -> int:
-        """The most output tokens `usd` covers on the dearest deployment, with this input."""
+    def affordable_output(self, input_tokens: int, usd: float, choices: int = 1) -> int:
+        """The most output tokens per choice `usd` covers on the dearest deployment, with this input and
+        `choices` answers (`n`) writing that much each."""
         left = usd - max((r.input * input_tokens for r in self.rates if r is not None), default=0.0)
         per_token = max((r.output for r in self.rates if r is not None), default=0.0)
         if left <= 0:
             return 0
         if per_token <= 0:
             return self.max_output
-        return min(int(left / per_token), self.max_output)
+        return min(int(left / per_token) // choices, self.max_output)
 
 
 def _serving(config: GatehouseConfig, model: ModelConfig) -> list[tuple[DeploymentConfig, ModelConfig]]:

@@ -13,6 +13,10 @@ _PATH = re.compile(r"at `\$\.?([^`]*)`")
 _ENUM = re.compile(r"Invalid enum value '([^']*)'")
 
 
+# the most choices (`n`) a chat request may ask for, as OpenAI documents it
+MAX_CHOICES = 128
+
+
 def too_deep() -> InvalidRequestError:
     return InvalidRequestError("We could not parse the JSON body of your request: it is nested too deeply.")
 
@@ -57,7 +61,8 @@ def chat_request(body: bytes) -> ChatCompletionRequest:
 
 
 def check_chat(req: ChatCompletionRequest) -> None:
-    """What the types alone do not say: a model name, at least one message, stream options with a stream."""
+    """What the types alone do not say: a model name, at least one message, stream options with a stream,
+    output limits and a number of choices in range."""
     if not req.model:
         raise InvalidRequestError("Missing required parameter: 'model'.", param="model")
     if not req.messages:
@@ -66,6 +71,23 @@ def check_chat(req: ChatCompletionRequest) -> None:
         raise InvalidRequestError(
             "The 'stream_options' parameter is only allowed when 'stream' is enabled.", param="stream_options"
         )
+    # the output limits and the number of choices size a budget reservation (shared/admission.py): a zero or
+    # negative one would reserve nothing or less than nothing
+    for name, value, low, high in (
+        ("max_tokens", req.max_tokens, 1, None),
+        ("max_completion_tokens", req.max_completion_tokens, 1, None),
+        ("n", req.n, 1, MAX_CHOICES),
+    ):
+        if value is not None and value < low:
+            raise InvalidRequestError(
+                f"Invalid '{name}': integer below minimum value. Expected a value >= {low}, but got {value} instead.",
+                param=name,
+            )
+        if value is not None and high is not None and value > high:
+            raise InvalidRequestError(
+                f"Invalid '{name}': integer above maximum value. Expected a value <= {high}, but got {value} instead.",
+                param=name,
+            )
 
 
 def include_usage(req: ChatCompletionRequest) -> bool:

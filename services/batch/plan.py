@@ -32,12 +32,12 @@ MAX_METADATA_VALUE = 512
 
 def estimate(request: Request, pricing: RoutePricing, cap: int | None = None) -> Estimate:
     """The item's prompt (estimated from its text) and the most output it may have: its own max_tokens,
-    else the model's, never above the job's declared cap."""
+    else the model's, never above the job's declared cap, for each of its `n` choices."""
     if request.chat is not None:
         output = min(max_output(request.chat) or pricing.max_output, pricing.max_output)
         if cap is not None:
             output = min(output, cap)
-        return Estimate(estimate_prompt_tokens(request.chat), output, pricing)
+        return Estimate(estimate_prompt_tokens(request.chat), output, pricing, request.chat.n or 1)
     assert request.embeddings is not None
     return Estimate(embeddings_tokens(request.embeddings), 0, pricing)
 

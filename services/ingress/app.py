@@ -444,9 +444,11 @@ class Gateway:
         if self.governor is None or not ent.governed:
             return Admitted()
         pricing = self.pricing[model]
+        choices = 1
         if chat is not None:
             input_tokens = estimate_prompt_tokens(chat, conservative=True)
-            output_tokens = min(max_output(chat) or pricing.max_output, pricing.max_output)
+            output_tokens = min(max_output(chat) or pricing.max_output, pricing.max_output)  # per choice
+            choices = chat.n or 1
         else:
             input_tokens, output_tokens = (embeddings_tokens(parsed.embeddings) if parsed.embeddings else 1), 0
         if any(b.hard for s in ent.scopes for b in s.limits.budgets) and not pricing.known:
@@ -458,7 +460,7 @@ class Gateway:
         span = TRACER.start("ingress.admit", record.span.context if record.span else None, request_id=record.request_id)
         try:
             admitted = await self.governor.admit(
-                ent, record.request_id, Estimate(input_tokens, output_tokens, pricing), deadline
+                ent, record.request_id, Estimate(input_tokens, output_tokens, pricing, choices), deadline
             )
         finally:
             span.end()

@@ -313,3 +313,21 @@ def _record(reservation: Reservation) -> McpCallEvent:
         finished_at=now,
         reservation=reservation,
     )
+
+
+async def test_every_choice_of_a_request_is_reserved_and_a_clamp_lowers_each_choice(
+    connections: list[Client], subjects: Subjects
+) -> None:
+    # $0.01 per output token, 100 per choice at most: three choices (`n: 3`) may write 300 tokens, $3
+    pricing = RoutePricing("m", (TokenRates(input=0.0, output=0.01),), 100)
+    three = Estimate(0, 100, pricing, choices=3)
+    governor = _replicas(connections, subjects)[0]
+    ent = _ent(Limits(budgets=[Budget(amount_usd=5.0, on_exceed="clamp")]))
+    first = await governor.admit(ent, uuid.uuid4().hex, three, time.time() + 60)
+    assert first.reservation is not None and first.reservation.amount_usd == pytest.approx(3.0)
+    assert first.max_tokens is None and first.covered_output == 300  # every choice's output, as a stream counts it
+    # $2 left: 200 tokens in all, 66 per choice
+    second = await governor.admit(ent, uuid.uuid4().hex, three, time.time() + 60)
+    assert second.max_tokens == 66 and second.covered_output == 198
+    assert second.reservation is not None and second.reservation.amount_usd == pytest.approx(1.98)
+    await governor.drain()

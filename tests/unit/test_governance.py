@@ -135,6 +135,8 @@ def test_route_pricing_is_the_dearest_deployment_and_clamps_to_what_is_left() ->
     assert pricing.worst_case(100, 10) == pytest.approx(max(100e-6 + 20e-6, 300e-6 + 10e-6))
     assert pricing.affordable_output(100, 0.001) == int((0.001 - 300e-6) / 2e-6)
     assert pricing.affordable_output(100, 0.0001) == 0
+    # three choices (`n`) share what is left: the input is paid once
+    assert pricing.affordable_output(100, 0.001, 3) == int((0.001 - 300e-6) / 2e-6) // 3
     config = parse_config(
         """
 providers: {mock: {kind: mock}, oa: {kind: openai}}

@@ -29,6 +29,12 @@ from shared.validate import chat_request, embeddings_request, include_usage
             "stream_options",
             "only allowed",
         ),
+        # they size a budget reservation: zero or less would reserve nothing, or hand spend back
+        (b'{"model":"m","messages":[{"role":"user"}],"max_tokens":-5}', "max_tokens", "Expected a value >= 1"),
+        (b'{"model":"m","messages":[{"role":"user"}],"max_tokens":0}', "max_tokens", "below minimum value"),
+        (b'{"model":"m","messages":[{"role":"user"}],"max_completion_tokens":0}', "max_completion_tokens", ">= 1"),
+        (b'{"model":"m","messages":[{"role":"user"}],"n":0}', "n", "below minimum value"),
+        (b'{"model":"m","messages":[{"role":"user"}],"n":129}', "n", "Expected a value <= 128"),
     ],
 )
 def test_bad_chat_bodies(body: bytes, param: str | None, fragment: str) -> None:
@@ -94,3 +100,8 @@ def test_keyring_accepts_bearer_and_x_api_key_and_masks_bad_keys() -> None:
     assert "sk-wrong-0000000000" not in exc.value.message
     with pytest.raises(AuthenticationError):
         ring.authenticate(None)
+
+
+def test_output_limits_and_choices_in_range_pass() -> None:
+    req = chat_request(b'{"model":"m","messages":[{"role":"user"}],"max_tokens":1,"max_completion_tokens":1,"n":128}')
+    assert (req.max_tokens, req.max_completion_tokens, req.n) == (1, 1, 128)
