@@ -89,6 +89,9 @@ class Reservations:
         self._tasks: set[asyncio.Task[None]] = set()
         self.released = 0
         self.settled = 0
+        # a settlement and a release decide from the states what was given back already, then act: one at a time,
+        # or a record of a lease being released could be settled against the worst case the release gives back
+        self._deciding = asyncio.Lock()
 
     # ---- the mirror of <p>.resv.* -------------------------------------------------------------------
     async def start(self) -> None:
@@ -144,6 +147,10 @@ class Reservations:
         actual costs, every counter increment of
         the batch in one go; raises CounterError when one cannot be made (the caller retries the batch:
         every increment is idempotent, and the states note which are done)."""
+        async with self._deciding:
+            await self._settle_many(records)
+
+    async def _settle_many(self, records: Sequence[tuple[RequestEvent | McpCallEvent, float | None]]) -> None:
         todo: list[tuple[Reservation, int, bool]] = []
         for event, cost_usd in records:
             reservation = event.reservation
@@ -251,6 +258,10 @@ class Reservations:
     # ---- release of reservations whose request never reported ------------------------------------
     async def reap(self, now: float | None = None) -> int:
         """Release every live reservation past its expiry; how many were released."""
+        async with self._deciding:
+            return await self._reap(now)
+
+    async def _reap(self, now: float | None = None) -> int:
         now = time.time() if now is None else now
         expired = [s.reservation for s in self.states.values() if s.state == "live" and s.reservation.expires_at < now]
         leases = {r.request_id for r in expired if r.lease}

@@ -24,7 +24,7 @@ from shared.governance import Budget, Limits, Quotas, VirtualKey
 from shared.leases import MAX_BLOCK, Leases
 from shared.periods import window
 from shared.route_pricing import RoutePricing, TokenRates
-from shared.schemas.chat import Caller, Reservation
+from shared.schemas.chat import Caller, Hold, Reservation
 from shared.schemas.events import ReservationState
 from shared.schemas.mcp import McpCallEvent
 from shared.subjects import Subjects
@@ -288,6 +288,49 @@ async def test_a_lease_is_given_back_after_its_last_request_and_then_left_alone_
         await _poll(mirrored, "the lease's states never reached the mirror")
         assert await accounting.reap(notes[0][0].expires_at + 60) == 0
         assert await counter.read(spend) == 2 * W
+    finally:
+        await accounting.stop()
+
+
+async def test_a_record_settled_while_its_lease_is_released_is_counted_once(
+    connections: list[Client], subjects: Subjects
+) -> None:
+    # a dead replica's lease of 10 W, one request drawn from it whose record arrives as the reaper releases the
+    # lease: either the release counts it (its settlement adds actual - W) or it does not (the settlement adds its
+    # full actual); never both, which would give its worst case back twice
+    nc = connections[2]
+    js = nc.jetstream()
+    counter = Counters(nc)
+    spend = subjects.spend_counter("key.race", "total")
+    lease_id = f"lease-race-{uuid.uuid4().hex}"
+    lease = Reservation(
+        request_id=lease_id,
+        amount_usd=10 * W / 1_000_000,
+        holds=[Hold(subject=spend, micro_usd=10 * W)],
+        expires_at=time.time() - 1,
+        lease=True,
+    )
+    drawn = Reservation(
+        request_id=uuid.uuid4().hex,
+        amount_usd=W / 1_000_000,
+        holds=[Hold(subject=spend, micro_usd=W)],
+        expires_at=time.time() + 60,
+        lease_id=lease_id,
+    )
+    await counter.add(spend, 10 * W)  # what the replica leased
+    note = subjects.reservation(lease_id)
+    await js.publish(note.name, note.encode(ReservationState(state="live", reservation=lease, at=0)))
+    accounting = Reservations(nc, js, subjects, Counters(nc))
+    await accounting.start()
+    try:
+
+        async def mirrored() -> bool:
+            return lease_id in accounting.states
+
+        await _poll(mirrored, "the lease's note never reached the mirror")
+        await asyncio.gather(accounting.settle_many([(_record(drawn), 4.0)]), accounting.reap())
+        assert accounting.states[lease_id].state == "released"
+        assert await counter.read(spend) == 4_000_000  # exactly the request's actual $4
     finally:
         await accounting.stop()
 
