@@ -33,10 +33,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from gatehouse.natsserver import free_port, start_nats
 from services.accounting import migrations
-from services.accounting.consumer import EventConsumer, tune_gc
+from services.accounting.consumer import GEN0_THRESHOLD, EventConsumer
 from services.accounting.sink import ClickHouseSink
 from shared.bus import MSG_ID, ensure_events_stream
 from shared.config import AccountingConfig
+from shared.runtime import tune_gc
 from shared.schemas.chat import Attempt, Caller, Usage
 from shared.schemas.events import RequestEvent
 from shared.subjects import Subjects
@@ -218,7 +219,7 @@ def main() -> None:
                         help="py-spy the drain phase only (raw collapsed stacks) into this file")  # fmt: skip
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    tune_gc()  # as `python -m services.accounting` does
+    tune_gc(GEN0_THRESHOLD)  # as `python -m services.accounting` does
     if os.environ.get("BENCH_GC_THRESHOLD"):  # experiments: e.g. BENCH_GC_THRESHOLD=200000,20,20
         gc.set_threshold(*(int(n) for n in os.environ["BENCH_GC_THRESHOLD"].split(",")))
     rates, cpus = [], []

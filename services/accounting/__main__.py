@@ -9,10 +9,11 @@ import uvloop
 from pydantic import ValidationError
 
 from services.accounting.app import create_app
-from services.accounting.consumer import tune_gc
+from services.accounting.consumer import GEN0_THRESHOLD
 from services.accounting.settings import AccountingSettings
 from shared.config import ConfigError
 from shared.logs import setup_logging
+from shared.runtime import tune_gc
 
 
 def main() -> None:
@@ -26,7 +27,7 @@ def main() -> None:
     except (ConfigError, ValueError) as exc:  # a bad config file or migrations folder: say which, then stop
         logging.getLogger("gatehouse.accounting").error("cannot start: %s", exc)
         sys.exit(2)
-    tune_gc()
+    tune_gc(GEN0_THRESHOLD)
     uvloop.run(app.run())
 
 

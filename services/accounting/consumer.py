@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
 import os
 import struct
@@ -48,16 +47,11 @@ STATS_EVERY_S = 60.0
 RESUBSCRIBE_AFTER = 10
 
 
-def tune_gc() -> None:
-    """The accounting process allocates thousands of short-lived objects per batch (messages, events, rows),
-    none of them in reference cycles: with the default thresholds the cyclic collector runs every 700
-    allocations and doubles the cost of preparing a batch. Objects alive at startup are frozen out of it.
-
-    A batch in hand keeps ~40 objects per event alive until it is acked, so each young collection walks
-    everything allocated since the last one and frees nothing: the fewer, the cheaper. At 200,000 (a few
-    batches' worth) the collector costs ~3.6 µs per event, against ~7 µs at 50,000 (bench/README.md)."""
-    gc.freeze()
-    gc.set_threshold(200_000, 20, 20)
+# young objects between collections in accounting (shared/runtime.tune_gc): a batch in hand keeps ~40 objects per
+# event alive until it is acked, so each young collection walks everything allocated since the last one and frees
+# nothing: the fewer, the cheaper. At 200,000 (a few batches' worth) the collector costs ~3.6 µs per event, against
+# ~7 µs at 50,000 (bench/README.md).
+GEN0_THRESHOLD = 200_000
 
 
 class Item(msgspec.Struct, frozen=True, eq=False):  # identity: the same event twice is two items
@@ -333,7 +327,7 @@ class EventConsumer:
             await self._pause(self._next_fetch - time.monotonic())
         self._next_fetch = time.monotonic() + self._interval
         try:
-            msgs = await puller.fetch(self._batch, self._interval, no_wait=True)
+            msgs = await puller.fetch(self._batch)
         except Exception as exc:  # connection trouble (the client reconnects by itself), or the consumer is gone
             self._more_waiting = False
             if not self._stopping.is_set():
