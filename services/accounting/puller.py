@@ -2,10 +2,9 @@
 
 nats-py's `PullSubscription.fetch` waits for each message of a batch with its own `asyncio.wait_for` (a task
 per message), which costs more than storing the event. Here a batch is one pull request
-(`$JS.API.CONSUMER.MSG.NEXT.<stream>.<durable>` with `batch` and `expires`) whose messages a subscription
-callback appends to a list: the server sends what it has at once and holds the request open for more until
-`expires`, then ends it with a 408 status. The messages are plain JetStream messages (ack, nak, term,
-in_progress work as usual).
+(`$JS.API.CONSUMER.MSG.NEXT.<stream>.<durable>` with `batch` and `no_wait`) whose messages a subscription
+callback appends to a list: the server sends what it has at once and ends the request with a 404 status when
+that is fewer than `batch`. The messages are plain JetStream messages (ack, nak, term, in_progress work as usual).
 """
 
 from __future__ import annotations
@@ -20,7 +19,7 @@ from nats.aio.subscription import Subscription
 
 STATUS = "Status"
 HEARTBEAT = "100"
-# after `expires`, how long to wait for the server's 408 before calling the fetch failed
+# how long to wait for the server's answer to a pull request before calling the fetch failed
 GRACE_S = 2.0
 
 
@@ -67,12 +66,9 @@ class Puller:
         taken, self._buffer = self._buffer[:batch], self._buffer[batch:]
         return taken
 
-    async def fetch(
-        self, batch: int, timeout: float, interrupt: asyncio.Event | None = None, *, no_wait: bool = False
-    ) -> list[Msg]:
-        """Up to `batch` messages: what the stream has now, plus what arrives within `timeout`; [] if none.
-        When `interrupt` is set meanwhile, what arrived so far. `no_wait`: only what the stream has now (the
-        server ends the request with a 404 at once when it has fewer than `batch`)."""
+    async def fetch(self, batch: int) -> list[Msg]:
+        """Up to `batch` messages: what the stream holds now ([] if nothing). The request is `no_wait`: the server
+        sends what it has at once and ends the request with a 404 when that is fewer than `batch`."""
         if self._sub is None:
             raise FetchFailed("the puller is not started")
         if len(self._buffer) >= batch:
@@ -81,25 +77,16 @@ class Puller:
         self._full.clear()
         self._ended.clear()
         self._status = ""
-        request: dict[str, object] = {"batch": batch - len(self._buffer)}
-        if no_wait:
-            request["no_wait"] = True
-            timeout, interrupt = 0.0, None  # answered at once: nothing to interrupt
-        else:
-            request["expires"] = int(timeout * 1e9)
+        request = {"batch": batch - len(self._buffer), "no_wait": True}
         await self._nc.publish(self._next, json.dumps(request).encode(), reply=self._inbox)
         waits = {asyncio.ensure_future(self._full.wait()), asyncio.ensure_future(self._ended.wait())}
-        if interrupt is not None:
-            waits.add(asyncio.ensure_future(interrupt.wait()))
         try:
-            done, _ = await asyncio.wait(waits, timeout=timeout + GRACE_S, return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait(waits, timeout=GRACE_S, return_when=asyncio.FIRST_COMPLETED)
         finally:
             for waiting in waits:
                 waiting.cancel()
-        if interrupt is not None and interrupt.is_set():
-            return self._take(batch)
         if not done and not self._buffer:
-            raise FetchFailed(f"no answer to a pull request on {self._next} within {timeout + GRACE_S:.1f}s")
+            raise FetchFailed(f"no answer to a pull request on {self._next} within {GRACE_S:.1f}s")
         if self._status and not self._status.startswith(("404", "408")) and not self._buffer:
             raise FetchFailed(f"pull request refused: {self._status}")
         return self._take(batch)
