@@ -207,6 +207,13 @@ class ServiceUnavailableError(GatewayError):
     retryable = True
 
 
+class PluginError(ServiceUnavailableError):
+    """A plugin under `fail: closed` raised, timed out or broke its contract; the message names it only
+    (shared/plugins.py). Declared here with the rest of the taxonomy, so its code is a metric label too."""
+
+    code = "plugin_error"
+
+
 class GatewayTimeoutError(GatewayError):
     status = 504
     type = "timeout_error"

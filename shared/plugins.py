@@ -34,7 +34,7 @@ import msgspec
 
 from shared import metrics
 from shared.config import HookPoint, PluginConfig
-from shared.errors import ErrorInfo, GatewayError
+from shared.errors import ErrorInfo, GatewayError, PluginError
 from shared.schemas.chat import Caller, ChatRequest
 
 log = logging.getLogger("gatehouse.plugins")
@@ -119,15 +119,6 @@ class Applied:
 
 
 NOTHING = Applied({}, {})
-
-
-class PluginError(GatewayError):
-    """A plugin under `fail: closed` raised, timed out or broke its contract; the message names it only."""
-
-    status = 503
-    type = "api_error"
-    code = "plugin_error"
-    retryable = True
 
 
 class PluginBlocked(GatewayError):

@@ -364,3 +364,10 @@ def test_a_malformed_signature_header_is_false_never_an_exception(timestamp: str
     body = b'{"type":"budget_alert"}'
     headers = {TIMESTAMP_HEADER: timestamp, SIGNATURE_HEADER: sig}
     assert verify("s3cret", headers, body, now=1_000_000) is False
+
+
+def test_a_plugin_error_has_its_own_metric_label() -> None:
+    # the error metrics label only the taxonomy's codes (shared/metrics.py); anything else is counted as "other"
+    from shared.metrics import ERROR_CODES
+
+    assert PluginError("p").info().code == "plugin_error" and "plugin_error" in ERROR_CODES
