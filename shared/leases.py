@@ -56,6 +56,8 @@ MAX_USE_S = 2.0
 # a budget lease of a replica that died is released by accounting MAX_USE_S + max(grace, this) after it was taken
 MIN_LEASE_GRACE_S = 5.0
 SWEEP_S = 0.25
+# how long past its expiry a lease left to accounting is remembered (so a late refusal never gives back again)
+STALE_S = 60.0
 
 
 def block_size(headroom: int, unit: int) -> int:
@@ -137,7 +139,8 @@ class Leases:
         self._n = 0
         self._windows: dict[str, _Window] = {}
         self._spend: dict[tuple[str, ...], _Spend] = {}
-        self._by_id: dict[str, _Lease] = {}  # budget leases not given back yet
+        # budget leases not given back yet (closing, or left to accounting's release when giving back failed)
+        self._by_id: dict[str, _Lease] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._sweeper: asyncio.Task[None] | None = None
 
@@ -268,8 +271,12 @@ class Leases:
         """A request drawn from a lease was refused after all (another limit): its worst case goes back to the
         lease, or to the counters if the lease was given back meanwhile."""
         lease = self._by_id.get(lease_id)
-        if lease is None or lease.done:
+        if lease is None:  # given back, with this worst case still counted as drawn: it goes back on its own
             self._send([Op(subject, -worst) for subject in subjects])
+            return
+        if lease.done:
+            # being given back, or left to accounting, whose release counts this request as not drawn (it has no
+            # record): its worst case goes back with the lease (at worst it stays counted: never given back twice)
             return
         lease.drawn -= worst
         self.ended(lease_id)
@@ -338,8 +345,10 @@ class Leases:
         if lease.done:
             return
         lease.done = True
-        self._by_id.pop(lease.lease_id, None)
-        if time.time() >= lease.note.expires_at:
+        now = time.time()
+        for stale in [k for k, v in self._by_id.items() if v.done and v.note.expires_at + STALE_S < now]:
+            del self._by_id[stale]  # left to accounting long ago: no request of it can still be refused
+        if now >= lease.note.expires_at:
             # past its expiry accounting releases it (a request that never ended): giving back too could count twice
             log.warning("budget lease %s expired before its last request ended; accounting releases it", lease.lease_id)
             return
@@ -350,6 +359,7 @@ class Leases:
             if any(isinstance(r, CounterError) for r in results):
                 log.warning("budget lease %s not given back; accounting releases it when it expires", lease.lease_id)
                 return
+        self._by_id.pop(lease.lease_id, None)
         if self._note is not None:
             self._note(lease.note, "settled")
 

@@ -335,6 +335,38 @@ async def test_a_record_settled_while_its_lease_is_released_is_counted_once(
         await accounting.stop()
 
 
+class GiveBackFails(Counted):
+    """Real counters on which a replica's give-back of a lease fails (the counters went away at that moment)."""
+
+    async def add_many(self, ops: Sequence[Op]) -> list[Count | CounterError]:
+        if ops and all(op.msg_id.startswith("release.") for op in ops):
+            return [CounterError("counters away") for _ in ops]
+        return await super().add_many(ops)
+
+
+async def test_a_refusal_after_a_failed_give_back_leaves_the_worst_case_to_accounting(
+    connections: list[Client], subjects: Subjects
+) -> None:
+    # the replica could not give its lease back, so accounting will release it by what the requests it knows of did
+    # not draw; a request drawn from it and refused after all has no record: that release gives its worst case back,
+    # so the replica must not give it back too
+    governor = Governor(
+        GiveBackFails(connections[0]), subjects, quotas_fail_open=False, reservation_grace_s=1.0, note=lambda r, s: None
+    )
+    ent = _ent(Limits(budgets=[Budget(amount_usd=1000 * W / 1_000_000, period="total")]))
+    await _admit(governor, ent)  # exact: the first request in a while
+    drawn = await _admit(governor, ent)
+    assert isinstance(drawn, Admitted) and drawn.reservation is not None and drawn.reservation.lease_id
+    spend = subjects.spend_counter("key.k", "total")
+    counter = Counters(connections[2])
+    assert governor.leases is not None
+    await governor.leases.drain()  # the give-back fails: the lease is left to accounting
+    before = await counter.read(spend)
+    governor.leases.undraw(drawn.reservation.lease_id, [spend], W)  # refused after all
+    await governor.drain()
+    assert await counter.read(spend) == before
+
+
 async def _true(value: bool) -> bool:
     return value
 
