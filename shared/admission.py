@@ -205,16 +205,16 @@ class Governor:
         r_tpm: list[Count | CounterError] = [self._tpm_cached(subject) or _READ for subject in tpm_subjects]
         spend = [self._subjects.spend_counter(s.name, period_key(b.period, now, ent.timezone)) for s, b in hard]
         # drawn from this replica's leases, without a round trip (None: counted exactly below)
-        r_rpm, drawn = await self._from_leases(ent, rpm, rpm_subjects, hard, spend, worst_micro, now, deadline)
+        leased, drawn = await self._from_leases(ent, rpm, rpm_subjects, hard, spend, worst_micro, now, deadline)
         # every other counter of the request in one go: one round trip whatever the number of levels
-        ops = [Op(subject, 1) for subject, r in zip(rpm_subjects, r_rpm, strict=True) if r is None]
+        ops = [Op(subject, 1) for subject, r in zip(rpm_subjects, leased, strict=True) if r is None]
         ops += [Op(subject, 0) for subject, r in zip(tpm_subjects, r_tpm, strict=True) if r is _READ]
         ops += [Op(self._subjects.concurrency_counter(s.name), 1) for s, _ in conc]
         if drawn is None:
             ops += [Op(subject, worst_micro) for subject in spend]
         answers = iter(await self._counters.add_many(ops) if ops else [])
-        exact = [r is None for r in r_rpm]
-        r_rpm = [r if r is not None else next(answers) for r in r_rpm]
+        exact = [r is None for r in leased]
+        r_rpm: list[Count | CounterError] = [r if r is not None else next(answers) for r in leased]
         for i, subject in enumerate(tpm_subjects):
             if r_tpm[i] is _READ:
                 r_tpm[i] = next(answers)
@@ -235,7 +235,7 @@ class Governor:
             else []
         )
         try:
-            self._check_quotas(rpm, [r for r in r_rpm if r is not None], tpm, r_tpm, conc, r_conc, now, admitted)
+            self._check_quotas(rpm, r_rpm, tpm, r_tpm, conc, r_conc, now, admitted)
             max_tokens = await self._check_budgets(hard, r_spend, held_spend, estimate, now, ent)
         except BaseException:
             self._give_back(held_conc, held_spend)
@@ -265,7 +265,7 @@ class Governor:
     def _learn(
         self,
         rpm_subjects: list[str],
-        r_rpm: list[Count | CounterError | None],
+        r_rpm: list[Count | CounterError],
         exact: list[bool],
         spend: list[str],
         r_spend: list[Count | CounterError],

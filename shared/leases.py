@@ -151,7 +151,6 @@ class Leases:
         w = self._windows.get(subject)
         if w is None:
             w = self._windows[subject] = _Window(subject, limit)
-            self._start_sweeper()
         w.limit = limit
         while True:  # every fetch either adds units or ends in exact counting
             w = self._windows.setdefault(subject, w)  # swept while this request waited: hold it again
@@ -228,7 +227,6 @@ class Leases:
             if pool is not None:
                 self._retire(pool)
             pool = self._spend[key] = _Spend(key, tuple(amounts), [0] * len(key))
-            self._start_sweeper()
         while True:  # every fetch either adds units or ends in exact counting
             pool = self._spend.setdefault(key, pool)
             self._start_sweeper()
