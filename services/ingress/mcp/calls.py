@@ -37,8 +37,8 @@ from shared.errors import BudgetExceededError, ServiceUnavailableError
 from shared.event_publisher import EventPublisher
 from shared.mcp_config import McpConfig, split_name
 from shared.periods import window, window_reset
+from shared.records import RecordPublisher
 from shared.schemas.chat import GuardFinding, GuardSummary, Reservation
-from shared.schemas.events import ReservationState
 from shared.schemas.mcp import Approval, ArgumentsScan, McpCallEvent, McpError, McpMethod, ToolCall, ToolOutcome
 from shared.subjects import Subjects
 from shared.tracing import Span
@@ -155,6 +155,7 @@ class ToolCalls:
         self._nc = connection
         self._counters = counters
         self._events = events
+        self._records = RecordPublisher(subjects, events)  # notes a priced call's reservation live
         self._approvals = approvals
         self._runs = runs
         self.replica = replica
@@ -340,8 +341,7 @@ class ToolCalls:
         except ServiceUnavailableError:
             raise CallFailed(mcp_errors.gateway_unavailable("budget counters")) from None
         if reservation is not None:
-            state = ReservationState(state="live", reservation=reservation, at=time.time())
-            self._events.publish(self.subjects.reservation(rec.call_id), state, f"resv-live-{rec.call_id}")
+            self._records.hold(reservation)
         return reservation
 
     def _tool_call(
