@@ -408,6 +408,8 @@ class ToolCalls:
         summaries = [s for s in scans if s is not None]
         for summary in summaries:
             findings.extend(summary.findings)
+        # arguments the guard only flagged are the same text in both scans: a hit at one place is recorded once
+        findings = list(dict.fromkeys(findings))
         worst = _worst(summaries)
         status = rec.error.status if rec.error is not None else ("tool_error" if rec.is_tool_error else "ok")
         finished = time.time()

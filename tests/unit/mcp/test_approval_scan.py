@@ -28,12 +28,12 @@ from services.guard.core import Guard
 from services.guard.policy import Guardrails
 from services.guard.tools import Scanned, ToolGuard
 from services.ingress.mcp.approvals import Approvals
-from services.ingress.mcp.calls import CallContext, CallFailed, ToolCalls
+from services.ingress.mcp.calls import CallContext, CallFailed, ToolCalls, _Record
 from shared import mcp_errors
 from shared.config import hash_key, parse_config
 from shared.directory import Directory
 from shared.event_publisher import EventPublisher
-from shared.schemas.chat import Caller
+from shared.schemas.chat import Caller, GuardFinding, GuardSummary
 from shared.schemas.mcp import Approval, ToolCall, ToolOutcome
 from shared.spool import SpoolConfig
 from shared.subjects import Subjects
@@ -236,3 +236,19 @@ guardrails:
     assert first.summary is not None and first.summary.action == "redact"
     again = scan(first.data)
     assert again.data == first.data and again.summary is not None and again.summary.action == "allow"
+
+
+def test_a_flag_seen_by_both_scans_of_an_approved_call_is_recorded_once(rig: Rig) -> None:
+    # arguments the guard only flags reach the call's own scan unchanged: the same hit at the same place, twice
+    hit = GuardFinding(scanner="topics", rule="weapons", action="flag", start=3, end=8, location="arguments.body")
+    other = GuardFinding(scanner="topics", rule="weapons", action="flag", start=20, end=25, location="arguments.body")
+    rec = _Record(call_id="c1", method="tools/call", received_at=time.time(), started=time.monotonic())
+    rec.guard_input = GuardSummary(policy="args", action="flag", findings=[hit])
+    rec.outcome = ToolOutcome(
+        call_id="c1", guard_input=GuardSummary(policy="args", action="flag", findings=[hit, other])
+    )
+    published: list[object] = []
+    rig.calls._events.publish = lambda subject, event, msg_id, **_: published.append(event)  # type: ignore[method-assign]
+    rig.calls._record(rig.ctx, rec)
+    [event] = published
+    assert event.guard_findings == [hit, other]  # type: ignore[attr-defined]
