@@ -24,6 +24,7 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Literal
 
+from services.guard import identifiers
 from services.guard.redaction import Span, Vault, redact
 from services.guard.scanners.base import SEVERITY_RANK, Finding, Scanner
 from services.guard.scanners.custom import size_finding
@@ -119,6 +120,7 @@ class Policy:
         self._by_name = {s.scanner.name: s.scanner for s in steps}
         self._below_min = below_min
         self._rescan = any(s.rescan_cleaned for s in steps)
+        self._injection = next((s for s in self._steps if s.scanner.name == "injection"), None)
 
     @property
     def scanners(self) -> tuple[str, ...]:
@@ -160,7 +162,9 @@ class Policy:
         """Scan the texts of one request together: one verdict, one size limit, one placeholder map.
 
         `tokens` are the indexes of texts that are single words (JSON keys, say): every scanner reads them but the
-        injection classifier, whose reading of a lone word ("text", "content") is no verdict."""
+        injection classifier, whose reading of a lone word ("text", "content") is no verdict. A text that is one
+        long identifier-like run (a key, a name, any text) is also read by the injection scanner as the words it
+        joins (`identifiers.spaced`), classifier included."""
         vault = Vault() if vault is None else vault
         decisions: list[Decision] = []
         too_big = size_finding(sum(len(t) for t in texts), self.max_prompt_chars)
@@ -173,6 +177,7 @@ class Policy:
                 if i in tokens:
                     found = [d for d in found if d.finding.rule != CLASSIFIER_RULE]
                 decisions.extend(found)
+                decisions.extend(self._as_words(text, i, found))
         verdict: Verdict = "allow"
         for d in decisions:
             if VERDICT_RANK[d.action] > VERDICT_RANK[verdict]:
@@ -187,6 +192,27 @@ class Policy:
                     spans.setdefault(d.part, []).append(Span(f.start, f.end, self.label(f)))
             out = tuple(redact(t, spans.get(i, ()), vault, avoid) for i, t in enumerate(texts))
         return PolicyResult(self.name, verdict, tuple(decisions), out, vault)
+
+    def _as_words(self, text: str, part: int, found: list[Decision]) -> list[Decision]:
+        """The injection scanner's findings in the words of an identifier-like run (a run is one token to it, so
+        `ignore_all_previous_instructions` would read as nothing), each over the whole run; none it found already."""
+        step = self._injection
+        spaced = identifiers.spaced(text) if step is not None else None
+        if step is None or spaced is None:
+            return []
+        seen = {d.finding.rule for d in found if d.finding.scanner == step.scanner.name}
+        out: list[Decision] = []
+        for finding in step.scanner.scan(spaced):
+            if finding.rule in seen:
+                continue
+            if finding.rule == CLASSIFIER_RULE and not identifiers.classifier_stands(spaced, finding.score):
+                continue  # short spaced names read like prompts to it (identifiers.CLASSIFIER_FLOOR)
+            seen.add(finding.rule)
+            whole = replace(finding, start=0, end=len(text))
+            action = self._action(step, whole)
+            if action is not None:
+                out.append(Decision(whole, action, part))
+        return out
 
 
 def _with_cleaned(found: list[Finding], extra: list[Finding], cleaned: MappedText) -> list[Finding]:

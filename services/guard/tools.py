@@ -6,7 +6,9 @@ Every string value and every object key is scanned, each as one text of the call
 with a finding is named `<key>`, never by its text); a redaction replaces the string, or the key, in place, so the
 JSON keeps its shape. Nothing is skipped (`_meta`, `annotations`, `uri` are text a server controls like any
 other); single words (keys, and a result's `type`, `mimeType`, `role`, `audience` values) are only spared the
-injection classifier, which reads a lone protocol word as an injection.
+injection classifier's reading of the whole word, which takes a lone protocol word for an injection. A long
+identifier-like word (`ignore_all_previous_instructions`, `ignoreAllPreviousInstructions`) is still read by the
+injection scanner, classifier included, as the words it joins (`identifiers.spaced`, in the policy's scan).
 """
 
 from __future__ import annotations
@@ -29,7 +31,8 @@ _DECODE = msgspec.json.Decoder(dict[str, Any])
 FLAG_META = "io.gatehouse/guard"
 # the protocol's enum-like fields of a result (content types, MIME types, roles, audiences) and every key: a single
 # word there is read by every scanner but the injection classifier, to which a lone word ("text", "user") can look
-# like an injection; anything else under them (spaced text, objects) is scanned like the rest
+# like an injection (a long identifier-like word it still reads, split into its words); anything else under them
+# (spaced text, objects) is scanned like the rest
 ENUM_FIELDS = frozenset({"type", "mimeType", "role", "audience"})
 _WORD = re.compile(r"\S{1,100}")
 
