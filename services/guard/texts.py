@@ -2,8 +2,8 @@
 
 Reads the canonical request Structs (shared.schemas.openai): every string a model will read is a slot,
 whoever wrote it — message contents and text parts, refusals and reasoning of earlier turns, tool-call
-arguments, tool descriptions and parameter schemas, `response_format` schema, name and description,
-and embeddings inputs.
+arguments, tool descriptions and parameter schemas (their property names included), `response_format`
+schema, name and description, and embeddings inputs.
 """
 
 from __future__ import annotations
@@ -16,28 +16,57 @@ from shared.schemas.openai import ChatCompletionRequest, ContentPart, Embeddings
 MAX_SCHEMA_DEPTH = 32
 # schema keywords whose values are structure, not text a model reads as instructions
 _STRUCTURAL = frozenset({"type", "format", "$ref", "$schema", "$id", "$anchor"})
+# JSON Schema's own keywords (draft 2020-12 and the older drafts' names); every other key of a schema names
+# something (a property, a definition) or is text its author added, which a model reads like a description
+_KEYWORDS = frozenset({
+    "$anchor", "$comment", "$defs", "$dynamicAnchor", "$dynamicRef", "$id", "$ref", "$schema", "$vocabulary",
+    "additionalItems", "additionalProperties", "allOf", "anyOf", "const", "contains", "contentEncoding",
+    "contentMediaType", "contentSchema", "default", "definitions", "dependencies", "dependentRequired",
+    "dependentSchemas", "deprecated", "description", "else", "enum", "examples", "exclusiveMaximum",
+    "exclusiveMinimum", "format", "if", "items", "maxContains", "maxItems", "maxLength", "maxProperties", "maximum",
+    "minContains", "minItems", "minLength", "minProperties", "minimum", "multipleOf", "not", "nullable", "oneOf",
+    "pattern", "patternProperties", "prefixItems", "properties", "propertyNames", "readOnly", "required", "strict",
+    "then", "title", "type", "unevaluatedItems", "unevaluatedProperties", "uniqueItems", "writeOnly",
+})  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
 class TextSlot:
     """One string inside a request: its path for reports, and where it is held (a Struct attribute
-    or a dict/list item) so a redacted text can be written back."""
+    or a dict/list item) so a redacted text can be written back; `name`: the slot is the dict's key itself
+    (a schema's property name), not the value under it."""
 
     location: str
     owner: object
     key: str | int
+    name: bool = False
 
     def get(self) -> str:
         owner = self.owner
+        if self.name:
+            return str(self.key)
         value = owner[self.key] if isinstance(owner, dict | list) else getattr(owner, str(self.key))  # type: ignore[index]
         return value if isinstance(value, str) else ""
 
     def set(self, text: str) -> None:
         owner = self.owner
-        if isinstance(owner, dict | list):
+        if self.name and isinstance(owner, dict):
+            if text != self.key:
+                _rename(owner, str(self.key), text)
+        elif isinstance(owner, dict | list):
             owner[self.key] = text  # type: ignore[index]
         else:
             setattr(owner, str(self.key), text)
+
+
+def _rename(owner: dict[str, object], old: str, new: str) -> None:
+    """Rename a key in place, keeping the order of the keys (a schema's properties are read in order)."""
+    items = list(owner.items())
+    taken = set(owner)
+    while new in taken:  # two keys redacted to the same text: both kept
+        new += "_"
+    owner.clear()
+    owner.update((new if k == old else k, v) for k, v in items)
 
 
 def chat_slots(req: ChatCompletionRequest) -> list[TextSlot]:
@@ -120,6 +149,9 @@ def _schema(node: object, where: str, slots: list[TextSlot], depth: int) -> None
         return
     if isinstance(node, dict):
         for key, value in node.items():
+            if isinstance(key, str) and key not in _KEYWORDS:
+                # a key a model reads: a property's name, or a key the schema's author made up
+                slots.append(TextSlot(f"{where}.<key> (key)", node, key, name=True))
             if isinstance(value, str):
                 if key in _STRUCTURAL:
                     continue
@@ -138,7 +170,19 @@ def read(slots: list[TextSlot]) -> list[str]:
     return [s.get() for s in slots]
 
 
+def names(slots: list[TextSlot]) -> frozenset[int]:
+    """The indexes of the slots that are keys: single words a policy does not read as prompts (`Policy.scan_texts`'s
+    `tokens`)."""
+    return frozenset(i for i, s in enumerate(slots) if s.name)
+
+
 def write(slots: list[TextSlot], texts: tuple[str, ...] | list[str]) -> None:
-    """Put (redacted) texts back where the slots point."""
-    for slot, text in zip(slots, texts, strict=True):
-        slot.set(text)
+    """Put (redacted) texts back where the slots point: values first, then keys, so that a value is written under
+    the key it was read from before that key is renamed."""
+    pairs = list(zip(slots, texts, strict=True))
+    for slot, text in pairs:
+        if not slot.name:
+            slot.set(text)
+    for slot, text in pairs:
+        if slot.name:
+            slot.set(text)
