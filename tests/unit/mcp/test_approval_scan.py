@@ -10,33 +10,21 @@ import asyncio
 import json
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import msgspec
-import nats
-import nats.js.errors
 import pytest
-from faststream.nats import NatsBroker
-from nats.aio.client import Client
-from nats.aio.msg import Msg
 
 from gatehouse.natsserver import NatsServer
-from services.guard.app import GuardHandlers
-from services.guard.core import Guard
 from services.guard.policy import Guardrails
 from services.guard.tools import Scanned, ToolGuard
-from services.ingress.mcp.approvals import Approvals
-from services.ingress.mcp.calls import CallContext, CallFailed, ToolCalls, _Record
+from services.ingress.mcp.calls import CallFailed, _Record
 from shared import mcp_errors
 from shared.config import hash_key, parse_config
-from shared.directory import Directory
-from shared.event_publisher import EventPublisher
 from shared.schemas.chat import Caller, GuardFinding, GuardSummary
-from shared.schemas.mcp import Approval, ToolCall, ToolOutcome
-from shared.spool import SpoolConfig
-from shared.subjects import Subjects
+from shared.schemas.mcp import ToolCall, ToolOutcome
+from tests.unit.mcp.guard_rig import Rig, guard_rig
 
 SECRET = "ghp_" + "A1b2C3d4E5f6G7h8I9j0K1l2M3n4O5p6Q7r8"
 CARD = "4111 1111 1111 1111"
@@ -62,76 +50,16 @@ mcp:
 """
 
 
-class _Broker:
-    """What the guard's handlers use of their broker: the connection."""
-
-    def __init__(self, nc: Client) -> None:
-        self.connection = nc
-
-
-@dataclass
-class Rig:
-    nc: Client
-    calls: ToolCalls
-    approvals: Approvals
-    ctx: CallContext
-    upstream: list[ToolCall] = field(default_factory=list)  # what reached the mcp stage
-
-    async def entries(self) -> list[bytes]:
-        kv = await self.approvals.kv()
-        try:
-            keys = await kv.keys()
-        except nats.js.errors.NoKeysError:
-            return []
-        return [(await kv.get(k)).value or b"" for k in keys]
-
-    async def pending(self) -> Approval:
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            pending = await self.approvals.pending()
-            if pending:
-                return pending[0]
-            await asyncio.sleep(0.02)
-        raise AssertionError("no approval appeared")
+def _echo(call: ToolCall) -> bytes:
+    """The mcp stage's answer: the arguments it was given, as the result's text."""
+    text = json.dumps(json.loads(call.arguments))
+    return json.dumps({"content": [{"type": "text", "text": text}]}).encode()
 
 
 @pytest.fixture
 async def rig(nats_server: NatsServer, tmp_path: Path) -> AsyncIterator[Rig]:
-    config = parse_config(CONFIG)
-    subjects = Subjects(f"as{time.monotonic_ns()}")
-    nc = await nats.connect(nats_server.url)
-    events = EventPublisher(SpoolConfig(root=tmp_path / "guard"))
-    guard = GuardHandlers(cast(NatsBroker, _Broker(nc)), Guard(config), subjects, events)
-    upstream: list[ToolCall] = []
-
-    async def mcp_stage(msg: Msg) -> None:
-        call = subjects.mcp_call.decode(msg.data)
-        upstream.append(call)
-        text = json.dumps(json.loads(call.arguments))
-        result = json.dumps({"content": [{"type": "text", "text": text}]}).encode()
-        await msg.respond(subjects.mcp_call.encode_reply(ToolOutcome(call_id=call.call_id, result=result)))
-
-    subs = [
-        await nc.subscribe(subjects.guard_mcp.name, cb=guard.on_tool_call),
-        await nc.subscribe(subjects.guard_mcp_scan.name, cb=guard.on_tool_scan),
-        await nc.subscribe(subjects.mcp_call.name, cb=mcp_stage),
-    ]
-    approvals = Approvals(nc.jetstream(), subjects.mcp_approvals_bucket)
-    calls = ToolCalls(
-        config.mcp,
-        subjects,
-        lambda: nc,
-        lambda: None,
-        EventPublisher(SpoolConfig(root=tmp_path / "ingress")),
-        lambda: approvals,
-        lambda: None,
-    )
-    directory = Directory.with_static({k.id: k for k in config.keys})
-    ctx = CallContext(ent=directory.entitlement(directory.static["k"]))
-    yield Rig(nc, calls, approvals, ctx, upstream)
-    for sub in subs:
-        await sub.unsubscribe()
-    await nc.close()
+    async with guard_rig(nats_server.url, tmp_path, CONFIG, _echo) as built:
+        yield built
 
 
 def _call(rig: Rig, arguments: dict[str, Any]) -> asyncio.Task[dict[str, Any]]:
