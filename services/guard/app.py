@@ -19,7 +19,8 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import msgspec
 from faststream import FastStream
@@ -53,10 +54,13 @@ from shared.schemas.events import ContentEvent
 from shared.schemas.mcp import ArgumentsScan, ToolCall, ToolOutcome
 from shared.subjects import Service, Subjects
 from shared.telemetry import Telemetry, TelemetryConfig
+from shared.tracing import Span
 
 log = logging.getLogger("gatehouse.guard")
 # the guard waits for the mcp stage this much longer than the call's own timeout (which the stage enforces)
 MCP_HOP_MARGIN_S = 2.0
+# what the guard answers a tool call with: the call's outcome, or (before an approval) its scanned arguments
+_Answer = TypeVar("_Answer", ToolOutcome, ArgumentsScan)
 
 
 def scan_answer(guard: Guard, data: bytes, subject: Service[ScanRequest, ScanResult]) -> ScanResult:
@@ -175,44 +179,44 @@ class GuardHandlers:
 
     async def on_tool_call(self, msg: Msg) -> None:
         """Scan a tool call's arguments, call the mcp stage, scan the result; answer ingress with the outcome."""
-        if not msg.reply:
-            return
-        try:
-            call = self.subjects.guard_mcp.decode(msg.data)
-        except msgspec.MsgspecError:
-            log.warning("malformed tool call on %s dropped", msg.subject)
-            return
-        span = start_tool_call(msg, call)
-        try:
-            outcome = await self._tool_call(call, forward_headers(msg, span))
-        except Exception:  # a bug (or a policy the guard does not know) still answers, and fails closed
-            log.exception("tool call %s failed in the guard", call.call_id)
-            outcome = ToolOutcome(call_id=call.call_id, error=mcp_errors.internal())
-        await msg.respond(self.subjects.guard_mcp.encode_reply(outcome))
-        finish_tool_call(span, call, outcome)
+        await self._answer_tool_call(msg, self.subjects.guard_mcp, start_tool_call, self._tool_call, _call_failed)
 
     async def on_tool_scan(self, msg: Msg) -> None:
         """Scan a tool call's arguments only (a call that waits for an approval): answer ingress with them as the
         policy lets them through (redacted where it redacts), or with the error that blocks them."""
+        await self._answer_tool_call(msg, self.subjects.guard_mcp_scan, start_tool_scan, self._arguments, _scan_failed)
+
+    async def _answer_tool_call(
+        self,
+        msg: Msg,
+        subject: Service[ToolCall, _Answer],
+        start: Callable[[Msg, ToolCall], Span],
+        work: Callable[[ToolCall, dict[str, str] | None], Awaitable[_Answer]],
+        failed: Callable[[ToolCall], _Answer],
+    ) -> None:
+        """Decode a tool call, do `work` on it and answer the ingress inbox; a bug (or a policy the guard does not
+        know) still answers, and fails closed."""
         if not msg.reply:
             return
-        subject = self.subjects.guard_mcp_scan
         try:
             call = subject.decode(msg.data)
         except msgspec.MsgspecError:
             log.warning("malformed tool call on %s dropped", msg.subject)
             return
-        span = start_tool_scan(msg, call)
+        span = start(msg, call)
         try:
-            scanned = self._scanned(call.call_id, "input", lambda: self.tools.scan_arguments(call))
-            answer = ArgumentsScan(
-                call_id=call.call_id, arguments=scanned.data, error=scanned.error, guard_input=scanned.summary
-            )
-        except Exception:  # fails closed, as a tool call does
-            log.exception("tool call %s: its arguments could not be scanned", call.call_id)
-            answer = ArgumentsScan(call_id=call.call_id, error=mcp_errors.internal())
+            answer = await work(call, forward_headers(msg, span))
+        except Exception:
+            log.exception("tool call %s failed in the guard (%s)", call.call_id, msg.subject)
+            answer = failed(call)
         await msg.respond(subject.encode_reply(answer))
         finish_tool_call(span, call, answer)
+
+    async def _arguments(self, call: ToolCall, _headers: dict[str, str] | None) -> ArgumentsScan:
+        scanned = self._scanned(call.call_id, "input", lambda: self.tools.scan_arguments(call))
+        return ArgumentsScan(
+            call_id=call.call_id, arguments=scanned.data, error=scanned.error, guard_input=scanned.summary
+        )
 
     async def _tool_call(self, call: ToolCall, headers: dict[str, str] | None) -> ToolOutcome:
         scanned = self._scanned(call.call_id, "input", lambda: self.tools.scan_arguments(call))
@@ -256,6 +260,14 @@ class GuardHandlers:
         if msg.reply:
             scan = self.subjects.guard_scan
             await self._publish(msg.reply, scan.encode_reply(scan_answer(self.guard, msg.data, scan)))
+
+
+def _call_failed(call: ToolCall) -> ToolOutcome:
+    return ToolOutcome(call_id=call.call_id, error=mcp_errors.internal())
+
+
+def _scan_failed(call: ToolCall) -> ArgumentsScan:
+    return ArgumentsScan(call_id=call.call_id, error=mcp_errors.internal())
 
 
 def create_app(settings: GuardSettings) -> FastStream:
