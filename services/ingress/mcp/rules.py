@@ -9,6 +9,7 @@ from __future__ import annotations
 import fnmatch
 import functools
 import math
+import operator
 import posixpath
 import re
 from collections.abc import Callable
@@ -154,18 +155,13 @@ def _domain_check(domains: list[str], inside: bool, strict: bool) -> _Check:
     return check
 
 
-def _above(limit: float) -> _Check:
+def _beyond(limit: float, past: Callable[[float, float], bool]) -> _Check:
+    """Whether a number lies past the limit (`operator.gt` for a max, `operator.lt` for a min); an item that is
+    not a number is not judged."""
+
     def check(v: Any) -> bool | None:
         n = _number(v)
-        return None if n is None else n > limit
-
-    return check
-
-
-def _below(limit: float) -> _Check:
-    def check(v: Any) -> bool | None:
-        n = _number(v)
-        return None if n is None else n < limit
+        return None if n is None else past(n, limit)
 
     return check
 
@@ -182,9 +178,9 @@ def _checks(rule: McpRule, strict: bool) -> list[_Check]:
     if rule.domain_not_in is not None:
         checks.append(_domain_check(rule.domain_not_in, False, strict))
     if rule.max is not None:
-        checks.append(_above(rule.max))
+        checks.append(_beyond(rule.max, operator.gt))
     if rule.min is not None:
-        checks.append(_below(rule.min))
+        checks.append(_beyond(rule.min, operator.lt))
     if rule.equals is not None:
         equals = rule.equals
         checks.append(lambda v: v == equals)
