@@ -35,7 +35,7 @@ from shared.plugins import HookRunner, RequestView, caller_fields, load_factory
 from shared.pricing import Rates
 from shared.schemas.events import RequestEvent, WebhookDelivery, WebhookJob
 from shared.subjects import Subjects
-from shared.webhook_signing import signed_headers
+from shared.webhook_signing import ID_HEADER, signed_headers
 
 log = logging.getLogger("gatehouse.accounting.webhooks")
 
@@ -295,11 +295,11 @@ class WebhookDispatcher:
         headers = {
             "content-type": "application/json",
             "user-agent": "gatehouse-webhooks",
-            "webhook-id": job.delivery_id,
+            ID_HEADER: job.delivery_id,
             "x-gatehouse-event": job.event_type,
         }
         if hook.secret:
-            headers.update(signed_headers(hook.secret, job.body))
+            headers.update(signed_headers(hook.secret, job.delivery_id, job.body))
         try:
             resp = await self._client.post(hook.url, content=job.body, headers=headers, timeout=hook.config.timeout_s)
         except httpx.HTTPError as exc:
