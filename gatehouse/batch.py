@@ -13,7 +13,6 @@ and read their results. The wire format is plain JSON (docs/batch.md), so any NA
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import time
 from collections.abc import AsyncIterator, Coroutine, Iterable, Iterator, Mapping
 from types import TracebackType
@@ -37,6 +36,7 @@ from shared.schemas.batch import (
     JobResults,
     ListJobs,
     ResultLine,
+    item_message_id,
 )
 from shared.subjects import Subjects
 from shared.tokens import embeddings_tokens, estimate_prompt_tokens
@@ -44,16 +44,6 @@ from shared.validate import chat_request, embeddings_request
 
 FINAL = frozenset({"completed", "failed", "expired", "cancelled"})
 _JSON = msgspec.json.Encoder()
-
-
-def message_id(item: BatchItem) -> str:
-    """The item's `Nats-Msg-Id`: `<job>/<item>`, and a digest of its proof, so that someone who knows a job's
-    id but not its token cannot publish first under the same id and have JetStream drop the real item as a
-    duplicate."""
-    proof = item.token or item.key
-    if not proof:
-        return f"{item.job_id}/{item.item_id}"
-    return f"{item.job_id}/{item.item_id}/{hashlib.sha256(proof.encode()).hexdigest()[:16]}"
 
 
 class BatchError(Exception):
@@ -150,7 +140,7 @@ class BatchClient:
                 if not item.token and not item.key and item.job_id in self.item_tokens:
                     item = msgspec.structs.replace(item, token=self.item_tokens[item.job_id])  # noqa: PLW2901
                 subject = self.subjects.batch_items(item.job_id)
-                yield self._js.publish(subject.name, subject.encode(item), headers={MSG_ID: message_id(item)})
+                yield self._js.publish(subject.name, subject.encode(item), headers={MSG_ID: item_message_id(item)})
 
         return await publish_windowed(publishes())
 

@@ -32,16 +32,32 @@ async def publish_windowed(publishes: Iterable[Coroutine[Any, Any, object]], win
     a long run of items never has more in the air); the first failure raises. How many were published."""
     pending: set[asyncio.Future[object]] = set()
     count = 0
-    for publish in publishes:
-        if len(pending) >= window:
-            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-            for fut in done:
-                fut.result()
-        pending.add(asyncio.ensure_future(publish))
-        count += 1
-    for fut in asyncio.as_completed(pending):
-        await fut
+    try:
+        for publish in publishes:
+            started = asyncio.ensure_future(publish)
+            started.add_done_callback(_outcome_read)
+            pending.add(started)
+            count += 1
+            if len(pending) >= window:  # room first, then the next is drawn (a failure leaves none unstarted)
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                for fut in done:
+                    fut.result()
+        for next_done in asyncio.as_completed(pending):
+            await next_done
+    except BaseException:
+        # a failure (or a cancel) ends the run: what is still in the air is withdrawn (the caller retries the
+        # run, and Nats-Msg-Id drops whatever had arrived)
+        for fut in pending:
+            fut.cancel()
+        raise
     return count
+
+
+def _outcome_read(fut: asyncio.Future[object]) -> None:
+    """Mark a publish's failure as seen: the run raises the first one, and the others (or those of publishes it
+    withdrew) must not be logged as never retrieved, hundreds at a time when NATS is away."""
+    if not fut.cancelled():
+        fut.exception()
 
 
 # JetStream publish: how long to wait for the server's ack by default (services pass nats_timeout_s)

@@ -26,13 +26,13 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import BadRequestError
 
 from services.accounting import migrations
-from services.accounting.core import REQUEST_COLUMNS, BadEvent, event_row, event_time
+from services.accounting.core import COST_HEADER, REQUEST_COLUMNS, BadEvent, cost_header, event_row, event_time
 from services.accounting.puller import Puller
 from services.accounting.settlement import Reservations
 from services.accounting.sink import ClickHouseSink
 from services.accounting.telemetry import batch_stored
 from shared import metrics
-from shared.bus import MSG_ID, PUBLISH_TIMEOUT_S, ensure_events_stream, events_stream_config
+from shared.bus import MSG_ID, PUBLISH_TIMEOUT_S, ensure_events_stream, events_stream_config, publish_windowed
 from shared.pricing import Rates
 from shared.schemas.events import BudgetAlert, RequestEvent
 from shared.schemas.mcp import McpCallEvent
@@ -371,15 +371,19 @@ class EventConsumer:
             await self._nc.flush(timeout=5)
 
     async def _forwarded(self, items: list[Item]) -> bool:
-        """Hand the stored request records to the hooks stream (Nats-Msg-Id: the event id); False on failure."""
+        """Hand the stored request records to the hooks stream (Nats-Msg-Id: the event id), each with the price
+        stored for it (COST_HEADER), a window of publishes at a time (a batch holds thousands); False on failure."""
         subject = self._subjects.hooks_request.name
         try:
-            await asyncio.gather(
-                *(
-                    self._js.publish(subject, i.msg.data, timeout=PUBLISH_TIMEOUT_S, headers={MSG_ID: i.event.event_id})
-                    for i in items
-                    if isinstance(i.event, RequestEvent)
+            await publish_windowed(
+                self._js.publish(
+                    subject,
+                    i.msg.data,
+                    timeout=PUBLISH_TIMEOUT_S,
+                    headers={MSG_ID: i.event.event_id, COST_HEADER: cost_header(i.row)},
                 )
+                for i in items
+                if isinstance(i.event, RequestEvent)
             )
         except Exception as exc:
             log.error("telling on_event plugins about %d records failed (%s)", len(items), _first_line(exc))

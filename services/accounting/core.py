@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from decimal import Decimal
 
@@ -377,6 +378,33 @@ def event_row(
     except (ValueError, TypeError, OverflowError) as exc:
         raise BadEvent(f"event on {subject} cannot be mapped to a row: {exc!r}") from exc
     raise BadEvent(f"no table for events on {subject}")
+
+
+# A stored request record handed to on_event plugins (services/accounting/webhooks.py) carries the price this side
+# stored with it in this header: the record is not priced a second time to tell the plugins what it cost.
+COST_HEADER = "Gh-Cost-Usd"
+_UNPRICED = "none"
+_COST_COLUMN = REQUEST_COLUMNS.index("cost_usd")
+
+
+def cost_header(row: list[object]) -> str:
+    """The value of COST_HEADER for a request row: its `cost_usd`, or `none` when no price is known."""
+    cost = row[_COST_COLUMN]
+    return repr(cost) if isinstance(cost, float) else _UNPRICED
+
+
+def carried_cost(value: str | None) -> float | None:
+    """The cost a forwarded record's COST_HEADER gives (0.0 when it was unpriced, as the plugin view shows it);
+    None when it gives none (a record forwarded before the header existed), so the record is priced here."""
+    if value is None:
+        return None
+    if value == _UNPRICED:
+        return 0.0
+    try:
+        cost = float(value)
+    except ValueError:
+        return None
+    return cost if math.isfinite(cost) else None
 
 
 def sql_string_list(values: list[str]) -> str:

@@ -27,7 +27,7 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import BadRequestError
 
-from services.accounting.core import REQUEST_COLUMNS, BadEvent, event_row
+from services.accounting.core import COST_HEADER, REQUEST_COLUMNS, BadEvent, carried_cost, event_row
 from shared import metrics
 from shared.bus import MSG_ID, ensure_hooks_stream
 from shared.config import WebhookConfig
@@ -35,7 +35,7 @@ from shared.plugins import HookRunner, RequestView, caller_fields, load_factory
 from shared.pricing import Rates
 from shared.schemas.events import RequestEvent, WebhookDelivery, WebhookJob
 from shared.subjects import Subjects
-from shared.webhook_signing import signed_headers
+from shared.webhook_signing import ID_HEADER, signed_headers
 
 log = logging.getLogger("gatehouse.accounting.webhooks")
 
@@ -295,11 +295,11 @@ class WebhookDispatcher:
         headers = {
             "content-type": "application/json",
             "user-agent": "gatehouse-webhooks",
-            "webhook-id": job.delivery_id,
+            ID_HEADER: job.delivery_id,
             "x-gatehouse-event": job.event_type,
         }
         if hook.secret:
-            headers.update(signed_headers(hook.secret, job.body))
+            headers.update(signed_headers(hook.secret, job.delivery_id, job.body))
         try:
             resp = await self._client.post(hook.url, content=job.body, headers=headers, timeout=hook.config.timeout_s)
         except httpx.HTTPError as exc:
@@ -338,16 +338,13 @@ class WebhookDispatcher:
             await msg.ack()
             return
         try:
-            _, row, event = event_row(
-                self._subjects, self._subjects.events_request.name, msg.data, self._kinds, self._rates
-            )
+            event, cost = self._stored_record(msg)
         except BadEvent as exc:
             log.error("unreadable request record on the hooks stream dropped: %s", exc)
             await msg.term()
             return
-        assert isinstance(event, RequestEvent)
         try:
-            await hooks.run("on_event", event_view(event, row[_COST]))
+            await hooks.run("on_event", event_view(event, cost))
         except Exception as exc:  # a failure under `fail: closed`: told again later, a few times
             if msg.metadata.num_delivered < EVENT_HOOK_DELIVERIES:
                 await msg.nak(delay=backoff_s(msg.metadata.num_delivered, 1.0, 30.0))
@@ -355,8 +352,23 @@ class WebhookDispatcher:
             log.error("on_event plugins gave up on request %s: %s", event.request_id, exc)
         await msg.ack()
 
+    def _stored_record(self, msg: Msg) -> tuple[RequestEvent, float]:
+        """The forwarded record and its cost: the price accounting stored, which travels with it (COST_HEADER).
+        Only a record forwarded without one (by an accounting from before the header) is priced here."""
+        carried = carried_cost(msg.headers.get(COST_HEADER) if msg.headers else None)
+        if carried is not None:
+            try:
+                return self._subjects.hooks_request.decode(msg.data), carried
+            except msgspec.MsgspecError as exc:
+                raise BadEvent(f"undecodable request record: {exc}") from exc
+        subject = self._subjects.events_request.name
+        _, row, event = event_row(self._subjects, subject, msg.data, self._kinds, self._rates)
+        assert isinstance(event, RequestEvent)
+        cost = row[_COST]
+        return event, cost if isinstance(cost, float) else 0.0
 
-def event_view(event: RequestEvent, cost: object) -> RequestView:
+
+def event_view(event: RequestEvent, cost: float) -> RequestView:
     usage = event.usage
     return RequestView(
         point="on_event",
@@ -373,7 +385,7 @@ def event_view(event: RequestEvent, cost: object) -> RequestView:
         deployment=event.deployment,
         input_tokens=usage.input_tokens if usage else 0,
         output_tokens=usage.output_tokens if usage else 0,
-        cost_usd=cost if isinstance(cost, float) else 0.0,
+        cost_usd=cost,
         latency_ms=event.latency_ms,
         **caller_fields(event.caller),
     )

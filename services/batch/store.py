@@ -27,7 +27,7 @@ from nats.js.errors import NotFoundError as JsNotFoundError
 from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 
 from shared.bus import MSG_ID, publish_windowed
-from shared.schemas.batch import BatchItem, BatchJob, StoredResult
+from shared.schemas.batch import BatchItem, BatchJob, StoredResult, item_message_id
 from shared.subjects import Subjects
 
 log = logging.getLogger("gatehouse.batch.store")
@@ -178,11 +178,13 @@ class ItemQueue:
         )
 
     async def enqueue(self, job_id: str, items: Sequence[BatchItem]) -> None:
-        """Publish items with Nats-Msg-Id `<job>/<item>`: enqueueing the same items again adds nothing."""
+        """Publish items with the Nats-Msg-Id a producer gives them (`item_message_id`: the job, the item and a
+        digest of the job's item token they carry): enqueueing the same items again adds nothing, and a message
+        published first under `<job>/<item>` by someone without the token does not make JetStream drop them."""
         subject = self._subjects.batch_items(job_id)
         await publish_windowed(
             self._js.publish(
-                subject.name, subject.encode(item), timeout=self._timeout, headers={MSG_ID: f"{job_id}/{item.item_id}"}
+                subject.name, subject.encode(item), timeout=self._timeout, headers={MSG_ID: item_message_id(item)}
             )
             for item in items
         )

@@ -20,7 +20,7 @@ from shared.bus import TRACEPARENT
 from shared.logs import bind_batch, bind_request
 from shared.schemas.batch import BatchJob, StoredResult
 from shared.subjects import Subjects
-from shared.tracing import CONSUMER, CURRENT, TRACER, Span, parse_traceparent
+from shared.tracing import CONSUMER, CURRENT, TRACER, Attributes, Span, parse_traceparent
 
 log = logging.getLogger("gatehouse.batch.telemetry")
 _TRACE_ID = re.compile(r"[0-9a-f]{32}")
@@ -67,8 +67,8 @@ def result_of(stored: StoredResult) -> str:
     return "failed"
 
 
-def finish_item(span: Span | None, stored: StoredResult, model: str) -> None:
-    """The item's result is stored: its metrics and the end of its span."""
+def finish_item(span: Span | None, stored: StoredResult) -> None:
+    """The item's result is stored: its metrics and the end of its span (which has its model, set when known)."""
     result = result_of(stored)
     code = stored.error.code if stored.error is not None else ""
     metrics.batch_item_finished(result, code)
@@ -76,20 +76,16 @@ def finish_item(span: Span | None, stored: StoredResult, model: str) -> None:
         return
     if code:
         span.fail(code)
-    span.end(_item_attributes, stored.job_id, stored.item_id or "", model, stored.status, result, stored.ran)
+    span.end(_item_attributes, stored.job_id, stored.item_id or "", stored.status, result, stored.ran)
 
 
-def _item_attributes(
-    job_id: str, item_id: str, model: str, status: int, result: str, ran: bool
-) -> dict[str, str | int | float | bool]:
+def _item_attributes(job_id: str, item_id: str, status: int, result: str, ran: bool) -> Attributes:
     out: dict[str, str | int | float | bool] = {
         "gatehouse.batch_id": job_id,
         "gatehouse.batch_item_id": item_id[:200],
         "gatehouse.batch.result": result,
         "gatehouse.batch.dispatched": ran,
     }
-    if model:
-        out["gen_ai.request.model"] = model
     if status:
         out["http.response.status_code"] = status
     return out

@@ -56,7 +56,7 @@ from shared.records import RequestRecord
 from shared.route_pricing import RoutePricing
 from shared.schemas.batch import BatchItem, BatchJob, StoredResult
 from shared.schemas.chat import Cancel, ChatRequest, Outcome, Reservation
-from shared.schemas.events import RequestEvent, ReservationState
+from shared.schemas.events import ReservationState
 from shared.subjects import Subjects, encode
 from shared.tracing import Span
 from shared.usage_policy import apply_params, max_output, with_max_output
@@ -195,7 +195,7 @@ class ItemWorker:
                 keepalive.cancel()
             stored = self.fitted(stored)
             await self.env.results.put(stored, token)
-            finish_item(span, stored, stored_model(stored))
+            finish_item(span, stored)
         await self.settle(job_id, stored, token, job.result_subject)
         await msg.ack()
         return None
@@ -251,7 +251,7 @@ class ItemWorker:
             stored = self._failed(base, record, why, job, 0)
             await self.env.results.put(stored, token)
             metrics.batch_rejected("gave_up")
-            finish_item(None, stored, "")
+            finish_item(None, stored)
             await self.settle(job.id, stored, token, job.result_subject)
         await msg.ack()
 
@@ -322,6 +322,7 @@ class ItemWorker:
             record.tags = item_tags(ent.tags, item.metadata)
             request = parse_body(body, job.endpoint, env.models, ent.allows, env.max_item_bytes)
             record.model = request.model
+            span.set("gen_ai.request.model", request.model)  # the model the item's record names
             if job.model and env.models[job.model].name != request.canonical:
                 raise InvalidRequestError(
                     f"The item calls `{request.model}`; its job was declared for `{job.model}`.", param="model"
@@ -408,9 +409,8 @@ class ItemWorker:
             tags=record.tags,
             batch=True,
         )
-        sent = time.monotonic()
         try:
-            answer = await self._send(job.id, req, base.traceparent)
+            answer, seconds = await self._send(job.id, req, base.traceparent)
         except Lost as lost:
             if admitted is not None and env.governor is not None:
                 await env.governor.finish(admitted, 0)
@@ -421,7 +421,6 @@ class ItemWorker:
             return self._failed(base, record, lost.why, job, share)
         result = answer.result
         usage = result.outcome.usage
-        seconds = time.monotonic() - sent
         if admitted is not None and env.governor is not None:
             await env.governor.finish(admitted, (usage.input_tokens + usage.output_tokens) if usage else 0)
         error = result.error
@@ -476,21 +475,24 @@ class ItemWorker:
             await self._note_live(admitted.reservation)
         return admitted
 
-    async def _send(self, job_id: str, req: ChatRequest, traceparent: str) -> Answer:
-        """The item through the pipeline, known as in flight meanwhile (a cancel withdraws it)."""
+    async def _send(self, job_id: str, req: ChatRequest, traceparent: str) -> tuple[Answer, float]:
+        """The item through the pipeline, known as in flight meanwhile (a cancel withdraws it): its answer and
+        the seconds it took (timed once, for both the dispatch and the request metrics)."""
         self.dispatched += 1
         metrics.batch_dispatched(req.model)
         sent = time.monotonic()
         inflight = self._inflight.setdefault(job_id, set())
         inflight.add(req.request_id)
         try:
-            return await self.env.pipeline.run(req, traceparent)
+            answer = await self.env.pipeline.run(req, traceparent)
         finally:
-            metrics.batch_dispatch_duration(req.model, time.monotonic() - sent)
+            seconds = time.monotonic() - sent
+            metrics.batch_dispatch_duration(req.model, seconds)
             inflight.discard(req.request_id)
             self._withdrawn.discard(req.request_id)
             if not inflight:
                 self._inflight.pop(job_id, None)
+        return answer, seconds
 
     def _failed(
         self, base: StoredResult, record: RequestRecord, error: ErrorInfo, job: BatchJob, share: int
@@ -555,19 +557,6 @@ class ItemWorker:
             timeout=env.timeout_s,
             headers={MSG_ID: f"resv-live-{reservation.request_id}-{math.floor(time.time())}"},
         )
-
-
-def stored_model(stored: StoredResult) -> str:
-    """The model an item's stored record names ('' if none)."""
-    if not stored.record:
-        return ""
-    try:
-        return _RECORD_MODEL.decode(stored.record).requested_model
-    except msgspec.MsgspecError:
-        return ""
-
-
-_RECORD_MODEL = msgspec.msgpack.Decoder(RequestEvent)
 
 
 async def _keep_alive(msg: Msg, every_s: float) -> None:

@@ -9,6 +9,8 @@ results) is msgpack.
 
 from __future__ import annotations
 
+import hashlib
+
 import msgspec
 
 from shared.errors import ErrorInfo
@@ -20,7 +22,7 @@ from shared.schemas.chat import Caller, Hold, Usage
 class BatchItem(msgspec.Struct, frozen=True, kw_only=True):
     """One item of a job: a chat completions or embeddings request body and who it is for.
 
-    Published to `<p>.batch.items.<job_id>` with header `Nats-Msg-Id: <job_id>/<item_id>` (JetStream
+    Published to `<p>.batch.items.<job_id>` with header `Nats-Msg-Id` as `item_message_id` makes it (JetStream
     drops a repeat within its duplicate window; the batch service runs an item id once per job anyway).
     """
 
@@ -34,6 +36,16 @@ class BatchItem(msgspec.Struct, frozen=True, kw_only=True):
     metadata: dict[str, str] = {}  # tags on the item's request record (bounded)
     result_subject: str = ""  # `<p>.batch.out.…`: where the item's result line is also published
     index: int = -1  # position in the input (a file's line number); -1: order of arrival is not kept
+
+
+def item_message_id(item: BatchItem) -> str:
+    """The item's `Nats-Msg-Id`: `<job>/<item>`, and a digest of its proof, so that someone who knows a job's
+    id but not its token cannot publish first under the same id and have JetStream drop the real item as a
+    duplicate (the same item published again by its producer, or queued again by the batch service, still is)."""
+    proof = item.token or item.key
+    if not proof:
+        return f"{item.job_id}/{item.item_id}"
+    return f"{item.job_id}/{item.item_id}/{hashlib.sha256(proof.encode()).hexdigest()[:16]}"
 
 
 # ---- calls to the batch service (JSON, request/reply on <p>.batch.api) -------------------------------

@@ -288,6 +288,7 @@ def test_an_endpoint_failing_twice_gets_one_delivery_recorded_as_delivered_with_
     assert verify(SIGNING_SECRET, headers, payload)
     assert not verify("another-secret", headers, payload)
     assert not verify(SIGNING_SECRET, headers, payload + b" ")
+    assert not verify(SIGNING_SECRET, {**headers, "webhook-id": f"{delivery_id}.again"}, payload)  # id is signed
     sent = json.loads(payload)
     assert sent["type"] == "budget_alert" and sent["id"] == delivery_id
     assert sent["data"]["scope"] == "team.hooked" and sent["data"]["threshold_pct"] == 50

@@ -11,12 +11,15 @@ import time
 from pathlib import Path
 
 import msgspec
+import nats
 import pytest
 
 from gatehouse.batch import FINAL, BatchError
 from gatehouse.natsserver import NatsServer
 from services.batch import runner
-from services.batch.plan import item_token
+from services.batch.plan import item_token, new_job_id
+from services.batch.store import ItemQueue
+from shared.bus import MSG_ID
 from shared.config import hash_key
 from shared.directory import Directory
 from shared.files import FileStore, StoredFile
@@ -302,3 +305,34 @@ async def test_an_item_id_taken_first_by_a_stranger_does_not_drop_the_real_item(
         await h.client.publish([BatchItem(job_id=job.id, item_id="doc-1", body=msgspec.Raw(BODY))])
         done = await h.wait(job.id, timeout=20)
         assert (done.request_counts.completed, done.request_counts.failed) == (1, 0)  # the real item ran
+
+
+async def test_a_file_jobs_item_is_queued_though_someone_published_first_under_its_bare_id(
+    nats_server: NatsServer, subjects: Subjects
+) -> None:
+    # the service queues a file job's lines itself (ItemQueue.enqueue) once the job exists, and again if another
+    # replica takes over a job left half queued: until then the job id (returned at creation, seen in progress
+    # events) is all a holder of the producer credential needs to publish under `<job>/<item>` first
+    nc = await nats.connect(nats_server.url)
+    try:
+        js = nc.jetstream()
+        queue = ItemQueue(js, subjects, retention_s=86400, timeout_s=5)
+        await queue.ensure()
+        job_id = new_job_id()
+        subject = subjects.batch_items(job_id)
+        squatter = BatchItem(job_id=job_id, item_id="c1", body=msgspec.Raw(BODY))
+        await js.publish(subject.name, subject.encode(squatter), headers={MSG_ID: f"{job_id}/c1"})
+        real = [
+            BatchItem(job_id=job_id, item_id=f"c{i}", body=msgspec.Raw(BODY), index=i, token="the-item-token")
+            for i in (1, 2)
+        ]
+        await queue.enqueue(job_id, real)
+        await queue.enqueue(job_id, real)  # queued again (a takeover): nothing more
+        info = await js.stream_info(subjects.batch_items_stream)
+        queued = []
+        for seq in range(info.state.first_seq, info.state.last_seq + 1):
+            item = subject.decode((await js.get_msg(subjects.batch_items_stream, seq)).data or b"")
+            queued.append((item.item_id, item.token))
+    finally:
+        await nc.close()
+    assert sorted(queued) == [("c1", ""), ("c1", "the-item-token"), ("c2", "the-item-token")]

@@ -102,6 +102,7 @@ async def test_an_items_trace_reaches_the_pipeline_and_its_record(
         assert record.attributes["gatehouse.batch_id"] == job.id
         assert record.attributes["gatehouse.batch_item_id"] == "traced"
         assert record.attributes["gatehouse.batch.result"] == "completed"
+        assert record.attributes["gen_ai.request.model"] == "mock-1"  # set when the body was read
         # the item went to the guard with its span as the parent, and its record carries its trace id
         sent = parse_traceparent(h.stages.headers[item_token(job.id, "traced")].get(TRACEPARENT))
         assert sent is not None and (sent.trace_id, sent.span_id) == (trace, mine.span_id)

@@ -22,7 +22,15 @@ from shared.plugins import (
     build_runner,
     load_factory,
 )
-from shared.webhook_signing import SIGNATURE_HEADER, TIMESTAMP_HEADER, signature, signed_headers, verify
+from shared.webhook_signing import (
+    ID_HEADER,
+    SIGNATURE_HEADER,
+    TIMESTAMP_HEADER,
+    signature,
+    signature_v1,
+    signed_headers,
+    verify,
+)
 
 VIEW = RequestView(point="before_guard", request_id="r1", model="m", headers={"x-team": "ml"})
 
@@ -222,8 +230,9 @@ webhooks:
 # ---- webhook signing and retries ------------------------------------------------------------------------------
 def test_signatures_verify_and_reject_tampering_other_secrets_and_stale_timestamps() -> None:
     body = b'{"type":"budget_alert"}'
-    headers = signed_headers("s3cret", body, now=1_000_000)
-    assert headers[SIGNATURE_HEADER] == signature("s3cret", 1_000_000, body)
+    headers = signed_headers("s3cret", "d1", body, now=1_000_000)
+    assert headers[ID_HEADER] == "d1"
+    assert headers[SIGNATURE_HEADER].split()[0] == signature("s3cret", "d1", 1_000_000, body)
     assert verify("s3cret", headers, body, now=1_000_100)
     assert not verify("s3cret", headers, body + b" ", now=1_000_100)
     assert not verify("other", headers, body, now=1_000_100)
@@ -231,8 +240,25 @@ def test_signatures_verify_and_reject_tampering_other_secrets_and_stale_timestam
     assert not verify("s3cret", {**headers, TIMESTAMP_HEADER: "1000001"}, body, now=1_000_000)
     assert not verify("s3cret", {}, body)
     # during a rotation two signatures may be sent: either secret verifies
-    rotated = {**headers, SIGNATURE_HEADER: f"{signature('old', 1_000_000, body)} {headers[SIGNATURE_HEADER]}"}
+    rotated = {**headers, SIGNATURE_HEADER: f"{signature('old', 'd1', 1_000_000, body)} {headers[SIGNATURE_HEADER]}"}
     assert verify("s3cret", rotated, body, now=1_000_000) and verify("old", rotated, body, now=1_000_000)
+
+
+def test_a_delivery_replayed_under_another_id_fails_verification() -> None:
+    # a receiver de-duplicates on webhook-id: a captured delivery sent again within the tolerance under a new id
+    # (so the receiver takes it for a new one) must not verify, with or without its v1 signature
+    body = b'{"type":"budget_alert"}'
+    headers = signed_headers("s3cret", "budget_alert.a1.w", body, now=1_000_000)
+    assert verify("s3cret", headers, body, now=1_000_010)
+    replayed = {**headers, ID_HEADER: "budget_alert.a2.w"}
+    assert not verify("s3cret", replayed, body, now=1_000_010)
+    assert not verify("s3cret", {k: v for k, v in headers.items() if k != ID_HEADER}, body, now=1_000_010)
+    # the v1 value (timestamp and body only) is still sent for old receivers, but never accepted: stripping the
+    # v2 value leaves a signature that holds under any id
+    v1_only = [part for part in headers[SIGNATURE_HEADER].split() if part.startswith("v1=")]
+    assert v1_only == [signature_v1("s3cret", 1_000_000, body)]
+    assert not verify("s3cret", {**headers, SIGNATURE_HEADER: v1_only[0]}, body, now=1_000_010)
+    assert not verify("s3cret", {**replayed, SIGNATURE_HEADER: v1_only[0]}, body, now=1_000_010)
 
 
 def test_backoff_doubles_is_capped_and_jittered_within_half_a_step() -> None:
@@ -349,20 +375,27 @@ async def test_a_webhook_attempt_is_signed_follows_no_redirect_and_reports_failu
 @pytest.mark.parametrize(
     ("timestamp", "sig"),
     [
-        ("²", "v1=00"),  # a superscript digit passes str.isdigit but int() refuses it
-        ("\u0661" + "\u0660" * 6, "v1=00"),  # Arabic-Indic digits: isdigit, and int() would read them
-        ("1000000", "v1=é"),  # a non-ASCII signature made compare_digest raise TypeError
-        ("1000000", "v1=\udcff"),  # a lone surrogate (what a byte-preserving header decode can yield)
-        ("1000000", "v1=00 é"),
-        ("9" * 400, "v1=00"),  # an absurdly long timestamp
-        ("-1", "v1=00"),
-        ("", "v1=00"),
+        ("²", "v2=00"),  # a superscript digit passes str.isdigit but int() refuses it
+        ("\u0661" + "\u0660" * 6, "v2=00"),  # Arabic-Indic digits: isdigit, and int() would read them
+        ("1000000", "v2=é"),  # a non-ASCII signature made compare_digest raise TypeError
+        ("1000000", "v2=\udcff"),  # a lone surrogate (what a byte-preserving header decode can yield)
+        ("1000000", "v2=00 v2=é"),
+        ("9" * 400, "v2=00"),  # an absurdly long timestamp
+        ("-1", "v2=00"),
+        ("", "v2=00"),
         ("1000000", ""),
     ],
 )
 def test_a_malformed_signature_header_is_false_never_an_exception(timestamp: str, sig: str) -> None:
     body = b'{"type":"budget_alert"}'
-    headers = {TIMESTAMP_HEADER: timestamp, SIGNATURE_HEADER: sig}
+    headers = {ID_HEADER: "d1", TIMESTAMP_HEADER: timestamp, SIGNATURE_HEADER: sig}
+    assert verify("s3cret", headers, body, now=1_000_000) is False
+
+
+@pytest.mark.parametrize("delivery_id", ["", "d\udcff", "é", "d" * 5000])
+def test_a_malformed_webhook_id_is_false_never_an_exception(delivery_id: str) -> None:
+    body = b'{"type":"budget_alert"}'
+    headers = {**signed_headers("s3cret", "d1", body, now=1_000_000), ID_HEADER: delivery_id}
     assert verify("s3cret", headers, body, now=1_000_000) is False
 
 
