@@ -7,9 +7,9 @@ Shapes (each answers `POST /v1/chat/completions` by forwarding the body to the u
   hops    ingress → guard → router over core NATS request/reply (three messages on the critical path), the
           router calling the upstream with aiohttp and replying straight to the ingress inbox; no auth, no scan,
           no translation, no record
-  events  hops, plus what a record costs on the bus: the router publishes a 1 KB event to a JetStream work-queue
-          stream (file storage) and awaits its ack after replying, and a consumer process pulls the stream once a
-          second and acks (stores nothing)
+  events  hops, plus what a record costs on the bus: after the response is written the ingress publishes a 1 KB
+          event to a JetStream work-queue stream (file storage) and awaits its ack (as gatehouse's ingress publishes
+          the request's record), and a consumer process pulls the stream once a second and acks (stores nothing)
 
 It measures what the architecture (separate processes linked by NATS, every event through JetStream) costs in
 Python before any gateway logic runs, as a target of the shared benchmark (bench/floor/*.sh); it is not a
@@ -36,6 +36,7 @@ from typing import Any
 GUARD = "floor.guard"
 ROUTER = "floor.router"
 EVENTS = "floor.events.request"
+_EVENT = b'{"event":"request","pad":"' + b"x" * 1000 + b'"}'
 
 
 def _free_port() -> int:
@@ -81,6 +82,8 @@ class Ingress:
             import nats
 
             self.nc = await nats.connect(self.nats_url, pending_size=64 * 1024 * 1024)
+            if self.shape == "events":
+                await _ensure_stream(self.nc)
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
@@ -104,6 +107,8 @@ class Ingress:
             return
         reply = await self.nc.request(GUARD, body, timeout=30)
         await _answer(send, 200, reply.data, kind)
+        if self.shape == "events":
+            await self.nc.jetstream().publish(EVENTS, _EVENT, headers={"Nats-Msg-Id": uuid.uuid4().hex})
 
 
 async def _guard(nats_url: str) -> None:
@@ -118,37 +123,37 @@ async def _guard(nats_url: str) -> None:
     await asyncio.Event().wait()
 
 
-async def _router(nats_url: str, upstream: str, events: bool) -> None:
+async def _router(nats_url: str, upstream: str) -> None:
     import aiohttp
     import nats
 
     nc = await nats.connect(nats_url, pending_size=64 * 1024 * 1024)
-    js = nc.jetstream()
     session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0), auto_decompress=False)
-    event = b'{"event":"request",' + b'"pad":"' + b"x" * 1000 + b'"}'
 
     async def dispatch(msg: Any) -> None:
         async with session.post(_upstream_url(upstream, msg.data), data=msg.data) as response:
             data = await response.read()
         await nc.publish(msg.reply, data)
-        if events:
-            await js.publish(EVENTS, event, headers={"Nats-Msg-Id": uuid.uuid4().hex})
 
     await nc.subscribe(ROUTER, queue="router", cb=dispatch)
     await asyncio.Event().wait()
 
 
+async def _ensure_stream(nc: Any) -> None:
+    from nats.js.api import RetentionPolicy, StorageType, StreamConfig
+
+    config = StreamConfig(
+        name="FLOOR", subjects=["floor.events.>"], retention=RetentionPolicy.WORK_QUEUE, storage=StorageType.FILE
+    )
+    await nc.jetstream().add_stream(config)
+
+
 async def _consumer(nats_url: str) -> None:
     import nats
-    from nats.js.api import RetentionPolicy, StorageType, StreamConfig
 
     nc = await nats.connect(nats_url)
     js = nc.jetstream()
-    await js.add_stream(
-        StreamConfig(
-            name="FLOOR", subjects=["floor.events.>"], retention=RetentionPolicy.WORK_QUEUE, storage=StorageType.FILE
-        )
-    )
+    await _ensure_stream(nc)
     sub = await js.pull_subscribe(EVENTS, durable="floor")
     while True:
         await asyncio.sleep(1.0)  # one pull per interval, like accounting's flush
@@ -178,7 +183,7 @@ def _stage(role: str, args: argparse.Namespace) -> None:
     elif role == "guard":
         uvloop.run(_guard(args.nats_url))
     elif role == "router":
-        uvloop.run(_router(args.nats_url, args.upstream, args.shape == "events"))
+        uvloop.run(_router(args.nats_url, args.upstream))
     elif role == "consumer":
         uvloop.run(_consumer(args.nats_url))
 
