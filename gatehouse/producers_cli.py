@@ -19,7 +19,7 @@ from shared.producers import Namespace
 from shared.subjects import Subjects
 
 producers_app = typer.Typer(help="Batch producer credentials scoped to one team or key.", no_args_is_help=True)
-console = Console(highlight=False)
+console = Console(highlight=False, markup=False, soft_wrap=True)  # paths and keys are copied whole
 err = Console(stderr=True)
 
 DataDir = Annotated[Path, typer.Option(help="the data dir of the stack (its credentials are under creds/)")]

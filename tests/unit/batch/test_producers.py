@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from gatehouse.credentials import ensure_producer, producer_keys, revoke_producer
+from gatehouse.credentials import ensure_producer, producer_keys, public_key, revoke_producer
 from gatehouse.natsconf import authorization_block
 from services.batch.plan import check_result_subject
 from shared.errors import InvalidRequestError
@@ -97,3 +97,27 @@ def test_the_config_carries_one_user_per_issued_producer(tmp_path: Path) -> None
     assert '"gh.batch.items.team.ml.*"' in block and '"gh.batch.out.team.ml.>"' in block
     assert revoke_producer(creds, ML) and not revoke_producer(creds, ML)
     assert producer_keys(creds) == {}
+
+
+def test_the_cli_issues_lists_and_revokes_one_credential_per_namespace(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from gatehouse.cli import app
+
+    runner, data = CliRunner(), ["--data-dir", str(tmp_path)]
+    made = runner.invoke(app, ["batch-producers", "create", "--team", "ml", *data])
+    assert made.exit_code == 0, made.output
+    seed = tmp_path / "creds" / "producers" / "team.ml.nk"
+    assert f'seed_file="{seed}", namespace="team.ml"' in made.output  # one line: copied whole
+    assert seed.read_bytes() not in made.output.encode()  # the secret itself is never printed
+    first = seed.read_bytes()
+    again = runner.invoke(app, ["batch-producers", "create", "--team", "ml", *data])
+    assert "already issued" in again.output and seed.read_bytes() == first  # kept, not replaced
+    for wrong in (["--team", "ml", "--key", "k"], [], ["--team", "a.b"], ["--key", "*"]):
+        refused = runner.invoke(app, ["batch-producers", "create", *wrong, *data])
+        assert refused.exit_code == 2, wrong
+    listed = runner.invoke(app, ["batch-producers", "list", *data])
+    assert listed.output.split() == ["team.ml", public_key(seed)]
+    assert runner.invoke(app, ["batch-producers", "revoke", "--team", "ml", *data]).exit_code == 0
+    assert not seed.exists()
+    assert runner.invoke(app, ["batch-producers", "revoke", "--team", "ml", *data]).exit_code == 1
