@@ -60,14 +60,14 @@ def owner_of(name: str) -> Namespace | None:
         return None
 
 
-def may_notify(subjects: Subjects, subject: str, caller: Caller) -> bool:
+def may_notify(subjects: Subjects, subject: str, caller: Caller | None) -> bool:
     """Whether a job of `caller` may send its result notices to `subject`: a result subject outside every
     namespace, or one of a namespace that owns the job; never another team's or key's (its producers trust
-    what arrives there)."""
+    what arrives there). A job whose owner is not known (None) reaches no namespace."""
     owner = subjects.batch_out_namespace(subject)
     if owner is None:
         return False
     if not owner:
         return True
     namespace = owner_of(owner)
-    return namespace is not None and namespace.owns(caller)
+    return namespace is not None and caller is not None and namespace.owns(caller)

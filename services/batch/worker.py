@@ -70,6 +70,7 @@ WITHDRAWN = ErrorInfo(status=499, type="client_closed", code="client_closed_requ
 # deliveries of an item whose tries the pipeline lost (a guard or router replica restarting) before it fails
 LOST_TRIES = 30
 BACKOFF_MAX_S = 30.0
+WRONG_NAMESPACE = "the namespace of its subject"  # how a refusal on a namespace's subject starts (its metric)
 
 
 class Retry(Exception):
@@ -178,7 +179,7 @@ class ItemWorker:
         refused = self.refusal(job, item, msg.subject)
         if refused is not None:
             log.warning("item of job %s terminated without running: %s", job_id, refused)
-            metrics.batch_rejected("invalid_item_id" if refused.startswith("item id") else "unauthenticated")
+            metrics.batch_rejected(rejection(refused))
             await msg.term()
             return None
         token = item_token(job_id, item.item_id)
@@ -218,8 +219,8 @@ class ItemWorker:
         if owner:
             namespace = owner_of(owner)
             if namespace is None or not namespace.owns(job.caller):
-                return "its subject is another namespace than its job's"
-            return "a file job takes no item from a producer" if job.input_file_id else None
+                return f"{WRONG_NAMESPACE}: not its job's"
+            return f"{WRONG_NAMESPACE}: a file job takes no item from a producer" if job.input_file_id else None
         if item.token and job.item_token and hmac.compare_digest(item.token.encode(), job.item_token.encode()):
             return None
         if item.key:
@@ -303,7 +304,7 @@ class ItemWorker:
     def _may_notify(self, job_id: str, target: str) -> bool:
         """An item's own `result_subject` is checked here, as the job's was when it was created."""
         job = self.env.jobs.cached(job_id)
-        return job is not None and may_notify(self.env.subjects, target, job.caller)
+        return may_notify(self.env.subjects, target, job.caller if job is not None else None)
 
     # ---- running one item ---------------------------------------------------------------------------
     async def _result(self, job_id: str, item: BatchItem, token: str, delivered: int, span: Span) -> StoredResult:
@@ -574,6 +575,13 @@ class ItemWorker:
             timeout=env.timeout_s,
             headers={MSG_ID: f"resv-live-{reservation.request_id}-{math.floor(time.time())}"},
         )
+
+
+def rejection(refused: str) -> str:
+    """The metrics reason of a refusal (`ItemWorker.refusal`)."""
+    if refused.startswith("item id"):
+        return "invalid_item_id"
+    return "wrong_namespace" if refused.startswith(WRONG_NAMESPACE) else "unauthenticated"
 
 
 def stored_model(stored: StoredResult) -> str:

@@ -58,6 +58,8 @@ def test_a_job_sends_notices_outside_every_namespace_or_into_its_own() -> None:
     assert not may_notify(S, "gh.batch.out.team..x", ML_KEY)
     assert not may_notify(S, "gh.guard.chat", ML_KEY)
     assert not may_notify(S, "gh.batch.out.", ML_KEY)
+    assert may_notify(S, "gh.batch.out.enrich", None)  # a job whose record is gone: its notices as before
+    assert not may_notify(S, "gh.batch.out.team.ml.enrich", None)
 
 
 def test_a_job_declared_with_another_namespaces_result_subject_is_refused() -> None:
@@ -121,3 +123,11 @@ def test_the_cli_issues_lists_and_revokes_one_credential_per_namespace(tmp_path:
     assert runner.invoke(app, ["batch-producers", "revoke", "--team", "ml", *data]).exit_code == 0
     assert not seed.exists()
     assert runner.invoke(app, ["batch-producers", "revoke", "--team", "ml", *data]).exit_code == 1
+
+
+def test_an_item_refused_for_its_namespace_is_counted_as_such() -> None:
+    from services.batch.worker import WRONG_NAMESPACE, rejection
+
+    assert rejection(f"{WRONG_NAMESPACE}: not its job's") == "wrong_namespace"
+    assert rejection("item id of 0 characters (1 to 512)") == "invalid_item_id"
+    assert rejection("neither the job's item token nor its API key") == "unauthenticated"
