@@ -25,6 +25,7 @@ from nats.aio.subscription import Subscription
 
 from shared.bus import MSG_ID, publish_windowed
 from shared.errors import ErrorInfo, GatewayError
+from shared.producers import Namespace
 from shared.schemas.batch import (
     BatchCall,
     BatchItem,
@@ -55,9 +56,14 @@ class BatchError(Exception):
 
 
 class BatchClient:
-    def __init__(self, nc: Client, prefix: str = "gh", timeout_s: float = 120.0) -> None:
+    """A producer: with the default credential (`namespace` ''), or one scoped to a team or key (`namespace`
+    `team.ml`, from `gatehouse batch-producers create --team ml`), whose items and notices stay in that
+    namespace's subjects."""
+
+    def __init__(self, nc: Client, prefix: str = "gh", timeout_s: float = 120.0, namespace: str = "") -> None:
         self.nc = nc
         self.subjects = Subjects(prefix)
+        self.namespace = Namespace.parse(namespace).name if namespace else ""
         self.timeout_s = timeout_s
         self._js = nc.jetstream(timeout=timeout_s)
         # job id → its item token (from the reply that created the job): what proves an item is the job's
@@ -65,17 +71,26 @@ class BatchClient:
 
     @classmethod
     async def connect(
-        cls, servers: str | list[str], *, seed_file: str = "", prefix: str = "gh", timeout_s: float = 120.0
+        cls,
+        servers: str | list[str],
+        *,
+        seed_file: str = "",
+        prefix: str = "gh",
+        timeout_s: float = 120.0,
+        namespace: str = "",
     ) -> BatchClient:
-        """Connect as the batch producer role (`seed_file`: its NKey seed; none for an open dev server)."""
+        """Connect as a batch producer (`seed_file`: its NKey seed; none for an open dev server; `namespace`: the
+        team or key a scoped credential was issued for, e.g. `team.ml`)."""
+        subjects = Subjects(prefix)
+        inbox = subjects.producer_inbox(Namespace.parse(namespace).name) if namespace else None
         nc = await nats.connect(
             servers,
             nkeys_seed=seed_file or None,
-            inbox_prefix=Subjects(prefix).role_inbox("batch_producer").encode(),
+            inbox_prefix=(inbox or subjects.role_inbox("batch_producer")).encode(),
             name="gatehouse-batch-producer",
             max_reconnect_attempts=-1,
         )
-        return cls(nc, prefix, timeout_s)
+        return cls(nc, prefix, timeout_s, namespace)
 
     async def close(self) -> None:
         await self.nc.drain()
@@ -139,7 +154,7 @@ class BatchClient:
             for item in items:
                 if not item.token and not item.key and item.job_id in self.item_tokens:
                     item = msgspec.structs.replace(item, token=self.item_tokens[item.job_id])  # noqa: PLW2901
-                subject = self.subjects.batch_items(item.job_id)
+                subject = self.subjects.batch_items(item.job_id, self.namespace)
                 yield self._js.publish(subject.name, subject.encode(item), headers={MSG_ID: item_message_id(item)})
 
         return await publish_windowed(publishes())
@@ -215,9 +230,14 @@ class BatchClient:
             if not reply.has_more:
                 return
 
+    def result_subject(self, name: str) -> str:
+        """The result subject `name` in this producer's namespace (`<p>.batch.out[.<ns>].<name>`), for
+        `result_subject` and `notices`."""
+        return self.subjects.batch_out(name, self.namespace).name
+
     async def notices(self, name: str) -> Subscription:
-        """Subscribe to `<p>.batch.out.<name>`, the result subject items can name (`result_subject`)."""
-        return await self.nc.subscribe(self.subjects.batch_out(name).name)
+        """Subscribe to `result_subject(name)`, the result subject items can name (`result_subject`)."""
+        return await self.nc.subscribe(self.result_subject(name))
 
 
 def _with_model(body: Mapping[str, object], model: str) -> bytes:

@@ -228,31 +228,38 @@ def nats_config(
     config: Annotated[Path | None, typer.Option(help="config: max_payload from server.max_body_bytes")] = None,
     creds_dir: Annotated[
         Path | None,
-        typer.Option(help="embed the public keys of the seeds here (made if missing); default: $GATEHOUSE_NKEY_<ROLE>"),
+        typer.Option(
+            help="embed the public keys of the seeds here (made if missing) and of the batch producers issued there; "
+            "default: $GATEHOUSE_NKEY_<ROLE>"
+        ),
     ] = None,
 ) -> None:
     """Print the nats-server config of the roles (users, permissions, max_payload) to include in your own."""
-    from gatehouse.credentials import ensure_credentials
+    from gatehouse.credentials import ensure_credentials, producer_keys
     from gatehouse.natsconf import authorization_block, render_config
     from shared.config import ConfigError, load_config
     from shared.natsconn import server_max_payload
     from shared.permissions import ROLES
+    from shared.producers import Namespace
     from shared.subjects import Subjects
 
+    producers: dict[Namespace, str] = {}
     if creds_dir is not None:
         keys = {role: key.public_key for role, key in ensure_credentials(creds_dir).items()}
+        producers = {ns: key.public_key for ns, key in producer_keys(creds_dir).items()}
     else:
         keys = {role: f"$GATEHOUSE_NKEY_{role.upper()}" for role in ROLES}
     subjects = Subjects(prefix)
     if config is None:
-        sys.stdout.write(authorization_block(subjects, keys))
+        sys.stdout.write(authorization_block(subjects, keys, producers))
         return
     try:
         cfg = load_config(config)
     except ConfigError as exc:
         err.print(f"[red]{exc}[/red]")
         raise typer.Exit(2) from exc
-    sys.stdout.write(render_config(subjects, keys, max_payload=server_max_payload(cfg.server.max_body_bytes)))
+    max_payload = server_max_payload(cfg.server.max_body_bytes)
+    sys.stdout.write(render_config(subjects, keys, max_payload=max_payload, producers=producers))
 
 
 from gatehouse import admin_cli, analytics_cli  # noqa: E402  (the admin commands register below the core ones)
@@ -269,8 +276,10 @@ app.command("reprice")(analytics_cli.reprice)
 app.command("status")(admin_cli.status)
 
 from gatehouse.batch_cli import batch_app  # noqa: E402
+from gatehouse.producers_cli import producers_app  # noqa: E402
 
 app.add_typer(batch_app, name="batch")
+app.add_typer(producers_app, name="batch-producers")
 
 from gatehouse.mcp_cli import mcp_app  # noqa: E402
 

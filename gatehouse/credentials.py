@@ -1,4 +1,5 @@
-"""NKey credentials of the gatehouse roles: a seed file per role (0600, in a 0700 dir), made once and kept.
+"""NKey credentials of the gatehouse roles: a seed file per role (0600, in a 0700 dir), made once and kept; and
+of the batch producers scoped to a team or key (`producers/<kind>.<id>.nk` beside them).
 
 nats-server is given only the public keys; a service gets the path of its own role's seed file.
 """
@@ -14,6 +15,7 @@ from pathlib import Path
 import nkeys
 
 from shared.permissions import ROLES, Role
+from shared.producers import Namespace, owner_of
 
 SEED_SUFFIX = ".nk"
 
@@ -84,3 +86,50 @@ def ensure_admin_key(directory: Path) -> Path:
         _write_new(path, ("gh-admin-" + secrets.token_urlsafe(32)).encode())
     path.chmod(0o600)
     return path
+
+
+PRODUCERS_DIR = "producers"
+
+
+@dataclass(frozen=True, slots=True)
+class ProducerKey:
+    namespace: Namespace
+    seed_file: Path
+    public_key: str
+
+
+def producer_seed_file(directory: Path, namespace: Namespace) -> Path:
+    return directory / PRODUCERS_DIR / f"{namespace.name}{SEED_SUFFIX}"
+
+
+def ensure_producer(directory: Path, namespace: Namespace) -> tuple[ProducerKey, bool]:
+    """The producer credential of `namespace` under the credentials `directory`, made if missing (True: made now)."""
+    path = producer_seed_file(directory, namespace)
+    private_dir(path.parent)
+    made = not path.exists()
+    if made:
+        _write_new(path, new_seed())
+    path.chmod(0o600)
+    return ProducerKey(namespace, path, public_key(path)), made
+
+
+def producer_keys(directory: Path) -> dict[Namespace, ProducerKey]:
+    """Every producer credential issued under `directory` (files whose name is no namespace are ignored)."""
+    found: dict[Namespace, ProducerKey] = {}
+    folder = directory / PRODUCERS_DIR
+    if not folder.is_dir():
+        return found
+    for path in sorted(folder.glob(f"*{SEED_SUFFIX}")):
+        namespace = owner_of(path.name[: -len(SEED_SUFFIX)])
+        if namespace is not None:
+            found[namespace] = ProducerKey(namespace, path, public_key(path))
+    return found
+
+
+def revoke_producer(directory: Path, namespace: Namespace) -> bool:
+    """Delete the producer credential of `namespace` (False: there was none); nats-server forgets it on reload."""
+    path = producer_seed_file(directory, namespace)
+    if not path.exists():
+        return False
+    path.unlink()
+    return True

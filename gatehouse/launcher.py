@@ -14,12 +14,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from gatehouse.childenv import SERVICES, service_env
-from gatehouse.credentials import RoleKey, ensure_admin_key, ensure_credentials, private_dir
+from gatehouse.credentials import RoleKey, ensure_admin_key, ensure_credentials, private_dir, producer_keys
 from gatehouse.natsconf import render_config
 from gatehouse.natsserver import NatsServer, free_port, restart_nats, start_nats
 from shared.config import load_config
 from shared.natsconn import server_max_payload
 from shared.permissions import Role
+from shared.producers import Namespace
 from shared.subjects import Subjects
 
 # what a data dir holds; a dir holding only these (or nothing) is ours to make private
@@ -83,6 +84,8 @@ class Stack:
     # None: free ports; 0: none. Ingress serves /metrics on its own port
     metrics_port: int | None = None
     metrics_host: str = "127.0.0.1"
+    _max_payload: int | None = None
+    _producers: dict[Namespace, str] = field(default_factory=dict)  # the scoped producers nats-server knows
 
     @property
     def ingress_urls(self) -> list[str]:
@@ -109,11 +112,8 @@ class Stack:
         self.admin_key_name = config.governance.admin_key_env
         self.admin_key_file = ensure_admin_key(self.data_dir / "creds")
         conf = self.data_dir / "nats.conf"
-        public = {role: key.public_key for role, key in self.credentials.items()}
-        _write_private(
-            conf,
-            render_config(Subjects(self.prefix), public, max_payload=server_max_payload(config.server.max_body_bytes)),
-        )
+        self._max_payload = server_max_payload(config.server.max_body_bytes)
+        self._producers = self._render_nats_config(conf)
         port = 4222 if self.nats_port is None else self.nats_port
         if port == 0 or not _port_free(port):
             port = free_port()
@@ -143,6 +143,29 @@ class Stack:
                 child.start()
                 self.children.append(child)
         self._write_state()
+
+    def _render_nats_config(self, conf: Path) -> dict[Namespace, str]:
+        """Write nats-server's config: the roles and every scoped producer issued under the data dir's creds."""
+        producers = {ns: key.public_key for ns, key in producer_keys(self.data_dir / "creds").items()}
+        public = {role: key.public_key for role, key in self.credentials.items()}
+        text = render_config(Subjects(self.prefix), public, max_payload=self._max_payload, producers=producers)
+        _write_private(conf, text)
+        return producers
+
+    def _reload_producers(self) -> list[str]:
+        """A producer credential issued or revoked (`gatehouse batch-producers`) while the stack runs: nats-server
+        reloads its config (SIGHUP), so a new key may connect and a revoked one may not."""
+        if self.nats is None or self.nats.config_file is None:
+            return []
+        try:
+            current = {ns: key.public_key for ns, key in producer_keys(self.data_dir / "creds").items()}
+        except (OSError, ValueError) as exc:
+            return [f"batch producer credentials unreadable ({exc}); nats-server keeps the ones it has"]
+        if current == self._producers:
+            return []
+        self._producers = self._render_nats_config(self.nats.config_file)
+        self.nats.process.send_signal(signal.SIGHUP)
+        return [f"batch producers now: {', '.join(ns.name for ns in sorted(current)) or 'none'} (nats-server reloaded)"]
 
     def _launcher_env(self, service: Role, index: int = 0) -> dict[str, str]:
         """What the launcher tells one service: where NATS is, as whom to connect, the config."""
@@ -214,7 +237,7 @@ class Stack:
 
     def supervise_once(self) -> list[str]:
         """Restart nats-server and children that exited; returns what happened, for the console."""
-        notes = self._supervise_nats()
+        notes = self._supervise_nats() + self._reload_producers()
         for child in self.dead():
             code = child.process.returncode if child.process else None
             if time.monotonic() - child.last_start < 2.0 and child.restarts >= 5:

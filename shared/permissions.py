@@ -17,7 +17,11 @@ admin       accounting.sql|reprice, guard.scan, pings, JS API   (its own inbox o
 batch       guard.chat (items), events.request/batch, batch     batch.api, batch.ping (batch); binbox.> (replies)
             streams, jobs KV, files object store, batch.out.>
 batch_      batch.items.> (the work queue), batch.api           batch.out.> (result lines)
-producer
+producer    (the default credential: neither publishes nor     (nor a namespace's: batch.out.team|key.>)
+            subscribes in a namespace: batch.items.team|key.>)
+producer    batch.items.<ns>.* (ns: team.<id> or key.<id>),     batch.out.<ns>.> (its namespace's result lines)
+ <ns>       batch.api                                           _INBOX.<p>.producer.<ns>.> (its own inbox)
+            (one per team or key: `gatehouse batch-producers create`, not a Role; see shared/producers.py)
 mcp         mcp.changed (list-changed notices); replies to       mcp.call, mcp.catalog, mcp.ping (mcp)
             the calls and catalog queries it answers
             (ingress: guard.mcp, guard.mcpscan, mcp.catalog, mcp.ping, events.mcp, the approvals KV;
@@ -41,6 +45,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, TypeVar
 
+from shared.producers import Namespace
 from shared.subjects import Subject, Subjects
 
 Role = Literal["ingress", "guard", "router", "accounting", "admin", "batch", "batch_producer", "mcp"]
@@ -58,6 +63,9 @@ class Permissions:
     subscribe: tuple[str, ...]
     # may publish one reply to the reply subject of each request it received (answers to scans, queries, pings)
     allow_responses: bool = False
+    # carved out of the allows above (nats-server also withholds a wildcard subscription's messages on these)
+    publish_deny: tuple[str, ...] = ()
+    subscribe_deny: tuple[str, ...] = ()
 
 
 def queue_entry(subject: Subject[T]) -> str:
@@ -327,10 +335,26 @@ def batch(subjects: Subjects) -> Permissions:
 
 
 def batch_producer(subjects: Subjects) -> Permissions:
-    """A pipeline that submits batch jobs: publishes items and calls the batch service, nothing else."""
+    """The default producer credential (`gatehouse up` makes one): publishes items and calls the batch service,
+    nothing else, and stays out of every team's and key's namespace (`producer` below)."""
+    items, out = subjects.batch_items_wildcard, subjects.batch_out_wildcard
+    namespaced = subjects.namespaced_wildcards
     return Permissions(
-        publish=(subjects.batch_items_wildcard, subjects.batch_api.name, subjects.ping("batch")),
-        subscribe=(subjects.batch_out_wildcard, f"{subjects.role_inbox('batch_producer')}.>"),
+        publish=(items, subjects.batch_api.name, subjects.ping("batch")),
+        subscribe=(out, f"{subjects.role_inbox('batch_producer')}.>"),
+        publish_deny=tuple(w for w in namespaced if w.startswith(items[:-1])),
+        subscribe_deny=tuple(w for w in namespaced if w.startswith(out[:-1])),
+    )
+
+
+def producer(subjects: Subjects, namespace: Namespace) -> Permissions:
+    """A producer credential issued for one team or key (`gatehouse batch-producers create`): items only into its
+    namespace's queue subjects, result notices only from its namespace, replies only on its own inbox. The batch
+    service runs an item of its namespace only for a job that namespace owns (services/batch/worker.py)."""
+    ns = namespace.name
+    return Permissions(
+        publish=(subjects.batch_items_scoped(ns), subjects.batch_api.name, subjects.ping("batch")),
+        subscribe=(subjects.batch_out_scoped(ns), f"{subjects.producer_inbox(ns)}.>"),
     )
 
 

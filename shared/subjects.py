@@ -50,6 +50,9 @@ from shared.schemas.routing import DeploymentHealth, RouterStatus, StatusQuery
 T = TypeVar("T")
 R = TypeVar("R")
 
+# the first token of a producer namespace (shared/producers.py); the subjects below spell where namespaces go
+NAMESPACE_KINDS: tuple[str, ...] = ("team", "key")
+
 _ENCODER = msgspec.msgpack.Encoder()
 _JSON = msgspec.json.Encoder()
 
@@ -382,13 +385,61 @@ class Subjects:
         """guard → router: a batch item, dispatched when interactive traffic leaves room (router/priority.py)."""
         return Subject(f"{self.prefix}.router.batch", ChatRequest, queue="router")
 
-    def batch_items(self, job_id: str) -> JsonSubject[BatchItem]:
-        """producers (batch producer role) and the batch service → JetStream work queue: one item of a job."""
+    def batch_items(self, job_id: str, namespace: str = "") -> JsonSubject[BatchItem]:
+        """producers and the batch service → JetStream work queue: one item of a job. The default producer
+        credential and the service itself use `<p>.batch.items.<job>`; a producer credential scoped to a team or
+        key (`namespace`, e.g. `team.ml`: shared/producers.py) may publish only `<p>.batch.items.<ns>.<job>`."""
+        if namespace:
+            return JsonSubject(f"{self.prefix}.batch.items.{namespace}.{job_id}", BatchItem)
         return JsonSubject(f"{self.prefix}.batch.items.{job_id}", BatchItem)
 
     @property
     def batch_items_wildcard(self) -> str:
         return f"{self.prefix}.batch.items.>"
+
+    def batch_items_of(self, job_id: str) -> list[str]:
+        """What a job's consumer reads: its items from the default producer and the service (`<p>.batch.items.<job>`)
+        and from every namespace (`<p>.batch.items.*.*.<job>`; the service checks the namespace owns the job)."""
+        return [f"{self.prefix}.batch.items.{job_id}", f"{self.prefix}.batch.items.*.*.{job_id}"]
+
+    def batch_items_namespace(self, subject: str) -> str | None:
+        """The namespace tokens of an items subject (`team.ml`), '' for `<p>.batch.items.<job>`, None if it is
+        neither form."""
+        base = f"{self.prefix}.batch.items."
+        if not subject.startswith(base):
+            return None
+        tokens = subject[len(base) :].split(".")
+        if len(tokens) == 1:
+            return ""
+        return ".".join(tokens[:2]) if len(tokens) == 3 else None
+
+    def batch_items_scoped(self, namespace: str) -> str:
+        """Every items subject of one namespace (a scoped producer's publish permission)."""
+        return f"{self.prefix}.batch.items.{namespace}.*"
+
+    def batch_out_scoped(self, namespace: str) -> str:
+        """Every result subject of one namespace (a scoped producer's subscribe permission)."""
+        return f"{self.prefix}.batch.out.{namespace}.>"
+
+    def batch_out_namespace(self, subject: str) -> str | None:
+        """The namespace tokens of a result subject (`team.ml` for `<p>.batch.out.team.ml.<name…>`), '' for a
+        result subject outside every namespace, None if it is not a result subject at all."""
+        base = f"{self.prefix}.batch.out."
+        if not subject.startswith(base) or len(subject) == len(base):
+            return None
+        tokens = subject[len(base) :].split(".")
+        if tokens[0] not in NAMESPACE_KINDS:
+            return ""
+        return ".".join(tokens[:2]) if len(tokens) >= 3 else None
+
+    @property
+    def namespaced_wildcards(self) -> tuple[str, ...]:
+        """The items and result subjects of every namespace: what the default producer credential may not use."""
+        return tuple(f"{self.prefix}.batch.{part}.{kind}.>" for part in ("items", "out") for kind in NAMESPACE_KINDS)
+
+    def producer_inbox(self, namespace: str) -> str:
+        """The nats-py inbox prefix of a scoped producer (its replies and JetStream acks), its own alone."""
+        return f"_INBOX.{self.prefix}.producer.{namespace}"
 
     @cached_property
     def batch_api(self) -> JsonService[BatchCall, BatchReply]:
@@ -406,8 +457,11 @@ class Subjects:
     def batch_results_wildcard(self) -> str:
         return f"{self.prefix}.batch.results.>"
 
-    def batch_out(self, name: str) -> JsonSubject[ResultLine]:
-        """batch service → a producer's result subject (`<p>.batch.out.<name>`): an item's result line."""
+    def batch_out(self, name: str, namespace: str = "") -> JsonSubject[ResultLine]:
+        """batch service → a producer's result subject (`<p>.batch.out.<name>`, or `<p>.batch.out.<ns>.<name>`
+        for a scoped producer): an item's result line."""
+        if namespace:
+            return JsonSubject(f"{self.prefix}.batch.out.{namespace}.{name}", ResultLine)
         return JsonSubject(f"{self.prefix}.batch.out.{name}", ResultLine)
 
     @property

@@ -1,4 +1,5 @@
-"""batch: `<p>.batch.items.<job>` (JetStream work queue, a pull consumer per job) → `<p>.guard.chat` with reply
+"""batch: `<p>.batch.items.<job>` and `<p>.batch.items.<team|key>.<id>.<job>` (JetStream work queue, a pull consumer
+per job; a namespace's items run only in its own jobs) → `<p>.guard.chat` with reply
 inbox `<p>.binbox.<id>.<attempt>` (the guard sends batch items to `<p>.router.batch`) → the result stored in
 `<p>.batch.results.<job>.<item>` → the item acked; one RequestEvent per item → `<p>.events.request`, job
 progress → `<p>.events.batch`; `<p>.batch.api` (JSON, queue group `batch`) → BatchReply.

@@ -22,6 +22,7 @@ from services.batch.plan import (
     MICRO,
     check_job_id,
     check_metadata,
+    check_result_subject,
     declared_worst,
     estimate,
     item_token,
@@ -83,10 +84,7 @@ class JobControl:
         if call.concurrency < 0:
             raise InvalidRequestError("concurrency must be positive.", param="concurrency")
         concurrency = min(call.concurrency or cfg.job_concurrency, cfg.job_concurrency)
-        if call.result_subject and not call.result_subject.startswith(self.env.subjects.batch_out_wildcard[:-1]):
-            raise InvalidRequestError(
-                f"result_subject must be under {self.env.subjects.batch_out_wildcard[:-2]}.", param="result_subject"
-            )
+        check_result_subject(self.env.subjects, call.result_subject, ent.caller)
         now = time.time()
         base = BatchJob(
             id=new_job_id(),

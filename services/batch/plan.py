@@ -16,7 +16,10 @@ from collections.abc import Mapping, Sequence
 from services.batch.input import Request
 from shared.admission import Estimate
 from shared.errors import InvalidRequestError
+from shared.producers import may_notify
 from shared.route_pricing import RoutePricing
+from shared.schemas.chat import Caller
+from shared.subjects import Subjects
 from shared.tokens import embeddings_tokens, estimate_prompt_tokens
 from shared.usage_policy import max_output
 
@@ -98,6 +101,19 @@ def check_metadata(metadata: Mapping[str, str]) -> dict[str, str]:
                 param="metadata",
             )
     return dict(metadata)
+
+
+def check_result_subject(subjects: Subjects, subject: str, caller: Caller) -> str:
+    """A job's result subject, or a 400: under `<p>.batch.out.`, and in no namespace but the key's or its team's."""
+    if subject and subjects.batch_out_namespace(subject) is None:
+        raise InvalidRequestError(
+            f"result_subject must be under {subjects.batch_out_wildcard[:-2]}.", param="result_subject"
+        )
+    if subject and not may_notify(subjects, subject, caller):
+        raise InvalidRequestError(
+            "result_subject is in the namespace of another team or key than the job's.", param="result_subject"
+        )
+    return subject
 
 
 def item_token(job_id: str, item_id: str) -> str:

@@ -156,7 +156,8 @@ class JobStore:
 
 
 class ItemQueue:
-    """The work queue: items of every job on `<p>.batch.items.<job_id>`, one durable pull consumer per job."""
+    """The work queue: items of every job on `<p>.batch.items.<job_id>` (and `<p>.batch.items.<ns>.<job_id>` from
+    scoped producers), one durable pull consumer per job."""
 
     def __init__(self, js: JetStreamContext, subjects: Subjects, retention_s: float, timeout_s: float) -> None:
         self._js = js
@@ -196,7 +197,10 @@ class ItemQueue:
             durable_name=consumer_name(job.id),
             ack_policy=AckPolicy.EXPLICIT,
             deliver_policy=DeliverPolicy.ALL,
-            filter_subject=self._subjects.batch_items(job.id).name,
+            # the job's items from the default producer and the service, and from any namespace (the worker runs
+            # a namespace's item only if the namespace owns the job); a consumer made before namespaces keeps its
+            # one filter (nats-py binds to an existing durable as it is)
+            filter_subjects=self._subjects.batch_items_of(job.id),
             ack_wait=ack_wait_s,
             max_deliver=-1,  # the service counts an item's tries itself (num_delivered) and ends it
             max_ack_pending=max(job.concurrency, 1),

@@ -52,6 +52,7 @@ from shared.errors import (
     error_body,
 )
 from shared.pricing import Rates, Tokens, cost
+from shared.producers import may_notify, owner_of
 from shared.records import RequestRecord
 from shared.route_pricing import RoutePricing
 from shared.schemas.batch import BatchItem, BatchJob, StoredResult
@@ -69,6 +70,7 @@ WITHDRAWN = ErrorInfo(status=499, type="client_closed", code="client_closed_requ
 # deliveries of an item whose tries the pipeline lost (a guard or router replica restarting) before it fails
 LOST_TRIES = 30
 BACKOFF_MAX_S = 30.0
+WRONG_NAMESPACE = "the namespace of its subject"  # how a refusal on a namespace's subject starts (its metric)
 
 
 class Retry(Exception):
@@ -174,10 +176,10 @@ class ItemWorker:
             metrics.batch_retry("waiting")
             await msg.nak(delay=1.0)
             return Retry(1.0, "the job's record has not arrived yet")
-        refused = self.refusal(job, item)
+        refused = self.refusal(job, item, msg.subject)
         if refused is not None:
             log.warning("item of job %s terminated without running: %s", job_id, refused)
-            metrics.batch_rejected("invalid_item_id" if refused.startswith("item id") else "unauthenticated")
+            metrics.batch_rejected(rejection(refused))
             await msg.term()
             return None
         token = item_token(job_id, item.item_id)
@@ -200,12 +202,25 @@ class ItemWorker:
         await msg.ack()
         return None
 
-    def refusal(self, job: BatchJob, item: BatchItem) -> str | None:
-        """Why a queue message is not an item of `job` (None: it is): a producer proves an item is the job's
-        with the job's item token (given only to whoever created the job) or the job's API key itself; an id
-        alone proves nothing (the batch credential is shared, job ids may be chosen, and the budget is the key's)."""
+    def refusal(self, job: BatchJob, item: BatchItem, subject: str) -> str | None:
+        """Why a queue message is not an item of `job` (None: it is).
+
+        On a namespace's subject (`<p>.batch.items.team.ml.<job>`, which only that namespace's producer credential
+        and the trusted roles may publish to) the subject decides: the item is the job's if the namespace owns
+        the job, whatever token or key it carries, and a file job takes none (its items are its file's lines).
+        On the default subject a producer proves an item is the job's with the job's item token (given only to
+        whoever created the job) or the job's API key itself; an id alone proves nothing (the default
+        credential is shared, job ids may be chosen, and the budget is the key's)."""
         if not item.item_id or len(item.item_id) > MAX_ITEM_ID:
             return f"item id of {len(item.item_id)} characters (1 to {MAX_ITEM_ID})"
+        owner = self.env.subjects.batch_items_namespace(subject)
+        if owner is None:
+            return "it is not on a queue subject"
+        if owner:
+            namespace = owner_of(owner)
+            if namespace is None or not namespace.owns(job.caller):
+                return f"{WRONG_NAMESPACE}: not its job's"
+            return f"{WRONG_NAMESPACE}: a file job takes no item from a producer" if job.input_file_id else None
         if item.token and job.item_token and hmac.compare_digest(item.token.encode(), job.item_token.encode()):
             return None
         if item.key:
@@ -281,10 +296,15 @@ class ItemWorker:
             ops.append(env.counters.add(subject, 1, msg_id=f"cancelled.{job_id}.{token}"))
         await asyncio.gather(*ops)
         target = stored.result_subject or default_subject
-        if target.startswith(env.subjects.batch_out_wildcard[:-1]):  # a producer names only its own result subject
+        if self._may_notify(job_id, target):
             line = result_line(stored, batch_id=job_id)
             with contextlib.suppress(Exception):  # a notice; the stored result is what counts
                 await env.nc.publish(target, msgspec.json.encode(line))
+
+    def _may_notify(self, job_id: str, target: str) -> bool:
+        """An item's own `result_subject` is checked here, as the job's was when it was created."""
+        job = self.env.jobs.cached(job_id)
+        return may_notify(self.env.subjects, target, job.caller if job is not None else None)
 
     # ---- running one item ---------------------------------------------------------------------------
     async def _result(self, job_id: str, item: BatchItem, token: str, delivered: int, span: Span) -> StoredResult:
@@ -557,6 +577,13 @@ class ItemWorker:
             timeout=env.timeout_s,
             headers={MSG_ID: f"resv-live-{reservation.request_id}-{math.floor(time.time())}"},
         )
+
+
+def rejection(refused: str) -> str:
+    """The metrics reason of a refusal (`ItemWorker.refusal`)."""
+    if refused.startswith("item id"):
+        return "invalid_item_id"
+    return "wrong_namespace" if refused.startswith(WRONG_NAMESPACE) else "unauthenticated"
 
 
 async def _keep_alive(msg: Msg, every_s: float) -> None:

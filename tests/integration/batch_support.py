@@ -77,9 +77,12 @@ class Stages:
     _held: dict[str, asyncio.Event] = field(default_factory=dict)
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
-    async def start(self) -> None:
-        await self.nc.subscribe(self.subjects.guard_chat.name, cb=self._on)
-        await self.nc.subscribe(self.subjects.router_cancel.name, cb=self._on_cancel)
+    async def start(self, *, as_guard: bool = False) -> None:
+        """`as_guard`: on a connection with the guard role's permissions (its queue group, no router cancels)."""
+        chat = self.subjects.guard_chat
+        await self.nc.subscribe(chat.name, queue=chat.queue if as_guard else "", cb=self._on)
+        if not as_guard:
+            await self.nc.subscribe(self.subjects.router_cancel.name, cb=self._on_cancel)
 
     async def _on_cancel(self, msg: Msg) -> None:
         held = self._held.get(self.subjects.router_cancel.decode(msg.data).request_id)
