@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
-from services.ingress.mcp.catalog import CatalogUnavailable, read_catalog
+from services.ingress.mcp.catalog import CatalogUnavailable, Known, read_catalog
 from services.mcp.app import McpStage
 from services.mcp.upstream import Listed
 from shared.mcp_config import McpConfig, McpServerConfig
@@ -82,3 +82,18 @@ async def test_a_page_query_for_an_unknown_server_is_a_clear_error() -> None:
     _, ask = _asker(_stage(1))
     answer = await ask(CatalogQuery(servers=["nope"], kind="tools"))
     assert answer.page is None and "No MCP server 'nope'" in answer.error
+
+
+async def test_a_paged_list_already_held_is_not_read_again() -> None:
+    stage = _stage(400)
+    sizes, ask = _asker(stage)
+    known: Known = {}
+    first = await read_catalog(ask, known)
+    pages = len(sizes)
+    again = await read_catalog(ask, known)  # nothing changed: the summary alone
+    assert len(sizes) == pages + 1 and again == first
+    stage.upstreams["big"]._lists["tools"] = Listed.of([b'{"name":"t0","description":"' + b"e" * 5000 + b'"}'] * 4)
+    stage.upstreams["big"].revision += 1
+    changed = await read_catalog(ask, known)  # another version of the list: its pages are read
+    assert len(sizes) > pages + 2
+    assert next(s for s in changed.servers if s.name == "big").tools == stage.upstreams["big"].listed("tools").whole
