@@ -309,6 +309,11 @@ class Upstream:
             elif changed:
                 await self._tell(changed)
 
+    @property
+    def state(self) -> tuple[bool, str, int, float, int]:
+        """What the server's catalog entry shows, as a value that changes whenever the entry does."""
+        return (self.healthy, self.error, self.restarts, self.connected_at, self.revision)
+
     def listed(self, kind: CatalogKind) -> Listed:
         """One of the server's lists as it stands (empty while the server is down)."""
         return self._lists.get(kind, EMPTY) if self.healthy else EMPTY
