@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+from mcp import Client
 
 from services.mcp.upstream import Notify, Upstream
 from shared.mcp_config import McpServerConfig
@@ -151,3 +152,19 @@ async def test_a_notice_for_a_list_that_did_not_change_is_not_passed_on() -> Non
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_a_session_outlives_its_health_checks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The liveness ping keeps a live session up (it once broke it under the test suite's warning filters)."""
+    pings: list[object] = []
+    send_ping = Client.send_ping
+
+    async def counted(self: Client) -> object:
+        result = await send_ping(self)
+        pings.append(result)  # counted once answered
+        return result
+
+    monkeypatch.setattr(Client, "send_ping", counted)
+    upstream = _upstream("5", "100", health_interval_s=0.2)
+    catalog = await _running(upstream, lambda: len(pings) >= 3, "three health checks")
+    assert catalog.healthy and catalog.restarts == 0
