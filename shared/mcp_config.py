@@ -9,6 +9,7 @@ Shape (every key optional; unknown keys are rejected with file and line)::
       input_policy: ""               # guardrail policy for arguments ("": the key's, else the default)
       output_policy: tool-output     # guardrail policy for results ("": the input policy's output policy,
                                      # else the input policy itself: tool output is untrusted text)
+      list_page_size: 100            # items a page of the gateway's own tools/resources/prompts lists
       servers:
         files:                       # tools appear as files__<tool>
           transport: stdio           # stdio | http (Streamable HTTP) | sse (legacy HTTP+SSE)
@@ -43,6 +44,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 SERVER_NAME = r"^[a-z0-9][a-z0-9-]{0,31}$"  # no "__": the namespace separator stays unambiguous
 SEPARATOR = "__"
+DEFAULT_PAGE_SIZE = 100
 
 
 class _Strict(BaseModel):
@@ -180,6 +182,8 @@ class McpConfig(_Strict):
     # how long an idle client session is kept, and how many one ingress replica holds
     session_idle_s: float = Field(default=3600.0, gt=0)
     max_sessions: int = Field(default=10_000, gt=0)
+    # items a page of the gateway's own lists (tools/list, …) holds; clients follow `nextCursor` for the rest
+    list_page_size: int = Field(default=DEFAULT_PAGE_SIZE, gt=0, le=10_000)
 
     @model_validator(mode="after")
     def _names(self) -> McpConfig:

@@ -180,6 +180,7 @@ class Gateway:
             self.mcp_catalog,
             Sessions(config.mcp.session_idle_s, config.mcp.max_sessions),
             config.server.max_body_bytes,
+            config.mcp.list_page_size,
         )
         # plugin hooks of this stage (shared/plugins.py); with none configured the request path skips them
         self.hooks = build_runner(config.plugins, INGRESS_POINTS)

@@ -56,6 +56,7 @@ class McpStage:
         self._tasks: list[asyncio.Task[None]] = []
         # a catalog answer's bound once encoded: the bus's max_payload less a margin (set when connected)
         self.message_bytes = DEFAULT_MAX_PAYLOAD - ANSWER_MARGIN
+        self._summary: tuple[object, bytes] | None = None  # the last summary encoded, and the state it shows
 
     async def _changed(self, server: str, kinds: list[CatalogKind]) -> None:
         metrics.mcp_upstream_up(server, self.upstreams[server].healthy)
@@ -96,29 +97,46 @@ class McpStage:
             call_id=call.call_id, result=result, error=error, upstream_ms=seconds * 1000, mcp_replica=self.replica
         )
 
-    def catalog(self, data: bytes) -> Catalog:
-        """The answer to a catalog query, never larger than `message_bytes` once encoded: the summary keeps the
-        smaller lists whole and names the others as paged (read with page queries), a page holds as many items
-        as fit (at least one: an item is never larger than a result, which fits by construction)."""
+    def answer(self, data: bytes) -> bytes:
+        """The encoded answer to a catalog query, never larger than `message_bytes`. A summary is encoded once per
+        state of the servers it covers: every ingress replica asks for one every few seconds (and after every
+        change notice), mostly of a catalog that did not change."""
+        encode = self.subjects.mcp_catalog.encode_reply
         try:
             query = self.subjects.mcp_catalog.decode(data)
         except msgspec.MsgspecError:
-            return Catalog(replica=self.replica, error="Malformed catalog query.")
+            return encode(Catalog(replica=self.replica, error="Malformed catalog query."))
         if query.kind is not None:
-            return self._page(query.servers[0] if len(query.servers) == 1 else "", query.kind, query.offset)
-        wanted = set(query.servers)
+            return encode(self._page(query.servers[0] if len(query.servers) == 1 else "", query.kind, query.offset))
+        state = (tuple(query.servers), self.message_bytes, tuple(u.state for u in self.upstreams.values()))
+        if self._summary is None or self._summary[0] != state:
+            self._summary = (state, encode(self.summary(query.servers)))
+        return self._summary[1]
+
+    def summary(self, servers: list[str]) -> Catalog:
+        """Health, counts and lists of `servers` (all when empty) in one answer no larger than `message_bytes`: the
+        smaller lists whole, the others named as paged (read with page queries); a page holds as many items as fit
+        (at least one: an item is never larger than a result, which fits by construction)."""
+        wanted = set(servers)
         upstreams = [u for u in self.upstreams.values() if not wanted or u.name in wanted]
-        # every list inline if they fit; else the largest lists leave the summary one by one until it fits
-        inline = {(u.name, kind) for u in upstreams for kind in KINDS}
-        by_size = sorted(inline, key=lambda sk: len(self.upstreams[sk[0]].listed(sk[1]).whole), reverse=True)
-        while True:
-            answer = Catalog(
-                servers=[u.catalog(frozenset(k for k in KINDS if (u.name, k) in inline)) for u in upstreams],
-                replica=self.replica,
+        # the answer with every list paged, then the smaller lists inline while they fit: a list inline adds at
+        # most its bytes and a msgpack bin header (5) and drops its digest from `paged`, so the sum is an upper
+        # bound and the answer is encoded once, not once per list left out
+        room = self.message_bytes - len(
+            self.subjects.mcp_catalog.encode_reply(
+                Catalog(servers=[u.catalog(frozenset()) for u in upstreams], replica=self.replica)
             )
-            if len(self.subjects.mcp_catalog.encode_reply(answer)) <= self.message_bytes or not by_size:
-                return answer
-            inline.discard(by_size.pop(0))
+        )
+        inline: set[tuple[str, CatalogKind]] = set()
+        for size, name, kind in sorted((len(u.listed(k).whole) + 5, u.name, k) for u in upstreams for k in KINDS):
+            if size > room:
+                break
+            room -= size
+            inline.add((name, kind))
+        return Catalog(
+            servers=[u.catalog(frozenset(k for k in KINDS if (u.name, k) in inline)) for u in upstreams],
+            replica=self.replica,
+        )
 
     def _page(self, server: str, kind: CatalogKind, offset: int) -> Catalog:
         upstream = self.upstreams.get(server)
@@ -166,7 +184,7 @@ def create_app(settings: McpSettings) -> FastStream:
         if not msg.reply:
             return
         try:
-            answer = subjects.mcp_catalog.encode_reply(stage.catalog(msg.data))
+            answer = stage.answer(msg.data)
         except Exception:  # a bug still answers: ingress must not wait out its timeout
             log.exception("catalog query failed in the mcp stage")
             answer = subjects.mcp_catalog.encode_reply(Catalog(replica=settings.replica, error="internal error"))

@@ -44,7 +44,8 @@ _MODERN_ONLY = ("resultType", "ttlMs", "cacheScope")
 _JSON = msgspec.json.Encoder()
 _ARGS = msgspec.json.Decoder(dict[str, Any])
 
-KINDS: frozenset[CatalogKind] = frozenset({"tools", "resources", "resource_templates", "prompts"})
+ORDER: tuple[CatalogKind, ...] = ("tools", "resources", "resource_templates", "prompts")
+KINDS: frozenset[CatalogKind] = frozenset(ORDER)
 Notify = Callable[[str, list[CatalogKind]], Awaitable[None]]
 
 
@@ -97,6 +98,12 @@ class Upstream:
         self._waiting = 0
         self._broken = asyncio.Event()
         self._lists: dict[CatalogKind, Listed] = {}
+        # lists a list-changed notice asked to read again, and the one task reading them (notices coalesce)
+        self._stale: set[CatalogKind] = set()
+        self._relisting: asyncio.Task[None] | None = None
+        # why the server's lists are unknown while its session is up (a list read again after a change failed)
+        self._unlisted = ""
+        self._sessions_up = 0
         self.error = "connecting"
         self.restarts = 0
         self.connected_at = 0.0
@@ -127,13 +134,14 @@ class Upstream:
 
     @property
     def healthy(self) -> bool:
-        return self._client is not None and not self._broken.is_set()
+        return self._client is not None and not self._broken.is_set() and not self._unlisted
 
     async def run(self) -> None:
         """Connect, serve, and reconnect forever (until cancelled), backing off exponentially while it fails."""
         backoff = self.cfg.restart_backoff_s
         while True:
             started = time.monotonic()
+            ups = self._sessions_up
             try:
                 await self._session()
             except asyncio.CancelledError:
@@ -145,6 +153,9 @@ class Upstream:
             except BaseException as exc:
                 self.error = _describe(exc)
             self._client = None
+            if self._sessions_up != ups:
+                # a session that was up ended: ingress stops offering the server's lists now, not at its next refresh
+                await self._tell(list(ORDER))
             if time.monotonic() - started > STABLE_AFTER_S:
                 backoff = self.cfg.restart_backoff_s  # it had been up a while: back quickly
             log.warning("mcp server %s is down (%s); reconnecting in %.1fs", self.name, self.error, backoff)
@@ -158,19 +169,31 @@ class Upstream:
             await client.__aenter__()
         try:
             self._broken.clear()
+            self._unlisted = ""
             async with asyncio.timeout(self.cfg.connect_timeout_s):
-                await self._refresh(client, ("tools", "resources", "resource_templates", "prompts"))
+                await self._refresh(client, ORDER)
             self._client = client
+            self._sessions_up += 1
             self.error = ""
             self.connected_at = time.time()
             log.info("mcp server %s connected (%s)", self.name, self.cfg.transport)
-            await self._notify(self.name, ["tools", "resources", "resource_templates", "prompts"])
+            await self._notify(self.name, list(ORDER))
             await self._watch(client)
             self.error = "the connection broke"
         finally:
             self._client = None
+            if self._relisting is not None:
+                self._relisting.cancel()
+            self._stale.clear()
             with contextlib.suppress(BaseException):
                 await client.__aexit__(None, None, None)
+
+    async def _tell(self, kinds: list[CatalogKind]) -> None:
+        """Tell the stage (and so every ingress) that the server's `kinds` changed, or its health did."""
+        try:
+            await self._notify(self.name, kinds)
+        except Exception as exc:  # the bus may be down; ingress's catalog refresh (a few seconds) catches up
+            log.warning("mcp server %s: could not announce a change: %s", self.name, _describe(exc))
 
     async def _watch(self, client: Client) -> None:
         """Return when the session is broken: a call saw the transport fail, or a ping went unanswered."""
@@ -187,7 +210,9 @@ class Upstream:
             except (TimeoutError, MCPError, Exception):
                 return
 
-    async def _refresh(self, client: Client, kinds: tuple[CatalogKind, ...]) -> None:
+    async def _refresh(self, client: Client, kinds: tuple[CatalogKind, ...]) -> list[CatalogKind]:
+        """Read `kinds` again, each whole; the kinds whose content changed (a server may say a list changed when
+        it did not: ingress then has nothing to read again)."""
         caps = client.server_capabilities
         lists: dict[CatalogKind, Listed] = {}
         for kind in kinds:
@@ -199,8 +224,13 @@ class Upstream:
                     f"an item of its {kind} list is {big} bytes; the gateway passes at most {self.max_result_bytes}"
                 )
             lists[kind] = Listed.of(items)
+        changed = [
+            kind for kind, new in lists.items() if kind not in self._lists or new.digest != self._lists[kind].digest
+        ]
         self._lists.update(lists)  # every list read whole, or none replaced
-        self.revision += 1
+        if changed:
+            self.revision += 1
+        return changed
 
     async def _list_all(self, client: Client, kind: CatalogKind) -> list[Any]:
         """Every item of one list, following `nextCursor` page by page, within the server's bounds
@@ -245,17 +275,44 @@ class Upstream:
         client = self._client
         if not kinds or client is None:
             return
-        # the session's reader waits on this handler: the new list is fetched beside it, not inside it
-        asyncio.get_running_loop().create_task(self._changed(client, kinds))
+        self._stale.update(kinds)
+        if self._relisting is None or self._relisting.done():
+            # the session's reader waits on this handler: the new list is fetched beside it, not inside it; notices
+            # that come while it is fetched are served by one more read when it is done, not one read each
+            self._relisting = asyncio.get_running_loop().create_task(self._changed(client))
 
-    async def _changed(self, client: Client, kinds: tuple[CatalogKind, ...]) -> None:
-        try:
-            async with asyncio.timeout(self.cfg.connect_timeout_s):
-                await self._refresh(client, kinds)
-        except Exception as exc:
-            log.warning("mcp server %s: listing after a change failed: %s", self.name, _describe(exc))
-            return
-        await self._notify(self.name, list(kinds))
+    async def _changed(self, client: Client) -> None:
+        while self._stale and client is self._client:
+            # a server whose lists are unknown has every list read again: whichever failed may be any of them
+            kinds = ORDER if self._unlisted else tuple(kind for kind in ORDER if kind in self._stale)
+            self._stale.clear()
+            try:
+                async with asyncio.timeout(self.cfg.connect_timeout_s):
+                    changed = await self._refresh(client, kinds)
+            except Exception as exc:
+                # the server's lists are no longer known: serving the old ones would offer tools it may have
+                # dropped and hide those it added, and another mcp replica (or this one after a restart) would
+                # see the server down. It is down here too, as at connect, with the reason (admin API, log,
+                # `gatehouse_mcp_upstream_up` 0); its session stays open, so calls under way finish, and the next
+                # list-changed notice reads every list again
+                self._unlisted = f"listing: {exc}" if isinstance(exc, ListBoundError) else f"listing: {_describe(exc)}"
+                self.error = self._unlisted
+                log.warning(
+                    "mcp server %s is down: reading its lists after a change failed (%s)", self.name, self.error
+                )
+                await self._tell(list(ORDER))
+                return
+            if self._unlisted:  # every list read whole again: back
+                self._unlisted = self.error = ""
+                log.info("mcp server %s is back: its lists were read whole again", self.name)
+                await self._tell(list(ORDER))
+            elif changed:
+                await self._tell(changed)
+
+    @property
+    def state(self) -> tuple[bool, str, int, float, int]:
+        """What the server's catalog entry shows, as a value that changes whenever the entry does."""
+        return (self.healthy, self.error, self.restarts, self.connected_at, self.revision)
 
     def listed(self, kind: CatalogKind) -> Listed:
         """One of the server's lists as it stands (empty while the server is down)."""
@@ -316,7 +373,7 @@ class Upstream:
             async with asyncio.timeout(max(timeout_s - (time.monotonic() - started), 0.0)):
                 try:
                     client = self._client
-                    if client is None or self._broken.is_set():
+                    if client is None or self._broken.is_set() or self._unlisted:
                         # why it is down (`self.error`) is for the admin API and logs, not for clients
                         return b"", mcp_errors.upstream_unavailable(self.name)
                     if method == "tools/call":

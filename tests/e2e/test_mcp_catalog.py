@@ -2,7 +2,8 @@
 official SDK's low-level server) pages 800 tools of ~2 kB each (1.6 MB) across 14 `tools/list` pages, on a stack
 whose nats-server `max_payload` is about 1.1 MB (`server.max_body_bytes: 65536`). The mcp stage reads every page,
 and the catalog crosses the bus to ingress in several answers: an SDK client lists all 800 tools and calls the
-last one; the admin API counts them."""
+last one; the admin API counts them. The gateway's own `tools/list` is paged too (100 tools a page by default): the
+client follows `nextCursor`, and a raw request shows the pages and the refusal of a cursor it did not give."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import mcp_types as types
@@ -32,6 +34,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(240)]
 PAGED = Path(__file__).resolve().parents[1] / "mcp_servers" / "paged.py"
 KEY = "sk-e2e-mcp-catalog"
 TOOLS = 800
+PAGE = 100  # mcp.list_page_size's default
 
 
 @pytest.fixture(scope="module")
@@ -89,6 +92,20 @@ async def _max_payload(stack: Stack) -> int:
         await nc.close()
 
 
+async def _every_tool(client: Client) -> tuple[list[types.Tool], int]:
+    """Every tool the gateway lists, following `nextCursor` page by page, and how many pages it took."""
+    tools: list[types.Tool] = []
+    cursor: str | None = None
+    for pages in range(1, 100):
+        page = await client.list_tools(cursor=cursor)
+        assert len(page.tools) <= PAGE, len(page.tools)
+        tools.extend(page.tools)
+        cursor = page.next_cursor
+        if cursor is None:
+            return tools, pages
+    raise AssertionError("the gateway's tools/list never ended")
+
+
 async def test_a_catalog_larger_than_the_bus_carries_in_one_message_is_listed_whole(stack: Stack) -> None:
     max_payload = await _max_payload(stack)
     assert TOOLS * FAT_BYTES > max_payload  # the tool list alone does not fit in one bus message
@@ -96,10 +113,12 @@ async def test_a_catalog_larger_than_the_bus_carries_in_one_message_is_listed_wh
     deadline = time.monotonic() + 60
     tools: list[types.Tool] = []
     async with http, Client(streamable_http_client(f"{stack.ingress_url}/mcp", http_client=http)) as client:
+        pages = 0
         while len(tools) < TOOLS and time.monotonic() < deadline:
-            tools = (await client.list_tools()).tools  # empty until the upstream has connected
+            tools, pages = await _every_tool(client)  # empty until the upstream has connected
             if len(tools) < TOOLS:
                 await asyncio.sleep(0.3)
+        assert pages == TOOLS // PAGE, pages
         names = [t.name for t in tools]
         assert names == [f"paged__t{i:04d}" for i in range(TOOLS)], (len(names), names[:3], names[-3:])
         assert all(len(t.description or "") == FAT_BYTES for t in tools)
@@ -112,3 +131,41 @@ async def test_a_catalog_larger_than_the_bus_carries_in_one_message_is_listed_wh
         f"{stack.ingress_url}/admin/v1/mcp/servers", headers={"authorization": f"Bearer {admin_key}"}, timeout=30
     ).json()["data"]
     assert [(s["name"], s["healthy"], s["tools"], s["prompts"]) for s in servers] == [("paged", True, TOOLS, TOOLS)]
+
+
+def _rpc(url: str, session: str, id_: int, method: str, params: dict[str, Any]) -> dict[str, Any]:
+    headers = {
+        "authorization": f"Bearer {KEY}",
+        "accept": "application/json, text/event-stream",
+        "mcp-protocol-version": "2025-06-18",
+    }
+    if session:
+        headers["mcp-session-id"] = session
+    body = {"jsonrpc": "2.0", "id": id_, "method": method, "params": params}
+    answer = httpx.post(url, json=body, headers=headers, timeout=30)
+    assert answer.status_code == 200, answer.text
+    return {**answer.json(), "session": answer.headers.get("mcp-session-id", session)}
+
+
+async def test_a_raw_tools_list_is_paged_and_a_foreign_cursor_is_invalid_params(stack: Stack) -> None:
+    url = f"{stack.ingress_url}/mcp"
+    hello = {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "raw", "version": "1"}}
+    session = str(_rpc(url, "", 1, "initialize", hello)["session"])
+    deadline = time.monotonic() + 60
+    first: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        first = _rpc(url, session, 2, "tools/list", {})["result"]
+        if len(first["tools"]) == PAGE:
+            break
+        await asyncio.sleep(0.3)  # the upstream is still connecting
+    names = [t["name"] for t in first["tools"]]
+    assert names == [f"paged__t{i:04d}" for i in range(PAGE)]
+    cursor = first["nextCursor"]
+    assert isinstance(cursor, str) and cursor
+    second = _rpc(url, session, 3, "tools/list", {"cursor": cursor})["result"]
+    assert [t["name"] for t in second["tools"]] == [f"paged__t{i:04d}" for i in range(PAGE, 2 * PAGE)]
+    for bad in ("not-a-cursor", cursor[:-4], 42):
+        error = _rpc(url, session, 4, "tools/list", {"cursor": bad})["error"]
+        assert error["code"] == -32602, (bad, error)
+    error = _rpc(url, session, 5, "prompts/list", {"cursor": cursor})["error"]  # another list's cursor
+    assert error["code"] == -32602 and "not given out by this list" in error["message"], error

@@ -2,7 +2,8 @@
 server over stdio: `paged.py TOOLS PAGE_SIZE [MODE]` offers TOOLS tools (`t0000`, `t0001`, …) and as many prompts,
 PAGE_SIZE per page of `tools/list` and `prompts/list`, the cursor naming the next offset. MODE `loop` answers every
 page with the same cursor (a server whose paging never ends); MODE `fat` gives every tool a description of
-`FAT_BYTES` characters (a catalog larger than the bus carries in one message)."""
+`FAT_BYTES` characters (a catalog larger than the bus carries in one message). The tool `resize` (arguments
+`{"count": N}`) makes the lists N long and sends `notifications/tools/list_changed`, whether N changed them or not."""
 
 from __future__ import annotations
 
@@ -18,7 +19,10 @@ FAT_BYTES = 2000
 
 
 def build(count: int, page_size: int, mode: str) -> Server[Any]:
+    size = [count]  # `resize` changes it
+
     def window(params: types.PaginatedRequestParams | None) -> tuple[range, str | None]:
+        count = size[0]
         cursor = params.cursor if params is not None else None
         start = int(cursor) if cursor and cursor.isdigit() else 0
         end = min(start + page_size, count)
@@ -37,6 +41,9 @@ def build(count: int, page_size: int, mode: str) -> Server[Any]:
         return types.ListPromptsResult(prompts=[types.Prompt(name=f"p{i:04d}") for i in page], next_cursor=cursor)
 
     async def call_tool(ctx: Any, params: types.CallToolRequestParams) -> types.CallToolResult:
+        if params.name == "resize":
+            size[0] = int((params.arguments or {})["count"])
+            await ctx.session.send_tool_list_changed()
         return types.CallToolResult(content=[types.TextContent(type="text", text=f"called {params.name}")])
 
     return Server("paged", on_list_tools=list_tools, on_list_prompts=list_prompts, on_call_tool=call_tool)

@@ -4,12 +4,14 @@ server's lists change), namespaced `<server>__<name>` and filtered by the key's 
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgspec
 
+from services.ingress.mcp import pages
 from shared.directory import Entitlement
 from shared.mcp_config import namespaced
 from shared.schemas.mcp import Catalog, CatalogQuery, ServerCatalog
@@ -26,7 +28,7 @@ def _named(items: list[dict[str, Any]], server: str, fields: tuple[str, ...]) ->
 
 
 class ServerLists(msgspec.Struct, frozen=True, kw_only=True):
-    """One server's lists, decoded and namespaced."""
+    """One server's lists, decoded and namespaced, with the names of its tools and prompts for a call's lookup."""
 
     name: str
     healthy: bool
@@ -36,20 +38,27 @@ class ServerLists(msgspec.Struct, frozen=True, kw_only=True):
     resources: list[dict[str, Any]]
     resource_templates: list[dict[str, Any]]
     prompts: list[dict[str, Any]]
+    names: dict[str, frozenset[str]]  # tools, prompts → their namespaced names
 
     @classmethod
     def of(cls, server: ServerCatalog) -> ServerLists:
         n = server.name
+        tools = _named(_LIST.decode(server.tools), n, ("name",))
+        prompts = _named(_LIST.decode(server.prompts), n, ("name",))
         return cls(
             name=n,
             healthy=server.healthy,
             error=server.error,
             restarts=server.restarts,
-            tools=_named(_LIST.decode(server.tools), n, ("name",)),
+            tools=tools,
             # a resource is read by its URI: the URI carries the namespace as the name does
             resources=_named(_LIST.decode(server.resources), n, ("name", "uri")),
             resource_templates=_named(_LIST.decode(server.resource_templates), n, ("name", "uriTemplate")),
-            prompts=_named(_LIST.decode(server.prompts), n, ("name",)),
+            prompts=prompts,
+            names={
+                kind: frozenset(str(i.get("name")) for i in items)
+                for kind, items in (("tools", tools), ("prompts", prompts))
+            },
         )
 
 
@@ -66,10 +75,17 @@ class CatalogUnavailable(Exception):
 READ_ATTEMPTS = 3
 
 
-async def read_catalog(ask: Ask) -> Catalog:
+# (server, list kind) → (digest, the whole list) of lists read page by page: one whose digest a summary names again
+# is not read again
+Known = dict[tuple[str, str], tuple[str, bytes]]
+
+
+async def read_catalog(ask: Ask, known: Known | None = None) -> Catalog:
     """Every server's lists, whole: the summary, then each list too large for it page by page (a catalog larger
-    than one bus message crosses in several). Every page must come from the same version of its list (the
-    digest the summary named; any mcp replica may answer each query), else the catalog is read again."""
+    than one bus message crosses in several), unless `known` holds that version of it already (`known` is updated
+    with the lists read). Every page must come from the same version of its list (the digest the summary named;
+    any mcp replica may answer each query), else the catalog is read again."""
+    held = known if known is not None else {}
     for _ in range(READ_ATTEMPTS):
         summary = await ask(CatalogQuery())
         if summary.error:
@@ -77,9 +93,12 @@ async def read_catalog(ask: Ask) -> Catalog:
         servers: list[ServerCatalog] = []
         try:
             for server in summary.servers:
-                lists = {
-                    kind: await _read_list(ask, server.name, kind, digest) for kind, digest in server.paged.items()
-                }
+                lists: dict[str, bytes] = {}
+                for kind, digest in server.paged.items():
+                    had = held.get((server.name, kind))
+                    if had is None or had[0] != digest:
+                        had = held[(server.name, kind)] = (digest, await _read_list(ask, server.name, kind, digest))
+                    lists[kind] = had[1]
                 servers.append(msgspec.structs.replace(server, **lists, paged={}))
         except _Changed:
             continue
@@ -110,39 +129,74 @@ async def _read_list(ask: Ask, server: str, kind: str, digest: str) -> bytes:
         offset = page.next
 
 
-class CatalogCache:
-    """The latest catalog this ingress replica learnt; one fetch at a time, shared by every waiting request."""
+# the field a key's globs see of each kind (resources are read by URI and checked by it: `<server>__<uri>`)
+FIELDS = {"tools": "name", "resources": "uri", "resource_templates": "uriTemplate", "prompts": "name"}
 
-    def __init__(self, ask: Ask) -> None:
+
+class CatalogCache:
+    """The latest catalog this ingress replica learnt. One read at a time, shared by every request waiting for it,
+    its failure included: a failed read is tried again by the next request, not by each waiting one in turn. A
+    change notice during a read leaves the catalog stale, so the next request reads it again."""
+
+    def __init__(self, ask: Ask, ttl_s: float = CATALOG_TTL_S) -> None:
         self._ask = ask
+        self._ttl = ttl_s
         self._servers: dict[str, ServerLists] = {}
-        self._at = -CATALOG_TTL_S
-        self._lock = asyncio.Lock()
+        self._read_from: dict[str, ServerCatalog] = {}  # what each ServerLists was decoded from
+        self._known: Known = {}  # the paged lists read, by digest
+        self._whole: dict[str, list[dict[str, Any]]] = {kind: [] for kind in FIELDS}  # every server's, in order
+        self._fresh_until = -math.inf
+        self._version = 0  # counts change notices: a read started before one is stale once done
+        self._stored = -1  # the version of the read whose catalog is held
+        self._read: asyncio.Task[dict[str, ServerLists]] | None = None
+        self._read_version = -1
         self.replica = ""
 
     def invalidate(self) -> None:
-        self._at = -CATALOG_TTL_S
+        self._version += 1
+        self._fresh_until = -math.inf
 
     async def servers(self) -> dict[str, ServerLists]:
-        if time.monotonic() - self._at < CATALOG_TTL_S:
+        if time.monotonic() < self._fresh_until:
             return self._servers
-        async with self._lock:
-            if time.monotonic() - self._at >= CATALOG_TTL_S:
-                started = time.monotonic()
-                catalog = await read_catalog(self._ask)
-                self._servers = {s.name: ServerLists.of(s) for s in catalog.servers}
-                self.replica = catalog.replica
-                self._at = started
-        return self._servers
+        if self._read is None or self._read_version != self._version:
+            self._read_version = self._version
+            self._read = asyncio.get_running_loop().create_task(self._fetch(self._version))
+            self._read.add_done_callback(self._done)
+        # a waiter that gives up (its client left) leaves the read to the others
+        return await asyncio.shield(self._read)
 
-    async def listing(self, kind: str, ent: Entitlement) -> list[dict[str, Any]]:
-        """Every server's `kind` list (tools, resources, resource_templates, prompts) that the key may see."""
-        # resources are read by URI and checked by it; a key's globs see `<server>__<uri>`
-        field = {"resource_templates": "uriTemplate", "resources": "uri"}.get(kind, "name")
-        out: list[dict[str, Any]] = []
-        for server in (await self.servers()).values():
-            out.extend(visible(getattr(server, kind), ent, field))
-        return out
+    def _done(self, task: asyncio.Task[dict[str, ServerLists]]) -> None:
+        if self._read is task:
+            self._read = None
+        if not task.cancelled():
+            task.exception()  # retrieved here too: a read no request still waits for fails quietly
+
+    async def _fetch(self, version: int) -> dict[str, ServerLists]:
+        started = time.monotonic()
+        catalog = await read_catalog(self._ask, self._known)
+        # a server whose lists did not change keeps its decoded lists (decoding is the read's costly part)
+        servers = {
+            s.name: self._servers[s.name] if self._read_from.get(s.name) == s else ServerLists.of(s)
+            for s in catalog.servers
+        }
+        if version >= self._stored:  # a read started before a later one that finished first is not kept
+            self._stored = version
+            self._servers = servers
+            self._read_from = {s.name: s for s in catalog.servers}
+            self._whole = {kind: [i for s in servers.values() for i in getattr(s, kind)] for kind in FIELDS}
+            self.replica = catalog.replica
+        if version == self._version:
+            self._fresh_until = started + self._ttl
+        return servers
+
+    async def page(
+        self, kind: str, ent: Entitlement, cursor: str | None, size: int
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        """One page of every server's `kind` list that the key may see, and the next page's cursor (None: the
+        last page); BadCursor when `cursor` is not one this list gave out, or its place in the list is gone."""
+        await self.servers()
+        return pages.page(self._whole[kind], ent.allows_tool, FIELDS[kind], kind, cursor, size)
 
     async def offers(self, server: str, kind: str, name: str) -> bool | None:
         """Whether `server` lists the namespaced `name` among its `kind` (tools, prompts); None when the catalog
@@ -150,4 +204,4 @@ class CatalogCache:
         lists = (await self.servers()).get(server)
         if lists is None or not lists.healthy:
             return None
-        return any(item.get("name") == name for item in getattr(lists, kind))
+        return name in lists.names[kind]

@@ -6,6 +6,8 @@
   missing, 404 when unknown or another key's: the client starts a new session).
 - GET: the session's server-to-client stream (SSE): list-changed notifications as upstream servers send them.
 - DELETE: ends the session.
+The lists (tools, resources, resource templates, prompts) are paged: `mcp.list_page_size` items a page, an opaque
+`nextCursor` naming the next one (services/ingress/mcp/pages.py); a cursor the list did not give is -32602.
 Every request authenticates with a gatehouse key (`Authorization: Bearer`); 401 otherwise.
 """
 
@@ -23,6 +25,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from services.ingress.body import read_body
 from services.ingress.mcp.calls import CallContext, CallFailed, ToolCalls
 from services.ingress.mcp.catalog import CatalogCache
+from services.ingress.mcp.pages import BadCursor
 from services.ingress.mcp.runs import RUN_HEADER, BadRunId, run_id_of
 from services.ingress.mcp.sessions import Session, Sessions
 from services.ingress.tags import client_tags
@@ -30,6 +33,7 @@ from shared import mcp_errors
 from shared.auth import Authenticator
 from shared.directory import Entitlement
 from shared.errors import GatewayError, InvalidRequestError, PayloadTooLargeError
+from shared.mcp_config import DEFAULT_PAGE_SIZE
 from shared.schemas.mcp import CatalogChanged
 
 log = logging.getLogger("gatehouse.ingress.mcp")
@@ -100,9 +104,16 @@ def notice(changed: CatalogChanged) -> list[bytes]:
 
 class McpEndpoint:
     def __init__(
-        self, auth: Authenticator, calls: ToolCalls, catalog: CatalogCache, sessions: Sessions, max_body_bytes: int
+        self,
+        auth: Authenticator,
+        calls: ToolCalls,
+        catalog: CatalogCache,
+        sessions: Sessions,
+        max_body_bytes: int,
+        page_size: int = DEFAULT_PAGE_SIZE,
     ) -> None:
         self.auth = auth
+        self.page_size = page_size
         self.calls = calls
         self.catalog = catalog
         self.sessions = sessions
@@ -252,17 +263,26 @@ class McpEndpoint:
             log.exception("mcp method %s failed unexpectedly", method[:64])
             return _error(id_, mcp_errors.INTERNAL_ERROR, "The gateway hit an internal error.")
 
+    async def _list(self, method: str, params: dict[str, Any], ctx: CallContext) -> dict[str, Any]:
+        """One page of a list the key may see; `nextCursor` names the next page while one is left."""
+        kind, field = _LISTS[method]
+        cursor = params.get("cursor")
+        if cursor is not None and not isinstance(cursor, str):
+            raise CallFailed(mcp_errors.invalid("`params.cursor` must be a string."))
+        try:
+            items, next_cursor = await self.catalog.page(kind, ctx.ent, cursor, self.page_size)
+        except BadCursor as exc:
+            raise CallFailed(mcp_errors.invalid(str(exc))) from None
+        except Exception as exc:
+            log.warning("mcp catalog unavailable: %s: %s", type(exc).__name__, exc)
+            raise CallFailed(mcp_errors.gateway_unavailable("MCP stage")) from None
+        return {field: items, "nextCursor": next_cursor} if next_cursor is not None else {field: items}
+
     async def _method(self, method: str, params: dict[str, Any], ctx: CallContext) -> dict[str, Any]:
         if method in {"ping", "logging/setLevel"}:
             return {}
         if method in _LISTS:
-            kind, field = _LISTS[method]
-            try:
-                items = await self.catalog.listing(kind, ctx.ent)
-            except Exception as exc:
-                log.warning("mcp catalog unavailable: %s: %s", type(exc).__name__, exc)
-                raise CallFailed(mcp_errors.gateway_unavailable("MCP stage")) from None
-            return {field: items}
+            return await self._list(method, params, ctx)
         if method in _CALLS:
             return await self.calls.call(ctx, method, params)  # type: ignore[arg-type]  # one of _CALLS
         raise CallFailed(mcp_errors.not_found(f"Method not found: {method[:100]}"))

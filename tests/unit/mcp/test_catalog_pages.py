@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
-from services.ingress.mcp.catalog import CatalogUnavailable, read_catalog
+from services.ingress.mcp.catalog import CatalogUnavailable, Known, read_catalog
 from services.mcp.app import McpStage
 from services.mcp.upstream import Listed
 from shared.mcp_config import McpConfig, McpServerConfig
@@ -40,7 +40,7 @@ def _asker(*stages: McpStage) -> tuple[list[int], Callable[[CatalogQuery], Await
     async def ask(query: CatalogQuery) -> Catalog:
         stage = stages[turn[0] % len(stages)]
         turn[0] += 1
-        data = SUBJECTS.mcp_catalog.encode_reply(stage.catalog(SUBJECTS.mcp_catalog.encode(query)))
+        data = stage.answer(SUBJECTS.mcp_catalog.encode(query))
         sizes.append(len(data))
         return SUBJECTS.mcp_catalog.decode_reply(data)
 
@@ -56,7 +56,7 @@ async def test_a_catalog_larger_than_one_message_is_paged_and_put_back_together(
     assert by_name["small"].tools == stage.upstreams["small"].listed("tools").whole
     assert all(not s.paged for s in catalog.servers)
     assert len(sizes) > 8 and max(sizes) <= LIMIT, sizes  # several answers, none over the limit
-    summary = stage.catalog(SUBJECTS.mcp_catalog.encode(CatalogQuery()))
+    summary = SUBJECTS.mcp_catalog.decode_reply(stage.answer(SUBJECTS.mcp_catalog.encode(CatalogQuery())))
     big = next(s for s in summary.servers if s.name == "big")
     assert "tools" in big.paged and big.tools == b"[]" and big.counts["tools"] == 400
 
@@ -82,3 +82,34 @@ async def test_a_page_query_for_an_unknown_server_is_a_clear_error() -> None:
     _, ask = _asker(_stage(1))
     answer = await ask(CatalogQuery(servers=["nope"], kind="tools"))
     assert answer.page is None and "No MCP server 'nope'" in answer.error
+
+
+async def test_a_paged_list_already_held_is_not_read_again() -> None:
+    stage = _stage(400)
+    sizes, ask = _asker(stage)
+    known: Known = {}
+    first = await read_catalog(ask, known)
+    pages = len(sizes)
+    again = await read_catalog(ask, known)  # nothing changed: the summary alone
+    assert len(sizes) == pages + 1 and again == first
+    stage.upstreams["big"]._lists["tools"] = Listed.of([b'{"name":"t0","description":"' + b"e" * 5000 + b'"}'] * 4)
+    stage.upstreams["big"].revision += 1
+    changed = await read_catalog(ask, known)  # another version of the list: its pages are read
+    assert len(sizes) > pages + 2
+    assert next(s for s in changed.servers if s.name == "big").tools == stage.upstreams["big"].listed("tools").whole
+
+
+def test_a_summary_is_encoded_once_per_state_of_the_servers() -> None:
+    stage = _stage(400)
+    query = SUBJECTS.mcp_catalog.encode(CatalogQuery())
+    first = stage.answer(query)
+    assert stage.answer(query) is first  # the same state: the same bytes, not encoded again
+    stage.upstreams["small"]._lists["tools"] = Listed.of([b'{"name":"new"}'])
+    stage.upstreams["small"].revision += 1  # what a list read again with another content does
+    second = stage.answer(query)
+    assert second != first and len(second) <= LIMIT
+    small = next(s for s in SUBJECTS.mcp_catalog.decode_reply(second).servers if s.name == "small")
+    assert small.tools == b'[{"name":"new"}]'
+    stage.upstreams["small"]._broken.set()  # down: its lists leave the summary
+    down = next(s for s in SUBJECTS.mcp_catalog.decode_reply(stage.answer(query)).servers if s.name == "small")
+    assert not down.healthy and down.tools == b"[]"

@@ -1,6 +1,8 @@
 """An upstream's lists are read whole: `nextCursor` is followed page by page (a real SDK server over stdio that pages
 its tools and prompts), within the server's bounds (pages, items), and a server that repeats a cursor is an error of
-that server with a clear reason, never a list cut short or a loop."""
+that server with a clear reason, never a list cut short or a loop. A list read again after a list-changed notice
+that is past the bounds takes the server down as at connect (never the old list served as if current), and a notice
+for a list that did not change is not passed on."""
 
 from __future__ import annotations
 
@@ -11,8 +13,9 @@ import time
 from pathlib import Path
 
 import pytest
+from mcp import Client
 
-from services.mcp.upstream import Upstream
+from services.mcp.upstream import Notify, Upstream
 from shared.mcp_config import McpServerConfig
 from shared.schemas.mcp import CatalogKind, ServerCatalog
 
@@ -24,11 +27,11 @@ async def _notify(server: str, kinds: list[CatalogKind]) -> None:
     return None
 
 
-def _upstream(*args: str, max_result_bytes: int = 1 << 20, **cfg: int) -> Upstream:
+def _upstream(*args: str, max_result_bytes: int = 1 << 20, notify: Notify = _notify, **cfg: int) -> Upstream:
     config = McpServerConfig(
         transport="stdio", command=[sys.executable, str(PAGED), *args], restart_backoff_s=0.2, **cfg
     )
-    return Upstream("paged", config, {}, _notify, max_result_bytes)
+    return Upstream("paged", config, {}, notify, max_result_bytes)
 
 
 async def _until(upstream: Upstream, done: object, what: str) -> None:
@@ -86,3 +89,82 @@ async def test_an_item_larger_than_the_gateway_passes_is_the_servers_error() -> 
     await _running(upstream, lambda: "at most 1000" in upstream.error, "refusing the fat tool")
     assert upstream.error.startswith("listing: an item of its tools list is ")
     assert not upstream.healthy
+
+
+LIST_BOUND = "listing: its tools list has more than 8 items (max_list_items)"
+ALL = ["tools", "resources", "resource_templates", "prompts"]
+
+
+class _Notices:
+    """What the stage is told of the upstream, with the upstream's state at that moment."""
+
+    def __init__(self) -> None:
+        self.upstream: Upstream | None = None
+        self.seen: list[tuple[list[CatalogKind], bool, str, int]] = []
+
+    async def __call__(self, server: str, kinds: list[CatalogKind]) -> None:
+        up = self.upstream
+        assert up is not None
+        self.seen.append((kinds, up.healthy, up.error, len(up.listed("tools").items)))
+
+
+async def test_a_list_past_its_bounds_after_a_change_takes_the_server_down() -> None:
+    notices = _Notices()
+    # no ping within the test: the session stays up unless the gateway ends it
+    upstream = notices.upstream = _upstream("5", "100", max_list_items=8, health_interval_s=600, notify=notices)
+    task = asyncio.create_task(upstream.run())
+    try:
+        await _until(upstream, lambda: upstream.healthy, "connecting")
+        assert notices.seen == [(ALL, True, "", 5)]
+        _, error = await upstream.call("tools/call", "resize", b'{"count": 20}', 10)  # 20 tools now, and a notice
+        assert error is None  # the call under way finishes
+        await _until(upstream, lambda: len(notices.seen) > 1, "the server going down")
+        # ingress is told at once, and by then the server offers nothing: never its old five tools as if current
+        assert notices.seen[1] == (ALL, False, LIST_BOUND, 0)
+        assert json.loads(upstream.catalog().tools) == [] and upstream.catalog().error == LIST_BOUND
+        _, refused = await upstream.call("tools/call", "t0000", b"{}", 10)
+        assert refused is not None and refused.status == "unavailable"
+        # the server's list comes back within bounds (and it says so): every list is read again, and it is back
+        assert upstream._client is not None
+        await upstream._client.call_tool("resize", {"count": 6})
+        await _until(upstream, lambda: len(notices.seen) > 2, "the server coming back")
+        assert notices.seen[2:] == [(ALL, True, "", 6)] and upstream.restarts == 0  # the same session all along
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_a_notice_for_a_list_that_did_not_change_is_not_passed_on() -> None:
+    notices = _Notices()
+    upstream = notices.upstream = _upstream("5", "100", health_interval_s=600, notify=notices)
+    task = asyncio.create_task(upstream.run())
+    try:
+        await _until(upstream, lambda: upstream.healthy, "connecting")
+        connected = len(notices.seen)
+        revision = upstream.revision
+        for count in (b"5", b"5", b"6"):  # two notices of no change, then a change
+            _, error = await upstream.call("tools/call", "resize", b'{"count": ' + count + b"}", 10)
+            assert error is None
+        await _until(upstream, lambda: len(upstream.listed("tools").items) == 6, "reading the changed list")
+        await _until(upstream, lambda: len(notices.seen) > connected, "the change passed on")
+        assert notices.seen[connected:] == [(["tools"], True, "", 6)]
+        assert upstream.revision == revision + 1
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_a_session_outlives_its_health_checks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The liveness ping keeps a live session up (it once broke it under the test suite's warning filters)."""
+    pings: list[object] = []
+    send_ping = Client.send_ping
+
+    async def counted(self: Client) -> object:
+        result = await send_ping(self)
+        pings.append(result)  # counted once answered
+        return result
+
+    monkeypatch.setattr(Client, "send_ping", counted)
+    upstream = _upstream("5", "100", health_interval_s=0.2)
+    catalog = await _running(upstream, lambda: len(pings) >= 3, "three health checks")
+    assert catalog.healthy and catalog.restarts == 0
