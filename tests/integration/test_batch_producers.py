@@ -14,7 +14,7 @@ import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import msgspec
@@ -38,6 +38,7 @@ from shared.producers import Namespace
 from shared.schemas.batch import BatchItem, CreateJob
 from shared.subjects import Subjects
 from tests.integration.batch_support import Stages
+from tests.integration.nats_refusals import Watched, settle
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -90,27 +91,8 @@ models:
     server.stop()
 
 
-@dataclass
-class Conn:
-    """A connection that remembers what the server refused it."""
-
-    nc: Client
-    errors: list[str] = field(default_factory=list)
-
-    async def violations(self) -> list[str]:
-        await settle(self.nc)
-        refused = [e for e in self.errors if "permissions violation" in e]
-        self.errors.clear()
-        return refused
-
-
-async def settle(nc: Client) -> None:
-    await nc.flush()
-    await nc.flush()
-
-
 @asynccontextmanager
-async def connected(bus: Bus, who: Namespace | Role) -> AsyncIterator[Conn]:
+async def connected(bus: Bus, who: Namespace | Role) -> AsyncIterator[Watched]:
     """Connected as a scoped producer (a namespace) or as a role, each with its own inbox prefix."""
     errors: list[str] = []
 
@@ -125,7 +107,7 @@ async def connected(bus: Bus, who: Namespace | Role) -> AsyncIterator[Conn]:
         bus.server.url, nkeys_seed=str(seed), inbox_prefix=inbox, error_cb=on_error, allow_reconnect=False
     )
     try:
-        yield Conn(nc, errors)
+        yield Watched(nc, errors)
     finally:
         await nc.close()
 

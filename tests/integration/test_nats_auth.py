@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import nats
@@ -30,6 +30,7 @@ from shared.bus import ensure_events_stream
 from shared.natsconn import NatsLink, connect, server_max_payload
 from shared.permissions import ROLES, Role
 from shared.subjects import Subjects
+from tests.integration.nats_refusals import Watched, settle
 
 pytestmark = pytest.mark.timeout(60)
 SUBJECTS = Subjects("authz")
@@ -56,26 +57,11 @@ def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Secured]:
     server.stop()
 
 
-@dataclass
-class Conn:
+@dataclass(kw_only=True)
+class Conn(Watched):
     """A connection as one role that remembers what the server refused it."""
 
     role: Role
-    nc: Client
-    errors: list[str] = field(default_factory=list)
-
-    async def violations(self) -> list[str]:
-        """What the server refused this connection since the last call."""
-        await settle(self.nc)
-        refused = [e for e in self.errors if "permissions violation" in e]
-        self.errors.clear()
-        return refused
-
-
-async def settle(nc: Client) -> None:
-    """Return once the server has handled everything this connection sent, and it has read the answers."""
-    await nc.flush()
-    await nc.flush()
 
 
 @pytest.fixture
@@ -94,7 +80,7 @@ async def conns(secured: Secured) -> AsyncIterator[dict[Role, Conn]]:
             error_cb=on_error,
             allow_reconnect=False,
         )
-        out[role] = Conn(role, nc, errors)
+        out[role] = Conn(nc=nc, errors=errors, role=role)
     yield out
     for conn in out.values():
         await conn.nc.close()
