@@ -169,7 +169,8 @@ def expand(templates: list[str], slots: dict[str, list[str]]) -> list[str]:
     return sorted(set(out))
 
 
-def main() -> None:
+def render() -> str:
+    """The file's text: a sample of each domain's candidates, drawn with a fixed seed."""
     rng = random.Random(SEED)
     lines = [
         "# Hard negatives for the injection override rule: everyday imperatives built from its verbs, qualifiers and",
@@ -179,8 +180,13 @@ def main() -> None:
         pool = expand(templates, slots)
         lines.append(f"# --- {domain}")
         lines.extend(rng.sample(pool, min(PER_DOMAIN, len(pool))))
-    OUT.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    print(f"wrote {sum(not line.startswith('#') for line in lines)} prompts to {OUT}")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    text = render()
+    OUT.write_text(text, encoding="utf-8")
+    print(f"wrote {sum(not line.startswith('#') for line in text.splitlines())} prompts to {OUT}")
 
 
 if __name__ == "__main__":
