@@ -10,15 +10,19 @@ from types import ModuleType
 import pytest
 
 from services.guard.policy import Guardrails, Policy
+from shared.config import load_config
 from shared.guard_config import GuardrailsConfig
 
 BENCH = Path(__file__).resolve().parents[3] / "bench"
 NEGATIVES = BENCH / "data" / "injection_override_negatives.txt"
 
 
-@pytest.fixture(scope="module")
-def default() -> Policy:
-    return Guardrails(GuardrailsConfig()).default
+@pytest.fixture(scope="module", params=["shipped_default_policy", "deploy/gatehouse.yaml"])
+def default(request: pytest.FixtureRequest) -> Policy:
+    """The default policy as the code ships it, and as the shipped configuration file writes it out."""
+    if request.param == "shipped_default_policy":
+        return Guardrails(GuardrailsConfig()).default
+    return Guardrails.from_config(load_config(BENCH.parent / "deploy" / "gatehouse.yaml")).default
 
 
 @pytest.mark.parametrize(
