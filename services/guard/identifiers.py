@@ -14,12 +14,13 @@ import re
 # Measured by bench/identifier_eval.py on 72,000 real names (keys, enum values and tool names of the AWS and
 # CloudFormation models, JSON Schema, the OpenAI / Anthropic / MCP SDK types), 21,000 one-run values (paths, URLs,
 # ids, digests, base64) and 1,400 attacks written as one run:
-# - the phrase rules fire on 2 of the 43,000 names of three words or more ("delete_file_system_policy") and catch
-#   three-word attacks ("ignore_previous_instructions"): a run of `MIN_WORDS` words is read by the rules;
+# - the phrase rules fire on none of the 43,000 names of three words or more (on 2 until the override rule asked
+#   for a model-directed object: "delete_file_system_policy") and catch three-word attacks
+#   ("ignore_previous_instructions"): a run of `MIN_WORDS` words is read by the rules;
 # - the classifier takes short spaced names for prompts (at its own threshold it flags 11-13 % of them; at 0.99
 #   still 0.1 % of the two- and three-word names, while it catches no attack that short): it judges runs of
 #   `CLASSIFIER_MIN_WORDS` words or more, and counts only at `CLASSIFIER_FLOOR` (6 of 17,000 such names).
-# Together: 8 of 72,000 names and 1 of 21,000 values flagged; 413 of 1,414 attacks caught, against 76 before.
+# Together: 6 of 72,000 names and 1 of 21,000 values flagged; 413 of 1,414 attacks caught, against 79 before.
 MIN_WORDS = 3
 CLASSIFIER_MIN_WORDS = 4
 CLASSIFIER_FLOOR = 0.99

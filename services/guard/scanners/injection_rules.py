@@ -22,13 +22,31 @@ def _any(*words: str) -> str:
     return "(?:" + "|".join(words) + ")"
 
 
-_OVERRIDE_VERB = _any("ignore", "disregard", "forget", "skip", "bypass", "override", "overlook", "neglect",
-                      "abandon", "discard", "omit", "drop", "erase", "delete", "nevermind", "never mind")  # fmt: skip
+# The override form ("ignore all previous instructions") is built from words that also make everyday requests
+# ("delete all old tasks", "drop existing firewall rules", "skip the current settings screen"). What makes it an
+# attack is its object: instructions themselves, or rules, settings, context… that a qualifier ties to the model
+# ("your rules", "the previous context"). Verbs that are mostly ordinary work (delete, drop, erase, skip, omit,
+# discard) count only with an instruction-type object. Measured by bench/default_policy_eval.py.
+_GENERIC_VERB = _any("ignore", "disregard", "forget", "bypass", "overlook", "neglect", "abandon", "nevermind",
+                     "never mind")  # fmt: skip
+# "override the previous settings" is configuration talk: with a generic object "override" counts only when the
+# object is tied to the model after it ("the rules you were given"); "override your rules" is disable_safety's
+_OVERRIDE_VERB = _any(_GENERIC_VERB, "override")
+_ORDINARY_VERB = _any("skip", "discard", "omit", "drop", "erase", "delete")
 _PRIOR = _any("previous", "prior", "above", "earlier", "preceding", "former", "initial", "original", "old",
-              "existing", "given", "foregoing", "system", "developer", "default", "current", "all")  # fmt: skip
-_DIRECTIVE = _any("instructions?", "prompts?", "directions?", "directives?", "ru[li]es", "guide[li]ines",
-                  "commands?", "orders?", "constraints?", "restrictions?", "programming", "guidance", "context",
-                  "training", "policies", "policy", "conditioning", "limitations?", "settings?", "tasks?")  # fmt: skip
+              "existing", "given", "foregoing", "system", "developer", "default", "current", "all", "your")  # fmt: skip
+# qualifiers that point at the conversation or the model rather than at the user's data ("developer settings" and
+# "system settings" are screens on a phone)
+_MODEL_PRIOR = _any("your", "ur", "previous", "prior", "above", "earlier", "preceding", "foregoing",
+                    "system prompt'?s?")  # fmt: skip
+# for the ordinary verbs: "delete the old prompts" is a prompt library's chore, "delete your prompts" is not
+_ORDINARY_PRIOR = _any(_MODEL_PRIOR, "system", "initial", "original", "given")
+_INSTRUCTION = _any("instructions?", "prompts?", "directions?", "directives?", "guide[li]ines", "guidance")
+_GENERIC = _any("ru[li]es", "commands?", "orders?", "constraints?", "restrictions?", "programming", "context",
+                "training", "policies", "policy", "conditioning", "limitations?", "settings?", "tasks?")  # fmt: skip
+# a qualifier after the object that ties it to the model: "the rules you were given", "the settings above"
+_MODEL_AFTER = _any("above", "given to you", "(?:that |which )?you(?:'ve| have)?" + S + "(?:been|were|got)" + S +
+                    "(?:given|told|taught|trained|programmed|instructed)")  # fmt: skip
 _REVEAL_VERB = _any("reveal", "print", "output", "repeat", "display", "leak", "dump", "disclose", "expose", "recite",
                     "spell out", "show", "tell me", "give me", "write out", "write down", "paste", "echo", "share",
                     "list", "provide", "return", "send")  # fmt: skip
@@ -52,7 +70,16 @@ class Rule:
 
 RULES: tuple[Rule, ...] = (
     # instruction override
-    Rule("injection.ignore_previous", "high", rf"\b{_OVERRIDE_VERB}{S}{W % 4}{_PRIOR}{S}{W % 2}{_DIRECTIVE}\b"),
+    Rule("injection.ignore_previous", "high", rf"\b{_OVERRIDE_VERB}{S}{W % 4}{_PRIOR}{S}{W % 2}{_INSTRUCTION}\b"),
+    Rule("injection.ignore_previous", "high", rf"\b{_GENERIC_VERB}{S}{W % 4}{_MODEL_PRIOR}{S}{W % 2}{_GENERIC}\b"),
+    Rule(
+        "injection.ignore_previous",
+        "high",
+        rf"\b{_OVERRIDE_VERB}{S}{W % 4}(?:{_INSTRUCTION}|{_GENERIC}){S}{_MODEL_AFTER}",
+    ),
+    Rule(
+        "injection.ignore_previous", "high", rf"\b{_ORDINARY_VERB}{S}{W % 4}{_ORDINARY_PRIOR}{S}{W % 2}{_INSTRUCTION}\b"
+    ),
     Rule(
         "injection.ignore_previous",
         "high",
@@ -63,7 +90,8 @@ RULES: tuple[Rule, ...] = (
         "injection.ignore_previous",
         "high",
         rf"\b(?:do not|don't|no longer|stop){S}(?:follow|obey|listen to|adhere to|comply with){S}{W % 2}"
-        rf"(?:previous|prior|above|original|system|your){S}{W % 1}{_DIRECTIVE}\b",
+        rf"(?:(?:previous|prior|above|original|system|your){S}{W % 1}{_INSTRUCTION}|(?:previous|prior|above|your){S}{W % 1}"
+        rf"{_GENERIC})\b",
     ),
     Rule(
         "injection.new_instructions",
