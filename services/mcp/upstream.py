@@ -97,6 +97,7 @@ class Upstream:
         self._slots = asyncio.Semaphore(cfg.max_concurrency)
         self._waiting = 0
         self._broken = asyncio.Event()
+        self._noticed = asyncio.Event()  # a list-changed notice arrived (wakes a re-read waiting out its backoff)
         self._lists: dict[CatalogKind, Listed] = {}
         # lists a list-changed notice asked to read again, and the one task reading them (notices coalesce)
         self._stale: set[CatalogKind] = set()
@@ -276,12 +277,14 @@ class Upstream:
         if not kinds or client is None:
             return
         self._stale.update(kinds)
+        self._noticed.set()
         if self._relisting is None or self._relisting.done():
             # the session's reader waits on this handler: the new list is fetched beside it, not inside it; notices
             # that come while it is fetched are served by one more read when it is done, not one read each
             self._relisting = asyncio.get_running_loop().create_task(self._changed(client))
 
     async def _changed(self, client: Client) -> None:
+        backoff = self.cfg.restart_backoff_s
         while self._stale and client is self._client:
             # a server whose lists are unknown has every list read again: whichever failed may be any of them
             kinds = ORDER if self._unlisted else tuple(kind for kind in ORDER if kind in self._stale)
@@ -293,21 +296,36 @@ class Upstream:
                 # the server's lists are no longer known: serving the old ones would offer tools it may have
                 # dropped and hide those it added, and another mcp replica (or this one after a restart) would
                 # see the server down. It is down here too, as at connect, with the reason (admin API, log,
-                # `gatehouse_mcp_upstream_up` 0); its session stays open, so calls under way finish, and the next
-                # list-changed notice reads every list again
+                # `gatehouse_mcp_upstream_up` 0); its session stays open, so calls under way finish, and every
+                # list is read again with the restart backoff (a server that rarely changes its lists must not
+                # stay down after one timeout) or at its next list-changed notice, whichever comes first
+                told = not self._unlisted
                 self._unlisted = f"listing: {exc}" if isinstance(exc, ListBoundError) else f"listing: {_describe(exc)}"
                 self.error = self._unlisted
-                log.warning(
-                    "mcp server %s is down: reading its lists after a change failed (%s)", self.name, self.error
-                )
-                await self._tell(list(ORDER))
-                return
+                if told:
+                    log.warning(
+                        "mcp server %s is down: reading its lists after a change failed (%s)", self.name, self.error
+                    )
+                    await self._tell(list(ORDER))
+                await self._retry_after(backoff)
+                backoff = min(backoff * 2, self.cfg.restart_backoff_max_s)
+                continue
             if self._unlisted:  # every list read whole again: back
                 self._unlisted = self.error = ""
                 log.info("mcp server %s is back: its lists were read whole again", self.name)
                 await self._tell(list(ORDER))
             elif changed:
                 await self._tell(changed)
+
+    async def _retry_after(self, seconds: float) -> None:
+        """Mark every list stale once `seconds` have passed, or sooner if a notice marks one (or the session
+        breaks)."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                while not self._stale and not self._broken.is_set():
+                    await self._noticed.wait()
+                    self._noticed.clear()
+        self._stale.update(ORDER)
 
     @property
     def state(self) -> tuple[bool, str, int, float, int]:
@@ -393,11 +411,13 @@ class Upstream:
         except MCPError as exc:
             if exc.error.code == types.CONNECTION_CLOSED:  # the transport ended (a stdio child died): rebuild
                 self._broken.set()
+                self._noticed.set()
                 return b"", mcp_errors.upstream_unavailable(self.name, "the connection closed")
             # the server's own JSON-RPC error (an unknown tool, bad params): the client gets it as it was
             return b"", McpError(code=exc.error.code, message=exc.error.message, status="upstream_error")
         except Exception as exc:
             self._broken.set()
+            self._noticed.set()
             log.warning("mcp server %s: %s failed: %s", self.name, method, _describe(exc))
             return b"", mcp_errors.upstream_unavailable(self.name, _kind(exc))
         return result_json(result), None

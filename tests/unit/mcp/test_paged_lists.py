@@ -134,6 +134,38 @@ async def test_a_list_past_its_bounds_after_a_change_takes_the_server_down() -> 
         await asyncio.gather(task, return_exceptions=True)
 
 
+async def test_a_list_read_that_fails_once_after_a_change_is_read_again_without_another_notice(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """One timeout reading the lists after a notice takes the server down; it comes back by itself (a server that
+    rarely changes its lists would otherwise stay down until its next notice)."""
+    notices = _Notices()
+    upstream = notices.upstream = _upstream("5", "100", health_interval_s=600, notify=notices)
+    list_all = upstream._list_all
+    failures: list[str] = []
+
+    async def fails_once(client: Client, kind: CatalogKind) -> list[object]:
+        if upstream.healthy and not failures and len(notices.seen) == 1:  # the first read after the notice
+            failures.append(kind)
+            raise TimeoutError
+        return await list_all(client, kind)
+
+    task = asyncio.create_task(upstream.run())
+    try:
+        await _until(upstream, lambda: upstream.healthy, "connecting")
+        monkeypatch.setattr(upstream, "_list_all", fails_once)
+        _, error = await upstream.call("tools/call", "resize", b'{"count": 6}', 10)  # one notice, then no more
+        assert error is None
+        await _until(upstream, lambda: len(notices.seen) > 2, "down, then back")
+        assert failures == ["tools"]
+        _, healthy, why, _ = notices.seen[1]
+        assert not healthy and why.startswith("listing: ")
+        assert notices.seen[2] == (ALL, True, "", 6) and upstream.restarts == 0
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
 async def test_a_notice_for_a_list_that_did_not_change_is_not_passed_on() -> None:
     notices = _Notices()
     upstream = notices.upstream = _upstream("5", "100", health_interval_s=600, notify=notices)
