@@ -2,8 +2,10 @@
 
 Reads the canonical request Structs (shared.schemas.openai): every string a model will read is a slot,
 whoever wrote it — message contents and text parts, refusals and reasoning of earlier turns, tool-call
-arguments, tool descriptions and parameter schemas (their property names included), `response_format`
-schema, name and description, and embeddings inputs.
+names and arguments, tool names, descriptions and parameter schemas (their property names included), the
+tool named by `tool_choice` (or the legacy `function_call`), `response_format` schema, name and description,
+and embeddings inputs. The Anthropic and Responses request paths are covered through their canonical
+translation (`tool_use` blocks and `function_call` items become `tool_calls`), which is what the guard scans.
 """
 
 from __future__ import annotations
@@ -90,6 +92,9 @@ def chat_slots(req: ChatCompletionRequest) -> list[TextSlot]:
         _attr(legacy, "description", f"functions[{i}].description", slots)
         if legacy.parameters is not None:
             _schema(legacy.parameters, f"functions[{i}].parameters", slots, 0)
+    _choice(req.tool_choice, "tool_choice", slots)
+    if isinstance(req.function_call, dict):
+        _item(req.function_call, "name", "function_call.name", slots)
     fmt = req.response_format
     if fmt is not None and fmt.json_schema is not None:
         js = fmt.json_schema
@@ -117,6 +122,27 @@ def _attr(owner: object, name: str, location: str, slots: list[TextSlot]) -> Non
         slots.append(TextSlot(location, owner, name))
 
 
+def _item(owner: dict[str, object], key: str, location: str, slots: list[TextSlot]) -> None:
+    if isinstance(owner.get(key), str):
+        slots.append(TextSlot(location, owner, key))
+
+
+def _choice(choice: object, where: str, slots: list[TextSlot]) -> None:
+    """The tool names a `tool_choice` forces or allows: a name is text a model reads (an instruction written as
+    a name is an instruction), kept as an untyped dict by the schema, so its slot points into that dict."""
+    if not isinstance(choice, dict):
+        return  # "auto" | "none" | "required": the API's own words
+    for kind in ("function", "custom"):
+        named = choice.get(kind)
+        if isinstance(named, dict):
+            _item(named, "name", f"{where}.{kind}.name", slots)
+    allowed = choice.get("allowed_tools")
+    tools = allowed.get("tools") if isinstance(allowed, dict) else None
+    for j, tool in enumerate(tools if isinstance(tools, list) else []):
+        if isinstance(tool, dict):
+            _choice(tool, f"{where}.allowed_tools.tools[{j}]", slots)
+
+
 def _parts(parts: list[ContentPart], where: str, slots: list[TextSlot]) -> None:
     for j, part in enumerate(parts):
         _attr(part, "text", f"{where}[{j}].text", slots)
@@ -132,11 +158,16 @@ def _message(message: Message, where: str, slots: list[TextSlot]) -> None:
     _attr(message, "refusal", f"{where}.refusal", slots)
     _attr(message, "reasoning_content", f"{where}.reasoning_content", slots)
     for j, call in enumerate(message.tool_calls or []):
+        # the name of an earlier call is text the model reads back, like a tool's name; the call's id is left
+        # alone (it pairs the call with its result)
         if call.function is not None:
+            _attr(call.function, "name", f"{where}.tool_calls[{j}].function.name", slots)
             _attr(call.function, "arguments", f"{where}.tool_calls[{j}].function.arguments", slots)
         if call.custom is not None:
+            _attr(call.custom, "name", f"{where}.tool_calls[{j}].custom.name", slots)
             _attr(call.custom, "input", f"{where}.tool_calls[{j}].custom.input", slots)
     if message.function_call is not None:
+        _attr(message.function_call, "name", f"{where}.function_call.name", slots)
         _attr(message.function_call, "arguments", f"{where}.function_call.arguments", slots)
     for j, block in enumerate(message.thinking_blocks or []):
         if isinstance(block.get("thinking"), str):

@@ -5,8 +5,9 @@
 `<p>.router.batch` (batch items, from the guard) is served the same way, as far as interactive traffic leaves
 room (services/router/priority.py).
 The `<P>_ROUTING` KV bucket carries deployment health (open, cooldown, probe) between replicas; a breaker that
-opens also goes to `<p>.hooks.event.deployment_down` when a webhook wants it. before_dispatch plugin hooks run
-before the first deployment is tried (shared/plugins.py).
+opens on a healthy deployment (shared or per replica) also goes to `<p>.hooks.event.deployment_down` when a
+webhook wants it, once per deployment and minute across replicas (services/router/down_notices.py).
+before_dispatch plugin hooks run before the first deployment is tried (shared/plugins.py).
 
 Resolves the model to its deployments, orders them by the model's routing strategy, calls them with
 retries, failover and fallbacks on retryable errors (skipping deployments whose breaker is open or that
@@ -28,9 +29,11 @@ import msgspec
 from faststream import FastStream
 from faststream.nats import NatsBroker
 from nats.aio.msg import Msg
+from nats.js import JetStreamContext
 
 from services.router.core import build_routes, mock_behaviours, require_translators
 from services.router.dispatch import CLIENT_CLOSED, Dispatcher
+from services.router.down_notices import DownNotices
 from services.router.health import HealthBoard
 from services.router.priority import PriorityGate, Withdrawn
 from services.router.probes import HealthChecker
@@ -43,7 +46,7 @@ from services.router.telemetry import finish_dispatch, start_dispatch
 from services.router.upstream import Upstream
 from shared import metrics
 from shared.bus import QueueWorker, answer_pings, ensure_hooks_stream
-from shared.config import load_config
+from shared.config import GatehouseConfig, load_config
 from shared.errors import ServiceUnavailableError
 from shared.natsconn import nats_broker
 from shared.plugins import ROUTER_POINTS, HookRunner, build_runner, request_view
@@ -236,6 +239,18 @@ def _watch(worker: QueueWorker, gate: PriorityGate) -> None:
     metrics.gauge_of("gatehouse_router_batch_running", "Batch items being dispatched.", lambda: gate.batch)
 
 
+async def _down_notices(
+    js: JetStreamContext, subjects: Subjects, config: GatehouseConfig, board: HealthBoard
+) -> DownNotices | None:
+    """Tell the hooks stream when a breaker of this replica opens, if a webhook wants `deployment_down`."""
+    if not any("deployment_down" in w.events for w in config.webhooks):
+        return None
+    await ensure_hooks_stream(js, subjects)
+    notices = DownNotices(js, subjects.hooks_deployment)
+    board.notify = notices.publish
+    return notices
+
+
 def create_app(settings: RouterSettings) -> FastStream:
     # the router holds the provider keys: a key a model needs must be set, or the router does not start
     config = load_config(settings.config, environ=os.environ)
@@ -268,22 +283,20 @@ def create_app(settings: RouterSettings) -> FastStream:
     batch_worker = QueueWorker(lane.name, lane.queue, handlers.on_batch, settings.router_batch_max_waiting)
     checker = HealthChecker(dispatcher, routes, config.routing.health_checks)
     shared: SharedHealth | None = None
+    notices: DownNotices | None = None
     app = FastStream(broker, logger=log)
     telemetry = Telemetry(TelemetryConfig.of(settings, "router", settings.otlp_headers.get_secret_value()), subjects)
     telemetry.serve_metrics()
 
     @app.after_startup
     async def _subscribe() -> None:
-        nonlocal shared
+        nonlocal shared, notices
         nc = broker.connection
         await telemetry.start(nc)
         _watch(worker, gate)
+        notices = await _down_notices(broker.config.connection_state.stream, subjects, config, board)
         if config.routing.breaker.shared:
-            js = broker.config.connection_state.stream
-            down = subjects.hooks_deployment if any("deployment_down" in w.events for w in config.webhooks) else None
-            if down is not None:
-                await ensure_hooks_stream(js, subjects)
-            shared = SharedHealth(js, subjects.routing_bucket, board, down)
+            shared = SharedHealth(broker.config.connection_state.stream, subjects.routing_bucket, board)
             dispatcher.attach(shared)
             shared.start()
         await nc.subscribe(subjects.router_cancel.name, cb=handlers.on_cancel)
@@ -301,6 +314,8 @@ def create_app(settings: RouterSettings) -> FastStream:
         await batch_worker.stop()
         if shared is not None:
             await shared.stop()
+        if notices is not None:
+            await notices.stop()
         await telemetry.stop()
 
     @app.after_shutdown

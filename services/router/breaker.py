@@ -17,12 +17,18 @@ from collections import deque
 from typing import Literal
 
 from shared.routing_config import BreakerConfig
-from shared.schemas.routing import DeploymentHealth, HealthState
+from shared.schemas.routing import DOWN_CAUSES, DeploymentHealth, HealthCause, HealthState
 
 Availability = Literal["yes", "no", "probe"]
 
-# the reason of a breaker opened again because its probe failed (the deployment was down already)
+# the reason text of a breaker opened again because its probe failed (the deployment was down already)
 PROBE_FAILED = "probe failed"
+
+
+def went_down(health: DeploymentHealth) -> bool:
+    """Whether a transition starts an outage: a breaker opened on a healthy deployment, not one opened again
+    after a failed probe (the same outage) nor a 429's cooldown (the provider asked to wait; it is up)."""
+    return health.state == "open" and health.cause in DOWN_CAUSES
 
 
 class Breaker:
@@ -62,7 +68,7 @@ class Breaker:
         if self.probing or self.state in ("open", "half_open"):
             self._close()
             self._window.clear()
-            return self._health("healthy", now, by, "probe succeeded")
+            return self._health("healthy", now, by, "probe succeeded", "probe_succeeded")
         return None
 
     def failure(self, now: float, by: str, reason: str) -> DeploymentHealth | None:
@@ -72,14 +78,16 @@ class Breaker:
             return None
         if self.probing or self.state == "half_open":
             cooldown = min(max(self.cooldown_s, self.config.cooldown_s) * 2, self.config.max_cooldown_s)
-            return self._open(now, cooldown, by, f"{PROBE_FAILED}: {reason}")
+            return self._open(now, cooldown, by, f"{PROBE_FAILED}: {reason}", "probe_failed")
         if self.state != "healthy":
             return None
         attempts, failures = self.counts(now)
         if self.consecutive >= self.config.consecutive_failures:
-            return self._open(now, self.config.cooldown_s, by, f"{self.consecutive} failures in a row: {reason}")
+            why = f"{self.consecutive} failures in a row: {reason}"
+            return self._open(now, self.config.cooldown_s, by, why, "consecutive_failures")
         if attempts >= self.config.min_requests and failures / attempts >= self.config.error_rate:
-            return self._open(now, self.config.cooldown_s, by, f"{failures}/{attempts} attempts failed: {reason}")
+            why = f"{failures}/{attempts} attempts failed: {reason}"
+            return self._open(now, self.config.cooldown_s, by, why, "error_rate")
         return None
 
     def rate_limited(self, now: float, retry_after: float | None, by: str, reason: str) -> DeploymentHealth | None:
@@ -95,12 +103,12 @@ class Breaker:
             return None
         self.probing = False
         self.state, self.until, self.reason = "cooldown", until, reason
-        return self._health("cooldown", now, by, reason)
+        return self._health("cooldown", now, by, reason, "rate_limited")
 
     def claim(self, now: float, lease_s: float, by: str) -> DeploymentHealth:
         """This replica probes the deployment with one request; others wait until the lease ends."""
         self.state, self.until, self.probing = "half_open", now + lease_s, True
-        return self._health("half_open", now, by, "probing")
+        return self._health("half_open", now, by, "probing", "probe_claimed")
 
     def release(self) -> None:
         """The probe request ended without a verdict (e.g. its client left): let another replica probe."""
@@ -121,16 +129,16 @@ class Breaker:
         self.cooldown_s = health.cooldown_s or self.cooldown_s
 
     # ---- internals --------------------------------------------------------------------------------
-    def _open(self, now: float, cooldown_s: float, by: str, reason: str) -> DeploymentHealth:
+    def _open(self, now: float, cooldown_s: float, by: str, reason: str, cause: HealthCause) -> DeploymentHealth:
         self.probing = False
         self.state, self.until, self.reason, self.cooldown_s = "open", now + cooldown_s, reason, cooldown_s
-        return self._health("open", now, by, reason)
+        return self._health("open", now, by, reason, cause)
 
     def _close(self) -> None:
         self.state, self.until, self.reason, self.probing, self.consecutive = "healthy", 0.0, "", False, 0
         self.cooldown_s = 0.0
 
-    def _health(self, state: HealthState, now: float, by: str, reason: str) -> DeploymentHealth:
+    def _health(self, state: HealthState, now: float, by: str, reason: str, cause: HealthCause) -> DeploymentHealth:
         return DeploymentHealth(
             deployment=self.deployment,
             state=state,
@@ -139,6 +147,7 @@ class Breaker:
             cooldown_s=self.cooldown_s,
             by=by,
             at=now,
+            cause=cause,
         )
 
     def _count(self, now: float, *, failed: bool) -> None:

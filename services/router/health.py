@@ -3,7 +3,8 @@ of its latency and time to first token, requests in flight, and the rate limits 
 
 Transitions other replicas must know (open, cooldown, probe claimed, healthy again) are handed to
 `share`, which `shared_health.SharedHealth` writes to NATS KV; what other replicas wrote comes back
-through `apply`. The averages and counts stay per replica.
+through `apply`. The same transitions, this replica's own only, go to `notify` (`down_notices.DownNotices`:
+the `deployment_down` webhook), shared breakers or not. The averages and counts stay per replica.
 """
 
 from __future__ import annotations
@@ -38,10 +39,13 @@ def _ewma(old: float | None, sample: float, alpha: float) -> float:
 
 
 class HealthBoard:
-    def __init__(self, config: RoutingConfig, replica: str, share: Share | None = None) -> None:
+    def __init__(
+        self, config: RoutingConfig, replica: str, share: Share | None = None, notify: Share | None = None
+    ) -> None:
         self.config = config
         self.replica = replica
         self.share: Share = share or (lambda _h: None)
+        self.notify: Share = notify or (lambda _h: None)
         self._stats: dict[str, DeploymentStats] = {}
 
     def register(self, deployment: str, provider: str, model: str) -> None:
@@ -109,6 +113,7 @@ class HealthBoard:
     def _share(self, health: DeploymentHealth | None) -> None:
         if health is not None:
             self.share(health)
+            self.notify(health)
 
     # ---- the status report ------------------------------------------------------------------------
     def view(self, deployment: str, now: float) -> DeploymentView:

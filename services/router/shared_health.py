@@ -20,11 +20,8 @@ from nats.js.api import KeyValueConfig, StorageType
 from nats.js.errors import BucketNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 
-from services.router.breaker import PROBE_FAILED
 from services.router.health import HealthBoard
-from shared.bus import MSG_ID
 from shared.schemas.routing import DeploymentHealth
-from shared.subjects import Subject
 
 log = logging.getLogger("gatehouse.router.health")
 
@@ -41,12 +38,8 @@ def health_key(deployment: str) -> str:
 
 
 class SharedHealth:
-    def __init__(
-        self, js: JetStreamContext, bucket: str, board: HealthBoard, down: Subject[DeploymentHealth] | None = None
-    ) -> None:
+    def __init__(self, js: JetStreamContext, bucket: str, board: HealthBoard) -> None:
         self._js = js
-        # where an opened breaker is also told (the hooks stream, for `deployment_down` webhooks), else None
-        self._down = down
         self._bucket = bucket
         self._board = board
         self._kv: KeyValue | None = None
@@ -114,13 +107,6 @@ class SharedHealth:
             kv = await self._bucket_kv()
             async with asyncio.timeout(WRITE_TIMEOUT_S):
                 self._revisions[key] = await kv.put(key, _ENC.encode(health))
-                if self._down is not None and health.state == "open" and not health.reason.startswith(PROBE_FAILED):
-                    # a deployment going down, not one still down after a failed probe
-                    # one id per deployment and second: replicas opening together are told once
-                    down_id = f"down.{key}.{int(health.at)}"
-                    await self._js.publish(
-                        self._down.name, self._down.encode(health), timeout=WRITE_TIMEOUT_S, headers={MSG_ID: down_id}
-                    )
         except Exception as exc:
             log.warning("could not share the health of %s (%s)", health.deployment, type(exc).__name__)
 

@@ -7,6 +7,15 @@ from typing import Literal
 import msgspec
 
 HealthState = Literal["healthy", "open", "cooldown", "half_open"]
+# why a deployment's health changed, for whoever acts on it (the `deployment_down` webhook reads this, never the
+# human-readable `reason`): a breaker opened on failures in a row or on its error rate (the deployment went
+# down), opened again because its probe failed (still down: the same outage), a 429 cooled it down, a replica
+# claimed the probe, the probe succeeded; "" in a record written before the field existed
+HealthCause = Literal[
+    "", "consecutive_failures", "error_rate", "probe_failed", "rate_limited", "probe_claimed", "probe_succeeded"
+]
+# the causes of an outage's start: an `open` record with one of these is a deployment going down
+DOWN_CAUSES: frozenset[HealthCause] = frozenset({"consecutive_failures", "error_rate"})
 
 
 class DeploymentHealth(msgspec.Struct, frozen=True, kw_only=True):
@@ -18,6 +27,9 @@ class DeploymentHealth(msgspec.Struct, frozen=True, kw_only=True):
     - `cooldown`: the provider said 429 (with Retry-After, or the configured cooldown); no request until `until`.
     - `half_open`: replica `by` is probing with one request; others wait until `until` (the probe's lease).
     - `healthy`: a probe succeeded.
+
+    `cause` says which of these happened and why, for code to act on (the `deployment_down` webhook);
+    `reason` says it for people.
     """
 
     deployment: str
@@ -27,6 +39,7 @@ class DeploymentHealth(msgspec.Struct, frozen=True, kw_only=True):
     cooldown_s: float = 0.0  # the open period that led here (doubles after each failed probe)
     by: str = ""  # the replica that wrote it
     at: float = 0.0
+    cause: HealthCause = ""  # why (structured; `reason` is the same for people, with the upstream error)
 
 
 class StatusQuery(msgspec.Struct, frozen=True, kw_only=True):

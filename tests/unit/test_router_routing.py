@@ -9,7 +9,7 @@ from collections import Counter
 import pytest
 
 from services.router import plan, strategies
-from services.router.breaker import Breaker
+from services.router.breaker import Breaker, went_down
 from services.router.core import build_routes
 from services.router.health import HealthBoard
 from services.router.retry import backoff_s, classify, rate_limits
@@ -221,3 +221,26 @@ def test_the_plan_prefers_fresh_deployments_skips_blocked_ones_and_retries_the_l
     assert isinstance(blocked, plan.Blocked) and blocked.until == 10.0 and blocked.rate_limited
     ctx = plan.fallback(routes["small"], routes, lambda r: r.deployments, "context_window_fallback")
     assert [(c.deployment.id, c.model) for c in ctx] == [("c/b1", "big")]
+
+
+def test_every_transition_says_why_and_only_an_opening_on_a_healthy_deployment_went_down() -> None:
+    # the upstream's error text may read like anything, the probe's reason included: the cause is what counts
+    b = Breaker("d", BreakerConfig(consecutive_failures=2, cooldown_s=5, min_requests=100))
+    b.failure(0.0, "r", "probe failed: upstream said so")
+    opened = b.failure(0.1, "r", "probe failed: upstream said so")
+    assert opened is not None and opened.cause == "consecutive_failures" and went_down(opened)
+    claim = b.claim(6.0, 30, "r")
+    reopened = b.failure(6.5, "r", "500")
+    assert claim.cause == "probe_claimed" and not went_down(claim)
+    assert reopened is not None and reopened.cause == "probe_failed" and not went_down(reopened)
+    b.claim(20.0, 30, "r")
+    closed = b.success(20.1, "r")
+    assert closed is not None and closed.cause == "probe_succeeded" and not went_down(closed)
+    cooled = b.rate_limited(21.0, 7.0, "r", "slow down")
+    assert cooled is not None and cooled.cause == "rate_limited" and not went_down(cooled)
+    rate = Breaker("d", BreakerConfig(consecutive_failures=100, error_rate=0.5, min_requests=2, window_s=30))
+    rate.success(0.0, "r")
+    by_rate = rate.failure(0.1, "r", "x")
+    assert by_rate is not None and by_rate.cause == "error_rate" and went_down(by_rate)
+    # a record from a replica that predates the field is not taken for an outage's start
+    assert not went_down(msgspec_replace(opened, cause=""))  # type: ignore[arg-type]

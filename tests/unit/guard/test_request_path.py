@@ -84,6 +84,7 @@ def test_text_slots_cover_every_text_a_model_reads() -> None:
         "messages[0].content",
         "messages[1].content[0].text",
         "messages[2].refusal",
+        "messages[2].tool_calls[0].function.name",
         "messages[2].tool_calls[0].function.arguments",
         "tools[0].function.name",
         "tools[0].function.description",
@@ -92,13 +93,13 @@ def test_text_slots_cover_every_text_a_model_reads() -> None:
         "response_format.json_schema.name",
         "response_format.json_schema.schema.title",
     ]
-    assert texts.names(slots) == {6}
+    assert texts.names(slots) == {7}
     texts.write(slots, [str(n) for n in range(len(slots))])
     assert isinstance(chat.messages[1].content, list) and chat.messages[1].content[0].text == "1"
     assert chat.tools is not None and chat.tools[0].function is not None
     assert chat.tools[0].function.parameters == {
         "type": "object",
-        "properties": {"6": {"type": "string", "description": "7"}},
+        "properties": {"7": {"type": "string", "description": "8"}},
     }
     embed = EmbeddingsRequest(model="e", input=["x", 3, "y"])  # type: ignore[list-item]
     assert [s.location for s in texts.embeddings_slots(embed)] == ["input[0]", "input[2]"]

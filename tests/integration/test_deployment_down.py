@@ -1,0 +1,157 @@
+"""`deployment_down` webhooks from router replicas, against a real nats-server: told by per-replica breakers as
+well as shared ones, from the breaker's structured cause, and once per deployment and window however many
+replicas open the same breaker."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+
+import httpx
+import msgspec
+import nats
+import pytest
+from nats.aio.client import Client
+
+from gatehouse.natsserver import NatsServer
+from services.accounting.webhooks import WebhookDispatcher
+from services.router.down_notices import WINDOW_S, DownNotices, notice_id
+from services.router.health import HealthBoard
+from services.router.shared_health import SharedHealth
+from shared.bus import MSG_ID, ensure_events_stream, ensure_hooks_stream
+from shared.config import WebhookConfig
+from shared.routing_config import RoutingConfig
+from shared.subjects import Subjects
+
+pytestmark = pytest.mark.timeout(60)
+DEPLOYMENT = "openai/gpt-4o:eu"
+
+
+@pytest.fixture
+async def nc(nats_server: NatsServer, subjects: Subjects) -> AsyncIterator[Client]:
+    conn = await nats.connect(nats_server.url)
+    js = conn.jetstream()
+    await ensure_events_stream(js, subjects)
+    await ensure_hooks_stream(js, subjects)
+    yield conn
+    await conn.close()
+
+
+def routing(shared: bool) -> RoutingConfig:
+    return RoutingConfig.model_validate(
+        {"breaker": {"shared": shared, "consecutive_failures": 2, "cooldown_s": 5, "min_requests": 100}}
+    )
+
+
+def window_start() -> float:
+    """The start of the current notice window, so that openings a few seconds after it share it."""
+    return (time.time() // WINDOW_S) * WINDOW_S
+
+
+def open_breaker(board: HealthBoard, now: float) -> None:
+    board.failure(DEPLOYMENT, now, "HTTP 500")
+    board.failure(DEPLOYMENT, now + 0.1, "HTTP 500")
+
+
+async def stored(nc: Client, subjects: Subjects) -> list[tuple[str, dict[str, object]]]:
+    """(Nats-Msg-Id, event) of every deployment_down notice in the hooks stream."""
+    js = nc.jetstream()
+    info = await js.stream_info(subjects.hooks_stream)
+    out = []
+    for seq in range(info.state.first_seq, info.state.last_seq + 1):
+        msg = await js.get_msg(subjects.hooks_stream, seq)
+        if msg.subject == subjects.hooks_deployment.name:
+            event = msgspec.to_builtins(subjects.hooks_deployment.decode(msg.data or b""))
+            out.append(((msg.headers or {}).get(MSG_ID, ""), event))
+    return out
+
+
+async def deliver(nc: Client, subjects: Subjects, expected: int) -> list[dict[str, object]]:
+    """Run the accounting side's webhook dispatcher until `expected` deliveries reached the receiver."""
+    received: list[dict[str, object]] = []
+
+    def receive(request: httpx.Request) -> httpx.Response:
+        received.append(msgspec.json.decode(request.content))
+        return httpx.Response(200)
+
+    hook = WebhookConfig(name="oncall", url="https://hooks.example/down", events=["deployment_down"])
+    dispatcher = WebhookDispatcher(nc.jetstream(), subjects, [hook], transport=httpx.MockTransport(receive))
+    task = asyncio.create_task(dispatcher.run())
+    try:
+        deadline = time.monotonic() + 30
+        while dispatcher.delivered < expected:
+            assert time.monotonic() < deadline, f"{dispatcher.delivered} of {expected} deliveries"
+            await asyncio.sleep(0.02)
+    finally:
+        dispatcher.stop()
+        await asyncio.wait_for(task, 20)
+    return received
+
+
+async def test_per_replica_breakers_tell_an_outage_once_per_window_whichever_replicas_open(
+    nc: Client, subjects: Subjects
+) -> None:
+    """Three replicas without shared breakers each open theirs on their own failures, seconds apart: one notice.
+    A breaker opened again by a failed probe is the same outage; after a recovery, an outage in a later window is
+    told again."""
+    notices = DownNotices(nc.jetstream(), subjects.hooks_deployment)
+    boards = [HealthBoard(routing(shared=False), f"replica-{i}", notify=notices.publish) for i in range(3)]
+    t0 = window_start() + 1
+    for i, board in enumerate(boards):
+        open_breaker(board, t0 + 15 * i)
+    boards[0].claim(DEPLOYMENT, t0 + 40, 30)
+    boards[0].failure(DEPLOYMENT, t0 + 41, "HTTP 502")  # the probe failed: still down, not told again
+    boards[0].claim(DEPLOYMENT, t0 + 50, 30)
+    boards[0].success(DEPLOYMENT, t0 + 50.5, 10.0, None)  # back up
+    boards[0].rate_limited(DEPLOYMENT, t0 + 52, 3.0, "HTTP 429")  # a cooldown is not an outage
+    assert boards[0].availability(DEPLOYMENT, t0 + WINDOW_S + 5) == "yes"  # the cooldown is over
+    open_breaker(boards[0], t0 + WINDOW_S + 5)  # down again, next window
+    await notices.stop()
+
+    found = await stored(nc, subjects)
+    assert [event["cause"] for _, event in found] == ["consecutive_failures", "consecutive_failures"]
+    assert [event["by"] for _, event in found] == ["replica-0", "replica-0"]
+    assert len({msg_id for msg_id, _ in found}) == 2
+    received = await deliver(nc, subjects, expected=2)
+    assert [body["type"] for body in received] == ["deployment_down", "deployment_down"]
+    assert {body["data"]["deployment"] for body in received} == {DEPLOYMENT}  # type: ignore[index]
+
+
+async def test_shared_breakers_opened_by_two_replicas_before_either_hears_of_it_are_told_once(
+    nc: Client, subjects: Subjects
+) -> None:
+    """Two replicas open the shared breaker of the same deployment 1.5 s apart, before the KV watch tells either
+    of the other's: the same window, one notice (one id per second sent two before)."""
+    js = nc.jetstream()
+    notices = DownNotices(js, subjects.hooks_deployment)
+    boards = [HealthBoard(routing(shared=True), f"replica-{i}", notify=notices.publish) for i in range(2)]
+    shared = [SharedHealth(js, subjects.routing_bucket, board) for board in boards]
+    for health in shared:
+        health.start()
+    try:
+        t0 = window_start() + 1
+        open_breaker(boards[0], t0)
+        open_breaker(boards[1], t0 + 1.5)
+    finally:
+        for health in shared:
+            await health.stop()
+        await notices.stop()
+    found = await stored(nc, subjects)
+    assert len(found) == 1
+    msg_id, event = found[0]
+    assert event["cause"] == "consecutive_failures" and event["deployment"] == DEPLOYMENT
+    assert msg_id.startswith("down.") and str(int((t0 + 0.1) // WINDOW_S)) in msg_id
+    assert len(await deliver(nc, subjects, expected=1)) == 1
+
+
+async def test_a_repeat_notice_is_acknowledged_as_a_duplicate(nc: Client, subjects: Subjects) -> None:
+    notices = DownNotices(nc.jetstream(), subjects.hooks_deployment)
+    boards = [HealthBoard(routing(shared=False), f"replica-{i}") for i in range(2)]
+    t0 = window_start() + 1
+    opened = []
+    for i, board in enumerate(boards):
+        board.notify = opened.append
+        open_breaker(board, t0 + i)
+    assert len(opened) == 2 and notice_id(opened[0]) == notice_id(opened[1])
+    assert [await notices.notify(h) for h in opened] == [True, False]
