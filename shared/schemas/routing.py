@@ -15,7 +15,7 @@ HealthCause = Literal[
     "", "consecutive_failures", "error_rate", "probe_failed", "rate_limited", "probe_claimed", "probe_succeeded"
 ]
 # the causes of an outage's start: an `open` record with one of these is a deployment going down
-DOWN_CAUSES: frozenset[HealthCause] = frozenset({"consecutive_failures", "error_rate"})
+DOWN_CAUSES: frozenset[str] = frozenset({"consecutive_failures", "error_rate"})
 
 
 class DeploymentHealth(msgspec.Struct, frozen=True, kw_only=True):
@@ -39,7 +39,9 @@ class DeploymentHealth(msgspec.Struct, frozen=True, kw_only=True):
     cooldown_s: float = 0.0  # the open period that led here (doubles after each failed probe)
     by: str = ""  # the replica that wrote it
     at: float = 0.0
-    cause: HealthCause = ""  # why (structured; `reason` is the same for people, with the upstream error)
+    # why (structured; `reason` is the same for people, with the upstream error): a HealthCause, carried as a plain
+    # string so a replica that does not know a newer cause still reads the record (bus messages tolerate the new)
+    cause: str = ""
 
 
 class StatusQuery(msgspec.Struct, frozen=True, kw_only=True):
