@@ -21,7 +21,7 @@ from nats.js.api import (
     StorageType,
     StreamConfig,
 )
-from nats.js.errors import BadRequestError
+from nats.js.errors import BadRequestError, NotFoundError, ServerError
 
 from shared.schemas.chat import BodyPart, Reply, Result
 from shared.subjects import Subjects, encode
@@ -154,7 +154,13 @@ async def bind_pull_consumer(
     try:
         # creates the consumer, or updates the editable fields (ack_wait, max_deliver, …) of an existing one
         await js.add_consumer(stream, config)
-    except BadRequestError as exc:
+    except (BadRequestError, ServerError) as exc:
+        # a field that cannot change (deliver or ack policy) differs: nats-server (2.15 here) refuses that
+        # with a 500, not a 400; an existing consumer is used as it is, a missing one is a real failure
+        try:
+            await js.consumer_info(stream, durable)
+        except NotFoundError:
+            raise exc from None
         log.warning("consumer %s exists with a config that cannot be updated (%s); using it", durable, exc)
     return await js.pull_subscribe_bind(durable=durable, stream=stream)
 

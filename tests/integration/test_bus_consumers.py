@@ -1,15 +1,16 @@
 """Durable pull consumers against a real nats-server: created, brought up to date when the settings change,
-and bound."""
+used as they are when they cannot be changed, and bound either way."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 
 import nats
 import pytest
 from nats.aio.client import Client
 from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, DeliverPolicy, StreamConfig
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StreamConfig
 
 from gatehouse.natsserver import NatsServer
 from shared.bus import bind_pull_consumer
@@ -64,3 +65,26 @@ async def test_a_second_binding_updates_the_editable_settings(js: JetStreamConte
     await _bind(js, subjects, 90.0)
     info = await js.consumer_info(f"{subjects.prefix}_S", "worker")
     assert info.config.ack_wait == 90.0
+
+
+async def test_a_consumer_that_cannot_be_updated_is_used_as_it_is_and_logged(
+    js: JetStreamContext, subjects: Subjects, caplog: pytest.LogCaptureFixture
+) -> None:
+    # deliver_policy cannot change on an existing consumer
+    await js.add_consumer(
+        f"{subjects.prefix}_S",
+        ConsumerConfig(
+            durable_name="worker",
+            ack_policy=AckPolicy.EXPLICIT,
+            deliver_policy=DeliverPolicy.NEW,
+            filter_subject=f"{subjects.prefix}.a",
+        ),
+    )
+    with caplog.at_level(logging.WARNING, logger="shared.bus"):
+        psub = await _bind(js, subjects, 30.0)
+    assert "consumer worker exists with a config that cannot be updated" in caplog.text
+    info = await js.consumer_info(f"{subjects.prefix}_S", "worker")
+    assert info.config.deliver_policy == DeliverPolicy.NEW
+    await js.publish(f"{subjects.prefix}.a", b"after")
+    msgs = await psub.fetch(10, timeout=5)
+    assert [m.data for m in msgs] == [b"after"]
