@@ -1,4 +1,4 @@
-"""Bus helpers every service uses: header names, the JetStream event stream, queue workers."""
+"""Bus helpers every service uses: header names, the JetStream streams and durable consumers, queue workers."""
 
 from __future__ import annotations
 
@@ -12,8 +12,16 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
-from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
-from nats.js.errors import BadRequestError
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    DeliverPolicy,
+    DiscardPolicy,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
+from nats.js.errors import BadRequestError, NotFoundError, ServerError
 
 from shared.schemas.chat import BodyPart, Reply, Result
 from shared.subjects import Subjects, encode
@@ -118,6 +126,43 @@ async def ensure_events_stream(js: JetStreamContext, subjects: Subjects) -> None
 async def ensure_hooks_stream(js: JetStreamContext, subjects: Subjects) -> None:
     """Create the hooks stream if missing (idempotent; whoever publishes to it calls this at startup)."""
     await _ensure(js, hooks_stream_config(subjects))
+
+
+async def bind_pull_consumer(
+    js: JetStreamContext,
+    stream: str,
+    durable: str,
+    *,
+    subject: str,
+    ack_wait: float,
+    max_deliver: int,
+    max_ack_pending: int,
+) -> JetStreamContext.PullSubscription:
+    """The durable pull consumer `durable` of `stream` for `subject`, created or brought up to date, bound.
+
+    Acks are explicit, never ALL: another replica may hold earlier messages it has not finished.
+    """
+    config = ConsumerConfig(
+        durable_name=durable,
+        ack_policy=AckPolicy.EXPLICIT,
+        deliver_policy=DeliverPolicy.ALL,
+        filter_subject=subject,
+        ack_wait=ack_wait,
+        max_deliver=max_deliver,
+        max_ack_pending=max_ack_pending,
+    )
+    try:
+        # creates the consumer, or updates the editable fields (ack_wait, max_deliver, …) of an existing one
+        await js.add_consumer(stream, config)
+    except (BadRequestError, ServerError) as exc:
+        # a field that cannot change (deliver or ack policy) differs: nats-server (2.15 here) refuses that
+        # with a 500, not a 400; an existing consumer is used as it is, a missing one is a real failure
+        try:
+            await js.consumer_info(stream, durable)
+        except NotFoundError:
+            raise exc from None
+        log.warning("consumer %s exists with a config that cannot be updated (%s); using it", durable, exc)
+    return await js.pull_subscribe_bind(durable=durable, stream=stream)
 
 
 async def publish_event(

@@ -25,6 +25,9 @@ GatewayError                      500 api_error            internal_error
 A provider's 401/403 is the gateway's problem, not the client's: it becomes UpstreamAuthError, whose
 message names only the provider (the provider's own words go to `detail`, which the attempt record
 keeps and no client sees). `detail` is operator-only context on any error; `info()` never carries it.
+
+A client that went away is no error of the taxonomy (nobody is left to answer): `CLIENT_CLOSED`, 499 in
+nginx's convention, is recorded by ingress, the router and the batch worker, and never sent.
 """
 
 from __future__ import annotations
@@ -44,6 +47,12 @@ class ErrorInfo(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     param: str | None = None
     retryable: bool = False
     retry_after: float | None = None
+
+
+# what a request whose client went away ends with: recorded, never sent
+CLIENT_CLOSED = ErrorInfo(
+    status=499, type="client_closed", code="client_closed_request", message="The client closed the connection."
+)
 
 
 class GatewayError(Exception):

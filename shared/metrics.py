@@ -36,7 +36,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.registry import Collector
 
-from shared.errors import GatewayError
+from shared.errors import CLIENT_CLOSED, GatewayError
 from shared.schemas.chat import GuardFinding, Usage
 
 # no `*_created` series: a quarter of the exposition for what Prometheus infers from resets anyway
@@ -62,7 +62,7 @@ INSERT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.
 
 def _error_codes() -> tuple[frozenset[str], frozenset[str]]:
     types: set[str] = set()
-    codes: set[str] = {"client_closed_request"}  # recorded for 499 (the client left), never sent
+    codes: set[str] = {CLIENT_CLOSED.code}  # recorded for 499 (the client left), never sent
     todo: list[type[GatewayError]] = [GatewayError]
     while todo:
         cls = todo.pop()

@@ -14,6 +14,7 @@ from decimal import Decimal
 from functools import lru_cache
 from importlib.metadata import PackageNotFoundError, version
 
+import msgspec
 from genai_prices import Usage as PriceUsage
 from genai_prices import calc_price
 
@@ -50,8 +51,7 @@ class Rates:
     name: str = "config"
 
 
-@dataclass(frozen=True, slots=True)
-class Price:
+class Price(msgspec.Struct, frozen=True):  # one per priced event: a Struct is built in a third of a dataclass's time
     cost_usd: float | None  # None: unknown (and why, in `version`)
     version: str
 

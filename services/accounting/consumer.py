@@ -22,8 +22,6 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
-from nats.js.errors import BadRequestError
 
 from services.accounting import migrations
 from services.accounting.core import COST_HEADER, REQUEST_COLUMNS, BadEvent, cost_header, event_row, event_time
@@ -32,7 +30,14 @@ from services.accounting.settlement import Reservations
 from services.accounting.sink import ClickHouseSink
 from services.accounting.telemetry import batch_stored
 from shared import metrics
-from shared.bus import MSG_ID, PUBLISH_TIMEOUT_S, ensure_events_stream, events_stream_config, publish_windowed
+from shared.bus import (
+    MSG_ID,
+    PUBLISH_TIMEOUT_S,
+    bind_pull_consumer,
+    ensure_events_stream,
+    events_stream_config,
+    publish_windowed,
+)
 from shared.pricing import Rates
 from shared.schemas.events import BudgetAlert, RequestEvent
 from shared.schemas.mcp import McpCallEvent
@@ -183,21 +188,15 @@ class EventConsumer:
 
     async def _subscribe(self) -> JetStreamContext.PullSubscription:
         stream = self._subjects.events_stream
-        config = ConsumerConfig(
-            durable_name=self._durable,
-            ack_policy=AckPolicy.EXPLICIT,  # never ALL: another replica may hold earlier messages unstored
-            deliver_policy=DeliverPolicy.ALL,
-            filter_subject=self._subjects.events_wildcard,
+        return await bind_pull_consumer(
+            self._js,
+            stream,
+            self._durable,
+            subject=self._subjects.events_wildcard,
             ack_wait=self._ack_wait,
             max_deliver=self._max_deliver,
             max_ack_pending=max(self._batch * 4, 20_000),
         )
-        try:
-            # creates the consumer, or updates the editable fields (ack_wait, max_deliver, …) of an existing one
-            await self._js.add_consumer(stream, config)
-        except BadRequestError as exc:
-            log.warning("consumer %s exists with a config that cannot be updated (%s); using it", self._durable, exc)
-        return await self._js.pull_subscribe_bind(durable=self._durable, stream=stream)
 
     async def _resubscribe(self, psub: JetStreamContext.PullSubscription) -> JetStreamContext.PullSubscription:
         """Fetches keep failing: the consumer (or the stream) may have been deleted; set them up again."""

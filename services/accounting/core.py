@@ -12,7 +12,7 @@ from genai_prices import calc_price
 
 from services.accounting.listprice import ListPrices
 from shared.governance import MAX_LOG_RETENTION_DAYS
-from shared.pricing import PRICE_PROVIDER, PRICES_VERSION, Rates, Tokens, clamp_unix, cost, when
+from shared.pricing import PRICE_PROVIDER, PRICES_VERSION, Price, Rates, Tokens, clamp_unix, cost, when
 from shared.schemas.batch import BatchJobEvent
 from shared.schemas.chat import Attempt, GuardFinding, Usage
 from shared.schemas.events import AuditEvent, BudgetAlert, ContentEvent, GuardEvent, RequestEvent, WebhookDelivery
@@ -119,11 +119,6 @@ class BadEvent(ValueError):
     """An event that can never be stored (undecodable, or on a subject accounting does not know)."""
 
 
-class Price(msgspec.Struct, frozen=True):  # one per event: a Struct is built in a fraction of a dataclass's time
-    cost_usd: float | None
-    version: str
-
-
 def price(event: RequestEvent, provider_kind: str = "", rates: Rates | None = None) -> Price:
     """List price of a request's usage at the time it was received; None (and why, in `version`) if unknown."""
     return price_usage(
@@ -145,8 +140,7 @@ def price_usage(usage: Usage | None, model: str, provider_kind: str, received_at
             cached=usage.cached_tokens,
             cache_write=usage.cache_write_tokens,
         )
-        shared_price = cost(tokens, model, provider_kind, received_at, rates)
-        return Price(shared_price.cost_usd, shared_price.version)
+        return cost(tokens, model, provider_kind, received_at, rates)
     if provider_kind == "mock":
         return Price(0.0, "mock")
     if usage is None:

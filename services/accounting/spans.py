@@ -21,11 +21,10 @@ import msgspec
 from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
-from nats.js.errors import BadRequestError
 
 from services.accounting.sink import ClickHouseSink
 from shared import metrics
+from shared.bus import bind_pull_consumer
 from shared.schemas.events import SpanBatch
 from shared.subjects import Subjects
 from shared.telemetry import ensure_spans_stream
@@ -76,18 +75,15 @@ class SpanStore:
     async def _subscribe(self) -> JetStreamContext.PullSubscription:
         await ensure_spans_stream(self._js, self._subjects)
         stream = self._subjects.spans_stream
-        config = ConsumerConfig(
-            durable_name=self._durable,
-            ack_policy=AckPolicy.EXPLICIT,
-            deliver_policy=DeliverPolicy.ALL,
-            filter_subject=self._subjects.spans.name,
+        return await bind_pull_consumer(
+            self._js,
+            stream,
+            self._durable,
+            subject=self._subjects.spans.name,
             ack_wait=max(60.0, self._flush_s * 4),
             max_deliver=MAX_DELIVER,
             max_ack_pending=MAX_MESSAGES * 4,
         )
-        with contextlib.suppress(BadRequestError):  # exists with a config that cannot change: use it
-            await self._js.add_consumer(stream, config)
-        return await self._js.pull_subscribe_bind(durable=self._durable, stream=stream)
 
     async def run(self) -> None:
         if self._schema_ready is not None:

@@ -13,7 +13,6 @@ the process dies between its 2xx and the record: the `webhook-id` header is the 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import random
@@ -24,12 +23,10 @@ import httpx
 import msgspec
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
-from nats.js.errors import BadRequestError
 
 from services.accounting.core import COST_HEADER, REQUEST_COLUMNS, BadEvent, carried_cost, event_row
 from shared import metrics
-from shared.bus import MSG_ID, ensure_hooks_stream
+from shared.bus import MSG_ID, bind_pull_consumer, ensure_hooks_stream
 from shared.config import WebhookConfig
 from shared.plugins import HookRunner, RequestView, caller_fields, load_factory
 from shared.pricing import Rates
@@ -168,19 +165,15 @@ class WebhookDispatcher:
     async def _consumer(
         self, durable: str, subject: str, ack_wait: float, max_deliver: int
     ) -> JetStreamContext.PullSubscription:
-        stream = self._subjects.hooks_stream
-        config = ConsumerConfig(
-            durable_name=durable,
-            ack_policy=AckPolicy.EXPLICIT,
-            deliver_policy=DeliverPolicy.ALL,
-            filter_subject=subject,
+        return await bind_pull_consumer(
+            self._js,
+            self._subjects.hooks_stream,
+            durable,
+            subject=subject,
             ack_wait=ack_wait,
             max_deliver=max_deliver,
             max_ack_pending=1000,
         )
-        with contextlib.suppress(BadRequestError):  # exists with fields that cannot change: use it as it is
-            await self._js.add_consumer(stream, config)
-        return await self._js.pull_subscribe_bind(durable=durable, stream=stream)
 
     async def _loop(self, psub: JetStreamContext.PullSubscription, handle: Callable[[Msg], object]) -> None:
         limit = asyncio.Semaphore(FETCH_BATCH)

@@ -41,6 +41,7 @@ from shared.config import GatehouseConfig, ModelConfig
 from shared.counters import Counters
 from shared.directory import Directory, Entitlement
 from shared.errors import (
+    CLIENT_CLOSED,
     AuthenticationError,
     BudgetExceededError,
     ErrorInfo,
@@ -65,8 +66,6 @@ from shared.usage_policy import apply_params, max_output, with_max_output
 log = logging.getLogger("gatehouse.batch.worker")
 
 MAX_TAGS = 16
-# what the router answers for a batch item withdrawn while it waited at its gate (as for a client gone)
-WITHDRAWN = ErrorInfo(status=499, type="client_closed", code="client_closed_request", message="withdrawn")
 # deliveries of an item whose tries the pipeline lost (a guard or router replica restarting) before it fails
 LOST_TRIES = 30
 BACKOFF_MAX_S = 30.0
@@ -445,7 +444,8 @@ class ItemWorker:
             await env.governor.finish(admitted, (usage.input_tokens + usage.output_tokens) if usage else 0)
         error = result.error
         outcome = result.outcome
-        if error is not None and error.code == WITHDRAWN.code:
+        # the router answers an item withdrawn while it waited at its gate as it answers a client gone
+        if error is not None and error.code == CLIENT_CLOSED.code:
             why = stopped(env.jobs.cached(job.id) or job, time.time())
             if why is not None:  # withdrawn at the router's gate: it never reached a provider
                 return msgspec.structs.replace(base, ran=False, error=why)

@@ -53,6 +53,7 @@ from shared.config import GatehouseConfig
 from shared.counters import Counters, ensure_counter_streams, ensure_run_stream
 from shared.directory import Directory, Entitlement
 from shared.errors import (
+    CLIENT_CLOSED,
     BudgetExceededError,
     ErrorInfo,
     GatewayError,
@@ -106,10 +107,6 @@ MAX_USER_CHARS = 128
 # chunks a stream may run past the output its budget reservation covers before it is cut (chunks and
 # tokens do not map one to one; the provider's own max_tokens normally ends it first)
 STREAM_SLACK_CHUNKS = 16
-# nginx's convention for "the client closed the request"; recorded, never sent
-CLIENT_CLOSED = ErrorInfo(
-    status=499, type="client_closed", code="client_closed_request", message="The client closed the connection."
-)
 
 
 def error_headers(info: ErrorInfo, request_id: str = "") -> dict[str, str]:

@@ -32,7 +32,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
 from services.router.core import build_routes, mock_behaviours, require_translators
-from services.router.dispatch import CLIENT_CLOSED, Dispatcher
+from services.router.dispatch import Dispatcher
 from services.router.down_notices import DownNotices
 from services.router.health import HealthBoard
 from services.router.priority import PriorityGate, Withdrawn
@@ -47,7 +47,7 @@ from services.router.upstream import Upstream
 from shared import metrics
 from shared.bus import QueueWorker, answer_pings, ensure_hooks_stream
 from shared.config import GatehouseConfig, load_config
-from shared.errors import ServiceUnavailableError
+from shared.errors import CLIENT_CLOSED, ServiceUnavailableError
 from shared.natsconn import nats_broker
 from shared.plugins import ROUTER_POINTS, HookRunner, build_runner, request_view
 from shared.schemas.chat import ChatRequest, Heartbeat, Outcome, Reply, Result

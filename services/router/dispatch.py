@@ -25,8 +25,8 @@ from services.router.telemetry import AttemptTrace, attempt_started
 from services.router.upstream import Upstream
 from shared.bus import split_result
 from shared.errors import (
+    CLIENT_CLOSED,
     ContentPolicyViolation,
-    ErrorInfo,
     GatewayError,
     GatewayTimeoutError,
     InvalidRequestError,
@@ -40,10 +40,6 @@ from shared.tokens import estimate_prompt_tokens
 
 log = logging.getLogger(__name__)
 
-# what the router answers a request whose client went away (ingress records it; nobody reads it)
-CLIENT_CLOSED = ErrorInfo(
-    status=499, type="client_closed", code="client_closed_request", message="The client closed the connection."
-)
 # how long other replicas leave a half-open deployment to the one probing it
 PROBE_LEASE_S = 30.0
 # the output a request that names no max_tokens is priced at by the cost strategy

@@ -17,13 +17,12 @@ from nats.aio.msg import Msg
 from services.router.core import Deployment
 from shared import metrics
 from shared.bus import REQUEST_ID, TRACEPARENT
-from shared.errors import GatewayError
+from shared.errors import CLIENT_CLOSED, GatewayError
 from shared.logs import bind_request
 from shared.schemas.chat import ChatRequest, Result
 from shared.tracing import CLIENT, CONSUMER, CURRENT, TRACER, Span, current_context, parse_traceparent
 
 log = logging.getLogger("gatehouse.router")
-CLIENT_CLOSED = 499
 
 
 class RequestTrace:
@@ -67,11 +66,11 @@ def start_dispatch(msg: Msg, req: ChatRequest) -> RequestTrace:
 def finish_dispatch(trace: RequestTrace) -> None:
     """The request left the router: its metrics and the end of its span (and of an attempt cut short)."""
     if trace.open_attempt is not None:  # cancelled mid-call: the client went away
-        trace.open_attempt.end(CLIENT_CLOSED, None, 0.0)
+        trace.open_attempt.end(CLIENT_CLOSED.status, None, 0.0)
     result, req, span = trace.result, trace.req, trace.span
     outcome = result.outcome if result is not None else None
     error = result.error if result is not None else None
-    status = error.status if error is not None else (200 if result is not None else CLIENT_CLOSED)
+    status = error.status if error is not None else (200 if result is not None else CLIENT_CLOSED.status)
     provider = outcome.provider if outcome else ""
     deployment = outcome.deployment if outcome else ""
     metrics.request_finished(
@@ -138,7 +137,9 @@ class AttemptTrace:
             request.open_attempt = None
         seconds = time.monotonic() - self._t0
         ttft_s = max(self._started + ttft_ms / 1000 - self._t0, 0.0) if ttft_ms else 0.0
-        code = error.info().code if error is not None else ("client_closed_request" if status == CLIENT_CLOSED else "")
+        code = (
+            error.info().code if error is not None else (CLIENT_CLOSED.code if status == CLIENT_CLOSED.status else "")
+        )
         target = self.dep.target
         req_model = request.req.model if request is not None else target.model
         metrics.upstream_attempt(req_model, target.provider, self.dep.id, status, code, seconds, ttft_s)

@@ -68,6 +68,37 @@ def test_sync_non_stream_mock_is_recorded(running_stack: RunningStack) -> None:
     assert float(row["latency_ms"]) > 0  # type: ignore[arg-type]
 
 
+def test_mock_answers_n_choices_and_accounts_all_of_them(running_stack: RunningStack) -> None:
+    raw = client(running_stack).chat.completions.with_raw_response.create(model="mock-1", messages=HELLO, n=3)
+    completion = raw.parse()
+    assert [c.index for c in completion.choices] == [0, 1, 2]
+    texts = [c.message.content or "" for c in completion.choices]
+    assert all(t.endswith("hello from the e2e suite") for t in texts)
+    assert completion.usage is not None
+    assert completion.usage.completion_tokens == sum(len(t.split()) for t in texts)
+    row = record(running_stack, raw.headers["x-request-id"])
+    assert row["output_tokens"] == completion.usage.completion_tokens
+
+    stream = client(running_stack).chat.completions.create(
+        model="mock-1", messages=HELLO, n=3, stream=True, stream_options={"include_usage": True}
+    )
+    chunks = list(stream)
+    streamed: dict[int, str] = {}
+    finished: dict[int, str | None] = {}
+    for chunk in chunks:
+        for choice in chunk.choices:
+            streamed[choice.index] = streamed.get(choice.index, "") + (choice.delta.content or "")
+            if choice.finish_reason:
+                finished[choice.index] = choice.finish_reason
+    assert streamed == dict(enumerate(texts))
+    assert finished == {0: "stop", 1: "stop", 2: "stop"}
+    usage = chunks[-1].usage
+    assert usage is not None and usage.completion_tokens == completion.usage.completion_tokens
+    row = record(running_stack, stream.response.headers["x-request-id"])
+    assert row["stream"] in (1, True)
+    assert row["output_tokens"] == usage.completion_tokens
+
+
 def test_sync_stream_with_usage_on_final_chunk(running_stack: RunningStack) -> None:
     stream = client(running_stack).chat.completions.create(
         model="gpt-emu", messages=HELLO, stream=True, stream_options={"include_usage": True}

@@ -23,7 +23,7 @@ from services.batch.app import BatchService
 from services.batch.settings import BatchSettings
 from shared.config import hash_key, load_config
 from shared.directory import Directory
-from shared.errors import ErrorInfo
+from shared.errors import CLIENT_CLOSED
 from shared.governance import Budget, Limits, Team, VirtualKey, encode_entity, kv_key
 from shared.keystore import KeyStore
 from shared.schemas.batch import BatchObject
@@ -111,8 +111,8 @@ class Stages:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(held.wait(), 0.3)
             self.withdrawn.add(req.request_id)
-            error = ErrorInfo(status=499, type="client_closed", code="client_closed_request", message="withdrawn")
-            await self.nc.publish(msg.reply, replies.encode(Result(outcome=Outcome(), error=error)))
+            # what the router answers an item withdrawn at its gate
+            await self.nc.publish(msg.reply, replies.encode(Result(outcome=Outcome(), error=CLIENT_CLOSED)))
             return
         if self.delay_s:
             await asyncio.sleep(self.delay_s)  # the provider's latency

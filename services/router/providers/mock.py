@@ -5,7 +5,9 @@ body asks for a stream) and `POST …/embeddings` on the OpenAI wire format. The
 through the same OpenAI translator, upstream client and SSE parser as a real provider, so the whole
 pipeline runs with no provider account and tests on `mock-1` exercise the code production runs.
 Replies are deterministic: derived from the last user message; tokens are counted as
-whitespace-separated words, which keeps usage easy to check.
+whitespace-separated words, which keeps usage easy to check. A request for `n` choices gets `n`
+(identical) choices, indexed 0..n-1; streamed, their chunks interleave and each carries its choice's
+index, as OpenAI's do, and usage counts the output tokens of every choice.
 """
 
 from __future__ import annotations
@@ -70,9 +72,15 @@ def reply_text(body: JsonObj) -> str:
     return text
 
 
-def _usage(body: JsonObj, text: str) -> JsonObj:
+def _choice_count(body: JsonObj) -> int:
+    # ingress has validated n (1..128); anything else reaching the mock is treated as the default
+    n = body.get("n")
+    return n if isinstance(n, int) and not isinstance(n, bool) and n > 0 else 1
+
+
+def _usage(body: JsonObj, text: str, choices: int) -> JsonObj:
     prompt = _prompt_tokens(body)
-    completion = len(text.split())
+    completion = len(text.split()) * choices
     return {
         "prompt_tokens": prompt,
         "completion_tokens": completion,
@@ -91,6 +99,8 @@ def _finish_reason(body: JsonObj, text: str) -> str:
 
 def completion(body: JsonObj, model: str, response_id: str, created: int) -> JsonObj:
     text = reply_text(body)
+    n = _choice_count(body)
+    finish = _finish_reason(body, text)
     return {
         "id": response_id,
         "object": "chat.completion",
@@ -99,19 +109,26 @@ def completion(body: JsonObj, model: str, response_id: str, created: int) -> Jso
         "system_fingerprint": "gatehouse-mock",
         "choices": [
             {
-                "index": 0,
+                "index": index,
                 "message": {"role": "assistant", "content": text, "refusal": None},
                 "logprobs": None,
-                "finish_reason": _finish_reason(body, text),
+                "finish_reason": finish,
             }
+            for index in range(n)
         ],
-        "usage": _usage(body, text),
+        "usage": _usage(body, text, n),
     }
 
 
 def chunks(body: JsonObj, model: str, response_id: str, created: int) -> list[JsonObj]:
-    """The stream: a role chunk, content chunks of a few words, a finish chunk, then a usage chunk."""
+    """The stream: role chunks, content chunks of a few words, finish chunks, then a usage chunk.
+
+    Each chunk carries one choice; with `n` choices the steps interleave (choice 0, 1, …, then the
+    next step), so a client has to reassemble by index, as it must against OpenAI.
+    """
     text = reply_text(body)
+    n = _choice_count(body)
+    finish = _finish_reason(body, text)
     words = text.split(" ")
     base: JsonObj = {
         "id": response_id,
@@ -120,16 +137,19 @@ def chunks(body: JsonObj, model: str, response_id: str, created: int) -> list[Js
         "model": model,
         "system_fingerprint": "gatehouse-mock",
     }
-    out: list[JsonObj] = [
-        {**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]}
-    ]
+    deltas: list[tuple[JsonObj, str | None]] = [({"role": "assistant", "content": ""}, None)]
     for i in range(0, len(words), CHUNK_WORDS):
         piece = " ".join(words[i : i + CHUNK_WORDS])
         if i + CHUNK_WORDS < len(words):
             piece += " "
-        out.append({**base, "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}]})
-    out.append({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": _finish_reason(body, text)}]})
-    out.append({**base, "choices": [], "usage": _usage(body, text)})
+        deltas.append(({"content": piece}, None))
+    deltas.append(({}, finish))
+    out: list[JsonObj] = [
+        {**base, "choices": [{"index": index, "delta": delta, "finish_reason": reason}]}
+        for delta, reason in deltas
+        for index in range(n)
+    ]
+    out.append({**base, "choices": [], "usage": _usage(body, text, n)})
     return out
 
 
