@@ -29,7 +29,7 @@ class Namespace:
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise ValueError(f"a producer namespace is a team or a key, not {self.kind!r}")
-        if not ID_PATTERN.match(self.id):
+        if not ID_PATTERN.fullmatch(self.id):
             raise ValueError(f"{self.id[:80]!r} is not a {self.kind} id ([A-Za-z0-9][A-Za-z0-9_-]{{0,62}})")
 
     @property
