@@ -104,11 +104,11 @@ def check_metadata(metadata: Mapping[str, str]) -> dict[str, str]:
 
 
 def check_result_subject(subjects: Subjects, subject: str, caller: Caller) -> str:
-    """A job's result subject, or a 400: under `<p>.batch.out.`, and in no namespace but the key's or its team's."""
-    if subject and subjects.batch_out_namespace(subject) is None:
-        raise InvalidRequestError(
-            f"result_subject must be under {subjects.batch_out_wildcard[:-2]}.", param="result_subject"
-        )
+    """A job's result subject, or a 400: a subject one can publish to under `<p>.batch.out.`, and in no namespace
+    (`<p>.batch.out.ns.<team|key>.<id>.…`) but the key's or its team's."""
+    problem = subjects.result_subject_problem(subject) if subject else ""
+    if problem:
+        raise InvalidRequestError(f"result_subject {problem}.", param="result_subject")
     if subject and not may_notify(subjects, subject, caller):
         raise InvalidRequestError(
             "result_subject is in the namespace of another team or key than the job's.", param="result_subject"

@@ -162,7 +162,7 @@ async def test_a_team_can_neither_read_nor_queue_into_another_teams_namespace(bu
             S.batch_out_scoped(DS.name),
             S.batch_out("nightly", DS.name).name,
             S.batch_out_wildcard,
-            f"{S.prefix}.batch.out.team.>",
+            f"{S.prefix}.batch.out.ns.team.>",
             f"{S.producer_inbox(DS.name)}.>",  # ds's replies: item tokens, result pages
             f"{S.role_inbox('batch_producer')}.>",
             "_INBOX.>",
@@ -191,7 +191,7 @@ async def test_a_team_can_neither_read_nor_queue_into_another_teams_namespace(bu
         for rogue, subject in (
             (ml, S.batch_items("job-of-ds", DS.name).name),
             (ml, S.batch_items("job-of-ds").name),  # the default credential's subject
-            (ml, f"{S.prefix}.batch.items.key.k-ds.job-of-ds"),
+            (ml, f"{S.prefix}.batch.items.ns.key.k-ds.job-of-ds"),
             (ml, S.batch_results_wildcard.replace(">", "job-of-ds.x")),
             (default, S.batch_items("job-of-ds", DS.name).name),
         ):
@@ -220,7 +220,7 @@ async def test_each_teams_flow_and_the_default_producers_run_end_to_end(bus: Bus
             qa_job = await default.submit(
                 [BODY] * 2, key=QA_SECRET, model="mock-1", result_subject=default.result_subject("enrich")
             )
-            assert ml.result_subject("nightly") == "scoped.batch.out.team.ml.nightly"
+            assert ml.result_subject("nightly") == "scoped.batch.out.ns.team.ml.nightly"
             assert default.result_subject("enrich") == "scoped.batch.out.enrich"  # as documented before
             for client, secret, job, total in (
                 (ml, ML_SECRET, ml_job, 3),
@@ -287,6 +287,31 @@ async def test_an_item_belongs_to_the_namespace_it_arrived_in_not_to_what_it_cla
         finally:
             await ml.close()
             await ds.close()
+
+
+async def test_result_subjects_named_before_namespaces_still_reach_the_default_producer(
+    bus: Bus, tmp_path: Path
+) -> None:
+    """`<p>.batch.out.team`, `….team.alpha.x`, `….key.rotation.done` were valid result subjects before namespaces
+    (which live under `<p>.batch.out.ns.`): a job may still name them, and the default credential reads them."""
+    old_names = [
+        f"{S.prefix}.batch.out.team",
+        f"{S.prefix}.batch.out.team.alpha.x",
+        f"{S.prefix}.batch.out.key.rotation.done",
+    ]
+    async with batch_service(bus, tmp_path), connected(bus, "batch_producer") as reader:
+        default = await producer(bus, None)
+        try:
+            await default.ready()
+            subs = [await reader.nc.subscribe(name) for name in old_names]
+            assert await reader.violations() == []
+            for name, sub in zip(old_names, subs, strict=True):
+                job = await default.submit([BODY], key=QA_SECRET, model="mock-1", result_subject=name)
+                done = await default.wait(QA_SECRET, job.id, poll_s=0.1, timeout_s=60)
+                assert (done.request_counts.completed, done.request_counts.failed) == (1, 0)
+                assert msgspec.json.decode((await sub.next_msg(timeout=5)).data)["batch_id"] == job.id, name
+        finally:
+            await default.close()
 
 
 async def _connects(url: str, seed: Path, namespace: Namespace) -> bool:
