@@ -27,12 +27,11 @@ from nats.js.errors import NotFoundError as JsNotFoundError
 from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 
 from shared.bus import MSG_ID, publish_windowed
-from shared.schemas.batch import BatchItem, BatchJob, StoredResult, item_message_id
+from shared.schemas.batch import DUPLICATE_WINDOW_S, BatchItem, BatchJob, StoredResult, item_message_id
 from shared.subjects import Subjects
 
 log = logging.getLogger("gatehouse.batch.store")
 
-DUPLICATE_WINDOW_S = 2 * 3600  # a producer's retry of an item within this is dropped by JetStream
 RETRY_S = 1.0
 CONSUMER_IDLE_S = 3600.0  # a job's consumer outlives its last fetch this long (then the server removes it)
 READ_WAIT_S = 5.0

@@ -31,6 +31,7 @@ from gatehouse.natsserver import NatsServer, start_nats
 from services.batch.app import BatchService
 from services.batch.plan import item_token
 from services.batch.settings import BatchSettings
+from services.batch.store import ItemQueue
 from shared.config import hash_key, load_config
 from shared.natsconn import NatsLink, connect, server_max_payload
 from shared.permissions import Role
@@ -312,6 +313,67 @@ async def test_result_subjects_named_before_namespaces_still_reach_the_default_p
                 assert msgspec.json.decode((await sub.next_msg(timeout=5)).data)["batch_id"] == job.id, name
         finally:
             await default.close()
+
+
+async def test_another_team_publishing_first_under_an_items_message_id_does_not_lose_the_item(
+    bus: Bus, tmp_path: Path
+) -> None:
+    """A scoped producer adding items to a job created elsewhere has no item token, so its message id is the
+    guessable `<job>/<item>`; ds publishes first under it, on its own namespace's subject. JetStream acknowledges
+    ml's item as a duplicate: the client publishes it again under a fresh id, and the item runs once."""
+    async with batch_service(bus, tmp_path) as stages, connected(bus, DS) as evil:
+        creator, pipeline = await producer(bus, ML), await producer(bus, ML)
+        try:
+            await creator.ready()
+            job = await creator.create(CreateJob(key=ML_SECRET, model="mock-1", items=1, input_tokens=10))
+            assert job.id not in pipeline.item_tokens  # the pipeline did not create the job: no token, no digest
+            item = BatchItem(job_id=job.id, item_id="0", body=msgspec.Raw(RAW))
+            squat = S.batch_items(job.id, DS.name)
+            ack = await evil.nc.jetstream().publish(
+                squat.name, squat.encode(item), timeout=5, headers={"Nats-Msg-Id": f"{job.id}/0"}
+            )
+            assert not ack.duplicate and await evil.violations() == []  # ds may publish there, under any id
+            assert await pipeline.publish([item]) == 1
+            done = await pipeline.wait(ML_SECRET, job.id, poll_s=0.1, timeout_s=20)
+            assert (done.request_counts.completed, done.request_counts.failed) == (1, 0)
+            assert stages.dispatches[item_token(job.id, "0")] == 1
+            assert [line.custom_id async for line in pipeline.results(ML_SECRET, job.id)] == ["0"]
+        finally:
+            await creator.close()
+            await pipeline.close()
+
+
+async def test_a_client_publishes_again_only_when_someone_else_used_the_message_id_first(bus: Bus) -> None:
+    """A repeat of the client's own publish is still dropped by JetStream (one message); a message id someone else
+    used first gets the item a second message under a fresh id. The job is not declared: its items wait."""
+    async with connected(bus, "admin") as admin, connected(bus, DS) as evil:
+        js = admin.nc.jetstream()
+        await ItemQueue(js, S, retention_s=30 * 86400, timeout_s=5).ensure()  # the work queue, as the service makes it
+
+        async def queued(subject: str) -> int:
+            info = await js.stream_info(S.batch_items_stream, subjects_filter=subject)
+            return (info.state.subjects or {}).get(subject, 0)
+
+        ml, again = await producer(bus, ML), await producer(bus, ML)
+        try:
+            own = BatchItem(job_id="later-1", item_id="a", body=msgspec.Raw(RAW))
+            subject = S.batch_items("later-1", ML.name).name
+            assert await ml.publish([own]) == 1 and await ml.publish([own]) == 1
+            assert await queued(subject) == 1  # the client's own repeat: dropped as before
+            # another client (a restarted pipeline) cannot tell whose the first was: it publishes again, and the
+            # batch service runs the item id once
+            assert await again.publish([own]) == 1 and await queued(subject) == 2
+
+            squatted = BatchItem(job_id="later-2", item_id="a", body=msgspec.Raw(RAW))
+            squat = S.batch_items("later-2", DS.name)
+            await evil.nc.jetstream().publish(
+                squat.name, squat.encode(squatted), timeout=5, headers={"Nats-Msg-Id": "later-2/a"}
+            )
+            assert await ml.publish([squatted]) == 1
+            assert await queued(S.batch_items("later-2", ML.name).name) == 1  # ml's item is in the queue
+        finally:
+            await ml.close()
+            await again.close()
 
 
 async def _connects(url: str, seed: Path, namespace: Namespace) -> bool:
