@@ -343,6 +343,32 @@ async def test_another_team_publishing_first_under_an_items_message_id_does_not_
             await pipeline.close()
 
 
+async def test_an_item_published_again_under_a_fresh_id_is_answered_from_its_result(bus: Bus, tmp_path: Path) -> None:
+    """What makes publishing again safe: a second message of an item id the job has a result for is not run
+    again, and the job counts the item once."""
+    async with batch_service(bus, tmp_path) as stages:
+        first, restarted = await producer(bus, ML), await producer(bus, ML)
+        try:
+            await first.ready()
+            job = await first.create(CreateJob(key=ML_SECRET, model="mock-1", items=2, input_tokens=20))
+            item = BatchItem(job_id=job.id, item_id="0", body=msgspec.Raw(RAW))
+            await restarted.publish([item])  # no token: the guessable id `<job>/0`
+
+            async def stored() -> bool:
+                return len([line async for line in first.results(ML_SECRET, job.id)]) == 1
+
+            assert await _until(stored, timeout=20)
+            await first.publish([item])  # a duplicate ack for an id `first` never had: a second message
+            await first.publish([BatchItem(job_id=job.id, item_id="1", body=msgspec.Raw(RAW))])
+            done = await first.wait(ML_SECRET, job.id, poll_s=0.1, timeout_s=30)
+            assert (done.request_counts.total, done.request_counts.completed, done.request_counts.failed) == (2, 2, 0)
+            assert stages.dispatches[item_token(job.id, "0")] == 1
+            assert sorted([line.custom_id or "" async for line in first.results(ML_SECRET, job.id)]) == ["0", "1"]
+        finally:
+            await first.close()
+            await restarted.close()
+
+
 async def test_a_client_publishes_again_only_when_someone_else_used_the_message_id_first(bus: Bus) -> None:
     """A repeat of the client's own publish is still dropped by JetStream (one message); a message id someone else
     used first gets the item a second message under a fresh id. The job is not declared: its items wait."""
