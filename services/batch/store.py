@@ -197,20 +197,35 @@ class ItemQueue:
             ack_policy=AckPolicy.EXPLICIT,
             deliver_policy=DeliverPolicy.ALL,
             # the job's items from the default producer and the service, and from any namespace (the worker runs
-            # a namespace's item only if the namespace owns the job); a consumer made before namespaces keeps its
-            # one filter (nats-py binds to an existing durable as it is)
+            # a namespace's item only if the namespace owns the job)
             filter_subjects=self._subjects.batch_items_of(job.id),
             ack_wait=ack_wait_s,
             max_deliver=-1,  # the service counts an item's tries itself (num_delivered) and ends it
             max_ack_pending=max(job.concurrency, 1),
             inactive_threshold=CONSUMER_IDLE_S,
         )
+        await self._refilter(config)
         return await self._js.pull_subscribe(
             self._subjects.batch_items(job.id).name,
             durable=consumer_name(job.id),
             stream=self._subjects.batch_items_stream,
             config=config,
         )
+
+    async def _refilter(self, config: ConsumerConfig) -> None:
+        """Give a job's existing consumer the filters `config` names: nats-py binds to an existing durable as it
+        is, and one made with other filters (its one subject, before namespaces; or namespaces' subjects before
+        they moved under `ns`) would never be delivered the job's other items. nats-server ≥ 2.10 updates the
+        filters of a consumer in place, its position and pending items kept."""
+        stream, name = self._subjects.batch_items_stream, config.durable_name or ""
+        try:
+            info = await self._js.consumer_info(stream, name)
+        except JsNotFoundError:
+            return  # pull_subscribe makes it, with these filters
+        have = info.config.filter_subjects or ([info.config.filter_subject] if info.config.filter_subject else [])
+        if sorted(have) != sorted(config.filter_subjects or []):
+            log.info("consumer %s: filters %s updated to %s", name, have, config.filter_subjects)
+            await self._js.add_consumer(stream, config)
 
     async def idle(self, job_id: str) -> bool:
         """No item of the job waits in the queue and none is in a replica's hands."""

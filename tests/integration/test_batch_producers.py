@@ -22,6 +22,7 @@ import nats
 import pytest
 from nats.aio.client import Client
 from nats.errors import Error as NatsError
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from gatehouse.batch import BatchClient, BatchError
 from gatehouse.credentials import ProducerKey, RoleKey, ensure_credentials, ensure_producer, revoke_producer
@@ -31,7 +32,7 @@ from gatehouse.natsserver import NatsServer, start_nats
 from services.batch.app import BatchService
 from services.batch.plan import item_token
 from services.batch.settings import BatchSettings
-from services.batch.store import ItemQueue
+from services.batch.store import CONSUMER_IDLE_S, ItemQueue, consumer_name
 from shared.config import hash_key, load_config
 from shared.natsconn import NatsLink, connect, server_max_payload
 from shared.permissions import Role
@@ -400,6 +401,41 @@ async def test_a_client_publishes_again_only_when_someone_else_used_the_message_
         finally:
             await ml.close()
             await again.close()
+
+
+async def test_a_jobs_consumer_made_before_namespaces_gets_their_items_too(bus: Bus, tmp_path: Path) -> None:
+    """A job's durable consumer made by a batch service before namespaces filters only `<p>.batch.items.<job>`;
+    binding to it as it is would never deliver the job's items from its namespace. The service updates its
+    filters (nats-server ≥ 2.10), and the item runs."""
+    async with connected(bus, "admin") as admin:
+        js = admin.nc.jetstream()
+        await ItemQueue(js, S, retention_s=30 * 86400, timeout_s=5).ensure()
+        legacy = ConsumerConfig(
+            durable_name=consumer_name("legacy-1"),
+            ack_policy=AckPolicy.EXPLICIT,
+            deliver_policy=DeliverPolicy.ALL,
+            filter_subject=S.batch_items("legacy-1").name,  # as the service made it before namespaces
+            ack_wait=3.0,
+            max_deliver=-1,
+            max_ack_pending=1,
+            inactive_threshold=CONSUMER_IDLE_S,
+        )
+        await js.add_consumer(S.batch_items_stream, legacy)
+        async with batch_service(bus, tmp_path) as stages:
+            ml = await producer(bus, ML)
+            try:
+                await ml.ready()
+                job = await ml.create(
+                    CreateJob(key=ML_SECRET, model="mock-1", items=1, input_tokens=10, job_id="legacy-1")
+                )
+                await ml.publish([BatchItem(job_id=job.id, item_id="0", body=msgspec.Raw(RAW))])  # its namespace's
+                done = await ml.wait(ML_SECRET, job.id, poll_s=0.1, timeout_s=20)
+                assert (done.request_counts.completed, done.request_counts.failed) == (1, 0)
+                assert stages.dispatches[item_token(job.id, "0")] == 1
+            finally:
+                await ml.close()
+        info = await js.consumer_info(S.batch_items_stream, consumer_name("legacy-1"))
+        assert sorted(info.config.filter_subjects or []) == sorted(S.batch_items_of("legacy-1"))
 
 
 async def _connects(url: str, seed: Path, namespace: Namespace) -> bool:
