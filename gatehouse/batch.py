@@ -259,7 +259,7 @@ class BatchClient:
                 return
 
     def result_subject(self, name: str) -> str:
-        """The result subject `name` in this producer's namespace (`<p>.batch.out[.<ns>].<name>`), for
+        """The result subject `name` in this producer's namespace (`<p>.batch.out[.ns.<ns>].<name>`), for
         `result_subject` and `notices`."""
         return self.subjects.batch_out(name, self.namespace).name
 

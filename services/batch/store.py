@@ -155,7 +155,7 @@ class JobStore:
 
 
 class ItemQueue:
-    """The work queue: items of every job on `<p>.batch.items.<job_id>` (and `<p>.batch.items.<ns>.<job_id>` from
+    """The work queue: items of every job on `<p>.batch.items.<job_id>` (and `<p>.batch.items.ns.<ns>.<job_id>` from
     scoped producers), one durable pull consumer per job."""
 
     def __init__(self, js: JetStreamContext, subjects: Subjects, retention_s: float, timeout_s: float) -> None:
