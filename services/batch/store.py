@@ -22,7 +22,13 @@ from nats.js.api import (
     StorageType,
     StreamConfig,
 )
-from nats.js.errors import BadRequestError, BucketNotFoundError, KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.errors import (
+    BadRequestError,
+    BucketNotFoundError,
+    KeyNotFoundError,
+    KeyWrongLastSequenceError,
+    ServerError,
+)
 from nats.js.errors import NotFoundError as JsNotFoundError
 from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 
@@ -225,7 +231,12 @@ class ItemQueue:
         have = info.config.filter_subjects or ([info.config.filter_subject] if info.config.filter_subject else [])
         if sorted(have) != sorted(config.filter_subjects or []):
             log.info("consumer %s: filters %s updated to %s", name, have, config.filter_subjects)
-            await self._js.add_consumer(stream, config)
+            try:
+                await self._js.add_consumer(stream, config)
+            except (BadRequestError, ServerError) as exc:
+                # a server that cannot update it (before 2.10, or a field that cannot change): the job still runs
+                # the items its consumer reads, and the log says which it cannot read
+                log.warning("consumer %s keeps its filters %s: %s", name, have, exc)
 
     async def idle(self, job_id: str) -> bool:
         """No item of the job waits in the queue and none is in a replica's hands."""
