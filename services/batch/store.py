@@ -221,8 +221,8 @@ class ItemQueue:
     async def _refilter(self, config: ConsumerConfig) -> None:
         """Give a job's existing consumer the filters `config` names: nats-py binds to an existing durable as it
         is, and one made with other filters (its one subject, before namespaces; or namespaces' subjects before
-        they moved under `ns`) would never be delivered the job's other items. nats-server ≥ 2.10 updates the
-        filters of a consumer in place, its position and pending items kept."""
+        they moved under `ns`) would never be delivered the job's other items. nats-server ≥ 2.10 updates a
+        consumer's filters in place."""
         stream, name = self._subjects.batch_items_stream, config.durable_name or ""
         try:
             info = await self._js.consumer_info(stream, name)
