@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Coroutine, Iterable, Iterator, Mapping
 from types import TracebackType
 from typing import Any
@@ -27,6 +28,7 @@ from shared.bus import MSG_ID, publish_windowed
 from shared.errors import ErrorInfo, GatewayError
 from shared.producers import Namespace
 from shared.schemas.batch import (
+    DUPLICATE_WINDOW_S,
     BatchCall,
     BatchItem,
     BatchObject,
@@ -37,6 +39,7 @@ from shared.schemas.batch import (
     JobResults,
     ListJobs,
     ResultLine,
+    fresh_message_id,
     item_message_id,
 )
 from shared.subjects import Subjects
@@ -68,6 +71,9 @@ class BatchClient:
         self._js = nc.jetstream(timeout=timeout_s)
         # job id → its item token (from the reply that created the job): what proves an item is the job's
         self.item_tokens: dict[str, str] = {}
+        # message ids JetStream acknowledged to this client as new (or that it published again under a fresh id),
+        # with when, for the stream's duplicate window: a `duplicate` ack for one of them is this client's own repeat
+        self._published: OrderedDict[str, float] = OrderedDict()
 
     @classmethod
     async def connect(
@@ -147,17 +153,39 @@ class BatchClient:
 
     # ---- submitting ---------------------------------------------------------------------------------------
     async def publish(self, items: Iterable[BatchItem]) -> int:
-        """Publish items to their jobs' queue subjects (JetStream acknowledges each; a repeat is dropped). An
-        item without `token` or `key` gets its job's item token, if this client created the job."""
+        """Publish items to their jobs' queue subjects (JetStream acknowledges each; this client's own repeat is
+        dropped). An item without `token` or `key` gets its job's item token, if this client created the job."""
 
         def publishes() -> Iterator[Coroutine[Any, Any, object]]:
             for item in items:
                 if not item.token and not item.key and item.job_id in self.item_tokens:
                     item = msgspec.structs.replace(item, token=self.item_tokens[item.job_id])  # noqa: PLW2901
-                subject = self.subjects.batch_items(item.job_id, self.namespace)
-                yield self._js.publish(subject.name, subject.encode(item), headers={MSG_ID: item_message_id(item)})
+                yield self._publish_item(item)
 
         return await publish_windowed(publishes())
+
+    async def _publish_item(self, item: BatchItem) -> None:
+        """One item, kept whoever published first under its message id.
+
+        Any producer may set any `Nats-Msg-Id`, and the duplicate window is the stream's, across namespaces: an item
+        without a proof (a scoped producer's item in a job created elsewhere) has the guessable id `<job>/<item>`,
+        and another team publishing first under it on its own subject would have JetStream drop this one as a
+        duplicate. So a `duplicate` ack for an id this client was never acknowledged is answered by publishing
+        again under a fresh id; the batch service runs the other message only if it is the job's, and an item id
+        once per job."""
+        subject = self.subjects.batch_items(item.job_id, self.namespace)
+        data, msg_id = subject.encode(item), item_message_id(item)
+        ack = await self._js.publish(subject.name, data, headers={MSG_ID: msg_id})
+        if ack.duplicate and not self._published_before(msg_id):
+            await self._js.publish(subject.name, data, headers={MSG_ID: fresh_message_id(msg_id)})
+        self._published[msg_id] = time.monotonic()
+        self._published.move_to_end(msg_id)
+
+    def _published_before(self, msg_id: str) -> bool:
+        horizon = time.monotonic() - DUPLICATE_WINDOW_S
+        while self._published and next(iter(self._published.values())) < horizon:
+            self._published.popitem(last=False)
+        return msg_id in self._published
 
     async def submit(
         self,
@@ -231,7 +259,7 @@ class BatchClient:
                 return
 
     def result_subject(self, name: str) -> str:
-        """The result subject `name` in this producer's namespace (`<p>.batch.out[.<ns>].<name>`), for
+        """The result subject `name` in this producer's namespace (`<p>.batch.out[.ns.<ns>].<name>`), for
         `result_subject` and `notices`."""
         return self.subjects.batch_out(name, self.namespace).name
 

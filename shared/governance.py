@@ -23,7 +23,8 @@ KeyRole = Literal["api", "team_admin"]
 LEVELS: tuple[Level, ...] = ("key", "user", "project", "team", "org")
 
 # ids name NATS subjects and KV keys: a conservative alphabet, bounded length
-ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$")
+# checked with fullmatch: `$` would also match before a trailing newline ("ml\n" is no id: a broken subject)
+ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,62}")
 KEY_PREFIX = "gh-"
 
 
@@ -152,7 +153,7 @@ def kv_key(kind: str, entity_id: str) -> str:
 
 
 def valid_id(entity_id: str) -> bool:
-    return bool(ID_PATTERN.match(entity_id))
+    return bool(ID_PATTERN.fullmatch(entity_id))
 
 
 _ENCODER = msgspec.json.Encoder()

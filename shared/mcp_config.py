@@ -42,7 +42,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-SERVER_NAME = r"^[a-z0-9][a-z0-9-]{0,31}$"  # no "__": the namespace separator stays unambiguous
+SERVER_NAME = r"[a-z0-9][a-z0-9-]{0,31}"  # no "__": the namespace separator stays unambiguous
 SEPARATOR = "__"
 DEFAULT_PAGE_SIZE = 100
 
@@ -188,7 +188,7 @@ class McpConfig(_Strict):
     @model_validator(mode="after")
     def _names(self) -> McpConfig:
         for name in self.servers:
-            if not re.match(SERVER_NAME, name) or SEPARATOR in name:
+            if not re.fullmatch(SERVER_NAME, name) or SEPARATOR in name:
                 raise ValueError(
                     f"servers: {name!r} is not a valid server name (lowercase letters, digits and single '-')"
                 )

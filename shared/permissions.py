@@ -17,9 +17,9 @@ admin       accounting.sql|reprice, guard.scan, pings, JS API   (its own inbox o
 batch       guard.chat (items), events.request/batch, batch     batch.api, batch.ping (batch); binbox.> (replies)
             streams, jobs KV, files object store, batch.out.>
 batch_      batch.items.> (the work queue), batch.api           batch.out.> (result lines)
-producer    (the default credential: neither publishes nor     (nor a namespace's: batch.out.team|key.>)
-            subscribes in a namespace: batch.items.team|key.>)
-producer    batch.items.<ns>.* (ns: team.<id> or key.<id>),     batch.out.<ns>.> (its namespace's result lines)
+producer    (the default credential: neither publishes nor     (nor a namespace's: batch.out.ns.>)
+            subscribes in a namespace: batch.items.ns.>)
+producer    batch.items.ns.<ns>.* (ns: team.<id>, key.<id>),    batch.out.ns.<ns>.> (its namespace's result lines)
  <ns>       batch.api                                           _INBOX.<p>.producer.<ns>.> (its own inbox)
             (one per team or key: `gatehouse batch-producers create`, not a Role; see shared/producers.py)
 mcp         mcp.changed (list-changed notices); replies to       mcp.call, mcp.catalog, mcp.ping (mcp)

@@ -1,7 +1,7 @@
 """Producer namespaces: the team or virtual key a batch producer credential is issued for.
 
-A scoped producer credential may publish items only under `<p>.batch.items.<kind>.<id>.<job>` and read result
-notices only under `<p>.batch.out.<kind>.<id>.…` (shared/permissions.py); nats-server enforces that, so the
+A scoped producer credential may publish items only under `<p>.batch.items.ns.<kind>.<id>.<job>` and read result
+notices only under `<p>.batch.out.ns.<kind>.<id>.…` (shared/permissions.py); nats-server enforces that, so the
 subject an item arrived on says whose credential sent it. The batch service attributes an item to the owner
 of that namespace and to nobody else: a field inside the message cannot claim another team or key.
 """
@@ -29,7 +29,7 @@ class Namespace:
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise ValueError(f"a producer namespace is a team or a key, not {self.kind!r}")
-        if not ID_PATTERN.match(self.id):
+        if not ID_PATTERN.fullmatch(self.id):
             raise ValueError(f"{self.id[:80]!r} is not a {self.kind} id ([A-Za-z0-9][A-Za-z0-9_-]{{0,62}})")
 
     @property

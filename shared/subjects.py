@@ -52,6 +52,9 @@ R = TypeVar("R")
 
 # the first token of a producer namespace (shared/producers.py); the subjects below spell where namespaces go
 NAMESPACE_KINDS: tuple[str, ...] = ("team", "key")
+# the token every namespace's items and result subjects sit under (`<p>.batch.out.ns.team.ml.…`), so result
+# subjects chosen before namespaces existed (`<p>.batch.out.team`, `<p>.batch.out.key.rotation.done`) stay outside
+NAMESPACE_ROOT = "ns"
 
 _ENCODER = msgspec.msgpack.Encoder()
 _JSON = msgspec.json.Encoder()
@@ -388,9 +391,9 @@ class Subjects:
     def batch_items(self, job_id: str, namespace: str = "") -> JsonSubject[BatchItem]:
         """producers and the batch service → JetStream work queue: one item of a job. The default producer
         credential and the service itself use `<p>.batch.items.<job>`; a producer credential scoped to a team or
-        key (`namespace`, e.g. `team.ml`: shared/producers.py) may publish only `<p>.batch.items.<ns>.<job>`."""
+        key (`namespace`, e.g. `team.ml`: shared/producers.py) may publish only `<p>.batch.items.ns.<ns>.<job>`."""
         if namespace:
-            return JsonSubject(f"{self.prefix}.batch.items.{namespace}.{job_id}", BatchItem)
+            return JsonSubject(f"{self.prefix}.batch.items.{NAMESPACE_ROOT}.{namespace}.{job_id}", BatchItem)
         return JsonSubject(f"{self.prefix}.batch.items.{job_id}", BatchItem)
 
     @property
@@ -399,43 +402,56 @@ class Subjects:
 
     def batch_items_of(self, job_id: str) -> list[str]:
         """What a job's consumer reads: its items from the default producer and the service (`<p>.batch.items.<job>`)
-        and from every namespace (`<p>.batch.items.*.*.<job>`; the service checks the namespace owns the job)."""
-        return [f"{self.prefix}.batch.items.{job_id}", f"{self.prefix}.batch.items.*.*.{job_id}"]
+        and from every namespace (`<p>.batch.items.ns.*.*.<job>`; the service checks the namespace owns the job)."""
+        return [f"{self.prefix}.batch.items.{job_id}", f"{self.prefix}.batch.items.{NAMESPACE_ROOT}.*.*.{job_id}"]
 
     def batch_items_namespace(self, subject: str) -> str | None:
-        """The namespace tokens of an items subject (`team.ml`), '' for `<p>.batch.items.<job>`, None if it is
-        neither form."""
+        """The namespace tokens of an items subject (`team.ml` for `<p>.batch.items.ns.team.ml.<job>`), '' for
+        `<p>.batch.items.<job>`, None if it is neither form."""
         base = f"{self.prefix}.batch.items."
         if not subject.startswith(base):
             return None
         tokens = subject[len(base) :].split(".")
         if len(tokens) == 1:
             return ""
-        return ".".join(tokens[:2]) if len(tokens) == 3 else None
+        return ".".join(tokens[1:3]) if len(tokens) == 4 and tokens[0] == NAMESPACE_ROOT else None
 
     def batch_items_scoped(self, namespace: str) -> str:
         """Every items subject of one namespace (a scoped producer's publish permission)."""
-        return f"{self.prefix}.batch.items.{namespace}.*"
+        return f"{self.prefix}.batch.items.{NAMESPACE_ROOT}.{namespace}.*"
 
     def batch_out_scoped(self, namespace: str) -> str:
         """Every result subject of one namespace (a scoped producer's subscribe permission)."""
-        return f"{self.prefix}.batch.out.{namespace}.>"
+        return f"{self.prefix}.batch.out.{NAMESPACE_ROOT}.{namespace}.>"
 
     def batch_out_namespace(self, subject: str) -> str | None:
-        """The namespace tokens of a result subject (`team.ml` for `<p>.batch.out.team.ml.<name…>`), '' for a
-        result subject outside every namespace, None if it is not a result subject at all."""
+        """The namespace tokens of a result subject (`team.ml` for `<p>.batch.out.ns.team.ml.<name…>`), '' for a
+        result subject outside every namespace, None if it is no subject one can publish a result to: not under
+        `<p>.batch.out.`, an empty token, a wildcard (`*`, `>`) or white space in it, or under `<p>.batch.out.ns.`
+        without a namespace and a name (`result_subject_problem` says which)."""
+        return None if self.result_subject_problem(subject) else self._out_namespace(subject)
+
+    def result_subject_problem(self, subject: str) -> str:
+        """Why `subject` cannot be a result subject ('' if it can), in words for a 400's message."""
         base = f"{self.prefix}.batch.out."
         if not subject.startswith(base) or len(subject) == len(base):
-            return None
+            return f"must be a subject under {base}"
         tokens = subject[len(base) :].split(".")
-        if tokens[0] not in NAMESPACE_KINDS:
-            return ""
-        return ".".join(tokens[:2]) if len(tokens) >= 3 else None
+        if any(not t or t in ("*", ">") or any(c.isspace() for c in t) for t in tokens):
+            return "must be a subject one can publish to: no empty tokens, no wildcards (* or >), no white space"
+        if tokens[0] == NAMESPACE_ROOT and len(tokens) > 1 and (len(tokens) < 4 or tokens[1] not in NAMESPACE_KINDS):
+            namespaced = f"{base}{NAMESPACE_ROOT}"
+            return f"under {namespaced}. must be a namespace's result subject ({namespaced}.<team|key>.<id>.<name>)"
+        return ""
+
+    def _out_namespace(self, subject: str) -> str:
+        tokens = subject[len(f"{self.prefix}.batch.out.") :].split(".")
+        return ".".join(tokens[1:3]) if tokens[0] == NAMESPACE_ROOT and len(tokens) > 1 else ""
 
     @property
     def namespaced_wildcards(self) -> tuple[str, ...]:
         """The items and result subjects of every namespace: what the default producer credential may not use."""
-        return tuple(f"{self.prefix}.batch.{part}.{kind}.>" for part in ("items", "out") for kind in NAMESPACE_KINDS)
+        return tuple(f"{self.prefix}.batch.{part}.{NAMESPACE_ROOT}.>" for part in ("items", "out"))
 
     def producer_inbox(self, namespace: str) -> str:
         """The nats-py inbox prefix of a scoped producer (its replies and JetStream acks), its own alone."""
@@ -458,10 +474,10 @@ class Subjects:
         return f"{self.prefix}.batch.results.>"
 
     def batch_out(self, name: str, namespace: str = "") -> JsonSubject[ResultLine]:
-        """batch service → a producer's result subject (`<p>.batch.out.<name>`, or `<p>.batch.out.<ns>.<name>`
+        """batch service → a producer's result subject (`<p>.batch.out.<name>`, or `<p>.batch.out.ns.<ns>.<name>`
         for a scoped producer): an item's result line."""
         if namespace:
-            return JsonSubject(f"{self.prefix}.batch.out.{namespace}.{name}", ResultLine)
+            return JsonSubject(f"{self.prefix}.batch.out.{NAMESPACE_ROOT}.{namespace}.{name}", ResultLine)
         return JsonSubject(f"{self.prefix}.batch.out.{name}", ResultLine)
 
     @property

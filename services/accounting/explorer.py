@@ -14,7 +14,7 @@ from shared.schemas.admin import REQUEST_FILTERS, RequestsQuery
 
 MAX_LIST = 1000
 _STATUS = re.compile(r"^(?:[1-5][0-9]{2}|[1-5]xx|error|ok)$")
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
+_REQUEST_ID = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
 
 LIST_COLUMNS = (
     "received_at", "request_id", "team", "project", "key_id", "requested_model", "provider", "status",
@@ -77,7 +77,7 @@ def requests_sql(query: RequestsQuery) -> str:
 
 
 def checked_id(request_id: str) -> str:
-    if not _REQUEST_ID.match(request_id):
+    if not _REQUEST_ID.fullmatch(request_id):
         raise BadExplorerQuery("a request id is letters, digits and _ . : - (up to 128)")
     return request_id
 

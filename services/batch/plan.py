@@ -26,7 +26,7 @@ from shared.usage_policy import max_output
 MICRO = 1_000_000
 _WINDOW = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([smhd])\s*$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-JOB_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+JOB_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 # OpenAI's limits on a batch's metadata: 16 pairs, keys up to 64 characters, values up to 512
 MAX_METADATA_PAIRS = 16
 MAX_METADATA_KEY = 64
@@ -85,7 +85,7 @@ def new_job_id() -> str:
 
 
 def check_job_id(job_id: str) -> str:
-    if not JOB_ID.match(job_id):
+    if not JOB_ID.fullmatch(job_id):
         raise InvalidRequestError("job_id must be 1 to 64 letters, digits, '-' or '_'.", param="job_id")
     return job_id
 
@@ -104,11 +104,11 @@ def check_metadata(metadata: Mapping[str, str]) -> dict[str, str]:
 
 
 def check_result_subject(subjects: Subjects, subject: str, caller: Caller) -> str:
-    """A job's result subject, or a 400: under `<p>.batch.out.`, and in no namespace but the key's or its team's."""
-    if subject and subjects.batch_out_namespace(subject) is None:
-        raise InvalidRequestError(
-            f"result_subject must be under {subjects.batch_out_wildcard[:-2]}.", param="result_subject"
-        )
+    """A job's result subject, or a 400: a subject one can publish to under `<p>.batch.out.`, and in no namespace
+    (`<p>.batch.out.ns.<team|key>.<id>.…`) but the key's or its team's."""
+    problem = subjects.result_subject_problem(subject) if subject else ""
+    if problem:
+        raise InvalidRequestError(f"result_subject {problem}.", param="result_subject")
     if subject and not may_notify(subjects, subject, caller):
         raise InvalidRequestError(
             "result_subject is in the namespace of another team or key than the job's.", param="result_subject"

@@ -22,17 +22,22 @@ from nats.js.api import (
     StorageType,
     StreamConfig,
 )
-from nats.js.errors import BadRequestError, BucketNotFoundError, KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.errors import (
+    BadRequestError,
+    BucketNotFoundError,
+    KeyNotFoundError,
+    KeyWrongLastSequenceError,
+    ServerError,
+)
 from nats.js.errors import NotFoundError as JsNotFoundError
 from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 
 from shared.bus import MSG_ID, publish_windowed
-from shared.schemas.batch import BatchItem, BatchJob, StoredResult, item_message_id
+from shared.schemas.batch import DUPLICATE_WINDOW_S, BatchItem, BatchJob, StoredResult, item_message_id
 from shared.subjects import Subjects
 
 log = logging.getLogger("gatehouse.batch.store")
 
-DUPLICATE_WINDOW_S = 2 * 3600  # a producer's retry of an item within this is dropped by JetStream
 RETRY_S = 1.0
 CONSUMER_IDLE_S = 3600.0  # a job's consumer outlives its last fetch this long (then the server removes it)
 READ_WAIT_S = 5.0
@@ -156,7 +161,7 @@ class JobStore:
 
 
 class ItemQueue:
-    """The work queue: items of every job on `<p>.batch.items.<job_id>` (and `<p>.batch.items.<ns>.<job_id>` from
+    """The work queue: items of every job on `<p>.batch.items.<job_id>` (and `<p>.batch.items.ns.<ns>.<job_id>` from
     scoped producers), one durable pull consumer per job."""
 
     def __init__(self, js: JetStreamContext, subjects: Subjects, retention_s: float, timeout_s: float) -> None:
@@ -198,20 +203,40 @@ class ItemQueue:
             ack_policy=AckPolicy.EXPLICIT,
             deliver_policy=DeliverPolicy.ALL,
             # the job's items from the default producer and the service, and from any namespace (the worker runs
-            # a namespace's item only if the namespace owns the job); a consumer made before namespaces keeps its
-            # one filter (nats-py binds to an existing durable as it is)
+            # a namespace's item only if the namespace owns the job)
             filter_subjects=self._subjects.batch_items_of(job.id),
             ack_wait=ack_wait_s,
             max_deliver=-1,  # the service counts an item's tries itself (num_delivered) and ends it
             max_ack_pending=max(job.concurrency, 1),
             inactive_threshold=CONSUMER_IDLE_S,
         )
+        await self._refilter(config)
         return await self._js.pull_subscribe(
             self._subjects.batch_items(job.id).name,
             durable=consumer_name(job.id),
             stream=self._subjects.batch_items_stream,
             config=config,
         )
+
+    async def _refilter(self, config: ConsumerConfig) -> None:
+        """Give a job's existing consumer the filters `config` names: nats-py binds to an existing durable as it
+        is, and one made with other filters (its one subject, before namespaces; or namespaces' subjects before
+        they moved under `ns`) would never be delivered the job's other items. nats-server ≥ 2.10 updates a
+        consumer's filters in place."""
+        stream, name = self._subjects.batch_items_stream, config.durable_name or ""
+        try:
+            info = await self._js.consumer_info(stream, name)
+        except JsNotFoundError:
+            return  # pull_subscribe makes it, with these filters
+        have = info.config.filter_subjects or ([info.config.filter_subject] if info.config.filter_subject else [])
+        if sorted(have) != sorted(config.filter_subjects or []):
+            log.info("consumer %s: filters %s updated to %s", name, have, config.filter_subjects)
+            try:
+                await self._js.add_consumer(stream, config)
+            except (BadRequestError, ServerError) as exc:
+                # a server that cannot update it (before 2.10, or a field that cannot change): the job still runs
+                # the items its consumer reads, and the log says which it cannot read
+                log.warning("consumer %s keeps its filters %s: %s", name, have, exc)
 
     async def idle(self, job_id: str) -> bool:
         """No item of the job waits in the queue and none is in a replica's hands."""

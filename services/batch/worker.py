@@ -204,7 +204,7 @@ class ItemWorker:
     def refusal(self, job: BatchJob, item: BatchItem, subject: str) -> str | None:
         """Why a queue message is not an item of `job` (None: it is).
 
-        On a namespace's subject (`<p>.batch.items.team.ml.<job>`, which only that namespace's producer credential
+        On a namespace's subject (`<p>.batch.items.ns.team.ml.<job>`, which only that namespace's producer credential
         and the trusted roles may publish to) the subject decides: the item is the job's if the namespace owns
         the job, whatever token or key it carries, and a file job takes none (its items are its file's lines).
         On the default subject a producer proves an item is the job's with the job's item token (given only to

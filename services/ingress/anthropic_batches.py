@@ -26,7 +26,7 @@ from shared.files import StoredFile, new_file_id
 from shared.schemas.batch import BatchObject, CancelJob, CreateJob, GetJob, ListJobs
 from shared.schemas.openai import to_json
 
-CUSTOM_ID = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
+CUSTOM_ID = re.compile(r"[a-zA-Z0-9_-]{1,64}")
 FINAL = frozenset({"completed", "failed", "expired", "cancelled"})
 _JSON = msgspec.json.Encoder()
 
@@ -130,7 +130,7 @@ class AnthropicBatches:
         lines: list[bytes] = []
         seen: set[str] = set()
         for n, entry in enumerate(body.requests):
-            if not CUSTOM_ID.match(entry.custom_id) or entry.custom_id in seen:
+            if not CUSTOM_ID.fullmatch(entry.custom_id) or entry.custom_id in seen:
                 raise InvalidRequestError(
                     f"requests[{n}].custom_id must be unique, 1 to 64 letters, digits, '-' or '_'.",
                     param=f"requests[{n}].custom_id",

@@ -10,6 +10,7 @@ results) is msgpack.
 from __future__ import annotations
 
 import hashlib
+import secrets
 
 import msgspec
 
@@ -38,14 +39,28 @@ class BatchItem(msgspec.Struct, frozen=True, kw_only=True):
     index: int = -1  # position in the input (a file's line number); -1: order of arrival is not kept
 
 
+# the batch streams' JetStream duplicate window: a message id seen within it is acknowledged `duplicate` and dropped
+DUPLICATE_WINDOW_S = 2 * 3600
+
+
 def item_message_id(item: BatchItem) -> str:
     """The item's `Nats-Msg-Id`: `<job>/<item>`, and a digest of its proof, so that someone who knows a job's
     id but not its token cannot publish first under the same id and have JetStream drop the real item as a
-    duplicate (the same item published again by its producer, or queued again by the batch service, still is)."""
+    duplicate (the same item published again by its producer, or queued again by the batch service, still is).
+
+    Without a proof (a scoped producer's item in a job it did not create) the id is guessable: a producer must then
+    check the acknowledgement and publish again under a fresh id (`fresh_message_id`) when it says `duplicate` for
+    an id the producer has not had acknowledged itself (gatehouse.batch does)."""
     proof = item.token or item.key
     if not proof:
         return f"{item.job_id}/{item.item_id}"
     return f"{item.job_id}/{item.item_id}/{hashlib.sha256(proof.encode()).hexdigest()[:16]}"
+
+
+def fresh_message_id(message_id: str) -> str:
+    """`<message id>/<random>`: a message id nobody else can have used first. JetStream keeps both copies of an item
+    published under two ids; the batch service stores, records and counts an item id once per job."""
+    return f"{message_id}/{secrets.token_hex(8)}"
 
 
 # ---- calls to the batch service (JSON, request/reply on <p>.batch.api) -------------------------------

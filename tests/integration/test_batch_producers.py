@@ -22,6 +22,7 @@ import nats
 import pytest
 from nats.aio.client import Client
 from nats.errors import Error as NatsError
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from gatehouse.batch import BatchClient, BatchError
 from gatehouse.credentials import ProducerKey, RoleKey, ensure_credentials, ensure_producer, revoke_producer
@@ -31,6 +32,7 @@ from gatehouse.natsserver import NatsServer, start_nats
 from services.batch.app import BatchService
 from services.batch.plan import item_token
 from services.batch.settings import BatchSettings
+from services.batch.store import CONSUMER_IDLE_S, ItemQueue, consumer_name
 from shared.config import hash_key, load_config
 from shared.natsconn import NatsLink, connect, server_max_payload
 from shared.permissions import Role
@@ -162,7 +164,7 @@ async def test_a_team_can_neither_read_nor_queue_into_another_teams_namespace(bu
             S.batch_out_scoped(DS.name),
             S.batch_out("nightly", DS.name).name,
             S.batch_out_wildcard,
-            f"{S.prefix}.batch.out.team.>",
+            f"{S.prefix}.batch.out.ns.team.>",
             f"{S.producer_inbox(DS.name)}.>",  # ds's replies: item tokens, result pages
             f"{S.role_inbox('batch_producer')}.>",
             "_INBOX.>",
@@ -191,7 +193,7 @@ async def test_a_team_can_neither_read_nor_queue_into_another_teams_namespace(bu
         for rogue, subject in (
             (ml, S.batch_items("job-of-ds", DS.name).name),
             (ml, S.batch_items("job-of-ds").name),  # the default credential's subject
-            (ml, f"{S.prefix}.batch.items.key.k-ds.job-of-ds"),
+            (ml, f"{S.prefix}.batch.items.ns.key.k-ds.job-of-ds"),
             (ml, S.batch_results_wildcard.replace(">", "job-of-ds.x")),
             (default, S.batch_items("job-of-ds", DS.name).name),
         ):
@@ -220,7 +222,7 @@ async def test_each_teams_flow_and_the_default_producers_run_end_to_end(bus: Bus
             qa_job = await default.submit(
                 [BODY] * 2, key=QA_SECRET, model="mock-1", result_subject=default.result_subject("enrich")
             )
-            assert ml.result_subject("nightly") == "scoped.batch.out.team.ml.nightly"
+            assert ml.result_subject("nightly") == "scoped.batch.out.ns.team.ml.nightly"
             assert default.result_subject("enrich") == "scoped.batch.out.enrich"  # as documented before
             for client, secret, job, total in (
                 (ml, ML_SECRET, ml_job, 3),
@@ -287,6 +289,153 @@ async def test_an_item_belongs_to_the_namespace_it_arrived_in_not_to_what_it_cla
         finally:
             await ml.close()
             await ds.close()
+
+
+async def test_result_subjects_named_before_namespaces_still_reach_the_default_producer(
+    bus: Bus, tmp_path: Path
+) -> None:
+    """`<p>.batch.out.team`, `….team.alpha.x`, `….key.rotation.done` were valid result subjects before namespaces
+    (which live under `<p>.batch.out.ns.`): a job may still name them, and the default credential reads them."""
+    old_names = [
+        f"{S.prefix}.batch.out.team",
+        f"{S.prefix}.batch.out.team.alpha.x",
+        f"{S.prefix}.batch.out.key.rotation.done",
+    ]
+    async with batch_service(bus, tmp_path), connected(bus, "batch_producer") as reader:
+        default = await producer(bus, None)
+        try:
+            await default.ready()
+            subs = [await reader.nc.subscribe(name) for name in old_names]
+            assert await reader.violations() == []
+            for name, sub in zip(old_names, subs, strict=True):
+                job = await default.submit([BODY], key=QA_SECRET, model="mock-1", result_subject=name)
+                done = await default.wait(QA_SECRET, job.id, poll_s=0.1, timeout_s=60)
+                assert (done.request_counts.completed, done.request_counts.failed) == (1, 0)
+                assert msgspec.json.decode((await sub.next_msg(timeout=5)).data)["batch_id"] == job.id, name
+        finally:
+            await default.close()
+
+
+async def test_another_team_publishing_first_under_an_items_message_id_does_not_lose_the_item(
+    bus: Bus, tmp_path: Path
+) -> None:
+    """A scoped producer adding items to a job created elsewhere has no item token, so its message id is the
+    guessable `<job>/<item>`; ds publishes first under it, on its own namespace's subject. JetStream acknowledges
+    ml's item as a duplicate: the client publishes it again under a fresh id, and the item runs once."""
+    async with batch_service(bus, tmp_path) as stages, connected(bus, DS) as evil:
+        creator, pipeline = await producer(bus, ML), await producer(bus, ML)
+        try:
+            await creator.ready()
+            job = await creator.create(CreateJob(key=ML_SECRET, model="mock-1", items=1, input_tokens=10))
+            assert job.id not in pipeline.item_tokens  # the pipeline did not create the job: no token, no digest
+            item = BatchItem(job_id=job.id, item_id="0", body=msgspec.Raw(RAW))
+            squat = S.batch_items(job.id, DS.name)
+            ack = await evil.nc.jetstream().publish(
+                squat.name, squat.encode(item), timeout=5, headers={"Nats-Msg-Id": f"{job.id}/0"}
+            )
+            assert not ack.duplicate and await evil.violations() == []  # ds may publish there, under any id
+            assert await pipeline.publish([item]) == 1
+            done = await pipeline.wait(ML_SECRET, job.id, poll_s=0.1, timeout_s=20)
+            assert (done.request_counts.completed, done.request_counts.failed) == (1, 0)
+            assert stages.dispatches[item_token(job.id, "0")] == 1
+            assert [line.custom_id async for line in pipeline.results(ML_SECRET, job.id)] == ["0"]
+        finally:
+            await creator.close()
+            await pipeline.close()
+
+
+async def test_an_item_published_again_under_a_fresh_id_is_answered_from_its_result(bus: Bus, tmp_path: Path) -> None:
+    """What makes publishing again safe: a second message of an item id the job has a result for is not run
+    again, and the job counts the item once."""
+    async with batch_service(bus, tmp_path) as stages:
+        first, restarted = await producer(bus, ML), await producer(bus, ML)
+        try:
+            await first.ready()
+            job = await first.create(CreateJob(key=ML_SECRET, model="mock-1", items=2, input_tokens=20))
+            item = BatchItem(job_id=job.id, item_id="0", body=msgspec.Raw(RAW))
+            await restarted.publish([item])  # no token: the guessable id `<job>/0`
+
+            async def stored() -> bool:
+                return len([line async for line in first.results(ML_SECRET, job.id)]) == 1
+
+            assert await _until(stored, timeout=20)
+            await first.publish([item])  # a duplicate ack for an id `first` never had: a second message
+            await first.publish([BatchItem(job_id=job.id, item_id="1", body=msgspec.Raw(RAW))])
+            done = await first.wait(ML_SECRET, job.id, poll_s=0.1, timeout_s=30)
+            assert (done.request_counts.total, done.request_counts.completed, done.request_counts.failed) == (2, 2, 0)
+            assert stages.dispatches[item_token(job.id, "0")] == 1
+            assert sorted([line.custom_id or "" async for line in first.results(ML_SECRET, job.id)]) == ["0", "1"]
+        finally:
+            await first.close()
+            await restarted.close()
+
+
+async def test_a_client_publishes_again_only_when_someone_else_used_the_message_id_first(bus: Bus) -> None:
+    """A repeat of the client's own publish is still dropped by JetStream (one message); a message id someone else
+    used first gets the item a second message under a fresh id. The job is not declared: its items wait."""
+    async with connected(bus, "admin") as admin, connected(bus, DS) as evil:
+        js = admin.nc.jetstream()
+        await ItemQueue(js, S, retention_s=30 * 86400, timeout_s=5).ensure()  # the work queue, as the service makes it
+
+        async def queued(subject: str) -> int:
+            info = await js.stream_info(S.batch_items_stream, subjects_filter=subject)
+            return (info.state.subjects or {}).get(subject, 0)
+
+        ml, again = await producer(bus, ML), await producer(bus, ML)
+        try:
+            own = BatchItem(job_id="later-1", item_id="a", body=msgspec.Raw(RAW))
+            subject = S.batch_items("later-1", ML.name).name
+            assert await ml.publish([own]) == 1 and await ml.publish([own]) == 1
+            assert await queued(subject) == 1  # the client's own repeat: dropped as before
+            # another client (a restarted pipeline) cannot tell whose the first was: it publishes again, and the
+            # batch service runs the item id once
+            assert await again.publish([own]) == 1 and await queued(subject) == 2
+
+            squatted = BatchItem(job_id="later-2", item_id="a", body=msgspec.Raw(RAW))
+            squat = S.batch_items("later-2", DS.name)
+            await evil.nc.jetstream().publish(
+                squat.name, squat.encode(squatted), timeout=5, headers={"Nats-Msg-Id": "later-2/a"}
+            )
+            assert await ml.publish([squatted]) == 1
+            assert await queued(S.batch_items("later-2", ML.name).name) == 1  # ml's item is in the queue
+        finally:
+            await ml.close()
+            await again.close()
+
+
+async def test_a_jobs_consumer_made_before_namespaces_gets_their_items_too(bus: Bus, tmp_path: Path) -> None:
+    """A job's durable consumer made by a batch service before namespaces filters only `<p>.batch.items.<job>`;
+    binding to it as it is would never deliver the job's items from its namespace. The service updates its
+    filters (nats-server ≥ 2.10), and the item runs."""
+    async with connected(bus, "admin") as admin:
+        js = admin.nc.jetstream()
+        await ItemQueue(js, S, retention_s=30 * 86400, timeout_s=5).ensure()
+        legacy = ConsumerConfig(
+            durable_name=consumer_name("legacy-1"),
+            ack_policy=AckPolicy.EXPLICIT,
+            deliver_policy=DeliverPolicy.ALL,
+            filter_subject=S.batch_items("legacy-1").name,  # as the service made it before namespaces
+            ack_wait=3.0,
+            max_deliver=-1,
+            max_ack_pending=1,
+            inactive_threshold=CONSUMER_IDLE_S,
+        )
+        await js.add_consumer(S.batch_items_stream, legacy)
+        async with batch_service(bus, tmp_path) as stages:
+            ml = await producer(bus, ML)
+            try:
+                await ml.ready()
+                job = await ml.create(
+                    CreateJob(key=ML_SECRET, model="mock-1", items=1, input_tokens=10, job_id="legacy-1")
+                )
+                await ml.publish([BatchItem(job_id=job.id, item_id="0", body=msgspec.Raw(RAW))])  # its namespace's
+                done = await ml.wait(ML_SECRET, job.id, poll_s=0.1, timeout_s=20)
+                assert (done.request_counts.completed, done.request_counts.failed) == (1, 0)
+                assert stages.dispatches[item_token(job.id, "0")] == 1
+            finally:
+                await ml.close()
+        info = await js.consumer_info(S.batch_items_stream, consumer_name("legacy-1"))
+        assert sorted(info.config.filter_subjects or []) == sorted(S.batch_items_of("legacy-1"))
 
 
 async def _connects(url: str, seed: Path, namespace: Namespace) -> bool:

@@ -34,13 +34,13 @@ Wrap = Callable[[Handler], Handler]
 MAX_REASON_BODY = 4096
 
 
-_CALL_ID = re.compile(r"^[0-9a-f]{32}$")
+_CALL_ID = re.compile(r"[0-9a-f]{32}")
 
 
 def _call_id(request: Request) -> str:
     """The approval id of the path (a call id: 32 hex digits); anything else names no approval."""
     call_id = str(request.path_params["id"])
-    if not _CALL_ID.match(call_id):
+    if not _CALL_ID.fullmatch(call_id):
         raise NotFoundError(f"No approval '{call_id[:64]}'.")
     return call_id
 

@@ -26,7 +26,7 @@ from shared.subjects import Subjects
 log = logging.getLogger("gatehouse.ingress.runs")
 
 RUN_HEADER = "x-gatehouse-run-id"
-RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 MICRO = 1_000_000
 _CANONICAL = msgspec.json.Encoder(order="sorted")
 _ANY = msgspec.json.Decoder()
@@ -44,7 +44,7 @@ def run_id_of(value: str | None) -> str:
     """The run id of a request's header ('' when none); BadRunId when it is not a usable id."""
     if not value:
         return ""
-    if not RUN_ID.match(value):
+    if not RUN_ID.fullmatch(value):
         raise BadRunId(
             f"The {RUN_HEADER} header must be 1-64 letters, digits, '-' or '_', starting with a letter or digit."
         )

@@ -39,48 +39,80 @@ def test_a_namespace_owns_the_jobs_of_its_team_or_its_key_only() -> None:
 
 def test_the_namespace_of_an_items_subject_comes_from_its_tokens() -> None:
     assert S.batch_items("job1").name == "gh.batch.items.job1"
-    assert S.batch_items("job1", "team.ml").name == "gh.batch.items.team.ml.job1"
+    assert S.batch_items("job1", "team.ml").name == "gh.batch.items.ns.team.ml.job1"
     assert S.batch_items_namespace("gh.batch.items.job1") == ""
-    assert S.batch_items_namespace("gh.batch.items.team.ml.job1") == "team.ml"
-    assert S.batch_items_namespace("gh.batch.items.team.ml") is None
+    assert S.batch_items_namespace("gh.batch.items.ns") == ""  # a job whose id is `ns`
+    assert S.batch_items_namespace("gh.batch.items.ns.team.ml.job1") == "team.ml"
+    assert S.batch_items_namespace("gh.batch.items.team.ml.job1") is None  # not under the namespace token
+    assert S.batch_items_namespace("gh.batch.items.ns.team.ml") is None
     assert S.batch_items_namespace("gh.batch.out.job1") is None
-    assert S.batch_items_of("job1") == ["gh.batch.items.job1", "gh.batch.items.*.*.job1"]
+    assert S.batch_items_of("job1") == ["gh.batch.items.job1", "gh.batch.items.ns.*.*.job1"]
+
+
+# result subjects a producer could choose before namespaces existed: they name no namespace, as they did not then
+OLD_NAMES = ["gh.batch.out.team", "gh.batch.out.team.alpha.x", "gh.batch.out.key.rotation.done", "gh.batch.out.ns"]
 
 
 def test_a_job_sends_notices_outside_every_namespace_or_into_its_own() -> None:
     assert may_notify(S, "gh.batch.out.enrich", ML_KEY)  # the default credential's subjects, as before
     assert may_notify(S, "gh.batch.out.enrich.v2", ML_KEY)
-    assert may_notify(S, "gh.batch.out.team.ml.enrich", ML_KEY)
-    assert may_notify(S, "gh.batch.out.key.k-ml.enrich", ML_KEY)
-    assert not may_notify(S, "gh.batch.out.team.ds.enrich", ML_KEY)  # another team's producers trust this
-    assert not may_notify(S, "gh.batch.out.key.k-ds.enrich", ML_KEY)
-    assert not may_notify(S, "gh.batch.out.team.ml", ML_KEY)  # a namespace, no name
-    assert not may_notify(S, "gh.batch.out.team..x", ML_KEY)
+    for old in OLD_NAMES:
+        assert S.batch_out_namespace(old) == "", old
+        assert may_notify(S, old, ML_KEY) and may_notify(S, old, DS_KEY) and may_notify(S, old, None), old
+    assert may_notify(S, "gh.batch.out.ns.team.ml.enrich", ML_KEY)
+    assert may_notify(S, "gh.batch.out.ns.key.k-ml.enrich", ML_KEY)
+    assert not may_notify(S, "gh.batch.out.ns.team.ds.enrich", ML_KEY)  # another team's producers trust this
+    assert not may_notify(S, "gh.batch.out.ns.key.k-ds.enrich", ML_KEY)
+    assert not may_notify(S, "gh.batch.out.ns.team.ml", ML_KEY)  # a namespace, no name
+    assert not may_notify(S, "gh.batch.out.ns.org.ml.x", ML_KEY)  # no namespace kind
+    assert not may_notify(S, "gh.batch.out.ns.team..x", ML_KEY)
     assert not may_notify(S, "gh.guard.chat", ML_KEY)
     assert not may_notify(S, "gh.batch.out.", ML_KEY)
+    for wild in (
+        "gh.batch.out.*",
+        "gh.batch.out.>",
+        "gh.batch.out.x.*.y",
+        "gh.batch.out.ns.team.ml.>",
+        "gh.batch.out.a b",
+    ):
+        assert not may_notify(S, wild, ML_KEY), wild
     assert may_notify(S, "gh.batch.out.enrich", None)  # a job whose record is gone: its notices as before
-    assert not may_notify(S, "gh.batch.out.team.ml.enrich", None)
+    assert not may_notify(S, "gh.batch.out.ns.team.ml.enrich", None)
 
 
 def test_a_job_declared_with_another_namespaces_result_subject_is_refused() -> None:
     assert check_result_subject(S, "", ML_KEY) == ""
-    assert check_result_subject(S, "gh.batch.out.team.ml.x", ML_KEY) == "gh.batch.out.team.ml.x"
-    for subject in ("gh.batch.out.team.ds.x", "gh.inbox.x", "gh.batch.out.key.k-ds.x"):
+    assert check_result_subject(S, "gh.batch.out.ns.team.ml.x", ML_KEY) == "gh.batch.out.ns.team.ml.x"
+    for old in OLD_NAMES:
+        assert check_result_subject(S, old, DS_KEY) == old
+    refusals = {
+        "gh.batch.out.ns.team.ds.x": "namespace of another team or key",
+        "gh.batch.out.ns.key.k-ds.x": "namespace of another team or key",
+        "gh.inbox.x": "must be a subject under gh.batch.out.",
+        "gh.batch.out.": "must be a subject under gh.batch.out.",
+        "gh.batch.out.*": "no wildcards",
+        "gh.batch.out.enrich.>": "no wildcards",
+        "gh.batch.out.enrich..x": "no empty tokens",
+        "gh.batch.out.ns.team.ml": "must be a namespace's result subject (gh.batch.out.ns.<team|key>.<id>.<name>)",
+        "gh.batch.out.ns.org.ml.x": "must be a namespace's result subject",
+    }
+    for subject, why in refusals.items():
         with pytest.raises(InvalidRequestError) as refused:
             check_result_subject(S, subject, ML_KEY)
         assert refused.value.param == "result_subject"
+        assert why in refused.value.message, (subject, refused.value.message)
 
 
 def test_a_scoped_producer_may_use_its_namespace_only() -> None:
     perms = producer(S, ML)
-    assert set(perms.publish) == {"gh.batch.items.team.ml.*", "gh.batch.api", "gh.batch.ping"}
-    assert set(perms.subscribe) == {"gh.batch.out.team.ml.>", "_INBOX.gh.producer.team.ml.>"}
+    assert set(perms.publish) == {"gh.batch.items.ns.team.ml.*", "gh.batch.api", "gh.batch.ping"}
+    assert set(perms.subscribe) == {"gh.batch.out.ns.team.ml.>", "_INBOX.gh.producer.team.ml.>"}
     assert not perms.allow_responses
     default = batch_producer(S)
     # the default credential keeps its subjects (docs, `gatehouse up`) but is refused every namespace
     assert "gh.batch.items.>" in default.publish and "gh.batch.out.>" in default.subscribe
-    assert set(default.publish_deny) == {"gh.batch.items.team.>", "gh.batch.items.key.>"}
-    assert set(default.subscribe_deny) == {"gh.batch.out.team.>", "gh.batch.out.key.>"}
+    assert set(default.publish_deny) == {"gh.batch.items.ns.>"}
+    assert set(default.subscribe_deny) == {"gh.batch.out.ns.>"}
     assert not S.producer_inbox("team.ml").startswith(S.role_inbox("batch_producer"))
 
 
@@ -96,7 +128,7 @@ def test_the_config_carries_one_user_per_issued_producer(tmp_path: Path) -> None
     assert list(keys) == [ML]
     block = authorization_block(S, {}, {ns: k.public_key for ns, k in keys.items()})
     assert f'nkey: "{made.public_key}"' in block
-    assert '"gh.batch.items.team.ml.*"' in block and '"gh.batch.out.team.ml.>"' in block
+    assert '"gh.batch.items.ns.team.ml.*"' in block and '"gh.batch.out.ns.team.ml.>"' in block
     assert revoke_producer(creds, ML) and not revoke_producer(creds, ML)
     assert producer_keys(creds) == {}
 
