@@ -121,6 +121,14 @@ def canonical(text: str) -> str:
     return text.translate(_FOLD)
 
 
+def visible(text: str) -> str:
+    """``text`` without the characters ``canonical`` drops as invisible (format, control, combining marks, blank
+    letters); unlike ``canonical`` it keeps case, letters and their offsets elsewhere untouched."""
+    if text.isascii():
+        return _ASCII_CONTROL_SUB.sub("", text) if _ASCII_CONTROL.search(text) else text
+    return "".join(c for c in text if not _dropped(c))
+
+
 def collapse_spaced(text: str) -> str:
     """Join runs of single characters separated by one space, dot, dash, underscore or asterisk."""
     if _SPACED_HINT.search(text) is None:

@@ -162,9 +162,9 @@ class Policy:
         """Scan the texts of one request together: one verdict, one size limit, one placeholder map.
 
         `tokens` are the indexes of texts that are single words (JSON keys, say): every scanner reads them but the
-        injection classifier, whose reading of a lone word ("text", "content") is no verdict. A text that is one
-        long identifier-like run (a key, a name, any text) is also read by the injection scanner as the words it
-        joins (`identifiers.spaced`), classifier included."""
+        injection classifier, whose reading of a lone word ("text", "content") is no verdict. A text that holds a
+        long identifier-like run (a key, a name, a run inside a sentence) is also read by the injection scanner with
+        its runs as the words they join (`identifiers.words_view`), classifier included."""
         vault = Vault() if vault is None else vault
         decisions: list[Decision] = []
         too_big = size_finding(sum(len(t) for t in texts), self.max_prompt_chars)
@@ -194,24 +194,26 @@ class Policy:
         return PolicyResult(self.name, verdict, tuple(decisions), out, vault)
 
     def _as_words(self, text: str, part: int, found: list[Decision]) -> list[Decision]:
-        """The injection scanner's findings in the words of an identifier-like run (a run is one token to it, so
-        `ignore_all_previous_instructions` would read as nothing), each over the whole run; none it found already."""
+        """The injection scanner's findings in the text's words view (`identifiers.words_view`: a run is one token to
+        it, so `ignore_all_previous_instructions` would read as nothing), spans mapped back to the text, each run
+        spanned whole; none it found already."""
         step = self._injection
-        spaced = identifiers.spaced(text) if step is not None else None
-        if step is None or spaced is None:
+        view = identifiers.words_view(text) if step is not None else None
+        if step is None or view is None:
             return []
         seen = {d.finding.rule for d in found if d.finding.scanner == step.scanner.name}
         out: list[Decision] = []
-        for finding in step.scanner.scan(spaced):
+        for finding in step.scanner.scan(view.text):
             if finding.rule in seen:
                 continue
-            if finding.rule == CLASSIFIER_RULE and not identifiers.classifier_stands(spaced, finding.score):
+            if finding.rule == CLASSIFIER_RULE and not identifiers.classifier_stands(view.text, finding.score):
                 continue  # short spaced names read like prompts to it (identifiers.CLASSIFIER_FLOOR)
             seen.add(finding.rule)
-            whole = replace(finding, start=0, end=len(text))
-            action = self._action(step, whole)
+            start, end = view.to_original(finding.start, finding.end)
+            mapped = replace(finding, start=start, end=end)
+            action = self._action(step, mapped)
             if action is not None:
-                out.append(Decision(whole, action, part))
+                out.append(Decision(mapped, action, part))
         return out
 
 
