@@ -26,6 +26,7 @@ from typing import Literal
 
 from services.guard import identifiers
 from services.guard.redaction import Span, Vault, redact
+from services.guard.scancache import ScanCache
 from services.guard.scanners.base import SEVERITY_RANK, Finding, Scanner
 from services.guard.scanners.custom import size_finding
 from services.guard.scanners.injection import CLASSIFIER_RULE
@@ -98,7 +99,8 @@ def _clean(name: str) -> str:
 
 
 class Policy:
-    """One compiled policy. Thread-safe and stateless between calls; a Vault carries per-request state."""
+    """One compiled policy. Thread-safe; between calls it keeps only a cache of per-text decisions (the same text
+    always gets the same ones: scanners are pure); a Vault carries per-request state."""
 
     def __init__(
         self,
@@ -110,7 +112,10 @@ class Policy:
         below_min: Literal["ignore", "flag"] = "ignore",
         output_policy: str = "",
         unavailable: Sequence[str] = (),
+        cache: ScanCache[tuple[Decision, ...]] | None = None,
     ) -> None:
+        """`cache`: where `scan_texts` keeps each text's decisions (scanners are pure: a text scanned again gets the
+        same ones); None scans every text every time."""
         self.name = name
         self.description = description
         self.max_prompt_chars = max_prompt_chars
@@ -121,6 +126,7 @@ class Policy:
         self._below_min = below_min
         self._rescan = any(s.rescan_cleaned for s in steps)
         self._injection = next((s for s in self._steps if s.scanner.name == "injection"), None)
+        self._cache = cache
 
     @property
     def scanners(self) -> tuple[str, ...]:
@@ -173,11 +179,7 @@ class Policy:
             decisions.append(Decision(too_big, "block", 0))
         else:
             for i, text in enumerate(texts):
-                found = self.decide(text, i)
-                if i in tokens:
-                    found = [d for d in found if d.finding.rule != CLASSIFIER_RULE]
-                decisions.extend(found)
-                decisions.extend(self._as_words(text, i, found))
+                decisions.extend(self._text_decisions(text, i, i in tokens))
         verdict: Verdict = "allow"
         for d in decisions:
             if VERDICT_RANK[d.action] > VERDICT_RANK[verdict]:
@@ -192,6 +194,19 @@ class Policy:
                     spans.setdefault(d.part, []).append(Span(f.start, f.end, self.label(f)))
             out = tuple(redact(t, spans.get(i, ()), vault, avoid) for i, t in enumerate(texts))
         return PolicyResult(self.name, verdict, tuple(decisions), out, vault)
+
+    def _text_decisions(self, text: str, part: int, token: bool) -> list[Decision]:
+        """What the policy decides on one text of a request, from the cache when the text was scanned before."""
+        cached = self._cache.get(text, token) if self._cache is not None else None
+        if cached is not None:
+            return [replace(d, part=part) for d in cached]
+        found = self.decide(text, part)
+        if token:
+            found = [d for d in found if d.finding.rule != CLASSIFIER_RULE]
+        found += self._as_words(text, part, found)
+        if self._cache is not None:
+            self._cache.put(text, token, tuple(found))
+        return found
 
     def _as_words(self, text: str, part: int, found: list[Decision]) -> list[Decision]:
         """The injection scanner's findings in the text's words view (`identifiers.words_view`: a run is one token to
@@ -233,8 +248,11 @@ def _step(scanner: Scanner, section: ScannerConfig, policy: PolicyConfig, rescan
     return _Step(scanner, section.action, dict(section.rules), SEVERITY_RANK[floor], rescan)
 
 
-def build_policy(name: str, cfg: PolicyConfig, registry: ScannerRegistry | None = None) -> Policy:
-    """Compile one policy config; scanners come from the registry (shared across policies)."""
+def build_policy(
+    name: str, cfg: PolicyConfig, registry: ScannerRegistry | None = None, *, cache: bool = True
+) -> Policy:
+    """Compile one policy config; scanners come from the registry (shared across policies). `cache`: keep each
+    text's decisions in a bounded cache of the policy's own (`scancache`)."""
     registry = ScannerRegistry() if registry is None else registry
     steps: list[_Step] = []
     unavailable: list[str] = []
@@ -270,6 +288,7 @@ def build_policy(name: str, cfg: PolicyConfig, registry: ScannerRegistry | None 
         below_min=cfg.below_min,
         output_policy=cfg.output_policy,
         unavailable=unavailable,
+        cache=ScanCache() if cache else None,
     )
 
 
@@ -282,11 +301,13 @@ class Guardrails:
         *,
         model_names: Mapping[str, Sequence[str]] | None = None,
         registry: ScannerRegistry | None = None,
+        cache: bool = True,
     ) -> None:
-        """`model_names`: model name → its aliases; when given, model_policies must name known models."""
+        """`model_names`: model name → its aliases; when given, model_policies must name known models. `cache`: each
+        policy keeps the decisions of texts it scanned (`build_policy`)."""
         registry = ScannerRegistry() if registry is None else registry
         self.config = config
-        self.policies = {name: build_policy(name, cfg, registry) for name, cfg in config.policies.items()}
+        self.policies = {name: build_policy(name, cfg, registry, cache=cache) for name, cfg in config.policies.items()}
         self.default = self.policies[config.default_policy]
         self.stream_holdback_chars = config.stream_holdback_chars
         self._by_model: dict[str, Policy] = {}
@@ -301,9 +322,11 @@ class Guardrails:
                 self._by_model[n] = self.policies[policy]
 
     @classmethod
-    def from_config(cls, config: GatehouseConfig, registry: ScannerRegistry | None = None) -> Guardrails:
+    def from_config(
+        cls, config: GatehouseConfig, registry: ScannerRegistry | None = None, *, cache: bool = True
+    ) -> Guardrails:
         models = {m.name: tuple(m.aliases) for m in config.models}
-        return cls(config.guardrails, model_names=models, registry=registry)
+        return cls(config.guardrails, model_names=models, registry=registry, cache=cache)
 
     @property
     def unavailable(self) -> dict[str, tuple[str, ...]]:
