@@ -15,7 +15,9 @@ section's `action`; findings below the section's (or policy's) `min_severity` ar
 flagged when the policy says `below_min: flag`. PII, secrets and custom rules scan the original text
 (so spans index it) and, when the text hides characters (zero-width, full-width, tag characters),
 the de-obfuscated copy too, with its spans mapped back. The injection scanner gets the original text
-and normalises for itself.
+and normalises for itself, and reads the text's identifier-like runs as words (`identifiers.words_view`).
+`scan_texts` keeps each text's decisions in a bounded cache of the policy's own (`scancache`): agents resend
+the same tools and history on every turn.
 """
 
 from __future__ import annotations
