@@ -40,7 +40,7 @@ import cfnlint
 import jsonschema_specifications
 from pydantic import BaseModel
 
-from services.guard.identifiers import MAX_CHARS, classifier_stands, spaced, words
+from services.guard.identifiers import classifier_stands, words, words_view
 from services.guard.scanners.injection import CLASSIFIER_RULE, InjectionScanner
 
 DATA = Path(__file__).resolve().parent / "data"
@@ -181,7 +181,7 @@ def attacks() -> list[str]:
             "/".join(low),
             "_".join(w.upper() for w in ws),
         ]
-        out.extend(f for f in forms if len(f) <= MAX_CHARS)
+        out.extend(forms)
     return out
 
 
@@ -192,7 +192,7 @@ def judged(scanner: InjectionScanner, runs: list[str]) -> dict[int, list[tuple[s
     """Per word count: each run with whether a rule fires on its spaced words, and the classifier's probability."""
     out: dict[int, list[tuple[str, bool, float]]] = {}
     for run in runs:
-        if len(run) > MAX_CHARS or any(c.isspace() for c in run):
+        if any(c.isspace() for c in run):
             continue
         ws = words(run)
         if len(ws) < 2:
@@ -205,8 +205,8 @@ def judged(scanner: InjectionScanner, runs: list[str]) -> dict[int, list[tuple[s
 
 def stands(run: str, rule: bool, probability: float) -> bool:
     """Whether gatehouse flags a run read as words: a rule on a long enough run, or a sure classifier."""
-    text = spaced(run)
-    return text is not None and (rule or classifier_stands(text, probability))
+    view = words_view(run)
+    return view is not None and (rule or classifier_stands(view.text, probability))
 
 
 def table(title: str, rows: dict[int, list[tuple[str, bool, float]]], default: float) -> None:
@@ -255,7 +255,7 @@ def main() -> None:
     for title, rows in (("names", names), ("values", vals), ("attacks", bad)):
         total = sum(len(v) for v in rows.values())
         hit = sum(stands(run, rule, p) for v in rows.values() for run, rule, p in v)
-        print(f"{title}: {hit} of {total} flagged as gatehouse reads them (identifiers.spaced, classifier_stands)")
+        print(f"{title}: {hit} of {total} flagged as gatehouse reads them (identifiers.words_view, classifier_stands)")
     for phrase in ATTACKS:
         run = "_".join(phrase.lower().split())
         got = judged(scanner, [run]).get(len(words(run)), [(run, False, 0.0)])

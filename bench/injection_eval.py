@@ -10,7 +10,8 @@
       security-topic prompts), never trained on;
     - docstring paragraphs from the half of the standard library not used in training;
     - README paragraphs of the gateway's dependencies (installed package metadata), never trained on.
-A classifier threshold sweep shows the trade-off between the two.
+A classifier threshold sweep shows the trade-off between the two. "combined + words" also scans each text's
+words view (identifiers.words_view), as a policy does.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from injection_data import DATA_DIR, Example, load_splits, read_benign, stdlib_paragraphs
 
+from services.guard.identifiers import classifier_stands, words_view
 from services.guard.scanners.injection import CLASSIFIER_RULE, InjectionScanner
 
 
@@ -97,6 +99,15 @@ def load_test(sample: bool, wheel: Path | None) -> tuple[str, list[Example]]:
     return "test split (committed 400-row sample)", [Example(r["text"], r["label"], r["source"], "test") for r in rows]
 
 
+def read_as_words(scanner: InjectionScanner, text: str) -> bool:
+    """Whether the scanner flags the text's words view, as a policy counts it (identifiers.words_view: runs such as
+    `ignore_all_previous_instructions` spaced; the classifier only when it is sure)."""
+    view = words_view(text)
+    if view is None:
+        return False
+    return any(f.rule != CLASSIFIER_RULE or classifier_stands(view.text, f.score) for f in scanner.scan(view.text))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--sample", action="store_true", help="use the committed test sample, not the wheel")
@@ -115,6 +126,7 @@ def main() -> None:
         "rules only": lambda t: bool(rules.scan(t)),
         "classifier only": lambda t: bool(classifier.scan(t)),
         "combined": lambda t: bool(combined.scan(t)),
+        "combined + words": lambda t: bool(combined.scan(t)) or read_as_words(combined, t),
     }
     rules = InjectionScanner(classifier=False)
     classifier = InjectionScanner(rules=False)

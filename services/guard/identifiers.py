@@ -1,15 +1,22 @@
 """Identifier-like runs (snake_case, kebab-case, camelCase, dotted or slashed names) read as the words they join.
 
-A JSON key, an enum-like value or a tool name is one unspaced run. Scanners that read words (the injection
-rules and classifier) see such a run as a single token, so an instruction written as
-`ignore_all_previous_instructions` or `ignoreAllPreviousInstructions` would pass them unread. `spaced` gives the
-words of a long run, for those scanners to judge as spaced text; a short run ("mimeType", "image/png",
-"max_tokens") is a protocol word and is left alone.
+A JSON key, an enum-like value or a tool name is one unspaced run, and so is an instruction written as
+`ignore_all_previous_instructions` inside a sentence. Scanners that read words (the injection rules and
+classifier) see such a run as a single token and would pass it unread. `words_view` gives a text with every long
+run replaced by its spaced words, and maps the view's offsets back, for those scanners to judge; a short run
+("mimeType", "image/png", "max_tokens") is a protocol word and is left alone.
 """
 
 from __future__ import annotations
 
 import re
+from bisect import bisect_right
+from dataclasses import dataclass
+
+import re2
+
+from services.guard.normalize import visible
+from services.guard.textmap import MappedText, deobfuscate
 
 # Measured by bench/identifier_eval.py on 72,000 real names (keys, enum values and tool names of the AWS and
 # CloudFormation models, JSON Schema, the OpenAI / Anthropic / MCP SDK types), 21,000 one-run values (paths, URLs,
@@ -24,9 +31,20 @@ import re
 MIN_WORDS = 3
 CLASSIFIER_MIN_WORDS = 4
 CLASSIFIER_FLOOR = 0.99
-# longer runs are not names but data (tokens, base64, hashes): they are scanned as they are
-MAX_CHARS = 256
-_RUN = re.compile(rf"\S{{1,{MAX_CHARS}}}")
+# A run is what lies between two spaces, its length unbounded (a padded or embedded run must not escape); only a
+# run with a word boundary inside (a separator between two letters or digits, a camelCase or acronym boundary, as
+# `words` splits) can hold words to space. One RE2 pass finds such runs whole, in time linear in the text (Python's
+# `re` took 0.2 ms on a 700-character paragraph without any). Its classes are wider than `words`' where they
+# differ (any non-ASCII character may start a camelCase boundary), never narrower; its spaces are exactly
+# Python's `\s` (tests/unit/guard/test_identifiers.py checks both over every code point).
+_SPACE = r"\t-\r\x1c-\x1f\x{85}\p{Z}"
+_WORD = r"\pL\pN"
+_BOUNDARY = (
+    rf"[{_WORD}][^{_WORD}{_SPACE}]+[{_WORD}]"
+    r"|(?:[\p{Ll}\p{Lm}\p{Lo}\p{Lt}\pN]|[^\x00-\x7f])[A-Z]"
+    r"|[A-Z][A-Z](?:[\p{Ll}\p{Lm}\p{Lo}\p{Lt}\p{Nl}\p{No}]|[^\x00-\x7f])"
+)
+_RUN = re2.compile(rf"[^{_SPACE}]*(?:{_BOUNDARY})[^{_SPACE}]*")
 # every run of characters that are neither letters nor digits separates two words ("_", "-", ".", "/", ":", …)
 _SEPARATORS = re.compile(r"[\W_]+")
 # camelCase and PascalCase: a lower-case letter or digit before an upper-case one ("maxTokens"), and the last
@@ -39,12 +57,66 @@ def words(text: str) -> list[str]:
     return [w for part in _SEPARATORS.split(text) for w in _CAMEL.split(part) if w]
 
 
-def spaced(text: str) -> str | None:
-    """`text` as spaced words when it is one unspaced run of at least `MIN_WORDS` words, else None."""
-    if len(text) > MAX_CHARS or _RUN.fullmatch(text) is None:
+@dataclass(frozen=True, slots=True)
+class WordsView:
+    """A text with its long identifier-like runs spaced, and the map from its offsets back to the original's."""
+
+    text: str
+    _view: tuple[int, ...]  # segment starts in the view
+    _start: tuple[int, ...]  # the same segments' starts in the de-obfuscated text
+    _end: tuple[int, ...]  # and their ends there
+    _copy: tuple[bool, ...]  # copied 1:1 (else: a run replaced by its spaced words)
+    _cleaned: MappedText | None  # the de-obfuscation's own map, when it changed the text
+
+    def to_original(self, start: int, end: int) -> tuple[int, int]:
+        """A span of the view as a span of the original text; a span touching a spaced run covers the whole run."""
+        first = bisect_right(self._view, start) - 1
+        last = bisect_right(self._view, max(end - 1, start)) - 1
+        a = self._start[first] + (start - self._view[first]) if self._copy[first] else self._start[first]
+        b = self._start[last] + (max(end - 1, start) - self._view[last]) + 1 if self._copy[last] else self._end[last]
+        return self._cleaned.to_original(a, b) if self._cleaned is not None else (a, b)
+
+
+def words_view(text: str) -> WordsView | None:
+    """`text` de-obfuscated (zero-width and other invisible characters out, as the policy's rescan does) with every
+    run of at least `MIN_WORDS` words replaced by those words spaced; None when no run was replaced. Its cost grows
+    linearly with the text's length."""
+    cleaned = deobfuscate(text)
+    base = cleaned.text if cleaned is not None else text
+    pieces: list[str] = []
+    view: list[int] = []
+    starts: list[int] = []
+    ends: list[int] = []
+    copy: list[bool] = []
+    pos = vpos = 0
+    for m in _RUN.finditer(base):
+        start, end = m.span()
+        found = words(visible(base[start:end]))
+        if len(found) < MIN_WORDS:
+            continue
+        if start > pos:
+            view.append(vpos)
+            starts.append(pos)
+            ends.append(start)
+            copy.append(True)
+            pieces.append(base[pos:start])
+            vpos += start - pos
+        spaced = " ".join(found)
+        view.append(vpos)
+        starts.append(start)
+        ends.append(end)
+        copy.append(False)
+        pieces.append(spaced)
+        vpos += len(spaced)
+        pos = end
+    if not pieces:
         return None
-    found = words(text)
-    return " ".join(found) if len(found) >= MIN_WORDS else None
+    view.append(vpos)
+    starts.append(pos)
+    ends.append(len(base))
+    copy.append(True)
+    pieces.append(base[pos:])
+    return WordsView("".join(pieces), tuple(view), tuple(starts), tuple(ends), tuple(copy), cleaned)
 
 
 def classifier_stands(spaced_words: str, probability: float) -> bool:

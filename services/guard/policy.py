@@ -15,7 +15,9 @@ section's `action`; findings below the section's (or policy's) `min_severity` ar
 flagged when the policy says `below_min: flag`. PII, secrets and custom rules scan the original text
 (so spans index it) and, when the text hides characters (zero-width, full-width, tag characters),
 the de-obfuscated copy too, with its spans mapped back. The injection scanner gets the original text
-and normalises for itself.
+and normalises for itself, and reads the text's identifier-like runs as words (`identifiers.words_view`).
+`scan_texts` keeps each text's decisions in a bounded cache of the policy's own (`scancache`): agents resend
+the same tools and history on every turn.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from typing import Literal
 
 from services.guard import identifiers
 from services.guard.redaction import Span, Vault, redact
+from services.guard.scancache import ScanCache
 from services.guard.scanners.base import SEVERITY_RANK, Finding, Scanner
 from services.guard.scanners.custom import size_finding
 from services.guard.scanners.injection import CLASSIFIER_RULE
@@ -98,7 +101,8 @@ def _clean(name: str) -> str:
 
 
 class Policy:
-    """One compiled policy. Thread-safe and stateless between calls; a Vault carries per-request state."""
+    """One compiled policy. Thread-safe; between calls it keeps only a cache of per-text decisions (the same text
+    always gets the same ones: scanners are pure); a Vault carries per-request state."""
 
     def __init__(
         self,
@@ -110,7 +114,10 @@ class Policy:
         below_min: Literal["ignore", "flag"] = "ignore",
         output_policy: str = "",
         unavailable: Sequence[str] = (),
+        cache: ScanCache[tuple[Decision, ...]] | None = None,
     ) -> None:
+        """`cache`: where `scan_texts` keeps each text's decisions (scanners are pure: a text scanned again gets the
+        same ones); None scans every text every time."""
         self.name = name
         self.description = description
         self.max_prompt_chars = max_prompt_chars
@@ -121,6 +128,7 @@ class Policy:
         self._below_min = below_min
         self._rescan = any(s.rescan_cleaned for s in steps)
         self._injection = next((s for s in self._steps if s.scanner.name == "injection"), None)
+        self._cache = cache
 
     @property
     def scanners(self) -> tuple[str, ...]:
@@ -162,9 +170,9 @@ class Policy:
         """Scan the texts of one request together: one verdict, one size limit, one placeholder map.
 
         `tokens` are the indexes of texts that are single words (JSON keys, say): every scanner reads them but the
-        injection classifier, whose reading of a lone word ("text", "content") is no verdict. A text that is one
-        long identifier-like run (a key, a name, any text) is also read by the injection scanner as the words it
-        joins (`identifiers.spaced`), classifier included."""
+        injection classifier, whose reading of a lone word ("text", "content") is no verdict. A text that holds a
+        long identifier-like run (a key, a name, a run inside a sentence) is also read by the injection scanner with
+        its runs as the words they join (`identifiers.words_view`), classifier included."""
         vault = Vault() if vault is None else vault
         decisions: list[Decision] = []
         too_big = size_finding(sum(len(t) for t in texts), self.max_prompt_chars)
@@ -173,11 +181,7 @@ class Policy:
             decisions.append(Decision(too_big, "block", 0))
         else:
             for i, text in enumerate(texts):
-                found = self.decide(text, i)
-                if i in tokens:
-                    found = [d for d in found if d.finding.rule != CLASSIFIER_RULE]
-                decisions.extend(found)
-                decisions.extend(self._as_words(text, i, found))
+                decisions.extend(self._text_decisions(text, i, i in tokens))
         verdict: Verdict = "allow"
         for d in decisions:
             if VERDICT_RANK[d.action] > VERDICT_RANK[verdict]:
@@ -193,25 +197,40 @@ class Policy:
             out = tuple(redact(t, spans.get(i, ()), vault, avoid) for i, t in enumerate(texts))
         return PolicyResult(self.name, verdict, tuple(decisions), out, vault)
 
+    def _text_decisions(self, text: str, part: int, token: bool) -> list[Decision]:
+        """What the policy decides on one text of a request, from the cache when the text was scanned before."""
+        cached = self._cache.get(text, token) if self._cache is not None else None
+        if cached is not None:
+            return [replace(d, part=part) for d in cached]
+        found = self.decide(text, part)
+        if token:
+            found = [d for d in found if d.finding.rule != CLASSIFIER_RULE]
+        found += self._as_words(text, part, found)
+        if self._cache is not None:
+            self._cache.put(text, token, tuple(found))
+        return found
+
     def _as_words(self, text: str, part: int, found: list[Decision]) -> list[Decision]:
-        """The injection scanner's findings in the words of an identifier-like run (a run is one token to it, so
-        `ignore_all_previous_instructions` would read as nothing), each over the whole run; none it found already."""
+        """The injection scanner's findings in the text's words view (`identifiers.words_view`: a run is one token to
+        it, so `ignore_all_previous_instructions` would read as nothing), spans mapped back to the text, each run
+        spanned whole; none it found already."""
         step = self._injection
-        spaced = identifiers.spaced(text) if step is not None else None
-        if step is None or spaced is None:
+        view = identifiers.words_view(text) if step is not None else None
+        if step is None or view is None:
             return []
         seen = {d.finding.rule for d in found if d.finding.scanner == step.scanner.name}
         out: list[Decision] = []
-        for finding in step.scanner.scan(spaced):
+        for finding in step.scanner.scan(view.text):
             if finding.rule in seen:
                 continue
-            if finding.rule == CLASSIFIER_RULE and not identifiers.classifier_stands(spaced, finding.score):
+            if finding.rule == CLASSIFIER_RULE and not identifiers.classifier_stands(view.text, finding.score):
                 continue  # short spaced names read like prompts to it (identifiers.CLASSIFIER_FLOOR)
             seen.add(finding.rule)
-            whole = replace(finding, start=0, end=len(text))
-            action = self._action(step, whole)
+            start, end = view.to_original(finding.start, finding.end)
+            mapped = replace(finding, start=start, end=end)
+            action = self._action(step, mapped)
             if action is not None:
-                out.append(Decision(whole, action, part))
+                out.append(Decision(mapped, action, part))
         return out
 
 
@@ -231,8 +250,11 @@ def _step(scanner: Scanner, section: ScannerConfig, policy: PolicyConfig, rescan
     return _Step(scanner, section.action, dict(section.rules), SEVERITY_RANK[floor], rescan)
 
 
-def build_policy(name: str, cfg: PolicyConfig, registry: ScannerRegistry | None = None) -> Policy:
-    """Compile one policy config; scanners come from the registry (shared across policies)."""
+def build_policy(
+    name: str, cfg: PolicyConfig, registry: ScannerRegistry | None = None, *, cache: bool = True
+) -> Policy:
+    """Compile one policy config; scanners come from the registry (shared across policies). `cache`: keep each
+    text's decisions in a bounded cache of the policy's own (`scancache`)."""
     registry = ScannerRegistry() if registry is None else registry
     steps: list[_Step] = []
     unavailable: list[str] = []
@@ -268,6 +290,7 @@ def build_policy(name: str, cfg: PolicyConfig, registry: ScannerRegistry | None 
         below_min=cfg.below_min,
         output_policy=cfg.output_policy,
         unavailable=unavailable,
+        cache=ScanCache() if cache else None,
     )
 
 
@@ -280,11 +303,13 @@ class Guardrails:
         *,
         model_names: Mapping[str, Sequence[str]] | None = None,
         registry: ScannerRegistry | None = None,
+        cache: bool = True,
     ) -> None:
-        """`model_names`: model name → its aliases; when given, model_policies must name known models."""
+        """`model_names`: model name → its aliases; when given, model_policies must name known models. `cache`: each
+        policy keeps the decisions of texts it scanned (`build_policy`)."""
         registry = ScannerRegistry() if registry is None else registry
         self.config = config
-        self.policies = {name: build_policy(name, cfg, registry) for name, cfg in config.policies.items()}
+        self.policies = {name: build_policy(name, cfg, registry, cache=cache) for name, cfg in config.policies.items()}
         self.default = self.policies[config.default_policy]
         self.stream_holdback_chars = config.stream_holdback_chars
         self._by_model: dict[str, Policy] = {}
@@ -299,9 +324,11 @@ class Guardrails:
                 self._by_model[n] = self.policies[policy]
 
     @classmethod
-    def from_config(cls, config: GatehouseConfig, registry: ScannerRegistry | None = None) -> Guardrails:
+    def from_config(
+        cls, config: GatehouseConfig, registry: ScannerRegistry | None = None, *, cache: bool = True
+    ) -> Guardrails:
         models = {m.name: tuple(m.aliases) for m in config.models}
-        return cls(config.guardrails, model_names=models, registry=registry)
+        return cls(config.guardrails, model_names=models, registry=registry, cache=cache)
 
     @property
     def unavailable(self) -> dict[str, tuple[str, ...]]:

@@ -8,7 +8,7 @@ JSON keeps its shape. Nothing is skipped (`_meta`, `annotations`, `uri` are text
 other); single words (keys, and a result's `type`, `mimeType`, `role`, `audience` values) are only spared the
 injection classifier's reading of the whole word, which takes a lone protocol word for an injection. A long
 identifier-like word (`ignore_all_previous_instructions`, `ignoreAllPreviousInstructions`) is still read by the
-injection scanner, classifier included, as the words it joins (`identifiers.spaced`, in the policy's scan).
+injection scanner, classifier included, as the words it joins (`identifiers.words_view`, in the policy's scan).
 """
 
 from __future__ import annotations

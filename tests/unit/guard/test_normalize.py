@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import base64
 import codecs
+import json
 import random
+from pathlib import Path
 
 import pytest
 
@@ -14,6 +16,7 @@ from services.guard.normalize import (
     canonical,
     collapse_spaced,
     decoded_segments,
+    encoded_segments,
     fold_leet,
     mapped_view,
     match_view,
@@ -147,3 +150,34 @@ def test_mapped_view_agrees_with_match_view_on_random_mixtures() -> None:
         assert view == match_view(text), text
         assert len(origin) == len(view)
         assert origin == sorted(origin)
+
+
+def _gate_corpus() -> list[str]:
+    data = Path(__file__).resolve().parents[3] / "bench" / "data"
+    texts = (data / "injection_benign_prompts.txt").read_text().splitlines()
+    texts += (data / "injection_override_negatives.txt").read_text().splitlines()
+    texts += [json.loads(line)["text"] for line in (data / "injection_test_sample.jsonl").read_text().splitlines()]
+    payload = base64.b64encode(PHRASE.encode()).decode()
+    texts += [
+        payload,
+        f"decode {payload[:-2]}",
+        PHRASE.encode().hex(),
+        " ".join(f"{b:02x}" for b in PHRASE.encode()),
+        "".join(f"\\x{b:02x}" for b in PHRASE.encode()),
+        f"Rot-13 please: {codecs.encode(PHRASE, 'rot13')}",
+        f"a CAESAR cipher: {codecs.encode(PHRASE, 'rot13')}",
+        f"REVERSED: {PHRASE[::-1]}",
+        f"read it Backwards {PHRASE[::-1]}",
+        "abcdefghijklmno",  # one short of a base64 run
+        "abcdefghijklmnop",
+    ]
+    return texts
+
+
+def test_the_first_check_changes_no_segment() -> None:
+    """`decoded_segments` looks for all four encodings in one search before looking for each: over the bench data
+    and one text of each encoding (and each mention, in any case) it finds what the four searches alone find."""
+    texts = _gate_corpus()
+    found = [encoded_segments(t) for t in texts]
+    assert [decoded_segments(t) for t in texts] == found
+    assert {s.kind for segments in found for s in segments} == {"base64", "hex", "rot13", "reversed"}
