@@ -72,7 +72,7 @@ class Guard:
             error = InvalidRequestError("The request has no body to route.").info()
             return Checked(GuardSummary(policy=policy.name, action="block"), req, error)
         originals = texts.read(slots)
-        result = policy.scan_texts(originals, tokens=texts.names(slots))
+        result = policy.scan_texts(originals, tokens=texts.names(slots), scope=req.caller.key_id)
         findings = guard_findings(result, direction="input", locations=[s.location for s in slots])
         summary = GuardSummary(policy=policy.name, action=result.action, findings=findings)
         content = _logged(req, policy, result, slots, originals) if req.caller.log_content_days > 0 else None

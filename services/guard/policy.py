@@ -165,14 +165,22 @@ class Policy:
         return self.scan_texts((text,), vault)
 
     def scan_texts(
-        self, texts: Sequence[str], vault: Vault | None = None, *, tokens: Collection[int] = ()
+        self,
+        texts: Sequence[str],
+        vault: Vault | None = None,
+        *,
+        tokens: Collection[int] = (),
+        scope: str | None = None,
     ) -> PolicyResult:
         """Scan the texts of one request together: one verdict, one size limit, one placeholder map.
 
         `tokens` are the indexes of texts that are single words (JSON keys, say): every scanner reads them but the
         injection classifier, whose reading of a lone word ("text", "content") is no verdict. A text that holds a
         long identifier-like run (a key, a name, a run inside a sentence) is also read by the injection scanner with
-        its runs as the words they join (`identifiers.words_view`), classifier included."""
+        its runs as the words they join (`identifiers.words_view`), classifier included.
+
+        `scope` (the caller's virtual key): the texts' decisions are kept in, and taken from, the policy's cache
+        under it, so a caller reaches only its own; None: no cache."""
         vault = Vault() if vault is None else vault
         decisions: list[Decision] = []
         too_big = size_finding(sum(len(t) for t in texts), self.max_prompt_chars)
@@ -181,7 +189,7 @@ class Policy:
             decisions.append(Decision(too_big, "block", 0))
         else:
             for i, text in enumerate(texts):
-                decisions.extend(self._text_decisions(text, i, i in tokens))
+                decisions.extend(self._text_decisions(text, i, i in tokens, scope))
         verdict: Verdict = "allow"
         for d in decisions:
             if VERDICT_RANK[d.action] > VERDICT_RANK[verdict]:
@@ -197,17 +205,19 @@ class Policy:
             out = tuple(redact(t, spans.get(i, ()), vault, avoid) for i, t in enumerate(texts))
         return PolicyResult(self.name, verdict, tuple(decisions), out, vault)
 
-    def _text_decisions(self, text: str, part: int, token: bool) -> list[Decision]:
-        """What the policy decides on one text of a request, from the cache when the text was scanned before."""
-        cached = self._cache.get(text, token) if self._cache is not None else None
+    def _text_decisions(self, text: str, part: int, token: bool, scope: str | None) -> list[Decision]:
+        """What the policy decides on one text of a request, from the cache when the caller's scope scanned it
+        before."""
+        cache = self._cache if scope is not None else None
+        cached = cache.get(text, token, scope) if cache is not None and scope is not None else None
         if cached is not None:
             return [replace(d, part=part) for d in cached]
         found = self.decide(text, part)
         if token:
             found = [d for d in found if d.finding.rule != CLASSIFIER_RULE]
         found += self._as_words(text, part, found)
-        if self._cache is not None:
-            self._cache.put(text, token, tuple(found))
+        if cache is not None and scope is not None:
+            cache.put(text, token, tuple(found), scope)
         return found
 
     def _as_words(self, text: str, part: int, found: list[Decision]) -> list[Decision]:

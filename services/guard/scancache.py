@@ -21,7 +21,10 @@ MAX_TEXT_CHARS = 32_768  # a longer text is not kept
 
 
 class ScanCache(Generic[V]):
-    """Text (and whether it is read as one word) → a value, least recently used dropped first. Thread-safe."""
+    """(scope, text, whether it is read as one word) → a value, least recently used dropped first. Thread-safe.
+
+    `scope` keeps callers apart: a hit is faster than a scan, so a cache shared by everyone would let one caller
+    time whether another recently sent a text; each caller (its virtual key) reaches only its own entries."""
 
     def __init__(
         self, max_entries: int = MAX_ENTRIES, max_chars: int = MAX_CHARS, max_text_chars: int = MAX_TEXT_CHARS
@@ -29,7 +32,7 @@ class ScanCache(Generic[V]):
         self.max_entries = max_entries
         self.max_chars = max_chars
         self.max_text_chars = min(max_text_chars, max_chars)
-        self._entries: OrderedDict[tuple[str, bool], V] = OrderedDict()
+        self._entries: OrderedDict[tuple[str, str, bool], V] = OrderedDict()
         self._chars = 0
         # a Policy is shared and documented thread-safe: OrderedDict's reordering is not atomic
         self._lock = threading.Lock()
@@ -41,20 +44,20 @@ class ScanCache(Generic[V]):
     def chars(self) -> int:
         return self._chars
 
-    def get(self, text: str, token: bool) -> V | None:
+    def get(self, text: str, token: bool, scope: str = "") -> V | None:
         if len(text) > self.max_text_chars:
             return None
-        key = (text, token)
+        key = (scope, text, token)
         with self._lock:
             value = self._entries.get(key)
             if value is not None:
                 self._entries.move_to_end(key)
             return value
 
-    def put(self, text: str, token: bool, value: V) -> None:
+    def put(self, text: str, token: bool, value: V, scope: str = "") -> None:
         if len(text) > self.max_text_chars or self.max_entries <= 0:
             return
-        key = (text, token)
+        key = (scope, text, token)
         with self._lock:
             if key in self._entries:
                 self._entries.move_to_end(key)
@@ -63,5 +66,5 @@ class ScanCache(Generic[V]):
             self._entries[key] = value
             self._chars += len(text)
             while len(self._entries) > self.max_entries or self._chars > self.max_chars:
-                (old, _), _ = self._entries.popitem(last=False)
+                (_, old, _), _ = self._entries.popitem(last=False)
                 self._chars -= len(old)

@@ -107,8 +107,21 @@ def test_a_cached_policy_decides_exactly_as_an_uncached_one(config: PolicyConfig
     verdicts = set()
     for batch in batches + batches + again:
         tokens = {i for i in range(len(batch)) if rng.random() < 0.3}
-        expected = plain.scan_texts(batch, tokens=tokens)
-        _same(cached.scan_texts(batch, tokens=tokens), expected)
+        expected = plain.scan_texts(batch, tokens=tokens, scope="k")
+        _same(cached.scan_texts(batch, tokens=tokens, scope="k"), expected)
         verdicts.add(expected.action)
     assert len(cached._cache) > 0
     assert {"allow", "block"} <= verdicts  # the corpus does exercise the policy
+
+
+def test_each_caller_reaches_only_its_own_entries_and_no_scope_means_no_cache() -> None:
+    """A hit is faster than a scan: a cache shared across callers would let one time whether another recently sent
+    a text. Entries are kept per scope (the caller's virtual key), and a scan without a scope uses no cache."""
+    cached = build_policy("p", _policies()[0], cache=True)
+    assert cached._cache is not None
+    cached.scan_texts(["a prompt only key a sent"], scope="a")
+    assert cached._cache.get("a prompt only key a sent", False, "a") is not None
+    assert cached._cache.get("a prompt only key a sent", False, "b") is None
+    entries = len(cached._cache)
+    cached.scan_texts(["a text scanned with no caller"])
+    assert len(cached._cache) == entries
