@@ -42,12 +42,17 @@ def block_error(decisions: Sequence[Decision], policy: str, *, response: bool = 
         return PayloadTooLargeError(
             f"The prompt exceeds the size allowed by guardrail policy '{policy}'.", param="messages"
         ).info()
-    rules = sorted({f"{d.finding.scanner}.{d.finding.rule}" for d in blocking})
+    rules = sorted({_rule_name(d.finding.scanner, d.finding.rule) for d in blocking})
     what = "response" if response else "request"
     return ContentPolicyViolation(
         f"The {what} was blocked by guardrail policy '{policy}' (rules: {', '.join(rules)}).",
         param=None if response else "messages",
     ).info()
+
+
+def _rule_name(scanner: str, rule: str) -> str:
+    """`<scanner>.<rule>`, once: the injection scanner's rule ids already start with its name."""
+    return rule if rule.startswith(f"{scanner}.") else f"{scanner}.{rule}"
 
 
 class Guard:
