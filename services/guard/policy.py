@@ -208,16 +208,20 @@ class Policy:
     def _text_decisions(self, text: str, part: int, token: bool, scope: str | None) -> list[Decision]:
         """What the policy decides on one text of a request, from the cache when the caller's scope scanned it
         before."""
-        cache = self._cache if scope is not None else None
-        cached = cache.get(text, token, scope) if cache is not None and scope is not None else None
+        if scope is None or self._cache is None:
+            return self._scan_text(text, part, token)
+        cached = self._cache.get(text, token, scope)
         if cached is not None:
             return [replace(d, part=part) for d in cached]
+        found = self._scan_text(text, part, token)
+        self._cache.put(text, token, tuple(found), scope)
+        return found
+
+    def _scan_text(self, text: str, part: int, token: bool) -> list[Decision]:
         found = self.decide(text, part)
         if token:
             found = [d for d in found if d.finding.rule != CLASSIFIER_RULE]
         found += self._as_words(text, part, found)
-        if cache is not None and scope is not None:
-            cache.put(text, token, tuple(found), scope)
         return found
 
     def _as_words(self, text: str, part: int, found: list[Decision]) -> list[Decision]:
