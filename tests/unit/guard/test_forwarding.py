@@ -13,23 +13,14 @@ from nats.aio.msg import Msg
 
 from services.guard.app import GuardHandlers
 from services.guard.core import Guard
-from shared.config import parse_config
 from shared.event_publisher import EventPublisher
 from shared.schemas.chat import Caller, ChatRequest, Verdict
 from shared.schemas.openai import chat_from_builtins
 from shared.spool import SpoolConfig
 from shared.subjects import Subjects
+from tests.unit.guard.chat_requests import REDACT_EMAIL
 
-CONFIG = parse_config(
-    """
-keys:
-  - {id: k, env: K, policy: redact}
-guardrails:
-  policies:
-    redact:
-      pii: {action: redact, entities: [email]}
-"""
-)
+CONFIG = REDACT_EMAIL
 SUBJECTS = Subjects("t")
 INBOX = "t.inbox.i1.r1"
 

@@ -10,8 +10,9 @@ from services.guard.core import Guard
 from services.guard.output import OutputFilter
 from services.guard.redaction import Vault
 from shared.config import parse_config
-from shared.schemas.chat import Caller, ChatRequest, NativeRequest
+from shared.schemas.chat import NativeRequest
 from shared.schemas.openai import EmbeddingsRequest, chat_from_builtins
+from tests.unit.guard.chat_requests import request
 
 CONFIG = parse_config(
     """
@@ -31,17 +32,6 @@ guardrails:
 """
 )
 SECRET = "ghp_" + "A1b2C3d4E5f6G7h8I9j0K1l2M3n4O5p6Q7r8"
-
-
-def request(body: dict[str, object], policy: str = "", native: NativeRequest | None = None) -> ChatRequest:
-    return ChatRequest(
-        request_id="r1",
-        api="chat",
-        model="m",
-        chat=chat_from_builtins({"model": "m", **body}),
-        native=native,
-        caller=Caller(key_id="k", policy=policy),
-    )
 
 
 def test_text_slots_cover_every_text_a_model_reads() -> None:
