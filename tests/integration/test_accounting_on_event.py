@@ -7,23 +7,20 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import nats
 import pytest
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.api import PubAck
 
-from gatehouse.natsserver import NatsServer
 from services.accounting import migrations, webhooks
 from services.accounting.consumer import EventConsumer
 from services.accounting.core import COST_HEADER, REQUEST_COLUMNS, event_row
 from services.accounting.sink import ClickHouseSink
 from services.accounting.webhooks import WebhookDispatcher
-from shared.bus import MSG_ID, PUBLISH_WINDOW, ensure_events_stream, ensure_hooks_stream, publish_windowed
+from shared.bus import MSG_ID, PUBLISH_WINDOW, publish_windowed
 from shared.plugins import BoundHook, HookResult, HookRunner, RequestView
 from shared.pricing import Rates
 from shared.schemas.chat import Usage
@@ -63,16 +60,6 @@ class CountingPublishes(JetStreamContext):
             return await super().publish(subject, payload, timeout, stream, headers, msg_ttl)
         finally:
             self.awaiting -= 1
-
-
-@pytest.fixture
-async def nc(nats_server: NatsServer, subjects: Subjects) -> AsyncIterator[Client]:
-    conn = await nats.connect(nats_server.url)
-    js = conn.jetstream()
-    await ensure_events_stream(js, subjects)
-    await ensure_hooks_stream(js, subjects)
-    yield conn
-    await conn.close()
 
 
 async def until_true(check: Any, timeout: float = 60) -> None:

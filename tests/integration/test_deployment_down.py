@@ -6,36 +6,23 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 
 import httpx
 import msgspec
-import nats
 import pytest
 from nats.aio.client import Client
 
-from gatehouse.natsserver import NatsServer
 from services.accounting.webhooks import WebhookDispatcher
 from services.router.down_notices import WINDOW_S, DownNotices, notice_id
 from services.router.health import HealthBoard
 from services.router.shared_health import SharedHealth
-from shared.bus import MSG_ID, ensure_events_stream, ensure_hooks_stream
+from shared.bus import MSG_ID
 from shared.config import WebhookConfig
 from shared.routing_config import RoutingConfig
 from shared.subjects import Subjects
 
 pytestmark = pytest.mark.timeout(60)
 DEPLOYMENT = "openai/gpt-4o:eu"
-
-
-@pytest.fixture
-async def nc(nats_server: NatsServer, subjects: Subjects) -> AsyncIterator[Client]:
-    conn = await nats.connect(nats_server.url)
-    js = conn.jetstream()
-    await ensure_events_stream(js, subjects)
-    await ensure_hooks_stream(js, subjects)
-    yield conn
-    await conn.close()
 
 
 def routing(shared: bool) -> RoutingConfig:
