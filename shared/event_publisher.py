@@ -32,6 +32,7 @@ from shared.settings import ServiceSettings
 from shared.spool import Position, Spool, SpoolConfig, fsync_all
 from shared.spool_format import SpooledEvent
 from shared.subjects import Subject
+from shared.tasks import cancel_all_and_wait
 
 log = logging.getLogger("gatehouse.events")
 
@@ -135,9 +136,7 @@ class EventPublisher:
         self._wake.set()
         pump, *others = self._tasks
         _, pending = await asyncio.wait({pump}, timeout=timeout)
-        for task in [*pending, *others]:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await cancel_all_and_wait([*pending, *others])
         if self._spooling:
             self._abandon_window()
         elif self._queue or self._inflight:

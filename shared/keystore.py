@@ -9,7 +9,6 @@ watch breaks, it is started again (and replays the bucket) until it holds.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 
 import msgspec
@@ -20,6 +19,7 @@ from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 
 from shared.directory import Directory
 from shared.governance import KINDS, Entity, decode_entity, encode_entity, kv_key
+from shared.tasks import cancel_and_wait
 
 log = logging.getLogger("gatehouse.ingress.keystore")
 
@@ -60,9 +60,7 @@ class KeyStore:
 
     async def stop(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)
 
     async def _mirror(self) -> None:
         while True:

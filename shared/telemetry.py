@@ -43,6 +43,7 @@ from shared.event_publisher import EventPublisher
 from shared.schemas.events import SpanBatch, SpanRecord
 from shared.spool import SpoolConfig
 from shared.subjects import Subjects
+from shared.tasks import cancel_and_wait
 from shared.tracing import TRACER, Span
 
 log = logging.getLogger("gatehouse.telemetry")
@@ -280,9 +281,7 @@ class Telemetry:
     async def stop(self) -> None:
         TRACER.configure(None)
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)
             self._task = None
         with contextlib.suppress(Exception):
             self.flush()

@@ -42,6 +42,7 @@ from shared.pricing import Rates
 from shared.schemas.events import BudgetAlert, RequestEvent
 from shared.schemas.mcp import McpCallEvent
 from shared.subjects import Subjects
+from shared.tasks import cancel_and_wait
 
 log = logging.getLogger("gatehouse.accounting.consumer")
 
@@ -286,13 +287,9 @@ class EventConsumer:
                     psub = await self._resubscribe(psub)
                 self._log_stats()
         finally:
-            waiting_alive.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await waiting_alive
-            if fetching is not None:  # cancelled: what it fetched is redelivered after ack_wait
-                fetching.cancel()
-                with contextlib.suppress(Exception, asyncio.CancelledError):
-                    await fetching
+            await cancel_and_wait(waiting_alive)
+            # cancelled: what it fetched is redelivered after ack_wait
+            await cancel_and_wait(fetching)
             if storing is not None:  # the batch in hand is stored and acked (or handed back) first
                 with contextlib.suppress(Exception):
                     await storing
@@ -543,9 +540,7 @@ class EventConsumer:
         try:
             yield
         finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_and_wait(task)
 
     def _log_stats(self, force: bool = False) -> None:
         now = time.monotonic()

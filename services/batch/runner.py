@@ -19,6 +19,7 @@ from services.batch.lifecycle import stopped
 from services.batch.store import ItemQueue, JobStore
 from services.batch.worker import ItemWorker
 from shared.schemas.batch import BatchJob
+from shared.tasks import cancel_all_and_wait
 
 log = logging.getLogger("gatehouse.batch.runner")
 
@@ -72,10 +73,7 @@ class Runner:
     async def stop(self, timeout: float = 10.0) -> None:
         """Stop fetching; items in hand finish (or go back to the queue at once if they cannot in time)."""
         self._stopping = True
-        for task in self._loops.values():
-            task.cancel()
-        if self._loops:
-            await asyncio.wait(set(self._loops.values()), timeout=timeout)
+        await cancel_all_and_wait(self._loops.values(), timeout=timeout)
         if self._tasks:
             _, pending = await asyncio.wait(set(self._tasks), timeout=timeout)
             for task in pending:

@@ -35,6 +35,7 @@ from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 from shared.bus import MSG_ID, publish_windowed
 from shared.schemas.batch import DUPLICATE_WINDOW_S, BatchItem, BatchJob, StoredResult, item_message_id
 from shared.subjects import Subjects
+from shared.tasks import cancel_and_wait
 
 log = logging.getLogger("gatehouse.batch.store")
 
@@ -89,9 +90,7 @@ class JobStore:
 
     async def stop(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)
 
     async def _mirror(self) -> None:
         while True:

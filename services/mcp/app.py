@@ -30,6 +30,7 @@ from shared.mcp_config import McpConfig, namespaced
 from shared.natsconn import nats_broker
 from shared.schemas.mcp import Catalog, CatalogChanged, CatalogKind, CatalogPage, ToolOutcome
 from shared.subjects import Subjects
+from shared.tasks import cancel_all_and_wait
 from shared.telemetry import Telemetry, TelemetryConfig
 
 log = logging.getLogger("gatehouse.mcp")
@@ -70,10 +71,7 @@ class McpStage:
             self._tasks.append(asyncio.create_task(upstream.run(), name=f"mcp-{upstream.name}"))
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        if self._tasks:
-            await asyncio.wait(self._tasks, timeout=10)
+        await cancel_all_and_wait(self._tasks, timeout=10)
 
     async def call(self, data: bytes, traceparent: str | None = None) -> ToolOutcome:
         subject = self.subjects.mcp_call

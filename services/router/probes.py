@@ -7,13 +7,13 @@ and cooled down, the check is the half-open probe, so it comes back without risk
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Mapping
 
 from services.router.core import Route
 from services.router.dispatch import Dispatcher
 from shared.routing_config import HealthCheckConfig
+from shared.tasks import cancel_and_wait
 
 log = logging.getLogger("gatehouse.router.probes")
 
@@ -37,9 +37,7 @@ class HealthChecker:
 
     async def stop(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)
 
     async def _loop(self) -> None:
         while True:

@@ -10,7 +10,6 @@ While KV is unreachable each replica goes on with its own breakers (and probes o
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import re
 
@@ -22,6 +21,7 @@ from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 
 from services.router.health import HealthBoard
 from shared.schemas.routing import DeploymentHealth
+from shared.tasks import cancel_and_wait
 
 log = logging.getLogger("gatehouse.router.health")
 
@@ -64,9 +64,7 @@ class SharedHealth:
 
     async def stop(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)
         if self._writes:
             await asyncio.wait(set(self._writes), timeout=WRITE_TIMEOUT_S)
 

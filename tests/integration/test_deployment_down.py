@@ -142,3 +142,17 @@ async def test_a_repeat_notice_is_acknowledged_as_a_duplicate(nc: Client, subjec
         open_breaker(board, t0 + i)
     assert len(opened) == 2 and notice_id(opened[0]) == notice_id(opened[1])
     assert [await notices.notify(h) for h in opened] == [True, False]
+
+
+async def test_a_shared_health_watch_stopped_while_it_starts_always_ends(nc: Client, subjects: Subjects) -> None:
+    """Stopping a replica's watch at any point of its start (bucket lookup, consumer creation, first entries)
+    ends it: on Python 3.11 nats-py's requests can swallow a cancellation that lands with their answer, which
+    once left `stop()` waiting for ever (a stuck router shutdown). 120 stops at 0 to 39 loop turns in."""
+    js = nc.jetstream()
+    board = HealthBoard(routing(shared=True), "replica-0")
+    for turns in range(120):
+        health = SharedHealth(js, subjects.routing_bucket, board)
+        health.start()
+        for _ in range(turns % 40):
+            await asyncio.sleep(0)
+        await asyncio.wait_for(health.stop(), 10)
