@@ -40,6 +40,7 @@ from shared.plugins import EVENT_POINTS, build_runner
 from shared.pricing import Rates
 from shared.schemas.admin import SqlQuery, SqlResult
 from shared.subjects import Subjects
+from shared.tasks import cancel_all_and_wait
 
 log = logging.getLogger("gatehouse.accounting")
 
@@ -173,8 +174,7 @@ def create_app(settings: AccountingSettings) -> FastStream:
 
     @app.on_shutdown
     async def _stop() -> None:
-        for task in background:
-            task.cancel()
+        await cancel_all_and_wait(background, timeout=settings.shutdown_timeout_s)
         for consumer, task in running:
             consumer.stop()  # the batch in hand is stored and acked (or handed back) first
             done, _ = await asyncio.wait({task}, timeout=settings.shutdown_timeout_s)

@@ -71,7 +71,8 @@ class McpStage:
             self._tasks.append(asyncio.create_task(upstream.run(), name=f"mcp-{upstream.name}"))
 
     async def stop(self) -> None:
-        await cancel_all_and_wait(self._tasks, timeout=10)
+        # an stdio server's shutdown (the SDK waits about 2 s for the child, then kills it) runs uninterrupted
+        await cancel_all_and_wait(self._tasks, timeout=10, recancel_s=5)
 
     async def call(self, data: bytes, traceparent: str | None = None) -> ToolOutcome:
         subject = self.subjects.mcp_call

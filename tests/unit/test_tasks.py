@@ -26,7 +26,7 @@ async def test_a_task_that_swallowed_the_cancellation_is_cancelled_again_until_i
     started = asyncio.Event()
     task = asyncio.create_task(swallows(2, started))
     await started.wait()
-    await cancel_and_wait(task)
+    await cancel_and_wait(task, recancel_s=0.05)
     assert task.cancelled()
 
 
@@ -40,7 +40,7 @@ async def test_tasks_that_ended_or_failed_are_waited_without_complaint() -> None
     started = asyncio.Event()
     running = asyncio.create_task(swallows(1, started))
     await started.wait()
-    assert await cancel_all_and_wait([failed, ended, running])
+    assert await cancel_all_and_wait([failed, ended, running], recancel_s=0.05)
     assert running.cancelled() and ended.done() and isinstance(failed.exception(), RuntimeError)
     await cancel_and_wait(None)
 
