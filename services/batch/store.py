@@ -16,12 +16,14 @@ from nats.js import JetStreamContext
 from nats.js.api import (
     ConsumerConfig,
     DeliverPolicy,
+    Header,
     KeyValueConfig,
     RetentionPolicy,
     StorageType,
     StreamConfig,
 )
 from nats.js.errors import (
+    APIError,
     BadRequestError,
     BucketNotFoundError,
     KeyNotFoundError,
@@ -30,6 +32,7 @@ from nats.js.errors import (
 from nats.js.errors import NotFoundError as JsNotFoundError
 from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 
+from services.batch.claims import WRONG_LAST_SEQUENCE
 from shared.bus import MSG_ID, bind_pull_consumer, publish_windowed
 from shared.schemas.batch import DUPLICATE_WINDOW_S, BatchItem, BatchJob, StoredResult, item_message_id
 from shared.subjects import Subjects
@@ -251,14 +254,26 @@ class Results:
             return None
         return self._decode(msg.data or b"")
 
-    async def put(self, result: StoredResult, token: str) -> None:
+    async def put(self, result: StoredResult, token: str) -> StoredResult:
+        """Store the item's result unless one is stored already; the result stored, which is the first one: two
+        copies of an item that both got a result (their claims overlapped) settle the same one."""
         subject = self._subjects.batch_result(result.job_id, token)
-        await self._js.publish(
-            subject.name,
-            subject.encode(result),
-            timeout=self._timeout,
-            headers={MSG_ID: f"result/{result.job_id}/{token}"},
-        )
+        try:
+            ack = await self._js.publish(
+                subject.name,
+                subject.encode(result),
+                timeout=self._timeout,
+                # create-only, past the duplicate window too (a later copy never replaces the result)
+                headers={MSG_ID: f"result/{result.job_id}/{token}", Header.EXPECTED_LAST_SUBJECT_SEQUENCE: "0"},
+            )
+        except APIError as exc:
+            if exc.err_code not in WRONG_LAST_SEQUENCE:
+                raise
+        else:
+            if not ack.duplicate:
+                return result
+        # stored before (by another copy, or by this publish's earlier try whose answer was lost)
+        return await self.get(result.job_id, token) or result
 
     async def page(self, job_id: str, after: int, limit: int) -> tuple[list[tuple[int, StoredResult]], int, bool]:
         """Up to `limit` results stored after stream sequence `after` (-1: from the start), in the order they
