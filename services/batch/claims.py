@@ -45,7 +45,8 @@ class Held:
 
     key: str
     revision: int
-    lost: bool = False  # a renewal found another holder's revision: the claim is no longer this replica's
+    # no longer this replica's: a renewal found another holder's revision, or it was released
+    lost: bool = False
 
 
 class Claims:
@@ -122,7 +123,8 @@ class Claims:
         try:
             await kv.delete(held.key, last=held.revision)
         except KeyWrongLastSequenceError:
-            held.lost = True
+            pass  # another copy's claim by now: left alone
+        held.lost = True
 
 
 def claim_key(job_id: str, token: str) -> str:

@@ -250,7 +250,7 @@ class ItemWorker:
             finish_item(span, stored)
             return stored
         finally:
-            if stored is None:  # raised (or cancelled) before a result was stored
+            if stored is None:  # raised (or cancelled) before a result was stored; a Retry released it already
                 await self._release(held)
 
     async def _release(self, held: Held) -> None:
@@ -267,7 +267,7 @@ class ItemWorker:
             with contextlib.suppress(Exception):
                 await msg.in_progress()
             try:
-                if not await self.env.claims.renew(held, holder) and held.lost:
+                if not await self.env.claims.renew(held, holder):
                     log.warning("claim %s expired while its item ran; the first result stored counts", held.key)
                     return
             except Exception as exc:  # tried again at the next keepalive, within the claim's TTL

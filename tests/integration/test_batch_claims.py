@@ -230,3 +230,19 @@ async def test_an_item_costs_one_claim_write(nats_server: NatsServer, subjects: 
         # one create per item; a renewal only for a call longer than a third of the ack wait (1 s here, which a
         # loaded machine may reach), never more than two writes an item
         assert 100 <= (info.state.last_seq or 0) <= 200
+
+
+async def test_a_try_that_runs_again_gives_its_claim_back_at_once(
+    nats_server: NatsServer, subjects: Subjects, tmp_path: Path
+) -> None:
+    async with harness(nats_server.url, subjects, tmp_path) as h:
+        service = await h.start_service()
+        job = await h.client.create(CreateJob(key=KEY, model="mock-1", items=1, input_tokens=10))
+        token = item_token(job.id, "a")
+        h.stages.drop_first = {token}  # the first try is lost (heartbeat_timeout_s is 1): it runs again after 1 s
+        await h.client.publish([item(job.id, "a")])
+        done = await h.wait(job.id)
+        assert done.status == "completed" and done.request_counts.completed == 1
+        assert h.stages.dispatches[token] == 2
+        # the second try claimed the item at once, instead of finding the first try's claim (3 s) still there
+        assert service.worker.waited == 0
