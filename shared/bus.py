@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from typing import Any
 
 import msgspec
@@ -133,23 +133,28 @@ async def bind_pull_consumer(
     stream: str,
     durable: str,
     *,
-    subject: str,
+    subject: str | Sequence[str],
     ack_wait: float,
     max_deliver: int,
     max_ack_pending: int,
+    inactive_threshold: float | None = None,
 ) -> JetStreamContext.PullSubscription:
-    """The durable pull consumer `durable` of `stream` for `subject`, created or brought up to date, bound.
+    """The durable pull consumer `durable` of `stream` for `subject` (or several subjects), created or brought up
+    to date (its filters too: nats-server ≥ 2.10 changes them in place), bound.
 
     Acks are explicit, never ALL: another replica may hold earlier messages it has not finished.
     """
+    several = not isinstance(subject, str)
     config = ConsumerConfig(
         durable_name=durable,
         ack_policy=AckPolicy.EXPLICIT,
         deliver_policy=DeliverPolicy.ALL,
-        filter_subject=subject,
+        filter_subject=None if several else str(subject),
+        filter_subjects=list(subject) if several else None,
         ack_wait=ack_wait,
         max_deliver=max_deliver,
         max_ack_pending=max_ack_pending,
+        inactive_threshold=inactive_threshold,
     )
     try:
         # creates the consumer, or updates the editable fields (ack_wait, max_deliver, …) of an existing one

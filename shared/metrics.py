@@ -493,7 +493,7 @@ def spans_dropped(count: int) -> None:
 # ---- batch jobs (services/batch, and the router's batch lane) ----------------------------------------
 BATCH_RESULTS = frozenset({"completed", "failed", "cancelled", "expired"})
 BATCH_CODES = frozenset({"batch_cancelled", "batch_expired", "declared_size_exceeded"}) | ERROR_CODES
-BATCH_RETRY_REASONS = frozenset({"lost", "retryable", "quota", "waiting"})
+BATCH_RETRY_REASONS = frozenset({"lost", "retryable", "quota", "waiting", "claimed"})
 BATCH_REJECT_REASONS = frozenset({"unreadable", "unauthenticated", "wrong_namespace", "invalid_item_id", "gave_up"})
 BATCH_RESERVATION_OUTCOMES = frozenset({"reserved", "partial", "refused", "unbudgeted", "released"})
 

@@ -307,6 +307,7 @@ def batch(subjects: Subjects) -> Permissions:
             *_reader(subjects.reservations_stream),  # a job's reservation: freed by accounting's reaper already?
             *_kv_reader(subjects.directory_bucket),
             *_kv(subjects.batch_jobs_bucket),
+            *_kv(subjects.batch_claims_bucket),  # in-flight claims: one copy of an item with the pipeline at a time
             *_files(subjects),
             f"{JS_API}.STREAM.PURGE.{files}",  # deleting a file purges its chunks (the only purge a service makes)
             # the work queue: items of file jobs are enqueued here; one durable pull consumer per job

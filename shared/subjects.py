@@ -518,6 +518,11 @@ class Subjects:
         return f"{self._stream_base}_BATCH_JOBS"
 
     @property
+    def batch_claims_bucket(self) -> str:
+        """KV bucket of in-flight claims on batch items (`<job>.<item token>`, services/batch/claims.py)."""
+        return f"{self._stream_base}_BATCH_CLAIMS"
+
+    @property
     def files_bucket(self) -> str:
         """Object store of uploaded batch input files and the output and error files of jobs."""
         return f"{self._stream_base}_FILES"

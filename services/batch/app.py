@@ -22,6 +22,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
 from services.batch.api import BatchApi
+from services.batch.claims import Claims
 from services.batch.jobs import JobControl
 from services.batch.lifecycle import ACTIVE
 from services.batch.pipeline import Pipeline
@@ -96,6 +97,9 @@ class BatchService:
         queue = ItemQueue(js, subjects, retention, settings.nats_timeout_s)
         results = Results(js, subjects, retention, settings.nats_timeout_s)
         files = FileStore(js, subjects.files_bucket, retention)
+        # a claim lives as long as an unacknowledged message does, and is renewed with its keepalives
+        claims = Claims(js, subjects.batch_claims_bucket, settings.batch_ack_wait_s, settings.nats_timeout_s)
+        await claims.ensure()
         await queue.ensure()
         await results.ensure()
         await jobs.kv()
@@ -108,7 +112,7 @@ class BatchService:
             total_timeout_s=config.server.request_timeout_s,
         )
         await pipeline.start(nc)
-        self.worker = ItemWorker(self._env(nc, js, counters, results, jobs, pipeline))
+        self.worker = ItemWorker(self._env(nc, js, counters, results, jobs, pipeline, claims))
         control = JobControl(self.worker, queue, files, Reserver(counters, subjects))
         runner = Runner(
             jobs,
@@ -160,6 +164,7 @@ class BatchService:
         results: Results,
         jobs: JobStore,
         pipeline: Pipeline,
+        claims: Claims,
     ) -> Env:
         config = self.config
         gov = config.governance
@@ -180,12 +185,14 @@ class BatchService:
             results=results,
             jobs=jobs,
             pipeline=pipeline,
+            claims=claims,
             pricing=pricing_index(config),
             models=config.model_index(),
             rates=negotiated_rates(config),
             timeout_s=self.settings.nats_timeout_s,
             max_item_bytes=config.batch.max_item_bytes or config.server.max_body_bytes,
             max_result_bytes=max_result_bytes(nc.max_payload),
+            replica=self.settings.replica,
         )
 
     async def _sweep_forever(self, control: JobControl, runner: Runner) -> None:

@@ -14,25 +14,26 @@ import msgspec
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js.api import (
-    AckPolicy,
     ConsumerConfig,
     DeliverPolicy,
+    Header,
     KeyValueConfig,
     RetentionPolicy,
     StorageType,
     StreamConfig,
 )
 from nats.js.errors import (
+    APIError,
     BadRequestError,
     BucketNotFoundError,
     KeyNotFoundError,
     KeyWrongLastSequenceError,
-    ServerError,
 )
 from nats.js.errors import NotFoundError as JsNotFoundError
 from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 
-from shared.bus import MSG_ID, publish_windowed
+from services.batch.claims import WRONG_LAST_SEQUENCE
+from shared.bus import MSG_ID, bind_pull_consumer, publish_windowed
 from shared.schemas.batch import DUPLICATE_WINDOW_S, BatchItem, BatchJob, StoredResult, item_message_id
 from shared.subjects import Subjects
 from shared.tasks import cancel_and_wait
@@ -195,47 +196,21 @@ class ItemQueue:
         )
 
     async def consumer(self, job: BatchJob, ack_wait_s: float) -> JetStreamContext.PullSubscription:
-        """The job's durable pull consumer (made if missing); `max_ack_pending` caps the job's items in flight
-        across every batch replica."""
-        config = ConsumerConfig(
-            durable_name=consumer_name(job.id),
-            ack_policy=AckPolicy.EXPLICIT,
-            deliver_policy=DeliverPolicy.ALL,
+        """The job's durable pull consumer, made if missing and otherwise brought up to date (its filters too: one
+        made before namespaces, or before their subjects moved under `ns`, would never be delivered the job's other
+        items); `max_ack_pending` caps the job's items in flight across every batch replica."""
+        return await bind_pull_consumer(
+            self._js,
+            self._subjects.batch_items_stream,
+            consumer_name(job.id),
             # the job's items from the default producer and the service, and from any namespace (the worker runs
             # a namespace's item only if the namespace owns the job)
-            filter_subjects=self._subjects.batch_items_of(job.id),
+            subject=self._subjects.batch_items_of(job.id),
             ack_wait=ack_wait_s,
             max_deliver=-1,  # the service counts an item's tries itself (num_delivered) and ends it
             max_ack_pending=max(job.concurrency, 1),
             inactive_threshold=CONSUMER_IDLE_S,
         )
-        await self._refilter(config)
-        return await self._js.pull_subscribe(
-            self._subjects.batch_items(job.id).name,
-            durable=consumer_name(job.id),
-            stream=self._subjects.batch_items_stream,
-            config=config,
-        )
-
-    async def _refilter(self, config: ConsumerConfig) -> None:
-        """Give a job's existing consumer the filters `config` names: nats-py binds to an existing durable as it
-        is, and one made with other filters (its one subject, before namespaces; or namespaces' subjects before
-        they moved under `ns`) would never be delivered the job's other items. nats-server ≥ 2.10 updates a
-        consumer's filters in place."""
-        stream, name = self._subjects.batch_items_stream, config.durable_name or ""
-        try:
-            info = await self._js.consumer_info(stream, name)
-        except JsNotFoundError:
-            return  # pull_subscribe makes it, with these filters
-        have = info.config.filter_subjects or ([info.config.filter_subject] if info.config.filter_subject else [])
-        if sorted(have) != sorted(config.filter_subjects or []):
-            log.info("consumer %s: filters %s updated to %s", name, have, config.filter_subjects)
-            try:
-                await self._js.add_consumer(stream, config)
-            except (BadRequestError, ServerError) as exc:
-                # a server that cannot update it (before 2.10, or a field that cannot change): the job still runs
-                # the items its consumer reads, and the log says which it cannot read
-                log.warning("consumer %s keeps its filters %s: %s", name, have, exc)
 
     async def idle(self, job_id: str) -> bool:
         """No item of the job waits in the queue and none is in a replica's hands."""
@@ -279,14 +254,26 @@ class Results:
             return None
         return self._decode(msg.data or b"")
 
-    async def put(self, result: StoredResult, token: str) -> None:
+    async def put(self, result: StoredResult, token: str) -> StoredResult:
+        """Store the item's result unless one is stored already; the result stored, which is the first one: two
+        copies of an item that both got a result (their claims overlapped) settle the same one."""
         subject = self._subjects.batch_result(result.job_id, token)
-        await self._js.publish(
-            subject.name,
-            subject.encode(result),
-            timeout=self._timeout,
-            headers={MSG_ID: f"result/{result.job_id}/{token}"},
-        )
+        try:
+            ack = await self._js.publish(
+                subject.name,
+                subject.encode(result),
+                timeout=self._timeout,
+                # create-only, past the duplicate window too (a later copy never replaces the result)
+                headers={MSG_ID: f"result/{result.job_id}/{token}", Header.EXPECTED_LAST_SUBJECT_SEQUENCE: "0"},
+            )
+        except APIError as exc:
+            if exc.err_code not in WRONG_LAST_SEQUENCE:
+                raise
+        else:
+            if not ack.duplicate:
+                return result
+        # stored before (by another copy, or by this publish's earlier try whose answer was lost)
+        return await self.get(result.job_id, token) or result
 
     async def page(self, job_id: str, after: int, limit: int) -> tuple[list[tuple[int, StoredResult]], int, bool]:
         """Up to `limit` results stored after stream sequence `after` (-1: from the start), in the order they

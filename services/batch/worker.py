@@ -1,13 +1,15 @@
 """One item, start to end, exactly once in effect: a result stored before the item is acknowledged, and an
 item that comes back (its replica died, its ack was lost) answered from its stored result without running.
 
-Per item: its stored result, if any → else its job's state (cancelled or expired: answered without running)
-→ the key (still usable) → the body (valid, a model the key may call) → the key's usage policy → its share
-of the job's reservation (an item past a declared job's size is refused) → the key's quotas (a refusal
-pauses the key's items, it does not fail them) → the pipeline (guard → router, lower priority) → the
-result stored → its request record (`batch_id`, `batch_item_id`, its share to settle) → the job's progress
-counters → the producer's result subject → ack. A try the pipeline lost (a stage restarting) or a
-retryable error runs again later; the item fails only after its tries are spent.
+Per item: its stored result, if any → else its claim (services/batch/claims.py: while another copy of the item
+is in flight on any replica, this one waits for that one's result) → its job's state (cancelled or expired:
+answered without running) → the key (still usable) → the body (valid, a model the key may call) → the key's
+usage policy → its share of the job's reservation (an item past a declared job's size is refused) → the key's
+quotas (a refusal pauses the key's items, it does not fail them) → the pipeline (guard → router, lower
+priority) → the result stored (create-only: the first one stored is the item's) → its request record
+(`batch_id`, `batch_item_id`, its share to settle) → the job's progress counters → the producer's result
+subject → ack. A try the pipeline lost (a stage restarting) or a retryable error runs again later; the item
+fails only after its tries are spent.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import hmac
 import logging
 import math
 import time
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -26,6 +29,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
+from services.batch.claims import Claims, Held
 from services.batch.input import ENDPOINTS, MAX_ITEM_ID, Request, parse_body
 from services.batch.lifecycle import CANCELLED, EXPIRED, stopped
 from services.batch.lines import result_line
@@ -95,12 +99,14 @@ class Env:
     results: Results
     jobs: JobStore
     pipeline: Pipeline
+    claims: Claims
     pricing: Mapping[str, RoutePricing]
     models: Mapping[str, ModelConfig]
     rates: Mapping[str, Rates]  # negotiated prices by deployment id
     timeout_s: float
     max_item_bytes: int
     max_result_bytes: int = 4 << 20  # the largest response body a stored result holds (below NATS max_payload)
+    replica: str = ""  # this replica's name (GATEHOUSE_REPLICA)
 
 
 def key_entitlement(directory: Directory, job: BatchJob, now: float) -> Entitlement | None:
@@ -134,7 +140,9 @@ class ItemWorker:
         self.auth = Authenticator(env.directory)
         self._decode_item = msgspec.json.Decoder(BatchItem).decode
         self._grace = env.config.governance.reservation_grace_s
+        self.replica = env.replica or uuid.uuid4().hex[:12]  # who holds a claim (for an operator reading the bucket)
         self.dispatched = 0  # items sent through the pipeline by this replica (tests, metrics)
+        self.waited = 0  # copies of items that found another copy's claim and were not run (tests)
         self._inflight: dict[str, set[str]] = {}  # job id → request ids of its items in the pipeline now
         self._withdrawn: set[str] = set()  # request ids whose withdrawal was sent
         self._tasks: set[asyncio.Task[None]] = set()
@@ -184,22 +192,86 @@ class ItemWorker:
         token = item_token(job_id, item.item_id)
         stored = await self.env.results.get(job_id, token)
         if stored is None:
+            ran = await self._claimed(msg, job_id, item, token, ack_wait_s)
+            if isinstance(ran, Retry):
+                return ran
+            stored = ran
+        await self.settle(job_id, stored, token, job.result_subject)
+        await msg.ack()
+        return None
+
+    async def _claimed(
+        self, msg: Msg, job_id: str, item: BatchItem, token: str, ack_wait_s: float
+    ) -> StoredResult | Retry:
+        """Run the item under its claim (services/batch/claims.py): its result as stored (this copy's, or the one
+        another copy stored first), or the Retry the message was nak'ed with: another copy holds the claim (this
+        one waits for its result), the claims cannot be reached, or the try is to run again later."""
+        claims = self.env.claims
+        holder = f"{self.replica}/{msg.metadata.sequence.stream if msg.metadata.sequence else 0}"
+        try:
+            held = await claims.take(job_id, token, holder)
+        except Exception as exc:  # unknown whether another copy runs: this one must not
+            log.warning("item of job %s not claimed (%s); it runs again", job_id, type(exc).__name__)
+            retry = Retry(1.0, "the item's claim could not be taken")
+        else:
+            if held is not None:
+                return await self._held(msg, held, holder, job_id, item, token, ack_wait_s)
+            # another copy is with the pipeline: come back after its claim would have expired; by then its result
+            # is stored (and this copy is answered from it), or it died and this copy claims the item
+            metrics.batch_retry("claimed")
+            self.waited += 1
+            retry = Retry(claims.ttl_s, "another copy of the item is in flight")
+        await msg.nak(delay=retry.delay)
+        return retry
+
+    async def _held(
+        self, msg: Msg, held: Held, holder: str, job_id: str, item: BatchItem, token: str, ack_wait_s: float
+    ) -> StoredResult | Retry:
+        env = self.env
+        stored = None
+        try:
+            # stored between the first look and the claim (by a copy whose claim has expired since)
+            stored = await env.results.get(job_id, token)
+            if stored is not None:
+                return stored
             span = start_item(msg, job_id, item.item_id, token)
-            keepalive = asyncio.create_task(_keep_alive(msg, ack_wait_s / 3))
+            keepalive = asyncio.create_task(self._keep_alive(msg, held, holder, ack_wait_s / 3))
             try:
-                stored = await self._result(job_id, item, token, msg.metadata.num_delivered, span)
+                ran = await self._result(job_id, item, token, msg.metadata.num_delivered, span)
             except Retry as retry:
                 retried_item(span, "retry")
+                await self._release(held)  # the next try need not wait for the claim to expire
                 await msg.nak(delay=retry.delay)
                 return retry
             finally:
                 keepalive.cancel()
-            stored = self.fitted(stored)
-            await self.env.results.put(stored, token)
+            # the first result stored is the item's: a copy that overlapped this one (its claim lost) may have won
+            stored = await env.results.put(self.fitted(ran), token)
             finish_item(span, stored)
-        await self.settle(job_id, stored, token, job.result_subject)
-        await msg.ack()
-        return None
+            return stored
+        finally:
+            if stored is None:  # raised (or cancelled) before a result was stored; a Retry released it already
+                await self._release(held)
+
+    async def _release(self, held: Held) -> None:
+        try:
+            await self.env.claims.release(held)
+        except Exception as exc:  # it then expires on its own
+            log.warning("claim %s not released (%s)", held.key, type(exc).__name__)
+
+    async def _keep_alive(self, msg: Msg, held: Held, holder: str, every_s: float) -> None:
+        """Tell JetStream the item is still in hand (a long provider call must not be redelivered meanwhile), and
+        renew the item's claim, which expires like the message's ack_wait."""
+        while True:
+            await asyncio.sleep(every_s)
+            with contextlib.suppress(Exception):
+                await msg.in_progress()
+            try:
+                if not await self.env.claims.renew(held, holder):
+                    log.warning("claim %s expired while its item ran; the first result stored counts", held.key)
+                    return
+            except Exception as exc:  # tried again at the next keepalive, within the claim's TTL
+                log.warning("claim %s not renewed (%s)", held.key, type(exc).__name__)
 
     def refusal(self, job: BatchJob, item: BatchItem, subject: str) -> str | None:
         """Why a queue message is not an item of `job` (None: it is).
@@ -262,8 +334,7 @@ class ItemWorker:
                 job_id=job.id, item_id=item.item_id, index=item.index, request_id=token, status=0, finished_at=now,
                 result_subject=item.result_subject or job.result_subject,
             )  # fmt: skip
-            stored = self._failed(base, record, why, job, 0)
-            await self.env.results.put(stored, token)
+            stored = await self.env.results.put(self._failed(base, record, why, job, 0), token)
             metrics.batch_rejected("gave_up")
             finish_item(None, stored)
             await self.settle(job.id, stored, token, job.result_subject)
@@ -271,12 +342,15 @@ class ItemWorker:
 
     # ---- after the result is stored (also for lines that never reach the queue) ------------------------
     async def conclude(self, job_id: str, stored: StoredResult, token: str) -> None:
-        if await self.env.results.get(job_id, token) is None:
-            await self.env.results.put(stored, token)
-        await self.settle(job_id, stored, token)
+        known = await self.env.results.get(job_id, token)
+        if known is None:
+            known = await self.env.results.put(stored, token)
+        await self.settle(job_id, known, token)
 
     async def settle(self, job_id: str, stored: StoredResult, token: str, default_subject: str = "") -> None:
-        """The item's record, progress counters and result notice; every step is idempotent."""
+        """The item's record, progress counters and result notice; every step is idempotent, and the notice is
+        published by the copy that counted the item (a copy answered from a result another copy stored and
+        counted publishes none, so a producer reads one line per item)."""
         env = self.env
         if stored.record:
             headers = {MSG_ID: token}
@@ -293,9 +367,9 @@ class ItemWorker:
         if not stored.ran and stored.error is not None and stored.error.code in (CANCELLED.code, EXPIRED.code):
             subject = env.subjects.batch_counter(job_id, "cancelled")
             ops.append(env.counters.add(subject, 1, msg_id=f"cancelled.{job_id}.{token}"))
-        await asyncio.gather(*ops)
+        counted, *_ = await asyncio.gather(*ops)
         target = stored.result_subject or default_subject
-        if self._may_notify(job_id, target):
+        if not counted.duplicate and self._may_notify(job_id, target):
             line = result_line(stored, batch_id=job_id)
             with contextlib.suppress(Exception):  # a notice; the stored result is what counts
                 await env.nc.publish(target, msgspec.json.encode(line))
@@ -584,11 +658,3 @@ def rejection(refused: str) -> str:
     if refused.startswith("item id"):
         return "invalid_item_id"
     return "wrong_namespace" if refused.startswith(WRONG_NAMESPACE) else "unauthenticated"
-
-
-async def _keep_alive(msg: Msg, every_s: float) -> None:
-    """Tell JetStream the item is still in hand (a long provider call must not be redelivered meanwhile)."""
-    while True:
-        await asyncio.sleep(every_s)
-        with contextlib.suppress(Exception):
-            await msg.in_progress()

@@ -74,6 +74,8 @@ class Stages:
     # hold every item at a stand-in of the router's priority gate (heartbeating) until a cancel withdraws it
     hold: bool = False
     withdrawn: set[str] = field(default_factory=set)  # request ids a router cancel withdrew
+    # hold every answer (heartbeating, as the router does for an item with its provider) until this is set
+    gate: asyncio.Event | None = None
     _held: dict[str, asyncio.Event] = field(default_factory=dict)
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
@@ -114,6 +116,10 @@ class Stages:
             # what the router answers an item withdrawn at its gate
             await self.nc.publish(msg.reply, replies.encode(Result(outcome=Outcome(), error=CLIENT_CLOSED)))
             return
+        while self.gate is not None and not self.gate.is_set():  # still with the provider
+            await self.nc.publish(msg.reply, replies.encode(Heartbeat()))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.gate.wait(), 0.3)
         if self.delay_s:
             await asyncio.sleep(self.delay_s)  # the provider's latency
         usage = Usage(input_tokens=4, output_tokens=self.output_tokens)

@@ -88,3 +88,18 @@ async def test_a_consumer_that_cannot_be_updated_is_used_as_it_is_and_logged(
     await js.publish(f"{subjects.prefix}.a", b"after")
     msgs = await psub.fetch(10, timeout=5)
     assert [m.data for m in msgs] == [b"after"]
+
+
+async def test_a_consumer_of_several_subjects_is_made_with_them_and_an_older_one_gets_them_too(
+    js: JetStreamContext, subjects: Subjects
+) -> None:
+    stream, a, b = f"{subjects.prefix}_S", f"{subjects.prefix}.a", f"{subjects.prefix}.b"
+    await _bind(js, subjects, 30.0)  # one subject (as a consumer made before the second subject existed)
+    await js.publish(b, b"on b")
+    psub = await bind_pull_consumer(
+        js, stream, "worker", subject=[a, b], ack_wait=30.0, max_deliver=5, max_ack_pending=100, inactive_threshold=60
+    )
+    info = await js.consumer_info(stream, "worker")
+    assert sorted(info.config.filter_subjects or []) == [a, b] and info.config.inactive_threshold == 60
+    msgs = await psub.fetch(10, timeout=5)
+    assert [m.data for m in msgs] == [b"on b"]
