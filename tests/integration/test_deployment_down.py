@@ -19,7 +19,8 @@ from services.router.shared_health import SharedHealth
 from shared.bus import MSG_ID
 from shared.config import WebhookConfig
 from shared.routing_config import RoutingConfig
-from shared.subjects import Subjects
+from shared.schemas.routing import DeploymentHealth
+from shared.subjects import Subject, Subjects
 
 pytestmark = pytest.mark.timeout(60)
 DEPLOYMENT = "openai/gpt-4o:eu"
@@ -142,6 +143,29 @@ async def test_a_repeat_notice_is_acknowledged_as_a_duplicate(nc: Client, subjec
         open_breaker(board, t0 + i)
     assert len(opened) == 2 and notice_id(opened[0]) == notice_id(opened[1])
     assert [await notices.notify(h) for h in opened] == [True, False]
+
+
+async def test_stop_cancels_a_notice_still_being_published_once_its_wait_is_over(
+    nc: Client, subjects: Subjects
+) -> None:
+    """A notice whose publish is not answered when `stop`'s wait ends is cancelled, and `stop` returns once it has
+    ended: it once returned with the publish still running on a connection about to close."""
+    # outside every stream, with a listener that never answers: the publish waits for an ack that will not come
+    silent = Subject(f"{subjects.prefix}.silent.down", DeploymentHealth)
+    arrived = asyncio.Event()
+
+    async def swallow(_msg: object) -> None:
+        arrived.set()
+
+    sub = await nc.subscribe(silent.name, cb=swallow)
+    notices = DownNotices(nc.jetstream(), silent)
+    open_breaker(HealthBoard(routing(shared=False), "replica-0", notify=notices.publish), time.time())
+    publishing = [t for t in asyncio.all_tasks() if t.get_coro().__qualname__ == "DownNotices.notify"]
+    assert len(publishing) == 1
+    await asyncio.wait_for(arrived.wait(), 10)  # in flight: sent, not answered
+    await notices.stop(timeout_s=0.05)
+    assert publishing[0].done()
+    await sub.unsubscribe()
 
 
 async def test_a_shared_health_watch_stopped_while_it_starts_always_ends(nc: Client, subjects: Subjects) -> None:
