@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 from collections.abc import Mapping
 
 import pytest
@@ -259,6 +261,19 @@ def test_a_delivery_replayed_under_another_id_fails_verification() -> None:
     assert v1_only == [signature_v1("s3cret", 1_000_000, body)]
     assert not verify("s3cret", {**headers, SIGNATURE_HEADER: v1_only[0]}, body, now=1_000_010)
     assert not verify("s3cret", {**replayed, SIGNATURE_HEADER: v1_only[0]}, body, now=1_000_010)
+
+
+def test_a_signature_cannot_be_moved_to_another_split_of_the_same_bytes() -> None:
+    # delivery ids hold dots, so `<id>.<timestamp>.<body>` alone reads the same for another id, timestamp and body:
+    # a capture of ("d.1000000", 1000007, "{}") would verify as ("d", 1000000, "1000007.{}") under a new id
+    captured = signed_headers("s3cret", "d.1000000", b"{}", now=1_000_007)
+    moved = {**captured, ID_HEADER: "d", TIMESTAMP_HEADER: "1000000"}
+    assert verify("s3cret", captured, b"{}", now=1_000_007)
+    assert not verify("s3cret", moved, b"1000007.{}", now=1_000_000)
+    assert signature("s3cret", "d.1000000", 1_000_007, b"{}") != signature("s3cret", "d", 1_000_000, b"1000007.{}")
+    # the id's length in UTF-8 bytes comes first
+    expected = hmac.new(b"s3cret", "6:d.\u00e9.1.7.{}".encode(), hashlib.sha256).hexdigest()
+    assert signature("s3cret", "d.\u00e9.1", 7, b"{}") == "v2=" + expected
 
 
 def test_backoff_doubles_is_capped_and_jittered_within_half_a_step() -> None:
