@@ -15,9 +15,9 @@ to the next dot, and the body is the rest: one reading only. `verify` recomputes
 the id header, a colon, the id, a dot, the timestamp header, a dot and the raw body bytes, compares in constant
 time, and refuses timestamps too far from its clock (a replayed old delivery).
 
-`v1=` (HMAC over `<timestamp>.<body>`, without the id) is still sent for receivers written against it, and
-`verify` never accepts it: a v1 signature stays valid under any id, so accepting it would let a replay strip
-the `v2=` value and pass.
+`v1=` (HMAC over `<timestamp>.<body>`, without the id) is deprecated: it is still sent unless a webhook's
+`signatures` leave it out (`signatures: [v2]`), for receivers written against it, and `verify` never accepts
+it: a v1 signature stays valid under any id, so accepting it would let a replay strip the `v2=` value and pass.
 """
 
 from __future__ import annotations
@@ -54,14 +54,18 @@ def signature(secret: str | bytes, delivery_id: str, timestamp: int, body: bytes
 
 
 def signature_v1(secret: str | bytes, timestamp: int, body: bytes) -> str:
-    """`v1=<hex>`: the earlier scheme, without the id (sent alongside v2 for old receivers; never verified)."""
+    """`v1=<hex>`: the deprecated scheme, without the id (sent alongside v2 for old receivers; never verified)."""
     return "v1=" + _hmac(secret, str(timestamp).encode() + b"." + body)
 
 
-def signed_headers(secret: str | bytes, delivery_id: str, body: bytes, now: float | None = None) -> dict[str, str]:
-    """The id, timestamp and signature headers of one attempt of a delivery."""
+def signed_headers(
+    secret: str | bytes, delivery_id: str, body: bytes, now: float | None = None, *, v1: bool = True
+) -> dict[str, str]:
+    """The id, timestamp and signature headers of one attempt of a delivery (`v2=`, and `v1=` unless not `v1`)."""
     timestamp = int(time.time() if now is None else now)
-    signatures = f"{signature(secret, delivery_id, timestamp, body)} {signature_v1(secret, timestamp, body)}"
+    signatures = signature(secret, delivery_id, timestamp, body)
+    if v1:
+        signatures += " " + signature_v1(secret, timestamp, body)
     return {ID_HEADER: delivery_id, TIMESTAMP_HEADER: str(timestamp), SIGNATURE_HEADER: signatures}
 
 

@@ -21,6 +21,7 @@ from shared.config import WebhookConfig
 from shared.routing_config import RoutingConfig
 from shared.schemas.routing import DeploymentHealth
 from shared.subjects import Subject, Subjects
+from shared.webhook_signing import SIGNATURE_HEADER, verify
 
 pytestmark = pytest.mark.timeout(60)
 DEPLOYMENT = "openai/gpt-4o:eu"
@@ -55,16 +56,29 @@ async def stored(nc: Client, subjects: Subjects) -> list[tuple[str, dict[str, ob
     return out
 
 
-async def deliver(nc: Client, subjects: Subjects, expected: int) -> list[dict[str, object]]:
-    """Run the accounting side's webhook dispatcher until `expected` deliveries reached the receiver."""
+ONCALL = WebhookConfig(name="oncall", url="https://hooks.example/down", events=["deployment_down"])
+
+
+async def deliver(
+    nc: Client,
+    subjects: Subjects,
+    expected: int,
+    hook: WebhookConfig = ONCALL,
+    environ: dict[str, str] | None = None,
+    requests: list[httpx.Request] | None = None,
+) -> list[dict[str, object]]:
+    """Run the accounting side's webhook dispatcher until `expected` deliveries reached the receiver (each request
+    also appended to `requests`)."""
     received: list[dict[str, object]] = []
 
     def receive(request: httpx.Request) -> httpx.Response:
         received.append(msgspec.json.decode(request.content))
+        if requests is not None:
+            requests.append(request)
         return httpx.Response(200)
 
-    hook = WebhookConfig(name="oncall", url="https://hooks.example/down", events=["deployment_down"])
-    dispatcher = WebhookDispatcher(nc.jetstream(), subjects, [hook], transport=httpx.MockTransport(receive))
+    transport = httpx.MockTransport(receive)
+    dispatcher = WebhookDispatcher(nc.jetstream(), subjects, [hook], environ=environ or {}, transport=transport)
     task = asyncio.create_task(dispatcher.run())
     try:
         deadline = time.monotonic() + 30
@@ -131,6 +145,20 @@ async def test_shared_breakers_opened_by_two_replicas_before_either_hears_of_it_
     assert event["cause"] == "consecutive_failures" and event["deployment"] == DEPLOYMENT
     assert msg_id.startswith("down.") and str(int((t0 + 0.1) // WINDOW_S)) in msg_id
     assert len(await deliver(nc, subjects, expected=1)) == 1
+
+
+async def test_a_webhook_whose_signatures_leave_v1_out_is_sent_v2_alone(nc: Client, subjects: Subjects) -> None:
+    """The operator's switch once receivers check v2=: the delivery is signed, verifies, and carries no v1= (which
+    would hold under any webhook-id)."""
+    notices = DownNotices(nc.jetstream(), subjects.hooks_deployment)
+    open_breaker(HealthBoard(routing(shared=False), "replica-0", notify=notices.publish), time.time())
+    await notices.stop()
+    hook = ONCALL.model_copy(update={"secret_env": "ONCALL_SECRET", "signatures": ("v2",)})
+    requests: list[httpx.Request] = []
+    await deliver(nc, subjects, 1, hook=hook, environ={"ONCALL_SECRET": "s3cret"}, requests=requests)
+    sent = requests[0]
+    assert verify("s3cret", sent.headers, sent.content)
+    assert [part[:3] for part in sent.headers[SIGNATURE_HEADER].split()] == ["v2="]
 
 
 async def test_a_repeat_notice_is_acknowledged_as_a_duplicate(nc: Client, subjects: Subjects) -> None:
