@@ -264,6 +264,10 @@ class WebhookConfig(_Strict):
     url_env: str | None = None
     # the environment variable holding the HMAC-SHA256 signing secret (unsigned when unset)
     secret_env: str | None = None
+    # the signatures a signed delivery carries: `v2` (over the delivery id, timestamp and body: what receivers
+    # check) and the deprecated `v1` (timestamp and body only, so it holds under any webhook-id); leave `v1` out
+    # once the receiver checks `v2=` (shared/webhook_signing.py)
+    signatures: tuple[Literal["v2", "v1"], ...] = ("v2", "v1")
     events: list[WebhookEvent] = Field(min_length=1)
     # the body: `json` (the gatehouse event envelope), or `package.module:function` (event dict → body dict),
     # e.g. gatehouse.plugins.slack_alerts:format_event
@@ -278,6 +282,8 @@ class WebhookConfig(_Strict):
     def _one_url(self) -> WebhookConfig:
         if (self.url is None) == (self.url_env is None):
             raise ValueError("give exactly one of `url` or `url_env`")
+        if "v2" not in self.signatures or len(set(self.signatures)) != len(self.signatures):
+            raise ValueError("`signatures` lists `v2` (the one receivers check), and `v1` at most once besides")
         return self
 
 

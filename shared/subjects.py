@@ -55,6 +55,9 @@ NAMESPACE_KINDS: tuple[str, ...] = ("team", "key")
 # the token every namespace's items and result subjects sit under (`<p>.batch.out.ns.team.ml.…`), so result
 # subjects chosen before namespaces existed (`<p>.batch.out.team`, `<p>.batch.out.key.rotation.done`) stay outside
 NAMESPACE_ROOT = "ns"
+# a result subject is kept on the job and on every result, and each notice's PUB line must fit NATS' 4 KiB
+# control line: a bound far inside it, and printable ASCII only (a NUL or a newline is no subject one can use)
+MAX_RESULT_SUBJECT_CHARS = 256
 
 _ENCODER = msgspec.msgpack.Encoder()
 _JSON = msgspec.json.Encoder()
@@ -427,18 +430,24 @@ class Subjects:
     def batch_out_namespace(self, subject: str) -> str | None:
         """The namespace tokens of a result subject (`team.ml` for `<p>.batch.out.ns.team.ml.<name…>`), '' for a
         result subject outside every namespace, None if it is no subject one can publish a result to: not under
-        `<p>.batch.out.`, an empty token, a wildcard (`*`, `>`) or white space in it, or under `<p>.batch.out.ns.`
-        without a namespace and a name (`result_subject_problem` says which)."""
+        `<p>.batch.out.`, longer than `MAX_RESULT_SUBJECT_CHARS`, an empty token, a wildcard (`*`, `>`) or a
+        character that is not printable ASCII (white space, a control character) in it, or under
+        `<p>.batch.out.ns.` without a namespace and a name (`result_subject_problem` says which)."""
         return None if self.result_subject_problem(subject) else self._out_namespace(subject)
 
     def result_subject_problem(self, subject: str) -> str:
         """Why `subject` cannot be a result subject ('' if it can), in words for a 400's message."""
         base = f"{self.prefix}.batch.out."
+        if len(subject) > MAX_RESULT_SUBJECT_CHARS:
+            return f"must have at most {MAX_RESULT_SUBJECT_CHARS} characters"
         if not subject.startswith(base) or len(subject) == len(base):
             return f"must be a subject under {base}"
         tokens = subject[len(base) :].split(".")
-        if any(not t or t in ("*", ">") or any(c.isspace() for c in t) for t in tokens):
-            return "must be a subject one can publish to: no empty tokens, no wildcards (* or >), no white space"
+        if any(not t or t in ("*", ">") or not all("!" <= c <= "~" for c in t) for t in tokens):
+            return (
+                "must be a subject one can publish to: no empty tokens, no wildcards (* or >), "
+                "printable ASCII only (no white space or control characters)"
+            )
         if tokens[0] == NAMESPACE_ROOT and len(tokens) > 1 and (len(tokens) < 4 or tokens[1] not in NAMESPACE_KINDS):
             namespaced = f"{base}{NAMESPACE_ROOT}"
             return f"under {namespaced}. must be a namespace's result subject ({namespaced}.<team|key>.<id>.<name>)"

@@ -1,19 +1,23 @@
-"""Webhook signatures: HMAC-SHA256 over `<id>.<timestamp>.<body>`, and the check a receiver runs (pure).
+"""Webhook signatures: HMAC-SHA256 over `<id length>:<id>.<timestamp>.<body>`, and the check a receiver runs (pure).
 
 Every signed delivery carries
 
     webhook-id: budget_alert.alert.team.ml.2026-12.80.slack      (the same on every attempt of a delivery)
     x-gatehouse-timestamp: 1767225600                            (unix seconds when this attempt was sent)
-    x-gatehouse-signature: v2=<hex HMAC-SHA256(secret, id + "." + timestamp + "." + body)> v1=<hex …>
+    x-gatehouse-signature: v2=<hex HMAC-SHA256(secret, len(id) + ":" + id + "." + timestamp + "." + body)> v1=<hex …>
 
 A receiver de-duplicates on `webhook-id`, so the id is signed with the body: a delivery captured and sent again
-within the tolerance under another id (to get past the de-duplication) fails the check. `verify` recomputes the
-`v2=` HMAC over the id header, a dot, the timestamp header, a dot and the raw body bytes, compares in constant
+within the tolerance under another id (to get past the de-duplication) fails the check. The id's length (in UTF-8
+bytes, decimal) comes first because ids hold dots: `<id>.<timestamp>.<body>` alone reads the same for another id,
+timestamp and body (`d.1000000` sent at 1000007 with `{}`, and `d` sent at 1000000 with `1000007.{}`), so one
+signature would hold for both. With the length, the id ends where the length says, the timestamp is the digits up
+to the next dot, and the body is the rest: one reading only. `verify` recomputes the `v2=` HMAC over the length of
+the id header, a colon, the id, a dot, the timestamp header, a dot and the raw body bytes, compares in constant
 time, and refuses timestamps too far from its clock (a replayed old delivery).
 
-`v1=` (HMAC over `<timestamp>.<body>`, without the id) is still sent for receivers written against it, and
-`verify` never accepts it: a v1 signature stays valid under any id, so accepting it would let a replay strip
-the `v2=` value and pass.
+`v1=` (HMAC over `<timestamp>.<body>`, without the id) is deprecated: it is still sent unless a webhook's
+`signatures` leave it out (`signatures: [v2]`), for receivers written against it, and `verify` never accepts
+it: a v1 signature stays valid under any id, so accepting it would let a replay strip the `v2=` value and pass.
 """
 
 from __future__ import annotations
@@ -44,18 +48,24 @@ def _id_bytes(delivery_id: str) -> bytes:
 
 def signature(secret: str | bytes, delivery_id: str, timestamp: int, body: bytes) -> str:
     """`v2=<hex>` for `body` of delivery `delivery_id` sent at `timestamp`."""
-    return SCHEME + _hmac(secret, _id_bytes(delivery_id) + b"." + str(timestamp).encode() + b"." + body)
+    id_bytes = _id_bytes(delivery_id)
+    signed = b"%d:%b.%d.%b" % (len(id_bytes), id_bytes, timestamp, body)
+    return SCHEME + _hmac(secret, signed)
 
 
 def signature_v1(secret: str | bytes, timestamp: int, body: bytes) -> str:
-    """`v1=<hex>`: the earlier scheme, without the id (sent alongside v2 for old receivers; never verified)."""
+    """`v1=<hex>`: the deprecated scheme, without the id (sent alongside v2 for old receivers; never verified)."""
     return "v1=" + _hmac(secret, str(timestamp).encode() + b"." + body)
 
 
-def signed_headers(secret: str | bytes, delivery_id: str, body: bytes, now: float | None = None) -> dict[str, str]:
-    """The id, timestamp and signature headers of one attempt of a delivery."""
+def signed_headers(
+    secret: str | bytes, delivery_id: str, body: bytes, now: float | None = None, *, v1: bool = True
+) -> dict[str, str]:
+    """The id, timestamp and signature headers of one attempt of a delivery (`v2=`, and `v1=` unless not `v1`)."""
     timestamp = int(time.time() if now is None else now)
-    signatures = f"{signature(secret, delivery_id, timestamp, body)} {signature_v1(secret, timestamp, body)}"
+    signatures = signature(secret, delivery_id, timestamp, body)
+    if v1:
+        signatures += " " + signature_v1(secret, timestamp, body)
     return {ID_HEADER: delivery_id, TIMESTAMP_HEADER: str(timestamp), SIGNATURE_HEADER: signatures}
 
 

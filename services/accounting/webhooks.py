@@ -82,8 +82,21 @@ class Webhook:
         self.url = config.url or environ.get(config.url_env or "", "")
         self.secret = environ.get(config.secret_env, "") if config.secret_env else ""
         self.format = load_format(config.format)
+        self.v1 = "v1" in config.signatures
         if not self.url:
             log.error("webhook %s: %s is not set; its deliveries will end dead", self.name, config.url_env)
+        if self.secret and self.v1:
+            log.warning(
+                "webhook %s: also sends the deprecated v1= signature, which holds under any webhook-id (a receiver "
+                "checking it accepts a replay under a new id); set `signatures: [v2]` once the receiver checks v2=",
+                self.name,
+            )
+
+    def signed_headers(self, delivery_id: str, body: bytes, now: float | None = None) -> dict[str, str]:
+        """The signature headers of one attempt ({} when the webhook is unsigned)."""
+        if not self.secret:
+            return {}
+        return signed_headers(self.secret, delivery_id, body, now, v1=self.v1)
 
 
 def _source(subjects: Subjects, msg: Msg) -> tuple[str, str, float, dict[str, object]] | None:
@@ -291,8 +304,7 @@ class WebhookDispatcher:
             ID_HEADER: job.delivery_id,
             "x-gatehouse-event": job.event_type,
         }
-        if hook.secret:
-            headers.update(signed_headers(hook.secret, job.delivery_id, job.body))
+        headers.update(hook.signed_headers(job.delivery_id, job.body))
         try:
             resp = await self._client.post(hook.url, content=job.body, headers=headers, timeout=hook.config.timeout_s)
         except httpx.HTTPError as exc:

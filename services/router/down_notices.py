@@ -23,6 +23,7 @@ from services.router.shared_health import health_key
 from shared.bus import MSG_ID
 from shared.schemas.routing import DeploymentHealth
 from shared.subjects import Subject
+from shared.tasks import cancel_all_and_wait
 
 log = logging.getLogger("gatehouse.router.health")
 
@@ -66,6 +67,12 @@ class DownNotices:
             return False
         return not ack.duplicate
 
-    async def stop(self) -> None:
-        if self._writes:
-            await asyncio.wait(set(self._writes), timeout=PUBLISH_TIMEOUT_S * 2)
+    async def stop(self, timeout_s: float = PUBLISH_TIMEOUT_S * 2) -> None:
+        """Let the notices being published finish for up to `timeout_s`, then cancel what is left (a publish must
+        not outlive the connection it runs on) and return once every one has ended."""
+        if not self._writes:
+            return
+        _, left = await asyncio.wait(set(self._writes), timeout=timeout_s)
+        if left:
+            log.warning("stopping: %d deployment_down notice(s) still unanswered, cancelled", len(left))
+            await cancel_all_and_wait(left)

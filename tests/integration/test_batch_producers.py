@@ -286,6 +286,14 @@ async def test_an_item_belongs_to_the_namespace_it_arrived_in_not_to_what_it_cla
                     )
                 )
             assert refused.value.info.param == "result_subject"
+            # nor at a subject past NATS' 4 KiB control line or with a NUL in it (once a 200: stored on the job,
+            # then every notice publish failed)
+            for bad in (ds.result_subject("x" * 5000), ds.result_subject("a\x00b")):
+                with pytest.raises(BatchError) as refused:
+                    await ds.create(
+                        CreateJob(key=DS_SECRET, model="mock-1", items=1, input_tokens=10, result_subject=bad)
+                    )
+                assert (refused.value.info.status, refused.value.info.param) == (400, "result_subject")
         finally:
             await ml.close()
             await ds.close()

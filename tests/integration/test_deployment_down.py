@@ -19,7 +19,9 @@ from services.router.shared_health import SharedHealth
 from shared.bus import MSG_ID
 from shared.config import WebhookConfig
 from shared.routing_config import RoutingConfig
-from shared.subjects import Subjects
+from shared.schemas.routing import DeploymentHealth
+from shared.subjects import Subject, Subjects
+from shared.webhook_signing import SIGNATURE_HEADER, verify
 
 pytestmark = pytest.mark.timeout(60)
 DEPLOYMENT = "openai/gpt-4o:eu"
@@ -54,16 +56,29 @@ async def stored(nc: Client, subjects: Subjects) -> list[tuple[str, dict[str, ob
     return out
 
 
-async def deliver(nc: Client, subjects: Subjects, expected: int) -> list[dict[str, object]]:
-    """Run the accounting side's webhook dispatcher until `expected` deliveries reached the receiver."""
+ONCALL = WebhookConfig(name="oncall", url="https://hooks.example/down", events=["deployment_down"])
+
+
+async def deliver(
+    nc: Client,
+    subjects: Subjects,
+    expected: int,
+    hook: WebhookConfig = ONCALL,
+    environ: dict[str, str] | None = None,
+    requests: list[httpx.Request] | None = None,
+) -> list[dict[str, object]]:
+    """Run the accounting side's webhook dispatcher until `expected` deliveries reached the receiver (each request
+    also appended to `requests`)."""
     received: list[dict[str, object]] = []
 
     def receive(request: httpx.Request) -> httpx.Response:
         received.append(msgspec.json.decode(request.content))
+        if requests is not None:
+            requests.append(request)
         return httpx.Response(200)
 
-    hook = WebhookConfig(name="oncall", url="https://hooks.example/down", events=["deployment_down"])
-    dispatcher = WebhookDispatcher(nc.jetstream(), subjects, [hook], transport=httpx.MockTransport(receive))
+    transport = httpx.MockTransport(receive)
+    dispatcher = WebhookDispatcher(nc.jetstream(), subjects, [hook], environ=environ or {}, transport=transport)
     task = asyncio.create_task(dispatcher.run())
     try:
         deadline = time.monotonic() + 30
@@ -132,6 +147,20 @@ async def test_shared_breakers_opened_by_two_replicas_before_either_hears_of_it_
     assert len(await deliver(nc, subjects, expected=1)) == 1
 
 
+async def test_a_webhook_whose_signatures_leave_v1_out_is_sent_v2_alone(nc: Client, subjects: Subjects) -> None:
+    """The operator's switch once receivers check v2=: the delivery is signed, verifies, and carries no v1= (which
+    would hold under any webhook-id)."""
+    notices = DownNotices(nc.jetstream(), subjects.hooks_deployment)
+    open_breaker(HealthBoard(routing(shared=False), "replica-0", notify=notices.publish), time.time())
+    await notices.stop()
+    hook = ONCALL.model_copy(update={"secret_env": "ONCALL_SECRET", "signatures": ("v2",)})
+    requests: list[httpx.Request] = []
+    await deliver(nc, subjects, 1, hook=hook, environ={"ONCALL_SECRET": "s3cret"}, requests=requests)
+    sent = requests[0]
+    assert verify("s3cret", sent.headers, sent.content)
+    assert [part[:3] for part in sent.headers[SIGNATURE_HEADER].split()] == ["v2="]
+
+
 async def test_a_repeat_notice_is_acknowledged_as_a_duplicate(nc: Client, subjects: Subjects) -> None:
     notices = DownNotices(nc.jetstream(), subjects.hooks_deployment)
     boards = [HealthBoard(routing(shared=False), f"replica-{i}") for i in range(2)]
@@ -142,6 +171,29 @@ async def test_a_repeat_notice_is_acknowledged_as_a_duplicate(nc: Client, subjec
         open_breaker(board, t0 + i)
     assert len(opened) == 2 and notice_id(opened[0]) == notice_id(opened[1])
     assert [await notices.notify(h) for h in opened] == [True, False]
+
+
+async def test_stop_cancels_a_notice_still_being_published_once_its_wait_is_over(
+    nc: Client, subjects: Subjects
+) -> None:
+    """A notice whose publish is not answered when `stop`'s wait ends is cancelled, and `stop` returns once it has
+    ended: it once returned with the publish still running on a connection about to close."""
+    # outside every stream, with a listener that never answers: the publish waits for an ack that will not come
+    silent = Subject(f"{subjects.prefix}.silent.down", DeploymentHealth)
+    arrived = asyncio.Event()
+
+    async def swallow(_msg: object) -> None:
+        arrived.set()
+
+    sub = await nc.subscribe(silent.name, cb=swallow)
+    notices = DownNotices(nc.jetstream(), silent)
+    open_breaker(HealthBoard(routing(shared=False), "replica-0", notify=notices.publish), time.time())
+    publishing = [t for t in asyncio.all_tasks() if t.get_coro().__qualname__ == "DownNotices.notify"]
+    assert len(publishing) == 1
+    await asyncio.wait_for(arrived.wait(), 10)  # in flight: sent, not answered
+    await notices.stop(timeout_s=0.05)
+    assert publishing[0].done()
+    await sub.unsubscribe()
 
 
 async def test_a_shared_health_watch_stopped_while_it_starts_always_ends(nc: Client, subjects: Subjects) -> None:

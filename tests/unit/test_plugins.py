@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
+import logging
 from collections.abc import Mapping
 
 import pytest
 
 from gatehouse.plugins import header_tags, slack_alerts
-from services.accounting.webhooks import backoff_s, envelope, render
-from shared.config import ConfigError, PluginConfig, parse_config
+from services.accounting.webhooks import Webhook, backoff_s, envelope, render
+from shared.config import ConfigError, PluginConfig, WebhookConfig, parse_config
 from shared.plugins import (
     NOTHING,
     Block,
@@ -259,6 +262,47 @@ def test_a_delivery_replayed_under_another_id_fails_verification() -> None:
     assert v1_only == [signature_v1("s3cret", 1_000_000, body)]
     assert not verify("s3cret", {**headers, SIGNATURE_HEADER: v1_only[0]}, body, now=1_000_010)
     assert not verify("s3cret", {**replayed, SIGNATURE_HEADER: v1_only[0]}, body, now=1_000_010)
+
+
+def test_a_signature_cannot_be_moved_to_another_split_of_the_same_bytes() -> None:
+    # delivery ids hold dots, so `<id>.<timestamp>.<body>` alone reads the same for another id, timestamp and body:
+    # a capture of ("d.1000000", 1000007, "{}") would verify as ("d", 1000000, "1000007.{}") under a new id
+    captured = signed_headers("s3cret", "d.1000000", b"{}", now=1_000_007)
+    moved = {**captured, ID_HEADER: "d", TIMESTAMP_HEADER: "1000000"}
+    assert verify("s3cret", captured, b"{}", now=1_000_007)
+    assert not verify("s3cret", moved, b"1000007.{}", now=1_000_000)
+    assert signature("s3cret", "d.1000000", 1_000_007, b"{}") != signature("s3cret", "d", 1_000_000, b"1000007.{}")
+    # the id's length in UTF-8 bytes comes first
+    expected = hmac.new(b"s3cret", "6:d.\u00e9.1.7.{}".encode(), hashlib.sha256).hexdigest()
+    assert signature("s3cret", "d.\u00e9.1", 7, b"{}") == "v2=" + expected
+
+
+def test_a_webhook_sends_v1_until_its_signatures_drop_it_and_warns_while_it_does(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    body, secret = b'{"type":"budget_alert"}', {"HOOK_SECRET": "s3cret"}
+    base = {"name": "w", "url": "https://hooks.example/in", "secret_env": "HOOK_SECRET", "events": ["budget_alert"]}
+    with caplog.at_level(logging.WARNING, logger="gatehouse.accounting.webhooks"):
+        both = Webhook(WebhookConfig.model_validate(base), secret)
+    assert "w" in caplog.text and "v1=" in caplog.text and "signatures: [v2]" in caplog.text
+    sent = both.signed_headers("d1", body, now=1_000_000)
+    assert [part[:3] for part in sent[SIGNATURE_HEADER].split()] == ["v2=", "v1="]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="gatehouse.accounting.webhooks"):
+        v2_only = Webhook(WebhookConfig.model_validate({**base, "signatures": ["v2"]}), secret)
+        unsigned = Webhook(WebhookConfig.model_validate({k: v for k, v in base.items() if k != "secret_env"}), {})
+    assert caplog.text == ""  # nothing deprecated is sent
+    sent = v2_only.signed_headers("d1", body, now=1_000_000)
+    assert sent[SIGNATURE_HEADER] == signature("s3cret", "d1", 1_000_000, body)
+    assert verify("s3cret", sent, body, now=1_000_000)
+    assert unsigned.signed_headers("d1", body) == {}
+    for bad in (["v1"], ["v2", "v2"], [], ["v3"]):
+        with pytest.raises(ValueError, match="signatures"):
+            WebhookConfig.model_validate({**base, "signatures": bad})
+    hook = "{name: w, url: https://h.example, events: [budget_alert], signatures: [%s]}"
+    assert parse_config(f"webhooks:\n  - {hook % 'v2'}\n", "g.yaml").webhooks[0].signatures == ("v2",)
+    with pytest.raises(ConfigError, match=r"g\.yaml:2: webhooks\.0: .*`signatures` lists `v2`"):
+        parse_config(f"webhooks:\n  - {hook % 'v1'}\n", "g.yaml")
 
 
 def test_backoff_doubles_is_capped_and_jittered_within_half_a_step() -> None:

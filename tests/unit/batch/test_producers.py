@@ -95,12 +95,24 @@ def test_a_job_declared_with_another_namespaces_result_subject_is_refused() -> N
         "gh.batch.out.enrich..x": "no empty tokens",
         "gh.batch.out.ns.team.ml": "must be a namespace's result subject (gh.batch.out.ns.<team|key>.<id>.<name>)",
         "gh.batch.out.ns.org.ml.x": "must be a namespace's result subject",
+        # longer than NATS' 4 KiB control line: accepted, stored on every result, then every notice failed
+        "gh.batch.out." + "x" * 5000: "at most 256 characters",
+        "gh.batch.out." + "x" * 244: "at most 256 characters",  # 257 in all
+        "gh.batch.out.a\x00b": "printable ASCII",
+        "gh.batch.out.a\x7fb": "printable ASCII",
+        "gh.batch.out.a\x1bb": "printable ASCII",
+        "gh.batch.out.caf\u00e9": "printable ASCII",
+        "gh.batch.out.a\u2028b": "printable ASCII",
     }
     for subject, why in refusals.items():
         with pytest.raises(InvalidRequestError) as refused:
             check_result_subject(S, subject, ML_KEY)
-        assert refused.value.param == "result_subject"
-        assert why in refused.value.message, (subject, refused.value.message)
+        assert refused.value.param == "result_subject" and refused.value.info().status == 400
+        assert why in refused.value.message, (subject[:40], refused.value.message)
+        assert not may_notify(S, subject, ML_KEY), subject[:40]  # nor may an item name it (checked per item)
+    longest = "gh.batch.out." + "x" * 243  # 256 in all
+    assert check_result_subject(S, longest, ML_KEY) == longest and may_notify(S, longest, ML_KEY)
+    assert check_result_subject(S, "gh.batch.out.a-b_c~!9", ML_KEY) == "gh.batch.out.a-b_c~!9"
 
 
 def test_a_scoped_producer_may_use_its_namespace_only() -> None:
