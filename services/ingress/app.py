@@ -3,7 +3,9 @@ Chunk…/Result from the inbox → HTTP response or SSE; one RequestEvent per re
 
 The only HTTP surface and the only writer of HTTP errors. Authenticates the key, validates the body,
 publishes the request, relays the reply, and records every request, failed ones included. Runs the
-before_guard and after_response plugin hooks (services/ingress/hooks.py).
+before_guard and after_response plugin hooks (services/ingress/hooks.py). A Responses request with `mcp`
+tools runs as a loop of model turns (each a request of its own) and MCP tool calls
+(services/ingress/mcp/responses_loop.py).
 """
 
 from __future__ import annotations
