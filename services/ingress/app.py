@@ -106,6 +106,8 @@ R = TypeVar("R")
 _SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 # how long a request whose client left waits for the router's final word (its usage so far)
 CANCEL_GRACE_S = 2.0
+# the tag that links the turns and tool calls of one Responses request with `mcp` tools (its x-request-id)
+MCP_RESPONSE_TAG = "mcp_response"
 # the longest `user` a request may name for its record
 MAX_USER_CHARS = 128
 # chunks a stream may run past the output its budget reservation covers before it is cut (chunks and
@@ -348,9 +350,10 @@ class Gateway:
         return story
 
     # ---- the request path ------------------------------------------------------------------
-    async def _serve(self, request: Request, api: apis.Api, turn: bytes | None = None) -> Response:
+    async def _serve(self, request: Request, api: apis.Api, turn: bytes | None = None, turn_of: str = "") -> Response:
         """One request through the pipeline; `turn`: the body of a model turn of the Responses `mcp` tool loop,
-        served for the client's `request` (its own record, quotas, budget and guard, as any request)."""
+        served for the client's `request` (its own record, quotas, budget and guard, as any request), tagged
+        `mcp_response` with the id the client was given (`turn_of`)."""
         record = RequestRecord(
             request_id=new_request_id(),
             api=api.name,
@@ -372,6 +375,8 @@ class Gateway:
                 )
             headers: Mapping[str, str] = request.headers
             record.tags = {**ent.tags, **client_tags(headers)}
+            if turn_of:
+                record.tags[MCP_RESPONSE_TAG] = turn_of
             if turn is None and api is apis.RESPONSES and has_mcp(parsed.original):
                 return await self._mcp_loop(request, ent, record, parsed)
             if self.hooks.has("before_guard"):
@@ -433,13 +438,14 @@ class Gateway:
             run_id = run_id_of(request.headers.get(RUN_HEADER))
         except BadRunId as exc:
             raise InvalidRequestError(str(exc)) from None
-        ctx = CallContext(ent=ent, run_id=run_id, traceparent=traceparent(record), tags=record.tags)
+        tags = {**record.tags, MCP_RESPONSE_TAG: record.request_id}
+        ctx = CallContext(ent=ent, run_id=run_id, traceparent=traceparent(record), tags=tags)
         plan = await self.responses_mcp.plan(parsed.original or {}, ctx)
         if record.span is not None:
             record.span.end()  # the turns and calls carry the records and spans from here
 
         async def model_turn(body: bytes) -> Response:
-            return await self._serve(request, apis.RESPONSES, turn=body)
+            return await self._serve(request, apis.RESPONSES, turn=body, turn_of=record.request_id)
 
         return await self.responses_mcp.serve(plan, model_turn, record.request_id)
 

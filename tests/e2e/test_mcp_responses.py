@@ -24,7 +24,7 @@ from tests.servers import serve_in_thread
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(240)]
 
 PROMPT = "What is the weather in Paris?"
-ECHO_ONLY = {"type": "mcp", "server_label": "local", "allowed_tools": ["echo"], "require_approval": "never"}
+ECHO_ONLY = {"type": "mcp", "server_label": "remote", "allowed_tools": ["echo"], "require_approval": "never"}
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +32,7 @@ def gh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[McpStack]:
     tmp: Path = tmp_path_factory.mktemp("mcpresp")
     with serve_in_thread(openai_emu.create_app()) as openai_url, mcp_stack(tmp, "e2emcpresp", openai_url) as stack:
         try:
-            asyncio.run(wait_tools(stack, {"local__echo", "remote__echo"}))
+            asyncio.run(wait_tools(stack, {"remote__echo", "legacy__echo"}))  # the HTTP upstreams
             yield stack
         except BaseException:
             print(logs(tmp))
@@ -49,25 +49,31 @@ def client(gh: McpStack, key: str = MAIN_KEY, headers: dict[str, str] | None = N
 def test_sdk_mcp_tool_runs_through_the_gateway(gh: McpStack, model: str) -> None:
     ticket = f"R-{uuid.uuid4().hex[:8]}"
     with client(gh, headers={"x-gatehouse-tag-ticket": ticket}) as c:
-        response = c.responses.create(model=model, input=PROMPT, tools=[ECHO_ONLY])  # type: ignore[list-item]
+        raw = c.responses.with_raw_response.create(model=model, input=PROMPT, tools=[ECHO_ONLY])  # type: ignore[list-item]
+    response = raw.parse()
+    request_id = raw.headers["x-request-id"]
     kinds = [item.type for item in response.output]
     assert kinds == ["mcp_list_tools", "mcp_call", "message"], kinds
     listed, call, message = response.output
-    assert listed.type == "mcp_list_tools" and listed.server_label == "local"
+    assert listed.type == "mcp_list_tools" and listed.server_label == "remote"
     assert [t.name for t in listed.tools] == ["echo"]  # allowed_tools kept the one tool
-    assert call.type == "mcp_call" and call.server_label == "local" and call.name == "echo"
+    assert call.type == "mcp_call" and call.server_label == "remote" and call.name == "echo"
     assert call.arguments == '{"text": "Paris"}'
-    assert call.output == "local: Paris" and call.error is None
+    assert call.output == "remote: Paris" and call.error is None
     assert message.type == "message"
-    assert "local: Paris" in response.output_text  # the model answered from the tool's result
+    assert "remote: Paris" in response.output_text  # the model answered from the tool's result
     assert response.status == "completed"
     assert response.tools[0].type == "mcp"  # the request's own tools echoed, not the function tools
     assert response.usage is not None and response.usage.input_tokens > 0
     # the call went through the MCP call path (its record), and each model turn is a request with its record
     calls = asyncio.run(rows(gh, f"SELECT tool, key_id, status FROM mcp_calls WHERE tags['ticket'] = '{ticket}'", 1))
-    assert calls == [["local__echo", "mcp-main", "ok"]]
+    assert calls == [["remote__echo", "mcp-main", "ok"]]
     turns = asyncio.run(rows(gh, f"SELECT api, status FROM requests WHERE tags['ticket'] = '{ticket}'", 2))
     assert sorted(map(tuple, turns)) == [("responses", 200), ("responses", 200)]
+    # the x-request-id the client got finds the turns and the call
+    linked = f"tags['mcp_response'] = '{request_id}'"
+    assert asyncio.run(rows(gh, f"SELECT count() FROM requests WHERE {linked}", 1)) == [[2]]
+    assert asyncio.run(rows(gh, f"SELECT count() FROM mcp_calls WHERE {linked}", 1)) == [[1]]
 
 
 def test_sdk_mcp_tool_streamed(gh: McpStack) -> None:
@@ -91,9 +97,9 @@ def test_sdk_mcp_tool_streamed(gh: McpStack) -> None:
     assert [e.sequence_number for e in events] == list(range(len(events)))
     final = events[-1].response
     assert [i.type for i in final.output] == ["mcp_list_tools", "mcp_call", "message"]
-    assert final.output[1].output == "local: Paris"
+    assert final.output[1].output == "remote: Paris"
     text = "".join(e.delta for e in events if e.type == "response.output_text.delta")
-    assert "local: Paris" in text
+    assert "remote: Paris" in text
 
 
 def test_sdk_mcp_approval_round_trip(gh: McpStack) -> None:
@@ -147,7 +153,7 @@ def test_sdk_mcp_tool_refused(gh: McpStack, extra: dict[str, Any], param: str, s
 
 def test_registered_url_is_accepted_and_key_policy_applies(gh: McpStack) -> None:
     with client(gh) as c:
-        same = {**ECHO_ONLY, "server_label": "remote", "server_url": gh.remote_url}
+        same = {**ECHO_ONLY, "server_url": gh.remote_url}
         response = c.responses.create(model="gpt-emu", input=PROMPT, tools=[same])  # type: ignore[list-item]
         assert response.output[1].type == "mcp_call" and response.output[1].output == "remote: Paris"
     # the strict key may use remote__* and local__echo only: the legacy server is not there for it
