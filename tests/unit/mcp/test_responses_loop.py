@@ -122,3 +122,11 @@ def test_a_failed_turn_is_the_answer_or_ends_the_stream() -> None:
     assert kinds[-2:] == ["error", "response.failed"]
     assert "response.mcp_call.completed" in kinds
     assert events[-1]["response"]["error"] == {"code": "rate_limit_error", "message": "slow down"}
+
+
+def test_a_conversation_past_the_body_limit_is_a_413_not_a_bus_failure() -> None:
+    small = ResponsesMcp(McpConfig(), None, Calls(), 300)  # type: ignore[arg-type]
+    turns = Turns(call_turn(1), ANSWER)
+    response = asyncio.run(small.serve(plan(), turns, "req"))
+    assert response.status_code == 413 and len(turns.bodies) == 1  # the second turn was never sent
+    assert "past the gateway's limit of 300 bytes" in json.loads(bytes(response.body))["error"]["message"]
