@@ -3,7 +3,9 @@ Chunk…/Result from the inbox → HTTP response or SSE; one RequestEvent per re
 
 The only HTTP surface and the only writer of HTTP errors. Authenticates the key, validates the body,
 publishes the request, relays the reply, and records every request, failed ones included. Runs the
-before_guard and after_response plugin hooks (services/ingress/hooks.py).
+before_guard and after_response plugin hooks (services/ingress/hooks.py). A Responses request with `mcp`
+tools runs as a loop of model turns (each a request of its own) and MCP tool calls
+(services/ingress/mcp/responses_loop.py).
 """
 
 from __future__ import annotations
@@ -37,12 +39,14 @@ from services.ingress.fastpath import FastPaths
 from services.ingress.fleet import Fleet, gather, merge
 from services.ingress.mcp.admin import McpAdmin
 from services.ingress.mcp.approvals import Approvals
-from services.ingress.mcp.calls import ToolCalls
+from services.ingress.mcp.calls import CallContext, ToolCalls
 from services.ingress.mcp.catalog import CatalogCache
 from services.ingress.mcp.endpoint import McpEndpoint
+from services.ingress.mcp.responses_loop import ResponsesMcp
 from services.ingress.mcp.runs import RUN_HEADER, BadRunId, RunLimitError, Runs, run_id_of
 from services.ingress.mcp.sessions import Sessions
 from services.ingress.routing import client_deadline, route_choice
+from services.ingress.surfaces.responses_mcp import has_mcp
 from services.ingress.tags import client_tags
 from services.ingress.telemetry import MetricsEndpoint, finish_request, start_request, traceparent
 from shared import metrics
@@ -102,6 +106,8 @@ R = TypeVar("R")
 _SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 # how long a request whose client left waits for the router's final word (its usage so far)
 CANCEL_GRACE_S = 2.0
+# the tag that links the turns and tool calls of one Responses request with `mcp` tools (its x-request-id)
+MCP_RESPONSE_TAG = "mcp_response"
 # the longest `user` a request may name for its record
 MAX_USER_CHARS = 128
 # chunks a stream may run past the output its budget reservation covers before it is cut (chunks and
@@ -179,6 +185,8 @@ class Gateway:
             config.server.max_body_bytes,
             config.mcp.list_page_size,
         )
+        # the Responses API's `mcp` tool: a loop of model turns and tool calls over the two paths above
+        self.responses_mcp = ResponsesMcp(config.mcp, self.mcp_catalog, self.tool_calls, config.server.max_body_bytes)
         # plugin hooks of this stage (shared/plugins.py); with none configured the request path skips them
         self.hooks = build_runner(config.plugins, INGRESS_POINTS)
 
@@ -342,7 +350,10 @@ class Gateway:
         return story
 
     # ---- the request path ------------------------------------------------------------------
-    async def _serve(self, request: Request, api: apis.Api) -> Response:
+    async def _serve(self, request: Request, api: apis.Api, turn: bytes | None = None, turn_of: str = "") -> Response:
+        """One request through the pipeline; `turn`: the body of a model turn of the Responses `mcp` tool loop,
+        served for the client's `request` (its own record, quotas, budget and guard, as any request), tagged
+        `mcp_response` with the id the client was given (`turn_of`)."""
         record = RequestRecord(
             request_id=new_request_id(),
             api=api.name,
@@ -353,7 +364,7 @@ class Gateway:
         try:
             ent = self.auth.authenticate(request.headers.get("authorization"), request.headers.get("x-api-key"))
             record.caller = ent.caller
-            raw = await read_body(request, self.limit)
+            raw = await read_body(request, self.limit) if turn is None else turn
             record.request_bytes = len(raw)
             parsed = api.parse(raw, request.headers)
             record.model, record.stream = parsed.model, parsed.stream
@@ -364,6 +375,10 @@ class Gateway:
                 )
             headers: Mapping[str, str] = request.headers
             record.tags = {**ent.tags, **client_tags(headers)}
+            if turn_of:
+                record.tags[MCP_RESPONSE_TAG] = turn_of
+            if turn is None and api is apis.RESPONSES and has_mcp(parsed.original):
+                return await self._mcp_loop(request, ent, record, parsed)
             if self.hooks.has("before_guard"):
                 rewritten, plugin_tags = await hooks.before_guard(self.hooks, record, headers)
                 if rewritten is not headers:  # rewritten headers may carry other tags
@@ -413,6 +428,26 @@ class Gateway:
             # a bug must still give the client an OpenAI error and leave the request's record
             log.exception("request %s failed unexpectedly", record.request_id)
             return self._fail(api, record, GatewayError("The gateway hit an internal error.").info())
+
+    async def _mcp_loop(
+        self, request: Request, ent: Entitlement, record: RequestRecord, parsed: apis.Parsed
+    ) -> Response:
+        """A Responses request with `mcp` tools: checked here (a refusal is this request's record), then served as
+        model turns (each a request with its own record) and tool calls (each with its MCP record)."""
+        try:
+            run_id = run_id_of(request.headers.get(RUN_HEADER))
+        except BadRunId as exc:
+            raise InvalidRequestError(str(exc)) from None
+        tags = {**record.tags, MCP_RESPONSE_TAG: record.request_id}
+        ctx = CallContext(ent=ent, run_id=run_id, traceparent=traceparent(record), tags=tags)
+        plan = await self.responses_mcp.plan(parsed.original or {}, ctx)
+        if record.span is not None:
+            record.span.end()  # the turns and calls carry the records and spans from here
+
+        async def model_turn(body: bytes) -> Response:
+            return await self._serve(request, apis.RESPONSES, turn=body, turn_of=record.request_id)
+
+        return await self.responses_mcp.serve(plan, model_turn, record.request_id)
 
     async def _run_admit(self, ent: Entitlement, record: RequestRecord, header: str | None) -> None:
         """Count a model call of the client's agent run (x-gatehouse-run-id), within the run's limits."""

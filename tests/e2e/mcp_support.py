@@ -28,6 +28,7 @@ from gatehouse.query import run_sql
 from shared.config import hash_key
 from shared.schemas.admin import SqlResult
 from shared.subjects import Subjects
+from tests.emulators import openai as openai_emu
 
 NOTES = Path(__file__).resolve().parents[1] / "mcp_servers" / "notes.py"
 MAIN_KEY = "sk-e2e-mcp-main"  # policy mcp-flag: secrets in results redacted, injections flagged
@@ -40,8 +41,24 @@ APPROVE_KEY = "sk-e2e-mcp-approve"
 APPROVAL_TIMEOUT_S = 4
 
 
-def config_text(remote_url: str, legacy_url: str, legacy_token_url: str) -> str:
+def _openai_config(openai_url: str | None) -> tuple[str, str]:
+    """The OpenAI emulator (tests/emulators/openai.py) as two providers, when given: `gpt-emu` takes the
+    Responses body as it is, `gpt-emu-chat` its chat translation."""
+    if openai_url is None:
+        return "", ""
+    os.environ["E2E_MCP_OPENAI_KEY"] = openai_emu.API_KEY
+    base = f"kind: openai, api_base: {openai_url}/v1, api_key_env: E2E_MCP_OPENAI_KEY"
+    providers = f"  emu-openai: {{{base}}}\n  emu-chat: {{{base}, passthrough: false}}\n"
+    models = (
+        "  - name: gpt-emu\n    deployments: [{provider: emu-openai, model: gpt-emu}]\n"
+        "  - name: gpt-emu-chat\n    deployments: [{provider: emu-chat, model: gpt-emu}]\n"
+    )
+    return providers, models
+
+
+def config_text(remote_url: str, legacy_url: str, legacy_token_url: str, openai_url: str | None = None) -> str:
     python = sys.executable
+    openai_providers, openai_models = _openai_config(openai_url)
     return f"""
 server: {{host: 127.0.0.1, port: 0, request_timeout_s: 30}}
 keys:
@@ -54,10 +71,10 @@ keys:
   - {{id: mcp-approve, sha256: {hash_key(APPROVE_KEY)}, team: qa, policy: mcp-args}}
 providers:
   mock: {{kind: mock}}
-models:
+{openai_providers}models:
   - name: mock-1
     deployments: [{{provider: mock, model: mock-1}}]
-guardrails:
+{openai_models}guardrails:
   policies:
     mcp-flag:
       output_policy: tool-out-flag
@@ -223,7 +240,7 @@ def upstream_server(transport: str, name: str, port: int, env: dict[str, str]) -
 
 
 @contextlib.contextmanager
-def mcp_stack(tmp: Path, prefix: str) -> Iterator[McpStack]:
+def mcp_stack(tmp: Path, prefix: str, openai_url: str | None = None) -> Iterator[McpStack]:
     os.environ["E2E_MCP_REMOTE_KEY"] = REMOTE_KEY
     os.environ["E2E_MCP_LEGACY_SECRET"] = LEGACY_SECRET
     with (
@@ -232,7 +249,7 @@ def mcp_stack(tmp: Path, prefix: str) -> Iterator[McpStack]:
     ):
         remote = f"{remote_base}/mcp"
         config = tmp / "gatehouse.yaml"
-        config.write_text(config_text(remote, f"{legacy_base}/sse", f"{legacy_base}/token"))
+        config.write_text(config_text(remote, f"{legacy_base}/sse", f"{legacy_base}/token", openai_url))
         stack = Stack(
             config=config,
             data_dir=tmp / "data",

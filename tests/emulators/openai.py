@@ -78,9 +78,10 @@ def _tool_calls(body: dict[str, Any], prompt: str) -> list[dict[str, Any]] | Non
     if body["messages"][-1].get("role") == "tool":
         return None  # the tool results are in: answer in text
     name = tools[0]["function"]["name"]
+    arg = openai_responses.argument_name(tools[0]["function"].get("parameters"))
     cities = ["Paris", "Tokyo"] if "both" in prompt.lower() else ["Paris"]
     return [
-        {"id": f"call_{i}abc", "type": "function", "function": {"name": name, "arguments": json.dumps({"city": city})}}
+        {"id": f"call_{i}abc", "type": "function", "function": {"name": name, "arguments": json.dumps({arg: city})}}
         for i, city in enumerate(cities)
     ]
 

@@ -51,6 +51,12 @@ def _text_of(content: Any) -> str:
     return " ".join(p.get("text", "") for p in content or [] if isinstance(p, dict))
 
 
+def argument_name(parameters: Any) -> str:
+    """The argument a call fills in: the tool's first required one (an MCP tool's), else `city`."""
+    required = parameters.get("required") if isinstance(parameters, dict) else None
+    return str(required[0]) if isinstance(required, list) and required else "city"
+
+
 def _answer(body: dict[str, Any], digest: str) -> tuple[list[dict[str, Any]], str | None]:
     """(output items, incomplete reason) for a valid request."""
     items = _items(body)
@@ -70,7 +76,8 @@ def _answer(body: dict[str, Any], digest: str) -> tuple[list[dict[str, Any]], st
         )
     elif functions and not answered and "weather" in prompt.lower() and body.get("tool_choice") != "none":
         call = {"type": "function_call", "id": f"fc_emu{digest[:16]}", "call_id": f"call_emu{digest[:8]}"}
-        output.append({**call, "name": functions[0]["name"], "arguments": json.dumps({"city": "Paris"})})
+        arguments = {argument_name(functions[0].get("parameters")): "Paris"}
+        output.append({**call, "name": functions[0]["name"], "arguments": json.dumps(arguments)})
         output[-1]["status"] = "completed"
         return output, None
     text = "Emulated OpenAI reply to: " + " ".join(prompt.split()[:20])

@@ -6,6 +6,8 @@ and their items, file ids, `truncation: auto`, `max_tool_calls`, `top_logprobs`,
 which only an OpenAI deployment can serve (the request goes there unchanged); the text a model reads in
 those parts still goes into the chat body, for the guard's scan. `to_chat` refuses such a request
 instead. `background` is refused either way: gatehouse serves no `GET /v1/responses/{id}` to poll.
+A request with an `mcp` tool never gets here whole: ingress serves it with its own MCP servers
+(surfaces/responses_mcp.py), and each model turn it sends carries those tools as function tools.
 """
 
 from __future__ import annotations

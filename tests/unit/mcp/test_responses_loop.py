@@ -1,0 +1,132 @@
+"""The Responses `mcp` tool loop's decisions, with scripted model turns (Responses JSON, as ingress answers a turn)
+and a recording call path: the call cap, a call that needs the client's approval, a model turn that fails
+mid-stream, a client function call ending the loop. The real call path and catalog are covered end to end
+(tests/e2e/test_mcp_responses.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+from starlette.responses import JSONResponse, Response
+
+from services.ingress.mcp.calls import CallContext
+from services.ingress.mcp.responses_loop import Plan, ResponsesMcp
+from services.ingress.surfaces import responses_mcp as rm
+from shared.directory import Entitlement
+from shared.mcp_config import McpConfig
+
+ECHO = rm.ServerTool("local", "echo", None, {"type": "object"}, None)
+
+
+class Calls:
+    def __init__(self) -> None:
+        self.made: list[dict[str, Any]] = []
+
+    async def call(self, ctx: CallContext, method: str, params: dict[str, Any]) -> dict[str, Any]:
+        self.made.append(params)
+        return {"content": [{"type": "text", "text": f"echoed {params['arguments']['text']}"}]}
+
+
+def call_turn(n: int, name: str = "local__echo") -> dict[str, Any]:
+    call = {"type": "function_call", "id": f"fc_{n}", "call_id": f"call_{n}", "name": name}
+    return {"output": [{**call, "arguments": json.dumps({"text": str(n)})}], "usage": {"input_tokens": 3}}
+
+
+ANSWER = {
+    "status": "completed",
+    "output": [{"type": "message", "id": "m", "role": "assistant", "content": [{"type": "output_text", "text": "ok"}]}],
+    "usage": {"input_tokens": 2, "output_tokens": 1, "total_tokens": 3},
+}
+
+
+class Turns:
+    """Answers each turn from a script; records the bodies it was sent."""
+
+    def __init__(self, *answers: Response | dict[str, Any]) -> None:
+        self.answers = list(answers)
+        self.bodies: list[dict[str, Any]] = []
+
+    async def __call__(self, raw: bytes) -> Response:
+        self.bodies.append(json.loads(raw))
+        answer = self.answers.pop(0)
+        return answer if isinstance(answer, Response) else JSONResponse(answer)
+
+
+def plan(approval: str = "never", max_calls: int = 20, stream: bool = False) -> Plan:
+    tool = rm.McpTool("local", approval=approval)
+    body: dict[str, Any] = {"model": "m", "input": "hi", "tools": [{"type": "mcp", "server_label": "local"}]}
+    if stream:
+        body["stream"] = True
+    ctx = CallContext(ent=Entitlement.__new__(Entitlement))  # the recording call path never reads it
+    return Plan(body, {"local": tool}, {"local": [ECHO]}, {}, rm.conversation(body, {"local": tool}), max_calls, ctx)
+
+
+def loop(calls: Calls) -> ResponsesMcp:
+    return ResponsesMcp(McpConfig(), None, calls, 1_000_000)  # type: ignore[arg-type]
+
+
+def serve(p: Plan, turns: Turns, calls: Calls) -> Response:
+    return asyncio.run(loop(calls).serve(p, turns, "req"))
+
+
+def test_calls_run_and_the_answer_ends_the_loop() -> None:
+    calls, turns = Calls(), Turns(call_turn(1), call_turn(2), ANSWER)
+    response = json.loads(bytes(serve(plan(), turns, calls).body))
+    assert [i["type"] for i in response["output"]] == ["mcp_list_tools", "mcp_call", "mcp_call", "message"]
+    assert [c["arguments"] for c in calls.made] == [{"text": "1"}, {"text": "2"}]
+    assert response["output"][2]["output"] == "echoed 2" and response["status"] == "completed"
+    assert response["usage"]["input_tokens"] == 8  # every turn's usage
+    # the last turn saw both calls and their outputs, with the mcp tool given as a function tool
+    last = turns.bodies[-1]
+    assert [i.get("type") for i in last["input"][1:]] == ["function_call", "function_call_output"] * 2
+    assert last["tools"] == [{"type": "function", "name": "local__echo", "parameters": {"type": "object"}}]
+
+
+def test_the_call_cap_makes_the_response_incomplete() -> None:
+    calls, turns = Calls(), Turns(call_turn(1), call_turn(2), ANSWER)
+    response = json.loads(bytes(serve(plan(max_calls=1), turns, calls).body))
+    assert len(calls.made) == 1 and len(turns.bodies) == 2
+    assert response["status"] == "incomplete" and response["incomplete_details"] == {"reason": "max_tool_calls"}
+
+
+def test_a_call_needing_approval_ends_the_response_with_a_request() -> None:
+    calls, turns = Calls(), Turns(call_turn(1))
+    response = json.loads(bytes(serve(plan(approval="always"), turns, calls).body))
+    assert calls.made == []
+    assert [i["type"] for i in response["output"]] == ["mcp_list_tools", "mcp_approval_request"]
+    assert response["output"][1]["arguments"] == '{"text": "1"}'
+
+
+def test_a_client_function_call_is_handed_back() -> None:
+    calls, turns = Calls(), Turns(call_turn(1, name="my_function"))
+    response = json.loads(bytes(serve(plan(), turns, calls).body))
+    assert calls.made == [] and response["output"][-1]["name"] == "my_function"
+
+
+def test_a_failed_turn_is_the_answer_or_ends_the_stream() -> None:
+    refused = JSONResponse({"error": {"message": "slow down", "type": "rate_limit_error", "code": None}}, 429)
+    plain = serve(plan(), Turns(call_turn(1), refused), Calls())
+    assert plain.status_code == 429
+
+    async def streamed() -> list[dict[str, Any]]:
+        refused_again = JSONResponse({"error": {"message": "slow down", "type": "rate_limit_error"}}, 429)
+        response = await loop(Calls()).serve(plan(stream=True), Turns(call_turn(1), refused_again), "req")
+        chunks = [c async for c in response.body_iterator]  # type: ignore[attr-defined]
+        raw = b"".join(c if isinstance(c, bytes) else c.encode() for c in chunks).decode()
+        return [json.loads(f.split("data: ", 1)[1]) for f in raw.split("\n\n") if f]
+
+    events = asyncio.run(streamed())
+    kinds = [e["type"] for e in events]
+    assert kinds[-2:] == ["error", "response.failed"]
+    assert "response.mcp_call.completed" in kinds
+    assert events[-1]["response"]["error"] == {"code": "rate_limit_error", "message": "slow down"}
+
+
+def test_a_conversation_past_the_body_limit_is_a_413_not_a_bus_failure() -> None:
+    small = ResponsesMcp(McpConfig(), None, Calls(), 300)  # type: ignore[arg-type]
+    turns = Turns(call_turn(1), ANSWER)
+    response = asyncio.run(small.serve(plan(), turns, "req"))
+    assert response.status_code == 413 and len(turns.bodies) == 1  # the second turn was never sent
+    assert "past the gateway's limit of 300 bytes" in json.loads(bytes(response.body))["error"]["message"]
