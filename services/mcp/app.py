@@ -127,7 +127,7 @@ class McpStage:
             )
         )
         inline: set[tuple[str, CatalogKind]] = set()
-        for size, name, kind in sorted((len(u.listed(k).whole) + 5, u.name, k) for u in upstreams for k in KINDS):
+        for size, name, kind in sorted((u.listed(k).size + 5, u.name, k) for u in upstreams for k in KINDS):
             if size > room:
                 break
             room -= size
