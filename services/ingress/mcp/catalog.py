@@ -129,6 +129,21 @@ async def _read_list(ask: Ask, server: str, kind: str, digest: str) -> bytes:
         offset = page.next
 
 
+# invalid cursors one key may send a minute (per ingress replica) before its paged list requests are refused
+BAD_CURSORS_PER_MINUTE = 30
+
+
+class CursorsLimited(Exception):
+    """The key sent too many invalid cursors this minute: each one is an error of the client, or a probe."""
+
+
+def tool_globs(ent: Entitlement) -> tuple[tuple[tuple[str, ...], tuple[str, ...]], ...] | None:
+    """What decides which tools the key may see (each level's tool globs and denials): keys with the same globs see
+    the same items; None when no level sets any (the key sees every item)."""
+    globs = tuple((tuple(s.limits.tools), tuple(s.limits.tools_deny)) for s in ent.scopes)
+    return globs if any(allow or deny for allow, deny in globs) else None
+
+
 # the field a key's globs see of each kind (resources are read by URI and checked by it: `<server>__<uri>`)
 FIELDS = {"tools": "name", "resources": "uri", "resource_templates": "uriTemplate", "prompts": "name"}
 
@@ -144,7 +159,11 @@ class CatalogCache:
         self._servers: dict[str, ServerLists] = {}
         self._read_from: dict[str, ServerCatalog] = {}  # what each ServerLists was decoded from
         self._known: Known = {}  # the paged lists read, by digest
-        self._whole: dict[str, list[dict[str, Any]]] = {kind: [] for kind in FIELDS}  # every server's, in order
+        # every server's list of each kind, in order, indexed for paging (rebuilt when a server's lists change)
+        self._whole = {kind: pages.Listing([], field, kind) for kind, field in FIELDS.items()}
+        # invalid cursors each key sent this minute (only keys that sent one: authenticated keys, so few)
+        self._bad_cursors: dict[str, int] = {}
+        self._bad_minute = 0
         self._fresh_until = -math.inf
         self._version = 0  # counts change notices: a read started before one is stale once done
         self._stored = -1  # the version of the read whose catalog is held
@@ -182,21 +201,38 @@ class CatalogCache:
         }
         if version >= self._stored:  # a read started before a later one that finished first is not kept
             self._stored = version
+            if list(servers) != list(self._servers) or any(s is not self._servers[n] for n, s in servers.items()):
+                self._whole = {
+                    kind: pages.Listing([i for s in servers.values() for i in getattr(s, kind)], field, kind)
+                    for kind, field in FIELDS.items()
+                }
             self._servers = servers
             self._read_from = {s.name: s for s in catalog.servers}
-            self._whole = {kind: [i for s in servers.values() for i in getattr(s, kind)] for kind in FIELDS}
             self.replica = catalog.replica
         if version == self._version:
             self._fresh_until = started + self._ttl
         return servers
 
     async def page(
-        self, kind: str, ent: Entitlement, cursor: str | None, size: int
+        self, kind: str, ent: Entitlement, cursor: str | None, size: int, now: float | None = None
     ) -> tuple[list[dict[str, Any]], str | None]:
         """One page of every server's `kind` list that the key may see, and the next page's cursor (None: the
-        last page); BadCursor when `cursor` is not one this list gave out, or its place in the list is gone."""
+        last page); BadCursor when `cursor` is not one this list gave out, or its place in the list is gone, and
+        CursorsLimited once the key sent `BAD_CURSORS_PER_MINUTE` such cursors this minute (`now`: the clock)."""
+        now = time.time() if now is None else now
+        if int(now // 60) != self._bad_minute:  # a new minute: every key's count starts again
+            self._bad_minute, self._bad_cursors = int(now // 60), {}
+        if cursor is not None and self._bad_cursors.get(ent.key.id, 0) >= BAD_CURSORS_PER_MINUTE:
+            raise CursorsLimited(
+                f"Rate limit reached: {BAD_CURSORS_PER_MINUTE} invalid list cursors a minute; list again without a "
+                f"cursor, or try again in {math.ceil(60 - now % 60)}s."
+            )
         await self.servers()
-        return pages.page(self._whole[kind], ent.allows_tool, FIELDS[kind], kind, cursor, size)
+        try:
+            return self._whole[kind].page(tool_globs(ent), ent.allows_tool, cursor, size)
+        except pages.BadCursor:
+            self._bad_cursors[ent.key.id] = self._bad_cursors.get(ent.key.id, 0) + 1
+            raise
 
     async def offers(self, server: str, kind: str, name: str) -> bool | None:
         """Whether `server` lists the namespaced `name` among its `kind` (tools, prompts); None when the catalog
