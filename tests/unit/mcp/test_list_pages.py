@@ -121,7 +121,7 @@ class _Stage:
         self.entered = asyncio.Event()
         self.fail = False
 
-    async def ask(self, query: CatalogQuery) -> Catalog:
+    async def ask(self, query: CatalogQuery, replica: str = "") -> Catalog:
         self.asked += 1
         # the answer is what the stage held when asked (a change after it is the next read's)
         answer = Catalog(error="stage broken") if self.fail else Catalog(servers=list(self.servers), replica="r")
