@@ -86,16 +86,18 @@ READ_ATTEMPTS = 3
 Known = dict[tuple[str, str], tuple[str, bytes]]
 
 
-async def read_catalog(ask: Ask, known: Known | None = None) -> Catalog:
+async def read_catalog(ask: Ask, known: Known | None = None, prefer: str = "") -> Catalog:
     """Every server's lists, whole: the summary, then each list too large for it page by page (a catalog larger
     than one bus message crosses in several), unless `known` holds that version of it already (`known` is updated
     with the lists read). The pages are asked of the replica whose summary named them (each replica holds its own
     sessions, so its own version of each list), and every page must come from the version the summary named (the
-    digest), else the catalog is read again, from a new summary."""
+    digest), else the catalog is read again, from a new summary. The summary is asked of replica `prefer` while it
+    answers (the one the last read came from: replicas that order a list differently would otherwise have every
+    refresh read and decode that list again), else of any."""
     held = known if known is not None else {}
     why = ""
     for _ in range(READ_ATTEMPTS):
-        summary = await ask(CatalogQuery(), "")
+        summary = await _summary(ask, prefer)
         if summary.error:
             raise CatalogUnavailable(f"the mcp stage refused the catalog query: {summary.error}")
         servers: list[ServerCatalog] = []
@@ -114,6 +116,15 @@ async def read_catalog(ask: Ask, known: Known | None = None) -> Catalog:
             continue
         return Catalog(servers=servers, replica=summary.replica)
     raise CatalogUnavailable(f"the catalog could not be read whole in {READ_ATTEMPTS} reads in a row: {why}")
+
+
+async def _summary(ask: Ask, prefer: str) -> Catalog:
+    if prefer:
+        try:
+            return await ask(CatalogQuery(), prefer)
+        except Exception as exc:  # gone (a restart, scaled down): any replica
+            log.info("mcp replica %r did not answer the catalog query (%s); asking any", prefer[:100], exc)
+    return await ask(CatalogQuery(), "")
 
 
 class _Changed(Exception):
@@ -210,7 +221,7 @@ class CatalogCache:
     async def _fetch(self, version: int) -> dict[str, ServerLists]:
         started = time.monotonic()
         try:
-            catalog = await read_catalog(self._ask, self._known)
+            catalog = await read_catalog(self._ask, self._known, self.replica)
         except Exception as exc:
             age = started - self._read_at
             if self._stored < 0 or age > CATALOG_MAX_STALE_S:

@@ -20,6 +20,7 @@ from services.ingress.mcp import catalog as catalog_module
 from services.ingress.mcp.catalog import CatalogCache, CatalogUnavailable, read_catalog
 from services.mcp.app import McpStage
 from services.mcp.upstream import Listed
+from shared.bus import QueueWorker
 from shared.directory import Directory, Entitlement
 from shared.governance import Limits, Team, VirtualKey
 from shared.mcp_config import McpConfig, McpServerConfig
@@ -51,16 +52,16 @@ def _entitlement() -> Entitlement:
 
 
 @asynccontextmanager
-async def _replicas(url: str, *stages: McpStage) -> AsyncIterator[Client]:
-    """The stages' catalog subscriptions on the bus (as the mcp app starts them), and a connection for ingress."""
+async def _replicas(url: str, *stages: McpStage) -> AsyncIterator[tuple[Client, dict[str, list[QueueWorker]]]]:
+    """The stages' catalog subscriptions on the bus (as the mcp app starts them, by replica), and a connection."""
     nc = await nats.connect(url)
-    workers = [w for stage in stages for w in stage.catalog_workers()]
+    workers = {stage.replica: stage.catalog_workers() for stage in stages}
     try:
-        for worker in workers:
+        for worker in (w for ws in workers.values() for w in ws):
             await worker.start(nc)
-        yield nc
+        yield nc, workers
     finally:
-        for worker in workers:
+        for worker in (w for ws in workers.values() for w in ws):
             await worker.stop()
         await nc.close()
 
@@ -84,7 +85,7 @@ async def test_a_list_is_read_whole_though_replicas_order_it_differently(
     stages = [
         _stage(subjects, f"mcp-{n}", order) for n, order in enumerate([forward, backward, forward[::2] + forward[1::2]])
     ]
-    async with _replicas(nats_server.url, *stages) as nc:
+    async with _replicas(nats_server.url, *stages) as (nc, workers):
         asked: list[str] = []
         ask = _ask(nc, subjects, asked)
         for _ in range(6):  # each read: a summary from any replica, then eight pages or more
@@ -93,9 +94,22 @@ async def test_a_list_is_read_whole_though_replicas_order_it_differently(
             assert len(asked) > 8 and set(asked) == {catalog.replica}, asked  # every page from the summary's replica
             stage = next(s for s in stages if s.replica == catalog.replica)
             assert catalog.servers[0].tools == stage.upstreams["big"].listed("tools").whole  # that replica's version
+        # the cache's refreshes ask the replica its last read came from: its list is not paged and decoded again
+        del asked[:]
+        cache = CatalogCache(ask, ttl_s=0)  # every request reads again
+        first = await cache.servers()
+        paged = len(asked)
+        for _ in range(6):
+            assert (await cache.servers())["big"] is first["big"]  # not decoded again
+        assert len(asked) == paged + 6 and set(asked) == {cache.replica}, asked  # a summary each, from one replica
+        gone = cache.replica
+        for worker in workers[gone]:  # that replica goes away (a restart): any other answers
+            await worker.stop()
+        moved = await cache.servers()
+        assert cache.replica != gone and len(moved["big"].tools) == TOOLS
         # a replica answers on its own subject, whatever its name (a hostname-pid, or any text)
         odd = _stage(subjects, "host.with spaces*>", forward)
-    async with _replicas(nats_server.url, odd) as nc:
+    async with _replicas(nats_server.url, odd) as (nc, _):
         answer = await _ask(nc, subjects, [])(CatalogQuery(servers=["big"], kind="tools"), "host.with spaces*>")
         assert answer.replica == "host.with spaces*>" and answer.page is not None and answer.page.total == TOOLS
 
@@ -104,7 +118,7 @@ async def test_a_failed_read_serves_the_last_catalog_read_whole(
     nats_server: NatsServer, subjects: Subjects, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     stage = _stage(subjects, "mcp-0", list(range(TOOLS)))
-    async with _replicas(nats_server.url, stage) as nc:
+    async with _replicas(nats_server.url, stage) as (nc, _):
         cache = CatalogCache(_ask(nc, subjects, []), ttl_s=0)  # every request reads again
         before = await cache.servers()
         assert len(before["big"].tools) == TOOLS
