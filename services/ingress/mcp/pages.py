@@ -5,10 +5,11 @@ A cursor carries the list kind, the position in the catalog's whole list just pa
 short hash of that item's name (URI for resources): the next page starts right there while the list is unchanged,
 right after that item when items came or went before it, and a cursor whose item is gone is refused (the client
 lists again from the start, as it does on a list-changed notice). Positions count the whole list, not what the key
-sees, so a page costs the items it scans, never the whole list again. The hash is of an item the key was shown,
-and a cursor is followed only from an item the key may see: cursors tell nothing of the others, and a forged one
-cannot ask whether they exist. A cursor is found through an index of the list's anchors, so a forged one costs no
-more than a real one (it once cost a scan of the whole list, ~125 ms of the event loop for 40,000 tools).
+sees; what a key sees of a list version is worked out once per set of tool globs, so a page costs the page, never
+the whole list again. The hash is of an item the key was shown, and a cursor is followed only from an item the key
+may see: cursors tell nothing of the others, and a forged one cannot ask whether they exist. A cursor is found
+through an index of the list's anchors, so a forged one costs no more than a real one (it once cost a scan of the
+whole list: ~250 ms of the event loop for 40,000 tools, measured here under load).
 """
 
 from __future__ import annotations
