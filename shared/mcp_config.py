@@ -16,7 +16,8 @@ Shape (every key optional; unknown keys are rejected with file and line)::
           command: [python, -m, my_mcp_server]
           env_from: {API_TOKEN: FILES_TOKEN}    # child env var ← gateway env var
           max_list_pages: 100        # pages of one upstream list read (nextCursor) at most
-          max_list_items: 10000      # items of one upstream list at most (past either: the server is down)
+          max_list_items: 10000      # items of one upstream list at most
+          max_list_bytes: 8388608    # bytes of one upstream list's JSON at most (past any bound: the server is down)
           price_usd: 0.001           # per call, into the key's budgets and the ledger
           tool_prices: {search: 0.01}
         crm:
@@ -86,9 +87,12 @@ class McpServerConfig(_Strict):
     restart_backoff_s: float = Field(default=0.5, gt=0)
     restart_backoff_max_s: float = Field(default=30.0, gt=0)
     # the server's lists (tools, resources, resource templates, prompts) are read page by page (`nextCursor`) up to
-    # these bounds; a list past either (or a server repeating a cursor) is an error of the server, not cut short
+    # these bounds; a list past any (or a server repeating a cursor) is an error of the server, not cut short. The
+    # bytes bound what the mcp stage holds and what every ingress replica reads and decodes (several times the JSON
+    # in memory) of a list the upstream alone decides: its output is untrusted
     max_list_pages: int = Field(default=100, gt=0, le=10_000)
     max_list_items: int = Field(default=10_000, gt=0, le=1_000_000)
+    max_list_bytes: int = Field(default=8 * 1024 * 1024, gt=0, le=1024 * 1024 * 1024)
     price_usd: float = Field(default=0.0, ge=0)
     tool_prices: dict[str, float] = Field(default_factory=dict)
 

@@ -248,6 +248,11 @@ MCP_UPSTREAM_UP = Gauge(
     "gatehouse_mcp_upstream_up", "Whether the mcp stage holds a live session with an upstream server (1) or not.",
     ["service", "server"], registry=_R,
 )  # fmt: skip
+MCP_CATALOG_STALE = Counter(
+    "gatehouse_mcp_catalog_stale_reads",
+    "Reads of the MCP catalog that failed while ingress kept serving the last catalog it read whole.", ["service"],
+    registry=_R,
+)  # fmt: skip
 BATCH_ITEMS = Counter(
     "gatehouse_batch_items", "Batch items finished, by result (completed, failed, cancelled, expired) and error code.",
     ["service", "result", "code"], registry=_R,
@@ -294,7 +299,7 @@ for _metric in (
     REQUESTS, ERRORS, DURATION, TTFT, TOKENS, COST, UPSTREAM, UPSTREAM_DURATION, UPSTREAM_TTFT, RETRIES,
     BREAKER_STATE, BREAKER_TRANSITIONS, GUARD_VERDICTS, GUARD_FINDINGS, GUARD_SCAN, PENDING, ACK_PENDING, BATCH,
     INSERT, STORED, RECONNECTS, DISCONNECTS, SPANS_DROPPED, PLUGIN_CALLS, WEBHOOK_DELIVERIES, MCP_CALLS,
-    MCP_DURATION, MCP_UPSTREAM_UP,
+    MCP_DURATION, MCP_UPSTREAM_UP, MCP_CATALOG_STALE,
     BATCH_ITEMS, BATCH_DISPATCHED, BATCH_DISPATCH_DURATION,
     BATCH_RETRIES, BATCH_REJECTED, BATCH_RESERVATIONS, BATCH_QUEUE, BATCH_PENDING, BATCH_ACK_PENDING, BATCH_YIELDS,
 ):  # fmt: skip
@@ -416,6 +421,12 @@ def mcp_call(server: str, status: str, seconds: float) -> None:
 def mcp_upstream_up(server: str, up: bool) -> None:
     if _STATE.enabled:
         _set(MCP_UPSTREAM_UP, 1.0 if up else 0.0, server)
+
+
+def mcp_catalog_stale() -> None:
+    """A catalog read failed; ingress serves the last catalog it read whole."""
+    if _STATE.enabled:
+        _inc(MCP_CATALOG_STALE, 1)
 
 
 def router_retry(model: str, deployment: str, reason: str) -> None:

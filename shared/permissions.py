@@ -22,9 +22,9 @@ producer    (the default credential: neither publishes nor     (nor a namespace'
 producer    batch.items.ns.<ns>.* (ns: team.<id>, key.<id>),    batch.out.ns.<ns>.> (its namespace's result lines)
  <ns>       batch.api                                           _INBOX.<p>.producer.<ns>.> (its own inbox)
             (one per team or key: `gatehouse batch-producers create`, not a Role; see shared/producers.py)
-mcp         mcp.changed (list-changed notices); replies to       mcp.call, mcp.catalog, mcp.ping (mcp)
-            the calls and catalog queries it answers
-            (ingress: guard.mcp, guard.mcpscan, mcp.catalog, mcp.ping, events.mcp, the approvals KV;
+mcp         mcp.changed (list-changed notices); replies to       mcp.call, mcp.catalog, mcp.catalog.at.*,
+            the calls and catalog queries it answers             mcp.ping (mcp)
+            (ingress: guard.mcp, guard.mcpscan, mcp.catalog, mcp.catalog.at.*, mcp.ping, events.mcp, the approvals KV;
             subscribes mcp.changed;
             guard: mcp.call; subscribes guard.mcp, guard.mcpscan (guard))
 every service above: telemetry.spans and the spans stream's setup (its spans; accounting stores them through
@@ -161,6 +161,7 @@ def ingress(subjects: Subjects) -> Permissions:
             subjects.guard_mcp.name,
             subjects.guard_mcp_scan.name,  # the arguments of a call that needs an approval, scanned before it
             subjects.mcp_catalog.name,
+            subjects.mcp_catalog_replicas,  # the pages of a large list, from the replica whose summary named it
             subjects.events_mcp.name,
             subjects.ping("mcp"),
             *_kv(subjects.mcp_approvals_bucket),
@@ -368,6 +369,7 @@ def mcp(subjects: Subjects) -> Permissions:
         subscribe=(
             queue_entry(call),
             queue_entry(subjects.mcp_catalog),
+            f"{subjects.mcp_catalog_replicas} {subjects.mcp_catalog.queue}",  # its own: mcp.catalog.at.<replica>
             _ping_entry(subjects, "mcp", call.queue),
             f"{subjects.role_inbox('mcp')}.>",
         ),

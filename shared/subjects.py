@@ -5,6 +5,7 @@ A deployment (or a test) picks a prefix, so several gatehouse instances can shar
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Generic, TypeVar
@@ -557,6 +558,18 @@ class Subjects:
     def mcp_catalog(self) -> Service[CatalogQuery, Catalog]:
         """ingress → mcp (request/reply): every upstream server's tools, resources and prompts, and its health."""
         return Service(f"{self.prefix}.mcp.catalog", CatalogQuery, Catalog, queue="mcp")
+
+    def mcp_catalog_at(self, replica: str) -> Service[CatalogQuery, Catalog]:
+        """ingress → one mcp replica (request/reply): the pages of a list too large for the summary, asked of the
+        replica whose summary named it (each replica holds its own sessions, so its own version of each list). The
+        token is a hash of the replica's name: any name makes one subject token."""
+        token = hashlib.blake2b(replica.encode(), digest_size=8).hexdigest()
+        return Service(f"{self.prefix}.mcp.catalog.at.{token}", CatalogQuery, Catalog, queue="mcp")
+
+    @property
+    def mcp_catalog_replicas(self) -> str:
+        """Every mcp replica's own catalog subject (`mcp_catalog_at`)."""
+        return f"{self.prefix}.mcp.catalog.at.*"
 
     @cached_property
     def mcp_changed(self) -> Subject[CatalogChanged]:

@@ -319,12 +319,17 @@ class Gateway:
             raise InvalidRequestError(result.error)
         return {"columns": result.columns, "rows": result.rows, "truncated": result.truncated}
 
-    async def catalog(self, query: CatalogQuery) -> Catalog:
-        """Every upstream MCP server's lists and health, from an mcp stage replica."""
+    async def catalog(self, query: CatalogQuery, replica: str = "") -> Catalog:
+        """Every upstream MCP server's lists and health, from an mcp stage replica (`replica`, when named)."""
         if not self.config.mcp.servers:
             return Catalog()  # no server configured, so no mcp stage runs: nothing to list
-        unavailable = "No mcp stage replica answered; try again shortly."
-        return await self._ask(self.subjects.mcp_catalog, query, self.nats_timeout_s, unavailable)
+        subject = self.subjects.mcp_catalog_at(replica) if replica else self.subjects.mcp_catalog
+        unavailable = (
+            f"The mcp stage replica {replica[:100]!r} did not answer."
+            if replica
+            else "No mcp stage replica answered; try again shortly."
+        )
+        return await self._ask(subject, query, self.nats_timeout_s, unavailable)
 
     async def usage(self, query: UsageQuery) -> dict[str, object]:
         """A usage summary from accounting (the admin API's `/usage`)."""

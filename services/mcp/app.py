@@ -1,6 +1,7 @@
 """mcp: `<p>.mcp.call` (ToolCall, from the guard) → the upstream MCP server's session → ToolOutcome to the reply
-inbox; `<p>.mcp.catalog` (CatalogQuery) → every server's lists and health; a server's list-changed
-notification → `<p>.mcp.changed` (every ingress replica).
+inbox; `<p>.mcp.catalog` (CatalogQuery) → every server's lists and health, and `<p>.mcp.catalog.at.<replica>` → the
+pages of a list this replica's summary named; a server's list-changed notification → `<p>.mcp.changed` (every
+ingress replica).
 
 Holds one session per configured upstream server (Streamable HTTP, legacy SSE, or a stdio child it launches
 and relaunches with backoff), so the MCP stage scales on its own: each replica holds its own sessions, and
@@ -38,6 +39,7 @@ log = logging.getLogger("gatehouse.mcp")
 DEFAULT_MAX_PAYLOAD = 1024 * 1024  # nats-server's default
 ANSWER_MARGIN = 4096  # the reply's headers and subject
 PAGE_OVERHEAD = 512  # a page answer's fields besides its items (msgpack)
+CATALOG_CONCURRENCY = 16  # catalog queries a replica answers at once, on each of its two subjects
 
 
 class McpStage:
@@ -55,6 +57,7 @@ class McpStage:
             for name, cfg in config.servers.items()
         }
         self._tasks: list[asyncio.Task[None]] = []
+        self.max_payload = DEFAULT_MAX_PAYLOAD  # the bus's (set when connected)
         # a catalog answer's bound once encoded: the bus's max_payload less a margin (set when connected)
         self.message_bytes = DEFAULT_MAX_PAYLOAD - ANSWER_MARGIN
         self._summary: tuple[object, bytes] | None = None  # the last summary encoded, and the state it shows
@@ -96,6 +99,31 @@ class McpStage:
             call_id=call.call_id, result=result, error=error, upstream_ms=seconds * 1000, mcp_replica=self.replica
         )
 
+    def catalog_workers(self) -> list[QueueWorker]:
+        """The catalog's subscriptions: `<p>.mcp.catalog`, which any replica answers (summaries), and this replica's
+        own, where ingress asks for the pages of a list that this replica's summary named (another replica, with
+        its own session, may hold another version of it: a stdio child ordering its list its own way, a list
+        scoped per session, a refresh not yet done)."""
+        shared, own = self.subjects.mcp_catalog, self.subjects.mcp_catalog_at(self.replica)
+        return [
+            QueueWorker(shared.name, shared.queue, self.on_catalog, CATALOG_CONCURRENCY),
+            QueueWorker(own.name, own.queue, self.on_catalog, CATALOG_CONCURRENCY),
+        ]
+
+    async def on_catalog(self, msg: Msg) -> None:
+        if not msg.reply:
+            return
+        encode = self.subjects.mcp_catalog.encode_reply
+        try:
+            answer = self.answer(msg.data)
+        except Exception:  # a bug still answers: ingress must not wait out its timeout
+            log.exception("catalog query failed in the mcp stage")
+            answer = encode(Catalog(replica=self.replica, error="internal error"))
+        if len(answer) > self.max_payload:  # never by construction; never silently either
+            log.error("a catalog answer of %d bytes is larger than the bus carries", len(answer))
+            answer = encode(Catalog(replica=self.replica, error="the catalog answer is larger than the bus carries"))
+        await msg.respond(answer)
+
     def answer(self, data: bytes) -> bytes:
         """The encoded answer to a catalog query, never larger than `message_bytes`. A summary is encoded once per
         state of the servers it covers: every ingress replica asks for one every few seconds (and after every
@@ -127,7 +155,7 @@ class McpStage:
             )
         )
         inline: set[tuple[str, CatalogKind]] = set()
-        for size, name, kind in sorted((len(u.listed(k).whole) + 5, u.name, k) for u in upstreams for k in KINDS):
+        for size, name, kind in sorted((u.listed(k).size + 5, u.name, k) for u in upstreams for k in KINDS):
             if size > room:
                 break
             room -= size
@@ -179,24 +207,9 @@ def create_app(settings: McpSettings) -> FastStream:
             outcome = ToolOutcome(call_id="", error=mcp_errors.internal(), mcp_replica=settings.replica)
         await msg.respond(subjects.mcp_call.encode_reply(outcome))
 
-    async def on_catalog(msg: Msg) -> None:
-        if not msg.reply:
-            return
-        try:
-            answer = stage.answer(msg.data)
-        except Exception:  # a bug still answers: ingress must not wait out its timeout
-            log.exception("catalog query failed in the mcp stage")
-            answer = subjects.mcp_catalog.encode_reply(Catalog(replica=settings.replica, error="internal error"))
-        if len(answer) > broker.connection.max_payload:  # never by construction; never silently either
-            log.error("a catalog answer of %d bytes is larger than the bus carries", len(answer))
-            answer = subjects.mcp_catalog.encode_reply(
-                Catalog(replica=settings.replica, error="the catalog answer is larger than the bus carries")
-            )
-        await msg.respond(answer)
-
-    call, catalog = subjects.mcp_call, subjects.mcp_catalog
+    call = subjects.mcp_call
     worker = QueueWorker(call.name, call.queue, on_call, settings.mcp_max_concurrency)
-    lister = QueueWorker(catalog.name, catalog.queue, on_catalog, 16)
+    listers = stage.catalog_workers()
     app = FastStream(broker, logger=log)
     subs: list[Subscription] = []
 
@@ -204,18 +217,21 @@ def create_app(settings: McpSettings) -> FastStream:
     async def _start() -> None:
         nc = broker.connection
         stage.publish = nc.publish
+        stage.max_payload = nc.max_payload
         stage.message_bytes = nc.max_payload - ANSWER_MARGIN
         await telemetry.start(nc)
         metrics.in_flight(lambda: worker.in_flight)
         stage.start()
         await worker.start(nc)
-        await lister.start(nc)
+        for lister in listers:
+            await lister.start(nc)
         subs.append(await answer_pings(nc, subjects.ping("mcp"), call.queue))
 
     @app.on_shutdown
     async def _drain() -> None:
         await worker.stop()
-        await lister.stop()
+        for lister in listers:
+            await lister.stop()
         for sub in subs:
             await sub.unsubscribe()
         await stage.stop()

@@ -57,29 +57,41 @@ def result_json(result: Any) -> bytes:
     return _JSON.encode(data)
 
 
-def _dump_each(items: list[Any]) -> list[bytes]:
-    """Each item of a list as its JSON (the list is `[` + the items joined by `,` + `]`)."""
-    return [_JSON.encode(i.model_dump(by_alias=True, mode="json", exclude_none=True)) for i in items]
+def _dumped(item: Any) -> bytes:
+    """One list item as the JSON a handshake-era client reads (a list is `[` + its items joined by `,` + `]`)."""
+    return _JSON.encode(item.model_dump(by_alias=True, mode="json", exclude_none=True))
 
 
 class Listed(msgspec.Struct, frozen=True):
-    """One list of a server: its items' JSON, the whole list's JSON, and a digest naming this version of it."""
+    """One list of a server: its items' JSON, the whole list's size in bytes, and a digest naming this version.
+
+    The whole list is not kept beside its items (it would hold every item twice): it is joined when a summary
+    carries it inline, which only a list that fits in one bus message does."""
 
     items: list[bytes]
-    whole: bytes
+    size: int
     digest: str
 
     @classmethod
     def of(cls, items: list[bytes]) -> Listed:
-        whole = b"[" + b",".join(items) + b"]"
-        return cls(items, whole, hashlib.blake2b(whole, digest_size=16).hexdigest())
+        digest = hashlib.blake2b(digest_size=16)
+        digest.update(b"[")
+        for n, item in enumerate(items):
+            digest.update(b"," + item if n else item)
+        digest.update(b"]")
+        size = 2 + sum(len(i) for i in items) + max(len(items) - 1, 0)  # brackets, items, commas
+        return cls(items, size, digest.hexdigest())
+
+    @property
+    def whole(self) -> bytes:
+        return b"[" + b",".join(self.items) + b"]"
 
 
 EMPTY = Listed.of([])
 
 
 class ListBoundError(Exception):
-    """An upstream's list is past the bounds the config sets for it (pages, items), or its paging loops."""
+    """An upstream's list is past the bounds the config sets for it (pages, items, bytes), or its paging loops."""
 
 
 class Upstream:
@@ -218,13 +230,7 @@ class Upstream:
         lists: dict[CatalogKind, Listed] = {}
         for kind in kinds:
             offered = caps.tools if kind == "tools" else caps.prompts if kind == "prompts" else caps.resources
-            items = _dump_each(await self._list_all(client, kind)) if offered else []
-            # one item must fit in one bus message of the catalog (the page it travels in): as a result does
-            if big := next((len(i) for i in items if len(i) > self.max_result_bytes), None):
-                raise ListBoundError(
-                    f"an item of its {kind} list is {big} bytes; the gateway passes at most {self.max_result_bytes}"
-                )
-            lists[kind] = Listed.of(items)
+            lists[kind] = Listed.of(await self._list_all(client, kind) if offered else [])
         changed = [
             kind for kind, new in lists.items() if kind not in self._lists or new.digest != self._lists[kind].digest
         ]
@@ -233,11 +239,13 @@ class Upstream:
             self.revision += 1
         return changed
 
-    async def _list_all(self, client: Client, kind: CatalogKind) -> list[Any]:
-        """Every item of one list, following `nextCursor` page by page, within the server's bounds
-        (`max_list_pages`, `max_list_items`); ListBoundError past them or when the server repeats a cursor."""
+    async def _list_all(self, client: Client, kind: CatalogKind) -> list[bytes]:
+        """Every item of one list as its JSON, following `nextCursor` page by page, within the server's bounds
+        (`max_list_pages`, `max_list_items`, `max_list_bytes`, and `max_result_bytes` an item); ListBoundError past
+        them, checked as each page arrives, or when the server repeats a cursor."""
         cfg = self.cfg
-        items: list[Any] = []
+        items: list[bytes] = []
+        size = 2  # the brackets of the whole list
         seen: set[str] = set()
         cursor: str | None = None
         page: list[Any]
@@ -254,9 +262,22 @@ class Upstream:
             else:
                 prompts = await client.list_prompts(cursor=cursor)
                 page, cursor = prompts.prompts, prompts.next_cursor
-            items.extend(page)
-            if len(items) > cfg.max_list_items:
+            if len(items) + len(page) > cfg.max_list_items:
                 raise ListBoundError(f"its {kind} list has more than {cfg.max_list_items} items (max_list_items)")
+            for item in page:
+                data = _dumped(item)
+                # one item must fit in one bus message of the catalog (the page it travels in): as a result does
+                if len(data) > self.max_result_bytes:
+                    raise ListBoundError(
+                        f"an item of its {kind} list is {len(data)} bytes; the gateway passes at most "
+                        f"{self.max_result_bytes}"
+                    )
+                size += len(data) + (1 if items else 0)
+                # the list is held whole by this stage and decoded by every ingress replica: its bytes are bounded
+                # as they come, not once an upstream has made the stage hold all it chose to send
+                if size > cfg.max_list_bytes:
+                    raise ListBoundError(f"its {kind} list is larger than {cfg.max_list_bytes} bytes (max_list_bytes)")
+                items.append(data)
             if not cursor:
                 return items
             if cursor in seen:

@@ -361,3 +361,21 @@ async def test_the_request_path_and_every_request_reply_work(conns: dict[Role, C
     assert (await admin.nc.request(SUBJECTS.accounting_sql.name, b"q", timeout=5)).data == b"accounting ok"
     for conn in conns.values():
         assert await conn.violations() == [], conn.role
+
+
+async def test_ingress_asks_one_mcp_replica_on_its_own_catalog_subject(conns: dict[Role, Conn]) -> None:
+    """The pages of a large list come from the replica whose summary named them (services/ingress/mcp/catalog.py):
+    the mcp role answers on its own subject in its queue group, ingress asks there, and no other role may listen."""
+    own = SUBJECTS.mcp_catalog_at("mcp-host-1234")
+
+    async def answer(msg: Msg) -> None:
+        await msg.respond(b"page")
+
+    await conns["mcp"].nc.subscribe(own.name, queue=own.queue, cb=answer)
+    await conns["mcp"].nc.flush()
+    reply = await conns["ingress"].nc.request(own.name, b"query", timeout=5)
+    assert reply.data == b"page"
+    assert await conns["mcp"].violations() == [] and await conns["ingress"].violations() == []
+    await conns["guard"].nc.subscribe(own.name, queue=own.queue)
+    refused = await conns["guard"].violations()
+    assert refused and f'subscription to "{own.name.lower()}"' in refused[0]

@@ -7,7 +7,8 @@
 - GET: the session's server-to-client stream (SSE): list-changed notifications as upstream servers send them.
 - DELETE: ends the session.
 The lists (tools, resources, resource templates, prompts) are paged: `mcp.list_page_size` items a page, an opaque
-`nextCursor` naming the next one (services/ingress/mcp/pages.py); a cursor the list did not give is -32602.
+`nextCursor` naming the next one (services/ingress/mcp/pages.py); a cursor the list did not give is -32602, and
+past 30 of those a minute a key's requests with a cursor are refused as rate limited (-32012) until the next.
 Every request authenticates with a gatehouse key (`Authorization: Bearer`); 401 otherwise.
 """
 
@@ -24,7 +25,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from services.ingress.body import read_body
 from services.ingress.mcp.calls import CallContext, CallFailed, ToolCalls
-from services.ingress.mcp.catalog import CatalogCache
+from services.ingress.mcp.catalog import CatalogCache, CursorsLimited
 from services.ingress.mcp.pages import BadCursor
 from services.ingress.mcp.runs import RUN_HEADER, BadRunId, run_id_of
 from services.ingress.mcp.sessions import Session, Sessions
@@ -34,7 +35,7 @@ from shared.auth import Authenticator
 from shared.directory import Entitlement
 from shared.errors import GatewayError, InvalidRequestError, PayloadTooLargeError
 from shared.mcp_config import DEFAULT_PAGE_SIZE
-from shared.schemas.mcp import CatalogChanged
+from shared.schemas.mcp import CatalogChanged, McpError
 
 log = logging.getLogger("gatehouse.ingress.mcp")
 
@@ -273,6 +274,8 @@ class McpEndpoint:
             items, next_cursor = await self.catalog.page(kind, ctx.ent, cursor, self.page_size)
         except BadCursor as exc:
             raise CallFailed(mcp_errors.invalid(str(exc))) from None
+        except CursorsLimited as exc:
+            raise CallFailed(McpError(code=mcp_errors.RATE_LIMITED, message=str(exc), status="rate_limited")) from None
         except Exception as exc:
             log.warning("mcp catalog unavailable: %s: %s", type(exc).__name__, exc)
             raise CallFailed(mcp_errors.gateway_unavailable("MCP stage")) from None

@@ -13,16 +13,16 @@ from services.ingress.mcp.catalog import CatalogUnavailable, Known, read_catalog
 from services.mcp.app import McpStage
 from services.mcp.upstream import Listed
 from shared.mcp_config import McpConfig, McpServerConfig
-from shared.schemas.mcp import Catalog, CatalogQuery
+from shared.schemas.mcp import Catalog, CatalogKind, CatalogQuery
 from shared.subjects import Subjects
 
 SUBJECTS = Subjects("unitcat")
 LIMIT = 16_000
 
 
-def _stage(tools: int, description: int = 300) -> McpStage:
+def _stage(tools: int, description: int = 300, replica: str = "r1") -> McpStage:
     servers = {n: McpServerConfig(transport="stdio", command=["true"]) for n in ("big", "small")}
-    stage = McpStage(McpConfig(servers=servers), SUBJECTS, "r1", 4096)
+    stage = McpStage(McpConfig(servers=servers), SUBJECTS, replica, 4096)
     stage.message_bytes = LIMIT
     for name, count in (("big", tools), ("small", 3)):
         upstream = stage.upstreams[name]
@@ -37,9 +37,11 @@ def _asker(*stages: McpStage) -> tuple[list[int], Callable[[CatalogQuery], Await
     sizes: list[int] = []
     turn = [0]
 
-    async def ask(query: CatalogQuery) -> Catalog:
+    async def ask(query: CatalogQuery, replica: str) -> Catalog:
         stage = stages[turn[0] % len(stages)]
         turn[0] += 1
+        if replica:  # one replica asked by name (the pages of the list its summary named)
+            stage = next(s for s in stages if s.replica == replica)
         data = stage.answer(SUBJECTS.mcp_catalog.encode(query))
         sizes.append(len(data))
         return SUBJECTS.mcp_catalog.decode_reply(data)
@@ -68,19 +70,30 @@ async def test_a_small_catalog_is_one_answer() -> None:
 
 
 async def test_pages_from_another_version_of_a_list_are_never_mixed() -> None:
-    one, other = _stage(400), _stage(401)  # two replicas that disagree (one saw a change the other did not yet)
+    one, other = _stage(400), _stage(401, replica="r2")  # replicas that disagree (one saw a change not yet seen)
     _, ask = _asker(one, other)
-    with pytest.raises(CatalogUnavailable, match="changed during 3 reads"):
+    for _ in range(4):  # summaries from each in turn: every page from the replica whose summary named it
+        catalog = await read_catalog(ask)
+        count = len(json.loads(next(s for s in catalog.servers if s.name == "big").tools))
+        assert count == {"r1": 400, "r2": 401}[catalog.replica]
+    page = one._page
+
+    def changing(server: str, kind: CatalogKind, offset: int) -> Catalog:  # the list changes as it is paged
+        answer = page(server, kind, offset)
+        big = one.upstreams["big"]
+        big._lists["tools"] = Listed.of([*big._lists["tools"].items, b'{"name":"more"}'])
+        big.revision += 1
+        return answer
+
+    one._page = changing  # type: ignore[method-assign]
+    _, ask = _asker(one)
+    with pytest.raises(CatalogUnavailable, match="in 3 reads in a row: big's tools changed while it was read"):
         await read_catalog(ask)
-    same = _stage(400)
-    _, ask = _asker(one, same)  # replicas that agree: any of them may answer any page
-    catalog = await read_catalog(ask)
-    assert len(json.loads(next(s for s in catalog.servers if s.name == "big").tools)) == 400
 
 
 async def test_a_page_query_for_an_unknown_server_is_a_clear_error() -> None:
     _, ask = _asker(_stage(1))
-    answer = await ask(CatalogQuery(servers=["nope"], kind="tools"))
+    answer = await ask(CatalogQuery(servers=["nope"], kind="tools"), "")
     assert answer.page is None and "No MCP server 'nope'" in answer.error
 
 

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from services.ingress.mcp import pages
-from services.ingress.mcp.catalog import CatalogCache, CatalogUnavailable
+from services.ingress.mcp.catalog import BAD_CURSORS_PER_MINUTE, CatalogCache, CatalogUnavailable, CursorsLimited
 from services.ingress.mcp.pages import BadCursor, encode_cursor
 from shared.directory import Directory, Entitlement
 from shared.governance import Limits, Team, VirtualKey
@@ -121,7 +121,7 @@ class _Stage:
         self.entered = asyncio.Event()
         self.fail = False
 
-    async def ask(self, query: CatalogQuery) -> Catalog:
+    async def ask(self, query: CatalogQuery, replica: str = "") -> Catalog:
         self.asked += 1
         # the answer is what the stage held when asked (a change after it is the next read's)
         answer = Catalog(error="stage broken") if self.fail else Catalog(servers=list(self.servers), replica="r")
@@ -196,3 +196,77 @@ async def test_the_cache_pages_every_servers_list_for_the_key() -> None:
     assert [t["name"] for t in rest] == ["t__b1", "t__b2"] and end is None
     with pytest.raises(BadCursor):
         await cache.page("prompts", ent, cursor, 4)
+
+
+def _restricted(*globs: str) -> Entitlement:
+    directory = Directory()
+    directory.put(Team(id="t"))
+    directory.put(VirtualKey(id="r", team="t", sha256="1" * 64, limits=Limits(tools=list(globs))))
+    return directory.entitlement(directory.keys["r"])
+
+
+class _Counted:
+    """How many items a page checked: anchors hashed and items put to the key's globs."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.anchors = 0
+        self.checks = 0
+        anchor, allows = pages._anchor, Entitlement.allows_tool
+
+        def counted_anchor(identity: str) -> str:
+            self.anchors += 1
+            return anchor(identity)
+
+        def counted_allows(ent: Entitlement, name: str) -> bool:
+            self.checks += 1
+            return allows(ent, name)
+
+        monkeypatch.setattr(pages, "_anchor", counted_anchor)
+        monkeypatch.setattr(Entitlement, "allows_tool", counted_allows)
+
+    def reset(self) -> None:
+        self.anchors = self.checks = 0
+
+
+async def test_a_forged_cursor_costs_what_a_real_one_does_not_a_scan_of_the_list(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A cursor whose anchor is not at its position was looked for in the whole list (blake2b and the key's globs on
+    every item: ~125 ms of the event loop for 40,000 tools); it is found in the list's anchor index instead."""
+    stage = _Stage(_server("s", [f"t{i}" for i in range(40_000)]))
+    cache = CatalogCache(stage.ask)
+    ent = _restricted("s__t1*")  # 11,111 of the 40,000
+    first, cursor = await cache.page("tools", ent, None, 100)  # the catalog read, its index and this key's view
+    assert len(first) == 100 and cursor is not None
+    counted = _Counted(monkeypatch)
+    forged = [
+        base64.urlsafe_b64encode(json.dumps(["tools", 5, "anything"]).encode()).decode(),
+        encode_cursor("tools", 5, "s__t39999"),  # a real item the key may not see, at another position
+        encode_cursor("tools", 39_999, "s__t1"),  # one it may see, at another position
+    ]
+    for cursor_ in forged[:2]:
+        with pytest.raises(BadCursor):
+            await cache.page("tools", ent, cursor_, 100)
+    moved, _ = await cache.page("tools", ent, forged[2], 3)
+    assert [t["name"] for t in moved] == ["s__t10", "s__t11", "s__t12"]  # right after s__t1, wherever it is
+    nxt, _ = await cache.page("tools", ent, cursor, 100)  # a real cursor, the next page
+    assert nxt[0]["name"] == "s__t189" and len(nxt) == 100  # after s__t1, s__t10…19 and s__t100…188
+    # four pages, none of which checked more than its cursor's item: no scan of the list, nor of what the key sees
+    assert counted.anchors <= 8 and counted.checks <= 8, (counted.anchors, counted.checks)
+
+
+async def test_a_key_sending_invalid_cursors_is_rate_limited_until_the_next_minute() -> None:
+    stage = _Stage(_server("s", ["a", "b", "c"]))
+    cache = CatalogCache(stage.ask)
+    ent, other = _restricted("s__*"), _ent()
+    now = 1_000_040.0  # 20 s into a minute
+    _, good = await cache.page("tools", ent, None, 1, now=now)
+    assert good is not None
+    for _ in range(BAD_CURSORS_PER_MINUTE):
+        with pytest.raises(BadCursor):
+            await cache.page("tools", ent, encode_cursor("tools", 1, "gone"), 1, now=now)
+    with pytest.raises(CursorsLimited, match="try again in 40s"):
+        await cache.page("tools", ent, good, 1, now=now)  # a good cursor too: the key is refused before any lookup
+    assert (await cache.page("tools", ent, None, 1, now=now))[0] == [{"name": "s__a", "inputSchema": {}}]
+    assert (await cache.page("tools", other, good, 1, now=now))[0] == [{"name": "s__b", "inputSchema": {}}]
+    assert (await cache.page("tools", ent, good, 1, now=now + 40))[0] == [{"name": "s__b", "inputSchema": {}}]

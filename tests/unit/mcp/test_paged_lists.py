@@ -76,6 +76,29 @@ async def test_a_list_past_the_servers_bounds_is_a_clear_error_not_a_cut_list(
     assert items.error == "listing: its tools list has more than 120 items (max_list_items)"
 
 
+async def test_a_list_past_its_bytes_is_refused_as_its_pages_arrive(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A list's bytes are bounded (what the stage holds, what every ingress decodes): the reading stops at the
+    page that passes the bound, not once the upstream has sent all it chose to."""
+    pages: list[str | None] = []
+    list_tools = Client.list_tools
+
+    async def counted(self: Client, *args: object, **kwargs: object) -> object:
+        result = await list_tools(self, *args, **kwargs)
+        pages.append(result.next_cursor)
+        return result
+
+    monkeypatch.setattr(Client, "list_tools", counted)
+    upstream = _upstream("250", "10", max_list_bytes=4000)  # 25 pages of ~75-byte tools: ~19 kB in all
+    await _running(upstream, lambda: "max_list_bytes" in upstream.error, "refusing a list of ~19 kB")
+    assert upstream.error == "listing: its tools list is larger than 4000 bytes (max_list_bytes)"
+    assert not upstream.healthy and json.loads(upstream.catalog().tools) == []
+    # every connect stops at the page that passes ~4 kB (the 6th): no page past it was ever asked for
+    assert pages and max(int(c) for c in pages if c) <= 60, pages
+    fits = _upstream("250", "10", max_list_bytes=40_000)
+    catalog = await _running(fits, lambda: fits.healthy, "connecting")
+    assert len(catalog.tools) <= 40_000 and len(json.loads(catalog.tools)) == 250
+
+
 async def test_a_server_repeating_its_cursor_is_refused_not_followed_forever() -> None:
     upstream = _upstream("5", "2", "loop")  # every page says "again"
     await _running(upstream, lambda: "paging loop" in upstream.error, "seeing the loop")
