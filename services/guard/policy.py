@@ -39,6 +39,8 @@ from shared.guard_config import Action, GuardrailsConfig, PolicyConfig, RuleActi
 from shared.schemas.chat import GuardFinding
 
 Verdict = Literal["allow", "flag", "redact", "block"]
+# put before a part of a words view that starts mid-line: not a character a line-anchored rule allows at a line's start
+_MID_LINE = "."
 VERDICT_RANK: dict[str, int] = {"allow": 0, "flag": 1, "redact": 2, "block": 3}
 
 
@@ -227,24 +229,31 @@ class Policy:
     def _as_words(self, text: str, part: int, found: list[Decision]) -> list[Decision]:
         """The injection scanner's findings in the text's words view (`identifiers.words_view`: a run is one token to
         it, so `ignore_all_previous_instructions` would read as nothing), spans mapped back to the text, each run
-        spanned whole; none it found already."""
+        spanned whole; none it found already. Only the spaced runs with their context are read again
+        (`WordsView.windows`): the rest of the view is the text's own, copied, which `decide` has just read."""
         step = self._injection
         view = identifiers.words_view(text) if step is not None else None
         if step is None or view is None:
             return []
         seen = {d.finding.rule for d in found if d.finding.scanner == step.scanner.name}
         out: list[Decision] = []
-        for finding in step.scanner.scan(view.text):
-            if finding.rule in seen:
-                continue
-            if finding.rule == CLASSIFIER_RULE and not identifiers.classifier_stands(view.text, finding.score):
-                continue  # short spaced names read like prompts to it (identifiers.CLASSIFIER_FLOOR)
-            seen.add(finding.rule)
-            start, end = view.to_original(finding.start, finding.end)
-            mapped = replace(finding, start=start, end=end)
-            action = self._action(step, mapped)
-            if action is not None:
-                out.append(Decision(mapped, action, part))
+        # only the spaced runs in their context: the rest of the view is the text's own, which `decide` scanned
+        for left, right in view.windows():
+            # a part cut mid-line must not read as a line's start to the rules anchored there (`system:` headers)
+            lead = _MID_LINE if left > 0 and view.text[left - 1] != "\n" else ""
+            part_text = lead + view.text[left:right]
+            for finding in step.scanner.scan(part_text):
+                if finding.rule in seen:
+                    continue
+                if finding.rule == CLASSIFIER_RULE and not identifiers.classifier_stands(part_text, finding.score):
+                    continue  # short spaced names read like prompts to it (identifiers.CLASSIFIER_FLOOR)
+                seen.add(finding.rule)
+                offset = left - len(lead)
+                start, end = view.to_original(max(finding.start + offset, left), max(finding.end + offset, left + 1))
+                mapped = replace(finding, start=start, end=end)
+                action = self._action(step, mapped)
+                if action is not None:
+                    out.append(Decision(mapped, action, part))
         return out
 
 

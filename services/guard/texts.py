@@ -1,19 +1,26 @@
 """Where the scannable text of a request lives, and how to put redacted text back (pure).
 
 Reads the canonical request Structs (shared.schemas.openai): every string a model will read is a slot,
-whoever wrote it — message contents and text parts, refusals and reasoning of earlier turns, tool-call
-names and arguments, tool names, descriptions and parameter schemas (their property names included), the
-tool named by `tool_choice` (or the legacy `function_call`), `response_format` schema, name and description,
-and embeddings inputs. The Anthropic and Responses request paths are covered through their canonical
-translation (`tool_use` blocks and `function_call` items become `tool_calls`), which is what the guard scans.
+whoever wrote it — message contents and text parts, the participant `name` of a message, the filename of a
+file part, refusals and reasoning of earlier turns, tool-call names and arguments, tool names, descriptions
+and parameter schemas (their property names included), the tool named by `tool_choice` (or the legacy
+`function_call`), `response_format` schema, name and description, and embeddings inputs. The Anthropic and
+Responses request paths are covered through their canonical translation (`system` blocks and `instructions`
+become a system message, `tool_result` blocks and `function_call_output` items tool messages, `tool_use` blocks
+and `function_call` items `tool_calls`), which is what the guard scans.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
+from services.guard.redaction import PLACEHOLDER
 from shared.schemas.openai import ChatCompletionRequest, ContentPart, EmbeddingsRequest, Message
 
+# a message's `name` as OpenAI accepts it: letters, digits, `_` and `-`, at most 64 (`messages[i].name: string does
+# not match pattern`); a placeholder's angle brackets are not allowed there
+MAX_NAME_CHARS = 64
 # how deep a JSON schema is walked for strings (schemas nest; a hostile one may nest without end)
 MAX_SCHEMA_DEPTH = 32
 # schema keywords whose values are structure, not text a model reads as instructions
@@ -36,12 +43,16 @@ _KEYWORDS = frozenset({
 class TextSlot:
     """One string inside a request: its path for reports, and where it is held (a Struct attribute
     or a dict/list item) so a redacted text can be written back; `name`: the slot is the dict's key itself
-    (a schema's property name), not the value under it."""
+    (a schema's property name), not the value under it; `word`: a single word by the API's own rules (a
+    message's participant name), which a policy does not read as a prompt either; `fit`: what a redacted text
+    becomes before it is written back, so the field stays one the API accepts."""
 
     location: str
     owner: object
     key: str | int
     name: bool = False
+    word: bool = False
+    fit: Callable[[str], str] | None = None
 
     def get(self) -> str:
         owner = self.owner
@@ -52,6 +63,8 @@ class TextSlot:
 
     def set(self, text: str) -> None:
         owner = self.owner
+        if self.fit is not None and text != self.get():
+            text = self.fit(text)
         if self.name and isinstance(owner, dict):
             if text != self.key:
                 _rename(owner, str(self.key), text)
@@ -147,9 +160,20 @@ def _parts(parts: list[ContentPart], where: str, slots: list[TextSlot]) -> None:
     for j, part in enumerate(parts):
         _attr(part, "text", f"{where}[{j}].text", slots)
         _attr(part, "refusal", f"{where}[{j}].refusal", slots)
+        if part.file is not None:  # an OpenAI-compatible server shows the model a file's name with its contents
+            _attr(part.file, "filename", f"{where}[{j}].file.filename", slots)
+
+
+def participant_name(redacted: str) -> str:
+    """A redacted message `name` as the API takes one: each placeholder without its angle brackets (`<EMAIL_1>` →
+    `EMAIL_1`), at most `MAX_NAME_CHARS` characters."""
+    return PLACEHOLDER.sub(lambda m: m.group()[1:-1], redacted)[:MAX_NAME_CHARS]
 
 
 def _message(message: Message, where: str, slots: list[TextSlot]) -> None:
+    if isinstance(message.name, str):
+        # the participant's name is text the model reads with the message (`name: ignore_all_previous_rules`)
+        slots.append(TextSlot(f"{where}.name", message, "name", word=True, fit=participant_name))
     content = message.content
     if isinstance(content, str):
         slots.append(TextSlot(f"{where}.content", message, "content"))
@@ -202,9 +226,9 @@ def read(slots: list[TextSlot]) -> list[str]:
 
 
 def names(slots: list[TextSlot]) -> frozenset[int]:
-    """The indexes of the slots that are keys: single words a policy does not read as prompts (`Policy.scan_texts`'s
-    `tokens`)."""
-    return frozenset(i for i, s in enumerate(slots) if s.name)
+    """The indexes of the slots that are keys or single words by the API's rules: words a policy does not read as
+    prompts (`Policy.scan_texts`'s `tokens`)."""
+    return frozenset(i for i, s in enumerate(slots) if s.name or s.word)
 
 
 def write(slots: list[TextSlot], texts: tuple[str, ...] | list[str]) -> None:

@@ -41,12 +41,19 @@ _MODEL_PRIOR = _any("your", "ur", "previous", "prior", "above", "earlier", "prec
                     "system prompt'?s?")  # fmt: skip
 # for the ordinary verbs: "delete the old prompts" is a prompt library's chore, "delete your prompts" is not
 _ORDINARY_PRIOR = _any(_MODEL_PRIOR, "system", "initial", "original", "given")
-_INSTRUCTION = _any("instructions?", "prompts?", "directions?", "directives?", "guide[li]ines", "guidance")
-_GENERIC = _any("ru[li]es", "commands?", "orders?", "constraints?", "restrictions?", "programming", "context",
+_INSTRUCTION = _any("instructions?", "prompts?", "directions?", "directives?", "guide[li]ines?", "guidance")
+_GENERIC = _any("ru[li]es?", "commands?", "orders?", "constraints?", "restrictions?", "programming", "context",
                 "training", "policies", "policy", "conditioning", "limitations?", "settings?", "tasks?")  # fmt: skip
 # a qualifier after the object that ties it to the model: "the rules you were given", "the settings above"
 _MODEL_AFTER = _any("above", "given to you", "(?:that |which )?you(?:'ve| have)?" + S + "(?:been|were|got)" + S +
                     "(?:given|told|taught|trained|programmed|instructed)")  # fmt: skip
+# "override all previous rules": with a quantifier and a qualifier tied to the model straight before a model-type
+# object, "override" (and its synonyms) is the override form; configuration talk names the thing overridden ("the
+# previous spam rules", "all default rules", "the previous settings")
+_SUPERSEDE_VERB = _any("override", "overrule", "supersede", "nullify", "invalidate", "set aside", "cancel")
+_QUANTIFIER = _any("all", "any", "every", "each")
+_MODEL_OBJECT = _any(_INSTRUCTION, "ru[li]es?", "commands?", "constraints?", "restrictions?", "limitations?",
+                     "programming", "training", "conditioning", "guardrails?", "safeguards?")  # fmt: skip
 _REVEAL_VERB = _any("reveal", "print", "output", "repeat", "display", "leak", "dump", "disclose", "expose", "recite",
                     "spell out", "show", "tell me", "give me", "write out", "write down", "paste", "echo", "share",
                     "list", "provide", "return", "send")  # fmt: skip
@@ -79,6 +86,11 @@ RULES: tuple[Rule, ...] = (
     ),
     Rule(
         "injection.ignore_previous", "high", rf"\b{_ORDINARY_VERB}{S}{W % 4}{_ORDINARY_PRIOR}{S}{W % 2}{_INSTRUCTION}\b"
+    ),
+    Rule(
+        "injection.ignore_previous",
+        "high",
+        rf"\b{_SUPERSEDE_VERB}{S}{_QUANTIFIER}(?:{S}of)?(?:{S}(?:the|your|ur))?{S}{_MODEL_PRIOR}{S}{_MODEL_OBJECT}\b",
     ),
     Rule(
         "injection.ignore_previous",
