@@ -20,7 +20,7 @@ from shared.mcp_config import McpServerConfig
 from shared.schemas.mcp import CatalogKind, ServerCatalog
 
 PAGED = Path(__file__).resolve().parents[2] / "mcp_servers" / "paged.py"
-pytestmark = pytest.mark.timeout(60)
+pytestmark = pytest.mark.timeout(120)
 
 
 async def _notify(server: str, kinds: list[CatalogKind]) -> None:
@@ -28,14 +28,18 @@ async def _notify(server: str, kinds: list[CatalogKind]) -> None:
 
 
 def _upstream(*args: str, max_result_bytes: int = 1 << 20, notify: Notify = _notify, **cfg: int) -> Upstream:
+    # a child Python that imports the MCP SDK can take well over the default 10 s to answer on a loaded machine
     config = McpServerConfig(
-        transport="stdio", command=[sys.executable, str(PAGED), *args], restart_backoff_s=0.2, **cfg
+        transport="stdio",
+        command=[sys.executable, str(PAGED), *args],
+        restart_backoff_s=0.2,
+        **{"connect_timeout_s": 40, **cfg},  # type: ignore[arg-type]
     )
     return Upstream("paged", config, {}, notify, max_result_bytes)
 
 
 async def _until(upstream: Upstream, done: object, what: str) -> None:
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 60
     while not callable(done) or not done():
         if time.monotonic() > deadline:
             raise AssertionError(f"{what} never happened (error: {upstream.error!r})")
