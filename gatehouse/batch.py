@@ -13,9 +13,10 @@ and read their results. The wire format is plain JSON (docs/batch.md), so any NA
 from __future__ import annotations
 
 import asyncio
+import secrets
 import time
-from collections import OrderedDict
 from collections.abc import AsyncIterator, Coroutine, Iterable, Iterator, Mapping
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
@@ -23,12 +24,12 @@ import msgspec
 import nats
 from nats.aio.client import Client
 from nats.aio.subscription import Subscription
+from nats.js.errors import APIError
 
 from shared.bus import MSG_ID, publish_windowed
 from shared.errors import ErrorInfo, GatewayError
 from shared.producers import Namespace
 from shared.schemas.batch import (
-    DUPLICATE_WINDOW_S,
     BatchCall,
     BatchItem,
     BatchObject,
@@ -39,14 +40,17 @@ from shared.schemas.batch import (
     JobResults,
     ListJobs,
     ResultLine,
-    fresh_message_id,
     item_message_id,
+    producer_id_secret,
 )
 from shared.subjects import Subjects
 from shared.tokens import embeddings_tokens, estimate_prompt_tokens
 from shared.validate import chat_request, embeddings_request
 
 FINAL = frozenset({"completed", "failed", "expired", "cancelled"})
+# nats-server's answers to a publish the work queue refuses: at its limits (messages, bytes, per job: "maximum …
+# exceeded"), or JetStream out of storage
+QUEUE_FULL = frozenset({10077, 10047})
 _JSON = msgspec.json.Encoder()
 
 
@@ -63,7 +67,9 @@ class BatchClient:
     `team.ml`, from `gatehouse batch-producers create --team ml`), whose items and notices stay in that
     namespace's subjects."""
 
-    def __init__(self, nc: Client, prefix: str = "gh", timeout_s: float = 120.0, namespace: str = "") -> None:
+    def __init__(
+        self, nc: Client, prefix: str = "gh", timeout_s: float = 120.0, namespace: str = "", id_secret: bytes = b""
+    ) -> None:
         self.nc = nc
         self.subjects = Subjects(prefix)
         self.namespace = Namespace.parse(namespace).name if namespace else ""
@@ -71,9 +77,10 @@ class BatchClient:
         self._js = nc.jetstream(timeout=timeout_s)
         # job id → its item token (from the reply that created the job): what proves an item is the job's
         self.item_tokens: dict[str, str] = {}
-        # message ids JetStream acknowledged to this client as new (or that it published again under a fresh id),
-        # with when, for the stream's duplicate window: a `duplicate` ack for one of them is this client's own repeat
-        self._published: OrderedDict[str, float] = OrderedDict()
+        # what signs the message ids of items without a proof (`item_message_id`): from the credential's seed, so
+        # every process with it gives an item the same id; without one, this client's own (its repeats are still
+        # dropped, another process's copy is not, and the batch service runs an item id once per job)
+        self._id_secret = id_secret or secrets.token_bytes(32)
 
     @classmethod
     async def connect(
@@ -96,7 +103,8 @@ class BatchClient:
             name="gatehouse-batch-producer",
             max_reconnect_attempts=-1,
         )
-        return cls(nc, prefix, timeout_s, namespace)
+        secret = producer_id_secret(await asyncio.to_thread(Path(seed_file).read_bytes)) if seed_file else b""
+        return cls(nc, prefix, timeout_s, namespace, secret)
 
     async def close(self) -> None:
         await self.nc.drain()
@@ -165,27 +173,17 @@ class BatchClient:
         return await publish_windowed(publishes())
 
     async def _publish_item(self, item: BatchItem) -> None:
-        """One item, kept whoever published first under its message id.
-
-        Any producer may set any `Nats-Msg-Id`, and the duplicate window is the stream's, across namespaces: an item
-        without a proof (a scoped producer's item in a job created elsewhere) has the guessable id `<job>/<item>`,
-        and another team publishing first under it on its own subject would have JetStream drop this one as a
-        duplicate. So a `duplicate` ack for an id this client was never acknowledged is answered by publishing
-        again under a fresh id; the batch service runs the other message only if it is the job's, and an item id
-        once per job."""
+        """One item, under the message id it has every time (`item_message_id`): publishing it again, from here or
+        from another process holding the same credential, adds nothing to the queue."""
         subject = self.subjects.batch_items(item.job_id, self.namespace)
-        data, msg_id = subject.encode(item), item_message_id(item)
-        ack = await self._js.publish(subject.name, data, headers={MSG_ID: msg_id})
-        if ack.duplicate and not self._published_before(msg_id):
-            await self._js.publish(subject.name, data, headers={MSG_ID: fresh_message_id(msg_id)})
-        self._published[msg_id] = time.monotonic()
-        self._published.move_to_end(msg_id)
-
-    def _published_before(self, msg_id: str) -> bool:
-        horizon = time.monotonic() - DUPLICATE_WINDOW_S
-        while self._published and next(iter(self._published.values())) < horizon:
-            self._published.popitem(last=False)
-        return msg_id in self._published
+        try:
+            await self._js.publish(
+                subject.name, subject.encode(item), headers={MSG_ID: item_message_id(item, self._id_secret)}
+            )
+        except APIError as exc:
+            if exc.err_code in QUEUE_FULL:
+                raise BatchError(_queue_full(exc)) from exc
+            raise
 
     async def submit(
         self,
@@ -266,6 +264,16 @@ class BatchClient:
     async def notices(self, name: str) -> Subscription:
         """Subscribe to `result_subject(name)`, the result subject items can name (`result_subject`)."""
         return await self.nc.subscribe(self.result_subject(name))
+
+
+def _queue_full(exc: APIError) -> ErrorInfo:
+    return ErrorInfo(
+        status=429,
+        type="rate_limit_error",
+        code="batch_queue_full",
+        message=f"The batch work queue is full ({exc.description}): publish the item again once queued items have run.",
+        retryable=True,
+    )
 
 
 def _with_model(body: Mapping[str, object], model: str) -> bytes:

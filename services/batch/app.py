@@ -29,7 +29,7 @@ from services.batch.pipeline import Pipeline
 from services.batch.reserve import Reserver
 from services.batch.runner import Runner
 from services.batch.settings import BatchSettings
-from services.batch.store import ItemQueue, JobStore, Results
+from services.batch.store import ItemQueue, JobStore, QueueLimits, Results
 from services.batch.telemetry import watch_queue
 from services.batch.worker import Env, ItemWorker
 from shared import metrics
@@ -94,7 +94,10 @@ class BatchService:
         keystore.start()
         retention = config.batch.retention_days * 86400
         jobs = JobStore(js, subjects, retention)
-        queue = ItemQueue(js, subjects, retention, settings.nats_timeout_s)
+        limits = QueueLimits(
+            settings.batch_queue_max_bytes, settings.batch_queue_max_items, settings.batch_queue_max_items_per_job
+        )
+        queue = ItemQueue(js, subjects, retention, settings.nats_timeout_s, limits)
         results = Results(js, subjects, retention, settings.nats_timeout_s)
         files = FileStore(js, subjects.files_bucket, retention)
         # a claim lives as long as an unacknowledged message does, and is renewed with its keepalives

@@ -2,8 +2,8 @@
 replica together.
 
 Two copies of one item can be delivered at once: JetStream redelivers an item whose ack_wait passed while its
-first copy is still with the provider, a replica dies or restarts mid-item, and a producer republishes an item
-under a fresh message id when its publish acknowledgement said `duplicate` (shared/schemas/batch.py). Before a
+first copy is still with the provider, a replica dies or restarts mid-item, and an item can be queued under two
+message ids (a producer of an earlier release, a file job queued again across an upgrade: docs/batch.md). Before a
 copy runs, it creates the item's key `<job>.<item token>` in a KV bucket with compare-and-set (`create`: only if
 no live claim exists) and a per-message TTL, so nats-server itself removes the claim of a holder that stopped
 renewing it (a crashed replica) and the item is not blocked for ever. A copy that finds a live claim does not

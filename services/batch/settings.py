@@ -21,3 +21,10 @@ class BatchSettings(ServiceSettings):
     batch_metrics_poll_s: float = Field(default=5.0, gt=0)
     # the longest one call to the batch API may take (a create reads and prices the whole file)
     batch_api_timeout_s: float = Field(default=120.0, gt=0)
+    # the work queue's limits (all jobs and namespaces together): a publish past one is refused ("maximum … exceeded",
+    # the producer's to retry later) instead of filling JetStream's storage, which the whole gateway writes to;
+    # nats-server reserves max_bytes from JetStream's store when it makes the queue
+    batch_queue_max_bytes: int = Field(default=1024**3, gt=0)
+    batch_queue_max_items: int = Field(default=2_000_000, gt=0)
+    # items queued at once on one job's subject (each namespace's subject of a job counts on its own)
+    batch_queue_max_items_per_job: int = Field(default=1_000_000, gt=0)

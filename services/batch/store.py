@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import msgspec
 from nats.errors import TimeoutError as NatsTimeoutError
@@ -16,6 +17,7 @@ from nats.js import JetStreamContext
 from nats.js.api import (
     ConsumerConfig,
     DeliverPolicy,
+    DiscardPolicy,
     Header,
     KeyValueConfig,
     RetentionPolicy,
@@ -160,28 +162,99 @@ class JobStore:
         return new
 
 
+# nats-server's answer when JetStream has not the storage (or the reservation a stream's max_bytes asks for)
+INSUFFICIENT_RESOURCES = 10047
+
+
+class QueueUnavailable(Exception):
+    """The work queue cannot be made as configured."""
+
+
+@dataclass(frozen=True, slots=True)
+class QueueLimits:
+    """The work queue's limits (GATEHOUSE_BATCH_QUEUE_*, services/batch/settings.py)."""
+
+    max_bytes: int = 1024**3
+    max_items: int = 2_000_000
+    max_items_per_job: int = 1_000_000
+
+
+def queue_limits(config: StreamConfig) -> tuple[object, ...]:
+    """What bounds a work queue: its bytes, messages and messages per subject, and what happens past them."""
+    return (
+        config.max_bytes,
+        config.max_msgs,
+        config.max_msgs_per_subject,
+        config.discard,
+        config.discard_new_per_subject,
+    )
+
+
 class ItemQueue:
     """The work queue: items of every job on `<p>.batch.items.<job_id>` (and `<p>.batch.items.ns.<ns>.<job_id>` from
     scoped producers), one durable pull consumer per job."""
 
-    def __init__(self, js: JetStreamContext, subjects: Subjects, retention_s: float, timeout_s: float) -> None:
+    def __init__(
+        self,
+        js: JetStreamContext,
+        subjects: Subjects,
+        retention_s: float,
+        timeout_s: float,
+        limits: QueueLimits | None = None,
+    ) -> None:
         self._js = js
         self._subjects = subjects
         self._retention_s = retention_s
         self._timeout = timeout_s
+        self._limits = limits or QueueLimits()
+
+    def config(self) -> StreamConfig:
+        limits = self._limits
+        return StreamConfig(
+            name=self._subjects.batch_items_stream,
+            subjects=[self._subjects.batch_items_wildcard],
+            retention=RetentionPolicy.WORK_QUEUE,
+            storage=StorageType.FILE,
+            max_age=self._retention_s,
+            duplicate_window=DUPLICATE_WINDOW_S,
+            # full is full: a publish past a limit is refused (a work queue never drops a queued item for a new one)
+            max_bytes=limits.max_bytes,
+            max_msgs=limits.max_items,
+            max_msgs_per_subject=limits.max_items_per_job,
+            discard=DiscardPolicy.NEW,
+            discard_new_per_subject=True,
+        )
 
     async def ensure(self) -> None:
-        await _ensure(
-            self._js,
-            StreamConfig(
-                name=self._subjects.batch_items_stream,
-                subjects=[self._subjects.batch_items_wildcard],
-                retention=RetentionPolicy.WORK_QUEUE,
-                storage=StorageType.FILE,
-                max_age=self._retention_s,
-                duplicate_window=DUPLICATE_WINDOW_S,
-            ),
-        )
+        """The work queue, made if missing. One that exists is left as it is (only admins manage streams): if its
+        limits are not the configured ones (a queue made by an earlier release, with none), the operator is told
+        how to set them."""
+        wanted = self.config()
+        try:
+            await self._js.add_stream(wanted)
+            return
+        except BadRequestError:
+            pass
+        except APIError as exc:
+            if exc.err_code == INSUFFICIENT_RESOURCES:
+                raise QueueUnavailable(
+                    f"work queue {wanted.name}: JetStream cannot reserve its GATEHOUSE_BATCH_QUEUE_MAX_BYTES"
+                    f" ({self._limits.max_bytes} bytes; {exc.description}): lower it or give JetStream more storage"
+                ) from exc
+            raise
+        current = (await self._js.stream_info(self._subjects.batch_items_stream)).config
+        if queue_limits(current) != queue_limits(wanted):
+            log.warning(
+                "work queue %s: its limits %s are not the configured %s; as a NATS admin: nats stream edit %s"
+                " --max-bytes %d --max-msgs %d --max-msgs-per-subject %d --discard new --discard-per-subject",
+                wanted.name,
+                queue_limits(current),
+                queue_limits(wanted),
+                wanted.name,
+                self._limits.max_bytes,
+                self._limits.max_items,
+                self._limits.max_items_per_job,
+            )
 
     async def enqueue(self, job_id: str, items: Sequence[BatchItem]) -> None:
         """Publish items with the Nats-Msg-Id a producer gives them (`item_message_id`: the job, the item and a

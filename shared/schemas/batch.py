@@ -10,7 +10,7 @@ results) is msgpack.
 from __future__ import annotations
 
 import hashlib
-import secrets
+import hmac
 
 import msgspec
 
@@ -43,24 +43,30 @@ class BatchItem(msgspec.Struct, frozen=True, kw_only=True):
 DUPLICATE_WINDOW_S = 2 * 3600
 
 
-def item_message_id(item: BatchItem) -> str:
-    """The item's `Nats-Msg-Id`: `<job>/<item>`, and a digest of its proof, so that someone who knows a job's
-    id but not its token cannot publish first under the same id and have JetStream drop the real item as a
-    duplicate (the same item published again by its producer, or queued again by the batch service, still is).
+def item_message_id(item: BatchItem, secret: bytes = b"") -> str:
+    """The item's `Nats-Msg-Id`: `<job>/<item>/<digest>`, the same every time the item is published (a retry after a
+    lost acknowledgement, a re-run pipeline, a second replica of it: JetStream drops the repeat), and one nobody
+    else can publish first under (JetStream's duplicate window is the whole stream's, across namespaces, and
+    would then drop the real item as a duplicate).
 
-    Without a proof (a scoped producer's item in a job it did not create) the id is guessable: a producer must then
-    check the acknowledgement and publish again under a fresh id (`fresh_message_id`) when it says `duplicate` for
-    an id the producer has not had acknowledged itself (gatehouse.batch does)."""
+    The digest is of the item's proof (its job's item token or key), else an HMAC of `<job>/<item>` under the
+    producer's own `secret` (`producer_id_secret`: from its credential's seed). Only with neither is the id the
+    guessable `<job>/<item>`."""
     proof = item.token or item.key
-    if not proof:
+    if proof:
+        digest = hashlib.sha256(proof.encode()).hexdigest()[:16]
+    elif secret:
+        digest = hmac.new(secret, f"{item.job_id}/{item.item_id}".encode(), hashlib.sha256).hexdigest()[:16]
+    else:
         return f"{item.job_id}/{item.item_id}"
-    return f"{item.job_id}/{item.item_id}/{hashlib.sha256(proof.encode()).hexdigest()[:16]}"
+    return f"{item.job_id}/{item.item_id}/{digest}"
 
 
-def fresh_message_id(message_id: str) -> str:
-    """`<message id>/<random>`: a message id nobody else can have used first. JetStream keeps both copies of an item
-    published under two ids; the batch service stores, records and counts an item id once per job."""
-    return f"{message_id}/{secrets.token_hex(8)}"
+def producer_id_secret(seed: bytes) -> bytes:
+    """The key a producer signs its proof-less items' message ids with, derived from its credential's NKey seed:
+    every process holding the credential derives the same one (so their repeats are dropped), and nobody without
+    the seed can."""
+    return hashlib.sha256(b"gatehouse batch item message ids\n" + seed.strip()).digest()
 
 
 # ---- calls to the batch service (JSON, request/reply on <p>.batch.api) -------------------------------

@@ -150,6 +150,8 @@ class Harness:
             subject_prefix=self.subjects.prefix,
             config=str(self.config_path),
             batch_sweep_every_s=0.2,
+            # JetStream reserves a stream's max_bytes from its store: the test server holds many tests' queues
+            batch_queue_max_bytes=16 * 1024 * 1024,
             batch_progress_every_s=0.5,
             batch_ack_wait_s=3.0,
             batch_metrics_poll_s=0.2,

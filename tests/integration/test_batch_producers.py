@@ -327,15 +327,15 @@ async def test_result_subjects_named_before_namespaces_still_reach_the_default_p
 async def test_another_team_publishing_first_under_an_items_message_id_does_not_lose_the_item(
     bus: Bus, tmp_path: Path
 ) -> None:
-    """A scoped producer adding items to a job created elsewhere has no item token, so its message id is the
-    guessable `<job>/<item>`; ds publishes first under it, on its own namespace's subject. JetStream acknowledges
-    ml's item as a duplicate: the client publishes it again under a fresh id, and the item runs once."""
+    """A scoped producer adding items to a job created elsewhere has no item token, so its message id is signed
+    with its credential's seed instead; ds publishes first under the bare `<job>/<item>`, on its own namespace's
+    subject, and ml's item is not taken for a duplicate of it: the item runs once."""
     async with batch_service(bus, tmp_path) as stages, connected(bus, DS) as evil:
         creator, pipeline = await producer(bus, ML), await producer(bus, ML)
         try:
             await creator.ready()
             job = await creator.create(CreateJob(key=ML_SECRET, model="mock-1", items=1, input_tokens=10))
-            assert job.id not in pipeline.item_tokens  # the pipeline did not create the job: no token, no digest
+            assert job.id not in pipeline.item_tokens  # the pipeline did not create the job: no token
             item = BatchItem(job_id=job.id, item_id="0", body=msgspec.Raw(RAW))
             squat = S.batch_items(job.id, DS.name)
             ack = await evil.nc.jetstream().publish(
@@ -352,22 +352,22 @@ async def test_another_team_publishing_first_under_an_items_message_id_does_not_
             await pipeline.close()
 
 
-async def test_an_item_published_again_under_a_fresh_id_is_answered_from_its_result(bus: Bus, tmp_path: Path) -> None:
-    """What makes publishing again safe: a second message of an item id the job has a result for is not run
-    again, and the job counts the item once."""
+async def test_an_item_published_again_by_another_process_of_the_credential_runs_once(bus: Bus, tmp_path: Path) -> None:
+    """A pipeline that runs again (a new process, nothing remembered) publishes an item the job has a result for:
+    it is not run again, and the job counts the item once."""
     async with batch_service(bus, tmp_path) as stages:
         first, restarted = await producer(bus, ML), await producer(bus, ML)
         try:
             await first.ready()
             job = await first.create(CreateJob(key=ML_SECRET, model="mock-1", items=2, input_tokens=20))
             item = BatchItem(job_id=job.id, item_id="0", body=msgspec.Raw(RAW))
-            await restarted.publish([item])  # no token: the guessable id `<job>/0`
+            await restarted.publish([item])  # no token: the id signed with the credential's seed
 
             async def stored() -> bool:
                 return len([line async for line in first.results(ML_SECRET, job.id)]) == 1
 
             assert await _until(stored, timeout=20)
-            await first.publish([item])  # a duplicate ack for an id `first` never had: a second message
+            await first.publish([item])  # the same id: JetStream drops it
             await first.publish([BatchItem(job_id=job.id, item_id="1", body=msgspec.Raw(RAW))])
             done = await first.wait(ML_SECRET, job.id, poll_s=0.1, timeout_s=30)
             assert (done.request_counts.total, done.request_counts.completed, done.request_counts.failed) == (2, 2, 0)
@@ -378,9 +378,10 @@ async def test_an_item_published_again_under_a_fresh_id_is_answered_from_its_res
             await restarted.close()
 
 
-async def test_a_client_publishes_again_only_when_someone_else_used_the_message_id_first(bus: Bus) -> None:
-    """A repeat of the client's own publish is still dropped by JetStream (one message); a message id someone else
-    used first gets the item a second message under a fresh id. The job is not declared: its items wait."""
+async def test_an_items_repeat_is_one_message_and_another_teams_message_cannot_pre_empt_it(bus: Bus) -> None:
+    """A repeat of an item is dropped by JetStream (one message), from the same client or from another process
+    with the same credential; a message someone else publishes first under the item's bare `<job>/<item>` does not
+    take its place. The job is not declared: its items wait."""
     async with connected(bus, "admin") as admin, connected(bus, DS) as evil:
         js = admin.nc.jetstream()
         await ItemQueue(js, S, retention_s=30 * 86400, timeout_s=5).ensure()  # the work queue, as the service makes it
@@ -395,9 +396,8 @@ async def test_a_client_publishes_again_only_when_someone_else_used_the_message_
             subject = S.batch_items("later-1", ML.name).name
             assert await ml.publish([own]) == 1 and await ml.publish([own]) == 1
             assert await queued(subject) == 1  # the client's own repeat: dropped as before
-            # another client (a restarted pipeline) cannot tell whose the first was: it publishes again, and the
-            # batch service runs the item id once
-            assert await again.publish([own]) == 1 and await queued(subject) == 2
+            # another process with the same credential (a restarted pipeline, a second pod) gives it the same id
+            assert await again.publish([own]) == 1 and await queued(subject) == 1
 
             squatted = BatchItem(job_id="later-2", item_id="a", body=msgspec.Raw(RAW))
             squat = S.batch_items("later-2", DS.name)
