@@ -111,7 +111,8 @@ async def wait_count(url: str, subjects: Subjects, query: str, expected: int, ti
     """Poll a count() query until it reaches `expected` (or the timeout); returns the last count."""
     deadline = time.monotonic() + timeout
     while True:
-        count = first_int(await sql(url, subjects, query))
+        # the service may still be starting (a Python, chDB and migrations start): it has this wait's whole time
+        count = first_int(await sql(url, subjects, query, timeout=max(deadline - time.monotonic(), 5.0)))
         if count >= expected or time.monotonic() > deadline:
             return count
         await asyncio.sleep(0.3)
