@@ -114,11 +114,11 @@ class Stack:
         conf = self.data_dir / "nats.conf"
         self._max_payload = server_max_payload(config.server.max_body_bytes)
         self._producers = self._render_nats_config(conf)
-        port = 4222 if self.nats_port is None else self.nats_port
-        if port == 0 or not _port_free(port):
-            port = free_port()
+        nats_port: int | None = 4222 if self.nats_port is None else self.nats_port
+        if nats_port == 0 or (nats_port is not None and not _port_free(nats_port)):
+            nats_port = None  # nats-server picks a free one itself
         self.nats = start_nats(
-            private_dir(self.data_dir / "nats"), port=port, log_file=logs / "nats-server.log", config_file=conf
+            private_dir(self.data_dir / "nats"), port=nats_port, log_file=logs / "nats-server.log", config_file=conf
         )
         next_port = self.metrics_port
         for service in SERVICES:

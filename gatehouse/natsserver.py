@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -31,18 +32,6 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
-def wait_for_port(host: str, port: int, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            with socket.create_connection((host, port), timeout=0.2):
-                return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"nothing listening on {host}:{port} after {timeout}s") from None
-            time.sleep(0.02)
-
-
 @dataclass
 class NatsServer:
     """A running nats-server child process."""
@@ -69,6 +58,9 @@ class NatsServer:
 
 
 GO_RUNTIME = frozenset({"GOMAXPROCS", "GOGC", "GOMEMLIMIT"})
+RANDOM_PORT = -1  # nats-server's own choice of a free port
+# JetStream recovers its store before listening: generous on a loaded machine, as a dead child is seen at once
+START_TIMEOUT_S = 30.0
 
 
 def start_nats(
@@ -81,15 +73,16 @@ def start_nats(
 ) -> NatsServer:
     """Start nats-server with JetStream storing under `store_dir`; returns once it accepts connections.
 
-    `config_file` (e.g. gatehouse.natsconf's users and permissions, max_payload) is read first; the listen
-    address and JetStream flags given here win over it."""
+    Without `port` the server picks a free one itself: a port probed free here could be taken by another
+    process before the server binds it. `config_file` (e.g. gatehouse.natsconf's users and permissions,
+    max_payload) is read first; the listen address and JetStream flags given here win over it."""
     store = Path(store_dir)
     store.mkdir(parents=True, exist_ok=True)
-    port = port or free_port(host)
     args = [nats_server_binary()]
     if config_file is not None:
         args += ["-c", str(config_file)]
-    args += ["-a", host, "-p", str(port), "-js", "-sd", str(store)]
+    # -1: a random free port; the ports file names the one this very process listens on
+    args += ["-a", host, "-p", str(port or RANDOM_PORT), "-js", "-sd", str(store), "--ports_file_dir", str(store)]
     log = open(log_file, "ab") if log_file else None
     # the Go runtime's own knobs (e.g. GOMAXPROCS on a small shared machine) reach nats-server only
     env = base_env(os.environ) | {k: v for k, v in os.environ.items() if k in GO_RUNTIME}
@@ -97,19 +90,38 @@ def start_nats(
     if log is not None:
         log.close()  # the child has its own copy
     try:
-        wait_for_port(host, port)
-    except TimeoutError:
+        listening = _wait_listening(proc, store / f"{Path(args[0]).name}_{proc.pid}.ports", log_file)
+    except BaseException:
         proc.kill()
         proc.wait()
         raise
     return NatsServer(
         proc,
         host,
-        port,
+        listening,
         store,
         Path(config_file) if config_file is not None else None,
         Path(log_file) if log_file is not None else None,
     )
+
+
+def _wait_listening(proc: subprocess.Popen[bytes], ports_file: Path, log_file: str | Path | None) -> int:
+    """The client port `proc` listens on, read from the ports file it writes once it accepts connections.
+
+    Connecting to the port instead cannot tell this server from another process listening there (its port was
+    taken meanwhile: this one exits, and the probe would reach the other)."""
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while True:
+        code = proc.poll()
+        if code is not None:
+            raise OSError(f"nats-server exited with code {code} while starting (see {log_file or 'its output'})")
+        try:
+            return int(json.loads(ports_file.read_text())["nats"][0].rsplit(":", 1)[1])
+        except (OSError, ValueError, LookupError):
+            pass  # not written yet, or half written
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"nats-server did not listen within {START_TIMEOUT_S:.0f}s")
+        time.sleep(0.02)
 
 
 def restart_nats(server: NatsServer) -> NatsServer:

@@ -40,7 +40,7 @@ from shared.plugins import EVENT_POINTS, build_runner
 from shared.pricing import Rates
 from shared.schemas.admin import SqlQuery, SqlResult
 from shared.subjects import Subjects
-from shared.tasks import cancel_all_and_wait
+from shared.tasks import cancel_all_and_wait, cancel_and_wait
 
 log = logging.getLogger("gatehouse.accounting")
 
@@ -174,13 +174,14 @@ def create_app(settings: AccountingSettings) -> FastStream:
 
     @app.on_shutdown
     async def _stop() -> None:
+        # the reaper and the backlog watch make NATS requests: a single cancel() can be swallowed (shared.tasks)
         await cancel_all_and_wait(background, timeout=settings.shutdown_timeout_s)
         for consumer, task in running:
             consumer.stop()  # the batch in hand is stored and acked (or handed back) first
             done, _ = await asyncio.wait({task}, timeout=settings.shutdown_timeout_s)
             if not done:
                 log.warning("the in-flight batch did not finish in time; it will be redelivered")
-                task.cancel()
+                await cancel_and_wait(task)
         await telemetry.stop()  # the spans of the last batch go out before the connection closes
 
     @app.after_shutdown

@@ -46,6 +46,7 @@ from shared.pricing import Rates
 from shared.route_pricing import pricing_index
 from shared.schemas.batch import BatchJob
 from shared.subjects import Subjects
+from shared.tasks import cancel_all_and_wait
 from shared.telemetry import Telemetry, TelemetryConfig
 
 log = logging.getLogger("gatehouse.batch")
@@ -207,8 +208,8 @@ class BatchService:
             await asyncio.sleep(self.settings.batch_sweep_every_s)
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
+        # the sweep and the queue watch make NATS requests: a single cancel() can be swallowed (shared.tasks)
+        await cancel_all_and_wait(self._tasks)
         for stop in self._stops:
             try:
                 await stop()

@@ -39,6 +39,10 @@ warnings.filterwarnings("ignore", message="ping is removed", category=MCPDepreca
 
 # a connection that stayed up this long resets the restart backoff
 STABLE_AFTER_S = 30.0
+# each connect that timed out doubles the next one's time, up to this many times connect_timeout_s: a server slower
+# to start than that (a stdio child's cold start on a loaded machine, a first `npx`/`uvx` download) was killed at
+# the same point on every attempt and never came up
+CONNECT_TIMEOUT_GROWTH = 8
 # fields of the newest protocol revision that a handshake-era client has no use for
 _MODERN_ONLY = ("resultType", "ttlMs", "cacheScope")
 _JSON = msgspec.json.Encoder()
@@ -118,6 +122,7 @@ class Upstream:
         self._unlisted = ""
         self._sessions_up = 0
         self.error = "connecting"
+        self.connect_timeout_s = cfg.connect_timeout_s  # the next connect's (see CONNECT_TIMEOUT_GROWTH)
         self.restarts = 0
         self.connected_at = 0.0
         self.revision = 0
@@ -165,8 +170,13 @@ class Upstream:
                 self.error = f"listing: {exc}"
             except BaseException as exc:
                 self.error = _describe(exc)
+                if self._sessions_up == ups and _timed_out(exc):
+                    self.connect_timeout_s = min(
+                        self.connect_timeout_s * 2, self.cfg.connect_timeout_s * CONNECT_TIMEOUT_GROWTH
+                    )
             self._client = None
             if self._sessions_up != ups:
+                self.connect_timeout_s = self.cfg.connect_timeout_s
                 # a session that was up ended: ingress stops offering the server's lists now, not at its next refresh
                 await self._tell(list(ORDER))
             if time.monotonic() - started > STABLE_AFTER_S:
@@ -178,12 +188,12 @@ class Upstream:
 
     async def _session(self) -> None:
         client = Client(self._target(), mode="legacy", cache=None, message_handler=self._on_message)
-        async with asyncio.timeout(self.cfg.connect_timeout_s):
+        async with asyncio.timeout(self.connect_timeout_s):
             await client.__aenter__()
         try:
             self._broken.clear()
             self._unlisted = ""
-            async with asyncio.timeout(self.cfg.connect_timeout_s):
+            async with asyncio.timeout(self.connect_timeout_s):
                 await self._refresh(client, ORDER)
             self._client = client
             self._sessions_up += 1
@@ -442,6 +452,12 @@ class Upstream:
             log.warning("mcp server %s: %s failed: %s", self.name, method, _describe(exc))
             return b"", mcp_errors.upstream_unavailable(self.name, _kind(exc))
         return result_json(result), None
+
+
+def _timed_out(exc: BaseException) -> bool:
+    if isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        return _timed_out(exc.exceptions[0])
+    return isinstance(exc, TimeoutError)
 
 
 def _describe(exc: BaseException) -> str:

@@ -82,7 +82,12 @@ class AccountingProcess:
         return self.proc.returncode
 
 
-async def sql(url: str, subjects: Subjects, query: str, timeout: float = 30) -> list[list[object]]:
+# how long a just-started accounting process may take to answer (Python, chDB and migrations): over 30 s was seen
+# with the load average at 21 on 2 cores
+STARTUP_S = 60.0
+
+
+async def sql(url: str, subjects: Subjects, query: str, timeout: float = STARTUP_S) -> list[list[object]]:
     """Rows of a query answered by the accounting service, waiting until it answers (it may be starting)."""
     deadline = time.monotonic() + timeout
     while True:
@@ -107,11 +112,12 @@ def first_int(rows: list[list[object]]) -> int:
     return value
 
 
-async def wait_count(url: str, subjects: Subjects, query: str, expected: int, timeout: float = 60) -> int:
+async def wait_count(url: str, subjects: Subjects, query: str, expected: int, timeout: float = STARTUP_S) -> int:
     """Poll a count() query until it reaches `expected` (or the timeout); returns the last count."""
     deadline = time.monotonic() + timeout
     while True:
-        count = first_int(await sql(url, subjects, query))
+        # the service may still be starting (a Python, chDB and migrations start): it has this wait's whole time
+        count = first_int(await sql(url, subjects, query, timeout=max(deadline - time.monotonic(), 5.0)))
         if count >= expected or time.monotonic() > deadline:
             return count
         await asyncio.sleep(0.3)

@@ -22,7 +22,7 @@ from shared.schemas.events import GuardEvent
 from shared.subjects import Subjects, encode
 from tests.integration.accounting_support import AccountingProcess, make_event, sql, wait_count
 
-pytestmark = pytest.mark.timeout(90)
+pytestmark = pytest.mark.timeout(120)  # a start-up may take STARTUP_S (accounting_support) before the test proper
 
 
 @pytest.fixture

@@ -100,9 +100,11 @@ async def until(check: Callable[[], Awaitable[bool]] | Callable[[], bool], timeo
         await asyncio.sleep(0.05)
 
 
-async def publish(js: JetStreamContext, subjects: Subjects, ids: list[str]) -> None:
+async def publish(js: JetStreamContext, subjects: Subjects, ids: list[str], ended: float | None = None) -> None:
+    """`ids` as request events under their own message ids; `ended`: when the requests ended (default: now)."""
     for i in ids:
-        await publish_event(js, subjects.events_request.name, make_event(i), i, timeout_s=5.0)
+        event = make_event(i) if ended is None else make_event(i, received_at=ended - 1, finished_at=ended)
+        await publish_event(js, subjects.events_request.name, event, i, timeout_s=5.0)
 
 
 async def test_clickhouse_outage_holds_the_batch_without_redelivery_and_loses_nothing(
@@ -112,14 +114,19 @@ async def test_clickhouse_outage_holds_the_batch_without_redelivery_and_loses_no
     consumer = consumer_for(bus, subjects, sink)
     first = [uuid.uuid4().hex for _ in range(20)]
     during = [uuid.uuid4().hex for _ in range(30)]
+    # the first requests ended 15 minutes ago: a copy published again under another message id (past JetStream's
+    # duplicate window) necessarily enters the stream that long after its event, and only such a copy is looked
+    # up; a fresh one was caught only when it happened to share a batch with a failed insert (verify_all)
+    ended = time.time() - 900
     async with running(consumer):
-        await publish(js, subjects, first)
+        await publish(js, subjects, first, ended)
         await until(lambda: consumer.stored.get("requests", 0) == 20)
 
         await sink.command("DETACH TABLE requests")  # ClickHouse cannot take the inserts any more
         await publish(js, subjects, during)
         # and one event already stored, redelivered under a new message id
-        await js.publish(subjects.events_request.name, encode(make_event(first[0])), headers={MSG_ID: "again"})
+        again = make_event(first[0], received_at=ended - 1, finished_at=ended)
+        await js.publish(subjects.events_request.name, encode(again), headers={MSG_ID: "again"})
         await until(lambda: _held(js, subjects, 31))  # the consumer has the whole batch in hand
         # another replica asking for work for three ack waits gets none of the held batch: without the
         # keepalive each event would go to it once per ack wait, and with max_deliver=2 be parked by now
@@ -250,26 +257,29 @@ async def test_graceful_stop_stores_the_batch_in_hand(
     bus: tuple[Client, JetStreamContext], subjects: Subjects, sink: ClickHouseSink
 ) -> None:
     _, js = bus
-    # a long batching window: the events are fetched, and stop() comes while the batch is still filling
-    consumer = consumer_for(bus, subjects, sink, flush_interval_s=10.0)
+    # a batching window far longer than the test: a stop that sat it out would fail the wait below. The first
+    # event is in the stream before the consumer starts, so its first pull takes it and the next pull waits for
+    # the window: the 25 published then are still in the stream when stop() comes (watching for them between
+    # their pull and their ack raced the store, which under load could end first)
+    consumer = consumer_for(bus, subjects, sink, flush_interval_s=600.0)
+    first = uuid.uuid4().hex
+    await publish(js, subjects, [first])
     ids = [uuid.uuid4().hex for _ in range(25)]
     async with running(consumer) as task:
+        await until(lambda: consumer.stored.get("requests", 0) == 1)
         await publish(js, subjects, ids)
 
-        async def fetched() -> bool:
+        async def waiting() -> bool:
             info = await js.consumer_info(subjects.events_stream, "accounting")
-            return bool(info.num_ack_pending == 25)
+            return bool(info.num_pending == 25 and info.num_ack_pending == 0)
 
-        await until(fetched)
-        assert consumer.stored.get("requests", 0) == 0
-        started = time.monotonic()
+        await until(waiting)
         consumer.stop()
-        await asyncio.wait_for(task, 5)
-        assert time.monotonic() - started < 3  # did not sit out the window
-    assert consumer.stored["requests"] == 25
+        await asyncio.wait_for(task, 60)  # pulled what was there at once, without waiting for the window
+    assert consumer.stored["requests"] == 26
     await until(lambda: _acked_all(js, subjects), timeout=5)  # the server applies acks asynchronously
     rows = await rows_of(sink, "SELECT count() FROM requests", 10)
-    assert rows == [[25]]
+    assert rows == [[26]]
 
 
 async def test_a_deleted_consumer_is_set_up_again(

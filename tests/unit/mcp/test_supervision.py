@@ -129,3 +129,36 @@ async def test_a_failed_call_tells_the_client_no_url_and_logs_it_redacted(caplog
     assert "SECRET123" not in error.message and "127.0.0.1" not in error.message and "RuntimeError" in error.message
     logged = "\n".join(r.getMessage() for r in caplog.records)
     assert "127.0.0.1:9/mcp?[redacted]" in logged and "SECRET123" not in logged
+
+
+async def test_each_connect_that_timed_out_gives_the_next_one_twice_the_time_up_to_a_cap(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A server slower to start than connect_timeout_s (a cold stdio child on a loaded machine) was killed at the
+    same point on every attempt; the connect time grows until it fits, and is back to the setting once up."""
+    cfg = McpServerConfig(transport="stdio", command=["x"], connect_timeout_s=1, restart_backoff_s=0.5)
+    up = Upstream("s", cfg, {}, _notify, 1024)
+    given: list[float] = []
+    starts = iter([True] * 5 + [False, True])  # times out 5 times, stays up once, times out again
+
+    async def session() -> None:
+        given.append(up.connect_timeout_s)
+        if next(starts):
+            raise ExceptionGroup("the SDK's task group", [TimeoutError()])
+        up._sessions_up += 1  # connected; then the session broke
+        raise ConnectionError("broke")
+
+    async def sleep(seconds: float) -> None:
+        if len(given) == 7:
+            raise asyncio.CancelledError
+
+    async def tell(kinds: list[CatalogKind]) -> None:
+        pass
+
+    monkeypatch.setattr(up, "_session", session)
+    monkeypatch.setattr(up, "_tell", tell)
+    monkeypatch.setattr(upstream_module.asyncio, "sleep", sleep)
+    with pytest.raises(asyncio.CancelledError):
+        await up.run()
+    assert given == [1, 2, 4, 8, 8, 8, 1]
+    assert up.connect_timeout_s == 2  # the last connect timed out again
