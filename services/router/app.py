@@ -251,6 +251,16 @@ async def _down_notices(
     return notices
 
 
+def heartbeat_interval(configured_s: float, silence_s: float) -> float:
+    """How often a request in hand is told to ingress: the configured interval, but at least three heartbeats per
+    `server.heartbeat_timeout_s` (ingress takes that much silence for a lost request and answers 502), so a
+    config with a short timeout does not make every longer request look lost."""
+    interval = min(configured_s, silence_s / 3)
+    if interval < configured_s:
+        log.info("router heartbeat every %.2fs (a third of server.heartbeat_timeout_s)", interval)
+    return interval
+
+
 def create_app(settings: RouterSettings) -> FastStream:
     # the router holds the provider keys: a key a model needs must be set, or the router does not start
     config = load_config(settings.config, environ=os.environ)
@@ -276,7 +286,8 @@ def create_app(settings: RouterSettings) -> FastStream:
         busy_rate=settings.router_batch_busy_rate,
     )
     hooks = build_runner(config.plugins, ROUTER_POINTS)
-    handlers = RouterHandlers(broker, dispatcher, subjects, settings.router_heartbeat_s, max_inflight, gate, hooks)
+    heartbeat_s = heartbeat_interval(settings.router_heartbeat_s, config.server.heartbeat_timeout_s)
+    handlers = RouterHandlers(broker, dispatcher, subjects, heartbeat_s, max_inflight, gate, hooks)
     chat = subjects.router_chat
     worker = QueueWorker(chat.name, chat.queue, handlers.on_request, max_inflight, on_full=handlers.on_full)
     lane = subjects.router_batch

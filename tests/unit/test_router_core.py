@@ -7,7 +7,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from services.router.app import create_app
+from services.router.app import create_app, heartbeat_interval
 from services.router.core import build_routes, require_translators, resolve, should_fail_over
 from services.router.providers import mock
 from services.router.providers.base import Target, UpstreamRequest, retry_after_seconds
@@ -180,3 +180,13 @@ def test_mock_provider_is_deterministic_with_consistent_usage() -> None:
     emb = mock.embeddings({"input": ["x", "x", "y"]}, "e")
     vecs = [d["embedding"] for d in emb["data"]]  # type: ignore[union-attr,index]
     assert vecs[0] == vecs[1] != vecs[2] and abs(sum(v * v for v in vecs[0]) - 1) < 1e-9
+
+
+@pytest.mark.parametrize(
+    ("configured", "silence", "expected"), [(5.0, 15.0, 5.0), (5.0, 3.0, 1.0), (0.5, 2.0, 0.5), (5.0, 1.5, 0.5)]
+)
+def test_the_router_heartbeat_is_at_least_three_per_ingress_silence(
+    configured: float, silence: float, expected: float
+) -> None:
+    """`server.heartbeat_timeout_s` under three heartbeats would make every request longer than it look lost."""
+    assert heartbeat_interval(configured, silence) == pytest.approx(expected)
