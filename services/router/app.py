@@ -286,8 +286,15 @@ def create_app(settings: RouterSettings) -> FastStream:
         busy_rate=settings.router_batch_busy_rate,
     )
     hooks = build_runner(config.plugins, ROUTER_POINTS)
-    heartbeat_s = heartbeat_interval(settings.router_heartbeat_s, config.server.heartbeat_timeout_s)
-    handlers = RouterHandlers(broker, dispatcher, subjects, heartbeat_s, max_inflight, gate, hooks)
+    handlers = RouterHandlers(
+        broker,
+        dispatcher,
+        subjects,
+        heartbeat_interval(settings.router_heartbeat_s, config.server.heartbeat_timeout_s),
+        max_inflight,
+        gate,
+        hooks,
+    )
     chat = subjects.router_chat
     worker = QueueWorker(chat.name, chat.queue, handlers.on_request, max_inflight, on_full=handlers.on_full)
     lane = subjects.router_batch
