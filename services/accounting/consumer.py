@@ -514,7 +514,9 @@ class EventConsumer:
         """Batches waiting their turn (while the one before them is stored, e.g. for as long as ClickHouse is
         down) are kept from redelivery like the batch being stored; in a healthy pipeline none waits that long,
         so this sends nothing."""
-        period = self._ack_wait / 3
+        # checked every sixth of ack_wait and told once it has waited that long: the first keepalive of a batch
+        # comes at most a third of ack_wait after it began to wait (two thirds of slack against a loaded loop)
+        period = self._ack_wait / 6
         while True:
             await asyncio.sleep(period)
             now = time.monotonic()
