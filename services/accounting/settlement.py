@@ -3,24 +3,34 @@
 Ingress reserves a request's worst-case cost on each hard budget's spend counter before dispatch and
 notes the reservation as `live` on `<p>.resv.<request_id>` (shared/admission.py). Here:
 
-- **settle**, from the request's record: each budget's spend counter moves from the reservation to the
-  actual cost (`+actual - reserved`), the settled counter gains `actual`, and the reservation becomes
-  `settled`. Every increment carries a Nats-Msg-Id derived from the request, so a record delivered
-  twice (accounting killed between settling and acking) settles once; the `settled` state guards beyond
-  the counters' duplicate window.
+- **one decision per reservation, across replicas**: the state on `<p>.resv.<request_id>` is the lock
+  (shared/reservation_notes.py). A settlement or a release reads it (direct get) and moves it by
+  compare-and-set on the sequence it read, *before* any counter increment; only the replica whose move is
+  stored applies the increments, the other reads again and follows the new state. Ingress's `live` notes are
+  stored only on an empty subject, so a late one (a spool replayed past the duplicate window) never replaces
+  a final state.
+- **settle**, from the request's record: the reservation becomes `settled`, then each budget's spend counter
+  moves from the reservation to the actual cost (`+actual - reserved`, or `+actual` if it was released
+  already) and the settled counter gains `actual`. The increments carry ids derived from the request.
+  Increments that fail after the move are owed: sent again (the next batch, the next reap) only while their
+  ids are still deduplicated (DUPLICATE_WINDOW_S less OWED_MARGIN_S), then given up with an error log. What
+  is left: increments owed when the process dies, or given up, are lost; for a settlement of a live
+  reservation that leaves its worst case counted instead of its actual cost (never an overspend), for a
+  released one's settlement its actual cost uncounted.
 - **release**, when a `live` reservation outlives its expiry (its ingress replica died before the record
-  was written): the reservation and the concurrency slots it held are given back, and it becomes
-  `released`; a record that still arrives later is then settled at its full actual cost.
+  was written): it becomes `released`, then the reservation and the concurrency slots it held are given
+  back (lost increments leave them counted: never an overspend); a record that still arrives later is
+  settled at its full actual cost.
 - **leases**: an ingress replica may lease a block of a budget and draw requests' worst cases from it
   (shared/leases.py); the lease is noted `live` like a reservation (`lease=True`, expiring after the latest
   deadline it covers), every request drawn from it names it (`lease_id`) and holds its own worst case as
   usual, and needs no live note of its own while the lease's stands for it. The replica gives back the
-  undrawn part itself once the last request drawn from it has ended, and notes the lease `settled`; when a
-  live lease expires instead (the replica died), its holds minus the worst cases of the requests known to be
-  drawn from it (records settled, or live notes of requests holding concurrency slots) are released, and
-  those requests are noted on the `released` lease (`drawn`). A request drawn from it that only shows up
-  later was given back with the lease: its own release gives back nothing more, and its settlement adds its
-  full cost.
+  undrawn part itself once the last request drawn from it has ended, and notes the lease `settled`. A
+  request drawn from a live lease that is settled or released here is first added to the lease's state
+  (`drawn`, and per hold `drawn_micro`), by compare-and-set; when the live lease expires (the replica died)
+  it is released by its holds minus `drawn_micro`. A request that only shows up after that release, and
+  is not in its `drawn`, went back with the lease: its own release gives back nothing more, and its
+  settlement adds its full cost.
 - **alert**: when a budget's settled spend crosses one of its thresholds, a BudgetAlert is published
   once (the settled counter only grows, and its increments are deduplicated), and POSTed to the
   configured webhook in the JSON shape Slack-compatible incoming webhooks take.
@@ -43,9 +53,9 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import DeliverPolicy
 
-from services.accounting.notes import Notes
 from shared.bus import MSG_ID
 from shared.counters import DUPLICATE_WINDOW_S, Count, CounterError, Counters, Op
+from shared.reservation_notes import Notes
 from shared.schemas.chat import Hold, Reservation
 from shared.schemas.events import BudgetAlert, RequestEvent, ReservationState
 from shared.schemas.mcp import McpCallEvent

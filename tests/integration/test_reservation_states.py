@@ -1,4 +1,4 @@
-"""Reservation states as the lock across accounting replicas (services/accounting/notes.py), on a real nats-server:
+"""Reservation states as the lock across accounting replicas (shared/reservation_notes.py), on a real nats-server:
 a reservation is settled or released exactly once whichever replicas settle and reap it at the same moment, a
 `live` note replayed late never makes a settled reservation live again, and a settlement retried after the
 counters' duplicate window does not apply its increments twice. Short duplicate windows stand for 15 minutes: the
@@ -41,17 +41,11 @@ async def ncs(nats_server: NatsServer) -> AsyncIterator[list[Client]]:
         await conn.close()
 
 
-async def _short_window(nc: Client, name: str, subjects: list[str], **extra: object) -> None:
-    """Create a stream as ensure_counter_streams would, but with a duplicate window of a second."""
-    config = {
-        "name": name,
-        "subjects": subjects,
-        "storage": "file",
-        "max_msgs_per_subject": 1,
-        "duplicate_window": SHORT_WINDOW_NS,
-        **extra,
-    }
-    reply = await nc.request(f"$JS.API.STREAM.CREATE.{name}", json.dumps(config).encode(), timeout=5)
+async def _short_window(nc: Client, name: str) -> None:
+    """Shorten a stream's duplicate window to a second."""
+    reply = await nc.request(f"$JS.API.STREAM.INFO.{name}", b"", timeout=5)
+    config = {**json.loads(reply.data)["config"], "duplicate_window": SHORT_WINDOW_NS}
+    reply = await nc.request(f"$JS.API.STREAM.UPDATE.{name}", json.dumps(config).encode(), timeout=5)
     assert "error" not in json.loads(reply.data), reply.data
 
 
@@ -200,8 +194,8 @@ async def test_a_live_note_replayed_after_the_duplicate_window_leaves_a_settled_
     ncs: list[Client], subjects: Subjects, tmp_path: object
 ) -> None:
     nc = ncs[2]
-    await _short_window(nc, subjects.reservations_stream, [subjects.reservations_wildcard], allow_direct=True)
-    await ensure_counter_streams(nc, subjects)  # keeps the short-windowed reservations stream
+    await ensure_counter_streams(nc, subjects)
+    await _short_window(nc, subjects.reservations_stream)
     counter = Counters(nc)
     spend = subjects.spend_counter("key.k", "total")
     conc = subjects.concurrency_counter("key.k")
@@ -277,8 +271,8 @@ async def test_a_settlement_retried_after_the_duplicate_window_does_not_count_tw
     ncs: list[Client], subjects: Subjects, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     nc = ncs[2]
-    await _short_window(nc, subjects.counters_stream, [f"{subjects.prefix}.ctr.>"], allow_msg_counter=True)
     await ensure_counter_streams(nc, subjects)
+    await _short_window(nc, subjects.counters_stream)
     # the counters forget an id after a second here: the replica gives up owed increments that old
     monkeypatch.setattr("services.accounting.settlement.DUPLICATE_WINDOW_S", 1.0, raising=False)
     monkeypatch.setattr("services.accounting.settlement.OWED_MARGIN_S", 0.0, raising=False)
@@ -323,3 +317,13 @@ async def test_increments_owed_within_the_duplicate_window_are_sent_again_once(
         assert not accounting._owed
     finally:
         await accounting.stop()
+
+
+async def test_an_operator_created_counter_stream_with_a_short_duplicate_window_is_refused_clearly(
+    ncs: list[Client], subjects: Subjects
+) -> None:
+    nc = ncs[2]
+    await ensure_counter_streams(nc, subjects)
+    await _short_window(nc, subjects.counters_stream)  # as `nats stream add` with its 2-minute default would
+    with pytest.raises(CounterError, match=rf"{subjects.counters_stream} deduplicates increments for 1 s.*dupe-window"):
+        await ensure_counter_streams(nc, subjects)
