@@ -20,7 +20,11 @@ notes the reservation as `live` on `<p>.resv.<request_id>` (shared/admission.py)
 - **release**, when a `live` reservation outlives its expiry (its ingress replica died before the record
   was written): it becomes `released`, then the reservation and the concurrency slots it held are given
   back (lost increments leave them counted: never an overspend); a record that still arrives later is
-  settled at its full actual cost.
+  settled at its full actual cost. While the event stream (a work queue only accounting consumes) holds an
+  event stored before a reservation's expiry, its record may be waiting there (accounting or ClickHouse
+  behind): the reservation is not released then, for at most BACKLOG_HOLD_MAX_S past its expiry (an event
+  JetStream parked after its last delivery must not hold releases forever). Not covered: a record still in
+  an ingress replica's spool (not in the stream yet) when its reservation expires.
 - **leases**: an ingress replica may lease a block of a budget and draw requests' worst cases from it
   (shared/leases.py); the lease is noted `live` like a reservation (`lease=True`, expiring after the latest
   deadline it covers), every request drawn from it names it (`lease_id`) and holds its own worst case as
@@ -40,11 +44,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import math
 import time
 import uuid
 from collections.abc import Coroutine, Sequence
+from datetime import datetime
 
 import httpx
 import msgspec
@@ -69,6 +75,9 @@ REAP_EVERY_S = 1.0
 CAS_ATTEMPTS = 8
 # increments owed are sent again only this long before their ids leave the counters' duplicate window
 OWED_MARGIN_S = 60.0
+STREAM_NOT_FOUND = 10059
+# how long past its expiry a reservation waits for an event backlog older than its expiry, at most
+BACKLOG_HOLD_MAX_S = 3600.0
 WEBHOOK_ATTEMPTS = 3
 
 
@@ -342,11 +351,49 @@ class Reservations:
         await self._pay_owed()
         now = time.time() if now is None else now
         expired = [s.reservation for s in self.states.values() if s.state == "live" and s.reservation.expires_at < now]
+        if not expired:
+            return 0
+        # a record may be late rather than missing: while the event stream holds an event stored before a
+        # reservation expired, that reservation waits (releasing it would let new requests spend what its request
+        # spent already, until its record is settled at full cost). At most BACKLOG_HOLD_MAX_S: an event JetStream
+        # parked after its last delivery stays in the stream until recovered by hand, and must not hold every
+        # release forever
+        oldest = await self._oldest_unsettled_event()
+        held = [r for r in expired if r.expires_at >= oldest and now - r.expires_at < BACKLOG_HOLD_MAX_S]
+        if held:
+            log.warning(
+                "%d expired reservations wait for the event backlog (oldest event stored %.0fs ago)",
+                len(held),
+                time.time() - oldest,
+            )
+            expired = [r for r in expired if r not in held]
         released = 0
         for reservation in sorted(expired, key=lambda r: r.lease):
             if await self._release(reservation.request_id, now):
                 released += 1
         return released
+
+    async def _oldest_unsettled_event(self) -> float:
+        """When the oldest event accounting has not acknowledged yet was stored (unix time); infinity when there is
+        none. The event stream is a work queue consumed by accounting only, so its first message is that event.
+        An answer that cannot be had counts as a backlog right now (nothing is released this round)."""
+        name = self._subjects.events_stream
+        try:
+            reply = await self._nc.request(f"$JS.API.STREAM.INFO.{name}", b"", timeout=self._timeout)
+            info = json.loads(reply.data)
+        except Exception as exc:  # the stream's info unknown: release nothing this round
+            log.warning("event backlog unknown (%s): no reservation released this round", type(exc).__name__)
+            return time.time()
+        error = info.get("error")
+        if error:
+            if error.get("err_code") == STREAM_NOT_FOUND:
+                return math.inf  # no event stream (yet): no record can be waiting in it
+            log.warning("event backlog unknown (%s): no reservation released this round", error.get("description"))
+            return time.time()
+        state = info.get("state", {})
+        if not state.get("messages"):
+            return math.inf
+        return datetime.fromisoformat(state["first_ts"]).timestamp()
 
     async def _release(self, rid: str, now: float) -> bool:
         for _ in range(CAS_ATTEMPTS):

@@ -12,12 +12,14 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
 
+import msgspec
 import nats
 import pytest
 from nats.aio.client import Client
 
 from gatehouse.natsserver import NatsServer
 from services.accounting.settlement import Reservations
+from shared.bus import ensure_events_stream
 from shared.counters import Count, CounterError, Counters, Op, ensure_counter_streams
 from shared.event_publisher import EventPublisher
 from shared.records import RecordPublisher
@@ -327,3 +329,44 @@ async def test_an_operator_created_counter_stream_with_a_short_duplicate_window_
     await _short_window(nc, subjects.counters_stream)  # as `nats stream add` with its 2-minute default would
     with pytest.raises(CounterError, match=rf"{subjects.counters_stream} deduplicates increments for 1 s.*dupe-window"):
         await ensure_counter_streams(nc, subjects)
+
+
+async def test_an_expired_reservation_waits_while_the_event_stream_holds_an_older_record(
+    ncs: list[Client], subjects: Subjects
+) -> None:
+    # accounting (or ClickHouse) is behind: the request finished and its record waits in the event stream when its
+    # reservation expires; releasing it then would let new requests spend what this one spent already
+    nc = ncs[2]
+    js = nc.jetstream()
+    await ensure_counter_streams(nc, subjects)
+    await ensure_events_stream(js, subjects)
+    counter = Counters(nc)
+    spend = subjects.spend_counter("key.k", "total")
+    await counter.add(spend, W)
+    event = subjects.events_mcp
+    record = _drawn(spend)
+    await js.publish(event.name, event.encode(_record(record)))  # stored before the reservation expires
+    request = msgspec.structs.replace(record, expires_at=time.time() + 1)
+    await _note(nc, subjects, request)
+    accounting = await _replica(ncs[0], subjects)
+    try:
+        await asyncio.wait_for(accounting.caught_up.wait(), 10)
+        assert await accounting.reap(request.expires_at + 60) == 0  # held: its record may be in the backlog
+        assert await counter.read(spend) == W
+        # accounting catches up: the record is settled and taken off the stream
+        await accounting.settle_many([(_record(request), 4.0)])
+        await js.purge_stream(subjects.events_stream)
+        assert await accounting.reap(request.expires_at + 60) == 0
+        assert await counter.read(spend) == 4_000_000
+        # a reservation whose record never came is released once no older event waits
+        lost = _drawn(spend, expires_at=time.time() - 1)
+        await counter.add(spend, W)
+        await _note(nc, subjects, lost)
+
+        async def released() -> bool:
+            return await accounting.reap() == 1
+
+        await _poll(released, "the lost request's reservation was not released")
+        assert await counter.read(spend) == 4_000_000
+    finally:
+        await accounting.stop()
