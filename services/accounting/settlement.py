@@ -177,13 +177,18 @@ class Reservations:
                 continue
             # unknown price (a soft budget on an unpriced model): count nothing rather than guess
             todo.append((reservation, math.ceil((cost_usd or 0.0) * MICRO)))
-        decided = await asyncio.gather(*(self._settle_one(reservation) for reservation, _ in todo))
+        # every record's state is moved (or found settled) before anything is raised: one whose move is stored
+        # must get its increments (below), even when another record's fails
+        decided = await asyncio.gather(
+            *(self._settle_one(reservation) for reservation, _ in todo), return_exceptions=True
+        )
+        error = next((d for d in decided if isinstance(d, BaseException)), None)
         ops: list[Op] = []
         alerts: list[tuple[int, Hold, int]] = []  # (index of the settled-counter op, hold, actual)
         owed: list[str] = []
         for (reservation, actual), released in zip(todo, decided, strict=True):
-            if released is None:
-                continue  # settled already (by another replica, or an earlier delivery of this record)
+            if released is None or isinstance(released, BaseException):
+                continue  # settled already (by another replica, or an earlier delivery of this record), or not moved
             rid = reservation.request_id
             first = len(ops)
             # budgets of one level and period (a hard one and a soft one, say) share their counters: the cost is
@@ -209,6 +214,8 @@ class Reservations:
             raise failed
         for rid in owed:
             self._owed.pop(rid, None)
+        if error is not None:
+            raise error  # the batch is retried: the records moved here are settled, the others are tried again
         for index, hold, actual in alerts:
             total = results[index]
             assert isinstance(total, Count)

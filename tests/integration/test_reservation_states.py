@@ -370,3 +370,32 @@ async def test_an_expired_reservation_waits_while_the_event_stream_holds_an_olde
         assert await counter.read(spend) == 4_000_000
     finally:
         await accounting.stop()
+
+
+async def test_a_record_whose_state_cannot_be_moved_does_not_cost_the_others_their_increments(
+    ncs: list[Client], subjects: Subjects
+) -> None:
+    nc = ncs[2]
+    await ensure_counter_streams(nc, subjects)
+    counter = Counters(nc)
+    spend = subjects.spend_counter("key.k", "total")
+    good, bad = _drawn(spend), _drawn(spend)
+    await counter.add(spend, 2 * W)
+    accounting = await _replica(ncs[0], subjects)
+    move = accounting._notes.move
+
+    async def fails_for_bad(state: ReservationState, expected: int) -> bool:
+        if state.reservation.request_id == bad.request_id:
+            raise TimeoutError("the reservations stream did not answer")
+        return await move(state, expected)
+
+    accounting._notes.move = fails_for_bad  # type: ignore[method-assign]
+    try:
+        with pytest.raises(TimeoutError):
+            await accounting.settle_many([(_record(good), 4.0), (_record(bad), 3.0)])
+        assert await counter.read(spend) == 4_000_000 + W  # the good one settled at $4, the bad one still held
+        accounting._notes.move = move  # type: ignore[method-assign]
+        await accounting.settle_many([(_record(good), 4.0), (_record(bad), 3.0)])  # the batch retried
+        assert await counter.read(spend) == 7_000_000
+    finally:
+        await accounting.stop()
