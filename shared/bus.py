@@ -32,6 +32,8 @@ log = logging.getLogger(__name__)
 REQUEST_ID = "Gh-Request-Id"
 TRACEPARENT = "traceparent"
 MSG_ID = "Nats-Msg-Id"
+# a compare-and-set on one subject of a stream: stored only if the subject's last message has this sequence (0: none)
+EXPECTED_LAST_SUBJECT_SEQ = "Nats-Expected-Last-Subject-Sequence"
 PUBLISH_WINDOW = 256  # JetStream publishes awaiting their acks at once in publish_windowed
 
 

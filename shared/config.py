@@ -11,7 +11,9 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError, field_validator, model_validator
 
+from shared.counters import DUPLICATE_WINDOW_S
 from shared.guard_config import GuardrailsConfig
+from shared.leases import MAX_USE_S, MIN_LEASE_GRACE_S
 from shared.mcp_config import McpConfig, RunLimits
 from shared.routing_config import ModelRouting, RoutingConfig
 from shared.schemas.params import check_params
@@ -24,6 +26,10 @@ MiB = 1024 * 1024
 
 # the client protocol a provider kind takes unchanged (services.router.native); others get a translation
 NATIVE_PROTOCOL: dict[str, str] = {"anthropic": "anthropic-messages", "openai": "openai-responses"}
+
+
+# clock skew between ingress and accounting, retries and delivery delays, beyond a lease's own span
+WINDOW_MARGIN_S = 60.0
 
 
 class _Strict(BaseModel):
@@ -330,7 +336,22 @@ class GatehouseConfig(_Strict):
             name = getattr(self.mcp, field)
             if name and name not in self.guardrails.policies:
                 raise ValueError(f"mcp.{field}: unknown guardrail policy {name!r}")
+        self._within_duplicate_window()
         return self
+
+    def _within_duplicate_window(self) -> None:
+        """A budget lease's give-back and accounting's release of it carry the same increment ids (whichever comes
+        first counts): they may come as far apart as a request's timeout plus the lease's grace and use, and the
+        counters deduplicate ids only that long (shared/counters.py)."""
+        grace = max(self.governance.reservation_grace_s, MIN_LEASE_GRACE_S)
+        span = self.server.request_timeout_s + grace + MAX_USE_S + WINDOW_MARGIN_S
+        if span >= DUPLICATE_WINDOW_S:
+            raise ValueError(
+                f"server.request_timeout_s ({self.server.request_timeout_s:g}) + governance.reservation_grace_s "
+                f"({grace:g}) + {MAX_USE_S + WINDOW_MARGIN_S:g} s of lease use and margin is {span:g} s, at least the "
+                f"budget counters' duplicate window of {DUPLICATE_WINDOW_S} s: a lease could be given back twice. "
+                f"Keep the sum under {DUPLICATE_WINDOW_S} s"
+            )
 
     def _fallback_references(self) -> None:
         """Every fallback names a model of the same kind (chat or embeddings), and not the model itself."""

@@ -204,6 +204,32 @@ async def ensure_counter_streams(nc: Client, subjects: Subjects, timeout_s: floa
         error = answer.get("error")
         if error and error.get("err_code") != 10058:  # 10058: exists with another config: keep the operator's
             raise CounterError(f"cannot create stream {name}: {error.get('description')}")
+        if error:
+            await _check_existing(nc, subjects, name, timeout_s)
+
+
+async def _check_existing(nc: Client, subjects: Subjects, name: str, timeout_s: float) -> None:
+    """An operator's stream of another config is kept, unless budgets could not be exact on it: the counters must
+    deduplicate increment ids DUPLICATE_WINDOW_S (a lease's give-back and its release by accounting, and retried
+    settlements, share ids that far apart; shared/config.py bounds request timeouts by it), and reservation states
+    are read by direct get (shared/reservation_notes.py)."""
+    if name not in (subjects.counters_stream, subjects.reservations_stream):
+        return
+    reply = await nc.request(f"$JS.API.STREAM.INFO.{name}", b"", timeout=timeout_s)
+    config = json.loads(reply.data).get("config", {})
+    if name == subjects.counters_stream:
+        window_s = config.get("duplicate_window", 0) / 1e9
+        if window_s < DUPLICATE_WINDOW_S:
+            raise CounterError(
+                f"stream {name} deduplicates increments for {window_s:g} s, less than the {DUPLICATE_WINDOW_S} s "
+                f"budgets need to be counted once (an admin changes it with `nats stream edit {name} "
+                f"--dupe-window {DUPLICATE_WINDOW_S}s`)"
+            )
+    elif not config.get("allow_direct"):
+        raise CounterError(
+            f"stream {name} does not allow direct gets, which settlement reads reservation states with (an admin "
+            f"changes it with `nats stream edit {name} --allow-direct`)"
+        )
 
 
 async def ensure_run_stream(nc: Client, subjects: Subjects, ttl_s: float, timeout_s: float = 5.0) -> bool:

@@ -162,11 +162,14 @@ class EventPublisher:
         return self._spool
 
     # ---- the caller's side: never waits ----------------------------------------------------
-    def publish(self, subject: Subject[T], event: T, event_id: str, traceparent: str = "") -> None:
+    def publish(
+        self, subject: Subject[T], event: T, event_id: str, traceparent: str = "", *, first: bool = False
+    ) -> None:
         """Hand an event over; it is published with Nats-Msg-Id = event_id (and the trace context of the
-        work it records, when given), after every earlier one."""
+        work it records, when given), after every earlier one. A `first` event is stored only while its
+        subject holds nothing (otherwise it is done: the subject has moved past it)."""
         item = SpooledEvent(
-            subject=subject.name, event_id=event_id, data=subject.encode(event), traceparent=traceparent
+            subject=subject.name, event_id=event_id, data=subject.encode(event), traceparent=traceparent, first=first
         )
         if self._closed or self._nc is None:
             self._drop(item, "the publisher is not running")

@@ -12,8 +12,11 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.errors import BadSubjectError, MaxPayloadError
 
-from shared.bus import MSG_ID, TRACEPARENT
+from shared.bus import EXPECTED_LAST_SUBJECT_SEQ, MSG_ID, TRACEPARENT
 from shared.spool_format import SpooledEvent
+
+# JetStream's answer to a publish whose Nats-Expected-Last-Subject-Sequence is not the subject's last sequence
+WRONG_LAST_SEQUENCE = 10071
 
 
 class JetStreamRejected(Exception):
@@ -22,6 +25,7 @@ class JetStreamRejected(Exception):
     def __init__(self, code: int, err_code: int, description: str) -> None:
         super().__init__(f"{code}/{err_code}: {description}")
         self.code = code
+        self.err_code = err_code
 
     @property
     def permanent(self) -> bool:
@@ -72,6 +76,8 @@ class JetStreamAcks:
         headers = {MSG_ID: event.event_id}
         if event.traceparent:
             headers[TRACEPARENT] = event.traceparent
+        if event.first:
+            headers[EXPECTED_LAST_SUBJECT_SEQ] = "0"
         try:
             await nc.publish(event.subject, event.data, reply=f"{self._prefix}.{token}", headers=headers)
         except BaseException:
@@ -92,7 +98,11 @@ class JetStreamAcks:
             future.set_exception(JetStreamRejected(0, 0, f"unreadable ack {msg.data[:100]!r}"))
             return
         error = reply.get("error") if isinstance(reply, dict) else None
-        if error:
+        if error and error.get("err_code") == WRONG_LAST_SEQUENCE:
+            # only a `first` event expects anything: its subject has moved on already (a reservation's `live`
+            # note replayed after it was settled or released), which is where it had to go: done, not an error
+            future.set_result(None)
+        elif error:
             future.set_exception(
                 JetStreamRejected(
                     int(error.get("code", 0)), int(error.get("err_code", 0)), str(error.get("description", ""))

@@ -9,8 +9,11 @@ then admits requests against it locally, without a round trip each (shared/admis
   carry its id) that stands for them: they need no live note of their own, and it expires after the latest
   deadline it covers (only requests whose deadlines it covers draw from it). It is given back after the
   last request drawn from it has ended (whose record was handed to the same ordered publisher first); if the
-  replica dies, accounting releases it by what the requests it has records of did not take
-  (services/accounting/settlement.py).
+  replica dies, accounting releases it by what the requests it counts as drawn from it did not take
+  (services/accounting/settlement.py: each settled or released while the lease was live is added to its state
+  first, so any accounting replica's release counts it). The give-back here and accounting's release share
+  increment ids, so whichever comes first counts: they come at most request_timeout_s + grace + MAX_USE_S
+  apart, which shared/config.py keeps inside the counters' duplicate window.
 
 How much: L = a SHAREth of the headroom last seen, in whole units (W for money), at most MAX_BLOCK units.
 When that is fewer than MIN_BLOCK units, requests are counted exactly, one increment each, as without leases:

@@ -110,10 +110,12 @@ class RecordPublisher:
 
     def note(self, reservation: Reservation, state: str) -> None:
         """Publish a reservation's state: a request's `live` one, or a budget lease's (shared/leases.py):
-        `live` when taken, `settled` when its replica gave back what it did not use."""
+        `live` when taken, `settled` when its replica gave back what it did not use. A `live` note is stored only
+        on an empty subject: replayed late (a spool, a lost ack, past the duplicate window) after accounting
+        settled or released the reservation, it must not make it live again (and be released twice)."""
         noted = ReservationState(state=state, reservation=reservation, at=time.time())
         subject = self._subjects.reservation(reservation.request_id)
-        self._events.publish(subject, noted, f"resv-{state}-{reservation.request_id}")
+        self._events.publish(subject, noted, f"resv-{state}-{reservation.request_id}", first=state == "live")
 
     async def start(self, nc: Client) -> None:
         await self._events.start(nc)

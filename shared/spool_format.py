@@ -30,13 +30,16 @@ _CHUNK = 1 << 16
 
 
 class SpooledEvent(msgspec.Struct, frozen=True, kw_only=True, array_like=True):
-    """One event waiting for JetStream: where it goes, its Nats-Msg-Id, its encoded body, and the W3C
-    `traceparent` it carries as a header (records spooled before it existed read as '')."""
+    """One event waiting for JetStream: where it goes, its Nats-Msg-Id, its encoded body, the W3C
+    `traceparent` it carries as a header (records spooled before it existed read as ''), and whether it may
+    only be the first message on its subject (`first`: a reservation's `live` note, which must never replace
+    a later state however late it is replayed)."""
 
     subject: str
     event_id: str
     data: bytes
     traceparent: str = ""
+    first: bool = False
 
 
 _encoder = msgspec.msgpack.Encoder()

@@ -3,24 +3,38 @@
 Ingress reserves a request's worst-case cost on each hard budget's spend counter before dispatch and
 notes the reservation as `live` on `<p>.resv.<request_id>` (shared/admission.py). Here:
 
-- **settle**, from the request's record: each budget's spend counter moves from the reservation to the
-  actual cost (`+actual - reserved`), the settled counter gains `actual`, and the reservation becomes
-  `settled`. Every increment carries a Nats-Msg-Id derived from the request, so a record delivered
-  twice (accounting killed between settling and acking) settles once; the `settled` state guards beyond
-  the counters' duplicate window.
+- **one decision per reservation, across replicas**: the state on `<p>.resv.<request_id>` is the lock
+  (shared/reservation_notes.py). A settlement or a release reads it (direct get) and moves it by
+  compare-and-set on the sequence it read, *before* any counter increment; only the replica whose move is
+  stored applies the increments, the other reads again and follows the new state. Ingress's `live` notes are
+  stored only on an empty subject, so a late one (a spool replayed past the duplicate window) never replaces
+  a final state.
+- **settle**, from the request's record: the reservation becomes `settled`, then each budget's spend counter
+  moves from the reservation to the actual cost (`+actual - reserved`, or `+actual` if it was released
+  already) and the settled counter gains `actual`. The increments carry ids derived from the request.
+  Increments that fail after the move are owed: sent again (the next batch, the next reap) only while their
+  ids are still deduplicated (DUPLICATE_WINDOW_S less OWED_MARGIN_S), then given up with an error log. What
+  is left: increments owed when the process dies, or given up, are lost; for a settlement of a live
+  reservation that leaves its worst case counted instead of its actual cost (never an overspend), for a
+  released one's settlement its actual cost uncounted.
 - **release**, when a `live` reservation outlives its expiry (its ingress replica died before the record
-  was written): the reservation and the concurrency slots it held are given back, and it becomes
-  `released`; a record that still arrives later is then settled at its full actual cost.
+  was written): it becomes `released`, then the reservation and the concurrency slots it held are given
+  back (lost increments leave them counted: never an overspend); a record that still arrives later is
+  settled at its full actual cost. While the event stream (a work queue only accounting consumes) holds an
+  event stored before a reservation's expiry, its record may be waiting there (accounting or ClickHouse
+  behind): the reservation is not released then, for at most BACKLOG_HOLD_MAX_S past its expiry (an event
+  JetStream parked after its last delivery must not hold releases forever). Not covered: a record still in
+  an ingress replica's spool (not in the stream yet) when its reservation expires.
 - **leases**: an ingress replica may lease a block of a budget and draw requests' worst cases from it
   (shared/leases.py); the lease is noted `live` like a reservation (`lease=True`, expiring after the latest
   deadline it covers), every request drawn from it names it (`lease_id`) and holds its own worst case as
   usual, and needs no live note of its own while the lease's stands for it. The replica gives back the
-  undrawn part itself once the last request drawn from it has ended, and notes the lease `settled`; when a
-  live lease expires instead (the replica died), its holds minus the worst cases of the requests known to be
-  drawn from it (records settled, or live notes of requests holding concurrency slots) are released, and
-  those requests are noted on the `released` lease (`drawn`). A request drawn from it that only shows up
-  later was given back with the lease: its own release gives back nothing more, and its settlement adds its
-  full cost.
+  undrawn part itself once the last request drawn from it has ended, and notes the lease `settled`. A
+  request drawn from a live lease that is settled or released here is first added to the lease's state
+  (`drawn`, and per hold `drawn_micro`), by compare-and-set; when the live lease expires (the replica died)
+  it is released by its holds minus `drawn_micro`. A request that only shows up after that release, and
+  is not in its `drawn`, went back with the lease: its own release gives back nothing more, and its
+  settlement adds its full cost.
 - **alert**: when a budget's settled spend crosses one of its thresholds, a BudgetAlert is published
   once (the settled counter only grows, and its increments are deduplicated), and POSTed to the
   configured webhook in the JSON shape Slack-compatible incoming webhooks take.
@@ -30,11 +44,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import math
 import time
 import uuid
 from collections.abc import Coroutine, Sequence
+from datetime import datetime
 
 import httpx
 import msgspec
@@ -44,7 +60,8 @@ from nats.js import JetStreamContext
 from nats.js.api import DeliverPolicy
 
 from shared.bus import MSG_ID
-from shared.counters import Count, CounterError, Counters, Op
+from shared.counters import DUPLICATE_WINDOW_S, Count, CounterError, Counters, Op
+from shared.reservation_notes import Notes
 from shared.schemas.chat import Hold, Reservation
 from shared.schemas.events import BudgetAlert, RequestEvent, ReservationState
 from shared.schemas.mcp import McpCallEvent
@@ -54,6 +71,13 @@ log = logging.getLogger("gatehouse.accounting.settlement")
 
 MICRO = 1_000_000
 REAP_EVERY_S = 1.0
+# a state moved under a reservation this often in a row (only other settlements and releases move it): give up
+CAS_ATTEMPTS = 8
+# increments owed are sent again only this long before their ids leave the counters' duplicate window
+OWED_MARGIN_S = 60.0
+STREAM_NOT_FOUND = 10059
+# how long past its expiry a reservation waits for an event backlog older than its expiry, at most
+BACKLOG_HOLD_MAX_S = 3600.0
 WEBHOOK_ATTEMPTS = 3
 
 
@@ -85,13 +109,14 @@ class Reservations:
         self.states: dict[str, ReservationState] = {}
         self.caught_up = asyncio.Event()
         self._decode = msgspec.msgpack.Decoder(ReservationState).decode
-        self._encode = msgspec.msgpack.Encoder().encode
         self._tasks: set[asyncio.Task[None]] = set()
         self.released = 0
         self.settled = 0
-        # a settlement and a release decide from the states what was given back already, then act: one at a time,
-        # or a record of a lease being released could be settled against the worst case the release gives back
-        self._deciding = asyncio.Lock()
+        # the state on a reservation's subject decides who settles or releases it (compare-and-set)
+        self._notes = Notes(js, subjects, timeout_s)
+        # increments of reservations this replica moved (settled, released) not applied yet: request id ->
+        # (increments, when it moved it); sent again while their ids are deduplicated
+        self._owed: dict[str, tuple[list[Op], float]] = {}
 
     # ---- the mirror of <p>.resv.* -------------------------------------------------------------------
     async def start(self) -> None:
@@ -111,13 +136,14 @@ class Reservations:
             state = self._decode(msg.data)
         except msgspec.MsgspecError:
             log.error("unreadable reservation state on %s ignored", msg.subject)
-            return
-        rid = state.reservation.request_id
-        known = self.states.get(rid)
-        # a final state is never replaced by an older `live` one that arrives late
-        if known is None or known.state == "live":
-            self.states[rid] = state
-        if msg.metadata.num_pending == 0:
+        else:
+            rid = state.reservation.request_id
+            known = self.states.get(rid)
+            # a final state is never replaced by an older `live` one that arrives late (a lease's live state is, by
+            # the requests drawn from it being added)
+            if known is None or known.state == "live":
+                self.states[rid] = state
+        if msg.metadata.num_pending == 0:  # also when the last one was unreadable
             self.caught_up.set()
 
     async def stop(self) -> None:
@@ -126,16 +152,11 @@ class Reservations:
         if self._tasks:
             await asyncio.wait(set(self._tasks), timeout=self._timeout)
 
-    async def _note(self, reservation: Reservation, state: str) -> None:
-        final = ReservationState(state=state, reservation=reservation, at=time.time())
-        subject = self._subjects.reservation(reservation.request_id)
-        await self._js.publish(
-            subject.name,
-            self._encode(final),
-            timeout=self._timeout,
-            headers={MSG_ID: f"resv-{state}-{reservation.request_id}"},
-        )
-        self.states[reservation.request_id] = final
+    def _known(self, state: ReservationState | None) -> None:
+        """What this replica just read or wrote: its mirror follows (the stream is the truth; this only spares the
+        reaper candidates that are gone already)."""
+        if state is not None:
+            self.states[state.reservation.request_id] = state
 
     # ---- settlement ----------------------------------------------------------------------------------
     async def settle(self, event: RequestEvent | McpCallEvent, cost_usd: float | None) -> None:
@@ -144,29 +165,32 @@ class Reservations:
 
     async def settle_many(self, records: Sequence[tuple[RequestEvent | McpCallEvent, float | None]]) -> None:
         """Settle the reservations these records carry (a model request's, or a priced tool call's) to their
-        actual costs, every counter increment of
-        the batch in one go; raises CounterError when one cannot be made (the caller retries the batch:
-        every increment is idempotent, and the states note which are done)."""
-        async with self._deciding:
-            await self._settle_many(records)
-
-    async def _settle_many(self, records: Sequence[tuple[RequestEvent | McpCallEvent, float | None]]) -> None:
-        todo: list[tuple[Reservation, int, bool]] = []
+        actual costs: each reservation's state is moved to `settled` first (compare-and-set: of two replicas
+        settling or releasing it at once, one moves it), then the winners' counter increments of the whole batch
+        go in one go; raises CounterError when one cannot be made (the caller retries the batch: the states say
+        the records are settled, and the increments owed are sent again while their ids are still deduplicated)."""
+        await self._pay_owed()
+        todo: list[tuple[Reservation, int]] = []
         for event, cost_usd in records:
             reservation = event.reservation
             if reservation is None or not reservation.holds:
                 continue
-            known = self.states.get(reservation.request_id)
-            if known is not None and known.state == "settled":
-                continue
             # unknown price (a soft budget on an unpriced model): count nothing rather than guess
-            actual = math.ceil((cost_usd or 0.0) * MICRO)
-            released = (known is not None and known.state == "released") or self._outside_lease(reservation)
-            todo.append((reservation, actual, released))
+            todo.append((reservation, math.ceil((cost_usd or 0.0) * MICRO)))
+        # every record's state is moved (or found settled) before anything is raised: one whose move is stored
+        # must get its increments (below), even when another record's fails
+        decided = await asyncio.gather(
+            *(self._settle_one(reservation) for reservation, _ in todo), return_exceptions=True
+        )
+        error = next((d for d in decided if isinstance(d, BaseException)), None)
         ops: list[Op] = []
         alerts: list[tuple[int, Hold, int]] = []  # (index of the settled-counter op, hold, actual)
-        for reservation, actual, released in todo:
+        owed: list[str] = []
+        for (reservation, actual), released in zip(todo, decided, strict=True):
+            if released is None or isinstance(released, BaseException):
+                continue  # settled already (by another replica, or an earlier delivery of this record), or not moved
             rid = reservation.request_id
+            first = len(ops)
             # budgets of one level and period (a hard one and a soft one, say) share their counters: the cost is
             # counted once per counter, against everything the reservation held on it
             held: dict[str, int] = {}
@@ -182,17 +206,95 @@ class Reservations:
                         settled_at[settled] = len(ops)
                         ops.append(Op(settled, actual, f"settled.{rid}.{i}"))
                     alerts.append((settled_at[settled], hold, actual))
+            self._owed[rid] = (ops[first:], time.monotonic())
+            owed.append(rid)
         results = await self._counters.add_many(ops)
         failed = next((r for r in results if isinstance(r, CounterError)), None)
         if failed is not None:
             raise failed
+        for rid in owed:
+            self._owed.pop(rid, None)
+        if error is not None:
+            raise error  # the batch is retried: the records moved here are settled, the others are tried again
         for index, hold, actual in alerts:
             total = results[index]
             assert isinstance(total, Count)
             if not total.duplicate:
                 await self._alert(hold, total.value - actual, total.value)
-        await asyncio.gather(*(self._note(reservation, "settled") for reservation, _, _ in todo))
-        self.settled += len(todo)
+        self.settled += len(owed)
+
+    async def _settle_one(self, reservation: Reservation) -> bool | None:
+        """Move one reservation to `settled`: whether its worst case is no longer on the counters (it was released,
+        or went back with its lease), so its settlement adds the full actual cost; None when it was settled
+        already and nothing is to be done."""
+        counted = await self._on_lease(reservation) if reservation.lease_id else True
+        for _ in range(CAS_ATTEMPTS):
+            seq, known = await self._notes.read(reservation.request_id)
+            if known is not None and known.state == "settled":
+                self._known(known)
+                return None
+            released = (known is not None and known.state == "released") or not counted
+            final = ReservationState(state="settled", reservation=reservation, at=time.time())
+            if await self._notes.move(final, seq):
+                self._known(final)
+                return released
+        raise CounterError(f"reservation {reservation.request_id}: its state kept changing")
+
+    async def _on_lease(self, reservation: Reservation) -> bool:
+        """A request drawn from a lease ends (settled, or released): whether the lease's worst cases count it.
+        While the lease is live the request is added to it (compare-and-set), so a release of the lease, on any
+        replica, no longer gives its worst case back; a released lease counts it if its release did; a lease given
+        back by its replica counted everything drawn from it. A lease with no state at all (its live note was
+        lost) is noted settled with this request, so it can never be released later without it."""
+        rid = reservation.request_id
+        for _ in range(CAS_ATTEMPTS):
+            seq, known = await self._notes.read(reservation.lease_id)
+            self._known(known)
+            if known is not None and known.state != "live":
+                return known.state != "released" or rid in known.reservation.drawn
+            if known is None:
+                lease = Reservation(request_id=reservation.lease_id, lease=True)
+                state = "settled"
+            else:
+                lease = known.reservation
+                state = "live"
+                if rid in lease.drawn:
+                    return True
+            micro = list(lease.drawn_micro) + [0] * (len(lease.holds) - len(lease.drawn_micro))
+            for i, hold in enumerate(lease.holds):
+                micro[i] += sum(h.micro_usd for h in reservation.holds if h.subject == hold.subject)
+            lease = msgspec.structs.replace(lease, drawn=[*lease.drawn, rid], drawn_micro=micro)
+            moved = ReservationState(state=state, reservation=lease, at=time.time())
+            if await self._notes.move(moved, seq):
+                self._known(moved)
+                return True
+        raise CounterError(f"lease {reservation.lease_id}: its state kept changing")
+
+    async def _pay_owed(self) -> None:
+        """Send again the increments of reservations this replica moved whose increments failed, while their ids
+        are still deduplicated (so each counts once). Past that they are given up with an error: a settlement of a
+        live reservation then leaves its worst case counted (never an overspend, only a budget that looks fuller
+        than it is until its period ends); a released one's settlement misses its actual cost."""
+        if not self._owed:
+            return
+        now = time.monotonic()
+        for rid, (ops, since) in list(self._owed.items()):
+            if now - since > DUPLICATE_WINDOW_S - OWED_MARGIN_S:
+                del self._owed[rid]
+                log.error(
+                    "gave up the counter increments of reservation %s after %.0fs (beyond the duplicate window they "
+                    "could count twice): %s",
+                    rid,
+                    now - since,
+                    ", ".join(f"{op.subject} {op.delta:+d}" for op in ops),
+                )
+        pending = [(rid, ops) for rid, (ops, _) in self._owed.items()]
+        results = await self._counters.add_many([op for _, ops in pending for op in ops])
+        failed = next((r for r in results if isinstance(r, CounterError)), None)
+        if failed is not None:
+            raise failed
+        for rid, _ in pending:
+            self._owed.pop(rid, None)
 
     async def _alert(self, hold: Hold, before: int, after: int) -> None:
         for pct in crossed(before, after, hold.amount_micro, hold.alerts):
@@ -247,57 +349,115 @@ class Reservations:
                 await asyncio.sleep(2**attempt)
         log.error("budget alert %s not delivered to the webhook after %d attempts", alert.event_id, WEBHOOK_ATTEMPTS)
 
-    def _outside_lease(self, reservation: Reservation) -> bool:
-        """A request drawn from a lease that was released without counting it: its worst case went back with
-        the lease already."""
-        if not reservation.lease_id:
-            return False
-        lease = self.states.get(reservation.lease_id)
-        return lease is not None and lease.state == "released" and reservation.request_id not in lease.reservation.drawn
-
     # ---- release of reservations whose request never reported ------------------------------------
     async def reap(self, now: float | None = None) -> int:
-        """Release every live reservation past its expiry; how many were released."""
-        async with self._deciding:
-            return await self._reap(now)
-
-    async def _reap(self, now: float | None = None) -> int:
+        """Release every live reservation past its expiry; how many this replica released. Candidates come from
+        the mirror; each is read again and moved to `released` by compare-and-set before anything is given back,
+        so a reservation is released at most once whichever replicas reap or settle it at the same time.
+        Requests go before leases: one drawn from a live lease is added to it, which its release then counts."""
+        await self._pay_owed()
         now = time.time() if now is None else now
         expired = [s.reservation for s in self.states.values() if s.state == "live" and s.reservation.expires_at < now]
-        leases = {r.request_id for r in expired if r.lease}
-        drawn: dict[str, list[Reservation]] = {lid: [] for lid in leases}
-        if leases:
-            for state in self.states.values():
-                if state.reservation.lease_id in drawn:
-                    drawn[state.reservation.lease_id].append(state.reservation)
-        for reservation in expired:
-            rid = reservation.request_id
-            if reservation.lease:
-                await self._release_lease(reservation, drawn[rid])
-                continue
-            for i, hold in enumerate(reservation.holds):
-                if hold.micro_usd and not self._outside_lease(reservation):
-                    await self._counters.add(hold.subject, -hold.micro_usd, msg_id=f"release.{rid}.{i}")
-            for i, subject in enumerate(reservation.concurrency):
-                await self._counters.add(subject, -1, msg_id=f"release-conc.{rid}.{i}")
-            await self._note(reservation, "released")
-            self.released += 1
-            log.warning("released the reservation of request %s: its record never came", rid)
-        return len(expired)
+        if not expired:
+            return 0
+        # a record may be late rather than missing: while the event stream holds an event stored before a
+        # reservation expired, that reservation waits (releasing it would let new requests spend what its request
+        # spent already, until its record is settled at full cost). At most BACKLOG_HOLD_MAX_S: an event JetStream
+        # parked after its last delivery stays in the stream until recovered by hand, and must not hold every
+        # release forever
+        oldest = await self._oldest_unsettled_event()
+        held = [r for r in expired if r.expires_at >= oldest and now - r.expires_at < BACKLOG_HOLD_MAX_S]
+        if held:
+            log.warning(
+                "%d expired reservations wait for the event backlog (oldest event stored %.0fs ago)",
+                len(held),
+                time.time() - oldest,
+            )
+            expired = [r for r in expired if r not in held]
+        released = 0
+        for reservation in sorted(expired, key=lambda r: r.lease):
+            if await self._release(reservation.request_id, now):
+                released += 1
+        return released
 
-    async def _release_lease(self, lease: Reservation, drawn: list[Reservation]) -> None:
-        """A lease whose replica died: release what the requests known to be drawn from it did not take."""
-        for i, hold in enumerate(lease.holds):
-            taken = sum(h.micro_usd for r in drawn for h in r.holds if h.subject == hold.subject)
-            if hold.micro_usd - taken > 0:
-                await self._counters.add(hold.subject, taken - hold.micro_usd, msg_id=f"release.{lease.request_id}.{i}")
-        await self._note(msgspec.structs.replace(lease, drawn=sorted(r.request_id for r in drawn)), "released")
+    async def _oldest_unsettled_event(self) -> float:
+        """When the oldest event accounting has not acknowledged yet was stored (unix time); infinity when there is
+        none. The event stream is a work queue consumed by accounting only, so its first message is that event.
+        An answer that cannot be had counts as a backlog right now (nothing is released this round)."""
+        name = self._subjects.events_stream
+        try:
+            reply = await self._nc.request(f"$JS.API.STREAM.INFO.{name}", b"", timeout=self._timeout)
+            info = json.loads(reply.data)
+        except Exception as exc:  # the stream's info unknown: release nothing this round
+            log.warning("event backlog unknown (%s): no reservation released this round", type(exc).__name__)
+            return time.time()
+        error = info.get("error")
+        if error:
+            if error.get("err_code") == STREAM_NOT_FOUND:
+                return math.inf  # no event stream (yet): no record can be waiting in it
+            log.warning("event backlog unknown (%s): no reservation released this round", error.get("description"))
+            return time.time()
+        state = info.get("state", {})
+        if not state.get("messages"):
+            return math.inf
+        return datetime.fromisoformat(state["first_ts"]).timestamp()
+
+    async def _release(self, rid: str, now: float) -> bool:
+        for _ in range(CAS_ATTEMPTS):
+            seq, known = await self._notes.read(rid)
+            self._known(known)
+            if known is None or known.state != "live" or known.reservation.expires_at >= now:
+                return False  # settled or released meanwhile (here or elsewhere), or extended
+            moved = await self._release_state(seq, known.reservation)
+            if moved is not None:
+                return await self._released(*moved)
+            # moved under us (settled, released, or a request drawn from the lease added to it): read it again
+        raise CounterError(f"reservation {rid}: its state kept changing")
+
+    async def _release_state(self, seq: int, reservation: Reservation) -> tuple[ReservationState, list[Op]] | None:
+        """Move a live reservation read at `seq` to `released`: the new state and the increments that give back what
+        it held; None if its state moved first."""
+        rid = reservation.request_id
+        final = ReservationState(state="released", reservation=reservation, at=time.time())
+        ops: list[Op] = []
+        if reservation.lease:
+            # what the requests known to be drawn from it did not take
+            for i, hold in enumerate(reservation.holds):
+                taken = reservation.drawn_micro[i] if i < len(reservation.drawn_micro) else 0
+                if hold.micro_usd - taken > 0:
+                    ops.append(Op(hold.subject, taken - hold.micro_usd, f"release.{rid}.{i}"))
+        else:
+            # a request drawn from a lease that was released without it: its worst case went back with the lease
+            counted = await self._on_lease(reservation) if reservation.lease_id else True
+            for i, hold in enumerate(reservation.holds):
+                if hold.micro_usd and counted:
+                    ops.append(Op(hold.subject, -hold.micro_usd, f"release.{rid}.{i}"))
+            ops += [Op(subject, -1, f"release-conc.{rid}.{i}") for i, subject in enumerate(reservation.concurrency)]
+        if not await self._notes.move(final, seq):
+            return None
+        return final, ops
+
+    async def _released(self, final: ReservationState, ops: list[Op]) -> bool:
+        reservation = final.reservation
+        rid = reservation.request_id
+        self._known(final)
+        # released: only this replica gives it back. Should that fail (or this process die right now), the worst
+        # case stays counted, which never overspends; the increments are sent again with the next reap while
+        # their ids are deduplicated
+        self._owed[rid] = (ops, time.monotonic())
+        results = await self._counters.add_many(ops)
+        if not any(isinstance(r, CounterError) for r in results):
+            self._owed.pop(rid, None)
         self.released += 1
-        log.warning(
-            "released the budget lease %s (%d requests drawn from it): its ingress replica never gave it back",
-            lease.request_id,
-            len(drawn),
-        )
+        if reservation.lease:
+            log.warning(
+                "released the budget lease %s (%d requests drawn from it): its ingress replica never gave it back",
+                rid,
+                len(reservation.drawn),
+            )
+        else:
+            log.warning("released the reservation of request %s: its record never came", rid)
+        return True
 
     async def reap_forever(self, every_s: float = REAP_EVERY_S) -> None:
         await self.caught_up.wait()

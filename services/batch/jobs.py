@@ -13,7 +13,6 @@ import time
 from collections.abc import Callable, Coroutine
 
 import msgspec
-from nats.js.errors import NotFoundError as JsNotFoundError
 
 from services.batch.input import ENDPOINTS, Line, check_endpoint, read_lines
 from services.batch.lifecycle import ACTIVE, CANCELLABLE, FINAL, Progress, cancelling, finished, progress_of
@@ -49,6 +48,7 @@ from shared.errors import (
 from shared.files import FileStore, StoredFile
 from shared.logs import bind_batch, unbind_batch
 from shared.records import RequestRecord
+from shared.reservation_notes import Notes
 from shared.schemas.batch import BatchItem, BatchJob, BatchJobEvent, CreateJob, LineError, StoredResult
 from shared.schemas.events import ReservationState
 from shared.subjects import encode
@@ -59,6 +59,8 @@ log = logging.getLogger("gatehouse.batch.jobs")
 SURFACES = frozenset({"openai", "anthropic"})
 VALIDATING_STALE_S = 30.0  # a job still being queued this long after its last change is taken over
 FINALIZING_STALE_S = 60.0
+# a job's reservation state moved under it this often in a row (by the sweep of another replica): give up this round
+NOTE_ATTEMPTS = 8
 RESERVATION_SLACK_S = 3600.0  # a job's reservation outlives its window this long before accounting may free it
 
 
@@ -69,6 +71,7 @@ class JobControl:
         self.queue = queue
         self.files = file_store
         self.reserver = reserver
+        self.notes = Notes(self.env.js, self.env.subjects, self.env.timeout_s)
         self._enqueueing: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._published: dict[str, tuple[str, int, int]] = {}  # job → (status, done, cost) last published
@@ -120,7 +123,7 @@ class JobControl:
             await self.reserver.release(job.id, job.holds, job.reserved_micro)
             raise
         if job.reserved_micro:
-            await self._note(job, "live", job.reserved_micro)
+            await self._note(job, job.reserved_micro)
         if job.status == "validating":
             self._spawn(self._enqueue(job, lines))
         await self.publish_progress(job, Progress(), force=True)
@@ -453,34 +456,36 @@ class JobControl:
         return file_id
 
     async def _release(self, job: BatchJob, left: int) -> None:
+        """Give back what no item took. The job's reservation moves to `settled` first, by compare-and-set: if
+        accounting's reaper released it meanwhile (this service was away past the job's window) that stands and
+        nothing is given back here; once moved, the reaper never releases it, however much later (its release
+        and this one share increment ids, but they may be days apart, far beyond the counters' duplicate window).
+        Should this process die between the move and the give-back, the rest stays counted: never an overspend."""
         if not job.reserved_micro:
             return
-        if await self._reservation_state(job.id) == "released":
-            return  # accounting's reaper freed it already (this service was away past the job's window)
+        for _ in range(NOTE_ATTEMPTS):
+            seq, known = await self.notes.read(job.id)
+            if known is not None and known.state != "live":
+                return  # released by accounting's reaper, or given back already
+            reservation = job_reservation(job.id, job.holds, left, job.expires_at + RESERVATION_SLACK_S)
+            if await self.notes.move(ReservationState(state="settled", reservation=reservation, at=time.time()), seq):
+                break
+        else:
+            raise JobConflict(f"job {job.id}: its reservation's state kept changing")
         await self.reserver.release(job.id, job.holds, left)
-        await self._note(job, "settled", 0)
         metrics.batch_reservation("released")
 
-    async def _reservation_state(self, job_id: str) -> str:
-        subject = self.env.subjects.reservation(job_id)
-        try:
-            msg = await self.env.js.get_last_msg(self.env.subjects.reservations_stream, subject.name)
-        except JsNotFoundError:
-            return ""
-        return subject.decode(msg.data or b"").state
-
-    async def _note(self, job: BatchJob, state: str, left: int) -> None:
-        """The job's reservation for accounting's reaper: `live` with what no item has taken yet (freed if
-        this service is gone past the job's window), or `settled` when the job gave the rest back."""
+    async def _note(self, job: BatchJob, left: int) -> None:
+        """The job's reservation for accounting's reaper: `live` with what no item has taken yet (freed if this
+        service is gone past the job's window). Only a live state (or none) is replaced: one the reaper released,
+        or this service settled, stays so."""
         reservation = job_reservation(job.id, job.holds, left, job.expires_at + RESERVATION_SLACK_S)
-        subject = self.env.subjects.reservation(job.id)
-        note = ReservationState(state=state, reservation=reservation, at=time.time())
-        await self.env.js.publish(
-            subject.name,
-            subject.encode(note),
-            timeout=self.env.timeout_s,
-            headers={MSG_ID: f"resv-{state}-{job.id}-{int(time.time())}"},
-        )
+        for _ in range(NOTE_ATTEMPTS):
+            seq, known = await self.notes.read(job.id)
+            if known is not None and known.state != "live":
+                return
+            if await self.notes.move(ReservationState(state="live", reservation=reservation, at=time.time()), seq):
+                return
 
     # ---- the sweep (every second, on every replica) --------------------------------------------------
     async def sweep(self, ensure_running: Callable[[BatchJob], None], progress_every_s: float) -> None:
@@ -516,7 +521,7 @@ class JobControl:
         if progress is not None and tick:
             await self.publish_progress(job, progress)
             if job.reserved_micro and job.status == "in_progress":
-                await self._note(job, "live", max(job.reserved_micro - progress.shares_micro, 0))
+                await self._note(job, max(job.reserved_micro - progress.shares_micro, 0))
         ending = job.status == "cancelling" or now >= job.expires_at
         if not ending:
             if progress is None:

@@ -108,8 +108,11 @@ class Reservation(msgspec.Struct, frozen=True, kw_only=True):
     lease_id: str = ""
     # this reservation is itself a lease: a block of money an ingress replica holds for the requests it draws
     lease: bool = False
-    # a lease released by accounting (its replica died): the requests it counted as drawn from it
+    # a lease: the requests accounting counts as drawn from it (each settled or released while it was live, or
+    # counted when it was released), and per hold their worst cases on that hold's counter (what its release
+    # does not give back)
     drawn: list[str] = []
+    drawn_micro: list[int] = []
 
 
 class ChatRequest(msgspec.Struct, frozen=True, kw_only=True):

@@ -156,3 +156,13 @@ models:
     )
     got = {m.name: config.native_protocols(m) for m in config.models}
     assert got == {"a": {"anthropic-messages"}, "b": {"openai-responses"}, "c": frozenset()}
+
+
+def test_a_request_timeout_past_the_counters_duplicate_window_is_refused() -> None:
+    # a lease's give-back and accounting's release of it share increment ids; they may come a request timeout plus
+    # the grace apart, and the counters deduplicate ids for 900 s
+    with pytest.raises(ConfigError, match=r"request_timeout_s \(870\).*at least the budget counters' duplicate window"):
+        parse_config("server:\n  request_timeout_s: 870\n", "gh.yaml")
+    with pytest.raises(ConfigError, match="reservation_grace_s"):
+        parse_config("governance:\n  reservation_grace_s: 400\nserver:\n  request_timeout_s: 500\n", "gh.yaml")
+    assert parse_config("server:\n  request_timeout_s: 800\n").server.request_timeout_s == 800
