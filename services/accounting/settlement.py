@@ -177,10 +177,25 @@ class Reservations:
                 continue
             # unknown price (a soft budget on an unpriced model): count nothing rather than guess
             todo.append((reservation, math.ceil((cost_usd or 0.0) * MICRO)))
+        # the requests drawn from one lease are added to it in one move (a busy key's batch holds dozens of them:
+        # one compare-and-set each would race each other on the lease's subject)
+        by_lease: dict[str, list[Reservation]] = {}
+        for reservation, _ in todo:
+            if reservation.lease_id:
+                by_lease.setdefault(reservation.lease_id, []).append(reservation)
+        leases = await asyncio.gather(
+            *(self._on_lease(lease_id, drawn) for lease_id, drawn in by_lease.items()), return_exceptions=True
+        )
+        counted: dict[str, bool | BaseException] = {}
+        for drawn, outcome in zip(by_lease.values(), leases, strict=True):
+            for reservation in drawn:
+                rid = reservation.request_id
+                counted[rid] = outcome if isinstance(outcome, BaseException) else outcome[rid]
         # every record's state is moved (or found settled) before anything is raised: one whose move is stored
         # must get its increments (below), even when another record's fails
         decided = await asyncio.gather(
-            *(self._settle_one(reservation) for reservation, _ in todo), return_exceptions=True
+            *(self._settle_one(reservation, counted.get(reservation.request_id, True)) for reservation, _ in todo),
+            return_exceptions=True,
         )
         error = next((d for d in decided if isinstance(d, BaseException)), None)
         ops: list[Op] = []
@@ -223,11 +238,12 @@ class Reservations:
                 await self._alert(hold, total.value - actual, total.value)
         self.settled += len(owed)
 
-    async def _settle_one(self, reservation: Reservation) -> bool | None:
+    async def _settle_one(self, reservation: Reservation, counted: bool | BaseException) -> bool | None:
         """Move one reservation to `settled`: whether its worst case is no longer on the counters (it was released,
-        or went back with its lease), so its settlement adds the full actual cost; None when it was settled
-        already and nothing is to be done."""
-        counted = await self._on_lease(reservation) if reservation.lease_id else True
+        or went back with its lease: `counted` False), so its settlement adds the full actual cost; None when it was
+        settled already and nothing is to be done. `counted` is the lease's answer (_on_lease), or how it failed."""
+        if isinstance(counted, BaseException):
+            raise counted
         for _ in range(CAS_ATTEMPTS):
             seq, known = await self._notes.read(reservation.request_id)
             if known is not None and known.state == "settled":
@@ -240,35 +256,38 @@ class Reservations:
                 return released
         raise CounterError(f"reservation {reservation.request_id}: its state kept changing")
 
-    async def _on_lease(self, reservation: Reservation) -> bool:
-        """A request drawn from a lease ends (settled, or released): whether the lease's worst cases count it.
-        While the lease is live the request is added to it (compare-and-set), so a release of the lease, on any
-        replica, no longer gives its worst case back; a released lease counts it if its release did; a lease given
-        back by its replica counted everything drawn from it. A lease with no state at all (its live note was
-        lost) is noted settled with this request, so it can never be released later without it."""
-        rid = reservation.request_id
+    async def _on_lease(self, lease_id: str, drawn: list[Reservation]) -> dict[str, bool]:
+        """Requests drawn from a lease end (settled, or released): for each, whether the lease's worst cases count
+        it. While the lease is live the requests are added to it (one compare-and-set for all), so a release of the
+        lease, on any replica, no longer gives their worst cases back; a released lease counts those its release
+        did; a lease given back by its replica counted everything drawn from it. A lease with no state at all (its
+        live note was lost) is noted settled with these requests, so it can never be released later without them."""
         for _ in range(CAS_ATTEMPTS):
-            seq, known = await self._notes.read(reservation.lease_id)
+            seq, known = await self._notes.read(lease_id)
             self._known(known)
             if known is not None and known.state != "live":
-                return known.state != "released" or rid in known.reservation.drawn
+                released = known.state == "released"
+                return {r.request_id: not released or r.request_id in known.reservation.drawn for r in drawn}
             if known is None:
-                lease = Reservation(request_id=reservation.lease_id, lease=True)
+                lease = Reservation(request_id=lease_id, lease=True)
                 state = "settled"
             else:
                 lease = known.reservation
                 state = "live"
-                if rid in lease.drawn:
-                    return True
-            micro = list(lease.drawn_micro) + [0] * (len(lease.holds) - len(lease.drawn_micro))
-            for i, hold in enumerate(lease.holds):
-                micro[i] += sum(h.micro_usd for h in reservation.holds if h.subject == hold.subject)
-            lease = msgspec.structs.replace(lease, drawn=[*lease.drawn, rid], drawn_micro=micro)
-            moved = ReservationState(state=state, reservation=lease, at=time.time())
-            if await self._notes.move(moved, seq):
+            added = [r for r in drawn if r.request_id not in lease.drawn]
+            if added:
+                micro = list(lease.drawn_micro) + [0] * (len(lease.holds) - len(lease.drawn_micro))
+                for i, hold in enumerate(lease.holds):
+                    micro[i] += sum(h.micro_usd for r in added for h in r.holds if h.subject == hold.subject)
+                lease = msgspec.structs.replace(
+                    lease, drawn=[*lease.drawn, *(r.request_id for r in added)], drawn_micro=micro
+                )
+                moved = ReservationState(state=state, reservation=lease, at=time.time())
+                if not await self._notes.move(moved, seq):
+                    continue
                 self._known(moved)
-                return True
-        raise CounterError(f"lease {reservation.lease_id}: its state kept changing")
+            return {r.request_id: True for r in drawn}
+        raise CounterError(f"lease {lease_id}: its state kept changing")
 
     async def _pay_owed(self) -> None:
         """Send again the increments of reservations this replica moved whose increments failed, while their ids
@@ -368,11 +387,12 @@ class Reservations:
         oldest = await self._oldest_unsettled_event()
         held = [r for r in expired if r.expires_at >= oldest and now - r.expires_at < BACKLOG_HOLD_MAX_S]
         if held:
-            log.warning(
-                "%d expired reservations wait for the event backlog (oldest event stored %.0fs ago)",
-                len(held),
-                time.time() - oldest,
-            )
+            if oldest > -math.inf:  # (unknown: said already)
+                log.warning(
+                    "%d expired reservations wait for the event backlog (oldest event stored %.0fs ago)",
+                    len(held),
+                    time.time() - oldest,
+                )
             expired = [r for r in expired if r not in held]
         released = 0
         for reservation in sorted(expired, key=lambda r: r.lease):
@@ -383,20 +403,20 @@ class Reservations:
     async def _oldest_unsettled_event(self) -> float:
         """When the oldest event accounting has not acknowledged yet was stored (unix time); infinity when there is
         none. The event stream is a work queue consumed by accounting only, so its first message is that event.
-        An answer that cannot be had counts as a backlog right now (nothing is released this round)."""
+        An answer that cannot be had counts as a backlog as old as any (-inf: nothing is released this round)."""
         name = self._subjects.events_stream
         try:
             reply = await self._nc.request(f"$JS.API.STREAM.INFO.{name}", b"", timeout=self._timeout)
             info = json.loads(reply.data)
-        except Exception as exc:  # the stream's info unknown: release nothing this round
+        except Exception as exc:  # the stream's info unknown: release nothing this round (-inf holds every one)
             log.warning("event backlog unknown (%s): no reservation released this round", type(exc).__name__)
-            return time.time()
+            return -math.inf
         error = info.get("error")
         if error:
             if error.get("err_code") == STREAM_NOT_FOUND:
                 return math.inf  # no event stream (yet): no record can be waiting in it
             log.warning("event backlog unknown (%s): no reservation released this round", error.get("description"))
-            return time.time()
+            return -math.inf
         state = info.get("state", {})
         if not state.get("messages"):
             return math.inf
@@ -428,7 +448,7 @@ class Reservations:
                     ops.append(Op(hold.subject, taken - hold.micro_usd, f"release.{rid}.{i}"))
         else:
             # a request drawn from a lease that was released without it: its worst case went back with the lease
-            counted = await self._on_lease(reservation) if reservation.lease_id else True
+            counted = (await self._on_lease(reservation.lease_id, [reservation]))[rid] if reservation.lease_id else True
             for i, hold in enumerate(reservation.holds):
                 if hold.micro_usd and counted:
                     ops.append(Op(hold.subject, -hold.micro_usd, f"release.{rid}.{i}"))
