@@ -342,7 +342,10 @@ class GatehouseConfig(_Strict):
     def _within_duplicate_window(self) -> None:
         """A budget lease's give-back and accounting's release of it carry the same increment ids (whichever comes
         first counts): they may come as far apart as a request's timeout plus the lease's grace and use, and the
-        counters deduplicate ids only that long (shared/counters.py)."""
+        counters deduplicate ids only that long (shared/counters.py). Without leases nothing is given back that way,
+        and a longer timeout is fine."""
+        if not self.governance.leases:
+            return
         grace = max(self.governance.reservation_grace_s, MIN_LEASE_GRACE_S)
         span = self.server.request_timeout_s + grace + MAX_USE_S + WINDOW_MARGIN_S
         if span >= DUPLICATE_WINDOW_S:
@@ -350,7 +353,7 @@ class GatehouseConfig(_Strict):
                 f"server.request_timeout_s ({self.server.request_timeout_s:g}) + governance.reservation_grace_s "
                 f"({grace:g}) + {MAX_USE_S + WINDOW_MARGIN_S:g} s of lease use and margin is {span:g} s, at least the "
                 f"budget counters' duplicate window of {DUPLICATE_WINDOW_S} s: a lease could be given back twice. "
-                f"Keep the sum under {DUPLICATE_WINDOW_S} s"
+                f"Keep the sum under {DUPLICATE_WINDOW_S} s, or set governance.leases: false"
             )
 
     def _fallback_references(self) -> None:

@@ -166,3 +166,6 @@ def test_a_request_timeout_past_the_counters_duplicate_window_is_refused() -> No
     with pytest.raises(ConfigError, match="reservation_grace_s"):
         parse_config("governance:\n  reservation_grace_s: 400\nserver:\n  request_timeout_s: 500\n", "gh.yaml")
     assert parse_config("server:\n  request_timeout_s: 800\n").server.request_timeout_s == 800
+    # without leases nothing is given back that way: long requests (reasoning models) may take longer
+    no_leases = parse_config("governance:\n  leases: false\nserver:\n  request_timeout_s: 1800\n", "gh.yaml")
+    assert no_leases.server.request_timeout_s == 1800
