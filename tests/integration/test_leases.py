@@ -15,7 +15,6 @@ import pytest
 from nats.aio.client import Client
 
 from gatehouse.natsserver import NatsServer
-from services.accounting.settlement import Reservations
 from shared.admission import Admitted, Estimate, Governor
 from shared.counters import Count, CounterError, Counters, Op, ensure_counter_streams
 from shared.directory import Entitlement, Scope
@@ -24,17 +23,15 @@ from shared.governance import Budget, Limits, Quotas, VirtualKey
 from shared.leases import MAX_BLOCK, Leases
 from shared.periods import window
 from shared.route_pricing import RoutePricing, TokenRates
-from shared.schemas.chat import Caller, Hold, Reservation
-from shared.schemas.events import ReservationState
-from shared.schemas.mcp import McpCallEvent
+from shared.schemas.chat import Caller, Reservation
 from shared.subjects import Subjects
+from tests.integration.reservation_support import W, make_drawn, make_lease, make_record, poll, publish_state, replica
 
 pytestmark = pytest.mark.timeout(120)
 
 # $1 per output token: 10 output tokens at most, so every request's worst case is exactly $10
 PRICING = RoutePricing("m", (TokenRates(input=0.0, output=1.0),), 10)
 ESTIMATE = Estimate(0, 10, PRICING)
-W = 10_000_000
 
 
 class Counted(Counters):
@@ -86,13 +83,6 @@ async def _window_has_room(seconds: float = 20) -> None:
         await asyncio.sleep(0.2)
 
 
-async def _poll(check: object, what: str, timeout: float = 15) -> None:
-    deadline = time.monotonic() + timeout
-    while not await check():  # type: ignore[operator]
-        assert time.monotonic() < deadline, what
-        await asyncio.sleep(0.05)
-
-
 async def test_two_replicas_drawing_requests_concurrently_admit_exactly_the_limit(
     connections: list[Client], subjects: Subjects
 ) -> None:
@@ -137,7 +127,7 @@ async def test_an_idle_replica_gives_back_what_it_leased_and_others_use_it(
         return await counter.read(subject) == 2
 
     # a draws nothing more: after a second idle it gives back all but the two requests it admitted
-    await _poll(given_back, "the idle lease was not given back")
+    await poll(given_back, "the idle lease was not given back")
     more = [await _admit(b, ent) for _ in range(3)]
     assert all(isinstance(m, Admitted) for m in more)
     await b.drain()
@@ -213,20 +203,15 @@ async def test_a_dead_replicas_lease_is_released_by_what_its_requests_did_not_dr
     a.leases._sweeper.cancel()
     # what reached the reservations stream: the lease's live note, and r4's (as for a request holding a
     # concurrency slot); r1's record came before the crash, r3's comes late, r2 was running and never reports
-    nc = connections[2]
-    js = nc.jetstream()
     for reservation in (lease, r4):
-        subject = subjects.reservation(reservation.request_id)
-        await js.publish(subject.name, subject.encode(ReservationState(state="live", reservation=reservation, at=0)))
-    accounting = Reservations(nc, js, subjects, Counters(nc))
-    await accounting.start()
-    try:
+        await publish_state(connections[2], subjects, reservation)
+    async with replica(connections[2], subjects) as accounting:
 
         async def mirrored() -> bool:
             return {lease.request_id, r4.request_id} <= set(accounting.states)
 
-        await _poll(mirrored, "the reservation states never reached the mirror")
-        await accounting.settle_many([(_record(r1), 4.0)])  # r1 at its actual $4
+        await poll(mirrored, "the reservation states never reached the mirror")
+        await accounting.settle_many([(make_record(r1), 4.0)])  # r1 at its actual $4
         assert await counter.read(spend) == W + size + 4_000_000 - W
         # past the lease's expiry: it is released by L - 2W (r1 and r4 are known to be drawn from it), and r4
         # (expired too) gives back its own worst case
@@ -238,10 +223,8 @@ async def test_a_dead_replicas_lease_is_released_by_what_its_requests_did_not_dr
         # reaping again releases nothing more
         assert await accounting.reap(lease.expires_at + 0.1) == 0
         # r3's record comes late: its worst case went back with the lease, so it adds its full actual $7
-        await accounting.settle_many([(_record(r3), 7.0)])
+        await accounting.settle_many([(make_record(r3), 7.0)])
         assert await counter.read(spend) == W + 11_000_000  # exactly what was spent (and the exact one's hold)
-    finally:
-        await accounting.stop()
 
 
 async def test_a_lease_is_given_back_after_its_last_request_and_then_left_alone_by_the_reaper(
@@ -264,32 +247,25 @@ async def test_a_lease_is_given_back_after_its_last_request_and_then_left_alone_
         return held.closed
 
     # idle: no more draws from it, but a request drawn from it still runs, so it is not given back yet
-    await _poll(closed, "the idle lease was not closed")
+    await poll(closed, "the idle lease was not closed")
     assert await counter.read(spend) == W + MAX_BLOCK * W and [s for _, s in notes] == ["live"]
     await a.finish(running, 0)  # the request ends (its record handed over): now the lease goes back
 
     async def given_back() -> bool:
         return await counter.read(spend) == 2 * W
 
-    await _poll(given_back, "the lease was not given back after its last request")
-    await _poll(lambda: _true([s for _, s in notes] == ["live", "settled"]), "the lease was not noted settled")
-    nc = connections[2]
-    js = nc.jetstream()
+    await poll(given_back, "the lease was not given back after its last request")
+    await poll(lambda: _true([s for _, s in notes] == ["live", "settled"]), "the lease was not noted settled")
     for reservation, state in notes:
-        subject = subjects.reservation(reservation.request_id)
-        await js.publish(subject.name, subject.encode(ReservationState(state=state, reservation=reservation, at=0)))
-    accounting = Reservations(nc, js, subjects, Counters(nc))
-    await accounting.start()
-    try:
+        await publish_state(connections[2], subjects, reservation, state)
+    async with replica(connections[2], subjects) as accounting:
 
         async def mirrored() -> bool:
             return lease_id in accounting.states and accounting.states[lease_id].state == "settled"
 
-        await _poll(mirrored, "the lease's states never reached the mirror")
+        await poll(mirrored, "the lease's states never reached the mirror")
         assert await accounting.reap(notes[0][0].expires_at + 60) == 0
         assert await counter.read(spend) == 2 * W
-    finally:
-        await accounting.stop()
 
 
 async def test_a_record_settled_while_its_lease_is_released_is_counted_once(
@@ -298,41 +274,22 @@ async def test_a_record_settled_while_its_lease_is_released_is_counted_once(
     # a dead replica's lease of 10 W, one request drawn from it whose record arrives as the reaper releases the
     # lease: either the release counts it (its settlement adds actual - W) or it does not (the settlement adds its
     # full actual); never both, which would give its worst case back twice
-    nc = connections[2]
-    js = nc.jetstream()
-    counter = Counters(nc)
+    counter = Counters(connections[2])
     spend = subjects.spend_counter("key.race", "total")
-    lease_id = f"lease-race-{uuid.uuid4().hex}"
-    lease = Reservation(
-        request_id=lease_id,
-        amount_usd=10 * W / 1_000_000,
-        holds=[Hold(subject=spend, micro_usd=10 * W)],
-        expires_at=time.time() - 1,
-        lease=True,
-    )
-    drawn = Reservation(
-        request_id=uuid.uuid4().hex,
-        amount_usd=W / 1_000_000,
-        holds=[Hold(subject=spend, micro_usd=W)],
-        expires_at=time.time() + 60,
-        lease_id=lease_id,
-    )
+    lease = make_lease(spend, 10 * W)
+    lease_id = lease.request_id
+    drawn = make_drawn(spend, lease_id)
     await counter.add(spend, 10 * W)  # what the replica leased
-    note = subjects.reservation(lease_id)
-    await js.publish(note.name, note.encode(ReservationState(state="live", reservation=lease, at=0)))
-    accounting = Reservations(nc, js, subjects, Counters(nc))
-    await accounting.start()
-    try:
+    await publish_state(connections[2], subjects, lease)
+    async with replica(connections[2], subjects) as accounting:
 
         async def mirrored() -> bool:
             return lease_id in accounting.states
 
-        await _poll(mirrored, "the lease's note never reached the mirror")
-        await asyncio.gather(accounting.settle_many([(_record(drawn), 4.0)]), accounting.reap())
+        await poll(mirrored, "the lease's note never reached the mirror")
+        await asyncio.gather(accounting.settle_many([(make_record(drawn), 4.0)]), accounting.reap())
         assert accounting.states[lease_id].state == "released"
         assert await counter.read(spend) == 4_000_000  # exactly the request's actual $4
-    finally:
-        await accounting.stop()
 
 
 class GiveBackFails(Counted):
@@ -369,25 +326,6 @@ async def test_a_refusal_after_a_failed_give_back_leaves_the_worst_case_to_accou
 
 async def _true(value: bool) -> bool:
     return value
-
-
-def _record(reservation: Reservation) -> McpCallEvent:
-    """A record carrying a reservation (settlement reads only the reservation)."""
-    now = time.time()
-    return McpCallEvent(
-        event_id=uuid.uuid4().hex,
-        call_id=reservation.request_id,
-        method="tools/call",
-        server="s",
-        tool="s__t",
-        caller=Caller(key_id="k", team="t"),
-        status="ok",
-        latency_ms=1.0,
-        cost_usd=0.0,
-        received_at=now,
-        finished_at=now,
-        reservation=reservation,
-    )
 
 
 async def test_every_choice_of_a_request_is_reserved_and_a_clamp_lowers_each_choice(
