@@ -10,14 +10,13 @@ import asyncio
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 
 import msgspec
-import nats
 import pytest
 from nats.aio.client import Client
 
-from gatehouse.natsserver import NatsServer
+from services.accounting.settlement import Reservations
 from shared.bus import ensure_events_stream
 from shared.counters import Count, CounterError, Counters, Op, ensure_counter_streams
 from shared.event_publisher import EventPublisher
@@ -42,16 +41,6 @@ SHORT_WINDOW_NS = 1_000_000_000
 
 
 @pytest.fixture
-async def ncs(nats_server: NatsServer, subjects: Subjects) -> AsyncIterator[list[Client]]:
-    """Three connections (two replicas' and the tests' own, the last) to a server with the counter streams."""
-    conns = [await nats.connect(nats_server.url) for _ in range(3)]
-    await ensure_counter_streams(conns[2], subjects)
-    yield conns
-    for conn in conns:
-        await conn.close()
-
-
-@pytest.fixture
 def counter(ncs: list[Client]) -> Counters:
     return Counters(ncs[2])
 
@@ -59,6 +48,16 @@ def counter(ncs: list[Client]) -> Counters:
 @pytest.fixture
 def spend(subjects: Subjects) -> str:
     return subjects.spend_counter("key.k", "total")
+
+
+async def _noted_on_both(nc: Client, subjects: Subjects, reservation: Reservation, *replicas: Reservations) -> None:
+    """Publish a reservation's live note and wait until every replica's mirror holds it."""
+    await publish_state(nc, subjects, reservation)
+
+    async def mirrored() -> bool:
+        return all(reservation.request_id in r.states for r in replicas)
+
+    await poll(mirrored, "the note never reached both mirrors")
 
 
 async def _short_window(nc: Client, name: str) -> None:
@@ -80,12 +79,7 @@ async def test_a_record_settled_on_one_replica_while_another_reaps_its_lease_is_
             lease = make_lease(spend, 10 * W)
             drawn = make_drawn(spend, lease.request_id)
             await counter.add(spend, 10 * W)
-            await publish_state(ncs[2], subjects, lease)
-
-            async def mirrored(lease_id: str = lease.request_id) -> bool:
-                return lease_id in a.states and lease_id in b.states
-
-            await poll(mirrored, "the lease's note never reached both mirrors")
+            await _noted_on_both(ncs[2], subjects, lease, a, b)
             _, reaped = await asyncio.gather(a.settle_many([(make_record(drawn), 4.0)]), b.reap())
             assert reaped == 1
             assert await counter.read(spend) == 4_000_000  # exactly the request's actual cost
@@ -101,13 +95,8 @@ async def test_two_replicas_reaping_one_lease_with_different_views_release_it_on
     lease = make_lease(spend, 10 * W)
     drawn = make_drawn(spend, lease.request_id)
     await counter.add(spend, 10 * W)
-    await publish_state(ncs[2], subjects, lease)
     async with replica(ncs[0], subjects) as a, replica(ncs[1], subjects) as b:
-
-        async def mirrored() -> bool:
-            return lease.request_id in a.states and lease.request_id in b.states
-
-        await poll(mirrored, "the lease's note never reached both mirrors")
+        await _noted_on_both(ncs[2], subjects, lease, a, b)
         await b._sub.unsubscribe()  # B's mirror lags from here on: it never hears what A does
         await a.settle_many([(make_record(drawn), 4.0)])  # A settles the request at $4 while the lease is live
         assert await b.reap() == 1  # B, knowing nothing of the request, releases the lease first
@@ -124,12 +113,7 @@ async def test_a_reservation_settled_on_one_replica_while_another_releases_it_is
             spend = subjects.spend_counter(f"key.k{n}", "total")
             request = make_drawn(spend, expires_at=time.time() - 1)  # its record is late: it expired meanwhile
             await counter.add(spend, W)
-            await publish_state(ncs[2], subjects, request)
-
-            async def mirrored(rid: str = request.request_id) -> bool:
-                return rid in a.states and rid in b.states
-
-            await poll(mirrored, "the note never reached both mirrors")
+            await _noted_on_both(ncs[2], subjects, request, a, b)
             await asyncio.gather(a.settle_many([(make_record(request), 4.0)]), b.reap())
             assert await counter.read(spend) == 4_000_000
 
