@@ -8,33 +8,28 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 
-import nats
 import pytest
 from nats.aio.client import Client
 
-from gatehouse.natsserver import NatsServer
-from services.accounting.settlement import Reservations
 from shared.admission import Admitted, Estimate, Governor
-from shared.counters import Count, CounterError, Counters, Op, ensure_counter_streams
+from shared.counters import Count, CounterError, Counters, Op
 from shared.directory import Entitlement, Scope
 from shared.errors import BudgetExceededError, RateLimitError
 from shared.governance import Budget, Limits, Quotas, VirtualKey
 from shared.leases import MAX_BLOCK, Leases
 from shared.periods import window
 from shared.route_pricing import RoutePricing, TokenRates
-from shared.schemas.chat import Caller, Hold, Reservation
-from shared.schemas.events import ReservationState
-from shared.schemas.mcp import McpCallEvent
+from shared.schemas.chat import Caller, Reservation
 from shared.subjects import Subjects
+from tests.integration.reservation_support import W, make_drawn, make_lease, make_record, poll, publish_state, replica
 
 pytestmark = pytest.mark.timeout(120)
 
 # $1 per output token: 10 output tokens at most, so every request's worst case is exactly $10
 PRICING = RoutePricing("m", (TokenRates(input=0.0, output=1.0),), 10)
 ESTIMATE = Estimate(0, 10, PRICING)
-W = 10_000_000
 
 
 class Counted(Counters):
@@ -50,15 +45,6 @@ class Counted(Counters):
 def _ent(limits: Limits) -> Entitlement:
     key = VirtualKey(id="k", team="t", sha256="0" * 64)
     return Entitlement(key=key, caller=Caller(key_id="k", team="t"), scopes=(Scope("key", "k", limits),))
-
-
-@pytest.fixture
-async def connections(nats_server: NatsServer, subjects: Subjects) -> AsyncIterator[list[Client]]:
-    ncs = [await nats.connect(nats_server.url) for _ in range(3)]
-    await ensure_counter_streams(ncs[0], subjects)
-    yield ncs
-    for nc in ncs:
-        await nc.close()
 
 
 def _replicas(
@@ -86,17 +72,10 @@ async def _window_has_room(seconds: float = 20) -> None:
         await asyncio.sleep(0.2)
 
 
-async def _poll(check: object, what: str, timeout: float = 15) -> None:
-    deadline = time.monotonic() + timeout
-    while not await check():  # type: ignore[operator]
-        assert time.monotonic() < deadline, what
-        await asyncio.sleep(0.05)
-
-
 async def test_two_replicas_drawing_requests_concurrently_admit_exactly_the_limit(
-    connections: list[Client], subjects: Subjects
+    ncs: list[Client], subjects: Subjects
 ) -> None:
-    replicas = _replicas(connections, subjects)
+    replicas = _replicas(ncs, subjects)
     ent = _ent(Limits(quotas=Quotas(rpm=500)))
     await _window_has_room()
     burst = [_admit(replicas[i % 2], ent) for i in range(800)]
@@ -109,7 +88,7 @@ async def test_two_replicas_drawing_requests_concurrently_admit_exactly_the_limi
     # far fewer increments than requests: most requests were drawn from leases
     sent = sum(g._counters.sent for g in replicas)  # type: ignore[attr-defined]
     assert sent < 400, sent
-    counter = Counters(connections[2])
+    counter = Counters(ncs[2])
     subject = subjects.quota_counter("rpm", "key.k", window(time.time()))
     for g in replicas:
         await g.drain()
@@ -118,12 +97,12 @@ async def test_two_replicas_drawing_requests_concurrently_admit_exactly_the_limi
 
 
 async def test_an_idle_replica_gives_back_what_it_leased_and_others_use_it(
-    connections: list[Client], subjects: Subjects
+    ncs: list[Client], subjects: Subjects
 ) -> None:
-    a, b = _replicas(connections, subjects)
+    a, b = _replicas(ncs, subjects)
     ent = _ent(Limits(quotas=Quotas(rpm=2000)))
     await _window_has_room()
-    counter = Counters(connections[2])
+    counter = Counters(ncs[2])
     subject = subjects.quota_counter("rpm", "key.k", window(time.time()))
     first = await _admit(a, ent)
     assert isinstance(first, Admitted) and first.headers["x-ratelimit-remaining-requests"] == "1999"
@@ -137,7 +116,7 @@ async def test_an_idle_replica_gives_back_what_it_leased_and_others_use_it(
         return await counter.read(subject) == 2
 
     # a draws nothing more: after a second idle it gives back all but the two requests it admitted
-    await _poll(given_back, "the idle lease was not given back")
+    await poll(given_back, "the idle lease was not given back")
     more = [await _admit(b, ent) for _ in range(3)]
     assert all(isinstance(m, Admitted) for m in more)
     await b.drain()
@@ -145,9 +124,9 @@ async def test_an_idle_replica_gives_back_what_it_leased_and_others_use_it(
 
 
 async def test_under_admission_is_bounded_by_what_other_replicas_hold_undrawn(
-    connections: list[Client], subjects: Subjects
+    ncs: list[Client], subjects: Subjects
 ) -> None:
-    a, b = _replicas(connections, subjects)
+    a, b = _replicas(ncs, subjects)
     ent = _ent(Limits(quotas=Quotas(rpm=600)))
     await _window_has_room()
     # a counts one exactly, then holds a block of 64 (599 // 8, at most 64) and draws one from it
@@ -161,10 +140,10 @@ async def test_under_admission_is_bounded_by_what_other_replicas_hold_undrawn(
 
 
 async def test_two_replicas_leasing_one_budget_concurrently_never_overspend(
-    connections: list[Client], subjects: Subjects
+    ncs: list[Client], subjects: Subjects
 ) -> None:
     notes: list[tuple[Reservation, str]] = []
-    replicas = _replicas(connections, subjects, notes)
+    replicas = _replicas(ncs, subjects, notes)
     budget = 2000 * W  # 2000 worst cases
     ent = _ent(Limits(budgets=[Budget(amount_usd=budget / 1_000_000, period="total")]))
     outcomes = await asyncio.gather(*(_admit(replicas[i % 2], ent) for i in range(2600)))
@@ -180,7 +159,7 @@ async def test_two_replicas_leasing_one_budget_concurrently_never_overspend(
     for g in replicas:
         await g.drain()
     # every lease given back: the counter holds exactly the admitted requests' reservations
-    counter = Counters(connections[2])
+    counter = Counters(ncs[2])
     spend = subjects.spend_counter("key.k", "total")
     assert await counter.read(spend) == len(admitted) * W
     settled = {r.request_id for r, state in notes if state == "settled"}
@@ -188,10 +167,10 @@ async def test_two_replicas_leasing_one_budget_concurrently_never_overspend(
 
 
 async def test_a_dead_replicas_lease_is_released_by_what_its_requests_did_not_draw(
-    connections: list[Client], subjects: Subjects
+    ncs: list[Client], subjects: Subjects
 ) -> None:
     notes: list[tuple[Reservation, str]] = []
-    a, _ = _replicas(connections, subjects, notes)
+    a, _ = _replicas(ncs, subjects, notes)
     ent = _ent(Limits(budgets=[Budget(amount_usd=1000 * W / 1_000_000, period="total")]))
     exact = await _admit(a, ent)  # the first request in a while: reserved exactly, no lease
     assert isinstance(exact, Admitted) and exact.reservation is not None and not exact.reservation.lease_id
@@ -206,27 +185,22 @@ async def test_a_dead_replicas_lease_is_released_by_what_its_requests_did_not_dr
     size = lease.holds[0].micro_usd
     assert lease.lease and size == MAX_BLOCK * W  # a SHAREth of the headroom (124 W), at most MAX_BLOCK of them
     spend = subjects.spend_counter("key.k", "total")
-    counter = Counters(connections[2])
+    counter = Counters(ncs[2])
     assert await counter.read(spend) == W + size  # the exact reservation, and the lease
     # the replica dies: its leases are never given back
     assert isinstance(a.leases, Leases) and a.leases._sweeper is not None
     a.leases._sweeper.cancel()
     # what reached the reservations stream: the lease's live note, and r4's (as for a request holding a
     # concurrency slot); r1's record came before the crash, r3's comes late, r2 was running and never reports
-    nc = connections[2]
-    js = nc.jetstream()
     for reservation in (lease, r4):
-        subject = subjects.reservation(reservation.request_id)
-        await js.publish(subject.name, subject.encode(ReservationState(state="live", reservation=reservation, at=0)))
-    accounting = Reservations(nc, js, subjects, Counters(nc))
-    await accounting.start()
-    try:
+        await publish_state(ncs[2], subjects, reservation)
+    async with replica(ncs[2], subjects) as accounting:
 
         async def mirrored() -> bool:
             return {lease.request_id, r4.request_id} <= set(accounting.states)
 
-        await _poll(mirrored, "the reservation states never reached the mirror")
-        await accounting.settle_many([(_record(r1), 4.0)])  # r1 at its actual $4
+        await poll(mirrored, "the reservation states never reached the mirror")
+        await accounting.settle_many([(make_record(r1), 4.0)])  # r1 at its actual $4
         assert await counter.read(spend) == W + size + 4_000_000 - W
         # past the lease's expiry: it is released by L - 2W (r1 and r4 are known to be drawn from it), and r4
         # (expired too) gives back its own worst case
@@ -238,24 +212,22 @@ async def test_a_dead_replicas_lease_is_released_by_what_its_requests_did_not_dr
         # reaping again releases nothing more
         assert await accounting.reap(lease.expires_at + 0.1) == 0
         # r3's record comes late: its worst case went back with the lease, so it adds its full actual $7
-        await accounting.settle_many([(_record(r3), 7.0)])
+        await accounting.settle_many([(make_record(r3), 7.0)])
         assert await counter.read(spend) == W + 11_000_000  # exactly what was spent (and the exact one's hold)
-    finally:
-        await accounting.stop()
 
 
 async def test_a_lease_is_given_back_after_its_last_request_and_then_left_alone_by_the_reaper(
-    connections: list[Client], subjects: Subjects
+    ncs: list[Client], subjects: Subjects
 ) -> None:
     notes: list[tuple[Reservation, str]] = []
-    a, _ = _replicas(connections, subjects, notes)
+    a, _ = _replicas(ncs, subjects, notes)
     ent = _ent(Limits(budgets=[Budget(amount_usd=1000 * W / 1_000_000, period="total")]))
     assert isinstance(await _admit(a, ent), Admitted)  # exact
     running = await _admit(a, ent)
     assert isinstance(running, Admitted) and running.reservation is not None and running.reservation.lease_id
     lease_id = running.reservation.lease_id
     spend = subjects.spend_counter("key.k", "total")
-    counter = Counters(connections[2])
+    counter = Counters(ncs[2])
     assert await counter.read(spend) == W + MAX_BLOCK * W
     assert a.leases is not None
     held = a.leases._by_id[lease_id]
@@ -264,75 +236,49 @@ async def test_a_lease_is_given_back_after_its_last_request_and_then_left_alone_
         return held.closed
 
     # idle: no more draws from it, but a request drawn from it still runs, so it is not given back yet
-    await _poll(closed, "the idle lease was not closed")
+    await poll(closed, "the idle lease was not closed")
     assert await counter.read(spend) == W + MAX_BLOCK * W and [s for _, s in notes] == ["live"]
     await a.finish(running, 0)  # the request ends (its record handed over): now the lease goes back
 
     async def given_back() -> bool:
         return await counter.read(spend) == 2 * W
 
-    await _poll(given_back, "the lease was not given back after its last request")
-    await _poll(lambda: _true([s for _, s in notes] == ["live", "settled"]), "the lease was not noted settled")
-    nc = connections[2]
-    js = nc.jetstream()
+    await poll(given_back, "the lease was not given back after its last request")
+    await poll(lambda: _true([s for _, s in notes] == ["live", "settled"]), "the lease was not noted settled")
     for reservation, state in notes:
-        subject = subjects.reservation(reservation.request_id)
-        await js.publish(subject.name, subject.encode(ReservationState(state=state, reservation=reservation, at=0)))
-    accounting = Reservations(nc, js, subjects, Counters(nc))
-    await accounting.start()
-    try:
+        await publish_state(ncs[2], subjects, reservation, state)
+    async with replica(ncs[2], subjects) as accounting:
 
         async def mirrored() -> bool:
             return lease_id in accounting.states and accounting.states[lease_id].state == "settled"
 
-        await _poll(mirrored, "the lease's states never reached the mirror")
+        await poll(mirrored, "the lease's states never reached the mirror")
         assert await accounting.reap(notes[0][0].expires_at + 60) == 0
         assert await counter.read(spend) == 2 * W
-    finally:
-        await accounting.stop()
 
 
 async def test_a_record_settled_while_its_lease_is_released_is_counted_once(
-    connections: list[Client], subjects: Subjects
+    ncs: list[Client], subjects: Subjects
 ) -> None:
     # a dead replica's lease of 10 W, one request drawn from it whose record arrives as the reaper releases the
     # lease: either the release counts it (its settlement adds actual - W) or it does not (the settlement adds its
     # full actual); never both, which would give its worst case back twice
-    nc = connections[2]
-    js = nc.jetstream()
-    counter = Counters(nc)
+    counter = Counters(ncs[2])
     spend = subjects.spend_counter("key.race", "total")
-    lease_id = f"lease-race-{uuid.uuid4().hex}"
-    lease = Reservation(
-        request_id=lease_id,
-        amount_usd=10 * W / 1_000_000,
-        holds=[Hold(subject=spend, micro_usd=10 * W)],
-        expires_at=time.time() - 1,
-        lease=True,
-    )
-    drawn = Reservation(
-        request_id=uuid.uuid4().hex,
-        amount_usd=W / 1_000_000,
-        holds=[Hold(subject=spend, micro_usd=W)],
-        expires_at=time.time() + 60,
-        lease_id=lease_id,
-    )
+    lease = make_lease(spend, 10 * W)
+    lease_id = lease.request_id
+    drawn = make_drawn(spend, lease_id)
     await counter.add(spend, 10 * W)  # what the replica leased
-    note = subjects.reservation(lease_id)
-    await js.publish(note.name, note.encode(ReservationState(state="live", reservation=lease, at=0)))
-    accounting = Reservations(nc, js, subjects, Counters(nc))
-    await accounting.start()
-    try:
+    await publish_state(ncs[2], subjects, lease)
+    async with replica(ncs[2], subjects) as accounting:
 
         async def mirrored() -> bool:
             return lease_id in accounting.states
 
-        await _poll(mirrored, "the lease's note never reached the mirror")
-        await asyncio.gather(accounting.settle_many([(_record(drawn), 4.0)]), accounting.reap())
+        await poll(mirrored, "the lease's note never reached the mirror")
+        await asyncio.gather(accounting.settle_many([(make_record(drawn), 4.0)]), accounting.reap())
         assert accounting.states[lease_id].state == "released"
         assert await counter.read(spend) == 4_000_000  # exactly the request's actual $4
-    finally:
-        await accounting.stop()
 
 
 class GiveBackFails(Counted):
@@ -345,20 +291,20 @@ class GiveBackFails(Counted):
 
 
 async def test_a_refusal_after_a_failed_give_back_leaves_the_worst_case_to_accounting(
-    connections: list[Client], subjects: Subjects
+    ncs: list[Client], subjects: Subjects
 ) -> None:
     # the replica could not give its lease back, so accounting will release it by what the requests it knows of did
     # not draw; a request drawn from it and refused after all has no record: that release gives its worst case back,
     # so the replica must not give it back too
     governor = Governor(
-        GiveBackFails(connections[0]), subjects, quotas_fail_open=False, reservation_grace_s=1.0, note=lambda r, s: None
+        GiveBackFails(ncs[0]), subjects, quotas_fail_open=False, reservation_grace_s=1.0, note=lambda r, s: None
     )
     ent = _ent(Limits(budgets=[Budget(amount_usd=1000 * W / 1_000_000, period="total")]))
     await _admit(governor, ent)  # exact: the first request in a while
     drawn = await _admit(governor, ent)
     assert isinstance(drawn, Admitted) and drawn.reservation is not None and drawn.reservation.lease_id
     spend = subjects.spend_counter("key.k", "total")
-    counter = Counters(connections[2])
+    counter = Counters(ncs[2])
     assert governor.leases is not None
     await governor.leases.drain()  # the give-back fails: the lease is left to accounting
     before = await counter.read(spend)
@@ -371,32 +317,13 @@ async def _true(value: bool) -> bool:
     return value
 
 
-def _record(reservation: Reservation) -> McpCallEvent:
-    """A record carrying a reservation (settlement reads only the reservation)."""
-    now = time.time()
-    return McpCallEvent(
-        event_id=uuid.uuid4().hex,
-        call_id=reservation.request_id,
-        method="tools/call",
-        server="s",
-        tool="s__t",
-        caller=Caller(key_id="k", team="t"),
-        status="ok",
-        latency_ms=1.0,
-        cost_usd=0.0,
-        received_at=now,
-        finished_at=now,
-        reservation=reservation,
-    )
-
-
 async def test_every_choice_of_a_request_is_reserved_and_a_clamp_lowers_each_choice(
-    connections: list[Client], subjects: Subjects
+    ncs: list[Client], subjects: Subjects
 ) -> None:
     # $0.01 per output token, 100 per choice at most: three choices (`n: 3`) may write 300 tokens, $3
     pricing = RoutePricing("m", (TokenRates(input=0.0, output=0.01),), 100)
     three = Estimate(0, 100, pricing, choices=3)
-    governor = _replicas(connections, subjects)[0]
+    governor = _replicas(ncs, subjects)[0]
     ent = _ent(Limits(budgets=[Budget(amount_usd=5.0, on_exceed="clamp")]))
     first = await governor.admit(ent, uuid.uuid4().hex, three, time.time() + 60)
     assert first.reservation is not None and first.reservation.amount_usd == pytest.approx(3.0)

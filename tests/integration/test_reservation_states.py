@@ -10,37 +10,55 @@ import asyncio
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 
 import msgspec
 import nats
 import pytest
 from nats.aio.client import Client
 
-from gatehouse.natsserver import NatsServer
 from services.accounting.settlement import Reservations
 from shared.bus import ensure_events_stream
 from shared.counters import Count, CounterError, Counters, Op, ensure_counter_streams
 from shared.event_publisher import EventPublisher
 from shared.records import RecordPublisher
-from shared.schemas.chat import Caller, Hold, Reservation
+from shared.schemas.chat import Hold, Reservation
 from shared.schemas.events import ReservationState
-from shared.schemas.mcp import McpCallEvent
 from shared.spool import SpoolConfig
 from shared.subjects import Subjects
+from tests.integration.reservation_support import (
+    W,
+    make_drawn,
+    make_lease,
+    make_record,
+    poll,
+    publish_state,
+    replica,
+)
 
 pytestmark = pytest.mark.timeout(120)
 
-W = 10_000_000
 SHORT_WINDOW_NS = 1_000_000_000
 
 
 @pytest.fixture
-async def ncs(nats_server: NatsServer) -> AsyncIterator[list[Client]]:
-    conns = [await nats.connect(nats_server.url) for _ in range(3)]
-    yield conns
-    for conn in conns:
-        await conn.close()
+def counter(ncs: list[Client]) -> Counters:
+    return Counters(ncs[2])
+
+
+@pytest.fixture
+def spend(subjects: Subjects) -> str:
+    return subjects.spend_counter("key.k", "total")
+
+
+async def _noted_on_both(nc: Client, subjects: Subjects, reservation: Reservation, *replicas: Reservations) -> None:
+    """Publish a reservation's live note and wait until every replica's mirror holds it."""
+    await publish_state(nc, subjects, reservation)
+
+    async def mirrored() -> bool:
+        return all(reservation.request_id in r.states for r in replicas)
+
+    await poll(mirrored, "the note never reached both mirrors")
 
 
 async def _short_window(nc: Client, name: str) -> None:
@@ -51,155 +69,61 @@ async def _short_window(nc: Client, name: str) -> None:
     assert "error" not in json.loads(reply.data), reply.data
 
 
-async def _poll(check: object, what: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while not await check():  # type: ignore[operator]
-        assert time.monotonic() < deadline, what
-        await asyncio.sleep(0.05)
-
-
-async def _replica(nc: Client, subjects: Subjects, counters: Counters | None = None) -> Reservations:
-    accounting = Reservations(nc, nc.jetstream(), subjects, counters or Counters(nc))
-    await accounting.start()
-    return accounting
-
-
-def _record(reservation: Reservation) -> McpCallEvent:
-    now = time.time()
-    return McpCallEvent(
-        event_id=uuid.uuid4().hex,
-        call_id=reservation.request_id,
-        method="tools/call",
-        server="s",
-        tool="s__t",
-        caller=Caller(key_id="k", team="t"),
-        status="ok",
-        latency_ms=1.0,
-        cost_usd=0.0,
-        received_at=now,
-        finished_at=now,
-        reservation=reservation,
-    )
-
-
-async def _note(nc: Client, subjects: Subjects, reservation: Reservation, state: str = "live") -> None:
-    subject = subjects.reservation(reservation.request_id)
-    await nc.jetstream().publish(
-        subject.name, subject.encode(ReservationState(state=state, reservation=reservation, at=0))
-    )
-
-
-def _lease(spend: str, size: int) -> Reservation:
-    return Reservation(
-        request_id=f"lease-x-{uuid.uuid4().hex}",
-        amount_usd=size / 1_000_000,
-        holds=[Hold(subject=spend, micro_usd=size)],
-        expires_at=time.time() - 1,
-        lease=True,
-    )
-
-
-def _drawn(spend: str, lease_id: str = "", expires_at: float | None = None) -> Reservation:
-    return Reservation(
-        request_id=uuid.uuid4().hex,
-        amount_usd=W / 1_000_000,
-        holds=[Hold(subject=spend, micro_usd=W)],
-        expires_at=time.time() + 60 if expires_at is None else expires_at,
-        lease_id=lease_id,
-    )
-
-
 async def test_a_record_settled_on_one_replica_while_another_reaps_its_lease_is_counted_once(
-    ncs: list[Client], subjects: Subjects
+    ncs: list[Client], subjects: Subjects, counter: Counters
 ) -> None:
     # a dead ingress replica's lease of 10 W with one request drawn from it; replica A settles the request's record
     # (at $4) while replica B releases the lease: whichever wins, the request's worst case goes back once
-    await ensure_counter_streams(ncs[2], subjects)
-    counter = Counters(ncs[2])
-    a, b = await _replica(ncs[0], subjects), await _replica(ncs[1], subjects)
-    try:
+    async with replica(ncs[0], subjects) as a, replica(ncs[1], subjects) as b:
         for n in range(5):
             spend = subjects.spend_counter(f"key.k{n}", "total")
-            lease = _lease(spend, 10 * W)
-            drawn = _drawn(spend, lease.request_id)
+            lease = make_lease(spend, 10 * W)
+            drawn = make_drawn(spend, lease.request_id)
             await counter.add(spend, 10 * W)
-            await _note(ncs[2], subjects, lease)
-
-            async def mirrored(lease_id: str = lease.request_id) -> bool:
-                return lease_id in a.states and lease_id in b.states
-
-            await _poll(mirrored, "the lease's note never reached both mirrors")
-            _, reaped = await asyncio.gather(a.settle_many([(_record(drawn), 4.0)]), b.reap())
+            await _noted_on_both(ncs[2], subjects, lease, a, b)
+            _, reaped = await asyncio.gather(a.settle_many([(make_record(drawn), 4.0)]), b.reap())
             assert reaped == 1
             assert await counter.read(spend) == 4_000_000  # exactly the request's actual cost
             # and later rounds on either replica change nothing
             assert await a.reap() + await b.reap() == 0
-            await a.settle_many([(_record(drawn), 4.0)])
+            await a.settle_many([(make_record(drawn), 4.0)])
             assert await counter.read(spend) == 4_000_000
-    finally:
-        await a.stop()
-        await b.stop()
 
 
 async def test_two_replicas_reaping_one_lease_with_different_views_release_it_once(
-    ncs: list[Client], subjects: Subjects
+    ncs: list[Client], subjects: Subjects, counter: Counters, spend: str
 ) -> None:
-    await ensure_counter_streams(ncs[2], subjects)
-    counter = Counters(ncs[2])
-    spend = subjects.spend_counter("key.k", "total")
-    lease = _lease(spend, 10 * W)
-    drawn = _drawn(spend, lease.request_id)
+    lease = make_lease(spend, 10 * W)
+    drawn = make_drawn(spend, lease.request_id)
     await counter.add(spend, 10 * W)
-    await _note(ncs[2], subjects, lease)
-    a, b = await _replica(ncs[0], subjects), await _replica(ncs[1], subjects)
-    try:
-
-        async def mirrored() -> bool:
-            return lease.request_id in a.states and lease.request_id in b.states
-
-        await _poll(mirrored, "the lease's note never reached both mirrors")
+    async with replica(ncs[0], subjects) as a, replica(ncs[1], subjects) as b:
+        await _noted_on_both(ncs[2], subjects, lease, a, b)
         await b._sub.unsubscribe()  # B's mirror lags from here on: it never hears what A does
-        await a.settle_many([(_record(drawn), 4.0)])  # A settles the request at $4 while the lease is live
+        await a.settle_many([(make_record(drawn), 4.0)])  # A settles the request at $4 while the lease is live
         assert await b.reap() == 1  # B, knowing nothing of the request, releases the lease first
         assert await a.reap() == 0
         assert await counter.read(spend) == 4_000_000
         assert b.states[lease.request_id].reservation.drawn == [drawn.request_id]  # B read the lease as it is
-    finally:
-        await a.stop()
 
 
 async def test_a_reservation_settled_on_one_replica_while_another_releases_it_is_counted_once(
-    ncs: list[Client], subjects: Subjects
+    ncs: list[Client], subjects: Subjects, counter: Counters
 ) -> None:
-    await ensure_counter_streams(ncs[2], subjects)
-    counter = Counters(ncs[2])
-    a, b = await _replica(ncs[0], subjects), await _replica(ncs[1], subjects)
-    try:
+    async with replica(ncs[0], subjects) as a, replica(ncs[1], subjects) as b:
         for n in range(5):
             spend = subjects.spend_counter(f"key.k{n}", "total")
-            request = _drawn(spend, expires_at=time.time() - 1)  # its record is late: it expired meanwhile
+            request = make_drawn(spend, expires_at=time.time() - 1)  # its record is late: it expired meanwhile
             await counter.add(spend, W)
-            await _note(ncs[2], subjects, request)
-
-            async def mirrored(rid: str = request.request_id) -> bool:
-                return rid in a.states and rid in b.states
-
-            await _poll(mirrored, "the note never reached both mirrors")
-            await asyncio.gather(a.settle_many([(_record(request), 4.0)]), b.reap())
+            await _noted_on_both(ncs[2], subjects, request, a, b)
+            await asyncio.gather(a.settle_many([(make_record(request), 4.0)]), b.reap())
             assert await counter.read(spend) == 4_000_000
-    finally:
-        await a.stop()
-        await b.stop()
 
 
 async def test_a_live_note_replayed_after_the_duplicate_window_leaves_a_settled_reservation_settled(
-    ncs: list[Client], subjects: Subjects, tmp_path: object
+    ncs: list[Client], subjects: Subjects, counter: Counters, spend: str, tmp_path: object
 ) -> None:
     nc = ncs[2]
-    await ensure_counter_streams(nc, subjects)
     await _short_window(nc, subjects.reservations_stream)
-    counter = Counters(nc)
-    spend = subjects.spend_counter("key.k", "total")
     conc = subjects.concurrency_counter("key.k")
     request = Reservation(
         request_id=uuid.uuid4().hex,
@@ -213,47 +137,44 @@ async def test_a_live_note_replayed_after_the_duplicate_window_leaves_a_settled_
     publisher = EventPublisher(SpoolConfig(root=tmp_path / "spool"), timeout_s=2.0)  # type: ignore[operator]
     records = RecordPublisher(subjects, publisher)
     await records.start(nc)
-    accounting = await _replica(ncs[0], subjects)
-    try:
-        records.hold(request)
+    async with replica(ncs[0], subjects) as accounting:
+        try:
+            records.hold(request)
 
-        async def noted() -> bool:
-            return publisher.published == 1 and request.request_id in accounting.states
+            async def noted() -> bool:
+                return publisher.published == 1 and request.request_id in accounting.states
 
-        await _poll(noted, "the live note was not stored")
-        await accounting.settle_many([(_record(request), 4.0)])
-        await counter.add(conc, -1)  # ingress's finish
-        assert await counter.read(spend) == 4_000_000
+            await poll(noted, "the live note was not stored")
+            await accounting.settle_many([(make_record(request), 4.0)])
+            await counter.add(conc, -1)  # ingress's finish
+            assert await counter.read(spend) == 4_000_000
 
-        # the server forgets the live note's id (a second here, 15 minutes in production)
-        probe = subjects.reservation("probe").name
+            # the server forgets the live note's id (a second here, 15 minutes in production)
+            probe = subjects.reservation("probe").name
 
-        async def forgotten() -> bool:
-            ack = await nc.jetstream().publish(probe, b"", headers={"Nats-Msg-Id": "probe"})
-            return not ack.duplicate
+            async def forgotten() -> bool:
+                ack = await nc.jetstream().publish(probe, b"", headers={"Nats-Msg-Id": "probe"})
+                return not ack.duplicate
 
-        await forgotten()
-        await _poll(forgotten, "the duplicate window never passed")
+            await forgotten()
+            await poll(forgotten, "the duplicate window never passed")
 
-        records.hold(request)  # the spool replays the live note
+            records.hold(request)  # the spool replays the live note
 
-        async def replayed() -> bool:
-            return publisher.published == 2
+            async def replayed() -> bool:
+                return publisher.published == 2
 
-        await _poll(replayed, "the replayed note was not acknowledged")
-        assert publisher.rejected == 0  # refused by the server as not first on its subject: done, not an error
-    finally:
-        await records.drain()
-        await accounting.stop()
-    restarted = await _replica(ncs[1], subjects)  # a fresh mirror sees only the last state of each reservation
-    try:
+            await poll(replayed, "the replayed note was not acknowledged")
+            assert publisher.rejected == 0  # refused by the server as not first on its subject: done, not an error
+        finally:
+            await records.drain()
+    # a fresh mirror sees only the last state of each reservation
+    async with replica(ncs[1], subjects) as restarted:
         await asyncio.wait_for(restarted.caught_up.wait(), 10)
         assert restarted.states[request.request_id].state == "settled"
         assert await restarted.reap(time.time() + 3600) == 0
         assert await counter.read(spend) == 4_000_000
         assert await counter.read(conc) == 0
-    finally:
-        await restarted.stop()
 
 
 class AnswersLost(Counters):
@@ -270,183 +191,142 @@ class AnswersLost(Counters):
 
 
 async def test_a_settlement_retried_after_the_duplicate_window_does_not_count_twice(
-    ncs: list[Client], subjects: Subjects, monkeypatch: pytest.MonkeyPatch
+    ncs: list[Client], subjects: Subjects, counter: Counters, spend: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    nc = ncs[2]
-    await ensure_counter_streams(nc, subjects)
-    await _short_window(nc, subjects.counters_stream)
+    await _short_window(ncs[2], subjects.counters_stream)
     # the counters forget an id after a second here: the replica gives up owed increments that old
     monkeypatch.setattr("services.accounting.settlement.DUPLICATE_WINDOW_S", 1.0, raising=False)
     monkeypatch.setattr("services.accounting.settlement.OWED_MARGIN_S", 0.0, raising=False)
-    counter = Counters(nc)
-    spend = subjects.spend_counter("key.k", "total")
-    request = _drawn(spend)
+    request = make_drawn(spend)
     await counter.add(spend, W)
-    await _note(nc, subjects, request)
-    accounting = await _replica(ncs[0], subjects, AnswersLost(ncs[0]))
-    try:
+    await publish_state(ncs[2], subjects, request)
+    async with replica(ncs[0], subjects, AnswersLost(ncs[0])) as accounting:
         with pytest.raises(CounterError):
-            await accounting.settle_many([(_record(request), 4.0)])  # applied, but the answers were lost
+            await accounting.settle_many([(make_record(request), 4.0)])  # applied, but the answers were lost
         assert await counter.read(spend) == 4_000_000
 
         async def forgotten() -> bool:
             return not (await counter.add(spend, 0, msg_id="probe")).duplicate
 
         await forgotten()
-        await _poll(forgotten, "the duplicate window never passed")
-        await accounting.settle_many([(_record(request), 4.0)])  # the consumer retries the batch
+        await poll(forgotten, "the duplicate window never passed")
+        await accounting.settle_many([(make_record(request), 4.0)])  # the consumer retries the batch
         assert await counter.read(spend) == 4_000_000
-    finally:
-        await accounting.stop()
 
 
 async def test_increments_owed_within_the_duplicate_window_are_sent_again_once(
-    ncs: list[Client], subjects: Subjects
+    ncs: list[Client], subjects: Subjects, counter: Counters, spend: str
 ) -> None:
-    nc = ncs[2]
-    await ensure_counter_streams(nc, subjects)
-    counter = Counters(nc)
-    spend = subjects.spend_counter("key.k", "total")
-    request = _drawn(spend)
+    request = make_drawn(spend)
     await counter.add(spend, W)
-    await _note(nc, subjects, request)
-    accounting = await _replica(ncs[0], subjects, AnswersLost(ncs[0]))
-    try:
+    await publish_state(ncs[2], subjects, request)
+    async with replica(ncs[0], subjects, AnswersLost(ncs[0])) as accounting:
         with pytest.raises(CounterError):
-            await accounting.settle_many([(_record(request), 4.0)])
-        await accounting.settle_many([(_record(request), 4.0)])  # sent again: deduplicated
+            await accounting.settle_many([(make_record(request), 4.0)])
+        await accounting.settle_many([(make_record(request), 4.0)])  # sent again: deduplicated
         assert await counter.read(spend) == 4_000_000
         assert not accounting._owed
-    finally:
-        await accounting.stop()
 
 
 async def test_an_operator_created_counter_stream_with_a_short_duplicate_window_is_refused_clearly(
     ncs: list[Client], subjects: Subjects
 ) -> None:
     nc = ncs[2]
-    await ensure_counter_streams(nc, subjects)
     await _short_window(nc, subjects.counters_stream)  # as `nats stream add` with its 2-minute default would
     with pytest.raises(CounterError, match=rf"{subjects.counters_stream} deduplicates increments for 1 s.*dupe-window"):
         await ensure_counter_streams(nc, subjects)
 
 
 async def test_an_expired_reservation_waits_while_the_event_stream_holds_an_older_record(
-    ncs: list[Client], subjects: Subjects
+    ncs: list[Client], subjects: Subjects, counter: Counters, spend: str
 ) -> None:
     # accounting (or ClickHouse) is behind: the request finished and its record waits in the event stream when its
     # reservation expires; releasing it then would let new requests spend what this one spent already
     nc = ncs[2]
     js = nc.jetstream()
-    await ensure_counter_streams(nc, subjects)
     await ensure_events_stream(js, subjects)
-    counter = Counters(nc)
-    spend = subjects.spend_counter("key.k", "total")
     await counter.add(spend, W)
     event = subjects.events_mcp
-    record = _drawn(spend)
-    await js.publish(event.name, event.encode(_record(record)))  # stored before the reservation expires
+    record = make_drawn(spend)
+    await js.publish(event.name, event.encode(make_record(record)))  # stored before the reservation expires
     request = msgspec.structs.replace(record, expires_at=time.time() + 1)
-    await _note(nc, subjects, request)
-    accounting = await _replica(ncs[0], subjects)
-    try:
+    await publish_state(nc, subjects, request)
+    async with replica(ncs[0], subjects) as accounting:
         await asyncio.wait_for(accounting.caught_up.wait(), 10)
         assert await accounting.reap(request.expires_at + 60) == 0  # held: its record may be in the backlog
         assert await counter.read(spend) == W
         # accounting catches up: the record is settled and taken off the stream
-        await accounting.settle_many([(_record(request), 4.0)])
+        await accounting.settle_many([(make_record(request), 4.0)])
         await js.purge_stream(subjects.events_stream)
         assert await accounting.reap(request.expires_at + 60) == 0
         assert await counter.read(spend) == 4_000_000
         # a reservation whose record never came is released once no older event waits
-        lost = _drawn(spend, expires_at=time.time() - 1)
+        lost = make_drawn(spend, expires_at=time.time() - 1)
         await counter.add(spend, W)
-        await _note(nc, subjects, lost)
+        await publish_state(nc, subjects, lost)
 
         async def released() -> bool:
             return await accounting.reap() == 1
 
-        await _poll(released, "the lost request's reservation was not released")
+        await poll(released, "the lost request's reservation was not released")
         assert await counter.read(spend) == 4_000_000
-    finally:
-        await accounting.stop()
 
 
 async def test_a_record_whose_state_cannot_be_moved_does_not_cost_the_others_their_increments(
-    ncs: list[Client], subjects: Subjects
+    ncs: list[Client], subjects: Subjects, counter: Counters, spend: str
 ) -> None:
-    nc = ncs[2]
-    await ensure_counter_streams(nc, subjects)
-    counter = Counters(nc)
-    spend = subjects.spend_counter("key.k", "total")
-    good, bad = _drawn(spend), _drawn(spend)
+    good, bad = make_drawn(spend), make_drawn(spend)
     await counter.add(spend, 2 * W)
-    accounting = await _replica(ncs[0], subjects)
-    move = accounting._notes.move
+    async with replica(ncs[0], subjects) as accounting:
+        move = accounting._notes.move
 
-    async def fails_for_bad(state: ReservationState, expected: int) -> bool:
-        if state.reservation.request_id == bad.request_id:
-            raise TimeoutError("the reservations stream did not answer")
-        return await move(state, expected)
+        async def fails_for_bad(state: ReservationState, expected: int) -> bool:
+            if state.reservation.request_id == bad.request_id:
+                raise TimeoutError("the reservations stream did not answer")
+            return await move(state, expected)
 
-    accounting._notes.move = fails_for_bad  # type: ignore[method-assign]
-    try:
+        accounting._notes.move = fails_for_bad  # type: ignore[method-assign]
         with pytest.raises(TimeoutError):
-            await accounting.settle_many([(_record(good), 4.0), (_record(bad), 3.0)])
+            await accounting.settle_many([(make_record(good), 4.0), (make_record(bad), 3.0)])
         assert await counter.read(spend) == 4_000_000 + W  # the good one settled at $4, the bad one still held
         accounting._notes.move = move  # type: ignore[method-assign]
-        await accounting.settle_many([(_record(good), 4.0), (_record(bad), 3.0)])  # the batch retried
+        await accounting.settle_many([(make_record(good), 4.0), (make_record(bad), 3.0)])  # the batch retried
         assert await counter.read(spend) == 7_000_000
-    finally:
-        await accounting.stop()
 
 
 async def test_a_batch_of_requests_drawn_from_one_lease_settles_in_one_pass(
-    ncs: list[Client], subjects: Subjects
+    ncs: list[Client], subjects: Subjects, counter: Counters, spend: str
 ) -> None:
     """A busy key's batch holds dozens of records drawn from the same live lease: they are added to the lease in one
     move, so the batch settles at once (one compare-and-set each raced on the lease's subject: 64 such records took
     eight passes, the rest of each pass raising 'kept changing')."""
-    await ensure_counter_streams(ncs[1], subjects)
-    counter = Counters(ncs[1])
-    spend = subjects.spend_counter("key.busy", "total")
-    lease = msgspec.structs.replace(_lease(spend, 100 * W), expires_at=time.time() + 60)
+    await ensure_counter_streams(ncs[2], subjects)
+    lease = msgspec.structs.replace(make_lease(spend, 100 * W), expires_at=time.time() + 60)
     await counter.add(spend, 100 * W)
-    await _note(ncs[1], subjects, lease)
-    accounting = await _replica(ncs[0], subjects)
-    try:
-        drawn = [_drawn(spend, lease.request_id) for _ in range(64)]
-        await accounting.settle_many([(_record(r), 4.0) for r in drawn])  # raises if any record is left unsettled
+    await publish_state(ncs[2], subjects, lease)
+    async with replica(ncs[0], subjects) as accounting:
+        drawn = [make_drawn(spend, lease.request_id) for _ in range(64)]
+        await accounting.settle_many([(make_record(r), 4.0) for r in drawn])  # raises if any is left unsettled
         assert accounting.settled == 64
-        total = await counter.add(spend, 0)
-        assert isinstance(total, Count) and total.value == 100 * W + 64 * (4_000_000 - W)
-        msg = (
-            await ncs[1]
-            .jetstream()
-            .get_last_msg(subjects.reservations_stream, subjects.reservation(lease.request_id).name)
-        )
+        assert await counter.read(spend) == 100 * W + 64 * (4_000_000 - W)
+        subject = subjects.reservation(lease.request_id).name
+        msg = await ncs[2].jetstream().get_last_msg(subjects.reservations_stream, subject)
         known = msgspec.msgpack.decode(msg.data or b"", type=ReservationState)
         assert known.state == "live" and sorted(known.reservation.drawn) == sorted(r.request_id for r in drawn)
         assert known.reservation.drawn_micro == [64 * W]
-    finally:
-        await accounting.stop()
 
 
 async def test_an_unknown_event_backlog_releases_nothing(
-    ncs: list[Client], subjects: Subjects, monkeypatch: pytest.MonkeyPatch
+    ncs: list[Client], subjects: Subjects, counter: Counters, spend: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """NATS too slow to say how old the event backlog is: the reaper releases nothing that round (a record may be
     late), and releases once the backlog can be read again and is empty."""
     nc = ncs[2]
     await ensure_counter_streams(nc, subjects)
     await ensure_events_stream(nc.jetstream(), subjects)
-    counter = Counters(nc)
-    spend = subjects.spend_counter("key.k", "total")
     await counter.add(spend, W)
-    lost = _drawn(spend, expires_at=time.time() - 1)
-    await _note(nc, subjects, lost)
-    accounting = await _replica(ncs[0], subjects)
-    try:
+    await publish_state(nc, subjects, make_drawn(spend, expires_at=time.time() - 1))
+    async with replica(ncs[0], subjects) as accounting:
         await asyncio.wait_for(accounting.caught_up.wait(), 10)
         request = ncs[0].request
         info = f"$JS.API.STREAM.INFO.{subjects.events_stream}"
@@ -462,5 +342,3 @@ async def test_an_unknown_event_backlog_releases_nothing(
         monkeypatch.setattr(ncs[0], "request", request)
         assert await accounting.reap() == 1
         assert await counter.read(spend) == 0
-    finally:
-        await accounting.stop()

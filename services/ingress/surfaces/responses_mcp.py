@@ -23,8 +23,18 @@ from shared.mcp_config import SEPARATOR, namespaced
 
 # tool calls one response may make when the request does not say (`max_tool_calls`)
 DEFAULT_MAX_TOOL_CALLS = 20
-_REFUSED_TARGETS = ("connector_id", "tunnel_id")
-_REFUSED_CREDENTIALS = ("headers", "authorization")
+_NOT_A_PROXY = "is not supported by this gateway: it serves only its registered MCP servers, named by 'server_label'."
+_NO_CREDENTIALS = (
+    "is not accepted: this gateway holds the credentials of its registered MCP servers and sends none from a request."
+)
+# an `mcp` tool's field asking for what gatehouse will not do for a client (another target, forwarded
+# credentials) → why it is refused; checked in this order
+_REFUSED = {
+    "connector_id": _NOT_A_PROXY,
+    "tunnel_id": _NOT_A_PROXY,
+    "headers": _NO_CREDENTIALS,
+    "authorization": _NO_CREDENTIALS,
+}
 
 
 def _invalid(param: str, message: str) -> InvalidRequestError:
@@ -128,20 +138,9 @@ def mcp_tools(body: JsonObj, registered: Mapping[str, str | None]) -> list[McpTo
                 f"MCP servers registered in its configuration and is not a proxy to arbitrary URLs. Name the "
                 f"registered server by 'server_label' alone ('{label[:100]}').",
             )
-        for key in _REFUSED_TARGETS:
+        for key, why in _REFUSED.items():
             if spec.get(key) is not None:
-                raise _invalid(
-                    f"{at}.{key}",
-                    f"'{key}' is not supported by this gateway: it serves only its registered MCP servers, named by "
-                    "'server_label'.",
-                )
-        for key in _REFUSED_CREDENTIALS:
-            if spec.get(key) is not None:
-                raise _invalid(
-                    f"{at}.{key}",
-                    f"'{key}' is not accepted: this gateway holds the credentials of its registered MCP servers and "
-                    "sends none from a request.",
-                )
+                raise _invalid(f"{at}.{key}", f"'{key}' {why}")
         if any(t.label == label for t in out):
             raise _invalid(f"{at}.server_label", f"The MCP server '{label[:100]}' is given twice in 'tools'.")
         out.append(_tool(label, spec, at))

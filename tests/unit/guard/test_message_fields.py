@@ -12,25 +12,13 @@ import pytest
 from services.guard import texts
 from services.guard.core import Guard
 from services.ingress.surfaces import anthropic_request, responses_request
-from shared.config import parse_config
-from shared.schemas.chat import Caller, ChatRequest, NativeRequest
 from shared.schemas.openai import chat_from_builtins
-from tests.unit.guard.chat_requests import REDACT_EMAIL, request
+from tests.unit.guard.chat_requests import REDACT_EMAIL, policy_config, request, translated
 
 SECRET = "ghp_" + "A1b2C3d4E5f6G7h8I9j0K1l2M3n4O5p6Q7r8"
 # what OpenAI accepts as `messages[i].name`
 NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
-FLAG = parse_config(
-    """
-keys:
-  - {id: k, env: K, policy: flag}
-guardrails:
-  policies:
-    flag:
-      pii: {action: flag, entities: [email]}
-      injection: {action: flag}
-"""
-)
+FLAG = policy_config("flag", "pii: {action: flag, entities: [email]}", "injection: {action: flag}")
 
 
 def _named(name: str, role: str = "user") -> dict[str, object]:
@@ -109,18 +97,6 @@ def test_a_file_name_is_scanned_and_redacted_in_place() -> None:
     assert part.file.filename == "invoice of <EMAIL_1>, May.pdf"  # type: ignore[union-attr]
 
 
-def _native(protocol: str, body: dict[str, object], chat: dict[str, object], gaps: list[str]) -> ChatRequest:
-    native = NativeRequest(protocol=protocol, body=msgspec.json.encode(body), untranslatable=gaps)
-    return ChatRequest(
-        request_id="r1",
-        api="chat",
-        model="m",
-        chat=chat_from_builtins({**chat, "model": "m"}),
-        native=native,
-        caller=Caller(key_id="k", policy="redact"),
-    )
-
-
 def test_responses_instructions_and_file_names_are_scanned_and_redacted_through_the_translation() -> None:
     file = {"type": "input_file", "filename": "notes of bob@example.com, May.pdf", "file_data": "data:;base64,JVBE"}
     body = {
@@ -129,7 +105,9 @@ def test_responses_instructions_and_file_names_are_scanned_and_redacted_through_
         "input": [{"role": "user", "content": [{"type": "input_text", "text": "summarise"}, file]}],
     }
     out = responses_request.translate(body)
-    checked = Guard(REDACT_EMAIL).check(_native("openai-responses", body, out.chat, out.untranslatable))
+    checked = Guard(REDACT_EMAIL).check(
+        translated("openai-responses", body, out.chat, out.untranslatable, policy="redact")
+    )
     assert checked.summary.action == "redact" and checked.request.native is None  # the redacted form goes on
     assert {f.location for f in checked.summary.findings} == {
         "messages[0].content",
@@ -155,7 +133,9 @@ def test_anthropic_system_blocks_and_tool_results_are_scanned_through_the_transl
         ],
     }
     out = anthropic_request.translate(body)
-    checked = Guard(REDACT_EMAIL).check(_native("anthropic-messages", body, out.chat, out.untranslatable))
+    checked = Guard(REDACT_EMAIL).check(
+        translated("anthropic-messages", body, out.chat, out.untranslatable, policy="redact")
+    )
     assert checked.summary.action == "redact" and checked.request.native is None
     assert {f.location for f in checked.summary.findings} == {"messages[0].content[1].text", "messages[3].content"}
     assert b"@example.com" not in msgspec.json.encode(checked.request.chat)
