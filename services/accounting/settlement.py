@@ -173,8 +173,10 @@ class Reservations:
         todo: list[tuple[Reservation, int]] = []
         for event, cost_usd in records:
             reservation = event.reservation
-            if reservation is None or not reservation.holds:
+            if reservation is None or not (reservation.holds or reservation.concurrency):
                 continue
+            # a reservation of concurrency slots only is settled too (with no increments: ingress gave its slots
+            # back when the request ended), or the reaper would release it after its expiry and give them back twice
             # unknown price (a soft budget on an unpriced model): count nothing rather than guess
             todo.append((reservation, math.ceil((cost_usd or 0.0) * MICRO)))
         # the requests drawn from one lease are added to it in one move (a busy key's batch holds dozens of them:

@@ -464,3 +464,37 @@ async def test_an_unknown_event_backlog_releases_nothing(
         assert await counter.read(spend) == 0
     finally:
         await accounting.stop()
+
+
+async def test_a_reservation_of_concurrency_slots_only_is_settled_and_never_released_after_ingress_freed_them(
+    ncs: list[Client], subjects: Subjects
+) -> None:
+    """A key with max_concurrency and no budget: its request's reservation holds one slot and no budget. Its record
+    settles it, so when its expiry passes the reaper does not give the slot back a second time (ingress gave it
+    back when the request ended; the counter went to -1 and max_concurrency stopped being enforced)."""
+    nc = ncs[2]
+    await ensure_counter_streams(nc, subjects)
+    counter = Counters(nc)
+    slots = subjects.concurrency_counter("key.k")
+    request = Reservation(
+        request_id=uuid.uuid4().hex, concurrency=[slots], expires_at=time.time() - 1
+    )  # expired by the time the reaper looks
+    await counter.add(slots, 1)  # ingress admitted it
+    await _note(nc, subjects, request)
+    accounting = await _replica(ncs[0], subjects)
+    try:
+
+        async def mirrored() -> bool:
+            return request.request_id in accounting.states
+
+        await _poll(mirrored, "the note never reached the mirror")
+        await accounting.settle_many([(_record(request), 0.0)])
+        await counter.add(slots, -1)  # ingress's finish gave the slot back
+        assert await accounting.reap() == 0
+        assert await counter.read(slots) == 0
+        msg = await nc.jetstream().get_last_msg(
+            subjects.reservations_stream, subjects.reservation(request.request_id).name
+        )
+        assert msgspec.msgpack.decode(msg.data or b"", type=ReservationState).state == "settled"
+    finally:
+        await accounting.stop()
