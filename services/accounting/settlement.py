@@ -61,7 +61,7 @@ from nats.js.api import DeliverPolicy
 
 from shared.bus import MSG_ID
 from shared.counters import DUPLICATE_WINDOW_S, Count, CounterError, Counters, Op
-from shared.reservation_notes import Notes
+from shared.reservation_notes import MoveUnknown, Notes
 from shared.schemas.chat import Hold, Reservation
 from shared.schemas.events import BudgetAlert, RequestEvent, ReservationState
 from shared.schemas.mcp import McpCallEvent
@@ -79,6 +79,8 @@ STREAM_NOT_FOUND = 10059
 # how long past its expiry a reservation waits for an event backlog older than its expiry, at most
 BACKLOG_HOLD_MAX_S = 3600.0
 WEBHOOK_ATTEMPTS = 3
+# moves of unknown outcome remembered at most (the oldest is forgotten first, with an error log)
+UNKNOWN_MAX = 10_000
 
 
 def crossed(before: int, after: int, amount: int, thresholds: list[int]) -> list[int]:
@@ -113,10 +115,16 @@ class Reservations:
         self.released = 0
         self.settled = 0
         # the state on a reservation's subject decides who settles or releases it (compare-and-set)
-        self._notes = Notes(js, subjects, timeout_s)
+        self._notes = Notes(js, subjects, timeout_s, seen=self._recognise)
         # increments of reservations this replica moved (settled, released) not applied yet: request id ->
         # (increments, when it moved it); sent again while their ids are deduplicated
         self._owed: dict[str, tuple[list[Op], float]] = {}
+        # moves whose ack was lost and could not be read back (MoveUnknown): request id -> (the bytes published, the
+        # increments that move makes, when). Seen later on the subject (mirror or read), the move was ours and the
+        # increments are owed; never seen within the duplicate window, it was not stored and they are forgotten
+        self._unknown: dict[str, tuple[bytes, list[Op], float]] = {}
+        # the bytes of moves under way -> whether the mirror showed them already (it may, before their ack comes)
+        self._moving: dict[bytes, bool] = {}
 
     # ---- the mirror of <p>.resv.* -------------------------------------------------------------------
     async def start(self) -> None:
@@ -138,6 +146,7 @@ class Reservations:
             log.error("unreadable reservation state on %s ignored", msg.subject)
         else:
             rid = state.reservation.request_id
+            self._recognise(rid, msg.data)
             known = self.states.get(rid)
             # a final state is never replaced by an older `live` one that arrives late (a lease's live state is, by
             # the requests drawn from it being added)
@@ -151,6 +160,46 @@ class Reservations:
             await self._sub.unsubscribe()
         if self._tasks:
             await asyncio.wait(set(self._tasks), timeout=self._timeout)
+
+    async def _move(self, state: ReservationState, expected: int, ops: list[Op]) -> bool:
+        """Notes.move; when its outcome is unknown, `ops` (the increments the move makes) are owed as soon as the
+        state published is seen on the subject (_recognise), even if that was while it was under way."""
+        data = self._notes.encode(state)
+        self._moving[data] = False
+        try:
+            return await self._notes.move(state, expected)
+        except MoveUnknown as exc:
+            if self._moving.get(data):
+                self._owed[exc.request_id] = (ops, time.monotonic())
+            else:
+                self._maybe_moved(exc, ops)
+            raise
+        finally:
+            self._moving.pop(data, None)
+
+    def _maybe_moved(self, exc: MoveUnknown, ops: list[Op]) -> None:
+        """A move that may be stored: remember what it published and the increments it makes (see _recognise)."""
+        if len(self._unknown) >= UNKNOWN_MAX:
+            rid, (_, lost, _) = next(iter(self._unknown.items()))
+            del self._unknown[rid]
+            log.error(
+                "forgot a move of reservation %s of unknown outcome (%d remembered at most): %s",
+                rid,
+                UNKNOWN_MAX,
+                ", ".join(f"{op.subject} {op.delta:+d}" for op in lost),
+            )
+        self._unknown[exc.request_id] = (exc.data, ops, time.monotonic())
+
+    def _recognise(self, rid: str, data: bytes) -> None:
+        """A state seen on a reservation's subject: if it is what a move of unknown outcome published, that move was
+        stored (only this replica wrote those bytes), and its increments are owed (paid by _pay_owed)."""
+        if data in self._moving:
+            self._moving[data] = True
+        unknown = self._unknown.get(rid)
+        if unknown is not None and unknown[0] == data:
+            del self._unknown[rid]
+            self._owed[rid] = (unknown[1], time.monotonic())
+            log.warning("the move of reservation %s (its ack lost) was stored: its increments are owed", rid)
 
     def _known(self, state: ReservationState | None) -> None:
         """What this replica just read or wrote: its mirror follows (the stream is the truth; this only spares the
@@ -196,7 +245,10 @@ class Reservations:
         # every record's state is moved (or found settled) before anything is raised: one whose move is stored
         # must get its increments (below), even when another record's fails
         decided = await asyncio.gather(
-            *(self._settle_one(reservation, counted.get(reservation.request_id, True)) for reservation, _ in todo),
+            *(
+                self._settle_one(reservation, actual, counted.get(reservation.request_id, True))
+                for reservation, actual in todo
+            ),
             return_exceptions=True,
         )
         error = next((d for d in decided if isinstance(d, BaseException)), None)
@@ -207,23 +259,10 @@ class Reservations:
             if released is None or isinstance(released, BaseException):
                 continue  # settled already (by another replica, or an earlier delivery of this record), or not moved
             rid = reservation.request_id
-            first = len(ops)
-            # budgets of one level and period (a hard one and a soft one, say) share their counters: the cost is
-            # counted once per counter, against everything the reservation held on it
-            held: dict[str, int] = {}
-            for hold in reservation.holds:
-                held[hold.subject] = held.get(hold.subject, 0) + hold.micro_usd
-            for i, (subject, micro) in enumerate(held.items()):
-                ops.append(Op(subject, actual if released else actual - micro, f"settle.{rid}.{i}"))
-            settled_at: dict[str, int] = {}
-            for i, hold in enumerate(reservation.holds):
-                if hold.scope and hold.period_key:
-                    settled = self._subjects.settled_counter(hold.scope, hold.period_key)
-                    if settled not in settled_at:
-                        settled_at[settled] = len(ops)
-                        ops.append(Op(settled, actual, f"settled.{rid}.{i}"))
-                    alerts.append((settled_at[settled], hold, actual))
-            self._owed[rid] = (ops[first:], time.monotonic())
+            mine, checks = self._settle_ops(reservation, actual, released)
+            alerts += [(len(ops) + index, hold, actual) for index, hold in checks]
+            ops += mine
+            self._owed[rid] = (mine, time.monotonic())
             owed.append(rid)
         results = await self._counters.add_many(ops)
         failed = next((r for r in results if isinstance(r, CounterError)), None)
@@ -240,10 +279,35 @@ class Reservations:
                 await self._alert(hold, total.value - actual, total.value)
         self.settled += len(owed)
 
-    async def _settle_one(self, reservation: Reservation, counted: bool | BaseException) -> bool | None:
+    def _settle_ops(
+        self, reservation: Reservation, actual: int, released: bool
+    ) -> tuple[list[Op], list[tuple[int, Hold]]]:
+        """A settlement's increments, and the holds whose alerts follow the settled counter at each index."""
+        rid = reservation.request_id
+        ops: list[Op] = []
+        # budgets of one level and period (a hard one and a soft one, say) share their counters: the cost is counted
+        # once per counter, against everything the reservation held on it
+        held: dict[str, int] = {}
+        for hold in reservation.holds:
+            held[hold.subject] = held.get(hold.subject, 0) + hold.micro_usd
+        for i, (subject, micro) in enumerate(held.items()):
+            ops.append(Op(subject, actual if released else actual - micro, f"settle.{rid}.{i}"))
+        alerts: list[tuple[int, Hold]] = []
+        settled_at: dict[str, int] = {}
+        for i, hold in enumerate(reservation.holds):
+            if hold.scope and hold.period_key:
+                settled = self._subjects.settled_counter(hold.scope, hold.period_key)
+                if settled not in settled_at:
+                    settled_at[settled] = len(ops)
+                    ops.append(Op(settled, actual, f"settled.{rid}.{i}"))
+                alerts.append((settled_at[settled], hold))
+        return ops, alerts
+
+    async def _settle_one(self, reservation: Reservation, actual: int, counted: bool | BaseException) -> bool | None:
         """Move one reservation to `settled`: whether its worst case is no longer on the counters (it was released,
         or went back with its lease: `counted` False), so its settlement adds the full actual cost; None when it was
-        settled already and nothing is to be done. `counted` is the lease's answer (_on_lease), or how it failed."""
+        settled already and nothing is to be done. `counted` is the lease's answer (_on_lease), or how it failed.
+        A move of unknown outcome is remembered with its increments (_move) before it is raised."""
         if isinstance(counted, BaseException):
             raise counted
         for _ in range(CAS_ATTEMPTS):
@@ -253,7 +317,7 @@ class Reservations:
                 return None
             released = (known is not None and known.state == "released") or not counted
             final = ReservationState(state="settled", reservation=reservation, at=time.time())
-            if await self._notes.move(final, seq):
+            if await self._move(final, seq, self._settle_ops(reservation, actual, released)[0]):
                 self._known(final)
                 return released
         raise CounterError(f"reservation {reservation.request_id}: its state kept changing")
@@ -296,9 +360,12 @@ class Reservations:
         are still deduplicated (so each counts once). Past that they are given up with an error: a settlement of a
         live reservation then leaves its worst case counted (never an overspend, only a budget that looks fuller
         than it is until its period ends); a released one's settlement misses its actual cost."""
+        now = time.monotonic()
+        for rid, (_, _, since) in list(self._unknown.items()):
+            if now - since > DUPLICATE_WINDOW_S:  # its mirror would have shown it long ago: it was never stored
+                del self._unknown[rid]
         if not self._owed:
             return
-        now = time.monotonic()
         for rid, (ops, since) in list(self._owed.items()):
             if now - since > DUPLICATE_WINDOW_S - OWED_MARGIN_S:
                 del self._owed[rid]
@@ -455,7 +522,7 @@ class Reservations:
                 if hold.micro_usd and counted:
                     ops.append(Op(hold.subject, -hold.micro_usd, f"release.{rid}.{i}"))
             ops += [Op(subject, -1, f"release-conc.{rid}.{i}") for i, subject in enumerate(reservation.concurrency)]
-        if not await self._notes.move(final, seq):
+        if not await self._move(final, seq, ops):
             return None
         return final, ops
 

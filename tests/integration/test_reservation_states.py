@@ -498,3 +498,93 @@ async def test_a_reservation_of_concurrency_slots_only_is_settled_and_never_rele
         assert msgspec.msgpack.decode(msg.data or b"", type=ReservationState).state == "settled"
     finally:
         await accounting.stop()
+
+
+class _LostAck:
+    """The reservations stream as NATS under load shows it: the next move is stored but its ack is lost, and the
+    read-back that follows times out too."""
+
+    def __init__(self, js: object) -> None:
+        self._js = js
+        self.armed = True
+        self._read_fails = False
+
+    async def publish(self, *args: object, **kwargs: object) -> object:
+        ack = await self._js.publish(*args, **kwargs)  # type: ignore[attr-defined]
+        if self.armed:
+            self._read_fails = True
+            raise nats.errors.TimeoutError
+        return ack
+
+    async def get_last_msg(self, *args: object, **kwargs: object) -> object:
+        if self._read_fails:
+            self._read_fails = self.armed = False
+            raise nats.errors.TimeoutError
+        return await self._js.get_last_msg(*args, **kwargs)  # type: ignore[attr-defined]
+
+
+async def test_a_release_stored_with_its_ack_and_read_back_lost_still_gives_back_its_holds_and_slots(
+    ncs: list[Client], subjects: Subjects
+) -> None:
+    """The release's move is stored, its ack lost and its read-back timed out: the replica cannot tell it moved the
+    state, and the next reap finds it `released`. Its mirror shows the very bytes it published, so the worst case
+    and the concurrency slot are given back all the same (they stayed counted for ever: a key with max_concurrency 1
+    was blocked for good)."""
+    nc = ncs[2]
+    await ensure_counter_streams(nc, subjects)
+    counter = Counters(nc)
+    spend, slots = subjects.spend_counter("key.k", "total"), subjects.concurrency_counter("key.k")
+    lost = msgspec.structs.replace(_drawn(spend, expires_at=time.time() - 1), concurrency=[slots])
+    await counter.add(spend, W)
+    await counter.add(slots, 1)
+    await _note(nc, subjects, lost)
+    accounting = await _replica(ncs[0], subjects)
+    try:
+
+        async def mirrored() -> bool:
+            return lost.request_id in accounting.states
+
+        await _poll(mirrored, "the note never reached the mirror")
+        flaky = _LostAck(accounting._notes._js)
+        accounting._notes._js = flaky  # type: ignore[assignment]
+        with pytest.raises(nats.errors.TimeoutError):
+            await accounting.reap()
+        assert not flaky.armed
+
+        async def given_back() -> bool:
+            await accounting.reap()
+            return await counter.read(spend) == 0 and await counter.read(slots) == 0
+
+        await _poll(given_back, "the release's holds and slot stayed counted", timeout=10)
+        assert accounting.states[lost.request_id].state == "released"
+    finally:
+        await accounting.stop()
+
+
+async def test_a_settlement_stored_with_its_ack_and_read_back_lost_is_counted_when_the_batch_is_retried(
+    ncs: list[Client], subjects: Subjects
+) -> None:
+    """The settlement's move is stored, its ack and read-back lost: the batch raises and is retried, the retry reads
+    the state `settled` and sees its own bytes there, so the increments prepared for that move are paid."""
+    nc = ncs[2]
+    await ensure_counter_streams(nc, subjects)
+    counter = Counters(nc)
+    spend = subjects.spend_counter("key.k", "total")
+    request = _drawn(spend)
+    await counter.add(spend, W)
+    await _note(nc, subjects, request)
+    accounting = await _replica(ncs[0], subjects)
+    try:
+        flaky = _LostAck(accounting._notes._js)
+        accounting._notes._js = flaky  # type: ignore[assignment]
+        with pytest.raises(nats.errors.TimeoutError):
+            await accounting.settle_many([(_record(request), 4.0)])
+        assert not flaky.armed
+
+        async def counted() -> bool:
+            await accounting.settle_many([(_record(request), 4.0)])  # the batch retried (and again)
+            return await counter.read(spend) == 4_000_000
+
+        await _poll(counted, "the settlement's increments were never applied", timeout=10)
+    finally:
+        await accounting.stop()
