@@ -82,6 +82,9 @@ WEBHOOK_ATTEMPTS = 3
 # moves of unknown outcome remembered at most (the oldest is forgotten first, with an error log)
 UNKNOWN_MAX = 10_000
 
+# the budget alerts a settlement's increments decide: (index of its settled-counter op among them, hold, actual)
+Checks = list[tuple[int, Hold, int]]
+
 
 def crossed(before: int, after: int, amount: int, thresholds: list[int]) -> list[int]:
     """The thresholds (percent of `amount`) that a total moving from `before` to `after` crossed."""
@@ -117,12 +120,13 @@ class Reservations:
         # the state on a reservation's subject decides who settles or releases it (compare-and-set)
         self._notes = Notes(js, subjects, timeout_s, seen=self._recognise)
         # increments of reservations this replica moved (settled, released) not applied yet: request id ->
-        # (increments, when it moved it); sent again while their ids are deduplicated
-        self._owed: dict[str, tuple[list[Op], float]] = {}
+        # (increments, when it moved it, the alerts they decide); sent again while their ids are deduplicated
+        self._owed: dict[str, tuple[list[Op], float, Checks]] = {}
         # moves whose ack was lost and could not be read back (MoveUnknown): request id -> (the bytes published, the
-        # increments that move makes, when). Seen later on the subject (mirror or read), the move was ours and the
-        # increments are owed; never seen within the duplicate window, it was not stored and they are forgotten
-        self._unknown: dict[str, tuple[bytes, list[Op], float]] = {}
+        # increments that move makes, when, the alerts they decide). Seen later on the subject (mirror or read),
+        # the move was ours and the increments are owed; never seen within the duplicate window, it was not stored
+        # and they are forgotten
+        self._unknown: dict[str, tuple[bytes, list[Op], float, Checks]] = {}
         # the bytes of moves under way -> whether the mirror showed them already (it may, before their ack comes)
         self._moving: dict[bytes, bool] = {}
 
@@ -161,7 +165,7 @@ class Reservations:
         if self._tasks:
             await asyncio.wait(set(self._tasks), timeout=self._timeout)
 
-    async def _move(self, state: ReservationState, expected: int, ops: list[Op]) -> bool:
+    async def _move(self, state: ReservationState, expected: int, ops: list[Op], checks: Checks) -> bool:
         """Notes.move; when its outcome is unknown, `ops` (the increments the move makes) are owed as soon as the
         state published is seen on the subject (_recognise), even if that was while it was under way."""
         data = self._notes.encode(state)
@@ -170,17 +174,17 @@ class Reservations:
             return await self._notes.move(state, expected)
         except MoveUnknown as exc:
             if self._moving.get(data):
-                self._owed[exc.request_id] = (ops, time.monotonic())
+                self._owed[exc.request_id] = (ops, time.monotonic(), checks)
             else:
-                self._maybe_moved(exc, ops)
+                self._maybe_moved(exc, ops, checks)
             raise
         finally:
             self._moving.pop(data, None)
 
-    def _maybe_moved(self, exc: MoveUnknown, ops: list[Op]) -> None:
+    def _maybe_moved(self, exc: MoveUnknown, ops: list[Op], checks: Checks) -> None:
         """A move that may be stored: remember what it published and the increments it makes (see _recognise)."""
         if len(self._unknown) >= UNKNOWN_MAX:
-            rid, (_, lost, _) = next(iter(self._unknown.items()))
+            rid, (_, lost, _, _) = next(iter(self._unknown.items()))
             del self._unknown[rid]
             log.error(
                 "forgot a move of reservation %s of unknown outcome (%d remembered at most): %s",
@@ -188,7 +192,7 @@ class Reservations:
                 UNKNOWN_MAX,
                 ", ".join(f"{op.subject} {op.delta:+d}" for op in lost),
             )
-        self._unknown[exc.request_id] = (exc.data, ops, time.monotonic())
+        self._unknown[exc.request_id] = (exc.data, ops, time.monotonic(), checks)
 
     def _recognise(self, rid: str, data: bytes) -> None:
         """A state seen on a reservation's subject: if it is what a move of unknown outcome published, that move was
@@ -198,7 +202,7 @@ class Reservations:
         unknown = self._unknown.get(rid)
         if unknown is not None and unknown[0] == data:
             del self._unknown[rid]
-            self._owed[rid] = (unknown[1], time.monotonic())
+            self._owed[rid] = (unknown[1], time.monotonic(), unknown[3])
             log.warning("the move of reservation %s (its ack lost) was stored: its increments are owed", rid)
 
     def _known(self, state: ReservationState | None) -> None:
@@ -253,18 +257,22 @@ class Reservations:
         )
         error = next((d for d in decided if isinstance(d, BaseException)), None)
         ops: list[Op] = []
-        alerts: list[tuple[int, Hold, int]] = []  # (index of the settled-counter op, hold, actual)
+        alerts: Checks = []
         owed: list[str] = []
         for (reservation, actual), released in zip(todo, decided, strict=True):
             if released is None or isinstance(released, BaseException):
                 continue  # settled already (by another replica, or an earlier delivery of this record), or not moved
             rid = reservation.request_id
             mine, checks = self._settle_ops(reservation, actual, released)
-            alerts += [(len(ops) + index, hold, actual) for index, hold in checks]
+            alerts += [(len(ops) + index, hold, cost) for index, hold, cost in checks]
             ops += mine
-            self._owed[rid] = (mine, time.monotonic())
+            self._owed[rid] = (mine, time.monotonic(), checks)
             owed.append(rid)
+        self.settled += len(owed)
         results = await self._counters.add_many(ops)
+        # the alerts of every increment that counted now, also when another failed or a record's move did (the
+        # batch is retried, but these moved records are settled then, and a repeated increment is a duplicate)
+        await self._check(alerts, results)
         failed = next((r for r in results if isinstance(r, CounterError)), None)
         if failed is not None:
             raise failed
@@ -272,17 +280,17 @@ class Reservations:
             self._owed.pop(rid, None)
         if error is not None:
             raise error  # the batch is retried: the records moved here are settled, the others are tried again
+
+    async def _check(self, alerts: Checks, results: Sequence[Count | CounterError]) -> None:
+        """Publish the budget alerts that these increments' results cross (each once: a settled counter's
+        increment counted before, or failed, is not looked at)."""
         for index, hold, actual in alerts:
             total = results[index]
-            assert isinstance(total, Count)
-            if not total.duplicate:
+            if isinstance(total, Count) and not total.duplicate:
                 await self._alert(hold, total.value - actual, total.value)
-        self.settled += len(owed)
 
-    def _settle_ops(
-        self, reservation: Reservation, actual: int, released: bool
-    ) -> tuple[list[Op], list[tuple[int, Hold]]]:
-        """A settlement's increments, and the holds whose alerts follow the settled counter at each index."""
+    def _settle_ops(self, reservation: Reservation, actual: int, released: bool) -> tuple[list[Op], Checks]:
+        """A settlement's increments, and the alerts they decide."""
         rid = reservation.request_id
         ops: list[Op] = []
         # budgets of one level and period (a hard one and a soft one, say) share their counters: the cost is counted
@@ -292,7 +300,7 @@ class Reservations:
             held[hold.subject] = held.get(hold.subject, 0) + hold.micro_usd
         for i, (subject, micro) in enumerate(held.items()):
             ops.append(Op(subject, actual if released else actual - micro, f"settle.{rid}.{i}"))
-        alerts: list[tuple[int, Hold]] = []
+        alerts: Checks = []
         settled_at: dict[str, int] = {}
         for i, hold in enumerate(reservation.holds):
             if hold.scope and hold.period_key:
@@ -300,7 +308,7 @@ class Reservations:
                 if settled not in settled_at:
                     settled_at[settled] = len(ops)
                     ops.append(Op(settled, actual, f"settled.{rid}.{i}"))
-                alerts.append((settled_at[settled], hold))
+                alerts.append((settled_at[settled], hold, actual))
         return ops, alerts
 
     async def _settle_one(self, reservation: Reservation, actual: int, counted: bool | BaseException) -> bool | None:
@@ -317,7 +325,7 @@ class Reservations:
                 return None
             released = (known is not None and known.state == "released") or not counted
             final = ReservationState(state="settled", reservation=reservation, at=time.time())
-            if await self._move(final, seq, self._settle_ops(reservation, actual, released)[0]):
+            if await self._move(final, seq, *self._settle_ops(reservation, actual, released)):
                 self._known(final)
                 return released
         raise CounterError(f"reservation {reservation.request_id}: its state kept changing")
@@ -361,12 +369,12 @@ class Reservations:
         live reservation then leaves its worst case counted (never an overspend, only a budget that looks fuller
         than it is until its period ends); a released one's settlement misses its actual cost."""
         now = time.monotonic()
-        for rid, (_, _, since) in list(self._unknown.items()):
+        for rid, (_, _, since, _) in list(self._unknown.items()):
             if now - since > DUPLICATE_WINDOW_S:  # its mirror would have shown it long ago: it was never stored
                 del self._unknown[rid]
         if not self._owed:
             return
-        for rid, (ops, since) in list(self._owed.items()):
+        for rid, (ops, since, _) in list(self._owed.items()):
             if now - since > DUPLICATE_WINDOW_S - OWED_MARGIN_S:
                 del self._owed[rid]
                 log.error(
@@ -376,8 +384,12 @@ class Reservations:
                     now - since,
                     ", ".join(f"{op.subject} {op.delta:+d}" for op in ops),
                 )
-        pending = [(rid, ops) for rid, (ops, _) in self._owed.items()]
-        results = await self._counters.add_many([op for _, ops in pending for op in ops])
+        pending = list(self._owed.items())
+        results = await self._counters.add_many([op for _, (ops, _, _) in pending for op in ops])
+        first = 0
+        for _, (ops, _, checks) in pending:
+            await self._check([(first + index, hold, actual) for index, hold, actual in checks], results)
+            first += len(ops)
         failed = next((r for r in results if isinstance(r, CounterError)), None)
         if failed is not None:
             raise failed
@@ -522,7 +534,7 @@ class Reservations:
                 if hold.micro_usd and counted:
                     ops.append(Op(hold.subject, -hold.micro_usd, f"release.{rid}.{i}"))
             ops += [Op(subject, -1, f"release-conc.{rid}.{i}") for i, subject in enumerate(reservation.concurrency)]
-        if not await self._move(final, seq, ops):
+        if not await self._move(final, seq, ops, []):
             return None
         return final, ops
 
@@ -533,7 +545,7 @@ class Reservations:
         # released: only this replica gives it back. Should that fail (or this process die right now), the worst
         # case stays counted, which never overspends; the increments are sent again with the next reap while
         # their ids are deduplicated
-        self._owed[rid] = (ops, time.monotonic())
+        self._owed[rid] = (ops, time.monotonic(), [])
         results = await self._counters.add_many(ops)
         if not any(isinstance(r, CounterError) for r in results):
             self._owed.pop(rid, None)

@@ -588,3 +588,45 @@ async def test_a_settlement_stored_with_its_ack_and_read_back_lost_is_counted_wh
         await _poll(counted, "the settlement's increments were never applied", timeout=10)
     finally:
         await accounting.stop()
+
+
+async def test_the_budget_alerts_of_a_batch_are_published_even_when_one_record_of_it_fails(
+    ncs: list[Client], subjects: Subjects
+) -> None:
+    """One record's state cannot be moved (the batch raises and is retried); another's settlement crosses its
+    budget's 50% alert: the alert is published all the same, once (it was skipped: on the retry that record is
+    settled already)."""
+    nc = ncs[2]
+    await ensure_counter_streams(nc, subjects)
+    await ensure_events_stream(nc.jetstream(), subjects)
+    counter = Counters(nc)
+    spend = subjects.spend_counter("key.k", "2026-12")
+    hold = Hold(
+        subject=spend, micro_usd=W, scope="key.k", period="monthly", period_key="2026-12", amount_micro=5_000_000
+    )
+    good = Reservation(request_id=uuid.uuid4().hex, holds=[msgspec.structs.replace(hold, alerts=[50])])
+    bad = Reservation(request_id=uuid.uuid4().hex, holds=[hold])
+    await counter.add(spend, 2 * W)
+    alerts = await nc.subscribe(subjects.events_alert.name)
+    accounting = await _replica(ncs[0], subjects)
+    move = accounting._notes.move
+
+    async def fails_for_bad(state: ReservationState, expected: int) -> bool:
+        if state.reservation.request_id == bad.request_id:
+            raise TimeoutError("the reservations stream did not answer")
+        return await move(state, expected)
+
+    accounting._notes.move = fails_for_bad  # type: ignore[method-assign]
+    try:
+        with pytest.raises(TimeoutError):
+            await accounting.settle_many([(_record(good), 4.0), (_record(bad), 0.5)])
+        alert = subjects.events_alert.decode((await alerts.next_msg(timeout=10)).data)
+        assert (alert.scope, alert.threshold_pct, alert.spent_usd) == ("key.k", 50, 4.0)
+        accounting._notes.move = move  # type: ignore[method-assign]
+        await accounting.settle_many([(_record(good), 4.0), (_record(bad), 0.5)])  # the batch retried
+        assert await counter.read(spend) == 4_500_000
+        with pytest.raises(nats.errors.TimeoutError):
+            await alerts.next_msg(timeout=0.5)  # (published once: the retry's increment of it is a duplicate)
+    finally:
+        await alerts.unsubscribe()
+        await accounting.stop()
