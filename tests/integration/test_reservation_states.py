@@ -630,3 +630,39 @@ async def test_the_budget_alerts_of_a_batch_are_published_even_when_one_record_o
     finally:
         await alerts.unsubscribe()
         await accounting.stop()
+
+
+async def test_the_budget_alert_of_increments_paid_late_is_published_when_they_are_paid(
+    ncs: list[Client], subjects: Subjects
+) -> None:
+    """The counters stream is away when a record is settled: its increments are owed, and when they are paid (the
+    next reap) the 50% crossing they make is published (it was never checked)."""
+    nc = ncs[2]
+    await ensure_counter_streams(nc, subjects)
+    await ensure_events_stream(nc.jetstream(), subjects)
+    spend = subjects.spend_counter("key.k", "2026-12")
+    hold = Hold(
+        subject=spend,
+        micro_usd=W,
+        scope="key.k",
+        period="monthly",
+        period_key="2026-12",
+        amount_micro=5_000_000,
+        alerts=[50],
+    )
+    request = Reservation(request_id=uuid.uuid4().hex, holds=[hold])
+    alerts = await nc.subscribe(subjects.events_alert.name)
+    accounting = await _replica(ncs[0], subjects)
+    try:
+        reply = await nc.request(f"$JS.API.STREAM.DELETE.{subjects.counters_stream}", b"", timeout=5)
+        assert json.loads(reply.data).get("success"), reply.data
+        with pytest.raises(CounterError):
+            await accounting.settle_many([(_record(request), 4.0)])
+        await ensure_counter_streams(nc, subjects)  # the counters are back
+        await accounting.reap()  # pays what is owed
+        alert = subjects.events_alert.decode((await alerts.next_msg(timeout=10)).data)
+        assert (alert.scope, alert.threshold_pct, alert.spent_usd) == ("key.k", 50, 4.0)
+        assert await Counters(nc).read(subjects.settled_counter("key.k", "2026-12")) == 4_000_000
+    finally:
+        await alerts.unsubscribe()
+        await accounting.stop()
