@@ -11,6 +11,7 @@ import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
+from types import SimpleNamespace
 
 import msgspec
 import nats
@@ -19,10 +20,13 @@ from nats.aio.client import Client
 
 from gatehouse.natsserver import NatsServer
 from services.accounting.settlement import Reservations
+from services.batch.jobs import JobControl
+from services.batch.reserve import Reserver, job_reservation
 from shared.bus import ensure_events_stream
 from shared.counters import Count, CounterError, Counters, Op, ensure_counter_streams
 from shared.event_publisher import EventPublisher
 from shared.records import RecordPublisher
+from shared.schemas.batch import BatchJob
 from shared.schemas.chat import Caller, Hold, Reservation
 from shared.schemas.events import ReservationState
 from shared.schemas.mcp import McpCallEvent
@@ -666,3 +670,46 @@ async def test_the_budget_alert_of_increments_paid_late_is_published_when_they_a
     finally:
         await alerts.unsubscribe()
         await accounting.stop()
+
+
+def _job_control(nc: Client, subjects: Subjects) -> JobControl:
+    """A batch replica's JobControl, for its reservation's give-back alone (no queue or files)."""
+    worker = SimpleNamespace(env=SimpleNamespace(js=nc.jetstream(), subjects=subjects, timeout_s=5.0))
+    return JobControl(worker, None, None, Reserver(Counters(nc), subjects))  # type: ignore[arg-type]
+
+
+async def test_a_batch_jobs_give_back_that_failed_is_done_by_the_replica_taking_over_once(
+    ncs: list[Client], subjects: Subjects
+) -> None:
+    """A job's finalizing gives back what its items did not take, and the counters are away: the give-back fails
+    after the job's reservation moved. The replica that takes the finalizing over gives it back (it found the
+    reservation `settled` and gave nothing: the budget stayed short by it until the period ended), once."""
+    nc = ncs[2]
+    await ensure_counter_streams(nc, subjects)
+    spend = subjects.spend_counter("key.k", "2026-12")
+    now = time.time()
+    job = BatchJob(
+        id=f"batch_{uuid.uuid4().hex}",
+        status="finalizing",
+        endpoint="/v1/chat/completions",
+        caller=Caller(key_id="k", team="t"),
+        holds=[Hold(subject=spend, micro_usd=10 * W)],
+        reserved_micro=10 * W,
+        created_at=now,
+        expires_at=now + 3600,
+    )
+    await _note(nc, subjects, job_reservation(job.id, job.holds, 10 * W, job.expires_at))
+    reply = await nc.request(f"$JS.API.STREAM.DELETE.{subjects.counters_stream}", b"", timeout=5)
+    assert json.loads(reply.data).get("success"), reply.data
+    with pytest.raises(CounterError):
+        await _job_control(ncs[0], subjects)._release(job, 6 * W)
+    await ensure_counter_streams(nc, subjects)  # the counters are back (holding the job's reservation again)
+    counter = Counters(nc)
+    await counter.add(spend, 10 * W)
+    takeover = _job_control(ncs[1], subjects)
+    await takeover._release(job, 6 * W)
+    assert await counter.read(spend) == 4 * W
+    await takeover._release(job, 6 * W)  # finalizing once more: nothing more is given back
+    assert await counter.read(spend) == 4 * W
+    msg = await nc.jetstream().get_last_msg(subjects.reservations_stream, subjects.reservation(job.id).name)
+    assert msgspec.msgpack.decode(msg.data or b"", type=ReservationState).state == "settled"
