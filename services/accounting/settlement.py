@@ -13,7 +13,9 @@ notes the reservation as `live` on `<p>.resv.<request_id>` (shared/admission.py)
   moves from the reservation to the actual cost (`+actual - reserved`, or `+actual` if it was released
   already) and the settled counter gains `actual`. The increments carry ids derived from the request.
   Increments that fail after the move are owed: sent again (the next batch, the next reap) only while their
-  ids are still deduplicated (DUPLICATE_WINDOW_S less OWED_MARGIN_S), then given up with an error log. What
+  ids are still deduplicated (DUPLICATE_WINDOW_S less OWED_MARGIN_S), then given up with an error log. A move
+  whose ack and read-back are both lost (it may be stored) is remembered with its increments until the mirror or
+  a later read shows the very bytes it published: then they are owed too (at most UNKNOWN_MAX remembered). What
   is left: increments owed when the process dies, or given up, are lost; for a settlement of a live
   reservation that leaves its worst case counted instead of its actual cost (never an overspend), for a
   released one's settlement its actual cost uncounted.
@@ -36,7 +38,8 @@ notes the reservation as `live` on `<p>.resv.<request_id>` (shared/admission.py)
   is not in its `drawn`, went back with the lease: its own release gives back nothing more, and its
   settlement adds its full cost.
 - **alert**: when a budget's settled spend crosses one of its thresholds, a BudgetAlert is published
-  once (the settled counter only grows, and its increments are deduplicated), and POSTed to the
+  once (the settled counter only grows, and its increments are deduplicated: each increment that counts is
+  checked, in a batch that raises too, and owed ones when they are paid), and POSTed to the
   configured webhook in the JSON shape Slack-compatible incoming webhooks take.
 """
 
