@@ -13,7 +13,9 @@ notes the reservation as `live` on `<p>.resv.<request_id>` (shared/admission.py)
   moves from the reservation to the actual cost (`+actual - reserved`, or `+actual` if it was released
   already) and the settled counter gains `actual`. The increments carry ids derived from the request.
   Increments that fail after the move are owed: sent again (the next batch, the next reap) only while their
-  ids are still deduplicated (DUPLICATE_WINDOW_S less OWED_MARGIN_S), then given up with an error log. What
+  ids are still deduplicated (DUPLICATE_WINDOW_S less OWED_MARGIN_S), then given up with an error log. A move
+  whose ack and read-back are both lost (it may be stored) is remembered with its increments until the mirror or
+  a later read shows the very bytes it published: then they are owed too (at most UNKNOWN_MAX remembered). What
   is left: increments owed when the process dies, or given up, are lost; for a settlement of a live
   reservation that leaves its worst case counted instead of its actual cost (never an overspend), for a
   released one's settlement its actual cost uncounted.
@@ -36,7 +38,8 @@ notes the reservation as `live` on `<p>.resv.<request_id>` (shared/admission.py)
   is not in its `drawn`, went back with the lease: its own release gives back nothing more, and its
   settlement adds its full cost.
 - **alert**: when a budget's settled spend crosses one of its thresholds, a BudgetAlert is published
-  once (the settled counter only grows, and its increments are deduplicated), and POSTed to the
+  once (the settled counter only grows, and its increments are deduplicated: each increment that counts is
+  checked, in a batch that raises too, and owed ones when they are paid), and POSTed to the
   configured webhook in the JSON shape Slack-compatible incoming webhooks take.
 """
 
@@ -61,7 +64,7 @@ from nats.js.api import DeliverPolicy
 
 from shared.bus import MSG_ID
 from shared.counters import DUPLICATE_WINDOW_S, Count, CounterError, Counters, Op
-from shared.reservation_notes import Notes
+from shared.reservation_notes import MoveUnknown, Notes
 from shared.schemas.chat import Hold, Reservation
 from shared.schemas.events import BudgetAlert, RequestEvent, ReservationState
 from shared.schemas.mcp import McpCallEvent
@@ -79,6 +82,11 @@ STREAM_NOT_FOUND = 10059
 # how long past its expiry a reservation waits for an event backlog older than its expiry, at most
 BACKLOG_HOLD_MAX_S = 3600.0
 WEBHOOK_ATTEMPTS = 3
+# moves of unknown outcome remembered at most (the oldest is forgotten first, with an error log)
+UNKNOWN_MAX = 10_000
+
+# the budget alerts a settlement's increments decide: (index of its settled-counter op among them, hold, actual)
+Checks = list[tuple[int, Hold, int]]
 
 
 def crossed(before: int, after: int, amount: int, thresholds: list[int]) -> list[int]:
@@ -113,10 +121,17 @@ class Reservations:
         self.released = 0
         self.settled = 0
         # the state on a reservation's subject decides who settles or releases it (compare-and-set)
-        self._notes = Notes(js, subjects, timeout_s)
+        self._notes = Notes(js, subjects, timeout_s, seen=self._recognise)
         # increments of reservations this replica moved (settled, released) not applied yet: request id ->
-        # (increments, when it moved it); sent again while their ids are deduplicated
-        self._owed: dict[str, tuple[list[Op], float]] = {}
+        # (increments, when it moved it, the alerts they decide); sent again while their ids are deduplicated
+        self._owed: dict[str, tuple[list[Op], float, Checks]] = {}
+        # moves whose ack was lost and could not be read back (MoveUnknown): request id -> (the bytes published, the
+        # increments that move makes, when, the alerts they decide). Seen later on the subject (mirror or read),
+        # the move was ours and the increments are owed; never seen within the duplicate window, it was not stored
+        # and they are forgotten
+        self._unknown: dict[str, tuple[bytes, list[Op], float, Checks]] = {}
+        # the bytes of moves under way -> whether the mirror showed them already (it may, before their ack comes)
+        self._moving: dict[bytes, bool] = {}
 
     # ---- the mirror of <p>.resv.* -------------------------------------------------------------------
     async def start(self) -> None:
@@ -138,6 +153,7 @@ class Reservations:
             log.error("unreadable reservation state on %s ignored", msg.subject)
         else:
             rid = state.reservation.request_id
+            self._recognise(rid, msg.data)
             known = self.states.get(rid)
             # a final state is never replaced by an older `live` one that arrives late (a lease's live state is, by
             # the requests drawn from it being added)
@@ -151,6 +167,46 @@ class Reservations:
             await self._sub.unsubscribe()
         if self._tasks:
             await asyncio.wait(set(self._tasks), timeout=self._timeout)
+
+    async def _move(self, state: ReservationState, expected: int, ops: list[Op], checks: Checks) -> bool:
+        """Notes.move; when its outcome is unknown, `ops` (the increments the move makes) are owed as soon as the
+        state published is seen on the subject (_recognise), even if that was while it was under way."""
+        data = self._notes.encode(state)
+        self._moving[data] = False
+        try:
+            return await self._notes.move(state, expected)
+        except MoveUnknown as exc:
+            if self._moving.get(data):
+                self._owed[exc.request_id] = (ops, time.monotonic(), checks)
+            else:
+                self._maybe_moved(exc, ops, checks)
+            raise
+        finally:
+            self._moving.pop(data, None)
+
+    def _maybe_moved(self, exc: MoveUnknown, ops: list[Op], checks: Checks) -> None:
+        """A move that may be stored: remember what it published and the increments it makes (see _recognise)."""
+        if len(self._unknown) >= UNKNOWN_MAX:
+            rid, (_, lost, _, _) = next(iter(self._unknown.items()))
+            del self._unknown[rid]
+            log.error(
+                "forgot a move of reservation %s of unknown outcome (%d remembered at most): %s",
+                rid,
+                UNKNOWN_MAX,
+                ", ".join(f"{op.subject} {op.delta:+d}" for op in lost),
+            )
+        self._unknown[exc.request_id] = (exc.data, ops, time.monotonic(), checks)
+
+    def _recognise(self, rid: str, data: bytes) -> None:
+        """A state seen on a reservation's subject: if it is what a move of unknown outcome published, that move was
+        stored (only this replica wrote those bytes), and its increments are owed (paid by _pay_owed)."""
+        if data in self._moving:
+            self._moving[data] = True
+        unknown = self._unknown.get(rid)
+        if unknown is not None and unknown[0] == data:
+            del self._unknown[rid]
+            self._owed[rid] = (unknown[1], time.monotonic(), unknown[3])
+            log.warning("the move of reservation %s (its ack lost) was stored: its increments are owed", rid)
 
     def _known(self, state: ReservationState | None) -> None:
         """What this replica just read or wrote: its mirror follows (the stream is the truth; this only spares the
@@ -173,8 +229,10 @@ class Reservations:
         todo: list[tuple[Reservation, int]] = []
         for event, cost_usd in records:
             reservation = event.reservation
-            if reservation is None or not reservation.holds:
+            if reservation is None or not (reservation.holds or reservation.concurrency):
                 continue
+            # a reservation of concurrency slots only is settled too (with no increments: ingress gave its slots
+            # back when the request ended), or the reaper would release it after its expiry and give them back twice
             # unknown price (a soft budget on an unpriced model): count nothing rather than guess
             todo.append((reservation, math.ceil((cost_usd or 0.0) * MICRO)))
         # the requests drawn from one lease are added to it in one move (a busy key's batch holds dozens of them:
@@ -194,36 +252,30 @@ class Reservations:
         # every record's state is moved (or found settled) before anything is raised: one whose move is stored
         # must get its increments (below), even when another record's fails
         decided = await asyncio.gather(
-            *(self._settle_one(reservation, counted.get(reservation.request_id, True)) for reservation, _ in todo),
+            *(
+                self._settle_one(reservation, actual, counted.get(reservation.request_id, True))
+                for reservation, actual in todo
+            ),
             return_exceptions=True,
         )
         error = next((d for d in decided if isinstance(d, BaseException)), None)
         ops: list[Op] = []
-        alerts: list[tuple[int, Hold, int]] = []  # (index of the settled-counter op, hold, actual)
+        alerts: Checks = []
         owed: list[str] = []
         for (reservation, actual), released in zip(todo, decided, strict=True):
             if released is None or isinstance(released, BaseException):
                 continue  # settled already (by another replica, or an earlier delivery of this record), or not moved
             rid = reservation.request_id
-            first = len(ops)
-            # budgets of one level and period (a hard one and a soft one, say) share their counters: the cost is
-            # counted once per counter, against everything the reservation held on it
-            held: dict[str, int] = {}
-            for hold in reservation.holds:
-                held[hold.subject] = held.get(hold.subject, 0) + hold.micro_usd
-            for i, (subject, micro) in enumerate(held.items()):
-                ops.append(Op(subject, actual if released else actual - micro, f"settle.{rid}.{i}"))
-            settled_at: dict[str, int] = {}
-            for i, hold in enumerate(reservation.holds):
-                if hold.scope and hold.period_key:
-                    settled = self._subjects.settled_counter(hold.scope, hold.period_key)
-                    if settled not in settled_at:
-                        settled_at[settled] = len(ops)
-                        ops.append(Op(settled, actual, f"settled.{rid}.{i}"))
-                    alerts.append((settled_at[settled], hold, actual))
-            self._owed[rid] = (ops[first:], time.monotonic())
+            mine, checks = self._settle_ops(reservation, actual, released)
+            alerts += [(len(ops) + index, hold, cost) for index, hold, cost in checks]
+            ops += mine
+            self._owed[rid] = (mine, time.monotonic(), checks)
             owed.append(rid)
+        self.settled += len(owed)
         results = await self._counters.add_many(ops)
+        # the alerts of every increment that counted now, also when another failed or a record's move did (the
+        # batch is retried, but these moved records are settled then, and a repeated increment is a duplicate)
+        await self._check(alerts, results)
         failed = next((r for r in results if isinstance(r, CounterError)), None)
         if failed is not None:
             raise failed
@@ -231,17 +283,42 @@ class Reservations:
             self._owed.pop(rid, None)
         if error is not None:
             raise error  # the batch is retried: the records moved here are settled, the others are tried again
+
+    async def _check(self, alerts: Checks, results: Sequence[Count | CounterError]) -> None:
+        """Publish the budget alerts that these increments' results cross (each once: a settled counter's
+        increment counted before, or failed, is not looked at)."""
         for index, hold, actual in alerts:
             total = results[index]
-            assert isinstance(total, Count)
-            if not total.duplicate:
+            if isinstance(total, Count) and not total.duplicate:
                 await self._alert(hold, total.value - actual, total.value)
-        self.settled += len(owed)
 
-    async def _settle_one(self, reservation: Reservation, counted: bool | BaseException) -> bool | None:
+    def _settle_ops(self, reservation: Reservation, actual: int, released: bool) -> tuple[list[Op], Checks]:
+        """A settlement's increments, and the alerts they decide."""
+        rid = reservation.request_id
+        ops: list[Op] = []
+        # budgets of one level and period (a hard one and a soft one, say) share their counters: the cost is counted
+        # once per counter, against everything the reservation held on it
+        held: dict[str, int] = {}
+        for hold in reservation.holds:
+            held[hold.subject] = held.get(hold.subject, 0) + hold.micro_usd
+        for i, (subject, micro) in enumerate(held.items()):
+            ops.append(Op(subject, actual if released else actual - micro, f"settle.{rid}.{i}"))
+        alerts: Checks = []
+        settled_at: dict[str, int] = {}
+        for i, hold in enumerate(reservation.holds):
+            if hold.scope and hold.period_key:
+                settled = self._subjects.settled_counter(hold.scope, hold.period_key)
+                if settled not in settled_at:
+                    settled_at[settled] = len(ops)
+                    ops.append(Op(settled, actual, f"settled.{rid}.{i}"))
+                alerts.append((settled_at[settled], hold, actual))
+        return ops, alerts
+
+    async def _settle_one(self, reservation: Reservation, actual: int, counted: bool | BaseException) -> bool | None:
         """Move one reservation to `settled`: whether its worst case is no longer on the counters (it was released,
         or went back with its lease: `counted` False), so its settlement adds the full actual cost; None when it was
-        settled already and nothing is to be done. `counted` is the lease's answer (_on_lease), or how it failed."""
+        settled already and nothing is to be done. `counted` is the lease's answer (_on_lease), or how it failed.
+        A move of unknown outcome is remembered with its increments (_move) before it is raised."""
         if isinstance(counted, BaseException):
             raise counted
         for _ in range(CAS_ATTEMPTS):
@@ -251,7 +328,7 @@ class Reservations:
                 return None
             released = (known is not None and known.state == "released") or not counted
             final = ReservationState(state="settled", reservation=reservation, at=time.time())
-            if await self._notes.move(final, seq):
+            if await self._move(final, seq, *self._settle_ops(reservation, actual, released)):
                 self._known(final)
                 return released
         raise CounterError(f"reservation {reservation.request_id}: its state kept changing")
@@ -294,10 +371,13 @@ class Reservations:
         are still deduplicated (so each counts once). Past that they are given up with an error: a settlement of a
         live reservation then leaves its worst case counted (never an overspend, only a budget that looks fuller
         than it is until its period ends); a released one's settlement misses its actual cost."""
+        now = time.monotonic()
+        for rid, (_, _, since, _) in list(self._unknown.items()):
+            if now - since > DUPLICATE_WINDOW_S:  # its mirror would have shown it long ago: it was never stored
+                del self._unknown[rid]
         if not self._owed:
             return
-        now = time.monotonic()
-        for rid, (ops, since) in list(self._owed.items()):
+        for rid, (ops, since, _) in list(self._owed.items()):
             if now - since > DUPLICATE_WINDOW_S - OWED_MARGIN_S:
                 del self._owed[rid]
                 log.error(
@@ -307,8 +387,12 @@ class Reservations:
                     now - since,
                     ", ".join(f"{op.subject} {op.delta:+d}" for op in ops),
                 )
-        pending = [(rid, ops) for rid, (ops, _) in self._owed.items()]
-        results = await self._counters.add_many([op for _, ops in pending for op in ops])
+        pending = list(self._owed.items())
+        results = await self._counters.add_many([op for _, (ops, _, _) in pending for op in ops])
+        first = 0
+        for _, (ops, _, checks) in pending:
+            await self._check([(first + index, hold, actual) for index, hold, actual in checks], results)
+            first += len(ops)
         failed = next((r for r in results if isinstance(r, CounterError)), None)
         if failed is not None:
             raise failed
@@ -453,7 +537,7 @@ class Reservations:
                 if hold.micro_usd and counted:
                     ops.append(Op(hold.subject, -hold.micro_usd, f"release.{rid}.{i}"))
             ops += [Op(subject, -1, f"release-conc.{rid}.{i}") for i, subject in enumerate(reservation.concurrency)]
-        if not await self._notes.move(final, seq):
+        if not await self._move(final, seq, ops, []):
             return None
         return final, ops
 
@@ -464,7 +548,7 @@ class Reservations:
         # released: only this replica gives it back. Should that fail (or this process die right now), the worst
         # case stays counted, which never overspends; the increments are sent again with the next reap while
         # their ids are deduplicated
-        self._owed[rid] = (ops, time.monotonic())
+        self._owed[rid] = (ops, time.monotonic(), [])
         results = await self._counters.add_many(ops)
         if not any(isinstance(r, CounterError) for r in results):
             self._owed.pop(rid, None)

@@ -36,6 +36,7 @@ from services.batch.worker import ItemWorker, key_entitlement
 from shared import metrics
 from shared.bus import MSG_ID
 from shared.config import hash_key
+from shared.counters import DUPLICATE_WINDOW_S
 from shared.directory import Entitlement
 from shared.errors import (
     BudgetExceededError,
@@ -61,6 +62,9 @@ VALIDATING_STALE_S = 30.0  # a job still being queued this long after its last c
 FINALIZING_STALE_S = 60.0
 # a job's reservation state moved under it this often in a row (by the sweep of another replica): give up this round
 NOTE_ATTEMPTS = 8
+# an interrupted give-back (its job's reservation left `settling`) is done again only this long after it began:
+# its increments' ids are deduplicated for DUPLICATE_WINDOW_S, and it may have counted before it was interrupted
+GIVE_BACK_REDO_S = DUPLICATE_WINDOW_S - 60.0
 RESERVATION_SLACK_S = 3600.0  # a job's reservation outlives its window this long before accounting may free it
 
 
@@ -456,24 +460,48 @@ class JobControl:
         return file_id
 
     async def _release(self, job: BatchJob, left: int) -> None:
-        """Give back what no item took. The job's reservation moves to `settled` first, by compare-and-set: if
-        accounting's reaper released it meanwhile (this service was away past the job's window) that stands and
-        nothing is given back here; once moved, the reaper never releases it, however much later (its release
-        and this one share increment ids, but they may be days apart, far beyond the counters' duplicate window).
-        Should this process die between the move and the give-back, the rest stays counted: never an overspend."""
+        """Give back what no item took. The job's reservation moves to `settling` (with what is given back) first, by
+        compare-and-set: if accounting's reaper released it meanwhile (this service was away past the job's window)
+        that stands and nothing is given back here; once moved, the reaper never releases it, however much later
+        (its release and this one share increment ids, but they may be days apart, far beyond the counters'
+        duplicate window). Then the give-back, then `settled`. A give-back that fails, or a process that stops
+        before `settled`, leaves it `settling`: the replica that takes the job's finalizing over gives the same
+        amount back with the same ids (so it counts once) while they are still deduplicated; past that the rest
+        stays counted (never an overspend) and it is noted settled with an error log."""
         if not job.reserved_micro:
             return
         for _ in range(NOTE_ATTEMPTS):
             seq, known = await self.notes.read(job.id)
+            if known is not None and known.state == "settling":
+                reservation, at = known.reservation, known.at  # a give-back interrupted: done again
+                break
             if known is not None and known.state != "live":
                 return  # released by accounting's reaper, or given back already
             reservation = job_reservation(job.id, job.holds, left, job.expires_at + RESERVATION_SLACK_S)
-            if await self.notes.move(ReservationState(state="settled", reservation=reservation, at=time.time()), seq):
+            at = time.time()
+            if await self.notes.move(ReservationState(state="settling", reservation=reservation, at=at), seq):
                 break
         else:
             raise JobConflict(f"job {job.id}: its reservation's state kept changing")
-        await self.reserver.release(job.id, job.holds, left)
-        metrics.batch_reservation("released")
+        back = next((h.micro_usd for h in reservation.holds if h.hard), 0)
+        if time.time() - at <= GIVE_BACK_REDO_S:
+            await self.reserver.release(job.id, job.holds, back)
+            metrics.batch_reservation("released")
+        else:
+            log.error(
+                "job %s: its give-back of %d micro-USD was interrupted %.0fs ago (beyond the duplicate window it could "
+                "count twice): left counted",
+                job.id,
+                back,
+                time.time() - at,
+            )
+        for _ in range(NOTE_ATTEMPTS):
+            seq, known = await self.notes.read(job.id)
+            if known is None or known.state != "settling":
+                return  # settled by another replica's takeover
+            if await self.notes.move(ReservationState(state="settled", reservation=reservation, at=time.time()), seq):
+                return
+        raise JobConflict(f"job {job.id}: its reservation's state kept changing")
 
     async def _note(self, job: BatchJob, left: int) -> None:
         """The job's reservation for accounting's reaper: `live` with what no item has taken yet (freed if this

@@ -71,7 +71,7 @@ class ReservationState(msgspec.Struct, frozen=True, kw_only=True):
     """The last word on a reservation (`<p>.resv.<request_id>`, one message per subject): live while the
     request runs, then settled (from its record) or released (expired: its replica died)."""
 
-    state: str  # live | settled | released
+    state: str  # live | settled | released (| settling: a batch job's give-back under way, services/batch/jobs.py)
     reservation: Reservation
     at: float
 

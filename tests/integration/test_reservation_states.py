@@ -11,6 +11,7 @@ import json
 import time
 import uuid
 from collections.abc import Sequence
+from types import SimpleNamespace
 
 import msgspec
 import nats
@@ -18,11 +19,14 @@ import pytest
 from nats.aio.client import Client
 
 from services.accounting.settlement import Reservations
+from services.batch.jobs import JobControl
+from services.batch.reserve import Reserver, job_reservation
 from shared.bus import ensure_events_stream
 from shared.counters import Count, CounterError, Counters, Op, ensure_counter_streams
 from shared.event_publisher import EventPublisher
 from shared.records import RecordPublisher
-from shared.schemas.chat import Hold, Reservation
+from shared.schemas.batch import BatchJob
+from shared.schemas.chat import Caller, Hold, Reservation
 from shared.schemas.events import ReservationState
 from shared.spool import SpoolConfig
 from shared.subjects import Subjects
@@ -342,3 +346,255 @@ async def test_an_unknown_event_backlog_releases_nothing(
         monkeypatch.setattr(ncs[0], "request", request)
         assert await accounting.reap() == 1
         assert await counter.read(spend) == 0
+
+
+async def test_a_reservation_of_concurrency_slots_only_is_settled_and_never_released_after_ingress_freed_them(
+    ncs: list[Client], subjects: Subjects
+) -> None:
+    """A key with max_concurrency and no budget: its request's reservation holds one slot and no budget. Its record
+    settles it, so when its expiry passes the reaper does not give the slot back a second time (ingress gave it
+    back when the request ended; the counter went to -1 and max_concurrency stopped being enforced)."""
+    nc = ncs[2]
+    await ensure_counter_streams(nc, subjects)
+    counter = Counters(nc)
+    slots = subjects.concurrency_counter("key.k")
+    request = Reservation(
+        request_id=uuid.uuid4().hex, concurrency=[slots], expires_at=time.time() - 1
+    )  # expired by the time the reaper looks
+    await counter.add(slots, 1)  # ingress admitted it
+    await publish_state(nc, subjects, request)
+    accounting = await _replica(ncs[0], subjects)
+    try:
+
+        async def mirrored() -> bool:
+            return request.request_id in accounting.states
+
+        await poll(mirrored, "the note never reached the mirror")
+        await accounting.settle_many([(make_record(request), 0.0)])
+        await counter.add(slots, -1)  # ingress's finish gave the slot back
+        assert await accounting.reap() == 0
+        assert await counter.read(slots) == 0
+        msg = await nc.jetstream().get_last_msg(
+            subjects.reservations_stream, subjects.reservation(request.request_id).name
+        )
+        assert msgspec.msgpack.decode(msg.data or b"", type=ReservationState).state == "settled"
+    finally:
+        await accounting.stop()
+
+
+class _LostAck:
+    """The reservations stream as NATS under load shows it: the next move is stored but its ack is lost, and the
+    read-back that follows times out too."""
+
+    def __init__(self, js: object) -> None:
+        self._js = js
+        self.armed = True
+        self._read_fails = False
+
+    async def publish(self, *args: object, **kwargs: object) -> object:
+        ack = await self._js.publish(*args, **kwargs)  # type: ignore[attr-defined]
+        if self.armed:
+            self._read_fails = True
+            raise nats.errors.TimeoutError
+        return ack
+
+    async def get_last_msg(self, *args: object, **kwargs: object) -> object:
+        if self._read_fails:
+            self._read_fails = self.armed = False
+            raise nats.errors.TimeoutError
+        return await self._js.get_last_msg(*args, **kwargs)  # type: ignore[attr-defined]
+
+
+async def test_a_release_stored_with_its_ack_and_read_back_lost_still_gives_back_its_holds_and_slots(
+    ncs: list[Client], subjects: Subjects
+) -> None:
+    """The release's move is stored, its ack lost and its read-back timed out: the replica cannot tell it moved the
+    state, and the next reap finds it `released`. Its mirror shows the very bytes it published, so the worst case
+    and the concurrency slot are given back all the same (they stayed counted for ever: a key with max_concurrency 1
+    was blocked for good)."""
+    nc = ncs[2]
+    await ensure_counter_streams(nc, subjects)
+    counter = Counters(nc)
+    spend, slots = subjects.spend_counter("key.k", "total"), subjects.concurrency_counter("key.k")
+    lost = msgspec.structs.replace(make_drawn(spend, expires_at=time.time() - 1), concurrency=[slots])
+    await counter.add(spend, W)
+    await counter.add(slots, 1)
+    await publish_state(nc, subjects, lost)
+    accounting = await _replica(ncs[0], subjects)
+    try:
+
+        async def mirrored() -> bool:
+            return lost.request_id in accounting.states
+
+        await poll(mirrored, "the note never reached the mirror")
+        flaky = _LostAck(accounting._notes._js)
+        accounting._notes._js = flaky  # type: ignore[assignment]
+        with pytest.raises(nats.errors.TimeoutError):
+            await accounting.reap()
+        assert not flaky.armed
+
+        async def given_back() -> bool:
+            await accounting.reap()
+            return await counter.read(spend) == 0 and await counter.read(slots) == 0
+
+        await poll(given_back, "the release's holds and slot stayed counted", timeout=10)
+        assert accounting.states[lost.request_id].state == "released"
+    finally:
+        await accounting.stop()
+
+
+async def test_a_settlement_stored_with_its_ack_and_read_back_lost_is_counted_when_the_batch_is_retried(
+    ncs: list[Client], subjects: Subjects
+) -> None:
+    """The settlement's move is stored, its ack and read-back lost: the batch raises and is retried, the retry reads
+    the state `settled` and sees its own bytes there, so the increments prepared for that move are paid."""
+    nc = ncs[2]
+    await ensure_counter_streams(nc, subjects)
+    counter = Counters(nc)
+    spend = subjects.spend_counter("key.k", "total")
+    request = make_drawn(spend)
+    await counter.add(spend, W)
+    await publish_state(nc, subjects, request)
+    accounting = await _replica(ncs[0], subjects)
+    try:
+        flaky = _LostAck(accounting._notes._js)
+        accounting._notes._js = flaky  # type: ignore[assignment]
+        with pytest.raises(nats.errors.TimeoutError):
+            await accounting.settle_many([(make_record(request), 4.0)])
+        assert not flaky.armed
+
+        async def counted() -> bool:
+            await accounting.settle_many([(make_record(request), 4.0)])  # the batch retried (and again)
+            return await counter.read(spend) == 4_000_000
+
+        await poll(counted, "the settlement's increments were never applied", timeout=10)
+    finally:
+        await accounting.stop()
+
+
+async def test_the_budget_alerts_of_a_batch_are_published_even_when_one_record_of_it_fails(
+    ncs: list[Client], subjects: Subjects
+) -> None:
+    """One record's state cannot be moved (the batch raises and is retried); another's settlement crosses its
+    budget's 50% alert: the alert is published all the same, once (it was skipped: on the retry that record is
+    settled already)."""
+    nc = ncs[2]
+    await ensure_counter_streams(nc, subjects)
+    await ensure_events_stream(nc.jetstream(), subjects)
+    counter = Counters(nc)
+    spend = subjects.spend_counter("key.k", "2026-12")
+    hold = Hold(
+        subject=spend, micro_usd=W, scope="key.k", period="monthly", period_key="2026-12", amount_micro=5_000_000
+    )
+    good = Reservation(request_id=uuid.uuid4().hex, holds=[msgspec.structs.replace(hold, alerts=[50])])
+    bad = Reservation(request_id=uuid.uuid4().hex, holds=[hold])
+    await counter.add(spend, 2 * W)
+    alerts = await nc.subscribe(subjects.events_alert.name)
+    accounting = await _replica(ncs[0], subjects)
+    move = accounting._notes.move
+
+    async def fails_for_bad(state: ReservationState, expected: int) -> bool:
+        if state.reservation.request_id == bad.request_id:
+            raise TimeoutError("the reservations stream did not answer")
+        return await move(state, expected)
+
+    accounting._notes.move = fails_for_bad  # type: ignore[method-assign]
+    try:
+        with pytest.raises(TimeoutError):
+            await accounting.settle_many([(make_record(good), 4.0), (make_record(bad), 0.5)])
+        alert = subjects.events_alert.decode((await alerts.next_msg(timeout=10)).data)
+        assert (alert.scope, alert.threshold_pct, alert.spent_usd) == ("key.k", 50, 4.0)
+        accounting._notes.move = move  # type: ignore[method-assign]
+        await accounting.settle_many([(make_record(good), 4.0), (make_record(bad), 0.5)])  # the batch retried
+        assert await counter.read(spend) == 4_500_000
+        with pytest.raises(nats.errors.TimeoutError):
+            await alerts.next_msg(timeout=0.5)  # (published once: the retry's increment of it is a duplicate)
+    finally:
+        await alerts.unsubscribe()
+        await accounting.stop()
+
+
+async def test_the_budget_alert_of_increments_paid_late_is_published_when_they_are_paid(
+    ncs: list[Client], subjects: Subjects
+) -> None:
+    """The counters stream is away when a record is settled: its increments are owed, and when they are paid (the
+    next reap) the 50% crossing they make is published (it was never checked)."""
+    nc = ncs[2]
+    await ensure_counter_streams(nc, subjects)
+    await ensure_events_stream(nc.jetstream(), subjects)
+    spend = subjects.spend_counter("key.k", "2026-12")
+    hold = Hold(
+        subject=spend,
+        micro_usd=W,
+        scope="key.k",
+        period="monthly",
+        period_key="2026-12",
+        amount_micro=5_000_000,
+        alerts=[50],
+    )
+    request = Reservation(request_id=uuid.uuid4().hex, holds=[hold])
+    alerts = await nc.subscribe(subjects.events_alert.name)
+    accounting = await _replica(ncs[0], subjects)
+    try:
+        reply = await nc.request(f"$JS.API.STREAM.DELETE.{subjects.counters_stream}", b"", timeout=5)
+        assert json.loads(reply.data).get("success"), reply.data
+        with pytest.raises(CounterError):
+            await accounting.settle_many([(make_record(request), 4.0)])
+        await ensure_counter_streams(nc, subjects)  # the counters are back
+        await accounting.reap()  # pays what is owed
+        alert = subjects.events_alert.decode((await alerts.next_msg(timeout=10)).data)
+        assert (alert.scope, alert.threshold_pct, alert.spent_usd) == ("key.k", 50, 4.0)
+        assert await Counters(nc).read(subjects.settled_counter("key.k", "2026-12")) == 4_000_000
+    finally:
+        await alerts.unsubscribe()
+        await accounting.stop()
+
+
+def _job_control(nc: Client, subjects: Subjects) -> JobControl:
+    """A batch replica's JobControl, for its reservation's give-back alone (no queue or files)."""
+    worker = SimpleNamespace(env=SimpleNamespace(js=nc.jetstream(), subjects=subjects, timeout_s=5.0))
+    return JobControl(worker, None, None, Reserver(Counters(nc), subjects))  # type: ignore[arg-type]
+
+
+async def test_a_batch_jobs_give_back_that_failed_is_done_by_the_replica_taking_over_once(
+    ncs: list[Client], subjects: Subjects
+) -> None:
+    """A job's finalizing gives back what its items did not take, and the counters are away: the give-back fails
+    after the job's reservation moved. The replica that takes the finalizing over gives it back (it found the
+    reservation `settled` and gave nothing: the budget stayed short by it until the period ended), once."""
+    nc = ncs[2]
+    await ensure_counter_streams(nc, subjects)
+    spend = subjects.spend_counter("key.k", "2026-12")
+    now = time.time()
+    job = BatchJob(
+        id=f"batch_{uuid.uuid4().hex}",
+        status="finalizing",
+        endpoint="/v1/chat/completions",
+        caller=Caller(key_id="k", team="t"),
+        holds=[Hold(subject=spend, micro_usd=10 * W)],
+        reserved_micro=10 * W,
+        created_at=now,
+        expires_at=now + 3600,
+    )
+    await publish_state(nc, subjects, job_reservation(job.id, job.holds, 10 * W, job.expires_at))
+    reply = await nc.request(f"$JS.API.STREAM.DELETE.{subjects.counters_stream}", b"", timeout=5)
+    assert json.loads(reply.data).get("success"), reply.data
+    with pytest.raises(CounterError):
+        await _job_control(ncs[0], subjects)._release(job, 6 * W)
+    await ensure_counter_streams(nc, subjects)  # the counters are back (holding the job's reservation again)
+    counter = Counters(nc)
+    await counter.add(spend, 10 * W)
+    takeover = _job_control(ncs[1], subjects)
+    await takeover._release(job, 6 * W)
+    assert await counter.read(spend) == 4 * W
+    await takeover._release(job, 6 * W)  # finalizing once more: nothing more is given back
+    assert await counter.read(spend) == 4 * W
+    msg = await nc.jetstream().get_last_msg(subjects.reservations_stream, subjects.reservation(job.id).name)
+    assert msgspec.msgpack.decode(msg.data or b"", type=ReservationState).state == "settled"
+
+
+async def _replica(nc: Client, subjects: Subjects, counters: Counters | None = None) -> Reservations:
+    """A started accounting replica the test stops itself (where it swaps parts of it in and out)."""
+    accounting = Reservations(nc, nc.jetstream(), subjects, counters or Counters(nc))
+    await accounting.start()
+    return accounting
