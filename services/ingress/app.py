@@ -614,6 +614,13 @@ class Gateway:
                 media_type="text/event-stream",
                 headers={**_SSE_HEADERS, **self._headers(record), **routed},
             )
+        except asyncio.CancelledError:
+            # the client left while the answer was awaited (a turn of the Responses mcp loop, run inside a
+            # stream the server cancels on disconnect): stop the upstream call, give back what the request
+            # holds and record it, as a stream whose client left
+            handed_over = True
+            self._spawn(self._abandon(record, queue, CLIENT_CLOSED))
+            raise
         finally:
             if not handed_over:
                 self.inbox.close(req.request_id)
