@@ -101,7 +101,7 @@ class ResponsesMcp:
                     param="tools",
                 )
             listed[label] = rm.server_tools(tool, mine)
-        for request in convo.approved:  # an approval runs only a call the request's tools allow
+        for _, request in convo.approved:  # an approval runs only a call the request's tools allow
             label, name = text_of(request.get("server_label")), text_of(request.get("name"))
             if name not in {t.name for t in listed.get(label, [])}:
                 raise InvalidRequestError(
@@ -137,13 +137,16 @@ class ResponsesMcp:
                 item = rm.list_item(label, plan.server_tools[label], plan.list_errors.get(label))
                 yield "item", self._add(state, item), item
         state.history = list(plan.conversation.input)
-        for request in plan.conversation.approved:
+        shift = 0  # the calls and outputs inserted so far before the next approval's place
+        for at, request in plan.conversation.approved:
             label, name = text_of(request.get("server_label")), text_of(request.get("name"))
             args = text_of(request.get("arguments")) or "{}"
             pending = rm.call_item(label, name, args, approval_request_id=text_of(request.get("id")))
-            state.history.append(_function_call(pending))
-            async for step in self._run(plan, state, pending):
+            # where the approval is in the conversation, not after its latest message
+            state.history.insert(at + shift, _function_call(pending))
+            async for step in self._run(plan, state, pending, at + shift + 1):
                 yield step
+            shift += 2
         functions = plan.functions
         tool_defs = [rm.function_tool(t) for t in functions.values()]
         while True:
@@ -200,13 +203,17 @@ class ResponsesMcp:
         _add_usage(state.usage, obj(data.get("usage")))
         return data
 
-    async def _run(self, plan: Plan, state: _State, pending: JsonObj) -> AsyncIterator[tuple[str, int, JsonObj]]:
-        """One tool call: its item in progress, then as it ended; its output joins the conversation."""
+    async def _run(
+        self, plan: Plan, state: _State, pending: JsonObj, at: int | None = None
+    ) -> AsyncIterator[tuple[str, int, JsonObj]]:
+        """One tool call: its item in progress, then as it ended; its output joins the conversation (at `at`, or
+        at its end)."""
         index = self._add(state, pending)
         yield "call_started", index, pending
         done = await self._call(plan, pending)
         state.output[index] = done
-        state.history.append({"type": "function_call_output", "call_id": done["id"], "output": rm.call_output(done)})
+        output = {"type": "function_call_output", "call_id": done["id"], "output": rm.call_output(done)}
+        state.history.insert(len(state.history) if at is None else at, output)
         state.calls += 1
         yield "call_done", index, done
 

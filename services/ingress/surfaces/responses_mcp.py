@@ -304,7 +304,9 @@ class Conversation:
     and outputs), the approved calls still to run, the servers already listed."""
 
     input: list[object] = field(default_factory=list)
-    approved: list[JsonObj] = field(default_factory=list)  # mcp_approval_request items the client approved
+    # the mcp_approval_request items the client approved and no mcp_call of the input ran yet, each with its place
+    # in `input` (where its call and output go)
+    approved: list[tuple[int, JsonObj]] = field(default_factory=list)
     listed: set[str] = field(default_factory=set)
 
 
@@ -315,10 +317,14 @@ def conversation(body: JsonObj, labels: Mapping[str, McpTool]) -> Conversation:
         out.input = [{"type": "message", "role": "user", "content": raw}] if isinstance(raw, str) else []
         return out
     requests: dict[str, JsonObj] = {}
+    ran: set[str] = set()  # approvals an mcp_call of the input already carried out (a conversation sent back)
     for value in raw:
         item = obj(value)
         if item.get("type") == "mcp_approval_request" and isinstance(item.get("id"), str):
             requests[str(item["id"])] = item
+        elif item.get("type") == "mcp_call" and isinstance(item.get("approval_request_id"), str):
+            ran.add(str(item["approval_request_id"]))
+    answered: set[str] = set()
     for i, value in enumerate(raw):
         item = obj(value)
         kind = item.get("type")
@@ -341,9 +347,16 @@ def conversation(body: JsonObj, labels: Mapping[str, McpTool]) -> Conversation:
                     "This 'mcp_approval_response' answers no 'mcp_approval_request' of the input. This gateway "
                     "keeps no responses: send the 'mcp_approval_request' item back in 'input' with its response.",
                 )
+            if rid in answered:
+                raise _invalid(
+                    f"{where}.approval_request_id",
+                    f"The 'mcp_approval_request' '{str(rid)[:100]}' is answered more than once in 'input'.",
+                )
+            answered.add(str(rid))
             label, name = _known(request, labels, f"{where}.approval_request_id")
             if item.get("approve") is True:
-                out.approved.append(request)
+                if rid not in ran:  # else its mcp_call stands for it, where it is in the input
+                    out.approved.append((len(out.input), request))
             else:
                 reason = text_of(item.get("reason"))
                 call_id = text_of(request.get("id"))

@@ -130,3 +130,29 @@ def test_a_conversation_past_the_body_limit_is_a_413_not_a_bus_failure() -> None
     response = asyncio.run(small.serve(plan(), turns, "req"))
     assert response.status_code == 413 and len(turns.bodies) == 1  # the second turn was never sent
     assert "past the gateway's limit of 300 bytes" in json.loads(bytes(response.body))["error"]["message"]
+
+
+def test_an_approved_call_runs_once_and_where_its_approval_is() -> None:
+    tool = rm.McpTool("local", approval="always")
+    request = {"type": "mcp_approval_request", "id": "mcpr_1", "server_label": "local", "name": "echo"}
+    request["arguments"] = '{"text": "1"}'
+    approve = {"type": "mcp_approval_response", "approval_request_id": "mcpr_1", "approve": True}
+    later = {"type": "message", "role": "user", "content": "and now?"}
+    ran = {**request, "type": "mcp_call", "id": "mcp_x", "output": "echoed 1", "approval_request_id": "mcpr_1"}
+
+    def served(items: list[dict[str, Any]]) -> tuple[Calls, Turns]:
+        body: dict[str, Any] = {"model": "m", "tools": [{"type": "mcp", "server_label": "local"}], "input": items}
+        p = Plan(body, {"local": tool}, {"local": [ECHO]}, {}, rm.conversation(body, {"local": tool}), 20, plan().ctx)
+        calls, turns = Calls(), Turns(ANSWER)
+        assert serve(p, turns, calls).status_code == 200
+        return calls, turns
+
+    # the approval answered (with a later message after it): the call runs once, its output where the approval is
+    calls, turns = served([{"type": "message", "role": "user", "content": "hi"}, request, approve, later])
+    assert calls.made == [{"name": "local__echo", "arguments": {"text": "1"}}]
+    sent = turns.bodies[0]["input"]
+    assert [i.get("type") for i in sent] == ["message", "function_call", "function_call_output", "message"]
+    assert sent[-1] == {"type": "message", "role": "user", "content": "and now?"}
+    # the whole conversation sent back, with the call that approval gave: nothing runs again
+    calls, turns = served([{"role": "user", "content": "hi"}, request, approve, ran, later])
+    assert calls.made == []

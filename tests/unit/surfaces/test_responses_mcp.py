@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from services.ingress.surfaces import responses_mcp as rm
+from services.ingress.surfaces.chat_view import obj
 from shared.errors import InvalidRequestError
 
 REGISTERED = {"local": None, "remote": "http://127.0.0.1:9/mcp"}
@@ -123,7 +124,7 @@ def test_conversation_reads_mcp_items() -> None:
     }
     convo = rm.conversation(b, tools)
     assert convo.listed == {"local"}
-    assert convo.approved == [request]
+    assert convo.approved == [(5, request)]  # its call goes where the approval is
     assert convo.input == [
         {"role": "user", "content": "hi"},
         {"type": "function_call", "call_id": "c1", "name": "local__pid", "arguments": "{}"},
@@ -135,6 +136,28 @@ def test_conversation_reads_mcp_items() -> None:
     denied = rm.conversation(b, tools)
     assert denied.approved == [] and "did not approve" in str(denied.input[-1])
     assert rm.conversation({"input": "hello"}, tools).input == [{"type": "message", "role": "user", "content": "hello"}]
+
+
+def test_an_approval_already_carried_out_or_answered_twice() -> None:
+    tools = {"local": tool_of()}
+    request = {
+        "type": "mcp_approval_request",
+        "id": "mcpr_1",
+        "server_label": "local",
+        "name": "echo",
+        "arguments": "{}",
+    }
+    approve = {"type": "mcp_approval_response", "approval_request_id": "mcpr_1", "approve": True}
+    ran = {**request, "type": "mcp_call", "id": "mcp_9", "output": "done", "approval_request_id": "mcpr_1"}
+    # the conversation sent back whole: the call the approval gave is in it, and is not run again
+    replay = rm.conversation({"input": [{"role": "user", "content": "hi"}, request, approve, ran]}, tools)
+    assert replay.approved == []
+    assert [i.get("call_id") for i in map(obj, replay.input[1:])] == ["mcp_9", "mcp_9"]
+    for second in (approve, {**approve, "approve": False}):
+        with pytest.raises(InvalidRequestError) as caught:
+            rm.conversation({"input": [request, approve, second]}, tools)
+        assert "answered more than once" in caught.value.message
+        assert caught.value.info().status == 400
 
 
 @pytest.mark.parametrize(
