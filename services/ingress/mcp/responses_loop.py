@@ -78,8 +78,14 @@ class ResponsesMcp:
         serve (a URL it does not manage, credentials, a server the key may not use)."""
         registered = {name: server.url for name, server in self.config.servers.items()}
         tools = {t.label: t for t in rm.mcp_tools(body, registered)}
-        cap = rm.max_tool_calls(body)
+        cap = rm.max_tool_calls(body, self.config.responses_max_tool_calls)
         convo = rm.conversation(body, tools)
+        if len(convo.approved) > cap:  # an approved call counts as any other
+            raise InvalidRequestError(
+                f"The input approves {len(convo.approved)} tool calls still to run, more than the {cap} this "
+                "response may make ('max_tool_calls', at most the gateway's limit).",
+                param="input",
+            )
         try:
             servers = await self.catalog.servers()
         except Exception as exc:
@@ -185,7 +191,7 @@ class ResponsesMcp:
 
     async def _turn(self, plan: Plan, turn: Turn, state: _State, tool_defs: list[JsonObj]) -> JsonObj | None:
         """One model turn's response; None when it failed (`state.failure` says how)."""
-        raw = _JSON.encode(rm.turn_body(plan.body, tool_defs, state.history))
+        raw = _JSON.encode(rm.turn_body(plan.body, tool_defs, state.history, called=state.calls > 0))
         if len(raw) > self.max_body:
             state.failure = _error(
                 PayloadTooLargeError(

@@ -167,13 +167,15 @@ def _tool(label: str, spec: JsonObj, at: str) -> McpTool:
     return McpTool(label, allowed, "filter", always, never)
 
 
-def max_tool_calls(body: JsonObj) -> int:
+def max_tool_calls(body: JsonObj, ceiling: int) -> int:
+    """The calls the response may make: the request's `max_tool_calls` (or the default), never past the gateway's
+    `ceiling` (mcp.responses_max_tool_calls)."""
     value = body.get("max_tool_calls")
     if value is None:
-        return DEFAULT_MAX_TOOL_CALLS
+        return min(DEFAULT_MAX_TOOL_CALLS, ceiling)
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise _invalid("max_tool_calls", "Invalid 'max_tool_calls': expected an integer of at least 1.")
-    return value
+    return min(value, ceiling)
 
 
 # ---------------------------------------------------------------- the model's view of the tools
@@ -385,14 +387,21 @@ def _function_call(call_id: str, name: str, arguments: str) -> JsonObj:
     return {"type": "function_call", "call_id": call_id, "name": name, "arguments": arguments}
 
 
-def turn_body(body: JsonObj, functions: list[JsonObj], history: list[object]) -> JsonObj:
+def turn_body(body: JsonObj, functions: list[JsonObj], history: list[object], called: bool = False) -> JsonObj:
     """The body of one model turn: the client's request with its `mcp` tools given as function tools, its MCP
-    input items as function calls and outputs (`history`), and no stream (gatehouse reads the turn whole)."""
+    input items as function calls and outputs (`history`), and no stream (gatehouse reads the turn whole).
+    Once a tool was `called`, a forced `tool_choice` is relaxed to `auto` (as the OpenAI Agents SDK's
+    `reset_tool_choice` does): a model made to call a tool on every turn could never answer."""
     turn = {k: v for k, v in body.items() if k not in ("stream", "stream_options", "max_tool_calls")}
     tools = body.get("tools")
     turn["tools"] = [t for t in (tools if isinstance(tools, list) else []) if obj(t).get("type") != "mcp"] + functions
-    choice = obj(body.get("tool_choice"))
-    if choice.get("type") == "mcp":
+    raw = body.get("tool_choice")
+    choice = obj(raw)
+    if called and (raw == "required" or choice.get("type") in ("mcp", "function")):
+        turn["tool_choice"] = "auto"
+    elif called and choice.get("type") == "allowed_tools" and choice.get("mode") == "required":
+        turn["tool_choice"] = {**choice, "mode": "auto"}
+    elif choice.get("type") == "mcp":
         label, name = text_of(choice.get("server_label")), text_of(choice.get("name"))
         turn["tool_choice"] = {"type": "function", "name": namespaced(label, name)} if name else "required"
     turn["input"] = history

@@ -9,12 +9,14 @@ import asyncio
 import json
 from typing import Any
 
+import pytest
 from starlette.responses import JSONResponse, Response
 
 from services.ingress.mcp.calls import CallContext
 from services.ingress.mcp.responses_loop import Plan, ResponsesMcp
 from services.ingress.surfaces import responses_mcp as rm
 from shared.directory import Entitlement
+from shared.errors import InvalidRequestError
 from shared.mcp_config import McpConfig
 
 ECHO = rm.ServerTool("local", "echo", None, {"type": "object"}, None)
@@ -156,3 +158,46 @@ def test_an_approved_call_runs_once_and_where_its_approval_is() -> None:
     # the whole conversation sent back, with the call that approval gave: nothing runs again
     calls, turns = served([{"role": "user", "content": "hi"}, request, approve, ran, later])
     assert calls.made == []
+
+
+def test_a_forced_tool_choice_is_relaxed_after_a_call_so_the_loop_ends() -> None:
+    p = plan()
+    p.body["tool_choice"] = "required"
+    calls, turns = Calls(), Turns(call_turn(1), ANSWER)
+    response = json.loads(bytes(serve(p, turns, calls).body))
+    assert [b["tool_choice"] for b in turns.bodies] == ["required", "auto"]
+    assert response["status"] == "completed" and response["tool_choice"] == "required"  # the request's own
+
+
+def test_approved_calls_count_against_the_cap_which_a_request_cannot_raise() -> None:
+    tool = {"type": "mcp", "server_label": "local"}
+    items: list[dict[str, Any]] = [{"type": "message", "role": "user", "content": "hi"}]
+    for k in range(3):
+        request = {"type": "mcp_approval_request", "id": f"r{k}", "server_label": "local", "name": "echo"}
+        items += [{**request, "arguments": "{}"}, {"type": "mcp_approval_response", "approval_request_id": f"r{k}"}]
+        items[-1]["approve"] = True
+    config = McpConfig.model_validate(
+        {"servers": {"local": {"transport": "http", "url": "http://127.0.0.1:9/mcp"}}, "responses_max_tool_calls": 2}
+    )
+    capped = ResponsesMcp(config, None, Calls(), 1_000_000)  # type: ignore[arg-type]
+    body = {"model": "m", "tools": [tool], "input": items, "max_tool_calls": 100_000}
+    with pytest.raises(InvalidRequestError) as refused:
+        asyncio.run(capped.plan(body, plan().ctx))  # refused before the catalog is read
+    assert refused.value.info().status == 400 and "more than the 2" in refused.value.message
+    # within the cap they run, and count: a cap of 3 leaves no call for the model
+    p = plan(max_calls=3)
+    body["max_tool_calls"] = 3
+    p = Plan(body, p.tools, p.server_tools, {}, rm.conversation(body, p.tools), 3, p.ctx)
+    calls, turns = Calls(), Turns(call_turn(9), ANSWER)
+    calls.call = _no_text(calls)  # type: ignore[method-assign]
+    response = json.loads(bytes(serve(p, turns, calls).body))
+    assert len(calls.made) == 3 and len(turns.bodies) == 1
+    assert response["status"] == "incomplete" and response["incomplete_details"] == {"reason": "max_tool_calls"}
+
+
+def _no_text(calls: Calls) -> Any:
+    async def call(ctx: CallContext, method: str, params: dict[str, Any]) -> dict[str, Any]:
+        calls.made.append(params)
+        return {"content": [{"type": "text", "text": "done"}]}
+
+    return call

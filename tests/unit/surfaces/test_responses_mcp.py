@@ -187,13 +187,27 @@ def test_turn_body() -> None:
     assert turn["tool_choice"] == {"type": "function", "name": "local__echo"}
     assert turn["input"] == ["x"]
     assert b["stream"] is True  # the client's body is left as it was
+    # once a tool was called, a forced choice is relaxed so the model can answer
+    assert rm.turn_body(b, [], ["x"], called=True)["tool_choice"] == "auto"
+    assert rm.turn_body({**b, "tool_choice": "required"}, [], [], called=True)["tool_choice"] == "auto"
+    named = {"type": "function", "name": "mine"}
+    assert rm.turn_body({**b, "tool_choice": named}, [], [], called=True)["tool_choice"] == "auto"
+    allowed = {"type": "allowed_tools", "mode": "required", "tools": [named]}
+    assert rm.turn_body({**b, "tool_choice": allowed}, [], [], called=True)["tool_choice"] == {
+        **allowed,
+        "mode": "auto",
+    }
+    assert rm.turn_body({**b, "tool_choice": "none"}, [], [], called=True)["tool_choice"] == "none"
 
 
 def test_max_tool_calls() -> None:
-    assert rm.max_tool_calls({}) == rm.DEFAULT_MAX_TOOL_CALLS
-    assert rm.max_tool_calls({"max_tool_calls": 2}) == 2
+    assert rm.max_tool_calls({}, 64) == rm.DEFAULT_MAX_TOOL_CALLS
+    assert rm.max_tool_calls({"max_tool_calls": 2}, 64) == 2
+    # the gateway's ceiling: a request cannot raise it
+    assert rm.max_tool_calls({"max_tool_calls": 100_000}, 64) == 64
+    assert rm.max_tool_calls({}, 5) == 5
     with pytest.raises(InvalidRequestError):
-        rm.max_tool_calls({"max_tool_calls": 0})
+        rm.max_tool_calls({"max_tool_calls": 0}, 64)
 
 
 def test_result_text_and_items() -> None:
