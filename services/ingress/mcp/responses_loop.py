@@ -76,6 +76,20 @@ class ResponsesMcp:
     async def plan(self, body: JsonObj, ctx: CallContext) -> Plan:
         """The request's `mcp` tools checked and their servers' tools listed; a 400 for what gatehouse will not
         serve (a URL it does not manage, credentials, a server the key may not use)."""
+        labels = rm.mcp_labels(body)
+        try:
+            servers = await self.catalog.servers()
+        except Exception as exc:
+            log.warning("mcp catalog unavailable for a response: %s", type(exc).__name__)
+            raise ServiceUnavailableError("The gateway's MCP catalog is unavailable; try again shortly.") from None
+        # first whether the key may see each label, so that every label it may not (unknown, forbidden, down,
+        # without tools) gets the same answer whatever else its tool says (server_url, headers, a duplicate)
+        mine: dict[str, list[dict[str, Any]]] = {}
+        for j, label in labels:
+            lists = servers.get(label) if label in self.config.servers else None
+            mine[label] = visible(lists.tools, ctx.ent) if lists is not None and lists.healthy else []
+            if not mine[label] and not (label in self.config.servers and _whole_server(ctx, label)):
+                raise rm.unknown_label(j, label)
         registered = {name: server.url for name, server in self.config.servers.items()}
         tools = {t.label: t for t in rm.mcp_tools(body, registered)}
         cap = rm.max_tool_calls(body, self.config.responses_max_tool_calls)
@@ -86,11 +100,6 @@ class ResponsesMcp:
                 "response may make ('max_tool_calls', at most the gateway's limit).",
                 param="input",
             )
-        try:
-            servers = await self.catalog.servers()
-        except Exception as exc:
-            log.warning("mcp catalog unavailable for a response: %s", type(exc).__name__)
-            raise ServiceUnavailableError("The gateway's MCP catalog is unavailable; try again shortly.") from None
         listed: dict[str, list[rm.ServerTool]] = {}
         errors: dict[str, str] = {}
         for label, tool in tools.items():
@@ -99,14 +108,7 @@ class ResponsesMcp:
                 listed[label] = []
                 errors[label] = f"The MCP server '{label}' is unavailable right now."
                 continue
-            mine = visible(lists.tools, ctx.ent)
-            if lists.tools and not mine:  # answered as an unknown server: no existence oracle
-                raise InvalidRequestError(
-                    f"No MCP server labelled '{label[:100]}' is registered with this gateway. The 'mcp' tool serves "
-                    "only the gateway's registered MCP servers, named by 'server_label'.",
-                    param="tools",
-                )
-            listed[label] = rm.server_tools(tool, mine)
+            listed[label] = rm.server_tools(tool, mine[label])
         for _, request in convo.approved:  # an approval runs only a call the request's tools allow
             label, name = text_of(request.get("server_label")), text_of(request.get("name"))
             if name not in {t.name for t in listed.get(label, [])}:
@@ -303,6 +305,12 @@ class ResponsesMcp:
             yield events.failed(failed, code, message, param if isinstance(param, str) else None)
             return
         yield events.finished(self._response(plan, state, rid, created))
+
+
+def _whole_server(ctx: CallContext, label: str) -> bool:
+    """Whether the key's tool globs allow every tool of the server (a name no real tool has stands for any):
+    only such a key is shown a server that is down or lists no tools, which for any other key looks unknown."""
+    return ctx.ent.allows_tool(namespaced(label, "\0"))
 
 
 def _function_call(item: JsonObj) -> JsonObj:

@@ -97,10 +97,11 @@ def has_mcp(body: object) -> bool:
     return isinstance(tools, list) and any(obj(t).get("type") == "mcp" for t in tools)
 
 
-def mcp_tools(body: JsonObj, registered: Mapping[str, str | None]) -> list[McpTool]:
-    """The request's `mcp` tools, checked: each names a registered server (`registered`: label → its URL) once,
-    and nothing gatehouse will not do for a client (connect to another URL, pass on credentials)."""
-    out: list[McpTool] = []
+def mcp_labels(body: JsonObj) -> list[tuple[int, str]]:
+    """(index in `tools`, server_label) of each of the request's `mcp` tools, before anything else of them is
+    read: which labels the key may see is decided first (services/ingress/mcp/responses_loop.py), so no other
+    field of a tool tells a label the key may not use from one that does not exist."""
+    out: list[tuple[int, str]] = []
     tools = body.get("tools")
     for j, value in enumerate(tools if isinstance(tools, list) else []):
         spec = obj(value)
@@ -114,12 +115,28 @@ def mcp_tools(body: JsonObj, registered: Mapping[str, str | None]) -> list[McpTo
                 param=f"{at}.server_label",
                 code="missing_required_parameter",
             )
+        out.append((j, label))
+    return out
+
+
+def unknown_label(j: int, label: str) -> InvalidRequestError:
+    """The one answer for a label the key may not see: unknown, forbidden, down or empty alike."""
+    return _invalid(
+        f"tools[{j}].server_label",
+        f"No MCP server labelled '{label[:100]}' is registered with this gateway. The 'mcp' tool serves "
+        "only the gateway's registered MCP servers, named by 'server_label'.",
+    )
+
+
+def mcp_tools(body: JsonObj, registered: Mapping[str, str | None]) -> list[McpTool]:
+    """The request's `mcp` tools, checked: each names a registered server (`registered`: label → its URL) once,
+    and nothing gatehouse will not do for a client (connect to another URL, pass on credentials)."""
+    out: list[McpTool] = []
+    tools = obj(body).get("tools")
+    for j, label in mcp_labels(body):
+        spec, at = obj(tools[j] if isinstance(tools, list) else None), f"tools[{j}]"
         if label not in registered:
-            raise _invalid(
-                f"{at}.server_label",
-                f"No MCP server labelled '{label[:100]}' is registered with this gateway. The 'mcp' tool serves "
-                "only the gateway's registered MCP servers, named by 'server_label'.",
-            )
+            raise unknown_label(j, label)
         url = spec.get("server_url")
         if url is not None and (not isinstance(url, str) or url != registered[label]):
             raise _invalid(

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -15,7 +16,8 @@ from starlette.responses import JSONResponse, Response
 from services.ingress.mcp.calls import CallContext
 from services.ingress.mcp.responses_loop import Plan, ResponsesMcp
 from services.ingress.surfaces import responses_mcp as rm
-from shared.directory import Entitlement
+from shared.config import hash_key, parse_config
+from shared.directory import Directory, Entitlement
 from shared.errors import InvalidRequestError
 from shared.mcp_config import McpConfig
 
@@ -179,10 +181,10 @@ def test_approved_calls_count_against_the_cap_which_a_request_cannot_raise() -> 
     config = McpConfig.model_validate(
         {"servers": {"local": {"transport": "http", "url": "http://127.0.0.1:9/mcp"}}, "responses_max_tool_calls": 2}
     )
-    capped = ResponsesMcp(config, None, Calls(), 1_000_000)  # type: ignore[arg-type]
+    capped = ResponsesMcp(config, Catalog({"local": Lists(True, [{"name": "local__echo"}])}), Calls(), 1_000_000)  # type: ignore[arg-type]
     body = {"model": "m", "tools": [tool], "input": items, "max_tool_calls": 100_000}
     with pytest.raises(InvalidRequestError) as refused:
-        asyncio.run(capped.plan(body, plan().ctx))  # refused before the catalog is read
+        asyncio.run(capped.plan(body, key_ctx("tools: ['local__*']")))
     assert refused.value.info().status == 400 and "more than the 2" in refused.value.message
     # within the cap they run, and count: a cap of 3 leaves no call for the model
     p = plan(max_calls=3)
@@ -201,3 +203,63 @@ def _no_text(calls: Calls) -> Any:
         return {"content": [{"type": "text", "text": "done"}]}
 
     return call
+
+
+@dataclass
+class Lists:
+    """What the loop reads of a server's catalog entry."""
+
+    healthy: bool
+    tools: list[dict[str, Any]]
+
+
+class Catalog:
+    def __init__(self, servers: dict[str, Lists]) -> None:
+        self._servers = servers
+
+    async def servers(self) -> dict[str, Lists]:
+        return self._servers
+
+
+def key_ctx(limits: str) -> CallContext:
+    config = parse_config(f"keys:\n  - {{id: k, sha256: {hash_key('sk-k')}, {limits}}}\n")
+    directory = Directory.with_static({k.id: k for k in config.keys})
+    return CallContext(ent=directory.entitlement(directory.static["k"]))
+
+
+def test_a_label_the_key_may_not_see_always_gets_the_unknown_label_answer() -> None:
+    """A key that may use `local` only: `secret` (forbidden to it, down, or without tools) is answered exactly as a
+    label that does not exist, whatever else its tool says; `local` down or empty is shown as such."""
+    config = McpConfig.model_validate(
+        {
+            "servers": {
+                "local": {"transport": "http", "url": "http://127.0.0.1:9/mcp"},
+                "secret": {"transport": "http", "url": "https://secret.internal/mcp"},
+            }
+        }
+    )
+    ctx = key_ctx("tools: ['local__*']")
+
+    def answer(label: str, secret: Lists, local: Lists | None = None, **extra: Any) -> str:
+        catalog = Catalog({"secret": secret, "local": local or Lists(True, [{"name": "local__echo"}])})
+        body = {"model": "m", "input": "hi", "tools": [{"type": "mcp", "server_label": label, **extra}]}
+        try:
+            asyncio.run(ResponsesMcp(config, catalog, Calls(), 10**6).plan(body, ctx))  # type: ignore[arg-type]
+        except InvalidRequestError as exc:
+            info = exc.info()
+            return f"{info.status} {info.param} {info.message.replace(label, '<label>')}"
+        return "planned"
+
+    up = Lists(True, [{"name": "secret__x"}])
+    unknown = answer("nosuch", up)
+    assert unknown.startswith("400 tools[0].server_label No MCP server labelled '<label>'")
+    for secret in (up, Lists(False, []), Lists(True, [])):
+        assert answer("secret", secret) == unknown
+        assert answer("secret", secret, server_url="https://x") == unknown
+        assert answer("secret", secret, server_url="https://secret.internal/mcp") == unknown
+        assert answer("secret", secret, headers={"a": "b"}) == unknown
+        assert answer("nosuch", secret, server_url="https://x") == unknown
+    # the key's own server, down or without tools, is no secret to it
+    assert answer("local", up, local=Lists(False, [])) == "planned"
+    assert answer("local", up, local=Lists(True, [])) == "planned"
+    assert "server_url" in answer("local", up, server_url="https://x")
