@@ -79,6 +79,8 @@ class McpTool:
         if self.allowed is None:
             return True
         a = self.allowed
+        if a.names is None and a.read_only is None:  # `allowed_tools: {}`: an empty filter matches nothing
+            return False
         return (a.names is None or name in a.names) and (a.read_only is not True or read_only)
 
     def needs_approval(self, name: str, read_only: bool) -> bool:

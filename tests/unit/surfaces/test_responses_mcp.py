@@ -88,6 +88,9 @@ def test_allowed_tools_and_listing() -> None:
     read_only = tool_of(allowed_tools={"read_only": True})
     tools = rm.server_tools(read_only, listed)
     assert [t.function for t in tools] == ["local__pid"]
+    # an empty filter (or list) matches nothing, as OpenAI's McpToolFilter: not every tool
+    assert rm.server_tools(tool_of(allowed_tools={}), listed) == []
+    assert rm.server_tools(tool_of(allowed_tools=[]), listed) == []
     assert rm.function_tool(rm.server_tools(tool_of(), listed)[0]) == {
         "type": "function",
         "name": "local__echo",
