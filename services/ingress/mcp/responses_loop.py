@@ -102,13 +102,22 @@ class ResponsesMcp:
             )
         listed: dict[str, list[rm.ServerTool]] = {}
         errors: dict[str, str] = {}
+        taken: set[str] = set()
         for label, tool in tools.items():
             lists = servers.get(label)
             if lists is None or not lists.healthy:
                 listed[label] = []
                 errors[label] = f"The MCP server '{label}' is unavailable right now."
                 continue
-            listed[label] = rm.server_tools(tool, mine[label])
+            listed[label] = []
+            for st in rm.server_tools(tool, mine[label]):
+                if st.function in taken:  # two tools made the same function name: the first keeps it
+                    log.warning(
+                        "mcp tool %r of %r is left out of a response: its function name is taken", st.name, label
+                    )
+                    continue
+                taken.add(st.function)
+                listed[label].append(st)
         for _, request in convo.approved:  # an approval runs only a call the request's tools allow
             label, name = text_of(request.get("server_label")), text_of(request.get("name"))
             if name not in {t.name for t in listed.get(label, [])}:
@@ -315,7 +324,7 @@ def _whole_server(ctx: CallContext, label: str) -> bool:
 
 def _function_call(item: JsonObj) -> JsonObj:
     """An `mcp_call` as the model reads it: a call of the function `<server>__<tool>`."""
-    name = namespaced(str(item["server_label"]), str(item["name"]))
+    name = rm.function_name(str(item["server_label"]), str(item["name"]))
     return {"type": "function_call", "call_id": item["id"], "name": name, "arguments": item["arguments"]}
 
 

@@ -11,6 +11,8 @@ Pure: no I/O (services/ingress/mcp/responses_loop.py runs the loop).
 
 from __future__ import annotations
 
+import hashlib
+import re
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -21,6 +23,9 @@ from services.ingress.surfaces.sse import sse
 from shared.errors import InvalidRequestError
 from shared.mcp_config import SEPARATOR, namespaced
 
+# what every provider takes as a function name (OpenAI's rule, the strictest): ^[a-zA-Z0-9_-]{1,64}$
+MAX_FUNCTION_NAME = 64
+_UNSAFE = re.compile(r"[^a-zA-Z0-9_-]")
 # tool calls one response may make when the request does not say (`max_tool_calls`)
 DEFAULT_MAX_TOOL_CALLS = 20
 _REFUSED_TARGETS = ("connector_id", "tunnel_id")
@@ -212,11 +217,23 @@ class ServerTool:
 
     @property
     def function(self) -> str:
-        return namespaced(self.label, self.name)
+        return function_name(self.label, self.name)
 
     @property
     def read_only(self) -> bool:
         return (self.annotations or {}).get("readOnlyHint") is True
+
+
+def function_name(label: str, name: str) -> str:
+    """The function name the model is given for a server's tool: `<server>__<tool>` when every provider takes it;
+    else made so (an MCP tool name may hold `.` or `/` and run to 128 characters, and one such name would fail
+    every turn upstream): characters outside the set become `_`, cut to fit, with a hash of the whole name after,
+    so two tools do not share one. The loop maps it back by its table of the request's tools (`Plan.functions`)."""
+    full = namespaced(label, name)
+    if len(full) <= MAX_FUNCTION_NAME and not _UNSAFE.search(full):
+        return full
+    digest = hashlib.sha256(full.encode()).hexdigest()[:16]
+    return f"{_UNSAFE.sub('_', full)[: MAX_FUNCTION_NAME - len(digest) - 1]}_{digest}"
 
 
 def server_tools(tool: McpTool, listed: list[dict[str, Any]]) -> list[ServerTool]:
@@ -355,7 +372,9 @@ def conversation(body: JsonObj, labels: Mapping[str, McpTool]) -> Conversation:
         elif kind == "mcp_call":
             label, name = _known(item, labels, where)
             call_id = text_of(item.get("id")) or f"mcp_{i}"
-            out.input.append(_function_call(call_id, namespaced(label, name), text_of(item.get("arguments")) or "{}"))
+            out.input.append(
+                _function_call(call_id, function_name(label, name), text_of(item.get("arguments")) or "{}")
+            )
             out.input.append({"type": "function_call_output", "call_id": call_id, "output": call_output(item)})
         elif kind == "mcp_approval_request":
             continue  # runs (or is refused) where its response is
@@ -382,7 +401,7 @@ def conversation(body: JsonObj, labels: Mapping[str, McpTool]) -> Conversation:
                 reason = text_of(item.get("reason"))
                 call_id = text_of(request.get("id"))
                 args = text_of(request.get("arguments")) or "{}"
-                out.input.append(_function_call(call_id, namespaced(label, name), args))
+                out.input.append(_function_call(call_id, function_name(label, name), args))
                 refused = "The user did not approve this call." + (f" Reason: {reason}" if reason else "")
                 out.input.append({"type": "function_call_output", "call_id": call_id, "output": refused})
         else:
@@ -422,7 +441,7 @@ def turn_body(body: JsonObj, functions: list[JsonObj], history: list[object], ca
         turn["tool_choice"] = {**choice, "mode": "auto"}
     elif choice.get("type") == "mcp":
         label, name = text_of(choice.get("server_label")), text_of(choice.get("name"))
-        turn["tool_choice"] = {"type": "function", "name": namespaced(label, name)} if name else "required"
+        turn["tool_choice"] = {"type": "function", "name": function_name(label, name)} if name else "required"
     turn["input"] = history
     return turn
 

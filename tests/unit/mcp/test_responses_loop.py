@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -263,3 +264,18 @@ def test_a_label_the_key_may_not_see_always_gets_the_unknown_label_answer() -> N
     assert answer("local", up, local=Lists(False, [])) == "planned"
     assert answer("local", up, local=Lists(True, [])) == "planned"
     assert "server_url" in answer("local", up, server_url="https://x")
+
+
+def test_a_tool_name_a_provider_refuses_is_given_a_safe_function_name_and_mapped_back() -> None:
+    dotted = rm.ServerTool("local", "docs.search/v2", None, {"type": "object"}, None)
+    p = plan()
+    p = Plan(p.body, p.tools, {"local": [dotted]}, {}, p.conversation, 20, p.ctx)
+    function = rm.function_name("local", "docs.search/v2")
+    turns, calls = Turns(call_turn(1, name=function), ANSWER), Calls()
+    response = json.loads(bytes(serve(p, turns, calls).body))
+    assert [t["name"] for t in turns.bodies[0]["tools"]] == [function]
+    assert re.fullmatch(r"[a-zA-Z0-9_-]{1,64}", function)
+    assert [c["name"] for c in calls.made] == ["local__docs.search/v2"]  # the call path gets the real name
+    call = response["output"][1]
+    assert (call["type"], call["name"]) == ("mcp_call", "docs.search/v2")
+    assert turns.bodies[1]["input"][1]["name"] == function  # the history replays it under the same name

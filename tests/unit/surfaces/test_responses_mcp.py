@@ -5,6 +5,7 @@ body, and the SSE events of the items."""
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import pytest
@@ -279,3 +280,15 @@ def test_stream_events_are_numbered_and_complete() -> None:
     assert events[11]["item"]["output"] == "local: x"
     failed = frames(rm.McpStream().failed({"id": "r"}, "rate_limit_exceeded", "slow down", None))
     assert [e["type"] for e in failed] == ["error", "response.failed"]
+
+
+def test_function_names_every_provider_takes() -> None:
+    safe = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
+    assert rm.function_name("local", "echo") == "local__echo"  # a safe name is kept as it is
+    odd = ["docs.search", "docs/search", "docs search", "x" * 128, "y" * 128, "ü"]
+    names = [rm.function_name("local", n) for n in odd]
+    assert all(safe.match(n) for n in names), names
+    assert len(set(names)) == len(odd)  # no two share one
+    assert names[0] != rm.function_name("local", "docs_search") and names[0].startswith("local__docs_search_")
+    assert rm.function_name("local", "docs.search") == names[0]  # the same on every turn
+    assert safe.match(rm.function_name("a" * 60, "b"))
