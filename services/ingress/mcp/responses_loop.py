@@ -120,6 +120,10 @@ class ResponsesMcp:
                 listed[label].append(st)
         for _, request in convo.approved:  # an approval runs only a call the request's tools allow
             label, name = text_of(request.get("server_label")), text_of(request.get("name"))
+            if label in errors:  # its server is down: the call may run once it is back
+                raise ServiceUnavailableError(
+                    f"The MCP server '{label[:100]}' of the approved call is unavailable right now; try again shortly."
+                )
             if name not in {t.name for t in listed.get(label, [])}:
                 raise InvalidRequestError(
                     f"The approved call names '{name[:100]}', which is not among the tools of '{label[:100]}' "

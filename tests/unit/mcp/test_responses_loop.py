@@ -19,7 +19,7 @@ from services.ingress.mcp.responses_loop import Plan, ResponsesMcp
 from services.ingress.surfaces import responses_mcp as rm
 from shared.config import hash_key, parse_config
 from shared.directory import Directory, Entitlement
-from shared.errors import InvalidRequestError
+from shared.errors import InvalidRequestError, ServiceUnavailableError
 from shared.mcp_config import McpConfig
 
 ECHO = rm.ServerTool("local", "echo", None, {"type": "object"}, None)
@@ -279,3 +279,14 @@ def test_a_tool_name_a_provider_refuses_is_given_a_safe_function_name_and_mapped
     call = response["output"][1]
     assert (call["type"], call["name"]) == ("mcp_call", "docs.search/v2")
     assert turns.bodies[1]["input"][1]["name"] == function  # the history replays it under the same name
+
+
+def test_an_approved_call_of_a_server_that_is_down_is_a_503_not_a_400() -> None:
+    config = McpConfig.model_validate({"servers": {"local": {"transport": "http", "url": "http://127.0.0.1:9/mcp"}}})
+    request = {"type": "mcp_approval_request", "id": "r", "server_label": "local", "name": "echo", "arguments": "{}"}
+    items = [request, {"type": "mcp_approval_response", "approval_request_id": "r", "approve": True}]
+    body = {"model": "m", "tools": [{"type": "mcp", "server_label": "local"}], "input": items}
+    down = ResponsesMcp(config, Catalog({"local": Lists(False, [])}), Calls(), 10**6)  # type: ignore[arg-type]
+    with pytest.raises(ServiceUnavailableError) as refused:
+        asyncio.run(down.plan(body, key_ctx("tools: ['local__*']")))
+    assert refused.value.info().status == 503 and "unavailable right now" in refused.value.message
