@@ -10,6 +10,8 @@ Shape (every key optional; unknown keys are rejected with file and line)::
       output_policy: tool-output     # guardrail policy for results ("": the input policy's output policy,
                                      # else the input policy itself: tool output is untrusted text)
       list_page_size: 100            # items a page of the gateway's own tools/resources/prompts lists
+      responses_max_tool_calls: 64   # tool calls one Responses API response with `mcp` tools makes at most
+                                     # (a request's `max_tool_calls` may lower it, not raise it)
       servers:
         files:                       # tools appear as files__<tool>
           transport: stdio           # stdio | http (Streamable HTTP) | sse (legacy HTTP+SSE)
@@ -188,6 +190,9 @@ class McpConfig(_Strict):
     max_sessions: int = Field(default=10_000, gt=0)
     # items a page of the gateway's own lists (tools/list, …) holds; clients follow `nextCursor` for the rest
     list_page_size: int = Field(default=DEFAULT_PAGE_SIZE, gt=0, le=10_000)
+    # tool calls (so model turns, one more) one Responses API response with `mcp` tools makes at most, whatever
+    # its `max_tool_calls`: each turn replays the whole conversation through the guard and the router
+    responses_max_tool_calls: int = Field(default=64, gt=0, le=10_000)
 
     @model_validator(mode="after")
     def _names(self) -> McpConfig:

@@ -27,10 +27,16 @@ UPSTREAM_TIMEOUT = -32030
 UPSTREAM_UNAVAILABLE = -32031
 GATEWAY_UNAVAILABLE = -32032  # a stage behind ingress did not answer
 SERVER_BUSY = -32033  # every slot of the upstream server is taken and its waiting line is full (or did not move)
+CLIENT_CLOSED = -32034  # the client left mid-call: recorded, never sent
 
 
 def internal() -> McpError:
     return McpError(code=INTERNAL_ERROR, message="The gateway hit an internal error.", status="error")
+
+
+def client_closed() -> McpError:
+    """A call whose client went away before it ended (nobody is left to answer): only its record says so."""
+    return McpError(code=CLIENT_CLOSED, message="The client closed the connection.", status="client_closed")
 
 
 def gateway_unavailable(stage: str) -> McpError:

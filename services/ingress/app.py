@@ -47,7 +47,7 @@ from services.ingress.mcp.runs import RUN_HEADER, BadRunId, RunLimitError, Runs,
 from services.ingress.mcp.sessions import Sessions
 from services.ingress.routing import client_deadline, route_choice
 from services.ingress.surfaces.responses_mcp import has_mcp
-from services.ingress.tags import client_tags
+from services.ingress.tags import MCP_RESPONSE_TAG, client_tags
 from services.ingress.telemetry import MetricsEndpoint, finish_request, start_request, traceparent
 from shared import metrics
 from shared.admission import Admitted, Estimate, Governor
@@ -106,8 +106,6 @@ R = TypeVar("R")
 _SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 # how long a request whose client left waits for the router's final word (its usage so far)
 CANCEL_GRACE_S = 2.0
-# the tag that links the turns and tool calls of one Responses request with `mcp` tools (its x-request-id)
-MCP_RESPONSE_TAG = "mcp_response"
 # the longest `user` a request may name for its record
 MAX_USER_CHARS = 128
 # chunks a stream may run past the output its budget reservation covers before it is cut (chunks and
@@ -379,16 +377,15 @@ class Gateway:
                     f"The model `{parsed.model}` does not exist or you do not have access to it.", param="model"
                 )
             headers: Mapping[str, str] = request.headers
-            record.tags = {**ent.tags, **client_tags(headers)}
-            if turn_of:
-                record.tags[MCP_RESPONSE_TAG] = turn_of
+            own = {MCP_RESPONSE_TAG: turn_of} if turn_of else {}
+            record.tags = {**ent.tags, **client_tags(headers), **own}
             if turn is None and api is apis.RESPONSES and has_mcp(parsed.original):
                 return await self._mcp_loop(request, ent, record, parsed)
             if self.hooks.has("before_guard"):
                 rewritten, plugin_tags = await hooks.before_guard(self.hooks, record, headers)
                 if rewritten is not headers:  # rewritten headers may carry other tags
                     headers = rewritten
-                    record.tags = {**ent.tags, **client_tags(headers)}
+                    record.tags = {**ent.tags, **client_tags(headers), **own}
                 record.tags.update(plugin_tags)
             native = parsed.native
             if native and not native.untranslatable and native.protocol not in self.native_protocols[target.name]:
@@ -614,6 +611,13 @@ class Gateway:
                 media_type="text/event-stream",
                 headers={**_SSE_HEADERS, **self._headers(record), **routed},
             )
+        except asyncio.CancelledError:
+            # the client left while the answer was awaited (a turn of the Responses mcp loop, run inside a
+            # stream the server cancels on disconnect): stop the upstream call, give back what the request
+            # holds and record it, as a stream whose client left
+            handed_over = True
+            self._spawn(self._abandon(record, queue, CLIENT_CLOSED))
+            raise
         finally:
             if not handed_over:
                 self.inbox.close(req.request_id)

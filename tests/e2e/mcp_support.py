@@ -43,7 +43,7 @@ APPROVAL_TIMEOUT_S = 4
 
 def _openai_config(openai_url: str | None) -> tuple[str, str]:
     """The OpenAI emulator (tests/emulators/openai.py) as two providers, when given: `gpt-emu` takes the
-    Responses body as it is, `gpt-emu-chat` its chat translation."""
+    Responses body as it is, `gpt-emu-chat` its chat translation, `gpt-emu-slow` too, each turn taking 3 s."""
     if openai_url is None:
         return "", ""
     os.environ["E2E_MCP_OPENAI_KEY"] = openai_emu.API_KEY
@@ -52,6 +52,7 @@ def _openai_config(openai_url: str | None) -> tuple[str, str]:
     models = (
         "  - name: gpt-emu\n    deployments: [{provider: emu-openai, model: gpt-emu}]\n"
         "  - name: gpt-emu-chat\n    deployments: [{provider: emu-chat, model: gpt-emu}]\n"
+        "  - name: gpt-emu-slow\n    deployments: [{provider: emu-chat, model: slow-3000}]\n"
     )
     return providers, models
 

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import openai
 import pytest
 
@@ -100,6 +101,28 @@ def test_sdk_mcp_tool_streamed(gh: McpStack) -> None:
     assert final.output[1].output == "remote: Paris"
     text = "".join(e.delta for e in events if e.type == "response.output_text.delta")
     assert "remote: Paris" in text
+
+
+def test_a_client_leaving_mid_turn_leaves_the_turn_recorded_as_closed(gh: McpStack) -> None:
+    """The client closes a streamed response once the tool call is done, while the second model turn (3 s) is in
+    flight: that turn is still recorded, as a client that left (499), like any request whose client left."""
+    body = {"model": "gpt-emu-slow", "input": PROMPT, "tools": [ECHO_ONLY], "stream": True}
+    headers = {"authorization": f"Bearer {MAIN_KEY}"}
+    with httpx.Client(base_url=gh.stack.ingress_url, timeout=30) as http:
+        with http.stream("POST", "/v1/responses", json=body, headers=headers) as resp:
+            assert resp.status_code == 200
+            request_id = resp.headers["x-request-id"]
+            seen = []
+            for line in resp.iter_lines():
+                seen.append(line)
+                if line == "event: response.mcp_call.completed":
+                    break
+    assert "event: response.mcp_call.completed" in seen, seen
+    linked = f"tags['mcp_response'] = '{request_id}'"
+    turns = asyncio.run(rows(gh, f"SELECT status, error_code FROM requests WHERE {linked} ORDER BY received_at", 2))
+    assert turns == [[200, ""], [499, "client_closed_request"]], turns
+    calls = asyncio.run(rows(gh, f"SELECT status FROM mcp_calls WHERE {linked}", 1))
+    assert calls == [["ok"]]
 
 
 def test_sdk_mcp_approval_round_trip(gh: McpStack) -> None:

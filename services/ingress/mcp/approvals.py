@@ -12,6 +12,7 @@ Admin API (admin key only): `GET /admin/v1/mcp/approvals` (pending ones), `GET â
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import time
@@ -94,8 +95,19 @@ class Approvals:
                 "try again once some are decided.",
             )
         self._waiting[key] = self._waiting.get(key, 0) + 1  # counted before the first await: no race
+        waiting = asyncio.ensure_future(self._wait(approval))
         try:
-            return await self._wait(approval)
+            # waited on apart: a cancel of the caller (its client left) reaches it at once, where nats-py's KV
+            # watch let it wait on to the deadline (measured: a cancel 0.1 s in, the timeout 5 s later)
+            await asyncio.wait({waiting})
+            return waiting.result()
+        except asyncio.CancelledError:
+            # nobody waits for this call any more: the entry is withdrawn, so no admin approves a call that
+            # would never run (and the wait, seeing it decided, ends)
+            with contextlib.suppress(Exception):
+                await self.decide(approval.call_id, "denied", "gatehouse", "the caller left")
+            waiting.cancel()
+            raise
         finally:
             left = self._waiting[key] - 1
             if left:

@@ -12,6 +12,7 @@ whose arguments its policy would now change.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import time
@@ -211,6 +212,10 @@ class ToolCalls:
             return result
         except CallFailed as exc:
             rec.error = exc.recorded
+            raise
+        except asyncio.CancelledError:
+            # the client left mid-call (a Responses mcp loop inside a cancelled stream): recorded as such, not ok
+            rec.error = mcp_errors.client_closed()
             raise
         except msgspec.DecodeError:
             rec.error = mcp_errors.invalid("The arguments are not a JSON object.")

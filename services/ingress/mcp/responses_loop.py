@@ -76,33 +76,54 @@ class ResponsesMcp:
     async def plan(self, body: JsonObj, ctx: CallContext) -> Plan:
         """The request's `mcp` tools checked and their servers' tools listed; a 400 for what gatehouse will not
         serve (a URL it does not manage, credentials, a server the key may not use)."""
-        registered = {name: server.url for name, server in self.config.servers.items()}
-        tools = {t.label: t for t in rm.mcp_tools(body, registered)}
-        cap = rm.max_tool_calls(body)
-        convo = rm.conversation(body, tools)
+        labels = rm.mcp_labels(body)
         try:
             servers = await self.catalog.servers()
         except Exception as exc:
             log.warning("mcp catalog unavailable for a response: %s", type(exc).__name__)
             raise ServiceUnavailableError("The gateway's MCP catalog is unavailable; try again shortly.") from None
+        # first whether the key may see each label, so that every label it may not (unknown, forbidden, down,
+        # without tools) gets the same answer whatever else its tool says (server_url, headers, a duplicate)
+        mine: dict[str, list[dict[str, Any]]] = {}
+        for j, label in labels:
+            lists = servers.get(label) if label in self.config.servers else None
+            mine[label] = visible(lists.tools, ctx.ent) if lists is not None and lists.healthy else []
+            if not mine[label] and not (label in self.config.servers and _whole_server(ctx, label)):
+                raise rm.unknown_label(j, label)
+        registered = {name: server.url for name, server in self.config.servers.items()}
+        tools = {t.label: t for t in rm.mcp_tools(body, registered)}
+        cap = rm.max_tool_calls(body, self.config.responses_max_tool_calls)
+        convo = rm.conversation(body, tools)
+        if len(convo.approved) > cap:  # an approved call counts as any other
+            raise InvalidRequestError(
+                f"The input approves {len(convo.approved)} tool calls still to run, more than the {cap} this "
+                "response may make ('max_tool_calls', at most the gateway's limit).",
+                param="input",
+            )
         listed: dict[str, list[rm.ServerTool]] = {}
         errors: dict[str, str] = {}
+        taken: set[str] = set()
         for label, tool in tools.items():
             lists = servers.get(label)
             if lists is None or not lists.healthy:
                 listed[label] = []
                 errors[label] = f"The MCP server '{label}' is unavailable right now."
                 continue
-            mine = visible(lists.tools, ctx.ent)
-            if lists.tools and not mine:  # answered as an unknown server: no existence oracle
-                raise InvalidRequestError(
-                    f"No MCP server labelled '{label[:100]}' is registered with this gateway. The 'mcp' tool serves "
-                    "only the gateway's registered MCP servers, named by 'server_label'.",
-                    param="tools",
-                )
-            listed[label] = rm.server_tools(tool, mine)
-        for request in convo.approved:  # an approval runs only a call the request's tools allow
+            listed[label] = []
+            for st in rm.server_tools(tool, mine[label]):
+                if st.function in taken:  # two tools made the same function name: the first keeps it
+                    log.warning(
+                        "mcp tool %r of %r is left out of a response: its function name is taken", st.name, label
+                    )
+                    continue
+                taken.add(st.function)
+                listed[label].append(st)
+        for _, request in convo.approved:  # an approval runs only a call the request's tools allow
             label, name = text_of(request.get("server_label")), text_of(request.get("name"))
+            if label in errors:  # its server is down: the call may run once it is back
+                raise ServiceUnavailableError(
+                    f"The MCP server '{label[:100]}' of the approved call is unavailable right now; try again shortly."
+                )
             if name not in {t.name for t in listed.get(label, [])}:
                 raise InvalidRequestError(
                     f"The approved call names '{name[:100]}', which is not among the tools of '{label[:100]}' "
@@ -137,13 +158,16 @@ class ResponsesMcp:
                 item = rm.list_item(label, plan.server_tools[label], plan.list_errors.get(label))
                 yield "item", self._add(state, item), item
         state.history = list(plan.conversation.input)
-        for request in plan.conversation.approved:
+        shift = 0  # the calls and outputs inserted so far before the next approval's place
+        for at, request in plan.conversation.approved:
             label, name = text_of(request.get("server_label")), text_of(request.get("name"))
             args = text_of(request.get("arguments")) or "{}"
             pending = rm.call_item(label, name, args, approval_request_id=text_of(request.get("id")))
-            state.history.append(_function_call(pending))
-            async for step in self._run(plan, state, pending):
+            # where the approval is in the conversation, not after its latest message
+            state.history.insert(at + shift, _function_call(pending))
+            async for step in self._run(plan, state, pending, at + shift + 1):
                 yield step
+            shift += 2
         functions = plan.functions
         tool_defs = [rm.function_tool(t) for t in functions.values()]
         while True:
@@ -182,7 +206,7 @@ class ResponsesMcp:
 
     async def _turn(self, plan: Plan, turn: Turn, state: _State, tool_defs: list[JsonObj]) -> JsonObj | None:
         """One model turn's response; None when it failed (`state.failure` says how)."""
-        raw = _JSON.encode(rm.turn_body(plan.body, tool_defs, state.history))
+        raw = _JSON.encode(rm.turn_body(plan.body, tool_defs, state.history, called=state.calls > 0))
         if len(raw) > self.max_body:
             state.failure = _error(
                 PayloadTooLargeError(
@@ -200,13 +224,17 @@ class ResponsesMcp:
         _add_usage(state.usage, obj(data.get("usage")))
         return data
 
-    async def _run(self, plan: Plan, state: _State, pending: JsonObj) -> AsyncIterator[tuple[str, int, JsonObj]]:
-        """One tool call: its item in progress, then as it ended; its output joins the conversation."""
+    async def _run(
+        self, plan: Plan, state: _State, pending: JsonObj, at: int | None = None
+    ) -> AsyncIterator[tuple[str, int, JsonObj]]:
+        """One tool call: its item in progress, then as it ended; its output joins the conversation (at `at`, or
+        at its end)."""
         index = self._add(state, pending)
         yield "call_started", index, pending
         done = await self._call(plan, pending)
         state.output[index] = done
-        state.history.append({"type": "function_call_output", "call_id": done["id"], "output": rm.call_output(done)})
+        output = {"type": "function_call_output", "call_id": done["id"], "output": rm.call_output(done)}
+        state.history.insert(len(state.history) if at is None else at, output)
         state.calls += 1
         yield "call_done", index, done
 
@@ -292,9 +320,15 @@ class ResponsesMcp:
         yield events.finished(self._response(plan, state, rid, created))
 
 
+def _whole_server(ctx: CallContext, label: str) -> bool:
+    """Whether the key's tool globs allow every tool of the server (a name no real tool has stands for any):
+    only such a key is shown a server that is down or lists no tools, which for any other key looks unknown."""
+    return ctx.ent.allows_tool(namespaced(label, "\0"))
+
+
 def _function_call(item: JsonObj) -> JsonObj:
     """An `mcp_call` as the model reads it: a call of the function `<server>__<tool>`."""
-    name = namespaced(str(item["server_label"]), str(item["name"]))
+    name = rm.function_name(str(item["server_label"]), str(item["name"]))
     return {"type": "function_call", "call_id": item["id"], "name": name, "arguments": item["arguments"]}
 
 

@@ -11,6 +11,8 @@ Pure: no I/O (services/ingress/mcp/responses_loop.py runs the loop).
 
 from __future__ import annotations
 
+import hashlib
+import re
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -21,6 +23,9 @@ from services.ingress.surfaces.sse import sse
 from shared.errors import InvalidRequestError
 from shared.mcp_config import SEPARATOR, namespaced
 
+# what every provider takes as a function name (OpenAI's rule, the strictest): ^[a-zA-Z0-9_-]{1,64}$
+MAX_FUNCTION_NAME = 64
+_UNSAFE = re.compile(r"[^a-zA-Z0-9_-]")
 # tool calls one response may make when the request does not say (`max_tool_calls`)
 DEFAULT_MAX_TOOL_CALLS = 20
 _NOT_A_PROXY = "is not supported by this gateway: it serves only its registered MCP servers, named by 'server_label'."
@@ -89,6 +94,8 @@ class McpTool:
         if self.allowed is None:
             return True
         a = self.allowed
+        if a.names is None and a.read_only is None:  # `allowed_tools: {}`: an empty filter matches nothing
+            return False
         return (a.names is None or name in a.names) and (a.read_only is not True or read_only)
 
     def needs_approval(self, name: str, read_only: bool) -> bool:
@@ -107,10 +114,11 @@ def has_mcp(body: object) -> bool:
     return isinstance(tools, list) and any(obj(t).get("type") == "mcp" for t in tools)
 
 
-def mcp_tools(body: JsonObj, registered: Mapping[str, str | None]) -> list[McpTool]:
-    """The request's `mcp` tools, checked: each names a registered server (`registered`: label → its URL) once,
-    and nothing gatehouse will not do for a client (connect to another URL, pass on credentials)."""
-    out: list[McpTool] = []
+def mcp_labels(body: JsonObj) -> list[tuple[int, str]]:
+    """(index in `tools`, server_label) of each of the request's `mcp` tools, before anything else of them is
+    read: which labels the key may see is decided first (services/ingress/mcp/responses_loop.py), so no other
+    field of a tool tells a label the key may not use from one that does not exist."""
+    out: list[tuple[int, str]] = []
     tools = body.get("tools")
     for j, value in enumerate(tools if isinstance(tools, list) else []):
         spec = obj(value)
@@ -124,12 +132,28 @@ def mcp_tools(body: JsonObj, registered: Mapping[str, str | None]) -> list[McpTo
                 param=f"{at}.server_label",
                 code="missing_required_parameter",
             )
+        out.append((j, label))
+    return out
+
+
+def unknown_label(j: int, label: str) -> InvalidRequestError:
+    """The one answer for a label the key may not see: unknown, forbidden, down or empty alike."""
+    return _invalid(
+        f"tools[{j}].server_label",
+        f"No MCP server labelled '{label[:100]}' is registered with this gateway. The 'mcp' tool serves "
+        "only the gateway's registered MCP servers, named by 'server_label'.",
+    )
+
+
+def mcp_tools(body: JsonObj, registered: Mapping[str, str | None]) -> list[McpTool]:
+    """The request's `mcp` tools, checked: each names a registered server (`registered`: label → its URL) once,
+    and nothing gatehouse will not do for a client (connect to another URL, pass on credentials)."""
+    out: list[McpTool] = []
+    tools = obj(body).get("tools")
+    for j, label in mcp_labels(body):
+        spec, at = obj(tools[j] if isinstance(tools, list) else None), f"tools[{j}]"
         if label not in registered:
-            raise _invalid(
-                f"{at}.server_label",
-                f"No MCP server labelled '{label[:100]}' is registered with this gateway. The 'mcp' tool serves "
-                "only the gateway's registered MCP servers, named by 'server_label'.",
-            )
+            raise unknown_label(j, label)
         url = spec.get("server_url")
         if url is not None and (not isinstance(url, str) or url != registered[label]):
             raise _invalid(
@@ -166,13 +190,15 @@ def _tool(label: str, spec: JsonObj, at: str) -> McpTool:
     return McpTool(label, allowed, "filter", always, never)
 
 
-def max_tool_calls(body: JsonObj) -> int:
+def max_tool_calls(body: JsonObj, ceiling: int) -> int:
+    """The calls the response may make: the request's `max_tool_calls` (or the default), never past the gateway's
+    `ceiling` (mcp.responses_max_tool_calls)."""
     value = body.get("max_tool_calls")
     if value is None:
-        return DEFAULT_MAX_TOOL_CALLS
+        return min(DEFAULT_MAX_TOOL_CALLS, ceiling)
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise _invalid("max_tool_calls", "Invalid 'max_tool_calls': expected an integer of at least 1.")
-    return value
+    return min(value, ceiling)
 
 
 # ---------------------------------------------------------------- the model's view of the tools
@@ -190,11 +216,23 @@ class ServerTool:
 
     @property
     def function(self) -> str:
-        return namespaced(self.label, self.name)
+        return function_name(self.label, self.name)
 
     @property
     def read_only(self) -> bool:
         return (self.annotations or {}).get("readOnlyHint") is True
+
+
+def function_name(label: str, name: str) -> str:
+    """The function name the model is given for a server's tool: `<server>__<tool>` when every provider takes it;
+    else made so (an MCP tool name may hold `.` or `/` and run to 128 characters, and one such name would fail
+    every turn upstream): characters outside the set become `_`, cut to fit, with a hash of the whole name after,
+    so two tools do not share one. The loop maps it back by its table of the request's tools (`Plan.functions`)."""
+    full = namespaced(label, name)
+    if len(full) <= MAX_FUNCTION_NAME and not _UNSAFE.search(full):
+        return full
+    digest = hashlib.sha256(full.encode()).hexdigest()[:16]
+    return f"{_UNSAFE.sub('_', full)[: MAX_FUNCTION_NAME - len(digest) - 1]}_{digest}"
 
 
 def server_tools(tool: McpTool, listed: list[dict[str, Any]]) -> list[ServerTool]:
@@ -303,7 +341,9 @@ class Conversation:
     and outputs), the approved calls still to run, the servers already listed."""
 
     input: list[object] = field(default_factory=list)
-    approved: list[JsonObj] = field(default_factory=list)  # mcp_approval_request items the client approved
+    # the mcp_approval_request items the client approved and no mcp_call of the input ran yet, each with its place
+    # in `input` (where its call and output go)
+    approved: list[tuple[int, JsonObj]] = field(default_factory=list)
     listed: set[str] = field(default_factory=set)
 
 
@@ -314,10 +354,14 @@ def conversation(body: JsonObj, labels: Mapping[str, McpTool]) -> Conversation:
         out.input = [{"type": "message", "role": "user", "content": raw}] if isinstance(raw, str) else []
         return out
     requests: dict[str, JsonObj] = {}
+    ran: set[str] = set()  # approvals an mcp_call of the input already carried out (a conversation sent back)
     for value in raw:
         item = obj(value)
         if item.get("type") == "mcp_approval_request" and isinstance(item.get("id"), str):
             requests[str(item["id"])] = item
+        elif item.get("type") == "mcp_call" and isinstance(item.get("approval_request_id"), str):
+            ran.add(str(item["approval_request_id"]))
+    answered: set[str] = set()
     for i, value in enumerate(raw):
         item = obj(value)
         kind = item.get("type")
@@ -327,7 +371,9 @@ def conversation(body: JsonObj, labels: Mapping[str, McpTool]) -> Conversation:
         elif kind == "mcp_call":
             label, name = _known(item, labels, where)
             call_id = text_of(item.get("id")) or f"mcp_{i}"
-            out.input.append(_function_call(call_id, namespaced(label, name), text_of(item.get("arguments")) or "{}"))
+            out.input.append(
+                _function_call(call_id, function_name(label, name), text_of(item.get("arguments")) or "{}")
+            )
             out.input.append({"type": "function_call_output", "call_id": call_id, "output": call_output(item)})
         elif kind == "mcp_approval_request":
             continue  # runs (or is refused) where its response is
@@ -340,14 +386,21 @@ def conversation(body: JsonObj, labels: Mapping[str, McpTool]) -> Conversation:
                     "This 'mcp_approval_response' answers no 'mcp_approval_request' of the input. This gateway "
                     "keeps no responses: send the 'mcp_approval_request' item back in 'input' with its response.",
                 )
+            if rid in answered:
+                raise _invalid(
+                    f"{where}.approval_request_id",
+                    f"The 'mcp_approval_request' '{str(rid)[:100]}' is answered more than once in 'input'.",
+                )
+            answered.add(str(rid))
             label, name = _known(request, labels, f"{where}.approval_request_id")
             if item.get("approve") is True:
-                out.approved.append(request)
+                if rid not in ran:  # else its mcp_call stands for it, where it is in the input
+                    out.approved.append((len(out.input), request))
             else:
                 reason = text_of(item.get("reason"))
                 call_id = text_of(request.get("id"))
                 args = text_of(request.get("arguments")) or "{}"
-                out.input.append(_function_call(call_id, namespaced(label, name), args))
+                out.input.append(_function_call(call_id, function_name(label, name), args))
                 refused = "The user did not approve this call." + (f" Reason: {reason}" if reason else "")
                 out.input.append({"type": "function_call_output", "call_id": call_id, "output": refused})
         else:
@@ -371,16 +424,23 @@ def _function_call(call_id: str, name: str, arguments: str) -> JsonObj:
     return {"type": "function_call", "call_id": call_id, "name": name, "arguments": arguments}
 
 
-def turn_body(body: JsonObj, functions: list[JsonObj], history: list[object]) -> JsonObj:
+def turn_body(body: JsonObj, functions: list[JsonObj], history: list[object], called: bool = False) -> JsonObj:
     """The body of one model turn: the client's request with its `mcp` tools given as function tools, its MCP
-    input items as function calls and outputs (`history`), and no stream (gatehouse reads the turn whole)."""
+    input items as function calls and outputs (`history`), and no stream (gatehouse reads the turn whole).
+    Once a tool was `called`, a forced `tool_choice` is relaxed to `auto` (as the OpenAI Agents SDK's
+    `reset_tool_choice` does): a model made to call a tool on every turn could never answer."""
     turn = {k: v for k, v in body.items() if k not in ("stream", "stream_options", "max_tool_calls")}
     tools = body.get("tools")
     turn["tools"] = [t for t in (tools if isinstance(tools, list) else []) if obj(t).get("type") != "mcp"] + functions
-    choice = obj(body.get("tool_choice"))
-    if choice.get("type") == "mcp":
+    raw = body.get("tool_choice")
+    choice = obj(raw)
+    if called and (raw == "required" or choice.get("type") in ("mcp", "function")):
+        turn["tool_choice"] = "auto"
+    elif called and choice.get("type") == "allowed_tools" and choice.get("mode") == "required":
+        turn["tool_choice"] = {**choice, "mode": "auto"}
+    elif choice.get("type") == "mcp":
         label, name = text_of(choice.get("server_label")), text_of(choice.get("name"))
-        turn["tool_choice"] = {"type": "function", "name": namespaced(label, name)} if name else "required"
+        turn["tool_choice"] = {"type": "function", "name": function_name(label, name)} if name else "required"
     turn["input"] = history
     return turn
 

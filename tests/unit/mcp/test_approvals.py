@@ -13,7 +13,7 @@ import pytest
 from nats.js import JetStreamContext
 
 from gatehouse.natsserver import NatsServer
-from services.ingress.mcp.approvals import MAX_SHOWN_ARGUMENTS, ApprovalRefused, Approvals
+from services.ingress.mcp.approvals import MAX_SHOWN_ARGUMENTS, ApprovalConflict, ApprovalRefused, Approvals
 from services.ingress.mcp.calls import CallFailed, _refuse_unshowable
 from shared import mcp_errors
 from shared.schemas.mcp import Approval
@@ -108,3 +108,22 @@ async def test_an_entry_deleted_while_its_call_waits_ends_it_as_not_approved(
     await (await approvals.kv()).delete(pending.call_id)
     state, _ = await asyncio.wait_for(waiting, 10)
     assert state == "timeout"
+
+
+async def test_a_wait_whose_caller_is_cancelled_ends_at_once_and_withdraws_the_entry(
+    js: JetStreamContext, subjects: Subjects
+) -> None:
+    """The client of a call waiting for an approval leaves: the wait ends then (not at its deadline), and the entry
+    is decided denied, so no admin approves a call that would never run."""
+    approvals = Approvals(js, subjects.mcp_approvals_bucket)
+    waiting = asyncio.create_task(approvals.wait(_approval("k1", timeout_s=60)))
+    (pending,) = await _pending_of(approvals, "k1", 1)
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(asyncio.shield(waiting), 10)  # the 60 s deadline is far off
+    assert await approvals.pending() == []
+    kv = await approvals.kv()
+    entry = await kv.get(pending.call_id)
+    assert b'"state":"denied"' in (entry.value or b"") and b"the caller left" in (entry.value or b"")
+    with pytest.raises(ApprovalConflict):
+        await approvals.decide(pending.call_id, "approved", "admin")

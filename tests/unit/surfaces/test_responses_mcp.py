@@ -5,11 +5,13 @@ body, and the SSE events of the items."""
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import pytest
 
 from services.ingress.surfaces import responses_mcp as rm
+from services.ingress.surfaces.chat_view import obj
 from shared.errors import InvalidRequestError
 
 REGISTERED = {"local": None, "remote": "http://127.0.0.1:9/mcp"}
@@ -87,6 +89,9 @@ def test_allowed_tools_and_listing() -> None:
     read_only = tool_of(allowed_tools={"read_only": True})
     tools = rm.server_tools(read_only, listed)
     assert [t.function for t in tools] == ["local__pid"]
+    # an empty filter (or list) matches nothing, as OpenAI's McpToolFilter: not every tool
+    assert rm.server_tools(tool_of(allowed_tools={}), listed) == []
+    assert rm.server_tools(tool_of(allowed_tools=[]), listed) == []
     assert rm.function_tool(rm.server_tools(tool_of(), listed)[0]) == {
         "type": "function",
         "name": "local__echo",
@@ -123,7 +128,7 @@ def test_conversation_reads_mcp_items() -> None:
     }
     convo = rm.conversation(b, tools)
     assert convo.listed == {"local"}
-    assert convo.approved == [request]
+    assert convo.approved == [(5, request)]  # its call goes where the approval is
     assert convo.input == [
         {"role": "user", "content": "hi"},
         {"type": "function_call", "call_id": "c1", "name": "local__pid", "arguments": "{}"},
@@ -135,6 +140,28 @@ def test_conversation_reads_mcp_items() -> None:
     denied = rm.conversation(b, tools)
     assert denied.approved == [] and "did not approve" in str(denied.input[-1])
     assert rm.conversation({"input": "hello"}, tools).input == [{"type": "message", "role": "user", "content": "hello"}]
+
+
+def test_an_approval_already_carried_out_or_answered_twice() -> None:
+    tools = {"local": tool_of()}
+    request = {
+        "type": "mcp_approval_request",
+        "id": "mcpr_1",
+        "server_label": "local",
+        "name": "echo",
+        "arguments": "{}",
+    }
+    approve = {"type": "mcp_approval_response", "approval_request_id": "mcpr_1", "approve": True}
+    ran = {**request, "type": "mcp_call", "id": "mcp_9", "output": "done", "approval_request_id": "mcpr_1"}
+    # the conversation sent back whole: the call the approval gave is in it, and is not run again
+    replay = rm.conversation({"input": [{"role": "user", "content": "hi"}, request, approve, ran]}, tools)
+    assert replay.approved == []
+    assert [i.get("call_id") for i in map(obj, replay.input[1:])] == ["mcp_9", "mcp_9"]
+    for second in (approve, {**approve, "approve": False}):
+        with pytest.raises(InvalidRequestError) as caught:
+            rm.conversation({"input": [request, approve, second]}, tools)
+        assert "answered more than once" in caught.value.message
+        assert caught.value.info().status == 400
 
 
 @pytest.mark.parametrize(
@@ -164,13 +191,27 @@ def test_turn_body() -> None:
     assert turn["tool_choice"] == {"type": "function", "name": "local__echo"}
     assert turn["input"] == ["x"]
     assert b["stream"] is True  # the client's body is left as it was
+    # once a tool was called, a forced choice is relaxed so the model can answer
+    assert rm.turn_body(b, [], ["x"], called=True)["tool_choice"] == "auto"
+    assert rm.turn_body({**b, "tool_choice": "required"}, [], [], called=True)["tool_choice"] == "auto"
+    named = {"type": "function", "name": "mine"}
+    assert rm.turn_body({**b, "tool_choice": named}, [], [], called=True)["tool_choice"] == "auto"
+    allowed = {"type": "allowed_tools", "mode": "required", "tools": [named]}
+    assert rm.turn_body({**b, "tool_choice": allowed}, [], [], called=True)["tool_choice"] == {
+        **allowed,
+        "mode": "auto",
+    }
+    assert rm.turn_body({**b, "tool_choice": "none"}, [], [], called=True)["tool_choice"] == "none"
 
 
 def test_max_tool_calls() -> None:
-    assert rm.max_tool_calls({}) == rm.DEFAULT_MAX_TOOL_CALLS
-    assert rm.max_tool_calls({"max_tool_calls": 2}) == 2
+    assert rm.max_tool_calls({}, 64) == rm.DEFAULT_MAX_TOOL_CALLS
+    assert rm.max_tool_calls({"max_tool_calls": 2}, 64) == 2
+    # the gateway's ceiling: a request cannot raise it
+    assert rm.max_tool_calls({"max_tool_calls": 100_000}, 64) == 64
+    assert rm.max_tool_calls({}, 5) == 5
     with pytest.raises(InvalidRequestError):
-        rm.max_tool_calls({"max_tool_calls": 0})
+        rm.max_tool_calls({"max_tool_calls": 0}, 64)
 
 
 def test_result_text_and_items() -> None:
@@ -239,3 +280,15 @@ def test_stream_events_are_numbered_and_complete() -> None:
     assert events[11]["item"]["output"] == "local: x"
     failed = frames(rm.McpStream().failed({"id": "r"}, "rate_limit_exceeded", "slow down", None))
     assert [e["type"] for e in failed] == ["error", "response.failed"]
+
+
+def test_function_names_every_provider_takes() -> None:
+    safe = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
+    assert rm.function_name("local", "echo") == "local__echo"  # a safe name is kept as it is
+    odd = ["docs.search", "docs/search", "docs search", "x" * 128, "y" * 128, "ü"]
+    names = [rm.function_name("local", n) for n in odd]
+    assert all(safe.match(n) for n in names), names
+    assert len(set(names)) == len(odd)  # no two share one
+    assert names[0] != rm.function_name("local", "docs_search") and names[0].startswith("local__docs_search_")
+    assert rm.function_name("local", "docs.search") == names[0]  # the same on every turn
+    assert safe.match(rm.function_name("a" * 60, "b"))
