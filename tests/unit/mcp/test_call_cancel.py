@@ -32,16 +32,22 @@ def _never(call: ToolCall) -> bytes:
     raise RuntimeError("the stand-in mcp stage never answers: the call stays in flight")
 
 
+def _recording(rig: Any) -> list[McpCallEvent]:
+    """The call records the rig's calls publish, as they are published."""
+    recorded: list[McpCallEvent] = []
+    publish = rig.calls._events.publish
+
+    def note(subject: Any, event: Any, key: str) -> None:
+        recorded.append(event)
+        publish(subject, event, key)
+
+    rig.calls._events.publish = note
+    return recorded
+
+
 async def test_a_call_whose_client_left_is_recorded_as_client_closed(nats_server: NatsServer, tmp_path: Path) -> None:
     async with guard_rig(nats_server.url, tmp_path, CONFIG, _never) as rig:
-        recorded: list[McpCallEvent] = []
-        publish = rig.calls._events.publish
-
-        def note(subject: Any, event: Any, key: str) -> None:
-            recorded.append(event)
-            publish(subject, event, key)
-
-        rig.calls._events.publish = note  # type: ignore[method-assign]
+        recorded = _recording(rig)
         call = asyncio.create_task(rig.calls.call(rig.ctx, "tools/call", {"name": "docs__search", "arguments": {}}))
         deadline = time.monotonic() + 10
         while not rig.upstream and time.monotonic() < deadline:
@@ -58,14 +64,7 @@ async def test_a_call_waiting_for_its_approval_ends_when_its_client_leaves(
     nats_server: NatsServer, tmp_path: Path
 ) -> None:
     async with guard_rig(nats_server.url, tmp_path, CONFIG, _never) as rig:
-        recorded: list[McpCallEvent] = []
-        publish = rig.calls._events.publish
-
-        def note(subject: Any, event: Any, key: str) -> None:
-            recorded.append(event)
-            publish(subject, event, key)
-
-        rig.calls._events.publish = note  # type: ignore[method-assign]
+        recorded = _recording(rig)
         call = asyncio.create_task(rig.calls.call(rig.ctx, "tools/call", {"name": "docs__send", "arguments": {}}))
         await rig.pending()
         call.cancel()

@@ -100,15 +100,18 @@ def test_allowed_tools_and_listing() -> None:
     }
 
 
+APPROVAL_REQUEST = {
+    "type": "mcp_approval_request",
+    "id": "mcpr_1",
+    "server_label": "local",
+    "name": "echo",
+    "arguments": "{}",
+}
+
+
 def test_conversation_reads_mcp_items() -> None:
     tools = {"local": tool_of()}
-    request = {
-        "type": "mcp_approval_request",
-        "id": "mcpr_1",
-        "server_label": "local",
-        "name": "echo",
-        "arguments": "{}",
-    }
+    request = dict(APPROVAL_REQUEST)
     b = {
         "input": [
             {"role": "user", "content": "hi"},
@@ -144,13 +147,7 @@ def test_conversation_reads_mcp_items() -> None:
 
 def test_an_approval_already_carried_out_or_answered_twice() -> None:
     tools = {"local": tool_of()}
-    request = {
-        "type": "mcp_approval_request",
-        "id": "mcpr_1",
-        "server_label": "local",
-        "name": "echo",
-        "arguments": "{}",
-    }
+    request = dict(APPROVAL_REQUEST)
     approve = {"type": "mcp_approval_response", "approval_request_id": "mcpr_1", "approve": True}
     ran = {**request, "type": "mcp_call", "id": "mcp_9", "output": "done", "approval_request_id": "mcpr_1"}
     # the conversation sent back whole: the call the approval gave is in it, and is not run again
