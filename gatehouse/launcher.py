@@ -12,6 +12,7 @@ import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from gatehouse.childenv import SERVICES, service_env
 from gatehouse.credentials import RoleKey, ensure_admin_key, ensure_credentials, private_dir, producer_keys
@@ -121,6 +122,7 @@ class Stack:
             private_dir(self.data_dir / "nats"), port=nats_port, log_file=logs / "nats-server.log", config_file=conf
         )
         next_port = self.metrics_port
+        taken = {urlsplit(url).port or 0 for url in self.ingress_urls} | {self.nats.port}
         for service in SERVICES:
             if service == "mcp" and not config.mcp.servers:
                 continue  # no upstream MCP server configured: no stage to hold their sessions
@@ -131,7 +133,8 @@ class Stack:
                     metrics_url = f"{self.ingress_urls[i]}/metrics"
                     launcher_env["GATEHOUSE_METRICS_PORT"] = "0"  # its /metrics is on its own port
                 elif next_port != 0:
-                    port = free_port() if next_port is None else _next_free(next_port)
+                    port = metrics_port(frozenset(taken), next_port)
+                    taken.add(port)
                     next_port = None if next_port is None else port + 1
                     name = "GATEHOUSE_ACCOUNTING_METRICS_PORT" if service == "accounting" else "GATEHOUSE_METRICS_PORT"
                     launcher_env[name] = str(port)
@@ -290,10 +293,20 @@ def _port_free(port: int, host: str = "127.0.0.1") -> bool:
         return True
 
 
-def _next_free(port: int, host: str = "127.0.0.1") -> int:
-    """`port`, or the first free one after it."""
-    while not _port_free(port, host):
+def _next_free(port: int, host: str = "127.0.0.1", taken: frozenset[int] = frozenset()) -> int:
+    """`port`, or the first free one after it, passing over the ports in `taken`."""
+    while port in taken or not _port_free(port, host):
         port += 1
+    return port
+
+
+def metrics_port(taken: frozenset[int], start: int | None = None) -> int:
+    """A free port for a service's /metrics that is none of the stack's own ports in `taken` (ingress listens on
+    its port only once its process has started: until then the OS may hand the same free port out again)."""
+    if start is not None:
+        return _next_free(start, taken=taken)
+    while (port := free_port()) in taken:
+        pass
     return port
 
 

@@ -118,3 +118,19 @@ def test_hash_key_reads_the_key_from_stdin_when_not_given() -> None:
     assert piped.output.strip() == hash_key("sk-from-stdin")
     assert runner.invoke(app, ["hash-key", "sk-arg"]).output.strip() == hash_key("sk-arg")
     assert runner.invoke(app, ["hash-key"], input="").exit_code == 2
+
+
+def test_a_metrics_port_is_never_one_of_the_stacks_own_ports(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ingress binds its port only once its process runs, so the OS may hand that free port out again when the
+    launcher picks the other services' metrics ports (an e2e run once found a metrics page on the ingress URL)."""
+    import socket
+
+    from gatehouse import launcher
+
+    with socket.socket() as held:  # a port nothing listens on yet, as the ingress port is before ingress starts
+        held.bind(("127.0.0.1", 0))
+        ingress = int(held.getsockname()[1])
+    offered = iter([ingress, ingress, ingress + 7])
+    monkeypatch.setattr(launcher, "free_port", lambda: next(offered))
+    assert launcher.metrics_port(frozenset({ingress})) == ingress + 7
+    assert launcher.metrics_port(frozenset({ingress, ingress + 1}), start=ingress) >= ingress + 2
