@@ -70,12 +70,13 @@ class Notes:
         except msgspec.MsgspecError:
             return msg.seq or 0, None
 
-    async def move(self, state: ReservationState, expected: int) -> bool:
-        """Publish `state` if the subject's last sequence is still `expected` (0: it has none): whether it moved.
-        An ack lost on the way is settled by reading the subject back (its last message is ours: moved); when that
-        does not tell (the read fails, or shows another state, which may have followed ours) MoveUnknown."""
+    async def move(self, state: ReservationState, expected: int, data: bytes | None = None) -> bool:
+        """Publish `state` (`data`, when the caller encoded it already) if the subject's last sequence is still
+        `expected` (0: it has none): whether it moved. An ack lost on the way is settled by reading the subject back
+        (its last message is ours: moved); when that does not tell (the read fails, or shows another state, which
+        may have followed ours) MoveUnknown."""
         request_id = state.reservation.request_id
-        data = self.encode(state)
+        data = self.encode(state) if data is None else data
         try:
             await self._js.publish(
                 self._subjects.reservation(request_id).name,

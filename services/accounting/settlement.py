@@ -174,7 +174,7 @@ class Reservations:
         data = self._notes.encode(state)
         self._moving[data] = False
         try:
-            return await self._notes.move(state, expected)
+            return await self._notes.move(state, expected, data)
         except MoveUnknown as exc:
             if self._moving.get(data):
                 self._owed[exc.request_id] = (ops, time.monotonic(), checks)

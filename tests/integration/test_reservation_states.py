@@ -284,10 +284,10 @@ async def test_a_record_whose_state_cannot_be_moved_does_not_cost_the_others_the
     async with replica(ncs[0], subjects) as accounting:
         move = accounting._notes.move
 
-        async def fails_for_bad(state: ReservationState, expected: int) -> bool:
+        async def fails_for_bad(state: ReservationState, expected: int, data: bytes | None = None) -> bool:
             if state.reservation.request_id == bad.request_id:
                 raise TimeoutError("the reservations stream did not answer")
-            return await move(state, expected)
+            return await move(state, expected, data)
 
         accounting._notes.move = fails_for_bad  # type: ignore[method-assign]
         with pytest.raises(TimeoutError):
@@ -493,10 +493,10 @@ async def test_the_budget_alerts_of_a_batch_are_published_even_when_one_record_o
     accounting = await _replica(ncs[0], subjects)
     move = accounting._notes.move
 
-    async def fails_for_bad(state: ReservationState, expected: int) -> bool:
+    async def fails_for_bad(state: ReservationState, expected: int, data: bytes | None = None) -> bool:
         if state.reservation.request_id == bad.request_id:
             raise TimeoutError("the reservations stream did not answer")
-        return await move(state, expected)
+        return await move(state, expected, data)
 
     accounting._notes.move = fails_for_bad  # type: ignore[method-assign]
     try:
