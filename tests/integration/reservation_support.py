@@ -29,11 +29,17 @@ async def poll(check: Callable[[], Awaitable[bool]], what: str, timeout: float =
         await asyncio.sleep(0.05)
 
 
+async def start_replica(nc: Client, subjects: Subjects, counters: Counters | None = None) -> Reservations:
+    """An accounting replica's reservations, mirroring the reservations stream until stopped."""
+    accounting = Reservations(nc, nc.jetstream(), subjects, counters or Counters(nc))
+    await accounting.start()
+    return accounting
+
+
 @asynccontextmanager
 async def replica(nc: Client, subjects: Subjects, counters: Counters | None = None) -> AsyncIterator[Reservations]:
     """An accounting replica's reservations, mirroring the reservations stream while the block runs."""
-    accounting = Reservations(nc, nc.jetstream(), subjects, counters or Counters(nc))
-    await accounting.start()
+    accounting = await start_replica(nc, subjects, counters)
     try:
         yield accounting
     finally:

@@ -38,6 +38,7 @@ from tests.integration.reservation_support import (
     poll,
     publish_state,
     replica,
+    start_replica,
 )
 
 pytestmark = pytest.mark.timeout(120)
@@ -363,7 +364,7 @@ async def test_a_reservation_of_concurrency_slots_only_is_settled_and_never_rele
     )  # expired by the time the reaper looks
     await counter.add(slots, 1)  # ingress admitted it
     await publish_state(nc, subjects, request)
-    accounting = await _replica(ncs[0], subjects)
+    accounting = await start_replica(ncs[0], subjects)
     try:
 
         async def mirrored() -> bool:
@@ -420,7 +421,7 @@ async def test_a_release_stored_with_its_ack_and_read_back_lost_still_gives_back
     await counter.add(spend, W)
     await counter.add(slots, 1)
     await publish_state(nc, subjects, lost)
-    accounting = await _replica(ncs[0], subjects)
+    accounting = await start_replica(ncs[0], subjects)
     try:
 
         async def mirrored() -> bool:
@@ -455,7 +456,7 @@ async def test_a_settlement_stored_with_its_ack_and_read_back_lost_is_counted_wh
     request = make_drawn(spend)
     await counter.add(spend, W)
     await publish_state(nc, subjects, request)
-    accounting = await _replica(ncs[0], subjects)
+    accounting = await start_replica(ncs[0], subjects)
     try:
         flaky = _LostAck(accounting._notes._js)
         accounting._notes._js = flaky  # type: ignore[assignment]
@@ -490,7 +491,7 @@ async def test_the_budget_alerts_of_a_batch_are_published_even_when_one_record_o
     bad = Reservation(request_id=uuid.uuid4().hex, holds=[hold])
     await counter.add(spend, 2 * W)
     alerts = await nc.subscribe(subjects.events_alert.name)
-    accounting = await _replica(ncs[0], subjects)
+    accounting = await start_replica(ncs[0], subjects)
     move = accounting._notes.move
 
     async def fails_for_bad(state: ReservationState, expected: int, data: bytes | None = None) -> bool:
@@ -534,7 +535,7 @@ async def test_the_budget_alert_of_increments_paid_late_is_published_when_they_a
     )
     request = Reservation(request_id=uuid.uuid4().hex, holds=[hold])
     alerts = await nc.subscribe(subjects.events_alert.name)
-    accounting = await _replica(ncs[0], subjects)
+    accounting = await start_replica(ncs[0], subjects)
     try:
         reply = await nc.request(f"$JS.API.STREAM.DELETE.{subjects.counters_stream}", b"", timeout=5)
         assert json.loads(reply.data).get("success"), reply.data
@@ -591,10 +592,3 @@ async def test_a_batch_jobs_give_back_that_failed_is_done_by_the_replica_taking_
     assert await counter.read(spend) == 4 * W
     msg = await nc.jetstream().get_last_msg(subjects.reservations_stream, subjects.reservation(job.id).name)
     assert msgspec.msgpack.decode(msg.data or b"", type=ReservationState).state == "settled"
-
-
-async def _replica(nc: Client, subjects: Subjects, counters: Counters | None = None) -> Reservations:
-    """A started accounting replica the test stops itself (where it swaps parts of it in and out)."""
-    accounting = Reservations(nc, nc.jetstream(), subjects, counters or Counters(nc))
-    await accounting.start()
-    return accounting
