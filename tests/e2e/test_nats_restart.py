@@ -249,7 +249,7 @@ def answers_sql(stack: Stack) -> bool:
 
 
 def lagging(stack: Stack) -> str:
-    """The processes that have not counted a reconnect, each with its metrics and the tail of its log."""
+    """The processes not_reconnected names, each with its NATS counters, restarts and the tail of its log."""
     parts = []
     for child in not_reconnected(stack):
         samples = {k: v for k, v in metric_samples(child.metrics_url).items() if k.startswith("gatehouse_nats")}
